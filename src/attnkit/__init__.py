@@ -1,0 +1,13 @@
+"""attnkit: attention mechanisms from the literature behind one PyTorch API.
+
+    import attnkit
+    out = attnkit.attention(q, k, v, "softmax", causal=True)
+    attnkit.mechanisms()          # registered names
+    attnkit.spec("alibi")         # paper, patterns, forms, params, FLOPs, state size
+"""
+from . import positional
+from .api import attention, mechanisms, spec
+from .registry import PATTERNS, MechanismSpec, register
+
+__version__ = "0.1.0"
+__all__ = ["positional", "attention", "mechanisms", "spec", "register", "MechanismSpec", "PATTERNS", "__version__"]

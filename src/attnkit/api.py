@@ -1,0 +1,81 @@
+"""The front door: :func:`attention`, :func:`mechanisms`, :func:`spec`."""
+from __future__ import annotations
+
+from . import registry
+from .validation import check_params, check_pattern, check_qkv, check_scale, normalise_mask
+
+
+def attention(
+    q,
+    k,
+    v,
+    mechanism: str = "softmax",
+    *,
+    causal: bool = False,
+    mask=None,
+    scale: float | None = None,
+    form: str | None = None,
+    position=None,
+    state=None,
+    return_state: bool = False,
+    **params,
+):
+    """Attention ``(B, H, Nq, D) x (B, Hkv, Nk, D) x (B, Hkv, Nk, Dv) -> (B, H, Nq, Dv)``.
+
+    Args:
+        mechanism: a registered name (``attnkit.mechanisms()``).
+        causal: query ``i`` sees keys ``0 .. Nk - Nq + i`` (bottom-right aligned).
+        mask: boolean (True = attend) or additive float, broadcastable to
+            ``(B, H, Nq, Nk)``, or a key-padding mask ``(B, Nk)``.
+        scale: score scale; default ``1/sqrt(head_dim)``.
+        form: ``"reference"`` or one of the mechanism's fast forms; default the first fast form.
+        position: a positional encoding applied to q and k (``attnkit.positional``),
+            e.g. ``RoPE(head_dim)``; positions continue across incremental calls.
+        state / return_state: incremental use; feed a sequence in pieces with the
+            returned state and the outputs equal one call on the whole sequence.
+        **params: the mechanism's parameters and extra tensor inputs.
+    """
+    spec = registry.get(mechanism)
+    check_qkv(q, k, v)
+    incremental = return_state or state is not None
+    cross = q.shape[2] != k.shape[2] and not incremental
+    check_pattern(spec, causal, cross)
+    params = check_params(spec, params)
+    mask = normalise_mask(mask, q, k) if state is None else _incremental_mask(mask, q, k, state)
+    if mask is not None and not spec.supports_mask:
+        raise ValueError(f"mechanism {spec.name!r} does not take a mask; pass mask=None")
+    scale = check_scale(scale, q.shape[-1])
+    if incremental:
+        if spec.step is None:
+            raise ValueError(f"mechanism {spec.name!r} has no incremental form; call it without state/return_state")
+        if not causal:
+            raise ValueError("incremental use (state / return_state) needs causal=True")
+        if form is not None:
+            raise ValueError("form= selects a one-shot form; incremental calls always use the mechanism's step form")
+    if position is not None:
+        offset = state.length if state is not None else 0
+        q, k = position.apply(q, k, q_offset=offset + k.shape[2] - q.shape[2], k_offset=offset)
+    if incremental:
+        out, state = spec.step(q, k, v, state, causal=causal, mask=mask, scale=scale, **params)
+        return (out, state) if return_state else out
+    return spec.form(form)(q, k, v, causal=causal, mask=mask, scale=scale, **params)
+
+
+def _incremental_mask(mask, q, k, state):
+    """During incremental calls a mask covers the new queries against every key seen so far."""
+    if mask is None:
+        return None
+    import torch
+
+    total = torch.empty(k.shape[0], k.shape[1], state.length + k.shape[2], 0, device=k.device)
+    return normalise_mask(mask, q, total)
+
+
+def mechanisms(family: str | None = None) -> list[str]:
+    """Registered mechanism names, optionally of one family."""
+    return registry.names(family)
+
+
+def spec(name: str) -> registry.MechanismSpec:
+    """The registry entry of a mechanism."""
+    return registry.get(name)

@@ -1,0 +1,81 @@
+"""The ``attnkit`` command: list, info, and (as suites land) bench and report."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pkgutil
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="attnkit", description="Attention mechanisms behind one API.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_list = sub.add_parser("list", help="registered mechanisms")
+    p_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p_list.add_argument("--family", default=None, help="only this family")
+    sub.add_parser("info", help="torch, threads, fast paths and this machine's fp32 GEMM GFLOP/s")
+    p_bench = sub.add_parser("bench", help="run a benchmark suite", add_help=False)
+    p_bench.add_argument("suite", nargs="?", default=None, help=f"one of {bench_suites()}")
+    p_bench.add_argument("rest", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        return cmd_list(args.family, args.json)
+    if args.command == "info":
+        return cmd_info()
+    if args.command == "bench":
+        return cmd_bench(args.suite, args.rest)
+    return 2
+
+
+def cmd_list(family: str | None, as_json: bool) -> int:
+    from . import registry
+
+    specs = [registry.get(n) for n in registry.names(family)]
+    if as_json:
+        print(json.dumps([s.describe() for s in specs], indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"attnkit: {len(specs)} mechanisms")
+    for col in ("name", "family", "patterns", "forms", "complexity"):
+        table.add_column(col)
+    for s in specs:
+        d = s.describe()
+        table.add_row(s.name, s.family, ", ".join(d["patterns"]), ", ".join(d["forms"]), s.complexity)
+    Console(width=160).print(table)
+    return 0
+
+
+def cmd_info() -> int:
+    from . import __version__, registry
+    from .machine import machine_info
+
+    info = machine_info()
+    info["attnkit"] = __version__
+    info["mechanisms"] = len(registry.names())
+    for key, value in info.items():
+        print(f"{key:>18}: {value}")
+    return 0
+
+
+def bench_suites() -> list[str]:
+    from . import bench
+
+    return sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
+
+
+def cmd_bench(suite: str | None, rest: list[str]) -> int:
+    suites = bench_suites()
+    if suite is None and "default" in suites:
+        suite = "default"
+    if suite not in suites:
+        print(f"attnkit bench: unknown suite {suite!r}; expected one of {suites}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"attnkit.bench.{suite}")
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

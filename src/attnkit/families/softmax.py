@@ -1,0 +1,44 @@
+"""Dense softmax attention and its score modifiers.
+
+- softmax: Vaswani et al., "Attention Is All You Need" (2017); fast path SDPA,
+  memory-efficient path the chunked online softmax of Rabe & Staats,
+  "Self-attention Does Not Need O(n^2) Memory" (2021).
+- alibi: Press et al., "Train Short, Test Long: Attention with Linear Biases..." (2022).
+- softcap: tanh logit soft-capping (Gemma 2, 2024).
+"""
+from __future__ import annotations
+
+from ..kernels.dense import sdpa_attention
+from ..scores.alibi import alibi_mod
+from ..scores.softcap import softcap_mod
+from .score_pipeline import register_score_mechanism
+
+ATTENTION_IS_ALL = "Attention Is All You Need"
+MEMORY_EFFICIENT = "Self-attention Does Not Need O(n^2) Memory"
+
+
+def _sdpa(q, k, v, *, causal, mask, scale, **chunk_sizes_unused_by_sdpa):
+    return sdpa_attention(q, k, v, causal=causal, mask=mask, scale=scale)
+
+
+register_score_mechanism(
+    "softmax",
+    papers=(ATTENTION_IS_ALL, MEMORY_EFFICIENT),
+    extra_fast={"sdpa": _sdpa},
+    summary="scaled dot-product attention; SDPA fast path, chunked O(N)-memory exact path",
+)
+
+register_score_mechanism(
+    "alibi",
+    papers=("Train Short, Test Long: Attention with Linear Biases Enables Input Length Extrapolation",),
+    make_mod=lambda q, k: alibi_mod(),
+    summary="softmax with per-head linear distance penalties -m_h |i - j|",
+)
+
+register_score_mechanism(
+    "softcap",
+    papers=("Gemma 2: Improving Open Language Models at a Practical Size",),
+    make_mod=lambda q, k, cap: softcap_mod(cap),
+    params={"cap": 50.0},
+    summary="softmax over cap * tanh(s / cap)",
+)

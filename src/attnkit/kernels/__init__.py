@@ -1,0 +1,1 @@
+"""Execution engines: dense SDPA dispatch, chunked online softmax, and (from other modules) block-sparse and linear scans."""

@@ -1,0 +1,33 @@
+"""Float64 exact forms: the oracle every fast form is tested against.
+
+``materialised_attention`` is attention exactly as written in the papers:
+the full ``(Nq, Nk)`` score matrix, a score modifier, the mask, a row
+normaliser, and a product with V. It is slow and O(N^2) in memory on purpose.
+"""
+from __future__ import annotations
+
+import torch
+
+from .kernels.positions import causal_mask, query_positions, repeat_kv
+from .scores.normalisers import SOFTMAX, Normaliser
+
+
+def materialised_attention(
+    q, k, v, *, causal: bool, mask, scale: float, score_mod=None, normaliser: Normaliser = SOFTMAX
+) -> torch.Tensor:
+    H, Nq, Nk = q.shape[1], q.shape[2], k.shape[2]
+    k, v = repeat_kv(k, H), repeat_kv(v, H)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    if score_mod is not None:
+        scores = score_mod(scores, query_positions(Nq, Nk, q.device), torch.arange(Nk, device=q.device))
+    allowed = causal_mask(Nq, Nk, q.device) if causal else None
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            allowed = mask if allowed is None else (mask & allowed)
+        else:
+            scores = scores + mask
+            finite = ~torch.isneginf(mask)
+            allowed = finite if allowed is None else (finite & allowed)
+    if allowed is not None:
+        allowed = allowed.expand_as(scores)
+    return normaliser.weights(scores, allowed) @ v

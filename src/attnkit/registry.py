@@ -1,0 +1,194 @@
+"""The mechanism registry: one :class:`MechanismSpec` per attention mechanism.
+
+A spec says everything other code needs to run, test and benchmark a mechanism
+without knowing it: the paper it comes from, which of the four attention
+patterns it supports, its forms (the float64 reference and the fast forms), its
+parameters, and how to count its FLOPs and its state. The conformance suite in
+``tests/conformance`` is generated from this registry, so registering a
+mechanism is what gets it tested.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+PATTERNS = ("causal-self", "noncausal-self", "causal-cross", "noncausal-cross")
+ALL_PATTERNS = frozenset(PATTERNS)
+SELF_PATTERNS = frozenset({"causal-self", "noncausal-self"})
+
+# A form computes attention: form(q, k, v, *, causal, mask, scale, **params) -> out.
+Form = Callable[..., torch.Tensor]
+# A step runs one incremental call: step(q, k, v, state, *, causal, mask, scale, **params) -> (out, state).
+Step = Callable[..., tuple]
+# Makes the extra tensor inputs (per-token gates, learned tables, ...) for given q, k, v.
+TensorInputs = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], dict]
+
+
+def dense_flops(batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool) -> int:
+    """Forward FLOPs of exact attention, FlashAttention's convention: 4 * B * H * pairs * D.
+
+    Causal pairs are counted with the bottom-right alignment attnkit uses
+    (query i sees keys up to ``kv_len - q_len + i``).
+    """
+    if causal:
+        offset = kv_len - q_len  # query i sees keys 0 .. offset + i
+        if offset >= 0:
+            pairs = q_len * offset + q_len * (q_len + 1) // 2
+        else:
+            pairs = kv_len * (kv_len + 1) // 2
+    else:
+        pairs = q_len * kv_len
+    return 4 * batch * heads * pairs * head_dim
+
+
+def kv_cache_size(batch: int, heads: int, kv_heads: int, seq_len: int, head_dim: int) -> int:
+    """Numbers held by a KV cache after ``seq_len`` tokens: keys and values."""
+    return 2 * batch * kv_heads * seq_len * head_dim
+
+
+@dataclass(frozen=True)
+class MechanismSpec:
+    """Everything the library knows about one mechanism.
+
+    ``reference`` is the plainest correct form of the paper's equations; it must
+    run in float64 and is the oracle every fast form is tested against.
+    ``fast`` maps form names to faster forms of the same function (the first one
+    is the default). ``step`` is the incremental form; ``None`` means the
+    mechanism cannot be run incrementally and the API refuses ``return_state``.
+    ``params`` are scalar parameters with their defaults; ``tensor_inputs``
+    makes the extra tensors a mechanism takes (gates, learned tables) so tests
+    and benchmarks can call it.  ``tensor_inputs_per_token`` names those that
+    are laid out per token ``(B, H, N, ...)`` along the query/key sequence, so
+    the causality and incremental tests can slice and perturb them.
+    """
+
+    name: str
+    family: str
+    papers: tuple[str, ...]
+    patterns: frozenset
+    reference: Form
+    fast: dict[str, Form]
+    step: Step | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    tensor_inputs: TensorInputs | None = None
+    tensor_inputs_per_token: tuple[str, ...] = ()
+    supports_mask: bool = True
+    flops: Callable[..., int] = dense_flops
+    state_size: Callable[..., int] = kv_cache_size
+    complexity: str = "O(N^2)"
+    summary: str = ""
+    min_head_dim: int = 1
+    # Parameters the conformance suite uses instead of the defaults (e.g. small
+    # chunk sizes so that tests at N=129 really cross chunk boundaries).
+    test_params: dict[str, Any] = field(default_factory=dict)
+    # Set when the spec stores extra metadata for a family (e.g. block size).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def forms(self) -> tuple[str, ...]:
+        names = ["reference", *self.fast]
+        if self.step is not None:
+            names.append("incremental")
+        return tuple(names)
+
+    def form(self, name: str | None) -> Form:
+        """The callable for a form name; ``None`` is the default fast form."""
+        if name is None:
+            return next(iter(self.fast.values())) if self.fast else self.reference
+        if name == "reference":
+            return self.reference
+        if name in self.fast:
+            return self.fast[name]
+        raise ValueError(
+            f"form={name!r} is not a form of mechanism {self.name!r}; expected one of "
+            f"{[f for f in self.forms if f != 'incremental']}"
+        )
+
+    def supports(self, causal: bool, cross: bool) -> bool:
+        return pattern_name(causal, cross) in self.patterns
+
+    def describe(self) -> dict:
+        """A JSON-friendly summary (used by ``attnkit list --json``)."""
+        return {
+            "name": self.name,
+            "family": self.family,
+            "papers": list(self.papers),
+            "patterns": [p for p in PATTERNS if p in self.patterns],
+            "forms": list(self.forms),
+            "params": {k: v for k, v in self.params.items()},
+            "tensor_inputs": list(self.tensor_names),
+            "complexity": self.complexity,
+            "summary": self.summary,
+        }
+
+    @property
+    def tensor_names(self) -> tuple[str, ...]:
+        """Names of the extra tensor inputs (computed once, at registration)."""
+        return self.extra.get("_tensor_names", ())
+
+
+def pattern_name(causal: bool, cross: bool) -> str:
+    return f"{'causal' if causal else 'noncausal'}-{'cross' if cross else 'self'}"
+
+
+_REGISTRY: dict[str, MechanismSpec] = {}
+
+
+def register(spec: MechanismSpec) -> MechanismSpec:
+    """Add a mechanism to the registry. Names are unique."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"mechanism {spec.name!r} is already registered")
+    bad = set(spec.patterns) - ALL_PATTERNS
+    if bad:
+        raise ValueError(f"spec {spec.name!r}: unknown patterns {sorted(bad)}; expected a subset of {PATTERNS}")
+    if spec.tensor_inputs is not None:
+        g = torch.Generator().manual_seed(0)
+        x = torch.zeros(1, 2, 3, max(spec.min_head_dim, 8))
+        spec.extra["_tensor_names"] = tuple(spec.tensor_inputs(x, x[:, :1], x[:, :1], g))
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get(name: str) -> MechanismSpec:
+    """The spec registered under ``name``; a ValueError naming close matches otherwise."""
+    _load_all()
+    if not isinstance(name, str):
+        raise TypeError(f"mechanism must be a string naming a registered mechanism, got {type(name).__name__}")
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.4)
+        hint = f"; closest registered names: {close}" if close else ""
+        raise ValueError(
+            f"unknown mechanism {name!r}{hint}. `attnkit list` shows all {len(_REGISTRY)} mechanisms"
+        ) from None
+
+
+def names(family: str | None = None) -> list[str]:
+    _load_all()
+    return sorted(n for n, s in _REGISTRY.items() if family is None or s.family == family)
+
+
+def families() -> list[str]:
+    _load_all()
+    return sorted({s.family for s in _REGISTRY.values()})
+
+
+_loaded = False
+
+
+def _load_all() -> None:
+    """Import every module in ``attnkit.families`` so their specs register."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+    import pkgutil
+
+    package = importlib.import_module(f"{__package__}.families")
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")

@@ -1,0 +1,1 @@
+"""Score modifiers (bias terms added to q.k) and normalisers (what replaces the row softmax)."""

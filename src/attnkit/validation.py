@@ -1,0 +1,137 @@
+"""Input checks for :func:`attnkit.attention`, run before any work is done.
+
+Every error names the argument and says what was expected.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, same_value_dim: bool = False) -> None:
+    """Layout ``(batch, heads, seq, head_dim)``; K/V may have fewer heads (GQA)."""
+    for arg, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{arg} must be a torch.Tensor of shape (batch, heads, seq, head_dim), got {type(t).__name__}")
+        if t.ndim != 4:
+            raise ValueError(
+                f"{arg} must have 4 dimensions (batch, heads, seq, head_dim), got shape {tuple(t.shape)}"
+            )
+        if not t.is_floating_point():
+            raise TypeError(f"{arg} must be a floating-point tensor, got dtype {t.dtype}")
+    for arg, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{arg} has dtype {t.dtype} but q has dtype {q.dtype}; q, k and v must share one dtype")
+        if t.device != q.device:
+            raise ValueError(f"{arg} is on device {t.device} but q is on {q.device}; q, k and v must share one device")
+    B, H, _, D = q.shape
+    if k.shape[0] != B or v.shape[0] != B:
+        raise ValueError(f"batch sizes differ: q {B}, k {k.shape[0]}, v {v.shape[0]}; expected one batch size")
+    if k.shape[1] != v.shape[1]:
+        raise ValueError(f"k has {k.shape[1]} heads but v has {v.shape[1]}; k and v must have the same number of heads")
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(f"k has sequence length {k.shape[2]} but v has {v.shape[2]}; expected equal key/value lengths")
+    if k.shape[3] != D:
+        raise ValueError(f"k has head_dim {k.shape[3]} but q has {D}; q and k must share head_dim")
+    if same_value_dim and v.shape[3] != D:
+        raise ValueError(f"v has head_dim {v.shape[3]} but q has {D}; this mechanism needs equal q/k/v head_dim")
+    Hkv = k.shape[1]
+    if Hkv == 0 or H % Hkv != 0:
+        raise ValueError(
+            f"q has {H} heads and k/v have {Hkv}: heads % kv_heads must be 0 (GQA/MQA groups query heads over kv heads)"
+        )
+    for arg, t in (("q", q), ("k", k)):
+        if t.shape[2] == 0 and arg == "q":
+            raise ValueError("q has sequence length 0; expected at least one query")
+    if q.shape[3] == 0:
+        raise ValueError("head_dim is 0; expected at least 1")
+
+
+def check_scale(scale, head_dim: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return float(scale)
+
+
+def normalise_mask(mask, q: torch.Tensor, k: torch.Tensor):
+    """Bring ``mask`` to a tensor broadcastable to ``(B, H, Nq, Nk)``.
+
+    Accepted: boolean (True = attend) or additive float masks broadcastable to
+    ``(B, H, Nq, Nk)``, and key-padding masks ``(B, Nk)``. A 2-D mask that fits
+    both readings (``B == Nq > 1``) is refused rather than guessed.
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
+    B, H, Nq, _ = q.shape
+    Nk = k.shape[2]
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(f"mask must be boolean (True = attend) or an additive float mask, got dtype {mask.dtype}")
+    if mask.is_floating_point() and mask.dtype != q.dtype:
+        raise TypeError(f"additive mask has dtype {mask.dtype} but q has {q.dtype}; expected the same dtype")
+    if mask.device != q.device:
+        raise ValueError(f"mask is on device {mask.device} but q is on {q.device}")
+    target = (B, H, Nq, Nk)
+    if mask.ndim == 2 and B > 1 and tuple(mask.shape) == (B, Nk):
+        if Nq == B:
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} is ambiguous (batch {B} == q_len {Nq}); reshape it to "
+                f"(B, 1, 1, Nk) for key padding or (1, 1, Nq, Nk) for a per-query mask"
+            )
+        return mask[:, None, None, :]
+    if mask.ndim > 4 or not _broadcastable(mask.shape, target):
+        raise ValueError(
+            f"mask has shape {tuple(mask.shape)}; expected a shape broadcastable to (B, H, Nq, Nk) = {target} "
+            f"or a key-padding mask (B, Nk) = {(B, Nk)}"
+        )
+    while mask.ndim < 4:
+        mask = mask.unsqueeze(0)
+    return mask
+
+
+def _broadcastable(shape, target) -> bool:
+    if len(shape) > len(target):
+        return False
+    for s, t in zip(reversed(tuple(shape)), reversed(tuple(target))):
+        if s != 1 and s != t:
+            return False
+    return True
+
+
+def check_pattern(spec, causal: bool, cross: bool) -> None:
+    from .registry import pattern_name
+
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    name = pattern_name(causal, cross)
+    if name not in spec.patterns:
+        supported = sorted(spec.patterns)
+        what = "causal=True" if causal else "causal=False"
+        kind = "cross-attention (q_len != kv_len or separate memory)" if cross else "self-attention"
+        raise ValueError(
+            f"mechanism {spec.name!r} does not support {what} with {kind} (pattern {name!r}); "
+            f"it supports {supported}"
+        )
+
+
+def check_params(spec, params: dict) -> dict:
+    """Scalar params fall back to their defaults; unknown names are refused."""
+    tensor_names = set(spec.tensor_names)
+    known = set(spec.params) | tensor_names
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise TypeError(
+            f"mechanism {spec.name!r} got unexpected keyword argument(s) {unknown}; "
+            f"its parameters are {sorted(spec.params)} and its tensor inputs are {sorted(tensor_names)}"
+        )
+    if not params:
+        return spec.params
+    merged = dict(spec.params)
+    merged.update(params)
+    return merged

@@ -1,0 +1,80 @@
+"""Misuse fails loudly and early, for every registered mechanism; masked rows are zeros."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnkit
+from attnkit.registry import PATTERNS, get
+
+from .harness import cases, make_inputs, run
+
+SIZE = (2, 4, 2, 8, 8, 16)
+
+
+def _pattern_for(spec):
+    for p in ("causal-self", "noncausal-self", "causal-cross", "noncausal-cross"):
+        if p in spec.patterns:
+            return p
+
+
+@pytest.mark.parametrize("name", cases("names"))
+def test_bad_shapes_and_types_are_refused(name):
+    spec = get(name)
+    pattern = _pattern_for(spec)
+    causal = pattern.startswith("causal")
+    size = SIZE if pattern.endswith("self") else (2, 4, 2, 8, 12, 16)
+    q, k, v, extra = make_inputs(spec, size, dtype=torch.float32)
+    call = lambda q, k, v, **kw: attnkit.attention(q, k, v, name, causal=causal, **{**extra, **kw})  # noqa: E731
+    call(q, k, v)  # the good call works
+    with pytest.raises(ValueError, match="4 dimensions"):
+        call(q[0], k, v)
+    with pytest.raises(ValueError, match="batch"):
+        call(q, k[:1], v[:1])
+    with pytest.raises(ValueError, match="head_dim"):
+        call(q, k[..., :8], v)
+    with pytest.raises(ValueError, match="kv_heads"):
+        call(q[:, :3], k, v)
+    with pytest.raises(TypeError, match="dtype"):
+        call(q, k.double(), v)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        call(q, k, v, no_such_parameter=1)
+    if spec.supports_mask:
+        with pytest.raises(ValueError, match="mask"):
+            call(q, k, v, mask=torch.ones(3, 5, dtype=torch.bool))
+    for other in set(PATTERNS) - set(spec.patterns):
+        oq, ok = (q, k) if other.endswith("cross") == pattern.endswith("cross") else _flip_cross(q, k, other)
+        ov = ok if ok.shape[2] == k.shape[2] else torch.zeros_like(ok)
+        with pytest.raises(ValueError, match="does not support"):
+            attnkit.attention(oq, ok, ov, name, causal=other.startswith("causal"), **extra)
+
+
+def _flip_cross(q, k, other):
+    if other.endswith("cross"):
+        return q, torch.cat([k, k[:, :, :3]], dim=2)
+    return q, k[:, :, : q.shape[2]]
+
+
+@pytest.mark.parametrize("name", [n for n in cases("names") if get(n).supports_mask])
+def test_fully_masked_row_is_zero_without_nan(name):
+    spec = get(name)
+    pattern = _pattern_for(spec)
+    causal = pattern.startswith("causal")
+    size = SIZE if pattern.endswith("self") else (2, 4, 2, 8, 12, 16)
+    q, k, v, extra = make_inputs(spec, size, dtype=torch.float32)
+    mask = torch.ones(size[3], size[4], dtype=torch.bool)
+    mask[3] = False  # query 3 may attend to nothing
+    for form in [None, "reference", *spec.fast]:
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out = run(spec, form, *leaves, extra, causal=causal, mask=mask)
+        assert not torch.isnan(out).any(), f"{name}/{form}: NaN in forward"
+        assert out[:, :, 3].abs().max() == 0, f"{name}/{form}: fully masked row is not zero"
+        out.sum().backward()
+        for t in leaves:
+            assert not torch.isnan(t.grad).any(), f"{name}/{form}: NaN in backward"
+
+
+def test_unknown_mechanism_names_closest():
+    q = torch.randn(1, 1, 4, 8)
+    with pytest.raises(ValueError, match="softmax"):
+        attnkit.attention(q, q, q, "sofmax")
