@@ -18,7 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     p_bench = sub.add_parser("bench", help="run a benchmark suite", add_help=False)
     p_bench.add_argument("suite", nargs="?", default=None, help=f"one of {bench_suites()}")
     p_bench.add_argument("rest", nargs=argparse.REMAINDER)
+    plugins = {}
+    for info in pkgutil.iter_modules(commands_package().__path__):
+        module = importlib.import_module(f"attnkit.commands.{info.name}")
+        plugins[module.NAME] = module
+        module.add_arguments(sub.add_parser(module.NAME, help=module.HELP))
     args = parser.parse_args(argv)
+    if args.command in plugins:
+        return int(plugins[args.command].run(args) or 0)
     if args.command == "list":
         return cmd_list(args.family, args.json)
     if args.command == "info":
@@ -26,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         return cmd_bench(args.suite, args.rest)
     return 2
+
+
+def commands_package():
+    return importlib.import_module("attnkit.commands")
 
 
 def cmd_list(family: str | None, as_json: bool) -> int:
