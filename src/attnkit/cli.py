@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_list = sub.add_parser("list", help="registered mechanisms")
     p_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p_list.add_argument("--markdown", action="store_true", help="print the Markdown table used in the README")
     p_list.add_argument("--family", default=None, help="only this family")
     sub.add_parser("info", help="torch, threads, fast paths and this machine's fp32 GEMM GFLOP/s")
     p_bench = sub.add_parser("bench", help="run a benchmark suite", add_help=False)
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in plugins:
         return int(plugins[args.command].run(args) or 0)
     if args.command == "list":
-        return cmd_list(args.family, args.json)
+        return cmd_list(args.family, args.json, args.markdown)
     if args.command == "info":
         return cmd_info()
     if args.command == "bench":
@@ -39,12 +40,15 @@ def commands_package():
     return importlib.import_module("attnkit.commands")
 
 
-def cmd_list(family: str | None, as_json: bool) -> int:
+def cmd_list(family: str | None, as_json: bool, as_markdown: bool = False) -> int:
     from . import registry
 
     specs = [registry.get(n) for n in registry.names(family)]
     if as_json:
         print(json.dumps([s.describe() for s in specs], indent=2))
+        return 0
+    if as_markdown:
+        print(markdown_table(specs))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -57,6 +61,20 @@ def cmd_list(family: str | None, as_json: bool) -> int:
         table.add_row(s.name, s.family, ", ".join(d["patterns"]), ", ".join(d["forms"]), s.complexity)
     Console(width=160).print(table)
     return 0
+
+
+def markdown_table(specs) -> str:
+    """The mechanism table of the README (kept true by tests/test_readme.py)."""
+    short = {"causal-self": "CS", "noncausal-self": "NS", "causal-cross": "CC", "noncausal-cross": "NC"}
+    lines = [
+        "| mechanism | family | patterns | forms | paper |",
+        "|---|---|---|---|---|",
+    ]
+    for s in sorted(specs, key=lambda s: (s.family, s.name)):
+        d = s.describe()
+        patterns = " ".join(short[p] for p in d["patterns"])
+        lines.append(f"| `{s.name}` | {s.family} | {patterns} | {', '.join(d['forms'])} | {s.papers[0] if s.papers else ''} |")
+    return "\n".join(lines)
 
 
 def cmd_info() -> int:

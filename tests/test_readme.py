@@ -1,0 +1,17 @@
+"""The README's mechanism list is generated from the registry: it must be current."""
+from pathlib import Path
+
+import attnkit
+from attnkit.cli import markdown_table
+from attnkit.registry import get
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_mechanism_table_is_generated_from_the_registry():
+    text = README.read_text()
+    start, end = "<!-- mechanisms:start -->", "<!-- mechanisms:end -->"
+    assert start in text and end in text
+    block = text.split(start, 1)[1].split(end, 1)[0].strip()
+    expected = markdown_table([get(n) for n in attnkit.mechanisms()])
+    assert block == expected, "README mechanism table is stale: run scripts/update-readme"
