@@ -1,0 +1,61 @@
+"""Every catalogued vision module: NCHW in, NCHW out, gradients reach the input and the parameters."""
+import pytest
+import torch
+
+from attnkit.nn import vision as V
+
+from .examples import EXAMPLES
+
+NAMES = [m.name for m in V.modules()]
+
+
+def test_every_catalogued_module_has_an_example():
+    assert sorted(EXAMPLES) == sorted(NAMES)
+
+
+def test_catalogue_lists_name_paper_and_existing_file():
+    import attnkit
+
+    root = attnkit.__file__.rsplit("attnkit", 1)[0]
+    for m in V.modules():
+        d = m.describe()
+        assert d["paper"] and d["name"] == m.cls.__name__
+        with open(root + d["file"]) as f:
+            assert f"class {m.name}(" in f.read()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shape_and_gradient_flow(name):
+    torch.manual_seed(0)
+    make, shape = EXAMPLES[name]
+    module = make()
+    x = torch.randn(*shape, requires_grad=True)
+    out = module(x)
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all()
+    (out * torch.randn_like(out)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    for pname, p in module.named_parameters():
+        assert p.grad is not None, f"{name}.{pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}.{pname} has a non-finite gradient"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_inputs_are_refused_with_the_argument_named(name):
+    make, shape = EXAMPLES[name]
+    module = make()
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        module([[1.0]])
+    with pytest.raises(ValueError, match="x must have 4 dimensions"):
+        module(torch.randn(shape[1], shape[2], shape[3]))
+    with pytest.raises(ValueError, match="channels"):
+        module(torch.randn(shape[0], shape[1] + 1, shape[2], shape[3]))
+    with pytest.raises(TypeError, match="floating-point"):
+        module(torch.ones(shape, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float64_runs(name):
+    make, shape = EXAMPLES[name]
+    module = make().double()
+    assert module(torch.randn(*shape, dtype=torch.float64)).dtype == torch.float64
