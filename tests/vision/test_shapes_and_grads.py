@@ -59,3 +59,42 @@ def test_float64_runs(name):
     make, shape = EXAMPLES[name]
     module = make().double()
     assert module(torch.randn(*shape, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: V.SqueezeExcitation(8, reduction=16), "reduction"),
+        (lambda: V.ECA(16, kernel_size=4), "kernel_size must be odd"),
+        (lambda: V.ULSAM(10, groups=4), "channels .* divisible by groups"),
+        (lambda: V.SwinBlock(16, heads=2, window=4, shift=4), "shift must be smaller"),
+        (lambda: V.SwinBlock(16, heads=3), "dim .* divisible by heads"),
+        (lambda: V.LargeKernelAttention(8, kernel_size=20, dilation=5), "must be odd"),
+        (lambda: V.PolarizedSelfAttention(8, layout="diagonal"), "layout"),
+        (lambda: V.SplitAttention(10, 16, radix=4), "in_channels .* divisible"),
+    ],
+)
+def test_bad_constructor_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_argument_types_are_type_errors():
+    with pytest.raises(TypeError, match="channels must be an int"):
+        V.CBAM(8.0)
+    with pytest.raises(TypeError, match="heads must be an int"):
+        V.HaloAttention(8, heads=True)
+
+
+@pytest.mark.parametrize(
+    "make, shape, match",
+    [
+        (lambda: V.SwinBlock(8, heads=2, window=4), (1, 8, 6, 8), "multiples of window=4"),
+        (lambda: V.HaloAttention(8, heads=2, block=4), (1, 8, 8, 6), "multiples of block=4"),
+        (lambda: V.SuperTokenAttention(8, stoken=3), (1, 8, 6, 8), "multiples of stoken=3"),
+        (lambda: V.GlobalSubsampledAttention(8, heads=2, sr_ratio=3), (1, 8, 6, 8), "multiples of sr_ratio=3"),
+    ],
+)
+def test_maps_that_do_not_tile_are_refused(make, shape, match):
+    with pytest.raises(ValueError, match=match):
+        make()(torch.randn(*shape))
