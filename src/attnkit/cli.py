@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     p_list = sub.add_parser("list", help="registered mechanisms")
     p_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p_list.add_argument("--family", default=None, help="only this family")
+    p_list.add_argument("--vision", action="store_true", help="list the vision attention modules (attnkit.nn.vision)")
     sub.add_parser("info", help="torch, threads, fast paths and this machine's fp32 GEMM GFLOP/s")
     p_bench = sub.add_parser("bench", help="run a benchmark suite", add_help=False)
     p_bench.add_argument("suite", nargs="?", default=None, help=f"one of {bench_suites()}")
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in plugins:
         return int(plugins[args.command].run(args) or 0)
+    if args.command == "list" and args.vision:
+        return cmd_list_vision(args.json)
     if args.command == "list":
         return cmd_list(args.family, args.json)
     if args.command == "info":
@@ -55,6 +58,25 @@ def cmd_list(family: str | None, as_json: bool) -> int:
     for s in specs:
         d = s.describe()
         table.add_row(s.name, s.family, ", ".join(d["patterns"]), ", ".join(d["forms"]), s.complexity)
+    Console(width=160).print(table)
+    return 0
+
+
+def cmd_list_vision(as_json: bool) -> int:
+    from .nn.vision import modules
+
+    rows = [m.describe() for m in modules()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"attnkit.nn.vision: {len(rows)} modules (NCHW in, NCHW out)")
+    for col in ("name", "paper", "file"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["paper"], r["file"])
     Console(width=160).print(table)
     return 0
 

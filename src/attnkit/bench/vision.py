@@ -1,0 +1,130 @@
+"""``attnkit bench vision``: forward (and forward+backward) time of every vision
+module on one feature map, as a ratio to two baselines timed in the same run: a
+3x3 convolution C -> C (what a CNN block spends anyway) and a global multi-head
+self-attention layer over all H*W tokens (what the ViT blocks avoid).
+
+    attnkit bench vision [--channels 64] [--size 32] [--batch 4] [--repeats 5] [--threads 2] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+from ..api import attention
+
+
+class GlobalAttention(nn.Module):
+    """Baseline: one pre-norm MHSA layer over all H*W tokens (attnkit softmax)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.norm, self.qkv, self.proj = heads, nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        q, k, v = (p.reshape(B, H * W, self.heads, -1).transpose(1, 2) for p in self.qkv(self.norm(t)).chunk(3, -1))
+        o = attention(q, k, v, "softmax").transpose(1, 2).reshape(B, H * W, C)
+        return (t + self.proj(o)).transpose(1, 2).reshape(B, C, H, W)
+
+
+def configs(C: int, heads: int) -> dict:
+    from ..nn import vision as V
+
+    return {
+        "SqueezeExcitation": lambda: V.SqueezeExcitation(C),
+        "CBAM": lambda: V.CBAM(C),
+        "ECA": lambda: V.ECA(C),
+        "TripletAttention": lambda: V.TripletAttention(C),
+        "ULSAM": lambda: V.ULSAM(C, groups=4),
+        "EfficientLocalAttention": lambda: V.EfficientLocalAttention(C),
+        "CoordinateAttention": lambda: V.CoordinateAttention(C),
+        "PolarizedSelfAttention": lambda: V.PolarizedSelfAttention(C),
+        "SplitAttention": lambda: V.SplitAttention(C, C, radix=2),
+        "ResidualAttention": lambda: V.ResidualAttention(C, depth=2),
+        "LargeKernelAttention": lambda: V.LargeKernelAttention(C),
+        "NonLocalBlock": lambda: V.NonLocalBlock(C),
+        "SwinBlock": lambda: V.SwinBlock(C, heads, window=8, shift=4),
+        "LocallyGroupedAttention": lambda: V.LocallyGroupedAttention(C, heads, window=8),
+        "GlobalSubsampledAttention": lambda: V.GlobalSubsampledAttention(C, heads, sr_ratio=4),
+        "TwinsSVTBlock": lambda: V.TwinsSVTBlock(C, heads, window=8, sr_ratio=4),
+        "ChannelGroupAttention": lambda: V.ChannelGroupAttention(C, groups=heads),
+        "HaloAttention": lambda: V.HaloAttention(C, heads, block=8, halo=3),
+        "SuperTokenAttention": lambda: V.SuperTokenAttention(C, heads, stoken=4),
+    }
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure(module: nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float]:
+    def forward():
+        with torch.no_grad():
+            module(x)
+
+    def train_step():
+        module.zero_grad(set_to_none=True)
+        module(x).sum().backward()
+
+    return median_seconds(forward, repeats), median_seconds(train_step, repeats)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="attnkit bench vision", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--channels", type=int, default=64)
+    parser.add_argument("--size", type=int, default=32, help="height = width; a multiple of 8")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", nargs="*", default=None, help="module names to time (default: all)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.size % 8:
+        parser.error(f"--size must be a multiple of 8 (windows and blocks of 8), got {args.size}")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    from ..machine import gemm_gflops
+
+    C, S = args.channels, args.size
+    x = torch.randn(args.batch, C, S, S)
+    conv_f, conv_fb = measure(nn.Conv2d(C, C, 3, padding=1), x, args.repeats)
+    glob_f, glob_fb = measure(GlobalAttention(C, args.heads), x, args.repeats)
+    rows = []
+    for name, make in configs(C, args.heads).items():
+        if args.only and name not in args.only:
+            continue
+        module = make()
+        f, fb = measure(module, x, args.repeats)
+        rows.append({
+            "module": name, "params": sum(p.numel() for p in module.parameters()),
+            "forward_ms": 1e3 * f, "fwd_bwd_ms": 1e3 * fb,
+            "forward_vs_conv3x3": f / conv_f, "forward_vs_global_attention": f / glob_f,
+            "fwd_bwd_vs_conv3x3": fb / conv_fb,
+        })
+    head = {
+        "input": [args.batch, C, S, S], "threads": args.threads, "dtype": "float32",
+        "gemm_gflops": round(gemm_gflops(), 1),
+        "conv3x3_forward_ms": 1e3 * conv_f, "global_attention_forward_ms": 1e3 * glob_f,
+    }
+    if args.json:
+        print(json.dumps({"setup": head, "rows": rows}, indent=2))
+        return 0
+    print("  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in head.items()))
+    print(f"{'module':<27}{'params':>9}{'fwd ms':>9}{'fwd/conv3x3':>13}{'fwd/global':>12}{'fwd+bwd/conv3x3':>17}")
+    for r in rows:
+        print(f"{r['module']:<27}{r['params']:>9}{r['forward_ms']:>9.2f}{r['forward_vs_conv3x3']:>13.2f}"
+              f"{r['forward_vs_global_attention']:>12.2f}{r['fwd_bwd_vs_conv3x3']:>17.2f}")
+    return 0
