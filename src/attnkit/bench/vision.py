@@ -3,7 +3,7 @@ module on one feature map, as a ratio to two baselines timed in the same run: a
 3x3 convolution C -> C (what a CNN block spends anyway) and a global multi-head
 self-attention layer over all H*W tokens (what the ViT blocks avoid).
 
-    attnkit bench vision [--channels 64] [--size 32] [--batch 4] [--repeats 5] [--threads 2] [--json]
+    attnkit bench vision [--channels 64] [--size 32] [--batch 4] [--repeats 5] [--threads 1] [--only NAME ...] [--json]
 """
 from __future__ import annotations
 
@@ -59,17 +59,14 @@ def configs(C: int, heads: int) -> dict:
     }
 
 
-def median_seconds(fn, repeats: int) -> float:
+def seconds(fn) -> float:
+    t0 = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return time.perf_counter() - t0
 
 
-def measure(module: nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float]:
+def steps(module: nn.Module, x: torch.Tensor):
+    """(forward without grad, forward + backward) as callables."""
     def forward():
         with torch.no_grad():
             module(x)
@@ -78,7 +75,29 @@ def measure(module: nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, fl
         module.zero_grad(set_to_none=True)
         module(x).sum().backward()
 
-    return median_seconds(forward, repeats), median_seconds(train_step, repeats)
+    return forward, train_step
+
+
+def paired(module: nn.Module, baselines: list[nn.Module], x: torch.Tensor, repeats: int) -> dict:
+    """Time the module and each baseline back to back, ``repeats`` rounds; medians of the
+    per-round ratios, which ride out the load drift of a shared machine better than
+    ratios of separately taken medians."""
+    runs = [steps(m, x) for m in [module, *baselines]]
+    for fwd, step in runs:
+        fwd(), step()
+    fwd_t, step_t = [[] for _ in runs], [[] for _ in runs]
+    for _ in range(repeats):
+        for i, (fwd, step) in enumerate(runs):
+            fwd_t[i].append(seconds(fwd))
+            step_t[i].append(seconds(step))
+    med = statistics.median
+    return {
+        "forward_ms": 1e3 * med(fwd_t[0]),
+        "fwd_bwd_ms": 1e3 * med(step_t[0]),
+        "forward_ratios": [med(a / b for a, b in zip(fwd_t[0], fwd_t[i])) for i in range(1, len(runs))],
+        "fwd_bwd_ratios": [med(a / b for a, b in zip(step_t[0], step_t[i])) for i in range(1, len(runs))],
+        "baseline_forward_ms": [1e3 * med(t) for t in fwd_t[1:]],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: small maps gain little from more)")
     parser.add_argument("--only", nargs="*", default=None, help="module names to time (default: all)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -100,31 +119,32 @@ def main(argv: list[str] | None = None) -> int:
 
     C, S = args.channels, args.size
     x = torch.randn(args.batch, C, S, S)
-    conv_f, conv_fb = measure(nn.Conv2d(C, C, 3, padding=1), x, args.repeats)
-    glob_f, glob_fb = measure(GlobalAttention(C, args.heads), x, args.repeats)
+    baselines = [nn.Conv2d(C, C, 3, padding=1), GlobalAttention(C, args.heads)]
     rows = []
     for name, make in configs(C, args.heads).items():
         if args.only and name not in args.only:
             continue
         module = make()
-        f, fb = measure(module, x, args.repeats)
+        r = paired(module, baselines, x, args.repeats)
         rows.append({
             "module": name, "params": sum(p.numel() for p in module.parameters()),
-            "forward_ms": 1e3 * f, "fwd_bwd_ms": 1e3 * fb,
-            "forward_vs_conv3x3": f / conv_f, "forward_vs_global_attention": f / glob_f,
-            "fwd_bwd_vs_conv3x3": fb / conv_fb,
+            "forward_ms": r["forward_ms"], "fwd_bwd_ms": r["fwd_bwd_ms"],
+            "forward_vs_conv3x3": r["forward_ratios"][0], "forward_vs_global_attention": r["forward_ratios"][1],
+            "fwd_bwd_vs_conv3x3": r["fwd_bwd_ratios"][0],
+            "conv3x3_forward_ms": r["baseline_forward_ms"][0], "global_attention_forward_ms": r["baseline_forward_ms"][1],
         })
     head = {
         "input": [args.batch, C, S, S], "threads": args.threads, "dtype": "float32",
         "gemm_gflops": round(gemm_gflops(), 1),
-        "conv3x3_forward_ms": 1e3 * conv_f, "global_attention_forward_ms": 1e3 * glob_f,
     }
     if args.json:
         print(json.dumps({"setup": head, "rows": rows}, indent=2))
         return 0
     print("  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in head.items()))
-    print(f"{'module':<27}{'params':>9}{'fwd ms':>9}{'fwd/conv3x3':>13}{'fwd/global':>12}{'fwd+bwd/conv3x3':>17}")
+    print(f"{'module':<27}{'params':>9}{'fwd ms':>9}{'fwd/conv3x3':>13}{'fwd/global':>12}{'fwd+bwd/conv3x3':>17}"
+          f"{'conv3x3 ms':>12}{'global ms':>11}")
     for r in rows:
         print(f"{r['module']:<27}{r['params']:>9}{r['forward_ms']:>9.2f}{r['forward_vs_conv3x3']:>13.2f}"
-              f"{r['forward_vs_global_attention']:>12.2f}{r['fwd_bwd_vs_conv3x3']:>17.2f}")
+              f"{r['forward_vs_global_attention']:>12.2f}{r['fwd_bwd_vs_conv3x3']:>17.2f}"
+              f"{r['conv3x3_forward_ms']:>12.2f}{r['global_attention_forward_ms']:>11.2f}")
     return 0
