@@ -130,3 +130,10 @@ def test_non_local_block_is_identity_at_init_and_embedded_gaussian_after():
     f = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)
     y = (f @ g.transpose(1, 2)).transpose(1, 2).reshape(2, 4, 4, 5)
     torch.testing.assert_close(m(x), m.bn(m.w_z(y)) + x)
+
+
+def test_ulsam_separable_max_pool_equals_torch_max_pool():
+    from attnkit.nn.vision.ulsam import max_pool_3x3
+
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(max_pool_3x3(x), F.max_pool2d(x, 3, stride=1, padding=1), rtol=0, atol=0)

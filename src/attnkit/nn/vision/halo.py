@@ -56,11 +56,10 @@ class HaloAttention(nn.Module):
         self.register_buffer("offsets", _offsets(block, halo), persistent=False)
 
     def position_logits(self, q: torch.Tensor) -> torch.Tensor:
-        """(N, heads, b^2, d) scaled queries -> (N, heads, b^2, w^2) relative position logits."""
-        shape = (*q.shape[:-1], self.offsets.shape[-1])
-        rows = torch.gather(q @ self.rel_h.T, -1, self.offsets[0].expand(shape))
-        cols = torch.gather(q @ self.rel_w.T, -1, self.offsets[1].expand(shape))
-        return rows + cols
+        """(N, heads, b^2, d) scaled queries -> (N, heads, b^2, w^2) relative position logits,
+        q . (r^h + r^w) with the embeddings looked up per (query, key) pair."""
+        emb = self.rel_h[self.offsets[0]] + self.rel_w[self.offsets[1]]  # (b^2, w^2, d)
+        return torch.einsum("nhid,ijd->nhij", q, emb)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.dim)

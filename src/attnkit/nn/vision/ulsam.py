@@ -28,17 +28,32 @@ class ULSAM(nn.Module):
         self.channels = check_int("channels", channels)
         self.groups = check_int("groups", groups)
         check_divides("channels", channels, "groups", groups)
-        per = channels // groups
-        # All subspaces at once: the depthwise conv is per channel anyway, and a grouped
-        # 1x1 conv with `groups` groups is one pointwise conv per subspace.
-        self.dw = nn.Conv2d(channels, channels, 1, groups=channels, bias=bias)
-        self.pw = nn.Conv2d(channels, groups, 1, groups=groups, bias=bias)
-        self.per = per
+        self.per = channels // groups
+        # All subspaces at once. A depthwise 1x1 conv is a per-channel scale (and shift);
+        # the pointwise convs are one (C/g -> 1) weight vector per subspace.
+        self.dw_weight = nn.Parameter(torch.empty(channels).uniform_(-1, 1))
+        self.pw_weight = nn.Parameter(torch.empty(groups, self.per).uniform_(-1, 1) / self.per ** 0.5)
+        self.dw_bias = nn.Parameter(torch.zeros(channels)) if bias else None
+        self.pw_bias = nn.Parameter(torch.zeros(groups)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.channels)
         B, C, H, W = x.shape
-        a = self.pw(F.max_pool2d(self.dw(x), 3, stride=1, padding=1))  # (B, g, H, W)
-        a = torch.softmax(a.reshape(B, self.groups, H * W), dim=-1).reshape(B, self.groups, 1, H, W)
+        d = x * self.dw_weight[:, None, None]
+        if self.dw_bias is not None:
+            d = d + self.dw_bias[:, None, None]
+        d = max_pool_3x3(d).reshape(B, self.groups, self.per, H * W)
+        a = torch.einsum("bgcn,gc->bgn", d, self.pw_weight)
+        if self.pw_bias is not None:
+            a = a + self.pw_bias[:, None]
+        a = torch.softmax(a, dim=-1).reshape(B, self.groups, 1, H, W)  # one map per subspace
         f = x.reshape(B, self.groups, self.per, H, W)
         return (a * f + f).reshape(B, C, H, W)
+
+
+def max_pool_3x3(x: torch.Tensor) -> torch.Tensor:
+    """3x3 max pooling, stride 1, padding 1 (border cells take the max of what exists), as
+    two separable running maxima: the same values as ``F.max_pool2d(x, 3, 1, 1)``, faster on CPU."""
+    p = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
+    rows = torch.maximum(torch.maximum(p[..., :-2, :], p[..., 1:-1, :]), p[..., 2:, :])
+    return torch.maximum(torch.maximum(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])
