@@ -19,6 +19,8 @@ EXAMPLES = {
     "GlobalSubsampledAttention": (lambda: V.GlobalSubsampledAttention(16, heads=2, sr_ratio=2), (2, 16, 8, 8)),
     "TwinsSVTBlock": (lambda: V.TwinsSVTBlock(16, heads=2, window=4, sr_ratio=2), (2, 16, 8, 8)),
     "ChannelGroupAttention": (lambda: V.ChannelGroupAttention(16, groups=4), (2, 16, 5, 6)),
+    "SpatialWindowAttention": (lambda: V.SpatialWindowAttention(16, heads=2, window=3), (2, 16, 6, 3)),
+    "DualAttentionBlock": (lambda: V.DualAttentionBlock(16, heads=2, groups=4, window=3), (2, 16, 6, 3)),
     "HaloAttention": (lambda: V.HaloAttention(16, heads=2, block=4, halo=1), (2, 16, 8, 8)),
     "SuperTokenAttention": (lambda: V.SuperTokenAttention(16, heads=2, stoken=2, iters=2), (2, 16, 6, 8)),
 }

@@ -19,3 +19,9 @@ def test_bench_vision_prints_ratios(capsys):
     out = json.loads(capsys.readouterr().out)
     assert [r["module"] for r in out["rows"]] == ["ECA", "SwinBlock"]
     assert all(r["forward_vs_conv3x3"] > 0 and r["forward_vs_global_attention"] > 0 for r in out["rows"])
+
+
+def test_bench_covers_every_catalogued_module():
+    from attnkit.bench.vision import configs
+
+    assert sorted(configs(16, 2)) == sorted(m.name for m in V.modules())

@@ -117,10 +117,12 @@ def test_twins_layers():
     assert count(V.TwinsSVTBlock(dim, heads, 4, s)) == lsa + gsa
 
 
-def test_davit_channel_block():
+def test_davit_blocks():
     dim = 32
-    cpe = 2 * (9 * dim + dim)
-    assert count(V.ChannelGroupAttention(dim, groups=4)) == cpe + 4 * dim + 4 * dim * dim + 4 * dim + mlp(dim)
+    block = 2 * (9 * dim + dim) + 4 * dim + 4 * dim * dim + 4 * dim + mlp(dim)  # 2 CPEs, 2 LNs, qkv + proj, MLP
+    assert count(V.ChannelGroupAttention(dim, groups=4)) == block
+    assert count(V.SpatialWindowAttention(dim, heads=4, window=7)) == block
+    assert count(V.DualAttentionBlock(dim, heads=4, groups=4)) == 2 * block
 
 
 def test_halo_attention():

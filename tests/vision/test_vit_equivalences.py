@@ -99,6 +99,26 @@ def test_davit_channel_attention_equation_and_global_reach():
     assert (moved[:, 1:] > 1e-8).all()
 
 
+def test_davit_spatial_block_is_block_diagonal_attention_between_cpes():
+    torch.manual_seed(6)
+    block = V.SpatialWindowAttention(8, heads=2, window=2).double()
+    x = torch.randn(2, 8, 4, 6, dtype=torch.float64)
+    B, C, H, W = x.shape
+    x1 = x + block.cpe1(x)
+    t = x1.flatten(2).transpose(1, 2)
+    q, k, v = (heads(p, 2) for p in block.qkv(block.norm1(t)).chunk(3, dim=-1))
+    rows, cols = grid(H, W)
+    allowed = (rows[:, None] // 2 == rows[None] // 2) & (cols[:, None] // 2 == cols[None] // 2)
+    t = t + block.proj(unheads(masked_attention(q, k, v, allowed, scale=0.5)))
+    x2 = t.transpose(1, 2).reshape(B, C, H, W)
+    x2 = x2 + block.cpe2(x2)
+    t = x2.flatten(2).transpose(1, 2)
+    expected = (t + block.mlp(block.norm2(t))).transpose(1, 2).reshape(B, C, H, W)
+    torch.testing.assert_close(block(x), expected, rtol=1e-10, atol=1e-10)
+    dual = V.DualAttentionBlock(8, heads=2, groups=2, window=2).double()
+    torch.testing.assert_close(dual(x), dual.channel(dual.spatial(x)))
+
+
 def test_halo_attention_equals_masked_attention_over_the_zero_padded_map():
     torch.manual_seed(4)
     for b, h in [(2, 1), (4, 2), (3, 0)]:

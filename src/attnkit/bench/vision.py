@@ -54,6 +54,8 @@ def configs(C: int, heads: int) -> dict:
         "GlobalSubsampledAttention": lambda: V.GlobalSubsampledAttention(C, heads, sr_ratio=4),
         "TwinsSVTBlock": lambda: V.TwinsSVTBlock(C, heads, window=8, sr_ratio=4),
         "ChannelGroupAttention": lambda: V.ChannelGroupAttention(C, groups=heads),
+        "SpatialWindowAttention": lambda: V.SpatialWindowAttention(C, heads, window=8),
+        "DualAttentionBlock": lambda: V.DualAttentionBlock(C, heads, groups=heads, window=8),
         "HaloAttention": lambda: V.HaloAttention(C, heads, block=8, halo=3),
         "SuperTokenAttention": lambda: V.SuperTokenAttention(C, heads, stoken=4),
     }

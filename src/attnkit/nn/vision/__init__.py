@@ -7,7 +7,7 @@ CNNs and ViT attention blocks. Every module takes and returns NCHW tensors.
 from .catalogue import VisionModule, modules
 from .cbam import CBAM
 from .coordinate import CoordinateAttention
-from .davit import ChannelGroupAttention
+from .davit import ChannelGroupAttention, DualAttentionBlock, SpatialWindowAttention
 from .eca import ECA, eca_kernel_size
 from .ela import EfficientLocalAttention
 from .halo import HaloAttention
@@ -25,7 +25,7 @@ from .ulsam import ULSAM
 
 __all__ = [
     "modules", "VisionModule", "eca_kernel_size",
-    "CBAM", "ChannelGroupAttention", "CoordinateAttention", "ECA", "EfficientLocalAttention",
+    "CBAM", "ChannelGroupAttention", "CoordinateAttention", "DualAttentionBlock", "SpatialWindowAttention", "ECA", "EfficientLocalAttention",
     "GlobalSubsampledAttention", "HaloAttention", "LargeKernelAttention", "LocallyGroupedAttention",
     "NonLocalBlock", "PolarizedSelfAttention", "ResidualAttention", "SplitAttention",
     "SqueezeExcitation", "SuperTokenAttention", "SwinBlock", "TripletAttention", "TwinsSVTBlock", "ULSAM",
