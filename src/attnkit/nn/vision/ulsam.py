@@ -53,7 +53,9 @@ class ULSAM(nn.Module):
 
 def max_pool_3x3(x: torch.Tensor) -> torch.Tensor:
     """3x3 max pooling, stride 1, padding 1 (border cells take the max of what exists), as
-    two separable running maxima: the same values as ``F.max_pool2d(x, 3, 1, 1)``, faster on CPU."""
+    running maxima over 3 row shifts then 3 column shifts: the values of
+    ``F.max_pool2d(x, 3, 1, 1)``, about 10x faster forward on this CPU. (At exact ties the
+    gradient is shared between the tied inputs instead of going to one of them.)"""
     p = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
     rows = torch.maximum(torch.maximum(p[..., :-2, :], p[..., 1:-1, :]), p[..., 2:, :])
     return torch.maximum(torch.maximum(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])
