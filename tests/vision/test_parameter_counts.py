@@ -85,6 +85,7 @@ def test_large_kernel_attention_matches_van_formula():
     weights = sum(p.numel() for n, p in V.LargeKernelAttention(C, K, d).named_parameters() if n.endswith("weight"))
     assert weights == C * (math.ceil(K / d) ** 2 + (2 * d - 1) ** 2) + C * C
     assert count(V.LargeKernelAttention(C, K, d)) == weights + 3 * C
+    assert weights == 3392  # the figure quoted for a 32-channel K=21 LKA by the D2LK paper (Cheung et al., 2025)
 
 
 def test_non_local_block():
