@@ -98,3 +98,24 @@ def test_bad_argument_types_are_type_errors():
 def test_maps_that_do_not_tile_are_refused(make, shape, match):
     with pytest.raises(ValueError, match=match):
         make()(torch.randn(*shape))
+
+
+ANY_SIZE = [
+    "SqueezeExcitation", "CBAM", "ECA", "TripletAttention", "ULSAM", "EfficientLocalAttention",
+    "CoordinateAttention", "PolarizedSelfAttention", "SplitAttention", "ResidualAttention", "LargeKernelAttention",
+]
+
+
+@pytest.mark.parametrize("name", ANY_SIZE)
+@pytest.mark.parametrize("hw", [(1, 1), (1, 7), (3, 2)])
+def test_cnn_modules_take_awkward_map_sizes(name, hw):
+    make, shape = EXAMPLES[name]
+    x = torch.randn(2, shape[1], *hw, requires_grad=True)
+    out = make()(x)
+    out.sum().backward()
+    assert out.shape == x.shape and torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+
+
+def test_non_local_without_sub_sampling_takes_a_single_pixel():
+    x = torch.randn(2, 8, 1, 1)
+    torch.testing.assert_close(V.NonLocalBlock(8)(x), x)  # identity at initialisation, any size
