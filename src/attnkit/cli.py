@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     p_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p_list.add_argument("--markdown", action="store_true", help="print the Markdown table used in the README")
     p_list.add_argument("--family", default=None, help="only this family")
+    p_list.add_argument("--vision", action="store_true", help="list the vision attention modules (attnkit.nn.vision)")
     sub.add_parser("info", help="torch, threads, fast paths and this machine's fp32 GEMM GFLOP/s")
     p_bench = sub.add_parser("bench", help="run a benchmark suite", add_help=False)
     p_bench.add_argument("suite", nargs="?", default=None, help=f"one of {bench_suites()}")
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in plugins:
         return int(plugins[args.command].run(args) or 0)
+    if args.command == "list" and args.vision:
+        return cmd_list_vision(args.json)
     if args.command == "list":
         return cmd_list(args.family, args.json, args.markdown)
     if args.command == "info":
@@ -75,6 +78,25 @@ def markdown_table(specs) -> str:
         patterns = " ".join(short[p] for p in d["patterns"])
         lines.append(f"| `{s.name}` | {s.family} | {patterns} | {', '.join(d['forms'])} | {s.papers[0] if s.papers else ''} |")
     return "\n".join(lines)
+
+
+def cmd_list_vision(as_json: bool) -> int:
+    from .nn.vision import modules
+
+    rows = [m.describe() for m in modules()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"attnkit.nn.vision: {len(rows)} modules (NCHW in, NCHW out)")
+    for col in ("name", "paper", "file"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["paper"], r["file"])
+    Console(width=160).print(table)
+    return 0
 
 
 def cmd_info() -> int:

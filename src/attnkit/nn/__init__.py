@@ -1,0 +1,2 @@
+"""Neural-network modules built on attnkit: ``attnkit.nn.vision`` holds the
+vision attention modules (NCHW in, NCHW out)."""
