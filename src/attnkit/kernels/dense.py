@@ -12,6 +12,12 @@ import torch.nn.functional as F
 
 from .positions import causal_mask
 
+# Devices whose SDPA kernels already return zeros (and finite gradients) for a query row
+# with no allowed key, as torch 2.13's CPU kernels do; the conformance suite's
+# fully-masked-row test checks this. Elsewhere attnkit guards the rows itself, at the cost
+# of one pass over the mask.
+_SDPA_ZEROES_DEAD_ROWS = frozenset({"cpu"})
+
 
 def sdpa_attention(q, k, v, *, causal: bool, mask, scale: float) -> torch.Tensor:
     gqa = q.shape[1] != k.shape[1]
@@ -31,12 +37,16 @@ def sdpa_attention(q, k, v, *, causal: bool, mask, scale: float) -> torch.Tensor
         # Fold the causal rule into the additive mask; -inf entries mark masked pairs.
         if allowed is not None:
             additive = additive.masked_fill(~allowed, float("-inf"))
+        if q.device.type in _SDPA_ZEROES_DEAD_ROWS:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=additive, scale=scale, enable_gqa=gqa)
         rows_alive = ~torch.isneginf(additive).all(dim=-1, keepdim=True)
         if not bool(rows_alive.all()):
             additive = additive.masked_fill(~rows_alive, 0.0)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=additive, scale=scale, enable_gqa=gqa)
             return out.masked_fill(~rows_alive, 0.0)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=additive, scale=scale, enable_gqa=gqa)
+    if q.device.type in _SDPA_ZEROES_DEAD_ROWS:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale, enable_gqa=gqa)
     rows_alive = allowed.any(dim=-1, keepdim=True)
     if not bool(rows_alive.all()):
         # A row with no key left: let SDPA attend anywhere, then zero the row, so neither
