@@ -7,5 +7,6 @@
     y = layer(x, context=memory)                     # cross-attention
 """
 from .attention import Attention, CrossAttentionCache
+from .multihead import MultiheadAttention
 
-__all__ = ["Attention", "CrossAttentionCache"]
+__all__ = ["Attention", "CrossAttentionCache", "MultiheadAttention"]
