@@ -5,8 +5,15 @@
     y = layer(x, causal=True)                        # self-attention
     y, state = layer(x[:, :5], causal=True, return_state=True)   # then decode with state
     y = layer(x, context=memory)                     # cross-attention
+
+See docs/layers.md for every module here.
 """
 from .attention import Attention, CrossAttentionCache
+from .grouped import WeightedGQA, mean_pool_kv
+from .key_driven import KeyDrivenGQA, allocate_queries
 from .multihead import MultiheadAttention
 
-__all__ = ["Attention", "CrossAttentionCache", "MultiheadAttention"]
+__all__ = [
+    "Attention", "CrossAttentionCache", "MultiheadAttention",
+    "WeightedGQA", "mean_pool_kv", "KeyDrivenGQA", "allocate_queries",
+]

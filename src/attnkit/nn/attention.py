@@ -97,6 +97,7 @@ class Attention(nn.Module):
         if rope is not None and not hasattr(rope, "apply"):
             raise TypeError(f"rope must be None, True or a positional encoding such as RoPE(head_dim), got {type(rope).__name__}")
         self.rope = rope
+        self.head_mask = None
 
     def split_heads(self, t: torch.Tensor, heads: int) -> torch.Tensor:
         """``(B, N, heads * head_dim) -> (B, heads, N, head_dim)``."""
@@ -143,8 +144,15 @@ class Attention(nn.Module):
                             **kw, **self._params(x, q, k, v))
             if incremental:
                 out, state = out
-        out = self.out_proj(out.transpose(1, 2).flatten(2))
+        out = self.merge_heads(out, x)
         return (out, state) if return_state else out
+
+    def merge_heads(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-head outputs ``(B, heads, N, Dv)`` -> ``(B, N, dim)``. ``head_mask`` (one weight per
+        head; see :mod:`attnkit.nn.pruning`) scales each head first; subclasses gate heads here."""
+        if self.head_mask is not None:
+            out = out * self.head_mask.to(out.dtype)[None, :, None, None]
+        return self.out_proj(out.transpose(1, 2).flatten(2))
 
     def _params(self, x, q, k, v) -> dict:
         if self.inputs is None:
