@@ -11,9 +11,11 @@ See docs/layers.md for every module here.
 from .attention import Attention, CrossAttentionCache
 from .grouped import WeightedGQA, mean_pool_kv
 from .key_driven import KeyDrivenGQA, allocate_queries
+from .latent import LatentCache, MultiHeadLatentAttention
 from .multihead import MultiheadAttention
 
 __all__ = [
     "Attention", "CrossAttentionCache", "MultiheadAttention",
     "WeightedGQA", "mean_pool_kv", "KeyDrivenGQA", "allocate_queries",
+    "MultiHeadLatentAttention", "LatentCache",
 ]

@@ -1,0 +1,133 @@
+"""Multi-head latent attention (MLA), from "DeepSeek-V2: A Strong, Economical, and
+Efficient Mixture-of-Experts Language Model".
+
+Keys and values are compressed jointly into a latent ``c = W_DKV h`` (``kv_latent``
+numbers per token, RMS-normalised as in the DeepSeek-V2 model); per head
+``k_C = W_UK c`` and ``v = W_UV c``. Position goes through a separate *decoupled*
+RoPE part: ``q_R = RoPE(W_QR c_Q)`` per head and one ``k_R = RoPE(W_KR h)`` shared by
+all heads. The score of head ``i`` is ``[q_C; q_R] . [k_C; k_R] / sqrt(head_dim +
+rope_dim)``. Queries may be compressed too (``q_latent``): ``c_Q = W_DQ h``.
+
+Only ``c`` and ``k_R`` are cached: ``kv_latent + rope_dim`` numbers per token
+instead of ``2 * heads * head_dim``. Two forms give the same function:
+
+- ``form="naive"`` materialises ``k_C`` and ``v`` for every head (the equations);
+- ``form="absorbed"`` (default) folds ``W_UK`` into the query and ``W_UV`` into the
+  output, so attention runs as multi-query attention directly on the cache:
+  query ``[W_UK_i^T q_C; q_R]``, key ``[c; k_R]``, value ``c``, then ``W_UV_i``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .. import registry
+from ..api import attention
+from ..positional import RoPE
+from ..state import KVCache
+from ..validation import check_params
+from .checks import check_positive_int, check_tokens
+
+
+class LatentCache:
+    """The MLA cache: latent ``c`` ``(B, N, kv_latent)`` and rotated shared key ``k_R`` ``(B, N, rope_dim)``."""
+
+    def __init__(self, latent, k_rope):
+        self._cache = KVCache(latent[:, None], k_rope[:, None])
+
+    def append(self, latent, k_rope) -> "LatentCache":
+        self._cache = self._cache.append(latent[:, None], k_rope[:, None])
+        return self
+
+    @property
+    def latent(self):
+        return self._cache.k[:, 0]
+
+    @property
+    def k_rope(self):
+        return self._cache.v[:, 0]
+
+    @property
+    def length(self) -> int:
+        return self._cache.length
+
+    def numel(self) -> int:
+        return self._cache.numel()
+
+
+class MultiHeadLatentAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, *, head_dim: int, kv_latent: int, rope_dim: int = 16,
+                 q_latent: int | None = None, mechanism: str = "softmax", rope_base: float = 10000.0,
+                 **mechanism_params):
+        super().__init__()
+        for name, value in (("dim", dim), ("heads", heads), ("head_dim", head_dim), ("kv_latent", kv_latent),
+                            ("rope_dim", rope_dim)):
+            check_positive_int(name, value)
+        if q_latent is not None:
+            check_positive_int("q_latent", q_latent)
+        if rope_dim % 2:
+            raise ValueError(f"rope_dim must be even (RoPE rotates pairs), got {rope_dim}")
+        spec = registry.get(mechanism)
+        if spec.tensor_names:
+            raise ValueError(f"mechanism {mechanism!r} needs tensor inputs {list(spec.tensor_names)}; MLA takes none")
+        self.mechanism, self.mechanism_params = mechanism, dict(check_params(spec, mechanism_params))
+        self.dim, self.heads, self.head_dim, self.kv_latent, self.rope_dim = dim, heads, head_dim, kv_latent, rope_dim
+        self.kv_down = nn.Linear(dim, kv_latent, bias=False)
+        self.kv_norm = nn.RMSNorm(kv_latent)
+        self.k_up = nn.Linear(kv_latent, heads * head_dim, bias=False)
+        self.v_up = nn.Linear(kv_latent, heads * head_dim, bias=False)
+        self.k_rope = nn.Linear(dim, rope_dim, bias=False)
+        if q_latent is None:
+            self.q_down, self.q_norm = None, None
+            q_in = dim
+        else:
+            self.q_down, self.q_norm = nn.Linear(dim, q_latent, bias=False), nn.RMSNorm(q_latent)
+            q_in = q_latent
+        self.q_up = nn.Linear(q_in, heads * head_dim, bias=False)
+        self.q_rope = nn.Linear(q_in, heads * rope_dim, bias=False)
+        self.out_proj = nn.Linear(heads * head_dim, dim, bias=False)
+        self.rope = RoPE(rope_dim, base=rope_base)
+
+    def forward(self, x, *, causal=False, mask=None, state=None, return_state=False, form="absorbed"):
+        """``x (B, N, dim) -> (B, N, dim)``; with ``return_state`` also the :class:`LatentCache`."""
+        check_tokens("x", x, self.dim)
+        if form not in ("absorbed", "naive"):
+            raise ValueError(f"form must be 'absorbed' or 'naive', got {form!r}")
+        incremental = return_state or state is not None
+        if incremental and not causal:
+            raise ValueError("incremental use (state / return_state) needs causal=True")
+        if state is not None and not isinstance(state, LatentCache):
+            raise TypeError(f"state must be the LatentCache of an earlier call, got {type(state).__name__}")
+        B, N, _ = x.shape
+        offset = state.length if state is not None else 0
+        positions = torch.arange(offset, offset + N, device=x.device)
+        latent = self.kv_norm(self.kv_down(x))
+        k_rope = self.rope.rotate(self.k_rope(x), positions)
+        if incremental:
+            state = LatentCache(latent, k_rope) if state is None else state.append(latent, k_rope)
+            latent, k_rope = state.latent, state.k_rope
+        cq = x if self.q_down is None else self.q_norm(self.q_down(x))
+        q_c = self.q_up(cq).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # (B, H, N, d_h)
+        q_r = self.rope.rotate(self.q_rope(cq).unflatten(-1, (self.heads, self.rope_dim)).transpose(1, 2), positions)
+        scale = 1.0 / math.sqrt(self.head_dim + self.rope_dim)
+        run = self._absorbed if form == "absorbed" else self._naive
+        out = run(q_c, q_r, latent, k_rope, causal=causal, mask=mask, scale=scale)
+        out = self.out_proj(out.transpose(1, 2).flatten(2))
+        return (out, state) if return_state else out
+
+    def _naive(self, q_c, q_r, latent, k_rope, **kw):
+        H, M = self.heads, latent.shape[1]
+        k_c = self.k_up(latent).unflatten(-1, (H, self.head_dim)).transpose(1, 2)
+        v = self.v_up(latent).unflatten(-1, (H, self.head_dim)).transpose(1, 2)
+        k = torch.cat([k_c, k_rope[:, None].expand(-1, H, M, -1)], dim=-1)
+        return attention(torch.cat([q_c, q_r], dim=-1), k, v, self.mechanism, **kw, **self.mechanism_params)
+
+    def _absorbed(self, q_c, q_r, latent, k_rope, **kw):
+        w_uk = self.k_up.weight.view(self.heads, self.head_dim, self.kv_latent)
+        w_uv = self.v_up.weight.view(self.heads, self.head_dim, self.kv_latent)
+        q = torch.cat([torch.einsum("bhnd,hdc->bhnc", q_c, w_uk), q_r], dim=-1)
+        k = torch.cat([latent, k_rope], dim=-1)[:, None]
+        o = attention(q, k, latent[:, None], self.mechanism, **kw, **self.mechanism_params)  # (B, H, N, kv_latent)
+        return torch.einsum("bhnc,hdc->bhnd", o, w_uv)
