@@ -12,10 +12,12 @@ from .attention import Attention, CrossAttentionCache
 from .grouped import WeightedGQA, mean_pool_kv
 from .key_driven import KeyDrivenGQA, allocate_queries
 from .latent import LatentCache, MultiHeadLatentAttention
+from .mixture_of_attention import MixtureOfAttentionHeads
+from .mixture_of_heads import MixtureOfHeads
 from .multihead import MultiheadAttention
 
 __all__ = [
     "Attention", "CrossAttentionCache", "MultiheadAttention",
     "WeightedGQA", "mean_pool_kv", "KeyDrivenGQA", "allocate_queries",
-    "MultiHeadLatentAttention", "LatentCache",
+    "MultiHeadLatentAttention", "LatentCache", "MixtureOfHeads", "MixtureOfAttentionHeads",
 ]
