@@ -14,10 +14,12 @@ from .key_driven import KeyDrivenGQA, allocate_queries
 from .latent import LatentCache, MultiHeadLatentAttention
 from .mixture_of_attention import MixtureOfAttentionHeads
 from .mixture_of_heads import MixtureOfHeads
+from .multi_source import MultiSourceCrossAttention
 from .multihead import MultiheadAttention
 
 __all__ = [
     "Attention", "CrossAttentionCache", "MultiheadAttention",
     "WeightedGQA", "mean_pool_kv", "KeyDrivenGQA", "allocate_queries",
     "MultiHeadLatentAttention", "LatentCache", "MixtureOfHeads", "MixtureOfAttentionHeads",
+    "MultiSourceCrossAttention",
 ]
