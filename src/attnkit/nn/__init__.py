@@ -9,6 +9,8 @@
 See docs/layers.md for every module here.
 """
 from .attention import Attention, CrossAttentionCache
+from .bottleneck import PerceiverEncoder, PoolingByMultiheadAttention
+from .decoupled import DecoupledCrossAttention
 from .grouped import WeightedGQA, mean_pool_kv
 from .key_driven import KeyDrivenGQA, allocate_queries
 from .latent import LatentCache, MultiHeadLatentAttention
@@ -16,10 +18,12 @@ from .mixture_of_attention import MixtureOfAttentionHeads
 from .mixture_of_heads import MixtureOfHeads
 from .multi_source import MultiSourceCrossAttention
 from .multihead import MultiheadAttention
+from .slot_attention import SlotAttention
 
 __all__ = [
     "Attention", "CrossAttentionCache", "MultiheadAttention",
     "WeightedGQA", "mean_pool_kv", "KeyDrivenGQA", "allocate_queries",
     "MultiHeadLatentAttention", "LatentCache", "MixtureOfHeads", "MixtureOfAttentionHeads",
-    "MultiSourceCrossAttention",
+    "MultiSourceCrossAttention", "PerceiverEncoder", "PoolingByMultiheadAttention", "SlotAttention",
+    "DecoupledCrossAttention",
 ]
