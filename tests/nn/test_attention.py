@@ -104,3 +104,56 @@ def test_bad_arguments_are_refused():
         layer(torch.randn(2, 5, 32), torch.randn(3, 5, 32))
     with pytest.raises(ValueError, match="causal=True"):
         layer(torch.randn(1, 3, 32), return_state=True)
+
+
+def _gated_spec(with_module: bool):
+    """A toy mechanism with a per-token tensor input ``gate`` (B, H, N, 1): softmax attention * sigmoid(gate)."""
+    from attnkit.reference import materialised_attention
+    from attnkit.registry import ALL_PATTERNS, MechanismSpec
+    from attnkit.state import kv_cache_step
+
+    def form(q, k, v, *, causal, mask, scale, gate):
+        return materialised_attention(q, k, v, causal=causal, mask=mask, scale=scale) * torch.sigmoid(gate)
+
+    def step(q, k, v, state, *, causal, mask, scale, gate):
+        return kv_cache_step(lambda *a, **kw: form(*a, **kw, gate=gate))(q, k, v, state, causal=causal, mask=mask, scale=scale)
+
+    class GateFromTokens(torch.nn.Module):
+        def __init__(self, dim, heads, kv_heads, head_dim):
+            super().__init__()
+            self.proj = torch.nn.Linear(dim, heads)
+
+        def forward(self, x, q, k, v):
+            return {"gate": self.proj(x).transpose(1, 2)[..., None]}
+
+    return MechanismSpec(
+        name="toy_gated", family="test", papers=(), patterns=ALL_PATTERNS, reference=form, fast={"ref": form},
+        step=step, tensor_inputs=lambda q, k, v, g: {"gate": torch.randn(*q.shape[:3], 1, generator=g, dtype=q.dtype)},
+        tensor_inputs_per_token=("gate",), extra={"module": GateFromTokens} if with_module else {},
+    )
+
+
+def test_layer_learns_tensor_inputs_through_the_spec_module_hook(monkeypatch):
+    from attnkit import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    registry.register(_gated_spec(with_module=True))
+    layer = Attention(16, 2, mechanism="toy_gated").double()
+    x = torch.randn(1, 6, 16, dtype=torch.float64)
+    whole = layer(x, causal=True)
+    out, state = layer(x[:, :2], causal=True, return_state=True)
+    out2, _ = layer(x[:, 2:], causal=True, state=state, return_state=True)
+    torch.testing.assert_close(torch.cat([out, out2], 1), whole)
+    whole.sum().backward()
+    assert layer.inputs.proj.weight.grad is not None
+    with pytest.raises(TypeError, match="made by the layer"):
+        Attention(16, 2, mechanism="toy_gated", gate=torch.zeros(1))
+
+
+def test_layer_refuses_tensor_inputs_it_cannot_learn(monkeypatch):
+    from attnkit import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    registry.register(_gated_spec(with_module=False))
+    with pytest.raises(ValueError, match="spec.extra\\['module'\\]"):
+        Attention(16, 2, mechanism="toy_gated")
