@@ -23,7 +23,7 @@ def test_absorbed_form_equals_naive_form(q_latent, causal):
 
 @pytest.mark.parametrize("form", ["absorbed", "naive"])
 def test_incremental_decoding_equals_one_shot_and_caches_the_latent(form):
-    mla = _mla(q_latent=10, mechanism="alibi")
+    mla = _mla(q_latent=10, mechanism="alibi", attention_form="chunked")
     whole = mla(X, causal=True, form=form)
     out, state = mla(X[:, :5], causal=True, return_state=True, form=form)
     outs = [out]
@@ -49,6 +49,8 @@ def test_decoupled_rope_breaks_permutation_equivariance_and_gradients_flow():
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="rope_dim"):
         MultiHeadLatentAttention(32, 4, head_dim=8, kv_latent=12, rope_dim=3)
+    with pytest.raises(ValueError, match="form='fast'"):
+        MultiHeadLatentAttention(32, 4, head_dim=8, kv_latent=12, attention_form="fast")
     with pytest.raises(ValueError, match="kv_latent"):
         MultiHeadLatentAttention(32, 4, head_dim=8, kv_latent=0)
     mla = _mla()

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
     p.add_argument("--seconds", type=float, default=300.0, help="stop training after this many seconds")
     p.add_argument("--seq", type=int, default=64, help="training/evaluation window length")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

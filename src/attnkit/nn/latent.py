@@ -15,6 +15,11 @@ instead of ``2 * heads * head_dim``. Two forms give the same function:
 - ``form="absorbed"`` (default) folds ``W_UK`` into the query and ``W_UV`` into the
   output, so attention runs as multi-query attention directly on the cache:
   query ``[W_UK_i^T q_C; q_R]``, key ``[c; k_R]``, value ``c``, then ``W_UV_i``.
+
+``attention_form`` picks the mechanism's form that runs the attention (default:
+its first fast form). For softmax decoding ``"chunked"`` is much faster on CPU:
+torch's SDPA is slow for one shared K/V head whose value width differs from
+the key width (see docs/layers.md).
 """
 from __future__ import annotations
 
@@ -60,7 +65,7 @@ class LatentCache:
 class MultiHeadLatentAttention(nn.Module):
     def __init__(self, dim: int, heads: int, *, head_dim: int, kv_latent: int, rope_dim: int = 16,
                  q_latent: int | None = None, mechanism: str = "softmax", rope_base: float = 10000.0,
-                 **mechanism_params):
+                 attention_form: str | None = None, **mechanism_params):
         super().__init__()
         for name, value in (("dim", dim), ("heads", heads), ("head_dim", head_dim), ("kv_latent", kv_latent),
                             ("rope_dim", rope_dim)):
@@ -73,6 +78,8 @@ class MultiHeadLatentAttention(nn.Module):
         if spec.tensor_names:
             raise ValueError(f"mechanism {mechanism!r} needs tensor inputs {list(spec.tensor_names)}; MLA takes none")
         self.mechanism, self.mechanism_params = mechanism, dict(check_params(spec, mechanism_params))
+        spec.form(attention_form)  # refuses unknown form names now
+        self.attention_form = attention_form
         self.dim, self.heads, self.head_dim, self.kv_latent, self.rope_dim = dim, heads, head_dim, kv_latent, rope_dim
         self.kv_down = nn.Linear(dim, kv_latent, bias=False)
         self.kv_norm = nn.RMSNorm(kv_latent)
@@ -122,12 +129,14 @@ class MultiHeadLatentAttention(nn.Module):
         k_c = self.k_up(latent).unflatten(-1, (H, self.head_dim)).transpose(1, 2)
         v = self.v_up(latent).unflatten(-1, (H, self.head_dim)).transpose(1, 2)
         k = torch.cat([k_c, k_rope[:, None].expand(-1, H, M, -1)], dim=-1)
-        return attention(torch.cat([q_c, q_r], dim=-1), k, v, self.mechanism, **kw, **self.mechanism_params)
+        return attention(torch.cat([q_c, q_r], dim=-1), k, v, self.mechanism, form=self.attention_form, **kw,
+                         **self.mechanism_params)
 
     def _absorbed(self, q_c, q_r, latent, k_rope, **kw):
         w_uk = self.k_up.weight.view(self.heads, self.head_dim, self.kv_latent)
         w_uv = self.v_up.weight.view(self.heads, self.head_dim, self.kv_latent)
         q = torch.cat([torch.einsum("bhnd,hdc->bhnc", q_c, w_uk), q_r], dim=-1)
         k = torch.cat([latent, k_rope], dim=-1)[:, None]
-        o = attention(q, k, latent[:, None], self.mechanism, **kw, **self.mechanism_params)  # (B, H, N, kv_latent)
+        o = attention(q, k, latent[:, None], self.mechanism, form=self.attention_form, **kw,
+                      **self.mechanism_params)  # (B, H, N, kv_latent)
         return torch.einsum("bhnc,hdc->bhnd", o, w_uv)
