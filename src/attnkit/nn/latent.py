@@ -37,29 +37,38 @@ from .checks import check_positive_int, check_tokens
 
 
 class LatentCache:
-    """The MLA cache: latent ``c`` ``(B, N, kv_latent)`` and rotated shared key ``k_R`` ``(B, N, rope_dim)``."""
+    """The MLA cache: per token the latent ``c`` and the rotated shared key ``k_R``, side by side.
 
-    def __init__(self, latent, k_rope):
-        self._cache = KVCache(latent[:, None], k_rope[:, None])
+    One buffer ``(B, capacity, kv_latent + rope_dim)`` that grows geometrically, so
+    a decoding step appends in place and reads keys ``[c; k_R]`` and values ``c``
+    as views, without copying the cache (when gradients are needed it concatenates).
+    """
 
-    def append(self, latent, k_rope) -> "LatentCache":
-        self._cache = self._cache.append(latent[:, None], k_rope[:, None])
+    def __init__(self, keys: torch.Tensor):
+        self._buf, self.length = keys, keys.shape[1]
+
+    def append(self, keys: torch.Tensor) -> "LatentCache":
+        if keys.shape[0] != self._buf.shape[0] or keys.shape[2] != self._buf.shape[2]:
+            raise ValueError(f"state holds (B, N, width) = ({self._buf.shape[0]}, *, {self._buf.shape[2]}); got "
+                             f"{tuple(keys.shape)}: the state belongs to a different batch or layer")
+        n, new = self.length, keys.shape[1]
+        if torch.is_grad_enabled() and (keys.requires_grad or self._buf.requires_grad):
+            return LatentCache(torch.cat([self.keys, keys], dim=1))
+        if n + new > self._buf.shape[1]:
+            grown = self._buf.new_empty(self._buf.shape[0], max(2 * self._buf.shape[1], n + new, 16), self._buf.shape[2])
+            grown[:, :n] = self._buf[:, :n]
+            self._buf = grown
+        self._buf[:, n : n + new] = keys
+        self.length = n + new
         return self
 
     @property
-    def latent(self):
-        return self._cache.k[:, 0]
-
-    @property
-    def k_rope(self):
-        return self._cache.v[:, 0]
-
-    @property
-    def length(self) -> int:
-        return self._cache.length
+    def keys(self) -> torch.Tensor:
+        """``[c; k_R]`` of every token so far: ``(B, N, kv_latent + rope_dim)``."""
+        return self._buf[:, : self.length]
 
     def numel(self) -> int:
-        return self._cache.numel()
+        return self.keys.numel()
 
 
 class MultiHeadLatentAttention(nn.Module):
@@ -110,33 +119,32 @@ class MultiHeadLatentAttention(nn.Module):
         B, N, _ = x.shape
         offset = state.length if state is not None else 0
         positions = torch.arange(offset, offset + N, device=x.device)
-        latent = self.kv_norm(self.kv_down(x))
-        k_rope = self.rope.rotate(self.k_rope(x), positions)
+        keys = torch.cat([self.kv_norm(self.kv_down(x)), self.rope.rotate(self.k_rope(x), positions)], dim=-1)
         if incremental:
-            state = LatentCache(latent, k_rope) if state is None else state.append(latent, k_rope)
-            latent, k_rope = state.latent, state.k_rope
+            state = LatentCache(keys) if state is None else state.append(keys)
+            keys = state.keys
         cq = x if self.q_down is None else self.q_norm(self.q_down(x))
         q_c = self.q_up(cq).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # (B, H, N, d_h)
         q_r = self.rope.rotate(self.q_rope(cq).unflatten(-1, (self.heads, self.rope_dim)).transpose(1, 2), positions)
         scale = 1.0 / math.sqrt(self.head_dim + self.rope_dim)
         run = self._absorbed if form == "absorbed" else self._naive
-        out = run(q_c, q_r, latent, k_rope, causal=causal, mask=mask, scale=scale)
+        out = run(q_c, q_r, keys, causal=causal, mask=mask, scale=scale)
         out = self.out_proj(out.transpose(1, 2).flatten(2))
         return (out, state) if return_state else out
 
-    def _naive(self, q_c, q_r, latent, k_rope, **kw):
-        H, M = self.heads, latent.shape[1]
+    def _naive(self, q_c, q_r, keys, **kw):
+        H, M = self.heads, keys.shape[1]
+        latent, k_rope = keys[..., : self.kv_latent], keys[..., self.kv_latent :]
         k_c = self.k_up(latent).unflatten(-1, (H, self.head_dim)).transpose(1, 2)
         v = self.v_up(latent).unflatten(-1, (H, self.head_dim)).transpose(1, 2)
         k = torch.cat([k_c, k_rope[:, None].expand(-1, H, M, -1)], dim=-1)
         return attention(torch.cat([q_c, q_r], dim=-1), k, v, self.mechanism, form=self.attention_form, **kw,
                          **self.mechanism_params)
 
-    def _absorbed(self, q_c, q_r, latent, k_rope, **kw):
+    def _absorbed(self, q_c, q_r, keys, **kw):
         w_uk = self.k_up.weight.view(self.heads, self.head_dim, self.kv_latent)
         w_uv = self.v_up.weight.view(self.heads, self.head_dim, self.kv_latent)
         q = torch.cat([torch.einsum("bhnd,hdc->bhnc", q_c, w_uk), q_r], dim=-1)
-        k = torch.cat([latent, k_rope], dim=-1)[:, None]
-        o = attention(q, k, latent[:, None], self.mechanism, form=self.attention_form, **kw,
+        o = attention(q, keys[:, None], keys[:, None, :, : self.kv_latent], self.mechanism, form=self.attention_form, **kw,
                       **self.mechanism_params)  # (B, H, N, kv_latent)
         return torch.einsum("bhnc,hdc->bhnd", o, w_uv)
