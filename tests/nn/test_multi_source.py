@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnkit.nn import Attention, MultiSourceCrossAttention
+from attnkit.nn import MultiSourceCrossAttention
 
 G = torch.Generator().manual_seed(0)
 X = torch.randn(2, 5, 16, dtype=torch.float64, generator=G)

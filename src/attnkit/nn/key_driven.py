@@ -17,7 +17,6 @@ allocation only, so it may be causal.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..api import attention
 from .attention import Attention

@@ -31,7 +31,6 @@ from torch import nn
 from .. import registry
 from ..api import attention
 from ..positional import RoPE
-from ..state import KVCache
 from ..validation import check_params
 from .checks import check_positive_int, check_tokens
 
