@@ -76,6 +76,14 @@ def bits_per_byte(model, batches) -> float:
         return statistics.fmean(lm_loss(model, b).item() for b in batches) / 0.6931471805599453
 
 
+def unigram_bits_per_byte(train: torch.Tensor, batches) -> float:
+    """The baseline that ignores context: byte frequencies of the training text (add-one smoothed)."""
+    counts = torch.bincount(train, minlength=256).double() + 1
+    logp = (counts / counts.sum()).log2()
+    targets = torch.cat([b[:, 1:].flatten() for b in batches])
+    return float(-logp[targets].mean())
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="attnkit bench heads", description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
@@ -108,7 +116,8 @@ def main(argv=None) -> int:
     order = pruning_order(scores)
     rng = random.Random(args.seed)
     randoms = [rng.sample(order, len(order)) for _ in range(2)]
-    print(f"held-out bits/byte, unpruned: {full:.3f}; importance per layer: "
+    print(f"held-out bits/byte, unpruned: {full:.3f} (unigram baseline {unigram_bits_per_byte(train, eval_batches):.3f}); "
+          f"importance per layer: "
           + "; ".join(f"{n}: {[round(float(v), 2) for v in s]}" for n, s in scores.items()))
     print(f"{'heads pruned':>12} {'least important first':>22} {'random (mean of 2)':>19} {'most important first':>21}")
     total = len(order)
