@@ -1,2 +1,30 @@
-"""Neural-network modules built on attnkit: ``attnkit.nn.vision`` holds the
-vision attention modules (NCHW in, NCHW out)."""
+"""Layers built on :func:`attnkit.attention`: use any registered mechanism inside a model.
+
+    from attnkit.nn import Attention
+    layer = Attention(256, heads=8, kv_heads=2, mechanism="softmax", rope=True)
+    y = layer(x, causal=True)                        # self-attention
+    y, state = layer(x[:, :5], causal=True, return_state=True)   # then decode with state
+    y = layer(x, context=memory)                     # cross-attention
+
+See docs/layers.md for every module here; ``attnkit.nn.vision`` holds the vision
+attention modules (NCHW in, NCHW out, docs/vision.md).
+"""
+from .attention import Attention, CrossAttentionCache
+from .bottleneck import PerceiverEncoder, PoolingByMultiheadAttention
+from .decoupled import DecoupledCrossAttention
+from .grouped import WeightedGQA, mean_pool_kv
+from .key_driven import KeyDrivenGQA, allocate_queries
+from .latent import LatentCache, MultiHeadLatentAttention
+from .mixture_of_attention import MixtureOfAttentionHeads
+from .mixture_of_heads import MixtureOfHeads
+from .multi_source import MultiSourceCrossAttention
+from .multihead import MultiheadAttention
+from .slot_attention import SlotAttention
+
+__all__ = [
+    "Attention", "CrossAttentionCache", "MultiheadAttention",
+    "WeightedGQA", "mean_pool_kv", "KeyDrivenGQA", "allocate_queries",
+    "MultiHeadLatentAttention", "LatentCache", "MixtureOfHeads", "MixtureOfAttentionHeads",
+    "MultiSourceCrossAttention", "PerceiverEncoder", "PoolingByMultiheadAttention", "SlotAttention",
+    "DecoupledCrossAttention",
+]
