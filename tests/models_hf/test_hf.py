@@ -110,3 +110,12 @@ def test_decode_queries_padded_to_causal_self_attention():
     padded, padded_mask = pad_queries_to_keys(q, k, mask)
     full = attnkit.attention(padded, k, v, causal=True, mask=padded_mask)[:, :, -3:]
     assert torch.allclose(full, attnkit.attention(q, k, v, causal=True, mask=mask), atol=1e-12)
+
+
+def test_fidelity_benchmark_softmax_is_exact():
+    from attnkit.bench import hf as bench
+
+    assert bench.spearman(torch.tensor([1.0, 3.0, 2.0]), torch.tensor([10.0, 30.0, 20.0])) == pytest.approx(1.0)
+    assert bench.spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0])) == pytest.approx(-1.0)
+    (row,) = bench.evaluate(["softmax"], repeats=1)["rows"]
+    assert row["cosine_min"] > 0.99999 and row["spearman"] == 1.0
