@@ -2,10 +2,9 @@
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-import attnkit  # noqa: E402
-from attnkit.integrations import hf, minilm  # noqa: E402
-from attnkit.integrations.hf_masks import pad_queries_to_keys, reduce_for_maskless  # noqa: E402
+import attnkit
+from attnkit.integrations import hf, minilm
+from attnkit.integrations.hf_masks import pad_queries_to_keys, reduce_for_maskless
 
 SENTENCES = [
     "The lighthouse keeper wound the clock before the storm arrived.",
