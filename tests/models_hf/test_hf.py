@@ -47,7 +47,10 @@ def test_use_switches_a_loaded_model_and_back(encoder):
 def test_every_mechanism_is_registered():
     from transformers import AttentionInterface
 
-    assert all(hf.PREFIX + name in AttentionInterface._global_mapping for name in attnkit.mechanisms())
+    plain = [n for n in attnkit.mechanisms() if not attnkit.spec(n).tensor_names]
+    assert all(hf.PREFIX + name in AttentionInterface._global_mapping for name in plain)
+    with pytest.raises(ValueError, match="tensor inputs"):
+        hf.attention_function("nha")
 
 
 def _tiny_llama(impl):

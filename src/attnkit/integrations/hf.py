@@ -1,10 +1,10 @@
 """Run Hugging Face transformers models on attnkit mechanisms.
 
-Importing this module registers every attnkit mechanism with transformers'
-``AttentionInterface`` as ``attnkit_<name>`` (and with its
-``AttentionMaskInterface``, so the model still builds its padding/causal masks:
-an attention implementation unknown to the mask interface gets ``mask=None``
-and padding would be silently lost). Then either::
+Importing this module registers every attnkit mechanism that needs no learned
+tensor inputs (gates, tables) with transformers' ``AttentionInterface`` as
+``attnkit_<name>``, and with its ``AttentionMaskInterface``, so the model still
+builds its padding/causal masks (an implementation unknown to the mask
+interface gets ``mask=None`` and padding would be silently lost). Then either::
 
     model = AutoModel.from_pretrained(path, attn_implementation="attnkit_softmax")
     attnkit.integrations.hf.use(model, mechanism="softmax")      # an already loaded model
@@ -43,6 +43,11 @@ def implementation_name(mechanism: str, **params) -> str:
 def attention_function(mechanism: str, **params):
     """A transformers attention function backed by ``attnkit.attention(..., mechanism, **params)``."""
     spec = registry.get(mechanism)
+    if spec.tensor_names:
+        raise ValueError(
+            f"mechanism {mechanism!r} needs learned tensor inputs {list(spec.tensor_names)} that a pretrained "
+            "transformers model does not have; build it with attnkit.nn.Attention instead"
+        )
 
     def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, is_causal=None, **kwargs):
         for name in _UNSUPPORTED:
@@ -91,8 +96,8 @@ def register(mechanism: str, **params) -> str:
 
 
 def register_all() -> list[str]:
-    """Register every attnkit mechanism with its default parameters."""
-    return [register(name) for name in registry.names()]
+    """Register every attnkit mechanism that needs no learned tensor inputs, with default parameters."""
+    return [register(name) for name in registry.names() if not registry.get(name).tensor_names]
 
 
 def use(model, mechanism: str = "softmax", **params):
