@@ -121,3 +121,26 @@ def test_fidelity_benchmark_softmax_is_exact():
     assert bench.spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0])) == pytest.approx(-1.0)
     (row,) = bench.evaluate(["softmax"], repeats=1)["rows"]
     assert row["cosine_min"] > 0.99999 and row["spearman"] == 1.0
+
+
+def test_maskless_causal_only_mechanism_in_a_decoder(monkeypatch):
+    """A mechanism with no mask and only causal-self (like recurrent ones) runs prefill and cached decoding;
+    padding is refused. Stand-in: softmax's chunked form registered (for this test only) with those limits."""
+    import dataclasses
+
+    from attnkit import registry
+
+    soft = registry.get("softmax")
+    fake = dataclasses.replace(soft, name="maskless_test", patterns=frozenset({"causal-self"}), supports_mask=False,
+                               fast={"chunked": soft.fast["chunked"]}, step=None)
+    monkeypatch.setitem(registry._REGISTRY, "maskless_test", fake)
+    eager, ours = _tiny_llama("eager"), _tiny_llama(hf.register("maskless_test"))
+    ids = torch.randint(3, 97, (1, 8), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (eager(input_ids=ids).logits - ours(input_ids=ids).logits).abs().max() < 1e-5
+        assert torch.equal(eager.generate(ids, max_new_tokens=4, do_sample=False),
+                           ours.generate(ids, max_new_tokens=4, do_sample=False))
+        mask = torch.ones(2, 8, dtype=torch.long)
+        mask[1, :3] = 0
+        with pytest.raises(ValueError, match="padding"):
+            ours(input_ids=ids.repeat(2, 1), attention_mask=mask)
