@@ -23,10 +23,10 @@ from .metrics import eval_windows, model_perplexity, unigram_perplexity
 
 @dataclass
 class TrainConfig:
-    context: int = 128
+    context: int = 64
     batch: int = 32
-    lr: float = 3e-3
-    warmup_steps: int = 50
+    lr: float = 5e-3
+    warmup_steps: int = 20
     weight_decay: float = 0.1
     minutes: float | None = 10.0
     max_steps: int | None = None
