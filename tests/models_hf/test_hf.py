@@ -144,3 +144,10 @@ def test_maskless_causal_only_mechanism_in_a_decoder(monkeypatch):
         mask[1, :3] = 0
         with pytest.raises(ValueError, match="padding"):
             ours(input_ids=ids.repeat(2, 1), attention_mask=mask)
+
+
+def test_use_refuses_unknown_parameters_and_non_transformers_models():
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        hf.use(_tiny_llama("eager"), mechanism="softmax", no_such_param=1)
+    with pytest.raises(TypeError, match="PreTrainedModel"):
+        hf.use(torch.nn.Linear(2, 2))

@@ -136,7 +136,7 @@ register(MechanismSpec(
     reference=nha_reference,
     fast={"chunked": nha_chunked},
     step=nha_step,
-    params={"window": 64, "feature_map": "swish", "gate_normalizer": 8.0, "chunk": 64},
+    params={"window": 64, "feature_map": "swish", "gate_normalizer": 8.0, "chunk": 16},
     tensor_inputs=_example_inputs,
     tensor_inputs_per_token=("slot_gate",),
     supports_mask=False,
@@ -144,6 +144,6 @@ register(MechanismSpec(
     state_size=_state_size,
     complexity="O(N (M + w))",
     summary="gated-RNN key/value slots + sliding-window tokens under one softmax",
-    test_params={"window": 5, "chunk": 16, "gate_normalizer": 2.0},
+    test_params={"window": 5, "chunk": 8, "gate_normalizer": 2.0},
     extra={"module": SlotGates},
 ))

@@ -18,12 +18,12 @@ than ignored.
 """
 from __future__ import annotations
 
-import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .. import registry
 from ..api import attention
+from ..validation import check_params
 from .hf_masks import pad_queries_to_keys, reduce_for_maskless
 
 PREFIX = "attnkit_"
@@ -48,6 +48,7 @@ def attention_function(mechanism: str, **params):
             f"mechanism {mechanism!r} needs learned tensor inputs {list(spec.tensor_names)} that a pretrained "
             "transformers model does not have; build it with attnkit.nn.Attention instead"
         )
+    check_params(spec, params)  # unknown parameter names fail here, not at the first forward
 
     def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, is_causal=None, **kwargs):
         for name in _UNSUPPORTED:

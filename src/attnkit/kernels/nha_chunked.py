@@ -66,7 +66,7 @@ def _chunk(q, qf, k, kf, v, g, k_slots, v_slots, k_recent, v_recent, *, scale, w
 
     # slot scores a[t, m] = scale * phi(q_t) . K~_t[m]
     a = decay * (qf @ ks.transpose(-1, -2))
-    a = a + torch.einsum("bhtjm,bhtj->bhtm", write, qf @ repeat_kv(kf, heads).transpose(-1, -2))
+    a = a + (write * (qf @ repeat_kv(kf, heads).transpose(-1, -2))[..., None]).sum(3)
     # window scores b[t, j] over the previous P keys and the chunk's keys
     kw, vw = torch.cat([k_recent, k], dim=2), torch.cat([v_recent, v], dim=2)
     t_pos = torch.arange(C, device=q.device)[:, None] + P
@@ -78,7 +78,7 @@ def _chunk(q, qf, k, kf, v, g, k_slots, v_slots, k_recent, v_recent, *, scale, w
 
     # output: slots read at time t, plus the window tokens
     out = (p_slot * decay) @ vs
-    out = out + torch.einsum("bhtm,bhtjm->bhtj", p_slot, write) @ repeat_kv(v, heads)
+    out = out + (p_slot[:, :, :, None, :] * write).sum(-1) @ repeat_kv(v, heads)
     out = out + p_win @ repeat_kv(vw, heads)
 
     # memories after the chunk (kv heads)
