@@ -30,8 +30,8 @@ def initial_state(k, v, slots: int) -> NHAState:
     return NHAState(zk, zv, k[:, :, :0], v[:, :, :0], 0)
 
 
-def nha_chunks(q, k, v, slot_gate, state: NHAState, *, scale, window, chunk, feature):
-    """Outputs for the new tokens and the state after them."""
+def nha_chunks(q, k, v, log_forget, state: NHAState, *, scale, window, chunk, feature):
+    """Outputs for the new tokens and the state after them; ``log_forget`` is ``g``, ``(B, Hkv, N, M)``."""
     H = q.shape[1]
     qf, kf = feature(q), feature(k)
     k_slots, v_slots = state.k_slots, state.v_slots
@@ -40,7 +40,7 @@ def nha_chunks(q, k, v, slot_gate, state: NHAState, *, scale, window, chunk, fea
     for c0 in range(0, q.shape[2], chunk):
         sl = slice(c0, c0 + chunk)
         out, k_slots, v_slots = _chunk(
-            q[:, :, sl], qf[:, :, sl], k[:, :, sl], kf[:, :, sl], v[:, :, sl], slot_gate[:, :, sl],
+            q[:, :, sl], qf[:, :, sl], k[:, :, sl], kf[:, :, sl], v[:, :, sl], log_forget[:, :, sl],
             k_slots, v_slots, k_recent, v_recent, scale=scale, window=window, heads=H,
         )
         outs.append(out)
@@ -49,7 +49,7 @@ def nha_chunks(q, k, v, slot_gate, state: NHAState, *, scale, window, chunk, fea
 
 
 def _last(old, new, keep: int):
-    """The last ``keep`` tokens of ``old`` followed by ``new``."""
+    """The last ``keep`` tokens of ``old`` and ``new`` concatenated along the sequence."""
     both = torch.cat([old, new], dim=2)
     return both[:, :, max(both.shape[2] - max(keep, 0), 0):]
 
