@@ -94,9 +94,8 @@ def chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int):
     if g is None:
         intra = (qc @ kc.transpose(-1, -2)).masked_fill(~causal_block, 0.0) @ vc
         U = kc.transpose(-1, -2) @ vc  # each chunk's contribution to the state
-        starts = U.cumsum(dim=2) - U  # state before each chunk (exclusive prefix sum)
-        if S0 is not None:
-            starts = starts + S0[:, :, None]
+        first = S0[:, :, None] if S0 is not None else torch.zeros_like(U[:, :, :1])
+        starts = torch.cat([first, U[:, :, :-1]], dim=2).cumsum(dim=2)  # state before each chunk
         out = intra + qc @ starts
         S = starts[:, :, -1] + U[:, :, -1]
     else:
