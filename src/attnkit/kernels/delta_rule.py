@@ -13,10 +13,11 @@ per key/value head and the read-out is ``o_t = S_t^T q_t``::
   ``alpha_t`` one value per key channel (channel-wise gate).
 
 Gates are passed in log space, ``g = log(alpha) <= 0``: ``None`` (no gate),
-``(B, Hkv, N)`` (scalar) or ``(B, Hkv, N, Dk)`` (channel-wise). Keys and
+``(B, H, N)`` (scalar) or ``(B, H, N, Dk)`` (channel-wise). Keys and
 queries are L2-normalised first (``qk_l2norm``) as in the papers, which keeps
-the transition's eigenvalues in ``[1 - beta, 1]``. Query heads are grouped
-over key/value heads (GQA): a group reads the state of its key/value head.
+the transition's eigenvalues in ``[1 - beta, 1]``. ``beta`` is ``(B, H, N)``;
+like every per-token input it is given per query head, so with GQA the key/value
+heads are shared but each query head keeps its own state ``(B, H, Dk, Dv)``.
 
 The chunked form is the WY / UT-transform algorithm of the DeltaNet paper,
 extended with the decays as in the Gated DeltaNet and KDA papers; it is in
@@ -27,31 +28,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .positions import repeat_kv
 
-def prepare(q, k, v, beta, g, *, scale, qk_l2norm):
-    """Normalise q and k, fold the scale into q and group query heads over kv heads.
 
-    Returns ``q`` as ``(B, Hkv, G, N, Dk)`` and ``g`` as ``(B, Hkv, N, 1 or Dk)`` (or None).
+def prepare(q, k, v, g, *, scale, qk_l2norm):
+    """Normalise q and k, fold the scale into q, expand k and v to the query heads (GQA).
+
+    Returns ``q, k, v`` as ``(B, H, N, D)`` and ``g`` as ``(B, H, N, 1 or Dk)`` (or None).
     """
     if qk_l2norm:
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-    B, H, N, Dk = q.shape
-    Hkv = k.shape[1]
-    q = (q * scale).reshape(B, Hkv, H // Hkv, N, Dk)
+    H = q.shape[1]
     if g is not None and g.ndim == 3:
         g = g.unsqueeze(-1)
-    return q, k, v, beta, g
-
-
-def ungroup(out: torch.Tensor) -> torch.Tensor:
-    """``(B, Hkv, G, N, Dv) -> (B, H, N, Dv)``."""
-    B, Hkv, G, N, Dv = out.shape
-    return out.reshape(B, Hkv * G, N, Dv)
+    return q * scale, repeat_kv(k, H), repeat_kv(v, H), g
 
 
 def zero_state(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    B, Hkv, _, Dk = k.shape
-    return k.new_zeros(B, Hkv, Dk, v.shape[-1])
+    B, H, _, Dk = k.shape
+    return k.new_zeros(B, H, Dk, v.shape[-1])
 
 
 def delta_rule_parallel(q, k, v, beta, g=None, *, scale, initial_state=None, qk_l2norm=True):
@@ -59,7 +54,7 @@ def delta_rule_parallel(q, k, v, beta, g=None, *, scale, initial_state=None, qk_
 
     Returns ``(out, final_state)``; run it in float64 to get the oracle.
     """
-    q, k, v, beta, g = prepare(q, k, v, beta, g, scale=scale, qk_l2norm=qk_l2norm)
+    q, k, v, g = prepare(q, k, v, g, scale=scale, qk_l2norm=qk_l2norm)
     S = zero_state(k, v) if initial_state is None else initial_state
     eye = torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)
     outs = []
@@ -69,8 +64,8 @@ def delta_rule_parallel(q, k, v, beta, g=None, *, scale, initial_state=None, qk_
         if g is not None:
             transition = transition * g[:, :, t].exp()[..., None, :]  # (I - b k k^T) Diag(alpha_t)
         S = transition @ S + b_t * k_t[..., :, None] * v_t[..., None, :]
-        outs.append(torch.einsum("bhgd,bhde->bhge", q[:, :, :, t], S))
-    return ungroup(torch.stack(outs, dim=3)), S
+        outs.append(torch.einsum("bhd,bhde->bhe", q[:, :, t], S))
+    return torch.stack(outs, dim=2), S
 
 
 def delta_rule_recurrent(q, k, v, beta, g=None, *, scale, initial_state=None, qk_l2norm=True):
@@ -78,7 +73,7 @@ def delta_rule_recurrent(q, k, v, beta, g=None, *, scale, initial_state=None, qk
 
     ``S <- Diag(alpha) S``; ``u = beta (v - S^T k)``; ``S <- S + k u^T``; ``o = S^T q``.
     """
-    q, k, v, beta, g = prepare(q, k, v, beta, g, scale=scale, qk_l2norm=qk_l2norm)
+    q, k, v, g = prepare(q, k, v, g, scale=scale, qk_l2norm=qk_l2norm)
     S = zero_state(k, v) if initial_state is None else initial_state
     outs = []
     for t in range(k.shape[2]):
@@ -87,5 +82,5 @@ def delta_rule_recurrent(q, k, v, beta, g=None, *, scale, initial_state=None, qk
             S = S * g[:, :, t].exp()[..., :, None]
         u = beta[:, :, t, None] * (v[:, :, t] - torch.einsum("bhd,bhde->bhe", k_t, S))
         S = S + k_t[..., :, None] * u[..., None, :]
-        outs.append(torch.einsum("bhgd,bhde->bhge", q[:, :, :, t], S))
-    return ungroup(torch.stack(outs, dim=3)), S
+        outs.append(torch.einsum("bhd,bhde->bhe", q[:, :, t], S))
+    return torch.stack(outs, dim=2), S

@@ -26,21 +26,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .delta_rule import prepare, ungroup
+from .delta_rule import prepare, zero_state
 
 
 def delta_rule_chunked(q, k, v, beta, g=None, *, scale, initial_state=None, qk_l2norm=True, chunk_size=64):
     """``(out, final_state)`` equal to :func:`delta_rule_parallel`, in O(N C D + N D^2) work."""
-    q, k, v, beta, g = prepare(q, k, v, beta, g, scale=scale, qk_l2norm=qk_l2norm)
-    B, Hkv, G, N, Dk = q.shape
+    q, k, v, g = prepare(q, k, v, g, scale=scale, qk_l2norm=qk_l2norm)
+    S = zero_state(k, v) if initial_state is None else initial_state
+    B, H, N, Dk = q.shape
     C = chunk_size
     pad = -N % C
-    q, k, v, beta = (_pad_seq(t, pad, dim) for t, dim in ((q, 3), (k, 2), (v, 2), (beta, 2)))
     n = (N + pad) // C
-    q = q.reshape(B, Hkv, G, n, C, Dk)
-    k = k.reshape(B, Hkv, n, C, Dk)
-    v = v.reshape(B, Hkv, n, C, v.shape[-1])
-    beta = beta.reshape(B, Hkv, n, C, 1)
+    q, k, v = (_pad_seq(t, pad).reshape(B, H, n, C, t.shape[-1]) for t in (q, k, v))
+    beta = _pad_seq(beta, pad).reshape(B, H, n, C, 1)
 
     A, P, q_dec, k_dec, k_end, chunk_decay = _decayed_products(q, k, _chunk_log_decay(g, pad, n, C))
     strict = (A * beta).tril(-1)
@@ -48,7 +46,6 @@ def delta_rule_chunked(q, k, v, beta, g=None, *, scale, initial_state=None, qk_l
     wu = torch.linalg.solve_triangular(strict, rhs, upper=False, unitriangular=True)
     W, U_prime = wu[..., :Dk], wu[..., Dk:]
 
-    S = k.new_zeros(B, Hkv, Dk, v.shape[-1]) if initial_state is None else initial_state
     states, corrections = [], []
     decays = chunk_decay.unbind(2) if chunk_decay is not None else [None] * n
     for W_c, U_c, k_c, d_c in zip(W.unbind(2), U_prime.unbind(2), k_end.unbind(2), decays):
@@ -56,26 +53,22 @@ def delta_rule_chunked(q, k, v, beta, g=None, *, scale, initial_state=None, qk_l
         U_c = U_c - W_c @ S
         corrections.append(U_c)
         S = (S if d_c is None else d_c * S) + k_c.transpose(-1, -2) @ U_c
-    S_before = torch.stack(states, dim=2).unsqueeze(2)
-    U = torch.stack(corrections, dim=2).unsqueeze(2)
-    out = q_dec @ S_before + P.tril() @ U
-    out = out.reshape(B, Hkv, G, n * C, -1)[:, :, :, :N]
-    return ungroup(out), S
+    out = q_dec @ torch.stack(states, dim=2) + P.tril() @ torch.stack(corrections, dim=2)
+    return out.reshape(B, H, n * C, -1)[:, :, :N], S
 
 
-def _pad_seq(t: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
+def _pad_seq(t: torch.Tensor, pad: int) -> torch.Tensor:
+    """Zeros after the last token (dim 2): a zero key, beta and log-gate leave the state unchanged."""
     if pad == 0:
         return t
-    shape = list(t.shape)
-    shape[dim] = pad
-    return torch.cat([t, t.new_zeros(shape)], dim=dim)
+    return torch.cat([t, t.new_zeros(*t.shape[:2], pad, *t.shape[3:])], dim=2)
 
 
 def _chunk_log_decay(g, pad, n, C):
-    """Cumulative log decay inside each chunk, ``(B, Hkv, n, C, 1 or Dk)``; padding decays nothing."""
+    """Cumulative log decay inside each chunk, ``(B, H, n, C, 1 or Dk)``; padding decays nothing."""
     if g is None:
         return None
-    g = _pad_seq(g, pad, 2)
+    g = _pad_seq(g, pad)
     return g.reshape(g.shape[0], g.shape[1], n, C, g.shape[-1]).cumsum(dim=3)
 
 
@@ -85,18 +78,18 @@ def _decayed_products(q, k, b):
     Returns ``(A, P, e^{b} Q, e^{b} K, e^{b_C - b} K, e^{b_C})``; the last is None without a gate.
     """
     if b is None:
-        return k @ k.transpose(-1, -2), q @ k.unsqueeze(2).transpose(-1, -2), q, k, k, None
+        return k @ k.transpose(-1, -2), q @ k.transpose(-1, -2), q, k, k, None
     b_end = b[..., -1:, :]
-    k_dec, q_dec, k_end = k * b.exp(), q * b.unsqueeze(2).exp(), k * (b_end - b).exp()
-    chunk_decay = b_end.transpose(-1, -2).exp()  # (B, Hkv, n, Dk or 1, 1): scales the rows of S
+    k_dec, q_dec, k_end = k * b.exp(), q * b.exp(), k * (b_end - b).exp()
+    chunk_decay = b_end.transpose(-1, -2).exp()  # (B, H, n, Dk or 1, 1): scales the rows of S
     if b.shape[-1] == 1:  # scalar gate: exact C x C decay matrix e^{b_r - b_i}, i <= r
         diff = b - b.transpose(-1, -2)
         causal = torch.ones(diff.shape[-2:], dtype=torch.bool, device=b.device).tril()
         decay = diff.masked_fill(~causal, float("-inf")).exp()
         A = (k @ k.transpose(-1, -2)) * decay
-        P = (q @ k.unsqueeze(2).transpose(-1, -2)) * decay.unsqueeze(2)
+        P = (q @ k.transpose(-1, -2)) * decay
         return A, P, q_dec, k_dec, k_end, chunk_decay
     k_inv = k * (-b).exp()
     A = k_dec @ k_inv.transpose(-1, -2)
-    P = q_dec @ k_inv.unsqueeze(2).transpose(-1, -2)
+    P = q_dec @ k_inv.transpose(-1, -2)
     return A, P, q_dec, k_dec, k_end, chunk_decay
