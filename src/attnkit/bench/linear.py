@@ -17,6 +17,7 @@ to bound memory (the FLOPs are the same). ``--quick`` shrinks the lengths.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     contexts = [1024, 8192] if args.quick else [1024, 4096, 16384, 65536]
     gemm = gemm_gflops()
     print(f"attnkit bench linear: B={B} H={H} D={D} fp32, {args.threads} threads, "
-          f"fp32 GEMM {gemm:.1f} GFLOP/s (this run)")
+          f"fp32 GEMM {gemm:.1f} GFLOP/s (this run), load average {os.getloadavg()[0]:.1f}")
     with torch.no_grad():
         forms_and_scaling(n, args.repeats, gemm)
         mechanisms_chunked(n, args.repeats)
