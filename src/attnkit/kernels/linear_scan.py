@@ -116,7 +116,7 @@ def chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int):
         starts = []
         for c in range(nc):
             starts.append(S)
-            S = chunk_decay[:, :, c] * S + U[:, :, c]
+            S = torch.addcmul(U[:, :, c], chunk_decay[:, :, c], S)  # one op per chunk: decay, then add
         out = intra + q_from_start @ torch.stack(starts, dim=2)
     return out.reshape(B, H, nc * C, Dv)[:, :, :N], S
 
