@@ -75,6 +75,7 @@ class _QueryChunk:
         acc = q.new_zeros(B, H, cq, v.shape[-1])
         denom = q.new_zeros(B, H, cq, 1)
         run_max = q.new_full((B, H, cq, 1), float("-inf"))
+        stats = None  # running statistics of the "standardise" normaliser
         for ks in range(0, k_end, self.kv_chunk):
             ke = min(ks + self.kv_chunk, k_end)
             k_pos = torch.arange(ks, ke, device=q.device)
@@ -102,6 +103,8 @@ class _QueryChunk:
                 w = p * torch.sign(s) if self.norm.signed else p
                 acc = acc * rescale + self._pv(w, v, ks, ke)
                 run_max = new_max
+            elif self.norm.kind == "standardise":
+                stats = self._merge_standardise(stats, s, allowed, v, ks, ke)
             else:
                 w = self.norm.phi(s)
                 if allowed is not None:
@@ -111,8 +114,38 @@ class _QueryChunk:
                 acc = acc + self._pv(w, v, ks, ke)
         if self.norm.kind == "sum":
             return acc
+        if self.norm.kind == "standardise":
+            if stats is None:  # no key visible to any query of this chunk
+                return acc
+            count, _, m2, centred_v, total_v = stats
+            var = m2 / count.clamp_min(1.0)
+            return self.norm.affine(centred_v / torch.sqrt(var + self.norm.eps), total_v)
         alive = denom > 0
         return torch.where(alive, acc / torch.where(alive, denom, torch.ones_like(denom)), torch.zeros_like(acc))
+
+    def _merge_standardise(self, stats, s, allowed, v, ks, ke):
+        """Fold one key chunk into (count, mean, M2, sum (s - mean) v, sum v) of each row.
+
+        Chan et al.'s pairwise update of mean and M2; the centred value sum moves
+        to the new mean with ``(old_mean - new_mean) * sum v``.
+        """
+        ones = torch.ones_like(s) if allowed is None else allowed.to(s.dtype).expand_as(s)
+        if allowed is not None:
+            s = s.masked_fill(~allowed, 0.0)  # masked scores may be -inf
+        n_b = ones.sum(dim=-1, keepdim=True)
+        mean_b = s.sum(dim=-1, keepdim=True) / n_b.clamp_min(1.0)
+        centred = (s - mean_b) * ones
+        m2_b = (centred * centred).sum(dim=-1, keepdim=True)
+        cv_b, tv_b = self._pv(centred, v, ks, ke), self._pv(ones, v, ks, ke)
+        if stats is None:
+            return n_b, mean_b, m2_b, cv_b, tv_b
+        n_a, mean_a, m2_a, cv_a, tv_a = stats
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        mean = mean_a + delta * n_b / n.clamp_min(1.0)
+        m2 = m2_a + m2_b + delta * delta * n_a * n_b / n.clamp_min(1.0)
+        cv = cv_a + (mean_a - mean) * tv_a + cv_b + (mean_b - mean) * tv_b
+        return n, mean, m2, cv, tv_a + tv_b
 
     def _pv(self, w, v, ks, ke):
         B, H, cq, ck = w.shape
