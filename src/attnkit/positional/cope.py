@@ -75,39 +75,47 @@ def cope_chunked(q, k, v, *, mask, scale, pos_emb, q_chunk: int, kv_chunk: int):
 
 
 class _CopeQueryChunk:
-    """One block of queries against its visible keys, key chunks visited right to left."""
+    """One block of queries against its visible keys, key chunks visited right to left.
+
+    State carried between key chunks: (acc, denom, running max) of the online
+    softmax and the sum of the gates of the keys already visited (to the right).
+    Each tile is checkpointed, so the backward pass holds one tile at a time.
+    """
 
     def __init__(self, scale, kv_chunk, k_end):
         self.scale, self.kv_chunk, self.k_end = scale, kv_chunk, k_end
 
     def __call__(self, q, k, v, pos_emb, q_pos, mask):
-        B, H, cq, D = q.shape
-        Hkv = k.shape[1]
-        G = H // Hkv
-        q5 = q.reshape(B, Hkv, G, cq, D)
-        int_logits = q @ pos_emb.T  # (B, H, cq, npos)
-        acc = q.new_zeros(B, H, cq, v.shape[-1])
-        denom = q.new_zeros(B, H, cq, 1)
-        run_max = q.new_full((B, H, cq, 1), float("-inf"))
-        gates_right = q.new_zeros(B, H, cq, 1)  # sum of the gates of keys after this chunk
-        starts = list(range(0, self.k_end, self.kv_chunk))
-        for ks in reversed(starts):
+        B, H, cq, _ = q.shape
+        zeros = q.new_zeros(B, H, cq, 1)
+        state = (zeros.expand(B, H, cq, v.shape[-1]).clone(), zeros, torch.full_like(zeros, float("-inf")), zeros)
+        int_logits = q @ pos_emb.T  # (B, H, cq, npos): q . e[p] for integer p
+        for ks in reversed(range(0, self.k_end, self.kv_chunk)):
             ke = min(ks + self.kv_chunk, self.k_end)
-            k_pos = torch.arange(ks, ke, device=q.device)
-            s = (q5 @ k[:, :, None, ks:ke].transpose(-1, -2)).reshape(B, H, cq, ke - ks) * self.scale
-            s, allowed = _scores_and_allowed(s, q_pos, k_pos, mask[..., ks:ke] if mask is not None else None)
-            gates = torch.sigmoid(s).masked_fill(~allowed, 0.0)
-            pos = gates.flip(-1).cumsum(-1).flip(-1) + gates_right
-            gates_right = gates_right + gates.sum(dim=-1, keepdim=True)
-            t = s + interpolated_position_logits(pos.clamp(max=pos_emb.shape[0] - 1), int_logits)
-            t = t.masked_fill(~allowed, float("-inf"))
-            new_max = torch.maximum(run_max, t.amax(dim=-1, keepdim=True)).detach()
-            safe_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-            p = torch.exp(t - safe_max)
-            rescale = torch.exp(run_max - safe_max)
-            denom = denom * rescale + p.sum(dim=-1, keepdim=True)
-            pv = p.reshape(B, Hkv, G, cq, ke - ks) @ v[:, :, None, ks:ke]
-            acc = acc * rescale + pv.reshape(B, H, cq, v.shape[-1])
-            run_max = new_max
+            tile = (q, k[:, :, ks:ke], v[:, :, ks:ke], int_logits, q_pos, ks, mask[..., ks:ke] if mask is not None else None)
+            if torch.is_grad_enabled():
+                state = checkpoint(self._tile, *tile, *state, use_reentrant=False)
+            else:
+                state = self._tile(*tile, *state)
+        acc, denom = state[0], state[1]
         alive = denom > 0
         return torch.where(alive, acc / torch.where(alive, denom, torch.ones_like(denom)), torch.zeros_like(acc))
+
+    def _tile(self, q, k, v, int_logits, q_pos, ks, mask, acc, denom, run_max, gates_right):
+        B, H, cq, D = q.shape
+        Hkv, ck = k.shape[1], k.shape[2]
+        G = H // Hkv
+        k_pos = torch.arange(ks, ks + ck, device=q.device)
+        s = (q.reshape(B, Hkv, G, cq, D) @ k[:, :, None].transpose(-1, -2)).reshape(B, H, cq, ck) * self.scale
+        s, allowed = _scores_and_allowed(s, q_pos, k_pos, mask)
+        gates = torch.sigmoid(s).masked_fill(~allowed, 0.0)
+        pos = gates.flip(-1).cumsum(-1).flip(-1) + gates_right
+        t = s + interpolated_position_logits(pos.clamp(max=int_logits.shape[-1] - 1), int_logits)
+        t = t.masked_fill(~allowed, float("-inf"))
+        new_max = torch.maximum(run_max, t.amax(dim=-1, keepdim=True)).detach()
+        safe_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+        p = torch.exp(t - safe_max)
+        rescale = torch.exp(run_max - safe_max)
+        pv = (p.reshape(B, Hkv, G, cq, ck) @ v[:, :, None]).reshape(B, H, cq, v.shape[-1])
+        gates_right = gates_right + gates.sum(dim=-1, keepdim=True)
+        return acc * rescale + pv, denom * rescale + p.sum(dim=-1, keepdim=True), new_max, gates_right
