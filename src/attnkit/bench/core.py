@@ -13,12 +13,14 @@
    runs whose estimated footprint exceeds ``--naive-max-gb`` are not run (the
    machine is shared); their figure is the estimate ``2 B H N^2`` floats (x3
    with backward), printed as "est." and checked against the measured sizes.
+   Children run with a fixed glibc mmap threshold (see ``_measure``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import resource
 import statistics
 import subprocess
@@ -158,7 +160,10 @@ def memory(sizes, threads: int, naive_max_gb: float) -> list[dict]:
 
 def _measure(path: str, n: int, backward: bool, threads: int) -> float:
     cmd = [sys.executable, "-m", "attnkit.bench.core", "--child", path, str(n), str(int(backward)), str(threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    # A fixed mmap threshold makes glibc return every large freed buffer to the OS; with its default
+    # dynamic threshold, freed tile buffers stay in the heap and ru_maxrss measures fragmentation.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
