@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-chunked-speed", action="store_true", help="skip timing the chunked form")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--no-speed", action="store_true", help="skip the timings (memory only)")
     parser.add_argument("--naive-max-gb", type=float, default=6.0, help="largest naive run to actually execute")
     parser.add_argument("--json", default=None, help="also write all figures to this JSON file")
     args = parser.parse_args(argv)
@@ -186,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"attnkit bench core: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, "
           f"B={B} H={H} D={D}; fp32 GEMM {gemm:.1f} GFLOP/s (this run)", flush=True)
     results = {"gemm_gflops": gemm, "threads": args.threads, "sizes": sizes}
-    results["overhead"] = api_overhead()
-    results["speed"] = speed(sizes, args.repeats, not args.no_chunked_speed)
+    if not args.no_speed:
+        results["overhead"] = api_overhead()
+        results["speed"] = speed(sizes, args.repeats, not args.no_chunked_speed)
     if not args.no_memory:
         results["memory"] = memory(sizes, args.threads, args.naive_max_gb)
     if args.json:
