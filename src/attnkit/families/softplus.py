@@ -39,7 +39,8 @@ from .score_pipeline import CHUNK_PARAMS, register_score_mechanism
 
 PAPER = "Softplus Attention with Re-weighting Boosts Length Extrapolation in Large Language Models"
 SOFTPLUS_L1 = Normaliser("softplus-l1", "ratio", phi=F.softplus)
-SOFTPLUS_SUM = Normaliser("softplus-sum", "sum", phi=F.softplus)
+# LSSAR's first pass sums softplus scores that its score modifier has already computed.
+_IDENTITY_SUM = Normaliser("identity-sum", "sum", phi=lambda s: s)
 
 
 def unit_qk(q, k):
@@ -143,8 +144,6 @@ def lssar_chunked(q, k, v, *, causal, mask, scale, p, q_chunk, kv_chunk, **_):
     # Pass 2: relu(x)^p / sum relu(x)^p == softmax(p log x), x <= 0 dropped.
     return chunked_attention(qn, kn, v, score_mod=log_reweighted, normaliser=SOFTMAX, **run)
 
-
-_IDENTITY_SUM = Normaliser("identity-sum", "sum", phi=lambda s: s)
 
 
 def _check_p(form):
