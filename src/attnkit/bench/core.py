@@ -41,12 +41,12 @@ def _inputs(n: int, requires_grad: bool = False):
 
 
 def _median_times(fns: dict, repeats: int) -> dict:
-    """Median wall time of each function; runs are interleaved so load changes hit all alike."""
+    """Median wall time of each function; runs are interleaved (order alternating) so load changes hit all alike."""
     for fn in fns.values():
         fn()  # warm-up
     times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for i in range(repeats):
+        for name, fn in (list(fns.items()) if i % 2 == 0 else list(fns.items())[::-1]):
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
