@@ -1,18 +1,31 @@
-"""Build specs for mechanisms of the form ``normalise(mod(q k^T * scale)) @ v``.
+"""Build specs for mechanisms of the form ``post(normalise(mod(q k^T * scale)) @ v)``.
 
 A softmax-family mechanism is a score modifier plus a normaliser. Given those,
 this module derives its reference (materialised, float64-capable), its fast
 chunked form (linear memory, forward and backward) and its incremental form (a
 KV cache), so each paper's file only states its equations.
+
+Hooks, all optional, all receiving the mechanism's parameters (scalars and
+tensor inputs) as keywords:
+
+- ``make_mod(q, k, *, causal, scale, **params) -> score_mod | None``: a score
+  modifier ``mod(scores, q_pos, k_pos)`` (positions are absolute, bottom-right
+  aligned, so a modifier sees the same positions in every chunk and every
+  incremental call);
+- ``make_reference_mod``: the same modifier written straight from the paper for
+  the reference, when the fast one uses a trick (e.g. Music Transformer's skew);
+- ``normaliser``: a :class:`Normaliser`, or ``normaliser(**params)`` building one;
+- ``prepare(q, k, v, *, scale, **params) -> (q, k, v)``: per-token rescaling of
+  q, k or v before attention (temperatures, l2-normalisation);
+- ``postprocess(out, **params)``: runs after the weighted sum (ReLA's norm).
 """
 from __future__ import annotations
 
 from ..kernels.chunked import chunked_attention
 from ..reference import materialised_attention
 from ..registry import ALL_PATTERNS, MechanismSpec, register
-from ..scores.normalisers import SOFTMAX
+from ..scores.normalisers import SOFTMAX, Normaliser
 from ..state import kv_cache_step
-
 
 # Tile sizes of the chunked form: execution choices, not part of the equations.
 CHUNK_PARAMS = {"q_chunk": 512, "kv_chunk": 1024}
@@ -27,47 +40,61 @@ def register_score_mechanism(
     *,
     papers: tuple[str, ...],
     make_mod=None,
+    make_reference_mod=None,
     normaliser=SOFTMAX,
+    prepare=None,
     params: dict | None = None,
     tensor_inputs=None,
+    tensor_inputs_per_token: tuple[str, ...] = (),
+    check_inputs=None,
     postprocess=None,
     patterns=ALL_PATTERNS,
     summary: str = "",
     family: str = "softmax",
     extra_fast: dict | None = None,
+    wrap_step=None,
     test_params: dict | None = None,
 ) -> MechanismSpec:
-    """Register a mechanism given ``make_mod(q, k, **params) -> score_mod or None``.
+    """Register a mechanism from its hooks (see the module docstring).
 
-    ``postprocess(out, **params)`` runs after the weighted sum (e.g. ReLA's
-    output normalisation); ``extra_fast`` adds more fast forms before the chunked one.
+    ``extra_fast`` adds fast forms before the chunked one (the first is the
+    default); ``wrap_step(step) -> step`` wraps the KV-cache incremental form
+    (e.g. to refuse a parameter setting that cannot be incremental);
+    ``check_inputs(q, k, v, **params)`` validates tensor inputs before any work.
     """
     params = {**(params or {}), **CHUNK_PARAMS}
 
-    def _mod(q, k, kw):
-        return make_mod(q, k, **_equation_params(kw)) if make_mod is not None else None
+    def _run(q, k, v, causal, scale, kw, make):
+        eq = _equation_params(kw)
+        if check_inputs is not None:
+            check_inputs(q, k, v, **eq)
+        if prepare is not None:
+            q, k, v = prepare(q, k, v, scale=scale, **eq)
+        mod = make(q, k, causal=causal, scale=scale, **eq) if make is not None else None
+        norm = normaliser if isinstance(normaliser, Normaliser) else normaliser(**eq)
+        return q, k, v, mod, norm, eq
 
-    def _post(out, kw):
-        return postprocess(out, **_equation_params(kw)) if postprocess is not None else out
+    def _post(out, eq):
+        return postprocess(out, **eq) if postprocess is not None else out
 
     def reference(q, k, v, *, causal, mask, scale, **kw):
-        out = materialised_attention(
-            q, k, v, causal=causal, mask=mask, scale=scale, score_mod=_mod(q, k, kw), normaliser=normaliser
-        )
-        return _post(out, kw)
+        q, k, v, mod, norm, eq = _run(q, k, v, causal, scale, kw, make_reference_mod or make_mod)
+        out = materialised_attention(q, k, v, causal=causal, mask=mask, scale=scale, score_mod=mod, normaliser=norm)
+        return _post(out, eq)
 
     def chunked(q, k, v, *, causal, mask, scale, q_chunk, kv_chunk, **kw):
+        q, k, v, mod, norm, eq = _run(q, k, v, causal, scale, kw, make_mod)
         out = chunked_attention(
-            q, k, v, causal=causal, mask=mask, scale=scale, score_mod=_mod(q, k, kw),
-            normaliser=normaliser, q_chunk=q_chunk, kv_chunk=kv_chunk,
+            q, k, v, causal=causal, mask=mask, scale=scale, score_mod=mod,
+            normaliser=norm, q_chunk=q_chunk, kv_chunk=kv_chunk,
         )
-        return _post(out, kw)
+        return _post(out, eq)
 
     reference.__name__ = f"{name}_reference"
     chunked.__name__ = f"{name}_chunked"
     fast = dict(extra_fast or {})
     fast["chunked"] = chunked
-    default_fast = next(iter(fast.values()))
+    step = kv_cache_step(next(iter(fast.values())))
     return register(
         MechanismSpec(
             name=name,
@@ -76,9 +103,10 @@ def register_score_mechanism(
             patterns=frozenset(patterns),
             reference=reference,
             fast=fast,
-            step=kv_cache_step(default_fast),
+            step=wrap_step(step) if wrap_step is not None else step,
             params=params,
             tensor_inputs=tensor_inputs,
+            tensor_inputs_per_token=tuple(tensor_inputs_per_token),
             summary=summary,
             test_params={"q_chunk": 16, "kv_chunk": 24, **(test_params or {})},
         )

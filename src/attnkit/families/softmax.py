@@ -31,14 +31,14 @@ register_score_mechanism(
 register_score_mechanism(
     "alibi",
     papers=("Train Short, Test Long: Attention with Linear Biases Enables Input Length Extrapolation",),
-    make_mod=lambda q, k: alibi_mod(),
+    make_mod=lambda q, k, **_: alibi_mod(),
     summary="softmax with per-head linear distance penalties -m_h |i - j|",
 )
 
 register_score_mechanism(
     "softcap",
     papers=("Gemma 2: Improving Open Language Models at a Practical Size",),
-    make_mod=lambda q, k, cap: softcap_mod(cap),
+    make_mod=lambda q, k, *, cap, **_: softcap_mod(cap),
     params={"cap": 50.0},
     summary="softmax over cap * tanh(s / cap)",
 )

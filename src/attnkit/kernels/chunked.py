@@ -3,8 +3,11 @@
 After Rabe & Staats, "Self-attention Does Not Need O(n^2) Memory": keys and
 values are visited one chunk at a time while a running maximum and running sum
 keep the softmax exact, so no ``N x N`` matrix is ever held. Differentiation
-recomputes each query chunk in the backward pass (checkpointing, as the paper
-does), so training memory stays O(N) as well.
+recomputes in the backward pass (checkpointing, as the paper does), at two
+levels: each query chunk keeps only its inputs, and within it each (query
+chunk, key chunk) tile keeps only the running row statistics it produced, so
+the backward pass holds one tile's intermediates at a time and training memory
+stays O(N) with a small constant.
 
 The kernel is generic over a *score modifier* ``mod(scores, q_pos, k_pos)``
 (ALiBi, soft-capping, relative biases — the FlexAttention ``score_mod`` idea)
@@ -62,60 +65,113 @@ def chunked_attention(
 
 
 class _QueryChunk:
-    """One block of queries against every visible key chunk, with an online normaliser."""
+    """One block of queries against every visible key chunk, with an online normaliser.
+
+    The running state depends on the normaliser's kind: ``exp`` (acc, denom,
+    running max), ``sum`` (acc), ``ratio`` (acc, denom), ``standardise`` (count,
+    mean, M2, sum (s - mean) v, sum v).
+    """
 
     def __init__(self, causal, scale, score_mod, normaliser, kv_chunk, kv_heads):
         self.causal, self.scale, self.score_mod = causal, scale, score_mod
         self.norm, self.kv_chunk, self.kv_heads = normaliser, kv_chunk, kv_heads
 
     def __call__(self, q, k, v, q_pos, k_end, mask):
-        B, H, cq, D = q.shape
-        G = H // self.kv_heads
-        q5 = q.reshape(B, self.kv_heads, G, cq, D)
-        acc = q.new_zeros(B, H, cq, v.shape[-1])
-        denom = q.new_zeros(B, H, cq, 1)
-        run_max = q.new_full((B, H, cq, 1), float("-inf"))
+        B, H, cq, _ = q.shape
+        state = self._initial_state(q.new_zeros(B, H, cq, 1), v.shape[-1])
         for ks in range(0, k_end, self.kv_chunk):
             ke = min(ks + self.kv_chunk, k_end)
-            k_pos = torch.arange(ks, ke, device=q.device)
-            s = (q5 @ k[:, :, None, ks:ke].transpose(-1, -2)).reshape(B, H, cq, ke - ks) * self.scale
-            if self.score_mod is not None:
-                s = self.score_mod(s, q_pos, k_pos)
-            allowed = (k_pos[None, :] <= q_pos[:, None]) if self.causal else None
-            if mask is not None:
-                m = mask[..., ks:ke]
-                if m.dtype == torch.bool:
-                    allowed = m if allowed is None else (m & allowed)
-                else:
-                    s = s + m
-                    finite = ~torch.isneginf(m)
-                    allowed = finite if allowed is None else (finite & allowed)
-            if self.norm.kind == "exp":
-                t = s.abs() if self.norm.signed else s
-                if allowed is not None:
-                    t = t.masked_fill(~allowed, float("-inf"))
-                new_max = torch.maximum(run_max, t.amax(dim=-1, keepdim=True)).detach()
-                safe_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-                p = torch.exp(t - safe_max)
-                rescale = torch.exp(run_max - safe_max)
-                denom = denom * rescale + p.sum(dim=-1, keepdim=True)
-                w = p * torch.sign(s) if self.norm.signed else p
-                acc = acc * rescale + self._pv(w, v, ks, ke)
-                run_max = new_max
+            tile = (q, k[:, :, ks:ke], v[:, :, ks:ke], q_pos, ks, mask[..., ks:ke] if mask is not None else None)
+            if torch.is_grad_enabled():
+                state = checkpoint(self._tile, *tile, *state, use_reentrant=False)
             else:
-                w = self.norm.phi(s)
-                if allowed is not None:
-                    w = w.masked_fill(~allowed, 0.0)
-                if self.norm.kind == "ratio":
-                    denom = denom + w.sum(dim=-1, keepdim=True)
-                acc = acc + self._pv(w, v, ks, ke)
-        if self.norm.kind == "sum":
-            return acc
+                state = self._tile(*tile, *state)
+        return self._finish(state)
+
+    def _initial_state(self, zeros, dv):
+        acc = zeros.expand(*zeros.shape[:3], dv).clone()
+        kind = self.norm.kind
+        if kind == "exp":
+            return acc, zeros, torch.full_like(zeros, float("-inf"))
+        if kind == "sum":
+            return (acc,)
+        if kind == "ratio":
+            return acc, zeros
+        return zeros, zeros, zeros, acc, acc.clone()  # standardise
+
+    def _tile(self, q, k, v, q_pos, ks, mask, *state):
+        """Fold one key chunk into the running state of every query row."""
+        B, H, cq, D = q.shape
+        ck = k.shape[2]
+        q5 = q.reshape(B, self.kv_heads, H // self.kv_heads, cq, D)
+        k_pos = torch.arange(ks, ks + ck, device=q.device)
+        s = (q5 @ k[:, :, None].transpose(-1, -2)).reshape(B, H, cq, ck) * self.scale
+        if self.score_mod is not None:
+            s = self.score_mod(s, q_pos, k_pos)
+        allowed = (k_pos[None, :] <= q_pos[:, None]) if self.causal else None
+        if mask is not None:
+            if mask.dtype == torch.bool:
+                allowed = mask if allowed is None else (mask & allowed)
+            else:
+                s = s + mask
+                finite = ~torch.isneginf(mask)
+                allowed = finite if allowed is None else (finite & allowed)
+        kind = self.norm.kind
+        if kind == "exp":
+            acc, denom, run_max = state
+            t = s.abs() if self.norm.signed else s
+            if allowed is not None:
+                t = t.masked_fill(~allowed, float("-inf"))
+            new_max = torch.maximum(run_max, t.amax(dim=-1, keepdim=True)).detach()
+            safe_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+            p = torch.exp(t - safe_max)
+            rescale = torch.exp(run_max - safe_max)
+            w = p * torch.sign(s) if self.norm.signed else p
+            return acc * rescale + self._pv(w, v), denom * rescale + p.sum(dim=-1, keepdim=True), new_max
+        if kind == "standardise":
+            return self._merge_standardise(state, s, allowed, v)
+        w = self.norm.phi(s)
+        if allowed is not None:
+            w = w.masked_fill(~allowed, 0.0)
+        if kind == "sum":
+            return (state[0] + self._pv(w, v),)
+        return state[0] + self._pv(w, v), state[1] + w.sum(dim=-1, keepdim=True)
+
+    def _finish(self, state):
+        kind = self.norm.kind
+        if kind == "sum":
+            return state[0]
+        if kind == "standardise":
+            count, _, m2, centred_v, total_v = state
+            var = m2 / count.clamp_min(1.0)
+            return self.norm.affine(centred_v / torch.sqrt(var + self.norm.eps), total_v)
+        acc, denom = state[0], state[1]
         alive = denom > 0
         return torch.where(alive, acc / torch.where(alive, denom, torch.ones_like(denom)), torch.zeros_like(acc))
 
-    def _pv(self, w, v, ks, ke):
+    def _merge_standardise(self, state, s, allowed, v):
+        """Fold one key chunk into (count, mean, M2, sum (s - mean) v, sum v) of each row.
+
+        Chan et al.'s pairwise update of mean and M2; the centred value sum moves
+        to the new mean with ``(old_mean - new_mean) * sum v``.
+        """
+        ones = torch.ones_like(s) if allowed is None else allowed.to(s.dtype).expand_as(s)
+        if allowed is not None:
+            s = s.masked_fill(~allowed, 0.0)  # masked scores may be -inf
+        n_b = ones.sum(dim=-1, keepdim=True)
+        mean_b = s.sum(dim=-1, keepdim=True) / n_b.clamp_min(1.0)
+        centred = (s - mean_b) * ones
+        m2_b = (centred * centred).sum(dim=-1, keepdim=True)
+        cv_b, tv_b = self._pv(centred, v), self._pv(ones, v)
+        n_a, mean_a, m2_a, cv_a, tv_a = state
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        mean = mean_a + delta * n_b / n.clamp_min(1.0)
+        m2 = m2_a + m2_b + delta * delta * n_a * n_b / n.clamp_min(1.0)
+        cv = cv_a + (mean_a - mean) * tv_a + cv_b + (mean_b - mean) * tv_b
+        return n, mean, m2, cv, tv_a + tv_b
+
+    def _pv(self, w, v):
         B, H, cq, ck = w.shape
-        G = H // self.kv_heads
-        out = w.reshape(B, self.kv_heads, G, cq, ck) @ v[:, :, None, ks:ke]
+        out = w.reshape(B, self.kv_heads, H // self.kv_heads, cq, ck) @ v[:, :, None]
         return out.reshape(B, H, cq, v.shape[-1])

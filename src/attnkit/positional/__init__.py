@@ -3,8 +3,29 @@
 Pass one as ``attnkit.attention(..., position=RoPE(head_dim))``: it is applied
 to q and k before the mechanism, with positions that continue across
 incremental calls. Absolute encodings that are added to token embeddings
-(sinusoidal, learned) live in :mod:`attnkit.positional.absolute`.
+(sinusoidal, learned) live in :mod:`attnkit.positional.absolute`; contextual
+position encoding (CoPE) depends on the scores, so it is a mechanism
+(``"cope"``), not an encoding of q and k.
+
+:data:`ENCODINGS` names every q/k encoding with a factory ``head_dim ->
+encoding``; the conformance suite composes each with softmax attention.
 """
 from .rope import NoPE, RoPE
 
-__all__ = ["RoPE", "NoPE"]
+ENCODINGS = {
+    "nope": lambda head_dim: NoPE(),
+    "rope": lambda head_dim: RoPE(head_dim),
+    "rope-linear": lambda head_dim: RoPE(head_dim, scaling="linear", factor=4.0),
+    "rope-ntk": lambda head_dim: RoPE(head_dim, scaling="ntk", factor=4.0),
+    "rope-yarn": lambda head_dim: RoPE(head_dim, scaling="yarn", factor=4.0, original_context=64),
+}
+
+
+def encoding(name: str, head_dim: int):
+    """The q/k positional encoding registered as ``name``, built for ``head_dim``."""
+    if name not in ENCODINGS:
+        raise ValueError(f"unknown positional encoding {name!r}; expected one of {sorted(ENCODINGS)}")
+    return ENCODINGS[name](head_dim)
+
+
+__all__ = ["RoPE", "NoPE", "ENCODINGS", "encoding"]

@@ -1,0 +1,173 @@
+"""Length-scaled softplus attention (LSSA) and its re-weighted form (LSSAR).
+
+Gao & Spratling, "Softplus Attention with Re-weighting Boosts Length
+Extrapolation in Large Language Models" (2025). Softmax is split into a
+positive map and an l1 normalisation; the map becomes Softplus of cosine
+scores scaled by ``log d * log N_i`` (N_i = number of tokens query i sees:
+``i + 1`` causal, all keys otherwise), an entropy-invariance scale factor:
+
+    LSSA:  w_ij = softplus(log d log N_i cos(q_i, k_j)) / sum_j (same)
+    LSSAR: w'_ij = relu(N_i w_ij - o_i)^p / sum_j relu(N_i w_ij - o_i)^p   (p = 15)
+
+The re-weighting keeps weights above the uniform level 1/N_i and sharpens
+them. The offset ``o_i`` is 1, except 0 for rows that see at most 3 tokens
+(otherwise the first token, whose only weight is 1 = 1/N_0, would output
+zeros); this detail is taken from a public re-implementation, as the authors'
+code was not reachable from here. ``scale`` is not used: the paper's ``log d * log N_i`` replaces it.
+
+Fast forms. LSSA is one pass of the chunked kernel ("ratio" normaliser).
+LSSAR needs each row's LSSA denominator before it can re-weight, so its
+chunked form makes two O(N)-memory passes: the first sums softplus scores per
+row, the second re-weights with the softmax kernel, because
+``x^p / sum x^p = softmax(p log x)`` (no overflow for large p or N). The
+reference computes both directly on the whole score matrix.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..kernels.chunked import chunked_attention
+from ..kernels.positions import causal_mask, query_positions, repeat_kv
+from ..registry import ALL_PATTERNS, MechanismSpec, register
+from ..scores.normalisers import SOFTMAX, Normaliser
+from ..scores.tensor_checks import check_float
+from ..state import kv_cache_step
+from .score_pipeline import CHUNK_PARAMS, register_score_mechanism
+
+PAPER = "Softplus Attention with Re-weighting Boosts Length Extrapolation in Large Language Models"
+SOFTPLUS_L1 = Normaliser("softplus-l1", "ratio", phi=F.softplus)
+# LSSAR's first pass sums softplus scores that its score modifier has already computed.
+_IDENTITY_SUM = Normaliser("identity-sum", "sum", phi=lambda s: s)
+
+
+def unit_qk(q, k):
+    """Cosine scores times ``log d``: l2-normalised q (times log d) and k."""
+    return F.normalize(q, dim=-1) * math.log(q.shape[-1]), F.normalize(k, dim=-1)
+
+
+def visible_counts(q_pos: torch.Tensor, kv_len: int, causal: bool) -> torch.Tensor:
+    """N_i: keys query i sees (at least 1, so a row that sees nothing gets log N = 0)."""
+    n = (q_pos + 1).clamp_min(1) if causal else torch.full_like(q_pos, kv_len)
+    return n.to(torch.float64)
+
+
+def reweight_offset(counts: torch.Tensor) -> torch.Tensor:
+    """LSSAR's offset o_i: 1, or 0 for rows that see at most 3 tokens."""
+    return (counts > 3).to(counts.dtype)
+
+
+def _length_scale_mod(kv_len, causal):
+    def mod(scores, q_pos, k_pos):
+        return scores * visible_counts(q_pos, kv_len, causal).log().to(scores.dtype)[:, None]
+
+    return mod
+
+
+def _lssa_prepare(q, k, v, *, scale, **_):
+    qn, kn = unit_qk(q, k)
+    return qn / scale, kn, v  # the kernel multiplies by scale again
+
+
+register_score_mechanism(
+    "lssa",
+    papers=(PAPER,),
+    make_mod=lambda q, k, *, causal, **_: _length_scale_mod(k.shape[2], causal),
+    normaliser=SOFTPLUS_L1,
+    prepare=_lssa_prepare,
+    summary="softplus(log d log N_i cos(q, k)) with l1 row normalisation",
+)
+
+
+def lssar_reference(q, k, v, *, causal, mask, scale, p, **_):
+    """The equations on the whole (Nq, Nk) matrix, in the order the paper states them."""
+    H, Nq, Nk = q.shape[1], q.shape[2], k.shape[2]
+    qn, kn = unit_qk(q, k)
+    s = qn @ repeat_kv(kn, H).transpose(-1, -2)
+    counts = visible_counts(query_positions(Nq, Nk, q.device), Nk, causal).to(q.dtype)[:, None]
+    s = s * counts.log()
+    allowed = causal_mask(Nq, Nk, q.device).expand_as(s) if causal else torch.ones_like(s, dtype=torch.bool)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            allowed = allowed & mask
+        else:
+            s = s + mask
+            allowed = allowed & ~torch.isneginf(mask)
+    phi = F.softplus(s).masked_fill(~allowed, 0.0)
+    w = phi / phi.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
+    x = torch.relu(counts * w - reweight_offset(counts)).masked_fill(~allowed, 0.0)
+    x = x / x.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)  # ratio is scale-free
+    r = x**p
+    r = r / r.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
+    return r @ repeat_kv(v, H)
+
+
+def _split_mask(mask):
+    """(boolean mask for the kernel, additive values a modifier adds before the nonlinearity)."""
+    if mask is None or mask.dtype == torch.bool:
+        return mask, None
+    return ~torch.isneginf(mask), mask.masked_fill(torch.isneginf(mask), 0.0)
+
+
+def _softplus_scores(kv_len, q_len, causal, additive):
+    offset = kv_len - q_len
+
+    def scores(s, q_pos, k_pos):
+        counts = visible_counts(q_pos, kv_len, causal).to(s.dtype)[:, None]
+        s = s * counts.log()
+        if additive is not None:
+            rows = slice(int(q_pos[0]) - offset, int(q_pos[-1]) - offset + 1)
+            s = s + additive[..., rows, int(k_pos[0]) : int(k_pos[-1]) + 1]
+        return F.softplus(s), counts
+
+    return scores
+
+
+def lssar_chunked(q, k, v, *, causal, mask, scale, p, q_chunk, kv_chunk, **_):
+    qn, kn = unit_qk(q, k)
+    allowed, additive = _split_mask(mask)
+    phi = _softplus_scores(k.shape[2], q.shape[2], causal, additive)
+    run = dict(causal=causal, mask=allowed, scale=1.0, q_chunk=q_chunk, kv_chunk=kv_chunk)
+    # Pass 1: every row's LSSA denominator Z_i (softplus is applied by the modifier).
+    ones = torch.ones(*k.shape[:3], 1, dtype=q.dtype, device=q.device)
+    z = chunked_attention(qn, kn, ones, score_mod=lambda s, qp, kp: phi(s, qp, kp)[0], normaliser=_IDENTITY_SUM, **run)
+    offset = k.shape[2] - q.shape[2]
+
+    def log_reweighted(s, q_pos, k_pos):
+        soft, counts = phi(s, q_pos, k_pos)
+        zi = z[:, :, int(q_pos[0]) - offset : int(q_pos[-1]) - offset + 1]
+        x = counts * soft / zi.clamp_min(torch.finfo(s.dtype).tiny) - reweight_offset(counts)
+        return torch.where(x > 0, p * torch.log(x.clamp_min(torch.finfo(s.dtype).tiny)), float("-inf"))
+
+    # Pass 2: relu(x)^p / sum relu(x)^p == softmax(p log x), x <= 0 dropped.
+    return chunked_attention(qn, kn, v, score_mod=log_reweighted, normaliser=SOFTMAX, **run)
+
+
+
+def _check_p(form):
+    def checked(q, k, v, *, p, **kw):
+        check_float("p", p)
+        if p < 1:
+            raise ValueError(f"p must be >= 1 (the re-weighting power), got {p}")
+        return form(q, k, v, p=p, **kw)
+
+    checked.__name__ = form.__name__
+    return checked
+
+
+register(
+    MechanismSpec(
+        name="lssar",
+        family="softmax",
+        papers=(PAPER,),
+        patterns=ALL_PATTERNS,
+        reference=_check_p(lssar_reference),
+        fast={"chunked": _check_p(lssar_chunked)},
+        step=kv_cache_step(_check_p(lssar_chunked)),
+        params={"p": 15.0, **CHUNK_PARAMS},
+        summary="LSSA re-weighted: relu(N_i w - 1)^p, l1-normalised (two O(N)-memory passes)",
+        test_params={"q_chunk": 16, "kv_chunk": 24},
+    )
+)
