@@ -17,7 +17,9 @@ def stateful_mechanisms() -> list[str]:
 
 
 def hybrid_config(second: str, **kw) -> ModelConfig:
-    mixers = {"F": "softmax", "L": second, "H": {"hymba": ["softmax", second]}}
+    # The mechanism's own test parameters (e.g. sigmoid's fixed n, needed for incremental use).
+    mixer = {"mechanism": second, **attnkit.spec(second).test_params}
+    mixers = {"F": "softmax", "L": mixer, "H": {"hymba": ["softmax", mixer]}}
     return ModelConfig(vocab_size=40, dim=32, heads=4, kv_heads=2, schedule="LFH", mixers=mixers, **kw)
 
 
