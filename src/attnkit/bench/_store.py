@@ -142,13 +142,14 @@ class Store:
         ).fetchone()
         return None if row is None else self.run(int(row[0]))
 
+    def keyed_rows(self, run_id: int) -> list[tuple[dict, dict]]:
+        """Each row as ``(key, figures)``, in the order they were measured."""
+        cur = self.db.execute("SELECT key, figures FROM rows WHERE run_id = ? ORDER BY recorded", (run_id,))
+        return [(json.loads(key), json.loads(figures)) for key, figures in cur]
+
     def rows(self, run_id: int) -> list[dict]:
         """Each row as one flat dict: its key fields, then its figures."""
-        out = []
-        for key, figures in self.db.execute("SELECT key, figures FROM rows WHERE run_id = ? ORDER BY recorded",
-                                            (run_id,)):
-            out.append({**json.loads(key), **json.loads(figures)})
-        return out
+        return [{**key, **figures} for key, figures in self.keyed_rows(run_id)]
 
 
 def _run_dict(row) -> dict:
