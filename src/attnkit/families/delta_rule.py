@@ -1,0 +1,172 @@
+"""Delta-rule mechanisms: DeltaNet, Gated DeltaNet, KDA.
+
+One recurrence (``attnkit.kernels.delta_rule``), three gates::
+
+    S_t = (I - beta_t k_t k_t^T) Diag(alpha_t) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T q_t
+
+- ``deltanet``: Yang et al., "Parallelizing Linear Transformers with the Delta Rule
+  over Sequence Length" (2024), ``alpha_t = 1``;
+- ``gated_deltanet``: Yang, Kautz & Hatamizadeh, "Gated Delta Networks: Improving
+  Mamba2 with Delta Rule" (2025), ``alpha_t = exp(g_t)`` one per head and token;
+- ``kda``: Kimi Team, "Kimi Linear: An Expressive, Efficient Attention
+  Architecture" (2025), ``alpha_t = exp(g_t)`` one per key channel.
+
+Tensor inputs, per query head and token: ``beta`` ``(B, H, N)`` in ``(0, 1)`` and
+``g = log(alpha)`` ``(B, H, N)`` or ``(B, H, N, Dk)``; the layers computing them
+from hidden states are in ``attnkit.nn.delta_inputs``. Forms: ``parallel`` (the
+recurrence with materialised transitions: the reference), ``chunked`` (WY / UT
+transform, ``chunk_size``) and ``recurrent`` (rank-1 update per token).
+The delta rule is defined causally only: the patterns are ``causal-self``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..kernels.delta_rule import delta_rule_parallel, delta_rule_recurrent
+from ..kernels.delta_rule_chunked import delta_rule_chunked
+from ..kernels.linear_state import RecurrentState, expect_state
+from ..registry import MechanismSpec, register
+from .linear_pipeline import CAUSAL_ONLY, check_input, step_from
+
+DELTANET = "Parallelizing Linear Transformers with the Delta Rule over Sequence Length"
+GATED_DELTANET = "Gated Delta Networks: Improving Mamba2 with Delta Rule"
+KIMI_LINEAR = "Kimi Linear: An Expressive, Efficient Attention Architecture"
+
+KERNELS = {"parallel": delta_rule_parallel, "chunked": delta_rule_chunked, "recurrent": delta_rule_recurrent}
+PARAMS = {"chunk_size": 64, "qk_l2norm": True}
+
+
+def stateful_forms(gate: str | None) -> dict:
+    """The three stateful forms for ``gate`` in (None, "scalar", "channel")."""
+
+    def make(kind):
+        kernel = KERNELS[kind]
+
+        def form(q, k, v, *, causal, scale, initial_state=None, beta=None, g=None, chunk_size=64, qk_l2norm=True):
+            if not causal:
+                raise ValueError("the delta rule is a causal recurrence; pass causal=True")
+            _check_inputs(q, k, v, beta, g, gate, chunk_size)
+            B, H, N, Dk = q.shape
+            shapes = {"S": (B, H, Dk, v.shape[-1])}
+            state = expect_state(initial_state, ("S",), shapes, q)
+            kw = {"chunk_size": chunk_size} if kind == "chunked" else {}
+            out, S = kernel(
+                q, k, v, beta, g, scale=scale, initial_state=None if state is None else state["S"],
+                qk_l2norm=qk_l2norm, **kw,
+            )
+            return out, RecurrentState((0 if state is None else state.length) + N, S=S)
+
+        form.__name__ = kind
+        return form
+
+    return {kind: make(kind) for kind in KERNELS}
+
+
+def _check_inputs(q, k, v, beta, g, gate, chunk_size):
+    B, H, N, Dk = q.shape
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if beta is None:
+        raise ValueError("beta is required: a (batch, heads, seq) tensor of writing strengths in (0, 1)")
+    check_input("beta", beta, (B, H, N), q, "(batch, heads, seq) writing strengths")
+    if gate is None:
+        if g is not None:
+            raise TypeError("g is not an input of the ungated delta rule; use gated_deltanet or kda")
+        return
+    if g is None:
+        raise ValueError("g is required: the log forget gates log(alpha) <= 0")
+    if gate == "scalar":
+        check_input("g", g, (B, H, N), q, "(batch, heads, seq) log forget gates")
+    else:
+        check_input("g", g, (B, H, N, Dk), q, "(batch, heads, seq, head_dim) channel-wise log forget gates")
+
+
+def _example_inputs(gate):
+    def make(q, k, v, generator):
+        B, H, N, D = q.shape
+        beta = torch.sigmoid(torch.randn(B, H, N, generator=generator, dtype=torch.float64))
+        out = {"beta": beta.to(q.dtype)}
+        if gate is not None:
+            shape = (B, H, N) if gate == "scalar" else (B, H, N, D)
+            out["g"] = (0.5 * F.logsigmoid(torch.randn(*shape, generator=generator, dtype=torch.float64) + 1)).to(q.dtype)
+        return out
+
+    return make
+
+
+def _flops(batch, heads, q_len, kv_len, head_dim, causal):
+    """Forward FLOPs of the chunked form: per token ``C D`` each for K K^T, Q K^T, the UT solve
+    and P U inside its chunk, and ``D^2`` each for W S, K^T U and Q S across chunks."""
+    c, d = PARAMS["chunk_size"], head_dim
+    return 2 * batch * heads * q_len * (4 * c * d + 3 * d * d)
+
+
+def _state_size(batch, heads, kv_heads, seq_len, head_dim):
+    return batch * heads * head_dim * head_dim
+
+
+def _module_factory(gate):
+    def module(*, dim, heads, kv_heads, head_dim):
+        from ..nn import delta_inputs
+
+        if gate is None:
+            return delta_inputs.DeltaNetBeta(dim, heads)
+        if gate == "scalar":
+            return delta_inputs.GatedDeltaNetGates(dim, heads)
+        return delta_inputs.KDAGates(dim, heads, head_dim)
+
+    return module
+
+
+def register_delta_mechanism(name, *, gate, papers, summary) -> MechanismSpec:
+    forms = stateful_forms(gate)
+
+    def drop_state(form):
+        def one_shot(q, k, v, *, causal, mask, scale, **kw):
+            return form(q, k, v, causal=causal, scale=scale, **kw)[0]
+
+        one_shot.__name__ = f"{name}_{form.__name__}"
+        return one_shot
+
+    return register(
+        MechanismSpec(
+            name=name,
+            family="delta-rule",
+            papers=papers,
+            patterns=CAUSAL_ONLY,
+            reference=drop_state(forms["parallel"]),
+            fast={"chunked": drop_state(forms["chunked"]), "recurrent": drop_state(forms["recurrent"])},
+            step=step_from(forms),
+            params=dict(PARAMS),
+            tensor_inputs=_example_inputs(gate),
+            tensor_inputs_per_token=("beta",) if gate is None else ("beta", "g"),
+            supports_mask=False,
+            flops=_flops,
+            state_size=_state_size,
+            complexity="O(N)",
+            summary=summary,
+            test_params={"chunk_size": 16},
+            extra={"stateful_forms": forms, "module": _module_factory(gate)},
+        )
+    )
+
+
+register_delta_mechanism(
+    "deltanet",
+    gate=None,
+    papers=(DELTANET,),
+    summary="delta rule S = S (I - b k k^T) + b v k^T with L2-normalised q, k; chunked WY/UT form",
+)
+register_delta_mechanism(
+    "gated_deltanet",
+    gate="scalar",
+    papers=(GATED_DELTANET, DELTANET),
+    summary="gated delta rule: S = (I - b k k^T) exp(g) S + b k v^T, one decay per head and token",
+)
+register_delta_mechanism(
+    "kda",
+    gate="channel",
+    papers=(KIMI_LINEAR, GATED_DELTANET),
+    summary="Kimi Delta Attention: S = (I - b k k^T) Diag(exp(g)) S + b k v^T, channel-wise gates",
+)

@@ -1,0 +1,53 @@
+"""GLA: linear attention with a data-dependent diagonal (per key channel) forget gate.
+
+Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient
+Training" (2024):
+
+    S_t = diag(alpha_t) S_{t-1} + k_t^T v_t,   o_t = q_t S_t
+
+with ``alpha_t = sigmoid(x_t W_1 W_2 + b)^(1/tau)`` in ``(0, 1)^{Dk}`` computed by
+the layer. attnkit takes ``gk = log(alpha)`` as a per-token tensor input of
+shape ``(B, H, N, Dk)`` (``attnkit.nn.linear_inputs.GLAGate`` computes it).
+The chunked form is the paper's chunkwise algorithm (within-chunk scores with
+relative gate products, cross-chunk state); ``scale`` scales the scores.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .linear_pipeline import CAUSAL_ONLY, check_input, register_linear_mechanism
+
+PAPER = "Gated Linear Attention Transformers with Hardware-Efficient Training"
+
+
+def gla_features(q, k, v, *, scale, gk):
+    B, H, N, D = q.shape
+    check_input("gk", gk, (B, H, N, D), q, "(batch, heads, seq, head_dim) log forget gates")
+    return q * scale, k, v, gk
+
+
+def gla_inputs(q, k, v, generator):
+    B, H, N, D = q.shape
+    x = torch.randn(B, H, N, D, generator=generator, dtype=torch.float64)
+    return {"gk": F.logsigmoid(x).to(q.dtype) * 0.5}
+
+
+def _module(*, dim, heads, kv_heads, head_dim):
+    from ..nn.linear_inputs import GLAGate
+
+    return GLAGate(dim, heads, head_dim)
+
+
+register_linear_mechanism(
+    "gla",
+    family="linear-decay",
+    papers=(PAPER,),
+    prepare=gla_features,
+    normalise=False,
+    tensor_inputs=gla_inputs,
+    tensor_inputs_per_token=("gk",),
+    patterns=CAUSAL_ONLY,
+    summary="GLA: S = diag(alpha_t) S + k^T v with data-dependent per-channel gates gk = log(alpha)",
+    module=_module,
+)

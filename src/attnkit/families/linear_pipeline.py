@@ -1,0 +1,172 @@
+"""Build specs for recurrent mechanisms: feature maps + decay + normaliser over one state.
+
+A linear-family mechanism states only how it maps queries and keys to features
+and which log-decay it applies (``prepare``), and whether outputs are
+normalised by ``phi(q) . z``. This module derives from that its three
+*stateful forms* (``f(q, k, v, *, causal, scale, initial_state=None, **params)
+-> (out, final_state)``): ``"parallel"`` (the reference), ``"chunked"`` and
+``"recurrent"`` (:mod:`attnkit.kernels.linear_scan`), the incremental step,
+and the registry entry. Normalisation rides along in the state: ``v`` gets a
+column of ones, so the last column of ``S`` is ``z``.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..kernels import linear_scan
+from ..kernels.linear_state import RecurrentState, expect_state
+from ..kernels.positions import repeat_kv
+from ..registry import MechanismSpec, register
+
+CHUNK_PARAMS = {"chunk_size": 64}
+FEATURE_MAP_PATTERNS = frozenset({"causal-self", "noncausal-self", "noncausal-cross"})
+CAUSAL_ONLY = frozenset({"causal-self"})
+
+
+def stateful_forms(prepare, *, normalise: bool, eps_param: str | None = None) -> dict:
+    """The three stateful forms of a mechanism given ``prepare(q, k, v, *, scale, **params) -> (q', k', v', g)``.
+
+    ``prepare`` receives k and v already expanded to the query heads. ``eps_param``
+    names a parameter added to the normaliser per visible key (``phi(q) . z + eps n``).
+    """
+
+    def make(kernel_name):
+        kernel = getattr(linear_scan, kernel_name)
+
+        def form(q, k, v, *, causal, scale, initial_state=None, chunk_size=CHUNK_PARAMS["chunk_size"], **params):
+            _check_chunk_size(chunk_size)
+            H, Dv = q.shape[1], v.shape[-1]
+            fq, fk, fv, g = prepare(q, repeat_kv(k, H), repeat_kv(v, H), scale=scale, **params)
+            if g is not None and not causal:
+                raise ValueError("a decayed/gated recurrence is only defined causally; pass causal=True")
+            if normalise:
+                fv = torch.cat([fv, torch.ones_like(fv[..., :1])], dim=-1)
+            S0 = _initial(initial_state, fq, fv, normalise)
+            kw = {"chunk_size": chunk_size} if kernel_name == "chunked" else {}
+            out, S = kernel(fq, fk, fv, g, S0, causal=causal, **kw)
+            before = initial_state.length if initial_state is not None else 0
+            length = before + k.shape[2]
+            if normalise:
+                out = _normalised(out, q.shape[2], before, length, causal, params.get(eps_param, 0.0) if eps_param else 0.0)
+                state = RecurrentState(length, S=S[..., :Dv], z=S[..., Dv])
+            else:
+                state = RecurrentState(length, S=S)
+            return out, state
+
+        form.__name__ = kernel_name
+        return form
+
+    return {name: make(name) for name in ("parallel", "chunked", "recurrent")}
+
+
+def check_input(name: str, t, shape: tuple, like: torch.Tensor, what: str) -> None:
+    """A tensor input must be a floating tensor of ``shape`` (``what`` spells it out) with q's dtype and device."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {what} = {shape}, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {what} = {tuple(shape)}, got {tuple(t.shape)}")
+    if t.dtype != like.dtype or t.device != like.device:
+        raise TypeError(f"{name} is {t.dtype} on {t.device}; expected q's dtype {like.dtype} on {like.device}")
+
+
+def _check_chunk_size(chunk_size) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
+def _initial(state, fq, fv, normalise):
+    B, H, _, Dk = fq.shape
+    Dv = fv.shape[-1] - (1 if normalise else 0)
+    names = ("S", "z") if normalise else ("S",)
+    shapes = {"S": (B, H, Dk, Dv), "z": (B, H, Dk)}
+    state = expect_state(state, names, shapes, fq)
+    if state is None:
+        return None
+    return torch.cat([state["S"], state["z"][..., None]], dim=-1) if normalise else state["S"]
+
+
+def _normalised(out, q_len, before, length, causal, eps):
+    """``phi(q) S / (phi(q) z + eps n)``; a query whose normaliser is 0 outputs 0."""
+    num, den = out[..., :-1], out[..., -1:]
+    if eps:
+        if causal:
+            seen = torch.arange(length - q_len + 1, length + 1, device=out.device, dtype=out.dtype)[:, None]
+        else:
+            seen = torch.tensor(float(length), device=out.device, dtype=out.dtype)
+        den = den + eps * seen
+    alive = den != 0
+    return torch.where(alive, num / torch.where(alive, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+def step_from(forms):
+    """Incremental form: the state goes in as ``initial_state`` (recurrent for one token, chunked otherwise)."""
+
+    def step(q, k, v, state, *, causal, mask, scale, **params):
+        form = forms["recurrent"] if q.shape[2] == 1 else forms["chunked"]
+        return form(q, k, v, causal=causal, scale=scale, initial_state=state, **params)
+
+    return step
+
+
+def register_linear_mechanism(
+    name: str,
+    *,
+    family: str,
+    papers: tuple[str, ...],
+    prepare,
+    normalise: bool,
+    feature_dim=lambda d, params: d,
+    params: dict | None = None,
+    eps_param: str | None = None,
+    tensor_inputs=None,
+    tensor_inputs_per_token: tuple[str, ...] = (),
+    patterns=FEATURE_MAP_PATTERNS,
+    summary: str = "",
+    test_params: dict | None = None,
+    module=None,
+) -> MechanismSpec:
+    """Register a recurrent mechanism; ``feature_dim(head_dim, params)`` is the state's key dimension."""
+    forms = stateful_forms(prepare, normalise=normalise, eps_param=eps_param)
+    all_params = {**(params or {}), **CHUNK_PARAMS}
+
+    def drop_state(form):
+        def one_shot(q, k, v, *, causal, mask, scale, **kw):
+            return form(q, k, v, causal=causal, scale=scale, **kw)[0]
+
+        one_shot.__name__ = f"{name}_{form.__name__}"
+        return one_shot
+
+    def state_size(batch, heads, kv_heads, seq_len, head_dim):
+        return batch * heads * feature_dim(head_dim, all_params) * (head_dim + (1 if normalise else 0))
+
+    def flops(batch, heads, q_len, kv_len, head_dim, causal):
+        """Forward FLOPs of the chunked form (scores and values in chunks, state update and read)."""
+        dk, dv, c = feature_dim(head_dim, all_params), head_dim + (1 if normalise else 0), all_params["chunk_size"]
+        if not causal:
+            return 2 * batch * heads * (kv_len + q_len) * dk * dv
+        return 2 * batch * heads * q_len * (c * dk + c * dv + 2 * dk * dv)
+
+    extra = {"stateful_forms": forms}
+    if module is not None:
+        extra["module"] = module
+    return register(
+        MechanismSpec(
+            name=name,
+            family=family,
+            papers=papers,
+            patterns=frozenset(patterns),
+            reference=drop_state(forms["parallel"]),
+            fast={"chunked": drop_state(forms["chunked"]), "recurrent": drop_state(forms["recurrent"])},
+            step=step_from(forms),
+            params=all_params,
+            tensor_inputs=tensor_inputs,
+            tensor_inputs_per_token=tensor_inputs_per_token,
+            supports_mask=False,
+            flops=flops,
+            state_size=state_size,
+            complexity="O(N)",
+            summary=summary,
+            test_params={"chunk_size": 16, **(test_params or {})},
+            extra=extra,
+        )
+    )

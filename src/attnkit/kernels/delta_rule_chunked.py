@@ -1,0 +1,95 @@
+"""Chunked (WY / UT transform) form of the gated delta rule of ``delta_rule.py``.
+
+From "Parallelizing Linear Transformers with the Delta Rule over Sequence
+Length" (Yang et al., 2024), with the decays of Gated DeltaNet and KDA. Inside
+a chunk of ``C`` tokens starting from state ``S0``, with ``b_r`` the cumulative
+log decay up to token ``r`` of the chunk, the corrections ``u_r`` of the
+recurrence (``S_r = Diag(alpha_r) S_{r-1} + k_r u_r^T``) satisfy the unit lower
+triangular system ::
+
+    u_r + beta_r sum_{i<r} A_ri u_i = beta_r (v_r - S0^T (e^{b_r} k_r)),
+    A_ri = sum_d k_rd k_id e^{b_rd - b_id}
+
+so ``U = U' - W S0`` with ``[W | U'] = (I + Diag(beta) A)^{-1} [beta e^{b} K | beta V]``
+(the UT transform: one triangular solve per chunk, all chunks at once). Only
+``U = U' - W S0`` and ``S_next = e^{b_C} S0 + (e^{b_C - b} K)^T U`` run chunk by
+chunk; the outputs ``O = (e^{b} Q) S0 + (P o causal) U`` with
+``P_ri = sum_d q_rd k_id e^{b_rd - b_id}`` are then computed for all chunks at once.
+
+Channel-wise gates (KDA) factor ``e^{b_r - b_i} = e^{b_r} e^{-b_i}``; this is
+exact while a chunk's total decay stays above ``e^-80`` in float32 (the KDA
+layer in ``attnkit.nn`` bounds its gate for that). Scalar gates use the
+``C x C`` decay matrix and have no such limit.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .delta_rule import prepare, zero_state
+
+
+def delta_rule_chunked(q, k, v, beta, g=None, *, scale, initial_state=None, qk_l2norm=True, chunk_size=64):
+    """``(out, final_state)`` equal to :func:`delta_rule_parallel`, in O(N C D + N D^2) work."""
+    q, k, v, g = prepare(q, k, v, g, scale=scale, qk_l2norm=qk_l2norm)
+    S = zero_state(k, v) if initial_state is None else initial_state
+    B, H, N, Dk = q.shape
+    C = chunk_size
+    pad = -N % C
+    n = (N + pad) // C
+    q, k, v = (_pad_seq(t, pad).reshape(B, H, n, C, t.shape[-1]) for t in (q, k, v))
+    beta = _pad_seq(beta, pad).reshape(B, H, n, C, 1)
+
+    A, P, q_dec, k_dec, k_end, chunk_decay = _decayed_products(q, k, _chunk_log_decay(g, pad, n, C))
+    strict = (A * beta).tril(-1)
+    rhs = torch.cat([beta * k_dec, beta * v], dim=-1)
+    wu = torch.linalg.solve_triangular(strict, rhs, upper=False, unitriangular=True)
+    W, U_prime = wu[..., :Dk], wu[..., Dk:]
+
+    states, corrections = [], []
+    decays = chunk_decay.unbind(2) if chunk_decay is not None else [None] * n
+    for W_c, U_c, k_c, d_c in zip(W.unbind(2), U_prime.unbind(2), k_end.unbind(2), decays):
+        states.append(S)
+        U_c = U_c - W_c @ S
+        corrections.append(U_c)
+        S = (S if d_c is None else d_c * S) + k_c.transpose(-1, -2) @ U_c
+    out = q_dec @ torch.stack(states, dim=2) + P.tril() @ torch.stack(corrections, dim=2)
+    return out.reshape(B, H, n * C, -1)[:, :, :N], S
+
+
+def _pad_seq(t: torch.Tensor, pad: int) -> torch.Tensor:
+    """Zeros after the last token (dim 2): a zero key, beta and log-gate leave the state unchanged."""
+    if pad == 0:
+        return t
+    return torch.cat([t, t.new_zeros(*t.shape[:2], pad, *t.shape[3:])], dim=2)
+
+
+def _chunk_log_decay(g, pad, n, C):
+    """Cumulative log decay inside each chunk, ``(B, H, n, C, 1 or Dk)``; padding decays nothing."""
+    if g is None:
+        return None
+    g = _pad_seq(g, pad)
+    return g.reshape(g.shape[0], g.shape[1], n, C, g.shape[-1]).cumsum(dim=3)
+
+
+def _decayed_products(q, k, b):
+    """``A = K K^T``, ``P = Q K^T`` with relative decays, and the decayed q, k used across chunks.
+
+    Returns ``(A, P, e^{b} Q, e^{b} K, e^{b_C - b} K, e^{b_C})``; the last is None without a gate.
+    """
+    if b is None:
+        return k @ k.transpose(-1, -2), q @ k.transpose(-1, -2), q, k, k, None
+    b_end = b[..., -1:, :]
+    k_dec, q_dec, k_end = k * b.exp(), q * b.exp(), k * (b_end - b).exp()
+    chunk_decay = b_end.transpose(-1, -2).exp()  # (B, H, n, Dk or 1, 1): scales the rows of S
+    if b.shape[-1] == 1:  # scalar gate: exact C x C decay matrix e^{b_r - b_i}, i <= r
+        diff = b - b.transpose(-1, -2)
+        causal = torch.ones(diff.shape[-2:], dtype=torch.bool, device=b.device).tril()
+        decay = diff.masked_fill(~causal, float("-inf")).exp()
+        A = (k @ k.transpose(-1, -2)) * decay
+        P = (q @ k.transpose(-1, -2)) * decay
+        return A, P, q_dec, k_dec, k_end, chunk_decay
+    k_inv = k * (-b).exp()
+    A = k_dec @ k_inv.transpose(-1, -2)
+    P = q_dec @ k_inv.transpose(-1, -2)
+    return A, P, q_dec, k_dec, k_end, chunk_decay

@@ -1,0 +1,150 @@
+"""Decayed linear attention in three equal forms: parallel, chunked, recurrent.
+
+Every linear, decayed and gated mechanism of attnkit reduces to one recurrence
+over a matrix state (after its own feature maps and gates):
+
+    S_t = diag(a_t) S_{t-1} + k_t^T v_t          o_t = q_t S_t
+
+with ``a_t = exp(g_t)`` and ``g`` the log-decay: ``None`` (no decay, plain
+linear attention, Katharopoulos et al.), a scalar per token and head ``(B, H,
+N)`` (RetNet, Lightning, Mamba-2's SSD) or one per key channel ``(B, H, N, Dk)``
+(GLA). Unrolled: ``o_i = sum_{j<=i} (q_i * exp(G_i - G_j)) . k_j  v_j`` with
+``G`` the running sum of ``g``, plus ``(q_i * exp(G_i)) S_0`` from an initial state.
+
+- :func:`parallel` materialises that ``(N, N)`` matrix: the reference.
+- :func:`chunked` is the chunkwise form of Lightning Attention-2 / GLA: inside a
+  chunk the masked matrix, across chunks the state (GEMM-rich, O(N)).
+- :func:`recurrent` steps token by token (decoding).
+
+Inputs are already feature-mapped, scaled and expanded to ``H`` heads; every
+form returns ``(out, S_final)``. Without causality (no decay allowed) all keys
+are summed into one state that every query reads.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Largest (chunks x C x C x Dk) block the channel-gated chunked form builds at once.
+_CHANNEL_BLOCK_ELEMENTS = 1 << 24
+
+
+def parallel(q, k, v, g, S0, *, causal: bool):
+    """Materialised form: the ``(N, N)`` decayed score matrix, masked, times ``v``."""
+    if not causal:
+        return _noncausal(q, k, v, S0)
+    N = q.shape[2]
+    future = ~torch.ones(N, N, dtype=torch.bool, device=q.device).tril()
+    scores = q @ k.transpose(-1, -2)
+    if g is None:
+        out = scores.masked_fill(future, 0.0) @ v
+        S = k.transpose(-1, -2) @ v
+        if S0 is not None:
+            out, S = out + q @ S0, S + S0
+        return out, S
+    G = g.cumsum(dim=2)
+    G_end = G[:, :, -1:]
+    if g.ndim == 3:
+        decay = torch.exp((G[..., :, None] - G[..., None, :]).masked_fill(future, float("-inf")))
+        out = (scores * decay) @ v
+        q_from_start, k_to_end = q * G.exp()[..., None], k * (G_end - G).exp()[..., None]
+        decay_all = G_end.exp()[..., None]
+    else:
+        diff = (G[:, :, :, None, :] - G[:, :, None, :, :]).masked_fill(future[..., None], float("-inf"))
+        out = torch.einsum("bhic,bhjc,bhijc->bhij", q, k, diff.exp()) @ v
+        q_from_start, k_to_end = q * G.exp(), k * (G_end - G).exp()
+        decay_all = G_end.transpose(-1, -2).exp()
+    S = k_to_end.transpose(-1, -2) @ v
+    if S0 is not None:
+        out = out + q_from_start @ S0
+        S = S + decay_all * S0
+    return out, S
+
+
+def recurrent(q, k, v, g, S0, *, causal: bool):
+    """Token by token: ``S <- a_t S + k_t^T v_t``, ``o_t = q_t S``."""
+    B, H, Nk, Dk = k.shape
+    S = S0 if S0 is not None else q.new_zeros(B, H, Dk, v.shape[-1])
+    outs = []
+    for t in range(Nk):
+        if g is not None:
+            a = g[:, :, t].exp()
+            S = S * (a[..., None, None] if g.ndim == 3 else a[..., None])
+        S = S + k[:, :, t, :, None] * v[:, :, t, None, :]
+        if causal:
+            outs.append((q[:, :, t, None] @ S))
+    if causal:
+        return torch.cat(outs, dim=2), S
+    return q @ S, S
+
+
+def chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int):
+    """Chunkwise form: masked matrix inside each chunk, the state across chunks."""
+    if not causal:
+        return _noncausal(q, k, v, S0, chunk_size)
+    B, H, N, Dk = q.shape
+    Dv, C = v.shape[-1], chunk_size
+    pad = (-N) % C
+    if pad:  # zero keys/values/log-decays after the end change neither outputs nor the state
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        g = None if g is None else F.pad(g, (0, pad) if g.ndim == 3 else (0, 0, 0, pad))
+    nc = (N + pad) // C
+    qc, kc, vc = (t.reshape(B, H, nc, C, t.shape[-1]) for t in (q, k, v))
+    causal_block = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    if g is None:
+        intra = (qc @ kc.transpose(-1, -2)).masked_fill(~causal_block, 0.0) @ vc
+        U = kc.transpose(-1, -2) @ vc  # each chunk's contribution to the state
+        starts = U.cumsum(dim=2) - U  # state before each chunk (exclusive prefix sum)
+        if S0 is not None:
+            starts = starts + S0[:, :, None]
+        out = intra + qc @ starts
+        S = starts[:, :, -1] + U[:, :, -1]
+    else:
+        b = g.reshape(B, H, nc, C, *g.shape[3:]).cumsum(dim=3)  # log-decay from chunk start
+        b_end = b[:, :, :, -1:]
+        if g.ndim == 3:
+            decay = torch.exp((b[..., :, None] - b[..., None, :]).masked_fill(~causal_block, float("-inf")))
+            intra = ((qc @ kc.transpose(-1, -2)) * decay) @ vc
+            q_from_start, k_to_end = qc * b.exp()[..., None], kc * (b_end - b).exp()[..., None]
+            chunk_decay = b_end.exp()[..., None]  # (B, H, nc, 1, 1)
+        else:
+            intra = _channel_gated_intra(qc, kc, vc, b, causal_block)
+            q_from_start, k_to_end = qc * b.exp(), kc * (b_end - b).exp()
+            chunk_decay = b_end.transpose(-1, -2).exp()  # (B, H, nc, Dk, 1)
+        U = k_to_end.transpose(-1, -2) @ vc
+        S = S0 if S0 is not None else q.new_zeros(B, H, Dk, Dv)
+        starts = []
+        for c in range(nc):
+            starts.append(S)
+            S = chunk_decay[:, :, c] * S + U[:, :, c]
+        out = intra + q_from_start @ torch.stack(starts, dim=2)
+    return out.reshape(B, H, nc * C, Dv)[:, :, :N], S
+
+
+def _channel_gated_intra(qc, kc, vc, b, causal_block):
+    """Inside each chunk: ``sum_c q_ic k_jc exp(b_ic - b_jc)`` for ``j <= i``, built exactly (no overflow)."""
+    B, H, nc, C, Dk = qc.shape
+    step = max(1, _CHANNEL_BLOCK_ELEMENTS // max(1, B * H * C * C * Dk))
+    outs = []
+    for s in range(0, nc, step):
+        e = min(nc, s + step)
+        bb = b[:, :, s:e]
+        diff = (bb[..., :, None, :] - bb[..., None, :, :]).masked_fill(~causal_block[..., None], float("-inf"))
+        scores = torch.einsum("bnic,bnjc,bnijc->bnij", qc[:, :, s:e].flatten(0, 1), kc[:, :, s:e].flatten(0, 1),
+                              diff.exp().flatten(0, 1))
+        outs.append(scores.reshape(B, H, e - s, C, C) @ vc[:, :, s:e])
+    return torch.cat(outs, dim=2)
+
+
+def _noncausal(q, k, v, S0, chunk_size: int | None = None):
+    """Every query reads the sum of every key's ``k^T v`` (keys summed chunk by chunk if asked)."""
+    if chunk_size is None:
+        out = (q @ k.transpose(-1, -2)) @ v
+        S = k.transpose(-1, -2) @ v
+        if S0 is not None:
+            out, S = out + q @ S0, S + S0
+        return out, S
+    S = S0 if S0 is not None else q.new_zeros(q.shape[0], q.shape[1], q.shape[-1], v.shape[-1])
+    for s in range(0, k.shape[2], chunk_size):
+        S = S + k[:, :, s : s + chunk_size].transpose(-1, -2) @ v[:, :, s : s + chunk_size]
+    return q @ S, S

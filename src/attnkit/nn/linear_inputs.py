@@ -1,0 +1,45 @@
+"""Layers that compute the tensor inputs (gates, step sizes) of the gated linear mechanisms.
+
+Each is the ``spec.extra["module"]`` factory's product for its mechanism:
+``forward(x, q, k, v) -> dict`` of tensor inputs for the new tokens ``x (B, N, dim)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GLAGate(nn.Module):
+    """GLA's forget gate (Yang et al., "Gated Linear Attention Transformers with
+    Hardware-Efficient Training"): ``alpha = sigmoid(x W_1 W_2 + b)^(1/tau)``
+    with a low-rank ``W_1 W_2`` (rank 16) and ``tau = 16``; returns ``gk = log(alpha)``."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, rank: int = 16, tau: float = 16.0):
+        super().__init__()
+        self.heads, self.tau = heads, tau
+        self.down = nn.Linear(dim, rank, bias=False)
+        self.up = nn.Linear(rank, heads * head_dim, bias=True)
+
+    def forward(self, x, q, k, v) -> dict:
+        gk = F.logsigmoid(self.up(self.down(x))) / self.tau  # (B, N, H * Dk)
+        return {"gk": gk.unflatten(-1, (self.heads, -1)).transpose(1, 2)}
+
+
+class Mamba2Gate(nn.Module):
+    """Mamba-2's step sizes and decay rates (Dao & Gu, "Transformers are SSMs"):
+    ``dt = softplus(x W + dt_bias)`` per head and token, ``A = -exp(A_log)`` per head,
+    with ``dt`` initialised in ``[1e-3, 1e-1]`` and ``A`` in ``[-16, -1]`` as in the paper's code."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, heads, bias=False)
+        dt = torch.exp(torch.rand(heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_log = nn.Parameter(torch.log(torch.empty(heads).uniform_(1, 16)))
+
+    def forward(self, x, q, k, v) -> dict:
+        dt = F.softplus(self.proj(x) + self.dt_bias).transpose(1, 2)  # (B, H, N)
+        return {"dt": dt.to(q.dtype), "A": -torch.exp(self.A_log).to(q.dtype)}
