@@ -94,8 +94,7 @@ def _normalised(out, q_len, before, length, causal, eps):
         else:
             seen = torch.tensor(float(length), device=out.device, dtype=out.dtype)
         den = den + eps * seen
-    alive = den != 0
-    return torch.where(alive, num / torch.where(alive, den, torch.ones_like(den)), torch.zeros_like(num))
+    return num / den.masked_fill(den == 0, float("inf"))
 
 
 def step_from(forms):
