@@ -125,11 +125,36 @@ def head_windows(lefts: torch.Tensor, rights: torch.Tensor | None = None) -> Mas
     return MaskMod(fn, _distance_tiles(left_of, right_of), f"head_windows({lefts.tolist()})")
 
 
-def moa_windows(heads: int, seq_len: int, alphas, betas) -> torch.Tensor:
-    """MoA's elastic rule: head ``h`` spans ``alpha_h + beta_h * seq_len`` keys (cycled over heads)."""
-    a = [alphas[i % len(alphas)] for i in range(heads)]
-    b = [betas[i % len(betas)] for i in range(heads)]
-    return torch.tensor([max(int(x + y * seq_len), 1) - 1 for x, y in zip(a, b)], dtype=torch.long)
+def elastic_windows(heads: int, alphas, betas, symmetric: bool = False) -> MaskMod:
+    """MoA's elastic rule: head ``h`` spans ``alpha_h + beta_h * n`` keys, ``n`` = tokens seen so far.
+
+    ``n`` is the query's position + 1 (the input length when the query is the
+    last token), so a decode step and a one-shot call agree. ``alphas`` and
+    ``betas`` are cycled over heads; ``0 <= beta < 1``.
+    """
+    if not alphas or not betas:
+        raise ValueError("alphas and betas must be non-empty sequences")
+    if any(not 0 <= b < 1 for b in betas) or any(a < 1 for a in alphas):
+        raise ValueError(f"need alphas >= 1 and 0 <= betas < 1, got alphas={alphas}, betas={betas}")
+    a = torch.tensor([float(alphas[i % len(alphas)]) for i in range(heads)], dtype=torch.float64)
+    b = torch.tensor([float(betas[i % len(betas)]) for i in range(heads)], dtype=torch.float64)
+
+    def left(h, q):  # keys before the query: span - 1
+        span = torch.floor(a.to(q.device)[h] + b.to(q.device)[h] * (q + 1).to(torch.float64))
+        return span.to(torch.long) - 1
+
+    def fn(bb, h, q, kv):
+        reach = left(h, q)
+        ok = q - kv <= reach
+        return ok & (kv - q <= reach) if symmetric else ok & (kv <= q)
+
+    def tiles(bb, h, q_lo, q_hi, k_lo, k_hi):
+        # q - left(q) never decreases in q (beta < 1), and q + left(q) increases.
+        any_ = (q_lo - left(h, q_lo) <= k_hi) & (k_lo <= (q_hi + left(h, q_hi) if symmetric else q_hi))
+        all_ = (q_hi - left(h, q_hi) <= k_lo) & (k_hi <= (q_lo + left(h, q_lo) if symmetric else q_lo))
+        return any_, all_
+
+    return MaskMod(fn, tiles, f"elastic_windows({list(alphas)}, {list(betas)})")
 
 
 def multi_windows(heads: int, windows) -> torch.Tensor:
