@@ -161,7 +161,7 @@ def _partial_table(mask, kind, offset, q_len, kv_len, block_q, block_k, chunk=40
         m = m & (kv < kv_len) & (rows < q_len)  # padding is never attended
         masks.append(torch.broadcast_to(m, (part.shape[0], block_q, block_k)))
     tiles = torch.cat(masks) if masks else torch.zeros(0, block_q, block_k, dtype=torch.bool, device=device)
-    flat = tiles.reshape(tiles.shape[0], -1)
+    flat = tiles.reshape(tiles.shape[0], block_q * block_k)
     all_true, all_false = flat.all(dim=1), ~flat.any(dim=1)
     pos = (idx[:, 0], idx[:, 1], idx[:, 2], idx[:, 3])
     kind[pos] = torch.where(all_true, FULL, torch.where(all_false, EMPTY, PARTIAL)).to(kind.dtype)
