@@ -138,7 +138,6 @@ def tensor_mask(mask: torch.Tensor, q_len: int, kv_len: int) -> MaskMod:
     if mask.dtype != torch.bool or mask.ndim != 4:
         raise ValueError(f"tensor_mask needs a 4-D boolean tensor, got {mask.ndim}-D {mask.dtype}")
     offset = kv_len - q_len
-    full = mask.shape[-2:] == (q_len, kv_len)
 
     def fn(b, h, q, kv):
         m = mask.expand(*mask.shape[:2], q_len, kv_len)
@@ -147,17 +146,14 @@ def tensor_mask(mask: torch.Tensor, q_len: int, kv_len: int) -> MaskMod:
         return m[bb, hh, (q - offset).clamp(0, q_len - 1), kv.clamp(0, kv_len - 1)]
 
     def tiles(b, h, q_lo, q_hi, k_lo, k_hi):
-        m = mask.expand(*mask.shape[:2], q_len, kv_len) if not full else mask
-        rows = q_lo.flatten() - offset
-        bq = int((q_hi - q_lo).max()) + 1
-        bk = int((k_hi - k_lo).max()) + 1
-        nq, nk = rows.numel(), k_lo.numel()
-        pad = (0, nk * bk - kv_len, 0, nq * bq - q_len)
-        padded_any = torch.nn.functional.pad(m, pad, value=False)
-        padded_all = torch.nn.functional.pad(m, pad, value=True)
-        shape = (*m.shape[:2], nq, bq, nk, bk)
-        any_ = padded_any.reshape(shape).any(dim=5).any(dim=3)
-        all_ = padded_all.reshape(shape).all(dim=5).all(dim=3)
-        return any_, all_
+        m = mask.expand(*mask.shape[:2], q_len, kv_len)
+        q_lo, k_lo = q_lo.flatten(), k_lo.flatten()
+        nq, nk = q_lo.numel(), k_lo.numel()
+        bq = int(q_lo[1] - q_lo[0]) if nq > 1 else q_len
+        bk = int(k_lo[1] - k_lo[0]) if nk > 1 else kv_len
+        if nq * bq != q_len or nk * bk != kv_len:  # padding counts as "not allowed": edge tiles turn partial
+            m = torch.nn.functional.pad(m, (0, nk * bk - kv_len, 0, nq * bq - q_len), value=False)
+        m = m.reshape(*m.shape[:2], nq, bq, nk, bk)
+        return m.any(dim=5).any(dim=3), m.all(dim=5).all(dim=3)
 
     return MaskMod(fn, tiles, "tensor")
