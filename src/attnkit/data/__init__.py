@@ -1,0 +1,1 @@
+"""Real text for training and evaluating models: the Shakespeare corpus and its tokenisers."""

@@ -1,0 +1,1 @@
+"""Bridges to frameworks users already run: ``attnkit.integrations.hf`` (transformers)."""

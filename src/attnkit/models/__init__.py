@@ -1,0 +1,13 @@
+"""Models built from attnkit mechanisms: a decoder-only LM and an encoder.
+
+    from attnkit.models import ModelConfig, DecoderLM
+    cfg = ModelConfig(schedule="LLLF", mixers={"L": "nha", "F": "softmax"})
+    lm = DecoderLM(cfg)
+    lm.generate(prompt, 20)
+"""
+from .config import ModelConfig
+from .encoder import Encoder
+from .lm import DecoderLM
+from .mixers import ParallelHeads
+
+__all__ = ["ModelConfig", "DecoderLM", "Encoder", "ParallelHeads"]

@@ -1,0 +1,26 @@
+"""A pre-norm transformer block: ``x + mixer(norm(x))``, then ``x + mlp(norm(x))``."""
+from __future__ import annotations
+
+from torch import nn
+
+from .mixers import build_mixer
+
+
+class Block(nn.Module):
+    def __init__(self, spec: dict, dim: int, heads: int, kv_heads: int | None, mlp_ratio: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim={dim} must be divisible by heads={heads}")
+        self.mixer_norm = nn.RMSNorm(dim)
+        self.mixer = build_mixer(spec, dim, heads, kv_heads, dim // heads)
+        self.mlp_norm = nn.RMSNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x, *, causal, mask=None, state=None, return_state=False):
+        y = self.mixer(self.mixer_norm(x), causal=causal, mask=mask, state=state, return_state=return_state)
+        if return_state:
+            y, state = y
+        x = x + y
+        x = x + self.mlp(self.mlp_norm(x))
+        return (x, state) if return_state else x

@@ -1,0 +1,74 @@
+"""Model configuration: sizes, and which sequence mixer each layer uses.
+
+A layer schedule is a string with one letter per layer (``"LLLF"``: three
+linear layers, then one full-attention layer, the ratios "A Systematic Analysis
+of Hybrid Linear Attention" studies). ``mixers`` maps each letter to a mixer:
+
+- a mechanism name (``"softmax"``, ``"nha"``, any ``attnkit.mechanisms()`` entry);
+- a dict ``{"mechanism": name, "rope": bool, **params}`` to set its parameters;
+- a dict ``{"hymba": [mixer, mixer, ...]}``: parallel hybrid heads in one layer
+  (Hymba), the layer's heads split evenly between the branches.
+
+The default maps every letter ``F`` to softmax attention.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .. import registry
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 256
+    dim: int = 128
+    heads: int = 4
+    kv_heads: int | None = None
+    schedule: str = "FFFF"
+    mixers: dict = field(default_factory=lambda: {"F": "softmax"})
+    mlp_ratio: float = 4.0
+    rope: bool = True
+    tie_embeddings: bool = True
+
+    def __post_init__(self):
+        for name in ("vocab_size", "dim", "heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.schedule, str) or not self.schedule:
+            raise ValueError(f"schedule must be a non-empty string of layer letters (e.g. 'LLLF'), got {self.schedule!r}")
+        if not isinstance(self.mixers, dict):
+            raise TypeError(f"mixers must be a dict mapping schedule letters to mixers, got {type(self.mixers).__name__}")
+        missing = sorted(set(self.schedule) - set(self.mixers))
+        if missing:
+            raise ValueError(f"schedule {self.schedule!r} uses letters {missing} that mixers {sorted(self.mixers)} does not define")
+        for letter in set(self.schedule):
+            mixer_spec(self.mixers[letter], self.rope)  # validates before any module is built
+
+    def layer_mixers(self) -> list[dict]:
+        """The normalised mixer spec of every layer, in order."""
+        return [mixer_spec(self.mixers[letter], self.rope) for letter in self.schedule]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def mixer_spec(spec, default_rope: bool) -> dict:
+    """Normalise a mixer to ``{"mechanism", "rope", "params"}`` or ``{"hymba": [...]}``."""
+    if isinstance(spec, str):
+        spec = {"mechanism": spec}
+    if not isinstance(spec, dict):
+        raise TypeError(f"a mixer must be a mechanism name or a dict, got {type(spec).__name__}")
+    if "hymba" in spec:
+        branches = spec["hymba"]
+        if set(spec) != {"hymba"} or not isinstance(branches, (list, tuple)) or len(branches) < 2:
+            raise ValueError(f"a hymba mixer is {{'hymba': [mixer, mixer, ...]}} with at least two branches, got {spec!r}")
+        return {"hymba": [mixer_spec(b, default_rope) for b in branches]}
+    if "mechanism" not in spec:
+        raise ValueError(f"a mixer dict needs 'mechanism' (or 'hymba'), got keys {sorted(spec)}")
+    params = {k: v for k, v in spec.items() if k not in ("mechanism", "rope")}
+    mech = registry.get(spec["mechanism"])
+    if "causal-self" not in mech.patterns and "noncausal-self" not in mech.patterns:
+        raise ValueError(f"mechanism {mech.name!r} supports no self-attention pattern, so it cannot mix a layer")
+    return {"mechanism": mech.name, "rope": bool(spec.get("rope", default_rope)), "params": params}

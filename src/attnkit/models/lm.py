@@ -1,0 +1,82 @@
+"""A small decoder-only language model whose layers use any attnkit mechanism.
+
+``DecoderLM(ModelConfig(schedule="LLLF", mixers={"L": "...", "F": "softmax"}))``
+builds token embeddings, one pre-norm block per schedule letter, a final norm
+and a (tied) output head. ``generate`` prefills the prompt once and then feeds
+one token at a time through every layer's state (KV cache or recurrent state),
+which gives exactly the tokens that recomputing the whole sequence would.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import registry
+from .blocks import Block
+from .config import ModelConfig
+
+
+class DecoderLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be an attnkit.models.ModelConfig, got {type(config).__name__}")
+        for i, spec in enumerate(config.layer_mixers()):
+            for s in spec.get("hymba", [spec]):
+                if "causal-self" not in registry.get(s["mechanism"]).patterns:
+                    raise ValueError(f"layer {i}: mechanism {s['mechanism']!r} has no causal self-attention, so it cannot run in a decoder")
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.blocks = nn.ModuleList(
+            Block(spec, config.dim, config.heads, config.kv_heads, config.mlp_ratio) for spec in config.layer_mixers()
+        )
+        self.norm = nn.RMSNorm(config.dim)
+        self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.head.weight = self.embed.weight
+        nn.init.normal_(self.embed.weight, std=0.02)
+
+    def forward(self, tokens: torch.Tensor, *, state=None, return_state: bool = False):
+        """Logits ``(B, N, vocab)`` for tokens ``(B, N)``; with ``return_state`` also the layers' states."""
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.ndim != 2:
+            raise TypeError(f"tokens must be a (batch, seq) torch.long tensor, got {getattr(tokens, 'dtype', type(tokens).__name__)} "
+                            f"of shape {tuple(getattr(tokens, 'shape', ()))}")
+        if tokens.shape[1] == 0:
+            raise ValueError("tokens has sequence length 0; expected at least one token")
+        if state is not None and len(state) != len(self.blocks):
+            raise ValueError(f"state holds {len(state)} layer states but the model has {len(self.blocks)} layers")
+        states = state if state is not None else [None] * len(self.blocks)
+        incremental = return_state or state is not None
+        x = self.embed(tokens)
+        new_states = []
+        for block, s in zip(self.blocks, states):
+            if incremental:
+                x, s = block(x, causal=True, state=s, return_state=True)
+                new_states.append(s)
+            else:
+                x = block(x, causal=True)
+        logits = self.head(self.norm(x))
+        return (logits, new_states) if return_state else logits
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continue ``prompt (B, N)`` by ``max_new_tokens``; greedy when ``temperature == 0``."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        out = prompt
+        if max_new_tokens == 0:
+            return out
+        logits, state = self(prompt, return_state=True)
+        for i in range(max_new_tokens):
+            last = logits[:, -1]
+            if temperature == 0:
+                nxt = last.argmax(-1, keepdim=True)
+            else:
+                nxt = torch.multinomial(torch.softmax(last / temperature, -1), 1, generator=generator)
+            out = torch.cat([out, nxt], dim=1)
+            if i + 1 < max_new_tokens:
+                logits, state = self(nxt, state=state, return_state=True)
+        return out

@@ -1,0 +1,156 @@
+"""``attnkit.nn.Attention``: projections + any registered mechanism + output projection.
+
+Multi-head attention as in Vaswani et al., "Attention Is All You Need": project
+the input to per-head queries, keys and values, run attention per head, and
+project the concatenated heads back. The attention itself is
+:func:`attnkit.attention`, so every registered mechanism plugs in by name.
+
+- ``kv_heads < heads`` gives grouped-query attention (Ainslie et al., "GQA:
+  Training Generalized Multi-Query Transformer Models from Multi-Head
+  Checkpoints"); ``kv_heads=1`` is multi-query attention (Shazeer, "Fast
+  Transformer Decoding: One Write-Head is All You Need").
+- ``qk_norm=True`` RMS-normalises each query and key head before the scores.
+- ``rope=True`` (or a :class:`attnkit.positional.RoPE`) rotates q and k of
+  self-attention; positions continue across incremental calls via the state.
+- ``forward(x, context)`` is cross-attention (encoder-decoder attention): keys
+  and values come from ``context``. With ``return_state=True`` the projected
+  context is cached, so decoding steps pass ``context=None`` and reuse it.
+
+Mechanisms whose tensor inputs (per-token gates, learned tables) must be
+learned by the layer register a factory in ``spec.extra["module"]``; see
+``docs/design.md`` ("Layers and tensor inputs").
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import registry
+from ..api import attention
+from ..positional import RoPE
+from ..validation import check_params
+from .checks import check_positive_int, check_tokens
+
+
+class CrossAttentionCache:
+    """Projected keys and values of a fixed context, reused at every decoding step."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):
+        self.k, self.v = k, v
+        self.length = k.shape[2]
+
+
+class Attention(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        mechanism: str = "softmax",
+        kv_heads: int | None = None,
+        head_dim: int | None = None,
+        context_dim: int | None = None,
+        rope=None,
+        qk_norm: bool = False,
+        bias: bool = False,
+        **mechanism_params,
+    ):
+        super().__init__()
+        check_positive_int("dim", dim)
+        check_positive_int("heads", heads)
+        kv_heads = heads if kv_heads is None else kv_heads
+        check_positive_int("kv_heads", kv_heads)
+        if heads % kv_heads:
+            raise ValueError(f"kv_heads={kv_heads} must divide heads={heads} (each kv head serves heads // kv_heads queries)")
+        if head_dim is None:
+            if dim % heads:
+                raise ValueError(f"dim={dim} is not divisible by heads={heads}; pass head_dim explicitly")
+            head_dim = dim // heads
+        check_positive_int("head_dim", head_dim)
+        context_dim = dim if context_dim is None else context_dim
+        check_positive_int("context_dim", context_dim)
+        self.spec = registry.get(mechanism)
+        names = set(self.spec.tensor_names)
+        self.mechanism_params = dict(check_params(self.spec, {k: v for k, v in mechanism_params.items() if k not in names}))
+        given = names & set(mechanism_params)
+        if given:
+            raise TypeError(f"tensor inputs {sorted(given)} are made by the layer, not passed to its constructor")
+        factory = self.spec.extra.get("module")
+        if names and factory is None:
+            raise ValueError(
+                f"mechanism {mechanism!r} needs tensor inputs {sorted(names)} and registers no "
+                f"spec.extra['module'] factory to learn them, so it cannot run inside a layer"
+            )
+        self.inputs = factory(dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim) if names else None
+        self.mechanism, self.dim, self.heads, self.kv_heads, self.head_dim = mechanism, dim, heads, kv_heads, head_dim
+        self.context_dim = context_dim
+        self.q_proj = nn.Linear(dim, heads * head_dim, bias=bias)
+        self.k_proj = nn.Linear(context_dim, kv_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(context_dim, kv_heads * head_dim, bias=bias)
+        self.out_proj = nn.Linear(heads * head_dim, dim, bias=bias)
+        self.q_norm = nn.RMSNorm(head_dim) if qk_norm else None
+        self.k_norm = nn.RMSNorm(head_dim) if qk_norm else None
+        if rope is True:
+            rope = RoPE(head_dim)
+        elif rope is False:
+            rope = None
+        if rope is not None and not hasattr(rope, "apply"):
+            raise TypeError(f"rope must be None, True or a positional encoding such as RoPE(head_dim), got {type(rope).__name__}")
+        self.rope = rope
+
+    def split_heads(self, t: torch.Tensor, heads: int) -> torch.Tensor:
+        """``(B, N, heads * head_dim) -> (B, heads, N, head_dim)``."""
+        return t.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+    def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.split_heads(self.k_proj(context), self.kv_heads)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        return k, self.split_heads(self.v_proj(context), self.kv_heads)
+
+    def forward(self, x, context=None, *, causal=False, mask=None, state=None, return_state=False):
+        """``x (B, N, dim)`` -> ``(B, N, dim)``; with ``return_state`` also the state for the next call.
+
+        Self-attention when ``context`` is None (incremental calls continue
+        the sequence of the state), cross-attention over ``context (B, M,
+        context_dim)`` otherwise. ``mask`` is as in :func:`attnkit.attention`.
+        """
+        check_tokens("x", x, self.dim)
+        cross = context is not None or isinstance(state, CrossAttentionCache)
+        if context is not None:
+            check_tokens("context", context, self.context_dim)
+            if context.shape[0] != x.shape[0]:
+                raise ValueError(f"context has batch {context.shape[0]} but x has {x.shape[0]}; expected the same batch")
+            if state is not None:
+                raise ValueError("pass either context (first call) or state (later calls) to cross-attention, not both")
+        q = self.split_heads(self.q_proj(x), self.heads)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if cross:
+            if isinstance(state, CrossAttentionCache):
+                k, v = state.k, state.v
+            else:
+                k, v = self.project_kv(context)
+                state = CrossAttentionCache(k, v)
+            out = attention(q, k, v, self.mechanism, causal=causal, mask=mask, **self._params(x, q, k, v))
+        else:
+            if isinstance(state, CrossAttentionCache):
+                raise ValueError("state is a cross-attention cache; self-attention needs the state of a self-attention call")
+            k, v = self.project_kv(x)
+            incremental = return_state or state is not None
+            kw = dict(state=state, return_state=True) if incremental else {}
+            out = attention(q, k, v, self.mechanism, causal=causal, mask=mask, position=self.rope,
+                            **kw, **self._params(x, q, k, v))
+            if incremental:
+                out, state = out
+        out = self.out_proj(out.transpose(1, 2).flatten(2))
+        return (out, state) if return_state else out
+
+    def _params(self, x, q, k, v) -> dict:
+        if self.inputs is None:
+            return self.mechanism_params
+        return {**self.mechanism_params, **self.inputs(x, q, k, v)}
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, heads={self.heads}, kv_heads={self.kv_heads}, head_dim={self.head_dim}, "
+                f"mechanism={self.mechanism!r}")

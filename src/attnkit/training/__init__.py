@@ -1,0 +1,1 @@
+"""Training attnkit models on real text: :mod:`.lm` (trainer, checkpoints) and :mod:`.metrics`."""
