@@ -7,9 +7,10 @@ Zoology's and Based's hybrid configurations, each mixer starts with a short
 causal depthwise convolution; then q, k, v projections, ``attnkit.attention``
 with the mechanism under test (``causal=True``), and an output projection.
 
-A mechanism's extra per-token tensor inputs (gates, betas) are produced from the
-hidden state by a learned projection, squashed into the range of the example the
-mechanism's ``spec.tensor_inputs`` gives ((0, 1) -> sigmoid, <= 0 -> -softplus,
+A mechanism's extra tensor inputs (gates, betas) come from the layer its spec
+registers (``spec.extra["module"]``). Without one, per-token inputs are produced
+from the hidden state by a learned projection, squashed into the range of the
+example the mechanism's ``spec.tensor_inputs`` gives ((0, 1) -> sigmoid, <= 0 -> -softplus,
 >= 0 -> softplus); other tensor inputs become learned parameters initialised
 from the example.
 """
@@ -50,7 +51,7 @@ class TensorInputs(nn.Module):
             else:
                 self.fixed[name] = nn.Parameter(example.detach().clone().float())
 
-    def forward(self, x: torch.Tensor) -> dict:
+    def forward(self, x: torch.Tensor, q=None, k=None, v=None) -> dict:
         B, L, _ = x.shape
         out = dict(self.fixed.items())
         for name, proj in self.per_token.items():
@@ -89,7 +90,11 @@ class Mixer(nn.Module):
         self.k = nn.Linear(d_model, heads * qk_dim)
         self.v = nn.Linear(d_model, d_model)
         self.out = nn.Linear(d_model, d_model)
-        self.inputs = TensorInputs(spec, d_model, heads, heads, qk_dim, self.v_dim, seq_len)
+        factory = spec.extra.get("module")
+        if factory is not None:  # the mechanism's own layer for its tensor inputs (docs/design.md)
+            self.inputs = factory(dim=d_model, heads=heads, kv_heads=heads, head_dim=qk_dim)
+        else:
+            self.inputs = TensorInputs(spec, d_model, heads, heads, qk_dim, self.v_dim, seq_len)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, _ = x.shape
@@ -97,7 +102,7 @@ class Mixer(nn.Module):
         q = self.q(x).view(B, L, self.heads, self.qk_dim).transpose(1, 2)
         k = self.k(x).view(B, L, self.heads, self.qk_dim).transpose(1, 2)
         v = self.v(x).view(B, L, self.heads, self.v_dim).transpose(1, 2)
-        o = attention(q, k, v, self.mechanism, causal=True, **self.params, **self.inputs(x))
+        o = attention(q, k, v, self.mechanism, causal=True, **self.params, **self.inputs(x, q, k, v))
         return self.out(o.transpose(1, 2).reshape(B, L, -1))
 
 

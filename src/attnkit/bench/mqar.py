@@ -26,10 +26,10 @@ from ._runner import add_common_arguments, run_items
 # role -> (registered names to look for, parameter overrides, q/k head dim or None for d/heads)
 ROLES = {
     "attention": (("softmax",), {}, None),
-    "linear (elu+1)": (("elu_linear", "linear_elu", "linear_attention", "linear"), {}, None),
+    "linear (elu+1)": (("linear",), {}, None),
     "based": (("based",), {}, 16),
-    "sliding window": (("sliding_window", "swa", "local"), {"window": 8}, None),
-    "gated delta rule": (("gated_delta", "gated_delta_rule", "gated_deltanet"), {}, None),
+    "sliding window": (("sliding_window",), {"window": 8}, None),
+    "gated delta rule": (("gated_deltanet",), {}, None),
 }
 
 QUICK = dict(vocab=128, d_model=64, heads=1, settings=[[64, 8]], lrs=[1e-3, 3e-3], epochs=12,
