@@ -85,7 +85,8 @@ def plan(config: dict, names: list[str]) -> tuple[list[dict], list[str]]:
     """Items to measure and the reasons for those dropped up front (too big for memory, no causal-self)."""
     items, skipped = [{"probe": n} for n in names], []
     limit = 0.5 * memory_limit_mb()
-    runners = [(n, None) for n in names if efficient(n)] + list(BASELINES)
+    timed = config["efficient"] if config.get("efficient") is not None else names
+    runners = [(n, None) for n in timed if efficient(n)] + list(BASELINES)
     for name, form in runners:
         causal = "causal-self" in spec(name).patterns
         if not causal and "noncausal-self" not in spec(name).patterns:
@@ -184,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attnkit bench cab", description=__doc__.split("\n\n")[0])
     p.add_argument("--full", action="store_true", help="N up to 16384 (default: the quick grid)")
     p.add_argument("--mechanisms", default=None, help="comma-separated names (default: all registered)")
+    p.add_argument("--efficient", default=None,
+                   help="comma-separated mechanisms to time for efficiency lengths (default: every efficient one)")
     p.add_argument("--lengths", default=None, help="comma-separated N (default: the grid of --full or quick)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     add_common_arguments(p)
@@ -195,7 +198,8 @@ def main(argv=None) -> int:
     config = dict(FULL if args.full else QUICK)
     try:
         names = [n.strip() for n in args.mechanisms.split(",")] if args.mechanisms else mechanisms()
-        for n in names:
+        timed = [n.strip() for n in args.efficient.split(",") if n.strip()] if args.efficient is not None else None
+        for n in names + (timed or []):
             spec(n)  # unknown names: ValueError with the closest registered names
         if args.lengths:
             config["lengths"] = sorted(int(x) for x in args.lengths.split(","))
@@ -205,7 +209,7 @@ def main(argv=None) -> int:
         print(f"attnkit bench cab: {exc}")
         return 2
     config["memory"] = not args.no_memory
-    config["mechanisms"] = names
+    config["mechanisms"], config["efficient"] = names, timed
     items, skipped = plan(config, names)
     for reason in skipped:
         print(f"cab: skipping {reason}")

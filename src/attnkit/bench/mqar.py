@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--quick", action="store_true", help="the CPU configuration (default; <= 15 min on 2 cores)")
     size.add_argument("--full", action="store_true", help="Zoology's sizes (hours)")
     p.add_argument("--mechanisms", default=None, help="comma-separated registered names instead of the five roles")
+    p.add_argument("--roles", default=None, help=f"comma-separated subset of the roles {list(ROLES)}")
+    p.add_argument("--lrs", default=None, help="comma-separated learning rates (default: the configuration's sweep)")
     add_common_arguments(p)
     return p
 
@@ -171,7 +173,18 @@ def configure(args) -> tuple[dict, list[dict]]:
                 raise ValueError(f"--mechanisms: {n!r} does not support causal self-attention, which MQAR needs")
         entries = [{"role": n, "mechanism": n, "looked_for": [n], "params": {}, "qk_dim": None} for n in names]
     else:
-        entries = resolve_roles()
+        roles = ROLES
+        if args.roles:
+            wanted = [r.strip() for r in args.roles.split(",") if r.strip()]
+            unknown = [r for r in wanted if r not in ROLES]
+            if unknown:
+                raise ValueError(f"--roles: unknown roles {unknown}; expected some of {list(ROLES)}")
+            roles = {r: ROLES[r] for r in wanted}
+        entries = resolve_roles(roles)
+    if args.lrs:
+        config["lrs"] = [float(x) for x in args.lrs.split(",")]
+        if min(config["lrs"]) <= 0:
+            raise ValueError(f"--lrs must be positive, got {args.lrs!r}")
     for seq_len, num_kv in config["settings"]:
         check_mqar_sizes(seq_len, num_kv, config["vocab"])
     config["mechanisms"] = [[e["role"], e["mechanism"], e["params"], e["qk_dim"]] for e in entries]
