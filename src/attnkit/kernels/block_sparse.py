@@ -32,7 +32,7 @@ LOG2E = 1.4426950408889634
 
 
 def block_sparse_attention(q, k, v, layout: BlockLayout, *, scale: float, score_mod=None,
-                           normaliser: Normaliser = SOFTMAX, budget: int = 1 << 22) -> torch.Tensor:
+                           normaliser: Normaliser = SOFTMAX, budget: int = 1 << 23) -> torch.Tensor:
     """Attention of ``q (B, H, Nq, D)`` over ``k, v (B, Hkv, Nk, D/Dv)`` restricted to ``layout``.
 
     ``layout`` must have been built for these sizes (it carries the causal rule,
@@ -83,12 +83,18 @@ class _BlockSparseSoftmax(torch.autograd.Function):
         qs = _blocks(q * (scale * LOG2E), geo.bq)  # scores in base 2: exp2 is ~9x faster than exp on CPU
         kb, vb = _blocks(k, geo.bk), _blocks(v, geo.bk)
         bias = _bias_table(layout, q.dtype)
-        out = qs.new_zeros(qs.shape[0], geo.bq, geo.Dv)
-        lse = qs.new_full((qs.shape[0], geo.bq), float("inf"))  # +inf: a row that sees nothing gets p = 0
+        acc = qs.new_zeros(qs.shape[0], geo.bq, geo.Dv)
+        row_max = qs.new_zeros(qs.shape[0], geo.bq)
+        denom = qs.new_zeros(qs.shape[0], geo.bq)
         for grp in groups:
-            o, m = _forward_group(qs, kb, vb, grp, bias, geo)
-            out.index_copy_(0, grp.q_index.flatten(), o.reshape(-1, geo.bq, geo.Dv))
-            lse.index_copy_(0, grp.q_index.flatten(), m.reshape(-1, geo.bq))
+            a, m, d = _forward_group(qs, kb, vb, grp, bias, geo)
+            rows = grp.q_index.flatten()
+            acc.index_copy_(0, rows, a.view(-1, geo.bq, geo.Dv))
+            row_max.index_copy_(0, rows, m.view(-1, geo.bq))
+            denom.index_copy_(0, rows, d.view(-1, geo.bq))
+        alive = denom > 0  # a row that sees no key: output 0, and lse = +inf so that its p = 0
+        out = acc.div_(torch.where(alive, denom, 1.0).unsqueeze(-1))
+        lse = torch.where(alive, row_max + denom.log2(), float("inf"))
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.layout, ctx.scale, ctx.groups, ctx.geo = layout, scale, groups, geo
         return _unblock(out, geo.B, geo.H, geo.Nq)
@@ -144,30 +150,27 @@ def _masked_scores(qg, kb, grp, c0, c1, bias, geo):
 
 
 def _forward_group(qs, kb, vb, grp, bias, geo):
-    """Base-2 online softmax over the group's tiles; returns the output and the row log2-sum-exp2."""
+    """Base-2 online softmax over the group's tiles: unnormalised output, row max, row sum."""
     R, T = grp.kv_index.shape[0], grp.kv_index.shape[2]
     qg = _gather(qs, grp.q_index, R, geo.hk, geo.g * geo.bq)
+    floor = torch.finfo(qs.dtype).min / 2  # a finite max for rows with nothing allowed yet: their p stays 0
     acc = run_max = denom = None
     for c0 in range(0, T, grp.chunk):
         c1 = min(T, c0 + grp.chunk)
         s, _ = _masked_scores(qg, kb, grp, c0, c1, bias, geo)
         vg = _gather(vb, grp.kv_index[:, :, c0:c1], R, geo.hk, (c1 - c0) * geo.bk)
-        m = s.amax(dim=-1, keepdim=True)
+        m = s.amax(dim=-1, keepdim=True).clamp_(min=floor)
         if run_max is not None:
             m = torch.maximum(m, run_max)
-        m_safe = torch.where(torch.isneginf(m), 0.0, m)
-        p = s.sub_(m_safe).exp2_()
+        p = s.sub_(m).exp2_()
         if run_max is None:
             denom, acc = p.sum(-1, keepdim=True), p @ vg
         else:
-            rescale = torch.exp2(run_max - m_safe)
+            rescale = torch.exp2(run_max - m)
             denom = denom * rescale + p.sum(-1, keepdim=True)
             acc = acc * rescale + p @ vg
         run_max = m
-    alive = denom > 0
-    out = acc / torch.where(alive, denom, 1.0)
-    lse = torch.where(alive, torch.where(torch.isneginf(run_max), 0.0, run_max) + denom.log2(), float("inf"))
-    return out, lse
+    return acc, run_max, denom
 
 
 def _backward_group(qs, kb, vb, dob, lse, delta, dq, dk, dv, grp, bias, geo):
