@@ -126,7 +126,7 @@ def register_linear_mechanism(
 ) -> MechanismSpec:
     """Register a recurrent mechanism; ``feature_dim(head_dim, params)`` is the state's key dimension."""
     forms = stateful_forms(prepare, normalise=normalise, eps_param=eps_param)
-    all_params = {**(params or {}), **CHUNK_PARAMS}
+    all_params = {**CHUNK_PARAMS, **(params or {})}
 
     def drop_state(form):
         def one_shot(q, k, v, *, causal, mask, scale, **kw):
