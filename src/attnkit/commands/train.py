@@ -22,21 +22,22 @@ def add_arguments(parser) -> None:
     p.add_argument("--schedule", default=None, help="layer letters, e.g. LLLF (then define letters with --mix)")
     p.add_argument("--mix", action="append", default=[], metavar="LETTER=SPEC", help="letter -> mechanism[:k=v,...] or hymba:a+b")
     p.add_argument("--layers", type=int, default=4, help="number of layers when --schedule is not given")
-    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--dim", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=None)
     p.add_argument("--level", choices=("byte", "char"), default="byte")
-    p.add_argument("--context", type=int, default=128)
+    p.add_argument("--context", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--minutes", type=float, default=10.0)
-    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None, help="step budget (with --resume, 0 only evaluates)")
     p.add_argument("--eval-tokens", type=int, default=65536)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", default=None, help="continue from this checkpoint (model, tokeniser, optimizer)")
     p.add_argument("--out", default=None, help="write the checkpoint here")
-    p.add_argument("--sample", type=int, default=200, help="characters to generate after training (0: none)")
+    p.add_argument("--sample", type=int, default=None,
+                   help="tokens to generate after training (default: up to the training context; 0: none)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
 
 
@@ -123,9 +124,14 @@ def run(args) -> int:
         print(f"steps {metrics['steps']}, {metrics['tokens']:,} tokens in {metrics['seconds']} s; "
               f"held-out perplexity {metrics['perplexity']} vs unigram baseline {metrics['unigram_perplexity']} "
               f"on {metrics['held_out_tokens']:,} held-out tokens" + (f"; checkpoint {args.out}" if args.out else ""))
-    if args.sample:
-        prompt = codec.encode("HAMLET.\n")[None]
-        text = codec.decode(model.eval().generate(prompt, args.sample, temperature=0.8,
+    prompt = codec.encode("HAMLET.\n")[None]
+    room = cfg.context - prompt.shape[1]
+    sample = room if args.sample is None else args.sample
+    if sample > room:
+        print(f"note: sampling {sample} tokens runs past the training context ({cfg.context}); "
+              "the model was never trained on positions that far")
+    if sample > 0:
+        text = codec.decode(model.eval().generate(prompt, sample, temperature=0.8,
                                                   generator=torch.Generator().manual_seed(args.seed))[0])
         print("--- sample ---\n" + text)
     return 0

@@ -23,10 +23,10 @@ from .metrics import eval_windows, model_perplexity, unigram_perplexity
 
 @dataclass
 class TrainConfig:
-    context: int = 128
+    context: int = 64
     batch: int = 32
-    lr: float = 3e-3
-    warmup_steps: int = 50
+    lr: float = 5e-3
+    warmup_steps: int = 20
     weight_decay: float = 0.1
     minutes: float | None = 10.0
     max_steps: int | None = None
@@ -39,6 +39,10 @@ class TrainConfig:
         for name in ("context", "batch", "eval_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0 (0: evaluate only), got {self.max_steps}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise ValueError(f"minutes must be > 0, got {self.minutes}")
 
 
 def lr_at(cfg: TrainConfig, step: int, used: float) -> float:
@@ -88,7 +92,7 @@ def train(model: DecoderLM, train_ids: torch.Tensor, cfg: TrainConfig, *, optimi
 def _used(cfg: TrainConfig, step: int, seconds: float) -> float:
     fractions = []
     if cfg.max_steps is not None:
-        fractions.append(step / cfg.max_steps)
+        fractions.append(step / cfg.max_steps if cfg.max_steps else 1.0)
     if cfg.minutes is not None:
         fractions.append(seconds / (60 * cfg.minutes))
     return max(fractions)
