@@ -33,6 +33,11 @@ def fill(store: Store) -> tuple[int, int]:
                       {"accuracy": acc, "state_size": size, "epochs": 3, "seconds": 1.0})
     store.add_row(run, {"role": "based", "mechanism": None, "L": 64, "K": 8, "d": 64, "lr": None},
                   {"status": "not registered", "looked_for": ["based"]})
+    run = store.start_run("kernels", {}, MACHINE, "2.13.0", "0.1.0")
+    for n in (1024, 2048):
+        store.add_row(run, {"pattern": "causal", "N": n, "direction": "fwd"},
+                      {"pattern": "causal", "n": n, "direction": "fwd", "seconds": n * 1e-5, "peak_mb": n / 64,
+                       "gflops": 20.0, "gemm_ratio": 0.2, "sdpa_ratio": 1.5, "flex_ratio": 0.5})
     run = store.start_run("sparse", {}, MACHINE, "2.13.0", "0.1.0")
     for phase in ("prefill", "decode"):
         for s in (0.0, 0.5, 0.9):
@@ -64,13 +69,18 @@ def test_report_writes_page_and_tables(report):
     tmp, _ = report
     out = tmp / "out"
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 5  # time, memory, GEMM fraction, MQAR, sparsity
-    assert "no stored run" in page  # kernels was never run here, and the page says so
+    assert page.count("data:image/png;base64,") == 8  # kernels and CAB: time, memory, GEMM; MQAR; sparsity
     assert "not registered" in page
     md = (out / "tables.md").read_text()
     assert "## cab_efficiency_length" in md and "## mqar" in md
     assert (out / "cab_patterns.csv").read_text().startswith("mechanism,")
     assert '"tables"' in (out / "results.json").read_text()
+
+
+def test_empty_database_says_what_to_run(tmp_path):
+    assert cli_main(["report", "--db", str(tmp_path / "empty.sqlite"), "--out", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("no stored run") == 4 and "attnkit bench mqar" in page
 
 
 def test_compare_runs(report, capsys):
@@ -86,7 +96,7 @@ def test_page_renders_in_headless_chromium(report):
     dom = chromium(tmp, "dom", "--virtual-time-budget=5000", "--dump-dom", url)
     images = int(dom.split('data-images="')[1].split('"')[0])
     rendered = int(dom.split('data-images-rendered="')[1].split('"')[0])
-    assert images >= 5 and rendered == images
+    assert images == 8 and rendered == images
     shot = tmp / "shot.png"
     chromium(tmp, "shot", f"--screenshot={shot}", "--window-size=1200,2400", url)
     header = shot.read_bytes()[:24]

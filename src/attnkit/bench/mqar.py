@@ -32,8 +32,8 @@ ROLES = {
     "gated delta rule": (("gated_deltanet",), {}, None),
 }
 
-QUICK = dict(vocab=128, d_model=64, heads=1, settings=[[64, 8]], lrs=[1e-3, 3e-3], epochs=12,
-             train_examples=8000, test_examples=500, batch=64)
+QUICK = dict(vocab=128, d_model=64, heads=1, settings=[[64, 16]], lrs=[1e-3, 3e-3], epochs=12,
+             train_examples=4000, test_examples=500, batch=64)
 # Zoology's MQAR sweep: vocab 8192, d in {64..512}, L in {64..512}, K up to L/4, lr over logspace(-4, -2, 4).
 FULL = dict(vocab=8192, d_model=[64, 128, 256, 512], heads=1,
             settings=[[64, 4], [128, 8], [256, 16], [512, 64]], lrs=[1e-4, 4.6e-4, 2.2e-3, 1e-2], epochs=64,
