@@ -126,14 +126,6 @@ class Store:
             raise ValueError(f"run {run_id} is not in {self.path}")
         return _run_dict(row)
 
-    def runs(self, suite: str | None = None) -> list[dict]:
-        query = "SELECT id, suite, config, machine, torch, attnkit, git_rev, started, finished, status FROM runs"
-        args: tuple = ()
-        if suite is not None:
-            query += " WHERE suite = ?"
-            args = (suite,)
-        return [_run_dict(r) for r in self.db.execute(query + " ORDER BY id", args)]
-
     def latest_run(self, suite: str) -> dict | None:
         """The newest run of ``suite`` that has rows (finished or interrupted), or None."""
         row = self.db.execute(
