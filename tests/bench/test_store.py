@@ -74,3 +74,20 @@ def test_bad_status_and_missing_run_are_refused(tmp_path):
         store.set_status(1, "finished-ish")
     with pytest.raises(ValueError, match="run 7"):
         store.run(7)
+
+
+def test_sigterm_interrupts_like_ctrl_c(tmp_path):
+    import os
+    import signal
+
+    def measure(item):
+        if item["i"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {"i2": item["i"]}
+
+    before = signal.getsignal(signal.SIGTERM)
+    code, run = run_items("demo", {}, [{"i": 0}, {"i": 1}], measure, args_for(tmp_path / "r.sqlite"), machine=MACHINE)
+    assert code == INTERRUPTED
+    store = Store(tmp_path / "r.sqlite")
+    assert store.run(run)["status"] == "interrupted" and len(store.rows(run)) == 1
+    assert signal.getsignal(signal.SIGTERM) is before

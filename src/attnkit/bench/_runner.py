@@ -2,7 +2,7 @@
 
 A suite lists its items up front (small JSON keys) and gives a function that
 measures one item and returns its figures. :func:`run_items` stores each row as
-soon as it is measured, shows a progress bar with an ETA, turns Ctrl-C into an
+soon as it is measured, shows a progress bar with an ETA, turns Ctrl-C (or SIGTERM) into an
 ``interrupted`` run that keeps its rows, and with ``--resume`` continues the
 latest unfinished run of the same suite and configuration, skipping what it
 already measured.
@@ -10,6 +10,7 @@ already measured.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Callable, Iterable
 
@@ -69,6 +70,7 @@ def run_items(
     todo = [it for it in items if canonical(it) not in done]
     if len(todo) < len(items):
         print(f"{suite}: {len(items) - len(todo)} of {len(items)} items already measured")
+    previous = signal.signal(signal.SIGTERM, _terminate)  # `kill` / `timeout` stop a run like Ctrl-C does
     try:
         with _progress(args) as bar:
             task = bar.add_task(suite, total=len(todo)) if bar else None
@@ -90,9 +92,15 @@ def run_items(
         print(f"\n{suite}: interrupted; run {run_id} keeps {kept} rows. Continue with --resume.", file=sys.stderr)
         store.close()
         return INTERRUPTED, run_id
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     store.set_status(run_id, "done")
     store.close()
     return 0, run_id
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
 
 
 class _NoBar:
