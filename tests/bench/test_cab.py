@@ -19,3 +19,13 @@ def test_efficiency_length():
     assert efficiency_length({256: 9.0, 1024: 99.0, 4096: 999.0}, base) == "> 4096"
     assert efficiency_length({256: 9.0, 1024: 1.0, 4096: 999.0}, base) == "> 4096"  # must stay cheaper
     assert efficiency_length({}, base) == "n/a"
+
+
+def test_efficiency_table_takes_zero_memory_growth():
+    from attnkit.bench.cab import efficiency_table
+
+    rows = [{"mechanism": m, "form": f, "causal": True, "N": n, "seconds": t * n, "peak_mb": mb}
+            for m, f, t, mb in (("softmax", "sdpa", 1.0, 5.0), ("softmax", "reference", 2.0, 9.0),
+                                ("lin", None, 0.5, 0.0)) for n in (256, 1024)]
+    assert efficiency_table(rows) == [{"mechanism": "lin", "time vs sdpa": "<= 256", "memory vs sdpa": "<= 256",
+                                       "time vs reference": "<= 256", "memory vs reference": "<= 256"}]

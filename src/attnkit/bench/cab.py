@@ -149,7 +149,7 @@ def efficiency_table(rows: list[dict]) -> list[dict]:
             base = series.get((bname, bform), {})
             for fig, label in (("seconds", "time"), ("peak_mb", "memory")):
                 entry[f"{label} vs {bform}"] = efficiency_length(
-                    {n: r[fig] for n, r in by_n.items() if fig in r},
+                    {n: max(r[fig], 1e-9) for n, r in by_n.items() if fig in r},
                     {n: max(r[fig], 1e-9) for n, r in base.items() if fig in r})
         out.append(entry)
     return out
