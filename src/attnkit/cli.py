@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"attnkit.commands.{info.name}")
         plugins[module.NAME] = module
         module.add_arguments(sub.add_parser(module.NAME, help=module.HELP))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"] and len(argv) > 1 and argv[1].startswith("-"):
+        argv.insert(1, "default")  # `attnkit bench --opt ...`: options of the default suite
     args = parser.parse_args(argv)
     if args.command in plugins:
         return int(plugins[args.command].run(args) or 0)

@@ -80,10 +80,9 @@ def assert_close_to_reference(fast32, ref32, ref64, what: str) -> None:
 
 
 def grad_inputs(q, k, v, extra):
-    """Leaves whose gradients the suite checks: q, k, v and every floating tensor input."""
-    leaves = {"q": q, "k": k, "v": v}
-    leaves.update({n: t for n, t in extra.items() if t.is_floating_point()})
-    return {n: t.detach().clone().requires_grad_(True) for n, t in leaves.items()}
+    """Inputs of a gradient check: q, k, v and every tensor input; the floating ones become leaves."""
+    leaves = {"q": q, "k": k, "v": v, **extra}
+    return {n: t.detach().clone().requires_grad_(True) if t.is_floating_point() else t for n, t in leaves.items()}
 
 
 def gradients(spec, form, leaves, *, causal, cotangent_seed=1):
@@ -91,6 +90,6 @@ def gradients(spec, form, leaves, *, causal, cotangent_seed=1):
     out = run(spec, form, leaves["q"], leaves["k"], leaves["v"], extra, causal=causal)
     g = torch.Generator().manual_seed(cotangent_seed)
     cot = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
-    names = list(leaves)
+    names = [n for n, t in leaves.items() if t.is_floating_point()]  # integer/boolean inputs have no gradient
     grads = torch.autograd.grad((out * cot).sum(), [leaves[n] for n in names], allow_unused=True)
     return {n: (gr if gr is not None else torch.zeros_like(leaves[n])) for n, gr in zip(names, grads)}

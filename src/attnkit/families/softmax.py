@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+from ..kernels.auto_sparse import sparse_layout
+from ..kernels.block_sparse import block_sparse_attention
 from ..kernels.dense import sdpa_attention
 from ..scores.alibi import alibi_mod
 from ..scores.softcap import softcap_mod
@@ -18,6 +20,9 @@ MEMORY_EFFICIENT = "Self-attention Does Not Need O(n^2) Memory"
 
 
 def _sdpa(q, k, v, *, causal, mask, scale, **chunk_sizes_unused_by_sdpa):
+    layout = sparse_layout(q, k, causal=causal, mask=mask)  # a sparse boolean mask: skip its empty tiles
+    if layout is not None:
+        return block_sparse_attention(q, k, v, layout, scale=scale)
     return sdpa_attention(q, k, v, causal=causal, mask=mask, scale=scale)
 
 

@@ -1,0 +1,189 @@
+"""``attnkit bench kernels``: the LongCA-style kernel matrix, pattern x N x (fwd, fwd+bwd).
+
+Every (pattern, N) runs in a fresh subprocess that measures, in this order:
+the fp32 GEMM rate; attnkit (``attnkit.attention`` with the pattern's
+mechanism) forward, then forward+backward, with the peak memory of each
+(``ru_maxrss`` minus the level after inputs were made); then the baselines of
+the same run — SDPA with the equivalent boolean mask (forward and
+forward+backward) and compiled FlexAttention with the equivalent BlockMask
+(forward only: no backward on CPU). Times are medians after a warm-up; a
+baseline slower than ``--budget`` seconds per call is timed once.
+
+FLOPs follow LongCA / FlashAttention: forward = 4 * B * H * allowed pairs * D,
+forward+backward = 3.5 x forward. Ratios > 1 mean attnkit is faster.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ._patterns import DEFAULT, PATTERNS, QUICK
+
+COLUMNS = ("pattern", "n", "direction", "seconds", "peak_mb", "mem_x_qkv", "gflops", "gemm_ratio", "sdpa_ratio",
+           "flex_ratio", "density")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="attnkit bench kernels", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help=f"patterns {QUICK} at N=4096")
+    p.add_argument("--patterns", default=None, help=f"comma list from {sorted(PATTERNS)} (default: the LongCA list)")
+    p.add_argument("--n", default="16384", help="comma list of sequence lengths")
+    p.add_argument("--directions", default="fwd,fwdbwd")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--budget", type=float, default=20.0, help="seconds above which a call is timed once")
+    p.add_argument("--no-sdpa", action="store_true")
+    p.add_argument("--no-flex", action="store_true")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        return _worker(args)
+    patterns = args.patterns.split(",") if args.patterns else (QUICK if args.quick else DEFAULT)
+    unknown = [x for x in patterns if x not in PATTERNS]
+    if unknown:
+        p.error(f"unknown patterns {unknown}; expected some of {sorted(PATTERNS)}")
+    sizes = [4096] if args.quick and args.n == "16384" else [int(x) for x in args.n.split(",")]
+    print(f"attnkit bench kernels: B={args.batch} H={args.heads} D={args.head_dim} fp32 threads={args.threads}")
+    rows = []
+    for n in sizes:
+        for name in patterns:
+            rows.extend(_run_subprocess(args, name, n, argv or []))
+    _print_table(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+def _run_subprocess(args, name, n, argv) -> list[dict]:
+    cmd = [sys.executable, "-m", "attnkit.bench.kernels", *argv, "--worker", f"{name}:{n}"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    rows = [json.loads(line[4:]) for line in res.stdout.splitlines() if line.startswith("ROW ")]
+    if res.returncode != 0 or not rows:
+        print(f"  {name} N={n}: worker failed: {res.stderr.strip().splitlines()[-1:] or res.returncode}")
+    for r in rows:
+        print("  " + "  ".join(f"{c}={_fmt(r.get(c))}" for c in COLUMNS), flush=True)
+    return rows
+
+
+def _fmt(x):
+    return "-" if x is None else (f"{x:.3g}" if isinstance(x, float) else str(x))
+
+
+def _print_table(rows):
+    if not rows:
+        return
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in COLUMNS}
+    print("\n" + "  ".join(c.rjust(widths[c]) for c in COLUMNS))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).rjust(widths[c]) for c in COLUMNS))
+
+
+def _timeit(fn, repeats, budget):
+    t0 = time.perf_counter()
+    fn()  # warm-up (and the only run for a call slower than the budget)
+    first = time.perf_counter() - t0
+    if first > budget:
+        return first
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _worker(args) -> int:
+    import attnkit
+    from attnkit.families.mask_pipeline import dense_pattern, mask_of
+    from attnkit.machine import gemm_gflops
+    from attnkit.masks import build_layout, causal_mask, full_mask
+
+    torch.set_num_threads(args.threads)
+    name, n = args.worker.split(":")
+    n, pat = int(n), PATTERNS[name]
+    B, H, D = args.batch, args.heads, args.head_dim
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, n, D, generator=g) for _ in range(3))
+    params, inputs = pat.params(n), pat.inputs(B, H, n)
+    if pat.mechanism == "softmax":
+        mask = causal_mask() if pat.causal else full_mask()
+    else:
+        mask = mask_of(attnkit.spec(pat.mechanism), q, k, causal=pat.causal, **params, **inputs)
+    layout = build_layout(mask, batch=B, heads=H, q_len=n, kv_len=n)
+    flops = layout.flops(D)
+    gemm = gemm_gflops()
+    qkv_mb = 3 * q.numel() * 4 / 2**20
+
+    def ours(backward):
+        leaves = [t.clone().requires_grad_(backward) for t in (q, k, v)]
+        out = attnkit.attention(*leaves, pat.mechanism, causal=pat.causal, **params, **inputs)
+        if backward:
+            out.backward(torch.ones_like(out))
+
+    base_rss = _rss_mb()
+    results = {}
+    for direction in args.directions.split(","):
+        backward = direction == "fwdbwd"
+        with torch.set_grad_enabled(backward):
+            t = _timeit(lambda: ours(backward), args.repeats, args.budget)
+        peak = _rss_mb() - base_rss
+        results[direction] = dict(seconds=t, peak_mb=peak, flops=flops * (3.5 if backward else 1.0))
+    dense = None if args.no_sdpa or n > 32768 else dense_pattern(mask, B, H, n, n).contiguous()
+    flex = None if args.no_flex else _flex(mask, B, H, n, q, k, v, args)
+    for direction, r in results.items():
+        backward = direction == "fwdbwd"
+        sdpa_t = None
+        if dense is not None:
+            def sdpa():
+                leaves = [t.clone().requires_grad_(backward) for t in (q, k, v)]
+                out = F.scaled_dot_product_attention(*leaves, attn_mask=dense)
+                if backward:
+                    out.backward(torch.ones_like(out))
+
+            with torch.set_grad_enabled(backward):
+                sdpa_t = _timeit(sdpa, args.repeats, args.budget)
+        flex_t = flex if (flex is not None and not backward) else None
+        gf = r["flops"] / r["seconds"] / 1e9
+        row = dict(suite="kernels", pattern=name, n=n, direction=direction, seconds=r["seconds"],
+                   peak_mb=r["peak_mb"], mem_x_qkv=r["peak_mb"] / qkv_mb, gflops=gf, gemm_gflops=gemm,
+                   gemm_ratio=gf / gemm, sdpa_ratio=sdpa_t / r["seconds"] if sdpa_t else None,
+                   flex_ratio=flex_t / r["seconds"] if flex_t else None, density=layout.density,
+                   batch=B, heads=H, head_dim=D, threads=args.threads)
+        print("ROW " + json.dumps(row), flush=True)
+    return 0
+
+
+def _flex(mask, B, H, n, q, k, v, args):
+    """Compiled FlexAttention forward with the same mask as a BlockMask; None if it cannot run."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        block_mask = create_block_mask(lambda b, h, qi, ki: mask(b, h, qi, ki), B, H, n, n, device="cpu")
+        compiled = torch.compile(flex_attention)
+        with torch.no_grad():
+            compiled(q, k, v, block_mask=block_mask)  # compile (~17 s on CPU) outside the timing
+            return _timeit(lambda: compiled(q, k, v, block_mask=block_mask), args.repeats, args.budget)
+    except Exception as exc:  # a mask the compiler cannot trace: report, keep the other columns
+        print(f"flex unavailable for this pattern: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
+        return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""``attnkit bench mqar``: multi-query associative recall against state size.
+
+After "Zoology: Measuring and Improving Recall in Efficient Language Models" and
+the Based paper ("Simple linear attention language models balance the
+recall-throughput tradeoff"): train Zoology's 2-layer mixer-only model
+(:mod:`._mqar_model`) on MQAR data (:mod:`._mqar_data`) for every mechanism,
+(L, K) setting and learning rate; keep the best accuracy of the sweep and plot
+it against the mechanism's recurrent state size.
+
+Mechanisms are looked up in the registry by *role* (the published picture names
+roles: attention, plain elu+1 linear attention, Based, a sliding window, the
+gated delta rule); a role nobody has registered yet gets a "not registered" row.
+``--mechanisms a,b`` runs any registered mechanisms instead.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from .. import mechanisms, spec
+from ._mqar_data import check_mqar_sizes, mqar
+from ._mqar_model import MQARModel, train
+from ._runner import add_common_arguments, run_items
+
+# role -> (registered names to look for, parameter overrides, q/k head dim or None for d/heads)
+ROLES = {
+    "attention": (("softmax",), {}, None),
+    "linear (elu+1)": (("linear",), {}, None),
+    "based": (("based",), {}, 16),
+    "sliding window": (("sliding_window",), {"window": 8}, None),
+    "gated delta rule": (("gated_deltanet",), {}, None),
+}
+
+QUICK = dict(vocab=128, d_model=64, heads=1, settings=[[64, 16]], lrs=[1e-3, 3e-3], epochs=12,
+             train_examples=4000, test_examples=500, batch=64)
+# Zoology's MQAR sweep: vocab 8192, d in {64..512}, L in {64..512}, K up to L/4, lr over logspace(-4, -2, 4).
+FULL = dict(vocab=8192, d_model=[64, 128, 256, 512], heads=1,
+            settings=[[64, 4], [128, 8], [256, 16], [512, 64]], lrs=[1e-4, 4.6e-4, 2.2e-3, 1e-2], epochs=64,
+            train_examples=100_000, test_examples=3_000, batch=64)
+
+
+def resolve_roles(roles=ROLES) -> list[dict]:
+    """One entry per role: the registered mechanism playing it, or None with the names looked for."""
+    registered = set(mechanisms())
+    out = []
+    for role, (candidates, overrides, qk_dim) in roles.items():
+        name = next((c for c in candidates if c in registered), None)
+        out.append({"role": role, "mechanism": name, "looked_for": list(candidates),
+                    "params": _params_for(name, overrides) if name else {}, "qk_dim": qk_dim})
+    return out
+
+
+def _params_for(name: str, overrides: dict) -> dict:
+    """Apply overrides to the spec's parameters whose names contain the override's name (``window`` -> ``window_size``)."""
+    params = {}
+    for want, value in overrides.items():
+        for p in spec(name).params:
+            if want in p:
+                params[p] = value
+    return params
+
+
+def state_size(name: str, seq_len: int, d_model: int, heads: int, qk_dim: int | None) -> int:
+    """Numbers one mixer holds after ``seq_len`` tokens, by the spec's own count."""
+    return int(spec(name).state_size(1, heads, heads, seq_len, qk_dim or d_model // heads))
+
+
+def plan(config: dict, entries: list[dict]) -> list[dict]:
+    widths = config["d_model"] if isinstance(config["d_model"], list) else [config["d_model"]]
+    items = []
+    for e in entries:
+        for seq_len, num_kv in config["settings"]:
+            for d in widths:
+                base = {"role": e["role"], "mechanism": e["mechanism"], "L": seq_len, "K": num_kv, "d": d}
+                if e["mechanism"] is None:
+                    items.append({**base, "lr": None})
+                else:
+                    items.extend({**base, "lr": lr} for lr in config["lrs"])
+    return items
+
+
+def measure_item(item: dict, config: dict, entries: dict) -> dict:
+    e = entries[item["role"]]
+    if item["mechanism"] is None:
+        return {"status": "not registered", "looked_for": e["looked_for"]}
+    L, K, d = item["L"], item["K"], item["d"]
+    train_data = mqar(config["train_examples"], L, K, config["vocab"], seed=0)
+    test_data = mqar(config["test_examples"], L, K, config["vocab"], seed=1_000_003)  # disjoint from training
+    torch.manual_seed(0)
+    model = MQARModel(item["mechanism"], e["params"], config["vocab"], d, L, heads=config["heads"],
+                      qk_dim=e["qk_dim"])
+    result = train(model, train_data, test_data, lr=item["lr"], epochs=config["epochs"], batch=config["batch"])
+    result["state_size"] = state_size(item["mechanism"], L, d, config["heads"], e["qk_dim"])
+    result["params"] = e["params"]
+    return result
+
+
+def best_per_setting(rows: list[dict]) -> list[dict]:
+    """The best row of each learning-rate sweep, keyed by (role, mechanism, L, K, d)."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["role"], r["mechanism"], r["L"], r["K"], r["d"])
+        if key not in best or r.get("accuracy", -1) > best[key].get("accuracy", -1):
+            best[key] = r
+    return list(best.values())
+
+
+def ordering_checks(best: list[dict]) -> list[tuple[str, str]]:
+    """The published ordering, checked on the mean best accuracy of each role: (claim, PASS/FAIL/n/a)."""
+    acc: dict[str, list[float]] = {}
+    for r in best:
+        if "accuracy" in r:
+            acc.setdefault(r["role"], []).append(r["accuracy"])
+    mean = {role: sum(v) / len(v) for role, v in acc.items()}
+
+    def check(claim, roles, ok):
+        if not all(r in mean for r in roles):
+            return claim, "n/a (" + ", ".join(r for r in roles if r not in mean) + " not run)"
+        return claim, "PASS" if ok() else "FAIL"
+
+    a, lin = "attention", "linear (elu+1)"
+    return [
+        check("attention >= 0.95", [a], lambda: mean[a] >= 0.95),
+        check("linear (elu+1) <= attention - 0.2", [a, lin], lambda: mean[lin] <= mean[a] - 0.2),
+        check("based >= linear (elu+1) + 0.1", ["based", lin], lambda: mean["based"] >= mean[lin] + 0.1),
+        check("sliding window < attention - 0.1", [a, "sliding window"],
+              lambda: mean["sliding window"] < mean[a] - 0.1),
+        check("gated delta rule >= attention - 0.1", [a, "gated delta rule"],
+              lambda: mean["gated delta rule"] >= mean[a] - 0.1),
+    ]
+
+
+def print_summary(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="MQAR: best accuracy of the learning-rate sweep")
+    for col in ("role", "mechanism", "L", "K", "d", "lr", "accuracy", "state size", "epochs", "s"):
+        table.add_column(col)
+    for r in best_per_setting(rows):
+        if "accuracy" not in r:
+            table.add_row(r["role"], str(r["mechanism"]), str(r["L"]), str(r["K"]), str(r["d"]), "-",
+                          r.get("status") or r.get("error", "?"), "-", "-", "-")
+            continue
+        table.add_row(r["role"], r["mechanism"], str(r["L"]), str(r["K"]), str(r["d"]), f"{r['lr']:g}",
+                      f"{r['accuracy']:.3f}", str(r["state_size"]), str(r["epochs"]), str(r["seconds"]))
+    console = Console(width=140)
+    console.print(table)
+    for claim, verdict in ordering_checks(best_per_setting(rows)):
+        console.print(f"  {verdict:>5}  {claim}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attnkit bench mqar", description=__doc__.split("\n\n")[0])
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="the CPU configuration (default; <= 15 min on 2 cores)")
+    size.add_argument("--full", action="store_true", help="Zoology's sizes (hours)")
+    p.add_argument("--mechanisms", default=None, help="comma-separated registered names instead of the five roles")
+    p.add_argument("--roles", default=None, help=f"comma-separated subset of the roles {list(ROLES)}")
+    p.add_argument("--lrs", default=None, help="comma-separated learning rates (default: the configuration's sweep)")
+    add_common_arguments(p)
+    return p
+
+
+def configure(args) -> tuple[dict, list[dict]]:
+    """The configuration and role entries, validated up front (unknown mechanisms, impossible sizes)."""
+    config = dict(FULL if args.full else QUICK)
+    if args.mechanisms:
+        names = [n.strip() for n in args.mechanisms.split(",") if n.strip()]
+        for n in names:
+            if not spec(n).supports(causal=True, cross=False):  # spec() names close matches for unknown names
+                raise ValueError(f"--mechanisms: {n!r} does not support causal self-attention, which MQAR needs")
+        entries = [{"role": n, "mechanism": n, "looked_for": [n], "params": {}, "qk_dim": None} for n in names]
+    else:
+        roles = ROLES
+        if args.roles:
+            wanted = [r.strip() for r in args.roles.split(",") if r.strip()]
+            unknown = [r for r in wanted if r not in ROLES]
+            if unknown:
+                raise ValueError(f"--roles: unknown roles {unknown}; expected some of {list(ROLES)}")
+            roles = {r: ROLES[r] for r in wanted}
+        entries = resolve_roles(roles)
+    if args.lrs:
+        config["lrs"] = [float(x) for x in args.lrs.split(",")]
+        if min(config["lrs"]) <= 0:
+            raise ValueError(f"--lrs must be positive, got {args.lrs!r}")
+    for seq_len, num_kv in config["settings"]:
+        check_mqar_sizes(seq_len, num_kv, config["vocab"])
+    config["mechanisms"] = [[e["role"], e["mechanism"], e["params"], e["qk_dim"]] for e in entries]
+    return config, entries
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config, entries = configure(args)
+    except ValueError as exc:
+        print(f"attnkit bench mqar: {exc}")
+        return 2
+    by_role = {e["role"]: e for e in entries}
+    code, run_id = run_items("mqar", config, plan(config, entries), lambda it: measure_item(it, config, by_role),
+                             args, describe=lambda it: f"{it['mechanism'] or it['role']} L={it['L']} lr={it['lr']}")
+    from ._store import Store
+
+    print_summary(Store(args.db).rows(run_id))
+    return code

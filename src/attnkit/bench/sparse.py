@@ -1,0 +1,187 @@
+"""``attnkit bench sparse``: sparsity against quality, prefill and decode separately.
+
+After "The Sparse Frontier: Sparse Attention Trade-offs in Transformer LLMs":
+training-free sparse attention applied to a model trained dense, measured
+separately in the two phases of inference. The model is attnkit's small
+DecoderLM (``attnkit.models``) trained with softmax attention on the
+Shakespeare corpus (``attnkit.data.shakespeare``; cached in the data folder and
+reused). Each held-out window is a prompt of ``prompt`` tokens followed by
+``score`` tokens whose next-token loss is the quality measure:
+
+- **prefill**: the prompt runs through the model with the sparse mechanism, the
+  scored tokens decode densely from its KV cache;
+- **decode**: the prompt runs densely, the scored tokens decode with the sparse
+  mechanism over the dense KV cache (sinks + window is StreamingLLM's cache).
+
+Sparsity is measured by running the mechanism (uniform scores, identity values):
+the fraction of causal (query, key) pairs of that phase it does not attend.
+Quality is ``ppl_dense / ppl_sparse`` (1.0 = no loss); the report gives, per
+method and phase, the highest sparsity that keeps quality >= 0.99.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import attention, mechanisms
+from ._runner import add_common_arguments, run_items
+from ._store import canonical, default_db_path
+
+# method -> (mechanism, swept parameter, fixed parameters); the sweep is fractions of the prompt.
+METHODS = {
+    "sliding_window": ("sliding_window", "window", {}),
+    "sinks_window": ("sinks_window", "window", {"sinks": 4}),
+    "dilated_window": ("dilated_window", "window", {"dilation": 2}),
+}
+FRACTIONS = [1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32]
+QUICK = dict(dim=128, layers=4, heads=4, level="char", context=256, train_minutes=3.0, batch=32, lr=3e-3,
+             prompt=192, score=64, windows=48)
+FULL = dict(QUICK, dim=256, layers=6, context=1024, train_minutes=30.0, prompt=768, score=256, windows=128)
+
+
+def sparsity(mechanism: str, params: dict, n: int, rows: slice) -> float:
+    """Fraction of the causal pairs of query rows ``rows`` that ``mechanism`` leaves out (probed by running it)."""
+    with torch.no_grad():
+        out = attention(torch.zeros(1, 1, n, 8), torch.zeros(1, 1, n, 8), torch.eye(n)[None, None], mechanism,
+                        causal=True, **params)
+    kept = float((out[0, 0, rows] > 0).sum())
+    causal = float(torch.ones(n, n).tril()[rows].sum())
+    return 1.0 - kept / causal
+
+
+def model_config(c: dict, vocab: int, mixer) -> "ModelConfig":
+    from ..models import ModelConfig
+
+    return ModelConfig(vocab_size=vocab, dim=c["dim"], heads=c["heads"], schedule="F" * c["layers"],
+                       mixers={"F": mixer})
+
+
+def trained_model(c: dict, args):
+    """The dense LM of this configuration: loaded from the cache, or trained (and cached) now."""
+    from ..data import shakespeare
+    from ..data.codecs import make_codec
+    from ..models import DecoderLM
+    from ..training.lm import TrainConfig, load_checkpoint, save_checkpoint, train
+
+    keys = ("dim", "layers", "heads", "level", "context", "train_minutes", "batch", "lr")
+    tag = hashlib.sha1(canonical({k: c[k] for k in keys}).encode()).hexdigest()[:10]
+    folder = Path(args.db).parent if args.db else default_db_path().parent
+    path = folder / f"sparse_lm_{tag}.pt"
+    train_text, held_text = shakespeare.load_split()
+    if path.exists():
+        model, codec, _ = load_checkpoint(path)
+        print(f"sparse: using the trained LM {path}")
+    else:
+        print(f"sparse: training the dense LM for {c['train_minutes']} min (cached as {path})")
+        codec = make_codec(c["level"], train_text)
+        model = DecoderLM(model_config(c, codec.vocab_size, "softmax"))
+        cfg = TrainConfig(context=c["context"], batch=c["batch"], lr=c["lr"], minutes=c["train_minutes"])
+        train(model, codec.encode(train_text), cfg)
+        save_checkpoint(path, model, codec, cfg)
+        model.eval()
+    return model, codec.encode(held_text)
+
+
+def held_out_windows(ids: torch.Tensor, c: dict) -> torch.Tensor:
+    n = c["prompt"] + c["score"] + 1
+    starts = torch.linspace(0, ids.numel() - n, c["windows"]).long()
+    return torch.stack([ids[s:s + n] for s in starts.tolist()])
+
+
+@torch.no_grad()
+def loss(first, second, windows: torch.Tensor, prompt: int) -> float:
+    """Mean next-token loss of the scored tokens: ``first`` reads the prompt, ``second`` continues from its state."""
+    _, state = first(windows[:, :prompt], return_state=True)
+    logits, _ = second(windows[:, prompt:-1], state=state, return_state=True)
+    return float(F.cross_entropy(logits.flatten(0, 1), windows[:, prompt + 1:].flatten()))
+
+
+def plan(c: dict) -> tuple[list[dict], list[str]]:
+    registered = set(mechanisms())
+    items, missing = [{"method": "dense", "phase": "both", "value": None}], []
+    for method, (mech, _, _) in METHODS.items():
+        if mech not in registered:
+            missing.append(f"{method}: mechanism {mech!r} is not registered")
+            items.append({"method": method, "phase": "both", "value": None})
+            continue
+        for phase in ("prefill", "decode"):
+            items += [{"method": method, "phase": phase, "value": max(1, round(c["prompt"] * f))} for f in FRACTIONS]
+    return items, missing
+
+
+def measurer(c: dict, args):
+    from ..models import DecoderLM
+
+    model, held = None, None
+    cache: dict = {}
+
+    def measure(item: dict) -> dict:
+        nonlocal model, held
+        if item["method"] != "dense" and item["value"] is None:
+            return {"status": "not registered"}
+        if model is None:
+            model, held = trained_model(c, args)
+            cache["windows"] = held_out_windows(held, c)
+            cache["dense"] = loss(model, model, cache["windows"], c["prompt"])
+        if item["method"] == "dense":
+            return {"loss": cache["dense"], "perplexity": math.exp(cache["dense"]), "sparsity": 0.0, "quality": 1.0}
+        mech, param, fixed = METHODS[item["method"]]
+        params = {**fixed, param: item["value"]}
+        sparse_model = DecoderLM(model_config(c, model.config.vocab_size, {"mechanism": mech, **params})).eval()
+        sparse_model.load_state_dict(model.state_dict())
+        n, p = c["prompt"] + c["score"], c["prompt"]
+        if item["phase"] == "prefill":
+            value, rows = loss(sparse_model, model, cache["windows"], p), slice(0, p)
+        else:
+            value, rows = loss(model, sparse_model, cache["windows"], p), slice(p, n)
+        return {"loss": value, "perplexity": math.exp(value), "params": params,
+                "sparsity": sparsity(mech, params, n, rows), "quality": math.exp(cache["dense"] - value)}
+
+    return measure
+
+
+def frontier(rows: list[dict], keep: float = 0.99) -> list[dict]:
+    """Per method and phase: the highest sparsity whose quality stays >= ``keep``."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        if r.get("phase") in ("prefill", "decode") and "quality" in r:
+            best = out.setdefault((r["method"], r["phase"]), {"method": r["method"], "phase": r["phase"],
+                                                               f"max sparsity at quality>={keep}": 0.0})
+            if r["quality"] >= keep:
+                key = f"max sparsity at quality>={keep}"
+                best[key] = max(best[key], round(r["sparsity"], 3))
+    return list(out.values())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="attnkit bench sparse", description=__doc__.split("\n\n")[0])
+    p.add_argument("--full", action="store_true", help="a larger LM and longer windows")
+    p.add_argument("--train-minutes", type=float, default=None, help="training budget of the dense LM")
+    add_common_arguments(p)
+    args = p.parse_args(argv)
+    c = dict(FULL if args.full else QUICK)
+    if args.train_minutes is not None:
+        if args.train_minutes <= 0:
+            print(f"attnkit bench sparse: --train-minutes must be > 0, got {args.train_minutes}")
+            return 2
+        c["train_minutes"] = args.train_minutes
+    items, missing = plan(c)
+    for m in missing:
+        print(f"sparse: not run: {m}")
+    code, run_id = run_items("sparse", c, items, measurer(c, args), args,
+                             describe=lambda it: f"{it['method']} {it['phase']} {it['value']}")
+    from ._store import Store
+
+    rows = Store(args.db).rows(run_id)
+    for r in rows:
+        if "quality" in r:
+            print(f"  {r['method']:>15} {r['phase']:>7} value={r['value']!s:>5} sparsity={r['sparsity']:.3f} "
+                  f"loss={r['loss']:.4f} quality={r['quality']:.4f}")
+    print(json.dumps(frontier(rows), indent=1))
+    return code

@@ -1,0 +1,126 @@
+"""Build specs for softmax attention restricted by a mask pattern (a :class:`MaskMod`).
+
+Given ``make_mask(q, k, causal=..., **params) -> MaskMod`` this derives:
+
+- ``reference``: the pattern materialised as a dense boolean mask, then plain
+  float64-capable materialised softmax attention (the oracle);
+- ``block_sparse``: the pattern's block layout and the block-sparse kernel,
+  which visits only non-empty tiles (forward and backward);
+- the incremental form: a KV cache over the block-sparse form (masks are
+  functions of positions, so a decode step sees exactly its one-shot row).
+
+``causal=True`` intersects the pattern with the causal rule. A user ``mask``
+is intersected too (boolean), or for an additive float mask the call runs on
+the chunked kernel with the pattern folded into the mask (exact, O(N^2) mask).
+Layouts of patterns without tensor inputs are cached per shape.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+from ..kernels.block_sparse import block_sparse_attention
+from ..kernels.chunked import chunked_attention
+from ..masks.base import causal_mask, tensor_mask
+from ..masks.layout import build_layout
+from ..reference import materialised_attention
+from ..registry import ALL_PATTERNS, MechanismSpec, register
+from ..state import kv_cache_step
+
+# Tile sizes of the block-sparse form: execution choices, not part of the equations.
+BLOCK_PARAMS = {"block_q": 128, "block_k": 128}
+_LAYOUTS: OrderedDict = OrderedDict()
+_CACHE_SIZE = 16
+
+
+def dense_pattern(mask, batch: int, heads: int, q_len: int, kv_len: int, device=None) -> torch.Tensor:
+    """The element mask as a boolean tensor broadcastable to ``(batch, heads, q_len, kv_len)``."""
+    b = torch.arange(batch, device=device).view(-1, 1, 1, 1)
+    h = torch.arange(heads, device=device).view(1, -1, 1, 1)
+    q = (kv_len - q_len + torch.arange(q_len, device=device)).view(1, 1, -1, 1)
+    kv = torch.arange(kv_len, device=device).view(1, 1, 1, -1)
+    out = mask(b, h, q, kv)
+    return torch.broadcast_to(out, torch.broadcast_shapes(out.shape, (1, 1, q_len, kv_len)))
+
+
+def register_mask_mechanism(
+    name: str,
+    *,
+    papers: tuple[str, ...],
+    make_mask,
+    params: dict | None = None,
+    tensor_inputs=None,
+    patterns=ALL_PATTERNS,
+    summary: str = "",
+    complexity: str = "O(N * visible keys)",
+    family: str = "sparse",
+    test_params: dict | None = None,
+) -> MechanismSpec:
+    params = {**(params or {}), **BLOCK_PARAMS}
+
+    def pattern(q, k, causal, kw):
+        m = make_mask(q, k, causal=causal, **{n: x for n, x in kw.items() if n not in BLOCK_PARAMS})
+        return m & causal_mask() if causal else m
+
+    def reference(q, k, v, *, causal, mask, scale, **kw):
+        B, H, Nq, _ = q.shape
+        allowed = dense_pattern(pattern(q, k, causal, kw), B, H, Nq, k.shape[2], q.device)
+        return materialised_attention(q, k, v, causal=False, mask=_combine(allowed, mask), scale=scale)
+
+    def block_sparse(q, k, v, *, causal, mask, scale, block_q, block_k, **kw):
+        B, H, Nq, _ = q.shape
+        Nk = k.shape[2]
+        m = pattern(q, k, causal, kw)
+        if mask is not None and mask.dtype != torch.bool:
+            allowed = dense_pattern(m, B, H, Nq, Nk, q.device)
+            return chunked_attention(q, k, v, causal=False, mask=_combine(allowed, mask), scale=scale)
+        if mask is not None:
+            m = m & tensor_mask(mask, Nq, Nk)
+        key = None
+        if mask is None and not any(isinstance(x, torch.Tensor) for x in kw.values()):
+            key = (name, causal, B, H, Nq, Nk, block_q, block_k, str(q.device), repr(sorted(kw.items())))
+        layout = _LAYOUTS.get(key) if key is not None else None
+        if layout is None:
+            layout = build_layout(m, batch=B, heads=H, q_len=Nq, kv_len=Nk, block_q=block_q, block_k=block_k,
+                                  device=q.device)
+            if key is not None:
+                _LAYOUTS[key] = layout
+                while len(_LAYOUTS) > _CACHE_SIZE:
+                    _LAYOUTS.popitem(last=False)
+        return block_sparse_attention(q, k, v, layout, scale=scale)
+
+    reference.__name__ = f"{name}_reference"
+    block_sparse.__name__ = f"{name}_block_sparse"
+    return register(
+        MechanismSpec(
+            name=name,
+            family=family,
+            papers=papers,
+            patterns=frozenset(patterns),
+            reference=reference,
+            fast={"block_sparse": block_sparse},
+            step=kv_cache_step(block_sparse) if "causal-self" in patterns else None,
+            params=params,
+            tensor_inputs=tensor_inputs,
+            summary=summary,
+            complexity=complexity,
+            test_params={"block_q": 16, "block_k": 8, **(test_params or {})},
+            extra={"make_mask": make_mask},
+        )
+    )
+
+
+def _combine(allowed: torch.Tensor, mask):
+    if mask is None:
+        return allowed
+    if mask.dtype == torch.bool:
+        return allowed & mask
+    return mask.masked_fill(~allowed, float("-inf"))
+
+
+def mask_of(spec, q, k, *, causal: bool, **params):
+    """The full mask function of a registered pattern mechanism (pattern, and causal if asked)."""
+    kw = {**{n: x for n, x in spec.params.items() if n not in BLOCK_PARAMS}, **params}
+    m = spec.extra["make_mask"](q, k, causal=causal, **kw)
+    return m & causal_mask() if causal else m

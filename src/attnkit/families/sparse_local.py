@@ -1,0 +1,85 @@
+"""Local attention patterns on the block-sparse kernel: sliding windows and their relatives.
+
+Each pattern is a mask function (:mod:`attnkit.masks.window`); causal calls
+see ``window`` keys before the query, non-causal calls ``window`` on each side.
+"""
+from __future__ import annotations
+
+from ..masks import window as w
+from .mask_pipeline import register_mask_mechanism
+
+SPARSE_TRANSFORMER = "Generating Long Sequences with Sparse Transformers"
+STREAMING = "Efficient Streaming Language Models with Attention Sinks"
+
+
+def _sides(causal, window):
+    return (window, 0) if causal else (window, window)
+
+
+register_mask_mechanism(
+    "sliding_window",
+    papers=("Transformer Transducer: A Streamable Speech Recognition Model with Transformer Encoders and RNN-T Loss",
+            "Faster Neighborhood Attention: Reducing the O(n^2) Cost of Self Attention at the Threadblock Level"),
+    make_mask=lambda q, k, causal, window: w.sliding_window(*_sides(causal, window)),
+    params={"window": 512},
+    test_params={"window": 5},
+    summary="local attention: keys within `window` positions (before the query if causal, both sides if not)",
+    complexity="O(N window)",
+)
+
+register_mask_mechanism(
+    "dilated_window",
+    papers=("Dilated Neighborhood Attention Transformer",),
+    make_mask=lambda q, k, causal, window, dilation: w.dilated_window(*_sides(causal, window), dilation=dilation),
+    params={"window": 256, "dilation": 2},
+    test_params={"window": 4, "dilation": 3},
+    summary="every `dilation`-th key within `window * dilation` positions (1-D DiNA)",
+    complexity="O(N window)",
+)
+
+register_mask_mechanism(
+    "sinks_window",
+    papers=(STREAMING,),
+    make_mask=lambda q, k, causal, sinks, window: w.sinks(sinks) | w.sliding_window(*_sides(causal, window)),
+    params={"sinks": 4, "window": 512},
+    test_params={"sinks": 2, "window": 5},
+    summary="StreamingLLM: the first `sinks` keys plus a sliding window",
+    complexity="O(N (window + sinks))",
+)
+
+register_mask_mechanism(
+    "global_window",
+    papers=("ETC: Encoding Long and Structured Inputs in Transformers",),
+    make_mask=lambda q, k, causal, globals, window: w.global_window(globals, *_sides(causal, window)),
+    params={"globals": 16, "window": 256},
+    test_params={"globals": 3, "window": 4},
+    summary="ETC global-local: `globals` tokens attend to and from all; the rest attend within a window",
+    complexity="O(N (window + globals))",
+)
+
+
+register_mask_mechanism(
+    "moa",
+    papers=("MoA: Mixture of Sparse Attention for Automatic Large Language Model Compression",),
+    make_mask=lambda q, k, causal, alphas, betas: w.elastic_windows(q.shape[1], alphas, betas, not causal),
+    params={"alphas": (64, 128, 256, 512), "betas": (0.0, 0.0625, 0.125, 0.25)},
+    test_params={"alphas": (2, 4, 8), "betas": (0.0, 0.1, 0.25)},
+    summary="per-head elastic sliding windows: head h spans alpha_h + beta_h * n keys, n = tokens seen",
+    complexity="O(N sum_h span_h)",
+)
+
+
+def _multi_window(q, k, causal, windows):
+    lefts = w.multi_windows(q.shape[1], windows)
+    return w.head_windows(lefts, None if causal else lefts)
+
+
+register_mask_mechanism(
+    "multi_window",
+    papers=("Masked Autoencoders with Multi-Window Local-Global Attention Are Better Audio Learners",),
+    make_mask=_multi_window,
+    params={"windows": (64, 128, 256, 0)},
+    test_params={"windows": (3, 6, 0)},
+    summary="MW-MHA: each head has its own window size (0 = a global head)",
+    complexity="O(N sum_h window_h)",
+)

@@ -1,0 +1,240 @@
+"""Block-sparse exact attention: visit only the non-empty tiles of a block layout.
+
+The work is cut into *items*: one block of queries (for all heads when the
+layout is shared by heads, for one head otherwise) with the list of key tiles
+it must visit. Items are sorted by tile count and grouped so that each step is
+one large batched matmul over a group of items, the key/value tiles gathered
+with ``index_select`` (the "gather the visited tiles per block row" layout of
+block-sparse FlashAttention kernels, done with torch ops so the same code runs
+on a GPU). The element mask is applied only where a tile is partial; a group
+whose tiles are all full skips it. Rows longer than the step budget are swept
+with an online softmax (running max and sum), as in FlashAttention.
+
+Softmax without a score modifier — the fast path — is a custom autograd
+function with FlashAttention-2's backward: the forward keeps only the output
+and the row log-sum-exp, and the backward recomputes each tile's probabilities
+and accumulates dQ per item and dK/dV with ``index_add_``. Memory is O(N).
+Score modifiers and other normalisers (:mod:`attnkit.scores`) take the general
+path: each group is a differentiable function checkpointed by
+``torch.utils.checkpoint`` (recomputed in the backward), also O(N).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..masks.layout import BlockLayout
+from ..scores.normalisers import SOFTMAX, Normaliser
+from .plan import plan_groups
+
+LOG2E = 1.4426950408889634
+
+
+def block_sparse_attention(q, k, v, layout: BlockLayout, *, scale: float, score_mod=None,
+                           normaliser: Normaliser = SOFTMAX, budget: int = 1 << 23) -> torch.Tensor:
+    """Attention of ``q (B, H, Nq, D)`` over ``k, v (B, Hkv, Nk, D/Dv)`` restricted to ``layout``.
+
+    ``layout`` must have been built for these sizes (it carries the causal rule,
+    the pattern and any user mask). ``budget`` bounds the score elements of one step.
+    """
+    B, H, Nq, _ = q.shape
+    if (layout.q_len, layout.kv_len) != (Nq, k.shape[2]) or layout.batch != B or layout.heads != H:
+        raise ValueError(
+            f"layout was built for (batch, heads, q_len, kv_len) = {(layout.batch, layout.heads, layout.q_len, layout.kv_len)}"
+            f" but got {(B, H, Nq, k.shape[2])}"
+        )
+    if score_mod is None and normaliser.kind == "exp" and not normaliser.signed:
+        return _BlockSparseSoftmax.apply(q, k, v, layout, scale, budget)
+    return _general(q, k, v, layout, scale, score_mod, normaliser, budget)
+
+
+def _pad_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    n = x.shape[2]
+    extra = -n % block
+    return F.pad(x, (0, 0, 0, extra)) if extra else x
+
+
+def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """``(B, H, N, D)`` padded to whole blocks, viewed as ``(B * H * nblocks, block, D)``."""
+    x = _pad_blocks(x, block)
+    return x.reshape(-1, block, x.shape[-1])
+
+
+class _Geometry:
+    """Sizes shared by the forward and backward of one call."""
+
+    def __init__(self, q, k, v, layout: BlockLayout):
+        self.B, self.H, self.Nq, self.D = q.shape
+        self.Hkv, self.Nk, self.Dv = k.shape[1], k.shape[2], v.shape[3]
+        self.bq, self.bk = layout.block_q, layout.block_k
+        self.nq, self.nk = layout.kind.shape[2], layout.kind.shape[3]
+        self.per_head = layout.kind.shape[1] > 1
+        self.hq = 1 if self.per_head else self.H  # query heads per item
+        self.hk = 1 if self.per_head else self.Hkv  # kv heads per item
+        self.g = self.hq // self.hk
+
+
+class _BlockSparseSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, layout, scale, budget):
+        geo = _Geometry(q, k, v, layout)
+        groups = plan_groups(layout, geo.B, geo.H, geo.Hkv, geo.hq, budget)
+        qs = _blocks(q * (scale * LOG2E), geo.bq)  # scores in base 2: exp2 is ~9x faster than exp on CPU
+        kb, vb = _blocks(k, geo.bk), _blocks(v, geo.bk)
+        bias = _bias_table(layout, q.dtype)
+        acc = qs.new_zeros(qs.shape[0], geo.bq, geo.Dv)
+        row_max = qs.new_zeros(qs.shape[0], geo.bq)
+        denom = qs.new_zeros(qs.shape[0], geo.bq)
+        for grp in groups:
+            a, m, d = _forward_group(qs, kb, vb, grp, bias, geo)
+            rows = grp.q_index.flatten()
+            acc.index_copy_(0, rows, a.view(-1, geo.bq, geo.Dv))
+            row_max.index_copy_(0, rows, m.view(-1, geo.bq))
+            denom.index_copy_(0, rows, d.view(-1, geo.bq))
+        alive = denom > 0  # a row that sees no key: output 0, and lse = +inf so that its p = 0
+        out = acc.div_(torch.where(alive, denom, 1.0).unsqueeze(-1))
+        lse = torch.where(alive, row_max + denom.log2(), float("inf"))
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.layout, ctx.scale, ctx.groups, ctx.geo = layout, scale, groups, geo
+        return _unblock(out, geo.B, geo.H, geo.Nq)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        geo, scale = ctx.geo, ctx.scale
+        qs = _blocks(q * (scale * LOG2E), geo.bq)
+        kb, vb = _blocks(k, geo.bk), _blocks(v, geo.bk)
+        dob = _blocks(grad_out.contiguous(), geo.bq)
+        delta = (dob * out).sum(-1)  # rowsum(dO * O), per query
+        dq, dk, dv = torch.zeros_like(qs), torch.zeros_like(kb), torch.zeros_like(vb)
+        for grp in ctx.groups:
+            _backward_group(qs, kb, vb, dob, lse, delta, dq, dk, dv, grp, _bias_table(ctx.layout, q.dtype), geo)
+        dq = _unblock(dq, geo.B, geo.H, geo.Nq) * scale
+        dk = _unblock(dk, geo.B, geo.Hkv, geo.Nk) / LOG2E  # dk was taken against q * scale * log2(e)
+        return dq, dk, _unblock(dv, geo.B, geo.Hkv, geo.Nk), None, None, None
+
+
+def _unblock(x, B, H, N):
+    return x.view(B, H, -1, x.shape[-1])[:, :, :N]
+
+
+def _gather(blocks, index, R, hk, rows):
+    """Rows ``index`` (R, hk, ...) of a block tensor, as ``(R, hk, rows, D)``."""
+    return blocks.index_select(0, index.flatten()).view(R, hk, rows, blocks.shape[-1])
+
+
+def _tile_mask(table, mask_index, geo):
+    """(R, T) table entries -> tiles side by side, broadcastable to scores viewed (R, hk, g, bq, T*bk)."""
+    R, T = mask_index.shape
+    m = table.index_select(0, mask_index.flatten()).view(R, T, geo.bq, geo.bk)
+    return m.transpose(1, 2).reshape(R, 1, 1, geo.bq, T * geo.bk)
+
+
+def _bias_table(layout, dtype):
+    """The mask table as additive 0 / -inf (adding is ~20x faster than a broadcast masked_fill on CPU)."""
+    key = ("bias", dtype)
+    if key not in layout.cache:
+        layout.cache[key] = torch.zeros(layout.table.shape, dtype=dtype, device=layout.table.device).masked_fill_(
+            ~layout.table, float("-inf"))
+    return layout.cache[key]
+
+
+def _masked_scores(qg, kb, grp, c0, c1, bias, geo):
+    R = qg.shape[0]
+    kg = _gather(kb, grp.kv_index[:, :, c0:c1], R, geo.hk, (c1 - c0) * geo.bk)
+    s = qg @ kg.transpose(-1, -2)  # (R, hk, g*bq, tiles*bk)
+    if grp.mask_index is not None:
+        s.view(R, geo.hk, geo.g, geo.bq, -1).add_(_tile_mask(bias, grp.mask_index[:, c0:c1], geo))
+    return s, kg
+
+
+def _forward_group(qs, kb, vb, grp, bias, geo):
+    """Base-2 online softmax over the group's tiles: unnormalised output, row max, row sum."""
+    R, T = grp.kv_index.shape[0], grp.kv_index.shape[2]
+    qg = _gather(qs, grp.q_index, R, geo.hk, geo.g * geo.bq)
+    floor = torch.finfo(qs.dtype).min / 2  # a finite max for rows with nothing allowed yet: their p stays 0
+    acc = run_max = denom = None
+    for c0 in range(0, T, grp.chunk):
+        c1 = min(T, c0 + grp.chunk)
+        s, _ = _masked_scores(qg, kb, grp, c0, c1, bias, geo)
+        vg = _gather(vb, grp.kv_index[:, :, c0:c1], R, geo.hk, (c1 - c0) * geo.bk)
+        m = s.amax(dim=-1, keepdim=True).clamp_(min=floor)
+        if run_max is not None:
+            m = torch.maximum(m, run_max)
+        p = s.sub_(m).exp2_()
+        if run_max is None:
+            denom, acc = p.sum(-1, keepdim=True), p @ vg
+        else:
+            rescale = torch.exp2(run_max - m)
+            denom = denom * rescale + p.sum(-1, keepdim=True)
+            acc = acc * rescale + p @ vg
+        run_max = m
+    return acc, run_max, denom
+
+
+def _backward_group(qs, kb, vb, dob, lse, delta, dq, dk, dv, grp, bias, geo):
+    R, T = grp.kv_index.shape[0], grp.kv_index.shape[2]
+    rows = geo.g * geo.bq
+    qg = _gather(qs, grp.q_index, R, geo.hk, rows)
+    dog = _gather(dob, grp.q_index, R, geo.hk, rows)
+    lse_g = lse.index_select(0, grp.q_index.flatten()).view(R, geo.hk, rows, 1)
+    delta_g = delta.index_select(0, grp.q_index.flatten()).view(R, geo.hk, rows, 1)
+    dqg = torch.zeros_like(qg)
+    for c0 in range(0, T, grp.chunk):
+        c1 = min(T, c0 + grp.chunk)
+        s, kg = _masked_scores(qg, kb, grp, c0, c1, bias, geo)
+        vg = _gather(vb, grp.kv_index[:, :, c0:c1], R, geo.hk, (c1 - c0) * geo.bk)
+        p = s.sub_(lse_g).exp2_()
+        index = grp.kv_index[:, :, c0:c1].flatten()
+        dv.index_add_(0, index, (p.transpose(-1, -2) @ dog).view(-1, geo.bk, geo.Dv))
+        ds = p.mul_((dog @ vg.transpose(-1, -2)).sub_(delta_g))
+        dqg += ds @ kg
+        dk.index_add_(0, index, (ds.transpose(-1, -2) @ qg).view(-1, geo.bk, geo.D))
+    dq.index_copy_(0, grp.q_index.flatten(), dqg.view(-1, geo.bq, geo.D))
+
+
+def _general(q, k, v, layout, scale, score_mod, normaliser, budget):
+    """Any score modifier / normaliser: per-group differentiable code, checkpointed."""
+    geo = _Geometry(q, k, v, layout)
+    if geo.per_head and score_mod is not None:
+        raise ValueError("score modifiers need a layout shared by all heads; this mask differs per head "
+                         "(use the chunked kernel for per-head masks with a score modifier)")
+    groups = plan_groups(layout, geo.B, geo.H, geo.Hkv, geo.hq, budget)
+    qs = _blocks(q * scale, geo.bq)
+    kb, vb = _blocks(k, geo.bk), _blocks(v, geo.bk)
+    outs, rows = [], []
+    for grp in groups:
+        fn = _GeneralGroup(grp, layout, geo, score_mod, normaliser)
+        outs.append(checkpoint(fn, qs, kb, vb, use_reentrant=False) if torch.is_grad_enabled() else fn(qs, kb, vb))
+        rows.append(grp.q_index.flatten())
+    out = qs.new_zeros(qs.shape[0], geo.bq, geo.Dv)
+    if outs:
+        out = out.index_copy(0, torch.cat(rows), torch.cat(outs))
+    return _unblock(out, geo.B, geo.H, geo.Nq)
+
+
+class _GeneralGroup:
+    """One group's rows in full (no online sweep): gather, score, modify, normalise, weight."""
+
+    def __init__(self, grp, layout, geo, score_mod, normaliser):
+        self.grp, self.layout, self.geo, self.mod, self.norm = grp, layout, geo, score_mod, normaliser
+
+    def __call__(self, qs, kb, vb):
+        grp, geo = self.grp, self.geo
+        R, T = grp.kv_index.shape[0], grp.kv_index.shape[2]
+        qg = _gather(qs, grp.q_index, R, geo.hk, geo.g * geo.bq)
+        kg = _gather(kb, grp.kv_index, R, geo.hk, T * geo.bk)
+        vg = _gather(vb, grp.kv_index, R, geo.hk, T * geo.bk)
+        s = (qg @ kg.transpose(-1, -2)).view(R, geo.hq, geo.bq, T * geo.bk)
+        if self.mod is not None:
+            offset = self.layout.offset
+            q_pos = offset + grp.q_block[:, None] * geo.bq + torch.arange(geo.bq, device=s.device)
+            k_pos = (grp.tiles[:, :, None] * geo.bk + torch.arange(geo.bk, device=s.device)).view(R, -1)
+            s = torch.cat([self.mod(s[r : r + 1], q_pos[r], k_pos[r]) for r in range(R)])
+        if grp.mask_index is None:
+            allowed = torch.ones_like(s, dtype=torch.bool)
+        else:
+            allowed = _tile_mask(self.layout.table, grp.mask_index, geo).view(R, 1, geo.bq, -1).expand_as(s)
+        w = self.norm.weights(s, allowed).view(R, geo.hk, geo.g * geo.bq, T * geo.bk)
+        return (w @ vg).reshape(-1, geo.bq, geo.Dv)
