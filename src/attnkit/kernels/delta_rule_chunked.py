@@ -41,9 +41,7 @@ def delta_rule_chunked(q, k, v, beta, g=None, *, scale, initial_state=None, qk_l
     beta = _pad_seq(beta, pad).reshape(B, H, n, C, 1)
 
     A, P, q_dec, k_dec, k_end, chunk_decay = _decayed_products(q, k, _chunk_log_decay(g, pad, n, C))
-    strict = (A * beta).tril(-1)
-    rhs = torch.cat([beta * k_dec, beta * v], dim=-1)
-    wu = torch.linalg.solve_triangular(strict, rhs, upper=False, unitriangular=True)
+    wu = solve_unit_lower(A * beta, beta * torch.cat([k_dec, v], dim=-1))
     W, U_prime = wu[..., :Dk], wu[..., Dk:]
 
     states, corrections = [], []
@@ -55,6 +53,32 @@ def delta_rule_chunked(q, k, v, beta, g=None, *, scale, initial_state=None, qk_l
         S = (S if d_c is None else d_c * S) + k_c.transpose(-1, -2) @ U_c
     out = q_dec @ torch.stack(states, dim=2) + P.tril() @ torch.stack(corrections, dim=2)
     return out.reshape(B, H, n * C, -1)[:, :, :N], S
+
+
+def solve_unit_lower(L: torch.Tensor, R: torch.Tensor, block: int = 16) -> torch.Tensor:
+    """Solve ``(I + L) X = R`` for ``L (..., C, C)``, using only its strictly lower triangle.
+
+    Block forward substitution over ``block`` rows, matmuls only; each diagonal block's
+    inverse is its finite Neumann series ``sum_j (-L_ii)^j = (I - L_ii)(I + L_ii^2)(I + L_ii^4)...``
+    (``L_ii`` is nilpotent). Batched matmuls run far faster on CPU than
+    ``torch.linalg.solve_triangular`` on many small systems.
+    """
+    C = L.shape[-1]
+    b = block if C % block == 0 else C
+    diag = torch.stack([L[..., i : i + b, i : i + b] for i in range(0, C, b)], dim=-3).tril(-1)
+    neg = -diag
+    inverse, power, covered = neg + torch.eye(b, dtype=L.dtype, device=L.device), neg, 2
+    while covered < b:
+        power = power @ power
+        inverse = inverse + inverse @ power
+        covered *= 2
+    xs = []
+    for j, i in enumerate(range(0, C, b)):
+        r = R[..., i : i + b, :]
+        for m, x in enumerate(xs):
+            r = r - L[..., i : i + b, m * b : (m + 1) * b] @ x
+        xs.append(inverse[..., j, :, :] @ r)
+    return torch.cat(xs, dim=-2)
 
 
 def _pad_seq(t: torch.Tensor, pad: int) -> torch.Tensor:
