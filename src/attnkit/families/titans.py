@@ -120,7 +120,7 @@ register(
         complexity="O(N)",
         summary="MLP memory silu(x W1) W2 written by gradient steps on ||M(k) - v||^2 with momentum "
                 "(theta, eta) and forgetting (alpha); read by M(q); w1, w2 = initial memory",
-        test_params={"chunk_size": 4},
+        test_params={"chunk_size": 8},
         extra={"stateful_forms": _FORMS, "module": _module},
     )
 )
