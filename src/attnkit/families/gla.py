@@ -9,7 +9,9 @@ with ``alpha_t = sigmoid(x_t W_1 W_2 + b)^(1/tau)`` in ``(0, 1)^{Dk}`` computed 
 the layer. attnkit takes ``gk = log(alpha)`` as a per-token tensor input of
 shape ``(B, H, N, Dk)`` (``attnkit.nn.linear_inputs.GLAGate`` computes it).
 The chunked form is the paper's chunkwise algorithm (within-chunk scores with
-relative gate products, cross-chunk state); ``scale`` scales the scores.
+relative gate products, cross-chunk state); the within-chunk gate products are
+built exactly as a ``(C, C, Dk)`` tensor, so the default chunk is 16 (the
+paper's secondary-chunk size). ``scale`` scales the scores.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ register_linear_mechanism(
     papers=(PAPER,),
     prepare=gla_features,
     normalise=False,
+    params={"chunk_size": 16},
     tensor_inputs=gla_inputs,
     tensor_inputs_per_token=("gk",),
     patterns=CAUSAL_ONLY,

@@ -94,8 +94,7 @@ def _normalised(out, q_len, before, length, causal, eps):
         else:
             seen = torch.tensor(float(length), device=out.device, dtype=out.dtype)
         den = den + eps * seen
-    alive = den != 0
-    return torch.where(alive, num / torch.where(alive, den, torch.ones_like(den)), torch.zeros_like(num))
+    return num / den.masked_fill(den == 0, float("inf"))
 
 
 def step_from(forms):
@@ -127,7 +126,7 @@ def register_linear_mechanism(
 ) -> MechanismSpec:
     """Register a recurrent mechanism; ``feature_dim(head_dim, params)`` is the state's key dimension."""
     forms = stateful_forms(prepare, normalise=normalise, eps_param=eps_param)
-    all_params = {**(params or {}), **CHUNK_PARAMS}
+    all_params = {**CHUNK_PARAMS, **(params or {})}
 
     def drop_state(form):
         def one_shot(q, k, v, *, causal, mask, scale, **kw):

@@ -92,12 +92,12 @@ def chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int):
     qc, kc, vc = (t.reshape(B, H, nc, C, t.shape[-1]) for t in (q, k, v))
     causal_block = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     if g is None:
-        intra = (qc @ kc.transpose(-1, -2)).masked_fill(~causal_block, 0.0) @ vc
+        scores = (qc @ kc.transpose(-1, -2)).tril_()
         U = kc.transpose(-1, -2) @ vc  # each chunk's contribution to the state
-        starts = U.cumsum(dim=2) - U  # state before each chunk (exclusive prefix sum)
-        if S0 is not None:
-            starts = starts + S0[:, :, None]
-        out = intra + qc @ starts
+        first = S0[:, :, None] if S0 is not None else torch.zeros_like(U[:, :, :1])
+        starts = torch.cat([first, U[:, :, :-1]], dim=2).cumsum(dim=2)  # state before each chunk
+        out = qc @ starts
+        out.view(-1, C, Dv).baddbmm_(scores.view(-1, C, C), vc.reshape(-1, C, Dv))  # + the chunk's own part
         S = starts[:, :, -1] + U[:, :, -1]
     else:
         b = g.reshape(B, H, nc, C, *g.shape[3:]).cumsum(dim=3)  # log-decay from chunk start
@@ -116,7 +116,7 @@ def chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int):
         starts = []
         for c in range(nc):
             starts.append(S)
-            S = chunk_decay[:, :, c] * S + U[:, :, c]
+            S = torch.addcmul(U[:, :, c], chunk_decay[:, :, c], S)  # one op per chunk: decay, then add
         out = intra + q_from_start @ torch.stack(starts, dim=2)
     return out.reshape(B, H, nc * C, Dv)[:, :, :N], S
 

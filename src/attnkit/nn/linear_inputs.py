@@ -43,3 +43,36 @@ class Mamba2Gate(nn.Module):
     def forward(self, x, q, k, v) -> dict:
         dt = F.softplus(self.proj(x) + self.dt_bias).transpose(1, 2)  # (B, H, N)
         return {"dt": dt.to(q.dtype), "A": -torch.exp(self.A_log).to(q.dtype)}
+
+
+class FocusScale(nn.Module):
+    """FLatten's learned scale (Han et al., "FLatten Transformer"): ``softplus(s)`` per head and
+    channel, dividing the ReLU features before focusing; returns ``focus_scale``."""
+
+    def __init__(self, heads: int, head_dim: int):
+        super().__init__()
+        self.s = nn.Parameter(torch.zeros(heads, head_dim))
+
+    def forward(self, x, q, k, v) -> dict:
+        return {"focus_scale": F.softplus(self.s).to(q.dtype)}
+
+
+class PerformerFeatures(nn.Module):
+    """FAVOR+ random features (Choromanski et al., "Rethinking Attention with Performers")
+    held as a buffer; :meth:`redraw` draws new ones, as the paper does periodically in training."""
+
+    def __init__(self, head_dim: int, num_features: int | None = None, seed: int = 0):
+        super().__init__()
+        from ..families.performer import default_feature_count, draw_features
+
+        self.head_dim = head_dim
+        self.num_features = num_features or default_feature_count(head_dim)
+        self.register_buffer("features", draw_features(self.num_features, head_dim, seed))
+
+    def redraw(self, seed: int) -> None:
+        from ..families.performer import draw_features
+
+        self.features.copy_(draw_features(self.num_features, self.head_dim, seed))
+
+    def forward(self, x, q, k, v) -> dict:
+        return {"features": self.features.to(q.dtype)}

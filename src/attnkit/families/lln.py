@@ -1,0 +1,57 @@
+"""Linear log-normal (LLN) attention.
+
+Nahshan, Kampeas & Haleva, "Linear Log-Normal Attention with Unbiased
+Concentration" (2024). Softmax attention's weights are log-normal; LLN keeps
+that with exponential feature maps of separate temperatures,
+
+    phi_q(x) = exp(alpha x),   phi_k(x) = exp(beta x)
+
+(normalised linear attention on them), and chooses ``alpha, beta`` by moment
+matching: ``sigma~^2 = (sigma_q^2 sigma_k^2 - b) / (2 a)`` with the paper's
+fitted ``a = 0.14855, b = -0.35487``, ``alpha = sigma~ / sigma_q``,
+``beta = sigma~ / sigma_k`` (:func:`moment_matched_temperatures`; the defaults
+are its values for unit-variance q and k). The temperatures are scalar params
+so that causal and incremental use stay exact. ``scale`` multiplies q first
+(``scale=1.0`` is the paper's form). LLN+Diag (averaging with block-diagonal
+softmax attention) is a layer-level combination and is not included.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .linear_pipeline import register_linear_mechanism
+
+PAPER = "Linear Log-Normal Attention with Unbiased Concentration"
+FIT_A, FIT_B = 0.14855178144710912, -0.35487039130661086
+
+
+def moment_matched_temperatures(sigma_q: float, sigma_k: float) -> tuple[float, float]:
+    """The paper's ``(alpha, beta)`` for queries and keys of standard deviations ``sigma_q, sigma_k``."""
+    if sigma_q <= 0 or sigma_k <= 0:
+        raise ValueError(f"sigma_q and sigma_k must be > 0, got {sigma_q}, {sigma_k}")
+    sigma = math.sqrt((sigma_q**2 * sigma_k**2 - FIT_B) / (2 * FIT_A))
+    return sigma / sigma_q, sigma / sigma_k
+
+
+DEFAULT_ALPHA, DEFAULT_BETA = moment_matched_temperatures(1.0, 1.0)
+
+
+def lln_prepare(q, k, v, *, scale, alpha, beta):
+    for name, t in (("alpha", alpha), ("beta", beta)):
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+            raise ValueError(f"{name} must be a finite float temperature, got {t!r}")
+    return torch.exp(alpha * scale * q), torch.exp(beta * k), v, None
+
+
+register_linear_mechanism(
+    "lln",
+    family="linear",
+    papers=(PAPER,),
+    prepare=lln_prepare,
+    normalise=True,
+    params={"alpha": DEFAULT_ALPHA, "beta": DEFAULT_BETA},
+    test_params={"alpha": 0.7, "beta": 0.8},
+    summary="linear log-normal attention: exp(alpha q), exp(beta k) feature maps with moment-matched temperatures",
+)
