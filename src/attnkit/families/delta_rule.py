@@ -95,11 +95,15 @@ def _example_inputs(gate):
     return make
 
 
-def _flops(batch, heads, q_len, kv_len, head_dim, causal):
+def chunked_flops(batch, heads, seq_len, head_dim, chunk_size=PARAMS["chunk_size"]) -> int:
     """Forward FLOPs of the chunked form: per token ``C D`` each for K K^T, Q K^T, the UT solve
     and P U inside its chunk, and ``D^2`` each for W S, K^T U and Q S across chunks."""
-    c, d = PARAMS["chunk_size"], head_dim
-    return 2 * batch * heads * q_len * (4 * c * d + 3 * d * d)
+    c, d = chunk_size, head_dim
+    return 2 * batch * heads * seq_len * (4 * c * d + 3 * d * d)
+
+
+def _flops(batch, heads, q_len, kv_len, head_dim, causal):
+    return chunked_flops(batch, heads, q_len, head_dim)
 
 
 def _state_size(batch, heads, kv_heads, seq_len, head_dim):

@@ -75,12 +75,16 @@ def delta_rule_recurrent(q, k, v, beta, g=None, *, scale, initial_state=None, qk
     """
     q, k, v, g = prepare(q, k, v, g, scale=scale, qk_l2norm=qk_l2norm)
     S = zero_state(k, v) if initial_state is None else initial_state
+    rows = k.unsqueeze(-2).unbind(2)  # k_t as (B, H, 1, Dk)
+    cols = k.unsqueeze(-1).unbind(2)  # k_t as (B, H, Dk, 1)
+    alphas = g.exp().unsqueeze(-1).unbind(2) if g is not None else [None] * k.shape[2]
     outs = []
-    for t in range(k.shape[2]):
-        k_t = k[:, :, t]
-        if g is not None:
-            S = S * g[:, :, t].exp()[..., :, None]
-        u = beta[:, :, t, None] * (v[:, :, t] - torch.einsum("bhd,bhde->bhe", k_t, S))
-        S = S + k_t[..., :, None] * u[..., None, :]
-        outs.append(torch.einsum("bhd,bhde->bhe", q[:, :, t], S))
-    return torch.stack(outs, dim=2), S
+    for q_t, k_row, k_col, v_t, b_t, a_t in zip(
+        q.unsqueeze(-2).unbind(2), rows, cols, v.unsqueeze(-2).unbind(2), beta[..., None, None].unbind(2), alphas
+    ):
+        if a_t is not None:
+            S = S * a_t
+        u = (v_t - k_row @ S) * b_t
+        S = torch.addcmul(S, k_col, u)
+        outs.append(q_t @ S)
+    return torch.cat(outs, dim=2), S

@@ -1,0 +1,104 @@
+"""``attnkit bench delta``: the delta rule's chunked (WY / UT) form against its token-by-token
+recurrence and its parallel reference form, forward and forward + backward.
+
+Prints times, the ratios against the chunked form measured in the same run, the
+chunked form's achieved GFLOP/s beside this run's fp32 GEMM figure, and the state
+size beside softmax attention's KV cache. Default problem: B=1, H=8, D=64, fp32,
+N=8192 (``--quick``: N=2048, fewer repeats). The parallel form (a token loop over
+materialised ``Dk x Dk`` transitions, O(N D^3)) is timed on the first 512 tokens
+and scaled linearly to N, which the table says; ``--backward`` adds
+forward + backward for the chunked and recurrent forms.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import attnkit
+from attnkit.families.delta_rule import chunked_flops
+from attnkit.machine import gemm_gflops
+from attnkit.registry import kv_cache_size
+
+MECHANISMS = ("deltanet", "gated_deltanet", "kda")
+PARALLEL_TOKENS = 512
+
+
+def _inputs(name, B, H, N, D):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, D, generator=g) for _ in range(3))
+    spec = attnkit.spec(name)
+    extra = {n: t.float() for n, t in spec.tensor_inputs(q.double(), k.double(), v.double(), g).items()}
+    return q, k, v, extra
+
+
+def _time(fn, repeats: int) -> float:
+    """Median wall time after one discarded warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _runner(name, form, q, k, v, extra, chunk_size, backward):
+    leaves = [t.clone().requires_grad_(backward) for t in (q, k, v)]
+
+    def run():
+        with torch.set_grad_enabled(backward):
+            out = attnkit.attention(*leaves, name, causal=True, form=form, chunk_size=chunk_size, **extra)
+            if backward:
+                out.sum().backward()
+
+    return run
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="attnkit bench delta", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="N=2048 and fewer repeats")
+    parser.add_argument("--mechanism", choices=MECHANISMS, default="deltanet")
+    parser.add_argument("--seq", type=int, default=None, help="sequence length (default 8192, quick 2048)")
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backward", action="store_true", help="also time forward + backward")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    B, H, D = 1, 8, 64
+    N = args.seq or (2048 if args.quick else 8192)
+    repeats = 3 if args.quick else 5
+    name = args.mechanism
+    spec = attnkit.spec(name)
+    q, k, v, extra = _inputs(name, B, H, N, D)
+
+    gemm = gemm_gflops()
+    print(f"attnkit bench delta: {name}, B={B} H={H} N={N} D={D} fp32, {torch.get_num_threads()} threads, "
+          f"chunk_size={args.chunk_size}; fp32 GEMM {gemm:.1f} GFLOP/s (this run)")
+    chunked = _time(_runner(name, "chunked", q, k, v, extra, args.chunk_size, False), repeats)
+    # The token loops take seconds at N=8192: one timed run after the warm-up.
+    recurrent = _time(_runner(name, "recurrent", q, k, v, extra, args.chunk_size, False), 1)
+    n_par = min(N, PARALLEL_TOKENS)
+    head = [t[:, :, :n_par] for t in (q, k, v)]
+    extra_head = {n: t[:, :, :n_par] for n, t in extra.items()}
+    parallel = _time(_runner(name, "reference", *head, extra_head, args.chunk_size, False), 1) * N / n_par
+    print("\nforward")
+    print(f"  {'form':<10} {'time (s)':>10} {'x chunked':>10}")
+    for form, t in (("chunked", chunked), ("recurrent", recurrent), ("parallel", parallel)):
+        note = f"  (timed on {n_par} tokens, scaled to {N})" if form == "parallel" and n_par < N else ""
+        print(f"  {form:<10} {t:>10.4f} {t / chunked:>10.1f}{note}")
+    rate = chunked_flops(B, H, N, D, args.chunk_size) / chunked / 1e9
+    print(f"  chunked: {rate:.1f} GFLOP/s on its own FLOP count = {100 * rate / gemm:.0f}% of GEMM; "
+          f"{B * N / chunked:,.0f} tokens/s")
+    if args.backward:
+        chunked_b = _time(_runner(name, "chunked", q, k, v, extra, args.chunk_size, True), repeats)
+        recurrent_b = _time(_runner(name, "recurrent", q, k, v, extra, args.chunk_size, True), 1)
+        print("\nforward+backward")
+        print(f"  chunked   {chunked_b:>10.4f} {1.0:>10.1f}")
+        print(f"  recurrent {recurrent_b:>10.4f} {recurrent_b / chunked_b:>10.1f}")
+    state = spec.state_size(B, H, H, N, D)
+    print(f"\nstate after {N} tokens: {state:,} numbers (constant in N); "
+          f"softmax KV cache: {kv_cache_size(B, H, H, N, D):,}")
+    return 0

@@ -1,0 +1,117 @@
+"""Log-linear attention on a Mamba-2 style gated recurrence (``attnkit.kernels.log_linear``).
+
+Guo, Yang, Goel, Xing, Dao & Kim, "Log-Linear Attention" (2025): a Fenwick-tree
+partition of the past with one state and one data-dependent weight per level,
+``O(log N)`` states instead of one. Tensor inputs, per query head and token:
+``g`` ``(B, H, N)`` log decays ``<= 0`` (Mamba-2's ``dt * A``) and ``lam``
+``(B, H, N, levels)`` non-negative level weights, with ``levels`` at least
+``bit_length(last position) + 1``; ``attnkit.nn.log_linear_inputs`` computes them.
+``chunk_size`` (a power of two) is an execution knob. Causal self-attention only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..kernels import log_linear
+from ..kernels.linear_state import RecurrentState, expect_state
+from ..kernels.positions import repeat_kv
+from ..registry import MechanismSpec, register
+from .linear_pipeline import CAUSAL_ONLY, check_input, step_from
+
+PAPER = "Log-Linear Attention"
+KERNELS = {
+    "parallel": log_linear.log_linear_parallel,
+    "chunked": log_linear.log_linear_chunked,
+    "recurrent": log_linear.log_linear_recurrent,
+}
+
+
+def levels_for(seq_len: int) -> int:
+    """Levels needed for positions ``0 .. seq_len - 1``."""
+    return max(seq_len - 1, 1).bit_length() + 1
+
+
+def _make(kind):
+    kernel = KERNELS[kind]
+
+    def form(q, k, v, *, causal, scale, initial_state=None, g=None, lam=None, chunk_size=64):
+        if not causal:
+            raise ValueError("log-linear attention over a gated recurrence is causal; pass causal=True")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1 or chunk_size & (chunk_size - 1):
+            raise ValueError(f"chunk_size must be a positive power of two (chunks align with Fenwick levels), got {chunk_size!r}")
+        B, H, N, Dk = q.shape
+        for name, t in (("g", g), ("lam", lam)):
+            if t is None:
+                raise ValueError(f"{name} is required (log decays g (B, H, N) and level weights lam (B, H, N, levels))")
+        check_input("g", g, (B, H, N), q, "(batch, heads, seq) log decays")
+        Lv = lam.shape[-1] if isinstance(lam, torch.Tensor) and lam.ndim == 4 else 0
+        check_input("lam", lam, (B, H, N, Lv), q, "(batch, heads, seq, levels) level weights")
+        state = expect_state(initial_state, ("S",), {"S": (B, H, Lv, Dk, v.shape[-1])}, q)
+        start = initial_state.length if initial_state is not None else 0
+        if Lv < levels_for(start + N):
+            raise ValueError(f"lam has {Lv} levels; positions up to {start + N - 1} need at least {levels_for(start + N)}")
+        if state is not None and start == 0:
+            raise ValueError("initial_state has length 0; pass initial_state=None to start a sequence")
+        kw = {"chunk_size": chunk_size} if kind == "chunked" else {}
+        out, S = kernel(q * scale, repeat_kv(k, H), repeat_kv(v, H), g, lam, start=start,
+                        S0=None if state is None else state["S"], **kw)
+        return out, RecurrentState(start + N, S=S)
+
+    form.__name__ = kind
+    return form
+
+
+def _inputs(q, k, v, generator):
+    B, H, N, D = q.shape
+    g = 0.5 * F.logsigmoid(torch.randn(B, H, N, generator=generator, dtype=torch.float64) + 1)
+    lam = F.softplus(torch.randn(B, H, N, levels_for(N), generator=generator, dtype=torch.float64))
+    return {"g": g.to(q.dtype), "lam": lam.to(q.dtype)}
+
+
+def _state_size(batch, heads, kv_heads, seq_len, head_dim):
+    return batch * heads * levels_for(seq_len) * head_dim * head_dim
+
+
+def _flops(batch, heads, q_len, kv_len, head_dim, causal, chunk_size=64):
+    """Chunked form: the C x C block (scores, values) and one read of all level states per token."""
+    return 2 * batch * heads * q_len * (2 * chunk_size * head_dim + (levels_for(q_len) + 1) * head_dim * head_dim)
+
+
+def _module(*, dim, heads, kv_heads, head_dim):
+    from ..nn.log_linear_inputs import LogLinearInputs
+
+    return LogLinearInputs(dim, heads)
+
+
+def _drop_state(form):
+    def one_shot(q, k, v, *, causal, mask, scale, **kw):
+        return form(q, k, v, causal=causal, scale=scale, **kw)[0]
+
+    one_shot.__name__ = f"log_linear_{form.__name__}"
+    return one_shot
+
+
+_FORMS = {kind: _make(kind) for kind in KERNELS}
+
+register(
+    MechanismSpec(
+        name="log_linear_mamba2",
+        family="recurrent-attention",
+        papers=(PAPER,),
+        patterns=CAUSAL_ONLY,
+        reference=_drop_state(_FORMS["parallel"]),
+        fast={"chunked": _drop_state(_FORMS["chunked"]), "recurrent": _drop_state(_FORMS["recurrent"])},
+        step=step_from(_FORMS),
+        params={"chunk_size": 64},
+        tensor_inputs=_inputs,
+        tensor_inputs_per_token=("g", "lam"),
+        supports_mask=False,
+        flops=_flops,
+        state_size=_state_size,
+        complexity="O(N log N)",
+        summary="Fenwick-tree levels of a gated linear recurrence, one weighted state per level (O(log N) states)",
+        test_params={"chunk_size": 8},
+        extra={"stateful_forms": _FORMS, "module": _module},
+    )
+)
