@@ -132,8 +132,10 @@ def _worker(args) -> int:
     qkv_mb = 3 * q.numel() * 4 / 2**20
 
     def ours(backward):
-        leaves = [t.clone().requires_grad_(backward) for t in (q, k, v)]
-        out = attnkit.attention(*leaves, pat.mechanism, causal=pat.causal, **params, **inputs)
+        for t in (q, k, v):
+            t.grad = None
+            t.requires_grad_(backward)
+        out = attnkit.attention(q, k, v, pat.mechanism, causal=pat.causal, **params, **inputs)
         if backward:
             out.backward(torch.ones_like(out))
 
@@ -152,8 +154,10 @@ def _worker(args) -> int:
         sdpa_t = None
         if dense is not None:
             def sdpa():
-                leaves = [t.clone().requires_grad_(backward) for t in (q, k, v)]
-                out = F.scaled_dot_product_attention(*leaves, attn_mask=dense)
+                for t in (q, k, v):
+                    t.grad = None
+                    t.requires_grad_(backward)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
                 if backward:
                     out.backward(torch.ones_like(out))
 
@@ -177,6 +181,7 @@ def _flex(mask, B, H, n, q, k, v, args):
 
         block_mask = create_block_mask(lambda b, h, qi, ki: mask(b, h, qi, ki), B, H, n, n, device="cpu")
         compiled = torch.compile(flex_attention)
+        q, k, v = (t.detach() for t in (q, k, v))
         with torch.no_grad():
             compiled(q, k, v, block_mask=block_mask)  # compile (~17 s on CPU) outside the timing
             return _timeit(lambda: compiled(q, k, v, block_mask=block_mask), args.repeats, args.budget)
