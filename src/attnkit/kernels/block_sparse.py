@@ -73,6 +73,7 @@ class _Geometry:
         self.hq = 1 if self.per_head else self.H  # query heads per item
         self.hk = 1 if self.per_head else self.Hkv  # kv heads per item
         self.g = self.hq // self.hk
+        self.factor = 1.0  # multiplies q before q k^T (softmax path: scale * log2(e))
 
 
 class _BlockSparseSoftmax(torch.autograd.Function):
