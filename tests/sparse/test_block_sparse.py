@@ -90,3 +90,13 @@ def test_softmax_dispatches_sparse_boolean_masks(monkeypatch):
     assert sparse_layout(q, k, causal=True, mask=torch.ones(130, 130, dtype=torch.bool)[None, None]) is None
     out = attnkit.attention(q, k, v, "softmax", causal=True, mask=dense)
     _check(out, materialised_attention(q, k, v, causal=True, mask=dense, scale=0.25), (q, k, v))
+
+
+def test_content_dependent_layouts_are_not_reused():
+    """hash_sparse reads q/k values: a second call with other inputs must not reuse the first layout."""
+    for seed in (0, 1):
+        g = torch.Generator().manual_seed(seed)
+        q, k, v = (torch.randn(1, 2, 40, 8, generator=g, dtype=torch.float64) for _ in range(3))
+        out = attnkit.attention(q, k, v, "hash_sparse", causal=True, buckets=4, block_q=8, block_k=8)
+        ref = attnkit.attention(q, k, v, "hash_sparse", causal=True, buckets=4, form="reference")
+        assert (out - ref).abs().max() < 1e-10

@@ -16,7 +16,7 @@ def test_masks_show_writes_a_picture(tmp_path, capsys):
 
 def test_bench_kernels_writes_json_rows(tmp_path):
     path = tmp_path / "rows.json"
-    argv = ["bench", "kernels", "--patterns", "sliding_window_causal", "--n", "512", "--heads", "2",
+    argv = ["bench", "kernels", "--patterns", "sliding_window_causal", "--n", "256", "--heads", "1",
             "--directions", "fwd,fwdbwd", "--repeats", "1", "--no-flex", "--json", str(path)]
     assert main(argv) == 0
     rows = json.loads(path.read_text())

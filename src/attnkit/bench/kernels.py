@@ -4,8 +4,9 @@ Every (pattern, N) runs in a fresh subprocess that measures, in this order:
 the fp32 GEMM rate; attnkit (``attnkit.attention`` with the pattern's
 mechanism) forward, then forward+backward, with the peak memory of each
 (``ru_maxrss`` minus the level after inputs were made); then the baselines of
-the same run — SDPA with the equivalent boolean mask (forward and
-forward+backward) and compiled FlexAttention with the equivalent BlockMask
+the same run — SDPA with the equivalent boolean mask (forward, and
+forward+backward one head at a time: its masked backward holds an (H, N, N)
+matrix that does not fit in memory at N = 16384) and compiled FlexAttention with the equivalent BlockMask
 (forward only: no backward on CPU). Times are medians after a warm-up; a
 baseline slower than ``--budget`` seconds per call is timed once.
 
@@ -72,7 +73,7 @@ def _run_subprocess(args, name, n, argv) -> list[dict]:
     res = subprocess.run(cmd, capture_output=True, text=True)
     rows = [json.loads(line[4:]) for line in res.stdout.splitlines() if line.startswith("ROW ")]
     if res.returncode != 0 or not rows:
-        print(f"  {name} N={n}: worker failed: {res.stderr.strip().splitlines()[-1:] or res.returncode}")
+        print(f"  {name} N={n}: worker failed ({res.returncode}): {res.stderr.strip().splitlines()[-1:]}")
     for r in rows:
         print("  " + "  ".join(f"{c}={_fmt(r.get(c))}" for c in COLUMNS), flush=True)
     return rows
@@ -132,11 +133,14 @@ def _worker(args) -> int:
     qkv_mb = 3 * q.numel() * 4 / 2**20
 
     def ours(backward):
-        leaves = [t.clone().requires_grad_(backward) for t in (q, k, v)]
-        out = attnkit.attention(*leaves, pat.mechanism, causal=pat.causal, **params, **inputs)
+        for t in (q, k, v):
+            t.grad = None
+            t.requires_grad_(backward)
+        out = attnkit.attention(q, k, v, pat.mechanism, causal=pat.causal, **params, **inputs)
         if backward:
             out.backward(torch.ones_like(out))
 
+    print(f"{name} N={n}: layout ready, timing attnkit", file=sys.stderr, flush=True)
     base_rss = _rss_mb()
     results = {}
     for direction in args.directions.split(","):
@@ -145,6 +149,7 @@ def _worker(args) -> int:
             t = _timeit(lambda: ours(backward), args.repeats, args.budget)
         peak = _rss_mb() - base_rss
         results[direction] = dict(seconds=t, peak_mb=peak, flops=flops * (3.5 if backward else 1.0))
+    print(f"{name} N={n}: timing baselines", file=sys.stderr, flush=True)
     dense = None if args.no_sdpa or n > 32768 else dense_pattern(mask, B, H, n, n).contiguous()
     flex = None if args.no_flex else _flex(mask, B, H, n, q, k, v, args)
     for direction, r in results.items():
@@ -152,9 +157,14 @@ def _worker(args) -> int:
         sdpa_t = None
         if dense is not None:
             def sdpa():
-                leaves = [t.clone().requires_grad_(backward) for t in (q, k, v)]
-                out = F.scaled_dot_product_attention(*leaves, attn_mask=dense)
-                if backward:
+                for t in (q, k, v):
+                    t.grad = None
+                    t.requires_grad_(backward)
+                if not backward:
+                    return F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
+                for h in range(H):  # SDPA's masked backward holds (H, N, N) scores: one head at a time fits memory
+                    out = F.scaled_dot_product_attention(q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1],
+                                                         attn_mask=dense)
                     out.backward(torch.ones_like(out))
 
             with torch.set_grad_enabled(backward):
@@ -177,6 +187,7 @@ def _flex(mask, B, H, n, q, k, v, args):
 
         block_mask = create_block_mask(lambda b, h, qi, ki: mask(b, h, qi, ki), B, H, n, n, device="cpu")
         compiled = torch.compile(flex_attention)
+        q, k, v = (t.detach() for t in (q, k, v))
         with torch.no_grad():
             compiled(q, k, v, block_mask=block_mask)  # compile (~17 s on CPU) outside the timing
             return _timeit(lambda: compiled(q, k, v, block_mask=block_mask), args.repeats, args.budget)

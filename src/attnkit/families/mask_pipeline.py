@@ -12,7 +12,7 @@ Given ``make_mask(q, k, causal=..., **params) -> MaskMod`` this derives:
 ``causal=True`` intersects the pattern with the causal rule. A user ``mask``
 is intersected too (boolean), or for an additive float mask the call runs on
 the chunked kernel with the pattern folded into the mask (exact, O(N^2) mask).
-Layouts of patterns without tensor inputs are cached per shape.
+Layouts of patterns without tensor inputs (that do not read q/k values) are cached per shape.
 """
 from __future__ import annotations
 
@@ -56,7 +56,9 @@ def register_mask_mechanism(
     complexity: str = "O(N * visible keys)",
     family: str = "sparse",
     test_params: dict | None = None,
+    content_dependent: bool = False,
 ) -> MechanismSpec:
+    """``content_dependent``: the mask reads q/k values (e.g. hash buckets), so its layout is never cached."""
     params = {**(params or {}), **BLOCK_PARAMS}
 
     def pattern(q, k, causal, kw):
@@ -78,7 +80,7 @@ def register_mask_mechanism(
         if mask is not None:
             m = m & tensor_mask(mask, Nq, Nk)
         key = None
-        if mask is None and not any(isinstance(x, torch.Tensor) for x in kw.values()):
+        if mask is None and not content_dependent and not any(isinstance(x, torch.Tensor) for x in kw.values()):
             key = (name, causal, B, H, Nq, Nk, block_q, block_k, str(q.device), repr(sorted(kw.items())))
         layout = _LAYOUTS.get(key) if key is not None else None
         if layout is None:

@@ -51,6 +51,7 @@ register_mask_mechanism(
     make_mask=_hash,
     params={"buckets": 8, "seed": 0},
     test_params={"buckets": 4},
+    content_dependent=True,
     summary="queries and keys attend within their per-head angular-LSH bucket",
     complexity="O(N^2 / buckets)",
 )

@@ -73,6 +73,7 @@ class _Geometry:
         self.hq = 1 if self.per_head else self.H  # query heads per item
         self.hk = 1 if self.per_head else self.Hkv  # kv heads per item
         self.g = self.hq // self.hk
+        self.factor = 1.0  # multiplies q before q k^T (softmax path: scale * log2(e))
 
 
 class _BlockSparseSoftmax(torch.autograd.Function):
@@ -80,9 +81,10 @@ class _BlockSparseSoftmax(torch.autograd.Function):
     def forward(ctx, q, k, v, layout, scale, budget):
         geo = _Geometry(q, k, v, layout)
         groups = plan_groups(layout, geo.B, geo.H, geo.Hkv, geo.hq, budget)
-        qs = _blocks(q * (scale * LOG2E), geo.bq)  # scores in base 2: exp2 is ~9x faster than exp on CPU
+        qs = _blocks(q, geo.bq)
         kb, vb = _blocks(k, geo.bk), _blocks(v, geo.bk)
         bias = _bias_table(layout, q.dtype)
+        geo.factor = scale * LOG2E  # scores in base 2: exp2 is ~9x faster than exp on CPU
         acc = qs.new_zeros(qs.shape[0], geo.bq, geo.Dv)
         row_max = qs.new_zeros(qs.shape[0], geo.bq)
         denom = qs.new_zeros(qs.shape[0], geo.bq)
@@ -103,15 +105,15 @@ class _BlockSparseSoftmax(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
         geo, scale = ctx.geo, ctx.scale
-        qs = _blocks(q * (scale * LOG2E), geo.bq)
+        qs = _blocks(q, geo.bq)
         kb, vb = _blocks(k, geo.bk), _blocks(v, geo.bk)
         dob = _blocks(grad_out.contiguous(), geo.bq)
         delta = (dob * out).sum(-1)  # rowsum(dO * O), per query
         dq, dk, dv = torch.zeros_like(qs), torch.zeros_like(kb), torch.zeros_like(vb)
         for grp in ctx.groups:
             _backward_group(qs, kb, vb, dob, lse, delta, dq, dk, dv, grp, _bias_table(ctx.layout, q.dtype), geo)
-        dq = _unblock(dq, geo.B, geo.H, geo.Nq) * scale
-        dk = _unblock(dk, geo.B, geo.Hkv, geo.Nk) / LOG2E  # dk was taken against q * scale * log2(e)
+        dq = _unblock(dq.mul_(scale), geo.B, geo.H, geo.Nq)
+        dk = _unblock(dk.mul_(scale), geo.B, geo.Hkv, geo.Nk)
         return dq, dk, _unblock(dv, geo.B, geo.Hkv, geo.Nk), None, None, None
 
 
@@ -152,7 +154,7 @@ def _masked_scores(qg, kb, grp, c0, c1, bias, geo):
 def _forward_group(qs, kb, vb, grp, bias, geo):
     """Base-2 online softmax over the group's tiles: unnormalised output, row max, row sum."""
     R, T = grp.kv_index.shape[0], grp.kv_index.shape[2]
-    qg = _gather(qs, grp.q_index, R, geo.hk, geo.g * geo.bq)
+    qg = _gather(qs, grp.q_index, R, geo.hk, geo.g * geo.bq).mul_(geo.factor)
     floor = torch.finfo(qs.dtype).min / 2  # a finite max for rows with nothing allowed yet: their p stays 0
     acc = run_max = denom = None
     for c0 in range(0, T, grp.chunk):
@@ -177,13 +179,14 @@ def _backward_group(qs, kb, vb, dob, lse, delta, dq, dk, dv, grp, bias, geo):
     R, T = grp.kv_index.shape[0], grp.kv_index.shape[2]
     rows = geo.g * geo.bq
     qg = _gather(qs, grp.q_index, R, geo.hk, rows)
+    qs_g = qg * geo.factor
     dog = _gather(dob, grp.q_index, R, geo.hk, rows)
     lse_g = lse.index_select(0, grp.q_index.flatten()).view(R, geo.hk, rows, 1)
     delta_g = delta.index_select(0, grp.q_index.flatten()).view(R, geo.hk, rows, 1)
     dqg = torch.zeros_like(qg)
     for c0 in range(0, T, grp.chunk):
         c1 = min(T, c0 + grp.chunk)
-        s, kg = _masked_scores(qg, kb, grp, c0, c1, bias, geo)
+        s, kg = _masked_scores(qs_g, kb, grp, c0, c1, bias, geo)
         vg = _gather(vb, grp.kv_index[:, :, c0:c1], R, geo.hk, (c1 - c0) * geo.bk)
         p = s.sub_(lse_g).exp2_()
         index = grp.kv_index[:, :, c0:c1].flatten()

@@ -158,7 +158,8 @@ def _partial_table(mask, kind, offset, q_len, kv_len, block_q, block_k, chunk=40
         rows = (part[:, 2, None] * block_q + r).view(-1, block_q, 1)
         kv = (part[:, 3, None] * block_k + c).view(-1, 1, block_k)
         m = mask(b, h, offset + rows.clamp(max=q_len - 1), kv.clamp(max=kv_len - 1))
-        m = m & (kv < kv_len) & (rows < q_len)  # padding is never attended
+        if q_len % block_q or kv_len % block_k:
+            m = m & (kv < kv_len) & (rows < q_len)  # padding is never attended
         masks.append(torch.broadcast_to(m, (part.shape[0], block_q, block_k)))
     tiles = torch.cat(masks) if masks else torch.zeros(0, block_q, block_k, dtype=torch.bool, device=device)
     flat = tiles.reshape(tiles.shape[0], block_q * block_k)
