@@ -15,3 +15,9 @@ def test_readme_mechanism_table_is_generated_from_the_registry():
     block = text.split(start, 1)[1].split(end, 1)[0].strip()
     expected = markdown_table([get(n) for n in attnkit.mechanisms()])
     assert block == expected, "README mechanism table is stale: run scripts/update-readme"
+
+
+def test_readme_api_example_runs():
+    text = README.read_text()
+    block = text.split("## API in ten lines", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    exec(compile(block, "README.md", "exec"), {})
