@@ -22,7 +22,7 @@ import math
 import torch
 
 from .. import attention, mechanisms, spec
-from ..registry import PATTERNS, pattern_name
+from ..registry import PATTERNS
 from ._runner import add_common_arguments, run_items
 from ._timing import attention_call, make_inputs, median_seconds, peak_memory_mb
 

@@ -12,8 +12,6 @@ forward + backward for the chunked and recurrent forms.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
@@ -21,6 +19,7 @@ import attnkit
 from attnkit.families.delta_rule import chunked_flops
 from attnkit.machine import gemm_gflops
 from attnkit.registry import kv_cache_size
+from ._timing import median_seconds
 
 MECHANISMS = ("deltanet", "gated_deltanet", "kda")
 PARALLEL_TOKENS = 512
@@ -33,16 +32,6 @@ def _inputs(name, B, H, N, D):
     extra = {n: t.float() for n, t in spec.tensor_inputs(q.double(), k.double(), v.double(), g).items()}
     return q, k, v, extra
 
-
-def _time(fn, repeats: int) -> float:
-    """Median wall time after one discarded warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _runner(name, form, q, k, v, extra, chunk_size, backward):
@@ -77,13 +66,13 @@ def main(argv=None) -> int:
     gemm = gemm_gflops()
     print(f"attnkit bench delta: {name}, B={B} H={H} N={N} D={D} fp32, {torch.get_num_threads()} threads, "
           f"chunk_size={args.chunk_size}; fp32 GEMM {gemm:.1f} GFLOP/s (this run)")
-    chunked = _time(_runner(name, "chunked", q, k, v, extra, args.chunk_size, False), repeats)
+    chunked = median_seconds(_runner(name, "chunked", q, k, v, extra, args.chunk_size, False), repeats)
     # The token loops take seconds at N=8192: one timed run after the warm-up.
-    recurrent = _time(_runner(name, "recurrent", q, k, v, extra, args.chunk_size, False), 1)
+    recurrent = median_seconds(_runner(name, "recurrent", q, k, v, extra, args.chunk_size, False), 1)
     n_par = min(N, PARALLEL_TOKENS)
     head = [t[:, :, :n_par] for t in (q, k, v)]
     extra_head = {n: t[:, :, :n_par] for n, t in extra.items()}
-    parallel = _time(_runner(name, "reference", *head, extra_head, args.chunk_size, False), 1) * N / n_par
+    parallel = median_seconds(_runner(name, "reference", *head, extra_head, args.chunk_size, False), 1) * N / n_par
     print("\nforward")
     print(f"  {'form':<10} {'time (s)':>10} {'x chunked':>10}")
     for form, t in (("chunked", chunked), ("recurrent", recurrent), ("parallel", parallel)):
@@ -93,8 +82,8 @@ def main(argv=None) -> int:
     print(f"  chunked: {rate:.1f} GFLOP/s on its own FLOP count = {100 * rate / gemm:.0f}% of GEMM; "
           f"{B * N / chunked:,.0f} tokens/s")
     if args.backward:
-        chunked_b = _time(_runner(name, "chunked", q, k, v, extra, args.chunk_size, True), repeats)
-        recurrent_b = _time(_runner(name, "recurrent", q, k, v, extra, args.chunk_size, True), 1)
+        chunked_b = median_seconds(_runner(name, "chunked", q, k, v, extra, args.chunk_size, True), repeats)
+        recurrent_b = median_seconds(_runner(name, "recurrent", q, k, v, extra, args.chunk_size, True), 1)
         print("\nforward+backward")
         print(f"  chunked   {chunked_b:>10.4f} {1.0:>10.1f}")
         print(f"  recurrent {recurrent_b:>10.4f} {recurrent_b / chunked_b:>10.1f}")

@@ -18,27 +18,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import torch
 
 from .. import registry
 from ..machine import gemm_gflops
 from ..registry import kv_cache_size
+from ._timing import median_seconds
 
 B, H, D = 1, 8, 64
 DELTA_RULES = ("deltanet", "gated_deltanet", "kda")
 
-
-def _median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _inputs(spec, n: int, head_dim: int = D, seed: int = 0):
@@ -65,10 +55,10 @@ def forms_and_scaling(n: int, repeats: int, gemm: float) -> None:
         for h in range(H):
             _form(spec, "parallel", q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1], _per_head(extra, spec, h))
 
-    t_par = _median_time(parallel, max(3, repeats // 2))
-    t_chunk = _median_time(lambda: _form(spec, "chunked", q, k, v, extra), repeats)
+    t_par = median_seconds(parallel, max(3, repeats // 2))
+    t_chunk = median_seconds(lambda: _form(spec, "chunked", q, k, v, extra), repeats)
     q4, k4, v4, extra4 = _inputs(spec, 4 * n)
-    t_chunk4 = _median_time(lambda: _form(spec, "chunked", q4, k4, v4, extra4), repeats)
+    t_chunk4 = median_seconds(lambda: _form(spec, "chunked", q4, k4, v4, extra4), repeats)
     gflops = spec.flops(B, H, n, n, D, True) / t_chunk / 1e9
     print(f"linear (elu+1), causal, N={n}: parallel {t_par * 1e3:.1f} ms, chunked {t_chunk * 1e3:.1f} ms "
           f"-> chunked {t_par / t_chunk:.1f}x faster (target >= 10x)")
@@ -85,10 +75,10 @@ def mechanisms_chunked(n: int, repeats: int) -> None:
         if "stateful_forms" not in spec.extra or "causal-self" not in spec.patterns:
             continue
         q, k, v, extra = _inputs(spec, n, 16 if name == "based" else D)
-        t = _median_time(lambda: _form(spec, "chunked", q, k, v, extra), repeats)
+        t = median_seconds(lambda: _form(spec, "chunked", q, k, v, extra), repeats)
         line = f"  {name:<16} {t * 1e3:9.1f} ms"
         if name in DELTA_RULES:
-            t_rec = _median_time(lambda: _form(spec, "recurrent", q, k, v, extra), 1)
+            t_rec = median_seconds(lambda: _form(spec, "recurrent", q, k, v, extra), 1)
             line += f"   recurrent {t_rec * 1e3:.1f} ms -> chunked {t_rec / t:.1f}x faster (target >= 20x)"
         print(line)
     missing = [m for m in DELTA_RULES if m not in registry.names()]
@@ -109,7 +99,7 @@ def decode(contexts: list[int], steps: int) -> None:
             nonlocal state
             _, state = _form(spec, "recurrent", *token, extra, initial_state=state)
 
-        t_step = _median_time(step, steps)
+        t_step = median_seconds(step, steps)
         times.append(t_step)
         print(f"  context {n:>6}: {t_step * 1e6:8.1f} us/token, state {state.numel():,} numbers "
               f"(softmax KV cache: {kv_cache_size(B, H, H, n, D):,})")

@@ -25,7 +25,6 @@ layer in ``attnkit.nn`` bounds its gate for that). Scalar gates use the
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .delta_rule import prepare, zero_state
 

@@ -48,7 +48,6 @@ def shaw_skew_mod(q: torch.Tensor, table: torch.Tensor, *, scale: float, offset:
 
     def mod(scores, q_pos, k_pos):
         q0, q1 = int(q_pos[0]) - offset, int(q_pos[-1]) - offset + 1
-        n_q = q1 - q0
         # Distances covered by this tile, from k_pos[0] - q_pos[-1] upwards.
         distances = torch.arange(int(k_pos[0]) - int(q_pos[-1]), int(k_pos[-1]) - int(q_pos[0]) + 1, device=q.device)
         rows = distances.clamp(-max_distance, max_distance) + max_distance
