@@ -27,7 +27,7 @@ from ..kernels.delta_rule import delta_rule_parallel, delta_rule_recurrent
 from ..kernels.delta_rule_chunked import delta_rule_chunked
 from ..kernels.linear_state import RecurrentState, expect_state
 from ..registry import MechanismSpec, register
-from .linear_pipeline import CAUSAL_ONLY, check_input, step_from
+from .linear_pipeline import CAUSAL_ONLY, check_input, drop_state, step_from
 
 DELTANET = "Parallelizing Linear Transformers with the Delta Rule over Sequence Length"
 GATED_DELTANET = "Gated Delta Networks: Improving Mamba2 with Delta Rule"
@@ -126,21 +126,14 @@ def _module_factory(gate):
 def register_delta_mechanism(name, *, gate, papers, summary) -> MechanismSpec:
     forms = stateful_forms(gate)
 
-    def drop_state(form):
-        def one_shot(q, k, v, *, causal, mask, scale, **kw):
-            return form(q, k, v, causal=causal, scale=scale, **kw)[0]
-
-        one_shot.__name__ = f"{name}_{form.__name__}"
-        return one_shot
-
     return register(
         MechanismSpec(
             name=name,
             family="delta-rule",
             papers=papers,
             patterns=CAUSAL_ONLY,
-            reference=drop_state(forms["parallel"]),
-            fast={"chunked": drop_state(forms["chunked"]), "recurrent": drop_state(forms["recurrent"])},
+            reference=drop_state(name, forms["parallel"]),
+            fast={"chunked": drop_state(name, forms["chunked"]), "recurrent": drop_state(name, forms["recurrent"])},
             step=step_from(forms),
             params=dict(PARAMS),
             tensor_inputs=_example_inputs(gate),

@@ -107,6 +107,16 @@ def step_from(forms):
     return step
 
 
+def drop_state(name: str, form):
+    """The one-shot form of a stateful form: same output, final state dropped (masks are refused upstream)."""
+
+    def one_shot(q, k, v, *, causal, mask, scale, **kw):
+        return form(q, k, v, causal=causal, scale=scale, **kw)[0]
+
+    one_shot.__name__ = f"{name}_{form.__name__}"
+    return one_shot
+
+
 def register_linear_mechanism(
     name: str,
     *,
@@ -128,13 +138,6 @@ def register_linear_mechanism(
     forms = stateful_forms(prepare, normalise=normalise, eps_param=eps_param)
     all_params = {**CHUNK_PARAMS, **(params or {})}
 
-    def drop_state(form):
-        def one_shot(q, k, v, *, causal, mask, scale, **kw):
-            return form(q, k, v, causal=causal, scale=scale, **kw)[0]
-
-        one_shot.__name__ = f"{name}_{form.__name__}"
-        return one_shot
-
     def state_size(batch, heads, kv_heads, seq_len, head_dim):
         return batch * heads * feature_dim(head_dim, all_params) * (head_dim + (1 if normalise else 0))
 
@@ -154,8 +157,8 @@ def register_linear_mechanism(
             family=family,
             papers=papers,
             patterns=frozenset(patterns),
-            reference=drop_state(forms["parallel"]),
-            fast={"chunked": drop_state(forms["chunked"]), "recurrent": drop_state(forms["recurrent"])},
+            reference=drop_state(name, forms["parallel"]),
+            fast={"chunked": drop_state(name, forms["chunked"]), "recurrent": drop_state(name, forms["recurrent"])},
             step=step_from(forms),
             params=all_params,
             tensor_inputs=tensor_inputs,

@@ -17,7 +17,7 @@ from ..kernels import log_linear
 from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
-from .linear_pipeline import CAUSAL_ONLY, check_input, step_from
+from .linear_pipeline import CAUSAL_ONLY, check_input, drop_state, step_from
 
 PAPER = "Log-Linear Attention"
 KERNELS = {
@@ -84,14 +84,6 @@ def _module(*, dim, heads, kv_heads, head_dim):
     return LogLinearInputs(dim, heads)
 
 
-def _drop_state(form):
-    def one_shot(q, k, v, *, causal, mask, scale, **kw):
-        return form(q, k, v, causal=causal, scale=scale, **kw)[0]
-
-    one_shot.__name__ = f"log_linear_{form.__name__}"
-    return one_shot
-
-
 _FORMS = {kind: _make(kind) for kind in KERNELS}
 
 register(
@@ -100,8 +92,8 @@ register(
         family="recurrent-attention",
         papers=(PAPER,),
         patterns=CAUSAL_ONLY,
-        reference=_drop_state(_FORMS["parallel"]),
-        fast={"chunked": _drop_state(_FORMS["chunked"]), "recurrent": _drop_state(_FORMS["recurrent"])},
+        reference=drop_state("log_linear_mamba2", _FORMS["parallel"]),
+        fast={"chunked": drop_state("log_linear_mamba2", _FORMS["chunked"]), "recurrent": drop_state("log_linear_mamba2", _FORMS["recurrent"])},
         step=step_from(_FORMS),
         params={"chunk_size": 64},
         tensor_inputs=_inputs,

@@ -16,7 +16,7 @@ from ..kernels import rat
 from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
-from .linear_pipeline import CAUSAL_ONLY, check_input, step_from
+from .linear_pipeline import CAUSAL_ONLY, check_input, drop_state, step_from
 
 PAPER = "RAT: Bridging RNN Efficiency and Attention Accuracy in Language Modeling"
 KERNELS = {"parallel": rat.rat_parallel, "chunked": rat.rat_chunked, "recurrent": rat.rat_recurrent}
@@ -71,14 +71,6 @@ def _module(*, dim, heads, kv_heads, head_dim):
     return RATGate(dim, heads, head_dim)
 
 
-def _drop_state(form):
-    def one_shot(q, k, v, *, causal, mask, scale, **kw):
-        return form(q, k, v, causal=causal, scale=scale, **kw)[0]
-
-    one_shot.__name__ = f"rat_{form.__name__}"
-    return one_shot
-
-
 _FORMS = {kind: _make(kind) for kind in KERNELS}
 
 register(
@@ -87,8 +79,8 @@ register(
         family="recurrent-attention",
         papers=(PAPER,),
         patterns=CAUSAL_ONLY,
-        reference=_drop_state(_FORMS["parallel"]),
-        fast={"chunked": _drop_state(_FORMS["chunked"]), "recurrent": _drop_state(_FORMS["recurrent"])},
+        reference=drop_state("rat", _FORMS["parallel"]),
+        fast={"chunked": drop_state("rat", _FORMS["chunked"]), "recurrent": drop_state("rat", _FORMS["recurrent"])},
         step=step_from(_FORMS),
         params={"chunk_size": DEFAULT_CHUNK},
         tensor_inputs=_inputs,

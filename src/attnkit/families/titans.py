@@ -21,7 +21,7 @@ from ..kernels import titans
 from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
-from .linear_pipeline import CAUSAL_ONLY, check_input, step_from
+from .linear_pipeline import CAUSAL_ONLY, check_input, drop_state, step_from
 
 PAPER = "Titans: Learning to Memorize at Test Time"
 KERNELS = {"parallel": titans.titans_parallel, "chunked": titans.titans_chunked, "recurrent": titans.titans_recurrent}
@@ -92,14 +92,6 @@ def _module(*, dim, heads, kv_heads, head_dim):
     return TitansInputs(dim, heads, head_dim)
 
 
-def _drop_state(form):
-    def one_shot(q, k, v, *, causal, mask, scale, **kw):
-        return form(q, k, v, causal=causal, scale=scale, **kw)[0]
-
-    one_shot.__name__ = f"titans_{form.__name__}"
-    return one_shot
-
-
 _FORMS = {kind: _make(kind) for kind in KERNELS}
 
 register(
@@ -108,8 +100,8 @@ register(
         family="test-time-memory",
         papers=(PAPER,),
         patterns=CAUSAL_ONLY,
-        reference=_drop_state(_FORMS["parallel"]),
-        fast={"chunked": _drop_state(_FORMS["chunked"]), "recurrent": _drop_state(_FORMS["recurrent"])},
+        reference=drop_state("titans", _FORMS["parallel"]),
+        fast={"chunked": drop_state("titans", _FORMS["chunked"]), "recurrent": drop_state("titans", _FORMS["recurrent"])},
         step=step_from(_FORMS),
         params={"chunk_size": 16, "qk_l2norm": True},
         tensor_inputs=_inputs,
