@@ -50,8 +50,21 @@ class ModelConfig:
         """The normalised mixer spec of every layer, in order."""
         return [mixer_spec(self.mixers[letter], self.rope) for letter in self.schedule]
 
+    def require_pattern(self, pattern: str, model: str) -> None:
+        """Refuse a schedule whose mechanisms (every Hymba branch too) lack ``pattern``."""
+        for i, spec in enumerate(self.layer_mixers()):
+            for s in spec.get("hymba", [spec]):
+                if pattern not in registry.get(s["mechanism"]).patterns:
+                    raise ValueError(
+                        f"layer {i}: mechanism {s['mechanism']!r} has no {_PATTERN_WORDS[pattern]}, "
+                        f"so it cannot run in {model}"
+                    )
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+_PATTERN_WORDS = {"causal-self": "causal self-attention", "noncausal-self": "non-causal self-attention"}
 
 
 def mixer_spec(spec, default_rope: bool) -> dict:

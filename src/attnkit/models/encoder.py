@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import registry
 from .blocks import Block
 from .config import ModelConfig
 
@@ -18,10 +17,7 @@ class Encoder(nn.Module):
         super().__init__()
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config must be an attnkit.models.ModelConfig, got {type(config).__name__}")
-        for i, spec in enumerate(config.layer_mixers()):
-            for s in spec.get("hymba", [spec]):
-                if "noncausal-self" not in registry.get(s["mechanism"]).patterns:
-                    raise ValueError(f"layer {i}: mechanism {s['mechanism']!r} has no non-causal self-attention, so it cannot run in an encoder")
+        config.require_pattern("noncausal-self", "an encoder")
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.dim)
         self.blocks = nn.ModuleList(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import registry
 from .blocks import Block
 from .config import ModelConfig
 
@@ -21,10 +20,7 @@ class DecoderLM(nn.Module):
         super().__init__()
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config must be an attnkit.models.ModelConfig, got {type(config).__name__}")
-        for i, spec in enumerate(config.layer_mixers()):
-            for s in spec.get("hymba", [spec]):
-                if "causal-self" not in registry.get(s["mechanism"]).patterns:
-                    raise ValueError(f"layer {i}: mechanism {s['mechanism']!r} has no causal self-attention, so it cannot run in a decoder")
+        config.require_pattern("causal-self", "a decoder")
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.dim)
         self.blocks = nn.ModuleList(
