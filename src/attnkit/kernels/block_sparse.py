@@ -20,6 +20,8 @@ path: each group is a differentiable function checkpointed by
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -32,7 +34,7 @@ LOG2E = 1.4426950408889634
 
 
 def block_sparse_attention(q, k, v, layout: BlockLayout, *, scale: float, score_mod=None,
-                           normaliser: Normaliser = SOFTMAX, budget: int = 1 << 23) -> torch.Tensor:
+                           normaliser: Normaliser = SOFTMAX, budget: int = 1 << 20) -> torch.Tensor:
     """Attention of ``q (B, H, Nq, D)`` over ``k, v (B, Hkv, Nk, D/Dv)`` restricted to ``layout``.
 
     ``layout`` must have been built for these sizes (it carries the causal rule,
@@ -73,7 +75,25 @@ class _Geometry:
         self.hq = 1 if self.per_head else self.H  # query heads per item
         self.hk = 1 if self.per_head else self.Hkv  # kv heads per item
         self.g = self.hq // self.hk
-        self.factor = 1.0  # multiplies q before q k^T (softmax path: scale * log2(e))
+
+
+class _Workspace:
+    """Flat scratch buffers reused by every step of one call.
+
+    On CPU a fresh multi-megabyte tensor per step costs page faults that take
+    longer than the arithmetic on it, so the gathered tiles and the score
+    matrices are written (``out=``) into buffers that only grow.
+    """
+
+    def __init__(self, like: torch.Tensor):
+        self.like, self.buffers = like, {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < n:
+            buf = self.buffers[name] = self.like.new_empty(n)
+        return buf[:n].view(shape)
 
 
 class _BlockSparseSoftmax(torch.autograd.Function):
@@ -81,15 +101,14 @@ class _BlockSparseSoftmax(torch.autograd.Function):
     def forward(ctx, q, k, v, layout, scale, budget):
         geo = _Geometry(q, k, v, layout)
         groups = plan_groups(layout, geo.B, geo.H, geo.Hkv, geo.hq, budget)
-        qs = _blocks(q, geo.bq)
+        qs = _blocks(q * (scale * LOG2E), geo.bq)  # scores in base 2: exp2 is ~9x faster than exp on CPU
         kb, vb = _blocks(k, geo.bk), _blocks(v, geo.bk)
-        bias = _bias_table(layout, q.dtype)
-        geo.factor = scale * LOG2E  # scores in base 2: exp2 is ~9x faster than exp on CPU
+        bias, ws = _bias_table(layout, q.dtype), _Workspace(q)
         acc = qs.new_zeros(qs.shape[0], geo.bq, geo.Dv)
         row_max = qs.new_zeros(qs.shape[0], geo.bq)
         denom = qs.new_zeros(qs.shape[0], geo.bq)
         for grp in groups:
-            a, m, d = _forward_group(qs, kb, vb, grp, bias, geo)
+            a, m, d = _forward_group(qs, kb, vb, grp, bias, geo, ws)
             rows = grp.q_index.flatten()
             acc.index_copy_(0, rows, a.view(-1, geo.bq, geo.Dv))
             row_max.index_copy_(0, rows, m.view(-1, geo.bq))
@@ -97,23 +116,24 @@ class _BlockSparseSoftmax(torch.autograd.Function):
         alive = denom > 0  # a row that sees no key: output 0, and lse = +inf so that its p = 0
         out = acc.div_(torch.where(alive, denom, 1.0).unsqueeze(-1))
         lse = torch.where(alive, row_max + denom.log2(), float("inf"))
-        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.save_for_backward(qs, k, v, out, lse)
         ctx.layout, ctx.scale, ctx.groups, ctx.geo = layout, scale, groups, geo
         return _unblock(out, geo.B, geo.H, geo.Nq)
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, lse = ctx.saved_tensors
-        geo, scale = ctx.geo, ctx.scale
-        qs = _blocks(q, geo.bq)
+        qs, k, v, out, lse = ctx.saved_tensors
+        geo = ctx.geo
         kb, vb = _blocks(k, geo.bk), _blocks(v, geo.bk)
         dob = _blocks(grad_out.contiguous(), geo.bq)
         delta = (dob * out).sum(-1)  # rowsum(dO * O), per query
         dq, dk, dv = torch.zeros_like(qs), torch.zeros_like(kb), torch.zeros_like(vb)
+        bias, ws = _bias_table(ctx.layout, qs.dtype), _Workspace(qs)
         for grp in ctx.groups:
-            _backward_group(qs, kb, vb, dob, lse, delta, dq, dk, dv, grp, _bias_table(ctx.layout, q.dtype), geo)
-        dq = _unblock(dq.mul_(scale), geo.B, geo.H, geo.Nq)
-        dk = _unblock(dk.mul_(scale), geo.B, geo.Hkv, geo.Nk)
+            _backward_group(qs, kb, vb, dob, lse, delta, dq, dk, dv, grp, bias, geo, ws)
+        # the scores were (q * scale * log2 e) k^T in base 2; dS is the gradient of the natural-log scores
+        dq = _unblock(dq.mul_(ctx.scale), geo.B, geo.H, geo.Nq)
+        dk = _unblock(dk.div_(LOG2E), geo.B, geo.Hkv, geo.Nk)
         return dq, dk, _unblock(dv, geo.B, geo.Hkv, geo.Nk), None, None, None
 
 
@@ -124,6 +144,14 @@ def _unblock(x, B, H, N):
 def _gather(blocks, index, R, hk, rows):
     """Rows ``index`` (R, hk, ...) of a block tensor, as ``(R, hk, rows, D)``."""
     return blocks.index_select(0, index.flatten()).view(R, hk, rows, blocks.shape[-1])
+
+
+def _gather_into(ws, name, blocks, index, rows):
+    """Like :func:`_gather` into a workspace buffer, as ``(R * hk, rows, D)``."""
+    flat = index.flatten()
+    out = ws.get(name, (flat.numel(), *blocks.shape[1:]))
+    torch.index_select(blocks, 0, flat, out=out)
+    return out.view(-1, rows, blocks.shape[-1])
 
 
 def _tile_mask(table, mask_index, geo):
@@ -142,58 +170,62 @@ def _bias_table(layout, dtype):
     return layout.cache[key]
 
 
-def _masked_scores(qg, kb, grp, c0, c1, bias, geo):
-    R = qg.shape[0]
-    kg = _gather(kb, grp.kv_index[:, :, c0:c1], R, geo.hk, (c1 - c0) * geo.bk)
-    s = qg @ kg.transpose(-1, -2)  # (R, hk, g*bq, tiles*bk)
+def _scores(qg, kb, grp, c0, c1, bias, geo, ws):
+    """Base-2 scores of tiles ``c0:c1`` of the group, ``(R * hk, g * bq, tiles * bk)``, masked; and the keys."""
+    R, t = grp.kv_index.shape[0], c1 - c0
+    kg = _gather_into(ws, "k", kb, grp.kv_index[:, :, c0:c1], t * geo.bk)
+    s = torch.bmm(qg, kg.transpose(1, 2), out=ws.get("s", (R * geo.hk, qg.shape[1], t * geo.bk)))
     if grp.mask_index is not None:
-        s.view(R, geo.hk, geo.g, geo.bq, -1).add_(_tile_mask(bias, grp.mask_index[:, c0:c1], geo))
+        tiles = s.view(R, geo.hq, geo.bq, t, geo.bk)
+        for slot in grp.partial_slots:  # full tiles need no mask
+            if c0 <= slot < c1:
+                tiles[:, :, :, slot - c0].add_(bias.index_select(0, grp.mask_index[:, slot]).unsqueeze(1))
     return s, kg
 
 
-def _forward_group(qs, kb, vb, grp, bias, geo):
+def _forward_group(qs, kb, vb, grp, bias, geo, ws):
     """Base-2 online softmax over the group's tiles: unnormalised output, row max, row sum."""
-    R, T = grp.kv_index.shape[0], grp.kv_index.shape[2]
-    qg = _gather(qs, grp.q_index, R, geo.hk, geo.g * geo.bq).mul_(geo.factor)
+    T = grp.kv_index.shape[2]
+    qg = _gather_into(ws, "q", qs, grp.q_index, geo.g * geo.bq)
     floor = torch.finfo(qs.dtype).min / 2  # a finite max for rows with nothing allowed yet: their p stays 0
     acc = run_max = denom = None
     for c0 in range(0, T, grp.chunk):
         c1 = min(T, c0 + grp.chunk)
-        s, _ = _masked_scores(qg, kb, grp, c0, c1, bias, geo)
-        vg = _gather(vb, grp.kv_index[:, :, c0:c1], R, geo.hk, (c1 - c0) * geo.bk)
+        s, _ = _scores(qg, kb, grp, c0, c1, bias, geo, ws)
+        vg = _gather_into(ws, "v", vb, grp.kv_index[:, :, c0:c1], (c1 - c0) * geo.bk)
         m = s.amax(dim=-1, keepdim=True).clamp_(min=floor)
         if run_max is not None:
             m = torch.maximum(m, run_max)
         p = s.sub_(m).exp2_()
         if run_max is None:
-            denom, acc = p.sum(-1, keepdim=True), p @ vg
+            denom, acc = p.sum(-1, keepdim=True), torch.bmm(p, vg)
         else:
             rescale = torch.exp2(run_max - m)
-            denom = denom * rescale + p.sum(-1, keepdim=True)
-            acc = acc * rescale + p @ vg
+            denom = denom.mul_(rescale).add_(p.sum(-1, keepdim=True))
+            acc = acc.mul_(rescale).baddbmm_(p, vg)
         run_max = m
     return acc, run_max, denom
 
 
-def _backward_group(qs, kb, vb, dob, lse, delta, dq, dk, dv, grp, bias, geo):
-    R, T = grp.kv_index.shape[0], grp.kv_index.shape[2]
+def _backward_group(qs, kb, vb, dob, lse, delta, dq, dk, dv, grp, bias, geo, ws):
+    T = grp.kv_index.shape[2]
     rows = geo.g * geo.bq
-    qg = _gather(qs, grp.q_index, R, geo.hk, rows)
-    qs_g = qg * geo.factor
-    dog = _gather(dob, grp.q_index, R, geo.hk, rows)
-    lse_g = lse.index_select(0, grp.q_index.flatten()).view(R, geo.hk, rows, 1)
-    delta_g = delta.index_select(0, grp.q_index.flatten()).view(R, geo.hk, rows, 1)
+    qg = _gather_into(ws, "q", qs, grp.q_index, rows)
+    dog = _gather_into(ws, "do", dob, grp.q_index, rows)
+    lse_g = lse.index_select(0, grp.q_index.flatten()).view(-1, rows, 1)
+    delta_g = delta.index_select(0, grp.q_index.flatten()).view(-1, rows, 1)
     dqg = torch.zeros_like(qg)
     for c0 in range(0, T, grp.chunk):
         c1 = min(T, c0 + grp.chunk)
-        s, kg = _masked_scores(qs_g, kb, grp, c0, c1, bias, geo)
-        vg = _gather(vb, grp.kv_index[:, :, c0:c1], R, geo.hk, (c1 - c0) * geo.bk)
+        s, kg = _scores(qg, kb, grp, c0, c1, bias, geo, ws)
+        vg = _gather_into(ws, "v", vb, grp.kv_index[:, :, c0:c1], (c1 - c0) * geo.bk)
         p = s.sub_(lse_g).exp2_()
         index = grp.kv_index[:, :, c0:c1].flatten()
-        dv.index_add_(0, index, (p.transpose(-1, -2) @ dog).view(-1, geo.bk, geo.Dv))
-        ds = p.mul_((dog @ vg.transpose(-1, -2)).sub_(delta_g))
-        dqg += ds @ kg
-        dk.index_add_(0, index, (ds.transpose(-1, -2) @ qg).view(-1, geo.bk, geo.D))
+        dv.index_add_(0, index, torch.bmm(p.transpose(1, 2), dog).view(-1, geo.bk, geo.Dv))
+        dp = torch.bmm(dog, vg.transpose(1, 2), out=ws.get("dp", p.shape))
+        ds = p.mul_(dp.sub_(delta_g))
+        dqg.baddbmm_(ds, kg)
+        dk.index_add_(0, index, torch.bmm(ds.transpose(1, 2), qg).view(-1, geo.bk, geo.D))
     dq.index_copy_(0, grp.q_index.flatten(), dqg.view(-1, geo.bq, geo.D))
 
 

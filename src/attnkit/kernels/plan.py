@@ -22,6 +22,7 @@ class Group:
     q_index: torch.Tensor  # (R, hq): rows of the (B*H*nq, bq, D) query blocks
     kv_index: torch.Tensor  # (R, hk, T): rows of the (B*Hkv*nk, bk, D) key/value blocks
     mask_index: torch.Tensor | None  # (R, T) into layout.table; None when every tile is full
+    partial_slots: tuple[int, ...]  # tile slots where some row's tile is not full (only they get the mask)
     q_block: torch.Tensor  # (R,) query block number (for positions)
     tiles: torch.Tensor  # (R, T) key block numbers (for positions)
     chunk: int  # tiles per online-softmax step
@@ -77,4 +78,5 @@ def _group(sel, counts, starts, tile_of, table_index, T, chunk, Hm, nq, nk, H, H
         q_index = (b[:, None] * H + heads[None, :]) * nq + qi[:, None]
         kv_heads = torch.arange(Hkv, device=sel.device)[None, :]
     kv_index = ((b[:, None] * Hkv + kv_heads) * nk)[:, :, None] + tiles[:, None, :]
-    return Group(q_index, kv_index, None if bool((mask_index == 0).all()) else mask_index, qi, tiles, chunk)
+    partial_slots = tuple((mask_index != 0).any(dim=0).nonzero().flatten().tolist())
+    return Group(q_index, kv_index, mask_index if partial_slots else None, partial_slots, qi, tiles, chunk)
