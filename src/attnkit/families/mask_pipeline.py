@@ -16,6 +16,7 @@ Layouts of patterns without tensor inputs (that do not read q/k values) are cach
 """
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 
 import torch
@@ -92,6 +93,22 @@ def register_mask_mechanism(
                     _LAYOUTS.popitem(last=False)
         return block_sparse_attention(q, k, v, layout, scale=scale)
 
+    tensor_names = [n for n in inspect.signature(make_mask).parameters if n not in ("q", "k", "causal", *params)]
+
+    def flops(batch, heads, q_len, kv_len, head_dim, causal, **kw):
+        """Forward FLOPs, 4 * allowed pairs * head_dim, with the pairs counted on the pattern's block layout."""
+        if content_dependent:
+            raise ValueError(f"{name}'s pairs depend on the values of q and k: count them on the call's layout "
+                             "(attnkit.masks.build_layout(...).flops(head_dim))")
+        missing = [n for n in tensor_names if n not in kw]
+        if missing:
+            raise ValueError(f"{name}'s FLOPs depend on its tensor inputs {missing}: pass them as keywords")
+        kw = {n: x for n, x in {**params, **kw}.items() if n not in BLOCK_PARAMS}
+        q = torch.empty(batch, heads, q_len, 1)
+        k = torch.empty(batch, heads, kv_len, 1)
+        layout = build_layout(pattern(q, k, causal, kw), batch=batch, heads=heads, q_len=q_len, kv_len=kv_len)
+        return layout.flops(head_dim)
+
     reference.__name__ = f"{name}_reference"
     block_sparse.__name__ = f"{name}_block_sparse"
     return register(
@@ -104,6 +121,7 @@ def register_mask_mechanism(
             fast={"block_sparse": block_sparse},
             step=kv_cache_step(block_sparse) if "causal-self" in patterns else None,
             params=params,
+            flops=flops,
             tensor_inputs=tensor_inputs,
             summary=summary,
             complexity=complexity,
