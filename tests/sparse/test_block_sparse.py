@@ -65,6 +65,14 @@ def test_score_modifiers_and_normalisers(mod, norm):
     _check(out, ref, (q, k, v))
 
 
+def test_per_head_score_modifier_on_per_head_layout():
+    mask = head_windows(torch.tensor([1, 5, -1, 12])) & causal_mask()  # ALiBi's slopes differ per head too
+    q, k, v, layout, dense = _case(mask, 2, 4, 2, 40, 40, block_q=8, block_k=8)
+    out = block_sparse_attention(q, k, v, layout, scale=0.25, score_mod=alibi_mod())
+    ref = materialised_attention(q, k, v, causal=False, mask=dense, scale=0.25, score_mod=alibi_mod())
+    _check(out, ref, (q, k, v))
+
+
 def test_fully_masked_rows_are_zero_without_nan():
     mask = sliding_window(3) & causal_mask() & ~document(lengths_to_ids([10, 30]))  # rows 0..9 see nothing
     q, k, v, layout, _ = _case(mask, 1, 2, 2, 40, 40, block_q=8, block_k=8)

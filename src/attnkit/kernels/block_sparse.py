@@ -232,9 +232,6 @@ def _backward_group(qs, kb, vb, dob, lse, delta, dq, dk, dv, grp, bias, geo, ws)
 def _general(q, k, v, layout, scale, score_mod, normaliser, budget):
     """Any score modifier / normaliser: per-group differentiable code, checkpointed."""
     geo = _Geometry(q, k, v, layout)
-    if geo.per_head and score_mod is not None:
-        raise ValueError("score modifiers need a layout shared by all heads; this mask differs per head "
-                         "(use the chunked kernel for per-head masks with a score modifier)")
     groups = plan_groups(layout, geo.B, geo.H, geo.Hkv, geo.hq, budget)
     qs = _blocks(q * scale, geo.bq)
     kb, vb = _blocks(k, geo.bk), _blocks(v, geo.bk)
@@ -255,6 +252,14 @@ class _GeneralGroup:
     def __init__(self, grp, layout, geo, score_mod, normaliser):
         self.grp, self.layout, self.geo, self.mod, self.norm = grp, layout, geo, score_mod, normaliser
 
+    def _modify(self, s, q_pos, k_pos, q_row):
+        """Score modifiers read the head from dim 1 (ALiBi's slopes, T5's buckets): an item of a per-head
+        layout holds one head, so it is shown at its place among all heads and read back."""
+        if not self.geo.per_head:
+            return self.mod(s, q_pos, k_pos)
+        head = int(q_row) // self.geo.nq % self.geo.H
+        return self.mod(s.expand(-1, self.geo.H, -1, -1), q_pos, k_pos)[:, head : head + 1]
+
     def __call__(self, qs, kb, vb):
         grp, geo = self.grp, self.geo
         R, T = grp.kv_index.shape[0], grp.kv_index.shape[2]
@@ -266,7 +271,7 @@ class _GeneralGroup:
             offset = self.layout.offset
             q_pos = offset + grp.q_block[:, None] * geo.bq + torch.arange(geo.bq, device=s.device)
             k_pos = (grp.tiles[:, :, None] * geo.bk + torch.arange(geo.bk, device=s.device)).view(R, -1)
-            s = torch.cat([self.mod(s[r : r + 1], q_pos[r], k_pos[r]) for r in range(R)])
+            s = torch.cat([self._modify(s[r : r + 1], q_pos[r], k_pos[r], grp.q_index[r, 0]) for r in range(R)])
         if grp.mask_index is None:
             allowed = torch.ones_like(s, dtype=torch.bool)
         else:
