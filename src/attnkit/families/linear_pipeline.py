@@ -40,7 +40,7 @@ def stateful_forms(prepare, *, normalise: bool, eps_param: str | None = None) ->
             if g is not None and not causal:
                 raise ValueError("a decayed/gated recurrence is only defined causally; pass causal=True")
             if normalise:
-                fv = torch.cat([fv, torch.ones_like(fv[..., :1])], dim=-1)
+                fv = torch.nn.functional.pad(fv, (0, 1), value=1.0)  # the ones column: z rides in S
             S0 = _initial(initial_state, fq, fv, normalise)
             kw = {"chunk_size": chunk_size} if kernel_name == "chunked" else {}
             out, S = kernel(fq, fk, fv, g, S0, causal=causal, **kw)
