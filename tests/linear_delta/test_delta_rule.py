@@ -52,3 +52,26 @@ def test_missing_or_misshaped_inputs_are_named():
         attnkit.attention(q, q, q, "deltanet", causal=True)
     with pytest.raises(ValueError, match="g must have shape"):
         attnkit.attention(q, q, q, "kda", causal=True, beta=torch.rand(1, 2, 5), g=torch.zeros(1, 2, 5))
+
+
+@pytest.mark.parametrize("gate", [None, "scalar", "channel"])
+def test_chunked_form_sliced_over_heads_equals_the_recurrence(monkeypatch, gate):
+    """Heads run in slices (``STEP_ELEMENTS``); slices that cross batch rows keep every head's own state."""
+    from attnkit.kernels import delta_rule_chunked as chunked_module
+    from attnkit.kernels.delta_rule import delta_rule_recurrent
+
+    monkeypatch.setattr(chunked_module, "STEP_ELEMENTS", 1)  # one head per slice
+    g = torch.Generator().manual_seed(3)
+    B, H, N, D = 2, 3, 21, 6
+    q, k, v = (torch.randn(B, H, N, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    beta = torch.rand(B, H, N, generator=g, dtype=torch.float64)
+    shape = {None: None, "scalar": (B, H, N), "channel": (B, H, N, D)}[gate]
+    log_gate = None if shape is None else -torch.rand(*shape, generator=g, dtype=torch.float64)
+    S0 = torch.randn(B, H, D, D, generator=g, dtype=torch.float64, requires_grad=True)
+    out, S = chunked_module.delta_rule_chunked(q, k, v, beta, log_gate, scale=0.5, initial_state=S0, chunk_size=4)
+    ref, S_ref = delta_rule_recurrent(q, k, v, beta, log_gate, scale=0.5, initial_state=S0)
+    assert torch.allclose(out, ref, atol=1e-10) and torch.allclose(S, S_ref, atol=1e-10)
+    grads = torch.autograd.grad((out.sum() + S.sum()), (q, k, v, S0))
+    grads_ref = torch.autograd.grad((ref.sum() + S_ref.sum()), (q, k, v, S0))
+    for a, b in zip(grads, grads_ref):
+        assert torch.allclose(a, b, atol=1e-9)

@@ -29,12 +29,35 @@ import torch
 from .delta_rule import prepare, zero_state
 
 
+# Elements of the largest per-step temporary (chunks x C x max(C, 2 D)): heads are processed in
+# slices of about this size, which stay in cache; all heads at once at N = 8192 are ~1.6x slower.
+STEP_ELEMENTS = 1 << 20
+
+
 def delta_rule_chunked(q, k, v, beta, g=None, *, scale, initial_state=None, qk_l2norm=True, chunk_size=64):
     """``(out, final_state)`` equal to :func:`delta_rule_parallel`, in O(N C D + N D^2) work."""
     q, k, v, g = prepare(q, k, v, g, scale=scale, qk_l2norm=qk_l2norm)
     S = zero_state(k, v) if initial_state is None else initial_state
     B, H, N, Dk = q.shape
-    C = chunk_size
+    Dv = v.shape[-1]
+    flat = lambda t: None if t is None else t.reshape(1, B * H, *t.shape[2:])  # noqa: E731
+    q, k, v, beta, g, S = (flat(t) for t in (q, k, v, beta, g, S))
+    per_step = -(-N // chunk_size) * chunk_size * max(chunk_size, Dk + Dv)
+    step = max(1, STEP_ELEMENTS // per_step)
+    outs, states = [], []
+    for h in range(0, B * H, step):
+        part = slice(h, h + step)
+        o, s = _chunked_heads(q[:, part], k[:, part], v[:, part], beta[:, part],
+                              None if g is None else g[:, part], S[:, part], chunk_size)
+        outs.append(o)
+        states.append(s)
+    out = torch.cat(outs, dim=1).reshape(B, H, N, Dv)
+    return out, torch.cat(states, dim=1).reshape(B, H, Dk, Dv)
+
+
+def _chunked_heads(q, k, v, beta, g, S, C):
+    """The WY / UT chunked form for prepared ``(B, H, N, D)`` inputs and state ``S``."""
+    B, H, N, Dk = q.shape
     pad = -N % C
     n = (N + pad) // C
     q, k, v = (_pad_seq(t, pad).reshape(B, H, n, C, t.shape[-1]) for t in (q, k, v))
