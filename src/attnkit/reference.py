@@ -10,6 +10,7 @@ import torch
 
 from .kernels.positions import causal_mask, query_positions, repeat_kv
 from .scores.normalisers import SOFTMAX, Normaliser
+from .scores.user_mask import apply_mask
 
 
 def materialised_attention(
@@ -21,13 +22,7 @@ def materialised_attention(
     if score_mod is not None:
         scores = score_mod(scores, query_positions(Nq, Nk, q.device), torch.arange(Nk, device=q.device))
     allowed = causal_mask(Nq, Nk, q.device) if causal else None
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            allowed = mask if allowed is None else (mask & allowed)
-        else:
-            scores = scores + mask
-            finite = ~torch.isneginf(mask)
-            allowed = finite if allowed is None else (finite & allowed)
+    scores, allowed = apply_mask(scores, allowed, mask)
     if allowed is not None:
         allowed = allowed.expand_as(scores)
     return normaliser.weights(scores, allowed) @ v

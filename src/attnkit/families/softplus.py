@@ -36,6 +36,7 @@ from ..scores.normalisers import SOFTMAX, Normaliser
 from ..scores.tensor_checks import check_float
 from ..state import kv_cache_step
 from .score_pipeline import CHUNK_PARAMS, register_score_mechanism
+from ..scores.user_mask import apply_mask
 
 PAPER = "Softplus Attention with Re-weighting Boosts Length Extrapolation in Large Language Models"
 SOFTPLUS_L1 = Normaliser("softplus-l1", "ratio", phi=F.softplus)
@@ -89,12 +90,7 @@ def lssar_reference(q, k, v, *, causal, mask, scale, p, **_):
     counts = visible_counts(query_positions(Nq, Nk, q.device), Nk, causal).to(q.dtype)[:, None]
     s = s * counts.log()
     allowed = causal_mask(Nq, Nk, q.device).expand_as(s) if causal else torch.ones_like(s, dtype=torch.bool)
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            allowed = allowed & mask
-        else:
-            s = s + mask
-            allowed = allowed & ~torch.isneginf(mask)
+    s, allowed = apply_mask(s, allowed, mask)
     phi = F.softplus(s).masked_fill(~allowed, 0.0)
     w = phi / phi.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
     x = torch.relu(counts * w - reweight_offset(counts)).masked_fill(~allowed, 0.0)

@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..scores.normalisers import SOFTMAX, Normaliser
 from .positions import query_positions
+from ..scores.user_mask import apply_mask
 
 ScoreMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -109,13 +110,7 @@ class _QueryChunk:
         if self.score_mod is not None:
             s = self.score_mod(s, q_pos, k_pos)
         allowed = (k_pos[None, :] <= q_pos[:, None]) if self.causal else None
-        if mask is not None:
-            if mask.dtype == torch.bool:
-                allowed = mask if allowed is None else (mask & allowed)
-            else:
-                s = s + mask
-                finite = ~torch.isneginf(mask)
-                allowed = finite if allowed is None else (finite & allowed)
+        s, allowed = apply_mask(s, allowed, mask)
         kind = self.norm.kind
         if kind == "exp":
             acc, denom, run_max = state

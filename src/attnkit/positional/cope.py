@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..kernels.positions import query_positions, repeat_kv
 from ..scores.normalisers import SOFTMAX
+from ..scores.user_mask import apply_mask
 
 
 def interpolated_position_logits(pos: torch.Tensor, int_logits: torch.Tensor) -> torch.Tensor:
@@ -38,14 +39,7 @@ def interpolated_position_logits(pos: torch.Tensor, int_logits: torch.Tensor) ->
 
 def _scores_and_allowed(s, q_pos, k_pos, mask):
     """Add an additive mask; return scores and the boolean of attended pairs (causal)."""
-    allowed = (k_pos[None, :] <= q_pos[:, None]).expand_as(s)
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            allowed = allowed & mask
-        else:
-            s = s + mask
-            allowed = allowed & ~torch.isneginf(mask)
-    return s, allowed
+    return apply_mask(s, (k_pos[None, :] <= q_pos[:, None]).expand_as(s), mask)
 
 
 def cope_reference(q, k, v, *, mask, scale, pos_emb):
