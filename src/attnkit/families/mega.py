@@ -35,6 +35,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .. import registry
+from ..reference import materialised_attention
 from ..scores.normalisers import SOFTMAX, Normaliser
 from ..scores.tensor_checks import check_int
 from .score_pipeline import register_score_mechanism
@@ -107,6 +109,29 @@ def _mega_mod(q, k, *, causal, scale, attention_fn, chunk_size, rel_bias=None):
     return mod
 
 
+def block_diagonal(q, k, v, *, causal, mask, scale, attention_fn, chunk_size, rel_bias=None, **tiles):
+    """Mega-chunk in O(N chunk_size): each chunk's queries attend over that chunk's keys only.
+
+    Applies to self-attention with a ``chunk_size`` (queries and keys share positions);
+    other calls run the chunked form.
+    """
+    N = q.shape[2]
+    if chunk_size is None or k.shape[2] != N:
+        return registry.get("mega").fast["chunked"](q, k, v, causal=causal, mask=mask, scale=scale,
+                                                    attention_fn=attention_fn, chunk_size=chunk_size,
+                                                    rel_bias=rel_bias, **tiles)
+    _check(q, k, v, attention_fn=attention_fn, chunk_size=chunk_size, rel_bias=rel_bias)
+    outs = []
+    for s in range(0, N, chunk_size):
+        blk = slice(s, min(N, s + chunk_size))
+        qb, kb, vb = q[:, :, blk], k[:, :, blk], v[:, :, blk]
+        mb = None if mask is None else mask[:, :, blk if mask.shape[2] > 1 else slice(None), blk if mask.shape[3] > 1 else slice(None)]
+        mod = _mega_mod(qb, kb, causal=causal, scale=scale, attention_fn=attention_fn, chunk_size=None, rel_bias=rel_bias)
+        outs.append(materialised_attention(qb, kb, vb, causal=causal, mask=mb, scale=scale, score_mod=mod,
+                                           normaliser=NORMALISERS[attention_fn]))
+    return torch.cat(outs, dim=2)
+
+
 def _inputs(q, k, v, generator):
     L = max(q.shape[2], k.shape[2])
     return {"rel_bias": (0.3 * torch.randn(2 * L - 1, generator=generator, dtype=torch.float64)).to(q.dtype)}
@@ -121,6 +146,7 @@ register_score_mechanism(
     params={"attention_fn": "softmax", "chunk_size": None},
     tensor_inputs=_inputs,
     family="mega",
+    extra_fast={"block_diagonal": block_diagonal},
     summary="Mega's single-head attention: softmax / laplace / relu^2 of q.k (+ relative bias), Mega-chunk block-diagonal",
     test_params={"attention_fn": "laplace", "chunk_size": 16},
 )
