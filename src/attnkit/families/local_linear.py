@@ -116,7 +116,7 @@ register(
         reference=lla_reference,
         fast={"blockwise": lla_blockwise},
         step=kv_cache_step(lla_blockwise),
-        params={"ridge": 10.0, "q_block": 64, "kv_block": 256},
+        params={"ridge": 10.0, "q_block": 128, "kv_block": 256},
         flops=_flops,
         complexity="O(N^2 D^2 + N D^3)",
         summary="intercept of a softmax-kernel-weighted ridge regression of v on k - q (local linear, not local constant)",
