@@ -114,3 +114,15 @@ def test_chunked_laplace_layer_decodes_incrementally():
     torch.testing.assert_close(torch.cat(outs, dim=1), whole)
     whole.sum().backward()
     assert layer.rel_bias.grad is not None and layer.rel_bias.grad.abs().sum() > 0
+
+
+def test_relative_bias_is_indexed_by_offset_like_megas():
+    """Mega's SimpleRelativePositionalBias gives pair (i, j) the entry (j - i) + L - 1."""
+    _, k, v = _qkv(5, seed=3)
+    q = torch.zeros_like(k)  # scores are the bias alone
+    L = 7
+    bias = torch.linspace(0.1, 1.3, 2 * L - 1, dtype=torch.float64)
+    out = attnkit.attention(q, k, v, "mega", causal=True, attention_fn="relu2", rel_bias=bias)
+    i, j = torch.arange(5)[:, None], torch.arange(5)[None, :]
+    weights = relu2(bias[j - i + L - 1]) * (j <= i)
+    torch.testing.assert_close(out, weights @ v)
