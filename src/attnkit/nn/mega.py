@@ -3,20 +3,23 @@
 Ma et al., "Mega: Moving Average Equipped Gated Attention" (ICLR 2023). A layer,
 not a mechanism over given ``q, k, v``: queries and keys are computed from the
 output of a multi-dimensional damped exponential moving average of the input,
-then a single-head softmax attention (``attnkit.attention``) is gated::
+then a single-head attention (``attnkit.attention``) is gated::
 
     u_t = beta x_t  (each of d channels expanded to n dims)
     h_t = alpha * u_t + (1 - alpha * delta) * h_{t-1},   x'_t = eta . h_t      (damped EMA)
     Z = silu(X' W_z),  Q = kappa_q Z + mu_q,  K = kappa_k Z + mu_k,  V = silu(X W_v)
-    O = softmax(Q K^T / sqrt(z)) V
+    O = f(Q K^T / sqrt(z) + b_rel) V      (the registered ``mega`` mechanism: f = softmax, laplace or relu^2)
     gamma = silu(X' W_g),  phi = sigmoid(X' W_f),  H = silu(X' W_h + (gamma * O) U_h)
     Y = phi * H + (1 - phi) * X
 
 The EMA has three equal forms: ``ema_kernel`` materialises its causal convolution
 kernel (``(alpha beta eta) (1 - alpha delta)^t``) for the ``N x N`` reference, the
 FFT form convolves in O(N log N), and ``ema_step`` runs the recurrence (decoding).
-Not included: Mega's relative position bias (the EMA is the layer's only source of
-position information here) and the Mega-chunk variant.
+The attention is ``attnkit.attention(..., "mega")`` (:mod:`attnkit.families.mega`):
+``attention_fn`` picks softmax (scale ``z^-1/2``) or laplace / relu^2 (``Q K^T / n``,
+as Mega), ``chunk_size`` gives Mega-chunk, and the layer learns Mega's simple
+relative position bias ``b_rel`` (one scalar per offset, ``max_positions`` or
+``chunk_size`` of them each way).
 """
 from __future__ import annotations
 
@@ -75,10 +78,15 @@ class DampedEMA(nn.Module):
 class MegaLayer(nn.Module):
     """Single-head gated attention over an EMA of its input; ``forward(x, state=None)`` decodes incrementally."""
 
-    def __init__(self, dim: int, z_dim: int = 64, v_dim: int | None = None, ema_dim: int = 2, causal: bool = True):
+    def __init__(self, dim: int, z_dim: int = 64, v_dim: int | None = None, ema_dim: int = 2, causal: bool = True,
+                 attention_fn: str = "softmax", chunk_size: int | None = None, max_positions: int = 1024):
         super().__init__()
         v_dim = v_dim or 2 * dim
         self.causal = causal
+        self.attention = {"attention_fn": attention_fn, "chunk_size": chunk_size,
+                          "scale": None if attention_fn == "softmax" else 1.0}
+        span = chunk_size if chunk_size is not None else max_positions
+        self.rel_bias = nn.Parameter(torch.randn(2 * span - 1) * 0.02)
         self.ema = DampedEMA(dim, ema_dim)
         self.to_z = nn.Linear(dim, z_dim)
         self.qk_scale = nn.Parameter(torch.randn(2, z_dim) * 0.02 + 1.0)
@@ -103,10 +111,11 @@ class MegaLayer(nn.Module):
         k = (z * self.qk_scale[1] + self.qk_shift[1])[:, None]
         v = F.silu(self.to_v(x))[:, None]
         if incremental:
-            o, cache = attnkit.attention(q, k, v, "softmax", causal=True, state=None if state is None else state["kv"],
-                                         return_state=True)
+            o, cache = attnkit.attention(q, k, v, "mega", causal=True, state=None if state is None else state["kv"],
+                                         return_state=True, rel_bias=self.rel_bias.to(q.dtype), **self.attention)
         else:
-            o = attnkit.attention(q, k, v, "softmax", causal=self.causal)
+            o = attnkit.attention(q, k, v, "mega", causal=self.causal, rel_bias=self.rel_bias.to(q.dtype),
+                                  **self.attention)
         o = o[:, 0]
         gamma, phi = self.gates(x_ema).split([o.shape[-1], x.shape[-1]], dim=-1)
         hidden = F.silu(self.to_h(x_ema) + self.out_h(F.silu(gamma) * o))

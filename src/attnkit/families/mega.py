@@ -1,0 +1,152 @@
+"""Mega's attention: single-head gated attention's score function, with Mega-chunk.
+
+Ma, Zhou, Kong, He, Gui, Neubig, May & Zettlemoyer, "Mega: Moving Average Equipped
+Gated Attention" (ICLR 2023). A Mega layer smooths its input with a
+multi-dimensional damped EMA, computes ``Q, K`` from the smoothed sequence and
+attends (``attnkit.nn.mega.MegaLayer``). The attention it runs, registered here as
+``mega``, is
+
+    O = f(S) V,   S_ij = scale q_i . k_j + b_rel(j - i)                      (attention_fn="softmax")
+                  S_ij = scale q_i . k_j / n_i + b_rel(j - i)                (attention_fn="laplace" / "relu2")
+
+- ``softmax``: row softmax (Mega's default; its ``scale`` is ``z^-1/2``, attnkit's default);
+- ``laplace``: ``f(x) = (1 + erf((x - mu) / (sigma sqrt 2))) / 2`` with ``mu = sqrt(1/2)``,
+  ``sigma = sqrt(1/(4 pi))``, elementwise, no row normalisation;
+- ``relu2``: ``f(x) = relu(x)^2``, elementwise (from FLASH);
+
+``n_i`` is the number of keys query ``i`` may attend to (Mega's ``lengths``: the
+causal row length, or all keys); the paper's element forms use ``scale=1.0``.
+``b_rel`` is Mega's simple relative position bias, a learned scalar per offset
+``j - i`` (tensor input ``rel_bias`` of shape ``(2L - 1,)``, entry ``j - i + L - 1``;
+optional). ``chunk_size`` gives Mega-chunk: the sequence is split into chunks of
+that many positions and each query attends only within its own chunk
+(block-diagonal attention, linear in N); offsets and ``n_i`` are then counted
+inside the chunk. Positions are absolute and bottom-right aligned, so the KV-cache
+step reproduces one call exactly (Mega's decoder instead drops the cache at chunk
+boundaries, a memory saving this step does not make).
+
+Not here: Mega's attention dropout, and ``n_i`` under a user ``mask`` (Mega counts
+non-padded keys; here ``n_i`` ignores the mask).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import registry
+from ..reference import materialised_attention
+from ..scores.normalisers import SOFTMAX, Normaliser
+from ..scores.tensor_checks import check_int
+from .score_pipeline import register_score_mechanism
+
+PAPER = "Mega: Moving Average Equipped Gated Attention"
+LAPLACE_MU, LAPLACE_SIGMA = math.sqrt(0.5), math.sqrt(1.0 / (4 * math.pi))
+
+
+def laplace(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf((x - LAPLACE_MU) / (LAPLACE_SIGMA * math.sqrt(2.0))))
+
+
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x).square()
+
+
+NORMALISERS = {
+    "softmax": SOFTMAX,
+    "laplace": Normaliser("laplace", "sum", phi=laplace),
+    "relu2": Normaliser("relu2", "sum", phi=relu2),
+}
+
+
+def _normaliser(*, attention_fn, **_):
+    if attention_fn not in NORMALISERS:
+        raise ValueError(f"attention_fn must be one of {sorted(NORMALISERS)}, got {attention_fn!r}")
+    return NORMALISERS[attention_fn]
+
+
+def _check(q, k, v, *, attention_fn, chunk_size, rel_bias=None):
+    _normaliser(attention_fn=attention_fn)
+    check_int("chunk_size", chunk_size, optional=True)
+    if rel_bias is None:
+        return
+    if not isinstance(rel_bias, torch.Tensor):
+        raise TypeError(f"rel_bias must be a torch.Tensor of shape (2L - 1,), got {type(rel_bias).__name__}")
+    if rel_bias.ndim != 1 or rel_bias.shape[0] % 2 == 0:
+        raise ValueError(f"rel_bias must have shape (2L - 1,) (one bias per offset -(L-1) .. L-1), got {tuple(rel_bias.shape)}")
+    if rel_bias.dtype != q.dtype or rel_bias.device != q.device:
+        raise TypeError(f"rel_bias is {rel_bias.dtype} on {rel_bias.device}; expected q's dtype {q.dtype} on {q.device}")
+    span = (rel_bias.shape[0] + 1) // 2
+    needed = max(q.shape[2], k.shape[2]) if chunk_size is None else min(chunk_size, max(q.shape[2], k.shape[2]))
+    if span < needed:
+        raise ValueError(
+            f"rel_bias covers offsets up to {span - 1} but this call needs {needed - 1}: "
+            f"L must be >= min(chunk_size, sequence length) = {needed}"
+        )
+
+
+def _mega_mod(q, k, *, causal, scale, attention_fn, chunk_size, rel_bias=None):
+    kv_len = k.shape[2]
+
+    def mod(scores, q_pos, k_pos):
+        qp, kp = q_pos[:, None], k_pos[None, :]
+        start = torch.div(qp, chunk_size, rounding_mode="floor") * chunk_size if chunk_size else None
+        if attention_fn != "softmax":
+            if chunk_size:
+                n = (qp - start + 1) if causal else (kv_len - start).clamp(max=chunk_size)
+            else:
+                n = (qp + 1) if causal else torch.full_like(qp, kv_len)
+            scores = scores / n.clamp_min(1).to(scores.dtype)
+        if rel_bias is not None:
+            span = (rel_bias.shape[0] + 1) // 2
+            offset = (kp - qp).clamp(-(span - 1), span - 1)  # pairs outside the span are masked below or causal
+            scores = scores + rel_bias[offset + span - 1]
+        if chunk_size:
+            scores = scores.masked_fill((kp < start) | (kp >= start + chunk_size), float("-inf"))
+        return scores
+
+    return mod
+
+
+def block_diagonal(q, k, v, *, causal, mask, scale, attention_fn, chunk_size, rel_bias=None, **tiles):
+    """Mega-chunk in O(N chunk_size): each chunk's queries attend over that chunk's keys only.
+
+    Applies to self-attention with a ``chunk_size`` (queries and keys share positions);
+    other calls run the chunked form.
+    """
+    N = q.shape[2]
+    if chunk_size is None or k.shape[2] != N:
+        return registry.get("mega").fast["chunked"](q, k, v, causal=causal, mask=mask, scale=scale,
+                                                    attention_fn=attention_fn, chunk_size=chunk_size,
+                                                    rel_bias=rel_bias, **tiles)
+    _check(q, k, v, attention_fn=attention_fn, chunk_size=chunk_size, rel_bias=rel_bias)
+    outs = []
+    for s in range(0, N, chunk_size):
+        blk = slice(s, min(N, s + chunk_size))
+        qb, kb, vb = q[:, :, blk], k[:, :, blk], v[:, :, blk]
+        mb = None if mask is None else mask[:, :, blk if mask.shape[2] > 1 else slice(None), blk if mask.shape[3] > 1 else slice(None)]
+        mod = _mega_mod(qb, kb, causal=causal, scale=scale, attention_fn=attention_fn, chunk_size=None, rel_bias=rel_bias)
+        outs.append(materialised_attention(qb, kb, vb, causal=causal, mask=mb, scale=scale, score_mod=mod,
+                                           normaliser=NORMALISERS[attention_fn]))
+    return torch.cat(outs, dim=2)
+
+
+def _inputs(q, k, v, generator):
+    L = max(q.shape[2], k.shape[2])
+    return {"rel_bias": (0.3 * torch.randn(2 * L - 1, generator=generator, dtype=torch.float64)).to(q.dtype)}
+
+
+register_score_mechanism(
+    "mega",
+    papers=(PAPER,),
+    make_mod=_mega_mod,
+    normaliser=_normaliser,
+    check_inputs=_check,
+    params={"attention_fn": "softmax", "chunk_size": None},
+    tensor_inputs=_inputs,
+    family="mega",
+    extra_fast={"block_diagonal": block_diagonal},
+    summary="Mega's single-head attention: softmax / laplace / relu^2 of q.k (+ relative bias), Mega-chunk block-diagonal",
+    test_params={"attention_fn": "laplace", "chunk_size": 16},
+)
