@@ -63,9 +63,9 @@ def gla_chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int, sub_chunk_size
     decay = b_end.transpose(-1, -2).exp()  # (B, H, nc, Dk, 1)
     S = S0 if S0 is not None else q.new_zeros(B, H, Dk, Dv)
     starts = []
-    for i in range(nc):
+    for U_i, decay_i in zip(U.unbind(2), decay.unbind(2)):  # unbind: one backward op, not one per chunk
         starts.append(S)
-        S = torch.addcmul(U[:, :, i], decay[:, :, i], S)
+        S = torch.addcmul(U_i, decay_i, S)
     out = (qc * b.exp()) @ torch.stack(starts, dim=2)
 
     # inside each chunk: scores for earlier sub-chunks by matmul, the diagonal sub-chunks exactly
