@@ -43,6 +43,8 @@ def gla_chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int, sub_chunk_size
     """
     if not causal:
         raise ValueError("GLA's gated recurrence is only defined causally; pass causal=True")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if sub_chunk_size is None:
         sub_chunk_size = math.gcd(chunk_size, SUB_CHUNK)
     if isinstance(sub_chunk_size, bool) or not isinstance(sub_chunk_size, int) or sub_chunk_size < 1 \
