@@ -61,11 +61,11 @@ def test_mamba2_layer_is_the_papers_block():
     layer = _layers()["mamba2"]
     x = _x(16)
     H, P, S = layer.heads, layer.head_dim, layer.state_dim
-    z, xBC, dt = layer.in_proj(x).split([layer.inner, layer.inner + 2 * S, H], dim=-1)
+    z, xBC = layer.in_proj(x).split([layer.inner, layer.inner + 2 * S], dim=-1)
     xs, Bm, Cm = F.silu(_causal_conv(xBC, layer.conv.weight, layer.conv.bias)).split([layer.inner, S, S], dim=-1)
     xs = xs.unflatten(-1, (H, P))
-    dt = F.softplus(dt + layer.dt_bias)
-    A = -torch.exp(layer.A_log)
+    dt = F.softplus(layer.gate.proj(x) + layer.gate.dt_bias)
+    A = -torch.exp(layer.gate.A_log)
     h = torch.zeros(2, H, S, P, dtype=torch.float64)
     ys = []
     for t in range(N):  # h_t = exp(dt A) h + dt B^T x,  y = C h + D x

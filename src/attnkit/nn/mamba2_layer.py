@@ -4,9 +4,9 @@ Dao & Gu, "Transformers are SSMs: Generalized Models and Efficient Algorithms
 Through Structured State Space Duality" (2024), the Mamba-2 block (one group,
 ``ngroups = 1``)::
 
-    z, xBC, dt_raw = x W_in                         (d_inner, d_inner + 2 d_state, heads)
+    z, xBC = x W_in                                 (d_inner, d_inner + 2 d_state)
     x, B, C = silu(conv1d(xBC))                     causal depthwise conv, kernel 4
-    dt = softplus(dt_raw + dt_bias),  A = -exp(A_log)
+    dt = softplus(x W_dt + dt_bias),  A = -exp(A_log)   (Mamba2Gate; W_dt is W_in's last rows)
     y_t = C_t h_t + D x_t,  h_t = exp(dt_t A) h_{t-1} + dt_t B_t^T x_t       per head (the "mamba2" mechanism)
     out = RMSNorm(y * silu(z)) W_out                gated RMSNorm, then the output projection
 
@@ -17,14 +17,13 @@ so running a sequence in pieces equals running it at once.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..api import attention
 from .checks import check_positive_int, check_tokens
+from .linear_inputs import Mamba2Gate
 from .token_conv import TokenConv
 
 
@@ -50,11 +49,9 @@ class Mamba2Layer(nn.Module):
             raise ValueError(f"expand * dim = {inner} must be a multiple of head_dim={head_dim}")
         self.dim, self.inner, self.head_dim, self.state_dim = dim, inner, head_dim, state_dim
         self.heads, self.chunk_size = inner // head_dim, chunk_size
-        self.in_proj = nn.Linear(dim, 2 * inner + 2 * state_dim + self.heads, bias=False)
+        self.in_proj = nn.Linear(dim, 2 * inner + 2 * state_dim, bias=False)
+        self.gate = Mamba2Gate(dim, self.heads)  # dt and A
         self.conv = TokenConv(inner + 2 * state_dim, conv_kernel)
-        dt = torch.exp(torch.rand(self.heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus: dt in [1e-3, 0.1]
-        self.A_log = nn.Parameter(torch.log(torch.empty(self.heads).uniform_(1, 16)))
         self.D = nn.Parameter(torch.ones(self.heads))
         self.norm = nn.RMSNorm(inner, eps=1e-5)
         self.out_proj = nn.Linear(inner, dim, bias=False)
@@ -66,15 +63,13 @@ class Mamba2Layer(nn.Module):
             raise TypeError(f"state must be a Mamba2State returned by this layer, got {type(state).__name__}")
         Bsz, N, _ = x.shape
         H, P, S = self.heads, self.head_dim, self.state_dim
-        z, xBC, dt = self.in_proj(x).split([self.inner, self.inner + 2 * S, H], dim=-1)
+        z, xBC = self.in_proj(x).split([self.inner, self.inner + 2 * S], dim=-1)
         xBC, conv_state = self.conv(xBC, causal=True, state=None if state is None else state.conv)
         xs, Bm, Cm = F.silu(xBC).split([self.inner, S, S], dim=-1)
         v = xs.unflatten(-1, (H, P)).transpose(1, 2)  # (B, H, N, P)
         k = Bm[:, None].expand(Bsz, H, N, S)
         q = Cm[:, None].expand(Bsz, H, N, S)
-        dt = F.softplus(dt + self.dt_bias).transpose(1, 2)  # (B, H, N)
-        A = -torch.exp(self.A_log).to(x.dtype)
-        y, ssm = attention(q, k, v, "mamba2", causal=True, scale=1.0, dt=dt, A=A, chunk_size=self.chunk_size,
+        y, ssm = attention(q, k, v, "mamba2", causal=True, scale=1.0, chunk_size=self.chunk_size, **self.gate(x, q, k, v),
                            state=None if state is None else state.ssm, return_state=True)
         y = y + self.D.to(x.dtype)[:, None, None] * v
         y = self.norm(y.transpose(1, 2).flatten(2) * F.silu(z))
