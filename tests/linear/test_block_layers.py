@@ -69,7 +69,8 @@ def test_mamba2_layer_is_the_papers_block():
     h = torch.zeros(2, H, S, P, dtype=torch.float64)
     ys = []
     for t in range(N):  # h_t = exp(dt A) h + dt B^T x,  y = C h + D x
-        h = torch.exp(dt[:, t] * A)[..., None, None] * h + dt[:, t, :, None, None] * Bm[:, t, None, :, None] * xs[:, t, :, None]
+        write = dt[:, t, :, None, None] * Bm[:, t, None, :, None] * xs[:, t, :, None]  # (B, H, S, P)
+        h = torch.exp(dt[:, t] * A)[..., None, None] * h + write
         ys.append(torch.einsum("bs,bhsp->bhp", Cm[:, t], h) + layer.D[:, None] * xs[:, t])
     y = torch.stack(ys, dim=1).flatten(2) * F.silu(z)
     y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + 1e-5) * layer.norm.weight

@@ -49,7 +49,9 @@ def gla_chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int, sub_chunk_size
         sub_chunk_size = math.gcd(chunk_size, SUB_CHUNK)
     if isinstance(sub_chunk_size, bool) or not isinstance(sub_chunk_size, int) or sub_chunk_size < 1 \
             or chunk_size % sub_chunk_size:
-        raise ValueError(f"sub_chunk_size must be a positive int dividing chunk_size={chunk_size}, got {sub_chunk_size!r}")
+        raise ValueError(
+            f"sub_chunk_size must be a positive int dividing chunk_size={chunk_size}, got {sub_chunk_size!r}"
+        )
     B, H, N, Dk = q.shape
     Dv, C, c = v.shape[-1], chunk_size, sub_chunk_size
     pad = (-N) % C

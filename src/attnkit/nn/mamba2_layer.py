@@ -69,8 +69,8 @@ class Mamba2Layer(nn.Module):
         v = xs.unflatten(-1, (H, P)).transpose(1, 2)  # (B, H, N, P)
         k = Bm[:, None].expand(Bsz, H, N, S)
         q = Cm[:, None].expand(Bsz, H, N, S)
-        y, ssm = attention(q, k, v, "mamba2", causal=True, scale=1.0, chunk_size=self.chunk_size, **self.gate(x, q, k, v),
-                           state=None if state is None else state.ssm, return_state=True)
+        y, ssm = attention(q, k, v, "mamba2", causal=True, scale=1.0, chunk_size=self.chunk_size,
+                           state=None if state is None else state.ssm, return_state=True, **self.gate(x, q, k, v))
         y = y + self.D.to(x.dtype)[:, None, None] * v
         y = self.norm(y.transpose(1, 2).flatten(2) * F.silu(z))
         out = self.out_proj(y)
