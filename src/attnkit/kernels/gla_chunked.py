@@ -78,15 +78,17 @@ def gla_chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int, sub_chunk_size
 
 
 def _earlier_sub_chunks(qc, kc, vc, b, c):
-    """``o_t += sum_{s in earlier sub-chunks of t's chunk} (q_t exp(b_t - B_i)) . (k_s exp(B_i - b_s)) v_s``."""
-    B, H, nc, C, Dk = qc.shape
-    outs = [torch.zeros_like(vc[:, :, :, :c])]  # the first sub-chunk has no earlier one
-    for i in range(1, C // c):
-        start = i * c
-        before = b[:, :, :, start - 1 : start]  # B_i: the running sum just before sub-chunk i
-        q_hat = qc[:, :, :, start : start + c] * (b[:, :, :, start : start + c] - before).exp_()
-        k_hat = kc[:, :, :, :start] * (before - b[:, :, :, :start]).exp_()
-        outs.append((q_hat @ k_hat.transpose(-1, -2)) @ vc[:, :, :, :start])
+    """``o_t += sum_{s in earlier sub-chunks of t's chunk} (q_t exp(b_t - B_i)) . (k_s exp(B_i - b_s)) v_s``.
+
+    Pieces come from ``split`` and ``cat`` (not slices of the whole chunk, whose backward
+    zero-fills a chunk-sized gradient per slice)."""
+    qs, ks, vs, bs = (t.split(c, dim=3) for t in (qc, kc, vc, b))
+    outs = [torch.zeros_like(vs[0])]  # the first sub-chunk has no earlier one
+    for i in range(1, len(qs)):
+        before = bs[i - 1][:, :, :, -1:]  # B_i: the running sum just before sub-chunk i
+        q_hat = qs[i] * (bs[i] - before).exp_()
+        k_hat = torch.cat(ks[:i], dim=3) * (before - torch.cat(bs[:i], dim=3)).exp_()
+        outs.append((q_hat @ k_hat.transpose(-1, -2)) @ torch.cat(vs[:i], dim=3))
     return torch.cat(outs, dim=3)
 
 
