@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attnkit.kernels import gla_chunked as kernel
 from attnkit.kernels import linear_scan
 from attnkit.kernels.gla_chunked import gla_chunked
 
@@ -24,6 +25,22 @@ def test_every_split_equals_the_parallel_form(chunk, sub):
     out, S = gla_chunked(*x[:4], x[4], causal=True, chunk_size=chunk, sub_chunk_size=sub)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(S, S_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_one_chunk_per_block_gives_the_same_output_state_and_gradients(monkeypatch):
+    monkeypatch.setattr(kernel, "_BLOCK_ELEMENTS", 1)  # every chunk its own block: the state crosses blocks
+    x = _inputs(torch.float64, -1.0)
+    ref, S_ref = linear_scan.parallel(*x[:4], x[4], causal=True)
+    (ref.sin().sum() + S_ref.cos().sum()).backward()
+    expected = [t.grad.clone() for t in x]
+    for t in x:
+        t.grad = None
+    out, S = gla_chunked(*x[:4], x[4], causal=True, chunk_size=8, sub_chunk_size=2)
+    (out.sin().sum() + S.cos().sum()).backward()
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(S, S_ref, rtol=1e-12, atol=1e-12)
+    for t, g in zip(x, expected):
+        torch.testing.assert_close(t.grad, g, rtol=1e-10, atol=1e-10)
 
 
 def test_extreme_gates_stay_finite_and_exact_in_fp32():

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 # Sub-chunk length: the exact per-channel (c, c, Dk) tensor costs c Dk per token and the
 # earlier-sub-chunk factors C / 2c Dk, so on CPU short sub-chunks win (GPUs use 16).
 SUB_CHUNK = 4
+# Largest per-channel (chunks x C x c x Dk) temporary built at once.
+_BLOCK_ELEMENTS = 1 << 22
 
 
 def gla_chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int, sub_chunk_size: int | None = None):
@@ -58,23 +60,31 @@ def gla_chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int, sub_chunk_size
     if pad:  # zero keys/values/log-gates after the end change neither outputs nor the state
         q, k, v, g = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v, g))
     nc = (N + pad) // C
-    qc, kc, vc = (t.reshape(B, H, nc, C, t.shape[-1]) for t in (q, k, v))
-    b = g.reshape(B, H, nc, C, Dk).cumsum(dim=3)  # log-decay from the chunk start, inclusive
-    b_end = b[:, :, :, -1:]
+    S = S0 if S0 is not None else q.new_zeros(B, H, Dk, Dv)
+    # a block of chunks at a time, so every temporary stays small (and time linear in N)
+    step = max(1, _BLOCK_ELEMENTS // (B * H * C * c * Dk))
+    outs = []
+    for qc, kc, vc, gc in zip(*(t.reshape(B, H, nc, C, t.shape[-1]).split(step, dim=2) for t in (q, k, v, g))):
+        out, S = _block(qc, kc, vc, gc.cumsum(dim=3), S, c)
+        outs.append(out)
+    return torch.cat(outs, dim=2).reshape(B, H, nc * C, Dv)[:, :, :N], S
 
+
+def _block(qc, kc, vc, b, S, c):
+    """Outputs of a block of chunks ``(B, H, chunks, C, .)`` given the state before it, and the state after.
+
+    ``b`` is the log-decay from each chunk's start (inclusive)."""
+    b_end = b[:, :, :, -1:]
     # across chunks: the state before each chunk, one update per chunk
     U = (kc * (b_end - b).exp()).transpose(-1, -2) @ vc
-    decay = b_end.transpose(-1, -2).exp()  # (B, H, nc, Dk, 1)
-    S = S0 if S0 is not None else q.new_zeros(B, H, Dk, Dv)
+    decay = b_end.transpose(-1, -2).exp()  # (B, H, chunks, Dk, 1)
     starts = []
     for U_i, decay_i in zip(U.unbind(2), decay.unbind(2)):  # unbind: one backward op, not one per chunk
         starts.append(S)
         S = torch.addcmul(U_i, decay_i, S)
     out = (qc * b.exp()) @ torch.stack(starts, dim=2)
-
     # inside each chunk: scores for earlier sub-chunks by matmul, the diagonal sub-chunks exactly
-    out = out + _earlier_sub_chunks(qc, kc, vc, b, c) + _diagonal_sub_chunks(qc, kc, vc, b, c)
-    return out.reshape(B, H, nc * C, Dv)[:, :, :N], S
+    return out + _earlier_sub_chunks(qc, kc, vc, b, c) + _diagonal_sub_chunks(qc, kc, vc, b, c), S
 
 
 def _earlier_sub_chunks(qc, kc, vc, b, c):
