@@ -9,8 +9,9 @@ first attend to the keys, then the queries attend to the agents:
 a generalised linear attention of cost O(N n d). The agents are the adaptive
 average pools of Q over the sequence (``agents`` of them; the paper pools a 2-D
 grid). The reference materialises the ``(Nq, Nk)`` product of the two softmax
-matrices. Pooling over all queries makes it non-causal. The agent bias and the
-depthwise convolution on V of the paper's block are layer parts.
+matrices. Pooling over all queries makes it non-causal. The paper's block (2-D
+pooled agents, agent biases, depthwise convolution on V) is
+``attnkit.nn.AgentAttention``.
 """
 from __future__ import annotations
 

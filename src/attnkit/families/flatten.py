@@ -12,7 +12,8 @@ learned by ``attnkit.nn.linear_inputs.FocusScale``),
 and attention is normalised linear attention as the paper's code computes it,
 ``f(q) (sum_j f(k_j)^T v_j / n) / (f(q) . mean_j f(k_j) + eps)`` with ``n``
 the number of visible keys. ``scale`` multiplies q (it cancels up to ``eps``).
-The rank-restoring depthwise convolution on V is added by the layer.
+The rank-restoring depthwise convolution on V is added by the paper's block,
+``attnkit.nn.FocusedLinearAttention``.
 """
 from __future__ import annotations
 

@@ -8,16 +8,17 @@ Training" (2024):
 with ``alpha_t = sigmoid(x_t W_1 W_2 + b)^(1/tau)`` in ``(0, 1)^{Dk}`` computed by
 the layer. attnkit takes ``gk = log(alpha)`` as a per-token tensor input of
 shape ``(B, H, N, Dk)`` (``attnkit.nn.linear_inputs.GLAGate`` computes it).
-The chunked form is the paper's chunkwise algorithm (within-chunk scores with
-relative gate products, cross-chunk state); the within-chunk gate products are
-built exactly as a ``(C, C, Dk)`` tensor, so the default chunk is 16 (the
-paper's secondary-chunk size). ``scale`` scales the scores.
+The chunked form is the paper's two-level chunkwise algorithm
+(:mod:`attnkit.kernels.gla_chunked`): the state across chunks of ``chunk_size``,
+matmuls in a log-space-safe factorisation across the sub-chunks of a chunk, and
+exact per-channel gate products inside each sub-chunk. ``scale`` scales the scores.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from ..kernels.gla_chunked import gla_chunked
 from .linear_pipeline import CAUSAL_ONLY, check_input, register_linear_mechanism
 
 PAPER = "Gated Linear Attention Transformers with Hardware-Efficient Training"
@@ -47,10 +48,11 @@ register_linear_mechanism(
     papers=(PAPER,),
     prepare=gla_features,
     normalise=False,
-    params={"chunk_size": 16},
+    params={"chunk_size": 32},
     tensor_inputs=gla_inputs,
     tensor_inputs_per_token=("gk",),
     patterns=CAUSAL_ONLY,
     summary="GLA: S = diag(alpha_t) S + k^T v with data-dependent per-channel gates gk = log(alpha)",
     module=_module,
+    chunked_kernel=gla_chunked,
 )

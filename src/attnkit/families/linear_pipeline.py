@@ -23,15 +23,18 @@ FEATURE_MAP_PATTERNS = frozenset({"causal-self", "noncausal-self", "noncausal-cr
 CAUSAL_ONLY = frozenset({"causal-self"})
 
 
-def stateful_forms(prepare, *, normalise: bool, eps_param: str | None = None) -> dict:
+def stateful_forms(prepare, *, normalise: bool, eps_param: str | None = None, chunked_kernel=None) -> dict:
     """The three stateful forms of a mechanism given ``prepare(q, k, v, *, scale, **params) -> (q', k', v', g)``.
 
     ``prepare`` receives k and v already expanded to the query heads. ``eps_param``
     names a parameter added to the normaliser per visible key (``phi(q) . z + eps n``).
+    ``chunked_kernel`` replaces :func:`attnkit.kernels.linear_scan.chunked` (same signature).
     """
 
     def make(kernel_name):
         kernel = getattr(linear_scan, kernel_name)
+        if kernel_name == "chunked" and chunked_kernel is not None:
+            kernel = chunked_kernel
 
         def form(q, k, v, *, causal, scale, initial_state=None, chunk_size=CHUNK_PARAMS["chunk_size"], **params):
             _check_chunk_size(chunk_size)
@@ -133,9 +136,10 @@ def register_linear_mechanism(
     summary: str = "",
     test_params: dict | None = None,
     module=None,
+    chunked_kernel=None,
 ) -> MechanismSpec:
     """Register a recurrent mechanism; ``feature_dim(head_dim, params)`` is the state's key dimension."""
-    forms = stateful_forms(prepare, normalise=normalise, eps_param=eps_param)
+    forms = stateful_forms(prepare, normalise=normalise, eps_param=eps_param, chunked_kernel=chunked_kernel)
     all_params = {**CHUNK_PARAMS, **(params or {})}
 
     def state_size(batch, heads, kv_heads, seq_len, head_dim):

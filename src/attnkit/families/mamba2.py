@@ -10,8 +10,9 @@ equal to masked attention ``(C B^T * L) x`` with ``L_ts = exp(A (dt_{s+1} +
 ... + dt_t)) dt_s`` (the SSD duality) and computed chunkwise. Tensor inputs:
 ``dt`` ``(B, H, N)`` positive step sizes (per token) and ``A`` ``(H,)`` negative
 decay rates; ``attnkit.nn.linear_inputs.Mamba2Gate`` computes them. ``scale``
-multiplies ``C`` (``scale=1.0`` is the paper's form); the skip ``D x`` and the
-output gate belong to the layer. Used as a baseline for the gated mechanisms.
+multiplies ``C`` (``scale=1.0`` is the paper's form); the conv1d, the skip
+``D x`` and the gated output norm are in the block, ``attnkit.nn.Mamba2Layer``.
+Used as a baseline for the gated mechanisms.
 """
 from __future__ import annotations
 

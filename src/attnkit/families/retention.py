@@ -9,7 +9,7 @@ equal to the parallel form ``(Q K^T * D) V`` with ``D_nm = gamma^(n-m)`` for
 ``n >= m`` and to the chunkwise form (within-chunk matrix + cross-chunk state).
 ``scale`` scales the scores (RetNet scales keys by ``d^-1/2``, attnkit's
 default). xPos rotation is a positional encoding (``position=``); the GroupNorm
-and swish gate of a retention layer belong to the layer.
+and swish gate are in the paper's layer, ``attnkit.nn.MultiScaleRetention``.
 """
 from __future__ import annotations
 

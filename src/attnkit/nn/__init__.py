@@ -9,16 +9,20 @@
 See docs/layers.md for every module here; ``attnkit.nn.vision`` holds the vision
 attention modules (NCHW in, NCHW out, docs/vision.md).
 """
+from .agent_layer import AgentAttention
 from .attention import Attention, CrossAttentionCache
 from .bottleneck import PerceiverEncoder, PoolingByMultiheadAttention
 from .decoupled import DecoupledCrossAttention
+from .flatten_layer import FocusedLinearAttention
 from .grouped import WeightedGQA, mean_pool_kv
 from .key_driven import KeyDrivenGQA, allocate_queries
 from .latent import LatentCache, MultiHeadLatentAttention
+from .mamba2_layer import Mamba2Layer
 from .mixture_of_attention import MixtureOfAttentionHeads
 from .mixture_of_heads import MixtureOfHeads
 from .multi_source import MultiSourceCrossAttention
 from .multihead import MultiheadAttention
+from .retention_layer import MultiScaleRetention
 from .slot_attention import SlotAttention
 
 __all__ = [
@@ -27,4 +31,5 @@ __all__ = [
     "MultiHeadLatentAttention", "LatentCache", "MixtureOfHeads", "MixtureOfAttentionHeads",
     "MultiSourceCrossAttention", "PerceiverEncoder", "PoolingByMultiheadAttention", "SlotAttention",
     "DecoupledCrossAttention",
+    "FocusedLinearAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer",
 ]
