@@ -114,9 +114,10 @@ def chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int):
         U = k_to_end.transpose(-1, -2) @ vc
         S = S0 if S0 is not None else q.new_zeros(B, H, Dk, Dv)
         starts = []
-        for c in range(nc):
+        # unbind, not U[:, :, c]: each indexing's backward would zero-fill a full-size gradient (quadratic in N)
+        for U_c, decay_c in zip(U.unbind(2), chunk_decay.unbind(2)):
             starts.append(S)
-            S = torch.addcmul(U[:, :, c], chunk_decay[:, :, c], S)  # one op per chunk: decay, then add
+            S = torch.addcmul(U_c, decay_c, S)  # one op per chunk: decay, then add
         out = intra + q_from_start @ torch.stack(starts, dim=2)
     return out.reshape(B, H, nc * C, Dv)[:, :, :N], S
 
