@@ -91,12 +91,15 @@ def log_linear_chunked(q, k, v, g, lam, *, start, S0, chunk_size):
     lead = min(-start % chunk_size, N)
     S = S0 if S0 is not None else k.new_zeros(B, H, lam.shape[-1], Dk, v.shape[-1])
     outs = []
+    starts = range(lead, N, chunk_size)
+    # split, not slicing in the loop: each slice's backward would zero-fill a full-length gradient
+    first, *chunks = zip(*(x.split([lead, *(min(chunk_size, N - a) for a in starts)], dim=2)
+                           for x in (q, k, v, g, lam)))
     if lead:
-        out, S = log_linear_recurrent(*(x[:, :, :lead] for x in (q, k, v, g, lam)), start=start, S0=S)
+        out, S = log_linear_recurrent(*first, start=start, S0=S)
         outs.append(out)
-    for a in range(lead, N, chunk_size):
-        e = min(a + chunk_size, N)
-        out, S = _chunk(q[:, :, a:e], k[:, :, a:e], v[:, :, a:e], g[:, :, a:e], lam[:, :, a:e], start + a, S)
+    for a, pieces in zip(starts, chunks):
+        out, S = _chunk(*pieces, start + a, S)
         outs.append(out)
     return torch.cat(outs, dim=2), S
 

@@ -83,14 +83,17 @@ def titans_recurrent(q, k, v, theta, eta, alpha, *, b, start, state):
 
 def titans_chunked(q, k, v, theta, eta, alpha, *, b, start, state):
     """Tokens up to the next multiple of ``b`` go token by token, then whole chunks in matmuls."""
-    lead = min(-start % b, k.shape[2])
+    N = k.shape[2]
+    lead = min(-start % b, N)
     outs = []
+    # split, not slicing in the loop: each slice's backward would zero-fill a full-length gradient
+    first, *chunks = zip(*(x.split([lead, *(min(b, N - a) for a in range(lead, N, b))], dim=2)
+                           for x in (q, k, v, theta, eta, alpha)))
     if lead:
-        out, state = titans_recurrent(*(x[:, :, :lead] for x in (q, k, v, theta, eta, alpha)), b=b, start=start, state=state)
+        out, state = titans_recurrent(*first, b=b, start=start, state=state)
         outs.append(out)
-    for a in range(lead, k.shape[2], b):
-        e = min(a + b, k.shape[2])
-        out, state = _chunk(*(x[:, :, a:e] for x in (q, k, v, theta, eta, alpha)), state)
+    for pieces in chunks:
+        out, state = _chunk(*pieces, state)
         outs.append(out)
     return torch.cat(outs, dim=2), state
 
