@@ -133,13 +133,20 @@ def train(model: nn.Module, train_data, test_data, *, lr: float, epochs: int, ba
           weight_decay: float = 0.1, stop_at: float = 0.99, seed: int = 0) -> dict:
     """AdamW with a cosine schedule; test accuracy after every epoch.
 
+    Parameters a layer marks ``_no_weight_decay`` (fla's convention, e.g. the
+    Gated DeltaNet decay's ``A_log`` and ``dt_bias``) get no weight decay.
+
     The returned ``status`` says how training ended: ``solved`` (test accuracy
     reached ``stop_at``: Zoology's early stop), ``epochs`` (all epochs run),
     or ``diverged`` (a non-finite loss; accuracy is the best before it).
     """
     inputs, targets = train_data
     steps_per_epoch = math.ceil(len(inputs) / batch)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    params = list(model.parameters())
+    keep = [p for p in params if getattr(p, "_no_weight_decay", False)]
+    decayed = [p for p in params if not getattr(p, "_no_weight_decay", False)]
+    opt = torch.optim.AdamW([{"params": decayed}, {"params": keep, "weight_decay": 0.0}], lr=lr,
+                            weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     g = torch.Generator().manual_seed(seed)
     best, t0, status, history = 0.0, time.perf_counter(), "epochs", []
