@@ -15,7 +15,7 @@ registers (``spec.extra["module"]``), else from learned projections
 (:mod:`._mqar_inputs`). ``qkv_conv`` and ``gated_norm`` add the two
 pieces of the Gated DeltaNet layer ("Gated Delta Networks", as fla and Zoology's
 ``gated_delta_net`` build it) around the operator: a short causal convolution
-(kernel 4) with SiLU on each of q, k, v, and an RMS norm of the output gated by
+(kernel 4, no bias) with SiLU on each of q, k, v, and an RMS norm of the output gated by
 ``silu(W_g x)``.
 """
 from __future__ import annotations
@@ -35,9 +35,9 @@ from ._mqar_inputs import TensorInputs
 class ShortConv(nn.Module):
     """Causal depthwise convolution over the sequence: ``(B, L, D) -> (B, L, D)``."""
 
-    def __init__(self, dim: int, size: int):
+    def __init__(self, dim: int, size: int, bias: bool = True):
         super().__init__()
-        self.conv = nn.Conv1d(dim, dim, size, groups=dim, padding=size - 1)
+        self.conv = nn.Conv1d(dim, dim, size, groups=dim, padding=size - 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)
@@ -68,7 +68,8 @@ class Mixer(nn.Module):
         self.k = nn.Linear(d_model, heads * qk_dim)
         self.v = nn.Linear(d_model, d_model)
         self.out = nn.Linear(d_model, d_model)
-        self.convs = nn.ModuleList(ShortConv(n, 4) for n in (heads * qk_dim,) * 2 + (d_model,)) if qkv_conv else None
+        qkv_dims = (heads * qk_dim, heads * qk_dim, d_model)
+        self.convs = nn.ModuleList(ShortConv(n, 4, bias=False) for n in qkv_dims) if qkv_conv else None
         self.gate = nn.Linear(d_model, d_model) if gated_norm else None
         factory = spec.extra.get("module")
         if factory is not None:  # the mechanism's own layer for its tensor inputs (docs/design.md)
