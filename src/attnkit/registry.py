@@ -44,9 +44,10 @@ def dense_flops(batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, 
     return 4 * batch * heads * pairs * head_dim
 
 
-def kv_cache_size(batch: int, heads: int, kv_heads: int, seq_len: int, head_dim: int) -> int:
-    """Numbers held by a KV cache after ``seq_len`` tokens: keys and values."""
-    return 2 * batch * kv_heads * seq_len * head_dim
+def kv_cache_size(batch: int, heads: int, kv_heads: int, seq_len: int, head_dim: int, v_dim: int | None = None,
+                  **params) -> int:
+    """Numbers held by a KV cache after ``seq_len`` tokens: keys (``head_dim``) and values (``v_dim``)."""
+    return batch * kv_heads * seq_len * (head_dim + (v_dim or head_dim))
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class MechanismSpec:
     and benchmarks can call it.  ``tensor_inputs_per_token`` names those that
     are laid out per token ``(B, H, N, ...)`` along the query/key sequence, so
     the causality and incremental tests can slice and perturb them.
+    ``state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params)``
+    counts the numbers a decoder holds after ``seq_len`` tokens (``v_dim``
+    defaults to ``head_dim``; ``params`` are the call's parameters, e.g. a window).
     """
 
     name: str

@@ -1,18 +1,22 @@
 """Zoology's MQAR model and its training loop, built on :func:`attnkit.attention`.
 
 The model of "Zoology: Measuring and Improving Recall in Efficient Language
-Models": token embedding plus learned positions, two pre-norm blocks whose only
-content is a sequence mixer (no MLP), a final norm and an LM head. As in
-Zoology's and Based's hybrid configurations, each mixer starts with a short
-causal depthwise convolution; then q, k, v projections, ``attnkit.attention``
-with the mechanism under test (``causal=True``), and an output projection.
+Models" as its Based-paper MQAR sweep configures it (Zoology's
+``experiments/arxiv24_based_figure2``): token embedding without position
+embeddings, two pre-norm blocks with no MLP, a final norm and an LM head tied
+to the embedding, weights initialised N(0, 0.02). Block 0's mixer is Zoology's
+``BaseConv`` (a gated short convolution, kernel 3: ``conv(u) * W u + u``), which
+gives every token its neighbours and the order of the sequence; block 1's mixer
+is the mechanism under test: q, k, v projections, ``attnkit.attention(...,
+causal=True)`` and an output projection.
 
 A mechanism's extra tensor inputs (gates, betas) come from the layer its spec
-registers (``spec.extra["module"]``). Without one, per-token inputs are produced
-from the hidden state by a learned projection, squashed into the range of the
-example the mechanism's ``spec.tensor_inputs`` gives ((0, 1) -> sigmoid, <= 0 -> -softplus,
->= 0 -> softplus); other tensor inputs become learned parameters initialised
-from the example.
+registers (``spec.extra["module"]``), else from learned projections
+(:mod:`._mqar_inputs`). ``qkv_conv`` and ``gated_norm`` add the two
+pieces of the Gated DeltaNet layer ("Gated Delta Networks", as fla and Zoology's
+``gated_delta_net`` build it) around the operator: a short causal convolution
+(kernel 4, no bias) with SiLU on each of q, k, v, and an RMS norm of the output gated by
+``silu(W_g x)``.
 """
 from __future__ import annotations
 
@@ -25,71 +29,48 @@ from torch import nn
 
 from .. import attention, spec as get_spec
 from ._mqar_data import IGNORE
+from ._mqar_inputs import TensorInputs
 
 
-class TensorInputs(nn.Module):
-    """Learned producers of a mechanism's extra tensor inputs."""
+class ShortConv(nn.Module):
+    """Causal depthwise convolution over the sequence: ``(B, L, D) -> (B, L, D)``."""
 
-    def __init__(self, spec, d_model: int, heads: int, kv_heads: int, qk_dim: int, v_dim: int, seq_len: int):
+    def __init__(self, dim: int, size: int, bias: bool = True):
         super().__init__()
-        self.per_token = nn.ModuleDict()
-        self.fixed = nn.ParameterDict()
-        self.squash: dict[str, str] = {}
-        self.shapes: dict[str, tuple] = {}
-        if spec.tensor_inputs is None:
-            return
-        g = torch.Generator().manual_seed(0)
-        q = torch.randn(1, heads, seq_len, qk_dim, generator=g)
-        k = torch.randn(1, kv_heads, seq_len, qk_dim, generator=g)
-        v = torch.randn(1, kv_heads, seq_len, v_dim, generator=g)
-        for name, example in spec.tensor_inputs(q, k, v, g).items():
-            if name in spec.tensor_inputs_per_token:
-                lead, rest = example.shape[1], tuple(example.shape[3:])
-                self.shapes[name] = (lead, rest)
-                self.per_token[name] = nn.Linear(d_model, lead * math.prod(rest))
-                self.squash[name] = _range_of(example)
-            else:
-                self.fixed[name] = nn.Parameter(example.detach().clone().float())
+        self.conv = nn.Conv1d(dim, dim, size, groups=dim, padding=size - 1, bias=bias)
 
-    def forward(self, x: torch.Tensor, q=None, k=None, v=None) -> dict:
-        B, L, _ = x.shape
-        out = dict(self.fixed.items())
-        for name, proj in self.per_token.items():
-            lead, rest = self.shapes[name]
-            t = proj(x).view(B, L, lead, *rest).movedim(2, 1)
-            out[name] = _SQUASH[self.squash[name]](t)
-        return out
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)
 
 
-_SQUASH = {"unit": torch.sigmoid, "nonpositive": lambda t: -F.softplus(t), "nonnegative": F.softplus,
-           "any": lambda t: t}
+class BaseConv(nn.Module):
+    """Zoology's ``BaseConv``: ``y = conv(u) * (W u + b) + u`` with a short causal convolution."""
 
+    def __init__(self, dim: int, size: int = 3):
+        super().__init__()
+        self.conv = ShortConv(dim, size)
+        self.proj = nn.Linear(dim, dim)
 
-def _range_of(example: torch.Tensor) -> str:
-    lo, hi = float(example.min()), float(example.max())
-    if lo >= 0 and hi <= 1:
-        return "unit"
-    if hi <= 0:
-        return "nonpositive"
-    if lo >= 0:
-        return "nonnegative"
-    return "any"
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.conv(u) * self.proj(u) + u
 
 
 class Mixer(nn.Module):
-    """Short causal convolution, then q/k/v projections and ``attnkit.attention``."""
+    """q/k/v projections, ``attnkit.attention`` with the mechanism, output projection."""
 
-    def __init__(self, mechanism: str, params: dict, d_model: int, heads: int, qk_dim: int, seq_len: int,
-                 conv_size: int = 4):
+    def __init__(self, mechanism: str, params: dict, d_model: int, heads: int, qk_dim: int, seq_len: int, *,
+                 qkv_conv: bool = False, gated_norm: bool = False):
         super().__init__()
         spec = get_spec(mechanism)
         self.mechanism, self.params, self.heads, self.qk_dim = mechanism, dict(params), heads, qk_dim
         self.v_dim = d_model // heads
-        self.conv = nn.Conv1d(d_model, d_model, conv_size, groups=d_model, padding=conv_size - 1)
         self.q = nn.Linear(d_model, heads * qk_dim)
         self.k = nn.Linear(d_model, heads * qk_dim)
         self.v = nn.Linear(d_model, d_model)
         self.out = nn.Linear(d_model, d_model)
+        qkv_dims = (heads * qk_dim, heads * qk_dim, d_model)
+        self.convs = nn.ModuleList(ShortConv(n, 4, bias=False) for n in qkv_dims) if qkv_conv else None
+        self.gate = nn.Linear(d_model, d_model) if gated_norm else None
         factory = spec.extra.get("module")
         if factory is not None:  # the mechanism's own layer for its tensor inputs (docs/design.md)
             self.inputs = factory(dim=d_model, heads=heads, kv_heads=heads, head_dim=qk_dim)
@@ -98,35 +79,45 @@ class Mixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, _ = x.shape
-        x = self.conv(x.transpose(1, 2))[..., :L].transpose(1, 2)
-        q = self.q(x).view(B, L, self.heads, self.qk_dim).transpose(1, 2)
-        k = self.k(x).view(B, L, self.heads, self.qk_dim).transpose(1, 2)
-        v = self.v(x).view(B, L, self.heads, self.v_dim).transpose(1, 2)
-        o = attention(q, k, v, self.mechanism, causal=True, **self.params, **self.inputs(x, q, k, v))
-        return self.out(o.transpose(1, 2).reshape(B, L, -1))
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if self.convs is not None:
+            q, k, v = (F.silu(conv(t)) for conv, t in zip(self.convs, (q, k, v)))
+        q = q.view(B, L, self.heads, self.qk_dim).transpose(1, 2)
+        k = k.view(B, L, self.heads, self.qk_dim).transpose(1, 2)
+        v = v.view(B, L, self.heads, self.v_dim).transpose(1, 2)
+        o = attention(q, k, v, self.mechanism, causal=True, **self.params, **self.inputs(x, q, k, v)).transpose(1, 2)
+        if self.gate is not None:  # RMS norm per head, gated by silu(W_g x)
+            o = F.rms_norm(o, (self.v_dim,)) * F.silu(self.gate(x)).view(B, L, self.heads, self.v_dim)
+        return self.out(o.reshape(B, L, -1))
 
 
 class MQARModel(nn.Module):
+    """Embedding, [BaseConv block, mechanism block] (pre-norm, residual, no MLP), norm, tied LM head."""
+
     def __init__(self, mechanism: str, params: dict, vocab: int, d_model: int, seq_len: int, heads: int = 1,
-                 qk_dim: int | None = None, layers: int = 2):
+                 qk_dim: int | None = None, **layer):
         super().__init__()
-        qk_dim = qk_dim or d_model // heads
         self.embed = nn.Embedding(vocab, d_model)
-        self.pos = nn.Embedding(seq_len, d_model)
-        self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(layers))
-        self.mixers = nn.ModuleList(Mixer(mechanism, params, d_model, heads, qk_dim, seq_len) for _ in range(layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(2))
+        self.mixers = nn.ModuleList([BaseConv(d_model),
+                                     Mixer(mechanism, params, d_model, heads, qk_dim or d_model // heads, seq_len,
+                                           **layer)])
         self.final = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab)
+        for m in self.modules():  # Zoology's initialisation
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens) + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
+        x = self.embed(tokens)
         for norm, mixer in zip(self.norms, self.mixers):
             x = x + mixer(norm(x))
-        return self.head(self.final(x))
+        return self.final(x) @ self.embed.weight.T
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch: int = 256) -> float:
+def accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch: int = 250) -> float:
     model.eval()
     right = total = 0
     for s in range(0, len(inputs), batch):
@@ -141,24 +132,47 @@ def accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batc
 
 def train(model: nn.Module, train_data, test_data, *, lr: float, epochs: int, batch: int = 64,
           weight_decay: float = 0.1, stop_at: float = 0.99, seed: int = 0) -> dict:
-    """AdamW with a cosine schedule; test accuracy after every epoch; stop early at ``stop_at``."""
+    """AdamW with a cosine schedule; test accuracy after every epoch.
+
+    Parameters a layer marks ``_no_weight_decay`` (fla's convention, e.g. the
+    Gated DeltaNet decay's ``A_log`` and ``dt_bias``) get no weight decay.
+
+    The returned ``status`` says how training ended: ``solved`` (test accuracy
+    reached ``stop_at``: Zoology's early stop), ``epochs`` (all epochs run),
+    or ``diverged`` (a non-finite loss; accuracy is the best before it).
+    """
     inputs, targets = train_data
     steps_per_epoch = math.ceil(len(inputs) / batch)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    params = list(model.parameters())
+    keep = [p for p in params if getattr(p, "_no_weight_decay", False)]
+    decayed = [p for p in params if not getattr(p, "_no_weight_decay", False)]
+    opt = torch.optim.AdamW([{"params": decayed}, {"params": keep, "weight_decay": 0.0}], lr=lr,
+                            weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     g = torch.Generator().manual_seed(seed)
-    best, t0, epoch = 0.0, time.perf_counter(), 0
+    best, t0, status, history = 0.0, time.perf_counter(), "epochs", []
     for epoch in range(1, epochs + 1):
         order = torch.randperm(len(inputs), generator=g)
+        total = 0.0
         for s in range(0, len(inputs), batch):
             idx = order[s:s + batch]
             logits = model(inputs[idx])
             loss = F.cross_entropy(logits.flatten(0, 1), targets[idx].flatten(), ignore_index=IGNORE)
+            if not torch.isfinite(loss):
+                status = "diverged"
+                break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-        best = max(best, accuracy(model, *test_data))
-        if best >= stop_at:
+            total += loss.item()
+        if status == "diverged":
             break
-    return {"accuracy": best, "epochs": epoch, "seconds": round(time.perf_counter() - t0, 1)}
+        acc = accuracy(model, *test_data)
+        best = max(best, acc)
+        history.append([round(total / steps_per_epoch, 3), round(acc, 3)])
+        if best >= stop_at:
+            status = "solved"
+            break
+    return {"accuracy": best, "epochs": epoch, "status": status, "seconds": round(time.perf_counter() - t0, 1),
+            "history": history}

@@ -10,7 +10,10 @@ it against the mechanism's recurrent state size.
 Mechanisms are looked up in the registry by *role* (the published picture names
 roles: attention, plain elu+1 linear attention, Based, a sliding window, the
 gated delta rule); a role nobody has registered yet gets a "not registered" row.
-``--mechanisms a,b`` runs any registered mechanisms instead.
+Each role says how its layer is built (``qk_dim``: Based projects q, k to 16;
+``layer``: the Gated DeltaNet layer's short convolutions and gated output norm)
+and which learning rates the quick sweep tries for it. ``--mechanisms a,b`` runs
+any registered mechanisms instead, with the configuration's default sweep.
 """
 from __future__ import annotations
 
@@ -23,31 +26,40 @@ from ._mqar_data import check_mqar_sizes, mqar
 from ._mqar_model import MQARModel, train
 from ._runner import add_common_arguments, run_items
 
-# role -> (registered names to look for, parameter overrides, q/k head dim or None for d/heads)
+# role -> registered names to look for, parameter overrides, q/k head dim (None: d / heads) and layer pieces
+# (Mixer options). Based's q/k dim 16 is the paper's feature dim (153 Taylor features); the Gated DeltaNet
+# layer (fla, Zoology's gated_delta_net mixer) has short convolutions on q, k, v and a gated RMS norm.
 ROLES = {
-    "attention": (("softmax",), {}, None),
-    "linear (elu+1)": (("linear",), {}, None),
-    "based": (("based",), {}, 16),
-    "sliding window": (("sliding_window",), {"window": 8}, None),
-    "gated delta rule": (("gated_deltanet",), {}, None),
+    "attention": {"candidates": ("softmax",)},
+    "linear (elu+1)": {"candidates": ("linear",)},
+    "based": {"candidates": ("based",), "qk_dim": 16},
+    "sliding window": {"candidates": ("sliding_window",), "params": {"window": 8}},
+    "gated delta rule": {"candidates": ("gated_deltanet",), "layer": {"qkv_conv": True, "gated_norm": True}},
 }
 
-QUICK = dict(vocab=128, d_model=64, heads=1, settings=[[64, 16]], lrs=[1e-3, 3e-3], epochs=12,
-             train_examples=4000, test_examples=500, batch=64)
-# Zoology's MQAR sweep: vocab 8192, d in {64..512}, L in {64..512}, K up to L/4, lr over logspace(-4, -2, 4).
-FULL = dict(vocab=8192, d_model=[64, 128, 256, 512], heads=1,
-            settings=[[64, 4], [128, 8], [256, 16], [512, 64]], lrs=[1e-4, 4.6e-4, 2.2e-3, 1e-2], epochs=64,
-            train_examples=100_000, test_examples=3_000, batch=64)
+# lrs: role -> learning rates of the sweep, "*" for every other role or mechanism. The quick setting: L=64, K=16
+# (half the sequence is context; a value waits 1..61 tokens for its query, so a window of 8 misses most of them),
+# vocab 128, d=64, 10k examples per epoch, at most 12 epochs. The window gets one lr: it cannot reach the keys.
+QUICK = dict(vocab=128, d_model=64, heads=1, settings=[[64, 16]], lrs={"*": [3e-3, 1e-2], "sliding window": [3e-3]},
+             epochs=12, train_examples=10_000, test_examples=500, batch=64)
+# Zoology's MQAR sweep (Based paper, figure 2): vocab 8192, d in {64, 128}, 2 layers, lr over logspace(-3, -1.5, 4),
+# 32 epochs, batch 256.
+FULL = dict(vocab=8192, d_model=[64, 128], heads=1,
+            settings=[[64, 4], [128, 8], [256, 16], [256, 32], [256, 64]],
+            lrs={"*": [1e-3, 3.2e-3, 1e-2, 3.2e-2]}, epochs=32, train_examples=20_000, test_examples=1_000,
+            batch=256)
 
 
 def resolve_roles(roles=ROLES) -> list[dict]:
     """One entry per role: the registered mechanism playing it, or None with the names looked for."""
     registered = set(mechanisms())
     out = []
-    for role, (candidates, overrides, qk_dim) in roles.items():
+    for role, r in roles.items():
+        candidates = r["candidates"]
         name = next((c for c in candidates if c in registered), None)
         out.append({"role": role, "mechanism": name, "looked_for": list(candidates),
-                    "params": _params_for(name, overrides) if name else {}, "qk_dim": qk_dim})
+                    "params": _params_for(name, r.get("params", {})) if name else {}, "qk_dim": r.get("qk_dim"),
+                    "layer": r.get("layer", {})})
     return out
 
 
@@ -61,9 +73,14 @@ def _params_for(name: str, overrides: dict) -> dict:
     return params
 
 
-def state_size(name: str, seq_len: int, d_model: int, heads: int, qk_dim: int | None) -> int:
-    """Numbers one mixer holds after ``seq_len`` tokens, by the spec's own count."""
-    return int(spec(name).state_size(1, heads, heads, seq_len, qk_dim or d_model // heads))
+def state_size(name: str, params: dict, seq_len: int, d_model: int, heads: int, qk_dim: int | None) -> int:
+    """Numbers one mixer holds after ``seq_len`` tokens, by the spec's own count (keys and values)."""
+    v_dim = d_model // heads
+    return int(spec(name).state_size(1, heads, heads, seq_len, qk_dim or v_dim, v_dim, **params))
+
+
+def lrs_for(config: dict, role: str) -> list[float]:
+    return config["lrs"].get(role, config["lrs"]["*"])
 
 
 def plan(config: dict, entries: list[dict]) -> list[dict]:
@@ -76,7 +93,7 @@ def plan(config: dict, entries: list[dict]) -> list[dict]:
                 if e["mechanism"] is None:
                     items.append({**base, "lr": None})
                 else:
-                    items.extend({**base, "lr": lr} for lr in config["lrs"])
+                    items.extend({**base, "lr": lr} for lr in lrs_for(config, e["role"]))
     return items
 
 
@@ -89,9 +106,9 @@ def measure_item(item: dict, config: dict, entries: dict) -> dict:
     test_data = mqar(config["test_examples"], L, K, config["vocab"], seed=1_000_003)  # disjoint from training
     torch.manual_seed(0)
     model = MQARModel(item["mechanism"], e["params"], config["vocab"], d, L, heads=config["heads"],
-                      qk_dim=e["qk_dim"])
+                      qk_dim=e["qk_dim"], **e["layer"])
     result = train(model, train_data, test_data, lr=item["lr"], epochs=config["epochs"], batch=config["batch"])
-    result["state_size"] = state_size(item["mechanism"], L, d, config["heads"], e["qk_dim"])
+    result["state_size"] = state_size(item["mechanism"], e["params"], L, d, config["heads"], e["qk_dim"])
     result["params"] = e["params"]
     return result
 
@@ -136,15 +153,16 @@ def print_summary(rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title="MQAR: best accuracy of the learning-rate sweep")
-    for col in ("role", "mechanism", "L", "K", "d", "lr", "accuracy", "state size", "epochs", "s"):
+    for col in ("role", "mechanism", "L", "K", "d", "lr", "accuracy", "state size", "epochs", "status", "s"):
         table.add_column(col)
     for r in best_per_setting(rows):
         if "accuracy" not in r:
             table.add_row(r["role"], str(r["mechanism"]), str(r["L"]), str(r["K"]), str(r["d"]), "-",
-                          r.get("status") or r.get("error", "?"), "-", "-", "-")
+                          r.get("status") or r.get("error", "?"), "-", "-", "-", "-")
             continue
         table.add_row(r["role"], r["mechanism"], str(r["L"]), str(r["K"]), str(r["d"]), f"{r['lr']:g}",
-                      f"{r['accuracy']:.3f}", str(r["state_size"]), str(r["epochs"]), str(r["seconds"]))
+                      f"{r['accuracy']:.3f}", str(r["state_size"]), str(r["epochs"]), r.get("status", "-"),
+                      str(r["seconds"]))
     console = Console(width=140)
     console.print(table)
     for claim, verdict in ordering_checks(best_per_setting(rows)):
@@ -158,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--full", action="store_true", help="Zoology's sizes (hours)")
     p.add_argument("--mechanisms", default=None, help="comma-separated registered names instead of the five roles")
     p.add_argument("--roles", default=None, help=f"comma-separated subset of the roles {list(ROLES)}")
-    p.add_argument("--lrs", default=None, help="comma-separated learning rates (default: the configuration's sweep)")
+    p.add_argument("--lrs", default=None,
+                   help="comma-separated learning rates for every role (default: the configuration's per-role sweep)")
     add_common_arguments(p)
     return p
 
@@ -171,7 +190,8 @@ def configure(args) -> tuple[dict, list[dict]]:
         for n in names:
             if not spec(n).supports(causal=True, cross=False):  # spec() names close matches for unknown names
                 raise ValueError(f"--mechanisms: {n!r} does not support causal self-attention, which MQAR needs")
-        entries = [{"role": n, "mechanism": n, "looked_for": [n], "params": {}, "qk_dim": None} for n in names]
+        entries = [{"role": n, "mechanism": n, "looked_for": [n], "params": {}, "qk_dim": None, "layer": {}}
+                   for n in names]
     else:
         roles = ROLES
         if args.roles:
@@ -182,12 +202,13 @@ def configure(args) -> tuple[dict, list[dict]]:
             roles = {r: ROLES[r] for r in wanted}
         entries = resolve_roles(roles)
     if args.lrs:
-        config["lrs"] = [float(x) for x in args.lrs.split(",")]
-        if min(config["lrs"]) <= 0:
+        lrs = [float(x) for x in args.lrs.split(",")]
+        if min(lrs) <= 0:
             raise ValueError(f"--lrs must be positive, got {args.lrs!r}")
+        config["lrs"] = {"*": lrs}
     for seq_len, num_kv in config["settings"]:
         check_mqar_sizes(seq_len, num_kv, config["vocab"])
-    config["mechanisms"] = [[e["role"], e["mechanism"], e["params"], e["qk_dim"]] for e in entries]
+    config["mechanisms"] = [[e["role"], e["mechanism"], e["params"], e["qk_dim"], e["layer"]] for e in entries]
     return config, entries
 
 

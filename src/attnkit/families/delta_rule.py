@@ -106,8 +106,8 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal):
     return chunked_flops(batch, heads, q_len, head_dim)
 
 
-def _state_size(batch, heads, kv_heads, seq_len, head_dim):
-    return batch * heads * head_dim * head_dim
+def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params):
+    return batch * heads * head_dim * (v_dim or head_dim)
 
 
 def _module_factory(gate):

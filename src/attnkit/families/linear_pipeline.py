@@ -142,8 +142,9 @@ def register_linear_mechanism(
     forms = stateful_forms(prepare, normalise=normalise, eps_param=eps_param, chunked_kernel=chunked_kernel)
     all_params = {**CHUNK_PARAMS, **(params or {})}
 
-    def state_size(batch, heads, kv_heads, seq_len, head_dim):
-        return batch * heads * feature_dim(head_dim, all_params) * (head_dim + (1 if normalise else 0))
+    def state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **call_params):
+        dk = feature_dim(head_dim, {**all_params, **call_params})
+        return batch * heads * dk * ((v_dim or head_dim) + (1 if normalise else 0))
 
     def flops(batch, heads, q_len, kv_len, head_dim, causal):
         """Forward FLOPs of the chunked form (scores and values in chunks, state update and read)."""

@@ -69,8 +69,8 @@ def _inputs(q, k, v, generator):
     return {"g": g.to(q.dtype), "lam": lam.to(q.dtype)}
 
 
-def _state_size(batch, heads, kv_heads, seq_len, head_dim):
-    return batch * heads * levels_for(seq_len) * head_dim * head_dim
+def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params):
+    return batch * heads * levels_for(seq_len) * head_dim * (v_dim or head_dim)
 
 
 def _flops(batch, heads, q_len, kv_len, head_dim, causal, chunk_size=64):

@@ -26,7 +26,7 @@ from ..kernels.chunked import chunked_attention
 from ..masks.base import causal_mask, tensor_mask
 from ..masks.layout import build_layout
 from ..reference import materialised_attention
-from ..registry import ALL_PATTERNS, MechanismSpec, register
+from ..registry import ALL_PATTERNS, MechanismSpec, kv_cache_size, register
 from ..state import kv_cache_step
 
 # Tile sizes of the block-sparse form: execution choices, not part of the equations.
@@ -58,8 +58,10 @@ def register_mask_mechanism(
     family: str = "sparse",
     test_params: dict | None = None,
     content_dependent: bool = False,
+    state_size=kv_cache_size,
 ) -> MechanismSpec:
-    """``content_dependent``: the mask reads q/k values (e.g. hash buckets), so its layout is never cached."""
+    """``content_dependent``: the mask reads q/k values (e.g. hash buckets), so its layout is never cached.
+    ``state_size``: the numbers a decoder must keep (default: the whole KV cache)."""
     params = {**(params or {}), **BLOCK_PARAMS}
 
     def pattern(q, k, causal, kw):
@@ -125,6 +127,7 @@ def register_mask_mechanism(
             tensor_inputs=tensor_inputs,
             summary=summary,
             complexity=complexity,
+            state_size=state_size,
             test_params={"block_q": 16, "block_k": 8, **(test_params or {})},
             extra={"make_mask": make_mask},
         )

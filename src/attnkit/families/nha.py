@@ -123,9 +123,9 @@ def _flops(B, H, Nq, Nk, D, causal, window=64, slots=None):
     return 4 * B * H * Nq * (slots + min(window, Nk)) * D
 
 
-def _state_size(B, H, Hkv, N, D, window=64, slots=None):
+def _state_size(B, H, Hkv, N, D, v_dim=None, window=64, slots=None, **params):
     slots = D if slots is None else slots
-    return 2 * B * Hkv * slots * D + 2 * B * Hkv * min(max(window - 1, 0), N) * D
+    return B * Hkv * (slots + min(max(window - 1, 0), N)) * (D + (v_dim or D))
 
 
 register(MechanismSpec(

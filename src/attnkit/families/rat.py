@@ -55,9 +55,9 @@ def _inputs(q, k, v, generator):
     return {"g": torch.sigmoid(torch.randn(B, H, N, D, generator=generator, dtype=torch.float64)).to(q.dtype)}
 
 
-def _state_size(batch, heads, kv_heads, seq_len, head_dim):
-    """Summaries of the finished chunks plus the running pair, at the default chunk size."""
-    return batch * heads * head_dim * 2 * (seq_len // DEFAULT_CHUNK + 1)
+def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params):
+    """Key and value summaries of the finished chunks plus the running pair, at the default chunk size."""
+    return batch * heads * (head_dim + (v_dim or head_dim)) * (seq_len // DEFAULT_CHUNK + 1)
 
 
 def _flops(batch, heads, q_len, kv_len, head_dim, causal):

@@ -76,9 +76,9 @@ def _inputs(q, k, v, generator):
     return {n: t.to(q.dtype) for n, t in out.items()}
 
 
-def _state_size(batch, heads, kv_heads, seq_len, head_dim):
+def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params):
     """Three copies (memory, momentum, chunk-start memory) of W1 and W2, hidden = head_dim."""
-    return batch * heads * 3 * 2 * head_dim * head_dim
+    return batch * heads * 3 * head_dim * (head_dim + (v_dim or head_dim))
 
 
 def _flops(batch, heads, q_len, kv_len, head_dim, causal, chunk_size=16):

@@ -40,6 +40,7 @@ class GatedDeltaNetGates(DeltaNetBeta):
         dt = torch.exp(torch.rand(heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus of dt
         self.A_log = nn.Parameter(torch.log(torch.empty(heads).uniform_(1, 16)))
+        self.dt_bias._no_weight_decay = self.A_log._no_weight_decay = True  # as fla's layer: no weight decay
 
     def forward(self, x, q, k, v) -> dict:
         g = -self.A_log.exp() * F.softplus(self.alpha(x) + self.dt_bias)  # (B, N, H)

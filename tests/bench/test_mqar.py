@@ -1,0 +1,98 @@
+"""The MQAR suite's model, training loop, plan and ordering checks (small and fast)."""
+import argparse
+
+import pytest
+import torch
+from torch import nn
+
+from attnkit import spec
+from attnkit.bench import mqar as suite
+from attnkit.bench._mqar_data import mqar
+from attnkit.bench._mqar_model import MQARModel, train
+
+
+def test_model_is_causal_and_uses_the_mechanisms_layer():
+    torch.manual_seed(0)
+    model = MQARModel("gated_deltanet", {}, vocab=16, d_model=16, seq_len=12, qkv_conv=True, gated_norm=True)
+    assert type(model.mixers[1].inputs).__name__ == "GatedDeltaNetGates"
+    x = torch.randint(0, 16, (2, 12))
+    y = x.clone()
+    y[:, 7:] = (y[:, 7:] + 1) % 16
+    a, b = model(x), model(y)
+    assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6) and not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_attention_learns_a_toy_recall_task_well_above_chance():
+    L, K, V = 16, 2, 16
+    torch.manual_seed(0)
+    model = MQARModel("softmax", {}, V, d_model=32, seq_len=L)
+    out = train(model, mqar(2000, L, K, V, seed=0), mqar(200, L, K, V, seed=1), lr=1e-2, epochs=6, batch=32,
+                stop_at=0.6)
+    assert out["accuracy"] > 4 / (V // 2)  # chance is 1 / (V / 2) over the value half
+    assert out["status"] in ("solved", "epochs") and len(out["history"]) == out["epochs"]
+
+
+class _NaNModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(()))
+
+    def forward(self, tokens):
+        return torch.full((*tokens.shape, 8), float("nan")) * self.w
+
+
+def test_a_non_finite_loss_ends_training_with_the_status_diverged():
+    data = mqar(40, 8, 2, 8, seed=0)
+    out = train(_NaNModel(), data, data, lr=1e-3, epochs=5, batch=8)
+    assert out["status"] == "diverged" and out["epochs"] == 1 and out["accuracy"] == 0.0
+
+
+def test_state_sizes_count_the_window_and_the_value_dimension():
+    # Based with 16-dim q/k and 64-dim values: 153 Taylor features x (64 values + the normaliser)
+    assert suite.state_size("based", {}, 64, 64, 1, 16) == 153 * 65
+    assert suite.state_size("softmax", {}, 64, 64, 1, 16) == 64 * (16 + 64)
+    assert suite.state_size("sliding_window", {"window": 8}, 64, 64, 1, None) == 8 * 2 * 64
+    assert spec("sliding_window").state_size(1, 1, 1, 4, 64, window=8) == 4 * 2 * 64
+    assert suite.state_size("gated_deltanet", {}, 64, 64, 1, 32) == 32 * 64
+
+
+def _args(**kw):
+    base = dict(full=False, mechanisms=None, roles=None, lrs=None)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_plan_sweeps_each_roles_own_learning_rates():
+    config, entries = suite.configure(_args(roles="attention,based"))
+    config["lrs"] = {"*": [1e-3], "based": [1e-3, 3e-3]}
+    items = suite.plan(config, entries)
+    assert [(it["role"], it["lr"]) for it in items] == [("attention", 1e-3), ("based", 1e-3), ("based", 3e-3)]
+    config, _ = suite.configure(_args(roles="based", lrs="0.01,0.02"))
+    assert suite.lrs_for(config, "based") == [0.01, 0.02]
+
+
+@pytest.mark.parametrize("bad, match", [(dict(roles="attention,nope"), "--roles"), (dict(lrs="0,1e-3"), "--lrs"),
+                                        (dict(mechanisms="softmaxx"), "softmax")])
+def test_bad_configuration_is_refused_up_front(bad, match):
+    with pytest.raises(ValueError, match=match):
+        suite.configure(_args(**bad))
+
+
+def _row(role, acc):
+    return {"role": role, "mechanism": role, "L": 64, "K": 16, "d": 64, "accuracy": acc}
+
+
+def test_ordering_checks_pass_fail_and_not_run():
+    published = [_row("attention", 0.99), _row("linear (elu+1)", 0.5), _row("based", 0.7),
+                 _row("sliding window", 0.3), _row("gated delta rule", 0.95)]
+    assert [v for _, v in suite.ordering_checks(published)] == ["PASS"] * 5
+    reversed_ = [_row("attention", 0.9), _row("linear (elu+1)", 0.8), _row("based", 0.85),
+                 _row("sliding window", 0.85), _row("gated delta rule", 0.7)]
+    assert [v for _, v in suite.ordering_checks(reversed_)] == ["FAIL"] * 5
+    only_attention = suite.ordering_checks([_row("attention", 0.99)])
+    assert only_attention[0][1] == "PASS" and all(v.startswith("n/a") for _, v in only_attention[1:])
+
+
+def test_best_of_the_sweep_is_kept_per_setting():
+    rows = [{**_row("based", 0.2), "lr": 1e-3}, {**_row("based", 0.6), "lr": 3e-3}, {**_row("based", 0.4), "lr": 1e-2}]
+    (best,) = suite.best_per_setting(rows)
+    assert best["lr"] == 3e-3
