@@ -157,7 +157,8 @@ register(
         params={"chunk_size": 64},
         supports_mask=False,
         flops=_flops,
-        state_size=lambda batch, heads, kv_heads, seq_len, head_dim: batch * heads * (head_dim + 2),
+        state_size=lambda batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params: (
+            batch * heads * ((v_dim or head_dim) + 2)),  # m, u and w (Dv)
         complexity="O(N)",
         summary="prefix softmax of a learned query over every prefix as an RNN over (max, sum, weighted sum)",
         test_params={"chunk_size": 16},
