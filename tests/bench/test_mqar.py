@@ -57,7 +57,7 @@ def test_state_sizes_count_the_window_and_the_value_dimension():
 
 
 def _args(**kw):
-    base = dict(full=False, mechanisms=None, roles=None, lrs=None)
+    base = dict(full=False, mechanisms=None, roles=None, lrs=None, jobs=2)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -96,3 +96,8 @@ def test_best_of_the_sweep_is_kept_per_setting():
     rows = [{**_row("based", 0.2), "lr": 1e-3}, {**_row("based", 0.6), "lr": 3e-3}, {**_row("based", 0.4), "lr": 1e-2}]
     (best,) = suite.best_per_setting(rows)
     assert best["lr"] == 3e-3
+
+
+def test_jobs_must_be_positive():
+    with pytest.raises(ValueError, match="--jobs"):
+        suite.configure(_args(jobs=0))

@@ -91,3 +91,30 @@ def test_sigterm_interrupts_like_ctrl_c(tmp_path):
     store = Store(tmp_path / "r.sqlite")
     assert store.run(run)["status"] == "interrupted" and len(store.rows(run)) == 1
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def _threads_and_square(item):  # module level: picklable for the process pool
+    import os
+
+    import torch
+
+    if item["i"] == 2:
+        raise RuntimeError("bad item")
+    return {"square": item["i"] ** 2, "threads": torch.get_num_threads(), "pid": os.getpid()}
+
+
+def test_items_run_in_a_pool_of_processes(tmp_path):
+    import os
+
+    import torch
+
+    db = tmp_path / "r.sqlite"
+    torch.set_num_threads(2)
+    code, run = run_items("demo", {}, [{"i": i} for i in range(4)], _threads_and_square, args_for(db),
+                          machine=MACHINE, jobs=2)
+    rows = sorted(Store(db).rows(run), key=lambda r: r["i"])
+    assert code == 0 and [r["i"] for r in rows] == [0, 1, 2, 3]
+    assert rows[2] == {"i": 2, "error": "RuntimeError: bad item"}
+    done = [r for r in rows if "square" in r]
+    assert [r["square"] for r in done] == [0, 1, 9]
+    assert all(r["threads"] == 1 and r["pid"] != os.getpid() for r in done)

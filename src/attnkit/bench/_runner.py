@@ -10,6 +10,7 @@ already measured.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import signal
 import sys
 from typing import Callable, Iterable
@@ -58,11 +59,14 @@ def run_items(
     *,
     describe: Callable[[dict], str] = canonical,
     machine: dict | None = None,
+    jobs: int = 1,
 ) -> tuple[int, int]:
     """Measure every item not yet stored; returns ``(exit code, run id)``.
 
     ``measure(item)`` returns the figures of one item. An exception other than
-    Ctrl-C is stored as the row's ``error`` and the suite moves on.
+    Ctrl-C is stored as the row's ``error`` and the suite moves on. With
+    ``jobs > 1`` items run in that many fresh processes (``measure`` must then
+    be picklable), each with an equal share of the threads.
     """
     items = list(items)
     store, run_id = open_run(suite, config, args, machine)
@@ -74,15 +78,7 @@ def run_items(
     try:
         with _progress(args) as bar:
             task = bar.add_task(suite, total=len(todo)) if bar else None
-            for item in todo:
-                if bar:
-                    bar.update(task, description=f"{suite}: {describe(item)}"[:60])
-                try:
-                    figures = measure(item)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:  # a failing item is a result to report, not a crash
-                    figures = {"error": f"{type(exc).__name__}: {exc}"}
+            for item, figures in _measured(todo, measure, jobs, bar, task, suite, describe):
                 store.add_row(run_id, item, figures)
                 if bar:
                     bar.advance(task)
@@ -97,6 +93,39 @@ def run_items(
     store.set_status(run_id, "done")
     store.close()
     return 0, run_id
+
+
+def _measure_one(measure, item) -> tuple[dict, dict]:
+    try:
+        return item, measure(item)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # a failing item is a result to report, not a crash
+        return item, {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _measured(todo, measure, jobs, bar, task, suite, describe):
+    """``(item, figures)`` as items finish: in this process, or in a pool of ``jobs`` processes."""
+    if jobs <= 1:
+        for item in todo:
+            if bar:
+                bar.update(task, description=f"{suite}: {describe(item)}"[:60])
+            yield _measure_one(measure, item)
+        return
+    threads = max(1, torch.get_num_threads() // jobs)
+    if bar:
+        bar.update(task, description=f"{suite}: {jobs} processes x {threads} threads"[:60])
+    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=torch.set_num_threads, initargs=(threads,))
+    try:
+        yield from pool.imap_unordered(_call, [(measure, item) for item in todo])
+        pool.close()
+    finally:
+        pool.terminate()  # on Ctrl-C / SIGTERM: stop the running items now, keep the stored rows
+        pool.join()
+
+
+def _call(args):
+    return _measure_one(*args)
 
 
 def _terminate(signum, frame):

@@ -18,6 +18,7 @@ any registered mechanisms instead, with the configuration's default sweep.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 
@@ -178,12 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roles", default=None, help=f"comma-separated subset of the roles {list(ROLES)}")
     p.add_argument("--lrs", default=None,
                    help="comma-separated learning rates for every role (default: the configuration's per-role sweep)")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="trainings run at once, each in its own process with threads/jobs threads (default 2: "
+                        "one small model per core is faster than both cores on one)")
     add_common_arguments(p)
     return p
 
 
 def configure(args) -> tuple[dict, list[dict]]:
     """The configuration and role entries, validated up front (unknown mechanisms, impossible sizes)."""
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     config = dict(FULL if args.full else QUICK)
     if args.mechanisms:
         names = [n.strip() for n in args.mechanisms.split(",") if n.strip()]
@@ -220,8 +226,9 @@ def main(argv=None) -> int:
         print(f"attnkit bench mqar: {exc}")
         return 2
     by_role = {e["role"]: e for e in entries}
-    code, run_id = run_items("mqar", config, plan(config, entries), lambda it: measure_item(it, config, by_role),
-                             args, describe=lambda it: f"{it['mechanism'] or it['role']} L={it['L']} lr={it['lr']}")
+    code, run_id = run_items("mqar", config, plan(config, entries), partial(measure_item, config=config, entries=by_role),
+                             args, describe=lambda it: f"{it['mechanism'] or it['role']} L={it['L']} lr={it['lr']}",
+                             jobs=args.jobs)
     from ._store import Store
 
     print_summary(Store(args.db).rows(run_id))
