@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ._memory import MALLOC_ENV, peak_mb
+from ._runner import add_common_arguments, run_items
+from ._store import Store
 from ._patterns import DEFAULT, PATTERNS, QUICK
 
 COLUMNS = ("pattern", "n", "direction", "seconds", "peak_mb", "mem_x_qkv", "gflops", "gemm_ratio", "sdpa_ratio",
@@ -43,14 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--budget", type=float, default=20.0, help="seconds above which a call is timed once")
     p.add_argument("--no-sdpa", action="store_true")
     p.add_argument("--no-flex", action="store_true")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    add_common_arguments(p)
     args = p.parse_args(argv)
+    args.threads = args.threads or 2
     if args.worker:
         return _worker(args)
     patterns = args.patterns.split(",") if args.patterns else (QUICK if args.quick else DEFAULT)
@@ -58,16 +61,30 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown patterns {unknown}; expected some of {sorted(PATTERNS)}")
     sizes = [4096] if args.quick and args.n == "16384" else [int(x) for x in args.n.split(",")]
+    directions = args.directions.split(",")
     print(f"attnkit bench kernels: B={args.batch} H={args.heads} D={args.head_dim} fp32 threads={args.threads}")
-    rows = []
-    for n in sizes:
-        for name in patterns:
-            rows.extend(_run_subprocess(args, name, n, argv or []))
+    config = {"patterns": patterns, "n": sizes, "directions": directions, "batch": args.batch, "heads": args.heads,
+              "head_dim": args.head_dim, "threads": args.threads, "repeats": args.repeats, "budget": args.budget,
+              "sdpa": not args.no_sdpa, "flex": not args.no_flex}
+    items = [{"pattern": name, "N": n, "direction": d} for n in sizes for name in patterns for d in directions]
+    measured: dict = {}  # one worker measures every direction of a (pattern, N)
+
+    def measure(item):
+        key = (item["pattern"], item["N"])
+        if key not in measured:
+            measured[key] = {r["direction"]: r for r in _run_subprocess(args, *key, argv or [])}
+        if item["direction"] not in measured[key]:
+            raise RuntimeError(f"the worker for {key[0]} N={key[1]} returned no {item['direction']} row")
+        return measured[key][item["direction"]]
+
+    code, run_id = run_items("kernels", config, items, measure, args,
+                             describe=lambda it: f"{it['pattern']} N={it['N']} {it['direction']}")
+    rows = [r for r in Store(args.db).rows(run_id) if "seconds" in r]
     _print_table(rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    return 0
+    return code
 
 
 def _run_subprocess(args, name, n, argv) -> list[dict]:
