@@ -60,6 +60,20 @@ def test_tova_heads_share_their_kept_tokens_and_the_budget_holds():
     assert not seen[0, 8, dropped] and seen[0, 8].sum() == 8
 
 
+def test_knorm_keeps_the_lowest_key_norms():
+    q, k, v = inputs()
+    P, budget = 20, 6
+    out = attnkit.attention(q, k, v, "knorm", causal=True, budget=budget, start=P)
+    seen = visible(out[0])
+    norms = k[0].norm(dim=-1)
+    for h in range(2):
+        kept = set(norms[h, :P].topk(budget, largest=False).indices.tolist())
+        assert set(seen[h, P].nonzero().flatten().tolist()) == kept | {P}
+        for t in range(P, N):  # the cache stays the `budget` lowest norms of everything so far
+            assert set(seen[h, t].nonzero().flatten().tolist()) - {t} == set(
+                norms[h, :t].topk(budget, largest=False).indices.tolist())
+
+
 def test_snapkv_keeps_the_window_the_voted_keys_and_every_decoded_token():
     q, k, v = inputs()
     P, cap, window = 24, 10, 4

@@ -13,12 +13,13 @@ reused). Each held-out window is a prompt of ``prompt`` tokens followed by
 - **decode**: the prompt runs densely, the scored tokens decode with the sparse
   mechanism over the dense KV cache (sinks + window is StreamingLLM's cache).
 
-The KV-cache policies (``h2o``, ``tova``, ``snapkv``) drop keys for good, so a
-dense decode cannot follow them. Their **decode** rows prefill the prompt with
-full attention, compress the cache at its end (accumulated attention, the last
-query's attention, or SnapKV's observation-window vote) and decode under the
-policy; H2O and TOVA also get a **prefill+decode** row, the policy from the
-first token on (as H2O's own evaluation masks the prompt). SnapKV has no
+The KV-cache policies (``h2o``, ``tova``, ``knorm``, ``snapkv``) drop keys for
+good, so a dense decode cannot follow them. Their **decode** rows prefill the
+prompt with full attention, compress the cache at its end (accumulated
+attention, the last query's attention, key norms, or SnapKV's
+observation-window vote) and decode under the policy; the evicting ones also
+get a **prefill+decode** row, the policy from the first token on (as H2O's own
+evaluation masks the prompt). SnapKV has no
 prefill row: its prompt is always prefilled densely.
 
 Sparsity is measured by running the mechanism (uniform scores, identity values):
@@ -60,9 +61,11 @@ METHODS = {
     "h2o": ("h2o", _h2o, ("decode", "prefill+decode")),
     "tova": ("tova", lambda b, phase, p: {"budget": b, "start": p if phase == "decode" else 0},
              ("decode", "prefill+decode")),
+    "knorm": ("knorm", lambda b, phase, p: {"budget": b, "start": p if phase == "decode" else 0},
+              ("decode", "prefill+decode")),
     "snapkv": ("snapkv", _snapkv, ("decode",)),
 }
-EVICTING = {"h2o", "tova", "snapkv"}  # mechanisms whose cache a dense model cannot continue from
+EVICTING = {"h2o", "tova", "knorm", "snapkv"}  # mechanisms whose cache a dense model cannot continue from
 FRACTIONS = [1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32]
 QUICK = dict(dim=128, layers=4, heads=4, level="char", context=256, train_minutes=3.0, batch=32, lr=3e-3,
              prompt=192, score=64, windows=48)

@@ -1,4 +1,4 @@
-"""KV-cache eviction by attention score: H2O and TOVA (the rule is in :mod:`attnkit.kernels.eviction`).
+"""KV-cache eviction by score: H2O, TOVA, key norm (the rule is in :mod:`attnkit.kernels.eviction`).
 
 - ``h2o``: Zhang et al., "H2O: Heavy-Hitter Oracle for Efficient Generative
   Inference of Large Language Models" (2023). The cache keeps the ``recent``
@@ -9,6 +9,11 @@
   Omission Via Attention keeps at most ``budget`` tokens and drops the one
   with the lowest attention weight from the current query, averaged over the
   heads of the layer (so all heads keep the same tokens).
+- ``knorm``: Devoto et al., "A Simple and Effective L2 Norm-Based Strategy for
+  KV Cache Compression" (2024): keys with a low L2 norm draw high attention,
+  so a cache of ``budget`` tokens evicts the one with the largest key norm (no
+  attention scores needed). The authors leave the first two layers
+  uncompressed; that is a model-level choice, not part of this mechanism.
 
 Both are causal self-attention only (a decode-time cache policy) and take no
 mask. ``start`` = number of leading queries that see every previous token
@@ -32,12 +37,12 @@ def _seen(n: int, budget: int, start: int) -> int:
 
 
 def _register(name, papers, summary, params, test_params, rule):
-    """``rule(**params) -> (heavy, recent, start, accumulate, head_mean)``."""
+    """``rule(**params) -> (heavy, recent, start, score_by, head_mean)``."""
 
     def settings(params):
-        heavy, recent, start, accumulate, head_mean = rule(**params)
+        heavy, recent, start, score_by, head_mean = rule(**params)
         check_budget(heavy, recent, start)
-        return dict(heavy=heavy, recent=recent, start=start, accumulate=accumulate, head_mean=head_mean)
+        return dict(heavy=heavy, recent=recent, start=start, score_by=score_by, head_mean=head_mean)
 
     def reference(q, k, v, *, causal, mask, scale, **params):
         seen = eviction_mask(q, k, scale=scale, **settings(params))
@@ -71,7 +76,7 @@ _register(
     "KV cache of the `recent` newest tokens + the `heavy` with the most accumulated attention",
     params={"heavy": 64, "recent": 64, "start": 0},
     test_params={"heavy": 4, "recent": 3, "start": 10},
-    rule=lambda heavy, recent, start: (heavy, recent, start, True, False),
+    rule=lambda heavy, recent, start: (heavy, recent, start, "accumulated", False),
 )
 
 _register(
@@ -80,5 +85,14 @@ _register(
     "KV cache of `budget` tokens; drops the lowest head-averaged attention of the current query",
     params={"budget": 128, "start": 0},
     test_params={"budget": 6, "start": 0},
-    rule=lambda budget, start: (budget, 0, start, False, True),
+    rule=lambda budget, start: (budget, 0, start, "current", True),
+)
+
+_register(
+    "knorm",
+    ("A Simple and Effective L_2 Norm-Based Strategy for KV Cache Compression",),
+    "KV cache of `budget` tokens; evicts the key with the largest L2 norm",
+    params={"budget": 128, "start": 0},
+    test_params={"budget": 5, "start": 12},
+    rule=lambda budget, start: (budget, 0, start, "key_norm", False),
 )

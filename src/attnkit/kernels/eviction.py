@@ -5,10 +5,11 @@ the cache (itself included), each cached token's *score* is updated from the
 attention weights it just received, and if the cache holds more than
 ``heavy + recent`` tokens it keeps the ``recent`` newest and, among the others,
 the ``heavy`` with the highest scores; the rest are evicted for good. The
-score is H2O's accumulated attention (``accumulate=True``: every weight a token
-has received while cached) or TOVA's attention of the current query alone
-(``accumulate=False``), per head or averaged over heads (``head_mean``, which
-makes all heads of a layer keep the same tokens).
+score (``score_by``) is H2O's accumulated attention (``"accumulated"``: every
+weight a token has received while cached), TOVA's attention of the current
+query alone (``"current"``), or minus the L2 norm of the token's key
+(``"key_norm"``, fixed when it enters: low-norm keys are kept); per head or
+averaged over heads (``head_mean``, which makes all heads keep the same tokens).
 
 ``start``: queries before it attend to all previous tokens and nothing is
 evicted (the prompt was prefilled with full attention, the scores accumulating
@@ -57,11 +58,21 @@ def check_budget(heavy: int, recent: int, start: int) -> None:
         raise ValueError(f"heavy + recent is the cache budget and must be >= 1, got heavy={heavy}, recent={recent}")
 
 
-def _new_score(score, w, accumulate: bool, head_mean: bool):
+def _new_score(score, w, score_by: str, head_mean: bool):
+    """Scores after a query's weights ``w`` over the cached tokens (``score`` already covers them)."""
+    if score_by == "key_norm":
+        return score
     w = w.detach().to(torch.float64)
     if head_mean:
         w = w.mean(dim=1, keepdim=True).expand_as(w)
-    return score + w if accumulate else w
+    return score + w if score_by == "accumulated" else w
+
+
+def _entry_score(k, score_by: str):
+    """Score of tokens entering the cache: ``-||k||`` for ``key_norm``, else 0."""
+    if score_by == "key_norm":
+        return -k.detach().to(torch.float64).norm(dim=-1)
+    return torch.zeros(k.shape[:3], dtype=torch.float64, device=k.device)
 
 
 def _keep(score, candidates, heavy: int, recent: int, newest: int):
@@ -73,20 +84,23 @@ def _keep(score, candidates, heavy: int, recent: int, newest: int):
     return protected | torch.zeros_like(candidates).scatter(-1, top, True)
 
 
-def eviction_mask(q, k, *, scale, heavy, recent, start, accumulate, head_mean):
+def eviction_mask(q, k, *, scale, heavy, recent, start, score_by, head_mean):
     """The ``(B, H, N, N)`` mask of the keys each query sees under the policy (causal self-attention)."""
     H, N = q.shape[1], q.shape[2]
     with torch.no_grad():
-        scores = (q @ repeat_kv(k, H).transpose(-1, -2)) * scale
+        k = repeat_kv(k, H)
+        scores = (q @ k.transpose(-1, -2)) * scale
         cached = torch.zeros(*scores.shape[:2], N, dtype=torch.bool, device=q.device)
-        score = torch.zeros(*scores.shape[:2], N, dtype=torch.float64, device=q.device)
+        entry = _entry_score(k, score_by)
+        score = torch.zeros_like(entry)
         rows = []
         for i in range(N):
             seen = cached.clone()
             seen[..., i] = True
             rows.append(seen)
             w = torch.softmax(scores[:, :, i].masked_fill(~seen, float("-inf")), dim=-1)
-            score = _new_score(score, w, accumulate, head_mean).masked_fill(~seen, 0.0)
+            score[..., i] = entry[..., i]
+            score = _new_score(score, w, score_by, head_mean).masked_fill(~seen, 0.0)
             if i + 1 >= start and i + 1 > heavy + recent:
                 cached = _keep(score, seen, heavy, recent, i)
             else:
@@ -94,7 +108,7 @@ def eviction_mask(q, k, *, scale, heavy, recent, start, accumulate, head_mean):
         return torch.stack(rows, dim=2)
 
 
-def eviction_step(q, k, v, state, *, scale, heavy, recent, start, accumulate, head_mean):
+def eviction_step(q, k, v, state, *, scale, heavy, recent, start, score_by, head_mean):
     """Decode the new tokens one at a time through the cache; returns ``(out, state)``."""
     H = q.shape[1]
     k, v = repeat_kv(k, H), repeat_kv(v, H)
@@ -105,14 +119,13 @@ def eviction_step(q, k, v, state, *, scale, heavy, recent, start, accumulate, he
     elif not isinstance(state, EvictionCache) or state.k.shape[:2] != k.shape[:2]:
         raise ValueError("state must be the EvictionCache this mechanism returned for the same batch and heads")
     ck, cv, score, length = state.k, state.v, state.score, state.length
-    outs = []
+    entry, outs = _entry_score(k, score_by), []
     for t in range(q.shape[2]):
         ck = torch.cat([ck, k[:, :, t : t + 1]], dim=2)
         cv = torch.cat([cv, v[:, :, t : t + 1]], dim=2)
         w = torch.softmax((q[:, :, t : t + 1] @ ck.transpose(-1, -2)) * scale, dim=-1)
         outs.append(w @ cv)
-        score = _new_score(torch.cat([score, score.new_zeros(*score.shape[:2], 1)], dim=-1), w[:, :, 0],
-                           accumulate, head_mean)
+        score = _new_score(torch.cat([score, entry[:, :, t : t + 1]], dim=-1), w[:, :, 0], score_by, head_mean)
         length += 1
         if length >= start and ck.shape[2] > heavy + recent:
             n = ck.shape[2]
