@@ -15,7 +15,7 @@
   attention scores needed). The authors leave the first two layers
   uncompressed; that is a model-level choice, not part of this mechanism.
 
-Both are causal self-attention only (a decode-time cache policy) and take no
+All three are causal self-attention only (decode-time cache policies) and take no
 mask. ``start`` = number of leading queries that see every previous token
 (a prompt prefilled with full attention: the policy compresses the cache
 after it and evicts during decoding); 0 = the policy from the first token.
