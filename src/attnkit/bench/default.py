@@ -2,7 +2,8 @@
 
 Runs, into one results database: the kernel matrix at one length, CAB's pattern matrix for every
 mechanism with efficiency lengths of a few efficient ones, MQAR for attention
-at one learning rate, and the sparse frontier on a briefly trained LM; then
+and plain linear attention at one learning rate, and the sparse frontier on a
+briefly trained LM; then
 writes the report (``attnkit report``). Sized to take at most ~8 minutes on an
 idle 2-core machine (about 14 CPU-minutes); it prints the wall and CPU time of
 each section. Each suite's own command runs its full sweep.
@@ -41,9 +42,8 @@ def main(argv=None) -> int:
     steps = {
         "kernels": lambda: _suite("kernels", ["--quick", "--n", str(args.kernel_n), *common]),
         "cab": lambda: _suite("cab", ["--lengths", "256,1024,2048", "--efficient", ",".join(efficient), *common]),
-        # one training run (~5 CPU-minutes at the quick size): the suite's public options have no smaller size
-        "mqar": lambda: _suite("mqar", ["--roles", "attention", "--lrs", "3e-3", *common]),
-        "sparse": lambda: _suite("sparse", ["--train-minutes", "1", *common]),
+        "mqar": lambda: _suite("mqar", ["--roles", "attention,linear (elu+1)", "--lrs", "3e-3", *common]),
+        "sparse": lambda: _suite("sparse", ["--train-minutes", "2", *common]),
     }
     skip = {s for s in args.skip.split(",") if s}
     unknown = skip - set(steps)
