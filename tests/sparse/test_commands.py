@@ -16,10 +16,15 @@ def test_masks_show_writes_a_picture(tmp_path, capsys):
 
 def test_bench_kernels_writes_json_rows(tmp_path):
     path = tmp_path / "rows.json"
+    db = tmp_path / "results.sqlite"
     argv = ["bench", "kernels", "--patterns", "sliding_window_causal", "--n", "256", "--heads", "1",
-            "--directions", "fwd,fwdbwd", "--repeats", "1", "--no-flex", "--json", str(path)]
+            "--directions", "fwd,fwdbwd", "--repeats", "1", "--no-flex", "--json", str(path), "--db", str(db),
+            "--no-progress"]
     assert main(argv) == 0
     rows = json.loads(path.read_text())
+    from attnkit.bench._store import Store
+
+    assert Store(db).rows(Store(db).latest_run("kernels")["id"]) == rows  # stored for `attnkit report`
     assert [r["direction"] for r in rows] == ["fwd", "fwdbwd"]
     for r in rows:
         for key in ("suite", "pattern", "n", "direction", "seconds", "peak_mb", "gflops", "gemm_ratio",

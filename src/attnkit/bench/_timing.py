@@ -8,7 +8,7 @@ inputs, records its peak so far, runs the call once and reports the growth.
 from __future__ import annotations
 
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -17,6 +17,7 @@ import time
 import torch
 
 from .. import attention, spec
+from ._memory import MALLOC_ENV, peak_mb
 
 
 def median_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:
@@ -60,7 +61,7 @@ def peak_memory_mb(name: str, form: str | None, causal: bool, batch: int, heads:
     args = [name, form or "", str(int(causal)), str(batch), str(heads), str(q_len), str(kv_len), str(head_dim),
             str(threads or torch.get_num_threads())]
     out = subprocess.run([sys.executable, "-m", "attnkit.bench._timing", *args], capture_output=True, text=True,
-                         timeout=timeout)
+                         timeout=timeout, env={**os.environ, **MALLOC_ENV})
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}")
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
@@ -71,10 +72,8 @@ def _probe(argv: list[str]) -> None:
     torch.set_num_threads(int(threads))
     call = attention_call(name, form or None, bool(int(causal)), int(batch), int(heads), int(q_len), int(kv_len),
                           int(head_dim))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    call()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mb": round((after - before) / 1024, 1)}))
+    _, peak = peak_mb(call)
+    print(json.dumps({"peak_mb": round(peak, 1)}))
 
 
 if __name__ == "__main__":

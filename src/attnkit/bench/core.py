@@ -7,8 +7,9 @@
    (FlashAttention's FLOP count) next to this run's fp32 GEMM GFLOP/s.
 2. API overhead: the same comparison at a tiny size, where the Python around
    the kernel (validation, dispatch) is all that differs, in microseconds.
-3. Peak memory: ``ru_maxrss`` of a fresh subprocess per configuration minus
-   its value after the inputs are allocated, for the chunked exact path
+3. Peak memory: in a fresh subprocess per configuration, the anonymous memory
+   sampled during the call minus its level after the inputs are allocated
+   (:func:`._memory.peak_mb`), for the chunked exact path
    (forward, and forward + backward) and naive materialised attention. Naive
    runs whose estimated footprint exceeds ``--naive-max-gb`` are not run (the
    machine is shared); their figure is the estimate ``2 B H N^2`` floats (x3
@@ -21,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,6 +29,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from ._memory import MALLOC_ENV, peak_mb
 
 B, H, D = 1, 8, 64
 FULL_SIZES = [1024, 2048, 4096, 8192, 16384]
@@ -126,16 +128,17 @@ def child(path: str, n: int, backward: bool, threads: int) -> None:
     import attnkit
 
     q, k, v = _inputs(n, requires_grad=backward)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with torch.set_grad_enabled(backward):
-        if path == "naive":
-            out = naive_attention(q, k, v)
-        else:
-            out = attnkit.attention(q, k, v, "softmax", form="chunked")
-        if backward:
-            out.sum().backward()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mb": (peak - base) / 1024}))
+    def call():
+        with torch.set_grad_enabled(backward):
+            if path == "naive":
+                out = naive_attention(q, k, v)
+            else:
+                out = attnkit.attention(q, k, v, "softmax", form="chunked")
+            if backward:
+                out.sum().backward()
+            return out
+
+    print(json.dumps({"peak_mb": peak_mb(call)[1]}))
 
 
 def memory(sizes, threads: int, naive_max_gb: float) -> list[dict]:
@@ -161,9 +164,8 @@ def memory(sizes, threads: int, naive_max_gb: float) -> list[dict]:
 def _measure(path: str, n: int, backward: bool, threads: int) -> float:
     cmd = [sys.executable, "-m", "attnkit.bench.core", "--child", path, str(n), str(int(backward)), str(threads)]
     # A fixed mmap threshold makes glibc return every large freed buffer to the OS; with its default
-    # dynamic threshold, freed tile buffers stay in the heap and ru_maxrss measures fragmentation.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    # dynamic threshold, freed tile buffers stay in the heap and would be reused unseen.
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, **MALLOC_ENV})
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
 
 

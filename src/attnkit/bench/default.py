@@ -1,51 +1,33 @@
 """``attnkit bench``: a quick cross-section of every suite, then the HTML report.
 
-Runs, into one results database: the kernel matrix at one length (the
-``kernels`` suite, whose rows are stored here), CAB's pattern matrix for every
+Runs, into one results database: the kernel matrix at one length, CAB's pattern matrix for every
 mechanism with efficiency lengths of a few efficient ones, MQAR for attention
 and plain linear attention at one learning rate, and the sparse frontier on a
-briefly trained LM; then writes the report (``attnkit report``). Meant to take
-at most ~10 minutes on 2 cores. Each suite's own command runs its full sweep.
+briefly trained LM; then
+writes the report (``attnkit report``). Sized to take at most ~8 minutes on an
+idle 2-core machine (about 14 CPU-minutes); it prints the wall and CPU time of
+each section. Each suite's own command runs its full sweep.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
-import json
+import resource
 import sys
-import tempfile
+import time
 from pathlib import Path
 
 from .. import mechanisms
-from ._runner import add_common_arguments, run_items
+from ._runner import add_common_arguments
 
 CAB_EFFICIENT = ("linear", "based", "gated_deltanet", "sliding_window")
-
-
-def kernels(args, common: list[str]) -> int:
-    """Run the kernels suite with ``--json`` and store its rows (it does not store them itself)."""
-    try:
-        module = importlib.import_module("attnkit.bench.kernels")
-    except ImportError:
-        print("bench: the kernels suite is not in this build (attnkit.bench.kernels); skipped")
-        return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "kernels.json"
-        argv = ["--quick", "--n", str(args.kernel_n), "--json", str(out)]
-        code = module.main(argv)
-        rows = json.loads(out.read_text()) if out.exists() else []
-    keyed = {json.dumps([r.get("pattern"), r.get("n"), r.get("direction")]): r for r in rows}
-    config = {"argv": argv}
-    run_code, _ = run_items("kernels", config, [{"pattern": r.get("pattern"), "N": r.get("n"),
-                                                  "direction": r.get("direction")} for r in rows],
-                            lambda it: keyed[json.dumps([it["pattern"], it["N"], it["direction"]])], args)
-    return code or run_code
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="attnkit bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="attnkit-report", help="report folder (default: ./attnkit-report)")
-    p.add_argument("--kernel-n", type=int, default=2048, help="sequence length of the kernel matrix")
+    p.add_argument("--kernel-n", type=int, default=1024, help="sequence length of the kernel matrix")
     p.add_argument("--skip", default="", help="comma-separated suites to leave out (kernels,cab,mqar,sparse)")
     add_common_arguments(p)
     args = p.parse_args(argv)
@@ -58,8 +40,8 @@ def main(argv=None) -> int:
     if missing:
         print(f"bench: cab efficiency lengths skip unregistered {missing}")
     steps = {
-        "kernels": lambda: kernels(args, common),
-        "cab": lambda: _suite("cab", ["--lengths", "256,1024,4096", "--efficient", ",".join(efficient), *common]),
+        "kernels": lambda: _suite("kernels", ["--quick", "--n", str(args.kernel_n), *common]),
+        "cab": lambda: _suite("cab", ["--lengths", "256,1024,2048", "--efficient", ",".join(efficient), *common]),
         "mqar": lambda: _suite("mqar", ["--roles", "attention,linear (elu+1)", "--lrs", "3e-3", *common]),
         "sparse": lambda: _suite("sparse", ["--train-minutes", "2", *common]),
     }
@@ -68,22 +50,46 @@ def main(argv=None) -> int:
     if unknown:
         print(f"attnkit bench: --skip {sorted(unknown)} are not suites; expected some of {sorted(steps)}")
         return 2
-    codes = {}
+    codes, spent = {}, {}
     for name, step in steps.items():
         if name in skip:
             continue
         print(f"\n=== attnkit bench {name} ===", flush=True)
-        codes[name] = step()
+        with _clock(spent, name):
+            codes[name] = step()
         if codes[name] == 130:  # Ctrl-C: keep what finished, stop here
             break
     from ..commands.report import write_report
     from ._store import Store
 
-    print(f"\nreport: {write_report(Store(args.db), Path(args.out))}")
+    with _clock(spent, "report"):
+        print(f"\nreport: {write_report(Store(args.db), Path(args.out))}")
+    _print_times(spent)
     failed = {k: v for k, v in codes.items() if v}
     if failed:
         print(f"bench: suites with a non-zero exit: {failed}", file=sys.stderr)
     return max(failed.values(), default=0)
+
+
+@contextlib.contextmanager
+def _clock(spent: dict, name: str):
+    """Wall time and CPU time (user + sys, this process and its finished subprocesses) of a section."""
+    def cpu():
+        return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                      resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+    wall, used = time.perf_counter(), cpu()
+    try:
+        yield
+    finally:
+        spent[name] = (time.perf_counter() - wall, cpu() - used)
+
+
+def _print_times(spent: dict) -> None:
+    print("\nsection   wall s    CPU s   (CPU counts every core; the machine may be shared)")
+    for name, (wall, used) in spent.items():
+        print(f"{name:<8} {wall:7.1f}  {used:7.1f}")
+    print(f"{'total':<8} {sum(w for w, _ in spent.values()):7.1f}  {sum(c for _, c in spent.values()):7.1f}")
 
 
 def _suite(name: str, argv: list[str]) -> int:

@@ -3,7 +3,8 @@
 Every (pattern, N) runs in a fresh subprocess that measures, in this order:
 the fp32 GEMM rate; attnkit (``attnkit.attention`` with the pattern's
 mechanism) forward, then forward+backward, with the peak memory of each
-(``ru_maxrss`` minus the level after inputs were made); then the baselines of
+(:func:`._memory.peak_mb` over the warm-up call: anonymous memory sampled
+while it runs, minus the level before it); then the baselines of
 the same run — SDPA with the equivalent boolean mask (forward, and
 forward+backward one head at a time: its masked backward holds an (H, N, N)
 matrix that does not fit in memory at N = 16384) and compiled FlexAttention with the equivalent BlockMask
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -26,6 +27,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ._memory import MALLOC_ENV, peak_mb
+from ._runner import add_common_arguments, run_items
+from ._store import Store
 from ._patterns import DEFAULT, PATTERNS, QUICK
 
 COLUMNS = ("pattern", "n", "direction", "seconds", "peak_mb", "mem_x_qkv", "gflops", "gemm_ratio", "sdpa_ratio",
@@ -41,14 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--budget", type=float, default=20.0, help="seconds above which a call is timed once")
     p.add_argument("--no-sdpa", action="store_true")
     p.add_argument("--no-flex", action="store_true")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    add_common_arguments(p)
     args = p.parse_args(argv)
+    args.threads = args.threads or 2
     if args.worker:
         return _worker(args)
     patterns = args.patterns.split(",") if args.patterns else (QUICK if args.quick else DEFAULT)
@@ -56,21 +61,35 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown patterns {unknown}; expected some of {sorted(PATTERNS)}")
     sizes = [4096] if args.quick and args.n == "16384" else [int(x) for x in args.n.split(",")]
+    directions = args.directions.split(",")
     print(f"attnkit bench kernels: B={args.batch} H={args.heads} D={args.head_dim} fp32 threads={args.threads}")
-    rows = []
-    for n in sizes:
-        for name in patterns:
-            rows.extend(_run_subprocess(args, name, n, argv or []))
+    config = {"patterns": patterns, "n": sizes, "directions": directions, "batch": args.batch, "heads": args.heads,
+              "head_dim": args.head_dim, "threads": args.threads, "repeats": args.repeats, "budget": args.budget,
+              "sdpa": not args.no_sdpa, "flex": not args.no_flex}
+    items = [{"pattern": name, "N": n, "direction": d} for n in sizes for name in patterns for d in directions]
+    measured: dict = {}  # one worker measures every direction of a (pattern, N)
+
+    def measure(item):
+        key = (item["pattern"], item["N"])
+        if key not in measured:
+            measured[key] = {r["direction"]: r for r in _run_subprocess(args, *key, argv or [])}
+        if item["direction"] not in measured[key]:
+            raise RuntimeError(f"the worker for {key[0]} N={key[1]} returned no {item['direction']} row")
+        return measured[key][item["direction"]]
+
+    code, run_id = run_items("kernels", config, items, measure, args,
+                             describe=lambda it: f"{it['pattern']} N={it['N']} {it['direction']}")
+    rows = [r for r in Store(args.db).rows(run_id) if "seconds" in r]
     _print_table(rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    return 0
+    return code
 
 
 def _run_subprocess(args, name, n, argv) -> list[dict]:
     cmd = [sys.executable, "-m", "attnkit.bench.kernels", *argv, "--worker", f"{name}:{n}"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
     rows = [json.loads(line[4:]) for line in res.stdout.splitlines() if line.startswith("ROW ")]
     if res.returncode != 0 or not rows:
         print(f"  {name} N={n}: worker failed ({res.returncode}): {res.stderr.strip().splitlines()[-1:]}")
@@ -93,21 +112,22 @@ def _print_table(rows):
 
 
 def _timeit(fn, repeats, budget):
+    return _timed(fn, repeats, budget)[0]
+
+
+def _timed(fn, repeats, budget):
+    """``(median seconds, peak MiB of the warm-up call)``; a call slower than ``budget`` runs only once."""
     t0 = time.perf_counter()
-    fn()  # warm-up (and the only run for a call slower than the budget)
+    _, peak = peak_mb(fn)  # warm-up (and the only run for a call slower than the budget)
     first = time.perf_counter() - t0
     if first > budget:
-        return first
+        return first, peak
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return statistics.median(times), peak
 
 
 def _worker(args) -> int:
@@ -139,15 +159,14 @@ def _worker(args) -> int:
         out = attnkit.attention(q, k, v, pat.mechanism, causal=pat.causal, **params, **inputs)
         if backward:
             out.backward(torch.ones_like(out))
+        return out
 
     print(f"{name} N={n}: layout ready, timing attnkit", file=sys.stderr, flush=True)
-    base_rss = _rss_mb()
     results = {}
     for direction in args.directions.split(","):
         backward = direction == "fwdbwd"
         with torch.set_grad_enabled(backward):
-            t = _timeit(lambda: ours(backward), args.repeats, args.budget)
-        peak = _rss_mb() - base_rss
+            t, peak = _timed(lambda: ours(backward), args.repeats, args.budget)
         results[direction] = dict(seconds=t, peak_mb=peak, flops=flops * (3.5 if backward else 1.0))
     print(f"{name} N={n}: timing baselines", file=sys.stderr, flush=True)
     dense = None if args.no_sdpa or n > 32768 else dense_pattern(mask, B, H, n, n).contiguous()

@@ -13,6 +13,15 @@ reused). Each held-out window is a prompt of ``prompt`` tokens followed by
 - **decode**: the prompt runs densely, the scored tokens decode with the sparse
   mechanism over the dense KV cache (sinks + window is StreamingLLM's cache).
 
+The KV-cache policies (``h2o``, ``tova``, ``knorm``, ``snapkv``) drop keys for
+good, so a dense decode cannot follow them. Their **decode** rows prefill the
+prompt with full attention, compress the cache at its end (accumulated
+attention, the last query's attention, key norms, or SnapKV's
+observation-window vote) and decode under the policy; the evicting ones also
+get a **prefill+decode** row, the policy from the first token on (as H2O's own
+evaluation masks the prompt). SnapKV has no
+prefill row: its prompt is always prefilled densely.
+
 Sparsity is measured by running the mechanism (uniform scores, identity values):
 the fraction of causal (query, key) pairs of that phase it does not attend.
 Quality is ``ppl_dense / ppl_sparse`` (1.0 = no loss); the report gives, per
@@ -33,12 +42,30 @@ from .. import attention, mechanisms
 from ._runner import add_common_arguments, run_items
 from ._store import canonical, default_db_path
 
-# method -> (mechanism, swept parameter, fixed parameters); the sweep is fractions of the prompt.
+
+def _h2o(budget, phase, prompt):
+    return {"heavy": budget // 2, "recent": budget - budget // 2, "start": prompt if phase == "decode" else 0}
+
+
+def _snapkv(budget, phase, prompt):
+    return {"prompt": prompt, "capacity": budget, "window": max(1, min(32, budget // 2)), "kernel": 5}
+
+
+# method -> (mechanism, params(swept value, phase, prompt length), phases); the sweep is fractions of the
+# prompt: a window, or a cache budget (H2O splits it evenly between heavy hitters and recent tokens, as
+# the paper does; SnapKV's observation window is 32 tokens, at most half the budget).
 METHODS = {
-    "sliding_window": ("sliding_window", "window", {}),
-    "sinks_window": ("sinks_window", "window", {"sinks": 4}),
-    "dilated_window": ("dilated_window", "window", {"dilation": 2}),
+    "sliding_window": ("sliding_window", lambda w, phase, p: {"window": w}, ("prefill", "decode")),
+    "sinks_window": ("sinks_window", lambda w, phase, p: {"window": w, "sinks": 4}, ("prefill", "decode")),
+    "dilated_window": ("dilated_window", lambda w, phase, p: {"window": w, "dilation": 2}, ("prefill", "decode")),
+    "h2o": ("h2o", _h2o, ("decode", "prefill+decode")),
+    "tova": ("tova", lambda b, phase, p: {"budget": b, "start": p if phase == "decode" else 0},
+             ("decode", "prefill+decode")),
+    "knorm": ("knorm", lambda b, phase, p: {"budget": b, "start": p if phase == "decode" else 0},
+              ("decode", "prefill+decode")),
+    "snapkv": ("snapkv", _snapkv, ("decode",)),
 }
+EVICTING = {"h2o", "tova", "knorm", "snapkv"}  # mechanisms whose cache a dense model cannot continue from
 FRACTIONS = [1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32]
 QUICK = dict(dim=128, layers=4, heads=4, level="char", context=256, train_minutes=3.0, batch=32, lr=3e-3,
              prompt=192, score=64, windows=48)
@@ -105,13 +132,13 @@ def loss(first, second, windows: torch.Tensor, prompt: int) -> float:
 def plan(c: dict) -> tuple[list[dict], list[str]]:
     registered = set(mechanisms())
     items, missing = [{"method": "dense", "phase": "both", "value": None}], []
-    for method, (mech, _, _) in METHODS.items():
+    for method, (mech, _, phases) in METHODS.items():
         if mech not in registered:
             missing.append(f"{method}: mechanism {mech!r} is not registered")
             items.append({"method": method, "phase": "both", "value": None})
             continue
-        for phase in ("prefill", "decode"):
-            items += [{"method": method, "phase": phase, "value": max(1, round(c["prompt"] * f))} for f in FRACTIONS]
+        for phase in phases:
+            items += [{"method": method, "phase": phase, "value": max(2, round(c["prompt"] * f))} for f in FRACTIONS]
     return items, missing
 
 
@@ -126,17 +153,31 @@ def measurer(c: dict, args):
         if item["method"] != "dense" and item["value"] is None:
             return {"status": "not registered"}
         if model is None:
-            model, held = trained_model(c, args)
+            model, held = trained_model(c, args)  # trains with the run's threads
+        threads = torch.get_num_threads()
+        # Evaluation is many small ops (dim 128; the cache policies decode token by token): one
+        # thread is faster (28 s -> 1.5 s per H2O item with a busy second core) and frees the other core.
+        torch.set_num_threads(1)
+        try:
+            return evaluate(item)
+        finally:
+            torch.set_num_threads(threads)
+
+    def evaluate(item: dict) -> dict:
+        if "dense" not in cache:
             cache["windows"] = held_out_windows(held, c)
             cache["dense"] = loss(model, model, cache["windows"], c["prompt"])
         if item["method"] == "dense":
             return {"loss": cache["dense"], "perplexity": math.exp(cache["dense"]), "sparsity": 0.0, "quality": 1.0}
-        mech, param, fixed = METHODS[item["method"]]
-        params = {**fixed, param: item["value"]}
+        mech, make_params, _ = METHODS[item["method"]]
+        n, p = c["prompt"] + c["score"], c["prompt"]
+        params = make_params(item["value"], item["phase"], p)
         sparse_model = DecoderLM(model_config(c, model.config.vocab_size, {"mechanism": mech, **params})).eval()
         sparse_model.load_state_dict(model.state_dict())
-        n, p = c["prompt"] + c["score"], c["prompt"]
-        if item["phase"] == "prefill":
+        if mech in EVICTING:  # the policy holds the cache from the prompt on; its params say where it starts
+            value = loss(sparse_model, sparse_model, cache["windows"], p)
+            rows = slice(p, n) if item["phase"] == "decode" else slice(0, n)
+        elif item["phase"] == "prefill":
             value, rows = loss(sparse_model, model, cache["windows"], p), slice(0, p)
         else:
             value, rows = loss(model, sparse_model, cache["windows"], p), slice(p, n)
@@ -150,7 +191,7 @@ def frontier(rows: list[dict], keep: float = 0.99) -> list[dict]:
     """Per method and phase: the highest sparsity whose quality stays >= ``keep``."""
     out: dict[tuple, dict] = {}
     for r in rows:
-        if r.get("phase") in ("prefill", "decode") and "quality" in r:
+        if r.get("phase") in ("prefill", "decode", "prefill+decode") and "quality" in r:
             best = out.setdefault((r["method"], r["phase"]), {"method": r["method"], "phase": r["phase"],
                                                                f"max sparsity at quality>={keep}": 0.0})
             if r["quality"] >= keep:
