@@ -54,13 +54,18 @@ def _register(name, papers, summary, params, test_params, rule):
     def step(q, k, v, state, *, causal, mask, scale, **params):
         return eviction_step(q, k, v, state, scale=scale, **settings(params))
 
-    heavy, recent, start = rule(**params)[:3]  # flops and state size count the default budget
+    def budget(overrides):
+        """(heavy, recent, start) of the call's parameters over the defaults."""
+        return rule(**{**params, **{n: x for n, x in overrides.items() if n in params}})[:3]
 
-    def flops(batch, heads, q_len, kv_len, head_dim, causal):
+    def flops(batch, heads, q_len, kv_len, head_dim, causal, **overrides):
+        heavy, recent, start = budget(overrides)
         return 4 * batch * heads * head_dim * _seen(q_len, heavy + recent, start)
 
-    def state_size(batch, heads, kv_heads, seq_len, head_dim):
-        return 2 * batch * heads * head_dim * (seq_len if seq_len < start else min(seq_len, heavy + recent))
+    def state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **overrides):
+        heavy, recent, start = budget(overrides)
+        kept = seq_len if seq_len < start else min(seq_len, heavy + recent)
+        return batch * heads * (head_dim + (v_dim or head_dim)) * kept
 
     reference.__name__, cache.__name__ = f"{name}_reference", f"{name}_cache"
     register(MechanismSpec(

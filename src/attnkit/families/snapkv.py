@@ -116,9 +116,9 @@ def snapkv_compressed(q, k, v, *, causal, mask, scale, **params):
     return snapkv_step(q, k, v, None, causal=causal, mask=mask, scale=scale, **params)[0]
 
 
-def _state_size(batch, heads, kv_heads, seq_len, head_dim, prompt=4096, capacity=2048):
+def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, prompt=4096, capacity=2048, **params):
     kept = seq_len if seq_len <= prompt or prompt <= capacity else capacity + seq_len - prompt
-    return 2 * batch * heads * kept * head_dim
+    return batch * heads * kept * (head_dim + (v_dim or head_dim))
 
 
 register(MechanismSpec(
