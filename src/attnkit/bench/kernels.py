@@ -1,15 +1,17 @@
 """``attnkit bench kernels``: the LongCA-style kernel matrix, pattern x N x (fwd, fwd+bwd).
 
-Every (pattern, N) runs in a fresh subprocess that measures, in this order:
-the fp32 GEMM rate; attnkit (``attnkit.attention`` with the pattern's
-mechanism) forward, then forward+backward, with the peak memory of each
-(:func:`._memory.peak_mb` over the warm-up call: anonymous memory sampled
-while it runs, minus the level before it); then the baselines of
-the same run — SDPA with the equivalent boolean mask (forward, and
-forward+backward one head at a time: its masked backward holds an (H, N, N)
-matrix that does not fit in memory at N = 16384) and compiled FlexAttention with the equivalent BlockMask
-(forward only: no backward on CPU). Times are medians after a warm-up; a
-baseline slower than ``--budget`` seconds per call is timed once.
+Every (pattern, N) runs in two fresh subprocesses. The first measures attnkit's
+peak memory per direction (:func:`._memory.peak_mb` over one call: anonymous
+memory sampled while it runs, minus the level before it), with glibc told to
+map every buffer so that no allocation hides in freed heap. The second, with
+the default allocator as users run, measures in this order: the fp32 GEMM
+rate; attnkit (``attnkit.attention`` with the pattern's mechanism) forward,
+then forward+backward; then the baselines of the same run — SDPA with the
+equivalent boolean mask (forward, and forward+backward one head at a time: its
+masked backward holds an (H, N, N) matrix that does not fit in memory at
+N = 16384) and compiled FlexAttention with the equivalent BlockMask (forward
+only: no backward on CPU). Times are medians after a warm-up; a call slower
+than ``--budget`` seconds is timed once.
 
 FLOPs follow LongCA / FlashAttention: forward = 4 * B * H * allowed pairs * D,
 forward+backward = 3.5 x forward. Ratios > 1 mean attnkit is faster.
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-flex", action="store_true")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     add_common_arguments(p)
     args = p.parse_args(argv)
     args.threads = args.threads or 2
@@ -88,14 +91,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_subprocess(args, name, n, argv) -> list[dict]:
+    """Peak memory in one fresh process (glibc maps every buffer, so the probe sees each allocation), times
+    in another with the default allocator, which is how users run (mapping every buffer slows every call)."""
     cmd = [sys.executable, "-m", "attnkit.bench.kernels", *argv, "--worker", f"{name}:{n}"]
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
-    rows = [json.loads(line[4:]) for line in res.stdout.splitlines() if line.startswith("ROW ")]
-    if res.returncode != 0 or not rows:
-        print(f"  {name} N={n}: worker failed ({res.returncode}): {res.stderr.strip().splitlines()[-1:]}")
+    mem = subprocess.run([*cmd, "--memory"], capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    peaks = {m["direction"]: m["peak_mb"] for m in _lines(mem.stdout, "MEM ")}
+    rows = _lines(res.stdout, "ROW ")
+    if res.returncode != 0 or mem.returncode != 0 or not rows:
+        failed = res if res.returncode != 0 or not rows else mem
+        print(f"  {name} N={n}: worker failed ({failed.returncode}): {failed.stderr.strip().splitlines()[-1:]}")
     for r in rows:
+        r["peak_mb"] = peaks.get(r["direction"])
+        r["mem_x_qkv"] = r["peak_mb"] / r.pop("qkv_mb") if r["peak_mb"] is not None else None
         print("  " + "  ".join(f"{c}={_fmt(r.get(c))}" for c in COLUMNS), flush=True)
     return rows
+
+
+def _lines(stdout: str, tag: str) -> list[dict]:
+    return [json.loads(line[len(tag):]) for line in stdout.splitlines() if line.startswith(tag)]
 
 
 def _fmt(x):
@@ -112,22 +126,18 @@ def _print_table(rows):
 
 
 def _timeit(fn, repeats, budget):
-    return _timed(fn, repeats, budget)[0]
-
-
-def _timed(fn, repeats, budget):
-    """``(median seconds, peak MiB of the warm-up call)``; a call slower than ``budget`` runs only once."""
+    """Median seconds after a warm-up call; a call slower than ``budget`` is timed once."""
     t0 = time.perf_counter()
-    _, peak = peak_mb(fn)  # warm-up (and the only run for a call slower than the budget)
+    fn()
     first = time.perf_counter() - t0
     if first > budget:
-        return first, peak
+        return first
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), peak
+    return statistics.median(times)
 
 
 def _worker(args) -> int:
@@ -149,7 +159,6 @@ def _worker(args) -> int:
         mask = mask_of(attnkit.spec(pat.mechanism), q, k, causal=pat.causal, **params, **inputs)
     layout = build_layout(mask, batch=B, heads=H, q_len=n, kv_len=n)
     flops = layout.flops(D)
-    gemm = gemm_gflops()
     qkv_mb = 3 * q.numel() * 4 / 2**20
 
     def ours(backward):
@@ -161,13 +170,20 @@ def _worker(args) -> int:
             out.backward(torch.ones_like(out))
         return out
 
+    if args.memory:  # this process runs with MALLOC_ENV: peaks only, one call per direction
+        for direction in args.directions.split(","):
+            with torch.set_grad_enabled(direction == "fwdbwd"):
+                print("MEM " + json.dumps({"direction": direction,
+                                           "peak_mb": peak_mb(lambda: ours(direction == "fwdbwd"))[1]}), flush=True)
+        return 0
+    gemm = gemm_gflops()
     print(f"{name} N={n}: layout ready, timing attnkit", file=sys.stderr, flush=True)
     results = {}
     for direction in args.directions.split(","):
         backward = direction == "fwdbwd"
         with torch.set_grad_enabled(backward):
-            t, peak = _timed(lambda: ours(backward), args.repeats, args.budget)
-        results[direction] = dict(seconds=t, peak_mb=peak, flops=flops * (3.5 if backward else 1.0))
+            t = _timeit(lambda: ours(backward), args.repeats, args.budget)
+        results[direction] = dict(seconds=t, flops=flops * (3.5 if backward else 1.0))
     print(f"{name} N={n}: timing baselines", file=sys.stderr, flush=True)
     dense = None if args.no_sdpa or n > 32768 else dense_pattern(mask, B, H, n, n).contiguous()
     flex = None if args.no_flex else _flex(mask, B, H, n, q, k, v, args)
@@ -191,7 +207,7 @@ def _worker(args) -> int:
         flex_t = flex if (flex is not None and not backward) else None
         gf = r["flops"] / r["seconds"] / 1e9
         row = dict(suite="kernels", pattern=name, n=n, direction=direction, seconds=r["seconds"],
-                   peak_mb=r["peak_mb"], mem_x_qkv=r["peak_mb"] / qkv_mb, gflops=gf, gemm_gflops=gemm,
+                   qkv_mb=qkv_mb, gflops=gf, gemm_gflops=gemm,
                    gemm_ratio=gf / gemm, sdpa_ratio=sdpa_t / r["seconds"] if sdpa_t else None,
                    flex_ratio=flex_t / r["seconds"] if flex_t else None, density=layout.density,
                    batch=B, heads=H, head_dim=D, threads=args.threads)
