@@ -7,7 +7,7 @@ from attnkit.kernels import linear_scan
 
 @pytest.mark.parametrize("gate", [None, "scalar", "channel"])
 def test_head_slices_equal_the_parallel_form(monkeypatch, gate):
-    monkeypatch.setattr(linear_scan, "STEP_ELEMENTS", 1)  # one head per slice, slices cross batch rows
+    monkeypatch.setattr(linear_scan, "STEP_ELEMENTS", 1)  # one head and one chunk per step, across batch rows
     g = torch.Generator().manual_seed(5)
     B, H, N, D = 2, 3, 19, 4
     q, k = (torch.rand(B, H, N, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
