@@ -21,15 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 from ._memory import MALLOC_ENV, peak_mb
+from ._timing import median_seconds
 from ._runner import add_common_arguments, run_items
 from ._store import Store
 from ._patterns import DEFAULT, PATTERNS, QUICK
@@ -125,21 +124,6 @@ def _print_table(rows):
         print("  ".join(_fmt(r.get(c)).rjust(widths[c]) for c in COLUMNS))
 
 
-def _timeit(fn, repeats, budget):
-    """Median seconds after a warm-up call; a call slower than ``budget`` is timed once."""
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    if first > budget:
-        return first
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _worker(args) -> int:
     import attnkit
     from attnkit.families.mask_pipeline import dense_pattern, mask_of
@@ -182,7 +166,7 @@ def _worker(args) -> int:
     for direction in args.directions.split(","):
         backward = direction == "fwdbwd"
         with torch.set_grad_enabled(backward):
-            t = _timeit(lambda: ours(backward), args.repeats, args.budget)
+            t = median_seconds(lambda: ours(backward), args.repeats, budget=args.budget)
         results[direction] = dict(seconds=t, flops=flops * (3.5 if backward else 1.0))
     print(f"{name} N={n}: timing baselines", file=sys.stderr, flush=True)
     dense = None if args.no_sdpa or n > 32768 else dense_pattern(mask, B, H, n, n).contiguous()
@@ -203,7 +187,7 @@ def _worker(args) -> int:
                     out.backward(torch.ones_like(out))
 
             with torch.set_grad_enabled(backward):
-                sdpa_t = _timeit(sdpa, args.repeats, args.budget)
+                sdpa_t = median_seconds(sdpa, args.repeats, budget=args.budget)
         flex_t = flex if (flex is not None and not backward) else None
         gf = r["flops"] / r["seconds"] / 1e9
         row = dict(suite="kernels", pattern=name, n=n, direction=direction, seconds=r["seconds"],
@@ -225,7 +209,7 @@ def _flex(mask, B, H, n, q, k, v, args):
         q, k, v = (t.detach() for t in (q, k, v))
         with torch.no_grad():
             compiled(q, k, v, block_mask=block_mask)  # compile (~17 s on CPU) outside the timing
-            return _timeit(lambda: compiled(q, k, v, block_mask=block_mask), args.repeats, args.budget)
+            return median_seconds(lambda: compiled(q, k, v, block_mask=block_mask), args.repeats, budget=args.budget)
     except Exception as exc:  # a mask the compiler cannot trace: report, keep the other columns
         print(f"flex unavailable for this pattern: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
         return None
