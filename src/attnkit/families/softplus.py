@@ -34,9 +34,9 @@ from ..kernels.positions import causal_mask, query_positions, repeat_kv
 from ..registry import ALL_PATTERNS, MechanismSpec, register
 from ..scores.normalisers import SOFTMAX, Normaliser
 from ..scores.tensor_checks import check_float
+from ..scores.user_mask import apply_mask
 from ..state import kv_cache_step
 from .score_pipeline import CHUNK_PARAMS, register_score_mechanism
-from ..scores.user_mask import apply_mask
 
 PAPER = "Softplus Attention with Re-weighting Boosts Length Extrapolation in Large Language Models"
 SOFTPLUS_L1 = Normaliser("softplus-l1", "ratio", phi=F.softplus)

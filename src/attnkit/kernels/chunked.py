@@ -22,8 +22,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..scores.normalisers import SOFTMAX, Normaliser
-from .positions import query_positions
 from ..scores.user_mask import apply_mask
+from .positions import query_positions
 
 ScoreMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from .delta_rule import prepare, zero_state
-
+from .pieces import pieces
 
 # Elements of the largest per-step temporary (chunks x C x max(C, 2 D)): heads are processed in
 # slices of about this size, which stay in cache; all heads at once at N = 8192 are ~1.6x slower.
@@ -45,10 +45,8 @@ def delta_rule_chunked(q, k, v, beta, g=None, *, scale, initial_state=None, qk_l
     per_step = -(-N // chunk_size) * chunk_size * max(chunk_size, Dk + Dv)
     step = max(1, STEP_ELEMENTS // per_step)
     outs, states = [], []
-    for h in range(0, B * H, step):
-        part = slice(h, h + step)
-        o, s = _chunked_heads(q[:, part], k[:, part], v[:, part], beta[:, part],
-                              None if g is None else g[:, part], S[:, part], chunk_size)
+    for part in zip(*(pieces(t, step, 1, B * H) for t in (q, k, v, beta, g, S))):
+        o, s = _chunked_heads(*part, chunk_size)
         outs.append(o)
         states.append(s)
     out = torch.cat(outs, dim=1).reshape(B, H, N, Dv)

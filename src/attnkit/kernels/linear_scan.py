@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .pieces import pieces
+
 # Largest (chunks x C x C x Dk) block the channel-gated chunked form builds at once.
 _CHANNEL_BLOCK_ELEMENTS = 1 << 24
 
@@ -97,20 +99,14 @@ def chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int):
         return _chunked_heads(q, k, v, g, S0, chunk_size)
     flat = [None if t is None else t.reshape(B * H, 1, *t.shape[2:]) for t in (q, k, v, g, S0)]
     outs, states = [], []
-    for *part, S_h in zip(*(_pieces(t, heads, 0, B * H) for t in flat)):
-        pieces = []
-        for stretch_part in zip(*(_pieces(t, stretch, 2, N) for t in part)):  # the state passes stretch to stretch
+    for *part, S_h in zip(*(pieces(t, heads, 0, B * H) for t in flat)):
+        head_outs = []
+        for stretch_part in zip(*(pieces(t, stretch, 2, N) for t in part)):  # the state passes stretch to stretch
             o, S_h = _chunked_heads(*stretch_part, S_h, chunk_size)
-            pieces.append(o)
-        outs.append(torch.cat(pieces, dim=2))
+            head_outs.append(o)
+        outs.append(torch.cat(head_outs, dim=2))
         states.append(S_h)
     return torch.cat(outs).reshape(B, H, N, -1), torch.cat(states).reshape(B, H, Dk, -1)
-
-
-def _pieces(t, size: int, dim: int, length: int):
-    """``t`` split along ``dim`` (split, not slices in a loop: a slice's backward zero-fills a whole-tensor
-    gradient); ``None`` stays ``None`` once per piece."""
-    return [None] * -(-length // size) if t is None else t.split(size, dim)
 
 
 def _chunked_heads(q, k, v, g, S0, chunk_size: int):
