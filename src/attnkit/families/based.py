@@ -44,6 +44,7 @@ register_linear_mechanism(
     papers=(PAPER,),
     prepare=based_prepare,
     normalise=True,
+    rowwise=True,
     feature_dim=lambda d, params: taylor_feature_dim(d),
     summary="Based: Taylor feature map phi(q).phi(k) = 1 + s + s^2/2 (s = scale q.k), normalised linear attention",
 )

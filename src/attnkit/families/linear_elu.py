@@ -28,6 +28,7 @@ register_linear_mechanism(
     papers=(PAPER,),
     prepare=elu_features,
     normalise=True,
+    rowwise=True,
     params={"chunk_size": 128},  # fastest on the 2-core CPU: fewer, larger GEMMs (docs/linear.md)
     summary="phi(q) (sum phi(k)^T v) / phi(q) sum phi(k), phi = elu + 1; O(N), constant-size state",
 )

@@ -23,12 +23,18 @@ FEATURE_MAP_PATTERNS = frozenset({"causal-self", "noncausal-self", "noncausal-cr
 CAUSAL_ONLY = frozenset({"causal-self"})
 
 
-def stateful_forms(prepare, *, normalise: bool, eps_param: str | None = None, chunked_kernel=None) -> dict:
+def stateful_forms(
+    prepare, *, normalise: bool, eps_param: str | None = None, chunked_kernel=None, rowwise: bool = False
+) -> dict:
     """The three stateful forms of a mechanism given ``prepare(q, k, v, *, scale, **params) -> (q', k', v', g)``.
 
     ``prepare`` receives k and v already expanded to the query heads. ``eps_param``
     names a parameter added to the normaliser per visible key (``phi(q) . z + eps n``).
     ``chunked_kernel`` replaces :func:`attnkit.kernels.linear_scan.chunked` (same signature).
+    ``rowwise`` declares that ``prepare`` maps every (batch, head, token) row alone, the same way for
+    every head and position, with no gate: the causal chunked form then maps and normalises each of
+    its slices just before and after scanning it, with no full-size temporaries (at N = 32768 those
+    cost more than the scan on this CPU).
     """
 
     def make(kernel_name):
@@ -39,6 +45,8 @@ def stateful_forms(prepare, *, normalise: bool, eps_param: str | None = None, ch
         def form(q, k, v, *, causal, scale, initial_state=None, chunk_size=CHUNK_PARAMS["chunk_size"], **params):
             _check_chunk_size(chunk_size)
             H, Dv = q.shape[1], v.shape[-1]
+            if rowwise and causal and kernel_name == "chunked" and chunked_kernel is None:
+                return _chunked_by_slices(q, repeat_kv(k, H), repeat_kv(v, H), initial_state, scale, chunk_size, params)
             fq, fk, fv, g = prepare(q, repeat_kv(k, H), repeat_kv(v, H), scale=scale, **params)
             if g is not None and not causal:
                 raise ValueError("a decayed/gated recurrence is only defined causally; pass causal=True")
@@ -49,8 +57,9 @@ def stateful_forms(prepare, *, normalise: bool, eps_param: str | None = None, ch
             out, S = kernel(fq, fk, fv, g, S0, causal=causal, **kw)
             before = initial_state.length if initial_state is not None else 0
             length = before + k.shape[2]
+            eps = params.get(eps_param, 0.0) if eps_param else 0.0
             if normalise:
-                out = _normalised(out, q.shape[2], before, length, causal, params.get(eps_param, 0.0) if eps_param else 0.0)
+                out = _normalised(out, q.shape[2], length, causal, eps)
                 state = RecurrentState(length, S=S[..., :Dv], z=S[..., Dv])
             else:
                 state = RecurrentState(length, S=S)
@@ -58,6 +67,26 @@ def stateful_forms(prepare, *, normalise: bool, eps_param: str | None = None, ch
 
         form.__name__ = kernel_name
         return form
+
+    def _chunked_by_slices(q, k, v, initial_state, scale, chunk_size, params):
+        before = initial_state.length if initial_state is not None else 0
+        eps = params.get(eps_param, 0.0) if eps_param else 0.0
+
+        def features(q_s, k_s, v_s, g, start):
+            fq, fk, fv, _ = prepare(q_s, k_s, v_s, scale=scale, **params)
+            if not normalise:
+                return fq, fk, fv, None, None
+            fv = torch.nn.functional.pad(fv, (0, 1), value=1.0)
+            length = before + start + q_s.shape[2]
+            return fq, fk, fv, None, lambda out: _normalised(out, q_s.shape[2], length, True, eps)
+
+        first = features(q[:, :, :1], k[:, :, :1], v[:, :, :1], None, 0)  # one token: the state's shapes
+        S0 = _initial(initial_state, first[0], first[2], normalise)
+        out, S = linear_scan.chunked(q, k, v, None, S0, causal=True, chunk_size=chunk_size, features=features)
+        length = before + k.shape[2]
+        if normalise:
+            return out, RecurrentState(length, S=S[..., : v.shape[-1]], z=S[..., v.shape[-1]])
+        return out, RecurrentState(length, S=S)
 
     return {name: make(name) for name in ("parallel", "chunked", "recurrent")}
 
@@ -88,7 +117,7 @@ def _initial(state, fq, fv, normalise):
     return torch.cat([state["S"], state["z"][..., None]], dim=-1) if normalise else state["S"]
 
 
-def _normalised(out, q_len, before, length, causal, eps):
+def _normalised(out, q_len, length, causal, eps):
     """``phi(q) S / (phi(q) z + eps n)``; a query whose normaliser is 0 outputs 0."""
     num, den = out[..., :-1], out[..., -1:]
     if eps:
@@ -137,9 +166,17 @@ def register_linear_mechanism(
     test_params: dict | None = None,
     module=None,
     chunked_kernel=None,
+    rowwise: bool = False,
 ) -> MechanismSpec:
-    """Register a recurrent mechanism; ``feature_dim(head_dim, params)`` is the state's key dimension."""
-    forms = stateful_forms(prepare, normalise=normalise, eps_param=eps_param, chunked_kernel=chunked_kernel)
+    """Register a recurrent mechanism; ``feature_dim(head_dim, params)`` is the state's key dimension.
+
+    ``rowwise``: see :func:`stateful_forms` (refused with per-token or per-head tensor inputs).
+    """
+    if rowwise and tensor_inputs is not None:
+        raise ValueError(f"{name}: rowwise=True needs a prepare without tensor inputs")
+    forms = stateful_forms(
+        prepare, normalise=normalise, eps_param=eps_param, chunked_kernel=chunked_kernel, rowwise=rowwise
+    )
     all_params = {**CHUNK_PARAMS, **(params or {})}
 
     def state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **call_params):

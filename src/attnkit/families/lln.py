@@ -51,6 +51,7 @@ register_linear_mechanism(
     papers=(PAPER,),
     prepare=lln_prepare,
     normalise=True,
+    rowwise=True,
     params={"alpha": DEFAULT_ALPHA, "beta": DEFAULT_BETA},
     test_params={"alpha": 0.7, "beta": 0.8},
     summary="linear log-normal attention: exp(alpha q), exp(beta k) feature maps with moment-matched temperatures",

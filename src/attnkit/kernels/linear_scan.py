@@ -87,26 +87,44 @@ def recurrent(q, k, v, g, S0, *, causal: bool):
 STEP_ELEMENTS = 1 << 19
 
 
-def chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int):
-    """Chunkwise form: masked matrix inside each chunk, the state across chunks."""
+def chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int, features=None):
+    """Chunkwise form: masked matrix inside each chunk, the state across chunks.
+
+    ``features(q, k, v, g, start) -> (q', k', v', g', finish)``, when given, maps each slice (heads
+    ``(B', 1, tokens, D)`` from token ``start`` of this call) just before its scan, and ``finish`` (or
+    None) maps that slice's output: a feature map and normaliser that act on each row alone then never
+    build full-size temporaries (causal only; the state's shape is then the features').
+    """
     if not causal:
+        if features is not None:
+            raise ValueError("features= is for the causal chunked scan")
         return _noncausal(q, k, v, S0, chunk_size)
+    features = features or _as_given
     B, H, N, Dk = q.shape
     width = max(chunk_size, Dk)
     stretch = max(chunk_size, STEP_ELEMENTS // width // chunk_size * chunk_size)  # tokens per step
-    heads = max(1, STEP_ELEMENTS // (min(N, stretch) * width))
+    heads = max(1, STEP_ELEMENTS // (min(N, stretch) * width))  # > 1 only when one stretch covers N
     if heads >= B * H and stretch >= N:
-        return _chunked_heads(q, k, v, g, S0, chunk_size)
+        return _scan_slice(features, q, k, v, g, S0, 0, chunk_size)
     flat = [None if t is None else t.reshape(B * H, 1, *t.shape[2:]) for t in (q, k, v, g, S0)]
-    outs, states = [], []
+    outs, states = [], []  # outs in the order of the output's memory: head by head, stretch by stretch
     for *part, S_h in zip(*(pieces(t, heads, 0, B * H) for t in flat)):
-        head_outs = []
-        for stretch_part in zip(*(pieces(t, stretch, 2, N) for t in part)):  # the state passes stretch to stretch
-            o, S_h = _chunked_heads(*stretch_part, S_h, chunk_size)
-            head_outs.append(o)
-        outs.append(torch.cat(head_outs, dim=2))
+        for start, stretch_part in zip(range(0, N, stretch), zip(*(pieces(t, stretch, 2, N) for t in part))):
+            o, S_h = _scan_slice(features, *stretch_part, S_h, start, chunk_size)  # the state passes on
+            outs.append(o.reshape(1, 1, -1, o.shape[-1]))
         states.append(S_h)
-    return torch.cat(outs).reshape(B, H, N, -1), torch.cat(states).reshape(B, H, Dk, -1)
+    out = torch.cat(outs, dim=2)  # one output buffer, written once (nested cats cost a page-faulted copy)
+    return out.reshape(B, H, N, -1), torch.cat(states).reshape(B, H, *states[0].shape[-2:])
+
+
+def _as_given(q, k, v, g, start):
+    return q, k, v, g, None
+
+
+def _scan_slice(features, q, k, v, g, S0, start, chunk_size):
+    q, k, v, g, finish = features(q, k, v, g, start)
+    out, S = _chunked_heads(q, k, v, g, S0, chunk_size)
+    return (out if finish is None else finish(out)), S
 
 
 def _chunked_heads(q, k, v, g, S0, chunk_size: int):
