@@ -12,14 +12,40 @@ def gemm_gflops(n: int = 2048, repeats: int = 5, dtype=torch.float32) -> float:
     """Median fp32 GEMM throughput of ``torch.mm`` on n x n matrices, in GFLOP/s."""
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
+    return 2 * n**3 / _median_seconds(lambda: a @ b, repeats, warmup=2) / 1e9
+
+
+def bmm_gflops(batch: int, m: int, k: int, n: int, repeats: int = 5, dtype=torch.float32) -> float:
+    """Median throughput of ``torch.bmm`` on ``batch`` products of ``(m, k) @ (k, n)``, in GFLOP/s:
+    the rate of the small block matmuls a chunked or tiled kernel is made of."""
+    a = torch.randn(batch, m, k, dtype=dtype)
+    b = torch.randn(batch, k, n, dtype=dtype)
+    out = torch.empty(batch, m, n, dtype=dtype)
+    return 2 * batch * m * k * n / _median_seconds(lambda: torch.bmm(a, b, out=out), repeats) / 1e9
+
+
+def exp_seconds_per_element(elements: int = 1 << 16, repeats: int = 5, dtype=torch.float32) -> float:
+    """Seconds per element of ``torch.exp`` on a cache-resident buffer: the cheapest a softmax's
+    exponentials can be when built from torch ops."""
+    x = torch.randn(elements, dtype=dtype) - 3
+    out = torch.empty_like(x)
+
+    def run():
+        for _ in range(64):
+            torch.exp(x, out=out)
+
+    return _median_seconds(run, repeats) / (64 * elements)
+
+
+def _median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        a @ b
+        fn()
         times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return statistics.median(times)
 
 
 def cpu_name() -> str:

@@ -37,6 +37,8 @@ def test_layout_reproduces_element_mask(name, blocks):
         got = layout.element_mask()
         assert torch.equal(torch.broadcast_to(got, (2, 4, N, N)), torch.broadcast_to(dense, (2, 4, N, N))), name
         assert layout.pairs == int(torch.broadcast_to(dense, (2, 4, N, N)).sum())
+        tiles = (layout.kind != 0).repeat_interleave(blocks[0], 2).repeat_interleave(blocks[1], 3)[..., :N, :N]
+        assert layout.computed_pairs == int(torch.broadcast_to(tiles, (2, 4, N, N)).sum()) >= layout.pairs
 
 
 def test_combinators_match_pairwise_evaluation_without_classifier():

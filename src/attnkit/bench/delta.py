@@ -17,7 +17,7 @@ import torch
 
 import attnkit
 from attnkit.families.delta_rule import chunked_flops
-from attnkit.machine import gemm_gflops
+from attnkit.machine import bmm_gflops, gemm_gflops
 from attnkit.registry import kv_cache_size
 from ._timing import median_seconds
 
@@ -44,6 +44,16 @@ def _runner(name, form, q, k, v, extra, chunk_size, backward):
                 out.sum().backward()
 
     return run
+
+
+def _print_floor(flops, gemm, recurrent, blocks, C, D):
+    """How fast any chunked form made of torch matmuls could be: its FLOPs (matmuls only, no other work)
+    at this run's rate for its ``(C, D) @ (D, D)`` block matmuls, and at the large-GEMM rate."""
+    block = bmm_gflops(blocks, C, D, D)
+    at_block, at_gemm = flops / block / 1e9, flops / gemm / 1e9
+    print(f"  floor: its {flops / 1e9:.2f} GFLOP of matmuls alone take {at_block:.4f} s at this run's "
+          f"({C} x {D}) @ ({D} x {D}) bmm rate ({block:.0f} GFLOP/s) -> at most {recurrent / at_block:.1f}x the "
+          f"recurrence; {at_gemm:.4f} s at 100% of GEMM -> at most {recurrent / at_gemm:.1f}x")
 
 
 def main(argv=None) -> int:
@@ -78,9 +88,11 @@ def main(argv=None) -> int:
     for form, t in (("chunked", chunked), ("recurrent", recurrent), ("parallel", parallel)):
         note = f"  (timed on {n_par} tokens, scaled to {N})" if form == "parallel" and n_par < N else ""
         print(f"  {form:<10} {t:>10.4f} {t / chunked:>10.1f}{note}")
-    rate = chunked_flops(B, H, N, D, args.chunk_size) / chunked / 1e9
+    flops = chunked_flops(B, H, N, D, args.chunk_size)
+    rate = flops / chunked / 1e9
     print(f"  chunked: {rate:.1f} GFLOP/s on its own FLOP count = {100 * rate / gemm:.0f}% of GEMM; "
           f"{B * N / chunked:,.0f} tokens/s")
+    _print_floor(flops, gemm, recurrent, B * H * -(-N // args.chunk_size), args.chunk_size, D)
     if args.backward:
         chunked_b = median_seconds(_runner(name, "chunked", q, k, v, extra, args.chunk_size, True), repeats)
         recurrent_b = median_seconds(_runner(name, "recurrent", q, k, v, extra, args.chunk_size, True), 1)

@@ -64,6 +64,15 @@ class BlockLayout:
         """Non-empty tiles / all tiles: the share of dense work the kernel does."""
         return float((self.kind != EMPTY).float().mean())
 
+    @property
+    def computed_pairs(self) -> int:
+        """(query, key) pairs in the non-empty tiles, summed over batch and heads: the scores a tiled
+        kernel computes (and exponentiates) to get the allowed ones."""
+        reps = (self.batch // self.kind.shape[0]) * (self.heads // self.kind.shape[1])
+        rows = _valid(self.kind.shape[2], self.block_q, self.q_len)
+        cols = _valid(self.kind.shape[3], self.block_k, self.kv_len)
+        return int(((self.kind != EMPTY) * (rows[:, None] * cols[None, :])).sum()) * reps
+
     def flops(self, head_dim: int) -> int:
         """Forward FLOPs, LongCA / FlashAttention convention: 4 * allowed pairs * head_dim."""
         return 4 * self.pairs * head_dim
