@@ -126,3 +126,30 @@ def test_relative_bias_is_indexed_by_offset_like_megas():
     i, j = torch.arange(5)[:, None], torch.arange(5)[None, :]
     weights = relu2(bias[j - i + L - 1]) * (j <= i)
     torch.testing.assert_close(out, weights @ v)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("chunk_size", [None, 4])
+@pytest.mark.parametrize("mask_kind", ["padding", "pairs", "additive"])
+def test_element_functions_count_the_keys_a_mask_allows(causal, chunk_size, mask_kind):
+    """Under a user mask ``n_i`` is the number of keys query ``i`` may attend to (Mega's ``lengths``)."""
+    g = torch.Generator().manual_seed(3)
+    B, N, D = 2, 10, 4
+    q, k, v = (torch.randn(B, 1, N, D, generator=g, dtype=torch.float64) for _ in range(3))
+    if mask_kind == "padding":
+        allowed = torch.ones(B, 1, 1, N, dtype=torch.bool)
+        allowed[0, ..., 7:] = False
+    else:
+        allowed = torch.rand(B, 1, N, N, generator=g) < 0.7
+    mask = allowed if mask_kind != "additive" else torch.zeros(allowed.shape, dtype=torch.float64).masked_fill(~allowed, float("-inf"))
+    expected = torch.zeros_like(q)
+    for b in range(B):
+        for i in range(N):
+            keys = [j for j in range(N) if allowed[b, 0, min(i, allowed.shape[2] - 1), j]
+                    and (not causal or j <= i) and (chunk_size is None or j // chunk_size == i // chunk_size)]
+            for j in keys:
+                expected[b, 0, i] += laplace(q[b, 0, i] @ k[b, 0, j] / len(keys)) * v[b, 0, j]
+    for form in ("reference", "chunked", "block_diagonal"):
+        out = attnkit.attention(q, k, v, "mega", causal=causal, mask=mask, scale=1.0, form=form,
+                                attention_fn="laplace", chunk_size=chunk_size)
+        assert torch.allclose(out, expected, atol=1e-12), form

@@ -15,7 +15,8 @@ attends (``attnkit.nn.mega.MegaLayer``). The attention it runs, registered here 
 - ``relu2``: ``f(x) = relu(x)^2``, elementwise (from FLASH);
 
 ``n_i`` is the number of keys query ``i`` may attend to (Mega's ``lengths``: the
-causal row length, or all keys); the paper's element forms use ``scale=1.0``.
+causal row length, or all keys, or under a user ``mask`` the keys it allows in
+that range); the paper's element forms use ``scale=1.0``.
 ``b_rel`` is Mega's simple relative position bias, a learned scalar per offset
 ``j - i`` (tensor input ``rel_bias`` of shape ``(2L - 1,)``, entry ``j - i + L - 1``;
 optional). ``chunk_size`` gives Mega-chunk: the sequence is split into chunks of
@@ -25,8 +26,8 @@ inside the chunk. Positions are absolute and bottom-right aligned, so the KV-cac
 step reproduces one call exactly (Mega's decoder instead drops the cache at chunk
 boundaries, a memory saving this step does not make).
 
-Not here: Mega's attention dropout, and ``n_i`` under a user ``mask`` (Mega counts
-non-padded keys; here ``n_i`` ignores the mask).
+Not here: Mega's attention dropout (a training regulariser of the layer, not of
+the attention's equations).
 """
 from __future__ import annotations
 
@@ -86,27 +87,49 @@ def _check(q, k, v, *, attention_fn, chunk_size, rel_bias=None):
         )
 
 
-def _mega_mod(q, k, *, causal, scale, attention_fn, chunk_size, rel_bias=None):
+def _mega_mod(q, k, *, causal, scale, attention_fn, chunk_size, rel_bias=None, mask=None):
     kv_len = k.shape[2]
+    rows = None if mask is None or attention_fn == "softmax" else _keys_per_row(mask, q.shape[2], kv_len, causal, chunk_size)
+    offset = kv_len - q.shape[2]  # query positions are bottom-right aligned
 
     def mod(scores, q_pos, k_pos):
         qp, kp = q_pos[:, None], k_pos[None, :]
         start = torch.div(qp, chunk_size, rounding_mode="floor") * chunk_size if chunk_size else None
         if attention_fn != "softmax":
-            if chunk_size:
+            if rows is not None:
+                n = rows[..., q_pos - offset, None]
+            elif chunk_size:
                 n = (qp - start + 1) if causal else (kv_len - start).clamp(max=chunk_size)
             else:
                 n = (qp + 1) if causal else torch.full_like(qp, kv_len)
             scores = scores / n.clamp_min(1).to(scores.dtype)
         if rel_bias is not None:
             span = (rel_bias.shape[0] + 1) // 2
-            offset = (kp - qp).clamp(-(span - 1), span - 1)  # pairs outside the span are masked below or causal
-            scores = scores + rel_bias[offset + span - 1]
+            rel = (kp - qp).clamp(-(span - 1), span - 1)  # pairs outside the span are masked below or causal
+            scores = scores + rel_bias[rel + span - 1]
         if chunk_size:
             scores = scores.masked_fill((kp < start) | (kp >= start + chunk_size), float("-inf"))
         return scores
 
     return mod
+
+
+def _keys_per_row(mask, q_len, kv_len, causal, chunk_size):
+    """``n_i`` under a user mask: the keys query ``i`` may attend to (``(B', H', q_len)``, Mega's ``lengths``).
+
+    Counted from a running sum of the mask's allowed keys over each query's range (causal prefix,
+    its chunk), so a padding mask of one row stays one row.
+    """
+    allowed = mask if mask.dtype == torch.bool else ~torch.isneginf(mask)
+    counts = F.pad(allowed.to(torch.int64).cumsum(dim=-1), (1, 0))  # counts[..., j] = allowed keys before j
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=mask.device)
+    lo = torch.div(q_pos, chunk_size, rounding_mode="floor") * chunk_size if chunk_size else torch.zeros_like(q_pos)
+    hi = q_pos + 1 if causal else torch.full_like(q_pos, kv_len)
+    if chunk_size:
+        hi = torch.minimum(hi, lo + chunk_size).clamp(max=kv_len)
+    counts = counts.expand(*counts.shape[:2], q_len, kv_len + 1)
+    index = lambda i: i.expand(*counts.shape[:2], q_len)[..., None]  # noqa: E731
+    return (counts.gather(-1, index(hi)) - counts.gather(-1, index(lo))).squeeze(-1)
 
 
 def block_diagonal(q, k, v, *, causal, mask, scale, attention_fn, chunk_size, rel_bias=None, **tiles):
@@ -126,7 +149,8 @@ def block_diagonal(q, k, v, *, causal, mask, scale, attention_fn, chunk_size, re
         blk = slice(s, min(N, s + chunk_size))
         qb, kb, vb = q[:, :, blk], k[:, :, blk], v[:, :, blk]
         mb = None if mask is None else mask[:, :, blk if mask.shape[2] > 1 else slice(None), blk if mask.shape[3] > 1 else slice(None)]
-        mod = _mega_mod(qb, kb, causal=causal, scale=scale, attention_fn=attention_fn, chunk_size=None, rel_bias=rel_bias)
+        mod = _mega_mod(qb, kb, causal=causal, scale=scale, attention_fn=attention_fn, chunk_size=None,
+                        rel_bias=rel_bias, mask=mb)
         outs.append(materialised_attention(qb, kb, vb, causal=causal, mask=mb, scale=scale, score_mod=mod,
                                            normaliser=NORMALISERS[attention_fn]))
     return torch.cat(outs, dim=2)
@@ -149,4 +173,5 @@ register_score_mechanism(
     extra_fast={"block_diagonal": block_diagonal},
     summary="Mega's single-head attention: softmax / laplace / relu^2 of q.k (+ relative bias), Mega-chunk block-diagonal",
     test_params={"attention_fn": "laplace", "chunk_size": 16},
+    mod_sees_mask=True,
 )

@@ -11,7 +11,8 @@ tensor inputs) as keywords:
 - ``make_mod(q, k, *, causal, scale, **params) -> score_mod | None``: a score
   modifier ``mod(scores, q_pos, k_pos)`` (positions are absolute, bottom-right
   aligned, so a modifier sees the same positions in every chunk and every
-  incremental call);
+  incremental call); with ``mod_sees_mask=True`` it also receives the call's
+  ``mask`` (Mega divides scores by the number of keys each query may attend to);
 - ``make_reference_mod``: the same modifier written straight from the paper for
   the reference, when the fast one uses a trick (e.g. Music Transformer's skew);
 - ``normaliser``: a :class:`Normaliser`, or ``normaliser(**params)`` building one;
@@ -54,6 +55,7 @@ def register_score_mechanism(
     extra_fast: dict | None = None,
     wrap_step=None,
     test_params: dict | None = None,
+    mod_sees_mask: bool = False,
 ) -> MechanismSpec:
     """Register a mechanism from its hooks (see the module docstring).
 
@@ -64,13 +66,14 @@ def register_score_mechanism(
     """
     params = {**(params or {}), **CHUNK_PARAMS}
 
-    def _run(q, k, v, causal, scale, kw, make):
+    def _run(q, k, v, causal, mask, scale, kw, make):
         eq = _equation_params(kw)
         if check_inputs is not None:
             check_inputs(q, k, v, **eq)
         if prepare is not None:
             q, k, v = prepare(q, k, v, scale=scale, **eq)
-        mod = make(q, k, causal=causal, scale=scale, **eq) if make is not None else None
+        seen = {"mask": mask} if mod_sees_mask else {}
+        mod = make(q, k, causal=causal, scale=scale, **seen, **eq) if make is not None else None
         norm = normaliser if isinstance(normaliser, Normaliser) else normaliser(**eq)
         return q, k, v, mod, norm, eq
 
@@ -78,12 +81,12 @@ def register_score_mechanism(
         return postprocess(out, **eq) if postprocess is not None else out
 
     def reference(q, k, v, *, causal, mask, scale, **kw):
-        q, k, v, mod, norm, eq = _run(q, k, v, causal, scale, kw, make_reference_mod or make_mod)
+        q, k, v, mod, norm, eq = _run(q, k, v, causal, mask, scale, kw, make_reference_mod or make_mod)
         out = materialised_attention(q, k, v, causal=causal, mask=mask, scale=scale, score_mod=mod, normaliser=norm)
         return _post(out, eq)
 
     def chunked(q, k, v, *, causal, mask, scale, q_chunk, kv_chunk, **kw):
-        q, k, v, mod, norm, eq = _run(q, k, v, causal, scale, kw, make_mod)
+        q, k, v, mod, norm, eq = _run(q, k, v, causal, mask, scale, kw, make_mod)
         out = chunked_attention(
             q, k, v, causal=causal, mask=mask, scale=scale, score_mod=mod,
             normaliser=norm, q_chunk=q_chunk, kv_chunk=kv_chunk,
