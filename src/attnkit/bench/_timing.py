@@ -37,6 +37,21 @@ def median_seconds(fn, repeats: int = 5, warmup: int = 1, budget: float | None =
     return statistics.median(times)
 
 
+def interleaved_medians(fns, repeats: int = 5, warmup: int = 1) -> list[float]:
+    """Median seconds of each of ``fns``, timed in turns (f0, f1, f0, f1, ...), so that a drift in the
+    machine's speed (another process, the allocator's state) touches every one alike; for ratios."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
+
+
 def make_inputs(name: str, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, seed: int = 0):
     """Random fp32 q, k, v and the mechanism's extra tensor inputs."""
     s = spec(name)
