@@ -172,3 +172,27 @@ def test_causal_token_conv_ignores_the_future():
     x2[:, 7:] += 1.0
     torch.testing.assert_close(conv(x2, causal=True)[0][:, :7], y[:, :7])
     assert (conv(x2, causal=True)[0][:, 7:] - y[:, 7:]).abs().min() > 0
+
+
+def test_flatten_key_position_embedding_is_added_to_k_and_decodes():
+    torch.manual_seed(3)
+    layer = FocusedLinearAttention(16, 4, chunk_size=4, positions=N).double()
+    with torch.no_grad():
+        layer.key_positions.normal_()
+    x = _x(16)
+    whole = layer(x, causal=True)
+    # The same layer without the embedding, its qkv projection adding the embedding to the K third only.
+    plain = FocusedLinearAttention(16, 4, chunk_size=4).double()
+    plain.load_state_dict({n: t for n, t in layer.state_dict().items() if n != "key_positions"})
+    added = F.pad(layer.key_positions, (16, 16))
+    plain.qkv.register_forward_hook(lambda module, inputs, out: out + added[:, : out.shape[1]])
+    torch.testing.assert_close(whole, plain(x, causal=True), rtol=1e-12, atol=1e-12)
+    outs, state = [], None
+    for a, b in zip([0, 5, 6], [5, 6, N]):
+        out, state = layer(x[:, a:b], causal=True, state=state, return_state=True)
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, dim=1), whole, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="positions"):
+        layer(x[:, :1], causal=True, state=state)
+    with pytest.raises(ValueError, match="positions"):
+        FocusedLinearAttention(16, 4, positions=0)

@@ -13,8 +13,9 @@ With ``grid=(h, w)`` tokens are a row-major image and the DWC is the paper's 2-D
 convolution (non-causal); without a grid it is a 1-D convolution over the
 sequence, causal when ``causal=True``, and decoding carries :class:`FLattenState`
 (the mechanism's state and the conv's last ``kernel_size - 1`` values).
-Not included: the paper's learned absolute position embedding added to K
-(it fixes the sequence length).
+With ``positions=P`` the layer has the paper's learned position embedding of the
+keys (``(1, P, dim)``, zero at init, added to K before the feature map; it fixes the
+number of tokens, so calls and decoding may cover at most ``P`` positions).
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ class FocusedLinearAttention(nn.Module):
     paper = "FLatten Transformer: Vision Transformer using Focused Linear Attention"
 
     def __init__(self, dim: int, heads: int, *, kernel_size: int = 5, grid: tuple[int, int] | None = None,
-                 focusing_factor: float = 3.0, qkv_bias: bool = False, chunk_size: int = 64):
+                 focusing_factor: float = 3.0, qkv_bias: bool = False, chunk_size: int = 64,
+                 positions: int | None = None):
         super().__init__()
         check_positive_int("dim", dim)
         check_positive_int("heads", heads)
@@ -51,6 +53,9 @@ class FocusedLinearAttention(nn.Module):
         self.scale = nn.Parameter(torch.zeros(heads, self.head_dim))  # softplus(0) at init, as the paper
         self.dwc = TokenConv(self.head_dim, kernel_size, grid)
         self.proj = nn.Linear(dim, dim)
+        if positions is not None:
+            check_positive_int("positions", positions)
+        self.key_positions = None if positions is None else nn.Parameter(torch.zeros(1, positions, dim))
 
     def forward(self, x: torch.Tensor, *, causal: bool = False, state: FLattenState | None = None,
                 return_state: bool = False):
@@ -59,7 +64,14 @@ class FocusedLinearAttention(nn.Module):
         if state is not None and not isinstance(state, FLattenState):
             raise TypeError(f"state must be a FLattenState returned by this layer, got {type(state).__name__}")
         B, N, _ = x.shape
-        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))
+        start = 0 if state is None else state.length
+        if self.key_positions is not None and start + N > self.key_positions.shape[1]:
+            raise ValueError(f"x covers positions {start}..{start + N - 1} but the layer was built with "
+                             f"positions={self.key_positions.shape[1]} (its key position embedding)")
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        if self.key_positions is not None:
+            k = k + self.key_positions[:, start : start + N]
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
         incremental = return_state or state is not None
         kw = dict(state=None if state is None else state.attn, return_state=True) if incremental else {}
         out = attention(q, k, v, "flatten", causal=causal, scale=1.0, focus_scale=F.softplus(self.scale).to(x.dtype),
