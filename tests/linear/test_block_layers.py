@@ -27,16 +27,17 @@ def _layers():
     torch.manual_seed(0)
     return {
         "mamba2": Mamba2Layer(16, head_dim=8, state_dim=6, chunk_size=4).double(),
+        "mamba2_groups": Mamba2Layer(16, head_dim=4, state_dim=6, chunk_size=4, groups=4).double(),
         "retention": MultiScaleRetention(16, 4, chunk_size=4).double(),
         "flatten": FocusedLinearAttention(16, 4, chunk_size=4).double(),
     }
 
 
 def _call(name, layer, x, **kw):
-    return layer(x, **kw) if name == "mamba2" else layer(x, causal=True, **kw)
+    return layer(x, **kw) if name.startswith("mamba2") else layer(x, causal=True, **kw)
 
 
-@pytest.mark.parametrize("name", ["mamba2", "retention", "flatten"])
+@pytest.mark.parametrize("name", ["mamba2", "mamba2_groups", "retention", "flatten"])
 @pytest.mark.parametrize("cuts", [list(range(1, N)), [5, 6, 11]])
 def test_decoding_in_pieces_equals_one_call(name, cuts):
     layer = _layers()[name]
@@ -57,24 +58,31 @@ def _causal_conv(x, weight, bias):
     return bias + sum(weight[:, 0, j] * padded[:, j : j + x.shape[1]] for j in range(K))
 
 
-def test_mamba2_layer_is_the_papers_block():
-    layer = _layers()["mamba2"]
+@pytest.mark.parametrize("groups", [1, 2])
+def test_mamba2_layer_is_the_papers_block(groups):
+    torch.manual_seed(0)
+    layer = Mamba2Layer(16, head_dim=8, state_dim=6, chunk_size=4, groups=groups).double()
     x = _x(16)
-    H, P, S = layer.heads, layer.head_dim, layer.state_dim
-    z, xBC = layer.in_proj(x).split([layer.inner, layer.inner + 2 * S], dim=-1)
-    xs, Bm, Cm = F.silu(_causal_conv(xBC, layer.conv.weight, layer.conv.bias)).split([layer.inner, S, S], dim=-1)
+    H, P, S, G = layer.heads, layer.head_dim, layer.state_dim, groups
+    z, xBC = layer.in_proj(x).split([layer.inner, layer.inner + 2 * G * S], dim=-1)
+    conv = F.silu(_causal_conv(xBC, layer.conv.weight, layer.conv.bias))
+    xs, Bm, Cm = conv.split([layer.inner, G * S, G * S], dim=-1)
     xs = xs.unflatten(-1, (H, P))
+    group_of_head = torch.arange(H) // (H // G)  # mamba_ssm: head h reads group h // (heads / ngroups)
+    Bm, Cm = (t.unflatten(-1, (G, S))[:, :, group_of_head] for t in (Bm, Cm))  # (B, N, H, S)
     dt = F.softplus(layer.gate.proj(x) + layer.gate.dt_bias)
     A = -torch.exp(layer.gate.A_log)
     h = torch.zeros(2, H, S, P, dtype=torch.float64)
     ys = []
     for t in range(N):  # h_t = exp(dt A) h + dt B^T x,  y = C h + D x
-        write = dt[:, t, :, None, None] * Bm[:, t, None, :, None] * xs[:, t, :, None]  # (B, H, S, P)
+        write = dt[:, t, :, None, None] * Bm[:, t, :, :, None] * xs[:, t, :, None]  # (B, H, S, P)
         h = torch.exp(dt[:, t] * A)[..., None, None] * h + write
-        ys.append(torch.einsum("bs,bhsp->bhp", Cm[:, t], h) + layer.D[:, None] * xs[:, t])
+        ys.append(torch.einsum("bhs,bhsp->bhp", Cm[:, t], h) + layer.D[:, None] * xs[:, t])
     y = torch.stack(ys, dim=1).flatten(2) * F.silu(z)
     y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + 1e-5) * layer.norm.weight
     torch.testing.assert_close(layer(x), layer.out_proj(y), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="groups"):
+        Mamba2Layer(16, head_dim=8, groups=3)
 
 
 def test_retention_layer_is_the_papers_msr():

@@ -1,17 +1,18 @@
 """The Mamba-2 block around the SSD mechanism.
 
 Dao & Gu, "Transformers are SSMs: Generalized Models and Efficient Algorithms
-Through Structured State Space Duality" (2024), the Mamba-2 block (one group,
-``ngroups = 1``)::
+Through Structured State Space Duality" (2024), the Mamba-2 block::
 
-    z, xBC = x W_in                                 (d_inner, d_inner + 2 d_state)
+    z, xBC = x W_in                                 (d_inner, d_inner + 2 groups d_state)
     x, B, C = silu(conv1d(xBC))                     causal depthwise conv, kernel 4
     dt = softplus(x W_dt + dt_bias),  A = -exp(A_log)   (Mamba2Gate; W_dt is W_in's last rows)
     y_t = C_t h_t + D x_t,  h_t = exp(dt_t A) h_{t-1} + dt_t B_t^T x_t       per head (the "mamba2" mechanism)
     out = RMSNorm(y * silu(z)) W_out                gated RMSNorm, then the output projection
 
-``B`` and ``C`` are shared by every head (q and k of ``attnkit.attention(...,
-"mamba2")``, expanded views), ``x`` is split into heads of ``head_dim`` (its v).
+``B`` and ``C`` (k and q of ``attnkit.attention(..., "mamba2")``) come in
+``groups`` (Mamba-2's ``ngroups``, default 1): head ``h`` reads group
+``h // (heads / groups)``, as in the paper's multi-value / grouped form; ``x`` is
+split into heads of ``head_dim`` (its v).
 Decoding carries :class:`Mamba2State`: the conv's last 3 inputs and the SSD state,
 so running a sequence in pieces equals running it at once.
 """
@@ -39,19 +40,21 @@ class Mamba2Layer(nn.Module):
     paper = "Transformers are SSMs: Generalized Models and Efficient Algorithms Through Structured State Space Duality"
 
     def __init__(self, dim: int, *, head_dim: int = 64, state_dim: int = 64, expand: int = 2, conv_kernel: int = 4,
-                 chunk_size: int = 64):
+                 chunk_size: int = 64, groups: int = 1):
         super().__init__()
         for name, value in (("dim", dim), ("head_dim", head_dim), ("state_dim", state_dim), ("expand", expand),
-                            ("conv_kernel", conv_kernel), ("chunk_size", chunk_size)):
+                            ("conv_kernel", conv_kernel), ("chunk_size", chunk_size), ("groups", groups)):
             check_positive_int(name, value)
         inner = expand * dim
         if inner % head_dim:
             raise ValueError(f"expand * dim = {inner} must be a multiple of head_dim={head_dim}")
+        if (inner // head_dim) % groups:
+            raise ValueError(f"heads = expand * dim / head_dim = {inner // head_dim} must be a multiple of groups={groups}")
         self.dim, self.inner, self.head_dim, self.state_dim = dim, inner, head_dim, state_dim
-        self.heads, self.chunk_size = inner // head_dim, chunk_size
-        self.in_proj = nn.Linear(dim, 2 * inner + 2 * state_dim, bias=False)
+        self.heads, self.chunk_size, self.groups = inner // head_dim, chunk_size, groups
+        self.in_proj = nn.Linear(dim, 2 * inner + 2 * groups * state_dim, bias=False)
         self.gate = Mamba2Gate(dim, self.heads)  # dt and A
-        self.conv = TokenConv(inner + 2 * state_dim, conv_kernel)
+        self.conv = TokenConv(inner + 2 * groups * state_dim, conv_kernel)
         self.D = nn.Parameter(torch.ones(self.heads))
         self.norm = nn.RMSNorm(inner, eps=1e-5)
         self.out_proj = nn.Linear(inner, dim, bias=False)
@@ -62,16 +65,21 @@ class Mamba2Layer(nn.Module):
         if state is not None and not isinstance(state, Mamba2State):
             raise TypeError(f"state must be a Mamba2State returned by this layer, got {type(state).__name__}")
         Bsz, N, _ = x.shape
-        H, P, S = self.heads, self.head_dim, self.state_dim
-        z, xBC = self.in_proj(x).split([self.inner, self.inner + 2 * S], dim=-1)
+        H, P, S, G = self.heads, self.head_dim, self.state_dim, self.groups
+        z, xBC = self.in_proj(x).split([self.inner, self.inner + 2 * G * S], dim=-1)
         xBC, conv_state = self.conv(xBC, causal=True, state=None if state is None else state.conv)
-        xs, Bm, Cm = F.silu(xBC).split([self.inner, S, S], dim=-1)
+        xs, Bm, Cm = F.silu(xBC).split([self.inner, G * S, G * S], dim=-1)
         v = xs.unflatten(-1, (H, P)).transpose(1, 2)  # (B, H, N, P)
-        k = Bm[:, None].expand(Bsz, H, N, S)
-        q = Cm[:, None].expand(Bsz, H, N, S)
+        k, q = (self._per_head(t, Bsz, N) for t in (Bm, Cm))
         y, ssm = attention(q, k, v, "mamba2", causal=True, scale=1.0, chunk_size=self.chunk_size,
                            state=None if state is None else state.ssm, return_state=True, **self.gate(x, q, k, v))
         y = y + self.D.to(x.dtype)[:, None, None] * v
         y = self.norm(y.transpose(1, 2).flatten(2) * F.silu(z))
         out = self.out_proj(y)
         return (out, Mamba2State(conv_state, ssm)) if return_state else out
+
+    def _per_head(self, t, batch, n):
+        """``(B, N, groups * S)`` -> ``(B, H, N, S)``: each group's B or C read by its heads (views for one group)."""
+        G, S = self.groups, self.state_dim
+        grouped = t.unflatten(-1, (G, S)).transpose(1, 2)[:, :, None]  # (B, G, 1, N, S)
+        return grouped.expand(batch, G, self.heads // G, n, S).reshape(batch, self.heads, n, S)
