@@ -91,21 +91,19 @@ def mechanisms_chunked(n: int, repeats: int) -> None:
 
 
 def decode(contexts: list[int], steps: int) -> None:
+    """Prefill every context, then time one decode step after each in turns (the same machine for all)."""
     spec = registry.get("linear")
     print("\ndecode step (linear, recurrent form) after a chunked prefill:")
-    times = []
+    steps_after = []
     for n in contexts:
         q, k, v, extra = _inputs(spec, n + 1, seed=1)
         _, state = _form(spec, "chunked", q[:, :, :n], k[:, :, :n], v[:, :, :n], extra)
-        token = (q[:, :, n:], k[:, :, n:], v[:, :, n:])
-
-        def step():
-            nonlocal state
-            _, state = _form(spec, "recurrent", *token, extra, initial_state=state)
-
-        t_step = median_seconds(step, steps)
-        times.append(t_step)
-        print(f"  context {n:>6}: {t_step * 1e6:8.1f} us/token, state {state.numel():,} numbers "
+        token = tuple(t[:, :, n:].clone() for t in (q, k, v))  # the prefill's inputs can go
+        steps_after.append(lambda token=token, state=state: _form(spec, "recurrent", *token, extra, initial_state=state))
+    times = interleaved_medians(steps_after, steps)
+    for n, t_step, step in zip(contexts, times, steps_after):
+        numbers = step()[1].numel()
+        print(f"  context {n:>6}: {t_step * 1e6:8.1f} us/token, state {numbers:,} numbers "
               f"(softmax KV cache: {kv_cache_size(B, H, H, n, D):,})")
     print(f"  slowest / fastest step: {max(times) / min(times):.2f} (target <= 1.25)")
 
