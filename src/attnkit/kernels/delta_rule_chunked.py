@@ -67,21 +67,22 @@ def _chunked_heads(q, k, v, beta, g, S, C):
 
     # Across chunks S_next = (Diag(e^{b_C}) - K_end^T W) S + K_end^T U': both factors for all chunks at
     # once, so the sequential part is one batched matmul-add per chunk.
-    k_end_t = k_end.transpose(-1, -2)
-    transition = -(k_end_t @ W)
+    mats = lambda t: t.reshape(-1, *t.shape[-2:])  # noqa: E731  (B, H, n, r, c) -> (B H n, r, c) for baddbmm
+    k_end_t = mats(k_end).transpose(-1, -2)
     if chunk_decay is None:
-        transition = transition + torch.eye(Dk, dtype=q.dtype, device=q.device)
+        diagonal = torch.eye(Dk, dtype=q.dtype, device=q.device).expand(B * H * n, Dk, Dk)
     else:
-        transition = transition + torch.diag_embed(chunk_decay.squeeze(-1).expand(B, H, n, Dk))
-    written = k_end_t @ U_prime
+        diagonal = torch.diag_embed(chunk_decay.squeeze(-1).expand(B, H, n, Dk)).reshape(-1, Dk, Dk)
+    transition = torch.baddbmm(diagonal, k_end_t, mats(W), alpha=-1)  # one op: no separate negate and add
+    written = k_end_t @ mats(U_prime)
     flat = lambda t: t.reshape(B * H, n, *t.shape[-2:]).unbind(1)  # noqa: E731
     states, S = [], S.reshape(B * H, Dk, -1)
     for T_c, X_c in zip(flat(transition), flat(written)):
         states.append(S)
         S = torch.baddbmm(X_c, T_c, S)
-    S_before = torch.stack(states, dim=1).reshape(B, H, n, Dk, -1)
-    U = U_prime - W @ S_before
-    out = q_dec @ S_before + P.tril() @ U
+    S_before = torch.stack(states, dim=1).reshape(-1, Dk, S.shape[-1])
+    U = torch.baddbmm(mats(U_prime), mats(W), S_before, alpha=-1)
+    out = torch.baddbmm(mats(q_dec) @ S_before, mats(P).tril_(), U)  # P is a fresh product: tril in place
     S = S.reshape(B, H, Dk, -1)
     return out.reshape(B, H, n * C, -1)[:, :, :N], S
 
