@@ -75,3 +75,18 @@ def test_config_and_input_errors_name_the_argument():
         lm(torch.zeros(1, 3))
     with pytest.raises(ValueError, match="max_new_tokens"):
         lm.generate(torch.zeros(1, 3, dtype=torch.long), -1)
+
+
+def test_based_hybrid_with_sliding_window_layers_decodes_statefully():
+    """Based's architecture: Taylor linear-attention layers interleaved with sliding-window softmax layers."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=40, dim=32, heads=4, schedule="BWBW", rope=False,
+                         mixers={"B": "based", "W": {"mechanism": "sliding_window", "window": 4, "rope": True}})
+    lm = DecoderLM(config).eval()
+    assert [m["mechanism"] for m in config.layer_mixers()] == ["based", "sliding_window"] * 2
+    tokens = torch.randint(0, 40, (2, 12))
+    with torch.no_grad():
+        full = lm(tokens)
+        a, state = lm(tokens[:, :5], return_state=True)
+        b, _ = lm(tokens[:, 5:], state=state, return_state=True)
+    assert (torch.cat([a, b], 1) - full).abs().max() < 1e-5
