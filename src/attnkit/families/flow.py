@@ -1,0 +1,174 @@
+"""Flow-Attention (Flowformer), causal: linear attention with conserved flows.
+
+Wu, Wu, Xu, Wang & Long, "Flowformer: Linearizing Transformers with Conservation
+Flows" (ICML 2022). Attention is a flow network from sources (keys, values) to
+sinks (queries), with ``phi = sigmoid`` as the non-negative map. Conserving each
+sink's incoming flow and each source's outgoing flow gives competition among the
+sources and an allocation of each sink's result, with no locality bias and O(N)
+work. The causal version of the authors' code, at position ``i`` (counted from 1
+over every token so far, as the normaliser ``n_i = i`` of their code), with
+``eps`` added to every element of both sides of each dot product::
+
+    I_i = i / (q_i . sum_{j<=i} k_j)            incoming flow of sink i (scaled by i)
+    O_i = i / (k_i . sum_{j<=i} q_j)            outgoing flow of source i
+    c_sink_i = q_i . sum_{j<=i} k_j O_j / i      conserved incoming flow
+    c_src_i  = clamp(k_i . sum_{j<=i} q_j I_j / i, -1, 1)   conserved outgoing flow
+    comp_i   = i exp(c_src_i) / sum_{j<=i} exp(c_src_j)      source competition
+    alloc_i  = sigmoid(c_sink_i)                              sink allocation
+    out_i    = alloc_i (q_i I_i / i) sum_{j<=i} k_j^T (v_j comp_j)
+
+with ``q = sigmoid(scale q)``, ``k = sigmoid(k)`` (``scale=1.0`` is the paper's
+form). Every sum runs over the prefix, so the mechanism is an RNN whose state is
+``sum k, sum q, sum k O, sum q I`` (``Dk`` each), ``sum exp(c_src)`` and
+``S = sum k^T (v comp)``. Forms (``f(q, k, v, *, causal, scale, initial_state=None,
+eps, chunk_size) -> (out, RecurrentState)``): ``parallel`` (prefix sums as
+products with the ``(N, N)`` lower-triangular matrix: the reference), ``chunked``
+(running sums, then the chunked linear scan) and ``recurrent`` (token by token).
+The paper's non-causal version (every sum over the whole sequence, competition a
+softmax over all sources) has no constant-size state and is not registered.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..kernels import linear_scan
+from ..kernels.linear_state import RecurrentState, expect_state
+from ..kernels.positions import repeat_kv
+from ..registry import MechanismSpec, register
+from .linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+
+PAPER = "Flowformer: Linearizing Transformers with Conservation Flows"
+NAMES = ("k_sum", "q_sum", "k_out_sum", "q_in_sum", "competition_sum", "S")
+
+
+def _dot(a, b, eps):
+    """``sum_d (a_d + eps)(b_d + eps)`` over the last dimension (the authors' einsum with eps on both sides)."""
+    return ((a + eps) * (b + eps)).sum(-1)
+
+
+def _start(q, k, v, causal, scale, initial_state, eps, chunk_size):
+    if not causal:
+        raise ValueError("flow is the causal Flow-Attention (the non-causal one has no state); pass causal=True")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
+        raise ValueError(f"eps must be a float >= 0 (Flowformer uses 1e-6), got {eps!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    B, H, _, D = q.shape
+    k, v = repeat_kv(k, H), repeat_kv(v, H)
+    Dv = v.shape[-1]
+    shapes = {"k_sum": (B, H, D), "q_sum": (B, H, D), "k_out_sum": (B, H, D), "q_in_sum": (B, H, D),
+              "competition_sum": (B, H), "S": (B, H, D, Dv)}
+    state = expect_state(initial_state, NAMES, shapes, q)
+    if state is None:
+        zeros = {n: q.new_zeros(s) for n, s in shapes.items()}
+        state = RecurrentState(0, **zeros)
+    positions = torch.arange(1, q.shape[2] + 1, device=q.device, dtype=q.dtype) + state.length
+    return torch.sigmoid(scale * q), torch.sigmoid(k), v, state, positions
+
+
+def _flows(q, k, i, k_sum, q_sum, eps):
+    """Incoming flow ``I`` and outgoing flow ``O`` (scaled by the position), given the prefix sums."""
+    return i / _dot(q, k_sum, eps), i / _dot(k, q_sum, eps)
+
+
+def _outputs(q, k, i, I, O, k_out_sum, q_in_sum, eps):
+    """Allocation of each sink and the exponent of each source's competition."""
+    allocation = torch.sigmoid(_dot(q, k_out_sum, eps) / i)
+    source = torch.clamp(_dot(k, q_in_sum, eps) / i, -1.0, 1.0)
+    return allocation, source.exp()
+
+
+def _final(state, n, **sums):
+    return RecurrentState(state.length + n, **sums)
+
+
+def parallel(q, k, v, *, causal, scale, initial_state=None, eps=1e-6, chunk_size=64):
+    """Reference: every prefix sum a product with the lower-triangular ``(N, N)`` matrix."""
+    q, k, v, st, i = _start(q, k, v, causal, scale, initial_state, eps, chunk_size)
+    N = q.shape[2]
+    lower = torch.ones(N, N, dtype=q.dtype, device=q.device).tril()
+    prefix = lambda x, before: lower @ x + before[..., None, :]  # noqa: E731
+    I, O = _flows(q, k, i, prefix(k, st["k_sum"]), prefix(q, st["q_sum"]), eps)
+    k_out, q_in = prefix(k * O[..., None], st["k_out_sum"]), prefix(q * I[..., None], st["q_in_sum"])
+    allocation, exp_source = _outputs(q, k, i, I, O, k_out, q_in, eps)
+    competition_sum = (lower @ exp_source[..., None])[..., 0] + st["competition_sum"][..., None]
+    competition = i * exp_source / competition_sum
+    reads = q * (I / i)[..., None]
+    written = v * competition[..., None]
+    out = ((reads @ k.transpose(-1, -2)) * lower) @ written + reads @ st["S"]
+    S = st["S"] + k.transpose(-1, -2) @ written
+    last = lambda x: x[..., -1, :]  # noqa: E731
+    return allocation[..., None] * out, _final(
+        st, N, k_sum=last(prefix(k, st["k_sum"])), q_sum=last(prefix(q, st["q_sum"])), k_out_sum=last(k_out),
+        q_in_sum=last(q_in), competition_sum=competition_sum[..., -1], S=S)
+
+
+def chunked(q, k, v, *, causal, scale, initial_state=None, eps=1e-6, chunk_size=64):
+    """Running sums for the flows, then the chunked causal linear scan of ``(q I / i) k^T (v comp)``."""
+    q, k, v, st, i = _start(q, k, v, causal, scale, initial_state, eps, chunk_size)
+    k_sum = k.cumsum(2) + st["k_sum"][..., None, :]
+    q_sum = q.cumsum(2) + st["q_sum"][..., None, :]
+    I, O = _flows(q, k, i, k_sum, q_sum, eps)
+    k_out = (k * O[..., None]).cumsum(2) + st["k_out_sum"][..., None, :]
+    q_in = (q * I[..., None]).cumsum(2) + st["q_in_sum"][..., None, :]
+    allocation, exp_source = _outputs(q, k, i, I, O, k_out, q_in, eps)
+    competition_sum = exp_source.cumsum(-1) + st["competition_sum"][..., None]
+    competition = i * exp_source / competition_sum
+    out, S = linear_scan.chunked(q * (I / i)[..., None], k, v * competition[..., None], None, st["S"],
+                                 causal=True, chunk_size=chunk_size)
+    last = lambda x: x[..., -1, :]  # noqa: E731
+    return allocation[..., None] * out, _final(
+        st, q.shape[2], k_sum=last(k_sum), q_sum=last(q_sum), k_out_sum=last(k_out), q_in_sum=last(q_in),
+        competition_sum=competition_sum[..., -1], S=S)
+
+
+def recurrent(q, k, v, *, causal, scale, initial_state=None, eps=1e-6, chunk_size=64):
+    """Token by token: the state's sums, then the token's flows, competition, allocation and output."""
+    q, k, v, st, positions = _start(q, k, v, causal, scale, initial_state, eps, chunk_size)
+    sums = st.tensors()
+    outs = []
+    for t in range(q.shape[2]):
+        qt, kt, vt, i = q[:, :, t], k[:, :, t], v[:, :, t], positions[t]
+        sums["k_sum"], sums["q_sum"] = sums["k_sum"] + kt, sums["q_sum"] + qt
+        I, O = _flows(qt, kt, i, sums["k_sum"], sums["q_sum"], eps)
+        sums["k_out_sum"] = sums["k_out_sum"] + kt * O[..., None]
+        sums["q_in_sum"] = sums["q_in_sum"] + qt * I[..., None]
+        allocation, exp_source = _outputs(qt, kt, i, I, O, sums["k_out_sum"], sums["q_in_sum"], eps)
+        sums["competition_sum"] = sums["competition_sum"] + exp_source
+        competition = i * exp_source / sums["competition_sum"]
+        sums["S"] = sums["S"] + kt[..., :, None] * (vt * competition[..., None])[..., None, :]
+        read = (qt * (I / i)[..., None])[..., None, :] @ sums["S"]
+        outs.append(allocation[..., None] * read[..., 0, :])
+    return torch.stack(outs, dim=2), _final(st, q.shape[2], **sums)
+
+
+FORMS = {form.__name__: form for form in (parallel, chunked, recurrent)}
+
+
+def _flops(batch, heads, q_len, kv_len, head_dim, causal):
+    """Chunked form (chunk 64): the linear scan's matmuls plus ~12 passes over q and k for the flows."""
+    c = 64
+    return 2 * batch * heads * q_len * (c * head_dim + c * head_dim + 2 * head_dim * head_dim + 6 * head_dim)
+
+
+register(
+    MechanismSpec(
+        name="flow",
+        family="linear",
+        papers=(PAPER,),
+        patterns=CAUSAL_ONLY,
+        reference=drop_state("flow", FORMS["parallel"]),
+        fast={name: drop_state("flow", FORMS[name]) for name in ("chunked", "recurrent")},
+        step=step_from(FORMS),
+        params={"eps": 1e-6, "chunk_size": 64},
+        supports_mask=False,
+        flops=_flops,
+        state_size=lambda batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params: (
+            batch * heads * (4 * head_dim + 1 + head_dim * (v_dim or head_dim))),
+        complexity="O(N)",
+        summary="Flowformer's causal Flow-Attention: sigmoid maps, conserved incoming/outgoing flows, "
+                "source competition and sink allocation; O(N), constant-size state",
+        test_params={"chunk_size": 16},
+        extra={"stateful_forms": FORMS},
+    )
+)
