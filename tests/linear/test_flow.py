@@ -37,3 +37,24 @@ def test_flow_state_is_constant_and_bad_calls_are_refused():
         forms["chunked"](q, q, q, causal=False, scale=1.0)
     with pytest.raises(ValueError, match="eps"):
         forms["parallel"](q, q, q, causal=True, scale=1.0, eps=-1.0)
+
+
+def _flowformer_normal(q, k, v, eps=1e-6):
+    q, k = torch.sigmoid(q), torch.sigmoid(k)
+    incoming = 1.0 / torch.einsum("bhld,bhd->bhl", q + eps, k.sum(2) + eps)
+    outgoing = 1.0 / torch.einsum("bhld,bhd->bhl", k + eps, q.sum(2) + eps)
+    conserved_sink = torch.einsum("bhld,bhd->bhl", q + eps, (k * outgoing[..., None]).sum(2) + eps)
+    conserved_source = torch.einsum("bhld,bhd->bhl", k + eps, (q * incoming[..., None]).sum(2) + eps)
+    allocation = torch.sigmoid(conserved_sink * (q.shape[2] / k.shape[2]))
+    competition = conserved_source.clamp(-1.0, 1.0).softmax(-1) * k.shape[2]
+    kv = torch.einsum("bhld,bhlm->bhdm", k, v * competition[..., None])
+    return torch.einsum("bhld,bhdm->bhlm", q * incoming[..., None], kv) * allocation[..., None]
+
+
+@pytest.mark.parametrize("form", ["reference", "factorised"])
+def test_flow_bidirectional_is_flowformers_normal_attention(form):
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 3, 13, 8, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(2, 3, 21, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    out = attnkit.attention(q, k, v, "flow_bidirectional", causal=False, scale=1.0, form=form)
+    torch.testing.assert_close(out, _flowformer_normal(q, k, v), rtol=1e-12, atol=1e-12)

@@ -25,7 +25,7 @@ eps, chunk_size) -> (out, RecurrentState)``): ``parallel`` (prefix sums as
 products with the ``(N, N)`` lower-triangular matrix: the reference), ``chunked``
 (running sums, then the chunked linear scan) and ``recurrent`` (token by token).
 The paper's non-causal version (every sum over the whole sequence, competition a
-softmax over all sources) has no constant-size state and is not registered.
+softmax over all sources) has no constant-size state: it is ``flow_bidirectional``.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def _dot(a, b, eps):
 
 def _start(q, k, v, causal, scale, initial_state, eps, chunk_size):
     if not causal:
-        raise ValueError("flow is the causal Flow-Attention (the non-causal one has no state); pass causal=True")
+        raise ValueError("flow is the causal Flow-Attention; pass causal=True, or use 'flow_bidirectional'")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
         raise ValueError(f"eps must be a float >= 0 (Flowformer uses 1e-6), got {eps!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
