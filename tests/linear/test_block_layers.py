@@ -10,9 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import attnkit
 from attnkit.nn.agent_layer import AgentAttention
 from attnkit.nn.flatten_layer import FocusedLinearAttention
 from attnkit.nn.mamba2_layer import Mamba2Layer
+from attnkit.nn.nystrom_layer import NystromAttention
 from attnkit.nn.retention_layer import MultiScaleRetention
 from attnkit.nn.token_conv import TokenConv
 
@@ -204,3 +206,20 @@ def test_flatten_key_position_embedding_is_added_to_k_and_decodes():
         layer(x[:, :1], causal=True, state=state)
     with pytest.raises(ValueError, match="positions"):
         FocusedLinearAttention(16, 4, positions=0)
+
+
+def test_nystrom_block_adds_the_papers_skip_convolution_on_v():
+    torch.manual_seed(4)
+    layer = NystromAttention(16, 4, landmarks=4, conv_kernel=5).double()
+    x = _x(16, n=12)
+    q, k, v = (t.unflatten(-1, (4, 4)).transpose(1, 2) for t in layer.qkv(x).chunk(3, dim=-1))
+    attn = attnkit.attention(q, k, v, "nystromformer", causal=False, landmarks=4, iterations=6)
+    w = layer.conv.weight[:, 0, :, 0]  # (heads, 5): one filter per head along the sequence
+    padded = F.pad(v, (0, 0, 2, 2))
+    conv = sum(w[None, :, j, None, None] * padded[:, :, j : j + 12] for j in range(5))
+    expected = layer.proj((attn + conv).transpose(1, 2).flatten(2))
+    torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
+    plain = NystromAttention(16, 4, landmarks=4, conv_kernel=None).double()
+    assert plain.conv is None and plain(x).shape == x.shape
+    with pytest.raises(ValueError, match="conv_kernel"):
+        NystromAttention(16, 4, conv_kernel=4)

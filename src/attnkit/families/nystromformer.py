@@ -10,8 +10,8 @@ where the pseudo-inverse is the paper's iteration (``iterations`` = 6 steps of
 |A|_inf)``, per matrix). The reference materialises ``S^`` (``N x N``) and
 multiplies by V; the fast form multiplies right to left, O(N m). Landmarks
 are adaptive average pools (segment means when ``m`` divides N), ``m =
-min(landmarks, Nq, Nk)``. Non-causal; the paper's skip convolution on V is a
-layer part.
+min(landmarks, Nq, Nk)``. Non-causal; the paper's skip convolution on V is in
+the block, :class:`attnkit.nn.NystromAttention`.
 """
 from __future__ import annotations
 

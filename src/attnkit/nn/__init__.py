@@ -14,6 +14,7 @@ from .attention import Attention, CrossAttentionCache
 from .bottleneck import PerceiverEncoder, PoolingByMultiheadAttention
 from .decoupled import DecoupledCrossAttention
 from .flatten_layer import FocusedLinearAttention
+from .nystrom_layer import NystromAttention
 from .grouped import WeightedGQA, mean_pool_kv
 from .key_driven import KeyDrivenGQA, allocate_queries
 from .latent import LatentCache, MultiHeadLatentAttention
@@ -31,5 +32,5 @@ __all__ = [
     "MultiHeadLatentAttention", "LatentCache", "MixtureOfHeads", "MixtureOfAttentionHeads",
     "MultiSourceCrossAttention", "PerceiverEncoder", "PoolingByMultiheadAttention", "SlotAttention",
     "DecoupledCrossAttention",
-    "FocusedLinearAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer",
+    "FocusedLinearAttention", "NystromAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer",
 ]
