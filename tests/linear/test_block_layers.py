@@ -87,6 +87,21 @@ def test_mamba2_layer_is_the_papers_block(groups):
         Mamba2Layer(16, head_dim=8, groups=3)
 
 
+def test_mamba2_dt_limit_clamps_the_step_sizes():
+    torch.manual_seed(0)
+    layer = Mamba2Layer(16, head_dim=8, state_dim=6, chunk_size=4, dt_limit=(0.05, 0.06)).double()
+    x = _x(16)
+    q = torch.zeros(2, layer.heads, N, 6, dtype=torch.float64)
+    dt = layer.gate(x, q, q, q)["dt"]
+    assert dt.min() >= 0.05 and dt.max() <= 0.06
+    assert ((dt == 0.05) | (dt == 0.06)).any()  # some step sizes were clamped
+    free = Mamba2Layer(16, head_dim=8, state_dim=6, chunk_size=4).double()
+    free.load_state_dict(layer.state_dict())
+    assert not torch.allclose(free(x), layer(x))
+    with pytest.raises(ValueError, match="dt_limit"):
+        Mamba2Layer(16, head_dim=8, dt_limit=(0.1, 0.01))
+
+
 def test_retention_layer_is_the_papers_msr():
     torch.manual_seed(1)
     layer = MultiScaleRetention(16, 4, rope=False, chunk_size=4).double()

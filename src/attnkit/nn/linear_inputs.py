@@ -31,10 +31,14 @@ class GLAGate(nn.Module):
 class Mamba2Gate(nn.Module):
     """Mamba-2's step sizes and decay rates (Dao & Gu, "Transformers are SSMs"):
     ``dt = softplus(x W + dt_bias)`` per head and token, ``A = -exp(A_log)`` per head,
-    with ``dt`` initialised in ``[1e-3, 1e-1]`` and ``A`` in ``[-16, -1]`` as in the paper's code."""
+    with ``dt`` initialised in ``[1e-3, 1e-1]`` and ``A`` in ``[-16, -1]`` as in the paper's code;
+    ``dt_limit=(lo, hi)`` clamps ``dt`` (the code's ``dt_limit``, no clamp by default)."""
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, dt_limit: tuple[float, float] = (0.0, float("inf"))):
         super().__init__()
+        if not (isinstance(dt_limit, tuple) and len(dt_limit) == 2 and 0.0 <= dt_limit[0] < dt_limit[1]):
+            raise ValueError(f"dt_limit must be a tuple (lo, hi) with 0 <= lo < hi, got {dt_limit!r}")
+        self.dt_limit = dt_limit
         self.proj = nn.Linear(dim, heads, bias=False)
         dt = torch.exp(torch.rand(heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
@@ -42,6 +46,8 @@ class Mamba2Gate(nn.Module):
 
     def forward(self, x, q, k, v) -> dict:
         dt = F.softplus(self.proj(x) + self.dt_bias).transpose(1, 2)  # (B, H, N)
+        if self.dt_limit != (0.0, float("inf")):
+            dt = dt.clamp(*self.dt_limit)
         return {"dt": dt.to(q.dtype), "A": -torch.exp(self.A_log).to(q.dtype)}
 
 

@@ -40,7 +40,7 @@ class Mamba2Layer(nn.Module):
     paper = "Transformers are SSMs: Generalized Models and Efficient Algorithms Through Structured State Space Duality"
 
     def __init__(self, dim: int, *, head_dim: int = 64, state_dim: int = 64, expand: int = 2, conv_kernel: int = 4,
-                 chunk_size: int = 64, groups: int = 1):
+                 chunk_size: int = 64, groups: int = 1, dt_limit: tuple[float, float] = (0.0, float("inf"))):
         super().__init__()
         for name, value in (("dim", dim), ("head_dim", head_dim), ("state_dim", state_dim), ("expand", expand),
                             ("conv_kernel", conv_kernel), ("chunk_size", chunk_size), ("groups", groups)):
@@ -53,7 +53,7 @@ class Mamba2Layer(nn.Module):
         self.dim, self.inner, self.head_dim, self.state_dim = dim, inner, head_dim, state_dim
         self.heads, self.chunk_size, self.groups = inner // head_dim, chunk_size, groups
         self.in_proj = nn.Linear(dim, 2 * inner + 2 * groups * state_dim, bias=False)
-        self.gate = Mamba2Gate(dim, self.heads)  # dt and A
+        self.gate = Mamba2Gate(dim, self.heads, dt_limit)  # dt (clamped to dt_limit) and A
         self.conv = TokenConv(inner + 2 * groups * state_dim, conv_kernel)
         self.D = nn.Parameter(torch.ones(self.heads))
         self.norm = nn.RMSNorm(inner, eps=1e-5)
