@@ -82,7 +82,8 @@ def stateful_forms(
 
         first = features(q[:, :, :1], k[:, :, :1], v[:, :, :1], None, 0)  # one token: the state's shapes
         S0 = _initial(initial_state, first[0], first[2], normalise)
-        out, S = linear_scan.chunked(q, k, v, None, S0, causal=True, chunk_size=chunk_size, features=features)
+        out, S = linear_scan.chunked(q, k, v, None, S0, causal=True, chunk_size=chunk_size, features=features,
+                                     feature_dim=first[0].shape[-1])
         length = before + k.shape[2]
         if normalise:
             return out, RecurrentState(length, S=S[..., : v.shape[-1]], z=S[..., v.shape[-1]])

@@ -87,13 +87,14 @@ def recurrent(q, k, v, g, S0, *, causal: bool):
 STEP_ELEMENTS = 1 << 19
 
 
-def chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int, features=None):
+def chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int, features=None, feature_dim: int | None = None):
     """Chunkwise form: masked matrix inside each chunk, the state across chunks.
 
     ``features(q, k, v, g, start) -> (q', k', v', g', finish)``, when given, maps each slice (heads
     ``(B', 1, tokens, D)`` from token ``start`` of this call) just before its scan, and ``finish`` (or
     None) maps that slice's output: a feature map and normaliser that act on each row alone then never
-    build full-size temporaries (causal only; the state's shape is then the features').
+    build full-size temporaries (causal only; the state's shape is then the features'). ``feature_dim``
+    (the width ``features`` maps q and k to) sizes the slices.
     """
     if not causal:
         if features is not None:
@@ -101,7 +102,7 @@ def chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int, features=None):
         return _noncausal(q, k, v, S0, chunk_size)
     features = features or _as_given
     B, H, N, Dk = q.shape
-    width = max(chunk_size, Dk)
+    width = max(chunk_size, feature_dim or Dk)
     stretch = max(chunk_size, STEP_ELEMENTS // width // chunk_size * chunk_size)  # tokens per step
     heads = max(1, STEP_ELEMENTS // (min(N, stretch) * width))  # > 1 only when one stretch covers N
     if heads >= B * H and stretch >= N:
