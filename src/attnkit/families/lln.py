@@ -12,8 +12,8 @@ fitted ``a = 0.14855, b = -0.35487``, ``alpha = sigma~ / sigma_q``,
 ``beta = sigma~ / sigma_k`` (:func:`moment_matched_temperatures`; the defaults
 are its values for unit-variance q and k). The temperatures are scalar params
 so that causal and incremental use stay exact. ``scale`` multiplies q first
-(``scale=1.0`` is the paper's form). LLN+Diag (averaging with block-diagonal
-softmax attention) is a layer-level combination and is not included.
+(``scale=1.0`` is the paper's form). LLN+Diag (averaged with block-diagonal
+softmax attention) is ``lln_diag``.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def lln_prepare(q, k, v, *, scale, alpha, beta):
     return torch.exp(alpha * scale * q), torch.exp(beta * k), v, None
 
 
-register_linear_mechanism(
+SPEC = register_linear_mechanism(
     "lln",
     family="linear",
     papers=(PAPER,),
