@@ -171,11 +171,64 @@ def test_agent_layer_is_the_papers_block():
     torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
 
 
+def _agent_outputs(layer, q, k, v, b1, b2):
+    """The two softmaxes of agent attention as the authors' code writes them (scale 1/sqrt(d))."""
+    H, D = layer.heads, q.shape[-1]
+    grid_q = q[:, :, q.shape[2] - 16 :].reshape(2, H, 2, 2, 2, 2, D)  # 4 x 4 grid pooled to 2 x 2 agents
+    a = grid_q.mean(dim=(3, 5)).reshape(2, H, 4, D)
+    v_a = ((a @ k.transpose(-1, -2)) / D**0.5 + b1).softmax(-1) @ v
+    return (((q @ a.transpose(-1, -2)) / D**0.5 + b2).softmax(-1) @ v_a).transpose(1, 2).flatten(2)
+
+
+def _grid_biases(layer, key_grid):
+    b1 = F.interpolate(layer.agent_block, size=key_grid, mode="bilinear") + layer.agent_row + layer.agent_col
+    b2 = F.interpolate(layer.query_block, size=(4, 4), mode="bilinear").permute(0, 2, 3, 1)
+    return b1.reshape(2, 4, -1), (b2 + layer.query_row + layer.query_col).reshape(2, 16, 4)
+
+
+def test_agent_pvt_variant_reduces_keys_and_upsamples_v_for_the_dwc():
+    torch.manual_seed(5)
+    layer = AgentAttention(16, 2, (4, 4), agents=4, reduction=2).double()
+    x = _x(16, n=16)
+    wq, wkv = layer.qkv.weight.split([16, 32])
+    bq, bkv = layer.qkv.bias.split([16, 32])
+    reduced = layer.reduce(x.transpose(1, 2).reshape(2, 16, 4, 4)).flatten(2).transpose(1, 2)  # 2 x 2 keys
+    k, v = (layer.reduce_norm(reduced) @ wkv.T + bkv).chunk(2, dim=-1)
+    q, k, v = (t.unflatten(-1, (2, 8)).transpose(1, 2) for t in (x @ wq.T + bq, k, v))
+    b1, b2 = _grid_biases(layer, (2, 2))
+    out = _agent_outputs(layer, q, k, v, b1, b2)
+    v_img = F.interpolate(v.transpose(1, 2).flatten(2).transpose(1, 2).reshape(2, 16, 2, 2), size=(4, 4),
+                          mode="bilinear")
+    conv = F.conv2d(v_img, layer.dwc.weight, layer.dwc.bias, padding=1, groups=16).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(layer(x), layer.proj(out + conv), rtol=1e-10, atol=1e-10)
+
+
+def test_agent_deit_variant_keeps_the_class_token_out_of_the_grid():
+    torch.manual_seed(6)
+    layer = AgentAttention(16, 2, (4, 4), agents=4, class_token=True).double()
+    x = _x(16, n=17)
+    q, k, v = (t.unflatten(-1, (2, 8)).transpose(1, 2) for t in layer.qkv(x).chunk(3, dim=-1))
+    b1, b2 = _grid_biases(layer, (4, 4))
+    b1 = torch.cat([layer.agent_to_class, b1], dim=-1)  # the class token's key: its own bias per agent
+    b2 = torch.cat([layer.class_to_agent, b2], dim=-2)  # the class token's query: its own bias per agent
+    out = _agent_outputs(layer, q, k, v, b1, b2)
+    img = v[:, :, 1:].transpose(1, 2).flatten(2).transpose(1, 2).reshape(2, 16, 4, 4)
+    conv = F.conv2d(img, layer.dwc.weight, layer.dwc.bias, padding=1, groups=16).flatten(2).transpose(1, 2)
+    out = torch.cat([out[:, :1], out[:, 1:] + conv], dim=1)  # no convolution for the class token
+    torch.testing.assert_close(layer(x), layer.proj(out), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="class token"):
+        layer(x[:, 1:])
+
+
 def test_blocks_refuse_bad_arguments():
     with pytest.raises(ValueError, match="agents"):
         AgentAttention(16, 2, (4, 4), agents=5)
     with pytest.raises(TypeError, match="grid"):
         AgentAttention(16, 2, 16)
+    with pytest.raises(ValueError, match="reduction"):
+        AgentAttention(16, 2, (4, 6), agents=4, reduction=4)
+    with pytest.raises(ValueError, match="variants"):
+        AgentAttention(16, 2, (4, 4), agents=4, reduction=2, class_token=True)
     with pytest.raises(ValueError, match="head_dim"):
         Mamba2Layer(16, head_dim=12)
     with pytest.raises(ValueError, match="causal"):
