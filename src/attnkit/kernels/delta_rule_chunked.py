@@ -28,6 +28,7 @@ import torch
 
 from .delta_rule import prepare, zero_state
 from .pieces import pieces
+from .positions import repeat_kv
 
 # Elements of the largest per-step temporary (chunks x C x max(C, 2 D)): heads are processed in
 # slices of about this size, which stay in cache; all heads at once at N = 8192 are ~1.6x slower.
@@ -36,17 +37,21 @@ STEP_ELEMENTS = 1 << 20
 
 def delta_rule_chunked(q, k, v, beta, g=None, *, scale, initial_state=None, qk_l2norm=True, chunk_size=64):
     """``(out, final_state)`` equal to :func:`delta_rule_parallel`, in O(N C D + N D^2) work."""
-    q, k, v, g = prepare(q, k, v, g, scale=scale, qk_l2norm=qk_l2norm)
-    S = zero_state(k, v) if initial_state is None else initial_state
     B, H, N, Dk = q.shape
+    k, v = repeat_kv(k, H), repeat_kv(v, H)
+    if g is not None and g.ndim == 3:
+        g = g.unsqueeze(-1)
+    S = zero_state(k, v) if initial_state is None else initial_state
     Dv = v.shape[-1]
     flat = lambda t: None if t is None else t.reshape(1, B * H, *t.shape[2:])  # noqa: E731
     q, k, v, beta, g, S = (flat(t) for t in (q, k, v, beta, g, S))
     per_step = -(-N // chunk_size) * chunk_size * max(chunk_size, Dk + Dv)
     step = max(1, STEP_ELEMENTS // per_step)
     outs, states = [], []
-    for part in zip(*(pieces(t, step, 1, B * H) for t in (q, k, v, beta, g, S))):
-        o, s = _chunked_heads(*part, chunk_size)
+    for q_p, k_p, v_p, beta_p, g_p, S_p in zip(*(pieces(t, step, 1, B * H) for t in (q, k, v, beta, g, S))):
+        # prepare per slice, not on whole tensors: its element-wise passes then run on cached data.
+        q_p, k_p, v_p, g_p = prepare(q_p, k_p, v_p, g_p, scale=scale, qk_l2norm=qk_l2norm)
+        o, s = _chunked_heads(q_p, k_p, v_p, beta_p, g_p, S_p, chunk_size)
         outs.append(o)
         states.append(s)
     out = torch.cat(outs, dim=1).reshape(B, H, N, Dv)
