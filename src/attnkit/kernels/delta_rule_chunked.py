@@ -67,8 +67,7 @@ def _chunked_heads(q, k, v, beta, g, S, C):
     beta = _pad_seq(beta, pad).reshape(B, H, n, C, 1)
 
     A, P, q_dec, k_dec, k_end, chunk_decay = _decayed_products(q, k, _chunk_log_decay(g, pad, n, C))
-    wu = solve_unit_lower(A * beta, beta * torch.cat([k_dec, v], dim=-1))
-    W, U_prime = wu[..., :Dk], wu[..., Dk:]
+    W, U_prime = solve_unit_lower(A * beta, beta * k_dec, beta * v)
 
     # Across chunks S_next = (Diag(e^{b_C}) - K_end^T W) S + K_end^T U': both factors for all chunks at
     # once, so the sequential part is one batched matmul-add per chunk.
@@ -92,13 +91,14 @@ def _chunked_heads(q, k, v, beta, g, S, C):
     return out.reshape(B, H, n * C, -1)[:, :, :N], S
 
 
-def solve_unit_lower(L: torch.Tensor, R: torch.Tensor, block: int = 16) -> torch.Tensor:
-    """Solve ``(I + L) X = R`` for ``L (..., C, C)``, using only its strictly lower triangle.
+def solve_unit_lower(L: torch.Tensor, *rhs: torch.Tensor, block: int = 16) -> tuple[torch.Tensor, ...]:
+    """Solve ``(I + L) X = R`` for each ``R`` of ``rhs``, for ``L (..., C, C)`` using only its strictly lower triangle.
 
     Block forward substitution over ``block`` rows, matmuls only; each diagonal block's
     inverse is its finite Neumann series ``sum_j (-L_ii)^j = (I - L_ii)(I + L_ii^2)(I + L_ii^4)...``
     (``L_ii`` is nilpotent). Batched matmuls run far faster on CPU than
-    ``torch.linalg.solve_triangular`` on many small systems.
+    ``torch.linalg.solve_triangular`` on many small systems. Several right-hand sides are solved
+    side by side rather than concatenated: the concatenation cost more than the extra small matmuls.
     """
     C = L.shape[-1]
     b = block if C % block == 0 else C
@@ -109,12 +109,19 @@ def solve_unit_lower(L: torch.Tensor, R: torch.Tensor, block: int = 16) -> torch
         power = power @ power
         inverse = inverse + inverse @ power
         covered *= 2
+    mats = lambda t: t.reshape(-1, *t.shape[-2:])  # noqa: E731  (..., r, c) -> (batch, r, c) for baddbmm
+    L, inverse = mats(L), inverse.reshape(-1, *inverse.shape[-3:])
+    return tuple(_substitute(L, inverse, mats(R), b).reshape(R.shape) for R in rhs)
+
+
+def _substitute(L, inverse, R, b):
+    """Block forward substitution of ``(I + L) X = R`` (3-d, batched) given the diagonal blocks' ``inverse``."""
     xs = []
-    for j, i in enumerate(range(0, C, b)):
-        r = R[..., i : i + b, :]
+    for j, i in enumerate(range(0, L.shape[-1], b)):
+        r = R[:, i : i + b]
         for m, x in enumerate(xs):
-            r = r - L[..., i : i + b, m * b : (m + 1) * b] @ x
-        xs.append(inverse[..., j, :, :] @ r)
+            r = torch.baddbmm(r, L[:, i : i + b, m * b : (m + 1) * b], x, alpha=-1)  # one op: no separate sub
+        xs.append(inverse[:, j] @ r)
     return torch.cat(xs, dim=-2)
 
 
