@@ -100,8 +100,9 @@ class _BlockSparseSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, layout, scale, budget):
         geo = _Geometry(q, k, v, layout)
+        geo.q_scale = scale * LOG2E  # scores in base 2: exp2 is ~9x faster than exp on CPU
         groups = plan_groups(layout, geo.B, geo.H, geo.Hkv, geo.hq, budget)
-        qs = _blocks(q * (scale * LOG2E), geo.bq)  # scores in base 2: exp2 is ~9x faster than exp on CPU
+        qs = _blocks(q, geo.bq)  # scaled after each gather: no full-size scaled copy of q
         kb, vb = _blocks(k, geo.bk), _blocks(v, geo.bk)
         bias, ws = _bias_table(layout, q.dtype), _Workspace(q)
         acc = qs.new_zeros(qs.shape[0], geo.bq, geo.Dv)
@@ -186,7 +187,7 @@ def _scores(qg, kb, grp, c0, c1, bias, geo, ws):
 def _forward_group(qs, kb, vb, grp, bias, geo, ws):
     """Base-2 online softmax over the group's tiles: unnormalised output, row max, row sum."""
     T = grp.kv_index.shape[2]
-    qg = _gather_into(ws, "q", qs, grp.q_index, geo.g * geo.bq)
+    qg = _gather_into(ws, "q", qs, grp.q_index, geo.g * geo.bq).mul_(geo.q_scale)
     floor = torch.finfo(qs.dtype).min / 2  # a finite max for rows with nothing allowed yet: their p stays 0
     acc = run_max = denom = None
     for c0 in range(0, T, grp.chunk):
@@ -210,7 +211,7 @@ def _forward_group(qs, kb, vb, grp, bias, geo, ws):
 def _backward_group(qs, kb, vb, dob, lse, delta, dq, dk, dv, grp, bias, geo, ws):
     T = grp.kv_index.shape[2]
     rows = geo.g * geo.bq
-    qg = _gather_into(ws, "q", qs, grp.q_index, rows)
+    qg = _gather_into(ws, "q", qs, grp.q_index, rows).mul_(geo.q_scale)
     dog = _gather_into(ws, "do", dob, grp.q_index, rows)
     lse_g = lse.index_select(0, grp.q_index.flatten()).view(-1, rows, 1)
     delta_g = delta.index_select(0, grp.q_index.flatten()).view(-1, rows, 1)
