@@ -42,8 +42,9 @@ NAMES = ("k_sum", "q_sum", "k_out_sum", "q_in_sum", "competition_sum", "S")
 
 
 def _dot(a, b, eps):
-    """``sum_d (a_d + eps)(b_d + eps)`` over the last dimension (the authors' einsum with eps on both sides)."""
-    return ((a + eps) * (b + eps)).sum(-1)
+    """``sum_d (a_d + eps)(b_d + eps)`` over the last dimension (the authors' einsum with eps on both sides),
+    expanded as ``a.b + eps (sum a + sum b) + d eps^2``: one full-size temporary instead of three."""
+    return torch.linalg.vecdot(a, b) + eps * (a.sum(-1) + b.sum(-1)) + a.shape[-1] * eps * eps
 
 
 def _start(q, k, v, causal, scale, initial_state, eps, chunk_size):
