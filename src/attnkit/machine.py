@@ -12,7 +12,7 @@ def gemm_gflops(n: int = 2048, repeats: int = 5, dtype=torch.float32) -> float:
     """Median fp32 GEMM throughput of ``torch.mm`` on n x n matrices, in GFLOP/s."""
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
-    return 2 * n**3 / _median_seconds(lambda: a @ b, repeats, warmup=2) / 1e9
+    return 2 * n**3 / median_seconds(lambda: a @ b, repeats, warmup=2) / 1e9
 
 
 def bmm_gflops(batch: int, m: int, k: int, n: int, repeats: int = 5, dtype=torch.float32) -> float:
@@ -21,7 +21,7 @@ def bmm_gflops(batch: int, m: int, k: int, n: int, repeats: int = 5, dtype=torch
     a = torch.randn(batch, m, k, dtype=dtype)
     b = torch.randn(batch, k, n, dtype=dtype)
     out = torch.empty(batch, m, n, dtype=dtype)
-    return 2 * batch * m * k * n / _median_seconds(lambda: torch.bmm(a, b, out=out), repeats) / 1e9
+    return 2 * batch * m * k * n / median_seconds(lambda: torch.bmm(a, b, out=out), repeats) / 1e9
 
 
 def exp_seconds_per_element(elements: int = 1 << 16, repeats: int = 5, dtype=torch.float32) -> float:
@@ -34,12 +34,18 @@ def exp_seconds_per_element(elements: int = 1 << 16, repeats: int = 5, dtype=tor
         for _ in range(64):
             torch.exp(x, out=out)
 
-    return _median_seconds(run, repeats) / (64 * elements)
+    return median_seconds(run, repeats) / (64 * elements)
 
 
-def _median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+def median_seconds(fn, repeats: int = 5, warmup: int = 1, budget: float | None = None) -> float:
+    """Median of ``repeats`` timed calls after ``warmup`` calls; a warm-up call slower than ``budget``
+    seconds is the measurement (the call is timed once)."""
     for _ in range(warmup):
+        t0 = time.perf_counter()
         fn()
+        first = time.perf_counter() - t0
+        if budget is not None and first > budget:
+            return first
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

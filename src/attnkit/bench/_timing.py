@@ -17,24 +17,8 @@ import time
 import torch
 
 from .. import attention, spec
+from ..machine import median_seconds  # noqa: F401  (the benchmarks' timing loop; machine rates use it too)
 from ._memory import MALLOC_ENV, peak_mb
-
-
-def median_seconds(fn, repeats: int = 5, warmup: int = 1, budget: float | None = None) -> float:
-    """Median of ``repeats`` timed calls after ``warmup`` calls; a warm-up call slower than ``budget``
-    seconds is the measurement (the call is timed once)."""
-    for _ in range(warmup):
-        t0 = time.perf_counter()
-        fn()
-        first = time.perf_counter() - t0
-        if budget is not None and first > budget:
-            return first
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def interleaved_medians(fns, repeats: int = 5, warmup: int = 1) -> list[float]:

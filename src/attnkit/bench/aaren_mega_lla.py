@@ -25,6 +25,7 @@ import torch
 from .. import attention, registry
 from ..machine import gemm_gflops
 from ..registry import kv_cache_size
+from ._decode import decode_flatness
 from ._timing import median_seconds
 
 B, H, D = 1, 8, 64
@@ -55,19 +56,8 @@ def aaren(n: int, contexts: list[int], repeats: int) -> None:
     print(f"aaren, N={n}: parallel {t_par * 1e3:.1f} ms, chunked {t_chunk * 1e3:.1f} ms ({t_par / t_chunk:.1f}x faster), "
           f"scan {t_scan * 1e3:.1f} ms ({t_par / t_scan:.1f}x faster)")
     print(f"aaren chunked, N={4 * n}: {t_chunk4 * 1e3:.1f} ms -> t(4N)/t(N) = {t_chunk4 / t_chunk:.2f} (linear: ~4)")
-    times = []
-    for ctx in contexts:
-        q, k, v = _qkv(ctx + 1, seed=1)
-        _, state = run("chunked", q[:, :, :ctx], k[:, :, :ctx], v[:, :, :ctx])
-        token = (q[:, :, ctx:], k[:, :, ctx:], v[:, :, ctx:])
-
-        def step():
-            run("recurrent", *token, initial_state=state)
-
-        times.append(median_seconds(step, 50))
-        print(f"  decode after {ctx:>6} tokens: {times[-1] * 1e6:7.1f} us/token, state {state.numel():,} numbers "
-              f"(softmax KV cache {kv_cache_size(B, H, H, ctx, D):,})")
-    print(f"  slowest / fastest decode step: {max(times) / min(times):.2f} (flat: <= 1.25)")
+    print("  decode step (recurrent form) after a chunked prefill:")
+    decode_flatness(run, lambda length: _qkv(length, seed=1), contexts, 50)
 
 
 def mega(n: int, repeats: int) -> None:

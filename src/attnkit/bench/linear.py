@@ -24,6 +24,7 @@ import torch
 from .. import registry
 from ..machine import gemm_gflops
 from ..registry import kv_cache_size
+from ._decode import decode_flatness
 from ._timing import interleaved_medians, median_seconds
 
 B, H, D = 1, 8, 64
@@ -85,27 +86,16 @@ def mechanisms_chunked(n: int, repeats: int) -> None:
             t_rec = median_seconds(lambda: _form(spec, "recurrent", q, k, v, extra), 3)
             line += f"   recurrent {t_rec * 1e3:.1f} ms -> chunked {t_rec / t:.1f}x faster (target >= 20x)"
         print(line)
-    missing = [m for m in DELTA_RULES if m not in registry.names()]
-    if missing:
-        print(f"  delta rules {missing} are not registered in this build (issue 4 part B)")
 
 
 def decode(contexts: list[int], steps: int) -> None:
-    """Prefill every context, then time one decode step after each in turns (the same machine for all)."""
     spec = registry.get("linear")
     print("\ndecode step (linear, recurrent form) after a chunked prefill:")
-    steps_after = []
-    for n in contexts:
-        q, k, v, extra = _inputs(spec, n + 1, seed=1)
-        _, state = _form(spec, "chunked", q[:, :, :n], k[:, :, :n], v[:, :, :n], extra)
-        token = tuple(t[:, :, n:].clone() for t in (q, k, v))  # the prefill's inputs can go
-        steps_after.append(lambda token=token, state=state: _form(spec, "recurrent", *token, extra, initial_state=state))
-    times = interleaved_medians(steps_after, steps)
-    for n, t_step, step in zip(contexts, times, steps_after):
-        numbers = step()[1].numel()
-        print(f"  context {n:>6}: {t_step * 1e6:8.1f} us/token, state {numbers:,} numbers "
-              f"(softmax KV cache: {kv_cache_size(B, H, H, n, D):,})")
-    print(f"  slowest / fastest step: {max(times) / min(times):.2f} (target <= 1.25)")
+
+    def run(form, q, k, v, **kw):
+        return _form(spec, form, q, k, v, {}, **kw)  # elu+1 linear attention has no tensor inputs
+
+    decode_flatness(run, lambda n: _inputs(spec, n, seed=1)[:3], contexts, steps)
 
 
 def state_sizes(n: int) -> None:

@@ -51,32 +51,29 @@ def stateful_forms(
             if g is not None and not causal:
                 raise ValueError("a decayed/gated recurrence is only defined causally; pass causal=True")
             if normalise:
-                fv = torch.nn.functional.pad(fv, (0, 1), value=1.0)  # the ones column: z rides in S
+                fv = _ones_column(fv)
             S0 = _initial(initial_state, fq, fv, normalise)
             kw = {"chunk_size": chunk_size} if kernel_name == "chunked" else {}
             out, S = kernel(fq, fk, fv, g, S0, causal=causal, **kw)
-            before = initial_state.length if initial_state is not None else 0
-            length = before + k.shape[2]
-            eps = params.get(eps_param, 0.0) if eps_param else 0.0
+            length = _length(initial_state) + k.shape[2]
             if normalise:
-                out = _normalised(out, q.shape[2], length, causal, eps)
-                state = RecurrentState(length, S=S[..., :Dv], z=S[..., Dv])
-            else:
-                state = RecurrentState(length, S=S)
-            return out, state
+                out = _normalised(out, q.shape[2], length, causal, _eps(params))
+            return out, _state(length, S, Dv, normalise)
 
         form.__name__ = kernel_name
         return form
 
+    def _eps(params):
+        return params.get(eps_param, 0.0) if eps_param else 0.0
+
     def _chunked_by_slices(q, k, v, initial_state, scale, chunk_size, params):
-        before = initial_state.length if initial_state is not None else 0
-        eps = params.get(eps_param, 0.0) if eps_param else 0.0
+        before, eps = _length(initial_state), _eps(params)
 
         def features(q_s, k_s, v_s, g, start):
             fq, fk, fv, _ = prepare(q_s, k_s, v_s, scale=scale, **params)
             if not normalise:
                 return fq, fk, fv, None, None
-            fv = torch.nn.functional.pad(fv, (0, 1), value=1.0)
+            fv = _ones_column(fv)
             length = before + start + q_s.shape[2]
             return fq, fk, fv, None, lambda out: _normalised(out, q_s.shape[2], length, True, eps)
 
@@ -84,12 +81,24 @@ def stateful_forms(
         S0 = _initial(initial_state, first[0], first[2], normalise)
         out, S = linear_scan.chunked(q, k, v, None, S0, causal=True, chunk_size=chunk_size, features=features,
                                      feature_dim=first[0].shape[-1])
-        length = before + k.shape[2]
-        if normalise:
-            return out, RecurrentState(length, S=S[..., : v.shape[-1]], z=S[..., v.shape[-1]])
-        return out, RecurrentState(length, S=S)
+        return out, _state(before + k.shape[2], S, v.shape[-1], normalise)
 
     return {name: make(name) for name in ("parallel", "chunked", "recurrent")}
+
+
+def _ones_column(v):
+    """``v`` with a column of ones appended: the normaliser ``z`` then rides in ``S`` as its last column."""
+    return torch.nn.functional.pad(v, (0, 1), value=1.0)
+
+
+def _length(state) -> int:
+    """Tokens an incoming state has consumed (0 without one)."""
+    return state.length if state is not None else 0
+
+
+def _state(length, S, Dv, normalise) -> RecurrentState:
+    """The final state; with a normaliser its last column of ``S`` is ``z`` (the ones column of v)."""
+    return RecurrentState(length, S=S[..., :Dv], z=S[..., Dv]) if normalise else RecurrentState(length, S=S)
 
 
 def check_input(name: str, t, shape: tuple, like: torch.Tensor, what: str) -> None:
