@@ -40,6 +40,7 @@ from ..kernels.local_linear import local_linear_blockwise
 from ..kernels.positions import causal_mask, repeat_kv
 from ..registry import ALL_PATTERNS, MechanismSpec, register
 from ..scores.normalisers import SOFTMAX
+from ..scores.user_mask import apply_mask
 from ..state import kv_cache_step
 
 PAPER = "Local Linear Attention: An Optimal Interpolation of Linear and Softmax Attention For Test-Time Regression"
@@ -61,12 +62,7 @@ def softmax_weights(q, k, *, causal, mask, scale, rows=slice(None), end=None):
     scores = (q[:, :, rows] @ k.transpose(-1, -2)) * scale
     allowed = causal_mask(Nq, Nk, q.device)[rows, :end] if causal else None
     if mask is not None:
-        m = mask[..., :end] if mask.shape[2] == 1 else mask[:, :, rows, :end]
-        if m.dtype == torch.bool:
-            allowed = m if allowed is None else (m & allowed)
-        else:
-            scores = scores + m
-            allowed = ~torch.isneginf(m) if allowed is None else (~torch.isneginf(m) & allowed)
+        scores, allowed = apply_mask(scores, allowed, mask[..., :end] if mask.shape[2] == 1 else mask[:, :, rows, :end])
     return SOFTMAX.weights(scores, None if allowed is None else allowed.expand_as(scores))
 
 

@@ -40,6 +40,7 @@ from .. import registry
 from ..reference import materialised_attention
 from ..scores.normalisers import SOFTMAX, Normaliser
 from ..scores.tensor_checks import check_int
+from ..scores.user_mask import allowed_by
 from .score_pipeline import register_score_mechanism
 
 PAPER = "Mega: Moving Average Equipped Gated Attention"
@@ -120,8 +121,7 @@ def _keys_per_row(mask, q_len, kv_len, causal, chunk_size):
     Counted from a running sum of the mask's allowed keys over each query's range (causal prefix,
     its chunk), so a padding mask of one row stays one row.
     """
-    allowed = mask if mask.dtype == torch.bool else ~torch.isneginf(mask)
-    counts = F.pad(allowed.to(torch.int64).cumsum(dim=-1), (1, 0))  # counts[..., j] = allowed keys before j
+    counts = F.pad(allowed_by(mask).to(torch.int64).cumsum(dim=-1), (1, 0))  # counts[..., j] = allowed keys before j
     q_pos = torch.arange(kv_len - q_len, kv_len, device=mask.device)
     lo = torch.div(q_pos, chunk_size, rounding_mode="floor") * chunk_size if chunk_size else torch.zeros_like(q_pos)
     hi = q_pos + 1 if causal else torch.full_like(q_pos, kv_len)

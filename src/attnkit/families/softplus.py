@@ -34,7 +34,7 @@ from ..kernels.positions import causal_mask, query_positions, repeat_kv
 from ..registry import ALL_PATTERNS, MechanismSpec, register
 from ..scores.normalisers import SOFTMAX, Normaliser
 from ..scores.tensor_checks import check_float
-from ..scores.user_mask import apply_mask
+from ..scores.user_mask import allowed_by, apply_mask
 from ..state import kv_cache_step
 from .score_pipeline import CHUNK_PARAMS, register_score_mechanism
 
@@ -104,7 +104,7 @@ def _split_mask(mask):
     """(boolean mask for the kernel, additive values a modifier adds before the nonlinearity)."""
     if mask is None or mask.dtype == torch.bool:
         return mask, None
-    return ~torch.isneginf(mask), mask.masked_fill(torch.isneginf(mask), 0.0)
+    return allowed_by(mask), mask.masked_fill(torch.isneginf(mask), 0.0)
 
 
 def _softplus_scores(kv_len, q_len, causal, additive):

@@ -4,6 +4,11 @@ from __future__ import annotations
 import torch
 
 
+def allowed_by(mask: torch.Tensor) -> torch.Tensor:
+    """The pairs ``mask`` lets through: a boolean mask itself, an additive mask's entries other than ``-inf``."""
+    return mask if mask.dtype == torch.bool else ~torch.isneginf(mask)
+
+
 def apply_mask(scores: torch.Tensor, allowed: torch.Tensor | None, mask: torch.Tensor | None):
     """``(scores, allowed)`` after ``mask``; ``allowed=None`` means every pair.
 
@@ -12,7 +17,7 @@ def apply_mask(scores: torch.Tensor, allowed: torch.Tensor | None, mask: torch.T
     """
     if mask is None:
         return scores, allowed
-    if mask.dtype == torch.bool:
-        return scores, mask if allowed is None else allowed & mask
-    finite = ~torch.isneginf(mask)
-    return scores + mask, finite if allowed is None else allowed & finite
+    keep = allowed_by(mask)
+    if mask.dtype != torch.bool:
+        scores = scores + mask
+    return scores, keep if allowed is None else allowed & keep
