@@ -29,6 +29,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .linear_scan import pass_state
+
 
 # Sub-chunk length: the exact per-channel (c, c, Dk) tensor costs c Dk per token and the
 # earlier-sub-chunk factors C / 2c Dk, so on CPU short sub-chunks win (GPUs use 16).
@@ -76,13 +78,9 @@ def _block(qc, kc, vc, b, S, c):
     ``b`` is the log-decay from each chunk's start (inclusive)."""
     b_end = b[:, :, :, -1:]
     # across chunks: the state before each chunk, one update per chunk
-    U = (kc * (b_end - b).exp()).transpose(-1, -2) @ vc
-    decay = b_end.transpose(-1, -2).exp()  # (B, H, chunks, Dk, 1)
-    starts = []
-    for U_i, decay_i in zip(U.unbind(2), decay.unbind(2)):  # unbind: one backward op, not one per chunk
-        starts.append(S)
-        S = torch.addcmul(U_i, decay_i, S)
-    out = (qc * b.exp()) @ torch.stack(starts, dim=2)
+    written = (kc * (b_end - b).exp()).transpose(-1, -2) @ vc
+    starts, S = pass_state(written, b_end.transpose(-1, -2).exp(), S)
+    out = (qc * b.exp()) @ starts
     # inside each chunk: scores for earlier sub-chunks by matmul, the diagonal sub-chunks exactly
     return out + _earlier_sub_chunks(qc, kc, vc, b, c) + _diagonal_sub_chunks(qc, kc, vc, b, c), S
 

@@ -158,15 +158,25 @@ def _chunked_heads(q, k, v, g, S0, chunk_size: int):
             intra = _channel_gated_intra(qc, kc, vc, b, causal_block)
             q_from_start, k_to_end = qc * b.exp(), kc * (b_end - b).exp()
             chunk_decay = b_end.transpose(-1, -2).exp()  # (B, H, nc, Dk, 1)
-        U = k_to_end.transpose(-1, -2) @ vc
-        S = S0 if S0 is not None else q.new_zeros(B, H, Dk, Dv)
-        starts = []
-        # unbind, not U[:, :, c]: each indexing's backward would zero-fill a full-size gradient (quadratic in N)
-        for U_c, decay_c in zip(U.unbind(2), chunk_decay.unbind(2)):
-            starts.append(S)
-            S = torch.addcmul(U_c, decay_c, S)  # one op per chunk: decay, then add
-        out = intra + q_from_start @ torch.stack(starts, dim=2)
+        S0 = S0 if S0 is not None else q.new_zeros(B, H, Dk, Dv)
+        starts, S = pass_state(k_to_end.transpose(-1, -2) @ vc, chunk_decay, S0)
+        out = intra + q_from_start @ starts
     return out.reshape(B, H, nc * C, Dv)[:, :, :N], S
+
+
+def pass_state(written, decay, S):
+    """The decayed state across chunks: ``S <- decay_c * S + written_c`` along dim 2.
+
+    ``written (B, H, chunks, Dk, Dv)`` is each chunk's ``(k e^{b_end - b})^T v``, ``decay (B, H, chunks,
+    Dk or 1, 1)`` its total decay. Returns the states before each chunk ``(B, H, chunks, Dk, Dv)`` and after
+    the last.
+    """
+    starts = []
+    # unbind, not written[:, :, c]: each indexing's backward would zero-fill a full-size gradient (quadratic in N)
+    for written_c, decay_c in zip(written.unbind(2), decay.unbind(2)):
+        starts.append(S)
+        S = torch.addcmul(written_c, decay_c, S)  # one op per chunk: decay, then add
+    return torch.stack(starts, dim=2), S
 
 
 def _channel_gated_intra(qc, kc, vc, b, causal_block):
