@@ -41,7 +41,7 @@ PAPER = "Flowformer: Linearizing Transformers with Conservation Flows"
 NAMES = ("k_sum", "q_sum", "k_out_sum", "q_in_sum", "competition_sum", "S")
 
 
-def _dot(a, b, eps):
+def eps_dot(a, b, eps):
     """``sum_d (a_d + eps)(b_d + eps)`` over the last dimension (the authors' einsum with eps on both sides),
     expanded as ``a.b + eps (sum a + sum b) + d eps^2``: one full-size temporary instead of three."""
     return torch.linalg.vecdot(a, b) + eps * (a.sum(-1) + b.sum(-1)) + a.shape[-1] * eps * eps
@@ -69,13 +69,13 @@ def _start(q, k, v, causal, scale, initial_state, eps, chunk_size):
 
 def _flows(q, k, i, k_sum, q_sum, eps):
     """Incoming flow ``I`` and outgoing flow ``O`` (scaled by the position), given the prefix sums."""
-    return i / _dot(q, k_sum, eps), i / _dot(k, q_sum, eps)
+    return i / eps_dot(q, k_sum, eps), i / eps_dot(k, q_sum, eps)
 
 
 def _outputs(q, k, i, I, O, k_out_sum, q_in_sum, eps):
     """Allocation of each sink and the exponent of each source's competition."""
-    allocation = torch.sigmoid(_dot(q, k_out_sum, eps) / i)
-    source = torch.clamp(_dot(k, q_in_sum, eps) / i, -1.0, 1.0)
+    allocation = torch.sigmoid(eps_dot(q, k_out_sum, eps) / i)
+    source = torch.clamp(eps_dot(k, q_in_sum, eps) / i, -1.0, 1.0)
     return allocation, source.exp()
 
 

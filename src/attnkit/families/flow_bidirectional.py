@@ -22,7 +22,7 @@ import torch
 
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
-from .flow import PAPER
+from .flow import PAPER, eps_dot
 
 
 def _flows(q, k, v, scale, eps):
@@ -32,11 +32,10 @@ def _flows(q, k, v, scale, eps):
     H = q.shape[1]
     q, k, v = torch.sigmoid(scale * q), torch.sigmoid(repeat_kv(k, H)), repeat_kv(v, H)
     n, m = q.shape[2], k.shape[2]
-    dot = lambda a, b: ((a + eps) * (b + eps)).sum(-1)  # noqa: E731
-    incoming = 1.0 / dot(q, k.sum(2, keepdim=True))
-    outgoing = 1.0 / dot(k, q.sum(2, keepdim=True))
-    conserved_sink = dot(q, (k * outgoing[..., None]).sum(2, keepdim=True))
-    conserved_source = dot(k, (q * incoming[..., None]).sum(2, keepdim=True)).clamp(-1.0, 1.0)
+    incoming = 1.0 / eps_dot(q, k.sum(2, keepdim=True), eps)
+    outgoing = 1.0 / eps_dot(k, q.sum(2, keepdim=True), eps)
+    conserved_sink = eps_dot(q, (k * outgoing[..., None]).sum(2, keepdim=True), eps)
+    conserved_source = eps_dot(k, (q * incoming[..., None]).sum(2, keepdim=True), eps).clamp(-1.0, 1.0)
     allocation = torch.sigmoid(conserved_sink * (n / m))
     competition = conserved_source.softmax(dim=-1) * m
     return q * incoming[..., None], k, v * competition[..., None], allocation[..., None]

@@ -21,12 +21,12 @@ Self-attention only.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
 from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
+from ..reference import materialised_attention
 from ..registry import MechanismSpec, register
 from . import lln
 from .linear_pipeline import drop_state, step_from
@@ -76,8 +76,8 @@ def _allowed(q_pos, k_pos, causal, block):
 def _materialised(q, keys, values, first, before, causal, scale, block):
     q_pos = torch.arange(before, before + q.shape[2], device=q.device)
     k_pos = torch.arange(first, first + keys.shape[2], device=q.device)
-    scores = (scale * q @ keys.transpose(-1, -2)).masked_fill(~_allowed(q_pos, k_pos, causal, block), float("-inf"))
-    return scores.softmax(dim=-1) @ values
+    return materialised_attention(q, keys, values, causal=False, mask=_allowed(q_pos, k_pos, causal, block),
+                                  scale=scale)
 
 
 def _per_block(q, keys, values, first, before, causal, scale, block):
