@@ -55,12 +55,13 @@ def test_missing_or_misshaped_inputs_are_named():
 
 
 @pytest.mark.parametrize("gate", [None, "scalar", "channel"])
-def test_chunked_form_sliced_over_heads_equals_the_recurrence(monkeypatch, gate):
-    """Heads run in slices (``STEP_ELEMENTS``); slices that cross batch rows keep every head's own state."""
+def test_chunked_form_in_blocks_equals_the_recurrence(monkeypatch, gate):
+    """The sequence runs in blocks of whole chunks (``BLOCK_ELEMENTS``), the state handed on; the last
+    block is shorter than a chunk, and every head of every batch row keeps its own state."""
     from attnkit.kernels import delta_rule_chunked as chunked_module
     from attnkit.kernels.delta_rule import delta_rule_recurrent
 
-    monkeypatch.setattr(chunked_module, "STEP_ELEMENTS", 1)  # one head per slice
+    monkeypatch.setattr(chunked_module, "BLOCK_ELEMENTS", 1)  # one chunk per block
     g = torch.Generator().manual_seed(3)
     B, H, N, D = 2, 3, 21, 6
     q, k, v = (torch.randn(B, H, N, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))

@@ -17,7 +17,7 @@ import torch
 
 import attnkit
 from attnkit.families.delta_rule import chunked_flops
-from attnkit.machine import bmm_gflops, gemm_gflops
+from attnkit.machine import bmm_seconds, gemm_gflops
 from attnkit.registry import kv_cache_size
 from ._timing import median_seconds
 
@@ -46,14 +46,34 @@ def _runner(name, form, q, k, v, extra, chunk_size, backward):
     return run
 
 
-def _print_floor(flops, gemm, recurrent, blocks, C, D):
-    """How fast any chunked form made of torch matmuls could be: its FLOPs (matmuls only, no other work)
-    at this run's rate for its ``(C, D) @ (D, D)`` block matmuls, and at the large-GEMM rate."""
-    block = bmm_gflops(blocks, C, D, D)
-    at_block, at_gemm = flops / block / 1e9, flops / gemm / 1e9
-    print(f"  floor: its {flops / 1e9:.2f} GFLOP of matmuls alone take {at_block:.4f} s at this run's "
-          f"({C} x {D}) @ ({D} x {D}) bmm rate ({block:.0f} GFLOP/s) -> at most {recurrent / at_block:.1f}x the "
-          f"recurrence; {at_gemm:.4f} s at 100% of GEMM -> at most {recurrent / at_gemm:.1f}x")
+def matmul_seconds(heads, N, D, C, solve_block=16) -> dict[str, float]:
+    """The chunked form's matmuls (``kernels/delta_rule_chunked.py``), each shape timed on cache-resident
+    operands: seconds per part, for ``heads`` (batch x heads) of ``N`` tokens and head dim ``D``."""
+    chunks, per_chunk = heads * -(-N // C), -(-N // C)
+    blocks = C // solve_block if C % solve_block == 0 else 1
+    b = C // blocks
+    powers = 2 * max(0, (b - 1).bit_length() - 1)  # the diagonal blocks' Neumann products
+    return {
+        "K K^T, Q K^T": 2 * bmm_seconds(chunks, C, D, C),
+        "UT solve": powers * bmm_seconds(chunks * blocks, b, b, b)
+        + 2 * (blocks * (blocks + 1) // 2) * bmm_seconds(chunks, b, b, D),
+        "W S, K^T U (in sequence)": per_chunk * (bmm_seconds(heads, C, D, D) + bmm_seconds(heads, D, C, D)),
+        "Q S, P U": bmm_seconds(chunks, C, D, D) + bmm_seconds(chunks, C, C, D),
+    }
+
+
+def _print_floor(B, H, N, D, run_chunk, flops, gemm, recurrent):
+    """How fast a chunked form made of torch matmuls could be: its matmuls alone, no other work, each
+    shape at its cache-resident rate on this machine (for this run's and other chunk sizes), and its
+    FLOPs at 100% of the large-GEMM rate."""
+    print("  floor: the chunked form's matmuls alone, each shape timed on cache-resident operands:")
+    for C in sorted({16, 32, 64, run_chunk}):
+        parts = matmul_seconds(B * H, N, D, C)
+        total = sum(parts.values())
+        detail = ", ".join(f"{name} {t * 1e3:.1f}" for name, t in parts.items())
+        print(f"    chunk {C:>3}: {total:.4f} s -> at most {recurrent / total:.1f}x the recurrence  ({detail} ms)")
+    at_gemm = flops / gemm / 1e9
+    print(f"    its {flops / 1e9:.2f} GFLOP at 100% of GEMM: {at_gemm:.4f} s -> at most {recurrent / at_gemm:.1f}x")
 
 
 def main(argv=None) -> int:
@@ -92,7 +112,7 @@ def main(argv=None) -> int:
     rate = flops / chunked / 1e9
     print(f"  chunked: {rate:.1f} GFLOP/s on its own FLOP count = {100 * rate / gemm:.0f}% of GEMM; "
           f"{B * N / chunked:,.0f} tokens/s")
-    _print_floor(flops, gemm, recurrent, B * H * -(-N // args.chunk_size), args.chunk_size, D)
+    _print_floor(B, H, N, D, args.chunk_size, flops, gemm, recurrent)
     if args.backward:
         chunked_b = median_seconds(_runner(name, "chunked", q, k, v, extra, args.chunk_size, True), repeats)
         recurrent_b = median_seconds(_runner(name, "recurrent", q, k, v, extra, args.chunk_size, True), 1)
