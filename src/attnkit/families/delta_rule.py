@@ -46,7 +46,7 @@ def stateful_forms(gate: str | None) -> dict:
         def form(q, k, v, *, causal, scale, initial_state=None, beta=None, g=None, chunk_size=64, qk_l2norm=True):
             if not causal:
                 raise ValueError("the delta rule is a causal recurrence; pass causal=True")
-            _check_inputs(q, k, v, beta, g, gate, chunk_size)
+            check_inputs(q, k, v, beta, g, gate, chunk_size)
             B, H, N, Dk = q.shape
             shapes = {"S": (B, H, Dk, v.shape[-1])}
             state = expect_state(initial_state, ("S",), shapes, q)
@@ -63,7 +63,7 @@ def stateful_forms(gate: str | None) -> dict:
     return {kind: make(kind) for kind in KERNELS}
 
 
-def _check_inputs(q, k, v, beta, g, gate, chunk_size):
+def check_inputs(q, k, v, beta, g, gate, chunk_size):
     B, H, N, Dk = q.shape
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
@@ -82,7 +82,7 @@ def _check_inputs(q, k, v, beta, g, gate, chunk_size):
         check_input("g", g, (B, H, N, Dk), q, "(batch, heads, seq, head_dim) channel-wise log forget gates")
 
 
-def _example_inputs(gate):
+def example_inputs(gate):
     def make(q, k, v, generator):
         B, H, N, D = q.shape
         beta = torch.sigmoid(torch.randn(B, H, N, generator=generator, dtype=torch.float64))
@@ -136,7 +136,7 @@ def register_delta_mechanism(name, *, gate, papers, summary) -> MechanismSpec:
             fast={"chunked": drop_state(name, forms["chunked"]), "recurrent": drop_state(name, forms["recurrent"])},
             step=step_from(forms),
             params=dict(PARAMS),
-            tensor_inputs=_example_inputs(gate),
+            tensor_inputs=example_inputs(gate),
             tensor_inputs_per_token=("beta",) if gate is None else ("beta", "g"),
             supports_mask=False,
             flops=_flops,

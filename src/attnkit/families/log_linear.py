@@ -32,30 +32,41 @@ def levels_for(seq_len: int) -> int:
     return max(seq_len - 1, 1).bit_length() + 1
 
 
+def level_state(q, v, lam, initial_state, chunk_size):
+    """The checks every log-linear mechanism makes: ``chunk_size``, ``lam`` and the per-level state.
+
+    Returns ``(S0, start)``: the initial per-level states ``(B, H, levels, Dk, Dv)`` (or None)
+    and the absolute position of the first new token.
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a positive power of two (chunks align with Fenwick levels), got {chunk_size!r}")
+    if lam is None:
+        raise ValueError("lam is required: (batch, heads, seq, levels) non-negative level weights")
+    B, H, N, Dk = q.shape
+    Lv = lam.shape[-1] if isinstance(lam, torch.Tensor) and lam.ndim == 4 else 0
+    check_input("lam", lam, (B, H, N, Lv), q, "(batch, heads, seq, levels) level weights")
+    state = expect_state(initial_state, ("S",), {"S": (B, H, Lv, Dk, v.shape[-1])}, q)
+    start = initial_state.length if initial_state is not None else 0
+    if Lv < levels_for(start + N):
+        raise ValueError(f"lam has {Lv} levels; positions up to {start + N - 1} need at least {levels_for(start + N)}")
+    if state is not None and start == 0:
+        raise ValueError("initial_state has length 0; pass initial_state=None to start a sequence")
+    return (None if state is None else state["S"]), start
+
+
 def _make(kind):
     kernel = KERNELS[kind]
 
     def form(q, k, v, *, causal, scale, initial_state=None, g=None, lam=None, chunk_size=64):
         if not causal:
             raise ValueError("log-linear attention over a gated recurrence is causal; pass causal=True")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1 or chunk_size & (chunk_size - 1):
-            raise ValueError(f"chunk_size must be a positive power of two (chunks align with Fenwick levels), got {chunk_size!r}")
         B, H, N, Dk = q.shape
-        for name, t in (("g", g), ("lam", lam)):
-            if t is None:
-                raise ValueError(f"{name} is required (log decays g (B, H, N) and level weights lam (B, H, N, levels))")
+        if g is None:
+            raise ValueError("g is required: (batch, heads, seq) log decays <= 0")
         check_input("g", g, (B, H, N), q, "(batch, heads, seq) log decays")
-        Lv = lam.shape[-1] if isinstance(lam, torch.Tensor) and lam.ndim == 4 else 0
-        check_input("lam", lam, (B, H, N, Lv), q, "(batch, heads, seq, levels) level weights")
-        state = expect_state(initial_state, ("S",), {"S": (B, H, Lv, Dk, v.shape[-1])}, q)
-        start = initial_state.length if initial_state is not None else 0
-        if Lv < levels_for(start + N):
-            raise ValueError(f"lam has {Lv} levels; positions up to {start + N - 1} need at least {levels_for(start + N)}")
-        if state is not None and start == 0:
-            raise ValueError("initial_state has length 0; pass initial_state=None to start a sequence")
+        S0, start = level_state(q, v, lam, initial_state, chunk_size)
         kw = {"chunk_size": chunk_size} if kind == "chunked" else {}
-        out, S = kernel(q * scale, repeat_kv(k, H), repeat_kv(v, H), g, lam, start=start,
-                        S0=None if state is None else state["S"], **kw)
+        out, S = kernel(q * scale, repeat_kv(k, H), repeat_kv(v, H), g, lam, start=start, S0=S0, **kw)
         return out, RecurrentState(start + N, S=S)
 
     form.__name__ = kind
@@ -65,8 +76,13 @@ def _make(kind):
 def _inputs(q, k, v, generator):
     B, H, N, D = q.shape
     g = 0.5 * F.logsigmoid(torch.randn(B, H, N, generator=generator, dtype=torch.float64) + 1)
-    lam = F.softplus(torch.randn(B, H, N, levels_for(N), generator=generator, dtype=torch.float64))
-    return {"g": g.to(q.dtype), "lam": lam.to(q.dtype)}
+    return {"g": g.to(q.dtype), "lam": example_level_weights(q, generator)}
+
+
+def example_level_weights(q, generator):
+    """Random ``lam (B, H, N, levels_for(N))`` in q's dtype: softplus of a standard normal."""
+    B, H, N, D = q.shape
+    return F.softplus(torch.randn(B, H, N, levels_for(N), generator=generator, dtype=torch.float64)).to(q.dtype)
 
 
 def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params):

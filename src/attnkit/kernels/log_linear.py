@@ -27,6 +27,12 @@ def levels_between(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return torch.where(x > 0, torch.floor(torch.log2(x.clamp(min=1).double())).long() + 1, torch.zeros_like(x))
 
 
+def carried_levels(pos: torch.Tensor, before: torch.Tensor, levels: int) -> torch.Tensor:
+    """Level seen from each query position ``pos`` of each bucket ``0 .. levels - 1`` of a state taken
+    at position ``before`` (broadcast against ``pos``): ``max(l, l(pos, before))``, shape ``(*pos.shape, levels)``."""
+    return torch.maximum(torch.arange(levels, device=pos.device), levels_between(pos, before)[..., None])
+
+
 def _block(q, k, v, g, lam, pos):
     """Tokens at positions ``pos`` among themselves: ``(Q K^T * H) V`` and their per-level state at the last one."""
     b = g.cumsum(-1)
@@ -51,8 +57,7 @@ def log_linear_parallel(q, k, v, g, lam, *, start, S0):
     if S0 is None:
         return out, S
     decay = g.cumsum(-1).exp()  # from start - 1 to each query
-    old = torch.arange(Lv, device=q.device)
-    level = torch.maximum(old[None, :], levels_between(pos[:, None], torch.tensor(start - 1)))  # (N, Lv)
+    level = carried_levels(pos, torch.tensor(start - 1), Lv)  # (N, Lv)
     weights = torch.gather(lam, -1, level.expand(*lam.shape[:2], N, Lv)) * decay[..., None]
     out = out + torch.einsum("bhtl,bhtd,bhlde->bhte", weights, q, S0)
     moved = torch.nn.functional.one_hot(level[-1], Lv).to(q.dtype)  # old level -> level at the last token
@@ -60,12 +65,15 @@ def log_linear_parallel(q, k, v, g, lam, *, start, S0):
     return out, S
 
 
+def fold(S: torch.Tensor, top: int) -> torch.Tensor:
+    """Levels ``<= top`` of ``S (B, H, levels, Dk, Dv)`` summed into level ``top``; the ones below emptied."""
+    merged = S[:, :, : top + 1].sum(dim=2, keepdim=True)
+    return torch.cat([torch.zeros_like(S[:, :, :top]), merged, S[:, :, top + 1 :]], dim=2)
+
+
 def advance(S: torch.Tensor, p: int, g_p: torch.Tensor) -> torch.Tensor:
     """The Fenwick merge before token ``p`` joins: levels ``< l*`` fold into ``l* = bit_length(p XOR (p-1))``; decay."""
-    top = (p ^ (p - 1)).bit_length()
-    merged = S[:, :, : top + 1].sum(dim=2, keepdim=True)
-    S = torch.cat([torch.zeros_like(S[:, :, :top]), merged, S[:, :, top + 1 :]], dim=2)
-    return S * g_p.exp()[..., None, None, None]
+    return fold(S, (p ^ (p - 1)).bit_length()) * g_p.exp()[..., None, None, None]
 
 
 def log_linear_recurrent(q, k, v, g, lam, *, start, S0):

@@ -1,8 +1,11 @@
-"""The layer computing log-linear Mamba-2's inputs (``spec.extra["module"]`` of ``log_linear_mamba2``).
+"""The layers computing the log-linear mechanisms' inputs (``spec.extra["module"]``).
 
-Guo et al., "Log-Linear Attention": Mamba-2's decay ``g = dt * A`` with
-``dt = softplus(W_dt x + dt_bias)``, ``A = -exp(A_log)``, and the level weights
-``lam = softplus(W_lam x)``, one per head and Fenwick level.
+Guo et al., "Log-Linear Attention": the level weights ``lam = softplus(W_lam x)``,
+one per head and Fenwick level (:class:`LevelWeights`), beside the base
+recurrence's inputs: Mamba-2's decay ``g = dt * A`` with ``dt = softplus(W_dt x + dt_bias)``,
+``A = -exp(A_log)`` for ``log_linear_mamba2`` (:class:`LogLinearInputs`), Gated
+DeltaNet's ``beta`` and decay for ``log_linear_gated_deltanet``
+(:class:`LogLinearGatedDeltaNetInputs`).
 """
 from __future__ import annotations
 
@@ -12,18 +15,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .delta_inputs import GatedDeltaNetGates
+
+
+class LevelWeights(nn.Linear):
+    """``lam = softplus(W_lam x + b)`` as ``(B, heads, N, levels)`` for ``x (B, N, dim)``."""
+
+    def __init__(self, dim: int, heads: int, levels: int = 32):
+        super().__init__(dim, heads * levels, bias=True)
+        self.heads, self.levels = heads, levels
+
+    def forward(self, x):
+        return F.softplus(super().forward(x)).unflatten(-1, (self.heads, self.levels)).transpose(1, 2)
+
 
 class LogLinearInputs(nn.Module):
     def __init__(self, dim: int, heads: int, levels: int = 32):
         super().__init__()
-        self.heads, self.levels = heads, levels
         self.dt = nn.Linear(dim, heads, bias=False)
         dt = torch.exp(torch.rand(heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus of dt
         self.A_log = nn.Parameter(torch.log(torch.empty(heads).uniform_(1, 16)))
-        self.lam = nn.Linear(dim, heads * levels, bias=True)
+        self.lam = LevelWeights(dim, heads, levels)
 
     def forward(self, x, q, k, v) -> dict:
         g = -self.A_log.exp() * F.softplus(self.dt(x) + self.dt_bias)  # (B, N, H)
-        lam = F.softplus(self.lam(x)).unflatten(-1, (self.heads, self.levels)).transpose(1, 2)
-        return {"g": g.transpose(1, 2).to(q.dtype), "lam": lam.to(q.dtype)}
+        return {"g": g.transpose(1, 2).to(q.dtype), "lam": self.lam(x).to(q.dtype)}
+
+
+class LogLinearGatedDeltaNetInputs(GatedDeltaNetGates):
+    """Gated DeltaNet's ``beta`` and ``g`` with the level weights ``lam``."""
+
+    def __init__(self, dim: int, heads: int, levels: int = 32):
+        super().__init__(dim, heads)
+        self.lam = LevelWeights(dim, heads, levels)
+
+    def forward(self, x, q, k, v) -> dict:
+        return {**super().forward(x, q, k, v), "lam": self.lam(x).to(q.dtype)}

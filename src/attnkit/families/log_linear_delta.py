@@ -1,0 +1,96 @@
+"""Log-linear Gated DeltaNet (``attnkit.kernels.log_linear_delta``).
+
+Guo, Yang, Goel, Xing, Dao & Kim, "Log-Linear Attention" (2025), applied to the gated
+delta rule of Yang, Kautz & Hatamizadeh, "Gated Delta Networks: Improving Mamba2 with
+Delta Rule" (2025): the Fenwick-tree levels of ``log_linear_mamba2``, each an
+``S (Dk, Dv)`` evolving under ``A_t = exp(g_t) (I - beta_t k_t k_t^T)``, read with one
+data-dependent weight per level. Tensor inputs, per query head and token: ``beta``
+``(B, H, N)`` in ``(0, 1)``, ``g`` ``(B, H, N)`` log decays ``<= 0`` and ``lam``
+``(B, H, N, levels)`` non-negative level weights, ``levels`` at least
+``bit_length(last position) + 1``; ``attnkit.nn.log_linear_inputs`` computes them.
+As ``gated_deltanet``, q and k are L2-normalised (``qk_l2norm``). ``chunk_size`` (a
+power of two) is an execution knob. Causal self-attention only.
+"""
+from __future__ import annotations
+
+from ..kernels import log_linear_delta
+from ..kernels.delta_rule import prepare
+from ..kernels.linear_state import RecurrentState
+from ..registry import MechanismSpec, register
+from .delta_rule import GATED_DELTANET, check_inputs, example_inputs
+from .linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from .log_linear import PAPER, example_level_weights, level_state, levels_for
+
+KERNELS = {
+    "parallel": log_linear_delta.log_linear_delta_parallel,
+    "chunked": log_linear_delta.log_linear_delta_chunked,
+    "recurrent": log_linear_delta.log_linear_delta_recurrent,
+}
+
+
+def _make(kind):
+    kernel = KERNELS[kind]
+
+    def form(q, k, v, *, causal, scale, initial_state=None, beta=None, g=None, lam=None, chunk_size=64,
+             qk_l2norm=True):
+        if not causal:
+            raise ValueError("log-linear Gated DeltaNet is a causal recurrence; pass causal=True")
+        check_inputs(q, k, v, beta, g, "scalar", chunk_size)
+        S0, start = level_state(q, v, lam, initial_state, chunk_size)
+        q, k, v, _ = prepare(q, k, v, None, scale=scale, qk_l2norm=qk_l2norm)
+        kw = {"chunk_size": chunk_size} if kind == "chunked" else {}
+        out, S = kernel(q, k, v, beta, g, lam, start=start, S0=S0, **kw)
+        return out, RecurrentState(start + q.shape[2], S=S)
+
+    form.__name__ = kind
+    return form
+
+
+def _inputs(q, k, v, generator):
+    return {**example_inputs("scalar")(q, k, v, generator), "lam": example_level_weights(q, generator)}
+
+
+def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params):
+    return batch * heads * levels_for(seq_len) * head_dim * (v_dim or head_dim)
+
+
+def _flops(batch, heads, q_len, kv_len, head_dim, causal, chunk_size=64):
+    """Chunked form, per token: ``C D`` each for K K^T, Q K^T, T e^b K, P W, the values and K_end^T T,
+    ``C^2`` each for the UT solve and P T, ``D^2`` each for the chunk transition, the writes and the
+    read of every level, and the passing of every level through the transition once per chunk."""
+    c, d, levels = chunk_size, head_dim, levels_for(q_len)
+    return 2 * batch * heads * q_len * (6 * c * d + 2 * c * c + (levels + 2) * d * d + levels * d * d * d // c)
+
+
+def _module(*, dim, heads, kv_heads, head_dim):
+    from ..nn.log_linear_inputs import LogLinearGatedDeltaNetInputs
+
+    return LogLinearGatedDeltaNetInputs(dim, heads)
+
+
+_FORMS = {kind: _make(kind) for kind in KERNELS}
+
+register(
+    MechanismSpec(
+        name="log_linear_gated_deltanet",
+        family="delta-rule",
+        papers=(PAPER, GATED_DELTANET),
+        patterns=CAUSAL_ONLY,
+        reference=drop_state("log_linear_gated_deltanet", _FORMS["parallel"]),
+        fast={
+            "chunked": drop_state("log_linear_gated_deltanet", _FORMS["chunked"]),
+            "recurrent": drop_state("log_linear_gated_deltanet", _FORMS["recurrent"]),
+        },
+        step=step_from(_FORMS),
+        params={"chunk_size": 64, "qk_l2norm": True},
+        tensor_inputs=_inputs,
+        tensor_inputs_per_token=("beta", "g", "lam"),
+        supports_mask=False,
+        flops=_flops,
+        state_size=_state_size,
+        complexity="O(N log N)",
+        summary="Fenwick-tree levels of the gated delta rule, one weighted state per level (O(log N) states)",
+        test_params={"chunk_size": 8},
+        extra={"stateful_forms": _FORMS, "module": _module},
+    )
+)
