@@ -81,7 +81,7 @@ def mechanisms_chunked(n: int, repeats: int) -> None:
             continue
         q, k, v, extra = _inputs(spec, n, 16 if name == "based" else D)
         t = median_seconds(lambda: _form(spec, "chunked", q, k, v, extra), repeats)
-        line = f"  {name:<16} {t * 1e3:9.1f} ms"
+        line = f"  {name:<26} {t * 1e3:9.1f} ms"
         if name in DELTA_RULES:
             t_rec = median_seconds(lambda: _form(spec, "recurrent", q, k, v, extra), 3)
             line += f"   recurrent {t_rec * 1e3:.1f} ms -> chunked {t_rec / t:.1f}x faster (target >= 20x)"
@@ -100,11 +100,11 @@ def decode(contexts: list[int], steps: int) -> None:
 
 def state_sizes(n: int) -> None:
     print(f"\nstate after N={n} tokens (B={B}, H={H}, D={D}), numbers:")
-    print(f"  {'softmax KV cache':<20} {kv_cache_size(B, H, H, n, D):>14,}")
+    print(f"  {'softmax KV cache':<26} {kv_cache_size(B, H, H, n, D):>14,}")
     for name in registry.names():
         spec = registry.get(name)
         if "stateful_forms" in spec.extra:
-            print(f"  {name:<20} {spec.state_size(B, H, H, n, D):>14,}")
+            print(f"  {name:<26} {spec.state_size(B, H, H, n, D):>14,}")
 
 
 def main(argv: list[str] | None = None) -> int:
