@@ -43,4 +43,4 @@ def test_module_computes_inputs():
     inputs = layer(torch.randn(1, 9, 16), q, q, q)
     assert (inputs["g"] <= 0).all() and (inputs["lam"] >= 0).all()
     attnkit.attention(q, q, q, "log_linear_mamba2", causal=True, **inputs).sum().backward()
-    assert layer.lam.weight.grad is not None
+    assert layer.lam.proj.weight.grad is not None and layer.lam.scale.grad is not None

@@ -128,4 +128,12 @@ def test_module_computes_inputs():
     assert ((inputs["beta"] > 0) & (inputs["beta"] < 1)).all() and (inputs["g"] <= 0).all()
     assert (inputs["lam"] >= 0).all() and inputs["lam"].shape == (1, 2, 9, 32)
     attnkit.attention(q, q, q, NAME, causal=True, **inputs).sum().backward()
-    assert layer.lam.weight.grad is not None and layer.beta.weight.grad is not None
+    assert layer.lam.proj.weight.grad is not None and layer.lam.scale.grad is not None
+    assert layer.beta.weight.grad is not None
+    # the authors' lam: softplus(L * W x), divided by the attention scale 8 ** -0.5 (SCALE_LAMBDA)
+    with torch.no_grad():
+        layer.lam.scale.uniform_(0.5, 2.0)
+        x = torch.randn(1, 9, 16)
+        dl = (x @ layer.lam.proj.weight.T).reshape(1, 9, 2, 32)
+        expected = torch.nn.functional.softplus(layer.lam.scale * dl).transpose(1, 2) * 8**0.5
+        assert torch.allclose(layer(x, q, q, q)["lam"], expected, atol=1e-6)

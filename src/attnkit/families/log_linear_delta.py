@@ -65,7 +65,7 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal, chunk_size=64):
 def _module(*, dim, heads, kv_heads, head_dim):
     from ..nn.log_linear_inputs import LogLinearGatedDeltaNetInputs
 
-    return LogLinearGatedDeltaNetInputs(dim, heads)
+    return LogLinearGatedDeltaNetInputs(dim, heads, head_dim)
 
 
 _FORMS = {kind: _make(kind) for kind in KERNELS}
