@@ -130,17 +130,17 @@ def log_linear_delta_chunked(q, k, v, beta, g, lam, *, start, S0, chunk_size):
     at_end = _at_end(pos, torch.tensor(ends, device=q.device)[:, None], inner).to(q.dtype)
     written = torch.einsum("ncl,bhndc,bhnce->bhnlde", at_end, k_end.transpose(-1, -2) @ T, v)
 
+    # At entry 0 the state before is empty: any level does for its (zero) read.
+    before = (torch.tensor(entries, device=q.device) - 1).clamp(min=0)[:, None]
+    weights = torch.gather(lam, -1, carried_levels(pos, before, Lv).expand(B, H, n, C, Lv))
     S = S0 if S0 is not None else q.new_zeros(B, H, Lv, Dk, Dv)
-    befores = []
-    for entry, end, T_c, X_c in zip(entries, ends, transitions.unbind(2), written.unbind(2)):
-        befores.append(S)
+    reads = []  # each chunk reads the levels before it as it passes: no (chunks x levels) state is kept
+    steps = zip(entries, ends, transitions.unbind(2), written.unbind(2), weights.unbind(2), q_eff.unbind(2))
+    for entry, end, T_c, X_c, w_c, q_c in steps:
+        reads.append((w_c[..., None] * q_c[..., None, :]).flatten(-2) @ S.flatten(2, 3))
         if entry > 0:
             S = fold(S, (end ^ (entry - 1)).bit_length())
         S = T_c[:, :, None] @ S
         S = torch.cat([S[:, :, :inner] + X_c, S[:, :, inner:]], dim=2)
-    # At entry 0 the state before is empty: any level does for its (zero) read.
-    before = (torch.tensor(entries, device=q.device) - 1).clamp(min=0)[:, None]
-    weights = torch.gather(lam, -1, carried_levels(pos, before, Lv).expand(B, H, n, C, Lv))
-    read = (weights[..., None] * q_eff[..., None, :]).reshape(B, H, n, C, Lv * Dk)
-    out = out + read @ torch.stack(befores, dim=2).reshape(B, H, n, Lv * Dk, Dv)
+    out = out + torch.stack(reads, dim=2)
     return out.reshape(B, H, n * C, Dv)[:, :, front : front + N], S
