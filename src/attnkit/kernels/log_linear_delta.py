@@ -128,19 +128,21 @@ def log_linear_delta_chunked(q, k, v, beta, g, lam, *, start, S0, chunk_size):
     transitions = torch.diag_embed(chunk_decay.expand(B, H, n, Dk, 1)[..., 0]) - k_end.transpose(-1, -2) @ W
     inner = min(C.bit_length(), Lv)  # levels of a chunk's own tokens seen from its end: 0 .. log2 C
     at_end = _at_end(pos, torch.tensor(ends, device=q.device)[:, None], inner).to(q.dtype)
-    written = torch.einsum("ncl,bhndc,bhnce->bhnlde", at_end, k_end.transpose(-1, -2) @ T, v)
+    keys_end = k_end.transpose(-1, -2) @ T  # columns beta_i A_end ... A_{i+1} k_i
 
     # At entry 0 the state before is empty: any level does for its (zero) read.
     before = (torch.tensor(entries, device=q.device) - 1).clamp(min=0)[:, None]
     weights = torch.gather(lam, -1, carried_levels(pos, before, Lv).expand(B, H, n, C, Lv))
     S = S0 if S0 is not None else q.new_zeros(B, H, Lv, Dk, Dv)
     reads = []  # each chunk reads the levels before it as it passes: no (chunks x levels) state is kept
-    steps = zip(entries, ends, transitions.unbind(2), written.unbind(2), weights.unbind(2), q_eff.unbind(2))
-    for entry, end, T_c, X_c, w_c, q_c in steps:
+    steps = zip(entries, ends, transitions.unbind(2), keys_end.unbind(2), at_end.transpose(-1, -2),
+                weights.unbind(2), q_eff.unbind(2), v.unbind(2))
+    for entry, end, T_c, keys_c, levels_c, w_c, q_c, v_c in steps:
         reads.append((w_c[..., None] * q_c[..., None, :]).flatten(-2) @ S.flatten(2, 3))
         if entry > 0:
             S = fold(S, (end ^ (entry - 1)).bit_length())
         S = T_c[:, :, None] @ S
-        S = torch.cat([S[:, :, :inner] + X_c, S[:, :, inner:]], dim=2)
+        written = (keys_c[:, :, None] * levels_c[:, None, :]) @ v_c[:, :, None]  # each token into its level
+        S = torch.cat([S[:, :, :inner] + written, S[:, :, inner:]], dim=2)
     out = out + torch.stack(reads, dim=2)
     return out.reshape(B, H, n * C, Dv)[:, :, front : front + N], S
