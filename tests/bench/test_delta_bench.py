@@ -14,7 +14,7 @@ def test_floor_times_each_part_of_the_chunked_form(monkeypatch):
     """The floor's parts follow the kernel's matmuls: count FLOPs instead of seconds to check the shapes."""
     monkeypatch.setattr(delta, "bmm_seconds", lambda batch, m, k, n: 2 * batch * m * k * n)
     heads, N, D, C = 2, 128, 8, 32
-    parts = matmul_seconds(heads, N, D, C, solve_block=16)
+    parts = matmul_seconds(heads, N, D, C)
     chunks = heads * N // C
     assert parts["K K^T, Q K^T"] == 2 * 2 * chunks * C * D * C
     # two 16-blocks: three Neumann steps of two products each; substitution: 3 block products per rhs

@@ -17,6 +17,7 @@ import torch
 
 import attnkit
 from attnkit.families.delta_rule import chunked_flops
+from attnkit.kernels.delta_rule_chunked import solve_block
 from attnkit.machine import bmm_seconds, gemm_gflops
 from attnkit.registry import kv_cache_size
 from ._timing import median_seconds
@@ -46,12 +47,12 @@ def _runner(name, form, q, k, v, extra, chunk_size, backward):
     return run
 
 
-def matmul_seconds(heads, N, D, C, solve_block=16) -> dict[str, float]:
+def matmul_seconds(heads, N, D, C) -> dict[str, float]:
     """The chunked form's matmuls (``kernels/delta_rule_chunked.py``), each shape timed on cache-resident
     operands: seconds per part, for ``heads`` (batch x heads) of ``N`` tokens and head dim ``D``."""
     chunks, per_chunk = heads * -(-N // C), -(-N // C)
-    blocks = C // solve_block if C % solve_block == 0 else 1
-    b = C // blocks
+    b = solve_block(C)
+    blocks = C // b
     powers = 2 * max(0, (b - 1).bit_length() - 1)  # the diagonal blocks' Neumann products
     return {
         "K K^T, Q K^T": 2 * bmm_seconds(chunks, C, D, C),

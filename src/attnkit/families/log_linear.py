@@ -85,7 +85,8 @@ def example_level_weights(q, generator):
     return F.softplus(torch.randn(B, H, N, levels_for(N), generator=generator, dtype=torch.float64)).to(q.dtype)
 
 
-def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params):
+def level_state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params):
+    """Numbers in the per-level states ``(B, H, levels_for(N), Dk, Dv)`` of a log-linear mechanism."""
     return batch * heads * levels_for(seq_len) * head_dim * (v_dim or head_dim)
 
 
@@ -116,7 +117,7 @@ register(
         tensor_inputs_per_token=("g", "lam"),
         supports_mask=False,
         flops=_flops,
-        state_size=_state_size,
+        state_size=level_state_size,
         complexity="O(N log N)",
         summary="Fenwick-tree levels of a gated linear recurrence, one weighted state per level (O(log N) states)",
         test_params={"chunk_size": 8},

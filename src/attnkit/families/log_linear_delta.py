@@ -19,7 +19,7 @@ from ..kernels.linear_state import RecurrentState
 from ..registry import MechanismSpec, register
 from .delta_rule import GATED_DELTANET, check_inputs, example_inputs
 from .linear_pipeline import CAUSAL_ONLY, drop_state, step_from
-from .log_linear import PAPER, example_level_weights, level_state, levels_for
+from .log_linear import PAPER, example_level_weights, level_state, level_state_size, levels_for
 
 KERNELS = {
     "parallel": log_linear_delta.log_linear_delta_parallel,
@@ -48,10 +48,6 @@ def _make(kind):
 
 def _inputs(q, k, v, generator):
     return {**example_inputs("scalar")(q, k, v, generator), "lam": example_level_weights(q, generator)}
-
-
-def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params):
-    return batch * heads * levels_for(seq_len) * head_dim * (v_dim or head_dim)
 
 
 def _flops(batch, heads, q_len, kv_len, head_dim, causal, chunk_size=64):
@@ -87,7 +83,7 @@ register(
         tensor_inputs_per_token=("beta", "g", "lam"),
         supports_mask=False,
         flops=_flops,
-        state_size=_state_size,
+        state_size=level_state_size,
         complexity="O(N log N)",
         summary="Fenwick-tree levels of the gated delta rule, one weighted state per level (O(log N) states)",
         test_params={"chunk_size": 8},

@@ -62,7 +62,7 @@ def _block(q, k, v, beta, g, S, C):
     q, k, v = (_pad_seq(t, pad).view(BH, n, C, t.shape[-1]) for t in (q, k, v))
     beta = _pad_seq(beta.unsqueeze(-1), pad).view(BH, n, C, 1)
     b = None if g is None else _pad_seq(g, pad).view(BH, n, C, g.shape[-1]).cumsum(dim=2)
-    A, P, q_dec, k_dec, k_end, chunk_decay = _decayed_products(q, k, b)
+    A, P, q_dec, k_dec, k_end, chunk_decay = decayed_products(q, k, b)
     W, U_prime = solve_unit_lower(A * beta, beta * k_dec, beta * v)
 
     # In sequence, per chunk: its corrections U = U' - W S, then S_next = Diag(e^{b_C}) S + K_end^T U.
@@ -79,6 +79,12 @@ def _block(q, k, v, beta, g, S, C):
     return out.view(BH, n * C, Dv)[:, :L], S
 
 
+def solve_block(C: int, block: int = 16) -> int:
+    """Rows per diagonal block of :func:`solve_unit_lower` for a ``C x C`` system: ``block``, or all of
+    ``C`` when ``block`` does not divide it."""
+    return block if C % block == 0 else C
+
+
 def solve_unit_lower(L: torch.Tensor, *rhs: torch.Tensor, block: int = 16) -> tuple[torch.Tensor, ...]:
     """Solve ``(I + L) X = R`` for each ``R`` of ``rhs``, for ``L (..., C, C)`` using only its strictly lower triangle.
 
@@ -90,7 +96,7 @@ def solve_unit_lower(L: torch.Tensor, *rhs: torch.Tensor, block: int = 16) -> tu
     (measured with the matmul-adds below: the kernel's forward 1.05-1.11x at N = 8192).
     """
     C = L.shape[-1]
-    b = block if C % block == 0 else C
+    b = solve_block(C, block)
     diag = torch.stack([L[..., i : i + b, i : i + b] for i in range(0, C, b)], dim=-3).tril(-1)
     neg = -diag
     inverse, power, covered = neg + torch.eye(b, dtype=L.dtype, device=L.device), neg, 2
@@ -121,7 +127,7 @@ def _pad_seq(t: torch.Tensor, pad: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros(t.shape[0], pad, *t.shape[2:])], dim=1)
 
 
-def _decayed_products(q, k, b):
+def decayed_products(q, k, b):
     """``A = K K^T``, ``P = Q K^T`` with relative decays, and the decayed q, k used across chunks.
 
     Returns ``(A, P, e^{b} Q, e^{b} K, e^{b_C - b} K, e^{b_C})``; the last is None without a gate.

@@ -33,14 +33,24 @@ def carried_levels(pos: torch.Tensor, before: torch.Tensor, levels: int) -> torc
     return torch.maximum(torch.arange(levels, device=pos.device), levels_between(pos, before)[..., None])
 
 
+def pair_weights(lam: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``lam[t, l(t, s)]`` for the query and key positions ``pos (..., r)`` of ``lam (B, H, ..., r, levels)``."""
+    level = levels_between(pos[..., :, None], pos[..., None, :])
+    return torch.gather(lam, -1, level.expand(*lam.shape[:-1], level.shape[-1]))
+
+
+def level_one_hot(pos: torch.Tensor, end, levels: int) -> torch.Tensor:
+    """One-hot ``(..., r, levels)`` of each position's level seen from position ``end``."""
+    return torch.nn.functional.one_hot(levels_between(end, pos), levels)
+
+
 def _block(q, k, v, g, lam, pos):
     """Tokens at positions ``pos`` among themselves: ``(Q K^T * H) V`` and their per-level state at the last one."""
     b = g.cumsum(-1)
     causal = pos[:, None] >= pos[None, :]
-    level = levels_between(pos[:, None], pos[None, :]).expand(*lam.shape[:2], *causal.shape)
     decay = (b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf")).exp()
-    out = ((q @ k.transpose(-1, -2)) * torch.gather(lam, -1, level) * decay) @ v
-    at_end = torch.nn.functional.one_hot(levels_between(pos[-1:], pos), lam.shape[-1]).to(q.dtype)
+    out = ((q @ k.transpose(-1, -2)) * pair_weights(lam, pos) * decay) @ v
+    at_end = level_one_hot(pos, pos[-1:], lam.shape[-1]).to(q.dtype)
     S = torch.einsum("bhsl,bhsd,bhse->bhlde", at_end * (b[..., -1:] - b).exp()[..., None], k, v)
     return out, S
 

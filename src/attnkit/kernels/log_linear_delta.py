@@ -26,19 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .delta_rule_chunked import _decayed_products, solve_unit_lower
-from .log_linear import carried_levels, fold, levels_between
-
-
-def _pair_weights(lam, pos):
-    """``lam[t, l(t, s)]`` for the query and key positions ``pos (..., r)`` of ``lam (B, H, ..., r, levels)``."""
-    level = levels_between(pos[..., :, None], pos[..., None, :])
-    return torch.gather(lam, -1, level.expand(*lam.shape[:-1], level.shape[-1]))
-
-
-def _at_end(pos, end, levels):
-    """One-hot ``(..., r, levels)`` of each position's level seen from position ``end``."""
-    return F.one_hot(levels_between(end, pos), levels)
+from .delta_rule_chunked import decayed_products, solve_unit_lower
+from .log_linear import carried_levels, fold, level_one_hot, pair_weights
 
 
 def log_linear_delta_parallel(q, k, v, beta, g, lam, *, start, S0):
@@ -59,8 +48,8 @@ def log_linear_delta_parallel(q, k, v, beta, g, lam, *, start, S0):
         rows.append(F.pad(keys @ q[:, :, t, :, None], (0, 0, 0, N - 1 - t))[..., 0])  # M_ts, zero for s > t
         reads.append(through.transpose(-1, -2) @ q[:, :, t, :, None])
     pos = torch.arange(start, start + N, device=q.device)
-    out = (torch.stack(rows, dim=2) * _pair_weights(lam, pos)) @ v
-    S = torch.einsum("sl,bhsd,bhse->bhlde", _at_end(pos, pos[-1], Lv).to(q.dtype), keys, v)
+    out = (torch.stack(rows, dim=2) * pair_weights(lam, pos)) @ v
+    S = torch.einsum("sl,bhsd,bhse->bhlde", level_one_hot(pos, pos[-1], Lv).to(q.dtype), keys, v)
     if S0 is None:
         return out, S
     weights = torch.gather(lam, -1, carried_levels(pos, torch.tensor(start - 1), Lv).expand(B, H, N, Lv))
@@ -119,15 +108,15 @@ def log_linear_delta_chunked(q, k, v, beta, g, lam, *, start, S0, chunk_size):
     entries = [max(first + c * C, start) for c in range(n)]
     ends = [min(first + (c + 1) * C, start + N) - 1 for c in range(n)]
 
-    A, P, q_dec, k_dec, k_end, chunk_decay = _decayed_products(q, k, g.cumsum(dim=3))
+    A, P, q_dec, k_dec, k_end, chunk_decay = decayed_products(q, k, g.cumsum(dim=3))
     eye = torch.eye(C, dtype=q.dtype, device=q.device)
     T = solve_unit_lower(A * beta, eye.expand(*A.shape))[0] * beta.transpose(-1, -2)
     W = T @ k_dec
-    out = ((P @ T) * _pair_weights(lam, pos)) @ v
+    out = ((P @ T) * pair_weights(lam, pos)) @ v
     q_eff = q_dec - P @ W
     transitions = torch.diag_embed(chunk_decay.expand(B, H, n, Dk, 1)[..., 0]) - k_end.transpose(-1, -2) @ W
     inner = min(C.bit_length(), Lv)  # levels of a chunk's own tokens seen from its end: 0 .. log2 C
-    at_end = _at_end(pos, torch.tensor(ends, device=q.device)[:, None], inner).to(q.dtype)
+    at_end = level_one_hot(pos, torch.tensor(ends, device=q.device)[:, None], inner).to(q.dtype)
     keys_end = k_end.transpose(-1, -2) @ T  # columns beta_i A_end ... A_{i+1} k_i
 
     # At entry 0 the state before is empty: any level does for its (zero) read.
