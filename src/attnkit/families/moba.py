@@ -35,7 +35,7 @@ from ..kernels.selected_blocks import selected_block_attention
 from ..masks.selection import BlockSelection, block_selection
 from ..reference import materialised_attention
 from ..registry import MechanismSpec, register
-from ..scores.tensor_checks import check_int
+from ..validation import check_int
 from ..state import kv_cache_step
 
 PAPER = "MoBA: Mixture of Block Attention for Long-Context LLMs"

@@ -57,7 +57,7 @@ from ..masks.selection import block_selection
 from ..masks.window import sliding_window
 from ..reference import materialised_attention
 from ..registry import MechanismSpec, register
-from ..scores.tensor_checks import check_int, check_tensor
+from ..validation import check_int, check_tensor
 from ..state import kv_cache_step
 
 PAPER = "Native Sparse Attention: Hardware-Aligned and Natively Trainable Sparse Attention"
@@ -145,28 +145,50 @@ def _compression_chunk(qpos, scale, block, stride, n_blocks, select_block):
     return run
 
 
+def _compression_pass(q, kc, vc, *, scale, block, stride, select_block, n_blocks, kv_len, chunk):
+    """The compression branch's output (each query chunk recomputed in the backward) and the block importance."""
+    qpos = query_positions(q.shape[2], kv_len, q.device)
+    outs, importance = [], []
+    for c0 in range(0, q.shape[2], chunk):
+        run = _compression_chunk(qpos[c0 : c0 + chunk], scale, block, stride, n_blocks, select_block)
+        args = (q[:, :, c0 : c0 + chunk], kc, vc)
+        o, imp = checkpoint(run, *args, use_reentrant=False) if torch.is_grad_enabled() else run(*args)
+        outs.append(o)
+        importance.append(imp)
+    return torch.cat(outs, dim=2), torch.cat(importance, dim=2)
+
+
+def _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window, chunk):
+    block = _check(q, v, gates, tensors, compress_stride, select_block, select_count, window)
+    Nq, Nk = q.shape[2], k.shape[2]
+    kc, vc = _compressed_kv(k, v, tensors, block, compress_stride)
+    o_cmp, importance = _compression_pass(q, kc, vc, scale=scale, block=block, stride=compress_stride,
+                                          select_block=select_block, n_blocks=-(-Nk // select_block), kv_len=Nk,
+                                          chunk=chunk)
+    blocks, valid = top_blocks(importance, Nq, Nk, select_block=select_block, count=select_count)
+    return o_cmp, block_selection(blocks, valid, block_q=1, block_k=select_block, q_len=Nq, kv_len=Nk)
+
+
+def nsa_selection(q, k, v, *, gates, scale=None, compress_stride=16, select_block=64, select_count=16, window=512,
+                  chunk: int = 512, **tensors):
+    """The blocks NSA's selection branch attends to, as a :class:`~attnkit.masks.selection.BlockSelection`
+    with one row per token and kv group (for measuring density and recall)."""
+    with torch.no_grad():
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        return _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window,
+                          chunk)[1]
+
+
 def _sparse(q, k, v, *, causal, mask, scale, compress_stride, select_block, select_count, window, gates,
             chunk: int = 512, **tensors):
-    block = _check(q, v, gates, tensors, compress_stride, select_block, select_count, window)
+    o_cmp, sel = _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window,
+                            chunk)
     B, H, Nq, _ = q.shape
-    Nk = k.shape[2]
-    kc, vc = _compressed_kv(k, v, tensors, block, compress_stride)
-    n_blocks = -(-Nk // select_block)
-    qpos = query_positions(Nq, Nk, q.device)
-    o_cmp, importance = [], []
-    for c0 in range(0, Nq, chunk):
-        c1 = min(Nq, c0 + chunk)
-        run = _compression_chunk(qpos[c0:c1], scale, block, compress_stride, n_blocks, select_block)
-        args = (q[:, :, c0:c1], kc, vc)
-        o, imp = checkpoint(run, *args, use_reentrant=False) if torch.is_grad_enabled() else run(*args)
-        o_cmp.append(o)
-        importance.append(imp)
-    blocks, valid = top_blocks(torch.cat(importance, dim=2), Nq, Nk, select_block=select_block, count=select_count)
-    sel = block_selection(blocks, valid, block_q=1, block_k=select_block, q_len=Nq, kv_len=Nk)
     o_slc = selected_block_attention(q, k, v, sel, scale=scale, causal=True)
-    layout = build_layout(sliding_window(window - 1, 0), batch=B, heads=H, q_len=Nq, kv_len=Nk, device=q.device)
+    layout = build_layout(sliding_window(window - 1, 0), batch=B, heads=H, q_len=Nq, kv_len=k.shape[2],
+                          device=q.device)
     o_win = block_sparse_attention(q, k, v, layout, scale=scale)
-    return _mix(gates, torch.cat(o_cmp, dim=2), o_slc, o_win)
+    return _mix(gates, o_cmp, o_slc, o_win)
 
 
 def _module(*, dim, heads, kv_heads, head_dim):

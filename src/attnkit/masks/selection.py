@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..kernels.positions import query_positions
+from ..validation import check_int
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,7 @@ def block_selection(blocks: torch.Tensor, valid: torch.Tensor | None = None, *, 
                     q_len: int, kv_len: int) -> BlockSelection:
     """Check a selection and drop its duplicate slots; ``valid=None`` means every slot is used."""
     for name, value in (("block_q", block_q), ("block_k", block_k), ("q_len", q_len), ("kv_len", kv_len)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_int(name, value)
     if not isinstance(blocks, torch.Tensor) or blocks.ndim != 4 or blocks.dtype != torch.long:
         raise TypeError("blocks must be a long tensor (batch, groups, query_rows, k) of key block numbers")
     rows = -(-q_len // block_q)
