@@ -26,9 +26,9 @@ inputs ``k_pos (l, D), k_w1 (l D, hidden), k_w2 (hidden, D)`` and the same for
 values); equation 9 is read with 0-based block numbers (each compressed block
 counts once per stride segment it shares with the selection block); the local
 blocks are the query's block and the one before it; a compressed block is
-visible once its last key is; block scores are computed in float64 and ties go
-to the earlier block, so a float32 and a float64 call choose the same blocks
-unless two scores are within float32 rounding of each other; the gates
+visible once its last key is; ties between block scores go to the earlier
+block (so a float32 and a float64 call choose the same blocks unless two scores
+are within float32 rounding of each other); the gates
 ``gates (B, H, N, 3)`` (compression, selection, window) are given already
 squashed (inside ``attnkit.nn.Attention(..., mechanism="nsa")``, the module
 :class:`attnkit.nn.nsa_inputs.NSAInputs` computes them with a linear map and a
@@ -49,7 +49,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..kernels.block_sparse import block_sparse_attention
-from ..kernels.nsa_branches import block_importance, compress, compressed_visible, compressed_weights, top_blocks
+from ..kernels.nsa_branches import (block_importance, compress, compressed_count, compressed_visible,
+                                    compressed_weights, top_blocks)
 from ..kernels.positions import query_positions, repeat_kv
 from ..kernels.selected_blocks import selected_block_attention
 from ..masks.layout import build_layout
@@ -117,7 +118,7 @@ def _reference(q, k, v, *, causal, mask, scale, compress_stride, select_block, s
     kc, vc = _compressed_kv(k, v, tensors, block, compress_stride)
     visible = compressed_visible(query_positions(Nq, Nk, q.device), kc.shape[2], block, compress_stride)
     p_cmp = compressed_weights(q, kc, visible, scale)
-    o_cmp = p_cmp.to(q.dtype) @ repeat_kv(vc, H)
+    o_cmp = p_cmp @ repeat_kv(vc, H)
     n_blocks = -(-Nk // select_block)
     importance = block_importance(p_cmp, Hkv, n_blocks, block=block, stride=compress_stride, select_block=select_block)
     blocks, valid = top_blocks(importance, Nq, Nk, select_block=select_block, count=select_count)
@@ -136,11 +137,12 @@ def _compression_chunk(qpos, scale, block, stride, n_blocks, select_block):
     """The compression branch for the queries at ``qpos``: output (differentiable) and block importance (not)."""
 
     def run(qc, kc, vc):
-        visible = compressed_visible(qpos, kc.shape[2], block, stride)
-        p = compressed_weights(qc, kc, visible, scale)
+        seen = min(kc.shape[2], compressed_count(int(qpos[-1]) + 1, block, stride))  # no later block is visible
+        kc, vc = kc[:, :, :seen], vc[:, :, :seen]
+        p = compressed_weights(qc, kc, compressed_visible(qpos, seen, block, stride), scale)
         importance = block_importance(p.detach(), kc.shape[1], n_blocks, block=block, stride=stride,
                                       select_block=select_block)
-        return p.to(qc.dtype) @ repeat_kv(vc, qc.shape[1]), importance
+        return p @ repeat_kv(vc, qc.shape[1]), importance
 
     return run
 

@@ -4,8 +4,7 @@
   or values every ``d`` tokens, an intra-block position encoding added, then a
   two-layer ReLU MLP to one vector);
 - :func:`compressed_weights`: the compression branch's attention weights over
-  the compressed keys, in float64 (so a float32 and a float64 call score the
-  blocks the same way), causal: a compressed block is seen once all its keys are;
+  the compressed keys, causal: a compressed block is seen once all its keys are;
 - :func:`block_importance`: the selection scores of the blocks of ``l'`` keys
   from the compression weights (equation 9 of the paper), summed over the query
   heads of a GQA group (equation 10);
@@ -41,12 +40,12 @@ def compressed_visible(qpos, n_cmp: int, block: int, stride: int) -> torch.Tenso
 
 
 def compressed_weights(q, kc, visible, scale: float) -> torch.Tensor:
-    """Softmax of ``q . kc`` over the visible compressed blocks, float64 ``(B, H, Nq, n_cmp)``; none visible: zeros."""
+    """Softmax of ``q . kc`` over the visible compressed blocks, ``(B, H, Nq, n_cmp)``; none visible: zeros."""
     B, H, Nq, D = q.shape
     Hkv, n = kc.shape[1], kc.shape[2]
     if n == 0:
-        return q.new_zeros(B, H, Nq, 0, dtype=torch.float64)
-    s = (q.double().reshape(B, Hkv, H // Hkv * Nq, D) @ kc.double().transpose(-1, -2)).view(B, H, Nq, n) * scale
+        return q.new_zeros(B, H, Nq, 0)
+    s = (q.reshape(B, Hkv, H // Hkv * Nq, D) @ (kc * scale).transpose(-1, -2)).view(B, H, Nq, n)
     s = s.masked_fill(~visible, float("-inf"))
     top = s.amax(-1, keepdim=True).clamp(min=torch.finfo(s.dtype).min)
     e = torch.exp(s - top)
@@ -79,7 +78,7 @@ def top_blocks(importance, q_len: int, kv_len: int, *, select_block: int, count:
     j = torch.arange(n_blocks, device=device)
     forced = (j == 0) | (j == current[:, None]) | (j == current[:, None] - 1)
     begun = j <= current[:, None]
-    score = torch.where(forced, float("inf"), importance).masked_fill(~begun, float("-inf"))
+    score = torch.where(forced, float("inf"), importance.double()).masked_fill(~begun, float("-inf"))
     ordered, index = score.sort(dim=-1, descending=True, stable=True)
     keep = min(count, n_blocks)
     return index[..., :keep], ordered[..., :keep] > float("-inf")
