@@ -13,7 +13,7 @@ import torch
 from ..params import Param
 from ..positional.cope import cope_chunked, cope_reference
 from ..registry import MechanismSpec, register
-from ..scores.tensor_checks import check_int, check_tensor
+from ..validation import check_int, check_tensor
 from ..state import kv_cache_step
 from .score_pipeline import CHUNK_PARAMS
 

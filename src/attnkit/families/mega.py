@@ -40,7 +40,7 @@ from ..params import Param
 from .. import registry
 from ..reference import materialised_attention
 from ..scores.normalisers import SOFTMAX, Normaliser
-from ..scores.tensor_checks import check_int
+from ..validation import check_int
 from ..scores.user_mask import allowed_by
 from .score_pipeline import register_score_mechanism
 

@@ -18,7 +18,7 @@ import torch
 
 from ..params import Param
 from ..scores.normalisers import Normaliser
-from ..scores.tensor_checks import check_float, check_tensor
+from ..validation import check_float, check_tensor
 from .score_pipeline import register_score_mechanism
 
 

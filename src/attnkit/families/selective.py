@@ -24,7 +24,7 @@ import torch
 
 from ..params import Param
 from ..kernels.dense import sdpa_attention
-from ..scores.tensor_checks import check_tensor
+from ..validation import check_tensor
 from .score_pipeline import register_score_mechanism
 
 

@@ -19,7 +19,7 @@ import torch
 
 from ..params import Param
 from ..scores.normalisers import Normaliser
-from ..scores.tensor_checks import check_int
+from ..validation import check_int
 from .score_pipeline import register_score_mechanism
 
 SIGMOID = Normaliser("sigmoid", "sum", phi=torch.sigmoid)
