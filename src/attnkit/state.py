@@ -10,51 +10,84 @@ from __future__ import annotations
 import torch
 
 
-class KVCache:
-    """Keys and values seen so far, in buffers that grow geometrically.
+class AppendBuffer:
+    """Tensors that grow together along ``dim``, shared by the states of one decoding branch.
 
-    Appending a token costs amortised O(1) copies, so token-by-token decoding
-    of N tokens is O(N) in copying rather than O(N^2). When gradients are
-    needed the cache concatenates instead, so autograd sees every write.
+    ``filled`` is the length of the branch's newest state. :meth:`extend` from that
+    state writes after it in place (geometric growth: amortised O(1) copies per
+    token) and older states keep reading their own prefix, which nothing
+    overwrites; extending an older state first copies its prefix into a buffer
+    of its own, so two continuations of one state never see each other's tokens.
     """
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor):
-        self._k, self._v, self.length = k, v, k.shape[2]
+    def __init__(self, tensors: tuple[torch.Tensor, ...], dim: int):
+        self.tensors, self.dim, self.filled = tensors, dim, tensors[0].shape[dim]
+
+    def prefix(self, i: int, n: int) -> torch.Tensor:
+        return self.tensors[i].narrow(self.dim, 0, n)
+
+    def extend(self, n: int, new: tuple[torch.Tensor, ...]) -> "AppendBuffer":
+        """The buffer holding ``prefix(n)`` followed by ``new``: this one if ``n`` is its newest length, else a copy."""
+        buf = self if self.filled == n else AppendBuffer(tuple(self.prefix(i, n).clone() for i in range(len(new))), self.dim)
+        total = n + new[0].shape[self.dim]
+        if total > buf.tensors[0].shape[self.dim]:
+            capacity = max(2 * buf.tensors[0].shape[self.dim], total, 16)
+            buf.tensors = tuple(_grow(t, n, capacity, self.dim) for t in buf.tensors)
+        for t, x in zip(buf.tensors, new):
+            t.narrow(self.dim, n, x.shape[self.dim]).copy_(x)
+        buf.filled = total
+        return buf
+
+
+def _grow(buf: torch.Tensor, used: int, capacity: int, dim: int) -> torch.Tensor:
+    shape = list(buf.shape)
+    shape[dim] = capacity
+    out = buf.new_empty(shape)
+    out.narrow(dim, 0, used).copy_(buf.narrow(dim, 0, used))
+    return out
+
+
+class KVCache:
+    """Keys and values seen so far: a value that later calls never change.
+
+    The tokens live in an :class:`AppendBuffer`, so appending costs amortised
+    O(1) copies while the caller continues from the newest state, and
+    continuing twice from one state (beam search, retries, speculative
+    decoding) gives two independent answers. When gradients are needed the
+    cache concatenates instead, so autograd sees every write.
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, *, buffer: AppendBuffer | None = None,
+                 length: int | None = None):
+        self._buffer = buffer if buffer is not None else AppendBuffer((k, v), dim=2)
+        self.length = k.shape[2] if length is None else length
 
     @property
     def k(self) -> torch.Tensor:
-        return self._k[:, :, : self.length]
+        return self._buffer.prefix(0, self.length)
 
     @property
     def v(self) -> torch.Tensor:
-        return self._v[:, :, : self.length]
+        return self._buffer.prefix(1, self.length)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> "KVCache":
-        if k.shape[:2] != self._k.shape[:2] or k.shape[3] != self._k.shape[3] or v.shape[3] != self._v.shape[3]:
+        """A new state: this one followed by ``k, v``. This state is left as it was."""
+        held_k, held_v = self._buffer.tensors
+        if k.shape[:2] != held_k.shape[:2] or k.shape[3] != held_k.shape[3] or v.shape[3] != held_v.shape[3]:
             raise ValueError(
-                f"state holds keys of shape (B, Hkv, *, D) = {tuple(self._k.shape[:2]) + ('*', self._k.shape[3])}; "
+                f"state holds keys of shape (B, Hkv, *, D) = {tuple(held_k.shape[:2]) + ('*', held_k.shape[3])}; "
                 f"got k of shape {tuple(k.shape)}: the state belongs to a different batch or layer"
             )
-        n, new = self.length, k.shape[2]
-        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or self._k.requires_grad):
+        if k.dtype != held_k.dtype or k.device != held_k.device:
+            raise ValueError(f"state holds keys of dtype {held_k.dtype} on {held_k.device}; "
+                             f"got k of dtype {k.dtype} on {k.device}")
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or held_k.requires_grad):
             return KVCache(torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2))
-        if n + new > self._k.shape[2]:
-            capacity = max(2 * self._k.shape[2], n + new, 16)
-            self._k = _grow(self._k, n, capacity)
-            self._v = _grow(self._v, n, capacity)
-        self._k[:, :, n : n + new] = k
-        self._v[:, :, n : n + new] = v
-        self.length = n + new
-        return self
+        n = self.length
+        return KVCache(k, v, buffer=self._buffer.extend(n, (k, v)), length=n + k.shape[2])
 
     def numel(self) -> int:
         return self.k.numel() + self.v.numel()
-
-
-def _grow(buf: torch.Tensor, used: int, capacity: int) -> torch.Tensor:
-    out = buf.new_empty(buf.shape[0], buf.shape[1], capacity, buf.shape[3])
-    out[:, :, :used] = buf[:, :, :used]
-    return out
 
 
 def kv_cache_step(form):

@@ -65,6 +65,29 @@ def test_incremental_equals_one_shot(name):
         assert err < 1e-9, f"{name}: incremental differs from one-shot by {err:.3e} (cuts {cuts[:6]}...)"
 
 
+@pytest.mark.parametrize("name", _incremental_names())
+def test_a_state_is_a_value_continuing_twice_from_it_gives_the_same_answer(name):
+    """Beam search, retries and speculative decoding continue from one state more than once."""
+    spec = get(name)
+    N, cut, end = 24, 10, 14
+    q, k, v, extra = make_inputs(spec, (1, 2, 2, N, N, 16), seed=6)
+    whole = run(spec, None, q, k, v, extra, causal=True)
+
+    def call(a, b, state):
+        piece = {n: (x[:, :, a:b] if n in spec.tensor_inputs_per_token else x) for n, x in extra.items()}
+        return attnkit.attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], name, causal=True, state=state,
+                                 return_state=True, **spec.test_params, **piece)
+
+    _, state = call(0, cut, None)
+    for attempt in ("first", "second"):
+        out, newer = call(cut, end, state)
+        assert state.length == cut and newer.length == end
+        err = max_err(out, whole[:, :, cut:end])
+        assert err < 1e-9, f"{name}: the {attempt} continuation from one state differs from one-shot by {err:.3e}"
+    out, _ = call(end, N, newer)  # the newest state still continues
+    assert max_err(out, whole[:, :, end:]) < 1e-9, f"{name}: continuing the newest state after a branch is wrong"
+
+
 @pytest.mark.parametrize("name", [n for n in cases("names") if get(n).step is None])
 def test_mechanism_without_incremental_form_refuses_state(name):
     spec = get(name)
