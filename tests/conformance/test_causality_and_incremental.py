@@ -88,6 +88,22 @@ def test_a_state_is_a_value_continuing_twice_from_it_gives_the_same_answer(name)
     assert max_err(out, whole[:, :, end:]) < 1e-9, f"{name}: continuing the newest state after a branch is wrong"
 
 
+@pytest.mark.parametrize("name", _incremental_names())
+def test_declared_state_size_is_what_the_state_holds(name):
+    """spec.state_size after N tokens equals the state's numel, for pieces and for one token at a time."""
+    spec = get(name)
+    B, H, Hkv, N, D = 2, 4, 2, 37, 16
+    q, k, v, extra = make_inputs(spec, (B, H, Hkv, N, N, D), seed=7)
+    for cuts in ([5, 17, 30], list(range(1, N))):
+        state = None
+        for a, b in zip([0, *cuts], [*cuts, N]):
+            piece = {n: (x[:, :, a:b] if n in spec.tensor_inputs_per_token else x) for n, x in extra.items()}
+            _, state = attnkit.attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], name, causal=True, state=state,
+                                         return_state=True, **spec.test_params, **piece)
+            declared = spec.state_size(B, H, Hkv, b, D, v.shape[-1], **{**spec.params, **spec.test_params, **extra})
+            assert state.numel() == declared, f"{name} after {b} tokens: state holds {state.numel()}, declared {declared}"
+
+
 @pytest.mark.parametrize("name", [n for n in cases("names") if get(n).step is None])
 def test_mechanism_without_incremental_form_refuses_state(name):
     spec = get(name)
