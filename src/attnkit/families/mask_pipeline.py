@@ -135,7 +135,7 @@ def register_mask_mechanism(
             tensor_inputs=tensor_inputs,
             summary=summary,
             complexity=complexity,
-            state_size=kv_cache_size if decode_bound is None else _bounded_size(decode_bound, params),
+            state_size=kv_cache_size if decode_bound is None else _bounded_size(decode_bound, {n: p.default for n, p in params.items()}),
             test_params={"block_q": 16, "block_k": 8, **(test_params or {})},
             extra={"make_mask": make_mask},
         )
