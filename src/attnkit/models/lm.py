@@ -13,6 +13,7 @@ from torch import nn
 
 from .blocks import Block
 from .config import ModelConfig
+from ..validation import check_int
 
 
 class DecoderLM(nn.Module):
@@ -61,8 +62,7 @@ class DecoderLM(nn.Module):
 
         ``state``: the layers' initial states, e.g. ``attnkit.cache.layer_states(policy, layers)``
         for a compressing KV cache (default: each mechanism's own)."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        check_int("max_new_tokens", max_new_tokens, minimum=0)
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         out = prompt
