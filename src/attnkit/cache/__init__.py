@@ -11,6 +11,7 @@
 See ``docs/kv-cache.md``.
 """
 from .h2o import H2O
+from .kivi import KIVI
 from .knorm import KeyNorm
 from .policy import NoCompression, Policy
 from .pyramid import PyramidKV
@@ -21,7 +22,7 @@ from .streaming import StreamingLLM
 from .tova import TOVA
 
 __all__ = ["Cache", "CacheLayer", "KVState", "LayerKV", "layer_states", "Policy", "NoCompression", "StreamingLLM",
-           "H2O", "TOVA", "SnapKV", "KeyNorm", "PyramidKV"]
+           "H2O", "TOVA", "SnapKV", "KeyNorm", "PyramidKV", "KIVI"]
 
 
 def __getattr__(name):

@@ -33,7 +33,6 @@ from transformers.cache_utils import Cache as TransformersCache
 from transformers.cache_utils import CacheLayerMixin
 
 from .policy import NoCompression, Policy
-from .store import LayerKV
 
 
 class CacheLayer(CacheLayerMixin):
@@ -44,7 +43,7 @@ class CacheLayer(CacheLayerMixin):
     def __init__(self, policy: Policy, layer_idx: int, owner):
         super().__init__()
         self.policy, self.layer_idx, self._owner = policy, layer_idx, owner
-        self.store = LayerKV.empty()
+        self.store = policy.empty_store()
 
     def lazy_initialization(self, key_states, value_states) -> None:
         self.device, self.is_initialized = key_states.device, True
@@ -70,7 +69,7 @@ class CacheLayer(CacheLayerMixin):
         return -1
 
     def reset(self) -> None:
-        self.store, self.keys, self.values, self.is_initialized = LayerKV.empty(), None, None, False
+        self.store, self.keys, self.values, self.is_initialized = self.policy.empty_store(), None, None, False
 
     def _refuse(self, what: str):
         if self.store.length:

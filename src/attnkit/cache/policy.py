@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from .store import LayerKV
+
 WHEN = ("prefill", "decode", "both")
 
 
@@ -30,6 +32,10 @@ class Policy:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(budget={self.budget_value!r}, when={self.when!r})"
+
+    def empty_store(self):
+        """The storage of an empty layer (quantising policies store differently)."""
+        return LayerKV.empty()
 
     def budget(self, layer: int, prompt: int) -> int:
         """Tokens a layer keeps, for a prompt of ``prompt`` tokens."""

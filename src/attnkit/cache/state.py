@@ -12,18 +12,17 @@ import torch
 
 from .policy import NoCompression, Policy
 from .scores import attend
-from .store import LayerKV
 
 
 class KVState:
-    def __init__(self, policy: Policy | None = None, layer: int = 0, store: LayerKV | None = None):
+    def __init__(self, policy: Policy | None = None, layer: int = 0, store=None):
         policy = NoCompression() if policy is None else policy
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be an attnkit.cache policy (e.g. attnkit.cache.H2O(0.25)), got {type(policy).__name__}")
         if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
             raise ValueError(f"layer must be an int >= 0, got {layer!r}")
         self.policy, self.layer = policy, layer
-        self.store = LayerKV.empty() if store is None else store
+        self.store = policy.empty_store() if store is None else store
 
     @property
     def length(self) -> int:
