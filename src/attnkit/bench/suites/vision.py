@@ -3,19 +3,21 @@ module on one feature map, as a ratio to two baselines timed in the same run: a
 3x3 convolution C -> C (what a CNN block spends anyway) and a global multi-head
 self-attention layer over all H*W tokens (what the ViT blocks avoid).
 
-    attnkit bench vision [--channels 64] [--size 32] [--batch 4] [--repeats 5] [--threads 1] [--only NAME ...] [--json]
+    attnkit bench vision [--channels 64] [--size 32] [--batch 4] [--repeats 5] [--threads 1] [--only A,B]
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import time
 
 import torch
 import torch.nn as nn
 
-from ..api import attention
+from ...api import attention
+from ..options import names, positive_int, unknown
+from ..runner import run_items
+from ..timing import timings
+
+THREADS = 1  # small maps gain little from more
 
 
 class GlobalAttention(nn.Module):
@@ -34,7 +36,7 @@ class GlobalAttention(nn.Module):
 
 
 def configs(C: int, heads: int) -> dict:
-    from ..nn import vision as V
+    from ...nn import vision as V
 
     return {
         "SqueezeExcitation": lambda: V.SqueezeExcitation(C),
@@ -61,12 +63,6 @@ def configs(C: int, heads: int) -> dict:
     }
 
 
-def seconds(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def steps(module: nn.Module, x: torch.Tensor):
     """(forward without grad, forward + backward) as callables."""
     def forward():
@@ -85,13 +81,8 @@ def paired(module: nn.Module, baselines: list[nn.Module], x: torch.Tensor, repea
     per-round ratios, which ride out the load drift of a shared machine better than
     ratios of separately taken medians."""
     runs = [steps(m, x) for m in [module, *baselines]]
-    for fwd, step in runs:
-        fwd(), step()
-    fwd_t, step_t = [[] for _ in runs], [[] for _ in runs]
-    for _ in range(repeats):
-        for i, (fwd, step) in enumerate(runs):
-            fwd_t[i].append(seconds(fwd))
-            step_t[i].append(seconds(step))
+    fwd_t = timings([fwd for fwd, _ in runs], repeats)
+    step_t = timings([step for _, step in runs], repeats)
     med = statistics.median
     return {
         "forward_ms": 1e3 * med(fwd_t[0]),
@@ -102,51 +93,45 @@ def paired(module: nn.Module, baselines: list[nn.Module], x: torch.Tensor, repea
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="attnkit bench vision", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--channels", type=int, default=64)
-    parser.add_argument("--size", type=int, default=32, help="height = width; a multiple of 8")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: small maps gain little from more)")
-    parser.add_argument("--only", nargs="*", default=None, help="module names to time (default: all)")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    if args.size % 8:
-        parser.error(f"--size must be a multiple of 8 (windows and blocks of 8), got {args.size}")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    from ..machine import gemm_gflops
+def add_arguments(parser) -> None:
+    parser.add_argument("--channels", type=positive_int, default=64)
+    parser.add_argument("--size", type=positive_int, default=32, help="height = width; a multiple of 8")
+    parser.add_argument("--batch", type=positive_int, default=4)
+    parser.add_argument("--heads", type=positive_int, default=4)
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--only", type=names, default=None, help="comma list of module names to time (default: all)")
 
+
+def run(args) -> int:
+    if args.size % 8:
+        raise ValueError(f"--size must be a multiple of 8 (windows and blocks of 8), got {args.size}")
     C, S = args.channels, args.size
-    x = torch.randn(args.batch, C, S, S)
-    baselines = [nn.Conv2d(C, C, 3, padding=1), GlobalAttention(C, args.heads)]
-    rows = []
-    for name, make in configs(C, args.heads).items():
-        if args.only and name not in args.only:
-            continue
-        module = make()
-        r = paired(module, baselines, x, args.repeats)
-        rows.append({
-            "module": name, "params": sum(p.numel() for p in module.parameters()),
-            "forward_ms": r["forward_ms"], "fwd_bwd_ms": r["fwd_bwd_ms"],
-            "forward_vs_conv3x3": r["forward_ratios"][0], "forward_vs_global_attention": r["forward_ratios"][1],
-            "fwd_bwd_vs_conv3x3": r["fwd_bwd_ratios"][0],
-            "conv3x3_forward_ms": r["baseline_forward_ms"][0], "global_attention_forward_ms": r["baseline_forward_ms"][1],
-        })
-    head = {
-        "input": [args.batch, C, S, S], "threads": args.threads, "dtype": "float32",
-        "gemm_gflops": round(gemm_gflops(), 1),
-    }
-    if args.json:
-        print(json.dumps({"setup": head, "rows": rows}, indent=2))
-        return 0
-    print("  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in head.items()))
+    modules = configs(C, args.heads)
+    for name in args.only or []:
+        if name not in modules:
+            raise ValueError(unknown(name, modules, "module"))
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, C, S, S).to(args.device)
+    baselines = [nn.Conv2d(C, C, 3, padding=1).to(args.device), GlobalAttention(C, args.heads).to(args.device)]
+    print(f"input {[args.batch, C, S, S]}, fp32, {torch.get_num_threads()} threads, {args.device}")
     print(f"{'module':<27}{'params':>9}{'fwd ms':>9}{'fwd/conv3x3':>13}{'fwd/global':>12}{'fwd+bwd/conv3x3':>17}"
           f"{'conv3x3 ms':>12}{'global ms':>11}")
-    for r in rows:
-        print(f"{r['module']:<27}{r['params']:>9}{r['forward_ms']:>9.2f}{r['forward_vs_conv3x3']:>13.2f}"
-              f"{r['forward_vs_global_attention']:>12.2f}{r['fwd_bwd_vs_conv3x3']:>17.2f}"
-              f"{r['conv3x3_forward_ms']:>12.2f}{r['global_attention_forward_ms']:>11.2f}")
-    return 0
+
+    def measure(item):
+        torch.manual_seed(0)
+        module = modules[item["module"]]().to(args.device)
+        r = paired(module, baselines, x, args.repeats)
+        row = {"params": sum(p.numel() for p in module.parameters()),
+               "forward_ms": r["forward_ms"], "fwd_bwd_ms": r["fwd_bwd_ms"],
+               "forward_vs_conv3x3": r["forward_ratios"][0], "forward_vs_global_attention": r["forward_ratios"][1],
+               "fwd_bwd_vs_conv3x3": r["fwd_bwd_ratios"][0], "conv3x3_forward_ms": r["baseline_forward_ms"][0],
+               "global_attention_forward_ms": r["baseline_forward_ms"][1]}
+        print(f"{item['module']:<27}{row['params']:>9}{row['forward_ms']:>9.2f}{row['forward_vs_conv3x3']:>13.2f}"
+              f"{row['forward_vs_global_attention']:>12.2f}{row['fwd_bwd_vs_conv3x3']:>17.2f}"
+              f"{row['conv3x3_forward_ms']:>12.2f}{row['global_attention_forward_ms']:>11.2f}")
+        return row
+
+    config = {"input": [args.batch, C, S, S], "heads": args.heads, "repeats": args.repeats, "device": args.device}
+    code, _ = run_items("vision", config, [{"module": m} for m in (args.only or modules)], measure, args,
+                        describe=lambda it: it["module"])
+    return code

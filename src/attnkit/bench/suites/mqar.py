@@ -17,15 +17,16 @@ any registered mechanisms instead, with the configuration's default sweep.
 """
 from __future__ import annotations
 
-import argparse
 from functools import partial
 
 import torch
 
-from .. import mechanisms, spec
-from ._mqar_data import check_mqar_sizes, mqar
-from ._mqar_model import MQARModel, train
-from ._runner import add_common_arguments, run_items
+from ... import mechanisms, spec
+from .._mqar_data import check_mqar_sizes, mqar
+from .._mqar_model import MQARModel, train
+from ..options import choices, floats, names, positive_int
+from ..runner import run_items
+from ..store import Store
 
 # role -> registered names to look for, parameter overrides, q/k head dim (None: d / heads) and layer pieces
 # (Mixer options). Based's q/k dim 16 is the paper's feature dim (153 Taylor features); the Gated DeltaNet
@@ -98,16 +99,16 @@ def plan(config: dict, entries: list[dict]) -> list[dict]:
     return items
 
 
-def measure_item(item: dict, config: dict, entries: dict) -> dict:
+def measure_item(item: dict, config: dict, entries: dict, device: str = "cpu") -> dict:
     e = entries[item["role"]]
     if item["mechanism"] is None:
         return {"status": "not registered", "looked_for": e["looked_for"]}
     L, K, d = item["L"], item["K"], item["d"]
-    train_data = mqar(config["train_examples"], L, K, config["vocab"], seed=0)
-    test_data = mqar(config["test_examples"], L, K, config["vocab"], seed=1_000_003)  # disjoint from training
+    train_data = [t.to(device) for t in mqar(config["train_examples"], L, K, config["vocab"], seed=0)]
+    test_data = [t.to(device) for t in mqar(config["test_examples"], L, K, config["vocab"], seed=1_000_003)]
     torch.manual_seed(0)
     model = MQARModel(item["mechanism"], e["params"], config["vocab"], d, L, heads=config["heads"],
-                      qk_dim=e["qk_dim"], **e["layer"])
+                      qk_dim=e["qk_dim"], **e["layer"]).to(device)
     result = train(model, train_data, test_data, lr=item["lr"], epochs=config["epochs"], batch=config["batch"])
     result["state_size"] = state_size(item["mechanism"], e["params"], L, d, config["heads"], e["qk_dim"])
     result["params"] = e["params"]
@@ -170,66 +171,62 @@ def print_summary(rows: list[dict]) -> None:
         console.print(f"  {verdict:>5}  {claim}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="attnkit bench mqar", description=__doc__.split("\n\n")[0])
+def add_arguments(p) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="the CPU configuration (default; <= 15 min on 2 cores)")
     size.add_argument("--full", action="store_true", help="Zoology's sizes (hours)")
-    p.add_argument("--mechanisms", default=None, help="comma-separated registered names instead of the five roles")
-    p.add_argument("--roles", default=None, help=f"comma-separated subset of the roles {list(ROLES)}")
-    p.add_argument("--lrs", default=None,
-                   help="comma-separated learning rates for every role (default: the configuration's per-role sweep)")
-    p.add_argument("--jobs", type=int, default=2,
+    p.add_argument("--mechanisms", type=names, default=None, help="comma list of registered names instead of the five roles")
+    p.add_argument("--roles", type=choices(ROLES), default=None, help=f"comma list, a subset of the roles {','.join(ROLES)}")
+    p.add_argument("--lrs", type=floats, default=None,
+                   help="comma list of learning rates for every role (default: the configuration's per-role sweep)")
+    p.add_argument("--jobs", type=positive_int, default=2,
                    help="trainings run at once, each in its own process with threads/jobs threads (default 2: "
                         "one small model per core is faster than both cores on one)")
-    add_common_arguments(p)
-    return p
 
 
 def configure(args) -> tuple[dict, list[dict]]:
     """The configuration and role entries, validated up front (unknown mechanisms, impossible sizes)."""
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     config = dict(FULL if args.full else QUICK)
     if args.mechanisms:
-        names = [n.strip() for n in args.mechanisms.split(",") if n.strip()]
-        for n in names:
+        for n in args.mechanisms:
             if not spec(n).supports(causal=True, cross=False):  # spec() names close matches for unknown names
                 raise ValueError(f"--mechanisms: {n!r} does not support causal self-attention, which MQAR needs")
         entries = [{"role": n, "mechanism": n, "looked_for": [n], "params": {}, "qk_dim": None, "layer": {}}
-                   for n in names]
+                   for n in args.mechanisms]
     else:
         roles = ROLES
         if args.roles:
-            wanted = [r.strip() for r in args.roles.split(",") if r.strip()]
-            unknown = [r for r in wanted if r not in ROLES]
-            if unknown:
-                raise ValueError(f"--roles: unknown roles {unknown}; expected some of {list(ROLES)}")
-            roles = {r: ROLES[r] for r in wanted}
+            roles = {r: ROLES[r] for r in args.roles}
         entries = resolve_roles(roles)
     if args.lrs:
-        lrs = [float(x) for x in args.lrs.split(",")]
-        if min(lrs) <= 0:
-            raise ValueError(f"--lrs must be positive, got {args.lrs!r}")
-        config["lrs"] = {"*": lrs}
+        config["lrs"] = {"*": args.lrs}
     for seq_len, num_kv in config["settings"]:
         check_mqar_sizes(seq_len, num_kv, config["vocab"])
     config["mechanisms"] = [[e["role"], e["mechanism"], e["params"], e["qk_dim"], e["layer"]] for e in entries]
     return config, entries
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        config, entries = configure(args)
-    except ValueError as exc:
-        print(f"attnkit bench mqar: {exc}")
-        return 2
+def run(args) -> int:
+    config, entries = configure(args)
     by_role = {e["role"]: e for e in entries}
-    code, run_id = run_items("mqar", config, plan(config, entries), partial(measure_item, config=config, entries=by_role),
+    code, run_id = run_items("mqar", config, plan(config, entries), partial(measure_item, config=config, entries=by_role, device=args.device),
                              args, describe=lambda it: f"{it['mechanism'] or it['role']} L={it['L']} lr={it['lr']}",
                              jobs=args.jobs)
-    from ._store import Store
-
     print_summary(Store(args.db).rows(run_id))
     return code
+
+
+def report(run: dict, rows: list[dict]) -> tuple[str, dict]:
+    from ..report import plots
+    from ..report.parts import image, to_html
+
+    best = best_per_setting(rows)
+    table = [{k: r.get(k) for k in ("role", "mechanism", "L", "K", "d", "lr", "accuracy", "state_size", "epochs",
+                                    "seconds", "status")} for r in best]
+    checks = [{"claim": c, "verdict": v} for c, v in ordering_checks(best)]
+    parts = [
+        image(plots.accuracy_vs_state(best), "MQAR accuracy vs state size"),
+        "<h3>Best accuracy of each learning-rate sweep</h3>", to_html(table, {"not registered": "refused"}),
+        "<h3>The published ordering</h3>", to_html(checks, {"PASS": "ok", "FAIL": "bad"}),
+    ]
+    return "\n".join(parts), {"mqar": table, "mqar_ordering": checks}

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import threading
 
+from .options import UsageError
+
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
@@ -55,3 +57,23 @@ def peak_mb(fn, interval: float = 0.001):
         thread.join()
     peak[0] = max(peak[0], anon_rss_mb())
     return out, max(0.0, peak[0] - before)
+
+
+def available_mb() -> float:
+    """Memory the system can give without swapping (``MemAvailable``), in MiB; infinite if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("inf")
+
+
+def require(estimate_bytes: float, what: str) -> None:
+    """Refuse up front (:class:`UsageError`, one line) a run whose estimated memory exceeds what is available."""
+    need, have = estimate_bytes / 2**30, available_mb() / 1024
+    if need > have:
+        raise UsageError(f"{what} needs about {need:,.1f} GiB of memory and {have:,.1f} GiB is available; "
+                         "choose smaller sizes")

@@ -16,6 +16,12 @@ import subprocess
 import time
 from pathlib import Path
 
+# Marks of an attnkit results database (``PRAGMA application_id`` / ``user_version``): attnkit opens
+# only its own databases (and, once, unmarked ones holding exactly its two tables, from before the mark).
+APPLICATION_ID = 0x61746B74  # "atkt"
+SCHEMA_VERSION = 1
+TABLES = {"runs", "rows"}
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -39,6 +45,10 @@ CREATE TABLE IF NOT EXISTS rows (
 """
 
 STATUSES = ("running", "done", "interrupted", "failed")
+
+
+class StoreError(ValueError):
+    """The results database cannot be used: the message says which path and why, in one line."""
 
 
 def default_db_path() -> Path:
@@ -71,13 +81,48 @@ def canonical(obj) -> str:
 
 
 class Store:
-    """A results database. ``Store(path)`` creates the file and its tables if needed."""
+    """A results database. ``Store(path)`` creates the file and its tables if needed; with
+    ``create=False`` a missing database is an error (reading never creates one). A path that is a
+    directory, sits under a regular file, is not an SQLite file, or holds another program's
+    database raises :class:`StoreError` before anything is written."""
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True):
         self.path = Path(path) if path is not None else default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path)
-        self.db.executescript(SCHEMA)
+        if self.path.is_dir():
+            raise StoreError(f"results database {self.path} is a directory; give a file path")
+        if not self.path.exists():
+            if not create:
+                raise StoreError(f"no results database at {self.path}: run a benchmark first (attnkit bench)")
+            _make_parent(self.path)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30)
+            self._check_or_initialise()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"results database {self.path} cannot be used: {exc} "
+                             "(not an SQLite file, or a damaged one)") from None
+        except sqlite3.Error as exc:  # e.g. a read-only folder
+            raise StoreError(f"results database {self.path} cannot be opened: {exc}") from None
+
+    def _check_or_initialise(self) -> None:
+        app = self.db.execute("PRAGMA application_id").fetchone()[0]
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {n for (n,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables.discard("sqlite_sequence")
+        if app == APPLICATION_ID:
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"results database {self.path} has schema version {version}, written by a newer "
+                                 f"attnkit (this one reads up to {SCHEMA_VERSION})")
+            return
+        if app != 0 or (tables and tables != TABLES):
+            owner = f"application id {app:#x}" if app else "tables " + ", ".join(sorted(tables))
+            raise StoreError(f"{self.path} is another program's SQLite database ({owner}); attnkit writes only "
+                             "its own results databases: choose another --db")
+        with self.db:  # a new database, or an attnkit one from before the marks
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            self.db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self.db.close()
@@ -142,6 +187,16 @@ class Store:
     def rows(self, run_id: int) -> list[dict]:
         """Each row as one flat dict: its key fields, then its figures."""
         return [{**key, **figures} for key, figures in self.keyed_rows(run_id)]
+
+
+def _make_parent(path: Path) -> None:
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise StoreError(f"cannot create the results database {path}: {parent} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the results database {path}: {exc.strerror or exc}") from None
 
 
 def _run_dict(row) -> dict:

@@ -1,4 +1,4 @@
-"""``attnkit bench``: a quick cross-section of every suite, then the HTML report.
+"""``attnkit bench overview``: a quick cross-section of the main suites (kernels, cab, mqar, sparse), then the HTML report.
 
 Runs, into one results database: the kernel matrix at one length, CAB's pattern matrix for every
 mechanism with efficiency lengths of a few efficient ones, MQAR for attention
@@ -10,58 +10,53 @@ each section. Each suite's own command runs its full sweep.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import importlib
 import resource
 import sys
 import time
 from pathlib import Path
 
-from .. import mechanisms
-from ._runner import add_common_arguments
+from ... import mechanisms
+from ..options import choices, positive_int
+from ..report import write_report
+from ..store import Store
+from . import run as run_suite
 
+REPORTED = False  # runs other suites; stores no rows of its own
 CAB_EFFICIENT = ("linear", "based", "gated_deltanet", "sliding_window")
+STEPS = ("kernels", "cab", "mqar", "sparse")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="attnkit bench", description=__doc__.split("\n\n")[0])
+def add_arguments(p) -> None:
     p.add_argument("--out", default="attnkit-report", help="report folder (default: ./attnkit-report)")
-    p.add_argument("--kernel-n", type=int, default=1024, help="sequence length of the kernel matrix")
-    p.add_argument("--skip", default="", help="comma-separated suites to leave out (kernels,cab,mqar,sparse)")
-    add_common_arguments(p)
-    args = p.parse_args(argv)
+    p.add_argument("--kernel-n", type=positive_int, default=1024, help="sequence length of the kernel matrix")
+    p.add_argument("--skip", type=choices(STEPS), default=[], help=f"comma list of suites to leave out ({','.join(STEPS)})")
+
+
+def run(args) -> int:
     common = [*(["--db", args.db] if args.db else []), *(["--resume"] if args.resume else []),
               *(["--threads", str(args.threads)] if args.threads else []),
-              *(["--no-progress"] if args.no_progress else [])]
+              *(["--no-progress"] if args.no_progress else []), "--device", args.device]
     registered = set(mechanisms())
     efficient = [m for m in CAB_EFFICIENT if m in registered]
     missing = [m for m in CAB_EFFICIENT if m not in registered]
     if missing:
         print(f"bench: cab efficiency lengths skip unregistered {missing}")
-    steps = {
-        "kernels": lambda: _suite("kernels", ["--quick", "--n", str(args.kernel_n), *common]),
-        "cab": lambda: _suite("cab", ["--lengths", "256,1024,2048", "--efficient", ",".join(efficient), *common]),
-        "mqar": lambda: _suite("mqar", ["--roles", "attention,linear (elu+1)", "--lrs", "3e-3", *common]),
-        "sparse": lambda: _suite("sparse", ["--train-minutes", "2", *common]),
+    argv = {
+        "kernels": ["--quick", "--n", str(args.kernel_n)],
+        "cab": ["--lengths", "256,1024,2048", "--efficient", ",".join(efficient)],
+        "mqar": ["--roles", "attention,linear (elu+1)", "--lrs", "3e-3"],
+        "sparse": ["--train-minutes", "2"],
     }
-    skip = {s for s in args.skip.split(",") if s}
-    unknown = skip - set(steps)
-    if unknown:
-        print(f"attnkit bench: --skip {sorted(unknown)} are not suites; expected some of {sorted(steps)}")
-        return 2
     codes, spent = {}, {}
-    for name, step in steps.items():
-        if name in skip:
+    for name in STEPS:
+        if name in args.skip:
             continue
         print(f"\n=== attnkit bench {name} ===", flush=True)
         with _clock(spent, name):
-            codes[name] = step()
+            codes[name] = run_suite(name, [*argv[name], *common])
         if codes[name] == 130:  # Ctrl-C: keep what finished, stop here
             break
-    from ..commands.report import write_report
-    from ._store import Store
-
     with _clock(spent, "report"):
         print(f"\nreport: {write_report(Store(args.db), Path(args.out))}")
     _print_times(spent)
@@ -90,7 +85,3 @@ def _print_times(spent: dict) -> None:
     for name, (wall, used) in spent.items():
         print(f"{name:<8} {wall:7.1f}  {used:7.1f}")
     print(f"{'total':<8} {sum(w for w, _ in spent.values()):7.1f}  {sum(c for _, c in spent.values()):7.1f}")
-
-
-def _suite(name: str, argv: list[str]) -> int:
-    return int(importlib.import_module(f"attnkit.bench.{name}").main(argv) or 0)

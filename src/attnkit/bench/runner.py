@@ -9,7 +9,6 @@ already measured.
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import signal
 import sys
@@ -17,23 +16,16 @@ from typing import Callable, Iterable
 
 import torch
 
-from ._store import Store, canonical
+from .store import Store, canonical
 
 INTERRUPTED = 130
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default=None, help="results database (default: ~/.local/share/attnkit/results.sqlite)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the latest unfinished run with the same configuration")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
-
-
 def open_run(suite: str, config: dict, args, machine: dict | None = None) -> tuple[Store, int]:
-    """Open the store and start (or, with ``--resume``, reopen) a run of ``suite``."""
+    """Open the store and start (or, with ``--resume``, reopen) a run of ``suite``. The machine is
+    measured before the run is stored, so a Ctrl-C here leaves no empty run behind."""
     from .. import __version__
-    from ..machine import machine_info
+    from .machine import machine_info
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -43,7 +35,7 @@ def open_run(suite: str, config: dict, args, machine: dict | None = None) -> tup
         store.set_status(run_id, "running")
         print(f"{suite}: resuming run {run_id} in {store.path}")
     else:
-        machine = machine if machine is not None else machine_info()
+        machine = machine if machine is not None else machine_info(device=getattr(args, "device", "cpu"))
         run_id = store.start_run(suite, config, machine, torch.__version__, __version__)
         print(f"{suite}: run {run_id} in {store.path} | threads {machine['threads']}, "
               f"fp32 GEMM {machine.get('gemm_gflops_fp32', '?')} GFLOP/s")

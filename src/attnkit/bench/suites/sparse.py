@@ -29,7 +29,6 @@ method and phase, the highest sparsity that keeps quality >= 0.99.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -38,9 +37,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import attention, mechanisms
-from ._runner import add_common_arguments, run_items
-from ._store import canonical, default_db_path
+from ... import attention, mechanisms
+from ..options import positive_float
+from ..runner import run_items
+from ..store import Store, canonical, default_db_path
 
 
 def _h2o(budget, phase, prompt):
@@ -83,7 +83,7 @@ def sparsity(mechanism: str, params: dict, n: int, rows: slice) -> float:
 
 
 def model_config(c: dict, vocab: int, mixer) -> "ModelConfig":
-    from ..models import ModelConfig
+    from ...models import ModelConfig
 
     return ModelConfig(vocab_size=vocab, dim=c["dim"], heads=c["heads"], schedule="F" * c["layers"],
                        mixers={"F": mixer})
@@ -91,10 +91,10 @@ def model_config(c: dict, vocab: int, mixer) -> "ModelConfig":
 
 def trained_model(c: dict, args):
     """The dense LM of this configuration: loaded from the cache, or trained (and cached) now."""
-    from ..data import shakespeare
-    from ..data.codecs import make_codec
-    from ..models import DecoderLM
-    from ..training.lm import TrainConfig, load_checkpoint, save_checkpoint, train
+    from ...data import shakespeare
+    from ...data.codecs import make_codec
+    from ...models import DecoderLM
+    from ...training.lm import TrainConfig, load_checkpoint, save_checkpoint, train
 
     keys = ("dim", "layers", "heads", "level", "context", "train_minutes", "batch", "lr")
     tag = hashlib.sha1(canonical({k: c[k] for k in keys}).encode()).hexdigest()[:10]
@@ -107,7 +107,7 @@ def trained_model(c: dict, args):
     else:
         print(f"sparse: training the dense LM for {c['train_minutes']} min (cached as {path})")
         codec = make_codec(c["level"], train_text)
-        model = DecoderLM(model_config(c, codec.vocab_size, "softmax"))
+        model = DecoderLM(model_config(c, codec.vocab_size, "softmax")).to(args.device)
         cfg = TrainConfig(context=c["context"], batch=c["batch"], lr=c["lr"], minutes=c["train_minutes"])
         train(model, codec.encode(train_text), cfg)
         save_checkpoint(path, model, codec, cfg)
@@ -143,7 +143,7 @@ def plan(c: dict) -> tuple[list[dict], list[str]]:
 
 
 def measurer(c: dict, args):
-    from ..models import DecoderLM
+    from ...models import DecoderLM
 
     model, held = None, None
     cache: dict = {}
@@ -154,6 +154,7 @@ def measurer(c: dict, args):
             return {"status": "not registered"}
         if model is None:
             model, held = trained_model(c, args)  # trains with the run's threads
+            model = model.to(args.device)
         threads = torch.get_num_threads()
         # Evaluation is many small ops (dim 128; the cache policies decode token by token): one
         # thread is faster (28 s -> 1.5 s per H2O item with a busy second core) and frees the other core.
@@ -165,14 +166,15 @@ def measurer(c: dict, args):
 
     def evaluate(item: dict) -> dict:
         if "dense" not in cache:
-            cache["windows"] = held_out_windows(held, c)
+            cache["windows"] = held_out_windows(held, c).to(args.device)
             cache["dense"] = loss(model, model, cache["windows"], c["prompt"])
         if item["method"] == "dense":
             return {"loss": cache["dense"], "perplexity": math.exp(cache["dense"]), "sparsity": 0.0, "quality": 1.0}
         mech, make_params, _ = METHODS[item["method"]]
         n, p = c["prompt"] + c["score"], c["prompt"]
         params = make_params(item["value"], item["phase"], p)
-        sparse_model = DecoderLM(model_config(c, model.config.vocab_size, {"mechanism": mech, **params})).eval()
+        sparse_model = DecoderLM(model_config(c, model.config.vocab_size, {"mechanism": mech, **params}))
+        sparse_model = sparse_model.to(args.device).eval()
         sparse_model.load_state_dict(model.state_dict())
         if mech in EVICTING:  # the policy holds the cache from the prompt on; its params say where it starts
             value = loss(sparse_model, sparse_model, cache["windows"], p)
@@ -200,25 +202,20 @@ def frontier(rows: list[dict], keep: float = 0.99) -> list[dict]:
     return list(out.values())
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="attnkit bench sparse", description=__doc__.split("\n\n")[0])
+def add_arguments(p) -> None:
     p.add_argument("--full", action="store_true", help="a larger LM and longer windows")
-    p.add_argument("--train-minutes", type=float, default=None, help="training budget of the dense LM")
-    add_common_arguments(p)
-    args = p.parse_args(argv)
+    p.add_argument("--train-minutes", type=positive_float, default=None, help="training budget of the dense LM")
+
+
+def run(args) -> int:
     c = dict(FULL if args.full else QUICK)
     if args.train_minutes is not None:
-        if args.train_minutes <= 0:
-            print(f"attnkit bench sparse: --train-minutes must be > 0, got {args.train_minutes}")
-            return 2
         c["train_minutes"] = args.train_minutes
     items, missing = plan(c)
     for m in missing:
         print(f"sparse: not run: {m}")
     code, run_id = run_items("sparse", c, items, measurer(c, args), args,
                              describe=lambda it: f"{it['method']} {it['phase']} {it['value']}")
-    from ._store import Store
-
     rows = Store(args.db).rows(run_id)
     for r in rows:
         if "quality" in r:
@@ -226,3 +223,17 @@ def main(argv=None) -> int:
                   f"loss={r['loss']:.4f} quality={r['quality']:.4f}")
     print(json.dumps(frontier(rows), indent=1))
     return code
+
+
+def report(run: dict, rows: list[dict]) -> tuple[str, dict]:
+    from ..report import plots
+    from ..report.parts import errors, image, to_html
+
+    curves = [r for r in rows if "sparsity" in r and "quality" in r]
+    parts = [
+        image(plots.lines_by_panel(curves, panel="phase", series="method", x="sparsity", y="quality",
+                                   title="quality vs sparsity, prefill and decode", ylabel="quality",
+                                   logx=False, logy=False), "sparsity vs quality"),
+        to_html(rows), errors(rows),
+    ]
+    return "\n".join(parts), {"sparse": rows}

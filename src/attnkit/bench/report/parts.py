@@ -1,4 +1,5 @@
-"""A table (a list of flat dicts) as HTML, Markdown or CSV, for the report and ``--compare``."""
+"""Pieces of report sections: a table (a list of flat dicts) as HTML, Markdown or CSV, an embedded
+image, the rows that were not measured."""
 from __future__ import annotations
 
 import csv
@@ -57,3 +58,19 @@ def to_csv(rows: list[dict]) -> str:
     for r in rows:
         writer.writerow({c: cell(r.get(c)) for c in cols})
     return buf.getvalue()
+
+
+def image(uri: str | None, alt: str) -> str:
+    """An ``<img>`` of a plot's data URI (:mod:`.plots`), or a note that there was nothing to plot."""
+    return f'<img src="{uri}" alt="{html.escape(alt)}">' if uri else f"<p><em>no data for: {html.escape(alt)}</em></p>"
+
+
+def errors(rows: list[dict]) -> str:
+    """The rows that hold an error or a "not registered" status, under a "Not run" heading."""
+    bad = [r for r in rows if "error" in r or r.get("status") == "not registered"]
+    return "<h3>Not run</h3>" + to_html(bad) if bad else ""
+
+
+def gemm(run: dict) -> float | None:
+    """The run's fp32 GEMM GFLOP/s (measured when it started)."""
+    return run["machine"].get("gemm_gflops_fp32")

@@ -16,27 +16,30 @@ After "CAB: Comprehensive Attention Benchmarking on Long Sequence Modeling":
 """
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
 
-from .. import attention, mechanisms, spec
-from ..registry import PATTERNS
-from ._runner import add_common_arguments, run_items
-from ._timing import attention_call, make_inputs, median_seconds, peak_memory_mb
+from ... import attention, mechanisms, spec
+from ...registry import PATTERNS
+from ..memory import available_mb
+from ..options import ints, names
+from ..runner import run_items
+from ..store import Store
+from ..timing import attention_call, make_inputs, median_seconds, peak_memory_mb
 
 BASELINES = (("softmax", "sdpa"), ("softmax", "reference"))
+PATTERN_CSS = {"ok": "ok", "refused": "refused", "leaks future": "bad", "non-finite": "bad"}
 QUICK = dict(batch=1, heads=4, head_dim=64, lengths=[256, 1024, 4096], repeats=3, memory=True)
 FULL = dict(batch=1, heads=8, head_dim=64, lengths=[512, 1024, 2048, 4096, 8192, 16384], repeats=5, memory=True)
 
 
-def probe(name: str) -> dict:
+def probe(name: str, device: str = "cpu") -> dict:
     """The outcome of running ``name`` under each of the four patterns."""
     out = {}
     for pattern in PATTERNS:
         causal, cross = pattern.startswith("causal"), pattern.endswith("cross")
-        q, k, v, extra = make_inputs(name, 1, 2, 12 if cross else 16, 16, 16)
+        q, k, v, extra = make_inputs(name, 1, 2, 12 if cross else 16, 16, 16, device=device)
         try:
             with torch.no_grad():
                 o = attention(q, k, v, name, causal=causal, **extra)
@@ -65,17 +68,6 @@ def efficient(name: str) -> bool:
     return spec(name).complexity.replace(" ", "") not in ("O(N^2)", "O(N²)")
 
 
-def memory_limit_mb() -> float:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("inf")
-
-
 def materialised_mb(c: dict, n: int) -> float:
     """What the materialised reference holds at once: scores and weights, fp32."""
     return 2 * c["batch"] * c["heads"] * n * n * 4 / 2**20
@@ -84,7 +76,7 @@ def materialised_mb(c: dict, n: int) -> float:
 def plan(config: dict, names: list[str]) -> tuple[list[dict], list[str]]:
     """Items to measure and the reasons for those dropped up front (too big for memory, no causal-self)."""
     items, skipped = [{"probe": n} for n in names], []
-    limit = 0.5 * memory_limit_mb()
+    limit = 0.5 * available_mb()
     timed = config["efficient"] if config.get("efficient") is not None else names
     runners = [(n, None) for n in timed if efficient(n)] + list(BASELINES)
     for name, form in runners:
@@ -101,18 +93,18 @@ def plan(config: dict, names: list[str]) -> tuple[list[dict], list[str]]:
     return items, skipped
 
 
-def measure_item(item: dict, c: dict) -> dict:
+def measure_item(item: dict, c: dict, device: str = "cpu") -> dict:
     if "probe" in item:
-        return probe(item["probe"])
+        return probe(item["probe"], device)
     args = (item["mechanism"], item["form"], item["causal"], c["batch"], c["heads"], item["N"], item["N"],
             c["head_dim"])
-    seconds = median_seconds(attention_call(*args), repeats=c["repeats"])
+    seconds = median_seconds(attention_call(*args, device=device), repeats=c["repeats"])
     figures = {"seconds": seconds, "tokens_per_s": c["batch"] * item["N"] / seconds}
     s = spec(item["mechanism"])
     if not efficient(item["mechanism"]):
         flops = s.flops(c["batch"], c["heads"], item["N"], item["N"], c["head_dim"], item["causal"])
         figures["gflops"] = flops / seconds / 1e9
-    if c["memory"]:
+    if c["memory"] and device == "cpu":
         figures["peak_mb"] = peak_memory_mb(*args)
     return figures
 
@@ -181,41 +173,61 @@ def print_summary(rows: list[dict], skipped: list[str]) -> None:
             console.print(f"  error: {r.get('mechanism', r.get('probe'))} N={r.get('N')}: {r['error']}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="attnkit bench cab", description=__doc__.split("\n\n")[0])
+def add_arguments(p) -> None:
     p.add_argument("--full", action="store_true", help="N up to 16384 (default: the quick grid)")
-    p.add_argument("--mechanisms", default=None, help="comma-separated names (default: all registered)")
-    p.add_argument("--efficient", default=None,
-                   help="comma-separated mechanisms to time for efficiency lengths (default: every efficient one)")
-    p.add_argument("--lengths", default=None, help="comma-separated N (default: the grid of --full or quick)")
+    p.add_argument("--mechanisms", type=names, default=None, help="comma list of mechanisms (default: all registered)")
+    p.add_argument("--efficient", type=names, default=None,
+                   help="comma list of mechanisms to time for efficiency lengths (default: every efficient one)")
+    p.add_argument("--lengths", type=ints, default=None, help="comma list of N (default: the grid of --full or quick)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    add_common_arguments(p)
-    return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args) -> int:
     config = dict(FULL if args.full else QUICK)
-    try:
-        names = [n.strip() for n in args.mechanisms.split(",")] if args.mechanisms else mechanisms()
-        timed = [n.strip() for n in args.efficient.split(",") if n.strip()] if args.efficient is not None else None
-        for n in names + (timed or []):
-            spec(n)  # unknown names: ValueError with the closest registered names
-        if args.lengths:
-            config["lengths"] = sorted(int(x) for x in args.lengths.split(","))
-            if config["lengths"][0] < 1:
-                raise ValueError(f"--lengths must be positive integers, got {args.lengths!r}")
-    except ValueError as exc:
-        print(f"attnkit bench cab: {exc}")
-        return 2
+    names_ = args.mechanisms or mechanisms()
+    for n in names_ + (args.efficient or []):
+        spec(n)  # unknown names: ValueError naming the closest registered names, before any work
+    if args.lengths:
+        config["lengths"] = sorted(args.lengths)
     config["memory"] = not args.no_memory
-    config["mechanisms"], config["efficient"] = names, timed
-    items, skipped = plan(config, names)
+    config["mechanisms"], config["efficient"] = names_, args.efficient
+    items, skipped = plan(config, names_)
     for reason in skipped:
         print(f"cab: skipping {reason}")
-    code, run_id = run_items("cab", config, items, lambda it: measure_item(it, config), args,
+    code, run_id = run_items("cab", config, items, lambda it: measure_item(it, config, args.device), args,
                              describe=lambda it: it.get("probe") or f"{it['mechanism']} N={it['N']}")
-    from ._store import Store
-
     print_summary(Store(args.db).rows(run_id), skipped)
     return code
+
+
+def report(run: dict, rows: list[dict]) -> tuple[str, dict]:
+    from ..report import plots
+    from ..report.parts import errors, gemm, image, to_html
+
+    gemm = gemm(run)
+    matrix = [{"mechanism": r["probe"], **{p: r[p] for p in PATTERNS},
+               "disagrees with spec": ", ".join(r["disagrees_with_spec"]) or "-"} for r in rows if "probe" in r]
+    timed = [r for r in rows if "seconds" in r]
+    for r in timed:
+        r["label"] = r["mechanism"] + (f"[{r['form']}]" if r.get("form") else "")
+        r["pattern"] = "causal-self" if r["causal"] else "noncausal-self"
+        if gemm and "gflops" in r:
+            r["fraction_of_gemm"] = r["gflops"] / gemm
+    eff = efficiency_table(rows)
+    parts = [
+        "<h3>Pattern matrix (each mechanism run under each pattern)</h3>", to_html(matrix, PATTERN_CSS),
+        "<h3>Efficiency length against vanilla attention</h3>", to_html(eff),
+        image(plots.lines_by_panel(timed, panel="pattern", series="label", x="N", y="seconds",
+                                   title="forward time vs N (dashed: softmax via SDPA and materialised reference)",
+                                   ylabel="seconds"), "CAB time vs N"),
+        image(plots.lines_by_panel(timed, panel="pattern", series="label", x="N", y="peak_mb",
+                                   title="peak memory of one forward vs N (fresh subprocess)", ylabel="MiB"),
+             "CAB memory vs N"),
+        image(plots.lines_by_panel(timed, panel="pattern", series="label", x="N", y="fraction_of_gemm",
+                                   title=f"softmax-family FLOP/s as a fraction of GEMM ({gemm} GFLOP/s)",
+                                   ylabel="fraction of GEMM", logy=False), "CAB GEMM fraction"),
+        errors(rows),
+    ]
+    timings = [{k: r.get(k) for k in ("mechanism", "form", "pattern", "N", "seconds", "tokens_per_s", "gflops",
+                                      "fraction_of_gemm", "peak_mb")} for r in timed]
+    return "\n".join(parts), {"cab_patterns": matrix, "cab_efficiency_length": eff, "cab_timings": timings}

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import platform
-import statistics
-import time
 
 import torch
 
+from .timing import median_seconds
 
-def gemm_gflops(n: int = 2048, repeats: int = 5, dtype=torch.float32) -> float:
-    """Median fp32 GEMM throughput of ``torch.mm`` on n x n matrices, in GFLOP/s."""
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
+
+def gemm_gflops(n: int = 2048, repeats: int = 5, dtype=torch.float32, device="cpu") -> float:
+    """Median fp32 GEMM throughput of ``torch.mm`` on n x n matrices on ``device``, in GFLOP/s."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
     return 2 * n**3 / median_seconds(lambda: a @ b, repeats, warmup=2) / 1e9
 
 
@@ -44,23 +44,6 @@ def exp_seconds_per_element(elements: int = 1 << 16, repeats: int = 5, dtype=tor
             torch.exp(x, out=out)
 
     return median_seconds(run, repeats) / (64 * elements)
-
-
-def median_seconds(fn, repeats: int = 5, warmup: int = 1, budget: float | None = None) -> float:
-    """Median of ``repeats`` timed calls after ``warmup`` calls; a warm-up call slower than ``budget``
-    seconds is the measurement (the call is timed once)."""
-    for _ in range(warmup):
-        t0 = time.perf_counter()
-        fn()
-        first = time.perf_counter() - t0
-        if budget is not None and first > budget:
-            return first
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def cpu_name() -> str:
@@ -96,14 +79,18 @@ def _has_flex() -> bool:
         return False
 
 
-def machine_info(measure_gemm: bool = True) -> dict:
+def machine_info(measure_gemm: bool = True, device="cpu") -> dict:
+    """CPU, threads, torch, Python, fast paths, the device and (``measure_gemm``) its fp32 GEMM rate."""
     info = {
         "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "fast_paths": fast_paths(),
+        "device": str(device),
     }
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     if measure_gemm:
-        info["gemm_gflops_fp32"] = round(gemm_gflops(), 1)
+        info["gemm_gflops_fp32"] = round(gemm_gflops(device=device), 1)
     return info

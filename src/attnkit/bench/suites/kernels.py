@@ -1,7 +1,7 @@
 """``attnkit bench kernels``: the LongCA-style kernel matrix, pattern x N x (fwd, fwd+bwd).
 
 Every (pattern, N) runs in two fresh subprocesses. The first measures attnkit's
-peak memory per direction (:func:`._memory.peak_mb` over one call: anonymous
+peak memory per direction (:func:`attnkit.bench.memory.peak_mb` over one call: anonymous
 memory sampled while it runs, minus the level before it), with glibc told to
 map every buffer so that no allocation hides in freed heap. The second, with
 the default allocator as users run, measures in this order: the fp32 GEMM
@@ -22,7 +22,6 @@ plus one ``torch.exp`` per computed score at its cache-resident rate (no max, su
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -31,54 +30,63 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from ._memory import MALLOC_ENV, peak_mb
-from ._timing import median_seconds
-from ._runner import add_common_arguments, run_items
-from ._store import Store
-from ._patterns import DEFAULT, PATTERNS, QUICK
+from ..memory import MALLOC_ENV, peak_mb, require
+from ..options import Parser, add_common_arguments, choices, ints, positive_float, positive_int
+from ..patterns import DEFAULT, PATTERNS, QUICK
+from ..runner import run_items
+from ..store import Store
+from ..timing import median_seconds
 
+THREADS = 2
+DIRECTIONS = ("fwd", "fwdbwd")
 COLUMNS = ("pattern", "n", "direction", "seconds", "peak_mb", "mem_x_qkv", "gflops", "gemm_ratio", "sdpa_ratio",
            "flex_ratio", "flex_cap", "density")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="attnkit bench kernels", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help=f"patterns {QUICK} at N=4096")
-    p.add_argument("--patterns", default=None, help=f"comma list from {sorted(PATTERNS)} (default: the LongCA list)")
-    p.add_argument("--n", default="16384", help="comma list of sequence lengths")
-    p.add_argument("--directions", default="fwd,fwdbwd")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--budget", type=float, default=20.0, help="seconds above which a call is timed once")
-    p.add_argument("--no-sdpa", action="store_true")
-    p.add_argument("--no-flex", action="store_true")
+def add_arguments(p) -> None:
+    p.add_argument("--quick", action="store_true", help=f"patterns {','.join(QUICK)} at N=4096")
+    p.add_argument("--patterns", type=choices(PATTERNS), default=None,
+                   help="comma list of patterns (`attnkit masks list`; default: the LongCA list)")
+    p.add_argument("--n", type=ints, default=None, help="comma list of sequence lengths (default 16384)")
+    p.add_argument("--directions", type=choices(DIRECTIONS), default=list(DIRECTIONS),
+                   help="comma list: fwd (forward), fwdbwd (forward + backward); default both")
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--heads", type=positive_int, default=8)
+    p.add_argument("--head-dim", type=positive_int, default=64)
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--budget", type=positive_float, default=20.0, help="seconds above which a call is timed once")
+    p.add_argument("--no-sdpa", action="store_true", help="skip the SDPA + dense mask baseline")
+    p.add_argument("--no-flex", action="store_true", help="skip the compiled FlexAttention baseline")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
-    add_common_arguments(p)
-    args = p.parse_args(argv)
-    args.threads = args.threads or 2
-    if args.worker:
-        return _worker(args)
-    patterns = args.patterns.split(",") if args.patterns else (QUICK if args.quick else DEFAULT)
-    unknown = [x for x in patterns if x not in PATTERNS]
-    if unknown:
-        p.error(f"unknown patterns {unknown}; expected some of {sorted(PATTERNS)}")
-    sizes = [4096] if args.quick and args.n == "16384" else [int(x) for x in args.n.split(",")]
-    directions = args.directions.split(",")
-    print(f"attnkit bench kernels: B={args.batch} H={args.heads} D={args.head_dim} fp32 threads={args.threads}")
+
+
+def estimate_bytes(args, n: int) -> float:
+    """What one worker holds at once: q, k, v, outputs and gradients, the block layout (per 128 x 128
+    tile, a few bytes per head), and for SDPA (N <= 32768) the dense boolean mask and its float copy."""
+    tensors = 10 * args.batch * args.heads * n * args.head_dim * 4
+    layout = 4 * args.batch * args.heads * (-(-n // 128)) ** 2
+    sdpa = 5 * args.batch * args.heads * n * n if not args.no_sdpa and n <= 32768 else 0
+    return tensors + layout + sdpa
+
+
+def run(args) -> int:
+    patterns = args.patterns or (QUICK if args.quick else DEFAULT)
+    sizes = args.n or ([4096] if args.quick else [16384])
+    directions = args.directions
+    for n in sizes:
+        require(estimate_bytes(args, n), f"bench kernels at N={n}, B={args.batch}, H={args.heads}, D={args.head_dim}")
+    print(f"attnkit bench kernels: B={args.batch} H={args.heads} D={args.head_dim} fp32 threads={args.threads} "
+          f"device={args.device}")
     config = {"patterns": patterns, "n": sizes, "directions": directions, "batch": args.batch, "heads": args.heads,
               "head_dim": args.head_dim, "threads": args.threads, "repeats": args.repeats, "budget": args.budget,
-              "sdpa": not args.no_sdpa, "flex": not args.no_flex}
+              "sdpa": not args.no_sdpa, "flex": not args.no_flex, "device": args.device}
     items = [{"pattern": name, "N": n, "direction": d} for n in sizes for name in patterns for d in directions]
     measured: dict = {}  # one worker measures every direction of a (pattern, N)
 
     def measure(item):
         key = (item["pattern"], item["N"])
         if key not in measured:
-            measured[key] = {r["direction"]: r for r in _run_subprocess(args, *key, argv or [])}
+            measured[key] = {r["direction"]: r for r in _run_subprocess(args, *key)}
         if item["direction"] not in measured[key]:
             raise RuntimeError(f"the worker for {key[0]} N={key[1]} returned no {item['direction']} row")
         return measured[key][item["direction"]]
@@ -93,10 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _run_subprocess(args, name, n, argv) -> list[dict]:
+def _worker_argv(args, name: str, n: int) -> list[str]:
+    argv = ["--worker", f"{name}:{n}", "--directions", ",".join(args.directions), "--batch", str(args.batch),
+            "--heads", str(args.heads), "--head-dim", str(args.head_dim), "--repeats", str(args.repeats),
+            "--budget", str(args.budget), "--threads", str(args.threads), "--device", args.device]
+    return argv + (["--no-sdpa"] if args.no_sdpa else []) + (["--no-flex"] if args.no_flex else [])
+
+
+def _run_subprocess(args, name, n) -> list[dict]:
     """Peak memory in one fresh process (glibc maps every buffer, so the probe sees each allocation), times
     in another with the default allocator, which is how users run (mapping every buffer slows every call)."""
-    cmd = [sys.executable, "-m", "attnkit.bench.kernels", *argv, "--worker", f"{name}:{n}"]
+    cmd = [sys.executable, "-m", "attnkit.bench.suites.kernels", *_worker_argv(args, name, n)]
     mem = subprocess.run([*cmd, "--memory"], capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
     res = subprocess.run(cmd, capture_output=True, text=True)
     peaks = {m["direction"]: m["peak_mb"] for m in _lines(mem.stdout, "MEM ")}
@@ -131,21 +146,23 @@ def _print_table(rows):
 def _worker(args) -> int:
     import attnkit
     from attnkit.families.mask_pipeline import dense_pattern, mask_of
-    from attnkit.machine import exp_seconds_per_element, gemm_gflops
     from attnkit.masks import build_layout, causal_mask, full_mask
+
+    from ..machine import exp_seconds_per_element, gemm_gflops
 
     torch.set_num_threads(args.threads)
     name, n = args.worker.split(":")
     n, pat = int(n), PATTERNS[name]
     B, H, D = args.batch, args.heads, args.head_dim
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(B, H, n, D, generator=g) for _ in range(3))
-    params, inputs = pat.params(n), pat.inputs(B, H, n)
+    q, k, v = (torch.randn(B, H, n, D, generator=g).to(args.device) for _ in range(3))
+    params = pat.params(n)
+    inputs = {name: t.to(args.device) for name, t in pat.inputs(B, H, n).items()}
     if pat.mechanism == "softmax":
         mask = causal_mask() if pat.causal else full_mask()
     else:
         mask = mask_of(attnkit.spec(pat.mechanism), q, k, causal=pat.causal, **params, **inputs)
-    layout = build_layout(mask, batch=B, heads=H, q_len=n, kv_len=n)
+    layout = build_layout(mask, batch=B, heads=H, q_len=n, kv_len=n, device=q.device)
     flops = layout.flops(D)
     qkv_mb = 3 * q.numel() * 4 / 2**20
 
@@ -159,22 +176,22 @@ def _worker(args) -> int:
         return out
 
     if args.memory:  # this process runs with MALLOC_ENV: peaks only, one call per direction
-        for direction in args.directions.split(","):
+        for direction in args.directions:
             with torch.set_grad_enabled(direction == "fwdbwd"):
                 print("MEM " + json.dumps({"direction": direction,
                                            "peak_mb": peak_mb(lambda: ours(direction == "fwdbwd"))[1]}), flush=True)
         return 0
-    gemm = gemm_gflops()
+    gemm = gemm_gflops(device=args.device)
     floor = layout.computed_pairs * (4 * D / (gemm * 1e9) + exp_seconds_per_element())
     print(f"{name} N={n}: layout ready, timing attnkit", file=sys.stderr, flush=True)
     results = {}
-    for direction in args.directions.split(","):
+    for direction in args.directions:
         backward = direction == "fwdbwd"
         with torch.set_grad_enabled(backward):
             t = median_seconds(lambda: ours(backward), args.repeats, budget=args.budget)
         results[direction] = dict(seconds=t, flops=flops * (3.5 if backward else 1.0))
     print(f"{name} N={n}: timing baselines", file=sys.stderr, flush=True)
-    dense = None if args.no_sdpa or n > 32768 else dense_pattern(mask, B, H, n, n).contiguous()
+    dense = None if args.no_sdpa or n > 32768 else dense_pattern(mask, B, H, n, n, device=q.device).contiguous()
     flex = None if args.no_flex else _flex(mask, B, H, n, q, k, v, args)
     for direction, r in results.items():
         backward = direction == "fwdbwd"
@@ -210,7 +227,7 @@ def _flex(mask, B, H, n, q, k, v, args):
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-        block_mask = create_block_mask(lambda b, h, qi, ki: mask(b, h, qi, ki), B, H, n, n, device="cpu")
+        block_mask = create_block_mask(lambda b, h, qi, ki: mask(b, h, qi, ki), B, H, n, n, device=q.device)
         compiled = torch.compile(flex_attention)
         q, k, v = (t.detach() for t in (q, k, v))
         with torch.no_grad():
@@ -221,5 +238,46 @@ def _flex(mask, B, H, n, q, k, v, args):
         return None
 
 
+def _worker_main(argv: list[str]) -> int:
+    """``python -m attnkit.bench.suites.kernels --worker PATTERN:N ...``: one (pattern, N), rows on stdout."""
+    p = Parser(prog="attnkit bench kernels worker")
+    add_arguments(p)
+    add_common_arguments(p, threads=THREADS)
+    p.add_argument("--worker", required=True)
+    p.add_argument("--memory", action="store_true", help="peaks only (run under MALLOC_ENV)")
+    return _worker(p.parse_args(argv))
+
+
+def report(run: dict, rows: list[dict]) -> tuple[str, dict]:
+    """The kernel matrix (rows of ``attnkit bench kernels``): attnkit against the SDPA and compiled
+    FlexAttention baselines of the same run, whose times are attnkit's times times the stored ratios."""
+    from ..report import plots
+    from ..report.parts import errors, gemm, image, to_html
+
+    lines = []
+    for r in rows:
+        if "seconds" not in r:
+            continue
+        where = {"pattern": r["pattern"], "N": r["n"], "direction": r["direction"]}
+        lines.append({**where, "label": f"attnkit {r['direction']}", "seconds": r["seconds"],
+                      "peak_mb": r.get("peak_mb"), "fraction_of_gemm": r.get("gemm_ratio")})
+        for base in ("sdpa", "flex"):
+            if r.get(f"{base}_ratio"):
+                lines.append({**where, "label": f"{base} {r['direction']}", "seconds": r["seconds"] * r[f"{base}_ratio"]})
+    parts = [
+        image(plots.lines_by_panel(lines, panel="pattern", series="label", x="N", y="seconds",
+                                   title="time vs N (dashed: SDPA with the equivalent mask, compiled FlexAttention)",
+                                   ylabel="seconds"), "kernel time vs N"),
+        image(plots.lines_by_panel(lines, panel="pattern", series="label", x="N", y="peak_mb",
+                                   title="attnkit peak memory vs N (fresh subprocess)", ylabel="MiB"),
+             "kernel memory vs N"),
+        image(plots.lines_by_panel(lines, panel="pattern", series="label", x="N", y="fraction_of_gemm",
+                                   title=f"attnkit FLOP/s as a fraction of the same run's GEMM ({gemm(run)} GFLOP/s)",
+                                   ylabel="fraction of GEMM", logy=False), "kernel GEMM fraction"),
+        to_html(rows), errors(rows),
+    ]
+    return "\n".join(parts), {"kernels": rows}
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_worker_main(sys.argv[1:]))

