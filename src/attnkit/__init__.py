@@ -7,7 +7,8 @@
 """
 from . import cache, nn, positional
 from .api import attention, mechanisms, spec
+from .flex import flex_attention
 from .registry import PATTERNS, MechanismSpec, register
 
 __version__ = "0.1.0"
-__all__ = ["cache", "nn", "positional", "attention", "mechanisms", "spec", "register", "MechanismSpec", "PATTERNS", "__version__"]
+__all__ = ["cache", "nn", "positional", "attention", "flex_attention", "mechanisms", "spec", "register", "MechanismSpec", "PATTERNS", "__version__"]
