@@ -35,7 +35,8 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    where = "attnkit" + (f" {argv[0]}" if argv and not argv[0].startswith("-") else "")
+    words = [a for a in argv[:2] if not a.startswith("-")][: 2 if argv[:1] in (["bench"], ["train"]) else 1]
+    where = " ".join(["attnkit", *words])
     try:
         try:
             args = build_parser().parse_args(argv)

@@ -68,7 +68,7 @@ def test_plan_sweeps_each_roles_own_learning_rates():
     assert suite.lrs_for(config, "based") == [0.01, 0.02]
 
 
-@pytest.mark.parametrize("bad, match", [(["--roles", "attention,nope"], "unknown name 'nope'"),
+@pytest.mark.parametrize("bad, match", [(["--roles", "attention,nope"], "unknown role 'nope'"),
                                         (["--lrs", "0,1e-3"], "positive number"),
                                         (["--jobs", "0"], "positive integer"),
                                         (["--mechanisms", "softmaxx"], "softmax")])

@@ -81,7 +81,7 @@ def names(text: str) -> list[str]:
     return _split(text, "names")
 
 
-def choices(allowed) -> callable:
+def choices(allowed, what: str = "name") -> callable:
     """A comma list whose items must come from ``allowed`` (unknown ones name the closest allowed one)."""
     allowed = list(allowed)
 
@@ -89,7 +89,7 @@ def choices(allowed) -> callable:
         items = names(text)
         for item in items:
             if item not in allowed:
-                raise argparse.ArgumentTypeError(unknown(item, allowed))
+                raise argparse.ArgumentTypeError(unknown(item, allowed, what))
         return items
 
     parse.__name__ = "list"

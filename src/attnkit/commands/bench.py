@@ -27,8 +27,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    if args.suite_name is None:
-        from ..bench.suites import run as run_suite
+    from ..bench import suites
 
-        return run_suite("overview", [])
-    return int(args.suite.run(args) or 0)
+    if args.suite_name is None:
+        return suites.run("overview", [])
+    return suites.start(args)

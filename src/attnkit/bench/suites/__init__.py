@@ -79,7 +79,19 @@ def build_parser(name: str) -> Parser:
     return parser
 
 
+def start(args) -> int:
+    """Run the suite of parsed ``args``: set its threads, check that its results database can be used
+    (before any work), then call its ``run``."""
+    import torch
+
+    from ..store import Store
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    Store(args.db).close()
+    return int(args.suite.run(args) or 0)
+
+
 def run(name: str, argv: list[str]) -> int:
     """``attnkit bench NAME ARGV...``: parse and run one suite (used by the overview and by tests)."""
-    args = build_parser(name).parse_args(argv)
-    return int(args.suite.run(args) or 0)
+    return start(build_parser(name).parse_args(argv))

@@ -123,7 +123,7 @@ def measure(name: str, N: int, chunk_size: int, backward: bool, repeats: int, ge
 
 def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="N=2048 and fewer repeats")
-    parser.add_argument("--mechanisms", type=choices(MECHANISMS), default=["deltanet"],
+    parser.add_argument("--mechanisms", type=choices(MECHANISMS, "mechanism"), default=["deltanet"],
                         help=f"comma list from {','.join(MECHANISMS)} (default deltanet)")
     parser.add_argument("--n", type=positive_int, default=None, help="sequence length (default 8192, quick 2048)")
     parser.add_argument("--chunk-size", type=positive_int, default=64)

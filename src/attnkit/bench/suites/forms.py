@@ -25,7 +25,7 @@ from ... import attention, registry
 from ..machine import machine_info
 from ...registry import kv_cache_size
 from .._decode import decode_flatness
-from ..options import positive_int
+from ..options import ints, positive_int
 from ..runner import run_items
 from ..timing import median_seconds
 
@@ -104,27 +104,31 @@ def local_linear(n: int, repeats: int, gemm: float, device="cpu") -> dict:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="every length / 4")
+    parser.add_argument("--n", type=positive_int, default=None,
+                        help="Aaren's and Mega's length (default 8192, quick 2048); Local Linear Attention runs N/8")
+    parser.add_argument("--contexts", type=ints, default=None,
+                        help="comma list of Aaren's decode contexts (default 1024,4096,16384,65536; quick 1024,8192)")
     parser.add_argument("--repeats", type=positive_int, default=5)
 
 
 def run(args) -> int:
-    div = 4 if args.quick else 1
+    n = args.n or (2048 if args.quick else 8192)
     machine = machine_info(device=args.device)
     gemm = machine["gemm_gflops_fp32"]
     print(f"attnkit bench forms: B={B} H={H} D={D} fp32, {torch.get_num_threads()} threads, {args.device}, "
           f"fp32 GEMM {gemm:.1f} GFLOP/s (this run), load average {os.getloadavg()[0]:.1f}")
-    contexts = [1024, 8192] if args.quick else [1024, 4096, 16384, 65536]
+    contexts = args.contexts or ([1024, 8192] if args.quick else [1024, 4096, 16384, 65536])
     sections = {
-        "aaren": lambda: aaren(8192 // div, contexts, args.repeats, args.device),
-        "mega": lambda: mega(8192 // div, args.repeats, args.device),
-        "local_linear": lambda: local_linear(1024 // div, args.repeats, gemm, args.device),
+        "aaren": lambda: aaren(n, contexts, args.repeats, args.device),
+        "mega": lambda: mega(n, args.repeats, args.device),
+        "local_linear": lambda: local_linear(max(1, n // 8), args.repeats, gemm, args.device),
     }
 
     def measure(item):
         with torch.no_grad():
             return sections[item["mechanism"]]()
 
-    config = {"divisor": div, "repeats": args.repeats, "device": args.device}
+    config = {"N": n, "contexts": contexts, "repeats": args.repeats, "device": args.device}
     code, _ = run_items("forms", config, [{"mechanism": m} for m in sections], measure, args, machine=machine,
                         describe=lambda it: it["mechanism"])
     return code

@@ -63,7 +63,8 @@ def texts() -> tuple[torch.Tensor, torch.Tensor]:
     held = [p for p in plays if p.name == "hamlet_gut.txt"]
     if not held:
         raise FileNotFoundError(f"hamlet_gut.txt not found in {folder}")
-    as_bytes = lambda paths: torch.tensor(list(b"".join(p.read_bytes() for p in paths)), dtype=torch.long)  # noqa: E731
+    as_bytes = lambda paths: torch.frombuffer(bytearray(b"".join(p.read_bytes() for p in paths)),  # noqa: E731
+                                              dtype=torch.uint8).long()
     return as_bytes([p for p in plays if p not in held]), as_bytes(held)
 
 

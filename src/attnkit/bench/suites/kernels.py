@@ -45,10 +45,10 @@ COLUMNS = ("pattern", "n", "direction", "seconds", "peak_mb", "mem_x_qkv", "gflo
 
 def add_arguments(p) -> None:
     p.add_argument("--quick", action="store_true", help=f"patterns {','.join(QUICK)} at N=4096")
-    p.add_argument("--patterns", type=choices(PATTERNS), default=None,
+    p.add_argument("--patterns", type=choices(PATTERNS, "pattern"), default=None,
                    help="comma list of patterns (`attnkit masks list`; default: the LongCA list)")
     p.add_argument("--n", type=ints, default=None, help="comma list of sequence lengths (default 16384)")
-    p.add_argument("--directions", type=choices(DIRECTIONS), default=list(DIRECTIONS),
+    p.add_argument("--directions", type=choices(DIRECTIONS, "direction"), default=list(DIRECTIONS),
                    help="comma list: fwd (forward), fwdbwd (forward + backward); default both")
     p.add_argument("--batch", type=positive_int, default=1)
     p.add_argument("--heads", type=positive_int, default=8)

@@ -176,7 +176,7 @@ def add_arguments(p) -> None:
     size.add_argument("--quick", action="store_true", help="the CPU configuration (default; <= 15 min on 2 cores)")
     size.add_argument("--full", action="store_true", help="Zoology's sizes (hours)")
     p.add_argument("--mechanisms", type=names, default=None, help="comma list of registered names instead of the five roles")
-    p.add_argument("--roles", type=choices(ROLES), default=None, help=f"comma list, a subset of the roles {','.join(ROLES)}")
+    p.add_argument("--roles", type=choices(ROLES, "role"), default=None, help=f"comma list, a subset of the roles {','.join(ROLES)}")
     p.add_argument("--lrs", type=floats, default=None,
                    help="comma list of learning rates for every role (default: the configuration's per-role sweep)")
     p.add_argument("--jobs", type=positive_int, default=2,

@@ -30,7 +30,7 @@ STEPS = ("kernels", "cab", "mqar", "sparse")
 def add_arguments(p) -> None:
     p.add_argument("--out", default="attnkit-report", help="report folder (default: ./attnkit-report)")
     p.add_argument("--kernel-n", type=positive_int, default=1024, help="sequence length of the kernel matrix")
-    p.add_argument("--skip", type=choices(STEPS), default=[], help=f"comma list of suites to leave out ({','.join(STEPS)})")
+    p.add_argument("--skip", type=choices(STEPS, "suite"), default=[], help=f"comma list of suites to leave out ({','.join(STEPS)})")
 
 
 def run(args) -> int:
