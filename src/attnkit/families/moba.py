@@ -34,6 +34,7 @@ from ..kernels.positions import query_positions, repeat_kv
 from ..kernels.selected_blocks import selected_block_attention
 from ..masks.selection import BlockSelection, block_selection
 from ..reference import materialised_attention
+from ..params import Param
 from ..registry import MechanismSpec, register
 from ..validation import check_int
 from ..state import kv_cache_step
@@ -119,7 +120,8 @@ register(MechanismSpec(
     reference=_reference,
     fast={"selected_blocks": _fast},
     step=kv_cache_step(_fast),
-    params={"block_size": 512, "top_k": 3},
+    params={"block_size": Param(512, int, "keys per block", low=1),
+            "top_k": Param(3, int, "blocks per query, its current block included", low=1)},
     test_params={"block_size": 8, "top_k": 3},
     supports_mask=False,
     flops=_flops,

@@ -57,6 +57,7 @@ from ..masks.layout import build_layout
 from ..masks.selection import block_selection
 from ..masks.window import sliding_window
 from ..reference import materialised_attention
+from ..params import Param
 from ..registry import MechanismSpec, register
 from ..validation import check_int, check_tensor
 from ..state import kv_cache_step
@@ -217,7 +218,10 @@ register(MechanismSpec(
     reference=_reference,
     fast={"sparse": _sparse},
     step=kv_cache_step(_sparse),
-    params={"compress_stride": 16, "select_block": 64, "select_count": 16, "window": 512},
+    params={"compress_stride": Param(16, int, "tokens between compressed blocks (d)", low=1),
+            "select_block": Param(64, int, "keys per selection block (l')", low=1),
+            "select_count": Param(16, int, "selected blocks per token, initial and two local included (n)", low=3),
+            "window": Param(512, int, "keys of the sliding-window branch, the query's own included (w)", low=1)},
     test_params={"compress_stride": 8, "select_block": 16, "select_count": 4, "window": 8},
     tensor_inputs=lambda q, k, v, g: nsa_inputs(q, k, v, g, compress_block=16),
     tensor_inputs_per_token=("gates",),

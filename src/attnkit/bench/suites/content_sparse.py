@@ -115,7 +115,7 @@ def quality(name: str, n: int, queries: int, device="cpu") -> dict:
 
     q, k, v, extra = inputs(name, n, False, device)
     spec = attnkit.spec(name)
-    density = spec.flops(B, H, n, n, D, True, **spec.params) / dense_flops(B, H, n, n, D, True)
+    density = spec.flops(B, H, n, n, D, True, **spec.defaults) / dense_flops(B, H, n, n, D, True)
     rows = torch.linspace(0, n - 1, min(queries, n), device=q.device).round().long().unique()
     with torch.no_grad():
         scores = (q[:, :, rows] @ k.repeat_interleave(H // HKV, dim=1).transpose(-1, -2)) * D ** -0.5
