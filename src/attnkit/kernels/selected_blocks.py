@@ -10,9 +10,10 @@ pairs of the selection are sorted by key block and cut into *items* of at most
 and reads one key/value tile, and one batched matmul runs many items.
 
 Each (row, slot) pair yields a partial softmax (row max, row sum, unnormalised
-output) written to a per-slot buffer; the slots of a row are then merged with
-the log-sum-exp rule. Rows are processed in chunks so the buffer stays small:
-memory is O(N k) for the selection and O(chunk) for the rest. Pairs whose tile
+output), stored in item order as the batched matmuls write it; the slots of a
+row are then merged with the log-sum-exp rule, one slot at a time. Rows are
+processed in chunks so these results stay small: memory is O(N k) for the
+selection and O(chunk) for the rest. Pairs whose tile
 lies wholly in a query's past (all but the diagonal tile) skip the causal mask.
 
 The backward is FlashAttention-2's recomputation: the forward saves the output
@@ -72,7 +73,8 @@ class _Plan:
         self.chunks = [self._items(sel, r0, min(self.rows, r0 + chunk_rows)) for r0 in range(0, self.rows, chunk_rows)]
 
     def _items(self, sel, r0, r1):
-        """The pairs of rows ``r0:r1`` grouped into items: (pair rows, pair slots, item kv tile, item is partial)."""
+        """The pairs of rows ``r0:r1`` grouped into items: (first row, end row, each item's rows, the place of
+        each (row, slot) result among the items' rows, each item's kv tile, whether the item needs the mask)."""
         valid = sel.valid.reshape(-1, self.slots)[r0:r1]
         blocks = sel.blocks.reshape(-1, self.slots)[r0:r1]
         row, slot = valid.nonzero(as_tuple=True)
@@ -94,12 +96,14 @@ class _Plan:
         item = piece_start[group] + pos // self.per_item
         n_items = int(pieces.sum())
         item_row = torch.full((n_items, self.per_item), self.rows, dtype=torch.long, device=key.device)
-        item_slot = torch.zeros((n_items, self.per_item), dtype=torch.long, device=key.device)
         item_row[item, pos % self.per_item] = row
-        item_slot[item, pos % self.per_item] = slot
+        # where each (row, slot) result lands in the item-ordered results; unused slots read the sentinel
+        sentinel = n_items * self.per_item
+        pair_of = torch.full((r1 - r0, self.slots), sentinel, dtype=torch.long, device=key.device)
+        pair_of[row - r0, slot] = item * self.per_item + pos % self.per_item
         item_key = torch.repeat_interleave(uniq, pieces)
         total = self.B * self.Hkv * self.nk
-        return r0, r1, item_row, item_slot, item_key % total, item_key >= total
+        return r0, r1, item_row, pair_of, item_key % total, item_key >= total
 
     def _partial(self, r, blk):
         """Pairs whose tile needs the element mask: keys past the end, or (causal) past some query of the row."""
@@ -147,6 +151,21 @@ def _tiles(x, plan: _Plan):
     return x.reshape(-1, plan.bk, x.shape[-1])
 
 
+def _merge_slots(part_out, part_max, part_sum, pair_of, floor):
+    """Each row's slots merged by the log-sum-exp rule: normalised output and base-2 log-sum-exp (+inf if empty)."""
+    top = part_max[pair_of].amax(1).clamp(min=floor)  # (rows, width)
+    acc = total = None
+    for slot in range(pair_of.shape[1]):
+        at = pair_of[:, slot]
+        w = torch.exp2(part_max[at] - top)  # unused slots: exp2(-inf) = 0
+        o = part_out.index_select(0, at).mul_(w.unsqueeze(-1))
+        acc = o if acc is None else acc.add_(o)
+        total = w * part_sum[at] if total is None else total.addcmul_(w, part_sum[at])
+    alive = total > 0
+    out = acc.div_(torch.where(alive, total, 1.0).unsqueeze(-1))
+    return out, torch.where(alive, top + total.log2(), float("inf"))
+
+
 def _scores(qr, kt, item_row, item_key, partial, plan):
     """Base-2 scores of a step's items ``(I, per_item * width, bk)``, masked where partial; and the tiles read."""
     I = item_row.shape[0]
@@ -168,28 +187,23 @@ class _SelectedBlocks(torch.autograd.Function):
         lse = q.new_full((plan.rows + 1, plan.width), float("inf"))
         floor = torch.finfo(q.dtype).min / 2
         for chunk in plan.chunks:
-            r0, r1, item_row, item_slot, item_key, partial = chunk
-            n = (r1 - r0) * plan.slots
-            # per (row, slot): [unnormalised output | row max | row sum]; unused slots keep max = -inf
-            part = q.new_zeros(n + 1, plan.width, plan.Dv + 2)  # the last entry is the trash slot of pads
-            part[..., plan.Dv] = float("-inf")
+            r0, r1, item_row, pair_of, item_key, partial = chunk
+            # per item row, in item order: unnormalised output, row max, row sum; one sentinel entry last
+            n = item_row.numel()
+            part_out = q.new_empty(n + 1, plan.width, plan.Dv)
+            part_max = q.new_empty(n + 1, plan.width)
+            part_sum = q.new_empty(n + 1, plan.width)
+            part_out[n], part_max[n], part_sum[n] = 0.0, float("-inf"), 0.0
             for i0, i1 in plan.steps(chunk):
                 rows, keys = item_row[i0:i1], item_key[i0:i1]
                 s, _, _ = _scores(qr, kt, rows, keys, partial[i0:i1], plan)
                 m = s.amax(-1, keepdim=True).clamp_(min=floor)
                 p = s.sub_(m).exp2_()
-                res = torch.cat([torch.bmm(p, vt.index_select(0, keys)), m, p.sum(-1, keepdim=True)], dim=-1)
-                at = torch.where(rows < plan.rows, (rows - r0) * plan.slots + item_slot[i0:i1], n).flatten()
-                part.index_copy_(0, at, res.view(-1, plan.width, plan.Dv + 2))
-            part = part[:n].view(r1 - r0, plan.slots, plan.width, plan.Dv + 2)
-            part_max, part_sum = part[..., plan.Dv], part[..., plan.Dv + 1]
-            top = part_max.amax(1, keepdim=True)
-            w = torch.exp2(part_max - top.clamp(min=floor))  # unused slots: exp2(-inf) = 0
-            total = (w * part_sum).sum(1)
-            alive = total > 0
-            acc = torch.einsum("rsw,rswd->rwd", w, part[..., : plan.Dv])
-            out[r0:r1] = acc / torch.where(alive, total, 1.0).unsqueeze(-1)
-            lse[r0:r1] = torch.where(alive, top.squeeze(1) + total.log2(), float("inf"))
+                at = slice(i0 * plan.per_item, i1 * plan.per_item)
+                torch.bmm(p, vt.index_select(0, keys), out=part_out[at].view(i1 - i0, -1, plan.Dv))
+                part_max[at] = m.view(-1, plan.width)
+                part_sum[at] = p.sum(-1).view(-1, plan.width)
+            out[r0:r1], lse[r0:r1] = _merge_slots(part_out, part_max, part_sum, pair_of, floor)
         ctx.save_for_backward(qr, k, v, out, lse)
         ctx.plan, ctx.scale = plan, scale
         return _unrows(out, plan)
