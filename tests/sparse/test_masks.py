@@ -114,7 +114,7 @@ def test_non_causal_windows_shift_at_the_ends_as_na_and_dina_unless_clamped(name
             expected = torch.zeros(N, dtype=torch.bool)
             expected[same_class[lo : hi + 1]] = True
             assert torch.equal(dense[i], expected), f"{name} border={border} row {i}"
-    assert "border='shift'" in spec.summary and spec.params["border"] == "shift"
+    assert "border='shift'" in spec.summary and spec.defaults["border"] == "shift"
     with pytest.raises(ValueError, match="border"):
         attnkit.attention(x, x, x, name, border="wrap", **params)
 
