@@ -127,6 +127,8 @@ def check_params(spec, params: dict) -> dict:
     """Each value is checked against its declaration (:class:`attnkit.params.Param`); the
     undeclared fall back to their defaults; unknown names are refused."""
     if not params:
+        if spec.extra.get("_required_inputs", ()):
+            _refuse_missing(spec, params)
         return spec.defaults
     declared = spec.params
     for name, value in params.items():
@@ -135,16 +137,35 @@ def check_params(spec, params: dict) -> dict:
             p.check(name, value)
         elif name not in spec.tensor_names:
             _refuse_unknown(spec, params)
+    for name in spec.extra.get("_required_inputs", ()):
+        if name not in params:
+            _refuse_missing(spec, params)
     merged = dict(spec.defaults)
     merged.update(params)
     return merged
 
 
+def _refuse_missing(spec, params: dict) -> None:
+    missing = [n for n in spec.extra.get("_required_inputs", ()) if n not in params]
+    described = "; ".join(f"{n}: {spec.inputs[n].describe()}" for n in missing)
+    raise TypeError(f"mechanism {spec.name!r} needs the tensor input(s) {missing} ({described}); "
+                    f"attnkit.describe({spec.name!r}) lists its inputs")
+
+
+# Arguments of torch's scaled_dot_product_attention and what attnkit calls them.
+SDPA_NAMES = {
+    "is_causal": "use causal=True (bottom-right aligned when q_len != kv_len)",
+    "attn_mask": "use mask= (boolean, True = attend, or additive float)",
+    "enable_gqa": "grouped-query attention needs no flag: pass k and v with fewer heads than q",
+}
+
+
 def _refuse_unknown(spec, params: dict) -> None:
     tensor_names = set(spec.tensor_names)
     unknown = sorted(set(params) - set(spec.params) - tensor_names)
+    hints = "".join(f"; {n}: {SDPA_NAMES[n]}" for n in unknown if n in SDPA_NAMES)
     raise TypeError(
-        f"mechanism {spec.name!r} got unexpected keyword argument(s) {unknown}; "
+        f"mechanism {spec.name!r} got unexpected keyword argument(s) {unknown}{hints}; "
         f"its parameters are {sorted(spec.params)} and its tensor inputs are {sorted(tensor_names)}"
     )
 
