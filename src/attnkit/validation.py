@@ -127,8 +127,6 @@ def check_params(spec, params: dict) -> dict:
     """Each value is checked against its declaration (:class:`attnkit.params.Param`); the
     undeclared fall back to their defaults; unknown names are refused."""
     if not params:
-        if spec.extra.get("_required_inputs", ()):
-            _refuse_missing(spec, params)
         return spec.defaults
     declared = spec.params
     for name, value in params.items():
@@ -137,15 +135,16 @@ def check_params(spec, params: dict) -> dict:
             p.check(name, value)
         elif name not in spec.tensor_names:
             _refuse_unknown(spec, params)
-    for name in spec.extra.get("_required_inputs", ()):
-        if name not in params:
-            _refuse_missing(spec, params)
     merged = dict(spec.defaults)
     merged.update(params)
     return merged
 
 
-def _refuse_missing(spec, params: dict) -> None:
+def check_required_inputs(spec, params: dict) -> None:
+    """Every required tensor input (:class:`attnkit.params.TensorInput`) is given; else a TypeError describing it."""
+    required = spec.extra.get("_required_inputs", ())
+    if not required or all(n in params for n in required):
+        return
     missing = [n for n in spec.extra.get("_required_inputs", ()) if n not in params]
     described = "; ".join(f"{n}: {spec.inputs[n].describe()}" for n in missing)
     raise TypeError(f"mechanism {spec.name!r} needs the tensor input(s) {missing} ({described}); "
