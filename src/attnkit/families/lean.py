@@ -11,13 +11,11 @@ decode steps run the stream-K form.
 from __future__ import annotations
 
 from ..kernels.lean import lean_attention
-from ..validation import check_int
+from ..params import Param
 from .score_pipeline import register_score_mechanism
 
 
 def _stream_k(q, k, v, *, causal, mask, scale, workers, tile, **chunk_sizes_unused):
-    check_int("workers", workers)
-    check_int("tile", tile)
     return lean_attention(q, k, v, causal=causal, mask=mask, scale=scale, workers=workers, tile=tile)
 
 
@@ -25,7 +23,8 @@ register_score_mechanism(
     "lean",
     papers=("Lean Attention: Hardware-Aware Scalable Attention Mechanism for the Decode-Phase of Transformers",),
     extra_fast={"stream_k": _stream_k},
-    params={"workers": 2, "tile": 256},
+    params={"workers": Param(2, int, "workers the decode step's keys are split across (threads on a CPU)", low=1),
+            "tile": Param(256, int, "keys per unit of work (the grain of the split)", low=1)},
     test_params={"workers": 3, "tile": 16},
     summary="softmax attention as a stream-K reduction of partial softmax states across workers (decode)",
 )
