@@ -57,7 +57,7 @@ from ..masks.layout import build_layout
 from ..masks.selection import block_selection
 from ..masks.window import sliding_window
 from ..reference import materialised_attention
-from ..params import Param
+from ..params import Param, TensorInput
 from ..registry import MechanismSpec, register
 from ..validation import check_int, check_tensor
 from ..state import kv_cache_step
@@ -223,6 +223,15 @@ register(MechanismSpec(
             "select_count": Param(16, int, "selected blocks per token, initial and two local included (n)", low=3),
             "window": Param(512, int, "keys of the sliding-window branch, the query's own included (w)", low=1)},
     test_params={"compress_stride": 8, "select_block": 16, "select_count": 4, "window": 8},
+    inputs={
+        "gates": TensorInput("(B, H, N, 3)", "per-token gates in [0, 1] of the compression, selection and window branches"),
+        "k_pos": TensorInput("(l, D)", "intra-block position encoding added to each block of l keys (l: compression block)"),
+        "k_w1": TensorInput("(l * D, hidden)", "first layer of the key compression MLP"),
+        "k_w2": TensorInput("(hidden, D)", "second layer of the key compression MLP"),
+        "v_pos": TensorInput("(l, Dv)", "intra-block position encoding added to each block of l values"),
+        "v_w1": TensorInput("(l * Dv, hidden)", "first layer of the value compression MLP"),
+        "v_w2": TensorInput("(hidden, Dv)", "second layer of the value compression MLP"),
+    },
     tensor_inputs=lambda q, k, v, g: nsa_inputs(q, k, v, g, compress_block=16),
     tensor_inputs_per_token=("gates",),
     supports_mask=False,
