@@ -41,6 +41,9 @@ def _check_qkv(q, k, v, same_value_dim: bool) -> None:
             )
         if not t.is_floating_point():
             raise TypeError(f"{arg} must be a floating-point tensor, got dtype {t.dtype}")
+        if t.is_meta:
+            raise ValueError(f"{arg} is on the meta device: attnkit's masks, layouts and caches read values, "
+                             "so it needs real tensors (CPU or GPU)")
     for arg, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype:
             raise TypeError(f"{arg} has dtype {t.dtype} but q has dtype {q.dtype}; q, k and v must share one dtype")
