@@ -1,0 +1,19 @@
+"""Context parallelism: attention over a sequence split across the ranks of a ``torch.distributed`` group.
+
+- :func:`ring_attention`: K/V blocks passed around a ring, exact softmax merge,
+  zigzag load balancing, masks on global positions (causal, sliding window,
+  documents) that skip empty blocks; forward and backward.
+- :func:`ulysses_attention`: all-to-all to head sharding, any mechanism, and back.
+- :class:`Sharding` / :class:`Layout`: cut q/k/v, document ids and RoPE positions
+  into shards (zigzag or contiguous) and gather outputs back.
+- :func:`count_bytes`: bytes this rank sent inside a ``with`` block.
+
+Launch with ``torchrun`` (NCCL on GPUs, gloo on CPU); every call is collective:
+all ranks of the group call it with equal shard shapes.
+"""
+from .comm import PeerFailure, count_bytes
+from .layout import Layout, Sharding
+from .ring import ring_attention
+from .ulysses import ulysses_attention
+
+__all__ = ["ring_attention", "ulysses_attention", "Layout", "Sharding", "count_bytes", "PeerFailure"]
