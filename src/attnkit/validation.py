@@ -1,6 +1,9 @@
-"""Input checks for :func:`attnkit.attention`, run before any work is done.
+"""Argument checks, run before any work is done: the one place attnkit checks its inputs.
 
-Every error names the argument and says what was expected.
+:func:`attnkit.attention`'s q, k, v, mask, scale, pattern and params; and the
+helpers every mechanism, layer and module uses for its own arguments (ints,
+floats, extra tensor inputs, token and feature-map tensors). Every error names
+the argument and says what was expected.
 """
 from __future__ import annotations
 
@@ -135,3 +138,85 @@ def check_params(spec, params: dict) -> dict:
     merged = dict(spec.params)
     merged.update(params)
     return merged
+
+
+# --- argument checks shared by mechanisms, layers and modules ---------------------------
+
+
+def check_int(name: str, value, *, minimum: int = 1, optional: bool = False):
+    """``value`` must be an int (not a bool) ``>= minimum``; ``None`` passes when ``optional``. Returns it."""
+    if value is None and optional:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_float(name: str, value, *, positive: bool = False, minimum: float | None = None, finite: bool = False):
+    """``value`` must be a real number (not a bool): ``> 0`` when ``positive``, ``>= minimum``, finite. Returns it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if finite and not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    if minimum is not None and not value >= minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_tensor(name: str, t, shape: tuple, like: torch.Tensor, *, what: str = "", optional: bool = False) -> None:
+    """``t`` must be a tensor of exactly ``shape`` (``what`` spells the shape out) with ``like``'s dtype and device."""
+    spelled = f"{what} = {tuple(shape)}" if what else f"{tuple(shape)}"
+    if t is None:
+        if optional:
+            return
+        raise TypeError(f"{name} is required: a tensor of shape {spelled}")
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {spelled}, got {type(t).__name__}")
+    if t.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but q has {like.dtype}; expected the same dtype")
+    if t.device != like.device:
+        raise ValueError(f"{name} is on device {t.device} but q is on {like.device}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {spelled}, got {tuple(t.shape)}")
+
+
+def check_divides(name: str, value: int, divisor_name: str, divisor: int) -> None:
+    if value % divisor != 0:
+        raise ValueError(f"{name} ({value}) must be divisible by {divisor_name} ({divisor})")
+
+
+def check_tokens(name: str, x, dim: int) -> None:
+    """``x`` must be a floating tensor ``(batch, seq, dim)`` with at least one token."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (batch, seq, {dim}), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.ndim != 3 or x.shape[-1] != dim:
+        raise ValueError(f"{name} must have shape (batch, seq, {dim}), got {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} has sequence length 0; expected at least one token")
+
+
+def check_feature_map(x, channels: int, name: str = "x") -> None:
+    """``x`` must be a floating-point ``(batch, channels, height, width)`` tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (batch, channels, height, width), got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have 4 dimensions (batch, channels, height, width), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.shape[1] != channels:
+        raise ValueError(f"{name} has {x.shape[1]} channels but the module was built for {channels}")
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"{name} has an empty spatial size {tuple(x.shape[2:])}; expected height, width >= 1")
+
+
+def check_grid(x, size: int, size_name: str, name: str = "x") -> None:
+    """Height and width must be multiples of a window / block size."""
+    H, W = x.shape[2], x.shape[3]
+    if H % size or W % size:
+        raise ValueError(f"{name} has spatial size {(H, W)}; height and width must be multiples of {size_name}={size}")

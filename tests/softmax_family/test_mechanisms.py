@@ -87,7 +87,7 @@ def test_selective_temperatures():
     assert torch.allclose(attnkit.attention(q, k, v, "selective", causal=True, query_temp=t), hotter)
     vt = torch.full((1, 2, 9), 2.0, dtype=torch.float64)
     assert torch.allclose(attnkit.attention(q, k, v, "selective", causal=True, value_temp=vt), 2 * plain)
-    with pytest.raises(ValueError, match="query_temp has shape"):
+    with pytest.raises(ValueError, match="query_temp must have shape"):
         attnkit.attention(q, k, v, "selective", query_temp=t[:, :, :3])
 
 

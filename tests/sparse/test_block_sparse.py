@@ -9,6 +9,7 @@ from attnkit.families.mask_pipeline import dense_pattern
 from attnkit.kernels.auto_sparse import sparse_layout
 from attnkit.kernels.block_sparse import block_sparse_attention
 from attnkit.masks import build_layout, causal_mask
+from attnkit.masks.base import MaskMod
 from attnkit.masks.documents import document, lengths_to_ids
 from attnkit.masks.window import head_windows, sliding_window
 from attnkit.reference import materialised_attention
@@ -108,3 +109,17 @@ def test_content_dependent_layouts_are_not_reused():
         out = attnkit.attention(q, k, v, "hash_sparse", causal=True, buckets=4, block_q=8, block_k=8)
         ref = attnkit.attention(q, k, v, "hash_sparse", causal=True, buckets=4, form="reference")
         assert (out - ref).abs().max() < 1e-10
+
+
+def test_rows_that_see_one_key_give_no_gradient_to_keys_in_float32():
+    """A row whose softmax puts all its weight on one key has dS = 0 exactly, as in the reference's
+    softmax backward: float32 rounding of rowsum(dO * O) against dP must not leak into dK and dQ
+    (summed over many such rows it exceeded the reference's error tenfold)."""
+    only_key_zero = MaskMod(lambda b, h, q, kv: kv == 0, name="only_key_zero")
+    B, H, Nq, Nk = 2, 2, 129, 7
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, n, 64, generator=g).requires_grad_() for n in (Nq, Nk, Nk))
+    layout = build_layout(only_key_zero, batch=B, heads=H, q_len=Nq, kv_len=Nk, block_q=8, block_k=8)
+    out = block_sparse_attention(q, k, v, layout, scale=0.125)
+    dq, dk = torch.autograd.grad((out * torch.randn(out.shape, generator=g)).sum(), (q, k))
+    assert (dq == 0).all() and (dk == 0).all()

@@ -40,14 +40,14 @@ from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
 from .linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from ..validation import check_int
 
 PAPER = "Attention as an RNN"
 NAMES = ("m", "u", "w")
 
 
 def _prepare(q, k, v, scale, initial_state, chunk_size):
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_int("chunk_size", chunk_size)
     B, H = q.shape[:2]
     k, v = repeat_kv(k, H), repeat_kv(v, H)
     shapes = {"m": (B, H), "u": (B, H), "w": (B, H, v.shape[-1])}

@@ -19,13 +19,13 @@ import torch.nn.functional as F
 
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
+from ..validation import check_int
 
 PAPER = "Agent Attention: On the Integration of Softmax and Linear Attention"
 
 
 def agent_tokens(q, agents: int):
-    if isinstance(agents, bool) or not isinstance(agents, int) or agents < 1:
-        raise ValueError(f"agents must be a positive int (number of agent tokens), got {agents!r}")
+    check_int("agents", agents)
     B, H, N, D = q.shape
     pooled = F.adaptive_avg_pool1d(q.reshape(B * H, N, D).transpose(1, 2), agents)
     return pooled.transpose(1, 2).reshape(B, H, agents, D)

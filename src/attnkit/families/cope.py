@@ -12,7 +12,7 @@ import torch
 
 from ..positional.cope import cope_chunked, cope_reference
 from ..registry import MechanismSpec, register
-from ..scores.tensor_checks import check_int, check_tensor
+from ..validation import check_int, check_tensor
 from ..state import kv_cache_step
 from .score_pipeline import CHUNK_PARAMS
 

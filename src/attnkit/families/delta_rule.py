@@ -27,7 +27,8 @@ from ..kernels.delta_rule import delta_rule_parallel, delta_rule_recurrent
 from ..kernels.delta_rule_chunked import delta_rule_chunked
 from ..kernels.linear_state import RecurrentState, expect_state
 from ..registry import MechanismSpec, register
-from .linear_pipeline import CAUSAL_ONLY, check_input, drop_state, step_from
+from ..validation import check_int, check_tensor
+from .linear_pipeline import CAUSAL_ONLY, drop_state, step_from
 
 DELTANET = "Parallelizing Linear Transformers with the Delta Rule over Sequence Length"
 GATED_DELTANET = "Gated Delta Networks: Improving Mamba2 with Delta Rule"
@@ -65,11 +66,10 @@ def stateful_forms(gate: str | None) -> dict:
 
 def check_inputs(q, k, v, beta, g, gate, chunk_size):
     B, H, N, Dk = q.shape
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_int("chunk_size", chunk_size)
     if beta is None:
         raise ValueError("beta is required: a (batch, heads, seq) tensor of writing strengths in (0, 1)")
-    check_input("beta", beta, (B, H, N), q, "(batch, heads, seq) writing strengths")
+    check_tensor("beta", beta, (B, H, N), q, what="(batch, heads, seq) writing strengths")
     if gate is None:
         if g is not None:
             raise TypeError("g is not an input of the ungated delta rule; use gated_deltanet or kda")
@@ -77,9 +77,9 @@ def check_inputs(q, k, v, beta, g, gate, chunk_size):
     if g is None:
         raise ValueError("g is required: the log forget gates log(alpha) <= 0")
     if gate == "scalar":
-        check_input("g", g, (B, H, N), q, "(batch, heads, seq) log forget gates")
+        check_tensor("g", g, (B, H, N), q, what="(batch, heads, seq) log forget gates")
     else:
-        check_input("g", g, (B, H, N, Dk), q, "(batch, heads, seq, head_dim) channel-wise log forget gates")
+        check_tensor("g", g, (B, H, N, Dk), q, what="(batch, heads, seq, head_dim) channel-wise log forget gates")
 
 
 def example_inputs(gate):

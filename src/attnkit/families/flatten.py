@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .linear_pipeline import check_input, register_linear_mechanism
+from ..validation import check_float, check_tensor
+from .linear_pipeline import register_linear_mechanism
 
 PAPER = "FLatten Transformer: Vision Transformer using Focused Linear Attention"
 
@@ -34,12 +35,10 @@ def focused(x: torch.Tensor, p: float, focus_scale) -> torch.Tensor:
 
 
 def flatten_prepare(q, k, v, *, scale, focusing_factor, eps, focus_scale=None):
-    if isinstance(focusing_factor, bool) or not isinstance(focusing_factor, (int, float)) or focusing_factor <= 0:
-        raise ValueError(f"focusing_factor must be a number > 0 (the paper uses 3), got {focusing_factor!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
-        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
+    check_float("focusing_factor", focusing_factor, positive=True)
+    check_float("eps", eps, minimum=0)
     if focus_scale is not None:
-        check_input("focus_scale", focus_scale, (q.shape[1], q.shape[-1]), q, "(heads, head_dim) positive scales")
+        check_tensor("focus_scale", focus_scale, (q.shape[1], q.shape[-1]), q, what="(heads, head_dim) positive scales")
     return focused(q * scale, focusing_factor, focus_scale), focused(k, focusing_factor, focus_scale), v, None
 
 

@@ -36,6 +36,7 @@ from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
 from .linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from ..validation import check_float, check_int
 
 PAPER = "Flowformer: Linearizing Transformers with Conservation Flows"
 NAMES = ("k_sum", "q_sum", "k_out_sum", "q_in_sum", "competition_sum", "S")
@@ -50,10 +51,8 @@ def eps_dot(a, b, eps):
 def _start(q, k, v, causal, scale, initial_state, eps, chunk_size):
     if not causal:
         raise ValueError("flow is the causal Flow-Attention; pass causal=True, or use 'flow_bidirectional'")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
-        raise ValueError(f"eps must be a float >= 0 (Flowformer uses 1e-6), got {eps!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_float("eps", eps, minimum=0)
+    check_int("chunk_size", chunk_size)
     B, H, _, D = q.shape
     k, v = repeat_kv(k, H), repeat_kv(v, H)
     Dv = v.shape[-1]

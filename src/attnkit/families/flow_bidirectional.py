@@ -23,12 +23,12 @@ import torch
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
 from .flow import PAPER, eps_dot
+from ..validation import check_float
 
 
 def _flows(q, k, v, scale, eps):
     """``(reads, k, written, allocation)``: out = allocation * reads (k^T written)."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
-        raise ValueError(f"eps must be a float >= 0 (Flowformer uses 1e-6), got {eps!r}")
+    check_float("eps", eps, minimum=0)
     H = q.shape[1]
     q, k, v = torch.sigmoid(scale * q), torch.sigmoid(repeat_kv(k, H)), repeat_kv(v, H)
     n, m = q.shape[2], k.shape[2]

@@ -19,14 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels.gla_chunked import gla_chunked
-from .linear_pipeline import CAUSAL_ONLY, check_input, register_linear_mechanism
+from ..validation import check_tensor
+from .linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
 
 PAPER = "Gated Linear Attention Transformers with Hardware-Efficient Training"
 
 
 def gla_features(q, k, v, *, scale, gk):
     B, H, N, D = q.shape
-    check_input("gk", gk, (B, H, N, D), q, "(batch, heads, seq, head_dim) log forget gates")
+    check_tensor("gk", gk, (B, H, N, D), q, what="(batch, heads, seq, head_dim) log forget gates")
     return q * scale, k, v, gk
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from ..scores.alibi import alibi_slopes
 from .linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
+from ..validation import check_float
 
 PAPERS = (
     "Various Lengths, Constant Speed: Efficient Language Modeling with Lightning Attention",
@@ -23,8 +24,7 @@ PAPERS = (
 
 
 def lightning_features(q, k, v, *, scale, decay_scale):
-    if isinstance(decay_scale, bool) or not isinstance(decay_scale, (int, float)) or decay_scale < 0:
-        raise ValueError(f"decay_scale must be a float >= 0 (TransNormerLLM's 1 - l/L), got {decay_scale!r}")
+    check_float("decay_scale", decay_scale, minimum=0)
     B, H, N, _ = q.shape
     g = (-decay_scale * alibi_slopes(H)).to(q.dtype)[None, :, None].expand(B, H, N)
     return q * scale, k, v, g

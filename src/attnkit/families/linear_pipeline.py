@@ -17,6 +17,7 @@ from ..kernels import linear_scan
 from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
+from ..validation import check_int
 
 CHUNK_PARAMS = {"chunk_size": 64}
 FEATURE_MAP_PATTERNS = frozenset({"causal-self", "noncausal-self", "noncausal-cross"})
@@ -101,19 +102,8 @@ def _state(length, S, Dv, normalise) -> RecurrentState:
     return RecurrentState(length, S=S[..., :Dv], z=S[..., Dv]) if normalise else RecurrentState(length, S=S)
 
 
-def check_input(name: str, t, shape: tuple, like: torch.Tensor, what: str) -> None:
-    """A tensor input must be a floating tensor of ``shape`` (``what`` spells it out) with q's dtype and device."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape {what} = {shape}, got {type(t).__name__}")
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {what} = {tuple(shape)}, got {tuple(t.shape)}")
-    if t.dtype != like.dtype or t.device != like.device:
-        raise TypeError(f"{name} is {t.dtype} on {t.device}; expected q's dtype {like.dtype} on {like.device}")
-
-
 def _check_chunk_size(chunk_size) -> None:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_int("chunk_size", chunk_size)
 
 
 def _initial(state, fq, fv, normalise):

@@ -22,6 +22,7 @@ import math
 import torch
 
 from .linear_pipeline import register_linear_mechanism
+from ..validation import check_float
 
 PAPER = "Linear Log-Normal Attention with Unbiased Concentration"
 FIT_A, FIT_B = 0.14855178144710912, -0.35487039130661086
@@ -40,8 +41,7 @@ DEFAULT_ALPHA, DEFAULT_BETA = moment_matched_temperatures(1.0, 1.0)
 
 def lln_prepare(q, k, v, *, scale, alpha, beta):
     for name, t in (("alpha", alpha), ("beta", beta)):
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
-            raise ValueError(f"{name} must be a finite float temperature, got {t!r}")
+        check_float(name, t, finite=True)
     return torch.exp(alpha * scale * q), torch.exp(beta * k), v, None
 
 

@@ -30,6 +30,7 @@ from ..reference import materialised_attention
 from ..registry import MechanismSpec, register
 from . import lln
 from .linear_pipeline import drop_state, step_from
+from ..validation import check_int
 
 LLN_FORMS = lln.SPEC.extra["stateful_forms"]
 PATTERNS = frozenset({"causal-self", "noncausal-self"})
@@ -37,8 +38,7 @@ PATTERNS = frozenset({"causal-self", "noncausal-self"})
 
 def _start(q, k, v, initial_state, block):
     block = q.shape[-1] if block is None else block
-    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-        raise ValueError(f"block must be None (the head dim) or a positive int, got {block!r}")
+    check_int("block", block)
     B, H, N, D = q.shape
     k, v = repeat_kv(k, H), repeat_kv(v, H)
     if k.shape[2] != N:

@@ -32,8 +32,6 @@ and each new query costs Theta(n d^2) (its covariance) plus a d x d solve.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..kernels.local_linear import local_linear_blockwise
@@ -42,16 +40,15 @@ from ..registry import ALL_PATTERNS, MechanismSpec, register
 from ..scores.normalisers import SOFTMAX
 from ..scores.user_mask import apply_mask
 from ..state import kv_cache_step
+from ..validation import check_float, check_int
 
 PAPER = "Local Linear Attention: An Optimal Interpolation of Linear and Softmax Attention For Test-Time Regression"
 
 
 def _check(ridge, **blocks) -> None:
-    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not math.isfinite(ridge) or ridge <= 0:
-        raise ValueError(f"ridge must be a positive finite float (the ridge lambda), got {ridge!r}")
+    check_float("ridge", ridge, positive=True, finite=True)
     for name, size in blocks.items():
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"{name} must be a positive int, got {size!r}")
+        check_int(name, size)
 
 
 def softmax_weights(q, k, *, causal, mask, scale, rows=slice(None), end=None):

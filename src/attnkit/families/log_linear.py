@@ -17,7 +17,8 @@ from ..kernels import log_linear
 from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
-from .linear_pipeline import CAUSAL_ONLY, check_input, drop_state, step_from
+from ..validation import check_int, check_tensor
+from .linear_pipeline import CAUSAL_ONLY, drop_state, step_from
 
 PAPER = "Log-Linear Attention"
 KERNELS = {
@@ -38,13 +39,14 @@ def level_state(q, v, lam, initial_state, chunk_size):
     Returns ``(S0, start)``: the initial per-level states ``(B, H, levels, Dk, Dv)`` (or None)
     and the absolute position of the first new token.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1 or chunk_size & (chunk_size - 1):
+    check_int("chunk_size", chunk_size)
+    if chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a positive power of two (chunks align with Fenwick levels), got {chunk_size!r}")
     if lam is None:
         raise ValueError("lam is required: (batch, heads, seq, levels) non-negative level weights")
     B, H, N, Dk = q.shape
     Lv = lam.shape[-1] if isinstance(lam, torch.Tensor) and lam.ndim == 4 else 0
-    check_input("lam", lam, (B, H, N, Lv), q, "(batch, heads, seq, levels) level weights")
+    check_tensor("lam", lam, (B, H, N, Lv), q, what="(batch, heads, seq, levels) level weights")
     state = expect_state(initial_state, ("S",), {"S": (B, H, Lv, Dk, v.shape[-1])}, q)
     start = initial_state.length if initial_state is not None else 0
     if Lv < levels_for(start + N):
@@ -63,7 +65,7 @@ def _make(kind):
         B, H, N, Dk = q.shape
         if g is None:
             raise ValueError("g is required: (batch, heads, seq) log decays <= 0")
-        check_input("g", g, (B, H, N), q, "(batch, heads, seq) log decays")
+        check_tensor("g", g, (B, H, N), q, what="(batch, heads, seq) log decays")
         S0, start = level_state(q, v, lam, initial_state, chunk_size)
         kw = {"chunk_size": chunk_size} if kind == "chunked" else {}
         out, S = kernel(q * scale, repeat_kv(k, H), repeat_kv(v, H), g, lam, start=start, S0=S0, **kw)

@@ -19,15 +19,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .linear_pipeline import CAUSAL_ONLY, check_input, register_linear_mechanism
+from ..validation import check_tensor
+from .linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
 
 PAPER = "Transformers are SSMs: Generalized Models and Efficient Algorithms Through Structured State Space Duality"
 
 
 def ssd_features(q, k, v, *, scale, dt, A):
     B, H, N, _ = q.shape
-    check_input("dt", dt, (B, H, N), q, "(batch, heads, seq) step sizes")
-    check_input("A", A, (H,), q, "(heads,) negative decay rates")
+    check_tensor("dt", dt, (B, H, N), q, what="(batch, heads, seq) step sizes")
+    check_tensor("A", A, (H,), q, what="(heads,) negative decay rates")
     return q * scale, k * dt[..., None], v, dt * A[None, :, None]
 
 

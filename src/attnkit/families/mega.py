@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from .. import registry
 from ..reference import materialised_attention
 from ..scores.normalisers import SOFTMAX, Normaliser
-from ..scores.tensor_checks import check_int
+from ..validation import check_int
 from ..scores.user_mask import allowed_by
 from .score_pipeline import register_score_mechanism
 

@@ -29,6 +29,7 @@ from torch import nn
 from ..kernels.nha_chunked import NHAState, initial_state, nha_chunks
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
+from ..validation import check_float, check_int
 
 PAPER = "Native Hybrid Attention for Efficient Sequence Modeling"
 FEATURES = {"swish": F.silu, "identity": lambda x: x}
@@ -48,12 +49,9 @@ def _check(q, k, slot_gate, window, feature_map, chunk, gate_normalizer) -> None
                          f"got {tuple(slot_gate.shape)}")
     if slot_gate.dtype != q.dtype:
         raise TypeError(f"slot_gate has dtype {slot_gate.dtype} but q has {q.dtype}; expected the same dtype")
-    if isinstance(gate_normalizer, bool) or not isinstance(gate_normalizer, (int, float)) or not gate_normalizer > 0:
-        raise ValueError(f"gate_normalizer must be a positive number, got {gate_normalizer!r}")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
-        raise ValueError(f"window must be an int >= 0 (0 = slots only), got {window!r}")
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    check_float("gate_normalizer", gate_normalizer, positive=True)
+    check_int("window", window, minimum=0)
+    check_int("chunk", chunk)
     if feature_map not in FEATURES:
         raise ValueError(f"feature_map must be one of {sorted(FEATURES)}, got {feature_map!r}")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..scores.normalisers import Normaliser
-from ..scores.tensor_checks import check_float, check_tensor
+from ..validation import check_float, check_tensor
 from .score_pipeline import register_score_mechanism
 
 

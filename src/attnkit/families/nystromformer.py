@@ -20,6 +20,7 @@ import torch
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
 from .agent import agent_tokens
+from ..validation import check_int
 
 PAPER = "Nyströmformer: A Nyström-Based Algorithm for Approximating Self-Attention"
 
@@ -37,10 +38,8 @@ def iterative_pinv(a: torch.Tensor, iterations: int) -> torch.Tensor:
 
 
 def _parts(q, k, v, scale, landmarks, iterations):
-    if isinstance(landmarks, bool) or not isinstance(landmarks, int) or landmarks < 1:
-        raise ValueError(f"landmarks must be a positive int, got {landmarks!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
+    check_int("landmarks", landmarks)
+    check_int("iterations", iterations, minimum=0)
     H = q.shape[1]
     k, v = repeat_kv(k, H), repeat_kv(v, H)
     m = min(landmarks, q.shape[2], k.shape[2])

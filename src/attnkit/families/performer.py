@@ -18,7 +18,8 @@ import math
 
 import torch
 
-from .linear_pipeline import check_input, register_linear_mechanism
+from ..validation import check_tensor
+from .linear_pipeline import register_linear_mechanism
 
 PAPER = "Rethinking Attention with Performers"
 
@@ -51,7 +52,7 @@ def performer_prepare(q, k, v, *, scale, seed, features=None):
         features = draw_features(default_feature_count(D), D, seed, q.dtype)
     else:
         m = features.shape[0] if isinstance(features, torch.Tensor) and features.ndim == 2 else -1
-        check_input("features", features, (m, D), q, "(num_features, head_dim) random directions")
+        check_tensor("features", features, (m, D), q, what="(num_features, head_dim) random directions")
     root = scale**0.5
     return favor_features(q * root, features), favor_features(k * root, features), v, None
 

@@ -16,7 +16,8 @@ from ..kernels import rat
 from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
-from .linear_pipeline import CAUSAL_ONLY, check_input, drop_state, step_from
+from ..validation import check_int, check_tensor
+from .linear_pipeline import CAUSAL_ONLY, drop_state, step_from
 
 PAPER = "RAT: Bridging RNN Efficiency and Attention Accuracy in Language Modeling"
 KERNELS = {"parallel": rat.rat_parallel, "chunked": rat.rat_chunked, "recurrent": rat.rat_recurrent}
@@ -30,14 +31,13 @@ def _make(kind):
     def form(q, k, v, *, causal, scale, initial_state=None, g=None, chunk_size=16):
         if not causal:
             raise ValueError("RAT is a causal recurrence; pass causal=True")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        check_int("chunk_size", chunk_size)
         B, H, N, D = q.shape
         if v.shape[-1] != D:
             raise ValueError(f"v has head_dim {v.shape[-1]} but q has {D}; RAT's gate is shared by k and v")
         if g is None:
             raise ValueError("g is required: the (batch, heads, seq, head_dim) forget gates in (0, 1)")
-        check_input("g", g, (B, H, N, D), q, "(batch, heads, seq, head_dim) forget gates")
+        check_tensor("g", g, (B, H, N, D), q, what="(batch, heads, seq, head_dim) forget gates")
         start = initial_state.length if initial_state is not None else 0
         shapes = {"k_end": (B, H, start // chunk_size, D), "v_end": (B, H, start // chunk_size, D),
                   "k_cur": (B, H, D), "v_cur": (B, H, D)}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.dense import sdpa_attention
-from ..scores.tensor_checks import check_tensor
+from ..validation import check_tensor
 from .score_pipeline import register_score_mechanism
 
 

@@ -18,7 +18,7 @@ import math
 import torch
 
 from ..scores.normalisers import Normaliser
-from ..scores.tensor_checks import check_int
+from ..validation import check_int
 from .score_pipeline import register_score_mechanism
 
 SIGMOID = Normaliser("sigmoid", "sum", phi=torch.sigmoid)

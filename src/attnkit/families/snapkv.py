@@ -26,15 +26,13 @@ from ..kernels.dense import sdpa_attention
 from ..kernels.positions import causal_mask, repeat_kv
 from ..reference import materialised_attention
 from ..registry import MechanismSpec, register
+from ..validation import check_int
 
 
 def _check(prompt, capacity, window, kernel):
     for name, value, least in (("prompt", prompt, 0), ("capacity", capacity, 2), ("window", window, 1),
                                ("kernel", kernel, 1)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value < least:
-            raise ValueError(f"{name} must be >= {least}, got {value}")
+        check_int(name, value, minimum=least)
     if window >= capacity:
         raise ValueError(f"window must be < capacity (the window's keys are part of it), got {window} >= {capacity}")
     if kernel % 2 == 0:

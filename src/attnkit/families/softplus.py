@@ -33,7 +33,7 @@ from ..kernels.chunked import chunked_attention
 from ..kernels.positions import causal_mask, query_positions, repeat_kv
 from ..registry import ALL_PATTERNS, MechanismSpec, register
 from ..scores.normalisers import SOFTMAX, Normaliser
-from ..scores.tensor_checks import check_float
+from ..validation import check_float
 from ..scores.user_mask import allowed_by, apply_mask
 from ..state import kv_cache_step
 from .score_pipeline import CHUNK_PARAMS, register_score_mechanism

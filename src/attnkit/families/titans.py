@@ -21,7 +21,8 @@ from ..kernels import titans
 from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
-from .linear_pipeline import CAUSAL_ONLY, check_input, drop_state, step_from
+from ..validation import check_int, check_tensor
+from .linear_pipeline import CAUSAL_ONLY, drop_state, step_from
 
 PAPER = "Titans: Learning to Memorize at Test Time"
 KERNELS = {"parallel": titans.titans_parallel, "chunked": titans.titans_chunked, "recurrent": titans.titans_recurrent}
@@ -36,8 +37,7 @@ def _make(kind):
              chunk_size=16, qk_l2norm=True):
         if not causal:
             raise ValueError("the Titans memory is a causal recurrence; pass causal=True")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        check_int("chunk_size", chunk_size)
         B, H, N, Dk = q.shape
         Dv = v.shape[-1]
         gates = {"theta": theta, "eta": eta, "alpha": alpha}
@@ -45,10 +45,10 @@ def _make(kind):
             if t is None:
                 raise ValueError(f"{name} is required: see attnkit.spec('titans').summary")
         for name, t in gates.items():
-            check_input(name, t, (B, H, N), q, "(batch, heads, seq) values in (0, 1)")
+            check_tensor(name, t, (B, H, N), q, what="(batch, heads, seq) values in (0, 1)")
         hidden = w1.shape[-1] if isinstance(w1, torch.Tensor) and w1.ndim == 3 else 0
-        check_input("w1", w1, (H, Dk, hidden), q, "(heads, head_dim, hidden) initial memory weights")
-        check_input("w2", w2, (H, hidden, Dv), q, "(heads, hidden, v_head_dim) initial memory weights")
+        check_tensor("w1", w1, (H, Dk, hidden), q, what="(heads, head_dim, hidden) initial memory weights")
+        check_tensor("w2", w2, (H, hidden, Dv), q, what="(heads, hidden, v_head_dim) initial memory weights")
         shapes = {n: (B, H, Dk, hidden) if n in ("W1", "S1", "W1s") else (B, H, hidden, Dv) for n in NAMES}
         state = expect_state(initial_state, NAMES, shapes, q)
         start = initial_state.length if initial_state is not None else 0

@@ -14,6 +14,13 @@ Softmax without a score modifier — the fast path — is a custom autograd
 function with FlashAttention-2's backward: the forward keeps only the output
 and the row log-sum-exp, and the backward recomputes each tile's probabilities
 and accumulates dQ per item and dK/dV with ``index_add_``. Memory is O(N).
+In ``dS = P * (dP - delta)``, ``delta`` is a row's ``rowsum(P * dP)`` computed
+from the same ``P`` and ``dP`` when the row's tiles fit in one step, so that it
+cancels ``dP`` exactly where one key takes all the weight (a row of a short
+cross-attention that sees one key gets dS = 0, as the reference does, rather
+than float32 noise summed over every such row into dK); only rows swept in
+several steps use FlashAttention-2's ``rowsum(dO * O)``, equal in exact
+arithmetic but rounded differently from ``dP``.
 Score modifiers and other normalisers (:mod:`attnkit.scores`) take the general
 path: each group is a differentiable function checkpointed by
 ``torch.utils.checkpoint`` (recomputed in the backward), also O(N).
@@ -127,7 +134,7 @@ class _BlockSparseSoftmax(torch.autograd.Function):
         geo = ctx.geo
         kb, vb = _blocks(k, geo.bk), _blocks(v, geo.bk)
         dob = _blocks(grad_out.contiguous(), geo.bq)
-        delta = (dob * out).sum(-1)  # rowsum(dO * O), per query
+        delta = (dob * out).sum(-1)  # rowsum(dO * O), per query: for rows swept in several steps
         dq, dk, dv = torch.zeros_like(qs), torch.zeros_like(kb), torch.zeros_like(vb)
         bias, ws = _bias_table(ctx.layout, qs.dtype), _Workspace(qs)
         for grp in ctx.groups:
@@ -214,7 +221,7 @@ def _backward_group(qs, kb, vb, dob, lse, delta, dq, dk, dv, grp, bias, geo, ws)
     qg = _gather_into(ws, "q", qs, grp.q_index, rows).mul_(geo.q_scale)
     dog = _gather_into(ws, "do", dob, grp.q_index, rows)
     lse_g = lse.index_select(0, grp.q_index.flatten()).view(-1, rows, 1)
-    delta_g = delta.index_select(0, grp.q_index.flatten()).view(-1, rows, 1)
+    delta_g = delta.index_select(0, grp.q_index.flatten()).view(-1, rows, 1) if T > grp.chunk else None
     dqg = torch.zeros_like(qg)
     for c0 in range(0, T, grp.chunk):
         c1 = min(T, c0 + grp.chunk)
@@ -224,6 +231,8 @@ def _backward_group(qs, kb, vb, dob, lse, delta, dq, dk, dv, grp, bias, geo, ws)
         index = grp.kv_index[:, :, c0:c1].flatten()
         dv.index_add_(0, index, torch.bmm(p.transpose(1, 2), dog).view(-1, geo.bk, geo.Dv))
         dp = torch.bmm(dog, vg.transpose(1, 2), out=ws.get("dp", p.shape))
+        if T <= grp.chunk:  # the whole row is here: its rowsum(P * dP), as the reference's softmax backward
+            delta_g = torch.mul(p, dp, out=ws.get("p_dp", p.shape)).sum(-1, keepdim=True)
         ds = p.mul_(dp.sub_(delta_g))
         dqg.baddbmm_(ds, kg)
         dk.index_add_(0, index, torch.bmm(ds.transpose(1, 2), qg).view(-1, geo.bk, geo.D))

@@ -36,6 +36,7 @@ from __future__ import annotations
 import torch
 
 from .positions import repeat_kv
+from ..validation import check_int
 
 
 class EvictionCache:
@@ -50,10 +51,7 @@ class EvictionCache:
 
 def check_budget(heavy: int, recent: int, start: int) -> None:
     for name, value in (("heavy", heavy), ("recent", recent), ("start", start)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+        check_int(name, value, minimum=0)
     if heavy + recent < 1:
         raise ValueError(f"heavy + recent is the cache budget and must be >= 1, got heavy={heavy}, recent={recent}")
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .linear_scan import pass_state
+from ..validation import check_int
 
 
 # Sub-chunk length: the exact per-channel (c, c, Dk) tensor costs c Dk per token and the
@@ -47,12 +48,11 @@ def gla_chunked(q, k, v, g, S0, *, causal: bool, chunk_size: int, sub_chunk_size
     """
     if not causal:
         raise ValueError("GLA's gated recurrence is only defined causally; pass causal=True")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_int("chunk_size", chunk_size)
     if sub_chunk_size is None:
         sub_chunk_size = math.gcd(chunk_size, SUB_CHUNK)
-    if isinstance(sub_chunk_size, bool) or not isinstance(sub_chunk_size, int) or sub_chunk_size < 1 \
-            or chunk_size % sub_chunk_size:
+    check_int("sub_chunk_size", sub_chunk_size)
+    if chunk_size % sub_chunk_size:
         raise ValueError(
             f"sub_chunk_size must be a positive int dividing chunk_size={chunk_size}, got {sub_chunk_size!r}"
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .base import MaskMod, and_masks, causal_mask, or_masks
+from ..validation import check_int
 
 
 def lengths_to_ids(lengths, device=None) -> torch.Tensor:
@@ -124,8 +125,7 @@ def shared_question(ids: torch.Tensor) -> MaskMod:
 
 def block_causal(block: int) -> MaskMod:
     """Bidirectional inside chunks of ``block`` tokens, causal across chunks."""
-    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-        raise ValueError(f"block must be an integer >= 1, got {block!r}")
+    check_int("block", block)
 
     def tiles(b, h, q_lo, q_hi, k_lo, k_hi):
         return k_lo // block <= q_hi // block, k_hi // block <= q_lo // block

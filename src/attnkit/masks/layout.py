@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .base import MaskMod
+from ..validation import check_int
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 
@@ -97,8 +98,7 @@ def build_layout(mask: MaskMod, *, batch: int, heads: int, q_len: int, kv_len: i
                  block_q: int = 128, block_k: int = 128, device=None) -> BlockLayout:
     """Classify every ``block_q x block_k`` tile of ``mask`` for the given sizes."""
     for name, value in (("block_q", block_q), ("block_k", block_k)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_int(name, value)
     nq, nk = -(-q_len // block_q), -(-kv_len // block_k)
     offset = kv_len - q_len
     rows = torch.arange(nq, device=device)

@@ -30,13 +30,14 @@ import math
 import torch
 
 from .base import MaskMod
+from ..validation import check_int
 
 
 def _tuple(name, value, dims, minimum=1):
     t = (value,) * dims if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
-    if len(t) != dims or any(isinstance(x, bool) or not isinstance(x, int) or x < minimum for x in t):
+    if len(t) != dims:
         raise ValueError(f"{name} must be an integer >= {minimum} or {dims} of them, got {value!r}")
-    return t
+    return tuple(check_int(name, x, minimum=minimum) for x in t)
 
 
 class Grid:

@@ -21,12 +21,11 @@ from __future__ import annotations
 import torch
 
 from .base import MaskMod, or_masks
+from ..validation import check_int
 
 
 def _check_int(name: str, value, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return check_int(name, value, minimum=minimum)
 
 
 def _distance_tiles(left, right):

@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .. import registry
+from ..validation import check_int
 
 
 @dataclass
@@ -33,9 +34,7 @@ class ModelConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "dim", "heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, getattr(self, name))
         if not isinstance(self.schedule, str) or not self.schedule:
             raise ValueError(f"schedule must be a non-empty string of layer letters (e.g. 'LLLF'), got {self.schedule!r}")
         if not isinstance(self.mixers, dict):

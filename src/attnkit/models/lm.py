@@ -13,6 +13,7 @@ from torch import nn
 
 from .blocks import Block
 from .config import ModelConfig
+from ..validation import check_int
 
 
 class DecoderLM(nn.Module):
@@ -58,8 +59,7 @@ class DecoderLM(nn.Module):
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Continue ``prompt (B, N)`` by ``max_new_tokens``; greedy when ``temperature == 0``."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        check_int("max_new_tokens", max_new_tokens, minimum=0)
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         out = prompt

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..api import attention
-from .checks import check_positive_int, check_tokens
+from ..validation import check_int, check_tokens
 from .token_conv import TokenConv
 
 BLOCK_BIAS = 7  # the learned block bias maps are 7 x 7, resized to the grid
@@ -51,10 +51,10 @@ class AgentAttention(nn.Module):
     def __init__(self, dim: int, heads: int, grid: tuple[int, int], *, agents: int = 49, kernel_size: int = 3,
                  qkv_bias: bool = True, reduction: int = 1, class_token: bool = False):
         super().__init__()
-        check_positive_int("dim", dim)
-        check_positive_int("heads", heads)
-        check_positive_int("agents", agents)
-        check_positive_int("reduction", reduction)
+        check_int("dim", dim)
+        check_int("heads", heads)
+        check_int("agents", agents)
+        check_int("reduction", reduction)
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
         side = math.isqrt(agents)

@@ -28,8 +28,7 @@ from torch import nn
 from .. import registry
 from ..api import attention
 from ..positional import RoPE
-from ..validation import check_params
-from .checks import check_positive_int, check_tokens
+from ..validation import check_int, check_params, check_tokens
 
 
 class CrossAttentionCache:
@@ -56,19 +55,19 @@ class Attention(nn.Module):
         **mechanism_params,
     ):
         super().__init__()
-        check_positive_int("dim", dim)
-        check_positive_int("heads", heads)
+        check_int("dim", dim)
+        check_int("heads", heads)
         kv_heads = heads if kv_heads is None else kv_heads
-        check_positive_int("kv_heads", kv_heads)
+        check_int("kv_heads", kv_heads)
         if heads % kv_heads:
             raise ValueError(f"kv_heads={kv_heads} must divide heads={heads} (each kv head serves heads // kv_heads queries)")
         if head_dim is None:
             if dim % heads:
                 raise ValueError(f"dim={dim} is not divisible by heads={heads}; pass head_dim explicitly")
             head_dim = dim // heads
-        check_positive_int("head_dim", head_dim)
+        check_int("head_dim", head_dim)
         context_dim = dim if context_dim is None else context_dim
-        check_positive_int("context_dim", context_dim)
+        check_int("context_dim", context_dim)
         self.spec = registry.get(mechanism)
         names = set(self.spec.tensor_names)
         self.mechanism_params = dict(check_params(self.spec, {k: v for k, v in mechanism_params.items() if k not in names}))

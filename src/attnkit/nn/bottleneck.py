@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .attention import Attention
-from .checks import check_positive_int, check_tokens
+from ..validation import check_int, check_tokens
 
 
 def _mlp(dim: int, hidden: int) -> nn.Sequential:
@@ -39,7 +39,7 @@ def _padding(mask, inputs):
 class PoolingByMultiheadAttention(nn.Module):
     def __init__(self, dim: int, heads: int, seeds: int = 1, *, mechanism: str = "softmax", **mechanism_params):
         super().__init__()
-        check_positive_int("seeds", seeds)
+        check_int("seeds", seeds)
         self.dim = dim
         self.seeds = nn.Parameter(torch.randn(1, seeds, dim) * dim ** -0.5)
         self.rff_in = _mlp(dim, dim)  # the rFF applied to the set before pooling
@@ -61,7 +61,7 @@ class PerceiverEncoder(nn.Module):
                  **mechanism_params):
         super().__init__()
         for name, value in (("num_latents", num_latents), ("latent_layers", latent_layers), ("iterations", iterations)):
-            check_positive_int(name, value)
+            check_int(name, value)
         self.input_dim, self.iterations = input_dim, iterations
         self.latents = nn.Parameter(torch.randn(1, num_latents, latent_dim) * latent_dim ** -0.5)
         self.cross_norm, self.input_norm = nn.LayerNorm(latent_dim), nn.LayerNorm(input_dim)

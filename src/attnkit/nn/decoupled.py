@@ -17,7 +17,7 @@ from torch import nn
 
 from ..api import attention
 from .attention import Attention
-from .checks import check_tokens
+from ..validation import check_tokens
 
 
 class DecoupledCrossAttention(nn.Module):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..api import attention
-from .checks import check_positive_int, check_tokens
+from ..validation import check_int, check_tokens
 from .token_conv import TokenConv
 
 
@@ -43,8 +43,8 @@ class FocusedLinearAttention(nn.Module):
                  focusing_factor: float = 3.0, qkv_bias: bool = False, chunk_size: int = 64,
                  positions: int | None = None):
         super().__init__()
-        check_positive_int("dim", dim)
-        check_positive_int("heads", heads)
+        check_int("dim", dim)
+        check_int("heads", heads)
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads
@@ -54,7 +54,7 @@ class FocusedLinearAttention(nn.Module):
         self.dwc = TokenConv(self.head_dim, kernel_size, grid)
         self.proj = nn.Linear(dim, dim)
         if positions is not None:
-            check_positive_int("positions", positions)
+            check_int("positions", positions)
         self.key_positions = None if positions is None else nn.Parameter(torch.zeros(1, positions, dim))
 
     def forward(self, x: torch.Tensor, *, causal: bool = False, state: FLattenState | None = None,

@@ -20,7 +20,7 @@ import torch
 
 from ..api import attention
 from .attention import Attention
-from .checks import check_tokens
+from ..validation import check_tokens
 
 
 def allocate_queries(norms: torch.Tensor, heads: int, *, min_max: bool) -> list[int]:

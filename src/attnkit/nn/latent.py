@@ -31,8 +31,7 @@ from torch import nn
 from .. import registry
 from ..api import attention
 from ..positional import RoPE
-from ..validation import check_params
-from .checks import check_positive_int, check_tokens
+from ..validation import check_int, check_params, check_tokens
 
 
 class LatentCache:
@@ -77,9 +76,9 @@ class MultiHeadLatentAttention(nn.Module):
         super().__init__()
         for name, value in (("dim", dim), ("heads", heads), ("head_dim", head_dim), ("kv_latent", kv_latent),
                             ("rope_dim", rope_dim)):
-            check_positive_int(name, value)
+            check_int(name, value)
         if q_latent is not None:
-            check_positive_int("q_latent", q_latent)
+            check_int("q_latent", q_latent)
         if rope_dim % 2:
             raise ValueError(f"rope_dim must be even (RoPE rotates pairs), got {rope_dim}")
         spec = registry.get(mechanism)

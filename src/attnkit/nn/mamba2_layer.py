@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..api import attention
-from .checks import check_positive_int, check_tokens
+from ..validation import check_int, check_tokens
 from .linear_inputs import Mamba2Gate
 from .token_conv import TokenConv
 
@@ -44,7 +44,7 @@ class Mamba2Layer(nn.Module):
         super().__init__()
         for name, value in (("dim", dim), ("head_dim", head_dim), ("state_dim", state_dim), ("expand", expand),
                             ("conv_kernel", conv_kernel), ("chunk_size", chunk_size), ("groups", groups)):
-            check_positive_int(name, value)
+            check_int(name, value)
         inner = expand * dim
         if inner % head_dim:
             raise ValueError(f"expand * dim = {inner} must be a multiple of head_dim={head_dim}")

@@ -32,8 +32,7 @@ from torch import nn
 
 from .. import registry
 from ..api import attention
-from ..validation import check_params
-from .checks import check_positive_int, check_tokens
+from ..validation import check_int, check_params, check_tokens
 
 
 class MixtureOfAttentionHeads(nn.Module):
@@ -41,7 +40,7 @@ class MixtureOfAttentionHeads(nn.Module):
                  **mechanism_params):
         super().__init__()
         for name, value in (("dim", dim), ("experts", experts), ("top_k", top_k), ("head_dim", head_dim)):
-            check_positive_int(name, value)
+            check_int(name, value)
         if top_k > experts:
             raise ValueError(f"top_k={top_k} exceeds experts={experts}")
         spec = registry.get(mechanism)

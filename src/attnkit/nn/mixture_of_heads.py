@@ -25,17 +25,18 @@ import torch
 from torch import nn
 
 from .attention import Attention
-from .checks import check_positive_int
+from ..validation import check_int
 
 
 class MixtureOfHeads(Attention):
     def __init__(self, dim: int, heads: int, *, shared_heads: int, active_heads: int, **kwargs):
         super().__init__(dim, heads, **kwargs)
-        if isinstance(shared_heads, bool) or not isinstance(shared_heads, int) or not 0 <= shared_heads <= heads:
+        check_int("shared_heads", shared_heads, minimum=0)
+        if shared_heads > heads:
             raise ValueError(f"shared_heads must be an int in [0, heads={heads}], got {shared_heads!r}")
         routed = heads - shared_heads
         if routed:
-            check_positive_int("active_heads", active_heads)
+            check_int("active_heads", active_heads)
             if active_heads > routed:
                 raise ValueError(f"active_heads={active_heads} exceeds the {routed} routed heads (heads - shared_heads)")
         self.shared_heads, self.active_heads = shared_heads, active_heads if routed else 0

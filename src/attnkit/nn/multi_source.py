@@ -27,7 +27,7 @@ from torch import nn
 
 from ..api import attention
 from .attention import Attention
-from .checks import check_positive_int, check_tokens
+from ..validation import check_int, check_tokens
 
 STRATEGIES = ("serial", "parallel", "flat", "hierarchical")
 
@@ -42,7 +42,7 @@ class MultiSourceCrossAttention(nn.Module):
         if not source_dims:
             raise ValueError("source_dims must name the width of at least one source")
         for i, d in enumerate(source_dims):
-            check_positive_int(f"source_dims[{i}]", d)
+            check_int(f"source_dims[{i}]", d)
         self.strategy, self.source_dims, self.dim = strategy, source_dims, dim
         self.sources = nn.ModuleList(
             Attention(dim, heads, context_dim=d, mechanism=mechanism, bias=bias, **mechanism_params) for d in source_dims

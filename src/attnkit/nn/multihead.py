@@ -18,8 +18,7 @@ from torch import nn
 from .. import registry
 from ..api import attention
 from ..scores.normalisers import SOFTMAX
-from ..validation import check_params
-from .checks import check_positive_int
+from ..validation import check_int, check_params
 
 
 class MultiheadAttention(nn.Module):
@@ -27,8 +26,8 @@ class MultiheadAttention(nn.Module):
                  kdim=None, vdim=None, batch_first=False, device=None, dtype=None, *, mechanism="softmax",
                  **mechanism_params):
         super().__init__()
-        check_positive_int("embed_dim", embed_dim)
-        check_positive_int("num_heads", num_heads)
+        check_int("embed_dim", embed_dim)
+        check_int("num_heads", num_heads)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
         if not 0.0 <= dropout < 1.0:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..api import attention
-from .checks import check_positive_int, check_tokens
+from ..validation import check_int, check_tokens
 
 
 class NystromAttention(nn.Module):
@@ -27,12 +27,12 @@ class NystromAttention(nn.Module):
     def __init__(self, dim: int, heads: int, *, landmarks: int = 64, iterations: int = 6,
                  conv_kernel: int | None = 33, qkv_bias: bool = False):
         super().__init__()
-        check_positive_int("dim", dim)
-        check_positive_int("heads", heads)
+        check_int("dim", dim)
+        check_int("heads", heads)
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
         if conv_kernel is not None:
-            check_positive_int("conv_kernel", conv_kernel)
+            check_int("conv_kernel", conv_kernel)
             if conv_kernel % 2 == 0:
                 raise ValueError(f"conv_kernel must be odd (a centred skip convolution), got {conv_kernel}")
         self.dim, self.heads = dim, heads

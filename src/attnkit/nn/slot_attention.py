@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .checks import check_positive_int, check_tokens
+from ..validation import check_int, check_tokens
 
 
 class SlotAttention(nn.Module):
@@ -32,7 +32,7 @@ class SlotAttention(nn.Module):
         input_dim = dim if input_dim is None else input_dim
         for name, value in (("num_slots", num_slots), ("dim", dim), ("input_dim", input_dim), ("iters", iters),
                             ("hidden_dim", hidden_dim)):
-            check_positive_int(name, value)
+            check_int(name, value)
         self.num_slots, self.dim, self.input_dim, self.iters, self.eps = num_slots, dim, input_dim, iters, eps
         self.slots_mu = nn.Parameter(torch.randn(1, 1, dim) * dim ** -0.5)
         self.slots_log_sigma = nn.Parameter(torch.zeros(1, 1, dim))

@@ -18,19 +18,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_positive_int
+from ..validation import check_int
 
 
 class TokenConv(nn.Module):
     def __init__(self, channels: int, kernel_size: int, grid: tuple[int, int] | None = None):
         super().__init__()
-        check_positive_int("channels", channels)
-        check_positive_int("kernel_size", kernel_size)
+        check_int("channels", channels)
+        check_int("kernel_size", kernel_size)
         if grid is not None:
             if not (isinstance(grid, tuple) and len(grid) == 2):
                 raise TypeError(f"grid must be None or a tuple (height, width), got {grid!r}")
             for name, side in zip(("grid height", "grid width"), grid):
-                check_positive_int(name, side)
+                check_int(name, side)
         self.channels, self.kernel_size, self.grid = channels, kernel_size, grid
         shape = (channels, 1, kernel_size) if grid is None else (channels, 1, kernel_size, kernel_size)
         fan_in = kernel_size if grid is None else kernel_size**2

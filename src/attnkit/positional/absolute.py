@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from ..validation import check_int
 
 
 def sinusoidal_embedding(positions: torch.Tensor, dim: int, *, base: float = 10000.0, dtype=torch.float32) -> torch.Tensor:
     """``(len(positions), dim)`` sinusoidal embeddings (dim even), computed in float64 then cast."""
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2 or dim % 2:
+    check_int("dim", dim, minimum=2)
+    if dim % 2:
         raise ValueError(f"dim must be an even int >= 2, got {dim!r}")
     if not isinstance(positions, torch.Tensor) or positions.ndim != 1:
         raise ValueError("positions must be a 1-D integer tensor of token positions")

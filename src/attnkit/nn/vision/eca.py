@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn as nn
 
-from ._checks import check_feature_map, check_int
+from ...validation import check_feature_map, check_int
 
 
 def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:

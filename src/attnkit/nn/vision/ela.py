@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._checks import check_divides, check_feature_map, check_int
+from ...validation import check_divides, check_feature_map, check_int
 
 
 class EfficientLocalAttention(nn.Module):

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...api import attention
-from ._checks import check_feature_map, check_grid, check_int
+from ...validation import check_feature_map, check_grid, check_int
 
 
 def _offsets(block: int, halo: int) -> torch.Tensor:

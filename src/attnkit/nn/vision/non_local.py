@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...api import attention
-from ._checks import check_feature_map, check_int
+from ...validation import check_feature_map, check_int
 
 
 class NonLocalBlock(nn.Module):

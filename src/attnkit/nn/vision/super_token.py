@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...api import attention
-from ._checks import check_divides, check_feature_map, check_grid, check_int
+from ...validation import check_divides, check_feature_map, check_grid, check_int
 from ._vit import merge_heads, split_heads
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._checks import check_feature_map, check_int
+from ...validation import check_feature_map, check_int
 
 
 class _Gate(nn.Module):

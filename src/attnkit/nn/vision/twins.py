@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ...api import attention
-from ._checks import check_divides, check_feature_map, check_grid, check_int
+from ...validation import check_divides, check_feature_map, check_grid, check_int
 from ._vit import Mlp, merge_heads, split_heads, window_merge, window_partition
 
 

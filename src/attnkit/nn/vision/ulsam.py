@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._checks import check_divides, check_feature_map, check_int
+from ...validation import check_divides, check_feature_map, check_int
 
 
 class ULSAM(nn.Module):
