@@ -58,9 +58,9 @@ def ulysses_attention(q, k, v, mechanism: str = "softmax", *, group=None, layout
     lay = Layout(layout, g.size, n * g.size)
     if Hkv % g.size:
         k, v = (t.repeat_interleave(g.size // Hkv, dim=1) for t in (k, v))
-    qh, kh, vh = (unpermute(_SeqToHeads.apply(t, g), lay, 2) for t in (q, k, v))
+    qh, kh, vh = (unpermute(_AllToAll.apply(t, g, True), lay, 2) for t in (q, k, v))
     out = api.attention(qh, kh, vh, mechanism, causal=causal, **kwargs)
-    return _HeadsToSeq.apply(permute(out, lay, 2).contiguous(), g)
+    return _AllToAll.apply(permute(out, lay, 2).contiguous(), g, False)
 
 
 def seq_to_heads(x: torch.Tensor, g: Group) -> torch.Tensor:
@@ -81,23 +81,15 @@ def heads_to_seq(x: torch.Tensor, g: Group) -> torch.Tensor:
     return recv.transpose(0, 1).reshape(B, g.size * h, N // g.size, D)
 
 
-class _SeqToHeads(torch.autograd.Function):
+class _AllToAll(torch.autograd.Function):
+    """:func:`seq_to_heads` (``to_heads``) or :func:`heads_to_seq`; the backward is the other one."""
+
     @staticmethod
-    def forward(ctx, x, g):
-        ctx.g = g
-        return seq_to_heads(x, g)
+    def forward(ctx, x, g, to_heads: bool):
+        ctx.g, ctx.to_heads = g, to_heads
+        return seq_to_heads(x, g) if to_heads else heads_to_seq(x, g)
 
     @staticmethod
     def backward(ctx, grad):
-        return heads_to_seq(grad.contiguous(), ctx.g), None
-
-
-class _HeadsToSeq(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, g):
-        ctx.g = g
-        return heads_to_seq(x, g)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return seq_to_heads(grad.contiguous(), ctx.g), None
+        grad = grad.contiguous()
+        return (heads_to_seq(grad, ctx.g) if ctx.to_heads else seq_to_heads(grad, ctx.g)), None, None
