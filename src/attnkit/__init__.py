@@ -5,9 +5,10 @@
     attnkit.mechanisms()          # registered names
     attnkit.spec("alibi")         # paper, patterns, forms, params, FLOPs, state size
 """
-from . import nn, positional
+from . import cache, nn, positional
 from .api import attention, mechanisms, spec
+from .flex import flex_attention
 from .registry import PATTERNS, MechanismSpec, register
 
 __version__ = "0.1.0"
-__all__ = ["nn", "positional", "attention", "mechanisms", "spec", "register", "MechanismSpec", "PATTERNS", "__version__"]
+__all__ = ["cache", "nn", "positional", "attention", "flex_attention", "mechanisms", "spec", "register", "MechanismSpec", "PATTERNS", "__version__"]
