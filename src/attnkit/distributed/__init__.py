@@ -4,6 +4,8 @@
   zigzag load balancing, masks on global positions (causal, sliding window,
   documents) that skip empty blocks; forward and backward.
 - :func:`ulysses_attention`: all-to-all to head sharding, any mechanism, and back.
+- :func:`lasp2_attention`: linear, decayed and gated mechanisms with one all-gather of
+  per-rank memory states (LASP-2).
 - :class:`Sharding` / :class:`Layout`: cut q/k/v, document ids and RoPE positions
   into shards (zigzag or contiguous) and gather outputs back.
 - :func:`count_bytes`: bytes this rank sent inside a ``with`` block.
@@ -12,8 +14,9 @@ Launch with ``torchrun`` (NCCL on GPUs, gloo on CPU); every call is collective:
 all ranks of the group call it with equal shard shapes.
 """
 from .comm import PeerFailure, count_bytes
+from .lasp2 import lasp2_attention
 from .layout import Layout, Sharding
 from .ring import ring_attention
 from .ulysses import ulysses_attention
 
-__all__ = ["ring_attention", "ulysses_attention", "Layout", "Sharding", "count_bytes", "PeerFailure"]
+__all__ = ["ring_attention", "ulysses_attention", "lasp2_attention", "Layout", "Sharding", "count_bytes", "PeerFailure"]

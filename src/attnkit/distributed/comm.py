@@ -100,6 +100,14 @@ class Group:
         _count("all_gather", x.numel() * x.element_size() * (self.size - 1))
         return parts
 
+    def all_reduce(self, x: torch.Tensor, what: str) -> None:
+        """Sum ``x`` over the ranks, in place (counted as a ring all-reduce: 2 (P - 1) / P of its bytes)."""
+        try:
+            dist.all_reduce(x, group=self.group)
+        except RuntimeError as e:
+            raise self.fail(what, e) from e
+        _count("all_reduce", 2 * x.numel() * x.element_size() * (self.size - 1) // self.size)
+
     def agree(self, facts: list[int], names: list[str], device) -> None:
         """Refuse, on every rank alike, a call whose ``facts`` (shapes, settings) differ between ranks."""
         if self.size == 1:
