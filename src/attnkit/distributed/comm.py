@@ -72,13 +72,11 @@ class Group:
     def shift(self, tensors: list[torch.Tensor], what: str) -> "Pending":
         """Send ``tensors`` to the next rank and receive same-shaped ones from the previous, asynchronously."""
         nxt, prev = self.global_rank((self.rank + 1) % self.size), self.global_rank((self.rank - 1) % self.size)
+        tensors = [t.contiguous() for t in tensors]
         out = [torch.empty_like(t) for t in tensors]
-        ops = [dist.P2POp(dist.isend, t.contiguous(), nxt, self.group) for t in tensors]
+        ops = [dist.P2POp(dist.isend, t, nxt, self.group) for t in tensors]
         ops += [dist.P2POp(dist.irecv, t, prev, self.group) for t in out]
-        try:
-            requests = dist.batch_isend_irecv(ops)
-        except RuntimeError as e:
-            raise self.fail(what, e) from e
+        requests = dist.batch_isend_irecv(ops)  # posting fails only on bad arguments; transfers fail in wait
         _count("send", sum(t.numel() * t.element_size() for t in tensors))
         return Pending(self, requests, out, what)
 
@@ -92,9 +90,10 @@ class Group:
 
     def all_gather(self, x: torch.Tensor, what: str) -> list[torch.Tensor]:
         """Every rank's ``x`` (same shape everywhere), rank order."""
+        x = x.contiguous()
         parts = [torch.empty_like(x) for _ in range(self.size)]
         try:
-            dist.all_gather(parts, x.contiguous(), group=self.group)
+            dist.all_gather(parts, x, group=self.group)
         except RuntimeError as e:
             raise self.fail(what, e) from e
         _count("all_gather", x.numel() * x.element_size() * (self.size - 1))

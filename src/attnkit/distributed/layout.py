@@ -96,8 +96,9 @@ class Sharding:
     @torch.no_grad()
     def gather(self, x_local: torch.Tensor, dim: int = 2) -> torch.Tensor:
         """Every rank's shard put back in natural order, on every rank (not differentiable)."""
+        x_local = x_local.contiguous()
         parts = [torch.empty_like(x_local) for _ in range(self.layout.world_size)]
-        dist.all_gather(parts, x_local.contiguous(), group=self.group)
+        dist.all_gather(parts, x_local, group=self.group)
         return unpermute(torch.cat(parts, dim=dim), self.layout, dim)
 
 
