@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import torch
 
+from .params import Param
+
 PATTERNS = ("causal-self", "noncausal-self", "causal-cross", "noncausal-cross")
 ALL_PATTERNS = frozenset(PATTERNS)
 SELF_PATTERNS = frozenset({"causal-self", "noncausal-self"})
@@ -59,7 +61,9 @@ class MechanismSpec:
     ``fast`` maps form names to faster forms of the same function (the first one
     is the default). ``step`` is the incremental form; ``None`` means the
     mechanism cannot be run incrementally and the API refuses ``return_state``.
-    ``params`` are scalar parameters with their defaults; ``tensor_inputs``
+    ``params`` declares the scalar parameters, ``{name: Param(default, type, doc,
+    range...)}`` (:mod:`attnkit.params`): the API checks values against it and
+    ``spec.defaults`` holds the defaults; ``tensor_inputs``
     makes the extra tensors a mechanism takes (gates, learned tables) so tests
     and benchmarks can call it.  ``tensor_inputs_per_token`` names those that
     are laid out per token ``(B, H, N, ...)`` along the query/key sequence, so
@@ -78,7 +82,7 @@ class MechanismSpec:
     reference: Form
     fast: dict[str, Form]
     step: Step | None = None
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Param] = field(default_factory=dict)
     tensor_inputs: TensorInputs | None = None
     tensor_inputs_per_token: tuple[str, ...] = ()
     supports_mask: bool = True
@@ -124,11 +128,16 @@ class MechanismSpec:
             "papers": list(self.papers),
             "patterns": [p for p in PATTERNS if p in self.patterns],
             "forms": list(self.forms),
-            "params": {k: v for k, v in self.params.items()},
+            "params": {n: {"default": p.default, "allowed": p.describe(), "doc": p.doc} for n, p in self.params.items()},
             "tensor_inputs": list(self.tensor_names),
             "complexity": self.complexity,
             "summary": self.summary,
         }
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """``{name: default}`` of the declared parameters."""
+        return self.extra["_defaults"]
 
     @property
     def tensor_names(self) -> tuple[str, ...]:
@@ -150,12 +159,28 @@ def register(spec: MechanismSpec) -> MechanismSpec:
     bad = set(spec.patterns) - ALL_PATTERNS
     if bad:
         raise ValueError(f"spec {spec.name!r}: unknown patterns {sorted(bad)}; expected a subset of {PATTERNS}")
+    _check_declarations(spec)
     if spec.tensor_inputs is not None:
         g = torch.Generator().manual_seed(0)
         x = torch.zeros(1, 2, 3, max(spec.min_head_dim, 8))
         spec.extra["_tensor_names"] = tuple(spec.tensor_inputs(x, x[:, :1], x[:, :1], g))
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def _check_declarations(spec: MechanismSpec) -> None:
+    """Every parameter is a :class:`Param` whose default it accepts."""
+    for name, p in spec.params.items():
+        if not isinstance(p, Param):
+            raise TypeError(f"spec {spec.name!r}: parameter {name!r} must be declared as attnkit.params.Param(default, "
+                            f"type, doc, ...), got {p!r}")
+        p.check(name, p.default)
+        if name in spec.test_params:
+            p.check(name, spec.test_params[name])
+    unknown = set(spec.test_params) - set(spec.params)
+    if unknown:
+        raise ValueError(f"spec {spec.name!r}: test_params {sorted(unknown)} are not declared parameters")
+    spec.extra["_defaults"] = {name: p.default for name, p in spec.params.items()}
 
 
 def get(name: str) -> MechanismSpec:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import torch
 
+from ..params import Param
 from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
@@ -154,7 +155,7 @@ register(
         reference=drop_state("aaren", FORMS["parallel"]),
         fast={name: drop_state("aaren", FORMS[name]) for name in ("chunked", "scan", "recurrent")},
         step=step_from(FORMS),
-        params={"chunk_size": 64},
+        params={"chunk_size": Param(64, int, "tokens per chunk of the chunked form", low=1)},
         supports_mask=False,
         flops=_flops,
         state_size=lambda batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params: (

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from ..params import Param
 from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..reference import materialised_attention
@@ -131,7 +132,8 @@ register(
         reference=drop_state("lln_diag", FORMS["parallel"]),
         fast={name: drop_state("lln_diag", FORMS[name]) for name in ("chunked", "recurrent")},
         step=step_from(FORMS),
-        params={"alpha": lln.DEFAULT_ALPHA, "beta": lln.DEFAULT_BETA, "block": None, "chunk_size": 64},
+        params={**lln.PARAMS, "block": Param(None, int, "block size of the block-diagonal softmax; None: the head dim", low=1, optional=True),
+                "chunk_size": Param(64, int, "tokens per chunk of the chunked form", low=1)},
         supports_mask=False,
         flops=_flops,
         state_size=lambda batch, heads, kv_heads, seq_len, head_dim, v_dim=None, block=None, **params: (

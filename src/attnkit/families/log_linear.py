@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..params import Param
 from ..kernels import log_linear
 from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
@@ -116,7 +117,7 @@ register(
         reference=drop_state("log_linear_mamba2", _FORMS["parallel"]),
         fast={"chunked": drop_state("log_linear_mamba2", _FORMS["chunked"]), "recurrent": drop_state("log_linear_mamba2", _FORMS["recurrent"])},
         step=step_from(_FORMS),
-        params={"chunk_size": 64},
+        params={"chunk_size": Param(64, int, 'tokens per chunk of the chunked form (a power of two)', low=1)},
         tensor_inputs=_inputs,
         tensor_inputs_per_token=("g", "lam"),
         supports_mask=False,

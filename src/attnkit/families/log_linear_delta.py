@@ -13,6 +13,7 @@ power of two) is an execution knob. Causal self-attention only.
 """
 from __future__ import annotations
 
+from ..params import Param
 from ..kernels import log_linear_delta
 from ..kernels.delta_rule import prepare
 from ..kernels.linear_state import RecurrentState
@@ -78,7 +79,8 @@ register(
             "recurrent": drop_state("log_linear_gated_deltanet", _FORMS["recurrent"]),
         },
         step=step_from(_FORMS),
-        params={"chunk_size": 64, "qk_l2norm": True},
+        params={"chunk_size": Param(64, int, 'tokens per chunk of the chunked form (a power of two)', low=1),
+                "qk_l2norm": Param(True, bool, 'l2-normalise q and k per head, as the paper does')},
         tensor_inputs=_inputs,
         tensor_inputs_per_token=("beta", "g", "lam"),
         supports_mask=False,

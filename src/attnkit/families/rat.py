@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..params import Param
 from ..kernels import rat
 from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
@@ -82,7 +83,7 @@ register(
         reference=drop_state("rat", _FORMS["parallel"]),
         fast={"chunked": drop_state("rat", _FORMS["chunked"]), "recurrent": drop_state("rat", _FORMS["recurrent"])},
         step=step_from(_FORMS),
-        params={"chunk_size": DEFAULT_CHUNK},
+        params={"chunk_size": Param(DEFAULT_CHUNK, int, "tokens per chunk (the recurrence runs inside, attention across chunks)", low=1)},
         tensor_inputs=_inputs,
         tensor_inputs_per_token=("g",),
         supports_mask=False,
