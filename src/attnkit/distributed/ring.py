@@ -28,7 +28,7 @@ from .layout import LAYOUTS, Layout
 
 def ring_attention(q, k, v, *, group=None, layout: str = "zigzag", causal: bool = False, window: int | None = None,
                    doc_ids: torch.Tensor | None = None, mask_mod=None, scale: float | None = None,
-                   overlap: bool = True, chunk: int = 256) -> torch.Tensor:
+                   overlap: bool = True, chunk: int = 128, kv_chunk: int = 256) -> torch.Tensor:
     """Softmax self-attention over a sequence sharded across ``group``; forward and backward.
 
     Args:
@@ -40,7 +40,8 @@ def ring_attention(q, k, v, *, group=None, layout: str = "zigzag", causal: bool 
             documents ``doc_ids (B or 1, N)`` (the whole sequence's ids, on every rank), any
             :class:`attnkit.masks.MaskMod`. All combine with "and".
         overlap: send the next block while computing (False: wait first; for measuring overlap).
-        chunk: query rows per score tile.
+        chunk / kv_chunk: query rows and keys per score tile (a tile holds ``chunk x kv_chunk`` scores
+            per head; tiles are merged like ring steps, and each is skipped when its mask is empty).
     Returns:
         this rank's output shard ``(B, H, N / P, Dv)``, in the dtype of ``q``.
     """
@@ -53,8 +54,9 @@ def ring_attention(q, k, v, *, group=None, layout: str = "zigzag", causal: bool 
         raise ValueError(f"q has {q.shape[1]} heads, not a multiple of k's {k.shape[1]} (GQA groups)")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+    for name, value in (("chunk", chunk), ("kv_chunk", kv_chunk)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     scale = check_scale(scale, q.shape[-1])
     B, H, n, D = q.shape
     g.agree([B, H, k.shape[1], n, D, v.shape[-1], LAYOUTS.index(layout), int(causal)],
@@ -66,14 +68,15 @@ def ring_attention(q, k, v, *, group=None, layout: str = "zigzag", causal: bool 
         raise ValueError(f"doc_ids must cover the whole sequence: shape (batch or 1, {lay.seq_len}), got "
                          f"{tuple(doc_ids.shape)}")
     mask = blocks.build_mask(causal=causal, window=window, doc_ids=doc_ids, mask_mod=mask_mod)
-    plan = _Plan(g, lay, mask, B, H, scale, chunk, q.device)
+    plan = _Plan(g, lay, mask, B, H, scale, chunk, q.device, kv_chunk)
     return _Ring.apply(q, k, v, plan, overlap)
 
 
 class _Plan:
     """Which block pairs each ring step computes, shared by forward and backward."""
 
-    def __init__(self, g: Group, lay: Layout, mask, batch: int, heads: int, scale: float, chunk: int, device):
+    def __init__(self, g: Group, lay: Layout, mask, batch: int, heads: int, scale: float, chunk: int, device,
+                 kv_chunk: int):
         self.g, self.lay = g, lay
         self.q_runs = lay.runs(g.rank)
         self.steps = []  # per step: list of (q slice, k slice, Block)
@@ -82,7 +85,7 @@ class _Plan:
             pairs, q_off = [], 0
             for q_run in self.q_runs:
                 k_off = 0
-                for k_run in lay.runs(src):
+                for k_run in _split(lay.runs(src), kv_chunk):
                     kind = blocks.classify(mask, q_run, k_run, batch, heads, device)
                     if kind != blocks.EMPTY:
                         q_pos = torch.arange(q_run[0], q_run[0] + q_run[1], device=device)
@@ -92,6 +95,11 @@ class _Plan:
                     k_off += k_run[1]
                 q_off += q_run[1]
             self.steps.append(pairs)
+
+
+def _split(runs, size: int):
+    """Runs cut into pieces of at most ``size`` positions."""
+    return [(s + i, min(size, n - i)) for s, n in runs for i in range(0, n, size)]
 
 
 class _Ring(torch.autograd.Function):
