@@ -6,6 +6,8 @@
 - :func:`ulysses_attention`: all-to-all to head sharding, any mechanism, and back.
 - :func:`lasp2_attention`: linear, decayed and gated mechanisms with one all-gather of
   per-rank memory states (LASP-2).
+- :func:`star_attention`: Star Attention (anchor-block context encoding, then the query over
+  every rank's context with a distributed softmax merge).
 - :class:`Sharding` / :class:`Layout`: cut q/k/v, document ids and RoPE positions
   into shards (zigzag or contiguous) and gather outputs back.
 - :func:`count_bytes`: bytes this rank sent inside a ``with`` block.
@@ -16,7 +18,8 @@ all ranks of the group call it with equal shard shapes.
 from .comm import PeerFailure, count_bytes
 from .lasp2 import lasp2_attention
 from .layout import Layout, Sharding
+from .star import star_attention
 from .ring import ring_attention
 from .ulysses import ulysses_attention
 
-__all__ = ["ring_attention", "ulysses_attention", "lasp2_attention", "Layout", "Sharding", "count_bytes", "PeerFailure"]
+__all__ = ["ring_attention", "ulysses_attention", "lasp2_attention", "star_attention", "Layout", "Sharding", "count_bytes", "PeerFailure"]
