@@ -11,7 +11,8 @@ from .spawn import run
 B, N, DIM = 1, 16, 32
 TOL = 1e-5
 CASES = [("softmax", "ring", {"rope": True, "kv_heads": 2}), ("softmax", "ulysses", {"kv_heads": 2}),
-         ("sliding_window", "ring", {"window": 3}), ("gla", "lasp2", {})]
+         ("sliding_window", "ring", {"window": 3}), ("gla", "lasp2", {}),
+         ("softmax", "allgather", {"rope": True, "kv_heads": 2})]
 
 
 def _layer(mechanism, extra, **cp):
@@ -60,3 +61,35 @@ def test_context_parallel_refusals():
         Attention(DIM, 4, strategy="ring")
     with pytest.raises(TypeError, match="ProcessGroup"):
         Attention(DIM, 4, context_parallel="nccl")
+
+
+def _hybrid(seed, **cp):
+    """LASP-2H: a linear layer (LASP-2) then a softmax layer (all-gather), one contiguous layout."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(Attention(DIM, 4, mechanism="linear", **({"strategy": "lasp2"} if cp else {}), **cp),
+                               Attention(DIM, 4, rope=True, **({"strategy": "allgather"} if cp else {}), **cp))
+
+
+def _stack(layers, x):
+    for layer in layers:
+        x = x + layer(x, causal=True)
+    return x
+
+
+def _hybrid_case(rank, world, x, dout, out, dx):
+    layers = _hybrid(0, context_parallel=True)
+    sh = Sharding(N, layout="contiguous")
+    xl = sh.shard(x, dim=1).requires_grad_()
+    _stack(layers, xl).backward(sh.shard(dout, dim=1))
+    for what, a, b in (("out", sh.gather(_stack(layers, xl).detach(), dim=1), out), ("dx", sh.gather(xl.grad, dim=1), dx)):
+        err = (a - b).abs().max().item()
+        assert err <= TOL, f"LASP-2H stack on {world} ranks: {what} differs by {err:.2e}"
+
+
+def test_lasp2h_hybrid_stack_matches_single_process():
+    layers = _hybrid(0)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(B, N, DIM, generator=g, requires_grad=True)
+    dout = torch.randn(B, N, DIM, generator=g)
+    _stack(layers, x).backward(dout)
+    run(2, _hybrid_case, x.detach(), dout, _stack(layers, x).detach(), x.grad)

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import torch.distributed as dist
 
+from .allgather import allgather_attention
 from .lasp2 import lasp2_attention
 from .layout import Layout
 from .ring import ring_attention
 from .ulysses import ulysses_attention
 
-STRATEGIES = ("ring", "ulysses", "lasp2")
+STRATEGIES = ("ring", "ulysses", "lasp2", "allgather")
 RING_MECHANISMS = ("softmax", "sliding_window")
 
 
@@ -16,7 +17,8 @@ class ContextParallel:
     """A strategy, a layout and a group; called with this rank's q, k, v shards.
 
     Default strategy: ``lasp2`` for mechanisms on the shared linear recurrence, ``ring`` for
-    softmax and sliding windows, ``ulysses`` (any mechanism) otherwise.
+    softmax and sliding windows, ``ulysses`` (any mechanism) otherwise. ``allgather`` (softmax,
+    sliding windows) with the contiguous layout beside ``lasp2`` layers is LASP-2H.
     """
 
     def __init__(self, group, strategy: str | None, layout: str | None, spec, params: dict):
@@ -30,14 +32,14 @@ class ContextParallel:
             strategy = "lasp2" if recurrent else "ring" if spec.name in RING_MECHANISMS else "ulysses"
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        if strategy == "ring" and spec.name not in RING_MECHANISMS:
-            raise ValueError(f"ring attention runs {RING_MECHANISMS}, not {spec.name!r}; use strategy='ulysses'")
+        if strategy in ("ring", "allgather") and spec.name not in RING_MECHANISMS:
+            raise ValueError(f"{strategy} attention runs {RING_MECHANISMS}, not {spec.name!r}; use strategy='ulysses'")
         if strategy == "lasp2" and not recurrent:
             raise ValueError(f"lasp2 runs the linear-recurrence mechanisms, not {spec.name!r}")
         if strategy == "ulysses" and spec.tensor_names:
             raise ValueError(f"{spec.name!r} learns per-token inputs that ulysses would have to re-shard; "
                              f"use strategy='lasp2' or 'ring'")
-        layout = layout or ("contiguous" if strategy == "lasp2" else "zigzag")
+        layout = layout or ("contiguous" if strategy in ("lasp2", "allgather") else "zigzag")
         if strategy == "lasp2" and layout != "contiguous":
             raise ValueError("lasp2 needs the contiguous layout (each rank's tokens follow the previous rank's)")
         self.group, self.strategy, self.layout, self.name = group, strategy, layout, spec.name
@@ -51,6 +53,9 @@ class ContextParallel:
         if self.strategy == "ring":
             window = params.get("window") if self.name == "sliding_window" else None
             return ring_attention(q, k, v, group=self.group, layout=self.layout, causal=causal, window=window)
+        if self.strategy == "allgather":
+            window = params.get("window") if self.name == "sliding_window" else None
+            return allgather_attention(q, k, v, group=self.group, layout=self.layout, causal=causal, window=window)
         if self.strategy == "lasp2":
             return lasp2_attention(q, k, v, self.name, group=self.group, causal=causal, **params)
         return ulysses_attention(q, k, v, self.name, group=self.group, layout=self.layout, causal=causal, **params)
