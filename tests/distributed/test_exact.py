@@ -46,7 +46,7 @@ def _cases(q, k, v, doc_ids):
     for causal in (False, True):
         masks = [("none", "softmax", {}, {}),
                  ("documents", "document", {"doc_ids": doc_ids}, {"doc_ids": doc_ids}),
-                 ("window", "sliding_window", {"window": 5}, {"window": 5})]
+                 ("window", "sliding_window", {"window": 5, "border": "clamp"}, {"window": 5})]
         for mask_name, mechanism, params, ring_params in masks:
             for layout in ("zigzag", "contiguous"):
                 def ring(ql, kl, vl, layout=layout, causal=causal, ring_params=ring_params):

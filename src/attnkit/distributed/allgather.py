@@ -12,11 +12,10 @@ from __future__ import annotations
 import torch
 
 from .. import api
-from ..validation import check_qkv
-from . import blocks
+from . import blocks, checks
 from .comm import Group
 from .lasp2 import _AllGather
-from .layout import LAYOUTS, Layout, unpermute
+from .layout import unpermute
 
 
 def allgather_attention(q, k, v, *, group=None, layout: str = "contiguous", causal: bool = False,
@@ -27,21 +26,8 @@ def allgather_attention(q, k, v, *, group=None, layout: str = "contiguous", caus
     Arguments as :func:`attnkit.distributed.ring_attention` (masks on global positions).
     """
     g = Group(group, "allgather_attention")
-    check_qkv(q, k, v)
-    if q.shape[2] != k.shape[2]:
-        raise ValueError(f"allgather_attention shards one sequence: q has {q.shape[2]} local tokens but k has "
-                         f"{k.shape[2]}")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    B, H, n, D = q.shape
-    g.agree([B, H, k.shape[1], n, D, v.shape[-1], LAYOUTS.index(layout), int(causal)],
-            ["batch", "heads", "kv heads", "local sequence length", "head_dim", "value head_dim", "layout", "causal"],
-            q.device)
-    lay = Layout(layout, g.size, n * g.size)
-    if doc_ids is not None and (doc_ids.ndim != 2 or doc_ids.shape[1] != lay.seq_len
-                                or doc_ids.shape[0] not in (1, B)):
-        raise ValueError(f"doc_ids must cover the whole sequence: shape (batch or 1, {lay.seq_len}), got "
-                         f"{tuple(doc_ids.shape)}")
+    lay = checks.sharded_self_attention(g, q, k, v, layout=layout, causal=causal, doc_ids=doc_ids)
+    B, H = q.shape[:2]
     keys, values = (unpermute(torch.cat(_AllGather.apply(t, g).unbind(0), dim=2), lay, 2) for t in (k, v))
     mask = blocks.build_mask(causal=causal, window=window, doc_ids=doc_ids, mask_mod=mask_mod)
     allowed = None

@@ -49,12 +49,20 @@ class ContextParallel:
         size = dist.get_world_size(self.group)
         return Layout(self.layout, size, local_len * size).positions(dist.get_rank(self.group), device)
 
+    def _window(self, causal: bool, params: dict):
+        if self.name != "sliding_window":
+            return None
+        if not causal and params.get("border") != "clamp":
+            raise ValueError(f"{self.strategy} attention runs a non-causal window cut at the ends; build the layer "
+                             f"with border='clamp' (or use strategy='ulysses' for the shifted window)")
+        return params["window"]
+
     def __call__(self, q, k, v, causal: bool, params: dict):
         if self.strategy == "ring":
-            window = params.get("window") if self.name == "sliding_window" else None
+            window = self._window(causal, params)
             return ring_attention(q, k, v, group=self.group, layout=self.layout, causal=causal, window=window)
         if self.strategy == "allgather":
-            window = params.get("window") if self.name == "sliding_window" else None
+            window = self._window(causal, params)
             return allgather_attention(q, k, v, group=self.group, layout=self.layout, causal=causal, window=window)
         if self.strategy == "lasp2":
             return lasp2_attention(q, k, v, self.name, group=self.group, causal=causal, **params)

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from ..validation import check_qkv, check_scale
-from . import blocks
+from ..validation import check_scale
+from . import blocks, checks
 from .comm import Group
-from .layout import LAYOUTS, Layout
+from .layout import Layout
 
 
 def ring_attention(q, k, v, *, group=None, layout: str = "zigzag", causal: bool = False, window: int | None = None,
@@ -36,7 +36,8 @@ def ring_attention(q, k, v, *, group=None, layout: str = "zigzag", causal: bool 
             order (:class:`attnkit.distributed.Sharding` cuts them).
         layout: ``"zigzag"`` (balanced under causal masks) or ``"contiguous"``.
         causal / window / doc_ids / mask_mod: the mask, on global positions: causal, a sliding
-            window (``window`` keys before the query, and after it when not causal), packed
+            window (``window`` keys before the query, and after it when not causal: the band cut at
+            the sequence's ends, ``sliding_window``'s ``border="clamp"``), packed
             documents ``doc_ids (B or 1, N)`` (the whole sequence's ids, on every rank), any
             :class:`attnkit.masks.MaskMod`. All combine with "and".
         overlap: send the next block while computing (False: wait first; for measuring overlap).
@@ -46,27 +47,12 @@ def ring_attention(q, k, v, *, group=None, layout: str = "zigzag", causal: bool 
         this rank's output shard ``(B, H, N / P, Dv)``, in the dtype of ``q``.
     """
     g = Group(group, "ring_attention")
-    check_qkv(q, k, v)
-    if q.shape[2] != k.shape[2]:
-        raise ValueError(f"ring_attention is self-attention over one sharded sequence: q has {q.shape[2]} local "
-                         f"tokens but k has {k.shape[2]}")
-    if q.shape[1] % k.shape[1]:
-        raise ValueError(f"q has {q.shape[1]} heads, not a multiple of k's {k.shape[1]} (GQA groups)")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     for name, value in (("chunk", chunk), ("kv_chunk", kv_chunk)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     scale = check_scale(scale, q.shape[-1])
-    B, H, n, D = q.shape
-    g.agree([B, H, k.shape[1], n, D, v.shape[-1], LAYOUTS.index(layout), int(causal)],
-            ["batch", "heads", "kv heads", "local sequence length", "head_dim", "value head_dim", "layout", "causal"],
-            q.device)
-    lay = Layout(layout, g.size, n * g.size)
-    if doc_ids is not None and (doc_ids.ndim != 2 or doc_ids.shape[1] != lay.seq_len
-                                or doc_ids.shape[0] not in (1, B)):
-        raise ValueError(f"doc_ids must cover the whole sequence: shape (batch or 1, {lay.seq_len}), got "
-                         f"{tuple(doc_ids.shape)}")
+    lay = checks.sharded_self_attention(g, q, k, v, layout=layout, causal=causal, doc_ids=doc_ids)
+    B, H = q.shape[:2]
     mask = blocks.build_mask(causal=causal, window=window, doc_ids=doc_ids, mask_mod=mask_mod)
     plan = _Plan(g, lay, mask, B, H, scale, chunk, q.device, kv_chunk)
     return _Ring.apply(q, k, v, plan, overlap)
