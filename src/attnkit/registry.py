@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from .params import Param
+from .params import Param, TensorInput
 
 PATTERNS = ("causal-self", "noncausal-self", "causal-cross", "noncausal-cross")
 ALL_PATTERNS = frozenset(PATTERNS)
@@ -83,6 +83,8 @@ class MechanismSpec:
     fast: dict[str, Form]
     step: Step | None = None
     params: dict[str, Param] = field(default_factory=dict)
+    # Shape and meaning of each extra tensor input; required ones missing from a call are refused with it.
+    inputs: dict[str, TensorInput] = field(default_factory=dict)
     tensor_inputs: TensorInputs | None = None
     tensor_inputs_per_token: tuple[str, ...] = ()
     supports_mask: bool = True
@@ -107,7 +109,8 @@ class MechanismSpec:
     def form(self, name: str | None) -> Form:
         """The callable for a form name; ``None`` is the default fast form."""
         if name is None:
-            return next(iter(self.fast.values())) if self.fast else self.reference
+            default = self.extra.get("_default_form")
+            return default if default is not None else next(iter(self.fast.values()), self.reference)
         if name == "reference":
             return self.reference
         if name in self.fast:
@@ -137,7 +140,8 @@ class MechanismSpec:
     @property
     def defaults(self) -> dict[str, Any]:
         """``{name: default}`` of the declared parameters."""
-        return self.extra["_defaults"]
+        defaults = self.extra.get("_defaults")
+        return defaults if defaults is not None else {name: p.default for name, p in self.params.items()}
 
     @property
     def tensor_names(self) -> tuple[str, ...]:
@@ -160,10 +164,12 @@ def register(spec: MechanismSpec) -> MechanismSpec:
     if bad:
         raise ValueError(f"spec {spec.name!r}: unknown patterns {sorted(bad)}; expected a subset of {PATTERNS}")
     _check_declarations(spec)
+    spec.extra["_default_form"] = next(iter(spec.fast.values())) if spec.fast else spec.reference
     if spec.tensor_inputs is not None:
         g = torch.Generator().manual_seed(0)
         x = torch.zeros(1, 2, 3, max(spec.min_head_dim, 8))
         spec.extra["_tensor_names"] = tuple(spec.tensor_inputs(x, x[:, :1], x[:, :1], g))
+    spec.extra["_required_inputs"] = tuple(n for n, t in spec.inputs.items() if t.required)
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -185,7 +191,11 @@ def _check_declarations(spec: MechanismSpec) -> None:
 
 def get(name: str) -> MechanismSpec:
     """The spec registered under ``name``; a ValueError naming close matches otherwise."""
-    _load_all()
+    if not _loaded:
+        _load_all()
+    spec = _REGISTRY.get(name) if isinstance(name, str) else None
+    if spec is not None:
+        return spec
     if not isinstance(name, str):
         raise TypeError(f"mechanism must be a string naming a registered mechanism, got {type(name).__name__}")
     try:

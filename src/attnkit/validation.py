@@ -12,8 +12,26 @@ import math
 import torch
 
 
+# Shapes, dtypes and devices of q, k, v that passed check_qkv: a decode loop checks each once.
+_CHECKED_QKV: dict = {}
+_CHECKED_LIMIT = 256
+
+
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, same_value_dim: bool = False) -> None:
     """Layout ``(batch, heads, seq, head_dim)``; K/V may have fewer heads (GQA)."""
+    if type(q) is torch.Tensor and type(k) is torch.Tensor and type(v) is torch.Tensor:
+        key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, same_value_dim)
+        if key in _CHECKED_QKV:
+            return
+        _check_qkv(q, k, v, same_value_dim)
+        if len(_CHECKED_QKV) >= _CHECKED_LIMIT:
+            _CHECKED_QKV.clear()
+        _CHECKED_QKV[key] = True
+        return
+    _check_qkv(q, k, v, same_value_dim)
+
+
+def _check_qkv(q, k, v, same_value_dim: bool) -> None:
     for arg, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{arg} must be a torch.Tensor of shape (batch, heads, seq, head_dim), got {type(t).__name__}")
@@ -23,6 +41,9 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, same_value_d
             )
         if not t.is_floating_point():
             raise TypeError(f"{arg} must be a floating-point tensor, got dtype {t.dtype}")
+        if t.is_meta:
+            raise ValueError(f"{arg} is on the meta device: attnkit's masks, layouts and caches read values, "
+                             "so it needs real tensors (CPU or GPU)")
     for arg, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype:
             raise TypeError(f"{arg} has dtype {t.dtype} but q has dtype {q.dtype}; q, k and v must share one dtype")
@@ -107,12 +128,14 @@ def _broadcastable(shape, target) -> bool:
     return True
 
 
-def check_pattern(spec, causal: bool, cross: bool) -> None:
-    from .registry import pattern_name
+_PATTERN_OF = {(True, False): "causal-self", (False, False): "noncausal-self",
+               (True, True): "causal-cross", (False, True): "noncausal-cross"}
 
-    if not isinstance(causal, bool):
+
+def check_pattern(spec, causal: bool, cross: bool) -> None:
+    if causal is not True and causal is not False:
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    name = pattern_name(causal, cross)
+    name = _PATTERN_OF[causal, cross]
     if name not in spec.patterns:
         supported = sorted(spec.patterns)
         what = "causal=True" if causal else "causal=False"
@@ -140,11 +163,31 @@ def check_params(spec, params: dict) -> dict:
     return merged
 
 
+def check_required_inputs(spec, params: dict) -> None:
+    """Every required tensor input (:class:`attnkit.params.TensorInput`) is given; else a TypeError describing it."""
+    required = spec.extra.get("_required_inputs", ())
+    if not required or all(n in params for n in required):
+        return
+    missing = [n for n in spec.extra.get("_required_inputs", ()) if n not in params]
+    described = "; ".join(f"{n}: {spec.inputs[n].describe()}" for n in missing)
+    raise TypeError(f"mechanism {spec.name!r} needs the tensor input(s) {missing} ({described}); "
+                    f"attnkit.describe({spec.name!r}) lists its inputs")
+
+
+# Arguments of torch's scaled_dot_product_attention and what attnkit calls them.
+SDPA_NAMES = {
+    "is_causal": "use causal=True (bottom-right aligned when q_len != kv_len)",
+    "attn_mask": "use mask= (boolean, True = attend, or additive float)",
+    "enable_gqa": "grouped-query attention needs no flag: pass k and v with fewer heads than q",
+}
+
+
 def _refuse_unknown(spec, params: dict) -> None:
     tensor_names = set(spec.tensor_names)
     unknown = sorted(set(params) - set(spec.params) - tensor_names)
+    hints = "".join(f"; {n}: {SDPA_NAMES[n]}" for n in unknown if n in SDPA_NAMES)
     raise TypeError(
-        f"mechanism {spec.name!r} got unexpected keyword argument(s) {unknown}; "
+        f"mechanism {spec.name!r} got unexpected keyword argument(s) {unknown}{hints}; "
         f"its parameters are {sorted(spec.params)} and its tensor inputs are {sorted(tensor_names)}"
     )
 
