@@ -83,10 +83,11 @@ def decode_speed(model, recorded, policy, tokens: int) -> dict:
     seconds_compress = time.perf_counter() - t0
     cache = model.start(policy, stores)
     after = sum(s.allocated_bytes() for s in stores)
-    full = [store.allocated_bytes() for store, _, _ in (recorded.layers[i] for i in sorted(recorded.layers))]
+    prompt = [store for store, _, _ in (recorded.layers[i] for i in sorted(recorded.layers))]
     kept = [s.allocated_bytes() for s in stores]
     # while layer i is prefilled and compressed: the layers before it compressed, its full and compressed copies
-    prefill_peak = max(sum(kept[:i]) + full[i] + kept[i] for i in range(len(kept)))
+    prefill_peak = max(sum(kept[:i]) + prompt[i].allocated_bytes() + (kept[i] if stores[i] is not prompt[i] else 0)
+                       for i in range(len(kept)))
     token, peak = torch.zeros(1, 1, dtype=torch.long), after
     for _ in range(2):  # warm-up (a full cache grows its buffer once here)
         _, cache = model.step(token, cache)
