@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.kernels.linear_state import RecurrentState
+from attnkit.state import RecurrentState
 from attnkit.registry import get
 
 from .harness import all_names, assert_close_to_reference, make_inputs, max_err

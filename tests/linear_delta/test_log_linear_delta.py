@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import attnkit
 from attnkit.families.log_linear import levels_for
-from attnkit.kernels.linear_state import RecurrentState
+from attnkit.state import RecurrentState
 
 NAME = "log_linear_gated_deltanet"
 FORMS = attnkit.spec(NAME).extra["stateful_forms"]

@@ -110,7 +110,7 @@ def _gated_spec(with_module: bool):
     """A toy mechanism with a per-token tensor input ``gate`` (B, H, N, 1): softmax attention * sigmoid(gate)."""
     from attnkit.reference import materialised_attention
     from attnkit.registry import ALL_PATTERNS, MechanismSpec
-    from attnkit.state import kv_cache_step
+    from attnkit.builders.kv_cache_step import kv_cache_step
 
     def form(q, k, v, *, causal, mask, scale, gate):
         return materialised_attention(q, k, v, causal=causal, mask=mask, scale=scale) * torch.sigmoid(gate)

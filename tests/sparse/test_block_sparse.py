@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.families.mask_pipeline import dense_pattern
+from attnkit.builders.mask_pipeline import dense_pattern
 from attnkit.kernels.auto_sparse import sparse_layout
 from attnkit.kernels.block_sparse import block_sparse_attention
 from attnkit.masks import build_layout, causal_mask

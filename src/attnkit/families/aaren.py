@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.linear_state import RecurrentState, expect_state
+from ..state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
-from .linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from ..builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
 from ..validation import check_int
 
 PAPER = "Attention as an RNN"

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 
 from ..kernels.delta_rule import delta_rule_parallel, delta_rule_recurrent
 from ..kernels.delta_rule_chunked import delta_rule_chunked
-from ..kernels.linear_state import RecurrentState, expect_state
+from ..state import RecurrentState, expect_state
 from ..registry import MechanismSpec, register
 from ..validation import check_int, check_tensor
-from .linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from ..builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
 
 DELTANET = "Parallelizing Linear Transformers with the Delta Rule over Sequence Length"
 GATED_DELTANET = "Gated Delta Networks: Improving Mamba2 with Delta Rule"

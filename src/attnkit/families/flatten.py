@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..validation import check_float, check_tensor
-from .linear_pipeline import register_linear_mechanism
+from ..builders.linear_pipeline import register_linear_mechanism
 
 PAPER = "FLatten Transformer: Vision Transformer using Focused Linear Attention"
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..kernels.gla_chunked import gla_chunked
 from ..validation import check_tensor
-from .linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
+from ..builders.linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
 
 PAPER = "Gated Linear Attention Transformers with Hardware-Efficient Training"
 

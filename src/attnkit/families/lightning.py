@@ -14,7 +14,7 @@ after attention with SRMSNorm, in the layer). ``chunk_size`` is the block size.
 from __future__ import annotations
 
 from ..scores.alibi import alibi_slopes
-from .linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
+from ..builders.linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
 from ..validation import check_float
 
 PAPERS = (

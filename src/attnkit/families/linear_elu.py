@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .linear_pipeline import register_linear_mechanism
+from ..builders.linear_pipeline import register_linear_mechanism
 
 PAPER = "Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention"
 

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .linear_pipeline import register_linear_mechanism
+from ..builders.linear_pipeline import register_linear_mechanism
 from ..validation import check_float
 
 PAPER = "Linear Log-Normal Attention with Unbiased Concentration"

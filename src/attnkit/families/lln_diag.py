@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.linear_state import RecurrentState, expect_state
+from ..state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..reference import materialised_attention
 from ..registry import MechanismSpec, register
 from . import lln
-from .linear_pipeline import drop_state, step_from
+from ..builders.linear_pipeline import drop_state, step_from
 from ..validation import check_int
 
 LLN_FORMS = lln.SPEC.extra["stateful_forms"]

@@ -39,7 +39,7 @@ from ..kernels.positions import causal_mask, repeat_kv
 from ..registry import ALL_PATTERNS, MechanismSpec, register
 from ..scores.normalisers import SOFTMAX
 from ..scores.user_mask import apply_mask
-from ..state import kv_cache_step
+from ..builders.kv_cache_step import kv_cache_step
 from ..validation import check_float, check_int
 
 PAPER = "Local Linear Attention: An Optimal Interpolation of Linear and Softmax Attention For Test-Time Regression"

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from ..kernels import log_linear_delta
 from ..kernels.delta_rule import prepare
-from ..kernels.linear_state import RecurrentState
+from ..state import RecurrentState
 from ..registry import MechanismSpec, register
 from .delta_rule import GATED_DELTANET, check_inputs, example_inputs
-from .linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from ..builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
 from .log_linear import PAPER, example_level_weights, level_state, level_state_size, levels_for
 
 KERNELS = {

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..validation import check_tensor
-from .linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
+from ..builders.linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
 
 PAPER = "Transformers are SSMs: Generalized Models and Efficient Algorithms Through Structured State Space Duality"
 

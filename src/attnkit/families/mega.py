@@ -41,7 +41,7 @@ from ..reference import materialised_attention
 from ..scores.normalisers import SOFTMAX, Normaliser
 from ..validation import check_int
 from ..scores.user_mask import allowed_by
-from .score_pipeline import register_score_mechanism
+from ..builders.score_pipeline import register_score_mechanism
 
 PAPER = "Mega: Moving Average Equipped Gated Attention"
 LAPLACE_MU, LAPLACE_SIGMA = math.sqrt(0.5), math.sqrt(1.0 / (4 * math.pi))

@@ -19,7 +19,7 @@ import math
 import torch
 
 from ..validation import check_tensor
-from .linear_pipeline import register_linear_mechanism
+from ..builders.linear_pipeline import register_linear_mechanism
 
 PAPER = "Rethinking Attention with Performers"
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import torch
 
 from ..kernels import rat
-from ..kernels.linear_state import RecurrentState, expect_state
+from ..state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
 from ..validation import check_int, check_tensor
-from .linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from ..builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
 
 PAPER = "RAT: Bridging RNN Efficiency and Attention Accuracy in Language Modeling"
 KERNELS = {"parallel": rat.rat_parallel, "chunked": rat.rat_chunked, "recurrent": rat.rat_recurrent}

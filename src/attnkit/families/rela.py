@@ -18,7 +18,7 @@ import torch
 
 from ..scores.normalisers import Normaliser
 from ..validation import check_float, check_tensor
-from .score_pipeline import register_score_mechanism
+from ..builders.score_pipeline import register_score_mechanism
 
 RELU = Normaliser("relu", "sum", phi=torch.relu)
 PAPER = "Sparse Attention with Linear Units"

@@ -13,7 +13,7 @@ from ..kernels.block_sparse import block_sparse_attention
 from ..kernels.dense import sdpa_attention
 from ..scores.alibi import alibi_mod
 from ..scores.softcap import softcap_mod
-from .score_pipeline import register_score_mechanism
+from ..builders.score_pipeline import register_score_mechanism
 
 ATTENTION_IS_ALL = "Attention Is All You Need"
 MEMORY_EFFICIENT = "Self-attention Does Not Need O(n^2) Memory"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..masks import window as w
 from ..registry import kv_cache_size
-from .mask_pipeline import register_mask_mechanism
+from ..builders.mask_pipeline import register_mask_mechanism
 
 SPARSE_TRANSFORMER = "Generating Long Sequences with Sparse Transformers"
 STREAMING = "Efficient Streaming Language Models with Attention Sinks"

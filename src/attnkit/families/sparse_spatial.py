@@ -8,7 +8,7 @@ For tiled token orders use :mod:`attnkit.masks.spatial` directly.
 from __future__ import annotations
 
 from ..masks.spatial import grid_for, halo, neighborhood, swin
-from .mask_pipeline import register_mask_mechanism
+from ..builders.mask_pipeline import register_mask_mechanism
 
 NA = "Neighborhood Attention Transformer"
 DINA = "Dilated Neighborhood Attention Transformer"

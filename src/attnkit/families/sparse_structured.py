@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..masks import factorised as f
 from ..masks.radial import radial
 from ..registry import SELF_PATTERNS
-from .mask_pipeline import register_mask_mechanism
+from ..builders.mask_pipeline import register_mask_mechanism
 
 SPARSE_TRANSFORMER = "Generating Long Sequences with Sparse Transformers"
 

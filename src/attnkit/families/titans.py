@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import titans
-from ..kernels.linear_state import RecurrentState, expect_state
+from ..state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
 from ..validation import check_int, check_tensor
-from .linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from ..builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
 
 PAPER = "Titans: Learning to Memorize at Test Time"
 KERNELS = {"parallel": titans.titans_parallel, "chunked": titans.titans_chunked, "recurrent": titans.titans_recurrent}

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 
 from ..kernels import linear_scan
-from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
+from ..state import RecurrentState, expect_state
 from ..validation import check_int
 
 CHUNK_PARAMS = {"chunk_size": 64}

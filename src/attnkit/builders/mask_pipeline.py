@@ -27,7 +27,7 @@ from ..masks.base import causal_mask, tensor_mask
 from ..masks.layout import build_layout
 from ..reference import materialised_attention
 from ..registry import ALL_PATTERNS, MechanismSpec, kv_cache_size, register
-from ..state import kv_cache_step
+from .kv_cache_step import kv_cache_step
 
 # Tile sizes of the block-sparse form: execution choices, not part of the equations.
 BLOCK_PARAMS = {"block_q": 128, "block_k": 128}

@@ -26,7 +26,7 @@ from ..kernels.chunked import chunked_attention
 from ..reference import materialised_attention
 from ..registry import ALL_PATTERNS, MechanismSpec, register
 from ..scores.normalisers import SOFTMAX, Normaliser
-from ..state import kv_cache_step
+from .kv_cache_step import kv_cache_step
 
 # Tile sizes of the chunked form: execution choices, not part of the equations.
 CHUNK_PARAMS = {"q_chunk": 512, "kv_chunk": 1024}

@@ -1,0 +1,19 @@
+"""The incremental form of mechanisms that keep every key and value (a :class:`KVCache`)."""
+from __future__ import annotations
+
+from ..state import KVCache
+
+
+def kv_cache_step(form):
+    """Incremental form for any mechanism whose one-shot form handles ``q_len <= kv_len``.
+
+    Causal attention is bottom-right aligned, so running the one-shot form on
+    the new queries against the whole cache is exactly the one-shot result.
+    """
+
+    def step(q, k, v, state, *, causal, mask, scale, **params):
+        state = KVCache(k, v) if state is None else state.append(k, v)
+        return form(q, state.k, state.v, causal=causal, mask=mask, scale=scale, **params), state
+
+    step.__name__ = f"kv_cache_step({getattr(form, '__name__', 'form')})"
+    return step
