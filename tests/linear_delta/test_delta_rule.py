@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import attnkit
+from attnkit.nn.inputs import input_module
 
 
 def test_delta_rule_overwrites_the_value_stored_under_a_key():
@@ -33,7 +34,7 @@ def test_gates_decay_the_state():
 @pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "kda"])
 def test_module_computes_valid_inputs(name):
     spec = attnkit.spec(name)
-    layer = spec.extra["module"](dim=32, heads=4, kv_heads=2, head_dim=16)
+    layer = input_module(spec.name, dim=32, heads=4, kv_heads=2, head_dim=16)
     x = torch.randn(2, 9, 32)
     q, k, v = torch.randn(2, 4, 9, 16), torch.randn(2, 2, 9, 16), torch.randn(2, 2, 9, 16)
     inputs = layer(x, q, k, v)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from attnkit.nn.inputs import input_module
 import torch.nn.functional as F
 
 import attnkit
@@ -121,7 +123,7 @@ def test_bad_inputs_name_the_argument(form, name, change):
 
 
 def test_module_computes_inputs():
-    layer = attnkit.spec(NAME).extra["module"](dim=16, heads=2, kv_heads=2, head_dim=8)
+    layer = input_module(NAME, dim=16, heads=2, kv_heads=2, head_dim=8)
     q = torch.randn(1, 2, 9, 8)
     inputs = layer(torch.randn(1, 9, 16), q, q, q)
     assert set(inputs) == {"beta", "g", "lam"}

@@ -164,7 +164,6 @@ def register_linear_mechanism(
     patterns=FEATURE_MAP_PATTERNS,
     summary: str = "",
     test_params: dict | None = None,
-    module=None,
     chunked_kernel=None,
     rowwise: bool = False,
 ) -> MechanismSpec:
@@ -191,8 +190,6 @@ def register_linear_mechanism(
         return 2 * batch * heads * q_len * (c * dk + c * dv + 2 * dk * dv)
 
     extra = {"stateful_forms": forms}
-    if module is not None:
-        extra["module"] = module
     return register(
         MechanismSpec(
             name=name,

@@ -13,7 +13,7 @@ One recurrence (``attnkit.kernels.delta_rule``), three gates::
 
 Tensor inputs, per query head and token: ``beta`` ``(B, H, N)`` in ``(0, 1)`` and
 ``g = log(alpha)`` ``(B, H, N)`` or ``(B, H, N, Dk)``; the layers computing them
-from hidden states are in ``attnkit.nn.delta_inputs``. Forms: ``parallel`` (the
+from hidden states are in ``attnkit.nn.inputs.delta_rule``. Forms: ``parallel`` (the
 recurrence with materialised transitions: the reference), ``chunked`` (WY / UT
 transform, ``chunk_size``) and ``recurrent`` (rank-1 update per token).
 The delta rule is defined causally only: the patterns are ``causal-self``.
@@ -110,19 +110,6 @@ def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params)
     return batch * heads * head_dim * (v_dim or head_dim)
 
 
-def _module_factory(gate):
-    def module(*, dim, heads, kv_heads, head_dim):
-        from ..nn import delta_inputs
-
-        if gate is None:
-            return delta_inputs.DeltaNetBeta(dim, heads)
-        if gate == "scalar":
-            return delta_inputs.GatedDeltaNetGates(dim, heads)
-        return delta_inputs.KDAGates(dim, heads, head_dim)
-
-    return module
-
-
 def register_delta_mechanism(name, *, gate, papers, summary) -> MechanismSpec:
     forms = stateful_forms(gate)
 
@@ -144,7 +131,7 @@ def register_delta_mechanism(name, *, gate, papers, summary) -> MechanismSpec:
             complexity="O(N)",
             summary=summary,
             test_params={"chunk_size": 16},
-            extra={"stateful_forms": forms, "module": _module_factory(gate)},
+            extra={"stateful_forms": forms},
         )
     )
 

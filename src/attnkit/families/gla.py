@@ -7,7 +7,7 @@ Training" (2024):
 
 with ``alpha_t = sigmoid(x_t W_1 W_2 + b)^(1/tau)`` in ``(0, 1)^{Dk}`` computed by
 the layer. attnkit takes ``gk = log(alpha)`` as a per-token tensor input of
-shape ``(B, H, N, Dk)`` (``attnkit.nn.linear_inputs.GLAGate`` computes it).
+shape ``(B, H, N, Dk)`` (``attnkit.nn.inputs.linear.GLAGate`` computes it).
 The chunked form is the paper's two-level chunkwise algorithm
 (:mod:`attnkit.kernels.gla_chunked`): the state across chunks of ``chunk_size``,
 matmuls in a log-space-safe factorisation across the sub-chunks of a chunk, and
@@ -37,12 +37,6 @@ def gla_inputs(q, k, v, generator):
     return {"gk": F.logsigmoid(x).to(q.dtype) * 0.5}
 
 
-def _module(*, dim, heads, kv_heads, head_dim):
-    from ..nn.linear_inputs import GLAGate
-
-    return GLAGate(dim, heads, head_dim)
-
-
 register_linear_mechanism(
     "gla",
     family="linear-decay",
@@ -54,6 +48,5 @@ register_linear_mechanism(
     tensor_inputs_per_token=("gk",),
     patterns=CAUSAL_ONLY,
     summary="GLA: S = diag(alpha_t) S + k^T v with data-dependent per-channel gates gk = log(alpha)",
-    module=_module,
     chunked_kernel=gla_chunked,
 )

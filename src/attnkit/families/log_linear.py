@@ -5,7 +5,7 @@ partition of the past with one state and one data-dependent weight per level,
 ``O(log N)`` states instead of one. Tensor inputs, per query head and token:
 ``g`` ``(B, H, N)`` log decays ``<= 0`` (Mamba-2's ``dt * A``) and ``lam``
 ``(B, H, N, levels)`` non-negative level weights, with ``levels`` at least
-``bit_length(last position) + 1``; ``attnkit.nn.log_linear_inputs`` computes them.
+``bit_length(last position) + 1``; ``attnkit.nn.inputs.log_linear`` computes them.
 ``chunk_size`` (a power of two) is an execution knob. Causal self-attention only.
 """
 from __future__ import annotations
@@ -97,12 +97,6 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal, chunk_size=64):
     return 2 * batch * heads * q_len * (2 * chunk_size * head_dim + (levels_for(q_len) + 1) * head_dim * head_dim)
 
 
-def _module(*, dim, heads, kv_heads, head_dim):
-    from ..nn.log_linear_inputs import LogLinearInputs
-
-    return LogLinearInputs(dim, heads)
-
-
 _FORMS = {kind: _make(kind) for kind in KERNELS}
 
 register(
@@ -123,6 +117,6 @@ register(
         complexity="O(N log N)",
         summary="Fenwick-tree levels of a gated linear recurrence, one weighted state per level (O(log N) states)",
         test_params={"chunk_size": 8},
-        extra={"stateful_forms": _FORMS, "module": _module},
+        extra={"stateful_forms": _FORMS},
     )
 )

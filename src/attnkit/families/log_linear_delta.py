@@ -7,7 +7,7 @@ Delta Rule" (2025): the Fenwick-tree levels of ``log_linear_mamba2``, each an
 data-dependent weight per level. Tensor inputs, per query head and token: ``beta``
 ``(B, H, N)`` in ``(0, 1)``, ``g`` ``(B, H, N)`` log decays ``<= 0`` and ``lam``
 ``(B, H, N, levels)`` non-negative level weights, ``levels`` at least
-``bit_length(last position) + 1``; ``attnkit.nn.log_linear_inputs`` computes them.
+``bit_length(last position) + 1``; ``attnkit.nn.inputs.log_linear`` computes them.
 As ``gated_deltanet``, q and k are L2-normalised (``qk_l2norm``). ``chunk_size`` (a
 power of two) is an execution knob. Causal self-attention only.
 """
@@ -58,12 +58,6 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal, chunk_size=64):
     return 2 * batch * heads * q_len * (6 * c * d + 2 * c * c + (levels + 2) * d * d + levels * d * d * d // c)
 
 
-def _module(*, dim, heads, kv_heads, head_dim):
-    from ..nn.log_linear_inputs import LogLinearGatedDeltaNetInputs
-
-    return LogLinearGatedDeltaNetInputs(dim, heads, head_dim)
-
-
 _FORMS = {kind: _make(kind) for kind in KERNELS}
 
 register(
@@ -87,6 +81,6 @@ register(
         complexity="O(N log N)",
         summary="Fenwick-tree levels of the gated delta rule, one weighted state per level (O(log N) states)",
         test_params={"chunk_size": 8},
-        extra={"stateful_forms": _FORMS, "module": _module},
+        extra={"stateful_forms": _FORMS},
     )
 )

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..kernels.nha_chunked import NHAState, initial_state, nha_chunks
 from ..kernels.positions import repeat_kv
@@ -104,18 +103,6 @@ def _example_inputs(q, k, v, g):
     return {"slot_gate": (torch.randn(B, Hkv, N, 6, generator=g, dtype=torch.float64) * 2 + 1).to(q.dtype)}
 
 
-class SlotGates(nn.Module):
-    """Learns NHA's gate logits in a layer: ``slot_gate = W_f x``, ``head_dim`` slots per kv head."""
-
-    def __init__(self, *, dim: int, heads: int, kv_heads: int, head_dim: int):
-        super().__init__()
-        self.kv_heads, self.slots = kv_heads, head_dim
-        self.proj = nn.Linear(dim, kv_heads * head_dim, bias=False)
-
-    def forward(self, x, q, k, v) -> dict:
-        return {"slot_gate": self.proj(x).unflatten(-1, (self.kv_heads, self.slots)).transpose(1, 2)}
-
-
 def _flops(B, H, Nq, Nk, D, causal, window=64, slots=None):
     slots = D if slots is None else slots
     return 4 * B * H * Nq * (slots + min(window, Nk)) * D
@@ -143,5 +130,4 @@ register(MechanismSpec(
     complexity="O(N (M + w))",
     summary="gated-RNN key/value slots + sliding-window tokens under one softmax",
     test_params={"window": 5, "chunk": 8, "gate_normalizer": 2.0},
-    extra={"module": SlotGates},
 ))

@@ -63,12 +63,6 @@ def performer_inputs(q, k, v, generator):
     return {"features": draw_features(default_feature_count(D), D, seed, q.dtype)}
 
 
-def _module(*, dim, heads, kv_heads, head_dim):
-    from ..nn.linear_inputs import PerformerFeatures
-
-    return PerformerFeatures(head_dim)
-
-
 register_linear_mechanism(
     "performer",
     family="linear",
@@ -78,6 +72,5 @@ register_linear_mechanism(
     feature_dim=lambda d, params: default_feature_count(d),
     params={"seed": 0},
     tensor_inputs=performer_inputs,
-    module=_module,
     summary="FAVOR+: softmax kernel estimated with positive orthogonal random features (m = d ln d)",
 )

@@ -3,7 +3,7 @@
 Wei, Yadav, Pascanu & Gulcehre, "RAT: Bridging RNN Efficiency and Attention
 Accuracy in Language Modeling" (2025). Tensor input: the forget gate ``g``
 ``(B, H, N, D)`` in ``(0, 1)``, per query head, token and channel (shared by keys
-and values, so v's head_dim must equal q's); ``attnkit.nn.rat_gate.RATGate``
+and values, so v's head_dim must equal q's); ``attnkit.nn.inputs.rat.RATGate``
 computes it. ``chunk_size`` is the paper's ``L`` (16 in its headline numbers): an
 equation parameter, not only an execution knob. Causal self-attention only.
 The state holds one key/value summary per finished chunk, so it grows as ``N / L``.
@@ -65,12 +65,6 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal):
     return 4 * batch * heads * head_dim * (q_len * (kv_len // DEFAULT_CHUNK) // 2 + q_len) + 6 * batch * heads * q_len * head_dim
 
 
-def _module(*, dim, heads, kv_heads, head_dim):
-    from ..nn.rat_gate import RATGate
-
-    return RATGate(dim, heads, head_dim)
-
-
 _FORMS = {kind: _make(kind) for kind in KERNELS}
 
 register(
@@ -90,6 +84,6 @@ register(
         state_size=_state_size,
         complexity="O(N^2 / L)",
         summary="gated linear recurrence inside chunks of L tokens, softmax attention over chunk summaries",
-        extra={"stateful_forms": _FORMS, "module": _module},
+        extra={"stateful_forms": _FORMS},
     )
 )

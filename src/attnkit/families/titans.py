@@ -9,7 +9,7 @@ in ``(0, 1)``; queries and keys are L2-normalised first as in the paper (``qk_l2
 the memory's initial weights ``w1 (H, Dk, hidden)`` and
 ``w2 (H, hidden, Dv)`` (learned per layer). ``chunk_size`` is the paper's
 mini-batch size ``b`` (gradients inside a chunk are taken at its start). The
-layer computing the gates is ``attnkit.nn.titans_inputs.TitansInputs``.
+layer computing the gates is ``attnkit.nn.inputs.titans.TitansInputs``.
 Causal self-attention only.
 """
 from __future__ import annotations
@@ -86,12 +86,6 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal, chunk_size=16):
     return 2 * batch * heads * q_len * (10 * head_dim * head_dim + 4 * chunk_size * head_dim)
 
 
-def _module(*, dim, heads, kv_heads, head_dim):
-    from ..nn.titans_inputs import TitansInputs
-
-    return TitansInputs(dim, heads, head_dim)
-
-
 _FORMS = {kind: _make(kind) for kind in KERNELS}
 
 register(
@@ -113,6 +107,6 @@ register(
         summary="MLP memory silu(x W1) W2 written by gradient steps on ||M(k) - v||^2 with momentum "
                 "(theta, eta) and forgetting (alpha); read by M(q); w1, w2 = initial memory",
         test_params={"chunk_size": 8},
-        extra={"stateful_forms": _FORMS, "module": _module},
+        extra={"stateful_forms": _FORMS},
     )
 )

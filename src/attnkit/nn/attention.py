@@ -17,7 +17,7 @@ project the concatenated heads back. The attention itself is
   context is cached, so decoding steps pass ``context=None`` and reuse it.
 
 Mechanisms whose tensor inputs (per-token gates, learned tables) must be
-learned by the layer register a factory in ``spec.extra["module"]``; see
+learned by the layer have an input module in :mod:`attnkit.nn.inputs`; see
 ``docs/design.md`` ("Layers and tensor inputs").
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from torch import nn
 from .. import registry
 from ..api import attention
 from ..positional import RoPE
+from .inputs import has_input_module, input_module
 from ..validation import check_int, check_params, check_tokens
 
 
@@ -74,13 +75,12 @@ class Attention(nn.Module):
         given = names & set(mechanism_params)
         if given:
             raise TypeError(f"tensor inputs {sorted(given)} are made by the layer, not passed to its constructor")
-        factory = self.spec.extra.get("module")
-        if names and factory is None:
+        if names and not has_input_module(mechanism):
             raise ValueError(
-                f"mechanism {mechanism!r} needs tensor inputs {sorted(names)} and registers no "
-                f"spec.extra['module'] factory to learn them, so it cannot run inside a layer"
+                f"mechanism {mechanism!r} needs tensor inputs {sorted(names)} and has no input module "
+                f"(attnkit.nn.inputs) to learn them, so it cannot run inside a layer"
             )
-        self.inputs = factory(dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim) if names else None
+        self.inputs = input_module(mechanism, dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim) if names else None
         self.mechanism, self.dim, self.heads, self.kv_heads, self.head_dim = mechanism, dim, heads, kv_heads, head_dim
         self.context_dim = context_dim
         self.q_proj = nn.Linear(dim, heads * head_dim, bias=bias)

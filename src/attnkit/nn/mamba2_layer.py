@@ -24,7 +24,7 @@ from torch import nn
 
 from ..api import attention
 from ..validation import check_int, check_tokens
-from .linear_inputs import Mamba2Gate
+from .inputs.linear import Mamba2Gate
 from .token_conv import TokenConv
 
 

@@ -1,6 +1,6 @@
 """Layers that compute the tensor inputs (gates, step sizes) of the gated linear mechanisms.
 
-Each is the ``spec.extra["module"]`` factory's product for its mechanism:
+Each is its mechanism's input module (:func:`attnkit.nn.inputs.input_module`):
 ``forward(x, q, k, v) -> dict`` of tensor inputs for the new tokens ``x (B, N, dim)``.
 """
 from __future__ import annotations
@@ -69,14 +69,14 @@ class PerformerFeatures(nn.Module):
 
     def __init__(self, head_dim: int, num_features: int | None = None, seed: int = 0):
         super().__init__()
-        from ..families.performer import default_feature_count, draw_features
+        from ...families.performer import default_feature_count, draw_features
 
         self.head_dim = head_dim
         self.num_features = num_features or default_feature_count(head_dim)
         self.register_buffer("features", draw_features(self.num_features, head_dim, seed))
 
     def redraw(self, seed: int) -> None:
-        from ..families.performer import draw_features
+        from ...families.performer import draw_features
 
         self.features.copy_(draw_features(self.num_features, self.head_dim, seed))
 

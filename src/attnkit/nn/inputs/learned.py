@@ -1,4 +1,4 @@
-"""Learned producers of a mechanism's extra tensor inputs, for mechanisms that register no layer.
+"""Generic learned producers of a mechanism's extra tensor inputs, for mechanisms with no input module.
 
 Per-token inputs are produced from the hidden state by a learned projection,
 squashed into the range of the example the mechanism's ``spec.tensor_inputs``
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class TensorInputs(nn.Module):
+class LearnedTensorInputs(nn.Module):
     """Learned producers of a mechanism's extra tensor inputs."""
 
     def __init__(self, spec, d_model: int, heads: int, kv_heads: int, qk_dim: int, v_dim: int, seq_len: int):

@@ -1,4 +1,4 @@
-"""The layers computing the log-linear mechanisms' inputs (``spec.extra["module"]``).
+"""The layers computing the log-linear mechanisms' inputs.
 
 Guo et al., "Log-Linear Attention", as in the authors' code (``lambda_mode="positive"``):
 the level weights ``lam = softplus(L * W_lam x)``, one per head and Fenwick level, with
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .delta_inputs import GatedDeltaNetGates
+from .delta_rule import GatedDeltaNetGates
 
 
 class LevelWeights(nn.Module):

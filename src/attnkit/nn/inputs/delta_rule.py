@@ -1,6 +1,6 @@
 """Layers that compute the tensor inputs of the delta-rule mechanisms from hidden states.
 
-Each is the ``spec.extra["module"]`` factory's product for its mechanism:
+Each is its mechanism's input module (:func:`attnkit.nn.inputs.input_module`):
 ``forward(x, q, k, v) -> dict`` of tensor inputs for the new tokens ``x (B, N, dim)``,
 laid out ``(B, heads, N)`` or ``(B, heads, N, head_dim)``.
 """

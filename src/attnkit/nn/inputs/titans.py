@@ -1,4 +1,4 @@
-"""The layer computing the Titans memory's inputs (``spec.extra["module"]`` of ``titans``).
+"""The layer computing the Titans memory's inputs (the input module of ``titans``).
 
 Behrouz et al., "Titans: Learning to Memorize at Test Time": data-dependent step size
 ``theta``, momentum decay ``eta`` and forgetting ``alpha``, each ``sigmoid`` of a

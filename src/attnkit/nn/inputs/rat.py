@@ -1,4 +1,4 @@
-"""The layer computing RAT's forget gate from hidden states (``spec.extra["module"]`` of ``rat``).
+"""The layer computing RAT's forget gate from hidden states (the input module of ``rat``).
 
 Wei et al., "RAT: Bridging RNN Efficiency and Attention Accuracy in Language
 Modeling": ``g = sigmoid(W x + b)`` per channel, with ``b = log(u)``,
