@@ -59,8 +59,8 @@ def test_missing_or_misshaped_inputs_are_named():
 def test_chunked_form_in_blocks_equals_the_recurrence(monkeypatch, gate):
     """The sequence runs in blocks of whole chunks (``BLOCK_ELEMENTS``), the state handed on; the last
     block is shorter than a chunk, and every head of every batch row keeps its own state."""
-    from attnkit.kernels import delta_rule_chunked as chunked_module
-    from attnkit.kernels.delta_rule import delta_rule_recurrent
+    from attnkit.families.delta_rule import chunked as chunked_module
+    from attnkit.families.delta_rule.forms import delta_rule_recurrent
 
     monkeypatch.setattr(chunked_module, "BLOCK_ELEMENTS", 1)  # one chunk per block
     g = torch.Generator().manual_seed(3)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import linear_scan
-from ..kernels.gla_chunked import gla_chunked
+from ..families.gla.chunked import gla_chunked
 from ..registry import get
 from ._timing import median_seconds
 

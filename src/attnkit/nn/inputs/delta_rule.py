@@ -53,7 +53,7 @@ class KDAGates(DeltaNetBeta):
 
     This is the bounded ("safe") form of the KDA gate: with ``lower_bound = -1`` a chunk of
     64 tokens decays at most by ``e^-64``, which the chunked form's float32 factorisation
-    needs (``attnkit.kernels.delta_rule_chunked``).
+    needs (``attnkit.families.delta_rule.forms_chunked``).
     """
 
     def __init__(self, dim: int, heads: int, head_dim: int, rank: int | None = None, lower_bound: float = -1.0):

@@ -1,4 +1,4 @@
-"""Log-linear attention on a Mamba-2 style gated recurrence (``attnkit.kernels.log_linear``).
+"""Log-linear attention on a Mamba-2 style gated recurrence (``attnkit.families.log_linear.forms``).
 
 Guo, Yang, Goel, Xing, Dao & Kim, "Log-Linear Attention" (2025): a Fenwick-tree
 partition of the past with one state and one data-dependent weight per level,
@@ -13,12 +13,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..kernels import log_linear
-from ..state import RecurrentState, expect_state
-from ..kernels.positions import repeat_kv
-from ..registry import MechanismSpec, register
-from ..validation import check_int, check_tensor
-from ..builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from . import forms as log_linear
+from ...state import RecurrentState, expect_state
+from ...kernels.positions import repeat_kv
+from ...registry import MechanismSpec, register
+from ...validation import check_int, check_tensor
+from ...builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
 
 PAPER = "Log-Linear Attention"
 KERNELS = {

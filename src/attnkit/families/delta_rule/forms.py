@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .positions import repeat_kv
+from ...kernels.positions import repeat_kv
 
 
 def prepare(q, k, v, g, *, scale, qk_l2norm):

@@ -1,6 +1,6 @@
 """Delta-rule mechanisms: DeltaNet, Gated DeltaNet, KDA.
 
-One recurrence (``attnkit.kernels.delta_rule``), three gates::
+One recurrence (``attnkit.families.delta_rule.forms``), three gates::
 
     S_t = (I - beta_t k_t k_t^T) Diag(alpha_t) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T q_t
 
@@ -23,12 +23,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..kernels.delta_rule import delta_rule_parallel, delta_rule_recurrent
-from ..kernels.delta_rule_chunked import delta_rule_chunked
-from ..state import RecurrentState, expect_state
-from ..registry import MechanismSpec, register
-from ..validation import check_int, check_tensor
-from ..builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from .forms import delta_rule_parallel, delta_rule_recurrent
+from .chunked import delta_rule_chunked
+from ...state import RecurrentState, expect_state
+from ...registry import MechanismSpec, register
+from ...validation import check_int, check_tensor
+from ...builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
 
 DELTANET = "Parallelizing Linear Transformers with the Delta Rule over Sequence Length"
 GATED_DELTANET = "Gated Delta Networks: Improving Mamba2 with Delta Rule"

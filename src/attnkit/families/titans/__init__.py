@@ -1,4 +1,4 @@
-"""Titans-style test-time memory (``attnkit.kernels.titans``) as an attention mechanism.
+"""Titans-style test-time memory (``attnkit.families.titans.forms``) as an attention mechanism.
 
 Behrouz, Zhong & Mirrokni, "Titans: Learning to Memorize at Test Time" (2025): the
 long-term memory module alone, keys/values written by gradient steps on
@@ -17,12 +17,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..kernels import titans
-from ..state import RecurrentState, expect_state
-from ..kernels.positions import repeat_kv
-from ..registry import MechanismSpec, register
-from ..validation import check_int, check_tensor
-from ..builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from . import forms as titans
+from ...state import RecurrentState, expect_state
+from ...kernels.positions import repeat_kv
+from ...registry import MechanismSpec, register
+from ...validation import check_int, check_tensor
+from ...builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
 
 PAPER = "Titans: Learning to Memorize at Test Time"
 KERNELS = {"parallel": titans.titans_parallel, "chunked": titans.titans_chunked, "recurrent": titans.titans_recurrent}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .positions import repeat_kv
+from ...kernels.positions import repeat_kv
 
 
 def local_linear_blockwise(q, k, v, weights, *, ridge: float, q_block: int, kv_block: int, causal: bool):

@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.local_linear import local_linear_blockwise
-from ..kernels.positions import causal_mask, repeat_kv
-from ..registry import ALL_PATTERNS, MechanismSpec, register
-from ..scores.normalisers import SOFTMAX
-from ..scores.user_mask import apply_mask
-from ..builders.kv_cache_step import kv_cache_step
-from ..validation import check_float, check_int
+from .blockwise import local_linear_blockwise
+from ...kernels.positions import causal_mask, repeat_kv
+from ...registry import ALL_PATTERNS, MechanismSpec, register
+from ...scores.normalisers import SOFTMAX
+from ...scores.user_mask import apply_mask
+from ...builders.kv_cache_step import kv_cache_step
+from ...validation import check_float, check_int
 
 PAPER = "Local Linear Attention: An Optimal Interpolation of Linear and Softmax Attention For Test-Time Regression"
 
@@ -78,7 +78,7 @@ def lla_reference(q, k, v, *, causal, mask, scale, ridge, q_block, kv_block):
 
 
 def lla_blockwise(q, k, v, *, causal, mask, scale, ridge, q_block, kv_block):
-    """Query blocks, key second moments by GEMM, one d x d solve per query (:mod:`attnkit.kernels.local_linear`)."""
+    """Query blocks, key second moments by GEMM, one d x d solve per query (:mod:`attnkit.families.local_linear.blockwise`)."""
     _check(ridge, q_block=q_block, kv_block=kv_block)
 
     def weights(a, b, end):

@@ -6,7 +6,7 @@ recurrence of "Gated Delta Networks: Improving Mamba2 with Delta Rule"::
     S_t = A_t S_{t-1} + beta_t k_t v_t^T,   A_t = alpha_t (I - beta_t k_t k_t^T),   alpha_t = exp(g_t)
 
 The transition does not depend on the state, so the state splits exactly into the
-Fenwick buckets of ``attnkit.kernels.log_linear`` (key ``s`` at level
+Fenwick buckets of ``attnkit.families.log_linear.forms`` (key ``s`` at level
 ``l(t, s) = bit_length(t XOR s)`` of query ``t``), each bucket evolving under the
 same ``A_t``; each level has its own weight ``lam[t, l]``::
 
@@ -26,8 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .delta_rule_chunked import decayed_products, solve_unit_lower
-from .log_linear import carried_levels, fold, level_one_hot, pair_weights
+from ..delta_rule.chunked import decayed_products, solve_unit_lower
+from ..log_linear.forms import carried_levels, fold, level_one_hot, pair_weights
 
 
 def log_linear_delta_parallel(q, k, v, beta, g, lam, *, start, S0):

@@ -1,4 +1,4 @@
-"""Log-linear Gated DeltaNet (``attnkit.kernels.log_linear_delta``).
+"""Log-linear Gated DeltaNet (``attnkit.families.log_linear.forms_delta``).
 
 Guo, Yang, Goel, Xing, Dao & Kim, "Log-Linear Attention" (2025), applied to the gated
 delta rule of Yang, Kautz & Hatamizadeh, "Gated Delta Networks: Improving Mamba2 with
@@ -13,13 +13,13 @@ power of two) is an execution knob. Causal self-attention only.
 """
 from __future__ import annotations
 
-from ..kernels import log_linear_delta
-from ..kernels.delta_rule import prepare
-from ..state import RecurrentState
-from ..registry import MechanismSpec, register
-from .delta_rule import GATED_DELTANET, check_inputs, example_inputs
-from ..builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
-from .log_linear import PAPER, example_level_weights, level_state, level_state_size, levels_for
+from . import forms as log_linear_delta
+from ..delta_rule.forms import prepare
+from ...state import RecurrentState
+from ...registry import MechanismSpec, register
+from ..delta_rule import GATED_DELTANET, check_inputs, example_inputs
+from ...builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from ..log_linear import PAPER, example_level_weights, level_state, level_state_size, levels_for
 
 KERNELS = {
     "parallel": log_linear_delta.log_linear_delta_parallel,

@@ -25,10 +25,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..kernels.nha_chunked import NHAState, initial_state, nha_chunks
-from ..kernels.positions import repeat_kv
-from ..registry import MechanismSpec, register
-from ..validation import check_float, check_int
+from .chunked import NHAState, initial_state, nha_chunks
+from ...kernels.positions import repeat_kv
+from ...registry import MechanismSpec, register
+from ...validation import check_float, check_int
 
 PAPER = "Native Hybrid Attention for Efficient Sequence Modeling"
 FEATURES = {"swish": F.silu, "identity": lambda x: x}

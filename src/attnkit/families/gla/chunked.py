@@ -29,8 +29,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .linear_scan import pass_state
-from ..validation import check_int
+from ...kernels.linear_scan import pass_state
+from ...validation import check_int
 
 
 # Sub-chunk length: the exact per-channel (c, c, Dk) tensor costs c Dk per token and the

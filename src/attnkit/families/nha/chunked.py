@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .positions import repeat_kv
+from ...kernels.positions import repeat_kv
 
 
 class NHAState:

@@ -1,4 +1,4 @@
-"""RAT: recurrence inside chunks, softmax attention across chunks (``attnkit.kernels.rat``).
+"""RAT: recurrence inside chunks, softmax attention across chunks (``attnkit.families.rat.forms``).
 
 Wei, Yadav, Pascanu & Gulcehre, "RAT: Bridging RNN Efficiency and Attention
 Accuracy in Language Modeling" (2025). Tensor input: the forget gate ``g``
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels import rat
-from ..state import RecurrentState, expect_state
-from ..kernels.positions import repeat_kv
-from ..registry import MechanismSpec, register
-from ..validation import check_int, check_tensor
-from ..builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from . import forms as rat
+from ...state import RecurrentState, expect_state
+from ...kernels.positions import repeat_kv
+from ...registry import MechanismSpec, register
+from ...validation import check_int, check_tensor
+from ...builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
 
 PAPER = "RAT: Bridging RNN Efficiency and Attention Accuracy in Language Modeling"
 KERNELS = {"parallel": rat.rat_parallel, "chunked": rat.rat_chunked, "recurrent": rat.rat_recurrent}

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import torch
 
-from .delta_rule import prepare, zero_state
-from .pieces import pieces
-from .positions import repeat_kv
+from .forms import prepare, zero_state
+from ...kernels.pieces import pieces
+from ...kernels.positions import repeat_kv
 
 # Elements of the largest temporary of a block (heads x block tokens x max(C, 2 D)): the sequence runs in
 # blocks of whole chunks, all heads at once, so each block's matrices stay in cache. Batched (64 x 64)
