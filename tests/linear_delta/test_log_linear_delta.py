@@ -12,7 +12,7 @@ from attnkit.families.log_linear import levels_for
 from attnkit.state import RecurrentState
 
 NAME = "log_linear_gated_deltanet"
-FORMS = attnkit.spec(NAME).extra["stateful_forms"]
+FORMS = attnkit.spec(NAME).stateful_forms
 
 
 def _inputs(B, H, N, D, levels, seed=0):

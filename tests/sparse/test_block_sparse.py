@@ -6,7 +6,7 @@ import torch
 
 import attnkit
 from attnkit.builders.mask_pipeline import dense_pattern
-from attnkit.kernels.auto_sparse import sparse_layout
+from attnkit.kernels.auto_sparse import too_dense
 from attnkit.kernels.block_sparse import block_sparse_attention
 from attnkit.masks import build_layout, causal_mask
 from attnkit.masks.base import MaskMod
@@ -95,8 +95,12 @@ def test_softmax_dispatches_sparse_boolean_masks(monkeypatch):
     monkeypatch.setattr(auto, "MIN_PAIRS", 1)
     monkeypatch.setattr(auto, "BLOCK", 16)
     q, k, v, _, dense = _case(sliding_window(8) & causal_mask(), 1, 2, 1, 130, 130)
-    assert sparse_layout(q, k, causal=True, mask=dense) is not None
-    assert sparse_layout(q, k, causal=True, mask=torch.ones(130, 130, dtype=torch.bool)[None, None]) is None
+    assert too_dense(q, k, v, causal=True, mask=dense) is None
+    full = torch.ones(130, 130, dtype=torch.bool)[None, None]
+    assert "non-empty" in too_dense(q, k, v, causal=True, mask=full)
+    assert attnkit.explain(q, k, v, "softmax", causal=True, mask=dense).form == "block_sparse"
+    assert attnkit.explain(q, k, v, "softmax", causal=True, mask=full).form == "sdpa"
+    assert attnkit.explain(q, k, v, "softmax", causal=True, mask=full, form="block_sparse").form == "block_sparse"
     out = attnkit.attention(q, k, v, "softmax", causal=True, mask=dense)
     _check(out, materialised_attention(q, k, v, causal=True, mask=dense, scale=0.25), (q, k, v))
 

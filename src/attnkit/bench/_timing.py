@@ -39,7 +39,6 @@ def interleaved_medians(fns, repeats: int = 5, warmup: int = 1) -> list[float]:
 def make_inputs(name: str, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, seed: int = 0):
     """Random fp32 q, k, v and the mechanism's extra tensor inputs."""
     s = spec(name)
-    head_dim = max(head_dim, s.min_head_dim)
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(batch, heads, q_len, head_dim, generator=g)
     k = torch.randn(batch, heads, kv_len, head_dim, generator=g)

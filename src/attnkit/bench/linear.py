@@ -41,7 +41,7 @@ def _inputs(spec, n: int, head_dim: int = D, seed: int = 0):
 
 def _form(spec, name, q, k, v, extra, **kw):
     params = {**spec.params, **extra, **kw}
-    return spec.extra["stateful_forms"][name](q, k, v, causal=True, scale=q.shape[-1] ** -0.5, **params)
+    return spec.stateful_forms[name](q, k, v, causal=True, scale=q.shape[-1] ** -0.5, **params)
 
 
 def _per_head(extra, spec, h):
@@ -77,7 +77,7 @@ def mechanisms_chunked(n: int, repeats: int) -> None:
     print(f"\nchunked forward at N={n} (Based at head_dim 16, the paper's feature dim):")
     for name in registry.names():
         spec = registry.get(name)
-        if "stateful_forms" not in spec.extra or "causal-self" not in spec.patterns:
+        if spec.stateful_forms is None or "causal-self" not in spec.patterns:
             continue
         q, k, v, extra = _inputs(spec, n, 16 if name == "based" else D)
         t = median_seconds(lambda: _form(spec, "chunked", q, k, v, extra), repeats)
@@ -103,7 +103,7 @@ def state_sizes(n: int) -> None:
     print(f"  {'softmax KV cache':<26} {kv_cache_size(B, H, H, n, D):>14,}")
     for name in registry.names():
         spec = registry.get(name)
-        if "stateful_forms" in spec.extra:
+        if spec.stateful_forms is not None:
             print(f"  {name:<26} {spec.state_size(B, H, H, n, D):>14,}")
 
 

@@ -1,6 +1,8 @@
 """The incremental form of mechanisms that keep every key and value (a :class:`KVCache`)."""
 from __future__ import annotations
 
+from .. import registry
+from ..dispatch import choose_form
 from ..state import KVCache
 
 
@@ -17,3 +19,15 @@ def kv_cache_step(form):
 
     step.__name__ = f"kv_cache_step({getattr(form, '__name__', 'form')})"
     return step
+
+
+def default_form_of(name: str):
+    """A form that runs what a call to mechanism ``name`` without ``form=`` runs (for its step form)."""
+
+    def default_form(q, k, v, *, causal, mask, scale, **params):
+        spec = registry.get(name)
+        choice = choose_form(spec, q, k, v, causal=causal, mask=mask, form=None, params=params)
+        return spec.form(choice.form)(q, k, v, causal=causal, mask=mask, scale=scale, **params)
+
+    default_form.__name__ = f"{name}_default_form"
+    return default_form

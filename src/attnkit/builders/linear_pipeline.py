@@ -15,13 +15,13 @@ import torch
 
 from ..kernels import linear_scan
 from ..kernels.positions import repeat_kv
-from ..registry import MechanismSpec, register
+from ..registry import MechanismSpec
 from ..state import RecurrentState, expect_state
 from ..validation import check_int
+from .stateful import register_stateful_mechanism
 
 CHUNK_PARAMS = {"chunk_size": 64}
 FEATURE_MAP_PATTERNS = frozenset({"causal-self", "noncausal-self", "noncausal-cross"})
-CAUSAL_ONLY = frozenset({"causal-self"})
 
 
 def stateful_forms(
@@ -129,26 +129,6 @@ def _normalised(out, q_len, length, causal, eps):
     return num / den.masked_fill(den == 0, float("inf"))
 
 
-def step_from(forms):
-    """Incremental form: the state goes in as ``initial_state`` (recurrent for one token, chunked otherwise)."""
-
-    def step(q, k, v, state, *, causal, mask, scale, **params):
-        form = forms["recurrent"] if q.shape[2] == 1 else forms["chunked"]
-        return form(q, k, v, causal=causal, scale=scale, initial_state=state, **params)
-
-    return step
-
-
-def drop_state(name: str, form):
-    """The one-shot form of a stateful form: same output, final state dropped (masks are refused upstream)."""
-
-    def one_shot(q, k, v, *, causal, mask, scale, **kw):
-        return form(q, k, v, causal=causal, scale=scale, **kw)[0]
-
-    one_shot.__name__ = f"{name}_{form.__name__}"
-    return one_shot
-
-
 def register_linear_mechanism(
     name: str,
     *,
@@ -189,25 +169,18 @@ def register_linear_mechanism(
             return 2 * batch * heads * (kv_len + q_len) * dk * dv
         return 2 * batch * heads * q_len * (c * dk + c * dv + 2 * dk * dv)
 
-    extra = {"stateful_forms": forms}
-    return register(
-        MechanismSpec(
-            name=name,
-            family=family,
-            papers=papers,
-            patterns=frozenset(patterns),
-            reference=drop_state(name, forms["parallel"]),
-            fast={"chunked": drop_state(name, forms["chunked"]), "recurrent": drop_state(name, forms["recurrent"])},
-            step=step_from(forms),
-            params=all_params,
-            tensor_inputs=tensor_inputs,
-            tensor_inputs_per_token=tensor_inputs_per_token,
-            supports_mask=False,
-            flops=flops,
-            state_size=state_size,
-            complexity="O(N)",
-            summary=summary,
-            test_params={"chunk_size": 16, **(test_params or {})},
-            extra=extra,
-        )
+    return register_stateful_mechanism(
+        name,
+        forms=forms,
+        family=family,
+        papers=papers,
+        patterns=frozenset(patterns),
+        params=all_params,
+        tensor_inputs=tensor_inputs,
+        tensor_inputs_per_token=tensor_inputs_per_token,
+        flops=flops,
+        state_size=state_size,
+        complexity="O(N)",
+        summary=summary,
+        test_params={"chunk_size": 16, **(test_params or {})},
     )

@@ -21,13 +21,14 @@ from collections import OrderedDict
 
 import torch
 
+from ..kernels.auto_sparse import not_boolean
 from ..kernels.block_sparse import block_sparse_attention
 from ..kernels.chunked import chunked_attention
 from ..masks.base import causal_mask, tensor_mask
 from ..masks.layout import build_layout
 from ..reference import materialised_attention
 from ..registry import ALL_PATTERNS, MechanismSpec, kv_cache_size, register
-from .kv_cache_step import kv_cache_step
+from .kv_cache_step import default_form_of, kv_cache_step
 
 # Tile sizes of the block-sparse form: execution choices, not part of the equations.
 BLOCK_PARAMS = {"block_q": 128, "block_k": 128}
@@ -77,9 +78,6 @@ def register_mask_mechanism(
         B, H, Nq, _ = q.shape
         Nk = k.shape[2]
         m = pattern(q, k, causal, kw)
-        if mask is not None and mask.dtype != torch.bool:
-            allowed = dense_pattern(m, B, H, Nq, Nk, q.device)
-            return chunked_attention(q, k, v, causal=False, mask=_combine(allowed, mask), scale=scale)
         if mask is not None:
             m = m & tensor_mask(mask, Nq, Nk)
         key = None
@@ -111,7 +109,13 @@ def register_mask_mechanism(
         layout = build_layout(pattern(q, k, causal, kw), batch=batch, heads=heads, q_len=q_len, kv_len=kv_len)
         return layout.flops(head_dim)
 
+    def chunked(q, k, v, *, causal, mask, scale, block_q, block_k, **kw):
+        """The pattern as a dense mask under the chunked online softmax (any mask, additive ones included)."""
+        allowed = dense_pattern(pattern(q, k, causal, kw), q.shape[0], q.shape[1], q.shape[2], k.shape[2], q.device)
+        return chunked_attention(q, k, v, causal=False, mask=_combine(allowed, mask), scale=scale)
+
     reference.__name__ = f"{name}_reference"
+    chunked.__name__ = f"{name}_chunked"
     block_sparse.__name__ = f"{name}_block_sparse"
     return register(
         MechanismSpec(
@@ -120,8 +124,10 @@ def register_mask_mechanism(
             papers=papers,
             patterns=frozenset(patterns),
             reference=reference,
-            fast={"block_sparse": block_sparse},
-            step=kv_cache_step(block_sparse) if "causal-self" in patterns else None,
+            fast={"block_sparse": block_sparse, "chunked": chunked},
+            default_forms=("block_sparse", "chunked"),
+            can_run={"block_sparse": not_boolean},
+            step=kv_cache_step(default_form_of(name)) if "causal-self" in patterns else None,
             params=params,
             flops=flops,
             tensor_inputs=tensor_inputs,

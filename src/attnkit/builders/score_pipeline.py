@@ -26,7 +26,7 @@ from ..kernels.chunked import chunked_attention
 from ..reference import materialised_attention
 from ..registry import ALL_PATTERNS, MechanismSpec, register
 from ..scores.normalisers import SOFTMAX, Normaliser
-from .kv_cache_step import kv_cache_step
+from .kv_cache_step import default_form_of, kv_cache_step
 
 # Tile sizes of the chunked form: execution choices, not part of the equations.
 CHUNK_PARAMS = {"q_chunk": 512, "kv_chunk": 1024}
@@ -53,14 +53,18 @@ def register_score_mechanism(
     summary: str = "",
     family: str = "softmax",
     extra_fast: dict | None = None,
+    default_forms: tuple[str, ...] | None = None,
+    can_run: dict | None = None,
+    auto_when: dict | None = None,
     wrap_step=None,
     test_params: dict | None = None,
     mod_sees_mask: bool = False,
 ) -> MechanismSpec:
     """Register a mechanism from its hooks (see the module docstring).
 
-    ``extra_fast`` adds fast forms before the chunked one (the first is the
-    default); ``wrap_step(step) -> step`` wraps the KV-cache incremental form
+    ``extra_fast`` adds fast forms before the chunked one; ``default_forms`` (by
+    default the first of ``extra_fast``, else ``chunked``), ``can_run`` and
+    ``auto_when`` are the spec's dispatch rules (:mod:`attnkit.dispatch`); ``wrap_step(step) -> step`` wraps the KV-cache incremental form
     (e.g. to refuse a parameter setting that cannot be incremental);
     ``check_inputs(q, k, v, **params)`` validates tensor inputs before any work.
     """
@@ -97,7 +101,9 @@ def register_score_mechanism(
     chunked.__name__ = f"{name}_chunked"
     fast = dict(extra_fast or {})
     fast["chunked"] = chunked
-    step = kv_cache_step(next(iter(fast.values())))
+    if default_forms is None:
+        default_forms = (next(iter(fast)),)
+    step = kv_cache_step(default_form_of(name))
     return register(
         MechanismSpec(
             name=name,
@@ -106,6 +112,9 @@ def register_score_mechanism(
             patterns=frozenset(patterns),
             reference=reference,
             fast=fast,
+            default_forms=default_forms,
+            can_run=dict(can_run or {}),
+            auto_when=dict(auto_when or {}),
             step=wrap_step(step) if wrap_step is not None else step,
             params=params,
             tensor_inputs=tensor_inputs,

@@ -38,8 +38,7 @@ import torch
 
 from ..state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
-from ..registry import MechanismSpec, register
-from ..builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from ..builders.stateful import CAUSAL_ONLY, register_stateful_mechanism
 from ..validation import check_int
 
 PAPER = "Attention as an RNN"
@@ -145,23 +144,17 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal):
     return 2 * batch * heads * q_len * (head_dim + 64 * (head_dim + 2))
 
 
-register(
-    MechanismSpec(
-        name="aaren",
-        family="recurrent-attention",
-        papers=(PAPER,),
-        patterns=CAUSAL_ONLY,
-        reference=drop_state("aaren", FORMS["parallel"]),
-        fast={name: drop_state("aaren", FORMS[name]) for name in ("chunked", "scan", "recurrent")},
-        step=step_from(FORMS),
-        params={"chunk_size": 64},
-        supports_mask=False,
-        flops=_flops,
-        state_size=lambda batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params: (
-            batch * heads * ((v_dim or head_dim) + 2)),  # m, u and w (Dv)
-        complexity="O(N)",
-        summary="prefix softmax of a learned query over every prefix as an RNN over (max, sum, weighted sum)",
-        test_params={"chunk_size": 16},
-        extra={"stateful_forms": FORMS},
-    )
+register_stateful_mechanism(
+    "aaren",
+    forms=FORMS,
+    family="recurrent-attention",
+    papers=(PAPER,),
+    patterns=CAUSAL_ONLY,
+    params={"chunk_size": 64},
+    flops=_flops,
+    state_size=lambda batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params: (
+        batch * heads * ((v_dim or head_dim) + 2)),  # m, u and w (Dv)
+    complexity="O(N)",
+    summary="prefix softmax of a learned query over every prefix as an RNN over (max, sum, weighted sum)",
+    test_params={"chunk_size": 16},
 )

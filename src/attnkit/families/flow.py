@@ -34,8 +34,7 @@ import torch
 from ..kernels import linear_scan
 from ..state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
-from ..registry import MechanismSpec, register
-from ..builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from ..builders.stateful import CAUSAL_ONLY, register_stateful_mechanism
 from ..validation import check_float, check_int
 
 PAPER = "Flowformer: Linearizing Transformers with Conservation Flows"
@@ -151,24 +150,18 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal):
     return 2 * batch * heads * q_len * (c * head_dim + c * head_dim + 2 * head_dim * head_dim + 6 * head_dim)
 
 
-register(
-    MechanismSpec(
-        name="flow",
-        family="linear",
-        papers=(PAPER,),
-        patterns=CAUSAL_ONLY,
-        reference=drop_state("flow", FORMS["parallel"]),
-        fast={name: drop_state("flow", FORMS[name]) for name in ("chunked", "recurrent")},
-        step=step_from(FORMS),
-        params={"eps": 1e-6, "chunk_size": 64},
-        supports_mask=False,
-        flops=_flops,
-        state_size=lambda batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params: (
-            batch * heads * (4 * head_dim + 1 + head_dim * (v_dim or head_dim))),
-        complexity="O(N)",
-        summary="Flowformer's causal Flow-Attention: sigmoid maps, conserved incoming/outgoing flows, "
-                "source competition and sink allocation; O(N), constant-size state",
-        test_params={"chunk_size": 16},
-        extra={"stateful_forms": FORMS},
-    )
+register_stateful_mechanism(
+    "flow",
+    forms=FORMS,
+    family="linear",
+    papers=(PAPER,),
+    patterns=CAUSAL_ONLY,
+    params={"eps": 1e-6, "chunk_size": 64},
+    flops=_flops,
+    state_size=lambda batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params: (
+        batch * heads * (4 * head_dim + 1 + head_dim * (v_dim or head_dim))),
+    complexity="O(N)",
+    summary="Flowformer's causal Flow-Attention: sigmoid maps, conserved incoming/outgoing flows, "
+            "source competition and sink allocation; O(N), constant-size state",
+    test_params={"chunk_size": 16},
 )

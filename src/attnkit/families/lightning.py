@@ -14,7 +14,8 @@ after attention with SRMSNorm, in the layer). ``chunk_size`` is the block size.
 from __future__ import annotations
 
 from ..scores.alibi import alibi_slopes
-from ..builders.linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
+from ..builders.linear_pipeline import register_linear_mechanism
+from ..builders.stateful import CAUSAL_ONLY
 from ..validation import check_float
 
 PAPERS = (

@@ -27,12 +27,11 @@ import torch
 from ..state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..reference import materialised_attention
-from ..registry import MechanismSpec, register
 from . import lln
-from ..builders.linear_pipeline import drop_state, step_from
+from ..builders.stateful import register_stateful_mechanism
 from ..validation import check_int
 
-LLN_FORMS = lln.SPEC.extra["stateful_forms"]
+LLN_FORMS = lln.SPEC.stateful_forms
 PATTERNS = frozenset({"causal-self", "noncausal-self"})
 
 
@@ -122,24 +121,18 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal):
                                         + 2 * head_dim * head_dim)
 
 
-register(
-    MechanismSpec(
-        name="lln_diag",
-        family="linear",
-        papers=(lln.PAPER,),
-        patterns=PATTERNS,
-        reference=drop_state("lln_diag", FORMS["parallel"]),
-        fast={name: drop_state("lln_diag", FORMS[name]) for name in ("chunked", "recurrent")},
-        step=step_from(FORMS),
-        params={"alpha": lln.DEFAULT_ALPHA, "beta": lln.DEFAULT_BETA, "block": None, "chunk_size": 64},
-        supports_mask=False,
-        flops=_flops,
-        state_size=lambda batch, heads, kv_heads, seq_len, head_dim, v_dim=None, block=None, **params: (
-            batch * heads * (head_dim * ((v_dim or head_dim) + 1)
-                             + (block or head_dim) * (head_dim + (v_dim or head_dim)))),
-        complexity="O(N)",
-        summary="LLN+Diag: linear log-normal attention averaged with block-diagonal softmax attention",
-        test_params={"alpha": 0.7, "beta": 0.8, "chunk_size": 16},
-        extra={"stateful_forms": FORMS},
-    )
+register_stateful_mechanism(
+    "lln_diag",
+    forms=FORMS,
+    family="linear",
+    papers=(lln.PAPER,),
+    patterns=PATTERNS,
+    params={"alpha": lln.DEFAULT_ALPHA, "beta": lln.DEFAULT_BETA, "block": None, "chunk_size": 64},
+    flops=_flops,
+    state_size=lambda batch, heads, kv_heads, seq_len, head_dim, v_dim=None, block=None, **params: (
+        batch * heads * (head_dim * ((v_dim or head_dim) + 1)
+                         + (block or head_dim) * (head_dim + (v_dim or head_dim)))),
+    complexity="O(N)",
+    summary="LLN+Diag: linear log-normal attention averaged with block-diagonal softmax attention",
+    test_params={"alpha": 0.7, "beta": 0.8, "chunk_size": 16},
 )

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from ..validation import check_tensor
-from ..builders.linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
+from ..builders.linear_pipeline import register_linear_mechanism
+from ..builders.stateful import CAUSAL_ONLY
 
 PAPER = "Transformers are SSMs: Generalized Models and Efficient Algorithms Through Structured State Space Duality"
 

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from ..kernels.auto_sparse import sparse_layout
+from ..kernels.auto_sparse import mask_layout, not_boolean, too_dense
 from ..kernels.block_sparse import block_sparse_attention
 from ..kernels.dense import sdpa_attention
 from ..scores.alibi import alibi_mod
@@ -20,16 +20,21 @@ MEMORY_EFFICIENT = "Self-attention Does Not Need O(n^2) Memory"
 
 
 def _sdpa(q, k, v, *, causal, mask, scale, **chunk_sizes_unused_by_sdpa):
-    layout = sparse_layout(q, k, causal=causal, mask=mask)  # a sparse boolean mask: skip its empty tiles
-    if layout is not None:
-        return block_sparse_attention(q, k, v, layout, scale=scale)
     return sdpa_attention(q, k, v, causal=causal, mask=mask, scale=scale)
+
+
+def _block_sparse(q, k, v, *, causal, mask, scale, **chunk_sizes_unused):
+    """Skips the tiles a boolean mask leaves empty (the default when the mask is sparse: kernels/auto_sparse.py)."""
+    return block_sparse_attention(q, k, v, mask_layout(q, k, causal=causal, mask=mask), scale=scale)
 
 
 register_score_mechanism(
     "softmax",
     papers=(ATTENTION_IS_ALL, MEMORY_EFFICIENT),
-    extra_fast={"sdpa": _sdpa},
+    extra_fast={"sdpa": _sdpa, "block_sparse": _block_sparse},
+    default_forms=("block_sparse", "sdpa"),
+    can_run={"block_sparse": not_boolean},
+    auto_when={"block_sparse": too_dense},
     summary="scaled dot-product attention; SDPA fast path, chunked O(N)-memory exact path",
 )
 

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from .forms import delta_rule_parallel, delta_rule_recurrent
 from .chunked import delta_rule_chunked
 from ...state import RecurrentState, expect_state
-from ...registry import MechanismSpec, register
+from ...registry import MechanismSpec
 from ...validation import check_int, check_tensor
-from ...builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from ...builders.stateful import CAUSAL_ONLY, register_stateful_mechanism
 
 DELTANET = "Parallelizing Linear Transformers with the Delta Rule over Sequence Length"
 GATED_DELTANET = "Gated Delta Networks: Improving Mamba2 with Delta Rule"
@@ -113,26 +113,20 @@ def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params)
 def register_delta_mechanism(name, *, gate, papers, summary) -> MechanismSpec:
     forms = stateful_forms(gate)
 
-    return register(
-        MechanismSpec(
-            name=name,
-            family="delta-rule",
-            papers=papers,
-            patterns=CAUSAL_ONLY,
-            reference=drop_state(name, forms["parallel"]),
-            fast={"chunked": drop_state(name, forms["chunked"]), "recurrent": drop_state(name, forms["recurrent"])},
-            step=step_from(forms),
-            params=dict(PARAMS),
-            tensor_inputs=example_inputs(gate),
-            tensor_inputs_per_token=("beta",) if gate is None else ("beta", "g"),
-            supports_mask=False,
-            flops=_flops,
-            state_size=_state_size,
-            complexity="O(N)",
-            summary=summary,
-            test_params={"chunk_size": 16},
-            extra={"stateful_forms": forms},
-        )
+    return register_stateful_mechanism(
+        name,
+        forms=forms,
+        family="delta-rule",
+        papers=papers,
+        patterns=CAUSAL_ONLY,
+        params=dict(PARAMS),
+        tensor_inputs=example_inputs(gate),
+        tensor_inputs_per_token=("beta",) if gate is None else ("beta", "g"),
+        flops=_flops,
+        state_size=_state_size,
+        complexity="O(N)",
+        summary=summary,
+        test_params={"chunk_size": 16},
     )
 
 

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from .chunked import gla_chunked
 from ...validation import check_tensor
-from ...builders.linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
+from ...builders.linear_pipeline import register_linear_mechanism
+from ...builders.stateful import CAUSAL_ONLY
 
 PAPER = "Gated Linear Attention Transformers with Hardware-Efficient Training"
 

@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from . import forms as log_linear
 from ...state import RecurrentState, expect_state
 from ...kernels.positions import repeat_kv
-from ...registry import MechanismSpec, register
 from ...validation import check_int, check_tensor
-from ...builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from ...builders.stateful import CAUSAL_ONLY, register_stateful_mechanism
 
 PAPER = "Log-Linear Attention"
 KERNELS = {
@@ -99,24 +98,18 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal, chunk_size=64):
 
 _FORMS = {kind: _make(kind) for kind in KERNELS}
 
-register(
-    MechanismSpec(
-        name="log_linear_mamba2",
-        family="recurrent-attention",
-        papers=(PAPER,),
-        patterns=CAUSAL_ONLY,
-        reference=drop_state("log_linear_mamba2", _FORMS["parallel"]),
-        fast={"chunked": drop_state("log_linear_mamba2", _FORMS["chunked"]), "recurrent": drop_state("log_linear_mamba2", _FORMS["recurrent"])},
-        step=step_from(_FORMS),
-        params={"chunk_size": 64},
-        tensor_inputs=_inputs,
-        tensor_inputs_per_token=("g", "lam"),
-        supports_mask=False,
-        flops=_flops,
-        state_size=level_state_size,
-        complexity="O(N log N)",
-        summary="Fenwick-tree levels of a gated linear recurrence, one weighted state per level (O(log N) states)",
-        test_params={"chunk_size": 8},
-        extra={"stateful_forms": _FORMS},
-    )
+register_stateful_mechanism(
+    "log_linear_mamba2",
+    forms=_FORMS,
+    family="recurrent-attention",
+    papers=(PAPER,),
+    patterns=CAUSAL_ONLY,
+    params={"chunk_size": 64},
+    tensor_inputs=_inputs,
+    tensor_inputs_per_token=("g", "lam"),
+    flops=_flops,
+    state_size=level_state_size,
+    complexity="O(N log N)",
+    summary="Fenwick-tree levels of a gated linear recurrence, one weighted state per level (O(log N) states)",
+    test_params={"chunk_size": 8},
 )

@@ -16,9 +16,8 @@ from __future__ import annotations
 from . import forms as log_linear_delta
 from ..delta_rule.forms import prepare
 from ...state import RecurrentState
-from ...registry import MechanismSpec, register
 from ..delta_rule import GATED_DELTANET, check_inputs, example_inputs
-from ...builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from ...builders.stateful import CAUSAL_ONLY, register_stateful_mechanism
 from ..log_linear import PAPER, example_level_weights, level_state, level_state_size, levels_for
 
 KERNELS = {
@@ -60,27 +59,18 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal, chunk_size=64):
 
 _FORMS = {kind: _make(kind) for kind in KERNELS}
 
-register(
-    MechanismSpec(
-        name="log_linear_gated_deltanet",
-        family="delta-rule",
-        papers=(PAPER, GATED_DELTANET),
-        patterns=CAUSAL_ONLY,
-        reference=drop_state("log_linear_gated_deltanet", _FORMS["parallel"]),
-        fast={
-            "chunked": drop_state("log_linear_gated_deltanet", _FORMS["chunked"]),
-            "recurrent": drop_state("log_linear_gated_deltanet", _FORMS["recurrent"]),
-        },
-        step=step_from(_FORMS),
-        params={"chunk_size": 64, "qk_l2norm": True},
-        tensor_inputs=_inputs,
-        tensor_inputs_per_token=("beta", "g", "lam"),
-        supports_mask=False,
-        flops=_flops,
-        state_size=level_state_size,
-        complexity="O(N log N)",
-        summary="Fenwick-tree levels of the gated delta rule, one weighted state per level (O(log N) states)",
-        test_params={"chunk_size": 8},
-        extra={"stateful_forms": _FORMS},
-    )
+register_stateful_mechanism(
+    "log_linear_gated_deltanet",
+    forms=_FORMS,
+    family="delta-rule",
+    papers=(PAPER, GATED_DELTANET),
+    patterns=CAUSAL_ONLY,
+    params={"chunk_size": 64, "qk_l2norm": True},
+    tensor_inputs=_inputs,
+    tensor_inputs_per_token=("beta", "g", "lam"),
+    flops=_flops,
+    state_size=level_state_size,
+    complexity="O(N log N)",
+    summary="Fenwick-tree levels of the gated delta rule, one weighted state per level (O(log N) states)",
+    test_params={"chunk_size": 8},
 )

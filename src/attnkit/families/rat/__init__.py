@@ -15,9 +15,8 @@ import torch
 from . import forms as rat
 from ...state import RecurrentState, expect_state
 from ...kernels.positions import repeat_kv
-from ...registry import MechanismSpec, register
 from ...validation import check_int, check_tensor
-from ...builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from ...builders.stateful import CAUSAL_ONLY, register_stateful_mechanism
 
 PAPER = "RAT: Bridging RNN Efficiency and Attention Accuracy in Language Modeling"
 KERNELS = {"parallel": rat.rat_parallel, "chunked": rat.rat_chunked, "recurrent": rat.rat_recurrent}
@@ -67,23 +66,17 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal):
 
 _FORMS = {kind: _make(kind) for kind in KERNELS}
 
-register(
-    MechanismSpec(
-        name="rat",
-        family="recurrent-attention",
-        papers=(PAPER,),
-        patterns=CAUSAL_ONLY,
-        reference=drop_state("rat", _FORMS["parallel"]),
-        fast={"chunked": drop_state("rat", _FORMS["chunked"]), "recurrent": drop_state("rat", _FORMS["recurrent"])},
-        step=step_from(_FORMS),
-        params={"chunk_size": DEFAULT_CHUNK},
-        tensor_inputs=_inputs,
-        tensor_inputs_per_token=("g",),
-        supports_mask=False,
-        flops=_flops,
-        state_size=_state_size,
-        complexity="O(N^2 / L)",
-        summary="gated linear recurrence inside chunks of L tokens, softmax attention over chunk summaries",
-        extra={"stateful_forms": _FORMS},
-    )
+register_stateful_mechanism(
+    "rat",
+    forms=_FORMS,
+    family="recurrent-attention",
+    papers=(PAPER,),
+    patterns=CAUSAL_ONLY,
+    params={"chunk_size": DEFAULT_CHUNK},
+    tensor_inputs=_inputs,
+    tensor_inputs_per_token=("g",),
+    flops=_flops,
+    state_size=_state_size,
+    complexity="O(N^2 / L)",
+    summary="gated linear recurrence inside chunks of L tokens, softmax attention over chunk summaries",
 )

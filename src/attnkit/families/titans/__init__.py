@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from . import forms as titans
 from ...state import RecurrentState, expect_state
 from ...kernels.positions import repeat_kv
-from ...registry import MechanismSpec, register
 from ...validation import check_int, check_tensor
-from ...builders.linear_pipeline import CAUSAL_ONLY, drop_state, step_from
+from ...builders.stateful import CAUSAL_ONLY, register_stateful_mechanism
 
 PAPER = "Titans: Learning to Memorize at Test Time"
 KERNELS = {"parallel": titans.titans_parallel, "chunked": titans.titans_chunked, "recurrent": titans.titans_recurrent}
@@ -88,25 +87,19 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal, chunk_size=16):
 
 _FORMS = {kind: _make(kind) for kind in KERNELS}
 
-register(
-    MechanismSpec(
-        name="titans",
-        family="test-time-memory",
-        papers=(PAPER,),
-        patterns=CAUSAL_ONLY,
-        reference=drop_state("titans", _FORMS["parallel"]),
-        fast={"chunked": drop_state("titans", _FORMS["chunked"]), "recurrent": drop_state("titans", _FORMS["recurrent"])},
-        step=step_from(_FORMS),
-        params={"chunk_size": 16, "qk_l2norm": True},
-        tensor_inputs=_inputs,
-        tensor_inputs_per_token=GATES,
-        supports_mask=False,
-        flops=_flops,
-        state_size=_state_size,
-        complexity="O(N)",
-        summary="MLP memory silu(x W1) W2 written by gradient steps on ||M(k) - v||^2 with momentum "
-                "(theta, eta) and forgetting (alpha); read by M(q); w1, w2 = initial memory",
-        test_params={"chunk_size": 8},
-        extra={"stateful_forms": _FORMS},
-    )
+register_stateful_mechanism(
+    "titans",
+    forms=_FORMS,
+    family="test-time-memory",
+    papers=(PAPER,),
+    patterns=CAUSAL_ONLY,
+    params={"chunk_size": 16, "qk_l2norm": True},
+    tensor_inputs=_inputs,
+    tensor_inputs_per_token=GATES,
+    flops=_flops,
+    state_size=_state_size,
+    complexity="O(N)",
+    summary="MLP memory silu(x W1) W2 written by gradient steps on ||M(k) - v||^2 with momentum "
+            "(theta, eta) and forgetting (alpha); read by M(q); w1, w2 = initial memory",
+    test_params={"chunk_size": 8},
 )
