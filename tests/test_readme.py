@@ -2,7 +2,7 @@
 from pathlib import Path
 
 import attnkit
-from attnkit.cli import markdown_table
+from attnkit.commands.list import markdown_table
 from attnkit.registry import get
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -6,9 +6,11 @@
     attnkit.spec("alibi")         # paper, patterns, forms, params, FLOPs, state size
     attnkit.explain(q, k, v, "sliding_window", causal=True)   # which form runs, and why
 """
-from . import nn, positional
+from . import cache, nn, positional
 from .api import attention, explain, mechanisms, spec
+from .flex import flex_attention
 from .registry import PATTERNS, MechanismSpec, register
 
 __version__ = "0.1.0"
-__all__ = ["nn", "positional", "attention", "explain", "mechanisms", "spec", "register", "MechanismSpec", "PATTERNS", "__version__"]
+__all__ = ["cache", "nn", "positional", "attention", "explain", "flex_attention", "mechanisms", "spec", "register",
+           "MechanismSpec", "PATTERNS", "__version__"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from . import dispatch, registry
+from .cache.state import KVState
 from .dispatch import log
 from .validation import check_params, check_pattern, check_qkv, check_scale, normalise_mask
 
@@ -44,6 +45,10 @@ def attention(
     if position is not None:
         offset = state.length if state is not None else 0
         q, k = position.apply(q, k, q_offset=offset + k.shape[2] - q.shape[2], k_offset=offset)
+    if isinstance(state, KVState):
+        _check_cache_state(spec, state, mask)
+        out, state = state.step(q, k, v, scale)
+        return (out, state) if return_state else out
     if incremental:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s", dispatch.choose_form(spec, q, k, v, causal=causal, mask=mask, form=None, params=params,
@@ -87,6 +92,16 @@ def _checked(q, k, v, mechanism, causal, mask, scale, form, state, return_state,
         if form is not None:
             raise ValueError("form= selects a one-shot form; incremental calls always use the mechanism's step form")
     return spec, mask, scale, params, incremental
+
+
+def _check_cache_state(spec, state, mask):
+    """An ``attnkit.cache.KVState`` runs softmax attention over the tokens its policy kept."""
+    if spec.name != "softmax":
+        needs = "scores tokens with softmax attention weights, which" if state.policy.needs_scores else "holds keys for softmax attention, which"
+        raise ValueError(f"state is an attnkit.cache.KVState whose policy {state.policy!r} {needs} "
+                         f"mechanism {spec.name!r} does not compute; use mechanism='softmax'")
+    if mask is not None:
+        raise ValueError("an attnkit.cache.KVState takes no mask (causality follows the kept tokens' positions)")
 
 
 def _incremental_mask(mask, q, k, state):

@@ -76,7 +76,9 @@ class MechanismSpec:
     the causality and incremental tests can slice and perturb them.
     ``state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params)``
     counts the numbers a decoder holds after ``seq_len`` tokens (``v_dim``
-    defaults to ``head_dim``; ``params`` are the call's parameters, e.g. a window).
+    defaults to ``head_dim``; ``params`` are the call's parameters, e.g. a window, and
+    may include its tensor inputs, for a size read from one). It equals the
+    ``numel()`` of the state an incremental call returns.
     """
 
     name: str

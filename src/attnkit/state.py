@@ -14,51 +14,163 @@ from __future__ import annotations
 import torch
 
 
-class KVCache:
-    """Keys and values seen so far, in buffers that grow geometrically.
+class AppendBuffer:
+    """Tensors that grow together along ``dim``, shared by the states of one decoding branch.
 
-    Appending a token costs amortised O(1) copies, so token-by-token decoding
-    of N tokens is O(N) in copying rather than O(N^2). When gradients are
-    needed the cache concatenates instead, so autograd sees every write.
+    ``filled`` is the length of the branch's newest state. :meth:`extend` from that
+    state writes after it in place (geometric growth: amortised O(1) copies per
+    token) and older states keep reading their own prefix, which nothing
+    overwrites; extending an older state first copies its prefix into a buffer
+    of its own, so two continuations of one state never see each other's tokens.
     """
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor):
-        self._k, self._v, self.length = k, v, k.shape[2]
+    def __init__(self, tensors: tuple[torch.Tensor, ...], dim: int):
+        self.tensors, self.dim, self.filled = tensors, dim, tensors[0].shape[dim]
+
+    def prefix(self, i: int, n: int) -> torch.Tensor:
+        return self.tensors[i].narrow(self.dim, 0, n)
+
+    def extend(self, n: int, new: tuple[torch.Tensor, ...]) -> "AppendBuffer":
+        """The buffer holding ``prefix(n)`` followed by ``new``: this one if ``n`` is its newest length, else a copy."""
+        buf = self if self.filled == n else AppendBuffer(tuple(self.prefix(i, n).clone() for i in range(len(new))), self.dim)
+        total = n + new[0].shape[self.dim]
+        if total > buf.tensors[0].shape[self.dim]:
+            capacity = max(2 * buf.tensors[0].shape[self.dim], total, 16)
+            buf.tensors = tuple(_grow(t, n, capacity, self.dim) for t in buf.tensors)
+        for t, x in zip(buf.tensors, new):
+            t.narrow(self.dim, n, x.shape[self.dim]).copy_(x)
+        buf.filled = total
+        return buf
+
+
+def _grow(buf: torch.Tensor, used: int, capacity: int, dim: int) -> torch.Tensor:
+    shape = list(buf.shape)
+    shape[dim] = capacity
+    out = buf.new_empty(shape)
+    out.narrow(dim, 0, used).copy_(buf.narrow(dim, 0, used))
+    return out
+
+
+class KVCache:
+    """Keys and values seen so far: a value that later calls never change.
+
+    The tokens live in an :class:`AppendBuffer`, so appending costs amortised
+    O(1) copies while the caller continues from the newest state, and
+    continuing twice from one state (beam search, retries, speculative
+    decoding) gives two independent answers. When gradients are needed the
+    cache concatenates instead, so autograd sees every write.
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, *, buffer: AppendBuffer | None = None,
+                 length: int | None = None):
+        self._buffer = buffer if buffer is not None else AppendBuffer((k, v), dim=2)
+        self.length = k.shape[2] if length is None else length
 
     @property
     def k(self) -> torch.Tensor:
-        return self._k[:, :, : self.length]
+        return self._buffer.prefix(0, self.length)
 
     @property
     def v(self) -> torch.Tensor:
-        return self._v[:, :, : self.length]
+        return self._buffer.prefix(1, self.length)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> "KVCache":
-        if k.shape[:2] != self._k.shape[:2] or k.shape[3] != self._k.shape[3] or v.shape[3] != self._v.shape[3]:
-            raise ValueError(
-                f"state holds keys of shape (B, Hkv, *, D) = {tuple(self._k.shape[:2]) + ('*', self._k.shape[3])}; "
-                f"got k of shape {tuple(k.shape)}: the state belongs to a different batch or layer"
-            )
-        n, new = self.length, k.shape[2]
-        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or self._k.requires_grad):
+        """A new state: this one followed by ``k, v``. This state is left as it was."""
+        _check_like(self._buffer.tensors, k, v)
+        held_k = self._buffer.tensors[0]
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or held_k.requires_grad):
             return KVCache(torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2))
-        if n + new > self._k.shape[2]:
-            capacity = max(2 * self._k.shape[2], n + new, 16)
-            self._k = _grow(self._k, n, capacity)
-            self._v = _grow(self._v, n, capacity)
-        self._k[:, :, n : n + new] = k
-        self._v[:, :, n : n + new] = v
-        self.length = n + new
-        return self
+        n = self.length
+        return KVCache(k, v, buffer=self._buffer.extend(n, (k, v)), length=n + k.shape[2])
 
     def numel(self) -> int:
         return self.k.numel() + self.v.numel()
 
 
-def _grow(buf: torch.Tensor, used: int, capacity: int) -> torch.Tensor:
-    out = buf.new_empty(buf.shape[0], buf.shape[1], capacity, buf.shape[3])
-    out[:, :, :used] = buf[:, :, :used]
-    return out
+class WindowKVCache:
+    """The first ``sinks`` and the last ``window`` keys/values of everything seen: constant decode memory.
+
+    For patterns that can never see a key again once it has left the window
+    (sliding and dilated windows, sinks + window, global + window). ``length``
+    counts every token seen (the position of the next one); ``k`` and ``v`` are
+    only the held tokens, in order, with the sinks first. A call runs on the held
+    tokens followed by its new ones (:meth:`append`) and returns the state trimmed
+    back to the bound (:meth:`trimmed`). Like :class:`KVCache` it is a value, and
+    appends cost amortised O(1) copies: the tail lives in an :class:`AppendBuffer`
+    that is compacted once the dropped part outgrows the kept one.
+    """
+
+    def __init__(self, buffer: AppendBuffer, start: int, end: int, length: int, sinks: int, window: int,
+                 sink_kv: tuple[torch.Tensor, torch.Tensor] | None = None):
+        self._buffer, self._start, self._end, self.length = buffer, start, end, length
+        self.sinks, self.window, self._sink_kv = sinks, window, sink_kv  # sink_kv: the sinks, once split off
+
+    @classmethod
+    def empty_like(cls, k: torch.Tensor, v: torch.Tensor, sinks: int, window: int) -> "WindowKVCache":
+        return cls(AppendBuffer((k[:, :, :0], v[:, :, :0]), dim=2), 0, 0, 0, sinks, window)
+
+    def _held(self, i: int) -> torch.Tensor:
+        tail = self._buffer.tensors[i][:, :, self._start : self._end]
+        return tail if self._sink_kv is None else torch.cat([self._sink_kv[i], tail], dim=2)
+
+    @property
+    def k(self) -> torch.Tensor:
+        return self._held(0)
+
+    @property
+    def v(self) -> torch.Tensor:
+        return self._held(1)
+
+    def held(self) -> int:
+        return self._end - self._start + (0 if self._sink_kv is None else self.sinks)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> "WindowKVCache":
+        """The held tokens followed by ``k, v`` (untrimmed: the call needs them all). This state is left as it was."""
+        _check_like(self._buffer.tensors, k, v)
+        n = k.shape[2]
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or self._buffer.tensors[0].requires_grad):
+            buffer = AppendBuffer((torch.cat([self._buffer.prefix(0, self._end), k], dim=2),
+                                   torch.cat([self._buffer.prefix(1, self._end), v], dim=2)), dim=2)
+        else:
+            buffer = self._buffer.extend(self._end, (k, v))
+        return WindowKVCache(buffer, self._start, self._end + n, self.length + n, self.sinks, self.window, self._sink_kv)
+
+    def trimmed(self) -> "WindowKVCache":
+        """This state holding only what a later query can still see."""
+        if self.held() <= self.sinks + self.window:
+            return self
+        sink_kv = self._sink_kv
+        if sink_kv is None and self.sinks:
+            sink_kv = tuple(t[:, :, : self.sinks].clone() for t in self._buffer.tensors)
+        buffer, start, end = self._buffer, self._end - self.window, self._end
+        if start >= max(self.window, 16):  # compact: the dropped prefix is larger than the kept tail
+            buffer = AppendBuffer(tuple(t[:, :, start:end].clone() for t in buffer.tensors), dim=2)
+            start, end = 0, self.window
+        return WindowKVCache(buffer, start, end, self.length, self.sinks, self.window, sink_kv)
+
+    def columns(self, mask):
+        """The columns of an incremental ``mask`` (over every key seen) that belong to the held keys."""
+        if mask is None or mask.shape[-1] == 1 or self.held() == self.length:
+            return mask
+        tail = mask[..., self.length - (self._end - self._start) :]
+        return tail if self._sink_kv is None else torch.cat([mask[..., : self.sinks], tail], dim=-1)
+
+    def numel(self) -> int:
+        k, v = self._buffer.tensors
+        per_token = k.shape[0] * k.shape[1] * (k.shape[3] + v.shape[3])
+        return self.held() * per_token
+
+
+def _check_like(held: tuple[torch.Tensor, ...], k: torch.Tensor, v: torch.Tensor) -> None:
+    held_k, held_v = held
+    if k.shape[:2] != held_k.shape[:2] or k.shape[3] != held_k.shape[3] or v.shape[3] != held_v.shape[3]:
+        raise ValueError(
+            f"state holds keys of shape (B, Hkv, *, D) = {tuple(held_k.shape[:2]) + ('*', held_k.shape[3])}; "
+            f"got k of shape {tuple(k.shape)}: the state belongs to a different batch or layer"
+        )
+    if k.dtype != held_k.dtype or k.device != held_k.device:
+        raise ValueError(f"state holds keys of dtype {held_k.dtype} on {held_k.device}; "
+                         f"got k of dtype {k.dtype} on {k.device}")
 
 
 class RecurrentState:

@@ -1,5 +1,5 @@
 """CAB: the probed pattern matrix and the efficiency-length rule."""
-from attnkit.bench.cab import efficiency_length, probe
+from attnkit.bench.suites.cab import efficiency_length, probe
 from attnkit.registry import PATTERNS
 
 
@@ -22,7 +22,7 @@ def test_efficiency_length():
 
 
 def test_efficiency_table_takes_zero_memory_growth():
-    from attnkit.bench.cab import efficiency_table
+    from attnkit.bench.suites.cab import efficiency_table
 
     rows = [{"mechanism": m, "form": f, "causal": True, "N": n, "seconds": t * n, "peak_mb": mb}
             for m, f, t, mb in (("softmax", "sdpa", 1.0, 5.0), ("softmax", "reference", 2.0, 9.0),

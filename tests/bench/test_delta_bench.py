@@ -1,13 +1,19 @@
-"""``attnkit bench delta`` on a short sequence: every form runs, and the floor lists its matmuls."""
-from attnkit.bench import delta
-from attnkit.bench.delta import matmul_seconds
+"""``attnkit bench delta`` on a short sequence: every form runs and is stored, and the floor lists its matmuls."""
+from attnkit.bench.suites import delta
+from attnkit.bench.suites.delta import matmul_seconds
+
+from .stored import run_suite
 
 
-def test_bench_delta_prints_forms_and_floor(capsys):
-    assert delta.main(["--seq", "96", "--chunk-size", "32", "--mechanism", "kda", "--threads", "1"]) == 0
-    out = capsys.readouterr().out
-    for line in ("chunked", "recurrent", "parallel", "floor", "chunk  16", "chunk  64", "at 100% of GEMM"):
-        assert line in out
+def test_bench_delta_stores_forms_and_floor(tmp_path):
+    _, (row,) = run_suite(tmp_path, "delta", "--n", "96", "--chunk-size", "32", "--mechanisms", "kda",
+                          "--repeats", "1")
+    assert row["mechanism"] == "kda" and row["N"] == 96
+    for name in ("chunked_s", "recurrent_s", "parallel_s"):
+        assert row[name] > 0
+    assert row["recurrent_over_chunked"] == row["recurrent_s"] / row["chunked_s"]
+    assert set(row["floor_s"]) == {"16", "32", "64"} and all(t > 0 for t in row["floor_s"].values())
+    assert row["state_numbers"] > 0 and row["kv_cache_numbers"] == 2 * 8 * 96 * 64
 
 
 def test_floor_times_each_part_of_the_chunked_form(monkeypatch):

@@ -1,7 +1,7 @@
 """The peak-memory probe: a call that holds a known tensor reads its size, an empty call reads ~0."""
 import torch
 
-from attnkit.bench._memory import peak_mb
+from attnkit.bench.memory import peak_mb
 
 MB = 2**20
 

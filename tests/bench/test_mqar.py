@@ -1,12 +1,11 @@
 """The MQAR suite's model, training loop, plan and ordering checks (small and fast)."""
-import argparse
-
 import pytest
 import torch
 from torch import nn
 
 from attnkit import spec
-from attnkit.bench import mqar as suite
+from attnkit.bench.suites import build_parser, mqar as suite
+from attnkit.cli import main
 from attnkit.bench._mqar_data import mqar
 from attnkit.bench._mqar_model import MQARModel, train
 
@@ -56,25 +55,28 @@ def test_state_sizes_count_the_window_and_the_value_dimension():
     assert suite.state_size("gated_deltanet", {}, 64, 64, 1, 32) == 32 * 64
 
 
-def _args(**kw):
-    base = dict(full=False, mechanisms=None, roles=None, lrs=None, jobs=2)
-    return argparse.Namespace(**{**base, **kw})
+def _args(*argv):
+    return build_parser("mqar").parse_args(list(argv))
 
 
 def test_plan_sweeps_each_roles_own_learning_rates():
-    config, entries = suite.configure(_args(roles="attention,based"))
+    config, entries = suite.configure(_args("--roles", "attention,based"))
     config["lrs"] = {"*": [1e-3], "based": [1e-3, 3e-3]}
     items = suite.plan(config, entries)
     assert [(it["role"], it["lr"]) for it in items] == [("attention", 1e-3), ("based", 1e-3), ("based", 3e-3)]
-    config, _ = suite.configure(_args(roles="based", lrs="0.01,0.02"))
+    config, _ = suite.configure(_args("--roles", "based", "--lrs", "0.01,0.02"))
     assert suite.lrs_for(config, "based") == [0.01, 0.02]
 
 
-@pytest.mark.parametrize("bad, match", [(dict(roles="attention,nope"), "--roles"), (dict(lrs="0,1e-3"), "--lrs"),
-                                        (dict(mechanisms="softmaxx"), "softmax")])
-def test_bad_configuration_is_refused_up_front(bad, match):
-    with pytest.raises(ValueError, match=match):
-        suite.configure(_args(**bad))
+@pytest.mark.parametrize("bad, match", [(["--roles", "attention,nope"], "unknown role 'nope'"),
+                                        (["--lrs", "0,1e-3"], "positive number"),
+                                        (["--jobs", "0"], "positive integer"),
+                                        (["--mechanisms", "softmaxx"], "softmax")])
+def test_bad_configuration_is_refused_up_front(bad, match, capsys):
+    """One line on stderr, exit code 2, nothing measured."""
+    assert main(["bench", "mqar", *bad, "--db", "/nonexistent/never-created.sqlite"]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1
 
 
 def _row(role, acc):
@@ -96,8 +98,3 @@ def test_best_of_the_sweep_is_kept_per_setting():
     rows = [{**_row("based", 0.2), "lr": 1e-3}, {**_row("based", 0.6), "lr": 3e-3}, {**_row("based", 0.4), "lr": 1e-2}]
     (best,) = suite.best_per_setting(rows)
     assert best["lr"] == 3e-3
-
-
-def test_jobs_must_be_positive():
-    with pytest.raises(ValueError, match="--jobs"):
-        suite.configure(_args(jobs=0))

@@ -1,5 +1,5 @@
 """The sparse suite's sweep: every method's parameters run, and the probed sparsity is the policy's."""
-from attnkit.bench.sparse import METHODS, QUICK, plan, sparsity
+from attnkit.bench.suites.sparse import METHODS, QUICK, plan, sparsity
 
 
 def test_every_method_and_phase_is_planned_and_its_parameters_run():

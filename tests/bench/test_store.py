@@ -3,8 +3,8 @@ import argparse
 
 import pytest
 
-from attnkit.bench._runner import INTERRUPTED, run_items
-from attnkit.bench._store import Store
+from attnkit.bench.runner import INTERRUPTED, run_items
+from attnkit.bench.store import Store
 
 MACHINE = {"cpu": "test cpu", "threads": 2, "gemm_gflops_fp32": 100.0}
 

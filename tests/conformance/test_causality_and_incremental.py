@@ -65,6 +65,45 @@ def test_incremental_equals_one_shot(name):
         assert err < 1e-9, f"{name}: incremental differs from one-shot by {err:.3e} (cuts {cuts[:6]}...)"
 
 
+@pytest.mark.parametrize("name", _incremental_names())
+def test_a_state_is_a_value_continuing_twice_from_it_gives_the_same_answer(name):
+    """Beam search, retries and speculative decoding continue from one state more than once."""
+    spec = get(name)
+    N, cut, end = 24, 10, 14
+    q, k, v, extra = make_inputs(spec, (1, 2, 2, N, N, 16), seed=6)
+    whole = run(spec, None, q, k, v, extra, causal=True)
+
+    def call(a, b, state):
+        piece = {n: (x[:, :, a:b] if n in spec.tensor_inputs_per_token else x) for n, x in extra.items()}
+        return attnkit.attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], name, causal=True, state=state,
+                                 return_state=True, **spec.test_params, **piece)
+
+    _, state = call(0, cut, None)
+    for attempt in ("first", "second"):
+        out, newer = call(cut, end, state)
+        assert state.length == cut and newer.length == end
+        err = max_err(out, whole[:, :, cut:end])
+        assert err < 1e-9, f"{name}: the {attempt} continuation from one state differs from one-shot by {err:.3e}"
+    out, _ = call(end, N, newer)  # the newest state still continues
+    assert max_err(out, whole[:, :, end:]) < 1e-9, f"{name}: continuing the newest state after a branch is wrong"
+
+
+@pytest.mark.parametrize("name", _incremental_names())
+def test_declared_state_size_is_what_the_state_holds(name):
+    """spec.state_size after N tokens equals the state's numel, for pieces and for one token at a time."""
+    spec = get(name)
+    B, H, Hkv, N, D = 2, 4, 2, 37, 16
+    q, k, v, extra = make_inputs(spec, (B, H, Hkv, N, N, D), seed=7)
+    for cuts in ([5, 17, 30], list(range(1, N))):
+        state = None
+        for a, b in zip([0, *cuts], [*cuts, N]):
+            piece = {n: (x[:, :, a:b] if n in spec.tensor_inputs_per_token else x) for n, x in extra.items()}
+            _, state = attnkit.attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], name, causal=True, state=state,
+                                         return_state=True, **spec.test_params, **piece)
+            declared = spec.state_size(B, H, Hkv, b, D, v.shape[-1], **{**spec.params, **spec.test_params, **extra})
+            assert state.numel() == declared, f"{name} after {b} tokens: state holds {state.numel()}, declared {declared}"
+
+
 @pytest.mark.parametrize("name", [n for n in cases("names") if get(n).step is None])
 def test_mechanism_without_incremental_form_refuses_state(name):
     spec = get(name)

@@ -115,11 +115,11 @@ def test_decode_queries_padded_to_causal_self_attention():
 
 
 def test_fidelity_benchmark_softmax_is_exact():
-    from attnkit.bench import hf as bench
+    from attnkit.bench.suites import hf as bench
 
     assert bench.spearman(torch.tensor([1.0, 3.0, 2.0]), torch.tensor([10.0, 30.0, 20.0])) == pytest.approx(1.0)
     assert bench.spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0])) == pytest.approx(-1.0)
-    (row,) = bench.evaluate(["softmax"], repeats=1)["rows"]
+    row = bench.evaluator(repeats=1)({"mechanism": "softmax"})
     assert row["cosine_min"] > 0.99999 and row["spearman"] == 1.0
 
 

@@ -34,6 +34,18 @@ def test_incremental_decoding_equals_one_shot_and_caches_the_latent(form):
     assert state.length == 11 and state.numel() == 2 * 11 * (12 + 4)  # not 2 * heads * head_dim per token
 
 
+def test_a_cache_is_a_value_continuing_twice_from_it_gives_the_same_answer():
+    mla = _mla()
+    whole = mla(X, causal=True)
+    with torch.no_grad():
+        _, state = mla(X[:, :5], causal=True, return_state=True)
+        first = mla(X[:, 5:8], causal=True, state=state)
+        again = mla(X[:, 5:8], causal=True, state=state)
+    assert state.length == 5
+    torch.testing.assert_close(first, whole[:, 5:8])
+    torch.testing.assert_close(again, whole[:, 5:8])
+
+
 def test_decoupled_rope_breaks_permutation_equivariance_and_gradients_flow():
     mla = _mla()
     x = X.clone().requires_grad_(True)

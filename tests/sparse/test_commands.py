@@ -1,7 +1,7 @@
-"""The `attnkit masks` command and the `attnkit bench kernels` JSON contract (tiny sizes, no timing asserted)."""
+"""The `attnkit masks` command and the rows `attnkit bench kernels` stores (tiny sizes, no timing asserted)."""
 from __future__ import annotations
 
-import json
+import pytest
 
 from attnkit.cli import main
 
@@ -14,20 +14,14 @@ def test_masks_show_writes_a_picture(tmp_path, capsys):
     assert main(["masks", "show", "no_such_pattern"]) == 2
 
 
-def test_bench_kernels_writes_json_rows(tmp_path):
-    path = tmp_path / "rows.json"
-    db = tmp_path / "results.sqlite"
-    argv = ["bench", "kernels", "--patterns", "sliding_window_causal", "--n", "256", "--heads", "1",
-            "--directions", "fwd,fwdbwd", "--repeats", "1", "--no-flex", "--json", str(path), "--db", str(db),
-            "--no-progress"]
-    assert main(argv) == 0
-    rows = json.loads(path.read_text())
-    from attnkit.bench._store import Store
+def test_bench_kernels_stores_rows_with_baselines(tmp_path):
+    from tests.bench.stored import run_suite
 
-    assert Store(db).rows(Store(db).latest_run("kernels")["id"]) == rows  # stored for `attnkit report`
+    run, rows = run_suite(tmp_path, "kernels", "--patterns", "sliding_window_causal", "--n", "128", "--heads", "1",
+                          "--head-dim", "16", "--directions", "fwd,fwdbwd", "--repeats", "1", "--no-flex")
+    assert run["config"]["directions"] == ["fwd", "fwdbwd"]
     assert [r["direction"] for r in rows] == ["fwd", "fwdbwd"]
     for r in rows:
-        for key in ("suite", "pattern", "n", "direction", "seconds", "peak_mb", "gflops", "gemm_ratio",
-                    "sdpa_ratio", "flex_ratio"):
-            assert key in r
-        assert r["seconds"] > 0 and r["sdpa_ratio"] is not None and r["flex_ratio"] is None
+        assert r["pattern"] == "sliding_window_causal" and r["n"] == 128
+        assert r["seconds"] > 0 and r["peak_mb"] is not None and r["sdpa_ratio"] > 0 and r["flex_ratio"] is None
+        assert r["gflops"] == pytest.approx(r["gemm_ratio"] * r["gemm_gflops"])

@@ -1,9 +1,10 @@
-"""The incremental form of mechanisms that keep every key and value (a :class:`KVCache`)."""
+"""Incremental forms of mechanisms that keep keys and values: all of them (:class:`KVCache`), or a
+pattern's sinks and window (:class:`WindowKVCache`)."""
 from __future__ import annotations
 
 from .. import registry
 from ..dispatch import choose_form
-from ..state import KVCache
+from ..state import KVCache, WindowKVCache
 
 
 def kv_cache_step(form):
@@ -18,6 +19,23 @@ def kv_cache_step(form):
         return form(q, state.k, state.v, causal=causal, mask=mask, scale=scale, **params), state
 
     step.__name__ = f"kv_cache_step({getattr(form, '__name__', 'form')})"
+    return step
+
+
+
+def window_cache_step(form, bound):
+    """Incremental form for a pattern whose queries never see a key once ``bound(**params) = (sinks, window)``
+    says it is gone: the one-shot form on the held keys and the new ones, then the state trimmed."""
+
+    def step(q, k, v, state, *, causal, mask, scale, **params):
+        sinks, window = bound(**params)
+        if state is None:
+            state = WindowKVCache.empty_like(k, v, sinks, window)
+        full = state.append(k, v)
+        out = form(q, full.k, full.v, causal=causal, mask=full.columns(mask), scale=scale, **params)
+        return out, full.trimmed()
+
+    step.__name__ = f"window_cache_step({getattr(form, '__name__', 'form')})"
     return step
 
 

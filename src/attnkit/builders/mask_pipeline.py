@@ -8,6 +8,8 @@ Given ``make_mask(q, k, causal=..., **params) -> MaskMod`` this derives:
   which visits only non-empty tiles (forward and backward);
 - the incremental form: a KV cache over the block-sparse form (masks are
   functions of positions, so a decode step sees exactly its one-shot row).
+  A pattern that declares ``decode_bound`` (its sinks and window) keeps only
+  those keys, so its decode memory is constant.
 
 ``causal=True`` intersects the pattern with the causal rule. A user ``mask``
 is intersected too (boolean), or for an additive float mask the call runs on
@@ -28,7 +30,7 @@ from ..masks.base import causal_mask, tensor_mask
 from ..masks.layout import build_layout
 from ..reference import materialised_attention
 from ..registry import ALL_PATTERNS, MechanismSpec, kv_cache_size, register
-from .kv_cache_step import default_form_of, kv_cache_step
+from .kv_cache_step import default_form_of, kv_cache_step, window_cache_step
 
 # Tile sizes of the block-sparse form: execution choices, not part of the equations.
 BLOCK_PARAMS = {"block_q": 128, "block_k": 128}
@@ -59,10 +61,12 @@ def register_mask_mechanism(
     family: str = "sparse",
     test_params: dict | None = None,
     content_dependent: bool = False,
-    state_size=kv_cache_size,
+    decode_bound=None,
 ) -> MechanismSpec:
     """``content_dependent``: the mask reads q/k values (e.g. hash buckets), so its layout is never cached.
-    ``state_size``: the numbers a decoder must keep (default: the whole KV cache)."""
+    ``decode_bound(**params) -> (sinks, window)``: a causal query never sees a key that is neither among
+    the first ``sinks`` nor among the last ``window`` before it, so a decoder keeps only those (and
+    ``state_size`` counts them); without it the decoder keeps the whole KV cache."""
     params = {**(params or {}), **BLOCK_PARAMS}
 
     def pattern(q, k, causal, kw):
@@ -127,17 +131,29 @@ def register_mask_mechanism(
             fast={"block_sparse": block_sparse, "chunked": chunked},
             default_forms=("block_sparse", "chunked"),
             can_run={"block_sparse": not_boolean},
-            step=kv_cache_step(default_form_of(name)) if "causal-self" in patterns else None,
+            step=_step(default_form_of(name), decode_bound) if "causal-self" in patterns else None,
             params=params,
             flops=flops,
             tensor_inputs=tensor_inputs,
             summary=summary,
             complexity=complexity,
-            state_size=state_size,
+            state_size=kv_cache_size if decode_bound is None else _bounded_size(decode_bound, params),
             test_params={"block_q": 16, "block_k": 8, **(test_params or {})},
             extra={"make_mask": make_mask},
         )
     )
+
+
+def _step(form, decode_bound):
+    return kv_cache_step(form) if decode_bound is None else window_cache_step(form, decode_bound)
+
+
+def _bounded_size(decode_bound, defaults):
+    def state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params):
+        sinks, window = decode_bound(**{**defaults, **params})
+        return kv_cache_size(batch, heads, kv_heads, min(seq_len, sinks + window), head_dim, v_dim)
+
+    return state_size
 
 
 def _combine(allowed: torch.Tensor, mask):

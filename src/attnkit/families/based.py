@@ -28,7 +28,8 @@ def taylor_feature_dim(head_dim: int) -> int:
 def taylor_features(x: torch.Tensor) -> torch.Tensor:
     d = x.shape[-1]
     i, j = torch.triu_indices(d, d, device=x.device)
-    weight = torch.where(i == j, 2.0**-0.5, 1.0).to(x.dtype)
+    # built in x's dtype: a float32 1/sqrt(2) would cap a float64 reference at ~1e-8
+    weight = torch.ones(i.shape, dtype=x.dtype, device=x.device).masked_fill_(i == j, 0.5**0.5)
     second = x[..., i] * x[..., j] * weight
     return torch.cat([torch.ones_like(x[..., :1]), x, second], dim=-1)
 

@@ -115,7 +115,7 @@ def snapkv_compressed(q, k, v, *, causal, mask, scale, **params):
 
 
 def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, prompt=4096, capacity=2048, **params):
-    kept = seq_len if seq_len <= prompt or prompt <= capacity else capacity + seq_len - prompt
+    kept = seq_len if seq_len < prompt or prompt <= capacity else capacity + seq_len - prompt  # cut at the prompt's end
     return batch * heads * kept * (head_dim + (v_dim or head_dim))
 
 

@@ -6,7 +6,6 @@ see ``window`` keys before the query, non-causal calls ``window`` on each side.
 from __future__ import annotations
 
 from ..masks import window as w
-from ..registry import kv_cache_size
 from ..builders.mask_pipeline import register_mask_mechanism
 
 SPARSE_TRANSFORMER = "Generating Long Sequences with Sparse Transformers"
@@ -15,15 +14,6 @@ STREAMING = "Efficient Streaming Language Models with Attention Sinks"
 
 def _sides(causal, window):
     return (window, 0) if causal else (window, window)
-
-
-def _cache_of(span):
-    """``state_size`` of a decoder that keeps only the last ``span(**params)`` keys and values."""
-
-    def state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params):
-        return kv_cache_size(batch, heads, kv_heads, min(seq_len, span(**params)), head_dim, v_dim)
-
-    return state_size
 
 
 register_mask_mechanism(
@@ -35,7 +25,7 @@ register_mask_mechanism(
     test_params={"window": 5},
     summary="local attention: keys within `window` positions (before the query if causal, both sides if not)",
     complexity="O(N window)",
-    state_size=_cache_of(lambda window=512, **_: window),
+    decode_bound=lambda window, **_: (0, window),
 )
 
 register_mask_mechanism(
@@ -46,7 +36,7 @@ register_mask_mechanism(
     test_params={"window": 4, "dilation": 3},
     summary="every `dilation`-th key within `window * dilation` positions (1-D DiNA)",
     complexity="O(N window)",
-    state_size=_cache_of(lambda window=256, dilation=2, **_: window * dilation),
+    decode_bound=lambda window, dilation, **_: (0, window * dilation),
 )
 
 register_mask_mechanism(
@@ -57,7 +47,7 @@ register_mask_mechanism(
     test_params={"sinks": 2, "window": 5},
     summary="StreamingLLM: the first `sinks` keys plus a sliding window",
     complexity="O(N (window + sinks))",
-    state_size=_cache_of(lambda sinks=4, window=512, **_: sinks + window),
+    decode_bound=lambda sinks, window, **_: (sinks, window),
 )
 
 register_mask_mechanism(
@@ -68,6 +58,7 @@ register_mask_mechanism(
     test_params={"globals": 3, "window": 4},
     summary="ETC global-local: `globals` tokens attend to and from all; the rest attend within a window",
     complexity="O(N (window + globals))",
+    decode_bound=lambda globals, window, **_: (globals, window),
 )
 
 

@@ -35,7 +35,7 @@ def load(attn_implementation: str = "eager"):
 @torch.no_grad()
 def embed(model, tokenizer, sentences: list[str]) -> torch.Tensor:
     """Unit-norm mean-pooled embeddings ``(len(sentences), hidden)``; the batch is padded."""
-    batch = tokenizer(sentences, padding=True, truncation=True, return_tensors="pt")
+    batch = tokenizer(sentences, padding=True, truncation=True, return_tensors="pt").to(model.device)
     hidden = model(**batch).last_hidden_state
     weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)

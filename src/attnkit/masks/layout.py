@@ -118,11 +118,24 @@ def build_layout(mask: MaskMod, *, batch: int, heads: int, q_len: int, kv_len: i
     shape = _layout_shape(any_.shape, batch, heads, nq, nk)
     any_, all_ = any_.expand(shape), all_.expand(shape)
     kind = torch.where(all_, FULL, torch.where(any_, PARTIAL, EMPTY)).to(torch.int8)
+    return layout_from_kinds(mask, kind, batch=batch, heads=heads, q_len=q_len, kv_len=kv_len,
+                             block_q=block_q, block_k=block_k)
+
+
+def layout_from_kinds(mask: MaskMod, kind: torch.Tensor, *, batch: int, heads: int, q_len: int, kv_len: int,
+                      block_q: int, block_k: int) -> BlockLayout:
+    """A layout whose tile kinds are already known (int8 ``(Bm, Hm, nQB, nKB)``, ``EMPTY/PARTIAL/FULL``).
+
+    ``mask`` is evaluated on the partial tiles only, whose all-true / all-false
+    ones are reclassified; full tiles are taken as given (another library's
+    block mask, e.g. FlexAttention's, may declare a tile full without the mask).
+    """
+    kind = kind.to(torch.int8).clone()
     if kv_len % block_k:
         last = kind[..., -1]
         last[last == FULL] = PARTIAL  # padded keys must be masked out
     kind = kind.contiguous()
-    table_index, table = _partial_table(mask, kind, offset, q_len, kv_len, block_q, block_k)
+    table_index, table = _partial_table(mask, kind, kv_len - q_len, q_len, kv_len, block_q, block_k)
     return BlockLayout(q_len, kv_len, block_q, block_k, kind, table_index, table, batch, heads)
 
 

@@ -57,15 +57,18 @@ class DecoderLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Continue ``prompt (B, N)`` by ``max_new_tokens``; greedy when ``temperature == 0``."""
+                 generator: torch.Generator | None = None, state=None) -> torch.Tensor:
+        """Continue ``prompt (B, N)`` by ``max_new_tokens``; greedy when ``temperature == 0``.
+
+        ``state``: the layers' initial states, e.g. ``attnkit.cache.layer_states(policy, layers)``
+        for a compressing KV cache (default: each mechanism's own)."""
         check_int("max_new_tokens", max_new_tokens, minimum=0)
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         out = prompt
         if max_new_tokens == 0:
             return out
-        logits, state = self(prompt, return_state=True)
+        logits, state = self(prompt, state=state, return_state=True)
         for i in range(max_new_tokens):
             last = logits[:, -1]
             if temperature == 0:

@@ -31,39 +31,38 @@ from torch import nn
 from .. import registry
 from ..api import attention
 from ..positional import RoPE
+from ..state import AppendBuffer
 from ..validation import check_int, check_params, check_tokens
 
 
 class LatentCache:
     """The MLA cache: per token the latent ``c`` and the rotated shared key ``k_R``, side by side.
 
-    One buffer ``(B, capacity, kv_latent + rope_dim)`` that grows geometrically, so
-    a decoding step appends in place and reads keys ``[c; k_R]`` and values ``c``
-    as views, without copying the cache (when gradients are needed it concatenates).
+    One :class:`~attnkit.state.AppendBuffer` ``(B, capacity, kv_latent + rope_dim)``
+    that grows geometrically, so a decoding step appends in place and reads keys
+    ``[c; k_R]`` and values ``c`` as views, without copying the cache (when
+    gradients are needed it concatenates). A cache is a value: continuing twice
+    from one state gives two independent continuations.
     """
 
-    def __init__(self, keys: torch.Tensor):
-        self._buf, self.length = keys, keys.shape[1]
+    def __init__(self, keys: torch.Tensor, *, buffer: AppendBuffer | None = None, length: int | None = None):
+        self._buffer = buffer if buffer is not None else AppendBuffer((keys,), dim=1)
+        self.length = keys.shape[1] if length is None else length
 
     def append(self, keys: torch.Tensor) -> "LatentCache":
-        if keys.shape[0] != self._buf.shape[0] or keys.shape[2] != self._buf.shape[2]:
-            raise ValueError(f"state holds (B, N, width) = ({self._buf.shape[0]}, *, {self._buf.shape[2]}); got "
+        held = self._buffer.tensors[0]
+        if keys.shape[0] != held.shape[0] or keys.shape[2] != held.shape[2]:
+            raise ValueError(f"state holds (B, N, width) = ({held.shape[0]}, *, {held.shape[2]}); got "
                              f"{tuple(keys.shape)}: the state belongs to a different batch or layer")
-        n, new = self.length, keys.shape[1]
-        if torch.is_grad_enabled() and (keys.requires_grad or self._buf.requires_grad):
+        if torch.is_grad_enabled() and (keys.requires_grad or held.requires_grad):
             return LatentCache(torch.cat([self.keys, keys], dim=1))
-        if n + new > self._buf.shape[1]:
-            grown = self._buf.new_empty(self._buf.shape[0], max(2 * self._buf.shape[1], n + new, 16), self._buf.shape[2])
-            grown[:, :n] = self._buf[:, :n]
-            self._buf = grown
-        self._buf[:, n : n + new] = keys
-        self.length = n + new
-        return self
+        n = self.length
+        return LatentCache(keys, buffer=self._buffer.extend(n, (keys,)), length=n + keys.shape[1])
 
     @property
     def keys(self) -> torch.Tensor:
         """``[c; k_R]`` of every token so far: ``(B, N, kv_latent + rope_dim)``."""
-        return self._buf[:, : self.length]
+        return self._buffer.prefix(0, self.length)
 
     def numel(self) -> int:
         return self.keys.numel()

@@ -64,7 +64,8 @@ def train(model: DecoderLM, train_ids: torch.Tensor, cfg: TrainConfig, *, optimi
     """
     if train_ids.numel() < cfg.context + 2:
         raise ValueError(f"training text has {train_ids.numel()} tokens; need more than context + 1 = {cfg.context + 1}")
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)  # batches are drawn on the CPU, then moved to the model's device
+    device = next(model.parameters()).device
     optimizer = optimizer or make_optimizer(model, cfg)
     model.train()
     losses, step, start = [], 0, time.perf_counter()
@@ -74,7 +75,7 @@ def train(model: DecoderLM, train_ids: torch.Tensor, cfg: TrainConfig, *, optimi
             break
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, step, used)
-        w = sample_batch(train_ids, cfg.context, cfg.batch, g)
+        w = sample_batch(train_ids, cfg.context, cfg.batch, g).to(device)
         logits = model(w[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten())
         optimizer.zero_grad(set_to_none=True)

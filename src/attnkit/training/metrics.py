@@ -29,7 +29,7 @@ def model_perplexity(model, windows: torch.Tensor, batch: int = 16) -> float:
     model.eval()
     total, count = 0.0, 0
     for i in range(0, windows.shape[0], batch):
-        w = windows[i : i + batch]
+        w = windows[i : i + batch].to(next(model.parameters()).device)
         logits = model(w[:, :-1])
         total += F.cross_entropy(logits.flatten(0, 1).float(), w[:, 1:].flatten(), reduction="sum").item()
         count += w[:, 1:].numel()

@@ -86,9 +86,11 @@ def example_level_weights(q, generator):
     return F.softplus(torch.randn(B, H, N, levels_for(N), generator=generator, dtype=torch.float64)).to(q.dtype)
 
 
-def level_state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params):
-    """Numbers in the per-level states ``(B, H, levels_for(N), Dk, Dv)`` of a log-linear mechanism."""
-    return batch * heads * levels_for(seq_len) * head_dim * (v_dim or head_dim)
+def level_state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, lam=None, **params):
+    """Numbers in the per-level states ``(B, H, L, Dk, Dv)`` of a log-linear mechanism: one state per
+    level of ``lam`` when it is given (the state keeps every level ``lam`` weights), else ``levels_for(N)``."""
+    levels = lam.shape[-1] if lam is not None else levels_for(seq_len)
+    return batch * heads * levels * head_dim * (v_dim or head_dim)
 
 
 def _flops(batch, heads, q_len, kv_len, head_dim, causal, chunk_size=64):

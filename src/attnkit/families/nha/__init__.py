@@ -108,8 +108,9 @@ def _flops(B, H, Nq, Nk, D, causal, window=64, slots=None):
     return 4 * B * H * Nq * (slots + min(window, Nk)) * D
 
 
-def _state_size(B, H, Hkv, N, D, v_dim=None, window=64, slots=None, **params):
-    slots = D if slots is None else slots
+def _state_size(B, H, Hkv, N, D, v_dim=None, window=64, slots=None, slot_gate=None, **params):
+    """Slot memories and the last ``window - 1`` tokens; ``slots`` = ``slot_gate``'s last size when given, else D."""
+    slots = (D if slot_gate is None else slot_gate.shape[-1]) if slots is None else slots
     return B * Hkv * (slots + min(max(window - 1, 0), N)) * (D + (v_dim or D))
 
 

@@ -22,6 +22,9 @@ class NHAState:
         self.k_recent, self.v_recent = k_recent, v_recent
         self.length = length
 
+    def numel(self) -> int:
+        return sum(t.numel() for t in (self.k_slots, self.v_slots, self.k_recent, self.v_recent))
+
 
 def initial_state(k, v, slots: int) -> NHAState:
     B, Hkv, _, D = k.shape

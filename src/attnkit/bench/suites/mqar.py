@@ -1,0 +1,232 @@
+"""``attnkit bench mqar``: multi-query associative recall against state size.
+
+After "Zoology: Measuring and Improving Recall in Efficient Language Models" and
+the Based paper ("Simple linear attention language models balance the
+recall-throughput tradeoff"): train Zoology's 2-layer mixer-only model
+(:mod:`._mqar_model`) on MQAR data (:mod:`._mqar_data`) for every mechanism,
+(L, K) setting and learning rate; keep the best accuracy of the sweep and plot
+it against the mechanism's recurrent state size.
+
+Mechanisms are looked up in the registry by *role* (the published picture names
+roles: attention, plain elu+1 linear attention, Based, a sliding window, the
+gated delta rule); a role nobody has registered yet gets a "not registered" row.
+Each role says how its layer is built (``qk_dim``: Based projects q, k to 16;
+``layer``: the Gated DeltaNet layer's short convolutions and gated output norm)
+and which learning rates the quick sweep tries for it. ``--mechanisms a,b`` runs
+any registered mechanisms instead, with the configuration's default sweep.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from ... import mechanisms, spec
+from .._mqar_data import check_mqar_sizes, mqar
+from .._mqar_model import MQARModel, train
+from ..options import choices, floats, names, positive_int
+from ..runner import run_items
+from ..store import Store
+
+# role -> registered names to look for, parameter overrides, q/k head dim (None: d / heads) and layer pieces
+# (Mixer options). Based's q/k dim 16 is the paper's feature dim (153 Taylor features); the Gated DeltaNet
+# layer (fla, Zoology's gated_delta_net mixer) has short convolutions on q, k, v and a gated RMS norm.
+ROLES = {
+    "attention": {"candidates": ("softmax",)},
+    "linear (elu+1)": {"candidates": ("linear",)},
+    "based": {"candidates": ("based",), "qk_dim": 16},
+    "sliding window": {"candidates": ("sliding_window",), "params": {"window": 8}},
+    "gated delta rule": {"candidates": ("gated_deltanet",), "layer": {"qkv_conv": True, "gated_norm": True}},
+}
+
+# lrs: role -> learning rates of the sweep, "*" for every other role or mechanism. The quick setting: L=64, K=16
+# (half the sequence is context; a value waits 1..61 tokens for its query, so a window of 8 misses most of them),
+# vocab 128, d=64, 10k examples per epoch, at most 12 epochs. The window gets one lr: it cannot reach the keys.
+QUICK = dict(vocab=128, d_model=64, heads=1, settings=[[64, 16]], lrs={"*": [3e-3, 1e-2], "sliding window": [3e-3]},
+             epochs=12, train_examples=10_000, test_examples=500, batch=64)
+# Zoology's MQAR sweep (Based paper, figure 2): vocab 8192, d in {64, 128}, 2 layers, lr over logspace(-3, -1.5, 4),
+# 32 epochs, batch 256.
+FULL = dict(vocab=8192, d_model=[64, 128], heads=1,
+            settings=[[64, 4], [128, 8], [256, 16], [256, 32], [256, 64]],
+            lrs={"*": [1e-3, 3.2e-3, 1e-2, 3.2e-2]}, epochs=32, train_examples=20_000, test_examples=1_000,
+            batch=256)
+
+
+def resolve_roles(roles=ROLES) -> list[dict]:
+    """One entry per role: the registered mechanism playing it, or None with the names looked for."""
+    registered = set(mechanisms())
+    out = []
+    for role, r in roles.items():
+        candidates = r["candidates"]
+        name = next((c for c in candidates if c in registered), None)
+        out.append({"role": role, "mechanism": name, "looked_for": list(candidates),
+                    "params": _params_for(name, r.get("params", {})) if name else {}, "qk_dim": r.get("qk_dim"),
+                    "layer": r.get("layer", {})})
+    return out
+
+
+def _params_for(name: str, overrides: dict) -> dict:
+    """Apply overrides to the spec's parameters whose names contain the override's name (``window`` -> ``window_size``)."""
+    params = {}
+    for want, value in overrides.items():
+        for p in spec(name).params:
+            if want in p:
+                params[p] = value
+    return params
+
+
+def state_size(name: str, params: dict, seq_len: int, d_model: int, heads: int, qk_dim: int | None) -> int:
+    """Numbers one mixer holds after ``seq_len`` tokens, by the spec's own count (keys and values)."""
+    v_dim = d_model // heads
+    return int(spec(name).state_size(1, heads, heads, seq_len, qk_dim or v_dim, v_dim, **params))
+
+
+def lrs_for(config: dict, role: str) -> list[float]:
+    return config["lrs"].get(role, config["lrs"]["*"])
+
+
+def plan(config: dict, entries: list[dict]) -> list[dict]:
+    widths = config["d_model"] if isinstance(config["d_model"], list) else [config["d_model"]]
+    items = []
+    for e in entries:
+        for seq_len, num_kv in config["settings"]:
+            for d in widths:
+                base = {"role": e["role"], "mechanism": e["mechanism"], "L": seq_len, "K": num_kv, "d": d}
+                if e["mechanism"] is None:
+                    items.append({**base, "lr": None})
+                else:
+                    items.extend({**base, "lr": lr} for lr in lrs_for(config, e["role"]))
+    return items
+
+
+def measure_item(item: dict, config: dict, entries: dict, device: str = "cpu") -> dict:
+    e = entries[item["role"]]
+    if item["mechanism"] is None:
+        return {"status": "not registered", "looked_for": e["looked_for"]}
+    L, K, d = item["L"], item["K"], item["d"]
+    train_data = [t.to(device) for t in mqar(config["train_examples"], L, K, config["vocab"], seed=0)]
+    test_data = [t.to(device) for t in mqar(config["test_examples"], L, K, config["vocab"], seed=1_000_003)]
+    torch.manual_seed(0)
+    model = MQARModel(item["mechanism"], e["params"], config["vocab"], d, L, heads=config["heads"],
+                      qk_dim=e["qk_dim"], **e["layer"]).to(device)
+    result = train(model, train_data, test_data, lr=item["lr"], epochs=config["epochs"], batch=config["batch"])
+    result["state_size"] = state_size(item["mechanism"], e["params"], L, d, config["heads"], e["qk_dim"])
+    result["params"] = e["params"]
+    return result
+
+
+def best_per_setting(rows: list[dict]) -> list[dict]:
+    """The best row of each learning-rate sweep, keyed by (role, mechanism, L, K, d)."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["role"], r["mechanism"], r["L"], r["K"], r["d"])
+        if key not in best or r.get("accuracy", -1) > best[key].get("accuracy", -1):
+            best[key] = r
+    return list(best.values())
+
+
+def ordering_checks(best: list[dict]) -> list[tuple[str, str]]:
+    """The published ordering, checked on the mean best accuracy of each role: (claim, PASS/FAIL/n/a)."""
+    acc: dict[str, list[float]] = {}
+    for r in best:
+        if "accuracy" in r:
+            acc.setdefault(r["role"], []).append(r["accuracy"])
+    mean = {role: sum(v) / len(v) for role, v in acc.items()}
+
+    def check(claim, roles, ok):
+        if not all(r in mean for r in roles):
+            return claim, "n/a (" + ", ".join(r for r in roles if r not in mean) + " not run)"
+        return claim, "PASS" if ok() else "FAIL"
+
+    a, lin = "attention", "linear (elu+1)"
+    return [
+        check("attention >= 0.95", [a], lambda: mean[a] >= 0.95),
+        check("linear (elu+1) <= attention - 0.2", [a, lin], lambda: mean[lin] <= mean[a] - 0.2),
+        check("based >= linear (elu+1) + 0.1", ["based", lin], lambda: mean["based"] >= mean[lin] + 0.1),
+        check("sliding window < attention - 0.1", [a, "sliding window"],
+              lambda: mean["sliding window"] < mean[a] - 0.1),
+        check("gated delta rule >= attention - 0.1", [a, "gated delta rule"],
+              lambda: mean["gated delta rule"] >= mean[a] - 0.1),
+    ]
+
+
+def print_summary(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="MQAR: best accuracy of the learning-rate sweep")
+    for col in ("role", "mechanism", "L", "K", "d", "lr", "accuracy", "state size", "epochs", "status", "s"):
+        table.add_column(col)
+    for r in best_per_setting(rows):
+        if "accuracy" not in r:
+            table.add_row(r["role"], str(r["mechanism"]), str(r["L"]), str(r["K"]), str(r["d"]), "-",
+                          r.get("status") or r.get("error", "?"), "-", "-", "-", "-")
+            continue
+        table.add_row(r["role"], r["mechanism"], str(r["L"]), str(r["K"]), str(r["d"]), f"{r['lr']:g}",
+                      f"{r['accuracy']:.3f}", str(r["state_size"]), str(r["epochs"]), r.get("status", "-"),
+                      str(r["seconds"]))
+    console = Console(width=140)
+    console.print(table)
+    for claim, verdict in ordering_checks(best_per_setting(rows)):
+        console.print(f"  {verdict:>5}  {claim}")
+
+
+def add_arguments(p) -> None:
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="the CPU configuration (default; <= 15 min on 2 cores)")
+    size.add_argument("--full", action="store_true", help="Zoology's sizes (hours)")
+    p.add_argument("--mechanisms", type=names, default=None, help="comma list of registered names instead of the five roles")
+    p.add_argument("--roles", type=choices(ROLES, "role"), default=None, help=f"comma list, a subset of the roles {','.join(ROLES)}")
+    p.add_argument("--lrs", type=floats, default=None,
+                   help="comma list of learning rates for every role (default: the configuration's per-role sweep)")
+    p.add_argument("--jobs", type=positive_int, default=2,
+                   help="trainings run at once, each in its own process with threads/jobs threads (default 2: "
+                        "one small model per core is faster than both cores on one)")
+
+
+def configure(args) -> tuple[dict, list[dict]]:
+    """The configuration and role entries, validated up front (unknown mechanisms, impossible sizes)."""
+    config = dict(FULL if args.full else QUICK)
+    if args.mechanisms:
+        for n in args.mechanisms:
+            if not spec(n).supports(causal=True, cross=False):  # spec() names close matches for unknown names
+                raise ValueError(f"--mechanisms: {n!r} does not support causal self-attention, which MQAR needs")
+        entries = [{"role": n, "mechanism": n, "looked_for": [n], "params": {}, "qk_dim": None, "layer": {}}
+                   for n in args.mechanisms]
+    else:
+        roles = ROLES
+        if args.roles:
+            roles = {r: ROLES[r] for r in args.roles}
+        entries = resolve_roles(roles)
+    if args.lrs:
+        config["lrs"] = {"*": args.lrs}
+    for seq_len, num_kv in config["settings"]:
+        check_mqar_sizes(seq_len, num_kv, config["vocab"])
+    config["mechanisms"] = [[e["role"], e["mechanism"], e["params"], e["qk_dim"], e["layer"]] for e in entries]
+    return config, entries
+
+
+def run(args) -> int:
+    config, entries = configure(args)
+    by_role = {e["role"]: e for e in entries}
+    code, run_id = run_items("mqar", config, plan(config, entries), partial(measure_item, config=config, entries=by_role, device=args.device),
+                             args, describe=lambda it: f"{it['mechanism'] or it['role']} L={it['L']} lr={it['lr']}",
+                             jobs=args.jobs)
+    print_summary(Store(args.db).rows(run_id))
+    return code
+
+
+def report(run: dict, rows: list[dict]) -> tuple[str, dict]:
+    from ..report import plots
+    from ..report.parts import image, to_html
+
+    best = best_per_setting(rows)
+    table = [{k: r.get(k) for k in ("role", "mechanism", "L", "K", "d", "lr", "accuracy", "state_size", "epochs",
+                                    "seconds", "status")} for r in best]
+    checks = [{"claim": c, "verdict": v} for c, v in ordering_checks(best)]
+    parts = [
+        image(plots.accuracy_vs_state(best), "MQAR accuracy vs state size"),
+        "<h3>Best accuracy of each learning-rate sweep</h3>", to_html(table, {"not registered": "refused"}),
+        "<h3>The published ordering</h3>", to_html(checks, {"PASS": "ok", "FAIL": "bad"}),
+    ]
+    return "\n".join(parts), {"mqar": table, "mqar_ordering": checks}

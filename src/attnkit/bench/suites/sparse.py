@@ -1,0 +1,239 @@
+"""``attnkit bench sparse``: sparsity against quality, prefill and decode separately.
+
+After "The Sparse Frontier: Sparse Attention Trade-offs in Transformer LLMs":
+training-free sparse attention applied to a model trained dense, measured
+separately in the two phases of inference. The model is attnkit's small
+DecoderLM (``attnkit.models``) trained with softmax attention on the
+Shakespeare corpus (``attnkit.data.shakespeare``; cached in the data folder and
+reused). Each held-out window is a prompt of ``prompt`` tokens followed by
+``score`` tokens whose next-token loss is the quality measure:
+
+- **prefill**: the prompt runs through the model with the sparse mechanism, the
+  scored tokens decode densely from its KV cache;
+- **decode**: the prompt runs densely, the scored tokens decode with the sparse
+  mechanism over the dense KV cache (sinks + window is StreamingLLM's cache).
+
+The KV-cache policies (``h2o``, ``tova``, ``knorm``, ``snapkv``) drop keys for
+good, so a dense decode cannot follow them. Their **decode** rows prefill the
+prompt with full attention, compress the cache at its end (accumulated
+attention, the last query's attention, key norms, or SnapKV's
+observation-window vote) and decode under the policy; the evicting ones also
+get a **prefill+decode** row, the policy from the first token on (as H2O's own
+evaluation masks the prompt). SnapKV has no
+prefill row: its prompt is always prefilled densely.
+
+Sparsity is measured by running the mechanism (uniform scores, identity values):
+the fraction of causal (query, key) pairs of that phase it does not attend.
+Quality is ``ppl_dense / ppl_sparse`` (1.0 = no loss); the report gives, per
+method and phase, the highest sparsity that keeps quality >= 0.99.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ... import attention, mechanisms
+from ..options import positive_float
+from ..runner import run_items
+from ..store import Store, canonical, default_db_path
+
+
+def _h2o(budget, phase, prompt):
+    return {"heavy": budget // 2, "recent": budget - budget // 2, "start": prompt if phase == "decode" else 0}
+
+
+def _snapkv(budget, phase, prompt):
+    return {"prompt": prompt, "capacity": budget, "window": max(1, min(32, budget // 2)), "kernel": 5}
+
+
+# method -> (mechanism, params(swept value, phase, prompt length), phases); the sweep is fractions of the
+# prompt: a window, or a cache budget (H2O splits it evenly between heavy hitters and recent tokens, as
+# the paper does; SnapKV's observation window is 32 tokens, at most half the budget).
+METHODS = {
+    "sliding_window": ("sliding_window", lambda w, phase, p: {"window": w}, ("prefill", "decode")),
+    "sinks_window": ("sinks_window", lambda w, phase, p: {"window": w, "sinks": 4}, ("prefill", "decode")),
+    "dilated_window": ("dilated_window", lambda w, phase, p: {"window": w, "dilation": 2}, ("prefill", "decode")),
+    "h2o": ("h2o", _h2o, ("decode", "prefill+decode")),
+    "tova": ("tova", lambda b, phase, p: {"budget": b, "start": p if phase == "decode" else 0},
+             ("decode", "prefill+decode")),
+    "knorm": ("knorm", lambda b, phase, p: {"budget": b, "start": p if phase == "decode" else 0},
+              ("decode", "prefill+decode")),
+    "snapkv": ("snapkv", _snapkv, ("decode",)),
+}
+EVICTING = {"h2o", "tova", "knorm", "snapkv"}  # mechanisms whose cache a dense model cannot continue from
+FRACTIONS = [1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32]
+QUICK = dict(dim=128, layers=4, heads=4, level="char", context=256, train_minutes=3.0, batch=32, lr=3e-3,
+             prompt=192, score=64, windows=48)
+FULL = dict(QUICK, dim=256, layers=6, context=1024, train_minutes=30.0, prompt=768, score=256, windows=128)
+
+
+def sparsity(mechanism: str, params: dict, n: int, rows: slice) -> float:
+    """Fraction of the causal pairs of query rows ``rows`` that ``mechanism`` leaves out (probed by running it)."""
+    with torch.no_grad():
+        out = attention(torch.zeros(1, 1, n, 8), torch.zeros(1, 1, n, 8), torch.eye(n)[None, None], mechanism,
+                        causal=True, **params)
+    kept = float((out[0, 0, rows] > 0).sum())
+    causal = float(torch.ones(n, n).tril()[rows].sum())
+    return 1.0 - kept / causal
+
+
+def model_config(c: dict, vocab: int, mixer) -> "ModelConfig":
+    from ...models import ModelConfig
+
+    return ModelConfig(vocab_size=vocab, dim=c["dim"], heads=c["heads"], schedule="F" * c["layers"],
+                       mixers={"F": mixer})
+
+
+def trained_model(c: dict, args):
+    """The dense LM of this configuration: loaded from the cache, or trained (and cached) now."""
+    from ...data import shakespeare
+    from ...data.codecs import make_codec
+    from ...models import DecoderLM
+    from ...training.lm import TrainConfig, load_checkpoint, save_checkpoint, train
+
+    keys = ("dim", "layers", "heads", "level", "context", "train_minutes", "batch", "lr")
+    tag = hashlib.sha1(canonical({k: c[k] for k in keys}).encode()).hexdigest()[:10]
+    folder = Path(args.db).parent if args.db else default_db_path().parent
+    path = folder / f"sparse_lm_{tag}.pt"
+    train_text, held_text = shakespeare.load_split()
+    if path.exists():
+        model, codec, _ = load_checkpoint(path)
+        print(f"sparse: using the trained LM {path}")
+    else:
+        print(f"sparse: training the dense LM for {c['train_minutes']} min (cached as {path})")
+        codec = make_codec(c["level"], train_text)
+        model = DecoderLM(model_config(c, codec.vocab_size, "softmax")).to(args.device)
+        cfg = TrainConfig(context=c["context"], batch=c["batch"], lr=c["lr"], minutes=c["train_minutes"])
+        train(model, codec.encode(train_text), cfg)
+        save_checkpoint(path, model, codec, cfg)
+        model.eval()
+    return model, codec.encode(held_text)
+
+
+def held_out_windows(ids: torch.Tensor, c: dict) -> torch.Tensor:
+    n = c["prompt"] + c["score"] + 1
+    starts = torch.linspace(0, ids.numel() - n, c["windows"]).long()
+    return torch.stack([ids[s:s + n] for s in starts.tolist()])
+
+
+@torch.no_grad()
+def loss(first, second, windows: torch.Tensor, prompt: int) -> float:
+    """Mean next-token loss of the scored tokens: ``first`` reads the prompt, ``second`` continues from its state."""
+    _, state = first(windows[:, :prompt], return_state=True)
+    logits, _ = second(windows[:, prompt:-1], state=state, return_state=True)
+    return float(F.cross_entropy(logits.flatten(0, 1), windows[:, prompt + 1:].flatten()))
+
+
+def plan(c: dict) -> tuple[list[dict], list[str]]:
+    registered = set(mechanisms())
+    items, missing = [{"method": "dense", "phase": "both", "value": None}], []
+    for method, (mech, _, phases) in METHODS.items():
+        if mech not in registered:
+            missing.append(f"{method}: mechanism {mech!r} is not registered")
+            items.append({"method": method, "phase": "both", "value": None})
+            continue
+        for phase in phases:
+            items += [{"method": method, "phase": phase, "value": max(2, round(c["prompt"] * f))} for f in FRACTIONS]
+    return items, missing
+
+
+def measurer(c: dict, args):
+    from ...models import DecoderLM
+
+    model, held = None, None
+    cache: dict = {}
+
+    def measure(item: dict) -> dict:
+        nonlocal model, held
+        if item["method"] != "dense" and item["value"] is None:
+            return {"status": "not registered"}
+        if model is None:
+            model, held = trained_model(c, args)  # trains with the run's threads
+            model = model.to(args.device)
+        threads = torch.get_num_threads()
+        # Evaluation is many small ops (dim 128; the cache policies decode token by token): one
+        # thread is faster (28 s -> 1.5 s per H2O item with a busy second core) and frees the other core.
+        torch.set_num_threads(1)
+        try:
+            return evaluate(item)
+        finally:
+            torch.set_num_threads(threads)
+
+    def evaluate(item: dict) -> dict:
+        if "dense" not in cache:
+            cache["windows"] = held_out_windows(held, c).to(args.device)
+            cache["dense"] = loss(model, model, cache["windows"], c["prompt"])
+        if item["method"] == "dense":
+            return {"loss": cache["dense"], "perplexity": math.exp(cache["dense"]), "sparsity": 0.0, "quality": 1.0}
+        mech, make_params, _ = METHODS[item["method"]]
+        n, p = c["prompt"] + c["score"], c["prompt"]
+        params = make_params(item["value"], item["phase"], p)
+        sparse_model = DecoderLM(model_config(c, model.config.vocab_size, {"mechanism": mech, **params}))
+        sparse_model = sparse_model.to(args.device).eval()
+        sparse_model.load_state_dict(model.state_dict())
+        if mech in EVICTING:  # the policy holds the cache from the prompt on; its params say where it starts
+            value = loss(sparse_model, sparse_model, cache["windows"], p)
+            rows = slice(p, n) if item["phase"] == "decode" else slice(0, n)
+        elif item["phase"] == "prefill":
+            value, rows = loss(sparse_model, model, cache["windows"], p), slice(0, p)
+        else:
+            value, rows = loss(model, sparse_model, cache["windows"], p), slice(p, n)
+        return {"loss": value, "perplexity": math.exp(value), "params": params,
+                "sparsity": sparsity(mech, params, n, rows), "quality": math.exp(cache["dense"] - value)}
+
+    return measure
+
+
+def frontier(rows: list[dict], keep: float = 0.99) -> list[dict]:
+    """Per method and phase: the highest sparsity whose quality stays >= ``keep``."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        if r.get("phase") in ("prefill", "decode", "prefill+decode") and "quality" in r:
+            best = out.setdefault((r["method"], r["phase"]), {"method": r["method"], "phase": r["phase"],
+                                                               f"max sparsity at quality>={keep}": 0.0})
+            if r["quality"] >= keep:
+                key = f"max sparsity at quality>={keep}"
+                best[key] = max(best[key], round(r["sparsity"], 3))
+    return list(out.values())
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--full", action="store_true", help="a larger LM and longer windows")
+    p.add_argument("--train-minutes", type=positive_float, default=None, help="training budget of the dense LM")
+
+
+def run(args) -> int:
+    c = dict(FULL if args.full else QUICK)
+    if args.train_minutes is not None:
+        c["train_minutes"] = args.train_minutes
+    items, missing = plan(c)
+    for m in missing:
+        print(f"sparse: not run: {m}")
+    code, run_id = run_items("sparse", c, items, measurer(c, args), args,
+                             describe=lambda it: f"{it['method']} {it['phase']} {it['value']}")
+    rows = Store(args.db).rows(run_id)
+    for r in rows:
+        if "quality" in r:
+            print(f"  {r['method']:>15} {r['phase']:>7} value={r['value']!s:>5} sparsity={r['sparsity']:.3f} "
+                  f"loss={r['loss']:.4f} quality={r['quality']:.4f}")
+    print(json.dumps(frontier(rows), indent=1))
+    return code
+
+
+def report(run: dict, rows: list[dict]) -> tuple[str, dict]:
+    from ..report import plots
+    from ..report.parts import errors, image, to_html
+
+    curves = [r for r in rows if "sparsity" in r and "quality" in r]
+    parts = [
+        image(plots.lines_by_panel(curves, panel="phase", series="method", x="sparsity", y="quality",
+                                   title="quality vs sparsity, prefill and decode", ylabel="quality",
+                                   logx=False, logy=False), "sparsity vs quality"),
+        to_html(rows), errors(rows),
+    ]
+    return "\n".join(parts), {"sparse": rows}

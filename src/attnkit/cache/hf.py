@@ -1,0 +1,167 @@
+"""The cache inside Hugging Face ``generate``: a ``transformers`` ``Cache`` subclass.
+
+    cache = attnkit.cache.Cache(attnkit.cache.StreamingLLM(256))
+    out = model.generate(input_ids, past_key_values=cache, max_new_tokens=64)
+
+Each layer is a :class:`CacheLayer` holding a :class:`~attnkit.cache.store.LayerKV`.
+transformers calls ``update`` with the new (already rotated) keys and values;
+the layer appends them, returns the kept keys and values for the model's own
+attention call (one per layer per step), then lets the policy compress.
+
+Positions. ``get_seq_length`` is the number of tokens consumed, not kept, so
+the position ids transformers derives from it (and ``generate``'s own
+position ids, counted from the attention mask) stay the true positions after
+eviction; kept keys keep the rotation of their own position. ``get_mask_sizes``
+reports the kept length with an offset that puts the new keys at the new
+queries' positions, so a causal mask over (kept + new) keys is right.
+
+Policies that read attention weights (``needs_scores``) need the queries,
+which transformers does not pass to a cache: give ``model=`` and the cache
+computes them in a hook on each attention module (Llama-style modules with
+``q_proj``, optional ``q_norm`` and their module's ``apply_rotary_pos_emb``).
+
+Batches whose prompts are padded are not supported under a compressing
+policy (the padding mask is indexed by position and evicted pads would shift
+it); beam search, ``crop`` (assisted decoding) and reordering are refused.
+"""
+from __future__ import annotations
+
+import sys
+import weakref
+
+from transformers.cache_utils import Cache as TransformersCache
+from transformers.cache_utils import CacheLayerMixin
+
+from .policy import NoCompression, Policy
+
+
+class CacheLayer(CacheLayerMixin):
+    is_sliding = False
+    is_croppable = False
+    supports_early_init = False
+
+    def __init__(self, policy: Policy, layer_idx: int, owner):
+        super().__init__()
+        self.policy, self.layer_idx, self._owner = policy, layer_idx, owner
+        self.store = policy.empty_store()
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        self.device, self.is_initialized = key_states.device, True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        store = self.store.append(key_states, value_states)
+        keys, values = store.k, store.v
+        q, scale = self._owner._take_queries(self.layer_idx, self.policy)
+        self.store = self.policy.step(store, q, scale, self.layer_idx)
+        self.keys, self.values = self.store.k, self.store.v
+        self._owner._track()
+        return keys, values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.store.used + query_length, self.store.length - self.store.used
+
+    def get_seq_length(self) -> int:
+        return self.store.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.store, self.keys, self.values, self.is_initialized = self.policy.empty_store(), None, None, False
+
+    def _refuse(self, what: str):
+        if self.store.length:
+            raise ValueError(f"attnkit.cache.Cache does not support {what} once it holds tokens")
+
+    def reorder_cache(self, beam_idx) -> None:
+        self._refuse("beam search (reorder_cache)")
+
+    def crop(self, tokens_to_remove: int) -> None:
+        self._refuse("crop (assisted decoding)")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._refuse("batch_repeat_interleave")
+
+    def batch_select_indices(self, indices) -> None:
+        self._refuse("batch_select_indices")
+
+
+class Cache(TransformersCache):
+    """A compressing KV cache for ``generate``; ``policy`` is an ``attnkit.cache`` policy (default: none)."""
+
+    def __init__(self, policy: Policy | None = None, *, model=None):
+        policy = NoCompression() if policy is None else policy
+        if not isinstance(policy, Policy):
+            raise TypeError(f"policy must be an attnkit.cache policy (e.g. attnkit.cache.H2O(0.25)), got {type(policy).__name__}")
+        super().__init__(layers=[])
+        self.policy, self.peak_bytes, self._queries, self._hooks = policy, 0, {}, []
+        if model is not None:
+            self._hook_queries(model)
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        while len(self.layers) <= layer_idx:
+            self.layers.append(CacheLayer(self.policy, len(self.layers), self))
+        return self.layers[layer_idx].update(key_states, value_states, *args, **kwargs)
+
+    def get_query_offset(self, layer_idx: int = 0) -> int:
+        return self.get_seq_length(layer_idx)
+
+    def nbytes(self) -> int:
+        """Bytes of the kept keys, values and positions over all layers."""
+        return sum(layer.store.nbytes() for layer in self.layers)
+
+    def allocated_bytes(self) -> int:
+        """Bytes of the layers' buffers, spare capacity included."""
+        return sum(layer.store.allocated_bytes() for layer in self.layers)
+
+    def _track(self) -> None:
+        self.peak_bytes = max(self.peak_bytes, self.allocated_bytes())
+
+    # queries for the policies that score with attention weights ------------
+    def _take_queries(self, layer_idx: int, policy: Policy):
+        if not policy.needs_scores:
+            return None, None
+        if layer_idx not in self._queries:
+            raise ValueError(
+                f"{policy!r} scores tokens with attention weights, which transformers does not pass to a cache: "
+                "build the cache with model=your_model so it can compute the queries"
+            )
+        return self._queries.pop(layer_idx)
+
+    def _hook_queries(self, model) -> None:
+        modules = [m for m in model.modules() if hasattr(m, "q_proj") and hasattr(m, "layer_idx")]
+        if not modules:
+            raise ValueError(f"{type(model).__name__} has no attention modules with q_proj and layer_idx; "
+                             "attnkit.cache.Cache can only compute queries for Llama-style attention")
+        owner = weakref.ref(self)
+        for module in modules:
+            rotate = getattr(sys.modules[type(module).__module__], "apply_rotary_pos_emb", None)
+            if rotate is None:
+                raise ValueError(f"{type(module).__name__}'s module has no apply_rotary_pos_emb; cannot compute its queries")
+            self._hooks.append(module.register_forward_pre_hook(_query_hook(owner, rotate), with_kwargs=True))
+
+    def close(self) -> None:
+        """Remove the query hooks from the model."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+
+def _query_hook(owner, rotate):
+    def hook(module, args, kwargs):
+        cache = owner()
+        if cache is None or (kwargs.get("cache") is not cache and kwargs.get("past_key_values") is not cache):
+            return None
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        q = module.q_proj(hidden).view(*hidden.shape[:-1], -1, module.head_dim)
+        if getattr(module, "q_norm", None) is not None:
+            q = module.q_norm(q)
+        q = q.transpose(1, 2)
+        cos, sin = kwargs["position_embeddings"]
+        q = rotate(q, q, cos, sin)[0]
+        cache._queries[module.layer_idx] = (q.detach(), module.scaling)
+        return None
+
+    return hook

@@ -1,0 +1,111 @@
+"""The interface every cache policy implements, and the no-op policy.
+
+A policy keeps at most a *budget* of tokens per layer: an int (tokens) or a
+float in (0, 1] (a fraction of the prompt, the first call's length). It is
+applied at ``when`` = ``"prefill"`` (once, after the prompt attended to
+itself in full), ``"decode"`` (after each later call) or ``"both"``.
+
+After every call a policy first updates its running score of the kept tokens
+(:meth:`Policy.observe`; the policies that read attention weights set
+``needs_scores``), then, if the layer holds more than its budget, keeps the
+tokens of highest :meth:`Policy.rank` per (batch, kv head) row, the same
+number in every row. Subclasses override ``observe`` and ``rank``; wrappers
+(:class:`attnkit.cache.PyramidKV`) override :meth:`Policy.budget`.
+"""
+from __future__ import annotations
+
+import torch
+
+from .store import LayerKV
+
+WHEN = ("prefill", "decode", "both")
+
+
+class Policy:
+    needs_scores = False
+
+    def __init__(self, budget: int | float, *, when: str = "both"):
+        check_budget(budget)
+        if when not in WHEN:
+            raise ValueError(f"when must be one of {WHEN}, got {when!r}")
+        self.budget_value, self.when = budget, when
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(budget={self.budget_value!r}, when={self.when!r})"
+
+    def empty_store(self):
+        """The storage of an empty layer (quantising policies store differently)."""
+        return LayerKV.empty()
+
+    def budget(self, layer: int, prompt: int) -> int:
+        """Tokens a layer keeps, for a prompt of ``prompt`` tokens."""
+        return tokens_of(self.budget_value, prompt)
+
+    def observe(self, store, q: torch.Tensor, scale: float):
+        """The running score of the kept tokens after the new queries ``q`` (``None``: the policy keeps none)."""
+        return None
+
+    def rank(self, store, keep: int) -> torch.Tensor:
+        """``(B, Hkv, L)``: higher is kept first (``keep``: how many will be)."""
+        raise NotImplementedError
+
+    def step(self, store, q: torch.Tensor, scale: float, layer: int):
+        """The store after the call whose tokens were just appended (and whose queries are ``q``)."""
+        first = store.length == store.prompt
+        store = store.with_score(self.observe(store, q, scale))
+        keep = self.budget(layer, store.prompt)
+        if first and keep > store.prompt:
+            raise ValueError(f"{self!r} keeps {keep} tokens in layer {layer} but the prompt has only "
+                             f"{store.prompt}: a budget must be at most the context")
+        if store.used <= keep or self.when != "both" and (self.when == "prefill") != first:
+            return store
+        index = self.rank(store, keep).topk(keep, dim=-1).indices.sort(dim=-1).values
+        score = None if store.score is None else store.score.gather(-1, index)
+        room = 1 if self.when != "prefill" else max(16, keep // 8)
+        return store.keep(index, score, room)
+
+
+class NoCompression(Policy):
+    """Keeps every token: the cache is a plain KV cache (the baseline the policies are measured against)."""
+
+    def __init__(self):
+        super().__init__(1.0, when="both")
+
+    def __repr__(self) -> str:
+        return "NoCompression()"
+
+    def budget(self, layer: int, prompt: int) -> int:
+        return prompt
+
+    def step(self, store, q, scale, layer):
+        return store
+
+
+def check_budget(budget) -> None:
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise TypeError(f"budget must be an int (tokens) or a float in (0, 1] (a fraction of the prompt), "
+                        f"got {type(budget).__name__}")
+    if isinstance(budget, int) and budget < 1:
+        raise ValueError(f"budget must be >= 1 token, got {budget}")
+    if isinstance(budget, float) and not 0.0 < budget <= 1.0:
+        raise ValueError(f"a fractional budget must be in (0, 1], got {budget}")
+
+
+def tokens_of(budget, prompt: int) -> int:
+    return budget if isinstance(budget, int) else max(1, round(budget * prompt))
+
+
+def padded_score(store, fill: float = 0.0):
+    """The carried score extended to every kept slot (new tokens get ``fill``), or zeros if none."""
+    B, Hkv, L = store.pos.shape
+    old = store.score
+    if old is None:
+        return torch.full((B, Hkv, L), fill, dtype=torch.float64, device=store.k.device)
+    if old.shape[-1] == L:
+        return old
+    return torch.cat([old, old.new_full((B, Hkv, L - old.shape[-1]), fill)], dim=-1)
+
+
+def newest(store, count: int) -> torch.Tensor:
+    """``(B, Hkv, L)`` bool: the ``count`` most recent positions."""
+    return store.pos > store.length - 1 - count

@@ -1,0 +1,57 @@
+"""Attention over a :class:`~attnkit.cache.store.LayerKV`: the output, and the weights policies score with.
+
+Query heads map to kv heads as in grouped-query attention (query head ``h``
+reads kv head ``h // group``). Query ``i`` of ``n`` new ones sits at position
+``length - n + i`` and sees the kept keys at positions up to its own.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+QUERY_CHUNK = 512  # rows of weights materialised at a time when a policy scores a long prompt
+
+
+def query_positions(store, n: int, device) -> torch.Tensor:
+    return torch.arange(store.length - n, store.length, device=device, dtype=torch.int32)
+
+
+def _visible(store, qpos: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(B, heads, n, L)``: True where a query may read a kept key (causal by position)."""
+    seen = store.pos[:, :, None, :] <= qpos[None, None, :, None]
+    return seen.repeat_interleave(heads // seen.shape[1], dim=1)
+
+
+def attend(q: torch.Tensor, store, scale: float) -> torch.Tensor:
+    """Softmax attention of ``q (B, H, n, D)`` (the newest ``n`` tokens) over the kept keys: one call."""
+    n, heads = q.shape[2], q.shape[1]
+    mask = None if n == 1 else _visible(store, query_positions(store, n, q.device), heads)
+    return F.scaled_dot_product_attention(q, store.k, store.v, attn_mask=mask, scale=scale,
+                                          enable_gqa=heads != store.k.shape[1])
+
+
+def weights(q_rows: torch.Tensor, qpos: torch.Tensor, store, scale: float) -> torch.Tensor:
+    """float64 attention weights ``(B, H, rows, L)`` of query rows at positions ``qpos`` over the kept keys."""
+    heads = q_rows.shape[1]
+    with torch.no_grad():
+        k = store.k.repeat_interleave(heads // store.k.shape[1], dim=1)
+        s = (q_rows.to(torch.float64) @ k.to(torch.float64).transpose(-1, -2)) * scale
+        s = s.masked_fill(~_visible(store, qpos, heads), float("-inf"))
+        return torch.softmax(s, dim=-1)
+
+
+def column_sums(q: torch.Tensor, store, scale: float) -> torch.Tensor:
+    """Per query head, the attention each kept key receives from the ``n`` new queries, summed: ``(B, H, L)``."""
+    n = q.shape[2]
+    qpos = query_positions(store, n, q.device)
+    total = None
+    for lo in range(0, n, QUERY_CHUNK):
+        part = weights(q[:, :, lo : lo + QUERY_CHUNK], qpos[lo : lo + QUERY_CHUNK], store, scale).sum(dim=2)
+        total = part if total is None else total + part
+    return total
+
+
+def per_kv_head(x: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """Sum ``(B, H, L)`` over the query heads of each kv group: ``(B, Hkv, L)``."""
+    B, H, L = x.shape
+    return x.view(B, kv_heads, H // kv_heads, L).sum(dim=2)

@@ -1,0 +1,48 @@
+"""The cache as a state of attnkit's incremental API: :class:`KVState`.
+
+``attnkit.attention(q, k, v, "softmax", causal=True, state=KVState(policy), return_state=True)``
+appends the new keys and values, runs one attention call of the new queries
+over everything kept, then lets the policy compress. The returned state is a
+new value; the one passed in is unchanged. Its ``length`` counts every token
+consumed (the position offset RoPE continues from), not the kept ones.
+"""
+from __future__ import annotations
+
+import torch
+
+from .policy import NoCompression, Policy
+from .scores import attend
+
+
+class KVState:
+    def __init__(self, policy: Policy | None = None, layer: int = 0, store=None):
+        policy = NoCompression() if policy is None else policy
+        if not isinstance(policy, Policy):
+            raise TypeError(f"policy must be an attnkit.cache policy (e.g. attnkit.cache.H2O(0.25)), got {type(policy).__name__}")
+        if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+            raise ValueError(f"layer must be an int >= 0, got {layer!r}")
+        self.policy, self.layer = policy, layer
+        self.store = policy.empty_store() if store is None else store
+
+    @property
+    def length(self) -> int:
+        return self.store.length
+
+    def numel(self) -> int:
+        return self.store.numel()
+
+    def nbytes(self) -> int:
+        return self.store.nbytes()
+
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+        """``(out, next_state)`` for the new tokens' ``q (B, H, n, D)``, ``k``, ``v (B, Hkv, n, D)``."""
+        if q.shape[1] % k.shape[1]:
+            raise ValueError(f"q has {q.shape[1]} heads, not a multiple of the {k.shape[1]} kv heads")
+        store = self.store.append(k, v)
+        out = attend(q, store, scale)
+        return out, KVState(self.policy, self.layer, self.policy.step(store, q, scale, self.layer))
+
+
+def layer_states(policy: Policy | None, layers: int) -> list[KVState]:
+    """One empty state per layer (``DecoderLM.forward(tokens, state=...)``)."""
+    return [KVState(policy, i) for i in range(layers)]

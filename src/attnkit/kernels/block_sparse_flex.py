@@ -1,0 +1,130 @@
+"""Block-sparse attention with a FlexAttention ``score_mod`` applied inside the tiles.
+
+The same work plan as :mod:`attnkit.kernels.block_sparse` (items of one query
+block and the key tiles it visits, grouped into batched matmuls), with the
+user's ``score_mod(score, b, h, q_idx, kv_idx)`` called once per step on the
+whole step's scores. Its index arguments are broadcastable integer tensors
+(FlexAttention's meaning: ``q_idx`` the query row, ``h`` the query head):
+``score (R, hq, bq, keys)``, ``b (R, 1, 1, 1)``, ``h (1, hq, 1, 1)`` (or
+``(R, 1, 1, 1)`` when the layout differs per head), ``q_idx (R, 1, bq, 1)``,
+``kv_idx (R, 1, 1, keys)``; indices of padding rows and keys are clamped to
+the last valid one, and masked out after the modifier, as FlexAttention does
+(``where(mask, score_mod(score), -inf)``).
+
+Each group sweeps its tiles with an online softmax (running max, sum and
+output). Under autograd a group is a differentiable function recomputed in
+the backward (``torch.utils.checkpoint``), so gradients reach q, k, v and any
+tensor the ``score_mod`` closes over (a learned bias), with O(N) memory
+outside the group being computed.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from ..masks.layout import BlockLayout
+from .block_sparse import _blocks, _gather, _Geometry, _unblock
+from .plan import plan_groups
+
+
+def flex_block_sparse(q, k, v, layout: BlockLayout, *, scale: float, score_mod=None, budget: int = 1 << 20):
+    """``(out (B, H, Nq, Dv), lse (B, H, Nq))`` of softmax attention over ``layout``'s tiles with ``score_mod``.
+
+    ``lse`` is the natural log-sum-exp of each row's modified, masked scores
+    (``-inf`` for a row that sees no key, whose output is zeros).
+    """
+    geo = _Geometry(q, k, v, layout)
+    groups = plan_groups(layout, geo.B, geo.H, geo.Hkv, geo.hq, budget)
+    qs = _blocks(q * scale, geo.bq)
+    kb, vb = _blocks(k, geo.bk), _blocks(v, geo.bk)
+    outs, lses, rows = [], [], []
+    for grp in groups:
+        fn = _FlexGroup(grp, layout, geo, score_mod)
+        o, l = checkpoint(fn, qs, kb, vb, use_reentrant=False) if torch.is_grad_enabled() else fn(qs, kb, vb)
+        outs.append(o)
+        lses.append(l)
+        rows.append(grp.q_index.flatten())
+    out = qs.new_zeros(qs.shape[0], geo.bq, geo.Dv)
+    lse = qs.new_full((qs.shape[0], geo.bq), float("-inf"))
+    if outs:
+        index = torch.cat(rows)
+        out = out.index_copy(0, index, torch.cat(outs))
+        lse = lse.index_copy(0, index, torch.cat(lses))
+    return _unblock(out, geo.B, geo.H, geo.Nq), _unblock(lse.unsqueeze(-1), geo.B, geo.H, geo.Nq).squeeze(-1)
+
+
+class _FlexGroup:
+    """One group: gather its tiles chunk by chunk, score, modify, mask, online softmax."""
+
+    def __init__(self, grp, layout, geo, score_mod):
+        self.grp, self.layout, self.geo, self.mod = grp, layout, geo, score_mod
+
+    def _indices(self, device):
+        """``b, h, q_idx`` of the group's rows, broadcastable to the scores ``(R, hq, bq, keys)``."""
+        grp, geo = self.grp, self.geo
+        item = grp.q_index[:, 0]  # (b * H + h) * nq + query block
+        b = (item // (geo.H * geo.nq)).view(-1, 1, 1, 1)
+        if geo.per_head:
+            h = (item // geo.nq % geo.H).view(-1, 1, 1, 1)
+        else:
+            h = torch.arange(geo.H, device=device).view(1, -1, 1, 1)
+        rows = grp.q_block[:, None] * geo.bq + torch.arange(geo.bq, device=device)
+        return b, h, rows.clamp(max=geo.Nq - 1).view(-1, 1, geo.bq, 1)
+
+    def _modify(self, s, b, h, q_idx, c0, c1):
+        grp, geo = self.grp, self.geo
+        keys = (grp.tiles[:, c0:c1, None] * geo.bk + torch.arange(geo.bk, device=s.device)).view(s.shape[0], -1)
+        kv_idx = keys.clamp(max=geo.Nk - 1).view(s.shape[0], 1, 1, -1)
+        out = self.mod(s, b, h, q_idx, kv_idx)
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            got = out.dtype if isinstance(out, torch.Tensor) else type(out).__name__
+            raise TypeError(f"score_mod must return a floating-point tensor (the modified score), got {got}")
+        try:
+            return torch.broadcast_to(out, s.shape).to(s.dtype)
+        except RuntimeError as exc:
+            raise ValueError(f"score_mod returned shape {tuple(out.shape)}, which does not broadcast to the scores' "
+                             f"{tuple(s.shape)}; it must be elementwise in score, b, h, q_idx, kv_idx") from exc
+
+    def _allowed(self, c0, c1):
+        """The element mask of tiles ``c0:c1`` as ``(R, 1, bq, keys)``, or None when they are all full."""
+        grp, geo = self.grp, self.geo
+        if grp.mask_index is None or not any(c0 <= slot < c1 for slot in grp.partial_slots):
+            return None
+        R, t = grp.mask_index.shape[0], c1 - c0
+        m = self.layout.table.index_select(0, grp.mask_index[:, c0:c1].flatten()).view(R, t, geo.bq, geo.bk)
+        return m.transpose(1, 2).reshape(R, 1, geo.bq, t * geo.bk)
+
+    def __call__(self, qs, kb, vb):
+        grp, geo = self.grp, self.geo
+        R, T = grp.kv_index.shape[0], grp.kv_index.shape[2]
+        qg = _gather(qs, grp.q_index, R, geo.hk, geo.g * geo.bq)
+        b, h, q_idx = self._indices(qs.device) if self.mod is not None else (None, None, None)
+        run_max = denom = acc = None
+        for c0 in range(0, T, grp.chunk):
+            c1 = min(T, c0 + grp.chunk)
+            kg = _gather(kb, grp.kv_index[:, :, c0:c1], R, geo.hk, (c1 - c0) * geo.bk)
+            vg = _gather(vb, grp.kv_index[:, :, c0:c1], R, geo.hk, (c1 - c0) * geo.bk)
+            s = (qg @ kg.transpose(-1, -2)).view(R, geo.hq, geo.bq, -1)
+            if self.mod is not None:
+                s = self._modify(s, b, h, q_idx, c0, c1)
+            allowed = self._allowed(c0, c1)
+            if allowed is not None:
+                s = s.masked_fill(~allowed, float("-inf"))
+            # the max only shifts the exponent (it cancels in the output and in the lse's gradient): no gradient
+            m = s.detach().amax(dim=-1, keepdim=True)
+            if run_max is not None:
+                m = torch.maximum(m, run_max)
+            m = m.clamp(min=torch.finfo(s.dtype).min / 2)  # finite for rows with nothing allowed yet: their p is 0
+            p = torch.exp(s - m)
+            pv = (p.view(R, geo.hk, geo.g * geo.bq, -1) @ vg).view(R, geo.hq, geo.bq, -1)
+            if run_max is None:
+                denom, acc = p.sum(-1, keepdim=True), pv
+            else:
+                rescale = torch.exp(run_max - m)
+                denom, acc = denom * rescale + p.sum(-1, keepdim=True), acc * rescale + pv
+            run_max = m
+        alive = denom > 0
+        out = acc / torch.where(alive, denom, torch.ones_like(denom))
+        lse = torch.where(alive, run_max + torch.log(torch.where(alive, denom, torch.ones_like(denom))),
+                          float("-inf"))
+        return out.reshape(-1, geo.bq, geo.Dv), lse.reshape(-1, geo.bq)
