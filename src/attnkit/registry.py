@@ -169,6 +169,8 @@ def pattern_name(causal: bool, cross: bool) -> str:
 
 
 _REGISTRY: dict[str, MechanismSpec] = {}
+# Old names, so that a call with one says the new name.
+RENAMED = {"rela-gated": "rela_gated"}
 
 
 def register(spec: MechanismSpec) -> MechanismSpec:
@@ -190,6 +192,8 @@ def get(name: str) -> MechanismSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
+        if name in RENAMED:
+            raise ValueError(f"mechanism {name!r} is now called {RENAMED[name]!r}") from None
         close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.4)
         hint = f"; closest registered names: {close}" if close else ""
         raise ValueError(
