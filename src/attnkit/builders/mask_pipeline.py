@@ -6,14 +6,15 @@ Given ``make_mask(q, k, causal=..., **params) -> MaskMod`` this derives:
   float64-capable materialised softmax attention (the oracle);
 - ``block_sparse``: the pattern's block layout and the block-sparse kernel,
   which visits only non-empty tiles (forward and backward);
-- the incremental form: a KV cache over the block-sparse form (masks are
+- the incremental form: a KV cache over the default form (masks are
   functions of positions, so a decode step sees exactly its one-shot row).
   A pattern that declares ``decode_bound`` (its sinks and window) keeps only
   those keys, so its decode memory is constant.
 
-``causal=True`` intersects the pattern with the causal rule. A user ``mask``
-is intersected too (boolean), or for an additive float mask the call runs on
-the chunked kernel with the pattern folded into the mask (exact, O(N^2) mask).
+``causal=True`` intersects the pattern with the causal rule. A boolean user
+``mask`` is intersected too; an additive float mask has no block layout, so
+``block_sparse`` refuses it and a call without ``form=`` runs the reference with
+the pattern folded into the mask (exact; the mask is already ``Nq x Nk``).
 Layouts of patterns without tensor inputs (that do not read q/k values) are cached per shape.
 """
 from __future__ import annotations
@@ -25,7 +26,6 @@ import torch
 
 from ..kernels.auto_sparse import not_boolean
 from ..kernels.block_sparse import block_sparse_attention
-from ..kernels.chunked import chunked_attention
 from ..masks.base import causal_mask, tensor_mask
 from ..masks.layout import build_layout
 from ..reference import materialised_attention
@@ -113,13 +113,7 @@ def register_mask_mechanism(
         layout = build_layout(pattern(q, k, causal, kw), batch=batch, heads=heads, q_len=q_len, kv_len=kv_len)
         return layout.flops(head_dim)
 
-    def chunked(q, k, v, *, causal, mask, scale, block_q, block_k, **kw):
-        """The pattern as a dense mask under the chunked online softmax (any mask, additive ones included)."""
-        allowed = dense_pattern(pattern(q, k, causal, kw), q.shape[0], q.shape[1], q.shape[2], k.shape[2], q.device)
-        return chunked_attention(q, k, v, causal=False, mask=_combine(allowed, mask), scale=scale)
-
     reference.__name__ = f"{name}_reference"
-    chunked.__name__ = f"{name}_chunked"
     block_sparse.__name__ = f"{name}_block_sparse"
     return register(
         MechanismSpec(
@@ -128,8 +122,9 @@ def register_mask_mechanism(
             papers=papers,
             patterns=frozenset(patterns),
             reference=reference,
-            fast={"block_sparse": block_sparse, "chunked": chunked},
-            default_forms=("block_sparse", "chunked"),
+            fast={"block_sparse": block_sparse},
+            # An additive mask is already a materialised (Nq, Nk) tensor: the reference, exact, costs its size again.
+            default_forms=("block_sparse", "reference"),
             can_run={"block_sparse": not_boolean},
             step=_step(default_form_of(name), decode_bound) if "causal-self" in patterns else None,
             params=params,
