@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import torch
 
+from .params import Param
+
 PATTERNS = ("causal-self", "noncausal-self", "causal-cross", "noncausal-cross")
 ALL_PATTERNS = frozenset(PATTERNS)
 SELF_PATTERNS = frozenset({"causal-self", "noncausal-self"})
@@ -69,7 +71,9 @@ class MechanismSpec:
     **params) -> (out, final_state)`` (docs/design.md, "Recurrent-state contract").
     ``step`` is the incremental form; ``None`` means the
     mechanism cannot be run incrementally and the API refuses ``return_state``.
-    ``params`` are scalar parameters with their defaults; ``tensor_inputs``
+    ``params`` declares the scalar parameters, ``{name: Param(default, type, doc,
+    range...)}`` (:mod:`attnkit.params`): the API checks values against it and
+    ``spec.defaults`` holds the defaults; ``tensor_inputs``
     makes the extra tensors a mechanism takes (gates, learned tables) so tests
     and benchmarks can call it.  ``tensor_inputs_per_token`` names those that
     are laid out per token ``(B, H, N, ...)`` along the query/key sequence, so
@@ -88,7 +92,7 @@ class MechanismSpec:
     reference: Form
     fast: dict[str, Form]
     step: Step | None = None
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Param] = field(default_factory=dict)
     tensor_inputs: TensorInputs | None = None
     tensor_inputs_per_token: tuple[str, ...] = ()
     supports_mask: bool = True
@@ -107,8 +111,11 @@ class MechanismSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     # Names of the extra tensor inputs, computed once from ``tensor_inputs`` when the spec is made.
     tensor_names: tuple[str, ...] = field(init=False, default=())
+    # ``{name: default}`` of the declared parameters, computed once when the spec is made.
+    defaults: dict[str, Any] = field(init=False, default_factory=dict)
 
     def __post_init__(self):
+        object.__setattr__(self, "defaults", {name: getattr(p, "default", p) for name, p in self.params.items()})
         if self.tensor_inputs is not None:
             g = torch.Generator().manual_seed(0)
             x = torch.zeros(1, 2, 3, 8)
@@ -157,7 +164,7 @@ class MechanismSpec:
             "papers": list(self.papers),
             "patterns": [p for p in PATTERNS if p in self.patterns],
             "forms": list(self.forms),
-            "params": {k: v for k, v in self.params.items()},
+            "params": {n: {"default": p.default, "allowed": p.describe(), "doc": p.doc} for n, p in self.params.items()},
             "tensor_inputs": list(self.tensor_names),
             "complexity": self.complexity,
             "summary": self.summary,
@@ -180,8 +187,23 @@ def register(spec: MechanismSpec) -> MechanismSpec:
     bad = set(spec.patterns) - ALL_PATTERNS
     if bad:
         raise ValueError(f"spec {spec.name!r}: unknown patterns {sorted(bad)}; expected a subset of {PATTERNS}")
+    _check_declarations(spec)
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def _check_declarations(spec: MechanismSpec) -> None:
+    """Every parameter is a :class:`Param` whose default it accepts."""
+    for name, p in spec.params.items():
+        if not isinstance(p, Param):
+            raise TypeError(f"spec {spec.name!r}: parameter {name!r} must be declared as attnkit.params.Param(default, "
+                            f"type, doc, ...), got {p!r}")
+        p.check(name, p.default)
+        if name in spec.test_params:
+            p.check(name, spec.test_params[name])
+    unknown = set(spec.test_params) - set(spec.params)
+    if unknown:
+        raise ValueError(f"spec {spec.name!r}: test_params {sorted(unknown)} are not declared parameters")
 
 
 def get(name: str) -> MechanismSpec:

@@ -124,20 +124,29 @@ def check_pattern(spec, causal: bool, cross: bool) -> None:
 
 
 def check_params(spec, params: dict) -> dict:
-    """Scalar params fall back to their defaults; unknown names are refused."""
-    tensor_names = set(spec.tensor_names)
-    known = set(spec.params) | tensor_names
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise TypeError(
-            f"mechanism {spec.name!r} got unexpected keyword argument(s) {unknown}; "
-            f"its parameters are {sorted(spec.params)} and its tensor inputs are {sorted(tensor_names)}"
-        )
+    """Each value is checked against its declaration (:class:`attnkit.params.Param`); the
+    undeclared fall back to their defaults; unknown names are refused."""
     if not params:
-        return spec.params
-    merged = dict(spec.params)
+        return spec.defaults
+    declared = spec.params
+    for name, value in params.items():
+        p = declared.get(name)
+        if p is not None:
+            p.check(name, value)
+        elif name not in spec.tensor_names:
+            _refuse_unknown(spec, params)
+    merged = dict(spec.defaults)
     merged.update(params)
     return merged
+
+
+def _refuse_unknown(spec, params: dict) -> None:
+    tensor_names = set(spec.tensor_names)
+    unknown = sorted(set(params) - set(spec.params) - tensor_names)
+    raise TypeError(
+        f"mechanism {spec.name!r} got unexpected keyword argument(s) {unknown}; "
+        f"its parameters are {sorted(spec.params)} and its tensor inputs are {sorted(tensor_names)}"
+    )
 
 
 # --- argument checks shared by mechanisms, layers and modules ---------------------------

@@ -63,7 +63,7 @@ def make_inputs(spec, size, dtype=torch.float64, seed=0):
 def run(spec, form, q, k, v, extra, *, causal, mask=None, **kw):
     """``attnkit.attention`` with the spec's test params; skips the test when ``form`` cannot run the call."""
     if form not in (None, "reference"):
-        params = {**spec.params, **spec.test_params, **extra, **kw}
+        params = {**spec.defaults, **spec.test_params, **extra, **kw}
         reason = why_not(spec, form, q, k, v, causal=causal, mask=normalise_mask(mask, q, k), params=params)
         if reason is not None:
             pytest.skip(f"{spec.name}/{form} does not run this call: {reason}")

@@ -100,7 +100,7 @@ def test_declared_state_size_is_what_the_state_holds(name):
             piece = {n: (x[:, :, a:b] if n in spec.tensor_inputs_per_token else x) for n, x in extra.items()}
             _, state = attnkit.attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], name, causal=True, state=state,
                                          return_state=True, **spec.test_params, **piece)
-            declared = spec.state_size(B, H, Hkv, b, D, v.shape[-1], **{**spec.params, **spec.test_params, **extra})
+            declared = spec.state_size(B, H, Hkv, b, D, v.shape[-1], **{**spec.defaults, **spec.test_params, **extra})
             assert state.numel() == declared, f"{name} after {b} tokens: state holds {state.numel()}, declared {declared}"
 
 

@@ -40,7 +40,7 @@ def _split(spec, extra, a, b):
 
 
 def _call(spec, form, q, k, v, extra, *, causal, initial):
-    params = {**spec.params, **spec.test_params, **extra}
+    params = {**spec.defaults, **spec.test_params, **extra}
     return spec.stateful_forms[form](q, k, v, causal=causal, scale=SCALE, initial_state=initial, **params)
 
 

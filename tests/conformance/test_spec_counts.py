@@ -7,7 +7,7 @@ import attnkit
 @pytest.mark.parametrize("name", attnkit.mechanisms())
 def test_state_size_takes_value_dim_and_params(name):
     spec = attnkit.spec(name)
-    params = dict(spec.params)
+    params = dict(spec.defaults)
     narrow = spec.state_size(1, 2, 2, 64, 16, 16, **params)
     wide = spec.state_size(1, 2, 2, 64, 16, 48, **params)
     assert isinstance(narrow, int) and 0 < narrow <= wide

@@ -110,7 +110,7 @@ def test_snapkv_pools_votes_and_leaves_a_short_prompt_alone():
 @pytest.mark.parametrize("name,params,message", [
     ("h2o", {"heavy": 0, "recent": 0}, "budget"),
     ("h2o", {"heavy": -1}, "heavy"),
-    ("tova", {"budget": 2.5}, "heavy"),
+    ("tova", {"budget": 2.5}, "budget"),
     ("snapkv", {"window": 40, "capacity": 40}, "window"),
     ("snapkv", {"kernel": 4}, "kernel"),
 ])

@@ -31,7 +31,7 @@ def test_rowwise_feature_maps_per_slice_equal_the_parallel_form(monkeypatch, nam
     monkeypatch.setattr(linear_scan, "STEP_ELEMENTS", 1)
     spec = registry.get(name)
     forms = spec.stateful_forms
-    params = {key: value for key, value in spec.params.items() if key != "chunk_size"}
+    params = {key: value for key, value in spec.defaults.items() if key != "chunk_size"}
     g = torch.Generator().manual_seed(6)
     B, H, N, D = 2, 3, 19, 4
     q, k, v = (torch.randn(B, H, N, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))

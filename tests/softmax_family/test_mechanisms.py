@@ -28,7 +28,7 @@ def test_sigmoid_bias_is_minus_log_n_and_needs_fixed_n_incrementally():
     assert torch.allclose(attnkit.attention(q, k, v, "sigmoid", n=9), expected)
     with pytest.raises(ValueError, match="fixed n"):
         attnkit.attention(q, k, v, "sigmoid", causal=True, return_state=True)
-    with pytest.raises(ValueError, match="n must be >= 1"):
+    with pytest.raises(ValueError, match="n must be None or an int >= 1"):
         attnkit.attention(q, k, v, "sigmoid", n=0)
 
 
@@ -74,7 +74,7 @@ def test_lssar_drops_weights_below_uniform():
     below = (lssa * counts <= 1.0) & (counts > 3)
     assert w[below.expand_as(w)].abs().max() == 0
     assert torch.allclose(w.sum(-1), torch.ones(1, 2, 12, dtype=torch.float64))
-    with pytest.raises(ValueError, match="p must be >= 1"):
+    with pytest.raises(ValueError, match="p must be a float >= 1"):
         attnkit.attention(q, k, v, "lssar", p=0.5)
 
 

@@ -15,12 +15,13 @@ import torch
 
 from ..kernels import linear_scan
 from ..kernels.positions import repeat_kv
+from ..params import Param
 from ..registry import MechanismSpec
 from ..state import RecurrentState, expect_state
 from ..validation import check_int
 from .stateful import register_stateful_mechanism
 
-CHUNK_PARAMS = {"chunk_size": 64}
+CHUNK_PARAMS = {"chunk_size": Param(64, int, "tokens per chunk of the chunked form", low=1)}
 FEATURE_MAP_PATTERNS = frozenset({"causal-self", "noncausal-self", "noncausal-cross"})
 
 
@@ -43,7 +44,7 @@ def stateful_forms(
         if kernel_name == "chunked" and chunked_kernel is not None:
             kernel = chunked_kernel
 
-        def form(q, k, v, *, causal, scale, initial_state=None, chunk_size=CHUNK_PARAMS["chunk_size"], **params):
+        def form(q, k, v, *, causal, scale, initial_state=None, chunk_size=CHUNK_PARAMS["chunk_size"].default, **params):
             _check_chunk_size(chunk_size)
             H, Dv = q.shape[1], v.shape[-1]
             if rowwise and causal and kernel_name == "chunked" and chunked_kernel is None:
@@ -157,14 +158,15 @@ def register_linear_mechanism(
         prepare, normalise=normalise, eps_param=eps_param, chunked_kernel=chunked_kernel, rowwise=rowwise
     )
     all_params = {**CHUNK_PARAMS, **(params or {})}
+    defaults = {n: p.default for n, p in all_params.items()}
 
     def state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **call_params):
-        dk = feature_dim(head_dim, {**all_params, **call_params})
+        dk = feature_dim(head_dim, {**defaults, **call_params})
         return batch * heads * dk * ((v_dim or head_dim) + (1 if normalise else 0))
 
     def flops(batch, heads, q_len, kv_len, head_dim, causal):
         """Forward FLOPs of the chunked form (scores and values in chunks, state update and read)."""
-        dk, dv, c = feature_dim(head_dim, all_params), head_dim + (1 if normalise else 0), all_params["chunk_size"]
+        dk, dv, c = feature_dim(head_dim, defaults), head_dim + (1 if normalise else 0), defaults["chunk_size"]
         if not causal:
             return 2 * batch * heads * (kv_len + q_len) * dk * dv
         return 2 * batch * heads * q_len * (c * dk + c * dv + 2 * dk * dv)

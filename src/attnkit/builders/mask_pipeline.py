@@ -28,12 +28,16 @@ from ..kernels.auto_sparse import not_boolean
 from ..kernels.block_sparse import block_sparse_attention
 from ..masks.base import causal_mask, tensor_mask
 from ..masks.layout import build_layout
+from ..params import Param
 from ..reference import materialised_attention
 from ..registry import ALL_PATTERNS, MechanismSpec, kv_cache_size, register
 from .kv_cache_step import default_form_of, kv_cache_step, window_cache_step
 
 # Tile sizes of the block-sparse form: execution choices, not part of the equations.
-BLOCK_PARAMS = {"block_q": 128, "block_k": 128}
+BLOCK_PARAMS = {
+    "block_q": Param(128, int, "queries per tile of the block-sparse form", low=1),
+    "block_k": Param(128, int, "keys per tile of the block-sparse form", low=1),
+}
 _LAYOUTS: OrderedDict = OrderedDict()
 _CACHE_SIZE = 16
 
@@ -107,7 +111,7 @@ def register_mask_mechanism(
         missing = [n for n in tensor_names if n not in kw]
         if missing:
             raise ValueError(f"{name}'s FLOPs depend on its tensor inputs {missing}: pass them as keywords")
-        kw = {n: x for n, x in {**params, **kw}.items() if n not in BLOCK_PARAMS}
+        kw = {n: x for n, x in {**{n: p.default for n, p in params.items()}, **kw}.items() if n not in BLOCK_PARAMS}
         q = torch.empty(batch, heads, q_len, 1)
         k = torch.empty(batch, heads, kv_len, 1)
         layout = build_layout(pattern(q, k, causal, kw), batch=batch, heads=heads, q_len=q_len, kv_len=kv_len)
@@ -132,7 +136,7 @@ def register_mask_mechanism(
             tensor_inputs=tensor_inputs,
             summary=summary,
             complexity=complexity,
-            state_size=kv_cache_size if decode_bound is None else _bounded_size(decode_bound, params),
+            state_size=kv_cache_size if decode_bound is None else _bounded_size(decode_bound, {n: p.default for n, p in params.items()}),
             test_params={"block_q": 16, "block_k": 8, **(test_params or {})},
             extra={"make_mask": make_mask},
         )
@@ -161,6 +165,6 @@ def _combine(allowed: torch.Tensor, mask):
 
 def mask_of(spec, q, k, *, causal: bool, **params):
     """The full mask function of a registered pattern mechanism (pattern, and causal if asked)."""
-    kw = {**{n: x for n, x in spec.params.items() if n not in BLOCK_PARAMS}, **params}
+    kw = {**{n: x for n, x in spec.defaults.items() if n not in BLOCK_PARAMS}, **params}
     m = spec.extra["make_mask"](q, k, causal=causal, **kw)
     return m & causal_mask() if causal else m

@@ -23,13 +23,17 @@ tensor inputs) as keywords:
 from __future__ import annotations
 
 from ..kernels.chunked import chunked_attention
+from ..params import Param
 from ..reference import materialised_attention
 from ..registry import ALL_PATTERNS, MechanismSpec, register
 from ..scores.normalisers import SOFTMAX, Normaliser
 from .kv_cache_step import default_form_of, kv_cache_step
 
 # Tile sizes of the chunked form: execution choices, not part of the equations.
-CHUNK_PARAMS = {"q_chunk": 512, "kv_chunk": 1024}
+CHUNK_PARAMS = {
+    "q_chunk": Param(512, int, "queries per tile of the chunked form", low=1),
+    "kv_chunk": Param(1024, int, "keys per tile of the chunked form", low=1),
+}
 
 
 def _equation_params(kw: dict) -> dict:

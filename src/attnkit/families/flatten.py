@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..params import Param
 from ..validation import check_float, check_tensor
 from ..builders.linear_pipeline import register_linear_mechanism
 
@@ -54,7 +55,10 @@ register_linear_mechanism(
     prepare=flatten_prepare,
     normalise=True,
     eps_param="eps",
-    params={"focusing_factor": 3.0, "eps": 1e-6},
+    params={
+        "focusing_factor": Param(3.0, float, "focusing power p of the feature map (the paper uses 3)", low=0, low_open=True),
+        "eps": Param(1e-6, float, "added to the normaliser", low=0),
+    },
     tensor_inputs=flatten_inputs,
     summary="FLatten focused linear attention: norm-preserving x^p sharpening of relu features",
 )

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import torch
 
+from ..params import Param
 from ..kernels import linear_scan
 from ..state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
@@ -156,7 +157,8 @@ register_stateful_mechanism(
     family="linear",
     papers=(PAPER,),
     patterns=CAUSAL_ONLY,
-    params={"eps": 1e-6, "chunk_size": 64},
+    params={"eps": Param(1e-6, float, "added to every flow dot product (Flowformer uses 1e-6)", low=0),
+            "chunk_size": Param(64, int, "tokens per chunk of the chunked form", low=1)},
     flops=_flops,
     state_size=lambda batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params: (
         batch * heads * (4 * head_dim + 1 + head_dim * (v_dim or head_dim))),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from ..params import Param
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
 from .flow import PAPER, eps_dot
@@ -63,7 +64,7 @@ register(
         patterns=frozenset({"noncausal-self", "noncausal-cross"}),
         reference=flow_reference,
         fast={"factorised": flow_factorised},
-        params={"eps": 1e-6},
+        params={"eps": Param(1e-6, float, "added to every flow dot product (Flowformer uses 1e-6)", low=0)},
         supports_mask=False,
         flops=_flops,
         complexity="O(N)",

@@ -24,6 +24,7 @@ bounded cache, and incremental calls carry it (:class:`EvictionCache`).
 """
 from __future__ import annotations
 
+from ..params import Param
 from ..kernels.eviction import check_budget, eviction_mask, eviction_step
 from ..reference import materialised_attention
 from ..registry import MechanismSpec, register
@@ -54,9 +55,11 @@ def _register(name, papers, summary, params, test_params, rule):
     def step(q, k, v, state, *, causal, mask, scale, **params):
         return eviction_step(q, k, v, state, scale=scale, **settings(params))
 
+    defaults = {n: p.default for n, p in params.items()}
+
     def budget(overrides):
         """(heavy, recent, start) of the call's parameters over the defaults."""
-        return rule(**{**params, **{n: x for n, x in overrides.items() if n in params}})[:3]
+        return rule(**{**defaults, **{n: x for n, x in overrides.items() if n in params}})[:3]
 
     def flops(batch, heads, q_len, kv_len, head_dim, causal, **overrides):
         heavy, recent, start = budget(overrides)
@@ -79,7 +82,8 @@ _register(
     "h2o",
     ("H2O: Heavy-Hitter Oracle for Efficient Generative Inference of Large Language Models",),
     "KV cache of the `recent` newest tokens + the `heavy` with the most accumulated attention",
-    params={"heavy": 64, "recent": 64, "start": 0},
+    params={"heavy": Param(64, int, 'heavy-hitter tokens kept', low=0), "recent": Param(64, int, 'most recent tokens kept', low=0),
+            "start": Param(0, int, 'tokens kept whole before eviction starts', low=0)},
     test_params={"heavy": 4, "recent": 3, "start": 10},
     rule=lambda heavy, recent, start: (heavy, recent, start, "accumulated", False),
 )
@@ -88,7 +92,7 @@ _register(
     "tova",
     ("Transformers are Multi-State RNNs",),
     "KV cache of `budget` tokens; drops the lowest head-averaged attention of the current query",
-    params={"budget": 128, "start": 0},
+    params={"budget": Param(128, int, 'tokens kept', low=1), "start": Param(0, int, 'tokens kept whole before eviction starts', low=0)},
     test_params={"budget": 6, "start": 0},
     rule=lambda budget, start: (budget, 0, start, "current", True),
 )
@@ -97,7 +101,7 @@ _register(
     "knorm",
     ("A Simple and Effective L_2 Norm-Based Strategy for KV Cache Compression",),
     "KV cache of `budget` tokens; evicts the key with the largest L2 norm",
-    params={"budget": 128, "start": 0},
+    params={"budget": Param(128, int, 'tokens kept', low=1), "start": Param(0, int, 'tokens kept whole before eviction starts', low=0)},
     test_params={"budget": 5, "start": 12},
     rule=lambda budget, start: (budget, 0, start, "key_norm", False),
 )

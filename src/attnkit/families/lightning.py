@@ -13,6 +13,7 @@ after attention with SRMSNorm, in the layer). ``chunk_size`` is the block size.
 """
 from __future__ import annotations
 
+from ..params import Param
 from ..scores.alibi import alibi_slopes
 from ..builders.linear_pipeline import register_linear_mechanism
 from ..builders.stateful import CAUSAL_ONLY
@@ -37,7 +38,7 @@ register_linear_mechanism(
     papers=PAPERS,
     prepare=lightning_features,
     normalise=False,
-    params={"decay_scale": 1.0},
+    params={"decay_scale": Param(1.0, float, "multiplies the per-head ALiBi decay slopes (TransNormerLLM's 1 - l/L)", low=0)},
     patterns=CAUSAL_ONLY,
     summary="TransNormerLLM lightning attention: intra-block masked + inter-block decayed state, ALiBi-slope decays",
 )

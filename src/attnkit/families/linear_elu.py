@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from ..params import Param
 from ..builders.linear_pipeline import register_linear_mechanism
 
 PAPER = "Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention"
@@ -29,6 +30,6 @@ register_linear_mechanism(
     prepare=elu_features,
     normalise=True,
     rowwise=True,
-    params={"chunk_size": 128},  # fastest on the 2-core CPU: fewer, larger GEMMs (docs/linear.md)
+    params={"chunk_size": Param(128, int, "tokens per chunk of the chunked form", low=1)},  # fastest on the 2-core CPU: fewer, larger GEMMs (docs/linear.md)
     summary="phi(q) (sum phi(k)^T v) / phi(q) sum phi(k), phi = elu + 1; O(N), constant-size state",
 )

@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from ..params import Param
 from ..builders.linear_pipeline import register_linear_mechanism
 from ..validation import check_float
 
@@ -45,6 +46,11 @@ def lln_prepare(q, k, v, *, scale, alpha, beta):
     return torch.exp(alpha * scale * q), torch.exp(beta * k), v, None
 
 
+PARAMS = {
+    "alpha": Param(DEFAULT_ALPHA, float, "query temperature of exp(alpha q)", low=0, low_open=True),
+    "beta": Param(DEFAULT_BETA, float, "key temperature of exp(beta k)", low=0, low_open=True),
+}
+
 SPEC = register_linear_mechanism(
     "lln",
     family="linear",
@@ -52,7 +58,7 @@ SPEC = register_linear_mechanism(
     prepare=lln_prepare,
     normalise=True,
     rowwise=True,
-    params={"alpha": DEFAULT_ALPHA, "beta": DEFAULT_BETA},
+    params=PARAMS,
     test_params={"alpha": 0.7, "beta": 0.8},
     summary="linear log-normal attention: exp(alpha q), exp(beta k) feature maps with moment-matched temperatures",
 )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from ..params import Param
 from ..state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
 from ..reference import materialised_attention
@@ -127,7 +128,8 @@ register_stateful_mechanism(
     family="linear",
     papers=(lln.PAPER,),
     patterns=PATTERNS,
-    params={"alpha": lln.DEFAULT_ALPHA, "beta": lln.DEFAULT_BETA, "block": None, "chunk_size": 64},
+    params={**lln.PARAMS, "block": Param(None, int, "block size of the block-diagonal softmax; None: the head dim", low=1, optional=True),
+            "chunk_size": Param(64, int, "tokens per chunk of the chunked form", low=1)},
     flops=_flops,
     state_size=lambda batch, heads, kv_heads, seq_len, head_dim, v_dim=None, block=None, **params: (
         batch * heads * (head_dim * ((v_dim or head_dim) + 1)

@@ -36,6 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..params import Param
 from ..reference import materialised_attention
 from ..scores.normalisers import SOFTMAX, Normaliser
 from ..validation import check_int
@@ -170,7 +171,8 @@ register_score_mechanism(
     make_mod=_mega_mod,
     normaliser=_normaliser,
     check_inputs=_check,
-    params={"attention_fn": "softmax", "chunk_size": None},
+    params={"attention_fn": Param('softmax', str, "the attention function: softmax, or the paper's laplace / relu2", choices=('softmax', 'laplace', 'relu2')),
+            "chunk_size": Param(None, int, 'Mega-chunk: attention within chunks of this many tokens; None: one chunk', low=1, optional=True)},
     tensor_inputs=_inputs,
     family="mega",
     extra_fast={"block_diagonal": block_diagonal},

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..params import Param
 from ..scores.normalisers import Normaliser
 from ..validation import check_float, check_tensor
 from ..builders.score_pipeline import register_score_mechanism
@@ -43,7 +44,9 @@ register_score_mechanism(
     "normalised",
     papers=("Normalized Attention Without Probability Cage",),
     normaliser=_normaliser,
-    params={"gain": None, "shift": None, "eps": 1e-6},
+    params={"gain": Param(None, torch.Tensor, '(heads,) gains of the standardised scores; None: 1', optional=True),
+            "shift": Param(None, torch.Tensor, '(heads,) shifts of the standardised scores; None: 0', optional=True),
+            "eps": Param(1e-06, float, 'added to the variance', low=0, low_open=True)},
     tensor_inputs=_inputs,
     check_inputs=_check,
     summary="weights = gain * standardised scores + shift (no probability simplex)",

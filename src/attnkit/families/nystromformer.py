@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ..params import Param
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
 from .agent import agent_tokens
@@ -72,7 +73,8 @@ register(
         patterns=frozenset({"noncausal-self", "noncausal-cross"}),
         reference=nystrom_reference,
         fast={"landmarks": nystrom_fast},
-        params={"landmarks": 64, "iterations": 6},
+        params={"landmarks": Param(64, int, 'landmarks m (segment means of Q and K)', low=1),
+                "iterations": Param(6, int, 'steps of the iterative pseudo-inverse', low=0)},
         supports_mask=False,
         flops=_flops,
         complexity="O(N m)",

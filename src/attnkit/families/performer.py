@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from ..params import Param
 from ..validation import check_tensor
 from ..builders.linear_pipeline import register_linear_mechanism
 
@@ -70,7 +71,7 @@ register_linear_mechanism(
     prepare=performer_prepare,
     normalise=True,
     feature_dim=lambda d, params: default_feature_count(d),
-    params={"seed": 0},
+    params={"seed": Param(0, int, 'seed of the random features drawn when `features` is not given', low=0)},
     tensor_inputs=performer_inputs,
     summary="FAVOR+: softmax kernel estimated with positive orthogonal random features (m = d ln d)",
 )

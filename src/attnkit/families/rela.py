@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..params import Param
 from ..scores.normalisers import Normaliser
 from ..validation import check_float, check_tensor
 from ..builders.score_pipeline import register_score_mechanism
@@ -60,7 +61,7 @@ register_score_mechanism(
     "rela",
     papers=(PAPER,),
     normaliser=RELU,
-    params={"gain": None, "eps": 1e-8},
+    params={"gain": Param(None, torch.Tensor, '(heads, v_dim) RMSNorm gains; None: 1', optional=True), "eps": Param(1e-08, float, 'added inside the RMSNorm', low=0, low_open=True)},
     tensor_inputs=_inputs(False),
     check_inputs=_checker(False),
     postprocess=rms_norm_heads,
@@ -71,7 +72,9 @@ register_score_mechanism(
     "rela_gated",
     papers=(PAPER,),
     normaliser=RELU,
-    params={"gain": None, "gate": None, "eps": 1e-8},
+    params={"gain": Param(None, torch.Tensor, '(heads, v_dim) RMSNorm gains; None: 1', optional=True),
+            "gate": Param(None, torch.Tensor, '(heads, v_dim) gate weights w of sigmoid(w * z) (required)', optional=True),
+            "eps": Param(1e-08, float, 'added inside the RMSNorm', low=0, low_open=True)},
     tensor_inputs=_inputs(True),
     check_inputs=_checker(True),
     postprocess=rms_norm_heads,

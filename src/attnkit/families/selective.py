@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from ..params import Param
 from ..kernels.dense import sdpa_attention
 from ..validation import check_tensor
 from ..builders.score_pipeline import register_score_mechanism
@@ -76,7 +77,9 @@ register_score_mechanism(
     "selective",
     papers=("Selective Attention: Enhancing Transformer through Principled Context Control",),
     prepare=selective_prepare,
-    params={"query_temp": None, "value_temp": None, "position_scale": None},
+    params={"query_temp": Param(None, torch.Tensor, '(batch, heads, q_len) per-query temperatures; None: 1', optional=True),
+            "value_temp": Param(None, torch.Tensor, '(batch, kv_heads, kv_len) per-token value temperatures; None: 1', optional=True),
+            "position_scale": Param(None, torch.Tensor, '(heads,) weight of the log-position term of the query temperature; None: 0', optional=True)},
     tensor_inputs=_inputs,
     tensor_inputs_per_token=("query_temp", "value_temp"),
     extra_fast={"sdpa": _sdpa},

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from ..params import Param
 from ..scores.normalisers import Normaliser
 from ..validation import check_int
 from ..builders.score_pipeline import register_score_mechanism
@@ -47,7 +48,7 @@ register_score_mechanism(
     papers=("Theory, Analysis, and Best Practices for Sigmoid Self-Attention",),
     make_mod=sigmoid_bias_mod,
     normaliser=SIGMOID,
-    params={"n": None},
+    params={"n": Param(None, int, 'length n of the -log n bias; None: the key length (one-shot only)', low=1, optional=True)},
     wrap_step=_needs_fixed_n,
     summary="elementwise sigmoid(s - log n) weights, no row normalisation",
     test_params={"n": 64},

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..params import Param
 from ..kernels.dense import sdpa_attention
 from ..kernels.positions import causal_mask, repeat_kv
 from ..reference import materialised_attention
@@ -123,7 +124,12 @@ register(MechanismSpec(
     name="snapkv", family="kv_cache",
     papers=("SnapKV: LLM Knows What You are Looking for Before Generation",),
     patterns=frozenset({"causal-self"}), reference=snapkv_reference, fast={"compressed": snapkv_compressed},
-    step=snapkv_step, params={"prompt": 4096, "capacity": 2048, "window": 32, "kernel": 5}, supports_mask=False,
+    step=snapkv_step, params={
+        "prompt": Param(4096, int, 'prompt tokens after which the cache is compressed once', low=0),
+        "capacity": Param(2048, int, 'tokens kept from the prompt (window included)', low=2),
+        "window": Param(32, int, "observation window: the prompt's last queries that vote (< capacity)", low=1),
+        "kernel": Param(5, int, 'odd pooling width of the votes', low=1)},
+    supports_mask=False,
     state_size=_state_size, complexity="O(N capacity) decoding after an O(prompt^2) prefill",
     summary="prompt KV cut to `capacity`: the last `window` prompt queries vote (pooled) for prefix keys",
     test_params={"prompt": 24, "capacity": 12, "window": 4, "kernel": 3},

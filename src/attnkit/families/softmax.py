@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+from ..params import Param
 from ..kernels.auto_sparse import mask_layout, not_boolean, too_dense
 from ..kernels.block_sparse import block_sparse_attention
 from ..kernels.dense import sdpa_attention
@@ -49,6 +50,6 @@ register_score_mechanism(
     "softcap",
     papers=("Gemma 2: Improving Open Language Models at a Practical Size",),
     make_mod=lambda q, k, *, cap, **_: softcap_mod(cap),
-    params={"cap": 50.0},
+    params={"cap": Param(50.0, float, 'soft cap c of c * tanh(s / c)', low=0, low_open=True)},
     summary="softmax over cap * tanh(s / cap)",
 )

@@ -29,6 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..params import Param
 from ..kernels.chunked import chunked_attention
 from ..kernels.positions import causal_mask, query_positions, repeat_kv
 from ..registry import ALL_PATTERNS, MechanismSpec, register
@@ -162,7 +163,7 @@ register(
         reference=_check_p(lssar_reference),
         fast={"chunked": _check_p(lssar_chunked)},
         step=kv_cache_step(_check_p(lssar_chunked)),
-        params={"p": 15.0, **CHUNK_PARAMS},
+        params={"p": Param(15.0, float, 're-weighting power', low=1), **CHUNK_PARAMS},
         summary="LSSA re-weighted: relu(N_i w - 1)^p, l1-normalised (two O(N)-memory passes)",
         test_params={"q_chunk": 16, "kv_chunk": 24},
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..params import Param
 from ..masks.content import hash_sparse, lsh_buckets, qk_sparse
 from ..registry import SELF_PATTERNS
 from ..builders.mask_pipeline import register_mask_mechanism
@@ -49,7 +50,7 @@ register_mask_mechanism(
     "hash_sparse",
     papers=(SPARSE_FLASH, "Reformer: The Efficient Transformer"),
     make_mask=_hash,
-    params={"buckets": 8, "seed": 0},
+    params={"buckets": Param(8, int, 'LSH buckets (even)', low=2), "seed": Param(0, int, 'seed of the LSH rotation', low=0)},
     test_params={"buckets": 4},
     content_dependent=True,
     summary="queries and keys attend within their per-head angular-LSH bucket",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..params import Param
 from ..masks import documents as d
 from ..registry import SELF_PATTERNS
 from ..builders.mask_pipeline import register_mask_mechanism
@@ -55,7 +56,7 @@ register_mask_mechanism(
     "prefix_lm",
     papers=(LONGCA, "Exploring the Limits of Transfer Learning with a Unified Text-to-Text Transformer"),
     make_mask=lambda q, k, causal, prefix: d.prefix_lm(prefix),
-    params={"prefix": 1024},
+    params={"prefix": Param(1024, int, 'bidirectional prefix tokens', low=0)},
     test_params={"prefix": 9},
     patterns={"noncausal-self"},
     summary="prefix-LM: the first `prefix` tokens are seen by all; causal after them",
@@ -99,7 +100,7 @@ register_mask_mechanism(
     "block_causal",
     papers=(LONGCA,),
     make_mask=lambda q, k, causal, block: d.block_causal(block),
-    params={"block": 1024},
+    params={"block": Param(1024, int, 'tokens per bidirectional block', low=1)},
     test_params={"block": 10},
     patterns={"noncausal-self"},
     summary="bidirectional inside chunks of `block` tokens, causal across chunks",
@@ -110,7 +111,7 @@ register_mask_mechanism(
     "block_causal_document",
     papers=(LONGCA,),
     make_mask=lambda q, k, causal, doc_ids, block: d.block_causal_document(_ids(doc_ids, k), block),
-    params={"block": 256},
+    params={"block": Param(256, int, 'tokens per bidirectional block', low=1)},
     test_params={"block": 4},
     tensor_inputs=example_doc_ids,
     patterns={"noncausal-self"},

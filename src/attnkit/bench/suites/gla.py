@@ -42,7 +42,7 @@ def _one_level(q, k, v, gk):
 
 
 def _two_level(q, k, v, gk, chunk_size=None, sub_chunk_size=None):
-    chunk_size = chunk_size or get("gla").params["chunk_size"]
+    chunk_size = chunk_size or get("gla").defaults["chunk_size"]
     return gla_chunked(q, k, v, gk, None, causal=True, chunk_size=chunk_size, sub_chunk_size=sub_chunk_size)
 
 
@@ -64,7 +64,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     n, r = args.n or (2048 if args.quick else 8192), args.repeats
-    default = get("gla").params["chunk_size"]
+    default = get("gla").defaults["chunk_size"]
     print(f"attnkit bench gla: B={B} H={H} D={D} fp32, {torch.get_num_threads()} threads, N={n}, {args.device}, "
           f"load average {os.getloadavg()[0]:.1f}; two-level default chunk {default}")
     x = _inputs(n, device=args.device)

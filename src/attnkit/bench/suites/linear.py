@@ -43,7 +43,7 @@ def _inputs(spec, n: int, head_dim: int = D, seed: int = 0, device="cpu"):
 
 
 def _form(spec, name, q, k, v, extra, **kw):
-    params = {**spec.params, **extra, **kw}
+    params = {**spec.defaults, **extra, **kw}
     return spec.stateful_forms[name](q, k, v, causal=True, scale=q.shape[-1] ** -0.5, **params)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...params import Param
 from .forms import delta_rule_parallel, delta_rule_recurrent
 from .chunked import delta_rule_chunked
 from ...state import RecurrentState, expect_state
@@ -35,7 +36,10 @@ GATED_DELTANET = "Gated Delta Networks: Improving Mamba2 with Delta Rule"
 KIMI_LINEAR = "Kimi Linear: An Expressive, Efficient Attention Architecture"
 
 KERNELS = {"parallel": delta_rule_parallel, "chunked": delta_rule_chunked, "recurrent": delta_rule_recurrent}
-PARAMS = {"chunk_size": 64, "qk_l2norm": True}
+PARAMS = {
+    "chunk_size": Param(64, int, "tokens per chunk of the chunked form", low=1),
+    "qk_l2norm": Param(True, bool, "l2-normalise q and k per head, as the papers do"),
+}
 
 
 def stateful_forms(gate: str | None) -> dict:

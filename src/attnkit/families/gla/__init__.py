@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...params import Param
 from .chunked import gla_chunked
 from ...validation import check_tensor
 from ...builders.linear_pipeline import register_linear_mechanism
@@ -44,7 +45,7 @@ register_linear_mechanism(
     papers=(PAPER,),
     prepare=gla_features,
     normalise=False,
-    params={"chunk_size": 32},
+    params={"chunk_size": Param(32, int, "tokens per chunk of the chunked form", low=1)},
     tensor_inputs=gla_inputs,
     tensor_inputs_per_token=("gk",),
     patterns=CAUSAL_ONLY,

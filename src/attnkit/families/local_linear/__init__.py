@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import torch
 
+from ...params import Param
 from .blockwise import local_linear_blockwise
 from ...kernels.positions import causal_mask, repeat_kv
 from ...registry import ALL_PATTERNS, MechanismSpec, register
@@ -109,7 +110,9 @@ register(
         reference=lla_reference,
         fast={"blockwise": lla_blockwise},
         step=kv_cache_step(lla_blockwise),
-        params={"ridge": 10.0, "q_block": 128, "kv_block": 256},
+        params={"ridge": Param(10.0, float, 'ridge lambda of the local regression', low=0, low_open=True),
+                "q_block": Param(128, int, 'queries per block of the blockwise form', low=1),
+                "kv_block": Param(256, int, 'keys per block of the blockwise form', low=1)},
         flops=_flops,
         complexity="O(N^2 D^2 + N D^3)",
         summary="intercept of a softmax-kernel-weighted ridge regression of v on k - q (local linear, not local constant)",

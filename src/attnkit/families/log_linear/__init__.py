@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...params import Param
 from . import forms as log_linear
 from ...state import RecurrentState, expect_state
 from ...kernels.positions import repeat_kv
@@ -106,7 +107,7 @@ register_stateful_mechanism(
     family="recurrent-attention",
     papers=(PAPER,),
     patterns=CAUSAL_ONLY,
-    params={"chunk_size": 64},
+    params={"chunk_size": Param(64, int, 'tokens per chunk of the chunked form (a power of two)', low=1)},
     tensor_inputs=_inputs,
     tensor_inputs_per_token=("g", "lam"),
     flops=_flops,

@@ -13,6 +13,7 @@ power of two) is an execution knob. Causal self-attention only.
 """
 from __future__ import annotations
 
+from ...params import Param
 from . import forms as log_linear_delta
 from ..delta_rule.forms import prepare
 from ...state import RecurrentState
@@ -65,7 +66,8 @@ register_stateful_mechanism(
     family="delta-rule",
     papers=(PAPER, GATED_DELTANET),
     patterns=CAUSAL_ONLY,
-    params={"chunk_size": 64, "qk_l2norm": True},
+    params={"chunk_size": Param(64, int, 'tokens per chunk of the chunked form (a power of two)', low=1),
+            "qk_l2norm": Param(True, bool, 'l2-normalise q and k per head, as the paper does')},
     tensor_inputs=_inputs,
     tensor_inputs_per_token=("beta", "g", "lam"),
     flops=_flops,

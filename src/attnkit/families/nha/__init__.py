@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...params import Param
 from .chunked import NHAState, initial_state, nha_chunks
 from ...kernels.positions import repeat_kv
 from ...registry import MechanismSpec, register
@@ -122,7 +123,10 @@ register(MechanismSpec(
     reference=nha_reference,
     fast={"chunked": nha_chunked},
     step=nha_step,
-    params={"window": 64, "feature_map": "swish", "gate_normalizer": 8.0, "chunk": 16},
+    params={"window": Param(64, int, 'sliding-window keys of the softmax part (0: slots only)', low=0),
+            "feature_map": Param('swish', str, 'feature map of the slot memory', choices=("swish", "identity")),
+            "gate_normalizer": Param(8.0, float, 'divides the slot-gate logits', low=0, low_open=True),
+            "chunk": Param(16, int, 'tokens per chunk of the chunked form', low=1)},
     tensor_inputs=_example_inputs,
     tensor_inputs_per_token=("slot_gate",),
     supports_mask=False,

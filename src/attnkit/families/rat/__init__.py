@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ...params import Param
 from . import forms as rat
 from ...state import RecurrentState, expect_state
 from ...kernels.positions import repeat_kv
@@ -72,7 +73,7 @@ register_stateful_mechanism(
     family="recurrent-attention",
     papers=(PAPER,),
     patterns=CAUSAL_ONLY,
-    params={"chunk_size": DEFAULT_CHUNK},
+    params={"chunk_size": Param(DEFAULT_CHUNK, int, "tokens per chunk (the recurrence runs inside, attention across chunks)", low=1)},
     tensor_inputs=_inputs,
     tensor_inputs_per_token=("g",),
     flops=_flops,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...params import Param
 from . import forms as titans
 from ...state import RecurrentState, expect_state
 from ...kernels.positions import repeat_kv
@@ -93,7 +94,8 @@ register_stateful_mechanism(
     family="test-time-memory",
     papers=(PAPER,),
     patterns=CAUSAL_ONLY,
-    params={"chunk_size": 16, "qk_l2norm": True},
+    params={"chunk_size": Param(16, int, 'tokens per chunk (the memory updates once per chunk)', low=1),
+            "qk_l2norm": Param(True, bool, 'l2-normalise q and k per head, as the paper does')},
     tensor_inputs=_inputs,
     tensor_inputs_per_token=GATES,
     flops=_flops,
