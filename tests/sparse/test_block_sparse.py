@@ -75,12 +75,17 @@ def test_per_head_score_modifier_on_per_head_layout():
 
 
 def test_fully_masked_rows_are_zero_without_nan():
-    mask = sliding_window(3) & causal_mask() & ~document(lengths_to_ids([10, 30]))  # rows 0..9 see nothing
-    q, k, v, layout, _ = _case(mask, 1, 2, 2, 40, 40, block_q=8, block_k=8)
+    mask = sliding_window(3) & causal_mask() & ~document(lengths_to_ids([10, 30]))  # rows 10..12 see keys
+    q, k, v, layout, dense = _case(mask, 1, 2, 2, 40, 40, block_q=8, block_k=8)
+    blind = ~dense.any(-1).expand(1, 2, 40)  # rows that see no key
+    assert blind.sum() == 2 * 37
     out = block_sparse_attention(q.float(), k.float(), v.float(), layout, scale=0.3)
     assert torch.isfinite(out).all()
+    assert out[blind].abs().max() == 0, "a row that sees no key must output zeros"
+    assert out[~blind].abs().amax(dim=-1).min() > 0, "rows that see keys must not be zeroed"
     out.sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    assert q.grad[blind].abs().max() == 0, "a row that sees no key has no gradient"
 
 
 def test_layout_for_other_sizes_is_refused():
