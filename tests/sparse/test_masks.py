@@ -85,6 +85,40 @@ def test_neighborhood_always_sees_kernel_squared_keys():
         assert dense.diagonal().all()
 
 
+def test_gna_stride_equal_to_kernel_is_blocked_attention():
+    """An even stride's group shares the window of its right-hand centre query (as NATTEN's GNA), so
+    stride = kernel tiles the sequence: on 12 tokens with kernel 4, queries 4..7 see exactly keys 4..7."""
+    dense = dense_pattern(neighborhood(Grid([12]), 4, stride=4), 1, 1, 12, 12)[0, 0]
+    blocks = torch.arange(12) // 4
+    assert torch.equal(dense, blocks[:, None] == blocks[None, :])
+    dense = dense_pattern(neighborhood(Grid([8, 6]), (4, 2), stride=(4, 2)), 1, 1, 48, 48)[0, 0]
+    rows, cols = torch.arange(48) // 6 // 4, torch.arange(48) % 6 // 2
+    assert torch.equal(dense, (rows[:, None] == rows[None, :]) & (cols[:, None] == cols[None, :]))
+
+
+@pytest.mark.parametrize("name,params", [("sliding_window", {"window": 2}), ("dilated_window", {"window": 1, "dilation": 2})])
+def test_non_causal_windows_shift_at_the_ends_as_na_and_dina_unless_clamped(name, params):
+    """NA / DiNA: the window of 2 * window + 1 keys of the query's residue class shifts inwards at the ends."""
+    spec, N, d = get(name), 11, params.get("dilation", 1)
+    x = torch.zeros(1, 1, N, 4)
+    pos = torch.arange(N)
+    for border in ("shift", "clamp"):
+        dense = dense_pattern(mask_of(spec, x, x, causal=False, border=border, **params), 1, 1, N, N)[0, 0]
+        for i in range(N):
+            same_class = pos[pos % d == i % d]  # the positions of i's residue class, in order
+            sub = int((same_class < i).sum())
+            lo = max(sub - params["window"], 0)
+            if border == "shift":
+                lo = min(lo, len(same_class) - 2 * params["window"] - 1)
+            hi = min(sub + params["window"], len(same_class) - 1) if border == "clamp" else lo + 2 * params["window"]
+            expected = torch.zeros(N, dtype=torch.bool)
+            expected[same_class[lo : hi + 1]] = True
+            assert torch.equal(dense[i], expected), f"{name} border={border} row {i}"
+    assert "border='shift'" in spec.summary and spec.defaults["border"] == "shift"
+    with pytest.raises(ValueError, match="border"):
+        attnkit.attention(x, x, x, name, border="wrap", **params)
+
+
 def test_tiled_order_makes_neighbourhoods_block_sparse():
     raster, tiled = Grid((64, 64)), Grid((64, 64), tile=(8, 8))
     perm = tiled.permutation()

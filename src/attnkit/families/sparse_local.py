@@ -2,29 +2,53 @@
 
 Each pattern is a mask function (:mod:`attnkit.masks.window`); causal calls
 see ``window`` keys before the query, non-causal calls ``window`` on each side.
+
+At the ends of a non-causal sequence ``sliding_window`` and ``dilated_window``
+follow Neighborhood Attention (NA / DiNA) by default, ``border="shift"``: the
+window of ``2 * window + 1`` keys (of the query's residue class when dilated)
+shifts inwards, so every query sees the same number of keys, as in NATTEN.
+``border="clamp"`` cuts the window at the ends instead (Longformer-style local
+attention: queries near an end see fewer keys). Causal windows end at the query
+under both rules.
 """
 from __future__ import annotations
 
-from ..params import Param
 from ..masks import window as w
 from ..builders.mask_pipeline import register_mask_mechanism
+from ..masks.spatial import Grid, neighborhood
+from ..params import Param
 
 SPARSE_TRANSFORMER = "Generating Long Sequences with Sparse Transformers"
 STREAMING = "Efficient Streaming Language Models with Attention Sinks"
+BORDERS = ("shift", "clamp")
+BORDER = Param("shift", str, "non-causal ends: 'shift' the window inwards (NA / DiNA) or 'clamp' it", choices=BORDERS)
 
 
 def _sides(causal, window):
     return (window, 0) if causal else (window, window)
 
 
+def _local(k, causal, window, dilation, border):
+    """A causal window, or a non-causal one shifted (NA / DiNA) or clamped at the ends."""
+    if border not in BORDERS:
+        raise ValueError(f"border must be one of {BORDERS} ('shift': NA / DiNA, 'clamp': cut at the ends), "
+                         f"got {border!r}")
+    if causal or border == "clamp" or k.shape[2] == 0:
+        return w.dilated_window(*_sides(causal, window), dilation=dilation)
+    w._check_int("window", window)
+    return neighborhood(Grid([k.shape[2]]), 2 * window + 1, dilation=dilation)
+
+
 register_mask_mechanism(
     "sliding_window",
     papers=("Transformer Transducer: A Streamable Speech Recognition Model with Transformer Encoders and RNN-T Loss",
             "Faster Neighborhood Attention: Reducing the O(n^2) Cost of Self Attention at the Threadblock Level"),
-    make_mask=lambda q, k, causal, window: w.sliding_window(*_sides(causal, window)),
-    params={"window": Param(512, int, 'keys on each allowed side of the query (before it if causal)', low=0)},
+    make_mask=lambda q, k, causal, window, border: _local(k, causal, window, 1, border),
+    params={"window": Param(512, int, 'keys on each allowed side of the query (before it if causal)', low=0),
+            "border": BORDER},
     test_params={"window": 5},
-    summary="local attention: keys within `window` positions (before the query if causal, both sides if not)",
+    summary="local attention: `window` keys before the query if causal; if not, 2 * `window` + 1 keys around it, "
+            "shifted inwards at the ends (border='shift', NA, default) or cut there (border='clamp')",
     complexity="O(N window)",
     decode_bound=lambda window, **_: (0, window),
 )
@@ -32,10 +56,12 @@ register_mask_mechanism(
 register_mask_mechanism(
     "dilated_window",
     papers=("Dilated Neighborhood Attention Transformer",),
-    make_mask=lambda q, k, causal, window, dilation: w.dilated_window(*_sides(causal, window), dilation=dilation),
-    params={"window": Param(256, int, 'keys on each allowed side, counted in dilated steps', low=0), "dilation": Param(2, int, 'step between visible keys', low=1)},
+    make_mask=lambda q, k, causal, window, dilation, border: _local(k, causal, window, dilation, border),
+    params={"window": Param(256, int, 'keys on each allowed side, counted in dilated steps', low=0),
+            "dilation": Param(2, int, 'step between visible keys', low=1), "border": BORDER},
     test_params={"window": 4, "dilation": 3},
-    summary="every `dilation`-th key within `window * dilation` positions (1-D DiNA)",
+    summary="every `dilation`-th key within `window * dilation` positions (1-D DiNA); non-causal: the window "
+            "shifts inwards at the ends (border='shift', DiNA, default) or is cut there (border='clamp')",
     complexity="O(N window)",
     decode_bound=lambda window, dilation, **_: (0, window * dilation),
 )

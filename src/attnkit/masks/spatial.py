@@ -7,8 +7,9 @@ dilation, only keys in the query's residue class). The patterns:
   ``kernel``-sized window centred on the query, shifted inwards at borders so
   it always holds ``kernel`` keys; with ``dilation`` ("Dilated Neighborhood
   Attention Transformer"), with ``stride`` (queries in a stride group share the
-  window of the group's centre, "Generalized Neighborhood Attention:
-  Multi-dimensional Sparse Attention at the Speed of Light") and per-axis
+  window of the group's centre query, the right-hand one of an even group as in
+  NATTEN, "Generalized Neighborhood Attention: Multi-dimensional Sparse
+  Attention at the Speed of Light") and per-axis
   causality (the window ends at the query);
 - blocked local attention with halos ("Scaling Local Self-Attention for
   Parameter Efficient Visual Backbones", HaloNet): a block's queries see the
@@ -100,8 +101,9 @@ def box_mask(grid: Grid, axes, name: str) -> MaskMod:
 
     def tiles(b, h, q_lo, q_hi, k_lo, k_hi):
         starts = q_lo.flatten()
-        pos = torch.arange(int(starts.min().clamp(min=0)), int(q_hi.max().clamp(max=grid.n - 1)) + 1,
-                           device=q_lo.device)
+        # every query position of the blocks, also those before the grid (cross-attention with more queries
+        # than keys: they see the box of position 0, as in fn); those past it see nothing and add nothing
+        pos = torch.arange(int(starts.min()), int(q_hi.max().clamp(max=grid.n - 1)) + 1, device=q_lo.device)
         _, bounds = box(pos)
         first = grid.index([lo.clamp(min=0) for lo, _, _ in bounds])
         last = grid.index([torch.minimum(hi, torch.full_like(hi, d - 1)) for (_, hi, _), d in zip(bounds, grid.dims)])
@@ -132,7 +134,9 @@ def neighborhood(grid: Grid, kernel, dilation=1, stride=1, causal=False) -> Mask
             if causal[a]:
                 lo, hi = (sub - k + 1).clamp(min=0), sub
             else:
-                centre = torch.minimum((sub // s) * s + (s - 1) // 2, length - 1)
+                # the group's centre query, the right one of the two middle queries of an even
+                # stride (as NATTEN's GNA): stride = kernel then gives exactly blocked attention
+                centre = torch.minimum((sub // s) * s + s // 2, length - 1)
                 k_eff = torch.clamp(length, max=k)
                 lo = torch.clamp(centre - k // 2, min=0)
                 lo = torch.minimum(lo, length - k_eff)

@@ -112,7 +112,10 @@ def _run_subprocess(args, name, n) -> list[dict]:
     """Peak memory in one fresh process (glibc maps every buffer, so the probe sees each allocation), times
     in another with the default allocator, which is how users run (mapping every buffer slows every call)."""
     cmd = [sys.executable, "-m", "attnkit.bench.suites.kernels", *_worker_argv(args, name, n)]
-    mem = subprocess.run([*cmd, "--memory"], capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
+    if args.device == "cpu":  # resident memory: a CPU figure
+        mem = subprocess.run([*cmd, "--memory"], capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
+    else:
+        mem = subprocess.CompletedProcess(cmd, 0, "", "")
     res = subprocess.run(cmd, capture_output=True, text=True)
     peaks = {m["direction"]: m["peak_mb"] for m in _lines(mem.stdout, "MEM ")}
     rows = _lines(res.stdout, "ROW ")
