@@ -6,7 +6,7 @@ import logging
 from . import dispatch, registry
 from .cache.state import KVState
 from .dispatch import log
-from .validation import check_params, check_pattern, check_qkv, check_scale, normalise_mask
+from .validation import check_params, check_pattern, check_qkv, check_required_inputs, check_scale, normalise_mask
 
 
 def attention(
@@ -79,6 +79,7 @@ def _checked(q, k, v, mechanism, causal, mask, scale, form, state, return_state,
     incremental = return_state or state is not None
     cross = q.shape[2] != k.shape[2] and not incremental
     check_pattern(spec, causal, cross)
+    check_required_inputs(spec, params)
     params = check_params(spec, params)
     mask = normalise_mask(mask, q, k) if state is None else _incremental_mask(mask, q, k, state)
     if mask is not None and not spec.supports_mask:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from .params import Param
+from .params import Param, TensorInput
 
 PATTERNS = ("causal-self", "noncausal-self", "causal-cross", "noncausal-cross")
 ALL_PATTERNS = frozenset(PATTERNS)
@@ -93,6 +93,8 @@ class MechanismSpec:
     fast: dict[str, Form]
     step: Step | None = None
     params: dict[str, Param] = field(default_factory=dict)
+    # Shape and meaning of each extra tensor input; required ones missing from a call are refused with it.
+    inputs: dict[str, TensorInput] = field(default_factory=dict)
     tensor_inputs: TensorInputs | None = None
     tensor_inputs_per_token: tuple[str, ...] = ()
     supports_mask: bool = True
@@ -113,9 +115,12 @@ class MechanismSpec:
     tensor_names: tuple[str, ...] = field(init=False, default=())
     # ``{name: default}`` of the declared parameters, computed once when the spec is made.
     defaults: dict[str, Any] = field(init=False, default_factory=dict)
+    # Names of the tensor inputs a call must pass (declared ``required`` in ``inputs``), computed once.
+    required_inputs: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self):
         object.__setattr__(self, "defaults", {name: getattr(p, "default", p) for name, p in self.params.items()})
+        object.__setattr__(self, "required_inputs", tuple(n for n, t in self.inputs.items() if t.required))
         if self.tensor_inputs is not None:
             g = torch.Generator().manual_seed(0)
             x = torch.zeros(1, 2, 3, 8)

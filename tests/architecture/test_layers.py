@@ -22,7 +22,7 @@ LAYERS = [
     ("kernels", {"kernels", "reference", "positional", "cache"}),
     ("builders", {"builders"}),
     ("families", {"families"}),
-    ("api", {"api", "flex"}),
+    ("api", {"api", "flex", "mechanism_info"}),
     ("nn", {"nn"}),
     ("package", {"attnkit"}),  # attnkit/__init__.py: the names ``import attnkit`` gives
     ("models", {"models", "integrations", "distributed"}),

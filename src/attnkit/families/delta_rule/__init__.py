@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...params import Param
+from ...params import Param, TensorInput
 from .forms import delta_rule_parallel, delta_rule_recurrent
 from .chunked import delta_rule_chunked
 from ...state import RecurrentState, expect_state
@@ -114,6 +114,14 @@ def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params)
     return batch * heads * head_dim * (v_dim or head_dim)
 
 
+_BETA = TensorInput("(B, H, N)", "writing strengths in (0, 1)")
+_INPUTS = {
+    None: {"beta": _BETA},
+    "scalar": {"beta": _BETA, "g": TensorInput("(B, H, N)", "per-token log forget gates log(alpha) <= 0")},
+    "channel": {"beta": _BETA, "g": TensorInput("(B, H, N, Dk)", "per-token, per-channel log forget gates <= 0")},
+}
+
+
 def register_delta_mechanism(name, *, gate, papers, summary) -> MechanismSpec:
     forms = stateful_forms(gate)
 
@@ -125,6 +133,7 @@ def register_delta_mechanism(name, *, gate, papers, summary) -> MechanismSpec:
         patterns=CAUSAL_ONLY,
         params=dict(PARAMS),
         tensor_inputs=example_inputs(gate),
+        inputs=_INPUTS[gate],
         tensor_inputs_per_token=("beta",) if gate is None else ("beta", "g"),
         flops=_flops,
         state_size=_state_size,
