@@ -86,9 +86,7 @@ def snippet(name: str) -> str:
     """Python that runs the mechanism on random inputs, as printed by :func:`describe`."""
     spec = registry.get(name)
     pattern = next(p for p in registry.PATTERNS if p in spec.patterns)
-    multiple = spec.extra.get("head_dim_multiple", 1)
     d = 32
-    d += (-d) % multiple
     kv_len = 16 if pattern.endswith("self") else 24
     lines = ["import torch, attnkit",
              f"q = torch.randn(1, 4, 16, {d}); k = torch.randn(1, 4, {kv_len}, {d}); v = torch.randn(1, 4, {kv_len}, {d})"]

@@ -213,7 +213,11 @@ def _check_declarations(spec: MechanismSpec) -> None:
 
 def get(name: str) -> MechanismSpec:
     """The spec registered under ``name``; a ValueError naming close matches otherwise."""
-    _load_all()
+    if not _loaded:
+        _load_all()
+    spec = _REGISTRY.get(name) if isinstance(name, str) else None
+    if spec is not None:
+        return spec
     if not isinstance(name, str):
         raise TypeError(f"mechanism must be a string naming a registered mechanism, got {type(name).__name__}")
     try:

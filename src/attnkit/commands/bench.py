@@ -1,7 +1,8 @@
 """``attnkit bench [SUITE] [options]``: run a benchmark suite and store its figures.
 
 Without a suite, ``attnkit bench`` runs ``overview``: a quick cross-section of
-the main suites, then the HTML report. Every suite stores its rows in the
+the main suites, then the HTML report (with options: ``attnkit bench overview
+--db PATH``). Every suite stores its rows in the
 results database (``--db``), keeps them when interrupted (continue with
 ``--resume``) and shows them in ``attnkit report``. ``attnkit bench SUITE
 --help`` describes one suite.
