@@ -74,7 +74,19 @@ def choose_form(spec, q, k, v, *, causal: bool, mask, form: str | None, params: 
 
 def run(spec, q, k, v, *, causal: bool, mask, scale: float, form: str | None, params: dict):
     """Choose the form, log the choice at DEBUG level, run it."""
-    choice = choose_form(spec, q, k, v, causal=causal, mask=mask, form=form, params=params)
-    if log.isEnabledFor(logging.DEBUG):
+    if log.isEnabledFor(logging.DEBUG) or form is not None:
+        choice = choose_form(spec, q, k, v, causal=causal, mask=mask, form=form, params=params)
         log.debug("%s", choice)
-    return spec.form(choice.form)(q, k, v, causal=causal, mask=mask, scale=scale, **params)
+        name = choice.form
+    else:
+        name = _default(spec, q, k, v, causal, mask, params)
+    return spec.form(name)(q, k, v, causal=causal, mask=mask, scale=scale, **params)
+
+
+def _default(spec, q, k, v, causal, mask, params) -> str:
+    """:func:`choose_form`'s answer without ``form=``, without building the reason (the common call)."""
+    for name in spec.default_order:
+        if (name not in spec.can_run and name not in spec.auto_when) or \
+                why_not(spec, name, q, k, v, causal=causal, mask=mask, params=params, automatic=True) is None:
+            return name
+    return choose_form(spec, q, k, v, causal=causal, mask=mask, form=None, params=params).form  # raises, with reasons
