@@ -22,6 +22,7 @@ def attention(
     position=None,
     state=None,
     return_state: bool = False,
+    dropout_p: float = 0.0,
     **params,
 ):
     """Attention ``(B, H, Nq, D) x (B, Hkv, Nk, D) x (B, Hkv, Nk, Dv) -> (B, H, Nq, Dv)``.
@@ -38,6 +39,9 @@ def attention(
             e.g. ``RoPE(head_dim)``; positions continue across incremental calls.
         state / return_state: incremental use; feed a sequence in pieces with the
             returned state and the outputs equal one call on the whole sequence.
+        dropout_p: dropout on the attention weights, as SDPA's (apply it in training
+            only); for the forms with explicit weights (``spec.dropout_forms``: the
+            softmax family's reference, softmax's SDPA form), refused elsewhere.
         **params: the mechanism's parameters and extra tensor inputs.
     """
     spec, mask, scale, params, incremental = _checked(q, k, v, mechanism, causal, mask, scale, form, state,
@@ -45,6 +49,8 @@ def attention(
     if position is not None:
         offset = state.length if state is not None else 0
         q, k = position.apply(q, k, q_offset=offset + k.shape[2] - q.shape[2], k_offset=offset)
+    if dropout_p:
+        params = {**params, "dropout_p": _check_dropout(spec, dropout_p, q, k, v, causal, mask, form, params, incremental)}
     if isinstance(state, KVState):
         _check_cache_state(spec, state, mask)
         out, state = state.step(q, k, v, scale)
@@ -94,6 +100,20 @@ def _checked(q, k, v, mechanism, causal, mask, scale, form, state, return_state,
         if form is not None:
             raise ValueError("form= selects a one-shot form; incremental calls always use the mechanism's step form")
     return spec, mask, scale, params, incremental
+
+
+def _check_dropout(spec, dropout_p, q, k, v, causal, mask, form, params, incremental) -> float:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0 <= dropout_p < 1:
+        raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
+    chosen = None if incremental else dispatch.choose_form(
+        spec, q, k, v, causal=causal, mask=mask, form=form, params={**params, "dropout_p": float(dropout_p)}).form
+    if incremental or chosen not in spec.dropout_forms:
+        where = "incremental calls take" if incremental else f"form {chosen!r} of mechanism {spec.name!r} takes"
+        offer = (f"; mechanism {spec.name!r} takes it with form= one of {sorted(spec.dropout_forms)}"
+                 if spec.dropout_forms else
+                 f"; {spec.name!r} has no explicit attention weights (use e.g. 'softmax', whose default form takes it)")
+        raise ValueError(f"dropout_p: {where} no attention-weight dropout{offer}")
+    return float(dropout_p)
 
 
 def _check_cache_state(spec, state, mask):

@@ -18,8 +18,8 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 # Lowest first. A package of attnkit (or a top-level module) and the layer it belongs to.
 LAYERS = [
     ("core", {"registry", "validation", "state", "dispatch", "params"}),
-    ("primitives", {"masks", "scores"}),
-    ("kernels", {"kernels", "reference", "positional", "cache"}),
+    ("scores", {"scores"}),
+    ("kernels", {"kernels", "masks", "reference", "positional", "cache"}),
     ("builders", {"builders"}),
     ("families", {"families"}),
     ("api", {"api", "flex", "mechanism_info"}),

@@ -15,10 +15,21 @@ NAME = "bench"
 HELP = "run a benchmark suite (attnkit bench --help lists them)"
 
 
+class _SuiteListFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse measures subcommand names one indent shallower than it prints them, so a long suite
+    name (``content-sparse``) would wrap its summary onto the next line; measure them where they are printed."""
+
+    def add_argument(self, action):
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            self._action_max_length += self._indent_increment
+
+
 def add_arguments(parser) -> None:
     from ..bench.options import Parser
     from ..bench.suites import all_suites, configure, summary
 
+    parser.formatter_class = _SuiteListFormatter
     sub = parser.add_subparsers(dest="suite_name", metavar="SUITE", parser_class=Parser,
                                 title="suites (default: overview)")
     for name, module in all_suites().items():

@@ -20,8 +20,14 @@ ATTENTION_IS_ALL = "Attention Is All You Need"
 MEMORY_EFFICIENT = "Self-attention Does Not Need O(n^2) Memory"
 
 
-def _sdpa(q, k, v, *, causal, mask, scale, **chunk_sizes_unused_by_sdpa):
-    return sdpa_attention(q, k, v, causal=causal, mask=mask, scale=scale)
+def _sdpa(q, k, v, *, causal, mask, scale, dropout_p=0.0, **chunk_sizes_unused_by_sdpa):
+    return sdpa_attention(q, k, v, causal=causal, mask=mask, scale=scale, dropout_p=dropout_p)
+
+
+def _block_sparse_refuses(q, k, v, *, causal, mask, dropout_p=0.0, **_) -> str | None:
+    if dropout_p:
+        return "the block-sparse kernel applies no attention-weight dropout"
+    return not_boolean(q, k, v, causal=causal, mask=mask)
 
 
 def _block_sparse(q, k, v, *, causal, mask, scale, **chunk_sizes_unused):
@@ -34,8 +40,9 @@ register_score_mechanism(
     papers=(ATTENTION_IS_ALL, MEMORY_EFFICIENT),
     extra_fast={"sdpa": _sdpa, "block_sparse": _block_sparse},
     default_forms=("block_sparse", "sdpa"),
-    can_run={"block_sparse": not_boolean},
+    can_run={"block_sparse": _block_sparse_refuses},
     auto_when={"block_sparse": too_dense},
+    dropout_forms=("sdpa",),
     summary="scaled dot-product attention; SDPA fast path, chunked O(N)-memory exact path",
 )
 

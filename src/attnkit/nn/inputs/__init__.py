@@ -21,6 +21,7 @@ from .learned import LearnedTensorInputs
 from .linear import FocusScale, GLAGate, Mamba2Gate, PerformerFeatures
 from .log_linear import LogLinearGatedDeltaNetInputs, LogLinearInputs
 from .nha import SlotGates
+from .nsa import NSAInputs
 from .rat import RATGate
 from .titans import TitansInputs
 
@@ -38,6 +39,7 @@ _FACTORIES = {
     "rat": lambda dim, heads, kv_heads, head_dim: RATGate(dim, heads, head_dim),
     "titans": lambda dim, heads, kv_heads, head_dim: TitansInputs(dim, heads, head_dim),
     "nha": SlotGates,
+    "nsa": lambda dim, heads, kv_heads, head_dim: NSAInputs(dim, heads, head_dim),
 }
 
 
@@ -65,4 +67,4 @@ def input_module(name: str, *, dim: int, heads: int, kv_heads: int, head_dim: in
 
 __all__ = ["input_module", "has_input_module", "register_input_module", "LearnedTensorInputs", "GLAGate", "Mamba2Gate", "FocusScale",
            "PerformerFeatures", "DeltaNetBeta", "GatedDeltaNetGates", "KDAGates", "LogLinearInputs",
-           "LogLinearGatedDeltaNetInputs", "RATGate", "TitansInputs", "SlotGates"]
+           "LogLinearGatedDeltaNetInputs", "RATGate", "TitansInputs", "SlotGates", "NSAInputs"]
