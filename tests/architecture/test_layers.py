@@ -23,9 +23,10 @@ LAYERS = [
     ("builders", {"builders"}),
     ("families", {"families"}),
     ("api", {"api", "flex", "mechanism_info"}),
+    ("distributed", {"distributed"}),  # context parallelism: nn.Attention(context_parallel=...) runs it
     ("nn", {"nn"}),
     ("package", {"attnkit"}),  # attnkit/__init__.py: the names ``import attnkit`` gives
-    ("models", {"models", "integrations", "distributed"}),
+    ("models", {"models", "integrations"}),
     ("training", {"training", "data"}),
     ("bench", {"bench"}),
     ("cli", {"commands", "cli", "__main__"}),
