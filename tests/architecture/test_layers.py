@@ -22,10 +22,10 @@ LAYERS = [
     ("kernels", {"kernels", "masks", "reference", "positional", "cache"}),
     ("builders", {"builders"}),
     ("families", {"families"}),
-    ("api", {"api", "flex", "mechanism_info"}),
+    ("api", {"api", "flex", "mechanism_info", "distributed"}),
     ("nn", {"nn"}),
     ("package", {"attnkit"}),  # attnkit/__init__.py: the names ``import attnkit`` gives
-    ("models", {"models", "integrations", "distributed"}),
+    ("models", {"models", "integrations"}),
     ("training", {"training", "data"}),
     ("bench", {"bench"}),
     ("cli", {"commands", "cli", "__main__"}),

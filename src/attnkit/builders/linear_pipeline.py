@@ -172,6 +172,9 @@ def register_linear_mechanism(
             return 2 * batch * heads * (kv_len + q_len) * dk * dv
         return 2 * batch * heads * q_len * (c * dk + c * dv + 2 * dk * dv)
 
+    # what context parallelism (attnkit.distributed.lasp2) needs to split the recurrence across ranks
+    recurrence = {"prepare": prepare, "normalise": normalise, "eps_param": eps_param,
+                  "chunked_kernel": chunked_kernel or linear_scan.chunked}
     return register_stateful_mechanism(
         name,
         forms=forms,
@@ -187,4 +190,5 @@ def register_linear_mechanism(
         complexity="O(N)",
         summary=summary,
         test_params={"chunk_size": 16, **(test_params or {})},
+        extra={"recurrence": recurrence},
     )
