@@ -83,6 +83,10 @@ def _checked(q, k, v, mechanism, causal, mask, scale, form, state, return_state,
     spec = registry.get(mechanism)
     check_qkv(q, k, v)
     incremental = return_state or state is not None
+    if state is not None and (isinstance(getattr(state, "length", None), bool)
+                              or not isinstance(getattr(state, "length", None), int)):
+        raise TypeError(f"state must be the state a previous call returned with return_state=True, "
+                        f"got {type(state).__name__}")
     cross = q.shape[2] != k.shape[2] and not incremental
     check_pattern(spec, causal, cross)
     check_required_inputs(spec, params)
