@@ -193,7 +193,10 @@ def register_linear_mechanism(
             return 2 * batch * heads * (kv_len + q_len) * dk * dv
         return 2 * batch * heads * q_len * (c * dk + c * dv + 2 * dk * dv)
 
-    extra = {"stateful_forms": forms}
+    # what context parallelism (attnkit.distributed.lasp2) needs to split the recurrence across ranks
+    recurrence = {"prepare": prepare, "normalise": normalise, "eps_param": eps_param,
+                  "chunked_kernel": chunked_kernel or linear_scan.chunked}
+    extra = {"stateful_forms": forms, "recurrence": recurrence}
     if module is not None:
         extra["module"] = module
     return register(
