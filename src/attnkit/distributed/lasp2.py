@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from .. import registry
-from ..families.linear_pipeline import _normalised, _ones_column
+from ..builders.linear_pipeline import _normalised, _ones_column
 from ..kernels.positions import repeat_kv
 from ..validation import check_params, check_qkv, check_scale
 from .comm import Group

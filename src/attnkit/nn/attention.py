@@ -20,7 +20,7 @@ project the concatenated heads back. The attention itself is
   rank's shard, ``strategy`` is ``"ring"``, ``"ulysses"`` or ``"lasp2"``.
 
 Mechanisms whose tensor inputs (per-token gates, learned tables) must be
-learned by the layer register a factory in ``spec.extra["module"]``; see
+learned by the layer have an input module in :mod:`attnkit.nn.inputs`; see
 ``docs/design.md`` ("Layers and tensor inputs").
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from torch import nn
 from .. import registry
 from ..api import attention
 from ..positional import RoPE
+from .inputs import has_input_module, input_module
 from ..validation import check_int, check_params, check_tokens
 
 
@@ -105,18 +106,17 @@ class Attention(nn.Module):
         given = names & set(mechanism_params)
         if given:
             raise TypeError(f"tensor inputs {sorted(given)} are made by the layer, not passed to its constructor")
-        factory = self.spec.extra.get("module")
-        if names and factory is None:
+        if names and not has_input_module(mechanism):
             raise ValueError(
-                f"mechanism {mechanism!r} needs tensor inputs {sorted(names)} and registers no "
-                f"spec.extra['module'] factory to learn them, so it cannot run inside a layer"
+                f"mechanism {mechanism!r} needs tensor inputs {sorted(names)} and has no input module "
+                f"(attnkit.nn.inputs) to learn them, so it cannot run inside a layer"
             )
-        if dropout and next(iter(self.spec.fast), "reference") not in self.spec.dropout_forms:
+        if dropout and not set(self.spec.default_order) & self.spec.dropout_forms:
             raise ValueError(f"dropout: mechanism {mechanism!r}'s default form applies no attention-weight dropout; "
                              "use dropout=0.0 or mechanism='softmax'")
         self.dropout = float(dropout)
         factory_kw = {"device": device, "dtype": dtype}
-        self.inputs = factory(dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim) if names else None
+        self.inputs = input_module(mechanism, dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim) if names else None
         if self.inputs is not None:
             self.inputs.to(**{k: v for k, v in factory_kw.items() if v is not None})
         self.mechanism, self.dim, self.heads, self.kv_heads, self.head_dim = mechanism, dim, heads, kv_heads, head_dim
