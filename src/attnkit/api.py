@@ -53,6 +53,8 @@ def attention(
             raise ValueError("incremental use (state / return_state) needs causal=True")
         if form is not None:
             raise ValueError("form= selects a one-shot form; incremental calls always use the mechanism's step form")
+    if _is_empty(q, k):
+        return _empty_call(q, k, v, state, incremental, return_state)
     if position is not None:
         offset = state.length if state is not None else 0
         q, k = position.apply(q, k, q_offset=offset + k.shape[2] - q.shape[2], k_offset=offset)
@@ -64,6 +66,27 @@ def attention(
         out, state = spec.step(q, k, v, state, causal=causal, mask=mask, scale=scale, **params)
         return (out, state) if return_state else out
     return spec.form(form)(q, k, v, causal=causal, mask=mask, scale=scale, **params)
+
+
+def _is_empty(q, k) -> bool:
+    return q.shape[0] == 0 or q.shape[1] == 0 or q.shape[2] == 0 or k.shape[2] == 0
+
+
+def _empty_call(q, k, v, state, incremental, return_state):
+    """Calls with nothing to attend, the same for every mechanism: an empty batch, zero heads or no
+    queries give an empty output of shape ``(B, H, Nq, Dv)``; queries with no keys are fully masked
+    rows, so zeros. An incremental call with no new tokens returns its state unchanged."""
+    out = q.new_zeros(*q.shape[:3], v.shape[-1])
+    if q.requires_grad or k.requires_grad or v.requires_grad:  # the output still belongs to the graph
+        out = out + 0 * (q.sum() + k.sum() + v.sum())
+    if not incremental:
+        return out
+    if q.shape[0] == 0 or q.shape[1] == 0:
+        raise ValueError(f"incremental calls need batch >= 1 and heads >= 1; got q of shape {tuple(q.shape)}")
+    if state is None:
+        raise ValueError("an incremental call with no tokens and state=None has no state to return; "
+                         "pass at least one token")
+    return (out, state) if return_state else out
 
 
 def _check_cache_state(spec, state, mask):
