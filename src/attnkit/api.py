@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from . import registry
 from .cache.state import KVState
-from .validation import check_params, check_pattern, check_qkv, check_scale, normalise_mask
+from .validation import check_params, check_pattern, check_qkv, check_required_inputs, check_scale, normalise_mask
 
 
 def attention(
@@ -41,6 +41,7 @@ def attention(
     incremental = return_state or state is not None
     cross = q.shape[2] != k.shape[2] and not incremental
     check_pattern(spec, causal, cross)
+    check_required_inputs(spec, params)
     params = check_params(spec, params)
     mask = normalise_mask(mask, q, k) if state is None else _incremental_mask(mask, q, k, state)
     if mask is not None and not spec.supports_mask:

@@ -153,3 +153,19 @@ class Param:
 
 def _num(x) -> str:
     return repr(int(x)) if float(x).is_integer() else repr(x)
+
+
+@dataclass(frozen=True)
+class TensorInput:
+    """An extra tensor a mechanism takes (a gate, a learned table, document ids): its shape and meaning.
+
+    ``shape`` is written in the names of the docs, e.g. ``"(B, H, N, Dk)"``; ``required``
+    inputs missing from a call are refused before any work, with this description.
+    """
+
+    shape: str
+    doc: str
+    required: bool = True
+
+    def describe(self) -> str:
+        return f"{self.shape} {self.doc}"

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from .params import Param
+from .params import Param, TensorInput
 
 PATTERNS = ("causal-self", "noncausal-self", "causal-cross", "noncausal-cross")
 ALL_PATTERNS = frozenset(PATTERNS)
@@ -83,6 +83,8 @@ class MechanismSpec:
     fast: dict[str, Form]
     step: Step | None = None
     params: dict[str, Param] = field(default_factory=dict)
+    # Shape and meaning of each extra tensor input; required ones missing from a call are refused with it.
+    inputs: dict[str, TensorInput] = field(default_factory=dict)
     tensor_inputs: TensorInputs | None = None
     tensor_inputs_per_token: tuple[str, ...] = ()
     supports_mask: bool = True
@@ -137,7 +139,8 @@ class MechanismSpec:
     @property
     def defaults(self) -> dict[str, Any]:
         """``{name: default}`` of the declared parameters."""
-        return self.extra["_defaults"]
+        defaults = self.extra.get("_defaults")
+        return defaults if defaults is not None else {name: p.default for name, p in self.params.items()}
 
     @property
     def tensor_names(self) -> tuple[str, ...]:
@@ -164,6 +167,7 @@ def register(spec: MechanismSpec) -> MechanismSpec:
         g = torch.Generator().manual_seed(0)
         x = torch.zeros(1, 2, 3, max(spec.min_head_dim, 8))
         spec.extra["_tensor_names"] = tuple(spec.tensor_inputs(x, x[:, :1], x[:, :1], g))
+    spec.extra["_required_inputs"] = tuple(n for n, t in spec.inputs.items() if t.required)
     _REGISTRY[spec.name] = spec
     return spec
 

@@ -137,11 +137,31 @@ def check_params(spec, params: dict) -> dict:
     return merged
 
 
+def check_required_inputs(spec, params: dict) -> None:
+    """Every required tensor input (:class:`attnkit.params.TensorInput`) is given; else a TypeError describing it."""
+    required = spec.extra.get("_required_inputs", ())
+    if not required or all(n in params for n in required):
+        return
+    missing = [n for n in spec.extra.get("_required_inputs", ()) if n not in params]
+    described = "; ".join(f"{n}: {spec.inputs[n].describe()}" for n in missing)
+    raise TypeError(f"mechanism {spec.name!r} needs the tensor input(s) {missing} ({described}); "
+                    f"attnkit.describe({spec.name!r}) lists its inputs")
+
+
+# Arguments of torch's scaled_dot_product_attention and what attnkit calls them.
+SDPA_NAMES = {
+    "is_causal": "use causal=True (bottom-right aligned when q_len != kv_len)",
+    "attn_mask": "use mask= (boolean, True = attend, or additive float)",
+    "enable_gqa": "grouped-query attention needs no flag: pass k and v with fewer heads than q",
+}
+
+
 def _refuse_unknown(spec, params: dict) -> None:
     tensor_names = set(spec.tensor_names)
     unknown = sorted(set(params) - set(spec.params) - tensor_names)
+    hints = "".join(f"; {n}: {SDPA_NAMES[n]}" for n in unknown if n in SDPA_NAMES)
     raise TypeError(
-        f"mechanism {spec.name!r} got unexpected keyword argument(s) {unknown}; "
+        f"mechanism {spec.name!r} got unexpected keyword argument(s) {unknown}{hints}; "
         f"its parameters are {sorted(spec.params)} and its tensor inputs are {sorted(tensor_names)}"
     )
 

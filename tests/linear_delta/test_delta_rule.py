@@ -48,7 +48,7 @@ def test_module_computes_valid_inputs(name):
 
 def test_missing_or_misshaped_inputs_are_named():
     q = torch.randn(1, 2, 5, 8)
-    with pytest.raises(ValueError, match="beta is required"):
+    with pytest.raises(TypeError, match=r"needs the tensor input\(s\) \['beta'\] \(beta: \(B, H, N\)"):
         attnkit.attention(q, q, q, "deltanet", causal=True)
     with pytest.raises(ValueError, match="g must have shape"):
         attnkit.attention(q, q, q, "kda", causal=True, beta=torch.rand(1, 2, 5), g=torch.zeros(1, 2, 5))

@@ -28,4 +28,8 @@ class KIVI(Policy):
         return QuantisedKV(self.bits, self.group, self.residual)
 
     def step(self, store, q, scale, layer):
-        return store
+        if isinstance(store, QuantisedKV):
+            return store
+        if store.used != store.length:
+            raise ValueError("KIVI quantises a cache that holds every token; this one was already compressed")
+        return self.empty_store().append(store.k, store.v)  # a full-precision cache, quantised

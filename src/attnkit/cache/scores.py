@@ -25,17 +25,21 @@ def _visible(store, qpos: torch.Tensor, heads: int) -> torch.Tensor:
 def attend(q: torch.Tensor, store, scale: float) -> torch.Tensor:
     """Softmax attention of ``q (B, H, n, D)`` (the newest ``n`` tokens) over the kept keys: one call."""
     n, heads = q.shape[2], q.shape[1]
-    mask = None if n == 1 else _visible(store, query_positions(store, n, q.device), heads)
-    return F.scaled_dot_product_attention(q, store.k, store.v, attn_mask=mask, scale=scale,
-                                          enable_gqa=heads != store.k.shape[1])
+    fresh = store.used == n == store.length  # a first call: the usual causal triangle, no mask to build
+    mask = None if n == 1 or fresh else _visible(store, query_positions(store, n, q.device), heads)
+    return F.scaled_dot_product_attention(q, store.k, store.v, attn_mask=mask, is_causal=fresh and n > 1,
+                                          scale=scale, enable_gqa=heads != store.k.shape[1])
 
 
 def weights(q_rows: torch.Tensor, qpos: torch.Tensor, store, scale: float) -> torch.Tensor:
-    """float64 attention weights ``(B, H, rows, L)`` of query rows at positions ``qpos`` over the kept keys."""
-    heads = q_rows.shape[1]
+    """Attention weights ``(B, H, rows, L)`` (float64) of query rows at positions ``qpos`` over the kept keys.
+
+    Scores are computed in the inputs' dtype and normalised in float64."""
+    B, heads, rows, D = q_rows.shape
+    kv_heads = store.k.shape[1]
     with torch.no_grad():
-        k = store.k.repeat_interleave(heads // store.k.shape[1], dim=1)
-        s = (q_rows.to(torch.float64) @ k.to(torch.float64).transpose(-1, -2)) * scale
+        grouped = q_rows.reshape(B, kv_heads, heads // kv_heads * rows, D)  # query head h reads kv head h // group
+        s = (grouped @ store.k.transpose(-1, -2)).view(B, heads, rows, -1).to(torch.float64) * scale
         s = s.masked_fill(~_visible(store, qpos, heads), float("-inf"))
         return torch.softmax(s, dim=-1)
 

@@ -5,8 +5,6 @@
 """
 from __future__ import annotations
 
-import json
-
 NAME = "info"
 HELP = "this machine (no NAME), or one mechanism's papers, forms, parameters and inputs"
 
@@ -30,8 +28,8 @@ def run(args) -> int:
 
 
 def mechanism_info(name: str) -> int:
-    """One mechanism's description (the registry's ``describe()``)."""
-    from .. import registry
+    """One mechanism explained: :func:`attnkit.describe`."""
+    from ..mechanism_info import describe
 
-    print(json.dumps(registry.get(name).describe(), indent=2, default=str))
+    print(describe(name))
     return 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..params import Param
+from ..params import Param, TensorInput
 from ..kernels.delta_rule import delta_rule_parallel, delta_rule_recurrent
 from ..kernels.delta_rule_chunked import delta_rule_chunked
 from ..kernels.linear_state import RecurrentState, expect_state
@@ -127,6 +127,14 @@ def _module_factory(gate):
     return module
 
 
+_BETA = TensorInput("(B, H, N)", "writing strengths in (0, 1)")
+_INPUTS = {
+    None: {"beta": _BETA},
+    "scalar": {"beta": _BETA, "g": TensorInput("(B, H, N)", "per-token log forget gates log(alpha) <= 0")},
+    "channel": {"beta": _BETA, "g": TensorInput("(B, H, N, Dk)", "per-token, per-channel log forget gates <= 0")},
+}
+
+
 def register_delta_mechanism(name, *, gate, papers, summary) -> MechanismSpec:
     forms = stateful_forms(gate)
 
@@ -141,6 +149,7 @@ def register_delta_mechanism(name, *, gate, papers, summary) -> MechanismSpec:
             step=step_from(forms),
             params=dict(PARAMS),
             tensor_inputs=example_inputs(gate),
+            inputs=_INPUTS[gate],
             tensor_inputs_per_token=("beta",) if gate is None else ("beta", "g"),
             supports_mask=False,
             flops=_flops,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..params import Param
+from ..params import Param, TensorInput
 from ..validation import check_float, check_tensor
 from .linear_pipeline import register_linear_mechanism
 
@@ -66,6 +66,7 @@ register_linear_mechanism(
         "eps": Param(1e-6, float, "added to the normaliser", low=0),
     },
     tensor_inputs=flatten_inputs,
+    inputs={"focus_scale": TensorInput("(H, Dk)", "positive per-channel scales applied before the focusing power", required=False)},
     summary="FLatten focused linear attention: norm-preserving x^p sharpening of relu features",
     module=_module,
 )

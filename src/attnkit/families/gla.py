@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..params import Param
+from ..params import Param, TensorInput
 from ..kernels.gla_chunked import gla_chunked
 from ..validation import check_tensor
 from .linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
@@ -52,6 +52,7 @@ register_linear_mechanism(
     normalise=False,
     params={"chunk_size": Param(32, int, "tokens per chunk of the chunked form", low=1)},
     tensor_inputs=gla_inputs,
+    inputs={"gk": TensorInput("(B, H, N, Dk)", "per-token, per-channel log forget gates <= 0 (log-sigmoid of the gate projection)")},
     tensor_inputs_per_token=("gk",),
     patterns=CAUSAL_ONLY,
     summary="GLA: S = diag(alpha_t) S + k^T v with data-dependent per-channel gates gk = log(alpha)",

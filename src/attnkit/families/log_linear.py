@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..params import Param
+from ..params import Param, TensorInput
 from ..kernels import log_linear
 from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
@@ -119,6 +119,7 @@ register(
         step=step_from(_FORMS),
         params={"chunk_size": Param(64, int, 'tokens per chunk of the chunked form (a power of two)', low=1)},
         tensor_inputs=_inputs,
+        inputs={"g": TensorInput("(B, H, N)", "per-token log decays <= 0"), "lam": TensorInput("(B, H, N, levels)", "non-negative weight of each Fenwick level per token")},
         tensor_inputs_per_token=("g", "lam"),
         supports_mask=False,
         flops=_flops,

@@ -13,7 +13,7 @@ power of two) is an execution knob. Causal self-attention only.
 """
 from __future__ import annotations
 
-from ..params import Param
+from ..params import Param, TensorInput
 from ..kernels import log_linear_delta
 from ..kernels.delta_rule import prepare
 from ..kernels.linear_state import RecurrentState
@@ -82,6 +82,8 @@ register(
         params={"chunk_size": Param(64, int, 'tokens per chunk of the chunked form (a power of two)', low=1),
                 "qk_l2norm": Param(True, bool, 'l2-normalise q and k per head, as the paper does')},
         tensor_inputs=_inputs,
+        inputs={"beta": TensorInput("(B, H, N)", "writing strengths in (0, 1)"),
+                "g": TensorInput("(B, H, N)", "per-token log forget gates <= 0"), "lam": TensorInput("(B, H, N, levels)", "non-negative weight of each Fenwick level per token")},
         tensor_inputs_per_token=("beta", "g", "lam"),
         supports_mask=False,
         flops=_flops,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..params import TensorInput
 from ..validation import check_tensor
 from .linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
 
@@ -52,6 +53,8 @@ register_linear_mechanism(
     prepare=ssd_features,
     normalise=False,
     tensor_inputs=ssd_inputs,
+    inputs={"dt": TensorInput("(B, H, N)", "per-token step sizes > 0 (softplus of the dt projection)"),
+            "A": TensorInput("(H,)", "per-head decay rates < 0 (the decay is exp(dt * A))")},
     tensor_inputs_per_token=("dt",),
     patterns=CAUSAL_ONLY,
     summary="Mamba-2 SSD: h = exp(dt A) h + dt k^T v, o = q h (scalar data-dependent decay per head)",

@@ -36,7 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..params import Param
+from ..params import Param, TensorInput
 from .. import registry
 from ..reference import materialised_attention
 from ..scores.normalisers import SOFTMAX, Normaliser
@@ -171,6 +171,7 @@ register_score_mechanism(
     params={"attention_fn": Param('softmax', str, "the attention function: softmax, or the paper's laplace / relu2", choices=('softmax', 'laplace', 'relu2')),
             "chunk_size": Param(None, int, 'Mega-chunk: attention within chunks of this many tokens; None: one chunk', low=1, optional=True)},
     tensor_inputs=_inputs,
+    inputs={"rel_bias": TensorInput("(2L - 1,)", "relative-position bias, one per offset -(L-1) .. L-1; none when absent", required=False)},
     family="mega",
     extra_fast={"block_diagonal": block_diagonal},
     summary="Mega's single-head attention: softmax / laplace / relu^2 of q.k (+ relative bias), Mega-chunk block-diagonal",

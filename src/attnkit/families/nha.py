@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..params import Param
+from ..params import Param, TensorInput
 from ..kernels.nha_chunked import NHAState, initial_state, nha_chunks
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
@@ -141,6 +141,7 @@ register(MechanismSpec(
             "gate_normalizer": Param(8.0, float, 'divides the slot-gate logits', low=0, low_open=True),
             "chunk": Param(16, int, 'tokens per chunk of the chunked form', low=1)},
     tensor_inputs=_example_inputs,
+    inputs={"slot_gate": TensorInput("(B, Hkv, N, slots)", "slot-gate logits: which slot memories each token writes")},
     tensor_inputs_per_token=("slot_gate",),
     supports_mask=False,
     flops=_flops,

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from ..params import Param
+from ..params import Param, TensorInput
 from ..validation import check_tensor
 from .linear_pipeline import register_linear_mechanism
 
@@ -79,6 +79,7 @@ register_linear_mechanism(
     feature_dim=lambda d, params: default_feature_count(d),
     params={"seed": Param(0, int, 'seed of the random features drawn when `features` is not given', low=0)},
     tensor_inputs=performer_inputs,
+    inputs={"features": TensorInput("(m, Dk)", "random feature projections; drawn from `seed` when absent", required=False)},
     module=_module,
     summary="FAVOR+: softmax kernel estimated with positive orthogonal random features (m = d ln d)",
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..params import Param
+from ..params import Param, TensorInput
 from ..kernels import rat
 from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
@@ -85,6 +85,7 @@ register(
         step=step_from(_FORMS),
         params={"chunk_size": Param(DEFAULT_CHUNK, int, "tokens per chunk (the recurrence runs inside, attention across chunks)", low=1)},
         tensor_inputs=_inputs,
+        inputs={"g": TensorInput("(B, H, N, Dk)", "per-token, per-channel forget gates in (0, 1)")},
         tensor_inputs_per_token=("g",),
         supports_mask=False,
         flops=_flops,

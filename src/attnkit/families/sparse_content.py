@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..params import Param
+from ..params import Param, TensorInput
 from ..masks.content import hash_sparse, lsh_buckets, qk_sparse
 from ..registry import SELF_PATTERNS
 from .mask_pipeline import register_mask_mechanism
@@ -35,6 +35,8 @@ register_mask_mechanism(
     papers=(SPARSE_FLASH,),
     make_mask=_qk,
     tensor_inputs=_keep_flags,
+    inputs={"keep_q": TensorInput("(B, H or Hkv, N) bool", "which queries take part (dropped queries output zero)"),
+            "keep_k": TensorInput("(B, H or Hkv, N) bool", "which keys take part")},
     patterns=SELF_PATTERNS,
     summary="per-head dropped queries and keys (keep_q, keep_k); dropped queries output zero",
     complexity="O(kept_q kept_k)",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..params import Param
+from ..params import Param, TensorInput
 from ..masks import documents as d
 from ..registry import SELF_PATTERNS
 from .mask_pipeline import register_mask_mechanism
@@ -47,6 +47,7 @@ register_mask_mechanism(
     papers=(LONGCA, "Block-Attention for Efficient RAG"),
     make_mask=lambda q, k, causal, doc_ids: d.document(_ids(doc_ids, k)),
     tensor_inputs=example_doc_ids,
+    inputs={"doc_ids": TensorInput("(B or 1, Nk)", "integer document id of every token, non-decreasing along the sequence")},
     patterns=SELF_PATTERNS,
     summary="packed documents (varlen): attention only inside one's own document; causal or full",
     complexity="O(sum_doc len_doc^2)",
@@ -81,6 +82,8 @@ register_mask_mechanism(
     papers=(LONGCA,),
     make_mask=_prefix_document,
     tensor_inputs=_prefix_inputs,
+    inputs={"doc_ids": TensorInput("(B or 1, Nk)", "integer document id of every token, non-decreasing along the sequence"),
+            "is_prefix": TensorInput("(B or 1, Nk) bool", "True for the tokens of each document's bidirectional prefix")},
     patterns={"noncausal-self"},
     summary="prefix-LM inside each packed document (`is_prefix` flags each document's prefix)",
     complexity="O(sum_doc len_doc^2)",
@@ -91,6 +94,7 @@ register_mask_mechanism(
     papers=(LONGCA,),
     make_mask=lambda q, k, causal, doc_ids: d.shared_question(_ids(doc_ids, k)),
     tensor_inputs=example_doc_ids,
+    inputs={"doc_ids": TensorInput("(B or 1, Nk)", "integer document id of every token, non-decreasing along the sequence")},
     patterns={"causal-self"},
     summary="document 0 is a question shared by the answers 1..: each answer sees it and itself, causally",
     complexity="O(sum_answers len (len + question))",
@@ -114,6 +118,7 @@ register_mask_mechanism(
     params={"block": Param(256, int, 'tokens per bidirectional block', low=1)},
     test_params={"block": 4},
     tensor_inputs=example_doc_ids,
+    inputs={"doc_ids": TensorInput("(B or 1, Nk)", "integer document id of every token, non-decreasing along the sequence")},
     patterns={"noncausal-self"},
     summary="block-causal inside each packed document",
     complexity="O(sum_doc len_doc^2 / 2)",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..params import Param
+from ..params import Param, TensorInput
 from ..kernels import titans
 from ..kernels.linear_state import RecurrentState, expect_state
 from ..kernels.positions import repeat_kv
@@ -107,6 +107,11 @@ register(
         params={"chunk_size": Param(16, int, 'tokens per chunk (the memory updates once per chunk)', low=1),
                 "qk_l2norm": Param(True, bool, 'l2-normalise q and k per head, as the paper does')},
         tensor_inputs=_inputs,
+        inputs={"theta": TensorInput("(B, H, N)", "memory learning rate per token, in (0, 1)"),
+                "eta": TensorInput("(B, H, N)", "momentum decay per token, in (0, 1)"),
+                "alpha": TensorInput("(B, H, N)", "forgetting per token, in (0, 1)"),
+                "w1": TensorInput("(H, Dk, hidden)", "initial first-layer weights of the memory MLP"),
+                "w2": TensorInput("(H, hidden, Dv)", "initial second-layer weights of the memory MLP")},
         tensor_inputs_per_token=GATES,
         supports_mask=False,
         flops=_flops,

@@ -8,8 +8,8 @@ whole step's scores. Its index arguments are broadcastable integer tensors
 ``score (R, hq, bq, keys)``, ``b (R, 1, 1, 1)``, ``h (1, hq, 1, 1)`` (or
 ``(R, 1, 1, 1)`` when the layout differs per head), ``q_idx (R, 1, bq, 1)``,
 ``kv_idx (R, 1, 1, keys)``; indices of padding rows and keys are clamped to
-the last valid one, and masked out after the modifier, as FlexAttention does
-(``where(mask, score_mod(score), -inf)``).
+the last valid one, and masked out after the modifier (FlexAttention
+applies ``where(mask, score_mod(score), -inf)``; attnkit adds -inf).
 
 Each group sweeps its tiles with an online softmax (running max, sum and
 output). Under autograd a group is a differentiable function recomputed in
@@ -23,8 +23,10 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..masks.layout import BlockLayout
-from .block_sparse import _blocks, _gather, _Geometry, _unblock
+from .block_sparse import LOG2E, _bias_table, _blocks, _gather, _Geometry, _unblock
 from .plan import plan_groups
+
+LN2 = 0.6931471805599453
 
 
 def flex_block_sparse(q, k, v, layout: BlockLayout, *, scale: float, score_mod=None, budget: int = 1 << 20):
@@ -85,20 +87,29 @@ class _FlexGroup:
             raise ValueError(f"score_mod returned shape {tuple(out.shape)}, which does not broadcast to the scores' "
                              f"{tuple(s.shape)}; it must be elementwise in score, b, h, q_idx, kv_idx") from exc
 
-    def _allowed(self, c0, c1):
-        """The element mask of tiles ``c0:c1`` as ``(R, 1, bq, keys)``, or None when they are all full."""
+    def _mask(self, s, c0, c1):
+        """Add the tiles' 0 / -inf element masks to the base-2 scores of tiles ``c0:c1`` (partial tiles only)."""
         grp, geo = self.grp, self.geo
-        if grp.mask_index is None or not any(c0 <= slot < c1 for slot in grp.partial_slots):
-            return None
-        R, t = grp.mask_index.shape[0], c1 - c0
-        m = self.layout.table.index_select(0, grp.mask_index[:, c0:c1].flatten()).view(R, t, geo.bq, geo.bk)
-        return m.transpose(1, 2).reshape(R, 1, geo.bq, t * geo.bk)
+        slots = [slot for slot in grp.partial_slots if c0 <= slot < c1] if grp.mask_index is not None else []
+        if not slots:
+            return s
+        bias = _bias_table(self.layout, s.dtype)
+        R, t = s.shape[0], c1 - c0
+        if not torch.is_grad_enabled():  # in place, tile by tile (adding is far cheaper than masked_fill on CPU)
+            tiles = s.view(R, geo.hq, geo.bq, t, geo.bk)
+            for slot in slots:
+                tiles[:, :, :, slot - c0].add_(bias.index_select(0, grp.mask_index[:, slot]).unsqueeze(1))
+            return s
+        m = bias.index_select(0, grp.mask_index[:, c0:c1].flatten()).view(R, t, geo.bq, geo.bk)
+        return s + m.transpose(1, 2).reshape(R, 1, geo.bq, t * geo.bk)
 
     def __call__(self, qs, kb, vb):
         grp, geo = self.grp, self.geo
         R, T = grp.kv_index.shape[0], grp.kv_index.shape[2]
         qg = _gather(qs, grp.q_index, R, geo.hk, geo.g * geo.bq)
         b, h, q_idx = self._indices(qs.device) if self.mod is not None else (None, None, None)
+        in_place = not torch.is_grad_enabled()  # under autograd (the checkpoint's recompute) every op is out of place
+        floor = torch.finfo(qs.dtype).min / 2  # a finite max for rows with nothing allowed yet: their p stays 0
         run_max = denom = acc = None
         for c0 in range(0, T, grp.chunk):
             c1 = min(T, c0 + grp.chunk)
@@ -107,24 +118,22 @@ class _FlexGroup:
             s = (qg @ kg.transpose(-1, -2)).view(R, geo.hq, geo.bq, -1)
             if self.mod is not None:
                 s = self._modify(s, b, h, q_idx, c0, c1)
-            allowed = self._allowed(c0, c1)
-            if allowed is not None:
-                s = s.masked_fill(~allowed, float("-inf"))
+            s = self._mask(s * LOG2E, c0, c1)  # base 2 from here: exp2 is far cheaper than exp on a CPU
             # the max only shifts the exponent (it cancels in the output and in the lse's gradient): no gradient
             m = s.detach().amax(dim=-1, keepdim=True)
             if run_max is not None:
                 m = torch.maximum(m, run_max)
-            m = m.clamp(min=torch.finfo(s.dtype).min / 2)  # finite for rows with nothing allowed yet: their p is 0
-            p = torch.exp(s - m)
+            m = m.clamp(min=floor)
+            p = s.sub_(m).exp2_() if in_place else torch.exp2(s - m)
             pv = (p.view(R, geo.hk, geo.g * geo.bq, -1) @ vg).view(R, geo.hq, geo.bq, -1)
             if run_max is None:
                 denom, acc = p.sum(-1, keepdim=True), pv
             else:
-                rescale = torch.exp(run_max - m)
+                rescale = torch.exp2(run_max - m)
                 denom, acc = denom * rescale + p.sum(-1, keepdim=True), acc * rescale + pv
             run_max = m
         alive = denom > 0
-        out = acc / torch.where(alive, denom, torch.ones_like(denom))
-        lse = torch.where(alive, run_max + torch.log(torch.where(alive, denom, torch.ones_like(denom))),
-                          float("-inf"))
+        safe = torch.where(alive, denom, torch.ones_like(denom))
+        out = acc / safe
+        lse = torch.where(alive, (run_max + torch.log2(safe)) * LN2, float("-inf"))
         return out.reshape(-1, geo.bq, geo.Dv), lse.reshape(-1, geo.bq)

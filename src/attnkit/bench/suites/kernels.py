@@ -32,6 +32,8 @@ import torch.nn.functional as F
 
 from ..memory import MALLOC_ENV, peak_mb, require
 from ..options import Parser, add_common_arguments, choices, ints, positive_float, positive_int
+from ..flex_cases import CASES as FLEX_CASES
+from ..flex_cases import flex_case_rows
 from ..patterns import DEFAULT, PATTERNS, QUICK
 from ..runner import run_items
 from ..store import Store
@@ -57,6 +59,10 @@ def add_arguments(p) -> None:
     p.add_argument("--budget", type=positive_float, default=20.0, help="seconds above which a call is timed once")
     p.add_argument("--no-sdpa", action="store_true", help="skip the SDPA + dense mask baseline")
     p.add_argument("--no-flex", action="store_true", help="skip the compiled FlexAttention baseline")
+    p.add_argument("--flex-cases", type=choices(FLEX_CASES), default=[],
+                   help=f"run these FlexAttention score_mod/mask_mod cases through attnkit.flex_attention against "
+                        f"compiled FlexAttention on the same callables (alone unless --patterns is given): "
+                        f"{','.join(FLEX_CASES)}")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
 
 
@@ -70,7 +76,7 @@ def estimate_bytes(args, n: int) -> float:
 
 
 def run(args) -> int:
-    patterns = args.patterns or (QUICK if args.quick else DEFAULT)
+    patterns = args.patterns or ([] if args.flex_cases else QUICK if args.quick else DEFAULT)
     sizes = args.n or ([4096] if args.quick else [16384])
     directions = args.directions
     for n in sizes:
@@ -79,7 +85,8 @@ def run(args) -> int:
           f"device={args.device}")
     config = {"patterns": patterns, "n": sizes, "directions": directions, "batch": args.batch, "heads": args.heads,
               "head_dim": args.head_dim, "threads": args.threads, "repeats": args.repeats, "budget": args.budget,
-              "sdpa": not args.no_sdpa, "flex": not args.no_flex, "device": args.device}
+              "sdpa": not args.no_sdpa, "flex": not args.no_flex, "device": args.device, "flex_cases": args.flex_cases}
+    patterns = [*patterns, *(f"flex:{c}" for c in args.flex_cases)]
     items = [{"pattern": name, "N": n, "direction": d} for n in sizes for name in patterns for d in directions]
     measured: dict = {}  # one worker measures every direction of a (pattern, N)
 
@@ -154,7 +161,9 @@ def _worker(args) -> int:
     from ..machine import exp_seconds_per_element, gemm_gflops
 
     torch.set_num_threads(args.threads)
-    name, n = args.worker.split(":")
+    name, n = args.worker.rsplit(":", 1)
+    if name.startswith("flex:"):
+        return flex_case_rows(args, name[len("flex:"):], int(n))
     n, pat = int(n), PATTERNS[name]
     B, H, D = args.batch, args.heads, args.head_dim
     g = torch.Generator().manual_seed(0)

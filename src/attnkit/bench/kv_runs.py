@@ -1,0 +1,105 @@
+"""The two models ``attnkit bench kv`` runs a compressing cache in, behind one interface.
+
+- :class:`AttnkitLM`: a :class:`attnkit.models.DecoderLM` checkpoint; its layers carry
+  :class:`attnkit.cache.KVState` values through attnkit's incremental API.
+- :class:`TinyLlama`: a transformers ``LlamaForCausalLM`` built from a config (random
+  weights, GQA, RoPE); its cache is an :class:`attnkit.cache.Cache`.
+
+A prompt is prefilled once with every layer recording its queries and full
+store (:class:`Recorder`); because a policy compresses *after* the prompt
+attended to itself in full, each policy's compressed cache is that policy
+applied to the recorded stores, so the long prefill is not repeated per policy.
+Decoding then feeds one token at a time through the compressed caches.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..cache import KVState, NoCompression
+
+
+class Recorder(NoCompression):
+    """Keeps everything, and remembers each layer's full store and prompt queries."""
+
+    needs_scores = True
+
+    def __init__(self):
+        super().__init__()
+        self.layers = {}
+
+    def step(self, store, q, scale, layer):
+        if store.length == store.prompt:
+            self.layers[layer] = (store, q, scale)
+        return store
+
+
+def compress(recorder: Recorder, policy) -> list:
+    """Each layer's store after ``policy`` compressed the recorded prompt."""
+    return [policy.step(store, q, scale, layer) if store.length == store.prompt and policy is not None else store
+            for layer, (store, q, scale) in sorted(recorder.layers.items())]
+
+
+class AttnkitLM:
+    name = "shakespeare-lm"
+
+    def __init__(self, model):
+        self.model = model.eval()
+        self.layers = len(model.blocks)
+
+    @torch.no_grad()
+    def prefill(self, ids):
+        recorder = Recorder()
+        logits, _ = self.model(ids, state=[KVState(recorder, i) for i in range(self.layers)], return_state=True)
+        return logits[:, -1], recorder
+
+    def start(self, policy, stores):
+        return [KVState(policy or NoCompression(), i, s) for i, s in enumerate(stores)]
+
+    @torch.no_grad()
+    def step(self, token, cache):
+        logits, cache = self.model(token, state=cache, return_state=True)
+        return logits[:, -1], cache
+
+    @staticmethod
+    def stores(cache):
+        return [s.store for s in cache]
+
+
+class TinyLlama:
+    name = "tiny-llama"
+
+    def __init__(self, layers=2, dim=128, heads=4, kv_heads=2, vocab=256, seed=0):
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(seed)
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=layers,
+                          num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1 << 16)
+        self.model, self.layers = LlamaForCausalLM(cfg).eval(), layers
+
+    @torch.no_grad()
+    def prefill(self, ids):
+        from ..cache import Cache
+
+        recorder = Recorder()
+        cache = Cache(recorder, model=self.model)
+        logits = self.model(ids, cache=cache, logits_to_keep=1).logits
+        cache.close()
+        return logits[:, -1], recorder
+
+    def start(self, policy, stores):
+        from ..cache import Cache, CacheLayer
+
+        cache = Cache(policy or NoCompression(), model=self.model if policy is not None and policy.needs_scores else None)
+        for i, store in enumerate(stores):
+            layer = CacheLayer(cache.policy, i, cache)
+            layer.store, layer.is_initialized = store, True
+            cache.layers.append(layer)
+        return cache
+
+    @torch.no_grad()
+    def step(self, token, cache):
+        return self.model(token, cache=cache).logits[:, -1], cache
+
+    @staticmethod
+    def stores(cache):
+        return [layer.store for layer in cache.layers]

@@ -1,0 +1,177 @@
+"""``attnkit bench kv``: compressing KV caches (attnkit.cache) against the full cache.
+
+For each policy and budget (a fraction of the context), on the trained
+Shakespeare LM (``--checkpoint``, made by ``attnkit train lm``) and on a tiny
+random Llama built from a config (transformers, GQA, RoPE):
+
+- quality at the LM's trained context: held-out windows of ``--ppl-context``
+  tokens, the first half prefilled and compressed, the second half decoded one
+  token at a time through the compressed cache; perplexity of the decoded
+  tokens and the share whose argmax matches the full cache's (the tiny Llama
+  has random weights: only the agreement means something there);
+- at ``--context`` tokens (16k by default): the cache's bytes after prefill and
+  its peak allocated bytes while decoding ``--decode`` tokens, against the full
+  cache's keys and values; decode tokens/s against the full cache measured
+  right after it in the same process (in turns; the machine may be shared);
+  the time the policy takes to compress the prefilled prompt (the prefill
+  itself is the same full-attention pass for every policy and is reported once).
+
+The prompt is prefilled once per model (every policy compresses after the
+prompt attended to itself in full, so each policy is applied to the recorded
+prefill). Passkey retrieval is not measured (neither model was trained on it).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ... import cache as kv
+from ..kv_runs import AttnkitLM, TinyLlama, compress
+from ..options import floats, names, positive_int
+from ..runner import run_items
+
+THREADS = 1  # decode steps are small: one thread is fastest on a shared machine
+POLICIES = ("streaming", "h2o", "tova", "snapkv", "knorm", "pyramidkv", "kivi8", "kivi4", "kivi2")
+
+
+def make_policy(name: str, budget: float, layers: int):
+    """The policy ``name`` at ``budget`` (a fraction of the prompt); KIVI ignores the budget."""
+    if name.startswith("kivi"):
+        return kv.KIVI(int(name[4:]))
+    scorer = {"streaming": lambda: kv.StreamingLLM(budget), "h2o": lambda: kv.H2O(budget), "tova": lambda: kv.TOVA(budget),
+              "snapkv": lambda: kv.SnapKV(budget, window=8), "knorm": lambda: kv.KeyNorm(budget),
+              "pyramidkv": lambda: kv.PyramidKV(kv.SnapKV(budget, window=8), layers=layers)}
+    if name not in scorer:
+        raise ValueError(f"unknown policy {name!r}; expected one of {', '.join(POLICIES)}")
+    return scorer[name]()
+
+
+def held_out_windows(codec, context: int, count: int, vocab: int) -> torch.Tensor:
+    from ...data import shakespeare
+    from ...training.metrics import eval_windows
+
+    _, held = shakespeare.load_split()
+    return eval_windows(codec.encode(held) % vocab, context - 1, count * (context - 1))[:count]
+
+
+@torch.no_grad()
+def decode_quality(model, windows, policy) -> tuple[float, torch.Tensor]:
+    """Perplexity of the second half of each window decoded through the compressed cache, and the argmaxes."""
+    half = windows.shape[1] // 2
+    last, recorder = model.prefill(windows[:, :half])
+    cache = model.start(policy, compress(recorder, policy))
+    nll, argmax = 0.0, []
+    for t in range(half, windows.shape[1]):
+        nll += F.cross_entropy(last.float(), windows[:, t], reduction="sum").item()
+        argmax.append(last.argmax(-1))
+        if t + 1 < windows.shape[1]:
+            last, cache = model.step(windows[:, t : t + 1], cache)
+    _close(cache)
+    return math.exp(nll / windows[:, half:].numel()), torch.stack(argmax, 1)
+
+
+@torch.no_grad()
+def decode_speed(model, recorded, policy, tokens: int) -> dict:
+    t0 = time.perf_counter()
+    stores = compress(recorded, policy)
+    seconds_compress = time.perf_counter() - t0
+    cache = model.start(policy, stores)
+    after = sum(s.allocated_bytes() for s in stores)
+    token, peak = torch.zeros(1, 1, dtype=torch.long), after
+    for _ in range(2):  # warm-up (a full cache grows its buffer once here)
+        _, cache = model.step(token, cache)
+    t0 = time.perf_counter()
+    for _ in range(tokens):
+        _, cache = model.step(token, cache)
+        peak = max(peak, sum(s.allocated_bytes() for s in model.stores(cache)))
+    seconds = time.perf_counter() - t0
+    _close(cache)
+    return {"tokens_per_s": tokens / seconds, "bytes_after_prefill": after, "peak_bytes": peak,
+            "compress_seconds": seconds_compress}
+
+
+def _close(cache):
+    if hasattr(cache, "close"):
+        cache.close()
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", default=None, help="Shakespeare LM checkpoint (attnkit train lm --out); "
+                        "without it only the tiny Llama runs")
+    parser.add_argument("--policies", type=names, default=list(POLICIES), help="comma list")
+    parser.add_argument("--budgets", type=floats, default=[0.75, 0.5, 0.25, 0.1], help="comma list of fractions")
+    parser.add_argument("--context", type=positive_int, default=16384, help="context of the memory/speed runs")
+    parser.add_argument("--decode", type=positive_int, default=32, help="tokens decoded in the speed runs")
+    parser.add_argument("--ppl-context", type=positive_int, default=256, help="window of the quality runs")
+    parser.add_argument("--windows", type=positive_int, default=32, help="held-out windows of the quality runs")
+
+
+def run(args) -> int:
+    for b in args.budgets:
+        kv.policy.check_budget(b)
+    models = [TinyLlama()]
+    codec = None
+    if args.checkpoint:
+        from ...training.lm import load_checkpoint
+
+        lm, codec, _ = load_checkpoint(args.checkpoint)
+        models.insert(0, AttnkitLM(lm))
+    else:
+        print("no --checkpoint: the Shakespeare LM is skipped (make one with attnkit train lm --out PATH)")
+    for m in models:
+        for p in args.policies:
+            make_policy(p, 0.5, m.layers)  # unknown names fail before any work
+    items = []
+    for m in models:
+        items.append({"model": m.name, "policy": "full"})
+        for p in args.policies:
+            for b in ([None] if p.startswith("kivi") else args.budgets):
+                items.append({"model": m.name, "policy": p, "budget": b})
+    by_name, prepared = {m.name: m for m in models}, {}
+    if codec is None:
+        from ...data.codecs import make_codec
+        from ...data import shakespeare
+
+        codec = make_codec("byte", shakespeare.load_split()[0][:1000])
+
+    def prepare(model):
+        if model.name not in prepared:
+            vocab = model.model.config.vocab_size
+            windows = held_out_windows(codec, args.ppl_context, args.windows, vocab)
+            t0 = time.perf_counter()
+            _, recorded = model.prefill(torch.randint(0, vocab, (1, args.context), generator=torch.Generator().manual_seed(0)))
+            prefill = time.perf_counter() - t0
+            ppl, argmax = decode_quality(model, windows, None)
+            prepared[model.name] = dict(windows=windows, recorded=recorded, prefill=prefill, ppl=ppl, argmax=argmax)
+            print(f"{model.name}: prefill of {args.context} tokens {prefill:.1f} s (full attention, every policy); "
+                  f"full-cache perplexity {ppl:.3f}")
+        return prepared[model.name]
+
+    def measure(item):
+        model = by_name[item["model"]]
+        base = prepare(model)
+        policy = None if item["policy"] == "full" else make_policy(item["policy"], item["budget"], model.layers)
+        ppl, argmax = decode_quality(model, base["windows"], policy)
+        speed = decode_speed(model, base["recorded"], policy, args.decode)
+        full = decode_speed(model, base["recorded"], None, args.decode)  # in turns with the policy
+        full_bytes = sum(2 * s.k.numel() * s.k.element_size() for s, _, _ in base["recorded"].layers.values())
+        row = {"perplexity": round(ppl, 4), "perplexity_vs_full": round(ppl / base["ppl"], 4),
+               "argmax_agreement": round(float((argmax == base["argmax"]).float().mean()), 4),
+               "bytes_after_prefill": speed["bytes_after_prefill"], "peak_bytes": speed["peak_bytes"],
+               "full_bytes": full_bytes, "peak_vs_full": round(speed["peak_bytes"] / full_bytes, 4),
+               "decode_tokens_per_s": round(speed["tokens_per_s"], 1),
+               "decode_vs_full": round(speed["tokens_per_s"] / full["tokens_per_s"], 3),
+               "compress_seconds": round(speed["compress_seconds"], 3), "prefill_seconds": round(base["prefill"], 2),
+               "context": args.context}
+        print(f"{item['model']:<15}{item['policy']:<11}{str(item.get('budget', '')):>6}  ppl {ppl:8.3f} "
+              f"({row['perplexity_vs_full']:.3f}x)  agree {row['argmax_agreement']:.3f}  memory {row['peak_vs_full']:.3f}x "
+              f"full  decode {row['decode_tokens_per_s']:.1f} tok/s ({row['decode_vs_full']:.2f}x full)  "
+              f"compress {row['compress_seconds']:.2f} s")
+        return row
+
+    config = {k: getattr(args, k) for k in ("checkpoint", "policies", "budgets", "context", "decode", "ppl_context", "windows")}
+    code, _ = run_items("kv", config, items, measure, args)
+    return code

@@ -1,0 +1,167 @@
+"""LeanAttention: decode attention as a stream-K reduction of online-softmax partial states.
+
+Lean Attention (Sanovar, Bharadwaj, St. Amant, Rühle and Rajmohan, "Lean
+Attention: Hardware-Aware Scalable Attention Mechanism for the Decode-Phase of
+Transformers", 2024) observes that online softmax is an associative reduction.
+For one query row ``q`` and a piece ``P`` of the keys, with ``s_j = scale q . k_j``:
+
+    m_P = max_{j in P} s_j,    l_P = sum_{j in P} exp(s_j - m_P),    o_P = sum_{j in P} exp(s_j - m_P) v_j
+
+and two pieces merge exactly (in any order, any grouping):
+
+    m = max(m_A, m_B),   l = e^(m_A - m) l_A + e^(m_B - m) l_B,   o = e^(m_A - m) o_A + e^(m_B - m) o_B,
+
+with the output ``o / l`` (zeros when ``l = 0``: a row that sees no key). So
+the decode step's work, the flat sequence of (batch, kv head, key tile) units,
+is cut stream-K style into ``workers`` equal contiguous runs that cross head
+boundaries: every worker does the same amount of work whatever B, H and the
+context length are, where splitting by head leaves workers idle when
+``B * kv_heads`` does not divide among them. Each worker turns its run into at
+most three batched pieces (the tail of one head, whole heads, the head of
+another), each giving partial states; the states of a head are then merged.
+
+On a CPU the workers are threads, each running its pieces with one intra-op
+thread (torch ops release the GIL). Under autograd the same pieces run one
+after another on the calling thread and the merge is differentiable, so the
+form has gradients too. A query head group (GQA) shares its kv head's pieces.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from .positions import query_positions
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def stream_k_runs(units_per_head: int, heads: int, workers: int) -> list[tuple[int, int]]:
+    """Each worker's run ``[start, stop)`` of the flat ``heads * units_per_head`` units (equal up to one unit)."""
+    total = units_per_head * heads
+    return [(w * total // workers, (w + 1) * total // workers) for w in range(workers)]
+
+
+def _pieces(run, units_per_head):
+    """A run of flat units as ``(head_start, head_stop, unit_start, unit_stop)`` pieces of equal length in each head."""
+    start, stop = run
+    pieces = []
+    while start < stop:
+        head, unit = divmod(start, units_per_head)
+        if unit == 0 and stop - start >= units_per_head:  # whole heads, batched together
+            n = (stop - start) // units_per_head
+            pieces.append((head, head + n, 0, units_per_head))
+            start += n * units_per_head
+        else:
+            end = min(stop, (head + 1) * units_per_head)
+            pieces.append((head, head + 1, unit, end - head * units_per_head))
+            start = end
+    return pieces
+
+
+def lean_attention(q, k, v, *, causal: bool, mask, scale: float, workers: int = 2, tile: int = 256) -> torch.Tensor:
+    """Exact softmax attention ``(B, H, Nq, Dv)`` computed as LeanAttention's stream-K reduction.
+
+    Meant for decode (few queries against a long cache); any ``Nq <= Nk`` is
+    exact (bottom-right causal alignment). ``mask`` is a normalised 4-D
+    boolean or additive mask or None; ``tile`` keys are the unit of work.
+    """
+    B, H, Nq, D = q.shape
+    Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    g = H // Hkv
+    heads = B * Hkv
+    qh = (q * scale).reshape(heads, g * Nq, D)  # a kv head's query rows: its g query heads x Nq queries
+    kh, vh = k.reshape(heads, Nk, D), v.reshape(heads, Nk, Dv)
+    bias = _bias(mask, causal, B, H, Hkv, Nq, Nk, q)
+    units = -(-Nk // tile)
+    runs = [r for r in stream_k_runs(units, heads, workers) if r[0] < r[1]]
+
+    def work(run):
+        return [_partial(qh, kh, vh, bias, piece, tile, Nk) for piece in _pieces(run, units)]
+
+    needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if needs_graph or len(runs) == 1 or q.device.type != "cpu":
+        results = [work(r) for r in runs]
+    else:
+        results = _in_threads(work, runs)
+    states = [s for worker in results for s in worker]
+    out = _merge(states)
+    return out.view(B, Hkv, g, Nq, Dv).reshape(B, H, Nq, Dv)
+
+
+def _in_threads(work, runs):
+    """``work`` on each run in a worker thread with one intra-op thread; the caller's thread count is restored."""
+    threads = torch.get_num_threads()
+    pool = _POOLS.get(len(runs))
+    if pool is None:
+        pool = _POOLS[len(runs)] = ThreadPoolExecutor(len(runs), thread_name_prefix="attnkit-lean")
+
+    def single_threaded(run):
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            return work(run)
+
+    try:
+        return [f.result() for f in [pool.submit(single_threaded, r) for r in runs]]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bias(mask, causal, B, H, Hkv, Nq, Nk, q):
+    """What the pieces add to their scores: ``(B * Hkv, g * Nq, Nk)`` with 0 / -inf (or the additive mask),
+    or None when every pair is allowed (a one-token causal decode step)."""
+    allowed = None
+    if causal and Nq > 1:
+        allowed = torch.arange(Nk, device=q.device) <= query_positions(Nq, Nk, q.device)[:, None]
+    bias = None
+    if mask is not None:
+        full = mask.expand(B, H, Nq, Nk)
+        if mask.dtype == torch.bool:
+            allowed = full if allowed is None else full & allowed
+        else:
+            bias = full
+    if allowed is not None:
+        blocked = torch.full((), float("-inf"), dtype=q.dtype, device=q.device)
+        inf_bias = torch.where(allowed.expand(B, H, Nq, Nk), torch.zeros((), dtype=q.dtype, device=q.device), blocked)
+        bias = inf_bias if bias is None else bias + inf_bias
+    return None if bias is None else bias.reshape(B * Hkv, -1, Nk)
+
+
+def _partial(qh, kh, vh, bias, piece, tile, Nk):
+    """Partial softmax states ``(heads, m, l, o)`` of heads ``h0:h1`` over keys ``u0 * tile : u1 * tile``."""
+    h0, h1, u0, u1 = piece
+    k0, k1 = u0 * tile, min(u1 * tile, Nk)
+    s = torch.bmm(qh[h0:h1], kh[h0:h1, k0:k1].transpose(1, 2))
+    if bias is not None:
+        s = s + bias[h0:h1, :, k0:k1]
+    # the max only shifts the exponent (it cancels when the states merge): no gradient through it
+    m = s.detach().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(s.dtype).min / 2)
+    p = torch.exp(s - m)
+    return h0, h1, m, p.sum(-1, keepdim=True), torch.bmm(p, vh[h0:h1, k0:k1])
+
+
+def _merge(states):
+    """Each head's output from its partial states, in head order.
+
+    The states arrive in head order; a head cut between workers has several
+    (consecutive) and merges them exactly, ``out = sum e^(m_i - M) o_i / sum
+    e^(m_i - M) l_i``; every other piece is one or more whole heads, ``o / l``.
+    Only small (rows x Dv) tensors are touched here: no parallel region waits
+    on a busy core.
+    """
+    outs, i = [], 0
+    while i < len(states):
+        j = i + 1
+        while j < len(states) and states[j][:2] == states[i][:2]:
+            j += 1
+        group = states[i:j]
+        if len(group) == 1:
+            l, o = group[0][3], group[0][4]
+        else:
+            m = torch.stack([st[2] for st in group])
+            w = torch.exp(m - m.amax(dim=0))
+            l = (w * torch.stack([st[3] for st in group])).sum(0)
+            o = (w * torch.stack([st[4] for st in group])).sum(0)
+        outs.append(o / torch.where(l > 0, l, torch.ones_like(l)))
+        i = j
+    return torch.cat(outs)

@@ -1,0 +1,20 @@
+"""``attnkit bench kv`` on short contexts: every policy's row is stored with its budget honoured."""
+import pytest
+
+from .stored import run_suite
+
+pytest.importorskip("transformers")
+
+
+def test_bench_kv_stores_quality_memory_and_speed_per_policy(tmp_path):
+    _, rows = run_suite(tmp_path, "kv", "--context", "96", "--decode", "2", "--ppl-context", "48", "--windows", "2",
+                        "--policies", "streaming,knorm,kivi8", "--budgets", "0.25")
+    by_policy = {r["policy"]: r for r in rows}
+    assert set(by_policy) == {"full", "streaming", "knorm", "kivi8"} and not any("error" in r for r in rows)
+    full = by_policy["full"]
+    assert full["perplexity_vs_full"] == 1.0 and full["argmax_agreement"] == 1.0
+    token_bytes = 2 * 2 * 32 * 4  # tiny Llama layer: 2 kv heads x head_dim 32, keys and values, float32
+    assert full["full_bytes"] == 2 * 96 * token_bytes  # two layers
+    squeezed = by_policy["streaming"]
+    assert squeezed["bytes_after_prefill"] == 2 * 2 * (24 + 1) * (2 * 32 * 4 + 4)  # layers x kv heads x (24 kept + 1 free slot) x (k, v, position)
+    assert squeezed["peak_vs_full"] < 0.3 and squeezed["decode_tokens_per_s"] > 0
