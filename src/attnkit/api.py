@@ -43,7 +43,8 @@ def attention(
     check_pattern(spec, causal, cross)
     check_required_inputs(spec, params)
     params = check_params(spec, params)
-    mask = normalise_mask(mask, q, k) if state is None else _incremental_mask(mask, q, k, state)
+    if mask is not None:
+        mask = normalise_mask(mask, q, k) if state is None else _incremental_mask(mask, q, k, state)
     if mask is not None and not spec.supports_mask:
         raise ValueError(f"mechanism {spec.name!r} does not take a mask; pass mask=None")
     scale = check_scale(scale, q.shape[-1])

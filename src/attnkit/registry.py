@@ -109,7 +109,8 @@ class MechanismSpec:
     def form(self, name: str | None) -> Form:
         """The callable for a form name; ``None`` is the default fast form."""
         if name is None:
-            return next(iter(self.fast.values())) if self.fast else self.reference
+            default = self.extra.get("_default_form")
+            return default if default is not None else next(iter(self.fast.values()), self.reference)
         if name == "reference":
             return self.reference
         if name in self.fast:
@@ -163,6 +164,7 @@ def register(spec: MechanismSpec) -> MechanismSpec:
     if bad:
         raise ValueError(f"spec {spec.name!r}: unknown patterns {sorted(bad)}; expected a subset of {PATTERNS}")
     _check_declarations(spec)
+    spec.extra["_default_form"] = next(iter(spec.fast.values())) if spec.fast else spec.reference
     if spec.tensor_inputs is not None:
         g = torch.Generator().manual_seed(0)
         x = torch.zeros(1, 2, 3, max(spec.min_head_dim, 8))
@@ -189,7 +191,11 @@ def _check_declarations(spec: MechanismSpec) -> None:
 
 def get(name: str) -> MechanismSpec:
     """The spec registered under ``name``; a ValueError naming close matches otherwise."""
-    _load_all()
+    if not _loaded:
+        _load_all()
+    spec = _REGISTRY.get(name) if isinstance(name, str) else None
+    if spec is not None:
+        return spec
     if not isinstance(name, str):
         raise TypeError(f"mechanism must be a string naming a registered mechanism, got {type(name).__name__}")
     try:

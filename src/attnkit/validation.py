@@ -12,8 +12,26 @@ import math
 import torch
 
 
+# Shapes, dtypes and devices of q, k, v that passed check_qkv: a decode loop checks each once.
+_CHECKED_QKV: dict = {}
+_CHECKED_LIMIT = 256
+
+
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, same_value_dim: bool = False) -> None:
     """Layout ``(batch, heads, seq, head_dim)``; K/V may have fewer heads (GQA)."""
+    if type(q) is torch.Tensor and type(k) is torch.Tensor and type(v) is torch.Tensor:
+        key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, same_value_dim)
+        if key in _CHECKED_QKV:
+            return
+        _check_qkv(q, k, v, same_value_dim)
+        if len(_CHECKED_QKV) >= _CHECKED_LIMIT:
+            _CHECKED_QKV.clear()
+        _CHECKED_QKV[key] = True
+        return
+    _check_qkv(q, k, v, same_value_dim)
+
+
+def _check_qkv(q, k, v, same_value_dim: bool) -> None:
     for arg, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{arg} must be a torch.Tensor of shape (batch, heads, seq, head_dim), got {type(t).__name__}")
@@ -23,6 +41,9 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, same_value_d
             )
         if not t.is_floating_point():
             raise TypeError(f"{arg} must be a floating-point tensor, got dtype {t.dtype}")
+        if t.is_meta:
+            raise ValueError(f"{arg} is on the meta device: attnkit's masks, layouts and caches read values, "
+                             "so it needs real tensors (CPU or GPU)")
     for arg, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype:
             raise TypeError(f"{arg} has dtype {t.dtype} but q has dtype {q.dtype}; q, k and v must share one dtype")
@@ -104,12 +125,14 @@ def _broadcastable(shape, target) -> bool:
     return True
 
 
-def check_pattern(spec, causal: bool, cross: bool) -> None:
-    from .registry import pattern_name
+_PATTERN_OF = {(True, False): "causal-self", (False, False): "noncausal-self",
+               (True, True): "causal-cross", (False, True): "noncausal-cross"}
 
-    if not isinstance(causal, bool):
+
+def check_pattern(spec, causal: bool, cross: bool) -> None:
+    if causal is not True and causal is not False:
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    name = pattern_name(causal, cross)
+    name = _PATTERN_OF[causal, cross]
     if name not in spec.patterns:
         supported = sorted(spec.patterns)
         what = "causal=True" if causal else "causal=False"

@@ -92,3 +92,11 @@ def test_rope_positions_continue_from_the_tokens_consumed_not_kept():
     keys = torch.tensor([0, 1, 10, 11, 12, 13, 14, 15, 16])  # sinks + recent window + the new token
     s = (qr[0, :, 16:17] @ kr[0, :, keys].repeat_interleave(2, 0).transpose(-1, -2)) / 8**0.5
     torch.testing.assert_close(out[0], torch.softmax(s, -1) @ v[0, :, keys].repeat_interleave(2, 0))
+
+
+def test_slack_evicts_once_every_slack_plus_one_tokens_back_to_the_budget():
+    q, k, v = qkv(n=60)
+    _, states = run(StreamingLLM(10, sinks=2, slack=4), q, k, v, prompt_len=20)
+    held = [s.store.used for s in states]
+    assert held[0] == 10 and max(held) == 14 and held[1:6] == [11, 12, 13, 14, 10]
+    assert all(s.store.capacity == 15 for s in states)  # the budget + slack + the token being added

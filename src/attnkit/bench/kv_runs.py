@@ -45,6 +45,8 @@ class AttnkitLM:
     def __init__(self, model):
         self.model = model.eval()
         self.layers = len(model.blocks)
+        rope = model.blocks[0].mixer.rope
+        self.rotate = rope.rotate if rope is not None else (lambda x, positions: x)
 
     @torch.no_grad()
     def prefill(self, ids):
@@ -75,6 +77,9 @@ class TinyLlama:
         cfg = LlamaConfig(vocab_size=vocab, hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=layers,
                           num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1 << 16)
         self.model, self.layers = LlamaForCausalLM(cfg).eval(), layers
+        from ..cache.hf import rotation
+
+        self.rotate = rotation(self.model)
 
     @torch.no_grad()
     def prefill(self, ids):

@@ -10,6 +10,7 @@
 
 See ``docs/kv-cache.md``.
 """
+from .expected_attention import ExpectedAttention
 from .h2o import H2O
 from .kivi import KIVI
 from .knorm import KeyNorm
@@ -22,7 +23,7 @@ from .streaming import StreamingLLM
 from .tova import TOVA
 
 __all__ = ["Cache", "CacheLayer", "KVState", "LayerKV", "layer_states", "Policy", "NoCompression", "StreamingLLM",
-           "H2O", "TOVA", "SnapKV", "KeyNorm", "PyramidKV", "KIVI"]
+           "H2O", "TOVA", "SnapKV", "KeyNorm", "PyramidKV", "KIVI", "ExpectedAttention"]
 
 
 def __getattr__(name):

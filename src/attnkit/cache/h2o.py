@@ -17,8 +17,8 @@ from .scores import column_sums, per_kv_head
 class H2O(Policy):
     needs_scores = True
 
-    def __init__(self, budget, *, recent: int | float = 0.5, when: str = "both"):
-        super().__init__(budget, when=when)
+    def __init__(self, budget, *, recent: int | float = 0.5, when: str = "both", slack: int = 0):
+        super().__init__(budget, when=when, slack=slack)
         if isinstance(recent, bool) or not isinstance(recent, (int, float)) or recent < 0 or (
                 isinstance(recent, float) and recent > 1):
             raise ValueError(f"recent must be an int >= 0 (tokens) or a float in [0, 1] (a share of the budget), got {recent!r}")

@@ -29,6 +29,8 @@ from __future__ import annotations
 import sys
 import weakref
 
+import torch
+
 from transformers.cache_utils import Cache as TransformersCache
 from transformers.cache_utils import CacheLayerMixin
 
@@ -165,3 +167,20 @@ def _query_hook(owner, rotate):
         return None
 
     return hook
+
+
+def rotation(model):
+    """``rotate(x, positions)``: a transformers model's RoPE (its ``rotary_emb``, rotate-half pairs), for
+    :class:`attnkit.cache.ExpectedAttention`."""
+    rotary = getattr(getattr(model, "model", model), "rotary_emb", None)
+    if rotary is None:
+        raise ValueError(f"{type(model).__name__} has no rotary_emb; cannot rotate queries for it")
+
+    def rotate(x, positions):
+        cos, sin = rotary(x, positions[None].to(x.device))
+        cos, sin = cos[0].to(x.dtype), sin[0].to(x.dtype)
+        half = x.shape[-1] // 2
+        turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + turned * sin
+
+    return rotate

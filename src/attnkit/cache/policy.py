@@ -24,11 +24,14 @@ WHEN = ("prefill", "decode", "both")
 class Policy:
     needs_scores = False
 
-    def __init__(self, budget: int | float, *, when: str = "both"):
+    def __init__(self, budget: int | float, *, when: str = "both", slack: int = 0):
         check_budget(budget)
         if when not in WHEN:
             raise ValueError(f"when must be one of {WHEN}, got {when!r}")
-        self.budget_value, self.when = budget, when
+        if isinstance(slack, bool) or not isinstance(slack, int) or slack < 0:
+            raise ValueError(f"slack must be an int >= 0 (tokens a layer may hold past its budget between "
+                             f"evictions), got {slack!r}")
+        self.budget_value, self.when, self.slack = budget, when, slack
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(budget={self.budget_value!r}, when={self.when!r})"
@@ -57,11 +60,12 @@ class Policy:
         if first and keep > store.prompt:
             raise ValueError(f"{self!r} keeps {keep} tokens in layer {layer} but the prompt has only "
                              f"{store.prompt}: a budget must be at most the context")
-        if store.used <= keep or self.when != "both" and (self.when == "prefill") != first:
+        applies = self.when == "both" or (self.when == "prefill") == first
+        if not applies or store.used <= keep + (0 if first else self.slack):
             return store
         index = self.rank(store, keep).topk(keep, dim=-1).indices.sort(dim=-1).values
         score = None if store.score is None else store.score.gather(-1, index)
-        room = 1 if self.when != "prefill" else max(16, keep // 8)
+        room = 1 + self.slack if self.when != "prefill" else max(16, keep // 8)
         return store.keep(index, score, room)
 
 

@@ -21,7 +21,7 @@ class PyramidKV(Policy):
             raise ValueError(f"layers must be the model's number of layers (an int >= 1), got {layers!r}")
         if not beta >= 1:
             raise ValueError(f"beta must be >= 1 (k_min = budget / beta), got {beta}")
-        super().__init__(scorer.budget_value, when=scorer.when)
+        super().__init__(scorer.budget_value, when=scorer.when, slack=scorer.slack)
         self.scorer, self.layers, self.beta = scorer, layers, beta
         self.needs_scores = scorer.needs_scores
 

@@ -21,8 +21,8 @@ from .scores import per_kv_head, query_positions, weights
 class SnapKV(Policy):
     needs_scores = True
 
-    def __init__(self, budget, *, window: int = 32, kernel: int = 5, when: str = "prefill"):
-        super().__init__(budget, when=when)
+    def __init__(self, budget, *, window: int = 32, kernel: int = 5, when: str = "prefill", slack: int = 0):
+        super().__init__(budget, when=when, slack=slack)
         for name, value in (("window", window), ("kernel", kernel)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")

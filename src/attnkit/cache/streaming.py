@@ -11,8 +11,8 @@ from .policy import Policy
 
 
 class StreamingLLM(Policy):
-    def __init__(self, budget, *, sinks: int = 4, when: str = "both"):
-        super().__init__(budget, when=when)
+    def __init__(self, budget, *, sinks: int = 4, when: str = "both", slack: int = 0):
+        super().__init__(budget, when=when, slack=slack)
         if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
             raise ValueError(f"sinks must be an int >= 0, got {sinks!r}")
         self.sinks = sinks

@@ -27,7 +27,7 @@ PAPERS = (
 def lightning_features(q, k, v, *, scale, decay_scale):
     check_float("decay_scale", decay_scale, minimum=0)
     B, H, N, _ = q.shape
-    g = (-decay_scale * alibi_slopes(H)).to(q.dtype)[None, :, None].expand(B, H, N)
+    g = (-decay_scale * alibi_slopes(H, q.device)).to(q.dtype)[None, :, None].expand(B, H, N)
     return q * scale, k, v, g
 
 

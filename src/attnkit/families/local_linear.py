@@ -71,7 +71,7 @@ def lla_reference(q, k, v, *, causal, mask, scale, ridge, q_block, kv_block):
     s = softmax_weights(q, k, causal=causal, mask=mask, scale=scale)
     diff = repeat_kv(k, H)[:, :, None, :, :] - q[:, :, :, None, :]  # (B, H, Nq, Nk, D): k_j - q_i
     mu = torch.einsum("bhij,bhijd->bhid", s, diff)
-    sigma = torch.einsum("bhij,bhijd,bhije->bhide", s, diff, diff) + ridge * torch.eye(D, dtype=q.dtype)
+    sigma = torch.einsum("bhij,bhijd,bhije->bhide", s, diff, diff) + ridge * torch.eye(D, dtype=q.dtype, device=q.device)
     rho = torch.linalg.solve(sigma, mu[..., None])[..., 0]
     denominator = 1 - (rho * mu).sum(-1, keepdim=True)
     weights = s * (1 - torch.einsum("bhijd,bhid->bhij", diff, rho)) / denominator

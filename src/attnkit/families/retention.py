@@ -20,14 +20,14 @@ from .linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
 PAPER = "Retentive Network: A Successor to Transformer for Large Language Models"
 
 
-def retention_log_decay(heads: int) -> torch.Tensor:
+def retention_log_decay(heads: int, device=None) -> torch.Tensor:
     """``log(gamma_h)`` with ``gamma_h = 1 - 2^(-5-h)``, h = 0 .. heads-1."""
-    return torch.log1p(-(2.0 ** (-5.0 - torch.arange(heads, dtype=torch.float64))))
+    return torch.log1p(-(2.0 ** (-5.0 - torch.arange(heads, dtype=torch.float64, device=device))))
 
 
 def retention_features(q, k, v, *, scale):
     B, H, N, _ = q.shape
-    g = retention_log_decay(H).to(q.dtype)[None, :, None].expand(B, H, N)
+    g = retention_log_decay(H, q.device).to(q.dtype)[None, :, None].expand(B, H, N)
     return q * scale, k, v, g
 
 

@@ -34,6 +34,7 @@ import torch
 from .positions import query_positions
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
+CACHE_SCORES = 1 << 16  # scores per step of a worker's sweep (256 KB in fp32)
 
 
 def stream_k_runs(units_per_head: int, heads: int, workers: int) -> list[tuple[int, int]]:
@@ -128,16 +129,35 @@ def _bias(mask, causal, B, H, Hkv, Nq, Nk, q):
 
 
 def _partial(qh, kh, vh, bias, piece, tile, Nk):
-    """Partial softmax states ``(heads, m, l, o)`` of heads ``h0:h1`` over keys ``u0 * tile : u1 * tile``."""
+    """Partial softmax states ``(heads, m, l, o)`` of heads ``h0:h1`` over keys ``u0 * tile : u1 * tile``.
+
+    The keys are swept in steps whose scores stay in a core's cache (about
+    64k numbers), the states of the steps folded together as they come.
+    """
     h0, h1, u0, u1 = piece
     k0, k1 = u0 * tile, min(u1 * tile, Nk)
-    s = torch.bmm(qh[h0:h1], kh[h0:h1, k0:k1].transpose(1, 2))
-    if bias is not None:
-        s = s + bias[h0:h1, :, k0:k1]
-    # the max only shifts the exponent (it cancels when the states merge): no gradient through it
-    m = s.detach().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(s.dtype).min / 2)
-    p = torch.exp(s - m)
-    return h0, h1, m, p.sum(-1, keepdim=True), torch.bmm(p, vh[h0:h1, k0:k1])
+    q = qh[h0:h1]
+    step = max(256, CACHE_SCORES // (q.shape[0] * q.shape[1]))
+    in_place = not torch.is_grad_enabled()
+    m = l = o = None
+    for a in range(k0, k1, step):
+        b = min(k1, a + step)
+        s = torch.bmm(q, kh[h0:h1, a:b].transpose(1, 2))
+        if bias is not None:
+            s = s.add_(bias[h0:h1, :, a:b]) if in_place else s + bias[h0:h1, :, a:b]
+        # the max only shifts the exponent (it cancels when states merge): no gradient through it
+        m_new = s.detach().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(s.dtype).min / 2)
+        if m is not None:
+            m_new = torch.maximum(m, m_new)
+        p = s.sub_(m_new).exp_() if in_place else torch.exp(s - m_new)
+        pv = torch.bmm(p, vh[h0:h1, a:b])
+        if m is None:
+            l, o = p.sum(-1, keepdim=True), pv
+        else:
+            w = torch.exp(m - m_new)
+            l, o = l * w + p.sum(-1, keepdim=True), o * w + pv
+        m = m_new
+    return h0, h1, m, l, o
 
 
 def _merge(states):

@@ -79,6 +79,6 @@ def lsh_buckets(x: torch.Tensor, buckets: int, seed: int = 0) -> torch.Tensor:
     if buckets < 2 or buckets % 2:
         raise ValueError(f"buckets must be an even integer >= 2, got {buckets}")
     g = torch.Generator().manual_seed(seed)
-    rot = torch.randn(x.shape[-1], buckets // 2, generator=g, dtype=torch.float64).to(x.device)
+    rot = torch.randn(x.shape[-1], buckets // 2, generator=g, dtype=torch.float64, device="cpu").to(x.device)
     proj = x.detach().double() @ rot  # float64 so that the buckets do not depend on the input dtype's rounding
     return torch.cat([proj, -proj], dim=-1).argmax(dim=-1)

@@ -76,7 +76,7 @@ def s2_shards(heads: int, shard: int, local: int, vert_stride: int, causal: bool
     for name, value, low in (("shard", shard, 1), ("local", local, 1), ("vert_stride", vert_stride, 1)):
         _check_int(name, value, low)
     step = max(1, vert_stride // heads)
-    offsets = torch.arange(heads) * step
+    offsets = torch.arange(heads, device="cpu") * step  # a small per-head table, moved per use
     right = 0 if causal else local - 1
     band = _distance_tiles(lambda h: local - 1, lambda h: right)
 

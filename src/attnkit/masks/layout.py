@@ -46,8 +46,8 @@ class BlockLayout:
     def pairs(self) -> int:
         """Allowed (query, key) pairs summed over batch and heads."""
         bq, bk = self.block_q, self.block_k
-        rows = _valid(self.kind.shape[2], bq, self.q_len)
-        cols = _valid(self.kind.shape[3], bk, self.kv_len)
+        rows = _valid(self.kind.shape[2], bq, self.q_len, self.kind.device)
+        cols = _valid(self.kind.shape[3], bk, self.kv_len, self.kind.device)
         full_pairs = ((self.kind == FULL) * (rows[:, None] * cols[None, :])).sum()
         partial = self.table_index >= 2
         per_entry = self.table[2:].sum(dim=(1, 2))
@@ -70,8 +70,8 @@ class BlockLayout:
         """(query, key) pairs in the non-empty tiles, summed over batch and heads: the scores a tiled
         kernel computes (and exponentiates) to get the allowed ones."""
         reps = (self.batch // self.kind.shape[0]) * (self.heads // self.kind.shape[1])
-        rows = _valid(self.kind.shape[2], self.block_q, self.q_len)
-        cols = _valid(self.kind.shape[3], self.block_k, self.kv_len)
+        rows = _valid(self.kind.shape[2], self.block_q, self.q_len, self.kind.device)
+        cols = _valid(self.kind.shape[3], self.block_k, self.kv_len, self.kind.device)
         return int(((self.kind != EMPTY) * (rows[:, None] * cols[None, :])).sum()) * reps
 
     def flops(self, head_dim: int) -> int:
@@ -89,8 +89,8 @@ class BlockLayout:
         return dense[:, :, : self.q_len, : self.kv_len]
 
 
-def _valid(n_blocks: int, block: int, length: int) -> torch.Tensor:
-    starts = torch.arange(n_blocks) * block
+def _valid(n_blocks: int, block: int, length: int, device) -> torch.Tensor:
+    starts = torch.arange(n_blocks, device=device) * block
     return (length - starts).clamp(max=block)
 
 
@@ -114,7 +114,7 @@ def build_layout(mask: MaskMod, *, batch: int, heads: int, q_len: int, kv_len: i
                                 k_hi.view(1, 1, 1, -1))
     else:
         any_, all_ = _classify_by_pairs(mask, b, h, q_lo, k_lo, q_len, kv_len, block_q, block_k)
-    any_, all_ = torch.broadcast_tensors(torch.as_tensor(any_), torch.as_tensor(all_))
+    any_, all_ = torch.broadcast_tensors(torch.as_tensor(any_, device=device), torch.as_tensor(all_, device=device))
     shape = _layout_shape(any_.shape, batch, heads, nq, nk)
     any_, all_ = any_.expand(shape), all_.expand(shape)
     kind = torch.where(all_, FULL, torch.where(any_, PARTIAL, EMPTY)).to(torch.int8)

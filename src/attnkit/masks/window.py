@@ -106,8 +106,8 @@ def head_windows(lefts: torch.Tensor, rights: torch.Tensor | None = None) -> Mas
 
     A negative entry means "no limit" (a global head, as MW-MHA's global heads).
     """
-    lefts = torch.as_tensor(lefts, dtype=torch.long)
-    rights = torch.zeros_like(lefts) if rights is None else torch.as_tensor(rights, dtype=torch.long)
+    lefts = torch.as_tensor(lefts, dtype=torch.long, device="cpu")  # small per-head tables, moved per use
+    rights = torch.zeros_like(lefts) if rights is None else torch.as_tensor(rights, dtype=torch.long, device="cpu")
     big = torch.iinfo(torch.long).max // 4
     lefts = torch.where(lefts < 0, big, lefts)
     rights = torch.where(rights < 0, big, rights)
@@ -135,8 +135,8 @@ def elastic_windows(heads: int, alphas, betas, symmetric: bool = False) -> MaskM
         raise ValueError("alphas and betas must be non-empty sequences")
     if any(not 0 <= b < 1 for b in betas) or any(a < 1 for a in alphas):
         raise ValueError(f"need alphas >= 1 and 0 <= betas < 1, got alphas={alphas}, betas={betas}")
-    a = torch.tensor([float(alphas[i % len(alphas)]) for i in range(heads)], dtype=torch.float64)
-    b = torch.tensor([float(betas[i % len(betas)]) for i in range(heads)], dtype=torch.float64)
+    a = torch.tensor([float(alphas[i % len(alphas)]) for i in range(heads)], dtype=torch.float64, device="cpu")
+    b = torch.tensor([float(betas[i % len(betas)]) for i in range(heads)], dtype=torch.float64, device="cpu")
 
     def left(h, q):  # keys before the query: span - 1
         span = torch.floor(a.to(q.device)[h] + b.to(q.device)[h] * (q + 1).to(torch.float64))
@@ -159,4 +159,4 @@ def elastic_windows(heads: int, alphas, betas, symmetric: bool = False) -> MaskM
 def multi_windows(heads: int, windows) -> torch.Tensor:
     """MW-MHA: head ``h`` uses ``windows[h % len(windows)]``; 0 means a global head."""
     return torch.tensor([windows[i % len(windows)] - 1 if windows[i % len(windows)] > 0 else -1
-                         for i in range(heads)], dtype=torch.long)
+                         for i in range(heads)], dtype=torch.long, device="cpu")

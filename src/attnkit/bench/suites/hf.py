@@ -16,15 +16,13 @@ fed one sentence at a time (no padding, so no mask is needed).
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
 from ... import registry
 from .._sentence_pairs import PAIRS
 from ..options import names, positive_int
 from ..runner import run_items
+from ..timing import median_seconds
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -39,15 +37,16 @@ def encode(model, tok, sentences, padded: bool, repeats: int = 3) -> tuple[torch
     """Embeddings and the median encoding time over ``repeats`` runs."""
     from ...integrations import minilm
 
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    out = {}
+
+    def call():
         if padded:
-            emb = minilm.embed(model, tok, sentences)
+            out["emb"] = minilm.embed(model, tok, sentences)
         else:
-            emb = torch.cat([minilm.embed(model, tok, [s]) for s in sentences])
-        times.append(time.perf_counter() - t0)
-    return emb, statistics.median(times)
+            out["emb"] = torch.cat([minilm.embed(model, tok, [s]) for s in sentences])
+
+    seconds = median_seconds(call, repeats, warmup=0)
+    return out["emb"], seconds
 
 
 THREADS = 2

@@ -34,16 +34,18 @@ from ..options import floats, names, positive_int
 from ..runner import run_items
 
 THREADS = 1  # decode steps are small: one thread is fastest on a shared machine
-POLICIES = ("streaming", "h2o", "tova", "snapkv", "knorm", "pyramidkv", "kivi8", "kivi4", "kivi2")
+POLICIES = ("streaming", "h2o", "tova", "snapkv", "knorm", "pyramidkv", "expected", "kivi8", "kivi4", "kivi2")
 
 
-def make_policy(name: str, budget: float, layers: int):
+def make_policy(name: str, budget: float, model, slack: int = 0):
     """The policy ``name`` at ``budget`` (a fraction of the prompt); KIVI ignores the budget."""
     if name.startswith("kivi"):
         return kv.KIVI(int(name[4:]))
-    scorer = {"streaming": lambda: kv.StreamingLLM(budget), "h2o": lambda: kv.H2O(budget), "tova": lambda: kv.TOVA(budget),
-              "snapkv": lambda: kv.SnapKV(budget, window=8), "knorm": lambda: kv.KeyNorm(budget),
-              "pyramidkv": lambda: kv.PyramidKV(kv.SnapKV(budget, window=8), layers=layers)}
+    scorer = {"streaming": lambda: kv.StreamingLLM(budget, slack=slack), "h2o": lambda: kv.H2O(budget, slack=slack),
+              "tova": lambda: kv.TOVA(budget, slack=slack), "snapkv": lambda: kv.SnapKV(budget, window=8),
+              "knorm": lambda: kv.KeyNorm(budget, slack=slack),
+              "pyramidkv": lambda: kv.PyramidKV(kv.SnapKV(budget, window=8), layers=model.layers),
+              "expected": lambda: kv.ExpectedAttention(budget, rotate=model.rotate)}
     if name not in scorer:
         raise ValueError(f"unknown policy {name!r}; expected one of {', '.join(POLICIES)}")
     return scorer[name]()
@@ -107,6 +109,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--decode", type=positive_int, default=32, help="tokens decoded in the speed runs")
     parser.add_argument("--ppl-context", type=positive_int, default=256, help="window of the quality runs")
     parser.add_argument("--windows", type=positive_int, default=32, help="held-out windows of the quality runs")
+    parser.add_argument("--slack", type=float, default=1 / 16,
+                        help="decode-time evictions run once the cache holds budget x (1 + slack) tokens "
+                             "(0: after every token, as the papers)")
 
 
 def run(args) -> int:
@@ -123,7 +128,7 @@ def run(args) -> int:
         print("no --checkpoint: the Shakespeare LM is skipped (make one with attnkit train lm --out PATH)")
     for m in models:
         for p in args.policies:
-            make_policy(p, 0.5, m.layers)  # unknown names fail before any work
+            make_policy(p, 0.5, m)  # unknown names fail before any work
     items = []
     for m in models:
         items.append({"model": m.name, "policy": "full"})
@@ -153,10 +158,17 @@ def run(args) -> int:
     def measure(item):
         model = by_name[item["model"]]
         base = prepare(model)
-        policy = None if item["policy"] == "full" else make_policy(item["policy"], item["budget"], model.layers)
-        ppl, argmax = decode_quality(model, base["windows"], policy)
-        speed = decode_speed(model, base["recorded"], policy, args.decode)
-        full = decode_speed(model, base["recorded"], None, args.decode)  # in turns with the policy
+        def policy(context):
+            if item["policy"] == "full":
+                return None
+            slack = int(args.slack * round(item["budget"] * context)) if item["budget"] else 0
+            return make_policy(item["policy"], item["budget"], model, slack)
+
+        ppl, argmax = decode_quality(model, base["windows"], policy(args.ppl_context // 2))
+        before = decode_speed(model, base["recorded"], None, args.decode)  # the full cache, in turns with the policy
+        speed = decode_speed(model, base["recorded"], policy(args.context), args.decode)
+        after = decode_speed(model, base["recorded"], None, args.decode)
+        full = {"tokens_per_s": (before["tokens_per_s"] + after["tokens_per_s"]) / 2}
         full_bytes = sum(2 * s.k.numel() * s.k.element_size() for s, _, _ in base["recorded"].layers.values())
         row = {"perplexity": round(ppl, 4), "perplexity_vs_full": round(ppl / base["ppl"], 4),
                "argmax_agreement": round(float((argmax == base["argmax"]).float().mean()), 4),
@@ -172,6 +184,7 @@ def run(args) -> int:
               f"compress {row['compress_seconds']:.2f} s")
         return row
 
-    config = {k: getattr(args, k) for k in ("checkpoint", "policies", "budgets", "context", "decode", "ppl_context", "windows")}
+    config = {k: getattr(args, k) for k in ("checkpoint", "policies", "budgets", "context", "decode", "ppl_context",
+                                            "windows", "slack")}
     code, _ = run_items("kv", config, items, measure, args)
     return code

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ... import attention
-from ..machine import gemm_gflops
+from .. import machine
 from ..memory import require
 from ..options import UsageError, ints, positive_int
 from ..runner import run_items
@@ -48,7 +48,7 @@ def run(args) -> int:
         require(2.2 * _kv_bytes(b, kv_heads, max(args.n), args.head_dim), f"bench lean at batch {b}")
     torch.set_num_threads(args.threads)
     print(f"attnkit bench lean: H={args.heads} kv_heads={kv_heads} D={args.head_dim} fp32 threads={args.threads} "
-          f"workers={args.workers}; GEMM {gemm_gflops():.0f} GFLOP/s; load average {os.getloadavg()[0]:.1f}")
+          f"workers={args.workers}; GEMM {machine.gemm_gflops():.0f} GFLOP/s; load average {os.getloadavg()[0]:.1f}")
     config = {"n": args.n, "batch": args.batch, "heads": args.heads, "kv_heads": kv_heads, "head_dim": args.head_dim,
               "workers": args.workers, "tile": args.tile, "threads": args.threads, "repeats": args.repeats}
     items = [{"batch": b, "n": n} for b in args.batch for n in args.n]

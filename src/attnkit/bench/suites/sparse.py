@@ -82,7 +82,7 @@ def sparsity(mechanism: str, params: dict, n: int, rows: slice) -> float:
     return 1.0 - kept / causal
 
 
-def model_config(c: dict, vocab: int, mixer) -> "ModelConfig":
+def model_config(c: dict, vocab: int, mixer):
     from ...models import ModelConfig
 
     return ModelConfig(vocab_size=vocab, dim=c["dim"], heads=c["heads"], schedule="F" * c["layers"],
