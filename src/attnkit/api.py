@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from . import registry
 from .cache.state import KVState
+from .state import check_state, mark_state
 from .validation import check_params, check_pattern, check_qkv, check_required_inputs, check_scale, normalise_mask
 
 
@@ -39,6 +40,8 @@ def attention(
     spec = registry.get(mechanism)
     check_qkv(q, k, v)
     incremental = return_state or state is not None
+    if state is not None and not isinstance(state, KVState):
+        check_state(state, spec.name, q)
     cross = q.shape[2] != k.shape[2] and not incremental
     check_pattern(spec, causal, cross)
     check_required_inputs(spec, params)
@@ -55,6 +58,9 @@ def attention(
             raise ValueError("incremental use (state / return_state) needs causal=True")
         if form is not None:
             raise ValueError("form= selects a one-shot form; incremental calls always use the mechanism's step form")
+        if getattr(spec.step, "one_query_per_key", False) and q.shape[2] != k.shape[2]:
+            raise ValueError(f"mechanism {spec.name!r} is a recurrence: its incremental calls take one query per new "
+                             f"key, got q with {q.shape[2]} tokens and k with {k.shape[2]}")
     if _is_empty(q, k):
         return _empty_call(q, k, v, state, incremental, return_state)
     if position is not None:
@@ -65,9 +71,20 @@ def attention(
         out, state = state.step(q, k, v, scale)
         return (out, state) if return_state else out
     if incremental:
-        out, state = spec.step(q, k, v, state, causal=causal, mask=mask, scale=scale, **params)
-        return (out, state) if return_state else out
+        out, state = _step(spec, q, k, v, state, causal=causal, mask=mask, scale=scale, **params)
+        return (out, mark_state(state, spec.name)) if return_state else out
     return spec.form(form)(q, k, v, causal=causal, mask=mask, scale=scale, **params)
+
+
+def _step(spec, q, k, v, state, **kw):
+    """The mechanism's step; its forms call the state they continue ``initial_state``, the caller wrote ``state``."""
+    try:
+        return spec.step(q, k, v, state, **kw)
+    except (ValueError, TypeError) as error:
+        message = str(error)
+        if state is None or not message.startswith("initial_state"):
+            raise
+        raise type(error)(message.replace("initial_state", "state", 1)) from error
 
 
 def _is_empty(q, k) -> bool:
