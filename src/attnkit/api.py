@@ -20,6 +20,7 @@ def attention(
     position=None,
     state=None,
     return_state: bool = False,
+    dropout_p: float = 0.0,
     **params,
 ):
     """Attention ``(B, H, Nq, D) x (B, Hkv, Nk, D) x (B, Hkv, Nk, Dv) -> (B, H, Nq, Dv)``.
@@ -35,6 +36,9 @@ def attention(
             e.g. ``RoPE(head_dim)``; positions continue across incremental calls.
         state / return_state: incremental use; feed a sequence in pieces with the
             returned state and the outputs equal one call on the whole sequence.
+        dropout_p: dropout on the attention weights, as SDPA's (apply it in training
+            only); for the forms with explicit weights (``spec.dropout_forms``: the
+            softmax family's reference, softmax's SDPA form), refused elsewhere.
         **params: the mechanism's parameters and extra tensor inputs.
     """
     spec = registry.get(mechanism)
@@ -61,6 +65,11 @@ def attention(
         if getattr(spec.step, "one_query_per_key", False) and q.shape[2] != k.shape[2]:
             raise ValueError(f"mechanism {spec.name!r} is a recurrence: its incremental calls take one query per new "
                              f"key, got q with {q.shape[2]} tokens and k with {k.shape[2]}")
+    if dropout_p:
+        params = {**params, "dropout_p": _check_dropout(spec, dropout_p, form, incremental)}
+    if position is not None and not callable(getattr(position, "apply", None)):
+        raise TypeError(f"position must be a positional encoding object from attnkit.positional, e.g. "
+                        f"attnkit.positional.RoPE({q.shape[-1]}), got {type(position).__name__} {position!r}")
     if _is_empty(q, k):
         return _empty_call(q, k, v, state, incremental, return_state)
     if position is not None:
@@ -106,6 +115,19 @@ def _empty_call(q, k, v, state, incremental, return_state):
         raise ValueError("an incremental call with no tokens and state=None has no state to return; "
                          "pass at least one token")
     return (out, state) if return_state else out
+
+
+def _check_dropout(spec, dropout_p, form, incremental) -> float:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0 <= dropout_p < 1:
+        raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
+    chosen = form if form is not None else next(iter(spec.fast), "reference")
+    if incremental or chosen not in spec.dropout_forms:
+        where = "incremental calls take" if incremental else f"form {chosen!r} of mechanism {spec.name!r} takes"
+        offer = (f"; mechanism {spec.name!r} takes it with form= one of {sorted(spec.dropout_forms)}"
+                 if spec.dropout_forms else
+                 f"; {spec.name!r} has no explicit attention weights (use e.g. 'softmax', whose default form takes it)")
+        raise ValueError(f"dropout_p: {where} no attention-weight dropout{offer}")
+    return float(dropout_p)
 
 
 def _check_cache_state(spec, state, mask):

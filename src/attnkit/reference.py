@@ -14,7 +14,8 @@ from .scores.user_mask import apply_mask
 
 
 def materialised_attention(
-    q, k, v, *, causal: bool, mask, scale: float, score_mod=None, normaliser: Normaliser = SOFTMAX
+    q, k, v, *, causal: bool, mask, scale: float, score_mod=None, normaliser: Normaliser = SOFTMAX,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     H, Nq, Nk = q.shape[1], q.shape[2], k.shape[2]
     k, v = repeat_kv(k, H), repeat_kv(v, H)
@@ -25,4 +26,7 @@ def materialised_attention(
     scores, allowed = apply_mask(scores, allowed, mask)
     if allowed is not None:
         allowed = allowed.expand_as(scores)
-    return normaliser.weights(scores, allowed) @ v
+    weights = normaliser.weights(scores, allowed)
+    if dropout_p:  # training-time dropout on the attention weights, as SDPA's dropout_p
+        weights = torch.nn.functional.dropout(weights, dropout_p)
+    return weights @ v

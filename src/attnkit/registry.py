@@ -85,6 +85,8 @@ class MechanismSpec:
     params: dict[str, Param] = field(default_factory=dict)
     # Shape and meaning of each extra tensor input; required ones missing from a call are refused with it.
     inputs: dict[str, TensorInput] = field(default_factory=dict)
+    # Forms that take ``dropout_p`` (dropout on explicit attention weights); the API refuses it elsewhere.
+    dropout_forms: frozenset = frozenset()
     tensor_inputs: TensorInputs | None = None
     tensor_inputs_per_token: tuple[str, ...] = ()
     supports_mask: bool = True
@@ -98,6 +100,10 @@ class MechanismSpec:
     test_params: dict[str, Any] = field(default_factory=dict)
     # Set when the spec stores extra metadata for a family (e.g. block size).
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __reduce__(self):
+        """Pickled by name (its forms are closures): a layer holding a spec survives ``torch.save``."""
+        return (get, (self.name,))
 
     @property
     def forms(self) -> tuple[str, ...]:

@@ -61,6 +61,7 @@ def register_score_mechanism(
     wrap_step=None,
     test_params: dict | None = None,
     mod_sees_mask: bool = False,
+    dropout_forms: tuple[str, ...] = (),
 ) -> MechanismSpec:
     """Register a mechanism from its hooks (see the module docstring).
 
@@ -85,9 +86,10 @@ def register_score_mechanism(
     def _post(out, eq):
         return postprocess(out, **eq) if postprocess is not None else out
 
-    def reference(q, k, v, *, causal, mask, scale, **kw):
+    def reference(q, k, v, *, causal, mask, scale, dropout_p=0.0, **kw):
         q, k, v, mod, norm, eq = _run(q, k, v, causal, mask, scale, kw, make_reference_mod or make_mod)
-        out = materialised_attention(q, k, v, causal=causal, mask=mask, scale=scale, score_mod=mod, normaliser=norm)
+        out = materialised_attention(q, k, v, causal=causal, mask=mask, scale=scale, score_mod=mod, normaliser=norm,
+                                     dropout_p=dropout_p)
         return _post(out, eq)
 
     def chunked(q, k, v, *, causal, mask, scale, q_chunk, kv_chunk, **kw):
@@ -118,5 +120,6 @@ def register_score_mechanism(
             tensor_inputs_per_token=tuple(tensor_inputs_per_token),
             summary=summary,
             test_params={"q_chunk": 16, "kv_chunk": 24, **(test_params or {})},
+            dropout_forms=frozenset({"reference", *dropout_forms}),
         )
     )

@@ -20,17 +20,18 @@ ATTENTION_IS_ALL = "Attention Is All You Need"
 MEMORY_EFFICIENT = "Self-attention Does Not Need O(n^2) Memory"
 
 
-def _sdpa(q, k, v, *, causal, mask, scale, **chunk_sizes_unused_by_sdpa):
-    layout = sparse_layout(q, k, causal=causal, mask=mask)  # a sparse boolean mask: skip its empty tiles
+def _sdpa(q, k, v, *, causal, mask, scale, dropout_p=0.0, **chunk_sizes_unused_by_sdpa):
+    layout = None if dropout_p else sparse_layout(q, k, causal=causal, mask=mask)  # skip a sparse mask's empty tiles
     if layout is not None:
         return block_sparse_attention(q, k, v, layout, scale=scale)
-    return sdpa_attention(q, k, v, causal=causal, mask=mask, scale=scale)
+    return sdpa_attention(q, k, v, causal=causal, mask=mask, scale=scale, dropout_p=dropout_p)
 
 
 register_score_mechanism(
     "softmax",
     papers=(ATTENTION_IS_ALL, MEMORY_EFFICIENT),
     extra_fast={"sdpa": _sdpa},
+    dropout_forms=("sdpa",),
     summary="scaled dot-product attention; SDPA fast path, chunked O(N)-memory exact path",
 )
 

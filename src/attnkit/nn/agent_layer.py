@@ -46,6 +46,10 @@ def _bias(*shape):
 
 
 class AgentAttention(nn.Module):
+    """Agent attention block (Agent Attention, Han et al.): pooled agent tokens, agent biases and a
+    depthwise convolution on V; ``(B, N, dim) -> (B, N, dim)`` over a ``grid`` of tokens. See the module docstring.
+    """
+
     paper = "Agent Attention: On the Integration of Softmax and Linear Attention"
 
     def __init__(self, dim: int, heads: int, grid: tuple[int, int], *, agents: int = 49, kernel_size: int = 3,

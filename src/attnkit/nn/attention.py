@@ -40,6 +40,26 @@ class CrossAttentionCache:
 
 
 class Attention(nn.Module):
+    """Multi-head attention over any registered mechanism: ``(B, N, dim) -> (B, N, dim)``.
+
+    Args:
+        dim: model width (input and output features).
+        heads: query heads; ``kv_heads`` (default ``heads``) key/value heads (GQA / MQA).
+        mechanism: a registered name (``attnkit.mechanisms()``; ``attnkit info NAME`` describes it).
+        head_dim: per-head width (default ``dim // heads``); ``context_dim``: width of a
+            cross-attention context (default ``dim``).
+        rope: ``True`` or a :class:`attnkit.positional.RoPE` for self-attention; ``qk_norm``:
+            RMS-normalise q and k heads; ``bias``: biases in the projections.
+        dropout: dropout on the attention weights while training (mechanisms with explicit
+            weights: the softmax family), as ``torch.nn.MultiheadAttention``'s.
+        device, dtype: where and in what dtype the parameters are made (torch's factory kwargs).
+        **mechanism_params: the mechanism's parameters, checked here against their declarations.
+
+    ``forward(x, context=None, *, causal=False, mask=None, state=None, return_state=False)``;
+    ``x`` must have the parameters' dtype (as in torch's layers: convert one side, no silent cast).
+    The layer pickles (``torch.save``) by mechanism name.
+    """
+
     def __init__(
         self,
         dim: int,
@@ -52,9 +72,14 @@ class Attention(nn.Module):
         rope=None,
         qk_norm: bool = False,
         bias: bool = False,
+        dropout: float = 0.0,
+        device=None,
+        dtype=None,
         **mechanism_params,
     ):
         super().__init__()
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
         check_int("dim", dim)
         check_int("heads", heads)
         kv_heads = heads if kv_heads is None else kv_heads
@@ -80,15 +105,22 @@ class Attention(nn.Module):
                 f"mechanism {mechanism!r} needs tensor inputs {sorted(names)} and registers no "
                 f"spec.extra['module'] factory to learn them, so it cannot run inside a layer"
             )
+        if dropout and next(iter(self.spec.fast), "reference") not in self.spec.dropout_forms:
+            raise ValueError(f"dropout: mechanism {mechanism!r}'s default form applies no attention-weight dropout; "
+                             "use dropout=0.0 or mechanism='softmax'")
+        self.dropout = float(dropout)
+        factory_kw = {"device": device, "dtype": dtype}
         self.inputs = factory(dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim) if names else None
+        if self.inputs is not None:
+            self.inputs.to(**{k: v for k, v in factory_kw.items() if v is not None})
         self.mechanism, self.dim, self.heads, self.kv_heads, self.head_dim = mechanism, dim, heads, kv_heads, head_dim
         self.context_dim = context_dim
-        self.q_proj = nn.Linear(dim, heads * head_dim, bias=bias)
-        self.k_proj = nn.Linear(context_dim, kv_heads * head_dim, bias=bias)
-        self.v_proj = nn.Linear(context_dim, kv_heads * head_dim, bias=bias)
-        self.out_proj = nn.Linear(heads * head_dim, dim, bias=bias)
-        self.q_norm = nn.RMSNorm(head_dim) if qk_norm else None
-        self.k_norm = nn.RMSNorm(head_dim) if qk_norm else None
+        self.q_proj = nn.Linear(dim, heads * head_dim, bias=bias, **factory_kw)
+        self.k_proj = nn.Linear(context_dim, kv_heads * head_dim, bias=bias, **factory_kw)
+        self.v_proj = nn.Linear(context_dim, kv_heads * head_dim, bias=bias, **factory_kw)
+        self.out_proj = nn.Linear(heads * head_dim, dim, bias=bias, **factory_kw)
+        self.q_norm = nn.RMSNorm(head_dim, **factory_kw) if qk_norm else None
+        self.k_norm = nn.RMSNorm(head_dim, **factory_kw) if qk_norm else None
         if rope is True:
             rope = RoPE(head_dim)
         elif rope is False:
@@ -116,6 +148,9 @@ class Attention(nn.Module):
         context_dim)`` otherwise. ``mask`` is as in :func:`attnkit.attention`.
         """
         check_tokens("x", x, self.dim)
+        if x.dtype != self.q_proj.weight.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but the layer's parameters are {self.q_proj.weight.dtype}; "
+                            f"convert one of them (layer.to({x.dtype}) or x.to({self.q_proj.weight.dtype}))")
         cross = context is not None or isinstance(state, CrossAttentionCache)
         if context is not None:
             check_tokens("context", context, self.context_dim)
@@ -154,9 +189,12 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
     def _params(self, x, q, k, v) -> dict:
+        params = self.mechanism_params
+        if self.dropout and self.training:
+            params = {**params, "dropout_p": self.dropout}
         if self.inputs is None:
-            return self.mechanism_params
-        return {**self.mechanism_params, **self.inputs(x, q, k, v)}
+            return params
+        return {**params, **self.inputs(x, q, k, v)}
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, heads={self.heads}, kv_heads={self.kv_heads}, head_dim={self.head_dim}, "

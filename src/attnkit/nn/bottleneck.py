@@ -37,6 +37,10 @@ def _padding(mask, inputs):
 
 
 class PoolingByMultiheadAttention(nn.Module):
+    """Set Transformer's pooling by multihead attention: ``seeds`` learned queries
+    cross-attend to the input set. See the module docstring.
+    """
+
     def __init__(self, dim: int, heads: int, seeds: int = 1, *, mechanism: str = "softmax", **mechanism_params):
         super().__init__()
         check_int("seeds", seeds)
@@ -56,6 +60,10 @@ class PoolingByMultiheadAttention(nn.Module):
 
 
 class PerceiverEncoder(nn.Module):
+    """Perceiver encoder: a learned latent array cross-attends to the input, then self-attends
+    for ``latent_layers`` layers, ``iterations`` times. See the module docstring.
+    """
+
     def __init__(self, input_dim: int, latent_dim: int, num_latents: int, *, cross_heads: int = 1,
                  latent_heads: int = 4, latent_layers: int = 2, iterations: int = 1, mechanism: str = "softmax",
                  **mechanism_params):

@@ -21,6 +21,10 @@ from ..validation import check_tokens
 
 
 class DecoupledCrossAttention(nn.Module):
+    """IP-Adapter's decoupled cross-attention: a text cross-attention plus a separate image
+    cross-attention whose output is added with weight ``scale``. See the module docstring.
+    """
+
     def __init__(self, text_attention: Attention, image_dim: int, *, scale: float = 1.0):
         super().__init__()
         if not isinstance(text_attention, Attention):

@@ -37,6 +37,10 @@ class FLattenState:
 
 
 class FocusedLinearAttention(nn.Module):
+    """FLatten's focused linear attention block with its rank-restoring depthwise convolution;
+    ``(B, N, dim) -> (B, N, dim)``. See the module docstring.
+    """
+
     paper = "FLatten Transformer: Vision Transformer using Focused Linear Attention"
 
     def __init__(self, dim: int, heads: int, *, kernel_size: int = 5, grid: tuple[int, int] | None = None,

@@ -40,6 +40,10 @@ def allocate_queries(norms: torch.Tensor, heads: int, *, min_max: bool) -> list[
 
 
 class KeyDrivenGQA(Attention):
+    """Key-driven grouped-query attention (KDGQA, and DGQA with ``mode``): query heads are
+    allocated to kv heads by key norms. See the module docstring.
+    """
+
     def __init__(self, dim: int, heads: int, kv_heads: int, *, mode: str = "kdgqa", beta: float = 0.9, **kwargs):
         super().__init__(dim, heads, kv_heads=kv_heads, **kwargs)
         if mode not in ("kdgqa", "dgqa"):

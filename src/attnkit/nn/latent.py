@@ -69,6 +69,10 @@ class LatentCache:
 
 
 class MultiHeadLatentAttention(nn.Module):
+    """Multi-head latent attention (MLA, DeepSeek-V2): keys and values from a compressed
+    ``kv_latent``, decoupled RoPE on ``rope_dim`` channels. See the module docstring.
+    """
+
     def __init__(self, dim: int, heads: int, *, head_dim: int, kv_latent: int, rope_dim: int = 16,
                  q_latent: int | None = None, mechanism: str = "softmax", rope_base: float = 10000.0,
                  attention_form: str | None = None, **mechanism_params):

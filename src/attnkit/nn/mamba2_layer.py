@@ -37,6 +37,10 @@ class Mamba2State:
 
 
 class Mamba2Layer(nn.Module):
+    """The Mamba-2 block around the SSD mechanism (projections, short convolution, gating);
+    ``(B, N, dim) -> (B, N, dim)``. See the module docstring.
+    """
+
     paper = "Transformers are SSMs: Generalized Models and Efficient Algorithms Through Structured State Space Duality"
 
     def __init__(self, dim: int, *, head_dim: int = 64, state_dim: int = 64, expand: int = 2, conv_kernel: int = 4,

@@ -36,6 +36,10 @@ from ..validation import check_int, check_params, check_tokens
 
 
 class MixtureOfAttentionHeads(nn.Module):
+    """Mixture of Attention Heads (MoA, Zhang et al.): ``top_k`` of ``experts`` query/output
+    projections per token over shared keys and values. See the module docstring.
+    """
+
     def __init__(self, dim: int, experts: int, top_k: int, head_dim: int, *, mechanism: str = "softmax",
                  **mechanism_params):
         super().__init__()

@@ -29,6 +29,10 @@ from ..validation import check_int
 
 
 class MixtureOfHeads(Attention):
+    """Mixture-of-Head attention (MoH, Jin et al.): ``shared_heads`` always on plus ``active_heads``
+    routed per token. See the module docstring.
+    """
+
     def __init__(self, dim: int, heads: int, *, shared_heads: int, active_heads: int, **kwargs):
         super().__init__(dim, heads, **kwargs)
         check_int("shared_heads", shared_heads, minimum=0)

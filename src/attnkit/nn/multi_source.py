@@ -33,6 +33,10 @@ STRATEGIES = ("serial", "parallel", "flat", "hierarchical")
 
 
 class MultiSourceCrossAttention(nn.Module):
+    """Cross-attention over several sources combined by ``strategy`` (Libovický et al.'s flat,
+    parallel, serial and hierarchical). See the module docstring.
+    """
+
     def __init__(self, dim: int, heads: int, source_dims, *, strategy: str = "parallel", mechanism: str = "softmax",
                  bias: bool = False, **mechanism_params):
         super().__init__()

@@ -22,6 +22,10 @@ from ..validation import check_int, check_params
 
 
 class MultiheadAttention(nn.Module):
+    """A drop-in for ``torch.nn.MultiheadAttention`` (same arguments and outputs) backed by any
+    attnkit ``mechanism``. See the module docstring.
+    """
+
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
                  kdim=None, vdim=None, batch_first=False, device=None, dtype=None, *, mechanism="softmax",
                  **mechanism_params):

@@ -22,6 +22,10 @@ from ..validation import check_int, check_tokens
 
 
 class NystromAttention(nn.Module):
+    """Nyströmformer's attention block: landmark attention plus the skip convolution on V;
+    ``(B, N, dim) -> (B, N, dim)``. See the module docstring.
+    """
+
     paper = "Nyströmformer: A Nyström-Based Algorithm for Approximating Self-Attention"
 
     def __init__(self, dim: int, heads: int, *, landmarks: int = 64, iterations: int = 6,

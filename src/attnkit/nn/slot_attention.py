@@ -26,6 +26,10 @@ from ..validation import check_int, check_tokens
 
 
 class SlotAttention(nn.Module):
+    """Slot Attention (Locatello et al.): ``num_slots`` slots compete for the inputs over
+    ``iters`` rounds of attention normalised over slots. See the module docstring.
+    """
+
     def __init__(self, num_slots: int, dim: int, *, input_dim: int | None = None, iters: int = 3,
                  hidden_dim: int = 128, eps: float = 1e-8):
         super().__init__()

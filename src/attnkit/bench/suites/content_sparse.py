@@ -1,0 +1,188 @@
+"""``attnkit bench content-sparse``: NSA and MoBA against dense causal SDPA: time, memory, density, recall.
+
+B=1, H=8 query heads, 2 kv heads (NSA shares a selection across a GQA group;
+MoBA selects per head), D=64, fp32, causal, on random inputs. At each N, in one
+process and in turns (:func:`attnkit.bench.timing.timings`):
+
+- time of the forward and of forward + backward (gradients of q, k, v and, for
+  NSA, of its gates and compression MLPs), selection included, against
+  ``F.scaled_dot_product_attention(..., is_causal=True, enable_gqa=True)``;
+  reported as the ratio ``t_sdpa / t_mechanism``;
+- density: the mechanism's attention work (its FLOP count, ``spec.flops``:
+  NSA's three branches, MoBA's selected blocks and gates) over dense causal
+  attention's;
+- recall: the share of dense causal attention's softmax mass that falls on the
+  keys the mechanism attends to exactly (MoBA: its selected blocks; NSA: its
+  selected blocks and its window; the compressed branch is not counted), on
+  ``--recall-queries`` query positions evenly spread over the sequence;
+- peak memory (``--memory``): forward + backward in a fresh subprocess, in MiB
+  and as a multiple of the q, k, v bytes.
+
+Parameters are the papers' defaults: NSA ``l=32, d=16, l'=64, n=16, w=512``
+(compression MLP hidden size 64), MoBA ``block_size=512, top_k=3``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from ..memory import MALLOC_ENV, peak_mb
+from ..options import ints, names, positive_int
+from ..runner import run_items
+from ..timing import median_times
+
+NAME = "content-sparse"
+THREADS = 2
+B, H, HKV, D = 1, 8, 2, 64
+FULL_SIZES = [4096, 8192, 16384, 32768]
+QUICK_SIZES = [1024, 2048]
+MECHANISMS = ("nsa", "moba")
+
+
+def inputs(name: str, n: int, requires_grad: bool, device="cpu"):
+    """q, k, v and the mechanism's tensor inputs at the papers' defaults (NSA's compression block 32)."""
+    from attnkit.families.nsa import nsa_inputs
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(B, H, n, D, generator=g)
+    k, v = (torch.randn(B, HKV, n, D, generator=g) for _ in range(2))
+    extra = nsa_inputs(q, k, v, g, compress_block=32) if name == "nsa" else {}
+    leaves = [q, k, v, *extra.values()]
+    leaves = [t.to(device).requires_grad_(requires_grad) for t in leaves]
+    return leaves[0], leaves[1], leaves[2], dict(zip(extra, leaves[3:]))
+
+
+def _call(name, q, k, v, extra, backward):
+    import attnkit
+
+    def run():
+        with torch.set_grad_enabled(backward):
+            if name == "sdpa":
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            else:
+                out = attnkit.attention(q, k, v, name, causal=True, **extra)
+            if backward:
+                out.sum().backward()
+        for t in (q, k, v, *extra.values()):
+            t.grad = None
+
+    return run
+
+
+def speed(n: int, mechanisms, backward: bool, repeats: int, device="cpu") -> dict:
+    calls = {}
+    for name in ("sdpa", *mechanisms):
+        q, k, v, extra = inputs(name, n, backward, device)
+        calls[name] = _call(name, q, k, v, extra, backward)
+    t = dict(zip(calls, median_times(list(calls.values()), repeats)))
+    row = {f"t_{m}": s for m, s in t.items()}
+    row.update({f"speedup_{m}": t["sdpa"] / t[m] for m in mechanisms})
+    parts = "  ".join(f"{m} {t[m]:7.2f} s ({row[f'speedup_{m}']:5.2f}x)" for m in mechanisms)
+    print(f"N={n:>6} {'fwd+bwd' if backward else 'fwd    '}  sdpa {t['sdpa']:7.2f} s  {parts}", flush=True)
+    return row
+
+
+def _attended(name, q, k, v, extra, rows):
+    """Boolean ``(B, H, len(rows), N)``: the keys each sampled query attends to exactly."""
+    from attnkit.families.moba import moba_selection
+    from attnkit.families.nsa import nsa_selection
+
+    n = q.shape[2]
+    if name == "moba":
+        sel = moba_selection(q, k, block_size=512, top_k=3)
+    else:
+        sel = nsa_selection(q, k, v, **extra)
+    hit = torch.zeros(*sel.blocks.shape[:2], len(rows), sel.n_key_blocks + 1, dtype=torch.bool, device=q.device)
+    part = sel.blocks[:, :, rows]
+    hit.scatter_(3, torch.where(sel.valid[:, :, rows], part, sel.n_key_blocks), True)
+    keys = hit[..., :-1].repeat_interleave(sel.block_k, dim=3)[..., :n].repeat_interleave(H // sel.groups, dim=1)
+    kpos = torch.arange(n, device=q.device)
+    past = kpos <= rows[:, None]
+    if name == "nsa":
+        keys = keys | (kpos > rows[:, None] - 512)
+    return keys & past
+
+
+def quality(name: str, n: int, queries: int, device="cpu") -> dict:
+    """Density (work / dense causal work) and recall (dense softmax mass on the attended keys) at ``n``."""
+    import attnkit
+    from attnkit.registry import dense_flops
+
+    q, k, v, extra = inputs(name, n, False, device)
+    spec = attnkit.spec(name)
+    density = spec.flops(B, H, n, n, D, True, **spec.defaults) / dense_flops(B, H, n, n, D, True)
+    rows = torch.linspace(0, n - 1, min(queries, n), device=q.device).round().long().unique()
+    with torch.no_grad():
+        scores = (q[:, :, rows] @ k.repeat_interleave(H // HKV, dim=1).transpose(-1, -2)) * D ** -0.5
+        past = torch.arange(n, device=q.device) <= rows[:, None]
+        p = torch.softmax(scores.masked_fill(~past, float("-inf")), dim=-1)
+        recall = float((p * _attended(name, q, k, v, extra, rows)).sum(-1).mean())
+    print(f"N={n:>6} {name:5s} density {density:.4f}  recall {recall:.3f} ({len(rows)} queries)", flush=True)
+    return {"density": density, "recall": recall, "queries": len(rows)}
+
+
+def child(name: str, n: int, threads: int) -> None:
+    """Forward + backward of one mechanism in this (fresh) process; prints its peak memory above the inputs."""
+    torch.set_num_threads(threads)
+    q, k, v, extra = inputs(name, n, True)
+    _, peak = peak_mb(_call(name, q, k, v, extra, True))
+    print(json.dumps({"peak_mb": round(peak, 1)}))
+
+
+def memory(name: str, n: int, threads: int) -> dict:
+    cmd = [sys.executable, "-m", "attnkit.bench.suites.content_sparse", "--child", name, str(n), str(threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, **MALLOC_ENV})
+    mb = json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
+    qkv_mb = B * (H + 2 * HKV) * n * D * 4 / 2**20
+    print(f"N={n:>6} {name:5s} fwd+bwd peak {mb:8.1f} MB = {mb / qkv_mb:5.2f} x q,k,v bytes", flush=True)
+    return {"peak_mb": mb, "qkv_mb": qkv_mb, "peak_over_qkv": mb / qkv_mb}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--quick", action="store_true", help=f"N in {QUICK_SIZES} instead of {FULL_SIZES}")
+    parser.add_argument("--n", type=ints, default=None, help="comma list of sequence lengths")
+    parser.add_argument("--mechanisms", type=names, default=list(MECHANISMS), help="comma list from nsa,moba")
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--recall-queries", type=positive_int, default=256, help="query positions sampled for recall")
+    parser.add_argument("--no-forward", action="store_true", help="time forward + backward only")
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory in subprocesses (CPU)")
+
+
+def run(args) -> int:
+    sizes = args.n or (QUICK_SIZES if args.quick else FULL_SIZES)
+    unknown = sorted(set(args.mechanisms) - set(MECHANISMS))
+    if unknown:
+        from ..options import UsageError
+
+        raise UsageError(f"--mechanisms: unknown {unknown}; expected names from {list(MECHANISMS)}")
+    items = []
+    for n in sizes:
+        items += [{"section": "quality", "N": n, "mechanism": m} for m in args.mechanisms]
+        items += [{"section": "speed", "N": n, "backward": b} for b in ((True,) if args.no_forward else (False, True))]
+        if args.memory and args.device == "cpu":
+            items += [{"section": "memory", "N": n, "mechanism": m} for m in args.mechanisms]
+    config = {"sizes": sizes, "mechanisms": args.mechanisms, "repeats": args.repeats, "device": args.device,
+              "B": B, "H": H, "Hkv": HKV, "D": D}
+    print(f"attnkit bench content-sparse: B={B} H={H} Hkv={HKV} D={D} fp32 causal, device {args.device}")
+
+    def measure(item):
+        if item["section"] == "quality":
+            return quality(item["mechanism"], item["N"], args.recall_queries, args.device)
+        if item["section"] == "speed":
+            return speed(item["N"], args.mechanisms, item["backward"], args.repeats, args.device)
+        return memory(item["mechanism"], item["N"], torch.get_num_threads())
+
+    code, _ = run_items("content-sparse", config, items, measure, args)
+    return code
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        raise SystemExit("usage: python -m attnkit.bench.suites.content_sparse --child NAME N THREADS")

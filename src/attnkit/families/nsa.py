@@ -1,0 +1,242 @@
+"""NSA: Native Sparse Attention (Yuan et al., "Native Sparse Attention: Hardware-Aligned and Natively
+Trainable Sparse Attention", DeepSeek 2025).
+
+Each query ``q_t`` attends through three branches, mixed by learned gates::
+
+    o_t = sum_{c in {cmp, slc, win}} g_t^c Attn(q_t, K~_t^c, V~_t^c)              (5)
+
+- compression: blocks of ``l`` keys every ``d`` tokens, each mapped to one key by
+  a learned MLP ``phi`` with an intra-block position encoding::
+
+      K~_t^cmp = { phi(k_{id+1 : id+l}) | 0 <= i <= floor((t - l) / d) }             (7)
+
+- selection: the blocks of ``l'`` keys scored by the compression branch's own
+  attention weights ``p_t^cmp = Softmax(q_t^T K~_t^cmp)`` (8), mapped to the
+  selection blocks (9), summed over the query heads of a GQA group (10); the
+  group's tokens attend to the top-``n`` blocks' keys (11-12);
+- sliding window: the last ``w`` keys ``k_{t-w+1 : t}``.
+
+Defaults are the paper's: ``l = 32, d = 16, l' = 64, n = 16`` (the initial block
+and two local blocks always among the 16), ``w = 512``.
+
+Conventions where the paper leaves a choice (they do not change the equations):
+``phi`` is ``W2 relu(W1 vec(block + P))``, one MLP for keys and one for values
+shared by all heads, ``l`` given by the position encoding's length (the tensor
+inputs ``k_pos (l, D), k_w1 (l D, hidden), k_w2 (hidden, D)`` and the same for
+values); equation 9 is read with 0-based block numbers (each compressed block
+counts once per stride segment it shares with the selection block); the local
+blocks are the query's block and the one before it; a compressed block is
+visible once its last key is; ties between block scores go to the earlier
+block (so a float32 and a float64 call choose the same blocks unless two scores
+are within float32 rounding of each other); the gates
+``gates (B, H, N, 3)`` (compression, selection, window) are given already
+squashed (inside ``attnkit.nn.Attention(..., mechanism="nsa")``, the module
+:class:`attnkit.nn.nsa_inputs.NSAInputs` computes them with a linear map and a
+sigmoid). Top-n is not differentiable; gradients reach the compression MLP
+through the compression branch and the gates.
+
+Forms: ``reference`` (every branch materialised) and ``sparse`` (the compression
+branch in query chunks, recomputed in the backward; the selection branch on the
+run-time block selection kernel, one selection per token and kv group; the
+window on the block-sparse kernel): ``O(N (N/d + n l' + w))`` time, ``O(N)``
+memory. Incremental decode runs the fast form against the KV cache.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from ..kernels.block_sparse import block_sparse_attention
+from ..kernels.nsa_branches import (block_importance, compress, compressed_count, compressed_visible,
+                                    compressed_weights, top_blocks)
+from ..kernels.positions import query_positions, repeat_kv
+from ..kernels.selected_blocks import selected_block_attention
+from ..masks.layout import build_layout
+from ..masks.selection import block_selection
+from ..masks.window import sliding_window
+from ..reference import materialised_attention
+from ..params import Param, TensorInput
+from ..registry import MechanismSpec, register
+from ..validation import check_int, check_tensor
+from ..state import kv_cache_step
+
+PAPER = "Native Sparse Attention: Hardware-Aligned and Natively Trainable Sparse Attention"
+INPUTS = ("k_pos", "k_w1", "k_w2", "v_pos", "v_w1", "v_w2")
+
+
+def nsa_inputs(q, k, v, generator=None, *, compress_block: int = 32, hidden: int | None = None) -> dict:
+    """Example tensor inputs (gates and compression MLPs) for given q, k, v; float64 when q is."""
+    B, H, N, D = q.shape
+    Dv = v.shape[3]
+    out = {"gates": torch.rand(B, H, N, 3, generator=generator, dtype=q.dtype).to(q.device)}
+    for name, E in (("k", D), ("v", Dv)):
+        width = hidden or E
+        out[f"{name}_pos"] = (0.1 * torch.randn(compress_block, E, generator=generator, dtype=q.dtype)).to(q.device)
+        w1 = torch.randn(compress_block * E, width, generator=generator, dtype=q.dtype) / math.sqrt(compress_block * E)
+        out[f"{name}_w1"] = w1.to(q.device)
+        out[f"{name}_w2"] = (torch.randn(width, E, generator=generator, dtype=q.dtype) / math.sqrt(width)).to(q.device)
+    return out
+
+
+def _check(q, v, gates, tensors, compress_stride, select_block, select_count, window):
+    for name, value, minimum in (("compress_stride", compress_stride, 1), ("select_block", select_block, 1),
+                                 ("select_count", select_count, 3), ("window", window, 1)):
+        check_int(name, value, minimum=minimum)
+    B, H, Nq, D = q.shape
+    check_tensor("gates", gates, (B, H, Nq, 3), q)
+    pos = tensors["k_pos"]
+    if not isinstance(pos, torch.Tensor) or pos.ndim != 2:
+        raise ValueError("k_pos must be a tensor (compress_block, head_dim): the intra-block position encoding")
+    block = pos.shape[0]
+    for name, E in (("k", D), ("v", v.shape[3])):
+        w1 = tensors[f"{name}_w1"]
+        hidden = w1.shape[1] if isinstance(w1, torch.Tensor) and w1.ndim == 2 else -1
+        check_tensor(f"{name}_pos", tensors[f"{name}_pos"], (block, E), q)
+        check_tensor(f"{name}_w1", w1, (block * E, hidden), q)
+        check_tensor(f"{name}_w2", tensors[f"{name}_w2"], (hidden, E), q)
+    if block % compress_stride or select_block % compress_stride:
+        raise ValueError(f"compress_stride={compress_stride} must divide the compression block (k_pos has "
+                         f"{block} rows) and select_block={select_block}")
+    return block
+
+
+def _compressed_kv(k, v, tensors, block, stride):
+    kc = compress(k, tensors["k_pos"], tensors["k_w1"], tensors["k_w2"], block=block, stride=stride)
+    vc = compress(v, tensors["v_pos"], tensors["v_w1"], tensors["v_w2"], block=block, stride=stride)
+    return kc, vc
+
+
+def _mix(gates, *branches):
+    return sum(gates[..., c : c + 1] * o for c, o in enumerate(branches))
+
+
+def _reference(q, k, v, *, causal, mask, scale, compress_stride, select_block, select_count, window, gates, **tensors):
+    block = _check(q, v, gates, tensors, compress_stride, select_block, select_count, window)
+    B, H, Nq, _ = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    kc, vc = _compressed_kv(k, v, tensors, block, compress_stride)
+    visible = compressed_visible(query_positions(Nq, Nk, q.device), kc.shape[2], block, compress_stride)
+    p_cmp = compressed_weights(q, kc, visible, scale)
+    o_cmp = p_cmp @ repeat_kv(vc, H)
+    n_blocks = -(-Nk // select_block)
+    importance = block_importance(p_cmp, Hkv, n_blocks, block=block, stride=compress_stride, select_block=select_block)
+    blocks, valid = top_blocks(importance, Nq, Nk, select_block=select_block, count=select_count)
+    chosen = torch.zeros(B, Hkv, Nq, n_blocks + 1, dtype=torch.bool, device=q.device)
+    chosen.scatter_(3, torch.where(valid, blocks, n_blocks), True)
+    kpos = torch.arange(Nk, device=q.device)
+    qpos = query_positions(Nq, Nk, q.device)[:, None]
+    past = kpos <= qpos
+    slc = repeat_kv(chosen[..., kpos // select_block], H) & past
+    o_slc = materialised_attention(q, k, v, causal=False, mask=slc, scale=scale)
+    o_win = materialised_attention(q, k, v, causal=False, mask=past & (kpos > qpos - window), scale=scale)
+    return _mix(gates, o_cmp, o_slc, o_win)
+
+
+def _compression_chunk(qpos, scale, block, stride, n_blocks, select_block):
+    """The compression branch for the queries at ``qpos``: output (differentiable) and block importance (not)."""
+
+    def run(qc, kc, vc):
+        seen = min(kc.shape[2], compressed_count(int(qpos[-1]) + 1, block, stride))  # no later block is visible
+        kc, vc = kc[:, :, :seen], vc[:, :, :seen]
+        p = compressed_weights(qc, kc, compressed_visible(qpos, seen, block, stride), scale)
+        importance = block_importance(p.detach(), kc.shape[1], n_blocks, block=block, stride=stride,
+                                      select_block=select_block)
+        return p @ repeat_kv(vc, qc.shape[1]), importance
+
+    return run
+
+
+def _compression_pass(q, kc, vc, *, scale, block, stride, select_block, n_blocks, kv_len, chunk):
+    """The compression branch's output (each query chunk recomputed in the backward) and the block importance."""
+    qpos = query_positions(q.shape[2], kv_len, q.device)
+    outs, importance = [], []
+    for c0 in range(0, q.shape[2], chunk):
+        run = _compression_chunk(qpos[c0 : c0 + chunk], scale, block, stride, n_blocks, select_block)
+        args = (q[:, :, c0 : c0 + chunk], kc, vc)
+        o, imp = checkpoint(run, *args, use_reentrant=False) if torch.is_grad_enabled() else run(*args)
+        outs.append(o)
+        importance.append(imp)
+    return torch.cat(outs, dim=2), torch.cat(importance, dim=2)
+
+
+def _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window, chunk):
+    block = _check(q, v, gates, tensors, compress_stride, select_block, select_count, window)
+    Nq, Nk = q.shape[2], k.shape[2]
+    kc, vc = _compressed_kv(k, v, tensors, block, compress_stride)
+    o_cmp, importance = _compression_pass(q, kc, vc, scale=scale, block=block, stride=compress_stride,
+                                          select_block=select_block, n_blocks=-(-Nk // select_block), kv_len=Nk,
+                                          chunk=chunk)
+    blocks, valid = top_blocks(importance, Nq, Nk, select_block=select_block, count=select_count)
+    return o_cmp, block_selection(blocks, valid, block_q=1, block_k=select_block, q_len=Nq, kv_len=Nk)
+
+
+def nsa_selection(q, k, v, *, gates, scale=None, compress_stride=16, select_block=64, select_count=16, window=512,
+                  chunk: int = 512, **tensors):
+    """The blocks NSA's selection branch attends to, as a :class:`~attnkit.masks.selection.BlockSelection`
+    with one row per token and kv group (for measuring density and recall)."""
+    with torch.no_grad():
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        return _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window,
+                          chunk)[1]
+
+
+def _sparse(q, k, v, *, causal, mask, scale, compress_stride, select_block, select_count, window, gates,
+            chunk: int = 512, **tensors):
+    o_cmp, sel = _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window,
+                            chunk)
+    B, H, Nq, _ = q.shape
+    o_slc = selected_block_attention(q, k, v, sel, scale=scale, causal=True)
+    layout = build_layout(sliding_window(window - 1, 0), batch=B, heads=H, q_len=Nq, kv_len=k.shape[2],
+                          device=q.device)
+    o_win = block_sparse_attention(q, k, v, layout, scale=scale)
+    return _mix(gates, o_cmp, o_slc, o_win)
+
+
+def _module(*, dim, heads, kv_heads, head_dim):
+    from ..nn.nsa_inputs import NSAInputs
+
+    return NSAInputs(dim, heads, head_dim)
+
+
+def _flops(batch, heads, q_len, kv_len, head_dim, causal, compress_stride=16, select_block=64, select_count=16,
+           window=512, compress_block=32, **_):
+    """Forward FLOPs of the three branches' attention (4 * pairs * head_dim each; the MLP not counted)."""
+    pos = torch.arange(kv_len - q_len, kv_len)
+    cmp_pairs = ((pos - compress_block) // compress_stride + 1).clamp(min=0).sum()
+    slc_pairs = (pos + 1).clamp(max=select_count * select_block).sum()
+    win_pairs = (pos + 1).clamp(max=window).sum()
+    return 4 * batch * heads * head_dim * int(cmp_pairs + slc_pairs + win_pairs)
+
+
+register(MechanismSpec(
+    name="nsa",
+    family="content-sparse",
+    papers=(PAPER,),
+    patterns=frozenset({"causal-self"}),
+    reference=_reference,
+    fast={"sparse": _sparse},
+    step=kv_cache_step(_sparse),
+    params={"compress_stride": Param(16, int, "tokens between compressed blocks (d)", low=1),
+            "select_block": Param(64, int, "keys per selection block (l')", low=1),
+            "select_count": Param(16, int, "selected blocks per token, initial and two local included (n)", low=3),
+            "window": Param(512, int, "keys of the sliding-window branch, the query's own included (w)", low=1)},
+    test_params={"compress_stride": 8, "select_block": 16, "select_count": 4, "window": 8},
+    inputs={
+        "gates": TensorInput("(B, H, N, 3)", "per-token gates in [0, 1] of the compression, selection and window branches"),
+        "k_pos": TensorInput("(l, D)", "intra-block position encoding added to each block of l keys (l: compression block)"),
+        "k_w1": TensorInput("(l * D, hidden)", "first layer of the key compression MLP"),
+        "k_w2": TensorInput("(hidden, D)", "second layer of the key compression MLP"),
+        "v_pos": TensorInput("(l, Dv)", "intra-block position encoding added to each block of l values"),
+        "v_w1": TensorInput("(l * Dv, hidden)", "first layer of the value compression MLP"),
+        "v_w2": TensorInput("(hidden, Dv)", "second layer of the value compression MLP"),
+    },
+    tensor_inputs=lambda q, k, v, g: nsa_inputs(q, k, v, g, compress_block=16),
+    tensor_inputs_per_token=("gates",),
+    supports_mask=False,
+    flops=_flops,
+    extra={"module": _module},
+    complexity="O(N (N / compress_stride + select_count select_block + window))",
+    summary="compressed blocks + top-n selected blocks (GQA-shared) + sliding window, mixed by gates",
+))

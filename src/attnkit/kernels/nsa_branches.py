@@ -1,0 +1,84 @@
+"""The pieces of Native Sparse Attention shared by its reference and its fast form.
+
+- :func:`compress`: the learned block compression ``phi`` (blocks of ``l`` keys
+  or values every ``d`` tokens, an intra-block position encoding added, then a
+  two-layer ReLU MLP to one vector);
+- :func:`compressed_weights`: the compression branch's attention weights over
+  the compressed keys, causal: a compressed block is seen once all its keys are;
+- :func:`block_importance`: the selection scores of the blocks of ``l'`` keys
+  from the compression weights (equation 9 of the paper), summed over the query
+  heads of a GQA group (equation 10);
+- :func:`top_blocks`: the top-``n`` blocks per token and kv group, the initial
+  block and the two local blocks always among them.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .positions import query_positions
+
+
+def compress(x, pos, w1, w2, *, block: int, stride: int) -> torch.Tensor:
+    """``phi``: ``(B, Hkv, N, E)`` -> ``(B, Hkv, n_cmp, E)``, block ``i`` covering tokens ``i*stride .. i*stride+block-1``."""
+    B, Hkv, N, E = x.shape
+    n = compressed_count(N, block, stride)
+    if n == 0:
+        return x.new_zeros(B, Hkv, 0, w2.shape[1])
+    blocks = x[:, :, : (n - 1) * stride + block].unfold(2, block, stride)  # (B, Hkv, n, E, block)
+    flat = (blocks.transpose(-1, -2) + pos).reshape(B, Hkv, n, block * E)
+    return F.relu(flat @ w1) @ w2
+
+
+def compressed_count(n_tokens: int, block: int, stride: int) -> int:
+    return 0 if n_tokens < block else (n_tokens - block) // stride + 1
+
+
+def compressed_visible(qpos, n_cmp: int, block: int, stride: int) -> torch.Tensor:
+    """``(len(qpos), n_cmp)``: compressed block ``i`` is visible to a query at or after its last key ``i*stride+block-1``."""
+    return torch.arange(n_cmp, device=qpos.device) * stride + block - 1 <= qpos[:, None]
+
+
+def compressed_weights(q, kc, visible, scale: float) -> torch.Tensor:
+    """Softmax of ``q . kc`` over the visible compressed blocks, ``(B, H, Nq, n_cmp)``; none visible: zeros."""
+    B, H, Nq, D = q.shape
+    Hkv, n = kc.shape[1], kc.shape[2]
+    if n == 0:
+        return q.new_zeros(B, H, Nq, 0)
+    s = (q.reshape(B, Hkv, H // Hkv * Nq, D) @ (kc * scale).transpose(-1, -2)).view(B, H, Nq, n)
+    s = s.masked_fill(~visible, float("-inf"))
+    top = s.amax(-1, keepdim=True).clamp(min=torch.finfo(s.dtype).min)
+    e = torch.exp(s - top)
+    return e / e.sum(-1, keepdim=True).clamp(min=torch.finfo(s.dtype).tiny)
+
+
+def block_importance(p_cmp, kv_heads: int, n_blocks: int, *, block: int, stride: int, select_block: int):
+    """Equations 9-10: ``(B, H, Nq, n_cmp)`` -> ``(B, Hkv, Nq, n_blocks)``.
+
+    Each compressed block counts once per stride segment it shares with a
+    selection block: ``p_slc[j] = sum_{m < l'/d} sum_{n < l/d} p_cmp[(l'/d) j + m - n]``
+    (the paper's equation with 0-based block numbers).
+    """
+    B, H, Nq, n = p_cmp.shape
+    per_block, span = select_block // stride, block // stride
+    segments = n_blocks * per_block
+    seg = p_cmp.new_zeros(B, H, Nq, segments + span)
+    for shift in range(span):  # a compressed block i covers segments i .. i + span - 1
+        seg[..., shift : shift + min(n, segments + span - shift)] += p_cmp[..., : segments + span - shift]
+    p_slc = seg[..., :segments].reshape(B, H, Nq, n_blocks, per_block).sum(-1)
+    return p_slc.view(B, kv_heads, H // kv_heads, Nq, n_blocks).sum(2)
+
+
+def top_blocks(importance, q_len: int, kv_len: int, *, select_block: int, count: int):
+    """The ``count`` best blocks per (batch, kv group, token) among those begun by the token: block 0 and the
+    token's block and the one before always; ties go to the earlier block. Returns ``(blocks, valid)``."""
+    device = importance.device
+    n_blocks = importance.shape[-1]
+    current = query_positions(q_len, kv_len, device) // select_block
+    j = torch.arange(n_blocks, device=device)
+    forced = (j == 0) | (j == current[:, None]) | (j == current[:, None] - 1)
+    begun = j <= current[:, None]
+    score = torch.where(forced, float("inf"), importance.double()).masked_fill(~begun, float("-inf"))
+    ordered, index = score.sort(dim=-1, descending=True, stable=True)
+    keep = min(count, n_blocks)
+    return index[..., :keep], ordered[..., :keep] > float("-inf")

@@ -1,0 +1,13 @@
+"""attnkit bench content-sparse at a tiny size: every figure is stored, densities and recalls are fractions."""
+from .stored import run_suite
+
+
+def test_content_sparse_stores_time_density_and_recall(tmp_path):
+    _, rows = run_suite(tmp_path, "content-sparse", "--n", "600", "--repeats", "1", "--recall-queries", "16")
+    quality = [r for r in rows if r["section"] == "quality"]
+    speed = [r for r in rows if r["section"] == "speed"]
+    assert sorted(r["mechanism"] for r in quality) == ["moba", "nsa"]
+    for r in quality:
+        assert 0 < r["recall"] <= 1 + 1e-6 and r["density"] > 0 and r["queries"] == 16
+    assert sorted(r["backward"] for r in speed) == [False, True]
+    assert all(r["speedup_nsa"] > 0 and r["speedup_moba"] > 0 and r["t_sdpa"] > 0 for r in speed)

@@ -1,0 +1,90 @@
+"""attnkit.nn layers follow torch's conventions: pickling, docstrings, factory kwargs, dropout,
+parameters checked at construction, and no silent dtype cast."""
+from __future__ import annotations
+
+import inspect
+import io
+
+import pytest
+import torch
+
+import attnkit
+import attnkit.nn as ann
+
+LAYERS = {
+    "Attention": lambda: ann.Attention(32, 4),
+    "Attention-gla": lambda: ann.Attention(32, 4, mechanism="gla"),
+    "Attention-window": lambda: ann.Attention(32, 4, mechanism="sliding_window", window=4),
+    "MultiheadAttention": lambda: ann.MultiheadAttention(32, 4),
+    "MultiScaleRetention": lambda: ann.MultiScaleRetention(32, 4),
+    "Mamba2Layer": lambda: ann.Mamba2Layer(32),
+    "NystromAttention": lambda: ann.NystromAttention(32, 4),
+    "WeightedGQA": lambda: ann.WeightedGQA(32, 4, kv_heads=2),
+    "KeyDrivenGQA": lambda: ann.KeyDrivenGQA(32, 4, kv_heads=2),
+    "MixtureOfHeads": lambda: ann.MixtureOfHeads(32, 4, shared_heads=1, active_heads=2),
+    "PoolingByMultiheadAttention": lambda: ann.PoolingByMultiheadAttention(32, 4, seeds=2),
+    "SlotAttention": lambda: ann.SlotAttention(3, 32),
+}
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_layers_pickle_and_give_the_same_output(name):
+    torch.manual_seed(0)
+    layer = LAYERS[name]().eval()
+    buf = io.BytesIO()
+    torch.save(layer, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    x = torch.randn(2, 6, 32)
+    kw = {"causal": True} if name.startswith("Attention") else {}
+    args = (x, x, x) if name == "MultiheadAttention" else (x,)
+    torch.manual_seed(1)
+    a = layer(*args, **kw)
+    torch.manual_seed(1)
+    b = loaded(*args, **kw)
+    a, b = (a[0], b[0]) if isinstance(a, tuple) else (a, b)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_every_layer_class_has_a_docstring():
+    classes = [getattr(ann, n) for n in dir(ann)]
+    missing = [c.__name__ for c in classes
+               if inspect.isclass(c) and issubclass(c, torch.nn.Module) and not (c.__doc__ or "").strip()]
+    assert not missing, f"attnkit.nn classes without a docstring: {missing}"
+
+
+def test_attention_factory_kwargs_dropout_and_checks():
+    layer = ann.Attention(32, 4, mechanism="gla", device="cpu", dtype=torch.float64)
+    assert {p.dtype for p in layer.parameters()} == {torch.float64}
+    with pytest.raises(TypeError, match="x has dtype torch.float32 but the layer's parameters are torch.float64"):
+        layer(torch.randn(1, 3, 32), causal=True)
+    with pytest.raises(ValueError, match="window"):
+        ann.Attention(32, 4, mechanism="sliding_window", window=-1)
+    with pytest.raises(ValueError, match="dropout"):
+        ann.Attention(32, 4, dropout=1.5)
+    with pytest.raises(ValueError, match="dropout"):
+        ann.Attention(32, 4, mechanism="gla", dropout=0.1)
+    drop = ann.Attention(32, 4, dropout=0.5)
+    x = torch.randn(1, 8, 32)
+    torch.manual_seed(0)
+    train = drop(x)
+    drop.eval()
+    assert not torch.equal(train, drop(x))  # dropout only while training
+    assert torch.equal(drop(x), drop(x))
+
+
+def test_attention_dropout_p_drops_weights_and_is_refused_without_weights():
+    q = torch.randn(1, 2, 16, 8, dtype=torch.float64)
+    ones = torch.ones(1, 2, 16, 8, dtype=torch.float64)
+    for form in ("sdpa", "reference"):
+        torch.manual_seed(0)
+        out = attnkit.attention(q, q, ones, "softmax", form=form, dropout_p=0.5)
+        # each output row is (kept weights) / (1 - p): its mean over rows is 1 in expectation, rows differ
+        assert not torch.allclose(out, ones) and out.min() >= 0
+    assert torch.equal(attnkit.attention(q, q, q, dropout_p=0.0), attnkit.attention(q, q, q))
+    with pytest.raises(ValueError, match="dropout_p.*chunked"):
+        attnkit.attention(q, q, q, "softmax", form="chunked", dropout_p=0.1)
+    with pytest.raises(ValueError, match="dropout_p"):
+        attnkit.attention(q, q, q, "linear", causal=True, dropout_p=0.1)
+    with pytest.raises(ValueError, match="dropout_p must be"):
+        attnkit.attention(q, q, q, dropout_p=1.0)

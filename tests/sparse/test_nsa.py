@@ -1,0 +1,87 @@
+"""NSA's selection and layer: equation 9 by hand, the same top-n in float32 and float64, gradients to the router."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnkit
+from attnkit.families.nsa import nsa_inputs
+from attnkit.kernels.nsa_branches import block_importance, compress, compressed_visible, compressed_weights, top_blocks
+from attnkit.kernels.positions import query_positions
+
+
+def test_block_importance_is_equation_9_summed_over_the_group():
+    p = torch.rand(2, 4, 5, 11, dtype=torch.float64)
+    block, stride, select_block, n_blocks = 32, 16, 64, 6
+    got = block_importance(p, 2, n_blocks, block=block, stride=stride, select_block=select_block)
+    want = torch.zeros(2, 4, 5, n_blocks, dtype=torch.float64)
+    for j in range(n_blocks):
+        for m in range(select_block // stride):
+            for n in range(block // stride):
+                i = select_block // stride * j + m - n
+                if 0 <= i < p.shape[-1]:
+                    want[..., j] += p[..., i]
+    assert torch.allclose(got, want.view(2, 2, 2, 5, n_blocks).sum(2))
+
+
+def _selection(q, k, v, tensors, *, stride=8, select_block=16, count=4):
+    block = tensors["k_pos"].shape[0]
+    kc = compress(k, tensors["k_pos"], tensors["k_w1"], tensors["k_w2"], block=block, stride=stride)
+    visible = compressed_visible(query_positions(q.shape[2], k.shape[2]), kc.shape[2], block, stride)
+    p = compressed_weights(q, kc, visible, q.shape[-1] ** -0.5)
+    n_blocks = -(-k.shape[2] // select_block)
+    imp = block_importance(p, k.shape[1], n_blocks, block=block, stride=stride, select_block=select_block)
+    return top_blocks(imp, q.shape[2], k.shape[2], select_block=select_block, count=count)
+
+
+def _problem(N=120, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, h, N, 16, generator=g, dtype=torch.float64) for h in (4, 2, 2))
+    return q, k, v, nsa_inputs(q, k, v, g, compress_block=16)
+
+
+def test_float32_and_float64_choose_the_same_blocks():
+    q, k, v, tensors = _problem()
+    b64, v64 = _selection(q, k, v, tensors)
+    b32, v32 = _selection(q.float(), k.float(), v.float(), {n: t.float() for n, t in tensors.items()})
+    assert torch.equal(v64, v32) and torch.equal(torch.where(v64, b64, -1), torch.where(v32, b32, -1))
+
+
+def test_initial_and_local_blocks_are_always_selected_and_never_the_future():
+    q, k, v, tensors = _problem()
+    blocks, valid = _selection(q, k, v, tensors)
+    t = torch.arange(120)
+    for need in (torch.zeros_like(t), t // 16, (t // 16 - 1).clamp(min=0)):
+        assert ((blocks == need[:, None]) & valid).any(-1).all()
+    assert (blocks[valid] <= (t // 16)[:, None].expand_as(blocks[0, 0])[None, None].expand_as(blocks)[valid]).all()
+
+
+def test_fast_form_equals_reference_and_trains_the_compression_and_gates():
+    q, k, v, tensors = _problem(N=77, seed=1)
+    params = {"compress_stride": 8, "select_block": 16, "select_count": 4, "window": 8}
+    leaves = {n: t.requires_grad_(True) for n, t in tensors.items()}
+    fast = attnkit.attention(q, k, v, "nsa", causal=True, **params, **leaves)
+    ref = attnkit.attention(q, k, v, "nsa", causal=True, form="reference", **params, **leaves)
+    assert (fast - ref).abs().max() < 1e-12
+    grads = torch.autograd.grad(fast.square().sum(), list(leaves.values()))
+    assert all(g.abs().max() > 0 for g in grads)
+
+
+def test_layer_learns_its_inputs():
+    torch.manual_seed(0)
+    layer = attnkit.nn.Attention(32, heads=4, kv_heads=2, mechanism="nsa", select_block=32, select_count=3, window=16)
+    x = torch.randn(2, 70, 32)
+    layer(x, causal=True).square().mean().backward()
+    for name in ("k_w1", "v_w2", "k_pos"):
+        assert getattr(layer.inputs, name).grad.abs().max() > 0
+    assert layer.inputs.gate.weight.grad.abs().max() > 0
+
+
+def test_bad_parameters_are_refused():
+    q, k, v, tensors = _problem(N=40)
+    with pytest.raises(ValueError, match="select_count"):
+        attnkit.attention(q, k, v, "nsa", causal=True, select_count=2, **tensors)
+    with pytest.raises(ValueError, match="compress_stride"):
+        attnkit.attention(q, k, v, "nsa", causal=True, compress_stride=5, **tensors)
+    with pytest.raises(ValueError, match="gates"):
+        attnkit.attention(q, k, v, "nsa", causal=True, **{**tensors, "gates": tensors["gates"][..., :2]})

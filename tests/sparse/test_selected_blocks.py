@@ -1,0 +1,103 @@
+"""The run-time block selection kernel against dense attention with the equivalent boolean mask, in float64."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnkit.kernels.selected_blocks import selected_block_attention
+from attnkit.masks.selection import block_selection
+from attnkit.reference import materialised_attention
+
+# (batch, heads, kv_heads, groups, q_len, kv_len, head_dim, block_q, block_k, k, causal, rows_per_item)
+CASES = [
+    (1, 4, 2, 2, 37, 37, 16, 1, 8, 3, True, None),  # per token, GQA-shared, awkward length
+    (2, 4, 2, 4, 63, 63, 16, 4, 8, 4, True, 3),  # per head, query blocks, tiny items
+    (1, 8, 2, 2, 129, 129, 60, 16, 16, 5, False, None),
+    (1, 4, 1, 1, 7, 63, 16, 1, 16, 2, True, None),  # decode-like: few queries, long cache
+    (2, 2, 2, 2, 129, 7, 8, 8, 4, 3, True, None),  # more queries than keys: early rows see nothing
+    (1, 4, 4, 4, 50, 50, 8, 2, 5, 10, True, 1),  # k larger than the blocks: duplicates
+]
+
+
+def _problem(B, H, Hkv, G, Nq, Nk, D, bq, bk, kk, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, Nq, D, generator=g, dtype=torch.float64)
+    k = torch.randn(B, Hkv, Nk, D, generator=g, dtype=torch.float64)
+    v = torch.randn(B, Hkv, Nk, D + 3, generator=g, dtype=torch.float64)
+    rows, nk = -(-Nq // bq), -(-Nk // bk)
+    blocks = torch.randint(0, nk, (B, G, rows, kk), generator=g)
+    valid = torch.rand(B, G, rows, kk, generator=g) < 0.7
+    return q, k, v, block_selection(blocks, valid, block_q=bq, block_k=bk, q_len=Nq, kv_len=Nk)
+
+
+def _dense(q, k, v, sel, causal):
+    mask = sel.element_mask(q.shape[1], causal=causal)
+    out = materialised_attention(q, k, v, causal=False, mask=mask, scale=q.shape[-1] ** -0.5)
+    return torch.where(mask.any(-1, keepdim=True), out, 0.0)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_forward_and_gradients_equal_dense_with_the_mask(case):
+    *sizes, causal, rows_per_item = case
+    q, k, v, sel = _problem(*sizes)
+    leaves = [t.requires_grad_(True) for t in (q, k, v)]
+    out = selected_block_attention(*leaves, sel, scale=q.shape[-1] ** -0.5, causal=causal, rows_per_item=rows_per_item)
+    ref = _dense(*leaves, sel, causal)
+    assert (out - ref).abs().max() < 1e-12
+    cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    grads = torch.autograd.grad((out * cot).sum(), leaves)
+    expected = torch.autograd.grad((ref * cot).sum(), leaves)
+    for name, a, b in zip("qkv", grads, expected):
+        assert (a - b).abs().max() < 1e-12, f"d{name}"
+
+
+def test_execution_knobs_do_not_change_the_result():
+    q, k, v, sel = _problem(1, 4, 2, 2, 100, 100, 16, 1, 8, 4)
+    base = selected_block_attention(q, k, v, sel, scale=0.25, causal=True)
+    for rows_per_item, budget in ((1, 1 << 10), (7, 1 << 12), (100, 1 << 24)):
+        other = selected_block_attention(q, k, v, sel, scale=0.25, causal=True, rows_per_item=rows_per_item,
+                                         budget=budget)
+        assert (other - base).abs().max() < 1e-13
+
+
+def test_rows_that_select_nothing_or_only_future_keys_are_zero_without_nan():
+    q, k, v, _ = _problem(1, 2, 2, 2, 16, 16, 8, 1, 4, 2)
+    blocks = torch.zeros(1, 2, 16, 2, dtype=torch.long)
+    blocks[..., 1] = 3  # keys 12..15: the future of queries 0..11
+    valid = torch.ones_like(blocks, dtype=torch.bool)
+    valid[:, :, 0] = False  # row 0 selects nothing
+    valid[:, :, 5, 0] = False  # row 5 selects only its future
+    sel = block_selection(blocks, valid, block_q=1, block_k=4, q_len=16, kv_len=16)
+    leaves = [t.requires_grad_(True) for t in (q, k, v)]
+    out = selected_block_attention(*leaves, sel, scale=0.3, causal=True)
+    assert out[:, :, 0].abs().max() == 0 and out[:, :, 5].abs().max() == 0
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in leaves)
+
+
+def test_density_counts_the_attended_pairs():
+    _, _, _, sel = _problem(1, 4, 2, 2, 37, 37, 16, 1, 8, 3)
+    for causal in (False, True):
+        mask = sel.element_mask(2, causal=causal)
+        dense = torch.ones(37, 37, dtype=torch.bool).tril() if causal else torch.ones(37, 37, dtype=torch.bool)
+        assert sel.density(causal=causal) == pytest.approx(mask.sum().item() / (2 * dense.sum().item()))
+
+
+def test_bad_selections_are_refused():
+    blocks = torch.zeros(1, 2, 4, 2, dtype=torch.long)
+    with pytest.raises(TypeError, match="blocks"):
+        block_selection(blocks.int(), block_q=1, block_k=4, q_len=4, kv_len=8)
+    with pytest.raises(ValueError, match="query rows"):
+        block_selection(blocks, block_q=2, block_k=4, q_len=4, kv_len=8)
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        block_selection(blocks + 2, block_q=1, block_k=4, q_len=4, kv_len=8)
+    with pytest.raises(ValueError, match="valid"):
+        block_selection(blocks, blocks[..., :1] > 0, block_q=1, block_k=4, q_len=4, kv_len=8)
+    with pytest.raises(ValueError, match="block_k"):
+        block_selection(blocks, block_q=1, block_k=0, q_len=4, kv_len=8)
+    sel = block_selection(blocks, block_q=1, block_k=4, q_len=4, kv_len=8)
+    q, k = torch.randn(1, 3, 4, 8), torch.randn(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="groups"):
+        selected_block_attention(q, k, k, sel, scale=1.0, causal=True)
+    with pytest.raises(ValueError, match="q_len"):
+        selected_block_attention(q[:, :2, :3], k, k, sel, scale=1.0, causal=True)
