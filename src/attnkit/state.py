@@ -234,6 +234,8 @@ def _tensors_of(x, depth: int = 0):
         for item in x.values():
             yield from _tensors_of(item, depth + 1)
     elif hasattr(x, "__dict__"):
-        for item in vars(x).values():
-            yield from _tensors_of(item, depth + 1)
+        exempt = getattr(x, "float64_fields", ())  # accumulators a state keeps in float64 on purpose
+        for name, item in vars(x).items():
+            if name not in exempt:
+                yield from _tensors_of(item, depth + 1)
 

@@ -12,9 +12,9 @@ from .harness import make_inputs, run
 from .test_causality_and_incremental import CAUSAL_SIZE, _causal_cases
 
 # Known: the block-sparse kernel and LeanAttention's stream-K add their masks as -inf to the scores
-# (NaN + -inf = NaN), and Shaw's skew form multiplies whole score rows; a NaN key still reaches earlier
-# rows of its tile there.
-KNOWN_KEY_LEAKS = {"block_sparse", "skew", "stream_k"}
+# (NaN + -inf = NaN), Shaw's skew form multiplies whole score rows, and NSA's selected-block form lets a
+# NaN key reach earlier rows too; a NaN key still reaches earlier rows of its tile there.
+KNOWN_KEY_LEAKS = {"block_sparse", "skew", "stream_k", "sparse"}
 
 
 def _finite_before(spec, form, which, t):
