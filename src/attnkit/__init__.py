@@ -4,13 +4,15 @@
     out = attnkit.attention(q, k, v, "softmax", causal=True)
     attnkit.mechanisms()          # registered names
     attnkit.spec("alibi")         # paper, patterns, forms, params, FLOPs, state size
+    attnkit.explain(q, k, v, "sliding_window", causal=True)   # which form runs, and why
     print(attnkit.describe("gla"))  # the same for a reader: parameters, tensor inputs, an example
 """
 from . import cache, nn, positional
-from .api import attention, mechanisms, spec
+from .api import attention, explain, mechanisms, spec
 from .flex import flex_attention
 from .mechanism_info import describe
 from .registry import PATTERNS, MechanismSpec, register
 
 __version__ = "0.1.0"
-__all__ = ["cache", "nn", "positional", "attention", "flex_attention", "mechanisms", "spec", "describe", "register", "MechanismSpec", "PATTERNS", "__version__"]
+__all__ = ["cache", "nn", "positional", "attention", "explain", "flex_attention", "mechanisms", "spec", "describe",
+           "register", "MechanismSpec", "PATTERNS", "__version__"]

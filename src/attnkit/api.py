@@ -1,8 +1,11 @@
-"""The front door: :func:`attention`, :func:`mechanisms`, :func:`spec`."""
+"""The front door: :func:`attention`, :func:`explain`, :func:`mechanisms`, :func:`spec`."""
 from __future__ import annotations
 
-from . import registry
+import logging
+
+from . import dispatch, registry
 from .cache.state import KVState
+from .dispatch import log
 from .state import check_state, mark_state
 from .validation import check_params, check_pattern, check_qkv, check_required_inputs, check_scale, normalise_mask
 
@@ -31,7 +34,8 @@ def attention(
         mask: boolean (True = attend) or additive float, broadcastable to
             ``(B, H, Nq, Nk)``, or a key-padding mask ``(B, Nk)``.
         scale: score scale; default ``1/sqrt(head_dim)``.
-        form: ``"reference"`` or one of the mechanism's fast forms; default the first fast form.
+        form: ``"reference"`` or one of the mechanism's fast forms; by default the first of the
+            spec's ``default_forms`` that can run the call (:func:`explain` says which, and why).
         position: a positional encoding applied to q and k (``attnkit.positional``),
             e.g. ``RoPE(head_dim)``; positions continue across incremental calls.
         state / return_state: incremental use; feed a sequence in pieces with the
@@ -41,6 +45,47 @@ def attention(
             softmax family's reference, softmax's SDPA form), refused elsewhere.
         **params: the mechanism's parameters and extra tensor inputs.
     """
+    spec, mask, scale, params, incremental = _checked(q, k, v, mechanism, causal, mask, scale, form, state,
+                                                     return_state, params)
+    if position is not None and not callable(getattr(position, "apply", None)):
+        raise TypeError(f"position must be a positional encoding object from attnkit.positional, e.g. "
+                        f"attnkit.positional.RoPE({q.shape[-1]}), got {type(position).__name__} {position!r}")
+    if _is_empty(q, k):
+        return _empty_call(q, k, v, state, incremental, return_state)
+    if position is not None:
+        offset = state.length if state is not None else 0
+        q, k = position.apply(q, k, q_offset=offset + k.shape[2] - q.shape[2], k_offset=offset)
+    if dropout_p:
+        params = {**params, "dropout_p": _check_dropout(spec, dropout_p, q, k, v, causal, mask, form, params, incremental)}
+    if isinstance(state, KVState):
+        _check_cache_state(spec, state, mask)
+        out, state = state.step(q, k, v, scale)
+        return (out, state) if return_state else out
+    if incremental:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s", dispatch.choose_form(spec, q, k, v, causal=causal, mask=mask, form=None, params=params,
+                                                  incremental=True))
+        out, state = _step(spec, q, k, v, state, causal=causal, mask=mask, scale=scale, **params)
+        return (out, mark_state(state, spec.name)) if return_state else out
+    return dispatch.run(spec, q, k, v, causal=causal, mask=mask, scale=scale, form=form, params=params)
+
+
+def explain(q, k, v, mechanism: str = "softmax", *, causal: bool = False, mask=None, scale: float | None = None,
+            form: str | None = None, state=None, return_state: bool = False, **params) -> dispatch.Choice:
+    """Which form :func:`attention` would run for these arguments, and why (nothing is computed).
+
+    Takes the arguments of :func:`attention` (``position`` does not change the choice)
+    and checks them the same way; ``str(choice)`` reads e.g. ``"softmax: form 'sdpa'
+    runs (the default; skipped block_sparse (no mask: nothing to skip))"``.
+    """
+    spec, mask, scale, params, incremental = _checked(q, k, v, mechanism, causal, mask, scale, form, state,
+                                                     return_state, params)
+    return dispatch.choose_form(spec, q, k, v, causal=causal, mask=mask, form=form, params=params,
+                                incremental=incremental)
+
+
+def _checked(q, k, v, mechanism, causal, mask, scale, form, state, return_state, params):
+    """Every check of a call, before any work: (spec, mask, scale, params, incremental)."""
     spec = registry.get(mechanism)
     check_qkv(q, k, v)
     incremental = return_state or state is not None
@@ -65,24 +110,7 @@ def attention(
         if getattr(spec.step, "one_query_per_key", False) and q.shape[2] != k.shape[2]:
             raise ValueError(f"mechanism {spec.name!r} is a recurrence: its incremental calls take one query per new "
                              f"key, got q with {q.shape[2]} tokens and k with {k.shape[2]}")
-    if dropout_p:
-        params = {**params, "dropout_p": _check_dropout(spec, dropout_p, form, incremental)}
-    if position is not None and not callable(getattr(position, "apply", None)):
-        raise TypeError(f"position must be a positional encoding object from attnkit.positional, e.g. "
-                        f"attnkit.positional.RoPE({q.shape[-1]}), got {type(position).__name__} {position!r}")
-    if _is_empty(q, k):
-        return _empty_call(q, k, v, state, incremental, return_state)
-    if position is not None:
-        offset = state.length if state is not None else 0
-        q, k = position.apply(q, k, q_offset=offset + k.shape[2] - q.shape[2], k_offset=offset)
-    if isinstance(state, KVState):
-        _check_cache_state(spec, state, mask)
-        out, state = state.step(q, k, v, scale)
-        return (out, state) if return_state else out
-    if incremental:
-        out, state = _step(spec, q, k, v, state, causal=causal, mask=mask, scale=scale, **params)
-        return (out, mark_state(state, spec.name)) if return_state else out
-    return spec.form(form)(q, k, v, causal=causal, mask=mask, scale=scale, **params)
+    return spec, mask, scale, params, incremental
 
 
 def _step(spec, q, k, v, state, **kw):
@@ -117,10 +145,11 @@ def _empty_call(q, k, v, state, incremental, return_state):
     return (out, state) if return_state else out
 
 
-def _check_dropout(spec, dropout_p, form, incremental) -> float:
+def _check_dropout(spec, dropout_p, q, k, v, causal, mask, form, params, incremental) -> float:
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0 <= dropout_p < 1:
         raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
-    chosen = form if form is not None else next(iter(spec.fast), "reference")
+    chosen = None if incremental else dispatch.choose_form(
+        spec, q, k, v, causal=causal, mask=mask, form=form, params={**params, "dropout_p": float(dropout_p)}).form
     if incremental or chosen not in spec.dropout_forms:
         where = "incremental calls take" if incremental else f"form {chosen!r} of mechanism {spec.name!r} takes"
         offer = (f"; mechanism {spec.name!r} takes it with form= one of {sorted(spec.dropout_forms)}"

@@ -32,12 +32,19 @@ def describe(name: str) -> str:
 
 
 def _forms(spec) -> list[str]:
-    default = next(iter(spec.fast), "reference")
-    out = []
-    for form in spec.fast:
-        out.append(f"  {form}" + ("  (default)" if form == default else ""))
-    out.append("  reference  (the paper's equations, materialised; float64 oracle)"
-               + ("  (default)" if default == "reference" else ""))
+    order = spec.default_order  # declared: a call without form= runs the first of these that can run it
+
+    def tag(form):
+        if form not in order:
+            return ""
+        before = order[:order.index(form)]
+        if before:
+            return f"  (default when {', '.join(before)} cannot run)"
+        checked = form in spec.can_run or form in spec.auto_when
+        return "  (default when it can run: attnkit.explain says why not)" if checked else "  (default)"
+
+    out = [f"  {form}{tag(form)}" for form in spec.fast]
+    out.append(f"  reference  (the paper's equations, materialised; float64 oracle){tag('reference')}")
     if spec.step is not None:
         out.append("  incremental  (runs when state= or return_state=True is given; needs causal=True)")
     return out
@@ -79,9 +86,7 @@ def snippet(name: str) -> str:
     """Python that runs the mechanism on random inputs, as printed by :func:`describe`."""
     spec = registry.get(name)
     pattern = next(p for p in registry.PATTERNS if p in spec.patterns)
-    multiple = spec.extra.get("head_dim_multiple", 1)
-    d = max(32, spec.min_head_dim)
-    d += (-d) % multiple
+    d = 32
     kv_len = 16 if pattern.endswith("self") else 24
     lines = ["import torch, attnkit",
              f"q = torch.randn(1, 4, 16, {d}); k = torch.randn(1, 4, {kv_len}, {d}); v = torch.randn(1, 4, {kv_len}, {d})"]

@@ -58,8 +58,18 @@ class MechanismSpec:
 
     ``reference`` is the plainest correct form of the paper's equations; it must
     run in float64 and is the oracle every fast form is tested against.
-    ``fast`` maps form names to faster forms of the same function (the first one
-    is the default). ``step`` is the incremental form; ``None`` means the
+    ``fast`` maps form names to faster forms of the same function. ``default_forms``
+    declares what a call without ``form=`` runs: the first of these forms whose
+    ``can_run`` check passes (may be left empty when there is one fast form, or
+    none: then that form, or the reference). ``can_run`` maps a form name to
+    ``check(q, k, v, *, causal, mask, **params) -> None | str``: None when the form
+    can run this call, else the reason it cannot (a form without a check runs
+    every call the spec accepts); ``auto_when`` holds checks of the same kind that
+    only the automatic choice applies; see :mod:`attnkit.dispatch`.
+    ``stateful_forms`` (recurrent mechanisms) maps ``"parallel"``, ``"chunked"``,
+    ``"recurrent"``, ... to forms ``f(q, k, v, *, causal, scale, initial_state=None,
+    **params) -> (out, final_state)`` (docs/design.md, "Recurrent-state contract").
+    ``step`` is the incremental form; ``None`` means the
     mechanism cannot be run incrementally and the API refuses ``return_state``.
     ``params`` declares the scalar parameters, ``{name: Param(default, type, doc,
     range...)}`` (:mod:`attnkit.params`): the API checks values against it and
@@ -94,12 +104,36 @@ class MechanismSpec:
     state_size: Callable[..., int] = kv_cache_size
     complexity: str = "O(N^2)"
     summary: str = ""
-    min_head_dim: int = 1
     # Parameters the conformance suite uses instead of the defaults (e.g. small
     # chunk sizes so that tests at N=129 really cross chunk boundaries).
     test_params: dict[str, Any] = field(default_factory=dict)
-    # Set when the spec stores extra metadata for a family (e.g. block size).
+    default_forms: tuple[str, ...] = ()
+    can_run: dict[str, Callable[..., str | None]] = field(default_factory=dict)
+    auto_when: dict[str, Callable[..., str | None]] = field(default_factory=dict)
+    stateful_forms: dict[str, Callable[..., tuple]] | None = None
+    # Set when the spec stores extra metadata for a family (e.g. the mask function of a pattern).
     extra: dict[str, Any] = field(default_factory=dict)
+    # Names of the extra tensor inputs, computed once from ``tensor_inputs`` when the spec is made.
+    tensor_names: tuple[str, ...] = field(init=False, default=())
+    # ``{name: default}`` of the declared parameters, computed once when the spec is made.
+    defaults: dict[str, Any] = field(init=False, default_factory=dict)
+    # Names of the tensor inputs a call must pass (declared ``required`` in ``inputs``), computed once.
+    required_inputs: tuple[str, ...] = field(init=False, default=())
+
+    def __post_init__(self):
+        object.__setattr__(self, "defaults", {name: getattr(p, "default", p) for name, p in self.params.items()})
+        object.__setattr__(self, "required_inputs", tuple(n for n, t in self.inputs.items() if t.required))
+        if self.tensor_inputs is not None:
+            g = torch.Generator().manual_seed(0)
+            x = torch.zeros(1, 2, 3, 8)
+            object.__setattr__(self, "tensor_names", tuple(self.tensor_inputs(x, x[:, :1], x[:, :1], g)))
+        names = ("reference", *self.fast)
+        for form in (*self.default_forms, *self.can_run, *self.auto_when):
+            if form not in names:
+                raise ValueError(f"spec {self.name!r}: {form!r} in default_forms/can_run/auto_when is not one of its forms {names}")
+        if not self.default_forms and len(self.fast) > 1:
+            raise ValueError(f"spec {self.name!r} has fast forms {list(self.fast)}: declare default_forms "
+                             "(what a call without form= runs)")
 
     def __reduce__(self):
         """Pickled by name (its forms are closures): a layer holding a spec survives ``torch.save``."""
@@ -112,11 +146,15 @@ class MechanismSpec:
             names.append("incremental")
         return tuple(names)
 
-    def form(self, name: str | None) -> Form:
-        """The callable for a form name; ``None`` is the default fast form."""
-        if name is None:
-            default = self.extra.get("_default_form")
-            return default if default is not None else next(iter(self.fast.values()), self.reference)
+    @property
+    def default_order(self) -> tuple[str, ...]:
+        """The forms a call without ``form=`` tries, in order (the declared ``default_forms``)."""
+        if self.default_forms:
+            return self.default_forms
+        return tuple(self.fast) or ("reference",)
+
+    def form(self, name: str) -> Form:
+        """The callable of the form called ``name`` (``attnkit.dispatch.choose_form`` picks the name)."""
         if name == "reference":
             return self.reference
         if name in self.fast:
@@ -143,23 +181,14 @@ class MechanismSpec:
             "summary": self.summary,
         }
 
-    @property
-    def defaults(self) -> dict[str, Any]:
-        """``{name: default}`` of the declared parameters."""
-        defaults = self.extra.get("_defaults")
-        return defaults if defaults is not None else {name: p.default for name, p in self.params.items()}
-
-    @property
-    def tensor_names(self) -> tuple[str, ...]:
-        """Names of the extra tensor inputs (computed once, at registration)."""
-        return self.extra.get("_tensor_names", ())
-
 
 def pattern_name(causal: bool, cross: bool) -> str:
     return f"{'causal' if causal else 'noncausal'}-{'cross' if cross else 'self'}"
 
 
 _REGISTRY: dict[str, MechanismSpec] = {}
+# Old names, so that a call with one says the new name.
+RENAMED = {"rela-gated": "rela_gated"}
 
 
 def register(spec: MechanismSpec) -> MechanismSpec:
@@ -170,12 +199,6 @@ def register(spec: MechanismSpec) -> MechanismSpec:
     if bad:
         raise ValueError(f"spec {spec.name!r}: unknown patterns {sorted(bad)}; expected a subset of {PATTERNS}")
     _check_declarations(spec)
-    spec.extra["_default_form"] = next(iter(spec.fast.values())) if spec.fast else spec.reference
-    if spec.tensor_inputs is not None:
-        g = torch.Generator().manual_seed(0)
-        x = torch.zeros(1, 2, 3, max(spec.min_head_dim, 8))
-        spec.extra["_tensor_names"] = tuple(spec.tensor_inputs(x, x[:, :1], x[:, :1], g))
-    spec.extra["_required_inputs"] = tuple(n for n, t in spec.inputs.items() if t.required)
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -192,7 +215,6 @@ def _check_declarations(spec: MechanismSpec) -> None:
     unknown = set(spec.test_params) - set(spec.params)
     if unknown:
         raise ValueError(f"spec {spec.name!r}: test_params {sorted(unknown)} are not declared parameters")
-    spec.extra["_defaults"] = {name: p.default for name, p in spec.params.items()}
 
 
 def get(name: str) -> MechanismSpec:
@@ -207,6 +229,8 @@ def get(name: str) -> MechanismSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
+        if name in RENAMED:
+            raise ValueError(f"mechanism {name!r} is now called {RENAMED[name]!r}") from None
         close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.4)
         hint = f"; closest registered names: {close}" if close else ""
         raise ValueError(
@@ -217,11 +241,6 @@ def get(name: str) -> MechanismSpec:
 def names(family: str | None = None) -> list[str]:
     _load_all()
     return sorted(n for n, s in _REGISTRY.items() if family is None or s.family == family)
-
-
-def families() -> list[str]:
-    _load_all()
-    return sorted({s.family for s in _REGISTRY.values()})
 
 
 _loaded = False

@@ -2,8 +2,12 @@
 
 Every state exposes ``length``: the number of key/value tokens consumed so far,
 which is also the position offset of the next tokens. Softmax mechanisms carry
-a :class:`KVCache`; recurrent mechanisms define their own state with a
-``length``.
+a :class:`KVCache` (the keys and values seen so far); recurrent (linear, gated,
+delta-rule) mechanisms carry a :class:`RecurrentState`: a few fixed-size
+tensors that summarise everything read (for linear attention the matrix
+``S = sum_j phi(k_j)^T v_j`` and the normaliser ``z = sum_j phi(k_j)``).
+Stateful forms take it as ``initial_state`` and return the final one; see
+``docs/design.md`` ("Recurrent-state contract").
 """
 from __future__ import annotations
 
@@ -169,35 +173,52 @@ def _check_like(held: tuple[torch.Tensor, ...], k: torch.Tensor, v: torch.Tensor
                          f"got k of dtype {k.dtype} on {k.device}")
 
 
-def window_cache_step(form, bound):
-    """Incremental form for a pattern whose queries never see a key once ``bound(**params) = (sinks, window)``
-    says it is gone: the one-shot form on the held keys and the new ones, then the state trimmed."""
+class RecurrentState:
+    """Named tensors of fixed size plus ``length``, the number of tokens consumed."""
 
-    def step(q, k, v, state, *, causal, mask, scale, **params):
-        sinks, window = bound(**params)
-        if state is None:
-            state = WindowKVCache.empty_like(k, v, sinks, window)
-        full = state.append(k, v)
-        out = form(q, full.k, full.v, causal=causal, mask=full.columns(mask), scale=scale, **params)
-        return out, full.trimmed()
+    def __init__(self, length: int, **tensors: torch.Tensor):
+        if not isinstance(length, int) or length < 0:
+            raise ValueError(f"length must be a non-negative int (tokens consumed), got {length!r}")
+        self.length = length
+        self._tensors = dict(tensors)
 
-    step.__name__ = f"window_cache_step({getattr(form, '__name__', 'form')})"
-    return step
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The state's tensors by name, e.g. ``{"S": (B, H, Dk, Dv), "z": (B, H, Dk)}``."""
+        return dict(self._tensors)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
+
+    def numel(self) -> int:
+        """Numbers held: constant in the sequence length."""
+        return sum(t.numel() for t in self._tensors.values())
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{n}={tuple(t.shape)}" for n, t in self._tensors.items())
+        return f"RecurrentState(length={self.length}, {shapes})"
 
 
-def kv_cache_step(form):
-    """Incremental form for any mechanism whose one-shot form handles ``q_len <= kv_len``.
-
-    Causal attention is bottom-right aligned, so running the one-shot form on
-    the new queries against the whole cache is exactly the one-shot result.
-    """
-
-    def step(q, k, v, state, *, causal, mask, scale, **params):
-        state = KVCache(k, v) if state is None else state.append(k, v)
-        return form(q, state.k, state.v, causal=causal, mask=mask, scale=scale, **params), state
-
-    step.__name__ = f"kv_cache_step({getattr(form, '__name__', 'form')})"
-    return step
+def expect_state(state, names: tuple[str, ...], shapes: dict[str, tuple], like: torch.Tensor) -> RecurrentState | None:
+    """Check that ``state`` (or None) has exactly the tensors ``names`` with ``shapes``; ValueError otherwise."""
+    if state is None:
+        return None
+    if not isinstance(state, RecurrentState):
+        raise TypeError(
+            f"initial_state must be a RecurrentState returned by this mechanism, got {type(state).__name__}"
+        )
+    got = state.tensors()
+    if set(got) != set(names):
+        raise ValueError(f"initial_state holds tensors {sorted(got)}; this mechanism expects {sorted(names)}")
+    for name in names:
+        t = got[name]
+        if tuple(t.shape) != tuple(shapes[name]):
+            raise ValueError(
+                f"initial_state[{name!r}] has shape {tuple(t.shape)}; expected {tuple(shapes[name])}: "
+                f"the state belongs to a different batch, head count or head_dim"
+            )
+        if t.dtype != like.dtype or t.device != like.device:
+            raise TypeError(f"initial_state[{name!r}] is {t.dtype} on {t.device}; expected {like.dtype} on {like.device}")
+    return state
 
 
 def mark_state(state, mechanism: str):
@@ -238,4 +259,3 @@ def _tensors_of(x, depth: int = 0):
         for name, item in vars(x).items():
             if name not in exempt:
                 yield from _tensors_of(item, depth + 1)
-

@@ -162,10 +162,10 @@ def check_params(spec, params: dict) -> dict:
 
 def check_required_inputs(spec, params: dict) -> None:
     """Every required tensor input (:class:`attnkit.params.TensorInput`) is given; else a TypeError describing it."""
-    required = spec.extra.get("_required_inputs", ())
+    required = spec.required_inputs
     if not required or all(n in params for n in required):
         return
-    missing = [n for n in spec.extra.get("_required_inputs", ()) if n not in params]
+    missing = [n for n in spec.required_inputs if n not in params]
     described = "; ".join(f"{n}: {spec.inputs[n].describe()}" for n in missing)
     raise TypeError(f"mechanism {spec.name!r} needs the tensor input(s) {missing} ({described}); "
                     f"attnkit.describe({spec.name!r}) lists its inputs")

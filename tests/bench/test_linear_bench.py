@@ -15,7 +15,7 @@ def test_bench_linear_stores_every_section_and_every_stateful_mechanism(tmp_path
     (decode,) = by["decode"]
     assert decode["contexts"] == [32, 64] and len(decode["us_per_token"]) == 2
     assert decode["kv_cache_numbers"] == [2 * 8 * 32 * 64, 2 * 8 * 64 * 64]
-    stateful = [n for n in registry.names() if "stateful_forms" in registry.get(n).extra]
+    stateful = [n for n in registry.names() if registry.get(n).stateful_forms is not None]
     assert sorted(r["mechanism"] for r in by["state"]) == sorted(stateful)
     causal = [n for n in stateful if "causal-self" in registry.get(n).patterns]
     assert sorted(r["mechanism"] for r in by["chunked"]) == sorted(causal)

@@ -100,3 +100,12 @@ def test_slack_evicts_once_every_slack_plus_one_tokens_back_to_the_budget():
     held = [s.store.used for s in states]
     assert held[0] == 10 and max(held) == 14 and held[1:6] == [11, 12, 13, 14, 10]
     assert all(s.store.capacity == 15 for s in states)  # the budget + slack + the token being added
+
+
+def test_pyramid_budgets_decrease_with_depth_around_the_mean():
+    from attnkit.cache import PyramidKV
+
+    policy = PyramidKV(SnapKV(100, window=4), layers=5, beta=10)
+    budgets = [policy.budget(layer, 1000) for layer in range(5)]
+    assert budgets == [190, 145, 100, 55, 10] and sum(budgets) == 500
+    assert PyramidKV(SnapKV(0.75, window=4), layers=4).budget(0, 128) == 128  # a share above the prompt: all of it

@@ -12,7 +12,7 @@ def test_every_suite_is_listed_in_bench_help(capsys):
     assert main(["bench", "--help"]) == 0
     out = capsys.readouterr().out
     for name in all_suites():
-        assert f"\n    {name} " in out
+        assert f"\n    {name} " in out or f"\n    {name}\n" in out  # a long name puts its help on the next line
 
 
 @pytest.mark.parametrize("name", sorted(all_suites()))

@@ -7,9 +7,12 @@ inputs). Nothing here knows any particular mechanism.
 """
 from __future__ import annotations
 
+import pytest
 import torch
 
 import attnkit
+from attnkit.dispatch import why_not
+from attnkit.validation import normalise_mask
 from attnkit.registry import PATTERNS, get
 
 # (batch, q_heads, kv_heads, q_len, kv_len, head_dim): the awkward sizes of the issue,
@@ -24,12 +27,7 @@ def all_names() -> list[str]:
 
 def sizes_for(pattern: str, spec) -> list[tuple]:
     sizes = CROSS_SIZES if pattern.endswith("cross") else SELF_SIZES
-    return [s for s in sizes if s[5] >= spec.min_head_dim and _head_dim_ok(spec, s[5])]
-
-
-def _head_dim_ok(spec, d: int) -> bool:
-    multiple = spec.extra.get("head_dim_multiple", 1)
-    return d % multiple == 0
+    return sizes
 
 
 def cases(kind: str) -> list:
@@ -63,6 +61,12 @@ def make_inputs(spec, size, dtype=torch.float64, seed=0):
 
 
 def run(spec, form, q, k, v, extra, *, causal, mask=None, **kw):
+    """``attnkit.attention`` with the spec's test params; skips the test when ``form`` cannot run the call."""
+    if form not in (None, "reference"):
+        params = {**spec.defaults, **spec.test_params, **extra, **kw}
+        reason = why_not(spec, form, q, k, v, causal=causal, mask=normalise_mask(mask, q, k), params=params)
+        if reason is not None:
+            pytest.skip(f"{spec.name}/{form} does not run this call: {reason}")
     return attnkit.attention(
         q, k, v, spec.name, causal=causal, mask=mask, form=form, **spec.test_params, **extra, **kw
     )

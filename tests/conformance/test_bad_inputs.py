@@ -18,14 +18,12 @@ def _pattern_for(spec):
             return p
 
 
-@pytest.mark.parametrize("name", cases("names"))
-def test_bad_shapes_and_types_are_refused(name):
-    spec = get(name)
-    pattern = _pattern_for(spec)
-    causal = pattern.startswith("causal")
-    size = SIZE if pattern.endswith("self") else (2, 4, 2, 8, 12, 16)
-    q, k, v, extra = make_inputs(spec, size, dtype=torch.float32)
-    call = lambda q, k, v, **kw: attnkit.attention(q, k, v, name, causal=causal, **{**extra, **kw})  # noqa: E731
+def test_bad_shapes_and_types_are_refused():
+    """attention() checks q, k, v, the mask and the parameters before it looks up any form, so one
+    mechanism shows it for all (the registry cannot bypass it: every call goes through api._checked)."""
+    q, k, v = (torch.randn(2, 4, 8, 16) for _ in range(3))
+    k, v = k[:, :2], v[:, :2]
+    call = lambda q, k, v, **kw: attnkit.attention(q, k, v, "softmax", causal=True, **kw)  # noqa: E731
     call(q, k, v)  # the good call works
     with pytest.raises(ValueError, match="4 dimensions"):
         call(q[0], k, v)
@@ -39,14 +37,32 @@ def test_bad_shapes_and_types_are_refused(name):
         call(q, k.double(), v)
     with pytest.raises(TypeError, match="unexpected keyword"):
         call(q, k, v, no_such_parameter=1)
-    if spec.supports_mask:
-        with pytest.raises(ValueError, match="mask"):
-            call(q, k, v, mask=torch.ones(3, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask"):
+        call(q, k, v, mask=torch.ones(3, 5, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("name", [n for n in cases("names") if set(get(n).patterns) != set(PATTERNS)])
+def test_unsupported_patterns_are_refused(name):
+    spec = get(name)
+    pattern = _pattern_for(spec)
+    size = SIZE if pattern.endswith("self") else (2, 4, 2, 8, 12, 16)
+    q, k, v, extra = make_inputs(spec, size, dtype=torch.float32)
     for other in set(PATTERNS) - set(spec.patterns):
         oq, ok = (q, k) if other.endswith("cross") == pattern.endswith("cross") else _flip_cross(q, k, other)
         ov = ok if ok.shape[2] == k.shape[2] else torch.zeros_like(ok)
         with pytest.raises(ValueError, match="does not support"):
             attnkit.attention(oq, ok, ov, name, causal=other.startswith("causal"), **extra)
+
+
+def test_a_mask_is_refused_by_mechanisms_without_one():
+    names = [n for n in cases("names") if not get(n).supports_mask]
+    assert names
+    spec = get(names[0])
+    pattern = _pattern_for(spec)
+    q, k, v, extra = make_inputs(spec, SIZE, dtype=torch.float32)
+    with pytest.raises(ValueError, match="does not take a mask"):
+        attnkit.attention(q, k, v, spec.name, causal=pattern.startswith("causal"), mask=torch.ones(8, 8, dtype=torch.bool),
+                          **extra)
 
 
 def _flip_cross(q, k, other):

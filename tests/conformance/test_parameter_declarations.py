@@ -24,7 +24,6 @@ def _call_args(spec):
     pattern = next(p for p in ("causal-self", "noncausal-self", "causal-cross", "noncausal-cross")
                    if p in spec.patterns)
     size = (1, 2, 2, 8, 8, 16) if pattern.endswith("self") else (1, 2, 2, 8, 12, 16)
-    size = (*size[:5], max(size[5], spec.min_head_dim))
     q, k, v, extra = make_inputs(spec, size, dtype=torch.float32)
     return q, k, v, pattern.startswith("causal"), extra
 

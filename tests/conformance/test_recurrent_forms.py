@@ -1,6 +1,6 @@
 """Recurrent mechanisms: the parallel, chunked and recurrent stateful forms are one function.
 
-Generated for every spec with ``extra["stateful_forms"]``: each form in fp32 against
+Generated for every spec with ``stateful_forms``: each form in fp32 against
 the float64 parallel form (``err <= 10 err(parallel fp32) + 1e-6``) in the output,
 the final state, and the gradients of q, k, v, every floating tensor input and the
 initial state; causal and, where declared, non-causal self and cross; with and
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.kernels.linear_state import RecurrentState
+from attnkit.state import RecurrentState
 from attnkit.registry import get
 
 from .harness import all_names, assert_close_to_reference, make_inputs, max_err
@@ -22,7 +22,7 @@ STATE_PATTERNS = ("causal-self", "noncausal-self", "noncausal-cross")
 
 
 def _stateful():
-    return [n for n in all_names() if "stateful_forms" in get(n).extra]
+    return [n for n in all_names() if get(n).stateful_forms is not None]
 
 
 def _cases():
@@ -41,7 +41,7 @@ def _split(spec, extra, a, b):
 
 def _call(spec, form, q, k, v, extra, *, causal, initial):
     params = {**spec.defaults, **spec.test_params, **extra}
-    return spec.extra["stateful_forms"][form](q, k, v, causal=causal, scale=SCALE, initial_state=initial, **params)
+    return spec.stateful_forms[form](q, k, v, causal=causal, scale=SCALE, initial_state=initial, **params)
 
 
 def _problem(spec, pattern):

@@ -151,6 +151,14 @@ def test_output_matches_eager_flex_and_reference(case):
         ref, _ = flex_reference(q, k, v, score_mod, mask_mod)
     assert _err(ours, eager) < 2e-5
     assert _err(ours, ref) <= 10 * _err(eager, ref) + 1e-6
+    with torch.no_grad():  # without autograd the kernel's groups run on two worker threads
+        threads = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            threaded = attnkit.flex_attention(q, k, v, score_mod=score_mod, block_mask=bm)
+        finally:
+            torch.set_num_threads(threads)
+    assert _err(threaded, eager) < 2e-5 and _err(threaded, ref) <= 10 * _err(eager, ref) + 1e-6
     if mask_mod is not None:  # the same mask given as mask_mod: the layout is built from the function itself
         direct = attnkit.flex_attention(q, k, v, score_mod=score_mod, mask_mod=mask_mod, block_size=32)
         assert _err(direct, ours) < 1e-6

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.families.aaren import combine
+from attnkit.families.aaren.forms import combine
 from attnkit.nn.aaren import AarenLayer
 
 

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 
 import attnkit
-from attnkit.nn.agent_layer import AgentAttention
-from attnkit.nn.flatten_layer import FocusedLinearAttention
-from attnkit.nn.mamba2_layer import Mamba2Layer
-from attnkit.nn.nystrom_layer import NystromAttention
-from attnkit.nn.retention_layer import MultiScaleRetention
+from attnkit.nn.agent import AgentAttention
+from attnkit.nn.flatten import FocusedLinearAttention
+from attnkit.nn.mamba2 import Mamba2Layer
+from attnkit.nn.nystromformer import NystromAttention
+from attnkit.nn.retention import MultiScaleRetention
 from attnkit.nn.token_conv import TokenConv
 
 N = 13

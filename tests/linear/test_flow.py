@@ -30,7 +30,7 @@ def test_flow_is_flowformers_causal_attention(form):
 
 def test_flow_state_is_constant_and_bad_calls_are_refused():
     q = torch.randn(1, 2, 5, 4)
-    forms = attnkit.spec("flow").extra["stateful_forms"]
+    forms = attnkit.spec("flow").stateful_forms
     _, state = forms["chunked"](q, q, q, causal=True, scale=1.0)
     assert state.numel() == 2 * (4 * 4 + 1 + 4 * 4) == attnkit.spec("flow").state_size(1, 2, 2, 5, 4)
     with pytest.raises(ValueError, match="causal"):

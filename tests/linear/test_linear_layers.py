@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.registry import get
+from attnkit.nn.inputs import input_module
 
 LAYERED = ["gla", "mamba2", "flatten", "performer"]
 
@@ -14,7 +14,7 @@ LAYERED = ["gla", "mamba2", "flatten", "performer"]
 def test_layer_inputs_drive_the_mechanism_and_get_gradients(name):
     torch.manual_seed(0)
     B, N, dim, H, D = 2, 9, 32, 4, 8
-    module = get(name).extra["module"](dim=dim, heads=H, kv_heads=H, head_dim=D)
+    module = input_module(name, dim=dim, heads=H, kv_heads=H, head_dim=D)
     x = torch.randn(B, N, dim)
     q, k, v = (torch.randn(B, H, N, D) for _ in range(3))
     inputs = module(x, q, k, v)
@@ -34,7 +34,7 @@ def test_layer_inputs_drive_the_mechanism_and_get_gradients(name):
 
 
 def test_performer_redraw_changes_features_and_output():
-    module = get("performer").extra["module"](dim=16, heads=2, kv_heads=2, head_dim=8)
+    module = input_module("performer", dim=16, heads=2, kv_heads=2, head_dim=8)
     q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
     before = attnkit.attention(q, k, v, "performer", **module(None, q, k, v))
     module.redraw(seed=1)

@@ -30,7 +30,7 @@ def test_rowwise_feature_maps_per_slice_equal_the_parallel_form(monkeypatch, nam
     state and gradients as the parallel form, from an initial state handed over by an earlier call."""
     monkeypatch.setattr(linear_scan, "STEP_ELEMENTS", 1)
     spec = registry.get(name)
-    forms = spec.extra["stateful_forms"]
+    forms = spec.stateful_forms
     params = {key: value for key, value in spec.defaults.items() if key != "chunk_size"}
     g = torch.Generator().manual_seed(6)
     B, H, N, D = 2, 3, 19, 4

@@ -37,7 +37,7 @@ def test_lln_diag_is_the_papers_average(causal, form):
 
 
 def test_lln_diag_refuses_cross_attention_and_bad_blocks():
-    forms = attnkit.spec("lln_diag").extra["stateful_forms"]
+    forms = attnkit.spec("lln_diag").stateful_forms
     q, k = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 7, 4)
     with pytest.raises(ValueError, match="self-attention"):
         forms["chunked"](q, k, k, causal=False, scale=0.5)

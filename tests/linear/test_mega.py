@@ -149,10 +149,14 @@ def test_element_functions_count_the_keys_a_mask_allows(causal, chunk_size, mask
                     and (not causal or j <= i) and (chunk_size is None or j // chunk_size == i // chunk_size)]
             for j in keys:
                 expected[b, 0, i] += laplace(q[b, 0, i] @ k[b, 0, j] / len(keys)) * v[b, 0, j]
-    for form in ("reference", "chunked", "block_diagonal"):
+    forms = ("reference", "chunked", "block_diagonal", None) if chunk_size else ("reference", "chunked", None)
+    for form in forms:
         out = attnkit.attention(q, k, v, "mega", causal=causal, mask=mask, scale=1.0, form=form,
                                 attention_fn="laplace", chunk_size=chunk_size)
         assert torch.allclose(out, expected, atol=1e-12), form
+    if chunk_size is None:  # no Mega-chunks: the block-diagonal form says so rather than running another one
+        with pytest.raises(ValueError, match="block_diagonal.*cannot run this call: chunk_size=None"):
+            attnkit.attention(q, k, v, "mega", causal=causal, mask=mask, form="block_diagonal", attention_fn="laplace")
 
 
 @pytest.mark.parametrize("attention_fn", ["laplace", "relu2"])
@@ -166,6 +170,8 @@ def test_cross_attention_with_more_queries_than_keys_and_a_mask(attention_fn, ch
     kw = dict(attention_fn=attention_fn, chunk_size=chunk_size)
     ref = attnkit.attention(q, k, v, "mega", mask=mask, form="reference", **kw)
     for form in attnkit.spec("mega").fast:
+        if form == "block_diagonal":  # self-attention with Mega-chunks only: it refuses cross calls
+            continue
         torch.testing.assert_close(attnkit.attention(q, k, v, "mega", mask=mask, form=form, **kw), ref)
     everything = torch.ones(1, 1, 9, 5, dtype=torch.bool)
     torch.testing.assert_close(attnkit.attention(q, k, v, "mega", mask=everything, **kw),

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import attnkit
+from attnkit.nn.inputs import input_module
 
 
 def test_delta_rule_overwrites_the_value_stored_under_a_key():
@@ -33,7 +34,7 @@ def test_gates_decay_the_state():
 @pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "kda"])
 def test_module_computes_valid_inputs(name):
     spec = attnkit.spec(name)
-    layer = spec.extra["module"](dim=32, heads=4, kv_heads=2, head_dim=16)
+    layer = input_module(spec.name, dim=32, heads=4, kv_heads=2, head_dim=16)
     x = torch.randn(2, 9, 32)
     q, k, v = torch.randn(2, 4, 9, 16), torch.randn(2, 2, 9, 16), torch.randn(2, 2, 9, 16)
     inputs = layer(x, q, k, v)
@@ -58,8 +59,8 @@ def test_missing_or_misshaped_inputs_are_named():
 def test_chunked_form_in_blocks_equals_the_recurrence(monkeypatch, gate):
     """The sequence runs in blocks of whole chunks (``BLOCK_ELEMENTS``), the state handed on; the last
     block is shorter than a chunk, and every head of every batch row keeps its own state."""
-    from attnkit.kernels import delta_rule_chunked as chunked_module
-    from attnkit.kernels.delta_rule import delta_rule_recurrent
+    from attnkit.families.delta_rule import chunked as chunked_module
+    from attnkit.families.delta_rule.forms import delta_rule_recurrent
 
     monkeypatch.setattr(chunked_module, "BLOCK_ELEMENTS", 1)  # one chunk per block
     g = torch.Generator().manual_seed(3)

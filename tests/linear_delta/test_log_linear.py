@@ -6,6 +6,7 @@ import torch
 
 import attnkit
 from attnkit.families.log_linear import levels_for
+from attnkit.nn.inputs import input_module
 
 
 @pytest.mark.parametrize("form", ["reference", "chunked", "recurrent"])
@@ -38,7 +39,7 @@ def test_level_weights_select_fenwick_buckets():
 
 
 def test_module_computes_inputs():
-    layer = attnkit.spec("log_linear_mamba2").extra["module"](dim=16, heads=2, kv_heads=2, head_dim=8)
+    layer = input_module("log_linear_mamba2", dim=16, heads=2, kv_heads=2, head_dim=8)
     q = torch.randn(1, 2, 9, 8)
     inputs = layer(torch.randn(1, 9, 16), q, q, q)
     assert (inputs["g"] <= 0).all() and (inputs["lam"] >= 0).all()

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from attnkit.nn.inputs import input_module
 import torch.nn.functional as F
 
 import attnkit
 from attnkit.families.log_linear import levels_for
-from attnkit.kernels.linear_state import RecurrentState
+from attnkit.state import RecurrentState
 
 NAME = "log_linear_gated_deltanet"
-FORMS = attnkit.spec(NAME).extra["stateful_forms"]
+FORMS = attnkit.spec(NAME).stateful_forms
 
 
 def _inputs(B, H, N, D, levels, seed=0):
@@ -121,7 +123,7 @@ def test_bad_inputs_name_the_argument(form, name, change):
 
 
 def test_module_computes_inputs():
-    layer = attnkit.spec(NAME).extra["module"](dim=16, heads=2, kv_heads=2, head_dim=8)
+    layer = input_module(NAME, dim=16, heads=2, kv_heads=2, head_dim=8)
     q = torch.randn(1, 2, 9, 8)
     inputs = layer(torch.randn(1, 9, 16), q, q, q)
     assert set(inputs) == {"beta", "g", "lam"}

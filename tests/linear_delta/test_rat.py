@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import attnkit
+from attnkit.nn.inputs import input_module
 
 
 def _inputs(N=11):
@@ -33,7 +34,7 @@ def test_one_chunk_is_the_recurrence(form):
 
 
 def test_module_computes_gates():
-    layer = attnkit.spec("rat").extra["module"](dim=32, heads=4, kv_heads=2, head_dim=8)
+    layer = input_module("rat", dim=32, heads=4, kv_heads=2, head_dim=8)
     q, k, v = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
     inputs = layer(torch.randn(1, 6, 32), q, k, v)
     assert inputs["g"].shape == (1, 4, 6, 8) and ((inputs["g"] > 0) & (inputs["g"] < 1)).all()

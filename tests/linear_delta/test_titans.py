@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import attnkit
+from attnkit.nn.inputs import input_module
 
 
 @pytest.mark.parametrize("form", ["reference", "chunked", "recurrent"])
@@ -26,7 +27,7 @@ def test_repeated_writes_make_the_memory_recall_the_value(form):
 
 
 def test_module_computes_inputs():
-    layer = attnkit.spec("titans").extra["module"](dim=16, heads=2, kv_heads=2, head_dim=8)
+    layer = input_module("titans", dim=16, heads=2, kv_heads=2, head_dim=8)
     q = torch.randn(1, 2, 9, 8)
     inputs = layer(torch.randn(1, 9, 16), q, q, q)
     for name in ("theta", "eta", "alpha"):

@@ -132,7 +132,8 @@ def test_maskless_causal_only_mechanism_in_a_decoder(monkeypatch):
 
     soft = registry.get("softmax")
     fake = dataclasses.replace(soft, name="maskless_test", patterns=frozenset({"causal-self"}), supports_mask=False,
-                               fast={"chunked": soft.fast["chunked"]}, step=None)
+                               fast={"chunked": soft.fast["chunked"]}, default_forms=(), can_run={},
+                               auto_when={}, step=None)
     monkeypatch.setitem(registry._REGISTRY, "maskless_test", fake)
     eager, ours = _tiny_llama("eager"), _tiny_llama(hf.register("maskless_test"))
     ids = torch.randint(3, 97, (1, 8), generator=torch.Generator().manual_seed(2))

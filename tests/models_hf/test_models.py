@@ -4,6 +4,7 @@ import torch
 
 import attnkit
 from attnkit.models import DecoderLM, Encoder, ModelConfig
+from attnkit.nn.inputs import has_input_module
 
 
 def stateful_mechanisms() -> list[str]:
@@ -11,7 +12,7 @@ def stateful_mechanisms() -> list[str]:
     out = []
     for name in attnkit.mechanisms():
         spec = attnkit.spec(name)
-        if "causal-self" in spec.patterns and spec.step is not None and (not spec.tensor_names or "module" in spec.extra):
+        if "causal-self" in spec.patterns and spec.step is not None and (not spec.tensor_names or has_input_module(name)):
             out.append(name)
     return out
 

@@ -106,11 +106,11 @@ def test_bad_arguments_are_refused():
         layer(torch.randn(1, 3, 32), return_state=True)
 
 
-def _gated_spec(with_module: bool):
+def _gated_spec():
     """A toy mechanism with a per-token tensor input ``gate`` (B, H, N, 1): softmax attention * sigmoid(gate)."""
     from attnkit.reference import materialised_attention
     from attnkit.registry import ALL_PATTERNS, MechanismSpec
-    from attnkit.state import kv_cache_step
+    from attnkit.builders.kv_cache_step import kv_cache_step
 
     def form(q, k, v, *, causal, mask, scale, gate):
         return materialised_attention(q, k, v, causal=causal, mask=mask, scale=scale) * torch.sigmoid(gate)
@@ -129,15 +129,19 @@ def _gated_spec(with_module: bool):
     return MechanismSpec(
         name="toy_gated", family="test", papers=(), patterns=ALL_PATTERNS, reference=form, fast={"ref": form},
         step=step, tensor_inputs=lambda q, k, v, g: {"gate": torch.randn(*q.shape[:3], 1, generator=g, dtype=q.dtype)},
-        tensor_inputs_per_token=("gate",), extra={"module": GateFromTokens} if with_module else {},
-    )
+        tensor_inputs_per_token=("gate",),
+    ), GateFromTokens
 
 
-def test_layer_learns_tensor_inputs_through_the_spec_module_hook(monkeypatch):
+def test_layer_learns_tensor_inputs_through_the_registered_input_module(monkeypatch):
     from attnkit import registry
+    from attnkit.nn import inputs
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    registry.register(_gated_spec(with_module=True))
+    monkeypatch.setattr(inputs, "_FACTORIES", dict(inputs._FACTORIES))
+    spec, module = _gated_spec()
+    registry.register(spec)
+    inputs.register_input_module("toy_gated", module)
     layer = Attention(16, 2, mechanism="toy_gated").double()
     x = torch.randn(1, 6, 16, dtype=torch.float64)
     whole = layer(x, causal=True)
@@ -154,6 +158,6 @@ def test_layer_refuses_tensor_inputs_it_cannot_learn(monkeypatch):
     from attnkit import registry
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    registry.register(_gated_spec(with_module=False))
-    with pytest.raises(ValueError, match="spec.extra\\['module'\\]"):
+    registry.register(_gated_spec()[0])
+    with pytest.raises(ValueError, match="has no input module"):
         Attention(16, 2, mechanism="toy_gated")

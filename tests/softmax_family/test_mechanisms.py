@@ -138,3 +138,9 @@ def test_cope_counts_gates_from_key_to_query():
     assert torch.allclose(w[0, 0], torch.softmax(logits, dim=-1))
     with pytest.raises(ValueError, match="does not support"):
         attnkit.attention(q, k, v, "cope", pos_emb=zero)
+
+
+def test_an_old_mechanism_name_says_the_new_one():
+    q = torch.randn(1, 1, 2, 4)
+    with pytest.raises(ValueError, match="'rela-gated' is now called 'rela_gated'"):
+        attnkit.attention(q, q, q, "rela-gated")

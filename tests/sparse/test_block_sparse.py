@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.families.mask_pipeline import dense_pattern
-from attnkit.kernels.auto_sparse import sparse_layout
+from attnkit.builders.mask_pipeline import dense_pattern
+from attnkit.kernels.auto_sparse import too_dense
 from attnkit.kernels.block_sparse import block_sparse_attention
 from attnkit.masks import build_layout, causal_mask
 from attnkit.masks.base import MaskMod
@@ -75,12 +75,17 @@ def test_per_head_score_modifier_on_per_head_layout():
 
 
 def test_fully_masked_rows_are_zero_without_nan():
-    mask = sliding_window(3) & causal_mask() & ~document(lengths_to_ids([10, 30]))  # rows 0..9 see nothing
-    q, k, v, layout, _ = _case(mask, 1, 2, 2, 40, 40, block_q=8, block_k=8)
+    mask = sliding_window(3) & causal_mask() & ~document(lengths_to_ids([10, 30]))  # rows 10..12 see keys
+    q, k, v, layout, dense = _case(mask, 1, 2, 2, 40, 40, block_q=8, block_k=8)
+    blind = ~dense.any(-1).expand(1, 2, 40)  # rows that see no key
+    assert blind.sum() == 2 * 37
     out = block_sparse_attention(q.float(), k.float(), v.float(), layout, scale=0.3)
     assert torch.isfinite(out).all()
+    assert out[blind].abs().max() == 0, "a row that sees no key must output zeros"
+    assert out[~blind].abs().amax(dim=-1).min() > 0, "rows that see keys must not be zeroed"
     out.sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    assert q.grad[blind].abs().max() == 0, "a row that sees no key has no gradient"
 
 
 def test_layout_for_other_sizes_is_refused():
@@ -95,8 +100,12 @@ def test_softmax_dispatches_sparse_boolean_masks(monkeypatch):
     monkeypatch.setattr(auto, "MIN_PAIRS", 1)
     monkeypatch.setattr(auto, "BLOCK", 16)
     q, k, v, _, dense = _case(sliding_window(8) & causal_mask(), 1, 2, 1, 130, 130)
-    assert sparse_layout(q, k, causal=True, mask=dense) is not None
-    assert sparse_layout(q, k, causal=True, mask=torch.ones(130, 130, dtype=torch.bool)[None, None]) is None
+    assert too_dense(q, k, v, causal=True, mask=dense) is None
+    full = torch.ones(130, 130, dtype=torch.bool)[None, None]
+    assert "non-empty" in too_dense(q, k, v, causal=True, mask=full)
+    assert attnkit.explain(q, k, v, "softmax", causal=True, mask=dense).form == "block_sparse"
+    assert attnkit.explain(q, k, v, "softmax", causal=True, mask=full).form == "sdpa"
+    assert attnkit.explain(q, k, v, "softmax", causal=True, mask=full, form="block_sparse").form == "block_sparse"
     out = attnkit.attention(q, k, v, "softmax", causal=True, mask=dense)
     _check(out, materialised_attention(q, k, v, causal=True, mask=dense, scale=0.25), (q, k, v))
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.families.mask_pipeline import dense_pattern, mask_of
+from attnkit.builders.mask_pipeline import dense_pattern, mask_of
 from attnkit.registry import dense_flops
 
 

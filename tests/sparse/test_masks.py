@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.families.mask_pipeline import dense_pattern, mask_of
+from attnkit.builders.mask_pipeline import dense_pattern, mask_of
 from attnkit.masks import MaskMod, build_layout, causal_mask
 from attnkit.masks.documents import lengths_to_ids, shared_question
 from attnkit.masks.spatial import Grid, neighborhood, swin

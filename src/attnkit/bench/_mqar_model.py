@@ -10,9 +10,9 @@ gives every token its neighbours and the order of the sequence; block 1's mixer
 is the mechanism under test: q, k, v projections, ``attnkit.attention(...,
 causal=True)`` and an output projection.
 
-A mechanism's extra tensor inputs (gates, betas) come from the layer its spec
-registers (``spec.extra["module"]``), else from learned projections
-(:mod:`._mqar_inputs`). ``qkv_conv`` and ``gated_norm`` add the two
+A mechanism's extra tensor inputs (gates, betas) come from the mechanism's input
+module (:mod:`attnkit.nn.inputs`), else from learned projections
+(:class:`attnkit.nn.inputs.LearnedTensorInputs`). ``qkv_conv`` and ``gated_norm`` add the two
 pieces of the Gated DeltaNet layer ("Gated Delta Networks", as fla and Zoology's
 ``gated_delta_net`` build it) around the operator: a short causal convolution
 (kernel 4, no bias) with SiLU on each of q, k, v, and an RMS norm of the output gated by
@@ -29,7 +29,7 @@ from torch import nn
 
 from .. import attention, spec as get_spec
 from ._mqar_data import IGNORE
-from ._mqar_inputs import TensorInputs
+from ..nn.inputs import LearnedTensorInputs, has_input_module, input_module
 
 
 class ShortConv(nn.Module):
@@ -71,11 +71,10 @@ class Mixer(nn.Module):
         qkv_dims = (heads * qk_dim, heads * qk_dim, d_model)
         self.convs = nn.ModuleList(ShortConv(n, 4, bias=False) for n in qkv_dims) if qkv_conv else None
         self.gate = nn.Linear(d_model, d_model) if gated_norm else None
-        factory = spec.extra.get("module")
-        if factory is not None:  # the mechanism's own layer for its tensor inputs (docs/design.md)
-            self.inputs = factory(dim=d_model, heads=heads, kv_heads=heads, head_dim=qk_dim)
+        if has_input_module(mechanism):  # the mechanism's own layer for its tensor inputs (docs/design.md)
+            self.inputs = input_module(mechanism, dim=d_model, heads=heads, kv_heads=heads, head_dim=qk_dim)
         else:
-            self.inputs = TensorInputs(spec, d_model, heads, heads, qk_dim, self.v_dim, seq_len)
+            self.inputs = LearnedTensorInputs(spec, d_model, heads, heads, qk_dim, self.v_dim, seq_len)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, _ = x.shape

@@ -5,7 +5,8 @@ Information Funneling" (2024). Lower layers spread attention widely, upper
 layers concentrate it, so with an average budget ``k`` over ``L`` layers
 layer ``l`` keeps ``k_l = k_max - (k_max - k_min) l / (L - 1)`` tokens, with
 ``k_min = k / beta`` and ``k_max = 2k - k_min`` (an arithmetic sequence whose
-mean is ``k``). The tokens a layer keeps are chosen by the wrapped policy (the
+mean is ``k``; a layer whose share exceeds the prompt keeps all of it, so at
+budgets above about half the prompt the mean falls below ``k``). The tokens a layer keeps are chosen by the wrapped policy (the
 paper uses SnapKV's observation-window votes).
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ class PyramidKV(Policy):
         low = mean / self.beta
         high = 2 * mean - low
         step = 0.0 if self.layers == 1 else (high - low) / (self.layers - 1)
-        return max(1, round(high - step * layer))
+        return min(prompt, max(1, round(high - step * layer)))
 
     def observe(self, store, q, scale):
         return self.scorer.observe(store, q, scale)

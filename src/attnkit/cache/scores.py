@@ -45,14 +45,31 @@ def weights(q_rows: torch.Tensor, qpos: torch.Tensor, store, scale: float) -> to
 
 
 def column_sums(q: torch.Tensor, store, scale: float) -> torch.Tensor:
-    """Per query head, the attention each kept key receives from the ``n`` new queries, summed: ``(B, H, L)``."""
-    n = q.shape[2]
+    """Per query head, the attention each kept key receives from the ``n`` new queries, summed: ``(B, H, L)``.
+
+    Rows are materialised ``QUERY_CHUNK`` at a time; float64 inputs are normalised in float64, others in
+    their dtype (the sums are accumulated in float64)."""
+    n, heads = q.shape[2], q.shape[1]
+    B, kv_heads, L, D = store.k.shape
     qpos = query_positions(store, n, q.device)
-    total = None
-    for lo in range(0, n, QUERY_CHUNK):
-        part = weights(q[:, :, lo : lo + QUERY_CHUNK], qpos[lo : lo + QUERY_CHUNK], store, scale).sum(dim=2)
-        total = part if total is None else total + part
+    total = torch.zeros(B, heads, L, dtype=torch.float64, device=q.device)
+    with torch.no_grad():
+        for lo in range(0, n, QUERY_CHUNK):
+            rows, pos = q[:, :, lo : lo + QUERY_CHUNK], qpos[lo : lo + QUERY_CHUNK]
+            seen = int((store.pos <= pos[-1]).sum(-1).max())  # kept positions ascend: the visible keys are a prefix
+            part = _Prefix(store, seen)
+            grouped = rows.reshape(B, kv_heads, heads // kv_heads * rows.shape[2], D)
+            s = (grouped @ part.k.transpose(-1, -2)).view(B, heads, rows.shape[2], seen) * scale
+            s = s.masked_fill(~_visible(part, pos, heads), float("-inf"))
+            total[..., :seen] += torch.softmax(s, dim=-1).sum(dim=2, dtype=torch.float64)
     return total
+
+
+class _Prefix:
+    """The first ``count`` kept slots of a store (keys and positions)."""
+
+    def __init__(self, store, count: int):
+        self.k, self.pos = store.k[:, :, :count], store.pos[:, :, :count]
 
 
 def per_kv_head(x: torch.Tensor, kv_heads: int) -> torch.Tensor:

@@ -57,7 +57,7 @@ def _layout(pattern, args):
     import torch
 
     import attnkit
-    from ..families.mask_pipeline import mask_of
+    from ..builders.mask_pipeline import mask_of
     from ..masks import build_layout, causal_mask, full_mask
 
     q = torch.zeros(1, args.heads, args.n, 8)

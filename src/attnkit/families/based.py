@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .linear_pipeline import register_linear_mechanism
+from ..builders.linear_pipeline import register_linear_mechanism
 
 PAPER = "Simple linear attention language models balance the recall-throughput tradeoff"
 

@@ -9,7 +9,7 @@ its running maximum on ``|s|`` and multiplies by the sign when accumulating.
 from __future__ import annotations
 
 from ..scores.normalisers import Normaliser
-from .score_pipeline import register_score_mechanism
+from ..builders.score_pipeline import register_score_mechanism
 
 COG = Normaliser("cog", "exp", signed=True)
 

@@ -14,8 +14,8 @@ from ..params import Param
 from ..positional.cope import cope_chunked, cope_reference
 from ..registry import MechanismSpec, register
 from ..validation import check_int, check_tensor
-from ..state import kv_cache_step
-from .score_pipeline import CHUNK_PARAMS
+from ..builders.kv_cache_step import kv_cache_step
+from ..builders.score_pipeline import CHUNK_PARAMS
 
 PAPER = "Contextual Position Encoding: Learning to Count What's Important"
 

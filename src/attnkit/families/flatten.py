@@ -8,7 +8,7 @@ changing its norm,
 
 (``p`` = ``focusing_factor``, 3 in the paper; ``s`` a learned per-channel scale,
 the optional tensor input ``focus_scale`` ``(heads, head_dim)`` = ``softplus(s)``,
-learned by ``attnkit.nn.linear_inputs.FocusScale``),
+learned by ``attnkit.nn.inputs.linear.FocusScale``),
 and attention is normalised linear attention as the paper's code computes it,
 ``f(q) (sum_j f(k_j)^T v_j / n) / (f(q) . mean_j f(k_j) + eps)`` with ``n``
 the number of visible keys. ``scale`` multiplies q (it cancels up to ``eps``).
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..params import Param, TensorInput
 from ..validation import check_float, check_tensor
-from .linear_pipeline import register_linear_mechanism
+from ..builders.linear_pipeline import register_linear_mechanism
 
 PAPER = "FLatten Transformer: Vision Transformer using Focused Linear Attention"
 
@@ -48,12 +48,6 @@ def flatten_inputs(q, k, v, generator):
     return {"focus_scale": F.softplus(s).to(q.dtype)}
 
 
-def _module(*, dim, heads, kv_heads, head_dim):
-    from ..nn.linear_inputs import FocusScale
-
-    return FocusScale(heads, head_dim)
-
-
 register_linear_mechanism(
     "flatten",
     family="linear",
@@ -68,5 +62,4 @@ register_linear_mechanism(
     tensor_inputs=flatten_inputs,
     inputs={"focus_scale": TensorInput("(H, Dk)", "positive per-channel scales applied before the focusing power", required=False)},
     summary="FLatten focused linear attention: norm-preserving x^p sharpening of relu features",
-    module=_module,
 )

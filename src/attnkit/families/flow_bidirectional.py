@@ -23,7 +23,7 @@ import torch
 from ..params import Param
 from ..kernels.positions import repeat_kv
 from ..registry import MechanismSpec, register
-from .flow import PAPER, eps_dot
+from .flow.forms import PAPER, eps_dot
 from ..validation import check_float
 
 

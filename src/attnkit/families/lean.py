@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..kernels.lean import lean_attention
 from ..params import Param
-from .score_pipeline import register_score_mechanism
+from ..builders.score_pipeline import register_score_mechanism
 
 
 def _stream_k(q, k, v, *, causal, mask, scale, workers, tile, **chunk_sizes_unused):

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from ..params import Param
 from ..scores.alibi import alibi_slopes
-from .linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
+from ..builders.linear_pipeline import register_linear_mechanism
+from ..builders.stateful import CAUSAL_ONLY
 from ..validation import check_float
 
 PAPERS = (

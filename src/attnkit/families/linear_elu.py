@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from ..params import Param
-from .linear_pipeline import register_linear_mechanism
+from ..builders.linear_pipeline import register_linear_mechanism
 
 PAPER = "Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention"
 

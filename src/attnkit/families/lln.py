@@ -22,7 +22,7 @@ import math
 import torch
 
 from ..params import Param
-from .linear_pipeline import register_linear_mechanism
+from ..builders.linear_pipeline import register_linear_mechanism
 from ..validation import check_float
 
 PAPER = "Linear Log-Normal Attention with Unbiased Concentration"

@@ -9,7 +9,7 @@ Through Structured State Space Duality" (2024): with ``C = q``, ``B = k``,
 equal to masked attention ``(C B^T * L) x`` with ``L_ts = exp(A (dt_{s+1} +
 ... + dt_t)) dt_s`` (the SSD duality) and computed chunkwise. Tensor inputs:
 ``dt`` ``(B, H, N)`` positive step sizes (per token) and ``A`` ``(H,)`` negative
-decay rates; ``attnkit.nn.linear_inputs.Mamba2Gate`` computes them. ``scale``
+decay rates; ``attnkit.nn.inputs.linear.Mamba2Gate`` computes them. ``scale``
 multiplies ``C`` (``scale=1.0`` is the paper's form); the conv1d, the skip
 ``D x`` and the gated output norm are in the block, ``attnkit.nn.Mamba2Layer``.
 Used as a baseline for the gated mechanisms.
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from ..params import TensorInput
 from ..validation import check_tensor
-from .linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
+from ..builders.linear_pipeline import register_linear_mechanism
+from ..builders.stateful import CAUSAL_ONLY
 
 PAPER = "Transformers are SSMs: Generalized Models and Efficient Algorithms Through Structured State Space Duality"
 
@@ -40,12 +41,6 @@ def ssd_inputs(q, k, v, generator):
     return {"dt": dt.to(q.dtype), "A": A.to(q.dtype)}
 
 
-def _module(*, dim, heads, kv_heads, head_dim):
-    from ..nn.linear_inputs import Mamba2Gate
-
-    return Mamba2Gate(dim, heads)
-
-
 register_linear_mechanism(
     "mamba2",
     family="linear-decay",
@@ -58,5 +53,4 @@ register_linear_mechanism(
     tensor_inputs_per_token=("dt",),
     patterns=CAUSAL_ONLY,
     summary="Mamba-2 SSD: h = exp(dt A) h + dt k^T v, o = q h (scalar data-dependent decay per head)",
-    module=_module,
 )

@@ -37,12 +37,11 @@ import torch
 import torch.nn.functional as F
 
 from ..params import Param, TensorInput
-from .. import registry
 from ..reference import materialised_attention
 from ..scores.normalisers import SOFTMAX, Normaliser
 from ..validation import check_int
 from ..scores.user_mask import allowed_by
-from .score_pipeline import register_score_mechanism
+from ..builders.score_pipeline import register_score_mechanism
 
 PAPER = "Mega: Moving Average Equipped Gated Attention"
 LAPLACE_MU, LAPLACE_SIGMA = math.sqrt(0.5), math.sqrt(1.0 / (4 * math.pi))
@@ -137,17 +136,21 @@ def _keys_per_row(mask, q_len, kv_len, causal, chunk_size):
     return (counts.gather(-1, index(hi)) - counts.gather(-1, index(lo))).squeeze(-1)
 
 
+def _block_diagonal_refuses(q, k, v, *, chunk_size=None, **_) -> str | None:
+    if chunk_size is None:
+        return "chunk_size=None: no Mega-chunks (the chunked form runs full attention)"
+    if k.shape[2] != q.shape[2]:
+        return f"q_len {q.shape[2]} != kv_len {k.shape[2]}: Mega-chunks need queries and keys at the same positions"
+    return None
+
+
 def block_diagonal(q, k, v, *, causal, mask, scale, attention_fn, chunk_size, rel_bias=None, **tiles):
     """Mega-chunk in O(N chunk_size): each chunk's queries attend over that chunk's keys only.
 
-    Applies to self-attention with a ``chunk_size`` (queries and keys share positions);
-    other calls run the chunked form.
+    Runs self-attention with a ``chunk_size`` (queries and keys share positions): see
+    :func:`_block_diagonal_refuses`; the default choice runs the chunked form for other calls.
     """
     N = q.shape[2]
-    if chunk_size is None or k.shape[2] != N:
-        return registry.get("mega").fast["chunked"](q, k, v, causal=causal, mask=mask, scale=scale,
-                                                    attention_fn=attention_fn, chunk_size=chunk_size,
-                                                    rel_bias=rel_bias, **tiles)
     _check(q, k, v, attention_fn=attention_fn, chunk_size=chunk_size, rel_bias=rel_bias)
     outs = []
     for s in range(0, N, chunk_size):
@@ -178,6 +181,8 @@ register_score_mechanism(
     inputs={"rel_bias": TensorInput("(2L - 1,)", "relative-position bias, one per offset -(L-1) .. L-1; none when absent", required=False)},
     family="mega",
     extra_fast={"block_diagonal": block_diagonal},
+    default_forms=("block_diagonal", "chunked"),
+    can_run={"block_diagonal": _block_diagonal_refuses},
     summary="Mega's single-head attention: softmax / laplace / relu^2 of q.k (+ relative bias), Mega-chunk block-diagonal",
     test_params={"attention_fn": "laplace", "chunk_size": 16},
     mod_sees_mask=True,

@@ -37,7 +37,7 @@ from ..reference import materialised_attention
 from ..params import Param
 from ..registry import MechanismSpec, register
 from ..validation import check_int
-from ..state import kv_cache_step
+from ..builders.kv_cache_step import kv_cache_step
 
 PAPER = "MoBA: Mixture of Block Attention for Long-Context LLMs"
 

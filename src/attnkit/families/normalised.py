@@ -19,7 +19,7 @@ import torch
 from ..params import Param
 from ..scores.normalisers import Normaliser
 from ..validation import check_float, check_tensor
-from .score_pipeline import register_score_mechanism
+from ..builders.score_pipeline import register_score_mechanism
 
 
 def _normaliser(*, gain=None, shift=None, eps, **_):

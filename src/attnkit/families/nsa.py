@@ -31,7 +31,7 @@ block (so a float32 and a float64 call choose the same blocks unless two scores
 are within float32 rounding of each other); the gates
 ``gates (B, H, N, 3)`` (compression, selection, window) are given already
 squashed (inside ``attnkit.nn.Attention(..., mechanism="nsa")``, the module
-:class:`attnkit.nn.nsa_inputs.NSAInputs` computes them with a linear map and a
+:class:`attnkit.nn.inputs.nsa.NSAInputs` computes them with a linear map and a
 sigmoid). Top-n is not differentiable; gradients reach the compression MLP
 through the compression branch and the gates.
 
@@ -60,7 +60,7 @@ from ..reference import materialised_attention
 from ..params import Param, TensorInput
 from ..registry import MechanismSpec, register
 from ..validation import check_int, check_tensor
-from ..state import kv_cache_step
+from ..builders.kv_cache_step import kv_cache_step
 
 PAPER = "Native Sparse Attention: Hardware-Aligned and Natively Trainable Sparse Attention"
 INPUTS = ("k_pos", "k_w1", "k_w2", "v_pos", "v_w1", "v_w2")
@@ -194,12 +194,6 @@ def _sparse(q, k, v, *, causal, mask, scale, compress_stride, select_block, sele
     return _mix(gates, o_cmp, o_slc, o_win)
 
 
-def _module(*, dim, heads, kv_heads, head_dim):
-    from ..nn.nsa_inputs import NSAInputs
-
-    return NSAInputs(dim, heads, head_dim)
-
-
 def _flops(batch, heads, q_len, kv_len, head_dim, causal, compress_stride=16, select_block=64, select_count=16,
            window=512, compress_block=32, **_):
     """Forward FLOPs of the three branches' attention (4 * pairs * head_dim each; the MLP not counted)."""
@@ -236,7 +230,6 @@ register(MechanismSpec(
     tensor_inputs_per_token=("gates",),
     supports_mask=False,
     flops=_flops,
-    extra={"module": _module},
     complexity="O(N (N / compress_stride + select_count select_block + window))",
     summary="compressed blocks + top-n selected blocks (GQA-shared) + sliding window, mixed by gates",
 ))

@@ -20,7 +20,7 @@ import torch
 
 from ..params import Param, TensorInput
 from ..validation import check_tensor
-from .linear_pipeline import register_linear_mechanism
+from ..builders.linear_pipeline import register_linear_mechanism
 
 PAPER = "Rethinking Attention with Performers"
 
@@ -64,12 +64,6 @@ def performer_inputs(q, k, v, generator):
     return {"features": draw_features(default_feature_count(D), D, seed, q.dtype)}
 
 
-def _module(*, dim, heads, kv_heads, head_dim):
-    from ..nn.linear_inputs import PerformerFeatures
-
-    return PerformerFeatures(head_dim)
-
-
 register_linear_mechanism(
     "performer",
     family="linear",
@@ -80,6 +74,5 @@ register_linear_mechanism(
     params={"seed": Param(0, int, 'seed of the random features drawn when `features` is not given', low=0)},
     tensor_inputs=performer_inputs,
     inputs={"features": TensorInput("(m, Dk)", "random feature projections; drawn from `seed` when absent", required=False)},
-    module=_module,
     summary="FAVOR+: softmax kernel estimated with positive orthogonal random features (m = d ln d)",
 )

@@ -6,7 +6,7 @@ so weights are exactly sparse and a head may attend to nothing. The unbounded
 output is stabilised by an RMSNorm with a learned gain over the concatenated
 heads of each token, ``RMSNorm(z) = g * z / sqrt(mean(z^2) + eps)`` ("rela"),
 and in the gated variant ReLA-g additionally multiplied by
-``sigmoid(w * z)`` with a learned vector ``w`` ("rela-gated"), as in the
+``sigmoid(w * z)`` with a learned vector ``w`` ("rela_gated"), as in the
 authors' reference implementation.
 
 Tensor inputs: ``gain`` and ``gate`` of shape ``(heads, v_head_dim)``, i.e. the
@@ -19,7 +19,7 @@ import torch
 from ..params import Param
 from ..scores.normalisers import Normaliser
 from ..validation import check_float, check_tensor
-from .score_pipeline import register_score_mechanism
+from ..builders.score_pipeline import register_score_mechanism
 
 RELU = Normaliser("relu", "sum", phi=torch.relu)
 PAPER = "Sparse Attention with Linear Units"
@@ -69,7 +69,7 @@ register_score_mechanism(
 )
 
 register_score_mechanism(
-    "rela-gated",
+    "rela_gated",
     papers=(PAPER,),
     normaliser=RELU,
     params={"gain": Param(None, torch.Tensor, '(heads, v_dim) RMSNorm gains; None: 1', optional=True),

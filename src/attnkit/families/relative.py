@@ -25,7 +25,7 @@ from ..kernels.positions import query_positions
 from ..scores.relative import shaw_gather_mod, shaw_skew_mod
 from ..scores.t5_bias import t5_bias_mod
 from ..validation import check_int, check_tensor
-from .score_pipeline import register_score_mechanism
+from ..builders.score_pipeline import register_score_mechanism
 
 T5 = "Exploring the Limits of Transfer Learning with a Unified Text-to-Text Transformer"
 SHAW = "Self-Attention with Relative Position Representations"

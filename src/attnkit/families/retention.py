@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from .linear_pipeline import CAUSAL_ONLY, register_linear_mechanism
+from ..builders.linear_pipeline import register_linear_mechanism
+from ..builders.stateful import CAUSAL_ONLY
 
 PAPER = "Retentive Network: A Successor to Transformer for Large Language Models"
 

@@ -25,7 +25,7 @@ import torch
 from ..params import Param
 from ..kernels.dense import sdpa_attention
 from ..validation import check_tensor
-from .score_pipeline import register_score_mechanism
+from ..builders.score_pipeline import register_score_mechanism
 
 
 def selective_prepare(q, k, v, *, scale=None, query_temp=None, value_temp=None, position_scale=None, **_):

@@ -20,7 +20,7 @@ import torch
 from ..params import Param
 from ..scores.normalisers import Normaliser
 from ..validation import check_int
-from .score_pipeline import register_score_mechanism
+from ..builders.score_pipeline import register_score_mechanism
 
 SIGMOID = Normaliser("sigmoid", "sum", phi=torch.sigmoid)
 

@@ -9,28 +9,39 @@
 from __future__ import annotations
 
 from ..params import Param
-from ..kernels.auto_sparse import sparse_layout
+from ..kernels.auto_sparse import mask_layout, not_boolean, too_dense
 from ..kernels.block_sparse import block_sparse_attention
 from ..kernels.dense import sdpa_attention
 from ..scores.alibi import alibi_mod
 from ..scores.softcap import softcap_mod
-from .score_pipeline import register_score_mechanism
+from ..builders.score_pipeline import register_score_mechanism
 
 ATTENTION_IS_ALL = "Attention Is All You Need"
 MEMORY_EFFICIENT = "Self-attention Does Not Need O(n^2) Memory"
 
 
 def _sdpa(q, k, v, *, causal, mask, scale, dropout_p=0.0, **chunk_sizes_unused_by_sdpa):
-    layout = None if dropout_p else sparse_layout(q, k, causal=causal, mask=mask)  # skip a sparse mask's empty tiles
-    if layout is not None:
-        return block_sparse_attention(q, k, v, layout, scale=scale)
     return sdpa_attention(q, k, v, causal=causal, mask=mask, scale=scale, dropout_p=dropout_p)
+
+
+def _block_sparse_refuses(q, k, v, *, causal, mask, dropout_p=0.0, **_) -> str | None:
+    if dropout_p:
+        return "the block-sparse kernel applies no attention-weight dropout"
+    return not_boolean(q, k, v, causal=causal, mask=mask)
+
+
+def _block_sparse(q, k, v, *, causal, mask, scale, **chunk_sizes_unused):
+    """Skips the tiles a boolean mask leaves empty (the default when the mask is sparse: kernels/auto_sparse.py)."""
+    return block_sparse_attention(q, k, v, mask_layout(q, k, causal=causal, mask=mask), scale=scale)
 
 
 register_score_mechanism(
     "softmax",
     papers=(ATTENTION_IS_ALL, MEMORY_EFFICIENT),
-    extra_fast={"sdpa": _sdpa},
+    extra_fast={"sdpa": _sdpa, "block_sparse": _block_sparse},
+    default_forms=("block_sparse", "sdpa"),
+    can_run={"block_sparse": _block_sparse_refuses},
+    auto_when={"block_sparse": too_dense},
     dropout_forms=("sdpa",),
     summary="scaled dot-product attention; SDPA fast path, chunked O(N)-memory exact path",
 )

@@ -36,8 +36,8 @@ from ..registry import ALL_PATTERNS, MechanismSpec, register
 from ..scores.normalisers import SOFTMAX, Normaliser
 from ..validation import check_float
 from ..scores.user_mask import allowed_by, apply_mask
-from ..state import kv_cache_step
-from .score_pipeline import CHUNK_PARAMS, register_score_mechanism
+from ..builders.kv_cache_step import kv_cache_step
+from ..builders.score_pipeline import CHUNK_PARAMS, register_score_mechanism
 
 PAPER = "Softplus Attention with Re-weighting Boosts Length Extrapolation in Large Language Models"
 SOFTPLUS_L1 = Normaliser("softplus-l1", "ratio", phi=F.softplus)

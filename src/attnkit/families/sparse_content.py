@@ -13,7 +13,7 @@ import torch
 from ..params import Param, TensorInput
 from ..masks.content import hash_sparse, lsh_buckets, qk_sparse
 from ..registry import SELF_PATTERNS
-from .mask_pipeline import register_mask_mechanism
+from ..builders.mask_pipeline import register_mask_mechanism
 
 SPARSE_FLASH = "Faster Causal Attention Over Large Sequences Through Sparse Flash Attention"
 

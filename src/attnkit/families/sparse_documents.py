@@ -12,7 +12,7 @@ import torch
 from ..params import Param, TensorInput
 from ..masks import documents as d
 from ..registry import SELF_PATTERNS
-from .mask_pipeline import register_mask_mechanism
+from ..builders.mask_pipeline import register_mask_mechanism
 
 LONGCA = "Long-Context Attention Benchmark: From Kernel Efficiency to Distributed Context Parallelism"
 

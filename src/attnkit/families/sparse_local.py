@@ -14,9 +14,9 @@ under both rules.
 from __future__ import annotations
 
 from ..masks import window as w
+from ..builders.mask_pipeline import register_mask_mechanism
 from ..masks.spatial import Grid, neighborhood
 from ..params import Param
-from .mask_pipeline import register_mask_mechanism
 
 SPARSE_TRANSFORMER = "Generating Long Sequences with Sparse Transformers"
 STREAMING = "Efficient Streaming Language Models with Attention Sinks"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..params import Param
 from ..masks.spatial import grid_for, halo, neighborhood, swin
-from .mask_pipeline import register_mask_mechanism
+from ..builders.mask_pipeline import register_mask_mechanism
 
 NA = "Neighborhood Attention Transformer"
 DINA = "Dilated Neighborhood Attention Transformer"

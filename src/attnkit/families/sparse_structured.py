@@ -5,7 +5,7 @@ from ..params import Param
 from ..masks import factorised as f
 from ..masks.radial import radial
 from ..registry import SELF_PATTERNS
-from .mask_pipeline import register_mask_mechanism
+from ..builders.mask_pipeline import register_mask_mechanism
 
 SPARSE_TRANSFORMER = "Generating Long Sequences with Sparse Transformers"
 

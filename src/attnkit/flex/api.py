@@ -61,9 +61,8 @@ def flex_attention(query, key, value, score_mod=None, block_mask=None, scale=Non
         mask = mask_mod if mask_mod is not None else _attend_all
         layout = layout_from_mask_mod(mask, batch=B, heads=H, q_len=L, kv_len=S, block_q=min(block_q, L),
                                       block_k=min(block_k, S), device=query.device)
-    if score_mod is None and not want_lse:
-        out = block_sparse_attention(query, key, value, layout, scale=scale)
-        return out
+    if score_mod is None and not want_lse and torch.is_grad_enabled():  # FlashAttention-2's backward, no recompute
+        return block_sparse_attention(query, key, value, layout, scale=scale)
     out, lse = flex_block_sparse(query, key, value, layout, scale=scale, score_mod=score_mod)
     if return_aux is not None:
         from torch.nn.attention.flex_attention import AuxOutput

@@ -12,7 +12,9 @@ the last valid one, and masked out after the modifier (FlexAttention
 applies ``where(mask, score_mod(score), -inf)``; attnkit adds -inf).
 
 Each group sweeps its tiles with an online softmax (running max, sum and
-output). Under autograd a group is a differentiable function recomputed in
+output). Without autograd on a CPU, the groups are dealt to as many worker
+threads as intra-op threads, each running its ops single-threaded
+(:mod:`attnkit.kernels.workers`). Under autograd a group is a differentiable function recomputed in
 the backward (``torch.utils.checkpoint``), so gradients reach q, k, v and any
 tensor the ``score_mod`` closes over (a learned bias), with O(N) memory
 outside the group being computed.
@@ -25,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from ..masks.layout import BlockLayout
 from .block_sparse import LOG2E, _bias_table, _blocks, _gather, _Geometry, _unblock
 from .plan import plan_groups
+from .workers import balance, run_in_threads
 
 LN2 = 0.6931471805599453
 
@@ -39,13 +42,21 @@ def flex_block_sparse(q, k, v, layout: BlockLayout, *, scale: float, score_mod=N
     groups = plan_groups(layout, geo.B, geo.H, geo.Hkv, geo.hq, budget)
     qs = _blocks(q * scale, geo.bq)
     kb, vb = _blocks(k, geo.bk), _blocks(v, geo.bk)
-    outs, lses, rows = [], [], []
-    for grp in groups:
-        fn = _FlexGroup(grp, layout, geo, score_mod)
-        o, l = checkpoint(fn, qs, kb, vb, use_reentrant=False) if torch.is_grad_enabled() else fn(qs, kb, vb)
-        outs.append(o)
-        lses.append(l)
-        rows.append(grp.q_index.flatten())
+    fns = [_FlexGroup(grp, layout, geo, score_mod) for grp in groups]
+    threads = torch.get_num_threads()
+    if torch.is_grad_enabled():
+        results = [checkpoint(fn, qs, kb, vb, use_reentrant=False) for fn in fns]
+    elif q.device.type == "cpu" and threads > 1 and len(fns) > 1:  # groups on threads, one op thread each
+        parts = balance([grp.kv_index.numel() for grp in groups], threads)
+        done = run_in_threads(lambda part: [fns[i](qs, kb, vb) for i in part], parts)
+        results = [None] * len(fns)
+        for part, outs in zip(parts, done):
+            for i, r in zip(part, outs):
+                results[i] = r
+    else:
+        results = [fn(qs, kb, vb) for fn in fns]
+    outs, lses = [r[0] for r in results], [r[1] for r in results]
+    rows = [grp.q_index.flatten() for grp in groups]
     out = qs.new_zeros(qs.shape[0], geo.bq, geo.Dv)
     lse = qs.new_full((qs.shape[0], geo.bq), float("-inf"))
     if outs:

@@ -46,8 +46,19 @@ def chunked_attention(
     ``mask`` is ``None`` or a 4-D tensor broadcastable to ``(B, H, Nq, Nk)``
     (boolean: True = attend, or additive float).
     """
-    B, H, Nq, D = q.shape
-    Hkv, Nk = k.shape[1], k.shape[2]
+    chunk = _QueryChunk(causal, scale, score_mod, normaliser, kv_chunk, k.shape[1])
+    return over_query_chunks(chunk, q, k, v, causal=causal, mask=mask, q_chunk=q_chunk)
+
+
+def over_query_chunks(chunk, q, k, v, *inputs, causal: bool, mask, q_chunk: int) -> torch.Tensor:
+    """The query loop of chunked attention: ``chunk(q_rows, k, v, *inputs, q_pos, k_end, mask_rows)``
+    for each block of ``q_chunk`` queries, concatenated along the queries.
+
+    ``q_pos`` are the block's absolute (bottom-right aligned) positions; ``k_end`` the number of
+    keys the block may see (causal: up to its last query; else all). With gradients on, each
+    block keeps only its inputs and is recomputed in the backward pass (checkpointing).
+    """
+    Nq, Nk = q.shape[2], k.shape[2]
     if mask is not None:
         mask = mask.expand(mask.shape[0], mask.shape[1], Nq, Nk)
     q_pos = query_positions(Nq, Nk, q.device)
@@ -55,13 +66,12 @@ def chunked_attention(
     for qs in range(0, Nq, q_chunk):
         qe = min(qs + q_chunk, Nq)
         # With causal attention, keys after the chunk's last query are never visible.
-        k_end = min(Nk, int(q_pos[qe - 1]) + 1) if causal else Nk
-        args = (q[:, :, qs:qe], k, v, q_pos[qs:qe], k_end, mask[..., qs:qe, :] if mask is not None else None)
-        fn = _QueryChunk(causal, scale, score_mod, normaliser, kv_chunk, Hkv)
+        k_end = max(0, min(Nk, int(q_pos[qe - 1]) + 1)) if causal else Nk
+        args = (q[:, :, qs:qe], k, v, *inputs, q_pos[qs:qe], k_end, mask[..., qs:qe, :] if mask is not None else None)
         if torch.is_grad_enabled():
-            outs.append(checkpoint(fn, *args, use_reentrant=False))
+            outs.append(checkpoint(chunk, *args, use_reentrant=False))
         else:
-            outs.append(fn(*args))
+            outs.append(chunk(*args))
     return torch.cat(outs, dim=2)
 
 

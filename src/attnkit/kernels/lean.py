@@ -27,13 +27,11 @@ form has gradients too. A query head group (GQA) shares its kv head's pieces.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 
 from .positions import query_positions
+from .workers import run_in_threads
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
 CACHE_SCORES = 1 << 16  # scores per step of a worker's sweep (256 KB in fp32)
 
 
@@ -84,28 +82,10 @@ def lean_attention(q, k, v, *, causal: bool, mask, scale: float, workers: int = 
     if needs_graph or len(runs) == 1 or q.device.type != "cpu":
         results = [work(r) for r in runs]
     else:
-        results = _in_threads(work, runs)
+        results = run_in_threads(work, runs)
     states = [s for worker in results for s in worker]
     out = _merge(states)
     return out.view(B, Hkv, g, Nq, Dv).reshape(B, H, Nq, Dv)
-
-
-def _in_threads(work, runs):
-    """``work`` on each run in a worker thread with one intra-op thread; the caller's thread count is restored."""
-    threads = torch.get_num_threads()
-    pool = _POOLS.get(len(runs))
-    if pool is None:
-        pool = _POOLS[len(runs)] = ThreadPoolExecutor(len(runs), thread_name_prefix="attnkit-lean")
-
-    def single_threaded(run):
-        torch.set_num_threads(1)
-        with torch.no_grad():
-            return work(run)
-
-    try:
-        return [f.result() for f in [pool.submit(single_threaded, r) for r in runs]]
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _bias(mask, causal, B, H, Hkv, Nq, Nk, q):

@@ -9,21 +9,21 @@
 See docs/layers.md for every module here; ``attnkit.nn.vision`` holds the vision
 attention modules (NCHW in, NCHW out, docs/vision.md).
 """
-from .agent_layer import AgentAttention
+from .agent import AgentAttention
 from .attention import Attention, CrossAttentionCache
 from .bottleneck import PerceiverEncoder, PoolingByMultiheadAttention
 from .decoupled import DecoupledCrossAttention
-from .flatten_layer import FocusedLinearAttention
-from .nystrom_layer import NystromAttention
+from .flatten import FocusedLinearAttention
+from .nystromformer import NystromAttention
 from .grouped import WeightedGQA, mean_pool_kv
 from .key_driven import KeyDrivenGQA, allocate_queries
 from .latent import LatentCache, MultiHeadLatentAttention
-from .mamba2_layer import Mamba2Layer
+from .mamba2 import Mamba2Layer
 from .mixture_of_attention import MixtureOfAttentionHeads
 from .mixture_of_heads import MixtureOfHeads
 from .multi_source import MultiSourceCrossAttention
 from .multihead import MultiheadAttention
-from .retention_layer import MultiScaleRetention
+from .retention import MultiScaleRetention
 from .slot_attention import SlotAttention
 
 __all__ = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import attnkit
+from ..api import attention
 
 
 class AarenLayer(nn.Module):
@@ -33,8 +33,8 @@ class AarenLayer(nn.Module):
         k, v = self.to_kv(x).view(B, N, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, N, D) each
         q = self.query.to(k.dtype)[None, :, None, :].expand(B, -1, N, -1)
         if return_state or state is not None:
-            o, state = attnkit.attention(q, k, v, "aaren", causal=True, state=state, return_state=True)
+            o, state = attention(q, k, v, "aaren", causal=True, state=state, return_state=True)
         else:
-            o = attnkit.attention(q, k, v, "aaren", causal=True, form=form)
+            o = attention(q, k, v, "aaren", causal=True, form=form)
         y = self.out(o.transpose(1, 2).reshape(B, N, -1))
         return (y, state) if return_state else y

@@ -15,9 +15,12 @@ project the concatenated heads back. The attention itself is
 - ``forward(x, context)`` is cross-attention (encoder-decoder attention): keys
   and values come from ``context``. With ``return_state=True`` the projected
   context is cached, so decoding steps pass ``context=None`` and reuse it.
+- ``context_parallel=group`` splits self-attention's sequence across the ranks
+  of a ``torch.distributed`` group (:mod:`attnkit.distributed`): ``x`` is this
+  rank's shard, ``strategy`` is ``"ring"``, ``"ulysses"`` or ``"lasp2"``.
 
 Mechanisms whose tensor inputs (per-token gates, learned tables) must be
-learned by the layer register a factory in ``spec.extra["module"]``; see
+learned by the layer have an input module in :mod:`attnkit.nn.inputs`; see
 ``docs/design.md`` ("Layers and tensor inputs").
 """
 from __future__ import annotations
@@ -28,6 +31,7 @@ from torch import nn
 from .. import registry
 from ..api import attention
 from ..positional import RoPE
+from .inputs import has_input_module, input_module
 from ..validation import check_int, check_params, check_tokens
 
 
@@ -75,6 +79,9 @@ class Attention(nn.Module):
         dropout: float = 0.0,
         device=None,
         dtype=None,
+        context_parallel=None,
+        strategy: str | None = None,
+        layout: str | None = None,
         **mechanism_params,
     ):
         super().__init__()
@@ -99,18 +106,17 @@ class Attention(nn.Module):
         given = names & set(mechanism_params)
         if given:
             raise TypeError(f"tensor inputs {sorted(given)} are made by the layer, not passed to its constructor")
-        factory = self.spec.extra.get("module")
-        if names and factory is None:
+        if names and not has_input_module(mechanism):
             raise ValueError(
-                f"mechanism {mechanism!r} needs tensor inputs {sorted(names)} and registers no "
-                f"spec.extra['module'] factory to learn them, so it cannot run inside a layer"
+                f"mechanism {mechanism!r} needs tensor inputs {sorted(names)} and has no input module "
+                f"(attnkit.nn.inputs) to learn them, so it cannot run inside a layer"
             )
-        if dropout and next(iter(self.spec.fast), "reference") not in self.spec.dropout_forms:
+        if dropout and not set(self.spec.default_order) & self.spec.dropout_forms:
             raise ValueError(f"dropout: mechanism {mechanism!r}'s default form applies no attention-weight dropout; "
                              "use dropout=0.0 or mechanism='softmax'")
         self.dropout = float(dropout)
         factory_kw = {"device": device, "dtype": dtype}
-        self.inputs = factory(dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim) if names else None
+        self.inputs = input_module(mechanism, dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim) if names else None
         if self.inputs is not None:
             self.inputs.to(**{k: v for k, v in factory_kw.items() if v is not None})
         self.mechanism, self.dim, self.heads, self.kv_heads, self.head_dim = mechanism, dim, heads, kv_heads, head_dim
@@ -129,6 +135,16 @@ class Attention(nn.Module):
             raise TypeError(f"rope must be None, True or a positional encoding such as RoPE(head_dim), got {type(rope).__name__}")
         self.rope = rope
         self.head_mask = None
+        self.context_parallel = None
+        if context_parallel is not None:
+            from ..distributed.layer import ContextParallel
+
+            if self.dropout:
+                raise ValueError("dropout is not supported with context_parallel (the strategies run without it)")
+
+            self.context_parallel = ContextParallel(context_parallel, strategy, layout, self.spec, mechanism_params)
+        elif strategy is not None or layout is not None:
+            raise ValueError("strategy= and layout= choose how context_parallel= splits the sequence; pass a group")
 
     def split_heads(self, t: torch.Tensor, heads: int) -> torch.Tensor:
         """``(B, N, heads * head_dim) -> (B, heads, N, head_dim)``."""
@@ -151,6 +167,8 @@ class Attention(nn.Module):
         if x.dtype != self.q_proj.weight.dtype:
             raise TypeError(f"x has dtype {x.dtype} but the layer's parameters are {self.q_proj.weight.dtype}; "
                             f"convert one of them (layer.to({x.dtype}) or x.to({self.q_proj.weight.dtype}))")
+        if self.context_parallel is not None:
+            return self._context_parallel(x, context, causal, mask, state, return_state)
         cross = context is not None or isinstance(state, CrossAttentionCache)
         if context is not None:
             check_tokens("context", context, self.context_dim)
@@ -181,6 +199,21 @@ class Attention(nn.Module):
         out = self.merge_heads(out, x)
         return (out, state) if return_state else out
 
+    def _context_parallel(self, x, context, causal, mask, state, return_state):
+        """Self-attention over this rank's shard ``x (B, N / P, dim)`` of a sequence split across the group."""
+        if context is not None or mask is not None or state is not None or return_state:
+            raise ValueError("a context-parallel layer runs one-shot self-attention: context, mask, state and "
+                             "return_state are not supported")
+        q = self.split_heads(self.q_proj(x), self.heads)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        k, v = self.project_kv(x)
+        if self.rope is not None:
+            positions = self.context_parallel.positions(x.shape[1], x.device)
+            q, k = self.rope.rotate(q, positions), self.rope.rotate(k, positions)
+        out = self.context_parallel(q, k, v, causal, self._params(x, q, k, v))
+        return self.merge_heads(out, x)
+
     def merge_heads(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-head outputs ``(B, heads, N, Dv)`` -> ``(B, N, dim)``. ``head_mask`` (one weight per
         head; see :mod:`attnkit.nn.pruning`) scales each head first; subclasses gate heads here."""
@@ -197,5 +230,6 @@ class Attention(nn.Module):
         return {**params, **self.inputs(x, q, k, v)}
 
     def extra_repr(self) -> str:
+        cp = f", {self.context_parallel}" if self.context_parallel is not None else ""
         return (f"dim={self.dim}, heads={self.heads}, kv_heads={self.kv_heads}, head_dim={self.head_dim}, "
-                f"mechanism={self.mechanism!r}")
+                f"mechanism={self.mechanism!r}{cp}")

@@ -88,7 +88,8 @@ class MultiHeadLatentAttention(nn.Module):
         if spec.tensor_names:
             raise ValueError(f"mechanism {mechanism!r} needs tensor inputs {list(spec.tensor_names)}; MLA takes none")
         self.mechanism, self.mechanism_params = mechanism, dict(check_params(spec, mechanism_params))
-        spec.form(attention_form)  # refuses unknown form names now
+        if attention_form is not None:
+            spec.form(attention_form)  # refuses unknown form names now
         self.attention_form = attention_form
         self.dim, self.heads, self.head_dim, self.kv_latent, self.rope_dim = dim, heads, head_dim, kv_latent, rope_dim
         self.kv_down = nn.Linear(dim, kv_latent, bias=False)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import attnkit
+from ..api import attention
 
 
 class DampedEMA(nn.Module):
@@ -111,10 +111,10 @@ class MegaLayer(nn.Module):
         k = (z * self.qk_scale[1] + self.qk_shift[1])[:, None]
         v = F.silu(self.to_v(x))[:, None]
         if incremental:
-            o, cache = attnkit.attention(q, k, v, "mega", causal=True, state=None if state is None else state["kv"],
+            o, cache = attention(q, k, v, "mega", causal=True, state=None if state is None else state["kv"],
                                          return_state=True, rel_bias=self.rel_bias.to(q.dtype), **self.attention)
         else:
-            o = attnkit.attention(q, k, v, "mega", causal=self.causal, rel_bias=self.rel_bias.to(q.dtype),
+            o = attention(q, k, v, "mega", causal=self.causal, rel_bias=self.rel_bias.to(q.dtype),
                                   **self.attention)
         o = o[:, 0]
         gamma, phi = self.gates(x_ema).split([o.shape[-1], x.shape[-1]], dim=-1)

@@ -16,13 +16,16 @@ paper). Causal by construction: ``p_ij`` sums gates up to the query.
 Two forms: :func:`cope_reference` on the whole matrix, and
 :func:`cope_chunked`, which visits key chunks from the last to the first while
 carrying each query's sum of gates to the right, with an online softmax: exact
-and O(N) memory (each query chunk is recomputed in the backward pass).
+and O(N) memory. Its query loop is chunked attention's
+(:func:`attnkit.kernels.chunked.over_query_chunks`: each query chunk is
+recomputed in the backward pass).
 """
 from __future__ import annotations
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ..kernels.chunked import over_query_chunks
 from ..kernels.positions import query_positions, repeat_kv
 from ..scores.normalisers import SOFTMAX
 from ..scores.user_mask import apply_mask
@@ -55,18 +58,8 @@ def cope_reference(q, k, v, *, mask, scale, pos_emb):
 
 
 def cope_chunked(q, k, v, *, mask, scale, pos_emb, q_chunk: int, kv_chunk: int):
-    Nq, Nk = q.shape[2], k.shape[2]
-    if mask is not None:
-        mask = mask.expand(mask.shape[0], mask.shape[1], Nq, Nk)
-    q_pos = query_positions(Nq, Nk, q.device)
-    outs = []
-    for qs in range(0, Nq, q_chunk):
-        qe = min(qs + q_chunk, Nq)
-        k_end = max(0, min(Nk, int(q_pos[qe - 1]) + 1))
-        args = (q[:, :, qs:qe], k, v, pos_emb, q_pos[qs:qe], mask[..., qs:qe, :] if mask is not None else None)
-        fn = _CopeQueryChunk(scale, kv_chunk, k_end)
-        outs.append(checkpoint(fn, *args, use_reentrant=False) if torch.is_grad_enabled() else fn(*args))
-    return torch.cat(outs, dim=2)
+    return over_query_chunks(_CopeQueryChunk(scale, kv_chunk), q, k, v, pos_emb, causal=True, mask=mask,
+                             q_chunk=q_chunk)
 
 
 class _CopeQueryChunk:
@@ -77,16 +70,16 @@ class _CopeQueryChunk:
     Each tile is checkpointed, so the backward pass holds one tile at a time.
     """
 
-    def __init__(self, scale, kv_chunk, k_end):
-        self.scale, self.kv_chunk, self.k_end = scale, kv_chunk, k_end
+    def __init__(self, scale, kv_chunk):
+        self.scale, self.kv_chunk = scale, kv_chunk
 
-    def __call__(self, q, k, v, pos_emb, q_pos, mask):
+    def __call__(self, q, k, v, pos_emb, q_pos, k_end, mask):
         B, H, cq, _ = q.shape
         zeros = q.new_zeros(B, H, cq, 1)
         state = (zeros.expand(B, H, cq, v.shape[-1]).clone(), zeros, torch.full_like(zeros, float("-inf")), zeros)
         int_logits = q @ pos_emb.T  # (B, H, cq, npos): q . e[p] for integer p
-        for ks in reversed(range(0, self.k_end, self.kv_chunk)):
-            ke = min(ks + self.kv_chunk, self.k_end)
+        for ks in reversed(range(0, k_end, self.kv_chunk)):
+            ke = min(ks + self.kv_chunk, k_end)
             tile = (q, k[:, :, ks:ke], v[:, :, ks:ke], int_logits, q_pos, ks, mask[..., ks:ke] if mask is not None else None)
             if torch.is_grad_enabled():
                 state = checkpoint(self._tile, *tile, *state, use_reentrant=False)

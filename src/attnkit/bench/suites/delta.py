@@ -15,7 +15,7 @@ import torch
 
 import attnkit
 from attnkit.families.delta_rule import chunked_flops
-from attnkit.kernels.delta_rule_chunked import solve_block
+from attnkit.families.delta_rule.chunked import solve_block
 from attnkit.registry import kv_cache_size
 
 from ..machine import bmm_seconds, machine_info
@@ -50,7 +50,7 @@ def _runner(name, form, q, k, v, extra, chunk_size, backward):
 
 
 def matmul_seconds(heads, N, D, C) -> dict[str, float]:
-    """The chunked form's matmuls (``kernels/delta_rule_chunked.py``), each shape timed on cache-resident
+    """The chunked form's matmuls (``families/delta_rule/chunked.py``), each shape timed on cache-resident
     operands: seconds per part, for ``heads`` (batch x heads) of ``N`` tokens and head dim ``D``."""
     chunks, per_chunk = heads * -(-N // C), -(-N // C)
     b = solve_block(C)

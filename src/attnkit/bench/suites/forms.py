@@ -47,7 +47,7 @@ def _per_head(fn, q, k, v):
 
 
 def aaren(n: int, contexts: list[int], repeats: int, device="cpu") -> dict:
-    forms = registry.get("aaren").extra["stateful_forms"]
+    forms = registry.get("aaren").stateful_forms
     run = lambda form, q, k, v, **kw: forms[form](q, k, v, causal=True, scale=D**-0.5, **kw)  # noqa: E731
     q, k, v = _qkv(n, device=device)
     t_par = median_seconds(_per_head(lambda *a: run("parallel", *a), q, k, v), max(1, repeats // 2))

@@ -155,7 +155,7 @@ def _print_table(rows):
 
 def _worker(args) -> int:
     import attnkit
-    from attnkit.families.mask_pipeline import dense_pattern, mask_of
+    from attnkit.builders.mask_pipeline import dense_pattern, mask_of
     from attnkit.masks import build_layout, causal_mask, full_mask
 
     from ..machine import exp_seconds_per_element, gemm_gflops

@@ -44,7 +44,7 @@ def _inputs(spec, n: int, head_dim: int = D, seed: int = 0, device="cpu"):
 
 def _form(spec, name, q, k, v, extra, **kw):
     params = {**spec.defaults, **extra, **kw}
-    return spec.extra["stateful_forms"][name](q, k, v, causal=True, scale=q.shape[-1] ** -0.5, **params)
+    return spec.stateful_forms[name](q, k, v, causal=True, scale=q.shape[-1] ** -0.5, **params)
 
 
 def _per_head(extra, spec, h):
@@ -94,7 +94,7 @@ def chunked(name: str, n: int, repeats: int, device="cpu") -> dict:
 def stateful_causal() -> list[str]:
     """The registered mechanisms with stateful forms and causal self-attention."""
     return [n for n in registry.names()
-            if "stateful_forms" in registry.get(n).extra and "causal-self" in registry.get(n).patterns]
+            if registry.get(n).stateful_forms is not None and "causal-self" in registry.get(n).patterns]
 
 
 def decode(contexts: list[int], steps: int, device="cpu") -> dict:
@@ -131,7 +131,7 @@ def run(args) -> int:
     items = ([{"section": "forms", "N": n}] + [{"section": "chunked", "mechanism": m, "N": n} for m in names]
              + [{"section": "decode", "contexts": contexts}]
              + [{"section": "state", "mechanism": m, "N": n} for m in registry.names()
-                if "stateful_forms" in registry.get(m).extra])
+                if registry.get(m).stateful_forms is not None])
     print(f"attnkit bench linear: B={B} H={H} D={D} fp32, {torch.get_num_threads()} threads, {args.device}, "
           f"fp32 GEMM {gemm:.1f} GFLOP/s (this run), load average {os.getloadavg()[0]:.1f}")
 

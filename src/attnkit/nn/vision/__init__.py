@@ -1,4 +1,4 @@
-"""Vision attention modules (families F19 and F20): channel / spatial attention for
+"""Vision attention modules: channel / spatial attention for
 CNNs and ViT attention blocks. Every module takes and returns NCHW tensors.
 
     from attnkit.nn.vision import CBAM, SwinBlock, modules

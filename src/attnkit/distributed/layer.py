@@ -1,0 +1,72 @@
+"""How ``attnkit.nn.Attention(context_parallel=group, strategy=...)`` runs its attention."""
+from __future__ import annotations
+
+import torch.distributed as dist
+
+from .allgather import allgather_attention
+from .lasp2 import lasp2_attention
+from .layout import Layout
+from .ring import ring_attention
+from .ulysses import ulysses_attention
+
+STRATEGIES = ("ring", "ulysses", "lasp2", "allgather")
+RING_MECHANISMS = ("softmax", "sliding_window")
+
+
+class ContextParallel:
+    """A strategy, a layout and a group; called with this rank's q, k, v shards.
+
+    Default strategy: ``lasp2`` for mechanisms on the shared linear recurrence, ``ring`` for
+    softmax and sliding windows, ``ulysses`` (any mechanism) otherwise. ``allgather`` (softmax,
+    sliding windows) with the contiguous layout beside ``lasp2`` layers is LASP-2H.
+    """
+
+    def __init__(self, group, strategy: str | None, layout: str | None, spec, params: dict):
+        if group is True:
+            group = None  # the default group
+        elif group is not None and not isinstance(group, dist.ProcessGroup):
+            raise TypeError(f"context_parallel must be a torch.distributed ProcessGroup or True (the default "
+                            f"group), got {type(group).__name__}")
+        recurrent = "recurrence" in spec.extra
+        if strategy is None:
+            strategy = "lasp2" if recurrent else "ring" if spec.name in RING_MECHANISMS else "ulysses"
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if strategy in ("ring", "allgather") and spec.name not in RING_MECHANISMS:
+            raise ValueError(f"{strategy} attention runs {RING_MECHANISMS}, not {spec.name!r}; use strategy='ulysses'")
+        if strategy == "lasp2" and not recurrent:
+            raise ValueError(f"lasp2 runs the linear-recurrence mechanisms, not {spec.name!r}")
+        if strategy == "ulysses" and spec.tensor_names:
+            raise ValueError(f"{spec.name!r} learns per-token inputs that ulysses would have to re-shard; "
+                             f"use strategy='lasp2' or 'ring'")
+        layout = layout or ("contiguous" if strategy in ("lasp2", "allgather") else "zigzag")
+        if strategy == "lasp2" and layout != "contiguous":
+            raise ValueError("lasp2 needs the contiguous layout (each rank's tokens follow the previous rank's)")
+        self.group, self.strategy, self.layout, self.name = group, strategy, layout, spec.name
+
+    def positions(self, local_len: int, device):
+        """Global positions of this rank's tokens."""
+        size = dist.get_world_size(self.group)
+        return Layout(self.layout, size, local_len * size).positions(dist.get_rank(self.group), device)
+
+    def _window(self, causal: bool, params: dict):
+        if self.name != "sliding_window":
+            return None
+        if not causal and params.get("border") != "clamp":
+            raise ValueError(f"{self.strategy} attention runs a non-causal window cut at the ends; build the layer "
+                             f"with border='clamp' (or use strategy='ulysses' for the shifted window)")
+        return params["window"]
+
+    def __call__(self, q, k, v, causal: bool, params: dict):
+        if self.strategy == "ring":
+            window = self._window(causal, params)
+            return ring_attention(q, k, v, group=self.group, layout=self.layout, causal=causal, window=window)
+        if self.strategy == "allgather":
+            window = self._window(causal, params)
+            return allgather_attention(q, k, v, group=self.group, layout=self.layout, causal=causal, window=window)
+        if self.strategy == "lasp2":
+            return lasp2_attention(q, k, v, self.name, group=self.group, causal=causal, **params)
+        return ulysses_attention(q, k, v, self.name, group=self.group, layout=self.layout, causal=causal, **params)
+
+    def __repr__(self) -> str:
+        return f"context_parallel={self.strategy}/{self.layout}"

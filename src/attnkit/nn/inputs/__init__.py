@@ -1,0 +1,70 @@
+"""Input modules: the layers that compute a mechanism's extra tensor inputs from hidden states.
+
+A mechanism whose tensor inputs a layer must learn (per-token gates, step sizes,
+learned features) has an input module here, found by the mechanism's name
+(:func:`register_input_module` adds one for a mechanism registered elsewhere):
+``input_module(name, dim=, heads=, kv_heads=, head_dim=)`` builds it, and its
+``forward(x, q, k, v)`` returns the dict of tensor inputs for this call (``x`` the
+layer input ``(B, N, dim)`` of the new tokens, ``q, k, v`` the projected heads;
+per-token inputs cover the new tokens only, so incremental calls work unchanged).
+Mechanisms never import this package: the layers own their inputs.
+
+:class:`~.learned.LearnedTensorInputs` is the generic fallback for experiments
+(learned projections squashed into the range of the spec's example inputs).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .delta_rule import DeltaNetBeta, GatedDeltaNetGates, KDAGates
+from .learned import LearnedTensorInputs
+from .linear import FocusScale, GLAGate, Mamba2Gate, PerformerFeatures
+from .log_linear import LogLinearGatedDeltaNetInputs, LogLinearInputs
+from .nha import SlotGates
+from .nsa import NSAInputs
+from .rat import RATGate
+from .titans import TitansInputs
+
+# mechanism name -> factory(dim, heads, kv_heads, head_dim) -> nn.Module
+_FACTORIES = {
+    "gla": lambda dim, heads, kv_heads, head_dim: GLAGate(dim, heads, head_dim),
+    "mamba2": lambda dim, heads, kv_heads, head_dim: Mamba2Gate(dim, heads),
+    "flatten": lambda dim, heads, kv_heads, head_dim: FocusScale(heads, head_dim),
+    "performer": lambda dim, heads, kv_heads, head_dim: PerformerFeatures(head_dim),
+    "deltanet": lambda dim, heads, kv_heads, head_dim: DeltaNetBeta(dim, heads),
+    "gated_deltanet": lambda dim, heads, kv_heads, head_dim: GatedDeltaNetGates(dim, heads),
+    "kda": lambda dim, heads, kv_heads, head_dim: KDAGates(dim, heads, head_dim),
+    "log_linear_mamba2": lambda dim, heads, kv_heads, head_dim: LogLinearInputs(dim, heads),
+    "log_linear_gated_deltanet": lambda dim, heads, kv_heads, head_dim: LogLinearGatedDeltaNetInputs(dim, heads, head_dim),
+    "rat": lambda dim, heads, kv_heads, head_dim: RATGate(dim, heads, head_dim),
+    "titans": lambda dim, heads, kv_heads, head_dim: TitansInputs(dim, heads, head_dim),
+    "nha": SlotGates,
+    "nsa": lambda dim, heads, kv_heads, head_dim: NSAInputs(dim, heads, head_dim),
+}
+
+
+def register_input_module(name: str, factory) -> None:
+    """Give mechanism ``name`` an input module: ``factory(dim=, heads=, kv_heads=, head_dim=) -> nn.Module``."""
+    if not callable(factory):
+        raise TypeError(f"factory must be callable as factory(dim=, heads=, kv_heads=, head_dim=), got {factory!r}")
+    if name in _FACTORIES:
+        raise ValueError(f"mechanism {name!r} already has an input module")
+    _FACTORIES[name] = factory
+
+
+def has_input_module(name: str) -> bool:
+    """Whether mechanism ``name`` has an input module here."""
+    return name in _FACTORIES
+
+
+def input_module(name: str, *, dim: int, heads: int, kv_heads: int, head_dim: int) -> nn.Module:
+    """The input module of mechanism ``name`` for a layer of this size; ValueError if it has none."""
+    if name not in _FACTORIES:
+        raise ValueError(f"mechanism {name!r} has no input module in attnkit.nn.inputs; "
+                         f"mechanisms with one: {sorted(_FACTORIES)}")
+    return _FACTORIES[name](dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+
+
+__all__ = ["input_module", "has_input_module", "register_input_module", "LearnedTensorInputs", "GLAGate", "Mamba2Gate", "FocusScale",
+           "PerformerFeatures", "DeltaNetBeta", "GatedDeltaNetGates", "KDAGates", "LogLinearInputs",
+           "LogLinearGatedDeltaNetInputs", "RATGate", "TitansInputs", "SlotGates", "NSAInputs"]

@@ -1,0 +1,36 @@
+"""The learned inputs of Native Sparse Attention inside a layer (the input module of ``nsa``).
+
+Yuan et al., "Native Sparse Attention: Hardware-Aligned and Natively Trainable
+Sparse Attention": the compression ``phi`` of keys and of values (an
+intra-block position encoding added to each block of ``l`` tokens, then
+``W2 relu(W1 vec(.))``, one MLP for keys and one for values, shared by all
+heads) and the branch gates ``g_t^c = sigmoid(W_g x_t)`` per head and branch
+(compression, selection, window) from the layer input.
+``attnkit.nn.Attention(dim, heads, kv_heads=..., mechanism="nsa")`` learns them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class NSAInputs(nn.Module):
+    def __init__(self, dim: int, heads: int, head_dim: int, compress_block: int = 32, hidden: int | None = None):
+        super().__init__()
+        self.heads = heads
+        hidden = hidden or head_dim
+        fan_in = compress_block * head_dim
+        self.k_pos = nn.Parameter(torch.zeros(compress_block, head_dim))
+        self.v_pos = nn.Parameter(torch.zeros(compress_block, head_dim))
+        self.k_w1 = nn.Parameter(torch.randn(fan_in, hidden) / math.sqrt(fan_in))
+        self.v_w1 = nn.Parameter(torch.randn(fan_in, hidden) / math.sqrt(fan_in))
+        self.k_w2 = nn.Parameter(torch.randn(hidden, head_dim) / math.sqrt(hidden))
+        self.v_w2 = nn.Parameter(torch.randn(hidden, head_dim) / math.sqrt(hidden))
+        self.gate = nn.Linear(dim, heads * 3)
+
+    def forward(self, x, q, k, v) -> dict:
+        gates = torch.sigmoid(self.gate(x)).unflatten(-1, (self.heads, 3)).transpose(1, 2)  # (B, H, N, 3)
+        tensors = {n: getattr(self, n).to(q.dtype) for n in ("k_pos", "k_w1", "k_w2", "v_pos", "v_w1", "v_w2")}
+        return {"gates": gates.to(q.dtype), **tensors}
