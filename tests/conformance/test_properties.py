@@ -33,9 +33,7 @@ def calls(draw):
     pattern = draw(st.sampled_from([p for p in PATTERNS if p in spec.patterns]))
     kv_heads = draw(st.sampled_from([1, 2]))
     heads = kv_heads * draw(st.sampled_from([1, 2]))
-    multiple = spec.extra.get("head_dim_multiple", 1)
-    d = max(draw(st.sampled_from([8, 16])), spec.min_head_dim)
-    d += (-d) % multiple
+    d = draw(st.sampled_from([8, 16]))
     nq = draw(st.integers(1, 20))
     nk = draw(st.integers(1, 20).filter(lambda n: n != nq)) if pattern.endswith("cross") else nq
     size = (draw(st.integers(1, 2)), heads, kv_heads, nq, nk, d)
@@ -94,7 +92,7 @@ def test_random_invalid_parameter_values_are_refused_by_name(case):
     (name, param), bad = case
     spec = get(name)
     pattern = next(p for p in PATTERNS if p in spec.patterns)
-    q, k, v, extra = make_inputs(spec, (1, 2, 2, 4, 4 if pattern.endswith("self") else 6, max(8, spec.min_head_dim)),
+    q, k, v, extra = make_inputs(spec, (1, 2, 2, 4, 4 if pattern.endswith("self") else 6, 8),
                                  dtype=torch.float32)
     with pytest.raises((TypeError, ValueError), match=re.escape(param)):
         attnkit.attention(q, k, v, name, causal=pattern.startswith("causal"), **extra, **{**spec.test_params, param: bad})
@@ -105,6 +103,6 @@ def test_random_invalid_parameter_values_are_refused_by_name(case):
        st.one_of(st.integers(), st.text(max_size=4), st.just(torch.zeros(2)), st.just(object()), st.floats()))
 def test_objects_that_are_not_states_are_refused_by_name(name, bad_state):
     spec = get(name)
-    q, k, v, extra = make_inputs(spec, (1, 2, 2, 3, 3, max(8, spec.min_head_dim)), dtype=torch.float32)
+    q, k, v, extra = make_inputs(spec, (1, 2, 2, 3, 3, 8), dtype=torch.float32)
     with pytest.raises((TypeError, ValueError), match="state"):
         attnkit.attention(q, k, v, name, causal=True, state=bad_state, **extra, **spec.test_params)

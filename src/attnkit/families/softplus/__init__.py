@@ -17,48 +17,29 @@ code was not reachable from here. ``scale`` is not used: the paper's ``log d * l
 
 Fast forms. LSSA is one pass of the chunked kernel ("ratio" normaliser).
 LSSAR needs each row's LSSA denominator before it can re-weight, so its
-chunked form makes two O(N)-memory passes: the first sums softplus scores per
+chunked form (``chunked.py``) makes two O(N)-memory passes: the first sums softplus scores per
 row, the second re-weights with the softmax kernel, because
 ``x^p / sum x^p = softmax(p log x)`` (no overflow for large p or N). The
 reference computes both directly on the whole score matrix.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from ..params import Param
-from ..kernels.chunked import chunked_attention
-from ..kernels.positions import causal_mask, query_positions, repeat_kv
-from ..registry import ALL_PATTERNS, MechanismSpec, register
-from ..scores.normalisers import SOFTMAX, Normaliser
-from ..validation import check_float
-from ..scores.user_mask import allowed_by, apply_mask
-from ..builders.kv_cache_step import kv_cache_step
-from ..builders.score_pipeline import CHUNK_PARAMS, register_score_mechanism
+from ...params import Param
+from ...kernels.positions import causal_mask, query_positions, repeat_kv
+from ...registry import ALL_PATTERNS, MechanismSpec, register
+from ...scores.normalisers import Normaliser
+from ...validation import check_float
+from ...scores.user_mask import apply_mask
+from ...builders.kv_cache_step import kv_cache_step
+from ...builders.score_pipeline import CHUNK_PARAMS, register_score_mechanism
+from .chunked import lssar_chunked
+from .scores import reweight_offset, unit_qk, visible_counts
 
 PAPER = "Softplus Attention with Re-weighting Boosts Length Extrapolation in Large Language Models"
 SOFTPLUS_L1 = Normaliser("softplus-l1", "ratio", phi=F.softplus)
-# LSSAR's first pass sums softplus scores that its score modifier has already computed.
-_IDENTITY_SUM = Normaliser("identity-sum", "sum", phi=lambda s: s)
-
-
-def unit_qk(q, k):
-    """Cosine scores times ``log d``: l2-normalised q (times log d) and k."""
-    return F.normalize(q, dim=-1) * math.log(q.shape[-1]), F.normalize(k, dim=-1)
-
-
-def visible_counts(q_pos: torch.Tensor, kv_len: int, causal: bool) -> torch.Tensor:
-    """N_i: keys query i sees (at least 1, so a row that sees nothing gets log N = 0)."""
-    n = (q_pos + 1).clamp_min(1) if causal else torch.full_like(q_pos, kv_len)
-    return n.to(torch.float64)
-
-
-def reweight_offset(counts: torch.Tensor) -> torch.Tensor:
-    """LSSAR's offset o_i: 1, or 0 for rows that see at most 3 tokens."""
-    return (counts > 3).to(counts.dtype)
 
 
 def _length_scale_mod(kv_len, causal):
@@ -99,48 +80,6 @@ def lssar_reference(q, k, v, *, causal, mask, scale, p, **_):
     r = x**p
     r = r / r.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
     return r @ repeat_kv(v, H)
-
-
-def _split_mask(mask):
-    """(boolean mask for the kernel, additive values a modifier adds before the nonlinearity)."""
-    if mask is None or mask.dtype == torch.bool:
-        return mask, None
-    return allowed_by(mask), mask.masked_fill(torch.isneginf(mask), 0.0)
-
-
-def _softplus_scores(kv_len, q_len, causal, additive):
-    offset = kv_len - q_len
-
-    def scores(s, q_pos, k_pos):
-        counts = visible_counts(q_pos, kv_len, causal).to(s.dtype)[:, None]
-        s = s * counts.log()
-        if additive is not None:
-            rows = slice(int(q_pos[0]) - offset, int(q_pos[-1]) - offset + 1)
-            s = s + additive[..., rows, int(k_pos[0]) : int(k_pos[-1]) + 1]
-        return F.softplus(s), counts
-
-    return scores
-
-
-def lssar_chunked(q, k, v, *, causal, mask, scale, p, q_chunk, kv_chunk, **_):
-    qn, kn = unit_qk(q, k)
-    allowed, additive = _split_mask(mask)
-    phi = _softplus_scores(k.shape[2], q.shape[2], causal, additive)
-    run = dict(causal=causal, mask=allowed, scale=1.0, q_chunk=q_chunk, kv_chunk=kv_chunk)
-    # Pass 1: every row's LSSA denominator Z_i (softplus is applied by the modifier).
-    ones = torch.ones(*k.shape[:3], 1, dtype=q.dtype, device=q.device)
-    z = chunked_attention(qn, kn, ones, score_mod=lambda s, qp, kp: phi(s, qp, kp)[0], normaliser=_IDENTITY_SUM, **run)
-    offset = k.shape[2] - q.shape[2]
-
-    def log_reweighted(s, q_pos, k_pos):
-        soft, counts = phi(s, q_pos, k_pos)
-        zi = z[:, :, int(q_pos[0]) - offset : int(q_pos[-1]) - offset + 1]
-        x = counts * soft / zi.clamp_min(torch.finfo(s.dtype).tiny) - reweight_offset(counts)
-        return torch.where(x > 0, p * torch.log(x.clamp_min(torch.finfo(s.dtype).tiny)), float("-inf"))
-
-    # Pass 2: relu(x)^p / sum relu(x)^p == softmax(p log x), x <= 0 dropped.
-    return chunked_attention(qn, kn, v, score_mod=log_reweighted, normaliser=SOFTMAX, **run)
-
 
 
 def _check_p(form):
