@@ -71,6 +71,9 @@ def test_attention_factory_kwargs_dropout_and_checks():
     drop.eval()
     assert not torch.equal(train, drop(x))  # dropout only while training
     assert torch.equal(drop(x), drop(x))
+    drop.train()
+    out, state = drop(x, causal=True, return_state=True)  # incremental calls drop nothing
+    assert out.shape == x.shape and state.length == 8
 
 
 def test_attention_dropout_p_drops_weights_and_is_refused_without_weights():

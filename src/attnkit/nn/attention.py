@@ -185,7 +185,8 @@ class Attention(nn.Module):
             else:
                 k, v = self.project_kv(context)
                 state = CrossAttentionCache(k, v)
-            out = attention(q, k, v, self.mechanism, causal=causal, mask=mask, **self._params(x, q, k, v))
+            out = attention(q, k, v, self.mechanism, causal=causal, mask=mask, dropout_p=self._dropout_p(),
+                            **self._params(x, q, k, v))
         else:
             if isinstance(state, CrossAttentionCache):
                 raise ValueError("state is a cross-attention cache; self-attention needs the state of a self-attention call")
@@ -193,7 +194,7 @@ class Attention(nn.Module):
             incremental = return_state or state is not None
             kw = dict(state=state, return_state=True) if incremental else {}
             out = attention(q, k, v, self.mechanism, causal=causal, mask=mask, position=self.rope,
-                            **kw, **self._params(x, q, k, v))
+                            dropout_p=0.0 if incremental else self._dropout_p(), **kw, **self._params(x, q, k, v))
             if incremental:
                 out, state = out
         out = self.merge_heads(out, x)
@@ -221,13 +222,14 @@ class Attention(nn.Module):
             out = out * self.head_mask.to(out.dtype)[None, :, None, None]
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
+    def _dropout_p(self) -> float:
+        """Attention-weight dropout of a one-shot call: ``dropout`` while training (incremental calls drop nothing)."""
+        return self.dropout if self.training else 0.0
+
     def _params(self, x, q, k, v) -> dict:
-        params = self.mechanism_params
-        if self.dropout and self.training:
-            params = {**params, "dropout_p": self.dropout}
         if self.inputs is None:
-            return params
-        return {**params, **self.inputs(x, q, k, v)}
+            return self.mechanism_params
+        return {**self.mechanism_params, **self.inputs(x, q, k, v)}
 
     def extra_repr(self) -> str:
         cp = f", {self.context_parallel}" if self.context_parallel is not None else ""
