@@ -6,6 +6,7 @@ import logging
 from . import dispatch, registry
 from .cache.state import KVState
 from .dispatch import log
+from .state import check_state, mark_state
 from .validation import check_params, check_pattern, check_qkv, check_required_inputs, check_scale, normalise_mask
 
 
@@ -46,6 +47,11 @@ def attention(
     """
     spec, mask, scale, params, incremental = _checked(q, k, v, mechanism, causal, mask, scale, form, state,
                                                      return_state, params)
+    if position is not None and not callable(getattr(position, "apply", None)):
+        raise TypeError(f"position must be a positional encoding object from attnkit.positional, e.g. "
+                        f"attnkit.positional.RoPE({q.shape[-1]}), got {type(position).__name__} {position!r}")
+    if _is_empty(q, k):
+        return _empty_call(q, k, v, state, incremental, return_state)
     if position is not None:
         offset = state.length if state is not None else 0
         q, k = position.apply(q, k, q_offset=offset + k.shape[2] - q.shape[2], k_offset=offset)
@@ -59,8 +65,8 @@ def attention(
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s", dispatch.choose_form(spec, q, k, v, causal=causal, mask=mask, form=None, params=params,
                                                   incremental=True))
-        out, state = spec.step(q, k, v, state, causal=causal, mask=mask, scale=scale, **params)
-        return (out, state) if return_state else out
+        out, state = _step(spec, q, k, v, state, causal=causal, mask=mask, scale=scale, **params)
+        return (out, mark_state(state, spec.name)) if return_state else out
     return dispatch.run(spec, q, k, v, causal=causal, mask=mask, scale=scale, form=form, params=params)
 
 
@@ -83,10 +89,8 @@ def _checked(q, k, v, mechanism, causal, mask, scale, form, state, return_state,
     spec = registry.get(mechanism)
     check_qkv(q, k, v)
     incremental = return_state or state is not None
-    if state is not None and (isinstance(getattr(state, "length", None), bool)
-                              or not isinstance(getattr(state, "length", None), int)):
-        raise TypeError(f"state must be the state a previous call returned with return_state=True, "
-                        f"got {type(state).__name__}")
+    if state is not None and not isinstance(state, KVState):
+        check_state(state, spec.name, q)
     cross = q.shape[2] != k.shape[2] and not incremental
     check_pattern(spec, causal, cross)
     check_required_inputs(spec, params)
@@ -103,7 +107,42 @@ def _checked(q, k, v, mechanism, causal, mask, scale, form, state, return_state,
             raise ValueError("incremental use (state / return_state) needs causal=True")
         if form is not None:
             raise ValueError("form= selects a one-shot form; incremental calls always use the mechanism's step form")
+        if getattr(spec.step, "one_query_per_key", False) and q.shape[2] != k.shape[2]:
+            raise ValueError(f"mechanism {spec.name!r} is a recurrence: its incremental calls take one query per new "
+                             f"key, got q with {q.shape[2]} tokens and k with {k.shape[2]}")
     return spec, mask, scale, params, incremental
+
+
+def _step(spec, q, k, v, state, **kw):
+    """The mechanism's step; its forms call the state they continue ``initial_state``, the caller wrote ``state``."""
+    try:
+        return spec.step(q, k, v, state, **kw)
+    except (ValueError, TypeError) as error:
+        message = str(error)
+        if state is None or not message.startswith("initial_state"):
+            raise
+        raise type(error)(message.replace("initial_state", "state", 1)) from error
+
+
+def _is_empty(q, k) -> bool:
+    return q.shape[0] == 0 or q.shape[1] == 0 or q.shape[2] == 0 or k.shape[2] == 0
+
+
+def _empty_call(q, k, v, state, incremental, return_state):
+    """Calls with nothing to attend, the same for every mechanism: an empty batch, zero heads or no
+    queries give an empty output of shape ``(B, H, Nq, Dv)``; queries with no keys are fully masked
+    rows, so zeros. An incremental call with no new tokens returns its state unchanged."""
+    out = q.new_zeros(*q.shape[:3], v.shape[-1])
+    if q.requires_grad or k.requires_grad or v.requires_grad:  # the output still belongs to the graph
+        out = out + 0 * (q.sum() + k.sum() + v.sum())
+    if not incremental:
+        return out
+    if q.shape[0] == 0 or q.shape[1] == 0:
+        raise ValueError(f"incremental calls need batch >= 1 and heads >= 1; got q of shape {tuple(q.shape)}")
+    if state is None:
+        raise ValueError("an incremental call with no tokens and state=None has no state to return; "
+                         "pass at least one token")
+    return (out, state) if return_state else out
 
 
 def _check_dropout(spec, dropout_p, q, k, v, causal, mask, form, params, incremental) -> float:

@@ -219,3 +219,43 @@ def expect_state(state, names: tuple[str, ...], shapes: dict[str, tuple], like: 
         if t.dtype != like.dtype or t.device != like.device:
             raise TypeError(f"initial_state[{name!r}] is {t.dtype} on {t.device}; expected {like.dtype} on {like.device}")
     return state
+
+
+def mark_state(state, mechanism: str):
+    """Record which mechanism returned ``state``, so that :func:`check_state` can refuse it elsewhere."""
+    state.mechanism = mechanism
+    return state
+
+
+def check_state(state, mechanism: str, q: torch.Tensor) -> None:
+    """``state`` must be what ``attnkit.attention(..., mechanism, return_state=True)`` returned, with
+    tensors of ``q``'s dtype and device; a ``ValueError``/``TypeError`` naming ``state`` otherwise."""
+    made_by = getattr(state, "mechanism", None)
+    if made_by is None:
+        raise TypeError(f"state must be the state attnkit.attention(..., {mechanism!r}, return_state=True) "
+                        f"returned, got {type(state).__name__}")
+    if made_by != mechanism:
+        raise ValueError(f"state was returned by mechanism {made_by!r}; this call runs {mechanism!r}, "
+                         f"which needs a state returned by {mechanism!r}")
+    for t in _tensors_of(state):
+        if t.is_floating_point() and (t.dtype != q.dtype or t.device != q.device):
+            raise TypeError(f"state holds {t.dtype} tensors on {t.device}; this call's q is {q.dtype} on "
+                            f"{q.device}: continue a state with inputs of its dtype and device")
+
+
+def _tensors_of(x, depth: int = 0):
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif depth > 3:
+        return
+    elif isinstance(x, (tuple, list)):
+        for item in x:
+            yield from _tensors_of(item, depth + 1)
+    elif isinstance(x, dict):
+        for item in x.values():
+            yield from _tensors_of(item, depth + 1)
+    elif hasattr(x, "__dict__"):
+        exempt = getattr(x, "float64_fields", ())  # accumulators a state keeps in float64 on purpose
+        for name, item in vars(x).items():
+            if name not in exempt:
+                yield from _tensors_of(item, depth + 1)

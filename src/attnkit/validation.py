@@ -61,13 +61,10 @@ def _check_qkv(q, k, v, same_value_dim: bool) -> None:
     if same_value_dim and v.shape[3] != D:
         raise ValueError(f"v has head_dim {v.shape[3]} but q has {D}; this mechanism needs equal q/k/v head_dim")
     Hkv = k.shape[1]
-    if Hkv == 0 or H % Hkv != 0:
+    if (Hkv == 0 and H != 0) or (Hkv != 0 and H % Hkv != 0):
         raise ValueError(
             f"q has {H} heads and k/v have {Hkv}: heads % kv_heads must be 0 (GQA/MQA groups query heads over kv heads)"
         )
-    for arg, t in (("q", q), ("k", k)):
-        if t.shape[2] == 0 and arg == "q":
-            raise ValueError("q has sequence length 0; expected at least one query")
     if q.shape[3] == 0:
         raise ValueError("head_dim is 0; expected at least 1")
 

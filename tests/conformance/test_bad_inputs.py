@@ -94,3 +94,9 @@ def test_unknown_mechanism_names_closest():
     q = torch.randn(1, 1, 4, 8)
     with pytest.raises(ValueError, match="softmax"):
         attnkit.attention(q, q, q, "sofmax")
+
+
+def test_a_position_that_is_not_an_encoding_is_refused_naming_position():
+    q = torch.randn(1, 2, 4, 8)
+    with pytest.raises(TypeError, match="position must be a positional encoding"):
+        attnkit.attention(q, q, q, "softmax", causal=True, position="rope")

@@ -61,3 +61,16 @@ def test_ridge_must_be_positive(bad):
     q, k, v = _qkv(3)
     with pytest.raises((ValueError, TypeError), match="ridge"):
         attnkit.attention(q, k, v, "local_linear", ridge=bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_run_with_their_solve_in_float32(dtype):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 12, 8, generator=g) for _ in range(3))
+    expected = attnkit.attention(q, k, v, "local_linear", causal=True)
+    for form in attnkit.spec("local_linear").forms:
+        if form == "incremental":
+            continue
+        out = attnkit.attention(q.to(dtype), k.to(dtype), v.to(dtype), "local_linear", causal=True, form=form)
+        assert out.dtype == dtype and torch.isfinite(out).all()
+        assert (out.float() - expected).abs().max() < 0.1

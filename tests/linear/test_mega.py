@@ -157,3 +157,22 @@ def test_element_functions_count_the_keys_a_mask_allows(causal, chunk_size, mask
     if chunk_size is None:  # no Mega-chunks: the block-diagonal form says so rather than running another one
         with pytest.raises(ValueError, match="block_diagonal.*cannot run this call: chunk_size=None"):
             attnkit.attention(q, k, v, "mega", causal=causal, mask=mask, form="block_diagonal", attention_fn="laplace")
+
+
+@pytest.mark.parametrize("attention_fn", ["laplace", "relu2"])
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_cross_attention_with_more_queries_than_keys_and_a_mask(attention_fn, chunk_size):
+    """Queries before the first key count no keys there: every form agrees, and an all-True mask is no mask."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 9, 8, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(1, 2, 5, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    mask = torch.rand(1, 1, 9, 5, generator=g) > 0.3
+    kw = dict(attention_fn=attention_fn, chunk_size=chunk_size)
+    ref = attnkit.attention(q, k, v, "mega", mask=mask, form="reference", **kw)
+    for form in attnkit.spec("mega").fast:
+        if form == "block_diagonal":  # self-attention with Mega-chunks only: it refuses cross calls
+            continue
+        torch.testing.assert_close(attnkit.attention(q, k, v, "mega", mask=mask, form=form, **kw), ref)
+    everything = torch.ones(1, 1, 9, 5, dtype=torch.bool)
+    torch.testing.assert_close(attnkit.attention(q, k, v, "mega", mask=everything, **kw),
+                               attnkit.attention(q, k, v, "mega", **kw))

@@ -22,6 +22,7 @@ def step_from(forms):
         form = forms["recurrent"] if q.shape[2] == 1 else forms["chunked"]
         return form(q, k, v, causal=causal, scale=scale, initial_state=state, **params)
 
+    step.one_query_per_key = True  # a recurrence reads token t's query with token t's key
     return step
 
 

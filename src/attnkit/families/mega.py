@@ -127,6 +127,10 @@ def _keys_per_row(mask, q_len, kv_len, causal, chunk_size):
     hi = q_pos + 1 if causal else torch.full_like(q_pos, kv_len)
     if chunk_size:
         hi = torch.minimum(hi, lo + chunk_size).clamp(max=kv_len)
+    # queries before the first key (cross-attention with q_len > kv_len) count the keys of their range
+    # that exist: none before key 0
+    lo, hi = lo.clamp(0, kv_len), hi.clamp(0, kv_len)
+    hi = torch.maximum(hi, lo)
     counts = counts.expand(*counts.shape[:2], q_len, kv_len + 1)
     index = lambda i: i.expand(*counts.shape[:2], q_len)[..., None]  # noqa: E731
     return (counts.gather(-1, index(hi)) - counts.gather(-1, index(lo))).squeeze(-1)

@@ -42,6 +42,8 @@ from ..validation import check_int
 class EvictionCache:
     """The budgeted cache: ``k``, ``v`` ``(B, H, C, D)`` in arrival order, ``score`` ``(B, H, C)`` float64."""
 
+    float64_fields = ("score",)  # kept in float64 whatever the inputs' dtype (attnkit.state.check_state)
+
     def __init__(self, k, v, score, length: int):
         self.k, self.v, self.score, self.length = k, v, score, length
 

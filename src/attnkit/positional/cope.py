@@ -33,11 +33,12 @@ from ..scores.user_mask import apply_mask
 
 def interpolated_position_logits(pos: torch.Tensor, int_logits: torch.Tensor) -> torch.Tensor:
     """``z = (1 - f) L[floor p] + f L[ceil p]`` with ``L = q . e`` for integer positions."""
-    lo, hi = pos.floor(), pos.ceil()
+    unknown = pos.isnan()  # a NaN in q or k: its positions are NaN, and so are their logits (never an index)
+    lo, hi = pos.floor().masked_fill(unknown, 0), pos.ceil().masked_fill(unknown, 0)
     frac = pos - lo
     z_lo = int_logits.gather(-1, lo.long())
     z_hi = int_logits.gather(-1, hi.long())
-    return z_hi * frac + z_lo * (1 - frac)
+    return (z_hi * frac + z_lo * (1 - frac)).masked_fill(unknown, float("nan"))
 
 
 def _scores_and_allowed(s, q_pos, k_pos, mask):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from .forms import prepare, zero_state
+from ...kernels.nonfinite import hold_back_nonfinite, poison
 from ...kernels.pieces import pieces
 from ...kernels.positions import repeat_kv
 
@@ -41,6 +42,7 @@ def delta_rule_chunked(q, k, v, beta, g=None, *, scale, initial_state=None, qk_l
     k, v = repeat_kv(k, H), repeat_kv(v, H)
     if g is not None and g.ndim == 3:
         g = g.unsqueeze(-1)
+    (k, v, beta, g), poisoned = hold_back_nonfinite(k, v, beta, g)  # a NaN stays in its token's future
     S = zero_state(k, v) if initial_state is None else initial_state
     Dv, C = v.shape[-1], chunk_size
     block = C * max(1, BLOCK_ELEMENTS // (B * H * C * max(C, Dk + Dv)))  # tokens per block
@@ -51,7 +53,7 @@ def delta_rule_chunked(q, k, v, beta, g=None, *, scale, initial_state=None, qk_l
         q_p, k_p, v_p, g_p = prepare(q_p, k_p, v_p, g_p, scale=scale, qk_l2norm=qk_l2norm)
         o, S = _block(*(flat(t) for t in (q_p, k_p, v_p, beta_p, g_p)), S, C)
         outs.append(o)
-    return torch.cat(outs, dim=1).reshape(B, H, N, Dv), S.reshape(B, H, Dk, Dv)
+    return poison(torch.cat(outs, dim=1).reshape(B, H, N, Dv), S.reshape(B, H, Dk, Dv), poisoned)
 
 
 def _block(q, k, v, beta, g, S, C):

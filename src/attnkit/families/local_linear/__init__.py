@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 
 from ...params import Param
-from .blockwise import local_linear_blockwise
+from .blockwise import local_linear_blockwise, solve
 from ...kernels.positions import causal_mask, repeat_kv
 from ...registry import ALL_PATTERNS, MechanismSpec, register
 from ...scores.normalisers import SOFTMAX
@@ -72,7 +72,7 @@ def lla_reference(q, k, v, *, causal, mask, scale, ridge, q_block, kv_block):
     diff = repeat_kv(k, H)[:, :, None, :, :] - q[:, :, :, None, :]  # (B, H, Nq, Nk, D): k_j - q_i
     mu = torch.einsum("bhij,bhijd->bhid", s, diff)
     sigma = torch.einsum("bhij,bhijd,bhije->bhide", s, diff, diff) + ridge * torch.eye(D, dtype=q.dtype, device=q.device)
-    rho = torch.linalg.solve(sigma, mu[..., None])[..., 0]
+    rho = solve(sigma, mu[..., None])[..., 0]
     denominator = 1 - (rho * mu).sum(-1, keepdim=True)
     weights = s * (1 - torch.einsum("bhijd,bhid->bhij", diff, rho)) / denominator
     return weights @ repeat_kv(v, H)

@@ -50,7 +50,14 @@ def local_linear_blockwise(q, k, v, weights, *, ridge: float, q_block: int, kv_b
             kj = kk[:, :, j : j + kv_block]
             second = second + s[..., j : j + kv_block] @ (kj[..., :, None] * kj[..., None, :]).flatten(-2)
         cov = second.view(B, H, b - a, D, D) - kbar[..., :, None] * kbar[..., None, :]
-        r = torch.linalg.solve(cov + ridge * eye, (q[:, :, a:b] - kbar)[..., None])[..., 0]
+        r = solve(cov + ridge * eye, (q[:, :, a:b] - kbar)[..., None])[..., 0]
         slope = (s * (r @ kk.transpose(-1, -2))) @ vv
         outs.append(vbar + slope - vbar * (kbar * r).sum(-1, keepdim=True))
     return torch.cat(outs, dim=2)
+
+
+def solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``A^{-1} b``; half-precision systems are solved in float32 and cast back (torch has no half LU)."""
+    if A.dtype in (torch.float16, torch.bfloat16):
+        return torch.linalg.solve(A.float(), b.float()).to(A.dtype)
+    return torch.linalg.solve(A, b)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..delta_rule.chunked import decayed_products, solve_unit_lower
 from ..log_linear.forms import carried_levels, fold, level_one_hot, pair_weights
+from ...kernels.nonfinite import hold_back_nonfinite, poison
 
 
 def log_linear_delta_parallel(q, k, v, beta, g, lam, *, start, S0):
@@ -94,6 +95,7 @@ def log_linear_delta_chunked(q, k, v, beta, g, lam, *, start, S0, chunk_size):
     key, beta and log decay (the identity transition, nothing written); the latter take the last
     position, so every level stays within ``lam``'s.
     """
+    (k, v, beta, g), poisoned = hold_back_nonfinite(k, v, beta, g)  # a NaN stays in its token's future
     B, H, N, Dk = k.shape
     C, Lv, Dv = chunk_size, lam.shape[-1], v.shape[-1]
     front, first, last = start % C, start - start % C, start + N - 1
@@ -134,4 +136,4 @@ def log_linear_delta_chunked(q, k, v, beta, g, lam, *, start, S0, chunk_size):
         written = (keys_c[:, :, None] * levels_c[:, None, :]) @ v_c[:, :, None]  # each token into its level
         S = torch.cat([S[:, :, :inner] + written, S[:, :, inner:]], dim=2)
     out = out + torch.stack(reads, dim=2)
-    return out.reshape(B, H, n * C, Dv)[:, :, front : front + N], S
+    return poison(out.reshape(B, H, n * C, Dv)[:, :, front : front + N], S, poisoned)

@@ -99,6 +99,9 @@ def nha_step(q, k, v, state, *, causal, mask, scale, slot_gate, window, feature_
                       chunk=chunk, feature=FEATURES[feature_map])
 
 
+nha_step.one_query_per_key = True  # a recurrence reads token t's query with token t's key
+
+
 def _example_inputs(q, k, v, g):
     B, Hkv, N = k.shape[:3]
     return {"slot_gate": (torch.randn(B, Hkv, N, 6, generator=g, dtype=torch.float64) * 2 + 1).to(q.dtype)}

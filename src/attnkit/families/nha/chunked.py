@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ...kernels.nonfinite import hold_back_nonfinite, poison
 from ...kernels.positions import repeat_kv
 
 
@@ -36,6 +37,7 @@ def initial_state(k, v, slots: int) -> NHAState:
 def nha_chunks(q, k, v, log_forget, state: NHAState, *, scale, window, chunk, feature):
     """Outputs for the new tokens and the state after them; ``log_forget`` is ``g``, ``(B, Hkv, N, M)``."""
     H = q.shape[1]
+    (k, v, log_forget), poisoned = hold_back_nonfinite(k, v, log_forget)  # a NaN stays in its token's future
     qf, kf = feature(q), feature(k)
     k_slots, v_slots = state.k_slots, state.v_slots
     k_recent, v_recent = state.k_recent, state.v_recent
@@ -48,7 +50,8 @@ def nha_chunks(q, k, v, log_forget, state: NHAState, *, scale, window, chunk, fe
         )
         outs.append(out)
         k_recent, v_recent = _last(k_recent, k[:, :, sl], window - 1), _last(v_recent, v[:, :, sl], window - 1)
-    return torch.cat(outs, dim=2), NHAState(k_slots, v_slots, k_recent, v_recent, state.length + q.shape[2])
+    out, (k_slots, v_slots) = poison(torch.cat(outs, dim=2), (k_slots, v_slots), poisoned)
+    return out, NHAState(k_slots, v_slots, k_recent, v_recent, state.length + q.shape[2])
 
 
 def _last(old, new, keep: int):

@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...kernels.nonfinite import hold_back_nonfinite, poison
+
 
 def _memory(x, W1, W2):
     return F.silu(x @ W1) @ W2
@@ -84,6 +86,7 @@ def titans_recurrent(q, k, v, theta, eta, alpha, *, b, start, state):
 def titans_chunked(q, k, v, theta, eta, alpha, *, b, start, state):
     """Tokens up to the next multiple of ``b`` go token by token, then whole chunks in matmuls."""
     N = k.shape[2]
+    (k, v, theta, eta, alpha), poisoned = hold_back_nonfinite(k, v, theta, eta, alpha)  # NaN stays causal
     lead = min(-start % b, N)
     outs = []
     # split, not slicing in the loop: each slice's backward would zero-fill a full-length gradient
@@ -95,7 +98,7 @@ def titans_chunked(q, k, v, theta, eta, alpha, *, b, start, state):
     for pieces in chunks:
         out, state = _chunk(*pieces, state)
         outs.append(out)
-    return torch.cat(outs, dim=2), state
+    return poison(torch.cat(outs, dim=2), tuple(state), poisoned)
 
 
 def _chunk(q, k, v, theta, eta, alpha, state):
