@@ -17,8 +17,19 @@ def materialised_attention(
     q, k, v, *, causal: bool, mask, scale: float, score_mod=None, normaliser: Normaliser = SOFTMAX,
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
+    weights = materialised_weights(q, k, causal=causal, mask=mask, scale=scale, score_mod=score_mod,
+                                   normaliser=normaliser)
+    if dropout_p:  # training-time dropout on the attention weights, as SDPA's dropout_p
+        weights = torch.nn.functional.dropout(weights, dropout_p)
+    return weights @ repeat_kv(v, q.shape[1])
+
+
+def materialised_weights(
+    q, k, *, causal: bool, mask, scale: float, score_mod=None, normaliser: Normaliser = SOFTMAX,
+) -> torch.Tensor:
+    """The ``(B, H, Nq, Nk)`` attention weights: normalised, zero where a key is not allowed."""
     H, Nq, Nk = q.shape[1], q.shape[2], k.shape[2]
-    k, v = repeat_kv(k, H), repeat_kv(v, H)
+    k = repeat_kv(k, H)
     scores = (q @ k.transpose(-1, -2)) * scale
     if score_mod is not None:
         scores = score_mod(scores, query_positions(Nq, Nk, q.device), torch.arange(Nk, device=q.device))
@@ -26,7 +37,4 @@ def materialised_attention(
     scores, allowed = apply_mask(scores, allowed, mask)
     if allowed is not None:
         allowed = allowed.expand_as(scores)
-    weights = normaliser.weights(scores, allowed)
-    if dropout_p:  # training-time dropout on the attention weights, as SDPA's dropout_p
-        weights = torch.nn.functional.dropout(weights, dropout_p)
-    return weights @ v
+    return normaliser.weights(scores, allowed)
