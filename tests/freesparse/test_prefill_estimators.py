@@ -74,3 +74,51 @@ def test_bad_parameters_are_refused():
         attnkit.attention(q, k, v, "xattention", causal=True, threshold=1.5)
     with pytest.raises(ValueError, match="top_k"):
         attnkit.attention(q, k, v, "block_topk", causal=True, top_k=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_vertical_slash_lines_equal_the_equations(dtype):
+    from attnkit.families import vertical_slash as vs
+
+    q, k, _ = _qk(N=90, seed=4)
+    p = dict(scale=0.25, last_q=10, vertical=7, slash=9, sinks=3, local=4)
+    ref = vs.reference_mask(q, k, **p)
+    rows = torch.arange(90)
+    kept, density = vs.attended(q.to(dtype), k.to(dtype), rows, block=16, **p)
+    assert torch.equal(kept, ref)
+    assert density == pytest.approx(ref.sum().item() / (4 * 90 * 91 / 2))
+
+
+def test_vertical_slash_attends_exactly_the_kept_positions():
+    from attnkit.families import vertical_slash as vs
+
+    q, k, v = _qk(N=100, seed=5)
+    p = dict(last_q=12, vertical=9, slash=11, sinks=2, local=5)
+    kept = vs.reference_mask(q, k, scale=0.25, **p)
+    expected = attnkit.attention(q, k, v, "softmax", causal=False, mask=kept, scale=0.25)
+    for block in (7, 16, 128):
+        out = attnkit.attention(q, k, v, "vertical_slash", causal=True, scale=0.25, block=block, **p)
+        assert (out - expected).abs().max() < 1e-12, block
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_flexprefill_layout_equals_the_equations_for_both_head_kinds(dtype):
+    from attnkit.families import flexprefill as fp
+
+    g = torch.Generator().manual_seed(7)
+    for N, block, tau in ((120, 16, 0.15), (100, 8, 0.05), (130, 16, 1.0)):
+        q = torch.randn(1, 4, N, 16, generator=g, dtype=torch.float64)
+        k = torch.randn(1, 2, N, 16, generator=g, dtype=torch.float64)
+        ref = fp.reference_layout(q, k, scale=0.25, block=block, gamma=0.8, tau=tau)
+        fast = fp.flexprefill_layout(q.to(dtype), k.to(dtype), scale=0.25, block=block, gamma=0.8, tau=tau)
+        assert torch.equal(fast, ref), (N, block, tau)
+
+
+def test_js_distance():
+    from attnkit.families.flexprefill import js_distance
+
+    p, q = torch.tensor([0.5, 0.5, 0.0]), torch.tensor([0.25, 0.25, 0.5])
+    m = (p + q) / 2
+    expected = (0.5 * (p[:2] * (p[:2] / m[:2]).log()).sum() + 0.5 * (q * (q / m).log()).sum()).sqrt()
+    assert js_distance(p, q) == pytest.approx(float(expected))
+    assert js_distance(p, p) == 0

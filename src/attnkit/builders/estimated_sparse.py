@@ -74,6 +74,22 @@ def expand_layout(layout: torch.Tensor, block: int, q_len: int, kv_len: int) -> 
     return dense & causal_mask(q_len, kv_len, layout.device)
 
 
+def last_queries_attention(q, k, scale: float, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The causal attention ``(B, H, n, Nk)`` of the last ``n = min(count, Nq)`` queries, and their positions."""
+    Nk = k.shape[2]
+    n = min(count, q.shape[2])
+    pos = query_positions(n, Nk, q.device)
+    s = (q[:, :, -n:] @ repeat_kv(k, q.shape[1]).transpose(-1, -2)) * scale
+    return torch.softmax(s.masked_fill(torch.arange(Nk, device=q.device) > pos[:, None], float("-inf")), -1), pos
+
+
+def diagonal_sums(A: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``(B, H, Nk)``: for each offset ``o``, ``sum_t A(t, pos_t - o)`` (the mass on the slash line ``o``)."""
+    o = torch.arange(A.shape[-1], device=A.device)
+    j = pos[:, None] - o
+    return A.gather(-1, j.clamp(min=0).expand(*A.shape[:2], -1, -1)).mul(j >= 0).sum(2)
+
+
 @dataclass(frozen=True)
 class Estimator:
     """An estimator's two layouts (fast and float64 reference) and its tile size parameter name."""
