@@ -6,6 +6,7 @@ import logging
 from . import capture, dispatch, registry
 from .cache.state import KVState
 from .kernels.positions import repeat_kv
+from .reference import weights_of_reference
 from .dispatch import log
 from .state import check_state, mark_state
 from .validation import check_params, check_pattern, check_qkv, check_required_inputs, check_scale, normalise_mask
@@ -97,17 +98,22 @@ def _check_return_weights(spec, incremental, dropout_p):
     if dropout_p:
         raise ValueError("return_weights=True with dropout_p > 0: the weights would not be the ones the output used; "
                          "pass dropout_p=0.0")
-    if spec.weights is None:
-        raise ValueError(f"mechanism {spec.name!r} has no attention weights: {spec.weights_note or 'not written yet'}")
+    if spec.weights is None and spec.weights_note:
+        raise ValueError(f"mechanism {spec.name!r} has no attention weights: {spec.weights_note}")
 
 
 def _with_weights(spec, recorders, return_weights, q, k, v, *, causal, mask, scale, form, params):
     """The call's output and weights, each recorder given a record (weights None when the spec has none)."""
     grad = any(r.grad for r in recorders) and not params.get("dropout_p")
+    plain = {n: x for n, x in params.items() if n != "dropout_p"}
     weights = None
     if spec.weights is not None:
-        plain = {n: x for n, x in params.items() if n != "dropout_p"}
         weights = spec.weights(q, k, v, causal=causal, mask=mask, scale=scale, **plain)
+    elif not spec.weights_note:
+        weights = weights_of_reference(spec.reference, q, k, v, causal=causal, mask=mask, scale=scale, **plain)
+        if weights is None and return_weights:
+            raise ValueError(f"mechanism {spec.name!r} has no attention weights: its reference is not one "
+                             "materialised softmax whose weights @ v is the output, and its spec declares none")
     if grad and weights is not None:
         if weights.requires_grad:
             weights.retain_grad()
@@ -119,7 +125,7 @@ def _with_weights(spec, recorders, return_weights, q, k, v, *, causal, mask, sca
         kept = None
         if "kept" in spec.extra:
             kept = spec.extra["kept"](q, k, scale=scale, **{n: x for n, x in params.items() if n in spec.params})
-        note = "" if weights is not None else (spec.weights_note or f"mechanism {spec.name!r} has no weights yet")
+        note = "" if weights is not None else (spec.weights_note or "its reference is not one materialised softmax")
         _record(recorders, spec, weights, causal, note, kept)
     return (out, weights) if return_weights else out
 

@@ -92,7 +92,9 @@ class MechanismSpec:
     ``weights_output`` is set: then ``weights_output(weights, q, k, v, **params)``
     is, and ``weights_note`` says why ``weights @ v`` is not (an output gate or a
     normalisation after the mixing). Without ``weights``, ``weights_note`` says
-    why the mechanism has none.
+    why the mechanism has none; with neither, the weights are those of the
+    reference's one materialised softmax (``reference.weights_of_reference``),
+    which must give the output.
     """
 
     name: str
@@ -199,8 +201,10 @@ class MechanismSpec:
 
     def weights_description(self) -> str:
         """What ``attention(..., return_weights=True)`` gives for this mechanism, in one sentence."""
+        if self.weights is None and self.weights_note:
+            return f"none: {self.weights_note}"
         if self.weights is None:
-            return f"none: {self.weights_note or 'not written for this mechanism yet'}"
+            return "exact, from the reference's materialised softmax: weights @ v is the output"
         if self.weights_output is None:
             return "exact: weights @ v is the output"
         return f"weights @ v is not the output: {self.weights_note}"
