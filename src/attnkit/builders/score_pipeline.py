@@ -19,6 +19,12 @@ tensor inputs) as keywords:
 - ``prepare(q, k, v, *, scale, **params) -> (q, k, v)``: per-token rescaling of
   q, k or v before attention (temperatures, l2-normalisation);
 - ``postprocess(out, **params)``: runs after the weighted sum (ReLA's norm).
+
+A softmax mechanism with neither ``prepare`` nor ``postprocess``, whose
+modifier reads only the scores, their positions and the parameters (not the
+queries themselves: ``mod_reads_queries=False``), records ``make_mod`` as
+``spec.extra["softmax_score_mod"]``: context-parallel strategies run it on any
+tile of a sharded sequence at global positions.
 """
 from __future__ import annotations
 
@@ -34,6 +40,10 @@ CHUNK_PARAMS = {
     "q_chunk": Param(512, int, "queries per tile of the chunked form", low=1),
     "kv_chunk": Param(1024, int, "keys per tile of the chunked form", low=1),
 }
+
+
+def _no_mod(q, k, **params):
+    return None
 
 
 def _equation_params(kw: dict) -> dict:
@@ -64,6 +74,7 @@ def register_score_mechanism(
     wrap_step=None,
     test_params: dict | None = None,
     mod_sees_mask: bool = False,
+    mod_reads_queries: bool = False,
     dropout_forms: tuple[str, ...] = (),
 ) -> MechanismSpec:
     """Register a mechanism from its hooks (see the module docstring).
@@ -111,6 +122,10 @@ def register_score_mechanism(
     if default_forms is None:
         default_forms = (next(iter(fast)),)
     step = kv_cache_step(default_form_of(name))
+    tileable = normaliser is SOFTMAX and prepare is None and postprocess is None
+    extra = {}
+    if tileable and not mod_sees_mask and not mod_reads_queries:
+        extra["softmax_score_mod"] = make_mod if make_mod is not None else _no_mod
     return register(
         MechanismSpec(
             name=name,
@@ -130,5 +145,6 @@ def register_score_mechanism(
             summary=summary,
             test_params={"q_chunk": 16, "kv_chunk": 24, **(test_params or {})},
             dropout_forms=frozenset({"reference", *dropout_forms}),
+            extra=extra,
         )
     )

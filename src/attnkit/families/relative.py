@@ -85,6 +85,7 @@ register_score_mechanism(
     papers=(SHAW, MUSIC),
     make_mod=_shaw_mod(shaw_skew_mod),
     make_reference_mod=_shaw_mod(shaw_gather_mod),
+    mod_reads_queries=True,
     params={"table": Param(None, torch.Tensor, '(heads, 2K + 1, head_dim) learned embeddings of clipped distances -K..K (required)', optional=True)},
     tensor_inputs=lambda q, k, v, g: {
         "table": 0.5 * torch.randn(q.shape[1], 2 * 16 + 1, q.shape[3], generator=g, dtype=q.dtype)
