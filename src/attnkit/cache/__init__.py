@@ -10,12 +10,15 @@
 
 See ``docs/kv-cache.md``.
 """
+from .adakv import AdaKV
 from .expected_attention import ExpectedAttention
 from .h2o import H2O
 from .kivi import KIVI
 from .knorm import KeyNorm
 from .policy import NoCompression, Policy
 from .pyramid import PyramidKV
+from .ragged import RaggedKV
+from .razor import RazorAttention
 from .snapkv import SnapKV
 from .state import KVState, layer_states
 from .store import LayerKV
@@ -23,7 +26,8 @@ from .streaming import StreamingLLM
 from .tova import TOVA
 
 __all__ = ["Cache", "CacheLayer", "KVState", "LayerKV", "layer_states", "Policy", "NoCompression", "StreamingLLM",
-           "H2O", "TOVA", "SnapKV", "KeyNorm", "PyramidKV", "KIVI", "ExpectedAttention"]
+           "H2O", "TOVA", "SnapKV", "KeyNorm", "PyramidKV", "KIVI", "ExpectedAttention",
+           "AdaKV", "RazorAttention", "RaggedKV"]
 
 
 def __getattr__(name):

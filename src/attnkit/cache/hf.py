@@ -20,6 +20,13 @@ which transformers does not pass to a cache: give ``model=`` and the cache
 computes them in a hook on each attention module (Llama-style modules with
 ``q_proj``, optional ``q_norm`` and their module's ``apply_rotary_pos_emb``).
 
+Policies that keep a different number of tokens per head
+(:class:`~attnkit.cache.AdaKV`, :class:`~attnkit.cache.RazorAttention`) store
+ragged rows, which transformers' attention cannot mask per head: with them
+the cache needs ``model=`` too, and switches the model's attention
+implementation to ``"attnkit_cache"`` (softmax attention over the kept keys,
+masked by their positions, one call per layer) until :meth:`Cache.close`.
+
 Batches whose prompts are padded are not supported under a compressing
 policy (the padding mask is indexed by position and evicted pads would shift
 it); beam search, ``crop`` (assisted decoding) and reordering are refused.
@@ -34,7 +41,12 @@ import torch
 from transformers.cache_utils import Cache as TransformersCache
 from transformers.cache_utils import CacheLayerMixin
 
+from transformers.modeling_utils import AttentionInterface
+
 from .policy import NoCompression, Policy
+from .scores import attend
+
+ATTENTION = "attnkit_cache"
 
 
 class CacheLayer(CacheLayerMixin):
@@ -45,7 +57,7 @@ class CacheLayer(CacheLayerMixin):
     def __init__(self, policy: Policy, layer_idx: int, owner):
         super().__init__()
         self.policy, self.layer_idx, self._owner = policy, layer_idx, owner
-        self.store = policy.empty_store()
+        self.store, self.reading = policy.empty_store(), None
 
     def lazy_initialization(self, key_states, value_states) -> None:
         self.device, self.is_initialized = key_states.device, True
@@ -55,6 +67,8 @@ class CacheLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         store = self.store.append(key_states, value_states)
         keys, values = store.k, store.v
+        if self._owner._ragged:
+            self.reading = (store, keys, values)  # for the attention call that follows (attention_over_cache)
         q, scale = self._owner._take_queries(self.layer_idx, self.policy)
         self.store = self.policy.step(store, q, scale, self.layer_idx)
         self.keys, self.values = self.store.k, self.store.v
@@ -99,8 +113,14 @@ class Cache(TransformersCache):
             raise TypeError(f"policy must be an attnkit.cache policy (e.g. attnkit.cache.H2O(0.25)), got {type(policy).__name__}")
         super().__init__(layers=[])
         self.policy, self.peak_bytes, self._queries, self._hooks = policy, 0, {}, []
+        self._ragged, self._restore = getattr(policy, "ragged_rows", False), None
+        if self._ragged and model is None:
+            raise ValueError(f"{policy!r} keeps a different number of tokens per head, which transformers' attention "
+                             "cannot mask: build the cache with model=your_model so it can attend over them itself")
         if model is not None:
             self._hook_queries(model)
+            if self._ragged:
+                self._attend_in(model)
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         while len(self.layers) <= layer_idx:
@@ -144,11 +164,25 @@ class Cache(TransformersCache):
                 raise ValueError(f"{type(module).__name__}'s module has no apply_rotary_pos_emb; cannot compute its queries")
             self._hooks.append(module.register_forward_pre_hook(_query_hook(owner, rotate), with_kwargs=True))
 
+    def _attend_in(self, model) -> None:
+        owner = weakref.ref(self)
+        modules = [m for m in model.modules() if hasattr(m, "q_proj") and hasattr(m, "layer_idx")]
+        for module in modules:
+            module._attnkit_cache = owner
+        self._restore = (model, model.config._attn_implementation, modules)
+        model.config._attn_implementation = ATTENTION
+
     def close(self) -> None:
-        """Remove the query hooks from the model."""
+        """Remove the query hooks from the model (and give it back its attention implementation)."""
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+        if self._restore is not None:
+            model, implementation, modules = self._restore
+            model.config._attn_implementation = implementation
+            for module in modules:
+                del module._attnkit_cache
+            self._restore = None
 
 
 def _query_hook(owner, rotate):
@@ -167,6 +201,22 @@ def _query_hook(owner, rotate):
         return None
 
     return hook
+
+
+def attention_over_cache(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention function ``"attnkit_cache"``: the new queries over the keys the layer's
+    :class:`CacheLayer` just returned, masked by their positions (and ragged rows' padding)."""
+    cache = getattr(module, "_attnkit_cache", lambda: None)()
+    reading = None if cache is None else cache.layers[module.layer_idx].reading
+    if reading is None or reading[1] is not key:
+        raise ValueError("the attnkit_cache attention implementation runs only with the attnkit.cache.Cache it was "
+                         "set by; call cache.close() to give the model back its own")
+    cache.layers[module.layer_idx].reading = None
+    out = attend(query, reading[0], scaling if scaling is not None else module.scaling, key, value)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION, attention_over_cache)
 
 
 def rotation(model):

@@ -22,13 +22,27 @@ def _visible(store, qpos: torch.Tensor, heads: int) -> torch.Tensor:
     return seen.repeat_interleave(heads // seen.shape[1], dim=1)
 
 
-def attend(q: torch.Tensor, store, scale: float) -> torch.Tensor:
-    """Softmax attention of ``q (B, H, n, D)`` (the newest ``n`` tokens) over the kept keys: one call."""
+def attend(q: torch.Tensor, store, scale: float, k=None, v=None) -> torch.Tensor:
+    """Softmax attention of ``q (B, H, n, D)`` (the newest ``n`` tokens) over the kept keys: one call.
+
+    ``k``, ``v``: the store's keys and values if already read (a ragged store gathers them on each read)."""
     n, heads = q.shape[2], q.shape[1]
-    fresh = store.used == n == store.length  # a first call: the usual causal triangle, no mask to build
-    mask = None if n == 1 or fresh else _visible(store, query_positions(store, n, q.device), heads)
-    return F.scaled_dot_product_attention(q, store.k, store.v, attn_mask=mask, is_causal=fresh and n > 1,
-                                          scale=scale, enable_gqa=heads != store.k.shape[1])
+    k = store.k if k is None else k
+    v = store.v if v is None else v
+    ragged = getattr(store, "ragged", False)
+    fresh = store.used == n == store.length and not ragged  # a first call: the usual causal triangle
+    mask = None if (n == 1 and not ragged) or fresh else _visible(store, query_positions(store, n, q.device), heads)
+    bias = _bias(store, heads)
+    if bias is not None:
+        mask = bias[:, :, None].to(q.dtype).masked_fill(~mask, float("-inf"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=fresh and n > 1,
+                                          scale=scale, enable_gqa=heads != k.shape[1])
+
+
+def _bias(store, heads: int):
+    """``(B, heads, L)``: the log-multiplicity of merged tokens (``None`` if the store has none)."""
+    bias = getattr(store, "bias", None)
+    return None if bias is None else bias.repeat_interleave(heads // bias.shape[1], dim=1)
 
 
 def weights(q_rows: torch.Tensor, qpos: torch.Tensor, store, scale: float) -> torch.Tensor:
@@ -40,6 +54,9 @@ def weights(q_rows: torch.Tensor, qpos: torch.Tensor, store, scale: float) -> to
     with torch.no_grad():
         grouped = q_rows.reshape(B, kv_heads, heads // kv_heads * rows, D)  # query head h reads kv head h // group
         s = (grouped @ store.k.transpose(-1, -2)).view(B, heads, rows, -1).to(torch.float64) * scale
+        bias = _bias(store, heads)
+        if bias is not None:
+            s = s + bias[:, :, None]
         s = s.masked_fill(~_visible(store, qpos, heads), float("-inf"))
         return torch.softmax(s, dim=-1)
 

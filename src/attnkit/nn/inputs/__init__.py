@@ -21,8 +21,10 @@ from .learned import LearnedTensorInputs
 from .linear import FocusScale, GLAGate, Mamba2Gate, PerformerFeatures
 from .log_linear import LogLinearGatedDeltaNetInputs, LogLinearInputs
 from .nha import SlotGates
+from .mosa import MoSARouter
 from .nsa import NSAInputs
 from .rat import RATGate
+from .routing import RoutingCentroids
 from .titans import TitansInputs
 
 # mechanism name -> factory(dim, heads, kv_heads, head_dim) -> nn.Module
@@ -40,6 +42,8 @@ _FACTORIES = {
     "titans": lambda dim, heads, kv_heads, head_dim: TitansInputs(dim, heads, head_dim),
     "nha": SlotGates,
     "nsa": lambda dim, heads, kv_heads, head_dim: NSAInputs(dim, heads, head_dim),
+    "mosa": lambda dim, heads, kv_heads, head_dim: MoSARouter(dim, heads),
+    "routing": lambda dim, heads, kv_heads, head_dim: RoutingCentroids(heads, head_dim),
 }
 
 
@@ -67,4 +71,5 @@ def input_module(name: str, *, dim: int, heads: int, kv_heads: int, head_dim: in
 
 __all__ = ["input_module", "has_input_module", "register_input_module", "LearnedTensorInputs", "GLAGate", "Mamba2Gate", "FocusScale",
            "PerformerFeatures", "DeltaNetBeta", "GatedDeltaNetGates", "KDAGates", "LogLinearInputs",
-           "LogLinearGatedDeltaNetInputs", "RATGate", "TitansInputs", "SlotGates", "NSAInputs"]
+           "LogLinearGatedDeltaNetInputs", "RATGate", "TitansInputs", "SlotGates", "NSAInputs", "MoSARouter",
+           "RoutingCentroids"]
