@@ -85,7 +85,7 @@ def register_score_mechanism(
     (e.g. to refuse a parameter setting that cannot be incremental);
     ``check_inputs(q, k, v, **params)`` validates tensor inputs before any work.
     """
-    params = {**(params or {}), **CHUNK_PARAMS}
+    params = {**CHUNK_PARAMS, **(params or {})}  # a mechanism may set its own tile sizes
 
     def _run(q, k, v, causal, mask, scale, kw, make):
         eq = _equation_params(kw)

@@ -10,6 +10,11 @@ See docs/layers.md for every module here; ``attnkit.nn.vision`` holds the vision
 attention modules (NCHW in, NCHW out, docs/vision.md).
 """
 from .agent import AgentAttention
+from .bidaf import BiDAFAttention
+from .location_sensitive import LocationSensitiveAttention
+from .luong import LuongAttention
+from .pointer import PointerAttention
+from .show_attend_tell import ShowAttendTellAttention, doubly_stochastic_penalty, reinforce_loss
 from .attention import Attention, CrossAttentionCache
 from .bottleneck import PerceiverEncoder, PoolingByMultiheadAttention
 from .decoupled import DecoupledCrossAttention
@@ -32,5 +37,7 @@ __all__ = [
     "MultiHeadLatentAttention", "LatentCache", "MixtureOfHeads", "MixtureOfAttentionHeads",
     "MultiSourceCrossAttention", "PerceiverEncoder", "PoolingByMultiheadAttention", "SlotAttention",
     "DecoupledCrossAttention",
+    "LuongAttention", "LocationSensitiveAttention", "PointerAttention", "ShowAttendTellAttention",
+    "doubly_stochastic_penalty", "reinforce_loss", "BiDAFAttention",
     "FocusedLinearAttention", "NystromAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer",
 ]

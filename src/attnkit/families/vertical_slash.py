@@ -1,0 +1,179 @@
+"""Vertical-slash sparse prefill (Jiang et al., "MInference 1.0: Accelerating Pre-filling for Long-Context
+LLMs via Dynamic Sparse Attention", 2024).
+
+Many heads of a long-context LLM attend along a few *vertical* lines (keys
+every query reads: sinks, separators) and a few *slash* lines (keys at a fixed
+distance ``i - j`` from the query: the local window and periodic patterns).
+Per head, the last ``last_q`` queries estimate both from their attention::
+
+    A = softmax(Q[-last_q:] K^T / sqrt(d) + causal)                 (last_q x N)
+    a_v(j) = sum_t A(t, j)                 vertical score of key j
+    a_s(o) = sum_t A(t, p_t - o)           slash score of offset o  (p_t = position of query t)
+    V = Topk(a_v, vertical),  S = Topk(a_s, slash)
+
+and every query ``i`` attends exactly the keys ``{j <= i : j in V or i - j in S}``.
+
+Conventions (checked against MInference's ``vertical_and_slash_kernel``): the
+first ``sinks`` keys are always vertical (the authors force 30) and the
+offsets ``0 .. local - 1`` always slash (the authors force 100), both counted
+in ``vertical`` / ``slash``; ties go to the earlier key / smaller offset; one
+choice per query head (GQA heads choose alone); the estimate runs in the input
+dtype.
+
+How it runs on blocks: the lines are not block-aligned, so the fast form
+(``lines``) attends **exactly the kept positions**, per chunk of ``block``
+queries: the vertical keys are gathered once (a dense ``block x |V|`` product,
+masked causally), the slash lines are covered by the ``block``-aligned key
+tiles they cross and masked element by element inside them (a key counted as
+vertical is masked out of the tiles, so no pair is counted twice), and one
+softmax runs over both parts. MInference's GPU kernel computes whole 64-wide
+bands around each slash instead (it attends a superset); the answer here is
+attention over exactly ``V`` and ``S``. Gradients flow through the gathers
+(autograd, ``O(covered pairs)`` memory): the method is for inference.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..builders.estimated_sparse import PROMPT_WIDE, block_count, diagonal_sums, last_queries_attention
+from ..kernels.positions import repeat_kv
+from ..params import Param
+from ..reference import materialised_attention
+from ..registry import MechanismSpec, register
+
+PAPER = "MInference 1.0: Accelerating Pre-filling for Long-Context LLMs via Dynamic Sparse Attention"
+
+
+def _top(scores, forced_count, count):
+    """Indices of the ``count`` best entries, the first ``forced_count`` always among them (stable ties)."""
+    n = scores.shape[-1]
+    forced = torch.arange(n, device=scores.device) < forced_count
+    order = scores.masked_fill(forced, float("inf")).sort(dim=-1, descending=True, stable=True).indices
+    return order[..., : min(count, n)]
+
+
+def lines(q, k, *, scale, last_q, vertical, slash, sinks, local):
+    """The kept lines: vertical keys ``(B, H, nv)`` and slash offsets ``(B, H, ns)``."""
+    A, pos = last_queries_attention(q, k, scale, last_q)
+    return _top(A.sum(2), sinks, vertical), _top(diagonal_sums(A, pos), local, slash)
+
+
+def _line_masks(V, S, N):
+    """Boolean ``(B, H, N)`` tables: is key j vertical, is offset o a slash."""
+    shape = (*V.shape[:2], N)
+    return (torch.zeros(shape, dtype=torch.bool, device=V.device).scatter(-1, V, True),
+            torch.zeros(shape, dtype=torch.bool, device=V.device).scatter(-1, S, True))
+
+
+def _cover(S, N, block):
+    """Per query chunk, the key tiles the slash lines cross: padded indices ``(B, H, R, W)`` and their validity."""
+    R = block_count(N, block)
+    start = torch.arange(R, device=S.device) * block
+    end = (start + block).clamp(max=N) - 1
+    lo = start[:, None] - S[:, :, None, :]  # first key of each slash in each chunk (B, H, R, ns)
+    hi = end[:, None] - S[:, :, None, :]
+    seen = hi >= 0
+    hit = torch.zeros(*S.shape[:2], R, R + 1, dtype=torch.bool, device=S.device)
+    for edge in (lo.clamp(min=0) // block, hi.clamp(min=0) // block):
+        hit.scatter_(-1, torch.where(seen, edge, R), True)
+    hit = hit[..., :R]
+    width = max(1, int(hit.sum(-1).max()))
+    kept, order = hit.to(torch.int8).sort(dim=-1, descending=True, stable=True)
+    return order[..., :width], kept[..., :width] > 0
+
+
+def vertical_slash_lines(q, k, v, *, causal, mask, scale, last_q, vertical, slash, sinks, local, block):
+    V, S = lines(q.detach(), k.detach(), scale=scale, last_q=last_q, vertical=vertical, slash=slash,
+                 sinks=sinks, local=local)
+    B, H, N, D = q.shape
+    k, v = repeat_kv(k, H), repeat_kv(v, H)
+    is_vertical, is_slash = _line_masks(V, S, N)
+    kv_v = k.gather(2, V[..., None].expand(-1, -1, -1, D)), v.gather(2, V[..., None].expand(-1, -1, -1, v.shape[-1]))
+    tiles, tile_ok = _cover(S, N, block)
+    R, W = tiles.shape[2], tiles.shape[3]
+    pad = R * block - N
+    kt = torch.nn.functional.pad(k, (0, 0, 0, pad)).reshape(B, H, R, block, D)
+    vt = torch.nn.functional.pad(v, (0, 0, 0, pad)).reshape(B, H, R, block, v.shape[-1])
+    bi, hi = torch.arange(B, device=q.device)[:, None, None], torch.arange(H, device=q.device)[None, :, None]
+    t = torch.arange(block, device=q.device)
+    outs = []
+    for r in range(R):
+        i = torch.arange(r * block, min(N, (r + 1) * block), device=q.device)
+        qc = q[:, :, i]
+        s_v = (qc @ kv_v[0].transpose(-1, -2)) * scale
+        ok_v = V[:, :, None, :] <= i[:, None]
+        j = (tiles[:, :, r, :, None] * block + t).reshape(B, H, 1, W * block)  # keys of the covering tiles
+        diff = i[:, None] - j
+        ok_t = (diff >= 0) & (j < N) & tile_ok[:, :, r].repeat_interleave(block, -1)[:, :, None]
+        ok_t &= is_slash.gather(-1, diff.clamp(0, N - 1).flatten(2)).view_as(diff)
+        ok_t &= ~is_vertical.gather(-1, j.clamp(max=N - 1).flatten(2)).view_as(j)
+        k_r = kt[bi, hi, tiles[:, :, r]].flatten(2, 3)
+        v_r = vt[bi, hi, tiles[:, :, r]].flatten(2, 3)
+        s_t = (qc @ k_r.transpose(-1, -2)) * scale
+        scores = torch.cat([s_v.masked_fill(~ok_v, float("-inf")), s_t.masked_fill(~ok_t, float("-inf"))], -1)
+        p = torch.softmax(scores, -1).nan_to_num(0.0)
+        nv = V.shape[-1]
+        outs.append(p[..., :nv] @ kv_v[1] + p[..., nv:] @ v_r)
+    return torch.cat(outs, dim=2)
+
+
+def reference_mask(q, k, *, scale, last_q, vertical, slash, sinks, local):
+    """The kept (query, key) pairs ``(B, H, N, N)`` from the equations, in float64 with plain loops."""
+    B, H, N, _ = q.shape
+    s = (q.double() @ repeat_kv(k, H).double().transpose(-1, -2)) * scale
+    n = min(last_q, N)
+    i = torch.arange(N, device=q.device)
+    allowed = i[None, :] <= i[:, None]
+    A = torch.softmax(s[:, :, -n:].masked_fill(~allowed[-n:], float("-inf")), -1)
+    keep = torch.zeros(B, H, N, N, dtype=torch.bool, device=q.device)
+    for b in range(B):
+        for h in range(H):
+            a_v = A[b, h].sum(0).tolist()
+            a_s = [sum(float(A[b, h, t, N - n + t - o]) for t in range(n) if N - n + t - o >= 0) for o in range(N)]
+            V = sorted(range(N), key=lambda j: (j >= sinks, -a_v[j], j))[:vertical]
+            S = sorted(range(N), key=lambda o: (o >= local, -a_s[o], o))[:slash]
+            keep[b, h][:, V] = True
+            for o in S:
+                keep[b, h] |= i[:, None] - i[None, :] == o
+    return keep & allowed
+
+
+def _reference(q, k, v, *, causal, mask, scale, last_q, vertical, slash, sinks, local, block):
+    kept = reference_mask(q.detach(), k.detach(), scale=scale, last_q=last_q, vertical=vertical, slash=slash,
+                          sinks=sinks, local=local)
+    return materialised_attention(q, k, v, causal=False, mask=kept, scale=scale)
+
+
+def attended(q, k, rows, *, scale, last_q, vertical, slash, sinks, local, block):
+    """The keys query rows ``rows`` attend ``(B, H, len(rows), N)`` and the density of the whole call."""
+    V, S = lines(q, k, scale=scale, last_q=last_q, vertical=vertical, slash=slash, sinks=sinks, local=local)
+    N = k.shape[2]
+    is_vertical, is_slash = _line_masks(V, S, N)
+    diff = rows[:, None] - torch.arange(N, device=q.device)
+    kept = (is_vertical[:, :, None, :] | is_slash.gather(-1, diff.clamp(0, N - 1).flatten()[None, None].expand(
+        *S.shape[:2], -1)).view(*S.shape[:2], *diff.shape)) & (diff >= 0)
+    both = (V[..., :, None] + S[..., None, :] < N).sum((-1, -2))  # pairs on a vertical and a slash line
+    pairs = (N - V).sum(-1) + (N - S).sum(-1) - both
+    return kept, float(pairs.sum()) / (V.shape[0] * V.shape[1] * N * (N + 1) / 2)
+
+
+register(MechanismSpec(
+    name="vertical_slash",
+    family="training-free-sparse",
+    papers=(PAPER,),
+    patterns=frozenset({"causal-self"}),
+    reference=_reference,
+    fast={"lines": vertical_slash_lines},
+    step=None,
+    params={"last_q": Param(64, int, "queries at the end of the prompt that estimate the lines", low=1),
+            "vertical": Param(1000, int, "vertical lines (keys) kept per head, the sinks included", low=1),
+            "slash": Param(6096, int, "slash lines (offsets) kept per head, the local ones included", low=1),
+            "sinks": Param(30, int, "first keys always vertical", low=0),
+            "local": Param(100, int, "offsets 0..local-1 always slash (the local window)", low=1),
+            "block": Param(64, int, "queries per chunk and tokens per covering key tile", low=1)},
+    test_params={"last_q": 8, "vertical": 6, "slash": 6, "sinks": 2, "local": 3, "block": 16},
+    supports_mask=False,
+    complexity="O(N (vertical + covered slash tiles) d)",
+    summary="prefill: exact attention on the top vertical keys and slash offsets estimated from the last queries",
+    extra={PROMPT_WIDE: True, "attended": attended},
+))
