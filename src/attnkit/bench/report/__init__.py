@@ -1,8 +1,12 @@
 """The report: stored benchmark runs as one self-contained HTML page, and run comparisons.
 
-For each suite the newest run with rows is shown (plots embedded as PNG data
-URIs, so the page opens anywhere, offline): the suite's own ``report(run,
-rows)`` section when it has one, else its rows as a table. The same tables are
+The page opens with the answer (:mod:`.recommend`: the fastest exact and
+approximate mechanism per pattern and length against SDPA, MQAR recall per
+state size, and the machine that holds for). Then, for each suite, the newest
+run with rows (plots embedded as PNG data URIs, so the page opens anywhere,
+offline): the suite's own ``report(run, rows)`` section when it has one, else
+its rows as a table. It ends with a glossary of every column shown
+(:mod:`.glossary`). The same tables are
 written beside the page as Markdown, CSV and JSON. :func:`compare` prints run
 B against run A (e.g. two machines or two versions) row by row, with B/A ratios.
 """
@@ -14,24 +18,37 @@ import json
 from pathlib import Path
 
 from ..store import Store, canonical
-from .parts import errors, to_csv, to_html, to_markdown
+from . import plots
+from .glossary import glossary_html
+from .parts import columns, errors, to_csv, to_html, to_markdown
+from .recommend import recommendation
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em; max-width: 1200px; }
+#recommendation { border: 2px solid #4a7; border-radius: 6px; padding: 0 1em 0.5em; background: #f4fbf6; }
+ul.ranked li { margin: 0.3em 0; } .holds { font-weight: bold; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 12px; }
 th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: left; }
 th { background: #eee; } td.ok { background: #d8f5d0; } td.refused { background: #eee; color: #777; }
-td.bad { background: #f8d0d0; } img { max-width: 100%; display: block; margin: 0.5em 0; }
+td.bad { background: #f8d0d0; } img { width: 100%; display: block; margin: 0.5em 0; }
 .meta { color: #555; font-size: 12px; }
 """
 
-# Marks the page once every image has decoded, so a headless browser's DOM dump shows it rendered them.
+# Marks the page once it has loaded, so a headless browser's DOM dump shows what it rendered: how many
+# images decoded (and the alt text of any that did not), and where the recommendation block was laid out.
 IMAGE_CHECK = """
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
-  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; });
+  var broken = imgs.filter(function (i) { return ok.indexOf(i) < 0; }).map(function (i) { return i.alt; });
   document.body.setAttribute('data-images', imgs.length);
-  document.body.setAttribute('data-images-rendered', ok);
+  document.body.setAttribute('data-images-rendered', ok.length);
+  document.body.setAttribute('data-images-broken', broken.join('|'));
+  var rec = document.getElementById('recommendation');
+  if (rec) {
+    var box = rec.getBoundingClientRect();
+    document.body.setAttribute('data-recommendation-box', [Math.round(box.top), Math.round(box.height)].join(','));
+  }
 });
 """
 
@@ -47,15 +64,20 @@ def write_report(store: Store, out: Path) -> Path:
     from ..suites import all_suites
 
     out.mkdir(parents=True, exist_ok=True)
-    body, tables, runs, missing = [], {}, {}, []
-    for name, module in all_suites().items():
+    plots.new_palette()
+    body, tables, runs, missing, latest = [], {}, {}, [], {}
+    suites = all_suites()
+    for name, module in suites.items():
         run = store.latest_run(name)
         if run is None:
             if getattr(module, "REPORTED", True):
                 missing.append(name)
             continue
-        rows = store.rows(run["id"])
-        section = getattr(module, "report", None)
+        latest[name] = (run, store.rows(run["id"]))
+    answer, answer_tables = recommendation(latest)
+    tables.update(answer_tables)
+    for name, (run, rows) in latest.items():
+        section = getattr(suites[name], "report", None)
         fragment, suite_tables = section(run, rows) if section else default_section(name, run, rows)
         body += [f'<h2 id="{name}">{name}</h2>', f'<p class="meta">{html.escape(describe_run(run))}</p>', fragment]
         tables.update(suite_tables)
@@ -66,7 +88,8 @@ def write_report(store: Store, out: Path) -> Path:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>attnkit benchmark report</title>"
             f"<style>{STYLE}</style></head><body><h1>attnkit benchmark report</h1>"
-            f"<p class='meta'>written {stamp} from {html.escape(str(store.path))}</p>{''.join(body)}"
+            f"<p class='meta'>written {stamp} from {html.escape(str(store.path))}</p>{answer}{''.join(body)}"
+            f"{glossary_html([c for rows in tables.values() for c in columns(rows)])}"
             f"<script>{IMAGE_CHECK}</script></body></html>")
     (out / "report.html").write_text(page)
     (out / "tables.md").write_text("".join(f"## {name}\n\n{to_markdown(rows)}\n" for name, rows in tables.items()))
