@@ -72,6 +72,8 @@ def test_score_modifiers_match_single_process(world, expected):
 
 
 def test_modifiers_that_read_the_queries_are_not_offered():
-    """Shaw's relative term reads q rows by position: it cannot run on a tile of a shard."""
-    assert "softmax_score_mod" not in registry.get("shaw").extra
+    """Shaw's relative term and the additive / general scores read q and k rows by position: they cannot run
+    on a tile of a shard, so they do not declare their modifier tileable."""
+    for name in ("shaw", "additive", "luong_general"):
+        assert "softmax_score_mod" not in registry.get(name).extra, name
     assert {"alibi", "softcap", "t5", "softmax"} <= {n for n in registry.names() if "softmax_score_mod" in registry.get(n).extra}

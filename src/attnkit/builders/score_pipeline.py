@@ -20,11 +20,11 @@ tensor inputs) as keywords:
   q, k or v before attention (temperatures, l2-normalisation);
 - ``postprocess(out, **params)``: runs after the weighted sum (ReLA's norm).
 
-A softmax mechanism with neither ``prepare`` nor ``postprocess``, whose
-modifier reads only the scores, their positions and the parameters (not the
-queries themselves: ``mod_reads_queries=False``), records ``make_mod`` as
-``spec.extra["softmax_score_mod"]``: context-parallel strategies run it on any
-tile of a sharded sequence at global positions.
+A softmax mechanism with neither ``prepare`` nor ``postprocess``, and either
+no modifier or one declared ``mod_on_positions=True`` (it reads only the
+scores, their positions and the parameters, never q or k themselves), records
+``make_mod`` as ``spec.extra["softmax_score_mod"]``: context-parallel
+strategies run it on any tile of a sharded sequence at global positions.
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def register_score_mechanism(
     wrap_step=None,
     test_params: dict | None = None,
     mod_sees_mask: bool = False,
-    mod_reads_queries: bool = False,
+    mod_on_positions: bool = False,
     dropout_forms: tuple[str, ...] = (),
 ) -> MechanismSpec:
     """Register a mechanism from its hooks (see the module docstring).
@@ -124,7 +124,7 @@ def register_score_mechanism(
     step = kv_cache_step(default_form_of(name))
     tileable = normaliser is SOFTMAX and prepare is None and postprocess is None
     extra = {}
-    if tileable and not mod_sees_mask and not mod_reads_queries:
+    if tileable and not mod_sees_mask and (make_mod is None or mod_on_positions):
         extra["softmax_score_mod"] = make_mod if make_mod is not None else _no_mod
     return register(
         MechanismSpec(
