@@ -7,7 +7,8 @@ from . import dispatch, registry
 from .cache.state import KVState
 from .dispatch import log
 from .state import check_state, mark_state
-from .validation import check_params, check_pattern, check_qkv, check_required_inputs, check_scale, normalise_mask
+from .validation import (check_declared_inputs, check_params, check_pattern, check_qkv, check_required_inputs, check_scale,
+                         normalise_mask)
 
 
 def attention(
@@ -51,6 +52,7 @@ def attention(
         raise TypeError(f"position must be a positional encoding object from attnkit.positional, e.g. "
                         f"attnkit.positional.RoPE({q.shape[-1]}), got {type(position).__name__} {position!r}")
     if _is_empty(q, k):
+        check_declared_inputs(spec, q, k, v, params)  # no form runs, so none checks them
         return _empty_call(q, k, v, state, incremental, return_state)
     if position is not None:
         offset = state.length if state is not None else 0
