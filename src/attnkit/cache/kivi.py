@@ -12,6 +12,8 @@ from .quantised import BITS, QuantisedKV
 
 
 class KIVI(Policy):
+    chunked = "exact"  # tokens are quantised in order, group by group, however they arrive
+
     def __init__(self, bits: int = 4, *, group: int = 32, residual: int = 128):
         super().__init__(1.0, when="both")
         if bits not in BITS:
@@ -24,8 +26,8 @@ class KIVI(Policy):
     def __repr__(self) -> str:
         return f"KIVI(bits={self.bits}, group={self.group}, residual={self.residual})"
 
-    def empty_store(self):
-        return QuantisedKV(self.bits, self.group, self.residual)
+    def empty_store(self, prompt: int = 0):
+        return QuantisedKV(self.bits, self.group, self.residual, prompt=prompt)
 
     def step(self, store, q, scale, layer):
         if isinstance(store, QuantisedKV):

@@ -116,7 +116,7 @@ class QuantisedKV:
                              f"({self.rk.dtype}); got keys {tuple(k.shape)} ({k.dtype}): a cache belongs to one model, "
                              "batch and dtype; make a new one")
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> "QuantisedKV":
+    def append(self, k: torch.Tensor, v: torch.Tensor, reserve: int = 0) -> "QuantisedKV":
         self.check_shape(k, v)
         rk = k if self.rk is None else torch.cat([self.rk, k], dim=2)
         rv = v if self.rv is None else torch.cat([self.rv, v], dim=2)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels.gathered_keys import gathered_attention
 from ..kernels.positions import query_positions, repeat_kv
 from ..params import Param, TensorInput
 from ..reference import materialised_attention
@@ -63,10 +64,16 @@ def _project(x, basis):
     return x @ repeat_kv(basis[None], x.shape[1])
 
 
+def _grouped_scores(q_low, low_keys):
+    """``(B, H, c, N)``: each query head's low-rank queries against its kv head's low-rank keys (no key copies)."""
+    B, H, c, r = q_low.shape
+    Hkv = low_keys.shape[1]
+    return (q_low.reshape(B, Hkv, H // Hkv * c, r) @ low_keys.transpose(-1, -2)).view(B, H, c, -1)
+
+
 def _chosen(q, low_keys, basis, kv_len, top_k, c0, c1):
     """Indices ``(B, H, c, K)`` and validity of the keys queries ``c0:c1`` read."""
-    H = q.shape[1]
-    approx = _project(q[:, :, c0:c1], basis) @ repeat_kv(low_keys, H).transpose(-1, -2)
+    approx = _grouped_scores(_project(q[:, :, c0:c1], basis), low_keys)
     pos = query_positions(q.shape[2], kv_len, q.device)[c0:c1]
     past = torch.arange(kv_len, device=q.device) <= pos[:, None]
     score, index = approx.masked_fill(~past, float("-inf")).sort(dim=-1, descending=True, stable=True)
@@ -74,23 +81,13 @@ def _chosen(q, low_keys, basis, kv_len, top_k, c0, c1):
     return index[..., :K], score[..., :K] > float("-inf")
 
 
-def _attend(q, k, v, low_keys, basis, scale, top_k, budget=1 << 22):
-    B, H, Nq, D = q.shape
-    k, v = repeat_kv(k, H), repeat_kv(v, H)
-    K = min(top_k, k.shape[2])
-    rows = max(1, budget // (B * H * K * D))
-    outs = []
-    for c0 in range(0, Nq, rows):
-        c1 = min(Nq, c0 + rows)
-        with torch.no_grad():
-            index, valid = _chosen(q.detach(), low_keys, basis, k.shape[2], top_k, c0, c1)
-        flat = index.flatten(2)[..., None]
-        kg = k.gather(2, flat.expand(-1, -1, -1, D)).view(B, H, c1 - c0, K, D)
-        vg = v.gather(2, flat.expand(-1, -1, -1, v.shape[-1])).view(B, H, c1 - c0, K, v.shape[-1])
-        s = (q[:, :, c0:c1, None, :] @ kg.transpose(-1, -2)).squeeze(-2) * scale
-        p = torch.softmax(s.masked_fill(~valid, float("-inf")), -1)
-        outs.append((p[..., None, :] @ vg).squeeze(-2))
-    return torch.cat(outs, dim=2)
+def _attend(q, k, v, low_keys, basis, scale, top_k, chunk=1024):
+    Nq = q.shape[2]
+    with torch.no_grad():
+        picks = [_chosen(q.detach(), low_keys, basis, k.shape[2], top_k, c0, min(Nq, c0 + chunk))
+                 for c0 in range(0, Nq, chunk)]
+    index, valid = (torch.cat(parts, dim=2) for parts in zip(*picks))
+    return gathered_attention(q, k, v, index, valid, scale=scale)
 
 
 def loki_gathered(q, k, v, *, causal, mask, scale, components, rank, top_k):

@@ -25,12 +25,14 @@ mask from the equations) and ``selected_blocks`` (the run-time block-selection
 engine, one selection per token and head). The incremental state is a
 :class:`~attnkit.state.DigestKVCache` holding every key and value plus the
 bounds of the complete pages, so a decode step reads the bounds (``2 N d / P``
-numbers) and ``top_k`` pages instead of the whole cache.
+numbers) and ``top_k`` pages instead of the whole cache; a call of at most 64
+queries gathers its pages (whole ``page x d`` blocks) instead of running the engine.
 """
 from __future__ import annotations
 
 import torch
 
+from ..kernels.gathered_keys import paged_attention
 from ..kernels.positions import causal_mask, query_positions, repeat_kv
 from ..kernels.selected_blocks import selected_block_attention
 from ..masks.selection import BlockSelection, block_selection
@@ -52,6 +54,12 @@ def page_bounds(k: torch.Tensor, page: int, first: int = 0) -> tuple[torch.Tenso
 
 def quest_selection(q, mins, maxs, kv_len: int, *, page: int, top_k: int, chunk: int = 4096) -> BlockSelection:
     """Each query's pages: its current page, then up to ``top_k - 1`` complete past pages by ``U``."""
+    blocks, valid = quest_pages(q, mins, maxs, kv_len, page=page, top_k=top_k, chunk=chunk)
+    return block_selection(blocks, valid, block_q=1, block_k=page, q_len=q.shape[2], kv_len=kv_len)
+
+
+def quest_pages(q, mins, maxs, kv_len: int, *, page: int, top_k: int, chunk: int = 4096):
+    """The page numbers ``(B, H, Nq, k)`` (slot 0: the current page; the others distinct past pages) and their use."""
     B, H, Nq, D = q.shape
     n = mins.shape[2]
     mins, maxs = repeat_kv(mins, H), repeat_kv(maxs, H)
@@ -67,12 +75,18 @@ def quest_selection(q, mins, maxs, kv_len: int, *, page: int, top_k: int, chunk:
         used.append(score[..., :picks] > float("-inf"))
     blocks = torch.cat([current.expand(B, H, Nq).unsqueeze(-1), torch.cat(chosen, dim=2)], dim=-1)
     valid = torch.cat([torch.ones(B, H, Nq, 1, dtype=torch.bool, device=q.device), torch.cat(used, dim=2)], dim=-1)
-    return block_selection(blocks, valid, block_q=1, block_k=page, q_len=Nq, kv_len=kv_len)
+    return blocks, valid
 
 
-def _attend(q, k, v, mins, maxs, scale, page, top_k):
-    sel = quest_selection(q.detach(), mins, maxs, k.shape[2], page=page, top_k=top_k)
-    return selected_block_attention(q, k, v, sel, scale=scale, causal=True)
+def _attend(q, k, v, mins, maxs, scale, page, top_k, few: int = 64):
+    """Attention over the chosen pages: a decode step (at most ``few`` queries) gathers its pages' keys, a longer
+    call runs the block-selection engine (the same pairs, exactly)."""
+    Nq, Nk = q.shape[2], k.shape[2]
+    if Nq > few:
+        sel = quest_selection(q.detach(), mins, maxs, Nk, page=page, top_k=top_k)
+        return selected_block_attention(q, k, v, sel, scale=scale, causal=True)
+    blocks, valid = quest_pages(q.detach(), mins, maxs, Nk, page=page, top_k=top_k)
+    return paged_attention(q, k, v, blocks, valid, page=page, scale=scale)
 
 
 def quest_fast(q, k, v, *, causal, mask, scale, page, top_k):

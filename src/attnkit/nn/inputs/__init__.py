@@ -25,6 +25,7 @@ from .mosa import MoSARouter
 from .nsa import NSAInputs
 from .rat import RATGate
 from .routing import RoutingCentroids
+from .seer import SeerGate
 from .titans import TitansInputs
 
 # mechanism name -> factory(dim, heads, kv_heads, head_dim) -> nn.Module
@@ -44,6 +45,7 @@ _FACTORIES = {
     "nsa": lambda dim, heads, kv_heads, head_dim: NSAInputs(dim, heads, head_dim),
     "mosa": lambda dim, heads, kv_heads, head_dim: MoSARouter(dim, heads),
     "routing": lambda dim, heads, kv_heads, head_dim: RoutingCentroids(heads, head_dim),
+    "seer_attention": lambda dim, heads, kv_heads, head_dim: SeerGate(heads, head_dim),
 }
 
 
@@ -72,4 +74,4 @@ def input_module(name: str, *, dim: int, heads: int, kv_heads: int, head_dim: in
 __all__ = ["input_module", "has_input_module", "register_input_module", "LearnedTensorInputs", "GLAGate", "Mamba2Gate", "FocusScale",
            "PerformerFeatures", "DeltaNetBeta", "GatedDeltaNetGates", "KDAGates", "LogLinearInputs",
            "LogLinearGatedDeltaNetInputs", "RATGate", "TitansInputs", "SlotGates", "NSAInputs", "MoSARouter",
-           "RoutingCentroids"]
+           "RoutingCentroids", "SeerGate"]
