@@ -17,7 +17,8 @@ The cache is not shrunk: it keeps every key and value, plus the projected keys
 Conventions: ``components`` is ``(Hkv, D, D)`` with orthonormal columns in
 decreasing order of variance (a kv head's query heads share its basis); Loki's
 keys are projected as they are stored (post-rotary in a RoPE model: what the
-cache holds); ties go to the earlier key; a query with fewer than ``top_k``
+cache holds); the reference breaks ties toward the earlier key, the fast forms
+take ``topk``'s choice (exact ties of real scores do not occur in practice); a query with fewer than ``top_k``
 keys in its past reads them all. Scores in the input dtype; the choice is not
 differentiable (gradients flow through the exact attention over ``I``).
 
@@ -76,9 +77,8 @@ def _chosen(q, low_keys, basis, kv_len, top_k, c0, c1):
     approx = _grouped_scores(_project(q[:, :, c0:c1], basis), low_keys)
     pos = query_positions(q.shape[2], kv_len, q.device)[c0:c1]
     past = torch.arange(kv_len, device=q.device) <= pos[:, None]
-    score, index = approx.masked_fill(~past, float("-inf")).sort(dim=-1, descending=True, stable=True)
-    K = min(top_k, kv_len)
-    return index[..., :K], score[..., :K] > float("-inf")
+    score, index = approx.masked_fill(~past, float("-inf")).topk(min(top_k, kv_len), dim=-1)
+    return index, score > float("-inf")
 
 
 def _attend(q, k, v, low_keys, basis, scale, top_k, chunk=1024):

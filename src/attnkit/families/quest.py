@@ -16,7 +16,8 @@ always read): a query's *current* page (the one holding its own position, full
 or not) is always attended, causal inside, and counts toward ``top_k``; the
 other ``top_k - 1`` come from the complete pages before it (all of them while
 there are fewer), so the choice never depends on later tokens and decoding
-token by token equals one call. Ties go to the earlier page; one choice per
+token by token equals one call. The reference breaks ties toward the earlier
+page; the fast forms take ``topk``'s choice (exact ties of real scores do not occur in practice); one choice per
 query head (the bounds of its kv head). ``U`` is computed as
 ``relu(q) . M + min(q, 0) . m`` (the same number, two matrix products).
 
@@ -70,9 +71,9 @@ def quest_pages(q, mins, maxs, kv_len: int, *, page: int, top_k: int, chunk: int
         qc = q[:, :, c0:c0 + chunk]
         bound = qc.clamp(min=0) @ maxs.transpose(-1, -2) + qc.clamp(max=0) @ mins.transpose(-1, -2)
         past = torch.arange(n, device=q.device) < current[c0:c0 + chunk, None]
-        score, index = bound.masked_fill(~past, float("-inf")).sort(dim=-1, descending=True, stable=True)
-        chosen.append(index[..., :picks])
-        used.append(score[..., :picks] > float("-inf"))
+        score, index = bound.masked_fill(~past, float("-inf")).topk(picks, dim=-1)
+        chosen.append(index)
+        used.append(score > float("-inf"))
     blocks = torch.cat([current.expand(B, H, Nq).unsqueeze(-1), torch.cat(chosen, dim=2)], dim=-1)
     valid = torch.cat([torch.ones(B, H, Nq, 1, dtype=torch.bool, device=q.device), torch.cat(used, dim=2)], dim=-1)
     return blocks, valid

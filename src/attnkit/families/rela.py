@@ -69,6 +69,7 @@ register_score_mechanism(
     tensor_inputs=_inputs(False),
     check_inputs=_checker(False),
     postprocess=rms_norm_heads,
+    postprocess_note="the output is an RMSNorm (with gain) of weights @ v over the concatenated heads",
     summary="relu(s) weights, RMSNorm (with gain) over the concatenated head outputs",
 )
 
@@ -81,5 +82,6 @@ register_score_mechanism(
     inputs={"gain": GAIN, "gate": TensorInput("(H, Dv)", "gate weights w of the output gate sigmoid(w * z)")},
     check_inputs=_checker(True),
     postprocess=rms_norm_heads,
+    postprocess_note="the output is an RMSNorm of weights @ v over the concatenated heads, times a sigmoid gate",
     summary="ReLA-g: relu(s) weights, RMSNorm with gain times sigmoid(w * z)",
 )

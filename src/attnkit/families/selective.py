@@ -77,6 +77,7 @@ register_score_mechanism(
     "selective",
     papers=("Selective Attention: Enhancing Transformer through Principled Context Control",),
     prepare=selective_prepare,
+    key_weight=lambda q, k, v, *, value_temp=None, **_: value_temp,
     inputs={"query_temp": TensorInput("(B, H, Nq)", "per-query temperatures; 1 when absent", required=False),
             "value_temp": TensorInput("(B, Hkv, Nk)", "per-token value temperatures; 1 when absent", required=False),
             "position_scale": TensorInput("(H,)", "weight of the log-position term of the query temperature; 0 when absent",

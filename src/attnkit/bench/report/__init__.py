@@ -20,38 +20,9 @@ from pathlib import Path
 from ..store import Store, canonical
 from . import plots
 from .glossary import glossary_html
+from .page import html_page
 from .parts import columns, errors, to_csv, to_html, to_markdown
 from .recommend import recommendation
-
-STYLE = """
-body { font-family: sans-serif; margin: 2em; max-width: 1200px; }
-#recommendation { border: 2px solid #4a7; border-radius: 6px; padding: 0 1em 0.5em; background: #f4fbf6; }
-ul.ranked li { margin: 0.3em 0; } .holds { font-weight: bold; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 12px; }
-th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: left; }
-th { background: #eee; } td.ok { background: #d8f5d0; } td.refused { background: #eee; color: #777; }
-td.bad { background: #f8d0d0; } img { width: 100%; display: block; margin: 0.5em 0; }
-.meta { color: #555; font-size: 12px; }
-"""
-
-# Marks the page once it has loaded, so a headless browser's DOM dump shows what it rendered: how many
-# images decoded (and the alt text of any that did not), and where the recommendation block was laid out.
-IMAGE_CHECK = """
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; });
-  var broken = imgs.filter(function (i) { return ok.indexOf(i) < 0; }).map(function (i) { return i.alt; });
-  document.body.setAttribute('data-images', imgs.length);
-  document.body.setAttribute('data-images-rendered', ok.length);
-  document.body.setAttribute('data-images-broken', broken.join('|'));
-  var rec = document.getElementById('recommendation');
-  if (rec) {
-    var box = rec.getBoundingClientRect();
-    document.body.setAttribute('data-recommendation-box', [Math.round(box.top), Math.round(box.height)].join(','));
-  }
-});
-"""
-
 
 def default_section(name: str, run: dict, rows: list[dict]) -> tuple[str, dict]:
     """A suite without a ``report`` function: its rows as one table."""
@@ -59,8 +30,9 @@ def default_section(name: str, run: dict, rows: list[dict]) -> tuple[str, dict]:
     return to_html(measured) + errors(rows), {name: rows}
 
 
-def write_report(store: Store, out: Path) -> Path:
-    """Write ``report.html``, ``tables.md``, one CSV per table and ``results.json`` into ``out``."""
+def write_report(store: Store, out: Path, explain: str | None = None) -> Path:
+    """Write ``report.html``, ``tables.md``, one CSV per table and ``results.json`` into ``out``; with
+    ``explain`` (a text), the page also shows what MiniLM attends to in it (:mod:`.explain`)."""
     from ..suites import all_suites
 
     out.mkdir(parents=True, exist_ok=True)
@@ -82,15 +54,18 @@ def write_report(store: Store, out: Path) -> Path:
         body += [f'<h2 id="{name}">{name}</h2>', f'<p class="meta">{html.escape(describe_run(run))}</p>', fragment]
         tables.update(suite_tables)
         runs[name] = {k: run[k] for k in ("id", "config", "machine", "torch", "attnkit", "git_rev", "status")}
+    if explain is not None:
+        from .explain import explain_html
+
+        body += ["<h2 id='explain'>What MiniLM attends to</h2>",
+                 f"<p>{html.escape(explain)}</p>", explain_html(explain, "minilm", ["rollout", "weights"])]
     if missing:
         body.append("<h2>Not run yet</h2><p>No stored run for: " + ", ".join(
             f"<code>attnkit bench {html.escape(n)}</code>" for n in missing) + "</p>")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>attnkit benchmark report</title>"
-            f"<style>{STYLE}</style></head><body><h1>attnkit benchmark report</h1>"
-            f"<p class='meta'>written {stamp} from {html.escape(str(store.path))}</p>{answer}{''.join(body)}"
-            f"{glossary_html([c for rows in tables.values() for c in columns(rows)])}"
-            f"<script>{IMAGE_CHECK}</script></body></html>")
+    page = html_page("attnkit benchmark report",
+                     f"<p class='meta'>written {stamp} from {html.escape(str(store.path))}</p>{answer}{''.join(body)}"
+                     f"{glossary_html([c for rows in tables.values() for c in columns(rows)])}")
     (out / "report.html").write_text(page)
     (out / "tables.md").write_text("".join(f"## {name}\n\n{to_markdown(rows)}\n" for name, rows in tables.items()))
     for name, rows in tables.items():

@@ -43,8 +43,8 @@ from ..options import floats, names, non_negative_int, positive_int
 from ..runner import run_items
 
 THREADS = 1  # decode steps are small: one thread is fastest on a shared machine
-POLICIES = ("streaming", "h2o", "tova", "snapkv", "knorm", "pyramidkv", "expected", "adakv", "razor", "kivi8", "kivi4",
-            "kivi2")
+POLICIES = ("streaming", "h2o", "tova", "snapkv", "knorm", "pyramidkv", "expected", "adakv", "razor", "snapkv-kivi4",
+            "kivi8", "kivi4", "kivi2")
 
 
 def make_policy(name: str, budget: float, model, slack: int = 0):
@@ -57,7 +57,8 @@ def make_policy(name: str, budget: float, model, slack: int = 0):
               "pyramidkv": lambda: kv.PyramidKV(kv.SnapKV(budget, window=8), layers=model.layers),
               "expected": lambda: kv.ExpectedAttention(budget, rotate=model.rotate),
               "adakv": lambda: kv.AdaKV(kv.SnapKV(budget, window=8)),
-              "razor": lambda: kv.RazorAttention(budget, retrieval=model.retrieval())}
+              "razor": lambda: kv.RazorAttention(budget, retrieval=model.retrieval()),
+              "snapkv-kivi4": lambda: kv.KIVI(4, under=kv.SnapKV(budget, window=8))}
     if name not in scorer:
         raise ValueError(f"unknown policy {name!r}; expected one of {', '.join(POLICIES)}")
     return scorer[name]()
