@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..params import TensorInput
-from ..positional.cope import cope_chunked, cope_reference
+from ..positional.cope import cope_chunked, cope_reference, cope_weights
 from ..registry import MechanismSpec, register
 from ..validation import check_int, check_tensor
 from ..builders.kv_cache_step import kv_cache_step
@@ -35,6 +35,10 @@ def _checked(form, chunked: bool):
     return run
 
 
+def _cope_weights(q, k, v, *, mask, scale, pos_emb):
+    return cope_weights(q, k, mask=mask, scale=scale, pos_emb=pos_emb)
+
+
 chunked = _checked(cope_chunked, True)
 register(
     MechanismSpec(
@@ -50,5 +54,6 @@ register(
         tensor_inputs=lambda q, k, v, g: {"pos_emb": torch.randn(16, q.shape[3], generator=g, dtype=q.dtype)},
         summary="softmax(s + q . e[p]) with p = gated count of keys from j to i, interpolated",
         test_params={"q_chunk": 16, "kv_chunk": 24},
+        weights=_checked(_cope_weights, False),
     )
 )
