@@ -159,3 +159,41 @@ def test_bidaf_matches_the_equations():
         u_tilde = sum(x * U[0, j] for x, j in zip(a, js))
         expect = torch.cat([H[0, t], u_tilde, H[0, t] * u_tilde, H[0, t] * h_tilde])
         torch.testing.assert_close(G[0, t], expect, rtol=1e-12, atol=1e-12)
+
+
+@torch.no_grad()
+def test_dual_cross_attention_matches_the_equations():
+    from attnkit.nn import GlobalLocalCrossAttention, PairwiseCrossAttention, attention_rollout
+
+    torch.manual_seed(5)
+    w1, w2 = (torch.softmax(torch.randn(2, 2, 6, 6, dtype=D64), -1) for _ in range(2))
+    eye = torch.eye(6, dtype=D64)
+    expect = (0.5 * w2.mean(1) + 0.5 * eye) @ (0.5 * w1.mean(1) + 0.5 * eye)
+    rollout = attention_rollout([w1, w2])
+    torch.testing.assert_close(rollout, expect)
+    torch.testing.assert_close(rollout.sum(-1), torch.ones(2, 6, dtype=D64))  # rows stay distributions
+
+    glca = GlobalLocalCrossAttention(4, 2, ratio=0.4).double()
+    x = torch.randn(2, 6, 4, dtype=D64)
+    out, chosen = glca(x, rollout)
+    assert chosen.shape == (2, 3) and (chosen[:, 0] == 0).all()
+    for b in range(2):
+        ranked = sorted(range(1, 6), key=lambda j: -float(rollout[b, 0, j]))[:2]
+        assert sorted(chosen[b, 1:].tolist()) == sorted(ranked)
+        qkv = glca.qkv(x[b])
+        q, k, v = qkv[:, :4], qkv[:, 4:8], qkv[:, 8:]
+        heads = []
+        for h in range(2):
+            sl = slice(2 * h, 2 * h + 2)
+            a = torch.softmax(q[chosen[b], sl] @ k[:, sl].T / math.sqrt(2), -1)
+            heads.append(a @ v[:, sl])
+        torch.testing.assert_close(out[b], glca.proj(torch.cat(heads, -1)))
+
+    pwca = PairwiseCrossAttention(4, 1).double()
+    x1, x2 = torch.randn(1, 3, 4, dtype=D64), torch.randn(1, 5, 4, dtype=D64)
+    q1, k1, v1 = pwca.qkv(x1[0]).split(4, -1)
+    _, k2, v2 = pwca.qkv(x2[0]).split(4, -1)
+    a = torch.softmax(q1 @ torch.cat([k1, k2]).T / 2.0, -1)  # one softmax over both images' keys
+    torch.testing.assert_close(pwca(x1, x2)[0], pwca.proj(a @ torch.cat([v1, v2])))
+    pwca.eval()
+    torch.testing.assert_close(pwca(x1, x2), pwca(x1))  # removed at inference: plain self-attention

@@ -1,4 +1,5 @@
 """``attnkit train lm``: train a DecoderLM on the Shakespeare corpus, report held-out perplexity.
+``attnkit train seq2seq``: an RNN encoder-decoder with classic attention (see ``train_seq2seq``).
 
     attnkit train lm --mechanism softmax --minutes 10 --out ckpt.pt
     attnkit train lm --schedule LLLF --mix L=nha:window=32 --mix F=softmax --minutes 10
@@ -10,6 +11,8 @@
 from __future__ import annotations
 
 import json
+
+from . import train_seq2seq
 
 NAME = "train"
 HELP = "train a model on real text (attnkit train lm ...)"
@@ -42,6 +45,7 @@ def add_arguments(parser) -> None:
     p.add_argument("--sample", type=non_negative_int, default=None,
                    help="tokens to generate after training (default: up to the training context; 0: none)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    train_seq2seq.add_arguments(sub)
 
 
 def parse_value(text: str):
@@ -88,6 +92,8 @@ def model_config(args, vocab_size: int):
 
 
 def run(args) -> int:
+    if args.what == "seq2seq":
+        return train_seq2seq.run(args)
     import torch
 
     from ..data import shakespeare

@@ -18,6 +18,7 @@ from .show_attend_tell import ShowAttendTellAttention, doubly_stochastic_penalty
 from .attention import Attention, CrossAttentionCache
 from .bottleneck import PerceiverEncoder, PoolingByMultiheadAttention
 from .decoupled import DecoupledCrossAttention
+from .dual_cross import GlobalLocalCrossAttention, PairwiseCrossAttention, attention_rollout
 from .flatten import FocusedLinearAttention
 from .nystromformer import NystromAttention
 from .grouped import WeightedGQA, mean_pool_kv
@@ -39,5 +40,6 @@ __all__ = [
     "DecoupledCrossAttention",
     "LuongAttention", "LocationSensitiveAttention", "PointerAttention", "ShowAttendTellAttention",
     "doubly_stochastic_penalty", "reinforce_loss", "BiDAFAttention",
+    "GlobalLocalCrossAttention", "PairwiseCrossAttention", "attention_rollout",
     "FocusedLinearAttention", "NystromAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer",
 ]
