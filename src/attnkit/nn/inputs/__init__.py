@@ -25,6 +25,8 @@ from .mosa import MoSARouter
 from .nsa import NSAInputs
 from .rat import RATGate
 from .routing import RoutingCentroids
+from .mamba import MambaInputs
+from .rwkv4 import RWKV4Decay
 from .titans import TitansInputs
 
 # mechanism name -> factory(dim, heads, kv_heads, head_dim) -> nn.Module
@@ -44,6 +46,8 @@ _FACTORIES = {
     "nsa": lambda dim, heads, kv_heads, head_dim: NSAInputs(dim, heads, head_dim),
     "mosa": lambda dim, heads, kv_heads, head_dim: MoSARouter(dim, heads),
     "routing": lambda dim, heads, kv_heads, head_dim: RoutingCentroids(heads, head_dim),
+    "rwkv4": lambda dim, heads, kv_heads, head_dim: RWKV4Decay(heads, head_dim),
+    "mamba": lambda dim, heads, kv_heads, head_dim: MambaInputs(dim, heads, head_dim),
 }
 
 
@@ -69,7 +73,7 @@ def input_module(name: str, *, dim: int, heads: int, kv_heads: int, head_dim: in
     return _FACTORIES[name](dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
 
 
-__all__ = ["input_module", "has_input_module", "register_input_module", "LearnedTensorInputs", "GLAGate", "Mamba2Gate", "FocusScale",
+__all__ = ["input_module", "has_input_module", "register_input_module", "LearnedTensorInputs", "RWKV4Decay", "MambaInputs", "GLAGate", "Mamba2Gate", "FocusScale",
            "PerformerFeatures", "DeltaNetBeta", "GatedDeltaNetGates", "KDAGates", "LogLinearInputs",
            "LogLinearGatedDeltaNetInputs", "RATGate", "TitansInputs", "SlotGates", "NSAInputs", "MoSARouter",
            "RoutingCentroids"]
