@@ -20,8 +20,7 @@ import math
 import torch
 from torch import nn
 
-import attnkit
-
+from ..api import attention
 from ..validation import check_divides, check_float, check_int, check_tokens
 
 
@@ -80,7 +79,7 @@ class GlobalLocalCrossAttention(_Heads):
         chosen = torch.cat([top.new_zeros(B, 1), top], dim=1)
         q, k, v = self.split(x)
         q_local = q.gather(2, chosen[:, None, :, None].expand(-1, self.heads, -1, q.shape[-1]))
-        return self.merge(attnkit.attention(q_local, k, v, "softmax")), chosen
+        return self.merge(attention(q_local, k, v, "softmax")), chosen
 
 
 class PairwiseCrossAttention(_Heads):
@@ -96,4 +95,4 @@ class PairwiseCrossAttention(_Heads):
                 raise ValueError(f"distractor has batch {distractor.shape[0]} but x has {x.shape[0]}")
             _, k2, v2 = self.split(distractor)
             k, v = torch.cat([k, k2], dim=2), torch.cat([v, v2], dim=2)
-        return self.merge(attnkit.attention(q, k, v, "softmax"))
+        return self.merge(attention(q, k, v, "softmax"))

@@ -30,8 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import attnkit
-
+from ..api import attention
 from ..nn import PointerAttention
 from ..validation import check_int
 
@@ -122,7 +121,7 @@ class AdditiveReverser(nn.Module):
         """``c_i = sum_j a_ij h_j`` with Bahdanau's additive score: one attnkit call, one head."""
         q = s[:, None, None, :]  # (B, 1, 1, hidden): the query is s_{i-1}
         k = enc[:, None]  # (B, 1, L, 2 hidden)
-        return attnkit.attention(q, k, k, "additive", mask=valid[:, None, None, :],
+        return attention(q, k, k, "additive", mask=valid[:, None, None, :],
                                  w_q=self.w_q, w_k=self.w_k, v_a=self.v_a)[:, 0, 0]
 
     def forward(self, tokens, lengths, targets=None):
