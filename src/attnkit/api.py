@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import logging
 
-from . import dispatch, registry
+from . import capture, dispatch, registry
 from .cache.state import KVState
+from .kernels.positions import repeat_kv
+from .reference import weights_of_reference
 from .dispatch import log
 from .state import check_state, mark_state
 from .validation import check_params, check_pattern, check_qkv, check_required_inputs, check_scale, normalise_mask
@@ -23,6 +25,7 @@ def attention(
     position=None,
     state=None,
     return_state: bool = False,
+    return_weights: bool = False,
     dropout_p: float = 0.0,
     **params,
 ):
@@ -40,23 +43,41 @@ def attention(
             e.g. ``RoPE(head_dim)``; positions continue across incremental calls.
         state / return_state: incremental use; feed a sequence in pieces with the
             returned state and the outputs equal one call on the whole sequence.
+        return_weights: also return the attention weights ``(B, H, Nq, Nk)``, as
+            ``(out, weights)`` (``spec.weights``: exact for the softmax family and the
+            patterns, zeros outside the pattern; the implicit matrix of the parallel form
+            for recurrent mechanisms; ``spec.weights_description()`` says whether
+            ``weights @ v`` is the output). One-shot calls only.
         dropout_p: dropout on the attention weights, as SDPA's (apply it in training
             only); for the forms with explicit weights (``spec.dropout_forms``: the
             softmax family's reference, softmax's SDPA form), refused elsewhere.
         **params: the mechanism's parameters and extra tensor inputs.
+
+    Inside ``with attnkit.capture() as rec:`` every call also records its weights in ``rec``.
     """
     spec, mask, scale, params, incremental = _checked(q, k, v, mechanism, causal, mask, scale, form, state,
                                                      return_state, params)
+    if not isinstance(return_weights, bool):
+        raise TypeError(f"return_weights must be a bool, got {type(return_weights).__name__}")
+    if return_weights:
+        _check_return_weights(spec, incremental, dropout_p)
     if position is not None and not callable(getattr(position, "apply", None)):
         raise TypeError(f"position must be a positional encoding object from attnkit.positional, e.g. "
                         f"attnkit.positional.RoPE({q.shape[-1]}), got {type(position).__name__} {position!r}")
     if _is_empty(q, k):
-        return _empty_call(q, k, v, state, incremental, return_state)
+        out = _empty_call(q, k, v, state, incremental, return_state)
+        return (out, q.new_zeros(*q.shape[:3], k.shape[2])) if return_weights else out
     if position is not None:
         offset = state.length if state is not None else 0
         q, k = position.apply(q, k, q_offset=offset + k.shape[2] - q.shape[2], k_offset=offset)
     if dropout_p:
         params = {**params, "dropout_p": _check_dropout(spec, dropout_p, q, k, v, causal, mask, form, params, incremental)}
+    recorders = capture.active()
+    if recorders and incremental:
+        _record(recorders, spec, None, causal, "incremental call: weights are recorded for one-shot calls")
+    if (recorders or return_weights) and not incremental:
+        return _with_weights(spec, recorders, return_weights, q, k, v, causal=causal, mask=mask, scale=scale,
+                             form=form, params=params)
     if isinstance(state, KVState):
         _check_cache_state(spec, state, mask)
         out, state = state.step(q, k, v, scale)
@@ -68,6 +89,51 @@ def attention(
         out, state = _step(spec, q, k, v, state, causal=causal, mask=mask, scale=scale, **params)
         return (out, mark_state(state, spec.name)) if return_state else out
     return dispatch.run(spec, q, k, v, causal=causal, mask=mask, scale=scale, form=form, params=params)
+
+
+def _check_return_weights(spec, incremental, dropout_p):
+    if incremental:
+        raise ValueError("return_weights=True is for one-shot calls; incremental calls (state / return_state) "
+                         "return no weights")
+    if dropout_p:
+        raise ValueError("return_weights=True with dropout_p > 0: the weights would not be the ones the output used; "
+                         "pass dropout_p=0.0")
+    if spec.weights is None and spec.weights_note:
+        raise ValueError(f"mechanism {spec.name!r} has no attention weights: {spec.weights_note}")
+
+
+def _with_weights(spec, recorders, return_weights, q, k, v, *, causal, mask, scale, form, params):
+    """The call's output and weights, each recorder given a record (weights None when the spec has none)."""
+    grad = any(r.grad for r in recorders) and not params.get("dropout_p")
+    plain = {n: x for n, x in params.items() if n != "dropout_p"}
+    weights = None
+    if spec.weights is not None:
+        weights = spec.weights(q, k, v, causal=causal, mask=mask, scale=scale, **plain)
+    elif not spec.weights_note:
+        weights = weights_of_reference(spec.reference, q, k, v, causal=causal, mask=mask, scale=scale, **plain)
+        if weights is None and return_weights:
+            raise ValueError(f"mechanism {spec.name!r} has no attention weights: its reference is not one "
+                             "materialised softmax whose weights @ v is the output, and its spec declares none")
+    if grad and weights is not None:
+        if weights.requires_grad:
+            weights.retain_grad()
+        out = (spec.weights_output(weights, q, k, v, **params) if spec.weights_output is not None
+               else weights @ repeat_kv(v, q.shape[1]))
+    else:
+        out = dispatch.run(spec, q, k, v, causal=causal, mask=mask, scale=scale, form=form, params=params)
+    if recorders:
+        kept = None
+        if "kept" in spec.extra:
+            kept = spec.extra["kept"](q, k, scale=scale, **{n: x for n, x in params.items() if n in spec.params})
+        note = "" if weights is not None else (spec.weights_note or "its reference is not one materialised softmax")
+        _record(recorders, spec, weights, causal, note, kept)
+    return (out, weights) if return_weights else out
+
+
+def _record(recorders, spec, weights, causal, note, kept=None):
+    for recorder in recorders:
+        kept_weights = weights if weights is None or recorder.grad else weights.detach()
+        recorder.add(capture.AttentionRecord(spec.name, kept_weights, causal=causal, note=note, kept=kept))
 
 
 def explain(q, k, v, mechanism: str = "softmax", *, causal: bool = False, mask=None, scale: float | None = None,

@@ -27,6 +27,7 @@ def describe(name: str) -> str:
     if tensors:
         lines += ["tensor inputs (keyword tensors):", *tensors]
     lines += ["state after N tokens (state= / return_state=):", *_state(spec)]
+    lines += ["attention weights (return_weights=True, attnkit.capture):", f"  {spec.weights_description()}"]
     lines += ["example:", *("  " + line for line in snippet(name).splitlines())]
     return "\n".join(lines)
 

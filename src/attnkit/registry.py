@@ -83,6 +83,18 @@ class MechanismSpec:
     defaults to ``head_dim``; ``params`` are the call's parameters, e.g. a window, and
     may include its tensor inputs, for a size read from one). It equals the
     ``numel()`` of the state an incremental call returns.
+
+    ``weights(q, k, v, *, causal, mask, scale, **params) -> (B, H, Nq, Nk)`` is the
+    mechanism's attention matrix, float64-capable like the reference: exact for the
+    softmax family and the patterns (zeros outside the pattern), implicit for
+    recurrent mechanisms (their parallel form, decays and transitions included).
+    ``weights @ v`` (v repeated to the query heads) is the reference output unless
+    ``weights_output`` is set: then ``weights_output(weights, q, k, v, **params)``
+    is, and ``weights_note`` says why ``weights @ v`` is not (an output gate or a
+    normalisation after the mixing). Without ``weights``, ``weights_note`` says
+    why the mechanism has none; with neither, the weights are those of the
+    reference's one materialised softmax (``reference.weights_of_reference``),
+    which must give the output.
     """
 
     name: str
@@ -111,6 +123,9 @@ class MechanismSpec:
     can_run: dict[str, Callable[..., str | None]] = field(default_factory=dict)
     auto_when: dict[str, Callable[..., str | None]] = field(default_factory=dict)
     stateful_forms: dict[str, Callable[..., tuple]] | None = None
+    weights: Form | None = None
+    weights_output: Callable[..., torch.Tensor] | None = None
+    weights_note: str = ""
     # Set when the spec stores extra metadata for a family (e.g. the mask function of a pattern).
     extra: dict[str, Any] = field(default_factory=dict)
     # Names of the extra tensor inputs, computed once from ``tensor_inputs`` when the spec is made.
@@ -127,6 +142,8 @@ class MechanismSpec:
             g = torch.Generator().manual_seed(0)
             x = torch.zeros(1, 2, 3, 8)
             object.__setattr__(self, "tensor_names", tuple(self.tensor_inputs(x, x[:, :1], x[:, :1], g)))
+        if self.weights_output is not None and not self.weights_note:
+            raise ValueError(f"spec {self.name!r} sets weights_output: say in weights_note why weights @ v is not the output")
         names = ("reference", *self.fast)
         for form in (*self.default_forms, *self.can_run, *self.auto_when):
             if form not in names:
@@ -179,7 +196,18 @@ class MechanismSpec:
             "tensor_inputs": list(self.tensor_names),
             "complexity": self.complexity,
             "summary": self.summary,
+            "weights": self.weights_description(),
         }
+
+    def weights_description(self) -> str:
+        """What ``attention(..., return_weights=True)`` gives for this mechanism, in one sentence."""
+        if self.weights is None and self.weights_note:
+            return f"none: {self.weights_note}"
+        if self.weights is None:
+            return "exact, from the reference's materialised softmax: weights @ v is the output"
+        if self.weights_output is None:
+            return "exact: weights @ v is the output"
+        return f"weights @ v is not the output: {self.weights_note}"
 
 
 def pattern_name(causal: bool, cross: bool) -> str:

@@ -87,6 +87,51 @@ class KVCache:
         return self.k.numel() + self.v.numel()
 
 
+class DigestKVCache:
+    """A :class:`KVCache` and summaries of its keys that decode-time key selection reads instead of the keys.
+
+    Query-aware decode methods (Quest's per-page key bounds, Loki's low-rank keys)
+    pick which cached keys a new query reads from a small digest of the keys; the
+    cache itself keeps every token. ``summarise(cache, done)`` returns the digest
+    rows (a tuple of tensors along dim 2) that ``cache`` adds after the first
+    ``done`` rows; ``rows(length)`` is how many rows a cache of ``length`` tokens
+    has. Digest rows live in an :class:`AppendBuffer`, so the state is a value.
+    """
+
+    def __init__(self, cache: KVCache, digest: AppendBuffer, rows: int):
+        self.cache, self._digest, self.rows = cache, digest, rows
+
+    @classmethod
+    def start(cls, k: torch.Tensor, v: torch.Tensor, summarise) -> "DigestKVCache":
+        cache = KVCache(k, v)
+        new = summarise(cache, 0)
+        return cls(cache, AppendBuffer(new, dim=2), new[0].shape[2])
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    @property
+    def k(self) -> torch.Tensor:
+        return self.cache.k
+
+    @property
+    def v(self) -> torch.Tensor:
+        return self.cache.v
+
+    def digest(self, i: int = 0) -> torch.Tensor:
+        return self._digest.prefix(i, self.rows)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, summarise) -> "DigestKVCache":
+        """A new state: this one followed by ``k, v`` and the digest rows they complete. This one is unchanged."""
+        cache = self.cache.append(k, v)
+        new = summarise(cache, self.rows)
+        return DigestKVCache(cache, self._digest.extend(self.rows, new), self.rows + new[0].shape[2])
+
+    def numel(self) -> int:
+        return self.cache.numel() + sum(self.digest(i).numel() for i in range(len(self._digest.tensors)))
+
+
 class WindowKVCache:
     """The first ``sinks`` and the last ``window`` keys/values of everything seen: constant decode memory.
 

@@ -22,7 +22,7 @@ LAYERS = [
     ("kernels", {"kernels", "masks", "reference", "positional", "cache"}),
     ("builders", {"builders"}),
     ("families", {"families"}),
-    ("api", {"api", "flex", "mechanism_info"}),
+    ("api", {"api", "capture", "flex", "mechanism_info"}),
     ("distributed", {"distributed"}),  # context parallelism: nn.Attention(context_parallel=...) runs it
     ("nn", {"nn"}),
     ("package", {"attnkit"}),  # attnkit/__init__.py: the names ``import attnkit`` gives

@@ -7,10 +7,11 @@ pytest.importorskip("transformers")
 
 
 def test_bench_kv_stores_quality_memory_and_speed_per_policy(tmp_path):
-    _, rows = run_suite(tmp_path, "kv", "--context", "96", "--decode", "2", "--ppl-context", "48", "--windows", "2",
-                        "--policies", "streaming,knorm,kivi8", "--budgets", "0.25", "--slack", "0")
+    run, rows = run_suite(tmp_path, "kv", "--context", "96", "--decode", "2", "--ppl-context", "48", "--windows", "2",
+                        "--policies", "streaming,knorm,kivi8,razor", "--budgets", "0.25", "--slack", "0",
+                        "--chunk", "16")
     by_policy = {r["policy"]: r for r in rows}
-    assert set(by_policy) == {"full", "streaming", "knorm", "kivi8"} and not any("error" in r for r in rows)
+    assert set(by_policy) == {"full", "streaming", "knorm", "kivi8", "razor"} and not any("error" in r for r in rows)
     full = by_policy["full"]
     assert full["perplexity_vs_full"] == 1.0 and full["argmax_agreement"] == 1.0
     token_bytes = 2 * 2 * 32 * 4  # tiny Llama layer: 2 kv heads x head_dim 32, keys and values, float32
@@ -18,3 +19,10 @@ def test_bench_kv_stores_quality_memory_and_speed_per_policy(tmp_path):
     squeezed = by_policy["streaming"]
     assert squeezed["bytes_after_prefill"] == 2 * 2 * (24 + 1) * (2 * 32 * 4 + 4)  # layers x kv heads x (24 kept + 1 free slot) x (k, v, position)
     assert squeezed["peak_vs_full"] < 0.3 and squeezed["decode_tokens_per_s"] > 0
+    assert squeezed["prefill_mode"] == "chunked exact" and by_policy["razor"]["prefill_mode"] == "whole prompt"
+    # chunked prefill, evicting in place: each layer one buffer of budget (24) + chunk (16) tokens
+    assert squeezed["prefill_peak_vs_full"] == round((24 + 16) * (2 * 32 * 4 + 4) / (96 * 2 * 32 * 4), 4)
+    from attnkit.bench.suites import kv
+
+    page, tables = kv.report(run, rows)  # memory, prefill memory, tokens/s and perplexity against the budget
+    assert page.count("data:image/png") == 4 and len(tables["kv"]) == 5

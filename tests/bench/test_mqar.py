@@ -98,3 +98,19 @@ def test_best_of_the_sweep_is_kept_per_setting():
     rows = [{**_row("based", 0.2), "lr": 1e-3}, {**_row("based", 0.6), "lr": 3e-3}, {**_row("based", 0.4), "lr": 1e-2}]
     (best,) = suite.best_per_setting(rows)
     assert best["lr"] == 3e-3
+
+
+def test_content_sparse_roles_train_their_layers_with_the_roles_form(monkeypatch):
+    config, entries = suite.configure(_args("--roles", "nsa,moba"))
+    by_role = {e["role"]: e for e in entries}
+    assert by_role["nsa"]["params"]["select_block"] == 8 and by_role["moba"]["params"] == {"block_size": 8, "top_k": 3}
+    seen = []
+    import attnkit.bench._mqar_model as model_module
+    real = model_module.attention
+    monkeypatch.setattr(model_module, "attention", lambda *a, **kw: seen.append(kw.get("form")) or real(*a, **kw))
+    config.update(vocab=16, train_examples=64, test_examples=16, epochs=1, batch=32)
+    for role in ("nsa", "moba"):
+        out = suite.measure_item({"role": role, "mechanism": role, "L": 16, "K": 2, "d": 16, "lr": 1e-2}, config,
+                                 by_role)
+        assert 0 <= out["accuracy"] <= 1
+    assert seen and set(seen) == {"reference"}

@@ -1,4 +1,5 @@
 """``attnkit report`` writes a page that headless Chromium renders with all its images."""
+import json
 import shutil
 import struct
 import subprocess
@@ -21,7 +22,7 @@ def fill(store: Store) -> tuple[int, int]:
     for scale in (1.0, 2.0):
         run = store.start_run("cab", {"lengths": [256, 1024]}, MACHINE, "2.13.0", "0.1.0")
         store.add_row(run, {"probe": "softmax"}, {**{p: "ok" for p in PATTERNS}, "disagrees_with_spec": []})
-        for name, form, base in (("softmax", "sdpa", 1.0), ("softmax", "reference", 3.0), ("lin", None, 2.0)):
+        for name, form, base in (("softmax", "sdpa", 1.0), ("softmax", "reference", 3.0), ("linear", None, 2.0)):
             for n in (256, 1024):
                 t = scale * base * (n / 256) ** (2 if name == "softmax" else 1) * 1e-3
                 store.add_row(run, {"mechanism": name, "form": form, "causal": True, "N": n},
@@ -35,10 +36,12 @@ def fill(store: Store) -> tuple[int, int]:
     store.add_row(run, {"role": "based", "mechanism": None, "L": 64, "K": 8, "d": 64, "lr": None},
                   {"status": "not registered", "looked_for": ["based"]})
     run = store.start_run("kernels", {}, MACHINE, "2.13.0", "0.1.0")
-    for n in (1024, 2048):
+    for n in (512, 1024, 2048):
         store.add_row(run, {"pattern": "causal", "N": n, "direction": "fwd"},
-                      {"pattern": "causal", "n": n, "direction": "fwd", "seconds": n * 1e-5, "peak_mb": n / 64,
-                       "gflops": 20.0, "gemm_ratio": 0.2, "sdpa_ratio": 1.5, "flex_ratio": 0.5})
+                      {"seconds": n * 1e-5, "peak_mb": n / 64, "mem_x_qkv": 2.0, "sdpa_peak_mb": n / 32,
+                       "sdpa_mem_ratio": 0.5, "gflops": 20.0, "gemm_gflops": 80.0, "gemm_ratio": 0.25,
+                       "sdpa_ratio": 1.5, "flex_ratio": 0.5, "flex_cap": 2.0, "floor_seconds": n * 1e-6,
+                       "density": 0.5})
     run = store.start_run("sparse", {}, MACHINE, "2.13.0", "0.1.0")
     for phase in ("prefill", "decode"):
         for s in (0.0, 0.5, 0.9):
@@ -72,10 +75,47 @@ def test_report_writes_page_and_tables(report):
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 8  # kernels and CAB: time, memory, GEMM; MQAR; sparsity
     assert "not registered" in page
+    assert "GEMM measured in the same worker (80 GFLOP/s)" in page  # the kernels GEMM plot divides by that
+    assert "<th title" in page and "<th>n</th>" not in page
     md = (out / "tables.md").read_text()
     assert "## cab_efficiency_length" in md and "## mqar" in md
     assert (out / "cab_patterns.csv").read_text().startswith("mechanism,")
     assert '"tables"' in (out / "results.json").read_text()
+
+
+def test_the_answer_comes_first_and_names_the_machine(report):
+    tmp, _ = report
+    page = (tmp / "out" / "report.html").read_text()
+    block = page.split("<section id='recommendation'>")[1].split("</section>")[0]
+    assert page.index("id='recommendation'") < page.index('<h2 id="cab">')
+    assert "test cpu, 2 threads, cpu, fp32 GEMM 100 GFLOP/s, torch 2.13.0" in block
+    # kernels at the longest N: flex 2x attnkit's speed is 3x SDPA's; attnkit 1.5x with half SDPA's memory
+    assert "<b>causal</b>, N=2048 (kernels): 1. <b>flex</b> (exact): 3× SDPA's speed; " \
+           "2. <b>attnkit softmax</b> (exact): 1.5× SDPA's speed, 0.5× its memory" in block
+    # the newer CAB run: at N=1024 linear takes 16 ms and SDPA 32 ms; memory 20.48 MiB against 10.24 MiB
+    assert "<b>causal-self</b>, N=1024 (cab): 1. <b>linear</b> (approximate): 2× SDPA's speed, 2× its memory" in block
+    assert "1. <b>attention</b> 1.00 (state 8,192); 2. <b>linear (elu+1)</b> 0.30 (state 4,096)" in block
+    speed = {(r["suite"], r["N"]): r for r in json.loads((tmp / "out" / "results.json").read_text())["tables"][
+        "recommendation_speed"]}
+    assert speed[("cab", 256)]["exact"] == "softmax[sdpa]" and speed[("cab", 256)]["approx"] == "linear"
+    assert speed[("cab", 256)]["approx_speedup"] == pytest.approx(0.5)
+    assert speed[("kernels", 512)]["approx"] == "-"
+
+
+def test_every_column_shown_has_a_glossary_entry(report):
+    tmp, _ = report
+    glossary = (tmp / "out" / "report.html").read_text().split("id='glossary'")[1]
+    assert "<code>sdpa_ratio</code>" in glossary and "<code>floor_seconds</code>" in glossary
+    assert "(no entry)" not in glossary
+
+
+def test_one_colour_per_mechanism_across_plots():
+    from attnkit.bench.report import plots
+
+    plots.new_palette()
+    assert plots.colour("linear") == plots.colour("linear") != plots.colour("based")
+    assert plots.colour("sdpa") == plots.colour("softmax[sdpa]") == plots.FIXED["sdpa"]
+    assert plots.colour("softmax[reference]") == plots.FIXED["reference"]
 
 
 def test_empty_database_says_what_to_run(tmp_path):
@@ -83,6 +123,7 @@ def test_empty_database_says_what_to_run(tmp_path):
     assert cli_main(["report", "--db", str(tmp_path / "empty.sqlite"), "--out", str(tmp_path / "out")]) == 0
     page = (tmp_path / "out" / "report.html").read_text()
     assert "No stored run for" in page and "attnkit bench mqar" in page and "attnkit bench overview" not in page
+    assert "Nothing measured yet" in page
 
 
 def test_a_suite_without_its_own_section_is_shown_as_a_table(tmp_path):
@@ -111,7 +152,10 @@ def test_page_renders_in_headless_chromium(report):
     dom = chromium(tmp, "dom", "--virtual-time-budget=5000", "--dump-dom", url)
     images = int(dom.split('data-images="')[1].split('"')[0])
     rendered = int(dom.split('data-images-rendered="')[1].split('"')[0])
+    assert dom.split('data-images-broken="')[1].split('"')[0] == ""
     assert images == 8 and rendered == images
+    top, height = map(int, dom.split('data-recommendation-box="')[1].split('"')[0].split(","))
+    assert top < 300 and height > 150  # the answer is laid out at the top of the page, not collapsed
     shot = tmp / "shot.png"
     chromium(tmp, "shot", f"--screenshot={shot}", "--window-size=1200,2400", url)
     header = shot.read_bytes()[:24]

@@ -80,3 +80,38 @@ def test_kivi_parameters_are_checked():
     q, k, v = qkv(d=12)
     with pytest.raises(ValueError, match="group"):
         attnkit.attention(q, k, v, "softmax", causal=True, state=KVState(KIVI(4, group=8)))
+
+
+def test_kivi_under_a_policy_quantises_the_tokens_it_kept_within_half_a_step():
+    from attnkit.cache import H2O, SnapKV, StreamingLLM
+
+    q, k, v = qkv(n=40, d=16, dtype=torch.float32)
+    policy = KIVI(4, group=8, residual=8, under=StreamingLLM(20, sinks=4, when="prefill"))
+    state, outs = KVState(policy), []
+    for lo, hi in [(0, 32)] + [(t, t + 1) for t in range(32, 40)]:
+        out, state = attnkit.attention(q[:, :, lo:hi], k[:, :, lo:hi], v[:, :, lo:hi], "softmax", causal=True,
+                                       state=state, return_state=True)
+        outs.append(out)
+        if lo == 0:
+            prefilled = state.store
+    kept = [0, 1, 2, 3] + list(range(16, 32))
+    assert prefilled.pos[0, 0].tolist() == kept and prefilled.quantised == 8 and prefilled.used == 20
+    n, G = 8, 8  # the first 8 kept tokens are quantised, keys per channel over them
+    kg = k[:, :, kept[:n]]
+    step = (kg.amax(2) - kg.amin(2)) / 15
+    assert ((prefilled.k[:, :, :n] - kg).abs() <= step[:, :, None] / 2 + 1e-6).all()
+    torch.testing.assert_close(prefilled.k[:, :, n:], k[:, :, kept[n:]])  # the residual stays exact
+    # bytes: per kv head 8 quantised tokens (key and value codes at 4 bits, fp32 scale + minimum per key channel
+    # group and per value token group), 12 residual tokens in fp32, 20 int32 positions
+    per_head = 8 * 16 // 2 * 2 + 16 * 2 * 4 + 8 * 2 * 2 * 4 + 12 * 16 * 2 * 4 + 20 * 4
+    assert prefilled.nbytes() == 2 * per_head
+    store = state.store  # decode: attention over the dequantised kept tokens and the new exact ones
+    assert store.pos[0, 0].tolist() == kept + list(range(32, 40)) and store.length == 40
+    t = 39
+    keys, values = store.k[0, :, :], store.v[0, :, :]
+    for h in range(4):
+        s = q[0, h, t] @ keys[h // 2].T / 16**0.5
+        torch.testing.assert_close(outs[-1][0, h, 0], torch.softmax(s, -1) @ values[h // 2], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="when='prefill'"):
+        KIVI(4, under=H2O(0.5))
+    assert KIVI(4, under=SnapKV(0.25)).needs_scores

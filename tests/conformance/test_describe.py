@@ -50,6 +50,24 @@ def test_a_missing_tensor_input_is_described(name):
             attnkit.attention(q, k, v, name, causal=causal, **kw)
 
 
+def _optional_inputs(name):
+    spec = get(name)
+    return [t for t in spec.tensor_names if t not in spec.required_inputs]
+
+
+@pytest.mark.parametrize("name", [n for n in cases("names") if _optional_inputs(n)])
+def test_an_input_not_declared_required_can_be_left_out(name):
+    """What a form cannot run without is a required TensorInput, so that the missing-input error,
+    `attnkit info` and these tests come from that one declaration."""
+    spec = get(name)
+    causal = "causal-self" in spec.patterns
+    q, k, v, extra = make_inputs(spec, (1, 2, 2, 8, 8, 16), dtype=torch.float32)
+    for optional in _optional_inputs(name):
+        kw = {n: t for n, t in extra.items() if n != optional}
+        out = attnkit.attention(q, k, v, name, causal=causal, **kw)
+        assert out.shape[:3] == q.shape[:3], f"{name} without {optional}"
+
+
 @pytest.mark.parametrize("sdpa_name, hint", [("is_causal", "causal="), ("attn_mask", "mask="), ("enable_gqa", "fewer heads")])
 def test_sdpa_argument_names_get_a_hint(sdpa_name, hint):
     q = torch.randn(1, 2, 4, 8)

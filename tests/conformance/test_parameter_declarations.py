@@ -59,8 +59,10 @@ def test_declarations_are_complete(name):
 def test_the_chunked_form_refuses_a_negative_chunk():
     q = torch.randn(1, 2, 8, 16)
     for name in ("softmax", "alibi", "softcap", "t5"):
+        spec = attnkit.spec(name)
+        inputs = spec.tensor_inputs(q, q, q, torch.Generator().manual_seed(0)) if spec.tensor_inputs else {}
         with pytest.raises(ValueError, match="kv_chunk"):
-            attnkit.attention(q, q, q, name, causal=True, form="chunked", kv_chunk=-1)
+            attnkit.attention(q, q, q, name, causal=True, form="chunked", kv_chunk=-1, **inputs)
     with pytest.raises(ValueError, match="block"):
         attnkit.attention(q, q, q, "block_causal_document", block=-1, doc_ids=torch.zeros(1, 8, dtype=torch.long))
     with pytest.raises(TypeError, match="block"):

@@ -262,3 +262,15 @@ def test_bad_input_is_refused_with_a_clear_error():
         attnkit.flex_attention(q, k, v, mask_mod=causal_mask, block_size=0)
     with pytest.raises(TypeError, match="q must be a torch.Tensor"):
         attnkit.flex_attention(q.numpy(), k, v)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_nan_key_leaves_the_rows_that_may_not_see_it_finite(grad):
+    """The element mask of partial tiles is written as -inf, not added, when a key is NaN (NaN + -inf = NaN)."""
+    q, k, v = _inputs(9)
+    k[:, :, 40] = float("nan")
+    with torch.set_grad_enabled(grad):
+        leaves = [t.requires_grad_(grad) for t in (q, k, v)]
+        for score_mod in (generate_alibi_bias(H), None):  # the modifier's kernel and the plain block-sparse one
+            out = attnkit.flex_attention(*leaves, score_mod=score_mod, block_mask=_block_mask(causal_mask))
+            assert torch.isfinite(out[:, :, :40]).all() and torch.isnan(out[:, :, 40:]).all()

@@ -22,6 +22,7 @@ def test_bench_kernels_stores_rows_with_baselines(tmp_path):
     assert run["config"]["directions"] == ["fwd", "fwdbwd"]
     assert [r["direction"] for r in rows] == ["fwd", "fwdbwd"]
     for r in rows:
-        assert r["pattern"] == "sliding_window_causal" and r["n"] == 128
+        assert r["pattern"] == "sliding_window_causal" and r["N"] == 128 and "n" not in r and "suite" not in r
         assert r["seconds"] > 0 and r["peak_mb"] is not None and r["sdpa_ratio"] > 0 and r["flex_ratio"] is None
+        assert ("sdpa_peak_mb" in r) == (r["direction"] == "fwd")  # SDPA's memory: forward only
         assert r["gflops"] == pytest.approx(r["gemm_ratio"] * r["gemm_gflops"])

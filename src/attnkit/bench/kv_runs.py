@@ -16,6 +16,10 @@ from __future__ import annotations
 import torch
 
 from ..cache import KVState, NoCompression
+from ..cache.razor import retrieval_heads, retrieval_scores
+from ..cache.scores import query_positions, weights
+
+PERIOD = 64  # the random block repeated to find retrieval heads
 
 
 class Recorder(NoCompression):
@@ -39,7 +43,24 @@ def compress(recorder: Recorder, policy) -> list:
             for layer, (store, q, scale) in sorted(recorder.layers.items())]
 
 
-class AttnkitLM:
+class _Model:
+    def retrieval(self):
+        """RazorAttention's retrieval heads ``(layers, kv_heads)``: echo and induction scores on a random block
+        of ``PERIOD`` tokens repeated, the paper's shares of query heads (computed once)."""
+        if getattr(self, "_retrieval", None) is None:
+            block = torch.randint(0, self.model.config.vocab_size, (1, PERIOD), generator=torch.Generator().manual_seed(1))
+            _, recorder = self.prefill(block.repeat(1, 2))
+            scores = []
+            for layer in sorted(recorder.layers):
+                store, q, scale = recorder.layers[layer]
+                w = weights(q, query_positions(store, q.shape[2], q.device), store, scale)
+                scores.append(retrieval_scores(w, PERIOD))
+            echo, induction = (torch.stack(s) for s in zip(*scores))
+            self._retrieval = retrieval_heads(echo, induction, kv_heads=store.k.shape[1])
+        return self._retrieval
+
+
+class AttnkitLM(_Model):
     name = "shakespeare-lm"
 
     def __init__(self, model):
@@ -67,7 +88,7 @@ class AttnkitLM:
         return [s.store for s in cache]
 
 
-class TinyLlama:
+class TinyLlama(_Model):
     name = "tiny-llama"
 
     def __init__(self, layers=2, dim=128, heads=4, kv_heads=2, vocab=256, seed=0):
@@ -94,7 +115,8 @@ class TinyLlama:
     def start(self, policy, stores):
         from ..cache import Cache, CacheLayer
 
-        cache = Cache(policy or NoCompression(), model=self.model if policy is not None and policy.needs_scores else None)
+        hooks = policy is not None and (policy.needs_scores or getattr(policy, "ragged_rows", False))
+        cache = Cache(policy or NoCompression(), model=self.model if hooks else None)
         for i, store in enumerate(stores):
             layer = CacheLayer(cache.policy, i, cache)
             layer.store, layer.is_initialized = store, True

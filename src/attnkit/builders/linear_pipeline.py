@@ -88,6 +88,24 @@ def stateful_forms(
     return {name: make(name) for name in ("parallel", "chunked", "recurrent")}
 
 
+def implicit_weights(prepare, *, normalise: bool, eps_param: str | None = None):
+    """``weights(q, k, v, *, causal, mask, scale, **params)``: the implicit attention matrix of the
+    parallel form, ``phi(q) phi(k)^T`` with the decays, divided by its normaliser when there is one."""
+
+    def weights(q, k, v, *, causal, mask, scale, chunk_size=None, **params):
+        H = q.shape[1]
+        fq, fk, _, g = prepare(q, repeat_kv(k, H), repeat_kv(v, H), scale=scale, **params)
+        if g is not None and not causal:
+            raise ValueError("a decayed/gated recurrence is only defined causally; pass causal=True")
+        w = linear_scan.parallel_weights(fq, fk, g, causal=causal)
+        if not normalise:
+            return w
+        eps = params.get(eps_param, 0.0) if eps_param else 0.0
+        return _normalised(torch.cat([w, w.sum(dim=-1, keepdim=True)], dim=-1), q.shape[2], k.shape[2], causal, eps)
+
+    return weights
+
+
 def _ones_column(v):
     """``v`` with a column of ones appended: the normaliser ``z`` then rides in ``S`` as its last column."""
     return torch.nn.functional.pad(v, (0, 1), value=1.0)
@@ -191,4 +209,5 @@ def register_linear_mechanism(
         summary=summary,
         test_params={"chunk_size": 16, **(test_params or {})},
         extra={"recurrence": recurrence},
+        weights=implicit_weights(prepare, normalise=normalise, eps_param=eps_param),
     )

@@ -29,7 +29,7 @@ from ..kernels.block_sparse import block_sparse_attention
 from ..masks.base import causal_mask, tensor_mask
 from ..masks.layout import build_layout
 from ..params import Param
-from ..reference import materialised_attention
+from ..reference import materialised_attention, materialised_weights
 from ..registry import ALL_PATTERNS, MechanismSpec, kv_cache_size, register
 from .kv_cache_step import default_form_of, kv_cache_step, window_cache_step
 
@@ -78,10 +78,16 @@ def register_mask_mechanism(
         m = make_mask(q, k, causal=causal, **{n: x for n, x in kw.items() if n not in BLOCK_PARAMS})
         return m & causal_mask() if causal else m
 
-    def reference(q, k, v, *, causal, mask, scale, **kw):
+    def allowed_mask(q, k, causal, mask, kw):
         B, H, Nq, _ = q.shape
-        allowed = dense_pattern(pattern(q, k, causal, kw), B, H, Nq, k.shape[2], q.device)
-        return materialised_attention(q, k, v, causal=False, mask=_combine(allowed, mask), scale=scale)
+        return _combine(dense_pattern(pattern(q, k, causal, kw), B, H, Nq, k.shape[2], q.device), mask)
+
+    def reference(q, k, v, *, causal, mask, scale, **kw):
+        return materialised_attention(q, k, v, causal=False, mask=allowed_mask(q, k, causal, mask, kw), scale=scale)
+
+    def weights(q, k, v, *, causal, mask, scale, **kw):
+        """Softmax weights over the pattern's keys; zeros outside it."""
+        return materialised_weights(q, k, causal=False, mask=allowed_mask(q, k, causal, mask, kw), scale=scale)
 
     def block_sparse(q, k, v, *, causal, mask, scale, block_q, block_k, **kw):
         B, H, Nq, _ = q.shape
@@ -141,6 +147,7 @@ def register_mask_mechanism(
             state_size=kv_cache_size if decode_bound is None else _bounded_size(decode_bound, {n: p.default for n, p in params.items()}),
             test_params={"block_q": 16, "block_k": 8, **(test_params or {})},
             extra={"make_mask": make_mask},
+            weights=weights,
         )
     )
 

@@ -18,13 +18,23 @@ tensor inputs) as keywords:
 - ``normaliser``: a :class:`Normaliser`, or ``normaliser(**params)`` building one;
 - ``prepare(q, k, v, *, scale, **params) -> (q, k, v)``: per-token rescaling of
   q, k or v before attention (temperatures, l2-normalisation);
-- ``postprocess(out, **params)``: runs after the weighted sum (ReLA's norm).
+- ``postprocess(out, **params)``: runs after the weighted sum (ReLA's norm);
+- ``key_weight(q, k, v, **params) -> (B, Hkv, Nk) | None``: the per-key factor
+  ``prepare`` puts on the values (a value temperature); the attention weights
+  carry it, so that ``weights @ v`` is the output.
+
+The spec's ``weights`` are the reference's normalised score matrix (times
+``key_weight``); with a ``postprocess``, ``weights_output`` applies it after
+``weights @ v`` and ``weights_note`` (argument ``postprocess_note``) says what it is.
 """
 from __future__ import annotations
 
+import torch
+
 from ..kernels.chunked import chunked_attention
 from ..params import Param
-from ..reference import materialised_attention
+from ..kernels.positions import repeat_kv
+from ..reference import materialised_weights
 from ..registry import ALL_PATTERNS, MechanismSpec, register
 from ..scores.normalisers import SOFTMAX, Normaliser
 from .kv_cache_step import default_form_of, kv_cache_step
@@ -65,6 +75,8 @@ def register_score_mechanism(
     test_params: dict | None = None,
     mod_sees_mask: bool = False,
     dropout_forms: tuple[str, ...] = (),
+    key_weight=None,
+    postprocess_note: str = "",
 ) -> MechanismSpec:
     """Register a mechanism from its hooks (see the module docstring).
 
@@ -90,11 +102,21 @@ def register_score_mechanism(
     def _post(out, eq):
         return postprocess(out, **eq) if postprocess is not None else out
 
+    def weights(q, k, v, *, causal, mask, scale, **kw):
+        q_, k_, _, mod, norm, eq = _run(q, k, v, causal, mask, scale, kw, make_reference_mod or make_mod)
+        w = materialised_weights(q_, k_, causal=causal, mask=mask, scale=scale, score_mod=mod, normaliser=norm)
+        factor = key_weight(q, k, v, **eq) if key_weight is not None else None
+        return w if factor is None else w * repeat_kv(factor[..., None], q.shape[1]).transpose(-1, -2)
+
     def reference(q, k, v, *, causal, mask, scale, dropout_p=0.0, **kw):
-        q, k, v, mod, norm, eq = _run(q, k, v, causal, mask, scale, kw, make_reference_mod or make_mod)
-        out = materialised_attention(q, k, v, causal=causal, mask=mask, scale=scale, score_mod=mod, normaliser=norm,
-                                     dropout_p=dropout_p)
-        return _post(out, eq)
+        q_, k_, v_, mod, norm, eq = _run(q, k, v, causal, mask, scale, kw, make_reference_mod or make_mod)
+        w = materialised_weights(q_, k_, causal=causal, mask=mask, scale=scale, score_mod=mod, normaliser=norm)
+        if dropout_p:  # training-time dropout on the attention weights, as SDPA's dropout_p
+            w = torch.nn.functional.dropout(w, dropout_p)
+        return _post(w @ repeat_kv(v_, q.shape[1]), eq)
+
+    def weights_output(w, q, k, v, **kw):
+        return postprocess(w @ repeat_kv(v, q.shape[1]), **_equation_params(kw))
 
     def chunked(q, k, v, *, causal, mask, scale, q_chunk, kv_chunk, **kw):
         q, k, v, mod, norm, eq = _run(q, k, v, causal, mask, scale, kw, make_mod)
@@ -130,5 +152,8 @@ def register_score_mechanism(
             summary=summary,
             test_params={"q_chunk": 16, "kv_chunk": 24, **(test_params or {})},
             dropout_forms=frozenset({"reference", *dropout_forms}),
+            weights=weights,
+            weights_output=weights_output if postprocess is not None else None,
+            weights_note=postprocess_note,
         )
     )

@@ -16,6 +16,7 @@ from .scores import column_sums, per_kv_head
 
 class H2O(Policy):
     needs_scores = True
+    chunked = "approximate"  # a chunk's queries see only the tokens kept so far
 
     def __init__(self, budget, *, recent: int | float = 0.5, when: str = "both", slack: int = 0):
         super().__init__(budget, when=when, slack=slack)

@@ -27,6 +27,13 @@ the cache needs ``model=`` too, and switches the model's attention
 implementation to ``"attnkit_cache"`` (softmax attention over the kept keys,
 masked by their positions, one call per layer) until :meth:`Cache.close`.
 
+A long prompt can be prefilled in chunks (``Cache(policy, prompt=N)``, then
+the model called on consecutive pieces, or :func:`attnkit.cache.chunked.prefill`):
+the policy compresses after each chunk. The eviction a chunk calls for is
+applied in place at the start of the layer's next ``update`` (after the
+model's attention has read the keys), so a layer never holds more than one
+buffer of its budget plus a chunk.
+
 Batches whose prompts are padded are not supported under a compressing
 policy (the padding mask is indexed by position and evicted pads would shift
 it); beam search, ``crop`` (assisted decoding) and reordering are refused.
@@ -43,8 +50,9 @@ from transformers.cache_utils import CacheLayerMixin
 
 from transformers.modeling_utils import AttentionInterface
 
-from .policy import NoCompression, Policy
+from .policy import NoCompression, Policy, check_chunk, reserve
 from .scores import attend
+from .store import LayerKV
 
 ATTENTION = "attnkit_cache"
 
@@ -57,7 +65,7 @@ class CacheLayer(CacheLayerMixin):
     def __init__(self, policy: Policy, layer_idx: int, owner):
         super().__init__()
         self.policy, self.layer_idx, self._owner = policy, layer_idx, owner
-        self.store, self.reading = policy.empty_store(), None
+        self.store, self.reading, self.pending = policy.empty_store(owner.prompt), None, None
 
     def lazy_initialization(self, key_states, value_states) -> None:
         self.device, self.is_initialized = key_states.device, True
@@ -65,18 +73,28 @@ class CacheLayer(CacheLayerMixin):
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        store = self.store.append(key_states, value_states)
+        if self.pending is not None:  # the eviction the last prefill chunk chose, now that its attention is done
+            self.store, self.pending = self.store.compact(*self.pending), None
+        store = self.store.append(key_states, value_states,
+                                  reserve(self.policy, self.store, self.layer_idx, key_states.shape[2]))
+        check_chunk(self.policy, store)
         keys, values = store.k, store.v
         if self._owner._ragged:
             self.reading = (store, keys, values)  # for the attention call that follows (attention_over_cache)
         q, scale = self._owner._take_queries(self.layer_idx, self.policy)
-        self.store = self.policy.step(store, q, scale, self.layer_idx)
+        if self._owner.prompt and store.length <= store.prompt and isinstance(store, LayerKV) and \
+                type(self.policy).step is Policy.step:
+            self.store, chosen = self.policy.select(store, q, scale, self.layer_idx)
+            self.pending = None if chosen is None else chosen[:2]
+        else:
+            self.store = self.policy.step(store, q, scale, self.layer_idx)
         self.keys, self.values = self.store.k, self.store.v
         self._owner._track()
         return keys, values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.store.used + query_length, self.store.length - self.store.used
+        used = self.store.used if self.pending is None else self.pending[0].shape[-1]
+        return used + query_length, self.store.length - used
 
     def get_seq_length(self) -> int:
         return self.store.length
@@ -85,7 +103,8 @@ class CacheLayer(CacheLayerMixin):
         return -1
 
     def reset(self) -> None:
-        self.store, self.keys, self.values, self.is_initialized = self.policy.empty_store(), None, None, False
+        self.store, self.keys, self.values, self.is_initialized = self.policy.empty_store(self._owner.prompt), None, None, False
+        self.pending = None
 
     def _refuse(self, what: str):
         if self.store.length:
@@ -105,13 +124,19 @@ class CacheLayer(CacheLayerMixin):
 
 
 class Cache(TransformersCache):
-    """A compressing KV cache for ``generate``; ``policy`` is an ``attnkit.cache`` policy (default: none)."""
+    """A compressing KV cache for ``generate``; ``policy`` is an ``attnkit.cache`` policy (default: none).
 
-    def __init__(self, policy: Policy | None = None, *, model=None):
+    ``model``: needed by policies that score with queries or keep ragged rows; ``prompt``: the prompt's
+    length when it is prefilled in several calls (chunks)."""
+
+    def __init__(self, policy: Policy | None = None, *, model=None, prompt: int | None = None):
         policy = NoCompression() if policy is None else policy
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be an attnkit.cache policy (e.g. attnkit.cache.H2O(0.25)), got {type(policy).__name__}")
+        if prompt is not None and (isinstance(prompt, bool) or not isinstance(prompt, int) or prompt < 1):
+            raise ValueError(f"prompt must be the prompt's length (an int >= 1) when it arrives in chunks, got {prompt!r}")
         super().__init__(layers=[])
+        self.prompt = prompt or 0
         self.policy, self.peak_bytes, self._queries, self._hooks = policy, 0, {}, []
         self._ragged, self._restore = getattr(policy, "ragged_rows", False), None
         if self._ragged and model is None:

@@ -14,5 +14,7 @@ from .policy import Policy
 
 
 class KeyNorm(Policy):
+    chunked = "exact"  # each token's score is its own key's norm
+
     def rank(self, store, keep):
         return -store.k.to(torch.float64).norm(dim=-1)

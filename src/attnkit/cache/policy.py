@@ -5,6 +5,15 @@ float in (0, 1] (a fraction of the prompt, the first call's length). It is
 applied at ``when`` = ``"prefill"`` (once, after the prompt attended to
 itself in full), ``"decode"`` (after each later call) or ``"both"``.
 
+A prompt may also arrive in chunks when its length is declared
+(``KVState(policy, prompt=N)``, ``Cache(policy, prompt=N)``): the policy then
+compresses after every chunk, so the prefill never holds more than the budget
+plus a chunk. ``chunked`` says what that gives: ``"exact"`` (the tokens kept
+are those a single prefill call keeps: the choice of each token does not
+depend on later ones), ``"approximate"`` (the policy scores with queries that
+see only the tokens kept so far: the chunk-level version of its greedy rule)
+or ``None`` (it needs the whole prompt at once: refused).
+
 After every call a policy first updates its running score of the kept tokens
 (:meth:`Policy.observe`; the policies that read attention weights set
 ``needs_scores``), then, if the layer holds more than its budget, keeps the
@@ -23,6 +32,7 @@ WHEN = ("prefill", "decode", "both")
 
 class Policy:
     needs_scores = False
+    chunked = None
 
     def __init__(self, budget: int | float, *, when: str = "both", slack: int = 0):
         check_budget(budget)
@@ -36,9 +46,9 @@ class Policy:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(budget={self.budget_value!r}, when={self.when!r})"
 
-    def empty_store(self):
-        """The storage of an empty layer (quantising policies store differently)."""
-        return LayerKV.empty()
+    def empty_store(self, prompt: int = 0):
+        """The storage of an empty layer (quantising policies store differently); ``prompt``: declared length."""
+        return LayerKV.empty(prompt)
 
     def budget(self, layer: int, prompt: int) -> int:
         """Tokens a layer keeps, for a prompt of ``prompt`` tokens."""
@@ -54,23 +64,33 @@ class Policy:
 
     def step(self, store, q: torch.Tensor, scale: float, layer: int):
         """The store after the call whose tokens were just appended (and whose queries are ``q``)."""
-        first = store.length == store.prompt
+        store, chosen = self.select(store, q, scale, layer)
+        return store if chosen is None else store.keep(*chosen)
+
+    def select(self, store, q: torch.Tensor, scale: float, layer: int):
+        """``(store with its running score, (index, score, room) of the slots to keep, or None to keep all))``."""
+        prefill = store.length <= store.prompt
         store = store.with_score(self.observe(store, q, scale))
         keep = self.budget(layer, store.prompt)
-        if first and keep > store.prompt:
+        if prefill and keep > store.prompt:
             raise ValueError(f"{self!r} keeps {keep} tokens in layer {layer} but the prompt has only "
                              f"{store.prompt}: a budget must be at most the context")
-        applies = self.when == "both" or (self.when == "prefill") == first
-        if not applies or store.used <= keep + (0 if first else self.slack):
-            return store
+        applies = self.when == "both" or (self.when == "prefill") == prefill
+        if not applies or store.used <= keep + (0 if prefill else self.slack):
+            return store, None
         index = self.rank(store, keep).topk(keep, dim=-1).indices.sort(dim=-1).values
         score = None if store.score is None else store.score.gather(-1, index)
-        room = 1 + self.slack if self.when != "prefill" else max(16, keep // 8)
-        return store.keep(index, score, room)
+        if store.length < store.prompt:  # a prefill chunk: room for the next one
+            room = max(16, store.appended)
+        else:
+            room = 1 + self.slack if self.when != "prefill" else max(16, keep // 8)
+        return store, (index, score, room)
 
 
 class NoCompression(Policy):
     """Keeps every token: the cache is a plain KV cache (the baseline the policies are measured against)."""
+
+    chunked = "exact"
 
     def __init__(self):
         super().__init__(1.0, when="both")
@@ -81,8 +101,22 @@ class NoCompression(Policy):
     def budget(self, layer: int, prompt: int) -> int:
         return prompt
 
-    def step(self, store, q, scale, layer):
-        return store
+    def select(self, store, q, scale, layer):
+        return store, None
+
+
+def check_chunk(policy: Policy, store) -> None:
+    """Refuse a prefill chunk (a call that ends before the declared prompt) for a policy that needs the whole prompt."""
+    if store.length < store.prompt and policy.chunked is None:
+        raise ValueError(f"{policy!r} needs the whole prompt at once (it scores with every prompt token or query): "
+                         f"prefill it in one call, or declare no prompt length")
+
+
+def reserve(policy: Policy, store, layer: int, n: int) -> int:
+    """Slots the first append of a declared prompt reserves: the layer's budget plus a chunk (no growth later)."""
+    if store.length or not store.prompt or n >= store.prompt:
+        return 0
+    return min(store.prompt, policy.budget(layer, store.prompt) + n)
 
 
 def check_budget(budget) -> None:

@@ -24,7 +24,7 @@ class PyramidKV(Policy):
             raise ValueError(f"beta must be >= 1 (k_min = budget / beta), got {beta}")
         super().__init__(scorer.budget_value, when=scorer.when, slack=scorer.slack)
         self.scorer, self.layers, self.beta = scorer, layers, beta
-        self.needs_scores = scorer.needs_scores
+        self.needs_scores, self.chunked = scorer.needs_scores, scorer.chunked
 
     def __repr__(self) -> str:
         return f"PyramidKV({self.scorer!r}, layers={self.layers}, beta={self.beta})"

@@ -53,8 +53,10 @@ class _Packed:
 
 
 class QuantisedKV:
-    def __init__(self, bits, group, residual, packed=None, quantised=0, rk=None, rv=None, length=0, prompt=0):
+    def __init__(self, bits, group, residual, packed=None, quantised=0, rk=None, rv=None, length=0, prompt=0,
+                 kept_pos=None):
         self.bits, self.group, self.residual = bits, group, residual
+        self.kept_pos = kept_pos  # (B, Hkv, P) int32: positions of the first P tokens, if a policy chose them
         self._packed, self.quantised = packed, quantised  # quantised: tokens in the packed buffers
         self.rk, self.rv, self.length, self.prompt, self.score = rk, rv, length, prompt, None
 
@@ -81,8 +83,10 @@ class QuantisedKV:
 
     @property
     def pos(self) -> torch.Tensor:
-        p = torch.arange(self.length - self.used, self.length, device=self.rk.device, dtype=torch.int32)
-        return p.expand(*self.rk.shape[:2], -1)
+        kept = 0 if self.kept_pos is None else self.kept_pos.shape[2]
+        p = torch.arange(self.length - self.used + kept, self.length, device=self.rk.device, dtype=torch.int32)
+        p = p.expand(*self.rk.shape[:2], -1)
+        return p if self.kept_pos is None else torch.cat([self.kept_pos, p], dim=2)
 
     def _slots(self, part: int) -> int:
         return self.quantised // self.group if part in (1, 2) else self.quantised
@@ -92,13 +96,16 @@ class QuantisedKV:
             return 0
         held = sum(t[:, :, : self._slots(i)].numel() * t.element_size()
                    for i, t in enumerate(self._packed.parts)) if self.quantised else 0
-        return held + sum(t.numel() * t.element_size() for t in (self.rk, self.rv))
+        return held + sum(t.numel() * t.element_size() for t in (self.rk, self.rv)) + self._pos_bytes()
+
+    def _pos_bytes(self) -> int:
+        return 0 if self.kept_pos is None else self.kept_pos.numel() * self.kept_pos.element_size()
 
     def allocated_bytes(self) -> int:
         if self.rk is None:
             return 0
         held = sum(t.numel() * t.element_size() for t in self._packed.parts) if self._packed else 0
-        return held + sum(t.numel() * t.element_size() for t in (self.rk, self.rv))
+        return held + sum(t.numel() * t.element_size() for t in (self.rk, self.rv)) + self._pos_bytes()
 
     def numel(self) -> int:
         return 0 if self.rk is None else self.k.numel() + self.v.numel()
@@ -116,7 +123,7 @@ class QuantisedKV:
                              f"({self.rk.dtype}); got keys {tuple(k.shape)} ({k.dtype}): a cache belongs to one model, "
                              "batch and dtype; make a new one")
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> "QuantisedKV":
+    def append(self, k: torch.Tensor, v: torch.Tensor, reserve: int = 0) -> "QuantisedKV":
         self.check_shape(k, v)
         rk = k if self.rk is None else torch.cat([self.rk, k], dim=2)
         rv = v if self.rv is None else torch.cat([self.rv, v], dim=2)
@@ -127,7 +134,7 @@ class QuantisedKV:
             quantised += spill
             rk, rv = rk[:, :, spill:].clone(), rv[:, :, spill:].clone()
         return QuantisedKV(self.bits, self.group, self.residual, packed, quantised, rk, rv,
-                           self.length + k.shape[2], self.prompt or k.shape[2])
+                           self.length + k.shape[2], self.prompt or k.shape[2], self.kept_pos)
 
     def _encode(self, k, v):
         G, b = self.group, self.bits

@@ -134,7 +134,7 @@ class RaggedKV:
                              "one model, batch and dtype; make a new one")
 
     # writing -------------------------------------------------------------
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> "RaggedKV":
+    def append(self, k: torch.Tensor, v: torch.Tensor, reserve: int = 0) -> "RaggedKV":
         """The value with ``k``, ``v`` ``(B, Hkv, n, D)`` appended to every row at positions ``length ..``."""
         self.check_shape(k, v)
         n = k.shape[2]

@@ -20,6 +20,7 @@ from .scores import per_kv_head, query_positions, weights
 
 class SnapKV(Policy):
     needs_scores = True
+    chunked = "approximate"  # each chunk's last window votes over the tokens kept so far
 
     def __init__(self, budget, *, window: int = 32, kernel: int = 5, when: str = "prefill", slack: int = 0):
         super().__init__(budget, when=when, slack=slack)
@@ -37,7 +38,7 @@ class SnapKV(Policy):
         return keep
 
     def observe(self, store, q, scale):
-        if store.length != store.prompt:
+        if store.length > store.prompt:
             return store.score
         w = min(self.window, q.shape[2])
         votes = weights(q[:, :, -w:], query_positions(store, w, q.device), store, scale).sum(dim=2)

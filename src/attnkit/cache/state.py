@@ -5,24 +5,31 @@ appends the new keys and values, runs one attention call of the new queries
 over everything kept, then lets the policy compress. The returned state is a
 new value; the one passed in is unchanged. Its ``length`` counts every token
 consumed (the position offset RoPE continues from), not the kept ones.
+
+``prompt=N`` declares that the prompt's ``N`` tokens arrive in several calls
+(chunked prefill): the policy compresses after each one, so the layer never
+holds more than its budget plus a chunk (see :mod:`attnkit.cache.policy` for
+which policies allow it, and :func:`attnkit.cache.chunked.prefill`).
 """
 from __future__ import annotations
 
 import torch
 
-from .policy import NoCompression, Policy
+from .policy import NoCompression, Policy, check_chunk, reserve
 from .scores import attend
 
 
 class KVState:
-    def __init__(self, policy: Policy | None = None, layer: int = 0, store=None):
+    def __init__(self, policy: Policy | None = None, layer: int = 0, store=None, *, prompt: int | None = None):
         policy = NoCompression() if policy is None else policy
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be an attnkit.cache policy (e.g. attnkit.cache.H2O(0.25)), got {type(policy).__name__}")
         if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
             raise ValueError(f"layer must be an int >= 0, got {layer!r}")
+        if prompt is not None and (isinstance(prompt, bool) or not isinstance(prompt, int) or prompt < 1):
+            raise ValueError(f"prompt must be the prompt's length (an int >= 1) when it arrives in chunks, got {prompt!r}")
         self.policy, self.layer = policy, layer
-        self.store = policy.empty_store() if store is None else store
+        self.store = policy.empty_store(prompt or 0) if store is None else store
 
     @property
     def length(self) -> int:
@@ -38,11 +45,12 @@ class KVState:
         """``(out, next_state)`` for the new tokens' ``q (B, H, n, D)``, ``k``, ``v (B, Hkv, n, D)``."""
         if q.shape[1] % k.shape[1]:
             raise ValueError(f"q has {q.shape[1]} heads, not a multiple of the {k.shape[1]} kv heads")
-        store = self.store.append(k, v)
+        store = self.store.append(k, v, reserve(self.policy, self.store, self.layer, k.shape[2]))
+        check_chunk(self.policy, store)
         out = attend(q, store, scale)
         return out, KVState(self.policy, self.layer, self.policy.step(store, q, scale, self.layer))
 
 
-def layer_states(policy: Policy | None, layers: int) -> list[KVState]:
-    """One empty state per layer (``DecoderLM.forward(tokens, state=...)``)."""
-    return [KVState(policy, i) for i in range(layers)]
+def layer_states(policy: Policy | None, layers: int, *, prompt: int | None = None) -> list[KVState]:
+    """One empty state per layer (``DecoderLM.forward(tokens, state=...)``); ``prompt``: see :class:`KVState`."""
+    return [KVState(policy, i, prompt=prompt) for i in range(layers)]

@@ -19,12 +19,20 @@ call: it is a value, like every attnkit state.
 
 ``length`` is the number of tokens the layer has consumed, which is also the
 position of the next token: RoPE offsets follow it, not the kept count.
+
+A prompt prefilled in chunks is declared up front (``LayerKV.empty(prompt)``):
+every call up to ``prompt`` tokens is then part of the prefill, and the
+first append reserves room for the budget plus a chunk so that the buffer
+never grows while the prompt streams in. :meth:`LayerKV.compact` evicts in
+place, without a second buffer, for an owner that holds the only reference
+(the transformers cache, which is mutable).
 """
 from __future__ import annotations
 
 import torch
 
 GROWTH = 1.5
+COMPACT_BLOCK = 256  # slots moved at a time by an in-place eviction
 
 
 class _Buffer:
@@ -42,12 +50,15 @@ class LayerKV:
     the first call (the prompt), which fixes a ratio budget.
     """
 
-    def __init__(self, buffer: _Buffer | None, used: int, length: int, score=None, prompt: int = 0):
+    def __init__(self, buffer: _Buffer | None, used: int, length: int, score=None, prompt: int = 0,
+                 appended: int = 0):
         self._buffer, self.used, self.length, self.score, self.prompt = buffer, used, length, score, prompt
+        self.appended = appended  # tokens the last append added
 
     @staticmethod
-    def empty() -> "LayerKV":
-        return LayerKV(None, 0, 0)
+    def empty(prompt: int = 0) -> "LayerKV":
+        """An empty layer; ``prompt``: the prompt's length if it will arrive in several calls."""
+        return LayerKV(None, 0, 0, prompt=prompt)
 
     # reading -------------------------------------------------------------
     @property
@@ -94,21 +105,22 @@ class LayerKV:
             )
 
     # writing -------------------------------------------------------------
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> "LayerKV":
-        """The value with ``k``, ``v`` ``(B, Hkv, n, D)`` appended at positions ``length ..``."""
+    def append(self, k: torch.Tensor, v: torch.Tensor, reserve: int = 0) -> "LayerKV":
+        """The value with ``k``, ``v`` ``(B, Hkv, n, D)`` appended at positions ``length ..`` (``reserve``: slots a
+        new buffer gets at least)."""
         self.check_shape(k, v)
         n, used = k.shape[2], self.used
         pos = torch.arange(self.length, self.length + n, device=k.device, dtype=torch.int32)
         pos = pos.expand(k.shape[0], k.shape[1], n)
         buf = self._buffer
         if buf is None or used + n > buf.k.shape[2] or buf.tail != used:
-            capacity = max(used + n, int(GROWTH * self.capacity))
+            capacity = max(used + n, int(GROWTH * self.capacity), reserve)
             buf = _Buffer(*(_resized(t, used, capacity) for t in self._parts(k, v, pos)), tail=used)
         buf.k[:, :, used : used + n] = k
         buf.v[:, :, used : used + n] = v
         buf.pos[:, :, used : used + n] = pos
         buf.tail = used + n
-        return LayerKV(buf, used + n, self.length + n, self.score, self.prompt or n)
+        return LayerKV(buf, used + n, self.length + n, self.score, self.prompt or n, n)
 
     def _parts(self, k, v, pos):
         if self._buffer is not None:
@@ -128,8 +140,25 @@ class LayerKV:
         buf = _Buffer(gather(self._buffer.k), gather(self._buffer.v), gather(self._buffer.pos), tail=kept)
         return LayerKV(buf, kept, self.length, score, self.prompt)
 
+    def compact(self, index: torch.Tensor, score=None) -> "LayerKV":
+        """Keep slots ``index (B, Hkv, K)`` (ascending) by moving them to the front of this buffer, in place.
+
+        Only for an owner that holds the only reference to this value and its buffer: the values that
+        share the buffer see it change. Moves ``COMPACT_BLOCK`` slots at a time: slot ``i`` receives
+        slot ``index[i] >= i``, so a block never reads what an earlier block wrote."""
+        buf, kept = self._buffer, index.shape[-1]
+        if buf.tail != self.used:
+            raise ValueError("compact: this buffer was written past this value's slots; it is not owned alone")
+        for lo in range(0, kept, COMPACT_BLOCK):
+            idx = index[..., lo : lo + COMPACT_BLOCK]
+            for t in (buf.k, buf.v, buf.pos):
+                src = idx if t.ndim == 3 else idx[..., None].expand(-1, -1, -1, t.shape[-1])
+                t[:, :, lo : lo + idx.shape[-1]] = t[:, :, : self.used].gather(2, src)
+        buf.tail = kept
+        return LayerKV(buf, kept, self.length, score, self.prompt)
+
     def with_score(self, score) -> "LayerKV":
-        return LayerKV(self._buffer, self.used, self.length, score, self.prompt)
+        return LayerKV(self._buffer, self.used, self.length, score, self.prompt, self.appended)
 
 
 def _resized(t: torch.Tensor, used: int, capacity: int) -> torch.Tensor:

@@ -11,6 +11,8 @@ from .policy import Policy
 
 
 class StreamingLLM(Policy):
+    chunked = "exact"  # sinks and the newest tokens: decided by position alone
+
     def __init__(self, budget, *, sinks: int = 4, when: str = "both", slack: int = 0):
         super().__init__(budget, when=when, slack=slack)
         if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:

@@ -13,6 +13,7 @@ from .scores import query_positions, weights
 
 class TOVA(Policy):
     needs_scores = True
+    chunked = "approximate"  # each chunk's last query decides, as each decoded one does
 
     def observe(self, store, q, scale):
         last = weights(q[:, :, -1:], query_positions(store, 1, q.device), store, scale)[:, :, 0]

@@ -5,6 +5,10 @@
     attnkit train lm --schedule LLLF --mix L=nha:window=32 --mix F=softmax --minutes 10
     attnkit train lm --schedule HH --mix H=hymba:softmax+nha --minutes 10
     attnkit train lm --resume ckpt.pt --minutes 5 --out ckpt2.pt
+    attnkit train seer --from ckpt.pt --block-size 16 --top-k 4 --minutes 5
+
+``train seer`` turns a trained softmax LM into SeerAttention (gated block-sparse
+attention) and trains only the gates, by self-distillation from the frozen model.
 
 ``--mix LETTER=MECHANISM[:key=value,...]`` or ``LETTER=hymba:MECH+MECH``.
 """
@@ -46,6 +50,22 @@ def add_arguments(parser) -> None:
                    help="tokens to generate after training (default: up to the training context; 0: none)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     train_seq2seq.add_arguments(sub)
+
+    s = sub.add_parser("seer", help="SeerAttention: distil block gates into a trained softmax LM (base frozen)")
+    s.add_argument("--from", dest="base", required=True, help="checkpoint of a softmax LM (attnkit train lm --out)")
+    s.add_argument("--block-size", type=positive_int, default=16, help="tokens per gated block")
+    s.add_argument("--top-k", type=positive_int, default=4, help="key blocks each query block keeps (diagonal included)")
+    s.add_argument("--pool", choices=("max", "sum"), default="max",
+                   help="distillation target: 2-D max pooling of the attention map (the paper) or block mass")
+    s.add_argument("--context", type=positive_int, default=None, help="default: the checkpoint's training context")
+    s.add_argument("--batch", type=positive_int, default=16)
+    s.add_argument("--lr", type=positive_float, default=1e-2)
+    s.add_argument("--minutes", type=positive_float, default=5.0)
+    s.add_argument("--max-steps", type=positive_int, default=None)
+    s.add_argument("--eval-tokens", type=positive_int, default=65536)
+    s.add_argument("--threads", type=positive_int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true", help="print the final metrics as JSON")
 
 
 def parse_value(text: str):
@@ -94,6 +114,8 @@ def model_config(args, vocab_size: int):
 def run(args) -> int:
     if args.what == "seq2seq":
         return train_seq2seq.run(args)
+    if args.what == "seer":
+        return run_seer(args)
     import torch
 
     from ..data import shakespeare
@@ -146,6 +168,47 @@ def run(args) -> int:
         text = codec.decode(model.eval().generate(prompt, sample, temperature=0.8,
                                                   generator=torch.Generator(args.device).manual_seed(args.seed))[0].cpu())
         print("--- sample ---\n" + text)
+    return 0
+
+
+def run_seer(args) -> int:
+    import torch
+
+    from ..data import shakespeare
+    from ..training.lm import load_checkpoint
+    from ..training.metrics import eval_windows, model_perplexity
+    from ..training.seer import distill_gates, gate_quality, seer_model
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    base, codec, ckpt = load_checkpoint(args.base)
+    context = args.context or ckpt.get("train_config", {}).get("context", 64)
+    model = seer_model(base, block_size=args.block_size, top_k=args.top_k)
+    train_text, held_text = shakespeare.load_split()
+    train_ids = codec.encode(train_text)
+    windows = eval_windows(codec.encode(held_text), context, args.eval_tokens)
+    metrics = {"context": context, "block_size": args.block_size, "top_k": args.top_k, "pool": args.pool,
+               "dense_perplexity": round(model_perplexity(base, windows), 3)}
+    before = gate_quality(model, windows)
+    metrics.update({"untrained_perplexity": round(model_perplexity(model, windows), 3),
+                    "untrained_kept_mass": before["kept_mass"]})
+    result = distill_gates(model, train_ids, context=context, batch=args.batch, lr=args.lr, minutes=args.minutes,
+                           max_steps=args.max_steps, pool=args.pool, seed=args.seed)
+    after = gate_quality(model, windows)
+    metrics.update({"perplexity": round(model_perplexity(model, windows), 3), "kept_mass": after["kept_mass"],
+                    "density": after["density"], "steps": result["steps"], "seconds": result["seconds"],
+                    "first_loss": round(result["losses"][0], 4) if result["losses"] else None,
+                    "final_loss": round(sum(result["losses"][-10:]) / max(1, len(result["losses"][-10:])), 4)})
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"SeerAttention, blocks of {args.block_size}, top {args.top_k} per query block (density "
+              f"{metrics['density']:.2f} of the causal pairs), context {context}: {result['steps']} distillation "
+              f"steps in {result['seconds']} s, loss {metrics['first_loss']} -> {metrics['final_loss']}\n"
+              f"held-out perplexity: dense {metrics['dense_perplexity']}, gated before training "
+              f"{metrics['untrained_perplexity']} (keeps {metrics['untrained_kept_mass']:.1%} of the attention mass), "
+              f"after {metrics['perplexity']} (keeps {metrics['kept_mass']:.1%})")
     return 0
 
 

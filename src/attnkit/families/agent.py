@@ -41,9 +41,14 @@ def _weights(q, k, v, scale, agents):
     return broadcast, gather, v
 
 
+def agent_weights(q, k, v, *, causal, mask, scale, agents):
+    """The implicit attention matrix ``softmax(Q A^T) softmax(A K^T)`` (rows sum to one)."""
+    broadcast, gather, _ = _weights(q, k, v, scale, agents)
+    return broadcast @ gather
+
+
 def agent_reference(q, k, v, *, causal, mask, scale, agents):
-    broadcast, gather, v = _weights(q, k, v, scale, agents)
-    return (broadcast @ gather) @ v
+    return agent_weights(q, k, v, causal=causal, mask=mask, scale=scale, agents=agents) @ repeat_kv(v, q.shape[1])
 
 
 def agent_fast(q, k, v, *, causal, mask, scale, agents):
@@ -62,6 +67,7 @@ register(
         papers=(PAPER,),
         patterns=frozenset({"noncausal-self", "noncausal-cross"}),
         reference=agent_reference,
+        weights=agent_weights,
         fast={"two_step": agent_fast},
         params={"agents": Param(49, int, "agent tokens pooled from the queries (the paper uses 49)", low=1)},
         supports_mask=False,

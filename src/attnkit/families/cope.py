@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..params import Param
-from ..positional.cope import cope_chunked, cope_reference
+from ..params import TensorInput
+from ..positional.cope import cope_chunked, cope_reference, cope_weights
 from ..registry import MechanismSpec, register
 from ..validation import check_int, check_tensor
 from ..builders.kv_cache_step import kv_cache_step
@@ -35,6 +35,10 @@ def _checked(form, chunked: bool):
     return run
 
 
+def _cope_weights(q, k, v, *, mask, scale, pos_emb):
+    return cope_weights(q, k, mask=mask, scale=scale, pos_emb=pos_emb)
+
+
 chunked = _checked(cope_chunked, True)
 register(
     MechanismSpec(
@@ -45,9 +49,11 @@ register(
         reference=_checked(cope_reference, False),
         fast={"chunked": chunked},
         step=kv_cache_step(chunked),
-        params={"pos_emb": Param(None, torch.Tensor, "(npos, head_dim) position embeddings (required)", optional=True), **CHUNK_PARAMS},
+        params=dict(CHUNK_PARAMS),
+        inputs={"pos_emb": TensorInput("(npos, D)", "learned embeddings of the contextual positions 0..npos-1, shared by the heads")},
         tensor_inputs=lambda q, k, v, g: {"pos_emb": torch.randn(16, q.shape[3], generator=g, dtype=q.dtype)},
         summary="softmax(s + q . e[p]) with p = gated count of keys from j to i, interpolated",
         test_params={"q_chunk": 16, "kv_chunk": 24},
+        weights=_checked(_cope_weights, False),
     )
 )

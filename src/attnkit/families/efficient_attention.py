@@ -25,9 +25,14 @@ def _normalised(q, k, v, scale):
     return (q * root).softmax(dim=-1), (repeat_kv(k, H) * root).softmax(dim=-2), repeat_kv(v, H)
 
 
+def efficient_weights(q, k, v, *, causal, mask, scale):
+    """The implicit attention matrix ``softmax_features(Q) softmax_positions(K)^T`` (rows sum to one)."""
+    rq, rk, _ = _normalised(q, k, v, scale)
+    return rq @ rk.transpose(-1, -2)
+
+
 def efficient_reference(q, k, v, *, causal, mask, scale):
-    rq, rk, v = _normalised(q, k, v, scale)
-    return (rq @ rk.transpose(-1, -2)) @ v
+    return efficient_weights(q, k, v, causal=causal, mask=mask, scale=scale) @ repeat_kv(v, q.shape[1])
 
 
 def efficient_factorised(q, k, v, *, causal, mask, scale):
@@ -46,6 +51,7 @@ register(
         papers=(PAPER,),
         patterns=frozenset({"noncausal-self", "noncausal-cross"}),
         reference=efficient_reference,
+        weights=efficient_weights,
         fast={"factorised": efficient_factorised},
         supports_mask=False,
         flops=_flops,

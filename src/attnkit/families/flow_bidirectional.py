@@ -28,7 +28,8 @@ from ..validation import check_float
 
 
 def _flows(q, k, v, scale, eps):
-    """``(reads, k, written, allocation)``: out = allocation * reads (k^T written)."""
+    """``(reads, k, written, allocation, competition)``: out = allocation * reads (k^T written),
+    ``written = v * competition``."""
     check_float("eps", eps, minimum=0)
     H = q.shape[1]
     q, k, v = torch.sigmoid(scale * q), torch.sigmoid(repeat_kv(k, H)), repeat_kv(v, H)
@@ -39,16 +40,22 @@ def _flows(q, k, v, scale, eps):
     conserved_source = eps_dot(k, (q * incoming[..., None]).sum(2, keepdim=True), eps).clamp(-1.0, 1.0)
     allocation = torch.sigmoid(conserved_sink * (n / m))
     competition = conserved_source.softmax(dim=-1) * m
-    return q * incoming[..., None], k, v * competition[..., None], allocation[..., None]
+    return q * incoming[..., None], k, v * competition[..., None], allocation[..., None], competition
+
+
+def flow_weights(q, k, v, *, causal, mask, scale, eps):
+    """The implicit attention matrix ``allocation_i (reads_i . k_j) competition_j``."""
+    reads, k, _, allocation, competition = _flows(q, k, v, scale, eps)
+    return allocation * (reads @ k.transpose(-1, -2)) * competition[..., None, :]
 
 
 def flow_reference(q, k, v, *, causal, mask, scale, eps):
-    reads, k, written, allocation = _flows(q, k, v, scale, eps)
+    reads, k, written, allocation, _ = _flows(q, k, v, scale, eps)
     return allocation * ((reads @ k.transpose(-1, -2)) @ written)
 
 
 def flow_factorised(q, k, v, *, causal, mask, scale, eps):
-    reads, k, written, allocation = _flows(q, k, v, scale, eps)
+    reads, k, written, allocation, _ = _flows(q, k, v, scale, eps)
     return allocation * (reads @ (k.transpose(-1, -2) @ written))
 
 
@@ -63,6 +70,7 @@ register(
         papers=(PAPER,),
         patterns=frozenset({"noncausal-self", "noncausal-cross"}),
         reference=flow_reference,
+        weights=flow_weights,
         fast={"factorised": flow_factorised},
         params={"eps": Param(1e-6, float, "added to every flow dot product (Flowformer uses 1e-6)", low=0)},
         supports_mask=False,

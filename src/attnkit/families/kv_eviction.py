@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from ..params import Param
 from ..kernels.eviction import check_budget, eviction_mask, eviction_step
-from ..reference import materialised_attention
+from ..reference import materialised_attention, materialised_weights
 from ..registry import MechanismSpec, register
 
 CAUSAL_SELF = frozenset({"causal-self"})
@@ -48,6 +48,11 @@ def _register(name, papers, summary, params, test_params, rule):
     def reference(q, k, v, *, causal, mask, scale, **params):
         seen = eviction_mask(q, k, scale=scale, **settings(params))
         return materialised_attention(q, k, v, causal=False, mask=seen, scale=scale)
+
+    def weights(q, k, v, *, causal, mask, scale, **params):
+        """Softmax weights over the keys the cache holds when each query reads it (zeros: evicted)."""
+        seen = eviction_mask(q, k, scale=scale, **settings(params))
+        return materialised_weights(q, k, causal=False, mask=seen, scale=scale)
 
     def cache(q, k, v, *, causal, mask, scale, **params):
         return eviction_step(q, k, v, None, scale=scale, **settings(params))[0]
@@ -75,6 +80,8 @@ def _register(name, papers, summary, params, test_params, rule):
         name=name, family="kv_cache", papers=papers, patterns=CAUSAL_SELF, reference=reference,
         fast={"cache": cache}, step=step, params=params, supports_mask=False, flops=flops,
         state_size=state_size, complexity="O(N budget)", summary=summary, test_params=test_params,
+        weights=weights, extra={"kept": lambda q, k, *, scale, **params: eviction_mask(q, k, scale=scale,
+                                                                                     **settings(params))},
     ))
 
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from ..kernels.positions import repeat_kv
 from ..params import Param, TensorInput
-from ..reference import materialised_attention
+from ..reference import materialised_weights
 from ..registry import MechanismSpec, register
 from ..validation import check_tensor
 
@@ -72,6 +72,13 @@ def _check(q, router):
 
 
 def _reference(q, k, v, *, causal, mask, scale, sparsity, router):
+    weights = _weights(q, k, v, causal=causal, mask=mask, scale=scale, sparsity=sparsity, router=router)
+    return weights @ repeat_kv(v, q.shape[1])
+
+
+def _weights(q, k, v, *, causal, mask, scale, sparsity, router):
+    """The attention matrix with each chosen query's router score folded in: softmax among the chosen
+    tokens times ``router_i`` (rows of unchosen queries are zero)."""
     _check(q, router)
     B, H, T = router.shape
     chosen = torch.zeros(B, H, T, dtype=torch.bool, device=q.device)
@@ -79,8 +86,8 @@ def _reference(q, k, v, *, causal, mask, scale, sparsity, router):
     allowed = chosen[..., :, None] & chosen[..., None, :]
     if causal:
         allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    out = materialised_attention(q, k, v, causal=False, mask=allowed, scale=scale)
-    return out * torch.where(chosen, router, torch.zeros_like(router))[..., None]
+    weights = materialised_weights(q, k, causal=False, mask=allowed, scale=scale)
+    return weights * torch.where(chosen, router, torch.zeros_like(router))[..., None]
 
 
 def _gathered(q, k, v, *, causal, mask, scale, sparsity, router):
@@ -111,6 +118,7 @@ register(MechanismSpec(
     patterns=frozenset({"causal-self", "noncausal-self"}),
     reference=_reference,
     fast={"gathered": _gathered},
+    weights=_weights,
     params={"sparsity": Param(8, int, "each head keeps tokens // sparsity tokens (at least 2)", low=1)},
     test_params={"sparsity": 4},
     inputs={"router": TensorInput("(B, H, T)", "router scores sigmoid(X W_r) in (0, 1), one per token and head")},

@@ -231,5 +231,6 @@ register(MechanismSpec(
     supports_mask=False,
     flops=_flops,
     complexity="O(N (N / compress_stride + select_count select_block + window))",
+    weights_note="the compression branch attends to blocks an MLP compressed, not to tokens, so the output is not a weighted sum of the values",
     summary="compressed blocks + top-n selected blocks (GQA-shared) + sliding window, mixed by gates",
 ))

@@ -51,9 +51,16 @@ def _parts(q, k, v, scale, landmarks, iterations):
     return left, middle, right, v
 
 
+def nystrom_weights(q, k, v, *, causal, mask, scale, landmarks, iterations):
+    """The approximated attention matrix ``F A^+ B`` (landmark softmaxes around the pseudo-inverse)."""
+    left, middle, right, _ = _parts(q, k, v, scale, landmarks, iterations)
+    return left @ middle @ right
+
+
 def nystrom_reference(q, k, v, *, causal, mask, scale, landmarks, iterations):
-    left, middle, right, v = _parts(q, k, v, scale, landmarks, iterations)
-    return (left @ middle @ right) @ v
+    weights = nystrom_weights(q, k, v, causal=causal, mask=mask, scale=scale, landmarks=landmarks,
+                              iterations=iterations)
+    return weights @ repeat_kv(v, q.shape[1])
 
 
 def nystrom_fast(q, k, v, *, causal, mask, scale, landmarks, iterations):
@@ -72,6 +79,7 @@ register(
         papers=(PAPER,),
         patterns=frozenset({"noncausal-self", "noncausal-cross"}),
         reference=nystrom_reference,
+        weights=nystrom_weights,
         fast={"landmarks": nystrom_fast},
         params={"landmarks": Param(64, int, 'landmarks m (segment means of Q and K)', low=1),
                 "iterations": Param(6, int, 'steps of the iterative pseudo-inverse', low=0)},

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..params import Param
+from ..params import Param, TensorInput
 from ..scores.normalisers import Normaliser
 from ..validation import check_float, check_tensor
 from ..builders.score_pipeline import register_score_mechanism
@@ -65,6 +65,7 @@ register_score_mechanism(
     tensor_inputs=_inputs(False),
     check_inputs=_checker(False),
     postprocess=rms_norm_heads,
+    postprocess_note="the output is an RMSNorm (with gain) of weights @ v over the concatenated heads",
     summary="relu(s) weights, RMSNorm (with gain) over the concatenated head outputs",
 )
 
@@ -73,10 +74,11 @@ register_score_mechanism(
     papers=(PAPER,),
     normaliser=RELU,
     params={"gain": Param(None, torch.Tensor, '(heads, v_dim) RMSNorm gains; None: 1', optional=True),
-            "gate": Param(None, torch.Tensor, '(heads, v_dim) gate weights w of sigmoid(w * z) (required)', optional=True),
             "eps": Param(1e-08, float, 'added inside the RMSNorm', low=0, low_open=True)},
     tensor_inputs=_inputs(True),
+    inputs={"gate": TensorInput("(H, Dv)", "gate weights w of the output gate sigmoid(w * z)")},
     check_inputs=_checker(True),
     postprocess=rms_norm_heads,
+    postprocess_note="the output is an RMSNorm of weights @ v over the concatenated heads, times a sigmoid gate",
     summary="ReLA-g: relu(s) weights, RMSNorm with gain times sigmoid(w * z)",
 )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..params import Param
+from ..params import Param, TensorInput
 from ..kernels.dense import sdpa_attention
 from ..kernels.positions import query_positions
 from ..scores.relative import shaw_gather_mod, shaw_skew_mod
@@ -46,8 +46,8 @@ register_score_mechanism(
     "t5",
     papers=(T5,),
     make_mod=_t5_mod,
-    params={"table": Param(None, torch.Tensor, '(heads, buckets) learned bias per relative-distance bucket (required)', optional=True),
-            "max_distance": Param(128, int, 'distance beyond which buckets stop growing', low=2)},
+    params={"max_distance": Param(128, int, 'distance beyond which buckets stop growing', low=2)},
+    inputs={"table": TensorInput("(H, buckets)", "learned bias per head and relative-distance bucket (at least 4 buckets)")},
     tensor_inputs=lambda q, k, v, g: {"table": torch.randn(q.shape[1], 32, generator=g, dtype=q.dtype)},
     summary="softmax + learned per-head bias of log-bucketed relative distance",
     test_params={"max_distance": 20},
@@ -85,7 +85,7 @@ register_score_mechanism(
     papers=(SHAW, MUSIC),
     make_mod=_shaw_mod(shaw_skew_mod),
     make_reference_mod=_shaw_mod(shaw_gather_mod),
-    params={"table": Param(None, torch.Tensor, '(heads, 2K + 1, head_dim) learned embeddings of clipped distances -K..K (required)', optional=True)},
+    inputs={"table": TensorInput("(H, 2K + 1, D)", "learned embeddings of the relative distances clipped to -K..K, per head")},
     tensor_inputs=lambda q, k, v, g: {
         "table": 0.5 * torch.randn(q.shape[1], 2 * 16 + 1, q.shape[3], generator=g, dtype=q.dtype)
     },

@@ -46,7 +46,7 @@ from torch.utils.checkpoint import checkpoint
 from ..builders.kv_cache_step import kv_cache_step
 from ..kernels.positions import query_positions, repeat_kv
 from ..params import Param, TensorInput
-from ..reference import materialised_attention
+from ..reference import materialised_attention, materialised_weights
 from ..registry import SELF_PATTERNS, MechanismSpec, register
 from ..validation import check_float, check_tensor
 
@@ -96,12 +96,21 @@ def update_centroids(centroids: torch.Tensor, q: torch.Tensor, k: torch.Tensor, 
 
 
 def _reference(q, k, v, *, causal, mask, scale, centroids):
+    return materialised_attention(q, k, v, causal=False, mask=_same_cluster(q, k, causal, centroids), scale=scale)
+
+
+def _weights(q, k, v, *, causal, mask, scale, centroids):
+    """Softmax weights over the keys of the query's cluster (zeros elsewhere)."""
+    return materialised_weights(q, k, causal=False, mask=_same_cluster(q, k, causal, centroids), scale=scale)
+
+
+def _same_cluster(q, k, causal, centroids):
     _check_centroids(q, centroids)
     H, Nq, Nk = q.shape[1], q.shape[2], k.shape[2]
     same = assign_clusters(q, centroids)[..., :, None] == assign_clusters(repeat_kv(k, H), centroids)[..., None, :]
     if causal:
         same = same & (torch.arange(Nk, device=q.device) <= query_positions(Nq, Nk, q.device)[:, None])
-    return materialised_attention(q, k, v, causal=False, mask=same, scale=scale)
+    return same
 
 
 def _chunk_attention(scale, causal):
@@ -173,6 +182,7 @@ register(MechanismSpec(
     patterns=SELF_PATTERNS,
     reference=_reference,
     fast={"clustered": _clustered},
+    weights=_weights,
     step=kv_cache_step(_clustered),
     inputs={"centroids": TensorInput("(H, C, D)", "k-means centroids of each query head (see update_centroids)")},
     tensor_inputs=routing_inputs,

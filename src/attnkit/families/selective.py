@@ -77,6 +77,7 @@ register_score_mechanism(
     "selective",
     papers=("Selective Attention: Enhancing Transformer through Principled Context Control",),
     prepare=selective_prepare,
+    key_weight=lambda q, k, v, *, value_temp=None, **_: value_temp,
     params={"query_temp": Param(None, torch.Tensor, '(batch, heads, q_len) per-query temperatures; None: 1', optional=True),
             "value_temp": Param(None, torch.Tensor, '(batch, kv_heads, kv_len) per-token value temperatures; None: 1', optional=True),
             "position_scale": Param(None, torch.Tensor, '(heads,) weight of the log-position term of the query temperature; None: 0', optional=True)},

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..params import Param
 from ..kernels.dense import sdpa_attention
 from ..kernels.positions import causal_mask, repeat_kv
-from ..reference import materialised_attention
+from ..reference import materialised_attention, materialised_weights
 from ..registry import MechanismSpec, register
 from ..validation import check_int
 
@@ -56,7 +56,17 @@ def _selected(votes, capacity, window, kernel):
     return pooled.topk(capacity - window, dim=-1).indices.sort(dim=-1).values
 
 
-def snapkv_reference(q, k, v, *, causal, mask, scale, prompt, capacity, window, kernel):
+def snapkv_reference(q, k, v, *, causal, mask, scale, **params):
+    return materialised_attention(q, k, v, causal=False, mask=snapkv_kept(q, k, scale=scale, **params), scale=scale)
+
+
+def snapkv_weights(q, k, v, *, causal, mask, scale, **params):
+    """Softmax weights over the keys the cache holds when each query reads it (zeros: dropped)."""
+    return materialised_weights(q, k, causal=False, mask=snapkv_kept(q, k, scale=scale, **params), scale=scale)
+
+
+def snapkv_kept(q, k, *, scale, prompt, capacity, window, kernel):
+    """The ``(B, H, N, N)`` mask of the keys each query reads: causal, the prefix cut after the prompt."""
     _check(prompt, capacity, window, kernel)
     B, H, N, _ = q.shape
     seen = causal_mask(N, N, q.device).expand(B, H, N, N).clone()
@@ -66,7 +76,7 @@ def snapkv_reference(q, k, v, *, causal, mask, scale, prompt, capacity, window, 
         keep = torch.zeros(B, H, prefix, dtype=torch.bool, device=q.device)
         keep.scatter_(-1, _selected(votes, capacity, window, kernel), True)
         seen[:, :, prompt:, :prefix] &= keep[:, :, None, :]
-    return materialised_attention(q, k, v, causal=False, mask=seen, scale=scale)
+    return seen
 
 
 class SnapKVState:
@@ -133,4 +143,5 @@ register(MechanismSpec(
     state_size=_state_size, complexity="O(N capacity) decoding after an O(prompt^2) prefill",
     summary="prompt KV cut to `capacity`: the last `window` prompt queries vote (pooled) for prefix keys",
     test_params={"prompt": 24, "capacity": 12, "window": 4, "kernel": 3},
+    weights=snapkv_weights, extra={"kept": snapkv_kept},
 ))

@@ -10,6 +10,14 @@ on a GPU). The element mask is applied only where a tile is partial; a group
 whose tiles are all full skips it. Rows longer than the step budget are swept
 with an online softmax (running max and sum), as in FlashAttention.
 
+Partial tiles are masked by adding a 0 / -inf table, which is several times
+faster on CPU than a masked fill. A key that is NaN or infinite would turn the
+blocked entries of its column into NaN (NaN + -inf), and so the rows of its tile
+that must not see it; so when the keys are not all finite (a sum over ``k``
+per call) the blocked entries are written as -inf instead, and a NaN key stays
+causal. A NaN *value* behind a blocked entry still reaches the row (0 * NaN),
+as it does in the reference's ``P @ V``.
+
 Softmax without a score modifier — the fast path — is a custom autograd
 function with FlashAttention-2's backward: the forward keeps only the output
 and the row log-sum-exp, and the backward recomputes each tile's probabilities
@@ -35,6 +43,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..masks.layout import BlockLayout
 from ..scores.normalisers import SOFTMAX, Normaliser
+from .nonfinite import all_finite
 from .plan import plan_groups
 
 LOG2E = 1.4426950408889634
@@ -82,6 +91,8 @@ class _Geometry:
         self.hq = 1 if self.per_head else self.H  # query heads per item
         self.hk = 1 if self.per_head else self.Hkv  # kv heads per item
         self.g = self.hq // self.hk
+        # a non-finite key must be masked by writing -inf: adding -inf to its NaN score gives NaN
+        self.keys_finite = all_finite(k)
 
 
 class _Workspace:
@@ -111,7 +122,7 @@ class _BlockSparseSoftmax(torch.autograd.Function):
         groups = plan_groups(layout, geo.B, geo.H, geo.Hkv, geo.hq, budget)
         qs = _blocks(q, geo.bq)  # scaled after each gather: no full-size scaled copy of q
         kb, vb = _blocks(k, geo.bk), _blocks(v, geo.bk)
-        bias, ws = _bias_table(layout, q.dtype), _Workspace(q)
+        bias, ws = _mask_table(layout, q.dtype, geo.keys_finite), _Workspace(q)
         acc = qs.new_zeros(qs.shape[0], geo.bq, geo.Dv)
         row_max = qs.new_zeros(qs.shape[0], geo.bq)
         denom = qs.new_zeros(qs.shape[0], geo.bq)
@@ -136,7 +147,7 @@ class _BlockSparseSoftmax(torch.autograd.Function):
         dob = _blocks(grad_out.contiguous(), geo.bq)
         delta = (dob * out).sum(-1)  # rowsum(dO * O), per query: for rows swept in several steps
         dq, dk, dv = torch.zeros_like(qs), torch.zeros_like(kb), torch.zeros_like(vb)
-        bias, ws = _bias_table(ctx.layout, qs.dtype), _Workspace(qs)
+        bias, ws = _mask_table(ctx.layout, qs.dtype, geo.keys_finite), _Workspace(qs)
         for grp in ctx.groups:
             _backward_group(qs, kb, vb, dob, lse, delta, dq, dk, dv, grp, bias, geo, ws)
         # the scores were (q * scale * log2 e) k^T in base 2; dS is the gradient of the natural-log scores
@@ -169,13 +180,23 @@ def _tile_mask(table, mask_index, geo):
     return m.transpose(1, 2).reshape(R, 1, 1, geo.bq, T * geo.bk)
 
 
-def _bias_table(layout, dtype):
-    """The mask table as additive 0 / -inf (adding is ~20x faster than a broadcast masked_fill on CPU)."""
-    key = ("bias", dtype)
+def _mask_table(layout, dtype, keys_finite):
+    """The mask table as partial tiles apply it: additive 0 / -inf when every key is finite (adding is
+    several times faster than a broadcast masked fill on CPU), else the boolean table of blocked entries."""
+    key = ("bias", dtype) if keys_finite else ("blocked",)
     if key not in layout.cache:
-        layout.cache[key] = torch.zeros(layout.table.shape, dtype=dtype, device=layout.table.device).masked_fill_(
-            ~layout.table, float("-inf"))
+        blocked = ~layout.table
+        layout.cache[key] = blocked if not keys_finite else torch.zeros(
+            layout.table.shape, dtype=dtype, device=layout.table.device).masked_fill_(blocked, float("-inf"))
     return layout.cache[key]
+
+
+def _mask_tile(tile, entry):
+    """Mask one tile slot of the scores in place with its table entries (``_mask_table``'s kind)."""
+    if entry.dtype == torch.bool:
+        tile.masked_fill_(entry, float("-inf"))
+    else:
+        tile.add_(entry)
 
 
 def _scores(qg, kb, grp, c0, c1, bias, geo, ws):
@@ -187,7 +208,7 @@ def _scores(qg, kb, grp, c0, c1, bias, geo, ws):
         tiles = s.view(R, geo.hq, geo.bq, t, geo.bk)
         for slot in grp.partial_slots:  # full tiles need no mask
             if c0 <= slot < c1:
-                tiles[:, :, :, slot - c0].add_(bias.index_select(0, grp.mask_index[:, slot]).unsqueeze(1))
+                _mask_tile(tiles[:, :, :, slot - c0], bias.index_select(0, grp.mask_index[:, slot]).unsqueeze(1))
     return s, kg
 
 

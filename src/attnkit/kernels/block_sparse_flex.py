@@ -9,7 +9,8 @@ whole step's scores. Its index arguments are broadcastable integer tensors
 ``(R, 1, 1, 1)`` when the layout differs per head), ``q_idx (R, 1, bq, 1)``,
 ``kv_idx (R, 1, 1, keys)``; indices of padding rows and keys are clamped to
 the last valid one, and masked out after the modifier (FlexAttention
-applies ``where(mask, score_mod(score), -inf)``; attnkit adds -inf).
+applies ``where(mask, score_mod(score), -inf)``; attnkit adds -inf, or writes
+it when a key is not finite, as the block-sparse kernel does).
 
 Each group sweeps its tiles with an online softmax (running max, sum and
 output). Without autograd on a CPU, the groups are dealt to as many worker
@@ -25,7 +26,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..masks.layout import BlockLayout
-from .block_sparse import LOG2E, _bias_table, _blocks, _gather, _Geometry, _unblock
+from .block_sparse import LOG2E, _blocks, _gather, _Geometry, _mask_table, _mask_tile, _unblock
 from .plan import plan_groups
 from .workers import balance, run_in_threads
 
@@ -99,20 +100,21 @@ class _FlexGroup:
                              f"{tuple(s.shape)}; it must be elementwise in score, b, h, q_idx, kv_idx") from exc
 
     def _mask(self, s, c0, c1):
-        """Add the tiles' 0 / -inf element masks to the base-2 scores of tiles ``c0:c1`` (partial tiles only)."""
+        """Mask the base-2 scores of tiles ``c0:c1`` with the tiles' element masks (partial tiles only)."""
         grp, geo = self.grp, self.geo
         slots = [slot for slot in grp.partial_slots if c0 <= slot < c1] if grp.mask_index is not None else []
         if not slots:
             return s
-        bias = _bias_table(self.layout, s.dtype)
+        table = _mask_table(self.layout, s.dtype, geo.keys_finite)
         R, t = s.shape[0], c1 - c0
-        if not torch.is_grad_enabled():  # in place, tile by tile (adding is far cheaper than masked_fill on CPU)
+        if not torch.is_grad_enabled():  # in place, tile by tile
             tiles = s.view(R, geo.hq, geo.bq, t, geo.bk)
             for slot in slots:
-                tiles[:, :, :, slot - c0].add_(bias.index_select(0, grp.mask_index[:, slot]).unsqueeze(1))
+                _mask_tile(tiles[:, :, :, slot - c0], table.index_select(0, grp.mask_index[:, slot]).unsqueeze(1))
             return s
-        m = bias.index_select(0, grp.mask_index[:, c0:c1].flatten()).view(R, t, geo.bq, geo.bk)
-        return s + m.transpose(1, 2).reshape(R, 1, geo.bq, t * geo.bk)
+        m = table.index_select(0, grp.mask_index[:, c0:c1].flatten()).view(R, t, geo.bq, geo.bk)
+        m = m.transpose(1, 2).reshape(R, 1, geo.bq, t * geo.bk)
+        return s.masked_fill(m, float("-inf")) if m.dtype == torch.bool else s + m
 
     def __call__(self, qs, kb, vb):
         grp, geo = self.grp, self.geo

@@ -4,12 +4,20 @@ The fast path for plain softmax attention: SDPA picks the best kernel for the
 device (flash / memory-efficient / math). attnkit adds only what SDPA does not
 do by itself: bottom-right causal alignment when ``q_len != kv_len``, key
 padding and combined masks, and zeros (not NaN) for fully masked rows.
+
+SDPA applies a mask by adding -inf to the scores (a boolean one too), so a NaN
+or infinite key would reach the rows its mask blocks (NaN + -inf = NaN). When
+a mask is applied and the keys are not all finite (a sum over ``k``), the
+call runs the softmax written out instead, with blocked scores set to -inf, so
+a NaN key stays causal; finite keys (every ordinary call) go to SDPA.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from ..scores.normalisers import SOFTMAX
+from .nonfinite import all_finite
 from .positions import causal_mask
 
 # Devices whose SDPA kernels already return zeros (and finite gradients) for a query row
@@ -34,6 +42,8 @@ def sdpa_attention(q, k, v, *, causal: bool, mask, scale: float, dropout_p: floa
         additive = None
     else:
         additive = mask
+    if not all_finite(k):
+        return _blocked_written_as_minus_inf(q, k, v, allowed, additive, scale, dropout_p)
     if additive is not None:
         # Fold the causal rule into the additive mask; -inf entries mark masked pairs.
         if allowed is not None:
@@ -55,3 +65,20 @@ def sdpa_attention(q, k, v, *, causal: bool, mask, scale: float, dropout_p: floa
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | ~rows_alive, scale=scale, enable_gqa=gqa, dropout_p=dropout_p)
         return out.masked_fill(~rows_alive, 0.0)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale, enable_gqa=gqa, dropout_p=dropout_p)
+
+
+def _blocked_written_as_minus_inf(q, k, v, allowed, additive, scale, dropout_p):
+    """Masked softmax attention whose blocked scores (``allowed`` False, or an additive -inf) are set to
+    -inf rather than added to, for keys that are not all finite: their NaN scores stay in the rows that
+    may see them. Rows with no allowed key are zeros, as everywhere."""
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    if additive is not None:
+        scores = scores + additive
+        open_pairs = ~torch.isneginf(additive)
+        allowed = open_pairs if allowed is None else allowed & open_pairs
+    weights = SOFTMAX.weights(scores, allowed)
+    if dropout_p:
+        weights = F.dropout(weights, dropout_p)
+    return weights @ v

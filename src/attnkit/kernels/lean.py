@@ -71,12 +71,12 @@ def lean_attention(q, k, v, *, causal: bool, mask, scale: float, workers: int = 
     heads = B * Hkv
     qh = (q * scale).reshape(heads, g * Nq, D)  # a kv head's query rows: its g query heads x Nq queries
     kh, vh = k.reshape(heads, Nk, D), v.reshape(heads, Nk, Dv)
-    bias = _bias(mask, causal, B, H, Hkv, Nq, Nk, q)
+    masks = _masks(mask, causal, B, H, Hkv, Nq, Nk, q)
     units = -(-Nk // tile)
     runs = [r for r in stream_k_runs(units, heads, workers) if r[0] < r[1]]
 
     def work(run):
-        return [_partial(qh, kh, vh, bias, piece, tile, Nk) for piece in _pieces(run, units)]
+        return [_partial(qh, kh, vh, masks, piece, tile, Nk) for piece in _pieces(run, units)]
 
     needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if needs_graph or len(runs) == 1 or q.device.type != "cpu":
@@ -88,27 +88,26 @@ def lean_attention(q, k, v, *, causal: bool, mask, scale: float, workers: int = 
     return out.view(B, Hkv, g, Nq, Dv).reshape(B, H, Nq, Dv)
 
 
-def _bias(mask, causal, B, H, Hkv, Nq, Nk, q):
-    """What the pieces add to their scores: ``(B * Hkv, g * Nq, Nk)`` with 0 / -inf (or the additive mask),
-    or None when every pair is allowed (a one-token causal decode step)."""
+def _masks(mask, causal, B, H, Hkv, Nq, Nk, q):
+    """What the pieces apply to their scores, each ``(B * Hkv, g * Nq, Nk)`` or None: an additive
+    float mask, and the boolean ``blocked`` pairs (the causal rule and a boolean mask). Blocked
+    scores are written as -inf, never added: a NaN key's score plus -inf would stay NaN and
+    reach rows that must not see it. Both are None for a one-token causal decode step."""
     allowed = None
     if causal and Nq > 1:
         allowed = torch.arange(Nk, device=q.device) <= query_positions(Nq, Nk, q.device)[:, None]
-    bias = None
+    additive = None
     if mask is not None:
         full = mask.expand(B, H, Nq, Nk)
         if mask.dtype == torch.bool:
             allowed = full if allowed is None else full & allowed
         else:
-            bias = full
-    if allowed is not None:
-        blocked = torch.full((), float("-inf"), dtype=q.dtype, device=q.device)
-        inf_bias = torch.where(allowed.expand(B, H, Nq, Nk), torch.zeros((), dtype=q.dtype, device=q.device), blocked)
-        bias = inf_bias if bias is None else bias + inf_bias
-    return None if bias is None else bias.reshape(B * Hkv, -1, Nk)
+            additive = full.reshape(B * Hkv, -1, Nk)
+    blocked = None if allowed is None else ~allowed.expand(B, H, Nq, Nk).reshape(B * Hkv, -1, Nk)
+    return additive, blocked
 
 
-def _partial(qh, kh, vh, bias, piece, tile, Nk):
+def _partial(qh, kh, vh, masks, piece, tile, Nk):
     """Partial softmax states ``(heads, m, l, o)`` of heads ``h0:h1`` over keys ``u0 * tile : u1 * tile``.
 
     The keys are swept in steps whose scores stay in a core's cache (about
@@ -119,12 +118,16 @@ def _partial(qh, kh, vh, bias, piece, tile, Nk):
     q = qh[h0:h1]
     step = max(256, CACHE_SCORES // (q.shape[0] * q.shape[1]))
     in_place = not torch.is_grad_enabled()
+    additive, blocked = masks
     m = l = o = None
     for a in range(k0, k1, step):
         b = min(k1, a + step)
         s = torch.bmm(q, kh[h0:h1, a:b].transpose(1, 2))
-        if bias is not None:
-            s = s.add_(bias[h0:h1, :, a:b]) if in_place else s + bias[h0:h1, :, a:b]
+        if additive is not None:
+            s = s.add_(additive[h0:h1, :, a:b]) if in_place else s + additive[h0:h1, :, a:b]
+        if blocked is not None:
+            cut = blocked[h0:h1, :, a:b]
+            s = s.masked_fill_(cut, float("-inf")) if in_place else s.masked_fill(cut, float("-inf"))
         # the max only shifts the exponent (it cancels when states merge): no gradient through it
         m_new = s.detach().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(s.dtype).min / 2)
         if m is not None:

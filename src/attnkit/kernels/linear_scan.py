@@ -35,11 +35,8 @@ def parallel(q, k, v, g, S0, *, causal: bool):
     """Materialised form: the ``(N, N)`` decayed score matrix, masked, times ``v``."""
     if not causal:
         return _noncausal(q, k, v, S0)
-    N = q.shape[2]
-    future = ~torch.ones(N, N, dtype=torch.bool, device=q.device).tril()
-    scores = q @ k.transpose(-1, -2)
+    out = parallel_weights(q, k, g, causal=True) @ v
     if g is None:
-        out = scores.masked_fill(future, 0.0) @ v
         S = k.transpose(-1, -2) @ v
         if S0 is not None:
             out, S = out + q @ S0, S + S0
@@ -47,13 +44,9 @@ def parallel(q, k, v, g, S0, *, causal: bool):
     G = g.cumsum(dim=2)
     G_end = G[:, :, -1:]
     if g.ndim == 3:
-        decay = torch.exp((G[..., :, None] - G[..., None, :]).masked_fill(future, float("-inf")))
-        out = (scores * decay) @ v
         q_from_start, k_to_end = q * G.exp()[..., None], k * (G_end - G).exp()[..., None]
         decay_all = G_end.exp()[..., None]
     else:
-        diff = (G[:, :, :, None, :] - G[:, :, None, :, :]).masked_fill(future[..., None], float("-inf"))
-        out = torch.einsum("bhic,bhjc,bhijc->bhij", q, k, diff.exp()) @ v
         q_from_start, k_to_end = q * G.exp(), k * (G_end - G).exp()
         decay_all = G_end.transpose(-1, -2).exp()
     S = k_to_end.transpose(-1, -2) @ v
@@ -61,6 +54,24 @@ def parallel(q, k, v, g, S0, *, causal: bool):
         out = out + q_from_start @ S0
         S = S + decay_all * S0
     return out, S
+
+
+def parallel_weights(q, k, g, *, causal: bool):
+    """The ``(B, H, N, N)`` matrix the parallel form multiplies ``v`` by: ``q k^T`` with the decays
+    ``exp(G_i - G_j)`` (``G`` the cumulative log-decay; per key channel when ``g`` has one), zero
+    above the diagonal when causal."""
+    scores = q @ k.transpose(-1, -2)
+    if not causal:
+        return scores
+    N = q.shape[2]
+    future = ~torch.ones(N, N, dtype=torch.bool, device=q.device).tril()
+    if g is None:
+        return scores.masked_fill(future, 0.0)
+    G = g.cumsum(dim=2)
+    if g.ndim == 3:
+        return scores * torch.exp((G[..., :, None] - G[..., None, :]).masked_fill(future, float("-inf")))
+    diff = (G[:, :, :, None, :] - G[:, :, None, :, :]).masked_fill(future[..., None], float("-inf"))
+    return torch.einsum("bhic,bhjc,bhijc->bhij", q, k, diff.exp())
 
 
 def recurrent(q, k, v, g, S0, *, causal: bool):

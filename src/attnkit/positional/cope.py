@@ -47,6 +47,11 @@ def _scores_and_allowed(s, q_pos, k_pos, mask):
 
 
 def cope_reference(q, k, v, *, mask, scale, pos_emb):
+    return cope_weights(q, k, mask=mask, scale=scale, pos_emb=pos_emb) @ repeat_kv(v, q.shape[1])
+
+
+def cope_weights(q, k, *, mask, scale, pos_emb):
+    """The softmax weights ``(B, H, Nq, Nk)`` over the contextual-position logits ``s + z``."""
     H, Nq, Nk = q.shape[1], q.shape[2], k.shape[2]
     q_pos, k_pos = query_positions(Nq, Nk, q.device), torch.arange(Nk, device=q.device)
     s = (q @ repeat_kv(k, H).transpose(-1, -2)) * scale
@@ -54,7 +59,7 @@ def cope_reference(q, k, v, *, mask, scale, pos_emb):
     gates = torch.sigmoid(s).masked_fill(~allowed, 0.0)
     pos = gates.flip(-1).cumsum(-1).flip(-1).clamp(max=pos_emb.shape[0] - 1)
     z = interpolated_position_logits(pos, q @ pos_emb.T)
-    return SOFTMAX.weights(s + z, allowed) @ repeat_kv(v, H)
+    return SOFTMAX.weights(s + z, allowed)
 
 
 def cope_chunked(q, k, v, *, mask, scale, pos_emb, q_chunk: int, kv_chunk: int):

@@ -1,8 +1,12 @@
 """The report: stored benchmark runs as one self-contained HTML page, and run comparisons.
 
-For each suite the newest run with rows is shown (plots embedded as PNG data
-URIs, so the page opens anywhere, offline): the suite's own ``report(run,
-rows)`` section when it has one, else its rows as a table. The same tables are
+The page opens with the answer (:mod:`.recommend`: the fastest exact and
+approximate mechanism per pattern and length against SDPA, MQAR recall per
+state size, and the machine that holds for). Then, for each suite, the newest
+run with rows (plots embedded as PNG data URIs, so the page opens anywhere,
+offline): the suite's own ``report(run, rows)`` section when it has one, else
+its rows as a table. It ends with a glossary of every column shown
+(:mod:`.glossary`). The same tables are
 written beside the page as Markdown, CSV and JSON. :func:`compare` prints run
 B against run A (e.g. two machines or two versions) row by row, with B/A ratios.
 """
@@ -14,27 +18,11 @@ import json
 from pathlib import Path
 
 from ..store import Store, canonical
-from .parts import errors, to_csv, to_html, to_markdown
-
-STYLE = """
-body { font-family: sans-serif; margin: 2em; max-width: 1200px; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 12px; }
-th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: left; }
-th { background: #eee; } td.ok { background: #d8f5d0; } td.refused { background: #eee; color: #777; }
-td.bad { background: #f8d0d0; } img { max-width: 100%; display: block; margin: 0.5em 0; }
-.meta { color: #555; font-size: 12px; }
-"""
-
-# Marks the page once every image has decoded, so a headless browser's DOM dump shows it rendered them.
-IMAGE_CHECK = """
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-  document.body.setAttribute('data-images', imgs.length);
-  document.body.setAttribute('data-images-rendered', ok);
-});
-"""
-
+from . import plots
+from .glossary import glossary_html
+from .page import html_page
+from .parts import columns, errors, to_csv, to_html, to_markdown
+from .recommend import recommendation
 
 def default_section(name: str, run: dict, rows: list[dict]) -> tuple[str, dict]:
     """A suite without a ``report`` function: its rows as one table."""
@@ -42,32 +30,42 @@ def default_section(name: str, run: dict, rows: list[dict]) -> tuple[str, dict]:
     return to_html(measured) + errors(rows), {name: rows}
 
 
-def write_report(store: Store, out: Path) -> Path:
-    """Write ``report.html``, ``tables.md``, one CSV per table and ``results.json`` into ``out``."""
+def write_report(store: Store, out: Path, explain: str | None = None) -> Path:
+    """Write ``report.html``, ``tables.md``, one CSV per table and ``results.json`` into ``out``; with
+    ``explain`` (a text), the page also shows what MiniLM attends to in it (:mod:`.explain`)."""
     from ..suites import all_suites
 
     out.mkdir(parents=True, exist_ok=True)
-    body, tables, runs, missing = [], {}, {}, []
-    for name, module in all_suites().items():
+    plots.new_palette()
+    body, tables, runs, missing, latest = [], {}, {}, [], {}
+    suites = all_suites()
+    for name, module in suites.items():
         run = store.latest_run(name)
         if run is None:
             if getattr(module, "REPORTED", True):
                 missing.append(name)
             continue
-        rows = store.rows(run["id"])
-        section = getattr(module, "report", None)
+        latest[name] = (run, store.rows(run["id"]))
+    answer, answer_tables = recommendation(latest)
+    tables.update(answer_tables)
+    for name, (run, rows) in latest.items():
+        section = getattr(suites[name], "report", None)
         fragment, suite_tables = section(run, rows) if section else default_section(name, run, rows)
         body += [f'<h2 id="{name}">{name}</h2>', f'<p class="meta">{html.escape(describe_run(run))}</p>', fragment]
         tables.update(suite_tables)
         runs[name] = {k: run[k] for k in ("id", "config", "machine", "torch", "attnkit", "git_rev", "status")}
+    if explain is not None:
+        from .explain import explain_html
+
+        body += ["<h2 id='explain'>What MiniLM attends to</h2>",
+                 f"<p>{html.escape(explain)}</p>", explain_html(explain, "minilm", ["rollout", "weights"])]
     if missing:
         body.append("<h2>Not run yet</h2><p>No stored run for: " + ", ".join(
             f"<code>attnkit bench {html.escape(n)}</code>" for n in missing) + "</p>")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>attnkit benchmark report</title>"
-            f"<style>{STYLE}</style></head><body><h1>attnkit benchmark report</h1>"
-            f"<p class='meta'>written {stamp} from {html.escape(str(store.path))}</p>{''.join(body)}"
-            f"<script>{IMAGE_CHECK}</script></body></html>")
+    page = html_page("attnkit benchmark report",
+                     f"<p class='meta'>written {stamp} from {html.escape(str(store.path))}</p>{answer}{''.join(body)}"
+                     f"{glossary_html([c for rows in tables.values() for c in columns(rows)])}")
     (out / "report.html").write_text(page)
     (out / "tables.md").write_text("".join(f"## {name}\n\n{to_markdown(rows)}\n" for name, rows in tables.items()))
     for name, rows in tables.items():

@@ -7,6 +7,8 @@ import html
 import io
 import json
 
+from .glossary import title
+
 
 def columns(rows: list[dict]) -> list[str]:
     cols: list[str] = []
@@ -28,7 +30,7 @@ def to_html(rows: list[dict], css: dict[str, str] | None = None) -> str:
     if not rows:
         return "<p><em>no rows</em></p>"
     cols = columns(rows)
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    head = "".join(f'<th title="{html.escape(title(c))}">{html.escape(c)}</th>' for c in cols)
     body = []
     for r in rows:
         cells = []
@@ -73,4 +75,16 @@ def errors(rows: list[dict]) -> str:
 
 def gemm(run: dict) -> float | None:
     """The run's fp32 GEMM GFLOP/s (measured when it started)."""
-    return run["machine"].get("gemm_gflops_fp32")
+    g = run["machine"].get("gemm_gflops_fp32")
+    return float(g) if isinstance(g, (int, float)) else None
+
+
+def gemm_note(per_row: list, run: dict) -> str:
+    """Names the GEMM rate a "fraction of GEMM" was divided by: the rows' own (each kernel worker
+    measures it before timing) when they carry one, else the run's."""
+    rates = sorted(float(g) for g in per_row if isinstance(g, (int, float)))
+    if not rates:
+        return f"the run's fp32 GEMM ({gemm(run):.4g} GFLOP/s)" if gemm(run) else "GEMM (not measured)"
+    lo, hi = rates[0], rates[-1]
+    figure = f"{lo:.4g} GFLOP/s" if f"{lo:.3g}" == f"{hi:.3g}" else f"{lo:.4g}-{hi:.4g} GFLOP/s"
+    return f"the fp32 GEMM measured in the same worker ({figure})"

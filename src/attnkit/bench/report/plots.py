@@ -1,13 +1,45 @@
-"""The report's figures: matplotlib (Agg) rendered to PNG and embedded as data URIs."""
+"""The report's figures: matplotlib (Agg) rendered to PNG and embedded as data URIs.
+
+Every figure is as wide as the page (panels wrap three to a row), and a
+mechanism keeps one colour in every figure of a report: :func:`colour` hands
+out colours in the order names are first drawn, after :func:`new_palette`
+(which :func:`attnkit.bench.report.write_report` calls once per page). The
+baselines have fixed colours: SDPA black, compiled FlexAttention grey, the
+materialised reference brown.
+"""
 from __future__ import annotations
 
 import base64
 import io
+import math
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+WIDTH = 12.0  # inches: the page's width at 90 dpi
+PANELS_PER_ROW = 3
+FIXED = {"sdpa": "#000000", "flex": "#8a8a8a", "reference": "#8c564b"}
+CYCLE = [c for c in plt.get_cmap("tab10").colors if c != plt.get_cmap("tab10").colors[5]]  # tab10 minus brown
+CYCLE += list(plt.get_cmap("Dark2").colors) + list(plt.get_cmap("tab20b").colors)
+_assigned: dict[str, object] = {}
+
+
+def new_palette() -> None:
+    """Forget the colours handed out so far (one palette per report page)."""
+    _assigned.clear()
+
+
+def colour(name: str):
+    """The colour of mechanism or baseline ``name`` in this report (the same in every figure)."""
+    key = str(name)
+    for base, fixed in FIXED.items():
+        if key == base or key.endswith(f"[{base}]") or key.startswith(f"{base} "):
+            return fixed
+    if key not in _assigned:
+        _assigned[key] = CYCLE[len(_assigned) % len(CYCLE)]
+    return _assigned[key]
 
 
 def to_data_uri(fig) -> str:
@@ -17,20 +49,37 @@ def to_data_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def panel_grid(count: int, height: float = 3.4):
+    """A page-wide figure with ``count`` panels, three to a row; the unused axes are hidden."""
+    cols = min(count, PANELS_PER_ROW)
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, height * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
+
+
 def lines_by_panel(rows: list[dict], *, panel: str | None, series: str, x: str, y: str, title: str,
-                   ylabel: str, logx: bool = True, logy: bool = True) -> str | None:
-    """One subplot per value of ``panel`` (or one plot), one line per value of ``series``: y against x."""
+                   ylabel: str, logx: bool = True, logy: bool = True, style: str | None = None) -> str | None:
+    """One panel per value of ``panel`` (or one plot), one line per value of ``series`` (its colour:
+    :func:`colour`), and per value of ``style`` (if given) a line style: y against x."""
     rows = [r for r in rows if isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float))]
     if not rows:
         return None
     panels = sorted({str(r.get(panel)) for r in rows}) if panel else ["all"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], panels):
+    styles = sorted({str(r.get(style)) for r in rows}) if style else [None]
+    dashes = dict(zip(styles, ["-", "--", ":", "-."] * len(styles)))
+    fig, axes = panel_grid(len(panels))
+    for ax, name in zip(axes, panels):
         mine = [r for r in rows if not panel or str(r.get(panel)) == name]
         for label in sorted({str(r[series]) for r in mine}):
-            pts = sorted((r[x], r[y]) for r in mine if str(r[series]) == label)
-            style = "--" if "sdpa" in label or "flex" in label or "reference" in label else "-"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3, label=label)
+            for kind in styles:
+                pts = sorted((r[x], r[y]) for r in mine
+                             if str(r[series]) == label and (kind is None or str(r.get(style)) == kind))
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], dashes[kind], marker="o", ms=3,
+                            color=colour(label), label=label if kind is None else f"{label} {kind}")
         if logx:
             ax.set_xscale("log", base=2)
         if logy:
@@ -38,7 +87,7 @@ def lines_by_panel(rows: list[dict], *, panel: str | None, series: str, x: str, 
         ax.set_xlabel(x)
         ax.set_ylabel(ylabel)
         ax.set_title(name if panel else title, fontsize=9)
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     if panel:
         fig.suptitle(title, fontsize=10)
@@ -51,12 +100,14 @@ def accuracy_vs_state(best: list[dict]) -> str | None:
     if not rows:
         return None
     settings = sorted({(r["L"], r["K"]) for r in rows})
-    fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 3.6), squeeze=False)
-    for ax, (seq_len, num_kv) in zip(axes[0], settings):
+    fig, axes = panel_grid(len(settings))
+    for ax, (seq_len, num_kv) in zip(axes, settings):
         for role in sorted({r["role"] for r in rows}):
-            pts = sorted((r["state_size"], r["accuracy"]) for r in rows
-                         if r["role"] == role and (r["L"], r["K"]) == (seq_len, num_kv))
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=role)
+            mine = [r for r in rows if r["role"] == role and (r["L"], r["K"]) == (seq_len, num_kv)]
+            pts = sorted((r["state_size"], r["accuracy"]) for r in mine)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=role,
+                        color=colour(mine[0].get("mechanism") or role))
         ax.set_xscale("log")
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("state size (numbers per layer)")
@@ -65,3 +116,19 @@ def accuracy_vs_state(best: list[dict]) -> str | None:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     return to_data_uri(fig)
+
+
+def speed_memory_gemm(lines: list[dict], *, what: str, gemm_note: str, style: str | None = None) -> list[tuple]:
+    """The three figures the kernel matrix and CAB share, one panel per ``pattern``, one colour per
+    ``mechanism``: time, peak memory and FLOP/s as a fraction of GEMM (``fraction_of_gemm``, divided
+    by the figure ``gemm_note`` names) against N. Returns ``[(data URI or None, title), ...]``."""
+    common = dict(panel="pattern", series="mechanism", x="N", style=style)
+    titles = (f"{what}: time vs N (black: SDPA with the same mask, grey: compiled FlexAttention, brown: "
+              f"materialised reference)", f"{what}: peak memory of one call vs N (fresh subprocess)",
+              f"{what}: FLOP/s as a fraction of {gemm_note}")
+    return [
+        (lines_by_panel(lines, y="seconds", ylabel="seconds (lower is better)", title=titles[0], **common), titles[0]),
+        (lines_by_panel(lines, y="peak_mb", ylabel="MiB (lower is better)", title=titles[1], **common), titles[1]),
+        (lines_by_panel(lines, y="fraction_of_gemm", ylabel="fraction of GEMM (higher is better)", logy=False,
+                        title=titles[2], **common), titles[2]),
+    ]

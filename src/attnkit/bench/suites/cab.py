@@ -202,32 +202,26 @@ def run(args) -> int:
 
 def report(run: dict, rows: list[dict]) -> tuple[str, dict]:
     from ..report import plots
-    from ..report.parts import errors, gemm, image, to_html
+    from ..report.parts import errors, gemm, gemm_note, image, to_html
 
-    gemm = gemm(run)
+    rate = gemm(run)
     matrix = [{"mechanism": r["probe"], **{p: r[p] for p in PATTERNS},
                "disagrees with spec": ", ".join(r["disagrees_with_spec"]) or "-"} for r in rows if "probe" in r]
     timed = [r for r in rows if "seconds" in r]
-    for r in timed:
-        r["label"] = r["mechanism"] + (f"[{r['form']}]" if r.get("form") else "")
-        r["pattern"] = "causal-self" if r["causal"] else "noncausal-self"
-        if gemm and "gflops" in r:
-            r["fraction_of_gemm"] = r["gflops"] / gemm
+    lines = [{"mechanism": r["mechanism"] + (f"[{r['form']}]" if r.get("form") else ""),
+              "pattern": "causal-self" if r["causal"] else "noncausal-self", "N": r["N"], "seconds": r["seconds"],
+              "peak_mb": r.get("peak_mb"),
+              "fraction_of_gemm": r["gflops"] / rate if rate and "gflops" in r else None} for r in timed]
     eff = efficiency_table(rows)
+    figures = plots.speed_memory_gemm(lines, what="CAB forward", gemm_note=gemm_note([], run) + " (the quadratic "
+                                      "mechanisms: the others have no FLOP count)")
     parts = [
         "<h3>Pattern matrix (each mechanism run under each pattern)</h3>", to_html(matrix, PATTERN_CSS),
         "<h3>Efficiency length against vanilla attention</h3>", to_html(eff),
-        image(plots.lines_by_panel(timed, panel="pattern", series="label", x="N", y="seconds",
-                                   title="forward time vs N (dashed: softmax via SDPA and materialised reference)",
-                                   ylabel="seconds"), "CAB time vs N"),
-        image(plots.lines_by_panel(timed, panel="pattern", series="label", x="N", y="peak_mb",
-                                   title="peak memory of one forward vs N (fresh subprocess)", ylabel="MiB"),
-             "CAB memory vs N"),
-        image(plots.lines_by_panel(timed, panel="pattern", series="label", x="N", y="fraction_of_gemm",
-                                   title=f"softmax-family FLOP/s as a fraction of GEMM ({gemm} GFLOP/s)",
-                                   ylabel="fraction of GEMM", logy=False), "CAB GEMM fraction"),
-        errors(rows),
+        *(image(uri, alt) for uri, alt in figures), errors(rows),
     ]
-    timings = [{k: r.get(k) for k in ("mechanism", "form", "pattern", "N", "seconds", "tokens_per_s", "gflops",
-                                      "fraction_of_gemm", "peak_mb")} for r in timed]
+    timings = [{"mechanism": r["mechanism"], "form": r.get("form"), "pattern": line["pattern"], "N": r["N"],
+                **{k: r.get(k) for k in ("seconds", "tokens_per_s", "gflops")},
+                "fraction_of_gemm": line["fraction_of_gemm"], "peak_mb": r.get("peak_mb")}
+               for r, line in zip(timed, lines)]
     return "\n".join(parts), {"cab_patterns": matrix, "cab_efficiency_length": eff, "cab_timings": timings}

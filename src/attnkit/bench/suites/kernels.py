@@ -2,7 +2,8 @@
 
 Every (pattern, N) runs in two fresh subprocesses. The first measures attnkit's
 peak memory per direction (:func:`attnkit.bench.memory.peak_mb` over one call: anonymous
-memory sampled while it runs, minus the level before it), with glibc told to
+memory sampled while it runs, minus the level before it), and SDPA's forward peak with the
+equivalent boolean mask (made before the call, so not counted), with glibc told to
 map every buffer so that no allocation hides in freed heap. The second, with
 the default allocator as users run, measures in this order: the fp32 GEMM
 rate; attnkit (``attnkit.attention`` with the pattern's mechanism) forward,
@@ -41,12 +42,14 @@ from ..timing import median_seconds
 
 THREADS = 2
 DIRECTIONS = ("fwd", "fwdbwd")
-COLUMNS = ("pattern", "n", "direction", "seconds", "peak_mb", "mem_x_qkv", "gflops", "gemm_ratio", "sdpa_ratio",
-           "flex_ratio", "flex_cap", "density")
+COLUMNS = ("pattern", "N", "direction", "seconds", "peak_mb", "mem_x_qkv", "sdpa_mem_ratio", "gflops", "gemm_ratio",
+           "sdpa_ratio", "flex_ratio", "flex_cap", "density")
+KEY = ("suite", "pattern", "n", "direction")  # what the worker's row repeats of the item's key
+QUICK_N = [1024, 2048, 4096]
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--quick", action="store_true", help=f"patterns {','.join(QUICK)} at N=4096")
+    p.add_argument("--quick", action="store_true", help=f"patterns {','.join(QUICK)} at N={','.join(map(str, QUICK_N))}")
     p.add_argument("--patterns", type=choices(PATTERNS, "pattern"), default=None,
                    help="comma list of patterns (`attnkit masks list`; default: the LongCA list)")
     p.add_argument("--n", type=ints, default=None, help="comma list of sequence lengths (default 16384)")
@@ -77,7 +80,7 @@ def estimate_bytes(args, n: int) -> float:
 
 def run(args) -> int:
     patterns = args.patterns or ([] if args.flex_cases else QUICK if args.quick else DEFAULT)
-    sizes = args.n or ([4096] if args.quick else [16384])
+    sizes = args.n or (QUICK_N if args.quick else [16384])
     directions = args.directions
     for n in sizes:
         require(estimate_bytes(args, n), f"bench kernels at N={n}, B={args.batch}, H={args.heads}, D={args.head_dim}")
@@ -96,7 +99,7 @@ def run(args) -> int:
             measured[key] = {r["direction"]: r for r in _run_subprocess(args, *key)}
         if item["direction"] not in measured[key]:
             raise RuntimeError(f"the worker for {key[0]} N={key[1]} returned no {item['direction']} row")
-        return measured[key][item["direction"]]
+        return {k: v for k, v in measured[key][item["direction"]].items() if k not in KEY}
 
     code, run_id = run_items("kernels", config, items, measure, args,
                              describe=lambda it: f"{it['pattern']} N={it['N']} {it['direction']}")
@@ -124,15 +127,19 @@ def _run_subprocess(args, name, n) -> list[dict]:
     else:
         mem = subprocess.CompletedProcess(cmd, 0, "", "")
     res = subprocess.run(cmd, capture_output=True, text=True)
-    peaks = {m["direction"]: m["peak_mb"] for m in _lines(mem.stdout, "MEM ")}
+    peaks = {m["direction"]: m for m in _lines(mem.stdout, "MEM ")}
     rows = _lines(res.stdout, "ROW ")
     if res.returncode != 0 or mem.returncode != 0 or not rows:
         failed = res if res.returncode != 0 or not rows else mem
         print(f"  {name} N={n}: worker failed ({failed.returncode}): {failed.stderr.strip().splitlines()[-1:]}")
     for r in rows:
-        r["peak_mb"] = peaks.get(r["direction"])
+        peak = peaks.get(r["direction"], {})
+        r["peak_mb"] = peak.get("peak_mb")
         r["mem_x_qkv"] = r["peak_mb"] / r.pop("qkv_mb") if r["peak_mb"] is not None else None
-        print("  " + "  ".join(f"{c}={_fmt(r.get(c))}" for c in COLUMNS), flush=True)
+        if peak.get("sdpa_peak_mb") and r["peak_mb"] is not None:
+            r["sdpa_peak_mb"] = peak["sdpa_peak_mb"]
+            r["sdpa_mem_ratio"] = r["peak_mb"] / peak["sdpa_peak_mb"]
+        print("  " + "  ".join(f"{c}={_fmt({**r, 'N': n}.get(c))}" for c in COLUMNS), flush=True)
     return rows
 
 
@@ -190,8 +197,13 @@ def _worker(args) -> int:
     if args.memory:  # this process runs with MALLOC_ENV: peaks only, one call per direction
         for direction in args.directions:
             with torch.set_grad_enabled(direction == "fwdbwd"):
-                print("MEM " + json.dumps({"direction": direction,
-                                           "peak_mb": peak_mb(lambda: ours(direction == "fwdbwd"))[1]}), flush=True)
+                peaks = {"direction": direction, "peak_mb": peak_mb(lambda: ours(direction == "fwdbwd"))[1]}
+            if direction == "fwd" and not args.no_sdpa and n <= 32768:  # SDPA's masked forward, mask made before
+                dense = dense_pattern(mask, B, H, n, n, device=q.device).contiguous()
+                with torch.no_grad():
+                    peaks["sdpa_peak_mb"] = peak_mb(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=dense))[1]
+                del dense
+            print("MEM " + json.dumps(peaks), flush=True)
         return 0
     gemm = gemm_gflops(device=args.device)
     floor = layout.computed_pairs * (4 * D / (gemm * 1e9) + exp_seconds_per_element())
@@ -264,30 +276,24 @@ def report(run: dict, rows: list[dict]) -> tuple[str, dict]:
     """The kernel matrix (rows of ``attnkit bench kernels``): attnkit against the SDPA and compiled
     FlexAttention baselines of the same run, whose times are attnkit's times times the stored ratios."""
     from ..report import plots
-    from ..report.parts import errors, gemm, image, to_html
+    from ..report.parts import errors, gemm_note, image, to_html
 
+    rows = [{k: v for k, v in r.items() if k not in ("suite", "n")} for r in rows]  # older runs repeated the key
     lines = []
     for r in rows:
         if "seconds" not in r:
             continue
-        where = {"pattern": r["pattern"], "N": r["n"], "direction": r["direction"]}
-        lines.append({**where, "label": f"attnkit {r['direction']}", "seconds": r["seconds"],
-                      "peak_mb": r.get("peak_mb"), "fraction_of_gemm": r.get("gemm_ratio")})
+        where = {"pattern": r["pattern"], "N": r["N"], "direction": r["direction"]}
+        mechanism = PATTERNS[r["pattern"]].mechanism if r["pattern"] in PATTERNS else r["pattern"]
+        lines.append({**where, "mechanism": mechanism, "seconds": r["seconds"], "peak_mb": r.get("peak_mb"),
+                      "fraction_of_gemm": r.get("gemm_ratio")})
         for base in ("sdpa", "flex"):
             if r.get(f"{base}_ratio"):
-                lines.append({**where, "label": f"{base} {r['direction']}", "seconds": r["seconds"] * r[f"{base}_ratio"]})
-    parts = [
-        image(plots.lines_by_panel(lines, panel="pattern", series="label", x="N", y="seconds",
-                                   title="time vs N (dashed: SDPA with the equivalent mask, compiled FlexAttention)",
-                                   ylabel="seconds"), "kernel time vs N"),
-        image(plots.lines_by_panel(lines, panel="pattern", series="label", x="N", y="peak_mb",
-                                   title="attnkit peak memory vs N (fresh subprocess)", ylabel="MiB"),
-             "kernel memory vs N"),
-        image(plots.lines_by_panel(lines, panel="pattern", series="label", x="N", y="fraction_of_gemm",
-                                   title=f"attnkit FLOP/s as a fraction of the same run's GEMM ({gemm(run)} GFLOP/s)",
-                                   ylabel="fraction of GEMM", logy=False), "kernel GEMM fraction"),
-        to_html(rows), errors(rows),
-    ]
+                lines.append({**where, "mechanism": base, "seconds": r["seconds"] * r[f"{base}_ratio"],
+                              "peak_mb": r.get("sdpa_peak_mb") if base == "sdpa" else None})
+    figures = plots.speed_memory_gemm(lines, what="kernel matrix", style="direction",
+                                      gemm_note=gemm_note([r.get("gemm_gflops") for r in rows], run))
+    parts = [image(uri, alt) for uri, alt in figures] + [to_html(rows), errors(rows)]
     return "\n".join(parts), {"kernels": rows}
 
 

@@ -11,15 +11,22 @@ random Llama built from a config (transformers, GQA, RoPE):
   has random weights: only the agreement means something there);
 - at ``--context`` tokens (16k by default): the cache's bytes after prefill and
   its peak allocated bytes while decoding ``--decode`` tokens, against the full
-  cache's keys and values; the peak while prefilling (a layer's full prompt KV
-  exists while it is compressed, beside the compressed layers before it); decode tokens/s against the full cache measured
+  cache's keys and values; the peak while prefilling: with ``--chunk`` (default
+  256) the prompt is prefilled again in chunks through
+  :func:`attnkit.cache.chunked.prefill`, compressing as they arrive, for every
+  policy that can (``prefill_mode`` "chunked exact" / "chunked approximate");
+  the others need the whole prompt ("whole prompt": the compressed layers plus
+  the full and compressed copies of the layer being compressed); decode tokens/s against the full cache measured
   right after it in the same process (in turns; the machine may be shared);
   the time the policy takes to compress the prefilled prompt (the prefill
   itself is the same full-attention pass for every policy and is reported once).
 
 The prompt is prefilled once per model (every policy compresses after the
 prompt attended to itself in full, so each policy is applied to the recorded
-prefill). Passkey retrieval is not measured (neither model was trained on it).
+prefill), apart from the chunked prefill runs. RazorAttention's retrieval
+heads are found on each model first (echo and induction scores on a random
+block of 64 tokens repeated). Passkey retrieval is not measured (neither model
+was trained on it).
 """
 from __future__ import annotations
 
@@ -30,12 +37,14 @@ import torch
 import torch.nn.functional as F
 
 from ... import cache as kv
+from ...cache.chunked import prefill
 from ..kv_runs import AttnkitLM, TinyLlama, compress
-from ..options import floats, names, positive_int
+from ..options import floats, names, non_negative_int, positive_int
 from ..runner import run_items
 
 THREADS = 1  # decode steps are small: one thread is fastest on a shared machine
-POLICIES = ("streaming", "h2o", "tova", "snapkv", "knorm", "pyramidkv", "expected", "kivi8", "kivi4", "kivi2")
+POLICIES = ("streaming", "h2o", "tova", "snapkv", "knorm", "pyramidkv", "expected", "adakv", "razor", "snapkv-kivi4",
+            "kivi8", "kivi4", "kivi2")
 
 
 def make_policy(name: str, budget: float, model, slack: int = 0):
@@ -46,7 +55,10 @@ def make_policy(name: str, budget: float, model, slack: int = 0):
               "tova": lambda: kv.TOVA(budget, slack=slack), "snapkv": lambda: kv.SnapKV(budget, window=8),
               "knorm": lambda: kv.KeyNorm(budget, slack=slack),
               "pyramidkv": lambda: kv.PyramidKV(kv.SnapKV(budget, window=8), layers=model.layers),
-              "expected": lambda: kv.ExpectedAttention(budget, rotate=model.rotate)}
+              "expected": lambda: kv.ExpectedAttention(budget, rotate=model.rotate),
+              "adakv": lambda: kv.AdaKV(kv.SnapKV(budget, window=8)),
+              "razor": lambda: kv.RazorAttention(budget, retrieval=model.retrieval()),
+              "snapkv-kivi4": lambda: kv.KIVI(4, under=kv.SnapKV(budget, window=8))}
     if name not in scorer:
         raise ValueError(f"unknown policy {name!r}; expected one of {', '.join(POLICIES)}")
     return scorer[name]()
@@ -102,6 +114,18 @@ def decode_speed(model, recorded, policy, tokens: int) -> dict:
             "compress_seconds": seconds_compress}
 
 
+def chunked_prefill(model, ids, policy, chunk: int):
+    """The chunked prefill's peak bytes and time, or ``None`` when the policy needs the whole prompt."""
+    mode = getattr(policy, "chunked", None)
+    if not chunk or policy is None or mode is None:
+        return None
+    t0 = time.perf_counter()
+    done = prefill(model.model, ids, policy, chunk=chunk)
+    seconds = time.perf_counter() - t0
+    _close(done.cache)
+    return {"prefill_peak_bytes": done.peak_bytes, "seconds": seconds, "mode": mode}
+
+
 def _close(cache):
     if hasattr(cache, "close"):
         cache.close()
@@ -116,6 +140,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--decode", type=positive_int, default=32, help="tokens decoded in the speed runs")
     parser.add_argument("--ppl-context", type=positive_int, default=256, help="window of the quality runs")
     parser.add_argument("--windows", type=positive_int, default=32, help="held-out windows of the quality runs")
+    parser.add_argument("--chunk", type=non_negative_int, default=256,
+                        help="tokens per prefill chunk in the chunked-prefill memory runs (0: not run)")
     parser.add_argument("--slack", type=float, default=1 / 16,
                         help="decode-time evictions run once the cache holds budget x (1 + slack) tokens "
                              "(0: after every token, as the papers)")
@@ -154,10 +180,12 @@ def run(args) -> int:
             vocab = model.model.config.vocab_size
             windows = held_out_windows(codec, args.ppl_context, args.windows, vocab)
             t0 = time.perf_counter()
-            _, recorded = model.prefill(torch.randint(0, vocab, (1, args.context), generator=torch.Generator().manual_seed(0)))
+            ids = torch.randint(0, vocab, (1, args.context), generator=torch.Generator().manual_seed(0))
+            _, recorded = model.prefill(ids)
             prefill = time.perf_counter() - t0
             ppl, argmax = decode_quality(model, windows, None)
-            prepared[model.name] = dict(windows=windows, recorded=recorded, prefill=prefill, ppl=ppl, argmax=argmax)
+            prepared[model.name] = dict(windows=windows, recorded=recorded, prefill=prefill, ppl=ppl, argmax=argmax,
+                                        ids=ids)
             print(f"{model.name}: prefill of {args.context} tokens {prefill:.1f} s (full attention, every policy); "
                   f"full-cache perplexity {ppl:.3f}")
         return prepared[model.name]
@@ -177,11 +205,14 @@ def run(args) -> int:
         after = decode_speed(model, base["recorded"], None, args.decode)
         full = {"tokens_per_s": (before["tokens_per_s"] + after["tokens_per_s"]) / 2}
         full_bytes = sum(2 * s.k.numel() * s.k.element_size() for s, _, _ in base["recorded"].layers.values())
+        chunked = chunked_prefill(model, base["ids"], policy(args.context), args.chunk)
         row = {"perplexity": round(ppl, 4), "perplexity_vs_full": round(ppl / base["ppl"], 4),
                "argmax_agreement": round(float((argmax == base["argmax"]).float().mean()), 4),
                "bytes_after_prefill": speed["bytes_after_prefill"], "peak_bytes": speed["peak_bytes"],
                "full_bytes": full_bytes, "peak_vs_full": round(speed["peak_bytes"] / full_bytes, 4),
-               "prefill_peak_vs_full": round(speed["prefill_peak_bytes"] / full_bytes, 4),
+               "prefill_peak_vs_full": round((chunked or speed)["prefill_peak_bytes"] / full_bytes, 4),
+               "prefill_mode": f"chunked {chunked['mode']}" if chunked else "whole prompt",
+               "chunked_prefill_seconds": round(chunked["seconds"], 2) if chunked else None,
                "decode_tokens_per_s": round(speed["tokens_per_s"], 1),
                "decode_vs_full": round(speed["tokens_per_s"] / full["tokens_per_s"], 3),
                "compress_seconds": round(speed["compress_seconds"], 3), "prefill_seconds": round(base["prefill"], 2),
@@ -196,3 +227,21 @@ def run(args) -> int:
                                             "windows", "slack")}
     code, _ = run_items("kv", config, items, measure, args)
     return code
+
+
+def report(run: dict, rows: list[dict]) -> tuple[str, dict]:
+    from ..report import plots
+    from ..report.parts import errors, image, to_html
+
+    measured = [r for r in rows if "error" not in r and r.get("budget") is not None]
+    figures = [
+        plots.lines_by_panel(measured, panel="model", series="policy", x="budget", y=y, title=title, ylabel=label,
+                             logx=False, logy=False)
+        for y, title, label in (
+            ("peak_vs_full", f"cache memory while decoding vs budget, {run['config'].get('context')} tokens",
+             "peak memory (x full cache)"),
+            ("prefill_peak_vs_full", "cache memory while prefilling vs budget", "prefill peak (x full cache)"),
+            ("decode_vs_full", "decode tokens/s vs budget", "decode tokens/s (x full cache)"),
+            ("perplexity_vs_full", "held-out perplexity vs budget", "perplexity (x full cache)"))]
+    parts = [image(f, "kv cache policies vs budget") for f in figures] + [to_html(rows), errors(rows)]
+    return "\n".join(parts), {"kv": rows}

@@ -9,7 +9,8 @@ it against the mechanism's recurrent state size.
 
 Mechanisms are looked up in the registry by *role* (the published picture names
 roles: attention, plain elu+1 linear attention, Based, a sliding window, the
-gated delta rule); a role nobody has registered yet gets a "not registered" row.
+gated delta rule; beside them NSA and MoBA, whose queries choose their key blocks
+from the content); a role nobody has registered yet gets a "not registered" row.
 Each role says how its layer is built (``qk_dim``: Based projects q, k to 16;
 ``layer``: the Gated DeltaNet layer's short convolutions and gated output norm)
 and which learning rates the quick sweep tries for it. ``--mechanisms a,b`` runs
@@ -28,15 +29,21 @@ from ..options import choices, floats, names, positive_int
 from ..runner import run_items
 from ..store import Store
 
-# role -> registered names to look for, parameter overrides, q/k head dim (None: d / heads) and layer pieces
-# (Mixer options). Based's q/k dim 16 is the paper's feature dim (153 Taylor features); the Gated DeltaNet
-# layer (fla, Zoology's gated_delta_net mixer) has short convolutions on q, k, v and a gated RMS norm.
+# role -> registered names to look for, parameter overrides, q/k head dim (None: d / heads), layer pieces
+# (Mixer options) and the form to run (None: the default). Based's q/k dim 16 is the paper's feature dim
+# (153 Taylor features); the Gated DeltaNet layer (fla, Zoology's gated_delta_net mixer) has short
+# convolutions on q, k, v and a gated RMS norm.
 ROLES = {
     "attention": {"candidates": ("softmax",)},
     "linear (elu+1)": {"candidates": ("linear",)},
     "based": {"candidates": ("based",), "qk_dim": 16},
     "sliding window": {"candidates": ("sliding_window",), "params": {"window": 8}},
     "gated delta rule": {"candidates": ("gated_deltanet",), "layer": {"qkv_conv": True, "gated_norm": True}},
+    # content-chosen sparse attention, block sizes scaled to L=64 (each query reaches about half the keys), run
+    # by their reference forms: the same function, and at 64 tokens far cheaper than the sparse kernels' overhead
+    "nsa": {"candidates": ("nsa",), "params": {"compress_stride": 8, "select_block": 8, "select_count": 3,
+                                                "window": 8}, "form": "reference"},
+    "moba": {"candidates": ("moba",), "params": {"block_size": 8, "top_k": 3}, "form": "reference"},
 }
 
 # lrs: role -> learning rates of the sweep, "*" for every other role or mechanism. The quick setting: L=64, K=16
@@ -61,7 +68,7 @@ def resolve_roles(roles=ROLES) -> list[dict]:
         name = next((c for c in candidates if c in registered), None)
         out.append({"role": role, "mechanism": name, "looked_for": list(candidates),
                     "params": _params_for(name, r.get("params", {})) if name else {}, "qk_dim": r.get("qk_dim"),
-                    "layer": r.get("layer", {})})
+                    "layer": r.get("layer", {}), "form": r.get("form")})
     return out
 
 
@@ -107,7 +114,8 @@ def measure_item(item: dict, config: dict, entries: dict, device: str = "cpu") -
     train_data = [t.to(device) for t in mqar(config["train_examples"], L, K, config["vocab"], seed=0)]
     test_data = [t.to(device) for t in mqar(config["test_examples"], L, K, config["vocab"], seed=1_000_003)]
     torch.manual_seed(0)
-    model = MQARModel(item["mechanism"], e["params"], config["vocab"], d, L, heads=config["heads"],
+    call = {**e["params"], **({"form": e["form"]} if e.get("form") else {})}
+    model = MQARModel(item["mechanism"], call, config["vocab"], d, L, heads=config["heads"],
                       qk_dim=e["qk_dim"], **e["layer"]).to(device)
     result = train(model, train_data, test_data, lr=item["lr"], epochs=config["epochs"], batch=config["batch"])
     result["state_size"] = state_size(item["mechanism"], e["params"], L, d, config["heads"], e["qk_dim"])
@@ -175,7 +183,7 @@ def add_arguments(p) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="the CPU configuration (default; <= 15 min on 2 cores)")
     size.add_argument("--full", action="store_true", help="Zoology's sizes (hours)")
-    p.add_argument("--mechanisms", type=names, default=None, help="comma list of registered names instead of the five roles")
+    p.add_argument("--mechanisms", type=names, default=None, help="comma list of registered names instead of the roles")
     p.add_argument("--roles", type=choices(ROLES, "role"), default=None, help=f"comma list, a subset of the roles {','.join(ROLES)}")
     p.add_argument("--lrs", type=floats, default=None,
                    help="comma list of learning rates for every role (default: the configuration's per-role sweep)")

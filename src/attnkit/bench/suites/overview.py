@@ -1,6 +1,6 @@
 """``attnkit bench overview``: a quick cross-section of the main suites (kernels, cab, mqar, sparse), then the HTML report.
 
-Runs, into one results database: the kernel matrix at one length, CAB's pattern matrix for every
+Runs, into one results database: the kernel matrix at three lengths, CAB's pattern matrix for every
 mechanism with efficiency lengths of a few efficient ones, MQAR for attention
 and plain linear attention at one learning rate, and the sparse frontier on a
 briefly trained LM; then
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ... import mechanisms
-from ..options import choices, positive_int
+from ..options import choices, ints
 from ..report import write_report
 from ..store import Store
 from . import run as run_suite
@@ -25,11 +25,13 @@ from . import run as run_suite
 REPORTED = False  # runs other suites; stores no rows of its own
 CAB_EFFICIENT = ("linear", "based", "gated_deltanet", "sliding_window")
 STEPS = ("kernels", "cab", "mqar", "sparse")
+KERNEL_N = [512, 1024, 2048]  # three lengths, so that the kernel plots are curves
 
 
 def add_arguments(p) -> None:
     p.add_argument("--out", default="attnkit-report", help="report folder (default: ./attnkit-report)")
-    p.add_argument("--kernel-n", type=positive_int, default=1024, help="sequence length of the kernel matrix")
+    p.add_argument("--kernel-n", type=ints, default=KERNEL_N,
+                   help=f"comma list of sequence lengths of the kernel matrix (default {','.join(map(str, KERNEL_N))})")
     p.add_argument("--skip", type=choices(STEPS, "suite"), default=[], help=f"comma list of suites to leave out ({','.join(STEPS)})")
 
 
@@ -43,7 +45,7 @@ def run(args) -> int:
     if missing:
         print(f"bench: cab efficiency lengths skip unregistered {missing}")
     argv = {
-        "kernels": ["--quick", "--n", str(args.kernel_n)],
+        "kernels": ["--quick", "--n", ",".join(map(str, args.kernel_n))],
         "cab": ["--lengths", "256,1024,2048", "--efficient", ",".join(efficient)],
         "mqar": ["--roles", "attention,linear (elu+1)", "--lrs", "3e-3"],
         "sparse": ["--train-minutes", "2"],

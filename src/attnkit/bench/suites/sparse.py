@@ -22,6 +22,18 @@ get a **prefill+decode** row, the policy from the first token on (as H2O's own
 evaluation masks the prompt). SnapKV has no
 prefill row: its prompt is always prefilled densely.
 
+With ``--speed`` the suite instead times the training-free sparse methods
+(:mod:`attnkit.bench.free_sparse_runs`), prefill and decode apart: each prefill
+estimator (estimation included) against dense causal SDPA on random inputs
+(B=1, H=8, D=64, fp32; block top-k and vertical-slash sized to ``--sparsity``,
+XAttention and FlexPrefill at their papers' thresholds), and a decode step of
+Quest and Loki reading ``--fraction`` of the cache against attnkit's dense
+decode step and SDPA on the cache, with density, attention-mass recall and
+output error. With ``--lm-recall`` it measures recall and error of every
+method on q, k, v captured from the trained LM (held-out text at ``--n``
+tokens, the text repeated end to end when shorter; Loki's principal
+directions from the keys of 4096 training tokens).
+
 Sparsity is measured by running the mechanism (uniform scores, identity values):
 the fraction of causal (query, key) pairs of that phase it does not attend.
 Quality is ``ppl_dense / ppl_sparse`` (1.0 = no loss); the report gives, per
@@ -38,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from ... import attention, mechanisms
-from ..options import positive_float
+from ..options import ints, names, positive_float, positive_int
 from ..runner import run_items
 from ..store import Store, canonical, default_db_path
 
@@ -205,9 +217,59 @@ def frontier(rows: list[dict], keep: float = 0.99) -> list[dict]:
 def add_arguments(p) -> None:
     p.add_argument("--full", action="store_true", help="a larger LM and longer windows")
     p.add_argument("--train-minutes", type=positive_float, default=None, help="training budget of the dense LM")
+    p.add_argument("--speed", action="store_true", help="time the training-free methods (prefill and decode)")
+    p.add_argument("--lm-recall", action="store_true", help="recall of the training-free methods on the LM's q, k, v")
+    p.add_argument("--checkpoint", default=None, help="--lm-recall: an attnkit LM checkpoint instead of the suite's LM")
+    p.add_argument("--n", type=ints, default=[4096], help="--speed / --lm-recall: comma list of lengths")
+    p.add_argument("--phases", type=names, default=["prefill", "decode"], help="--speed: prefill,decode")
+    p.add_argument("--sparsity", type=positive_float, default=0.9, help="--speed: block sparsity of the sized methods")
+    p.add_argument("--fraction", type=positive_float, default=0.125, help="decode: share of the cache a step reads")
+    p.add_argument("--repeats", type=positive_int, default=2, help="--speed: timed rounds (best kept)")
+    p.add_argument("--steps", type=positive_int, default=8, help="--speed: decode steps per timed round")
+    p.add_argument("--queries", type=positive_int, default=16, help="--lm-recall: decoded positions per layer")
+
+
+def run_free_sparse(args) -> int:
+    from .. import free_sparse_runs as fs
+
+    if args.lm_recall:
+        items = [{"section": "lm-recall", "N": n} for n in args.n]
+    else:
+        items = [{"section": phase, "N": n} for n in args.n for phase in args.phases]
+    config = {"n": args.n, "phases": args.phases, "sparsity": args.sparsity, "fraction": args.fraction,
+              "repeats": args.repeats, "steps": args.steps, "checkpoint": args.checkpoint, "device": args.device}
+
+    def measure(item):
+        if item["section"] == "prefill":
+            return {"rows": fs.prefill_speed(item["N"], fs.PREFILL, args.sparsity, args.repeats, args.device)}
+        if item["section"] == "decode":
+            return {"rows": fs.decode_speed(item["N"], fs.DECODE, args.fraction, args.steps, args.repeats, args.device)}
+        model, held, calibration = lm_and_text(args)
+        return {"rows": fs.lm_recall(model, held, calibration, item["N"], args.fraction, args.sparsity, args.queries)}
+
+    code, _ = run_items("sparse", config, items, measure, args, describe=lambda it: f"{it['section']} N={it['N']}")
+    return code
+
+
+def lm_and_text(args):
+    """The LM (a checkpoint, or the suite's quick LM, trained now if not cached), held-out and training ids."""
+    from ...data import shakespeare
+    from ...training.lm import load_checkpoint
+
+    train_text, held_text = shakespeare.load_split()
+    if args.checkpoint:
+        model, codec, _ = load_checkpoint(args.checkpoint)
+    else:
+        from ...data.codecs import make_codec
+
+        model, _ = trained_model(dict(QUICK), args)
+        codec = make_codec(QUICK["level"], train_text)
+    return model.to(args.device).eval(), codec.encode(held_text).to(args.device), codec.encode(train_text).to(args.device)
 
 
 def run(args) -> int:
+    if args.speed or args.lm_recall:
+        return run_free_sparse(args)
     c = dict(FULL if args.full else QUICK)
     if args.train_minutes is not None:
         c["train_minutes"] = args.train_minutes

@@ -46,6 +46,7 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal):
 
 register_stateful_mechanism(
     "aaren",
+    weights_note="not written yet: the prefix softmax of the one fixed query (exists, exact) is not materialised",
     forms=FORMS,
     family="recurrent-attention",
     papers=(PAPER,),

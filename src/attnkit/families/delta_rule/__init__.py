@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ...params import Param, TensorInput
-from .forms import delta_rule_parallel, delta_rule_recurrent
+from .forms import delta_rule_parallel, delta_rule_recurrent, delta_rule_weights
 from .chunked import delta_rule_chunked
 from ...state import RecurrentState, expect_state
 from ...registry import MechanismSpec
@@ -140,7 +140,18 @@ def register_delta_mechanism(name, *, gate, papers, summary) -> MechanismSpec:
         complexity="O(N)",
         summary=summary,
         test_params={"chunk_size": 16},
+        weights=_weights(gate),
     )
+
+
+def _weights(gate):
+    def weights(q, k, v, *, causal, mask, scale, beta=None, g=None, chunk_size=64, qk_l2norm=True):
+        if not causal:
+            raise ValueError("the delta rule is a causal recurrence; pass causal=True")
+        check_inputs(q, k, v, beta, g, gate, chunk_size)
+        return delta_rule_weights(q, k, beta, g, scale=scale, qk_l2norm=qk_l2norm)
+
+    return weights
 
 
 register_delta_mechanism(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...kernels.linear_scan import parallel_weights
 from ...kernels.positions import repeat_kv
 
 
@@ -66,6 +67,29 @@ def delta_rule_parallel(q, k, v, beta, g=None, *, scale, initial_state=None, qk_
         S = transition @ S + b_t * k_t[..., :, None] * v_t[..., None, :]
         outs.append(torch.einsum("bhd,bhde->bhe", q[:, :, t], S))
     return torch.stack(outs, dim=2), S
+
+
+def delta_rule_weights(q, k, beta, g=None, *, scale, qk_l2norm=True):
+    """The implicit attention matrix ``W`` with ``o = W v`` (no initial state), ``(B, H, N, N)``.
+
+    ``W[t, j] = q_t^T (A_t ... A_{j+1}) beta_j k_j`` with the transitions
+    ``A_l = (I - beta_l k_l k_l^T) Diag(alpha_l)``: how much of ``v_j`` the state
+    still holds for ``q_t``. The products are not formed one by one: with the decayed
+    inner products ``A = (q k^T . decay)`` (causal, diagonal included) and ``L`` the
+    strictly lower part of ``(k k^T . decay)``, the writes are
+    ``u = (I + Diag(beta) L)^-1 Diag(beta) v`` (the UT transform) and ``o = A u``, so
+    ``W = A (I + Diag(beta) L)^-1 Diag(beta)``.
+    """
+    q, k, _, g = prepare(q, k, k, g, scale=scale, qk_l2norm=qk_l2norm)
+    if g is not None and g.shape[-1] == 1:
+        g = g.squeeze(-1)
+    N = k.shape[2]
+    reads = parallel_weights(q, k, g, causal=True)
+    earlier = parallel_weights(k, k, g, causal=True).tril(-1)
+    eye = torch.eye(N, dtype=q.dtype, device=q.device)
+    transform = eye + beta[..., :, None] * earlier
+    writes = torch.linalg.solve_triangular(transform, torch.diag_embed(beta), upper=False, unitriangular=True)
+    return reads @ writes
 
 
 def delta_rule_recurrent(q, k, v, beta, g=None, *, scale, initial_state=None, qk_l2norm=True):

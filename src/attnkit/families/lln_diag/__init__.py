@@ -35,6 +35,7 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal):
 
 register_stateful_mechanism(
     "lln_diag",
+    weights_note="not written yet: the average of lln's weights and the block-diagonal softmax is not materialised",
     forms=FORMS,
     family="linear",
     papers=(lln.PAPER,),

@@ -115,6 +115,7 @@ register(
                 "kv_block": Param(256, int, 'keys per block of the blockwise form', low=1)},
         flops=_flops,
         complexity="O(N^2 D^2 + N D^3)",
+        weights_note="not written yet: the intercept is linear in v (a hat matrix of the local regression), not materialised",
         summary="intercept of a softmax-kernel-weighted ridge regression of v on k - q (local linear, not local constant)",
         test_params={"ridge": 0.5, "q_block": 16, "kv_block": 24},
     )

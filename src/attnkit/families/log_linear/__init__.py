@@ -103,6 +103,7 @@ _FORMS = {kind: _make(kind) for kind in KERNELS}
 
 register_stateful_mechanism(
     "log_linear_mamba2",
+    weights_note="not written yet: the level-weighted hierarchical matrix is not materialised",
     forms=_FORMS,
     family="recurrent-attention",
     papers=(PAPER,),

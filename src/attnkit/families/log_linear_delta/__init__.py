@@ -62,6 +62,7 @@ _FORMS = {kind: _make(kind) for kind in KERNELS}
 
 register_stateful_mechanism(
     "log_linear_gated_deltanet",
+    weights_note="not written yet: the per-level delta-rule transition products are not materialised",
     forms=_FORMS,
     family="delta-rule",
     papers=(PAPER, GATED_DELTANET),

@@ -137,6 +137,7 @@ register(MechanismSpec(
     flops=_flops,
     state_size=_state_size,
     complexity="O(N (M + w))",
+    weights_note="not written yet: the softmax over slots (themselves gated sums of tokens) and the window is not unfolded into token weights",
     summary="gated-RNN key/value slots + sliding-window tokens under one softmax",
     test_params={"window": 5, "chunk": 8, "gate_normalizer": 2.0},
 ))

@@ -69,6 +69,7 @@ _FORMS = {kind: _make(kind) for kind in KERNELS}
 
 register_stateful_mechanism(
     "rat",
+    weights_note="the forget gate acts per value channel, so the mixing is a different (N, N) matrix for each channel, not one attention matrix",
     forms=_FORMS,
     family="recurrent-attention",
     papers=(PAPER,),

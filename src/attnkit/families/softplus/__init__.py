@@ -66,6 +66,11 @@ register_score_mechanism(
 
 def lssar_reference(q, k, v, *, causal, mask, scale, p, **_):
     """The equations on the whole (Nq, Nk) matrix, in the order the paper states them."""
+    return lssar_weights(q, k, v, causal=causal, mask=mask, scale=scale, p=p) @ repeat_kv(v, q.shape[1])
+
+
+def lssar_weights(q, k, v, *, causal, mask, scale, p, **_):
+    """The re-weighted attention matrix ``(B, H, Nq, Nk)``: rows sum to one over the allowed keys."""
     H, Nq, Nk = q.shape[1], q.shape[2], k.shape[2]
     qn, kn = unit_qk(q, k)
     s = qn @ repeat_kv(kn, H).transpose(-1, -2)
@@ -78,8 +83,7 @@ def lssar_reference(q, k, v, *, causal, mask, scale, p, **_):
     x = torch.relu(counts * w - reweight_offset(counts)).masked_fill(~allowed, 0.0)
     x = x / x.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)  # ratio is scale-free
     r = x**p
-    r = r / r.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
-    return r @ repeat_kv(v, H)
+    return r / r.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
 
 
 def _check_p(form):
@@ -105,5 +109,6 @@ register(
         params={"p": Param(15.0, float, 're-weighting power', low=1), **CHUNK_PARAMS},
         summary="LSSA re-weighted: relu(N_i w - 1)^p, l1-normalised (two O(N)-memory passes)",
         test_params={"q_chunk": 16, "kv_chunk": 24},
+        weights=_check_p(lssar_weights),
     )
 )

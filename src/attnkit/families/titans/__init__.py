@@ -90,6 +90,7 @@ _FORMS = {kind: _make(kind) for kind in KERNELS}
 
 register_stateful_mechanism(
     "titans",
+    weights_note="the memory is an MLP trained by gradient steps on the keys and values: its read-out is not a weighted sum of the values, so there is no attention matrix",
     forms=_FORMS,
     family="test-time-memory",
     papers=(PAPER,),

@@ -27,6 +27,7 @@ from .rat import RATGate
 from .routing import RoutingCentroids
 from .mamba import MambaInputs
 from .rwkv4 import RWKV4Decay
+from .seer import SeerGate
 from .titans import TitansInputs
 
 # mechanism name -> factory(dim, heads, kv_heads, head_dim) -> nn.Module
@@ -48,6 +49,7 @@ _FACTORIES = {
     "routing": lambda dim, heads, kv_heads, head_dim: RoutingCentroids(heads, head_dim),
     "rwkv4": lambda dim, heads, kv_heads, head_dim: RWKV4Decay(heads, head_dim),
     "mamba": lambda dim, heads, kv_heads, head_dim: MambaInputs(dim, heads, head_dim),
+    "seer_attention": lambda dim, heads, kv_heads, head_dim: SeerGate(heads, head_dim),
 }
 
 
@@ -76,4 +78,4 @@ def input_module(name: str, *, dim: int, heads: int, kv_heads: int, head_dim: in
 __all__ = ["input_module", "has_input_module", "register_input_module", "LearnedTensorInputs", "RWKV4Decay", "MambaInputs", "GLAGate", "Mamba2Gate", "FocusScale",
            "PerformerFeatures", "DeltaNetBeta", "GatedDeltaNetGates", "KDAGates", "LogLinearInputs",
            "LogLinearGatedDeltaNetInputs", "RATGate", "TitansInputs", "SlotGates", "NSAInputs", "MoSARouter",
-           "RoutingCentroids"]
+           "RoutingCentroids", "SeerGate"]

@@ -1,0 +1,230 @@
+"""Speed and recall of the training-free sparse methods, prefill and decode measured apart.
+
+Used by ``attnkit bench sparse --speed`` and ``--lm-recall``:
+
+- **prefill**: one causal self-attention call on random inputs (B=1, H=8, D=64,
+  fp32) against ``F.scaled_dot_product_attention(is_causal=True)``, estimation
+  included, in turns in one process; with the call's density, attention-mass
+  recall and output error (:func:`attnkit.builders.estimated_sparse.selection_report`);
+- **decode**: one decode step after a prompt of ``N`` tokens (the state is made,
+  then warmed up by a few steps), against attnkit's dense decode step (softmax
+  over a :class:`~attnkit.state.KVCache`) and against SDPA of the one query over
+  the cached keys, in turns; with the recall of the decoded query;
+- **lm-recall**: q, k, v of every layer of a trained LM captured on held-out
+  text, recall and output error of each method on them (decode: the last
+  queries against their whole past; prefill: sampled rows of the whole call).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+B, H, D = 1, 8, 64
+PREFILL = ("block_topk", "xattention", "flexprefill", "vertical_slash")
+DECODE = ("quest", "loki")
+
+
+def top_k_for_density(blocks: int, density: float) -> int:
+    """The block top-k whose causal tile density is closest to ``density`` with ``blocks`` query blocks."""
+    total = blocks * (blocks + 1) / 2
+
+    def kept(t):
+        return sum(min(t, r + 1) for r in range(blocks)) / total
+
+    return min(range(1, blocks + 1), key=lambda t: abs(kept(t) - density))
+
+
+def prefill_params(method: str, n: int, sparsity: float) -> dict:
+    """Each method at the papers' settings; block top-k and vertical-slash sized for ``sparsity``."""
+    if method == "block_topk":
+        return {"block": 128, "top_k": top_k_for_density(math.ceil(n / 128), 1 - sparsity)}
+    if method == "vertical_slash":
+        lines = max(1, round(n * (1 - sparsity) / 2))
+        return {"vertical": lines, "slash": lines}
+    return {}
+
+
+def decode_params(method: str, n: int, fraction: float, keys: torch.Tensor) -> dict:
+    if method == "quest":
+        return {"page": 16, "top_k": max(1, round(n / 16 * fraction))}
+    from ..families.loki import loki_components
+
+    return {"components": loki_components(keys), "rank": keys.shape[-1] // 4, "top_k": max(1, round(n * fraction))}
+
+
+def random_qkv(n: int, seed: int = 0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(B, H, n, D, generator=g).to(device) for _ in range(3))
+
+
+def _best(calls: dict, repeats: int) -> dict:
+    """Each call's best time over ``repeats`` rounds, the calls run in turns (one warm-up round first)."""
+    best = {name: float("inf") for name in calls}
+    for round_ in range(repeats + 1):
+        for name, call in calls.items():
+            t = time.perf_counter()
+            call()
+            if round_:
+                best[name] = min(best[name], time.perf_counter() - t)
+    return best
+
+
+@torch.no_grad()
+def prefill_speed(n: int, methods, sparsity: float, repeats: int, device="cpu") -> list[dict]:
+    from .. import attention
+    from ..builders.estimated_sparse import selection_report
+
+    q, k, v = random_qkv(n, device=device)
+    params = {m: prefill_params(m, n, sparsity) for m in methods}
+    calls = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)}
+    calls.update({m: (lambda m=m: attention(q, k, v, m, causal=True, **params[m])) for m in methods})
+    t = _best(calls, repeats)
+    rows = []
+    for m in methods:
+        report = selection_report(m, q, k, v, rows=256, **params[m])
+        row = {"phase": "prefill", "method": m, "N": n, "params": params[m], "t_sdpa": t["sdpa"], "t": t[m],
+               "speedup": t["sdpa"] / t[m], **report}
+        print(f"prefill N={n:>6} {m:>14}: {t[m]:8.3f} s, sdpa {t['sdpa']:8.3f} s -> {row['speedup']:5.2f}x; "
+              f"density {report['density']:.3f} recall {report['recall']:.3f} error {report['output_rel_error']:.3f}",
+              flush=True)
+        rows.append(row)
+    return rows
+
+
+def _decode_state(method, q, k, v, n, params):
+    from .. import attention
+
+    _, state = attention(q[:, :, n - 1:n], k[:, :, :n], v[:, :, :n], method, causal=True, return_state=True, **params)
+    return state
+
+
+def _recall_of_step(method, q1, k, v, params) -> tuple[float, float]:
+    """Recall and output error of one query at the end of ``k``: the keys it reads from its own one-shot call."""
+    from .. import attention
+
+    full = attention(q1, k, v, "softmax", causal=True)
+    out, _ = attention(q1, k, v, method, causal=True, return_state=True, **params)  # a decode call on a prompt
+    p = torch.softmax((q1 @ k.repeat_interleave(q1.shape[1] // k.shape[1], 1).transpose(-1, -2)).double()
+                      * q1.shape[-1] ** -0.5, -1)
+    kept = _kept_keys(method, q1, k, params)
+    return float((p * kept).sum(-1).mean()), float((out - full).norm() / full.norm())
+
+
+def _kept_keys(method, q1, k, params) -> torch.Tensor:
+    """Bool ``(B, H, 1, N)``: the keys the last query reads (from the method's own selection code)."""
+    N = k.shape[2]
+    if method == "quest":
+        from ..families.quest import page_bounds, quest_pages
+
+        mins, maxs = page_bounds(k, params["page"])
+        blocks, valid = quest_pages(q1, mins, maxs, N, page=params["page"], top_k=params["top_k"])
+        tokens = (blocks[..., None] * params["page"] + torch.arange(params["page"], device=k.device)).flatten(-2)
+        keep = valid.repeat_interleave(params["page"], -1) & (tokens < N)
+    else:
+        from ..families.loki import _chosen, _project
+
+        basis = params["components"][:, :, :params["rank"]]
+        tokens, keep = _chosen(q1, _project(k, basis), basis, N, params["top_k"], 0, q1.shape[2])
+    out = torch.zeros(*tokens.shape[:3], N + 1, dtype=torch.bool, device=k.device)
+    return out.scatter_(-1, torch.where(keep, tokens, N).clamp(max=N), True)[..., :N]
+
+
+@torch.no_grad()
+def decode_speed(n: int, methods, fraction: float, steps: int, repeats: int, device="cpu") -> list[dict]:
+    from .. import attention
+
+    q, k, v = random_qkv(n + steps * (repeats + 2), device=device)
+    params = {"softmax": {}, **{m: decode_params(m, n, fraction, k[:, :, : min(n, 4096)]) for m in methods}}
+    states = {m: _decode_state(m, q, k, v, n, params[m]) for m in params}
+    cursor = {"t": n}
+
+    def stepper(m):
+        def run():
+            for _ in range(steps):
+                t = cursor["t"]
+                piece = slice(t, t + 1)
+                _, states[m] = attention(q[:, :, piece], k[:, :, piece], v[:, :, piece], m, causal=True,
+                                         state=states[m], return_state=True, **params[m])
+        return run
+
+    def sdpa():
+        cache = states["softmax"]
+        for _ in range(steps):
+            F.scaled_dot_product_attention(q[:, :, n:n + 1], cache.k, cache.v)
+
+    calls = {"softmax_step": stepper("softmax"), "sdpa_on_cache": sdpa, **{m: stepper(m) for m in methods}}
+    t = {name: s / steps for name, s in _best(calls, repeats).items()}
+    rows = []
+    for m in methods:
+        recall, error = _recall_of_step(m, q[:, :, n - 1:n], k[:, :, :n], v[:, :, :n], params[m])
+        shown = {p: val for p, val in params[m].items() if p != "components"}
+        row = {"phase": "decode", "method": m, "N": n, "params": shown, "fraction": fraction, "t_step": t[m],
+               "t_softmax_step": t["softmax_step"], "t_sdpa_on_cache": t["sdpa_on_cache"],
+               "ratio_to_softmax_step": t[m] / t["softmax_step"], "ratio_to_sdpa": t[m] / t["sdpa_on_cache"],
+               "recall": recall, "output_rel_error": error}
+        print(f"decode  N={n:>6} {m:>6}: step {t[m] * 1e3:7.2f} ms = {row['ratio_to_softmax_step']:.2f}x the dense "
+              f"step ({t['softmax_step'] * 1e3:.2f} ms), {row['ratio_to_sdpa']:.2f}x SDPA on the cache "
+              f"({t['sdpa_on_cache'] * 1e3:.2f} ms); recall {recall:.3f} error {error:.3f}", flush=True)
+        rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def captured_qkv(model, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """q, k, v (RoPE applied as the layer applies it) of every attnkit attention layer of ``model`` on ``ids``."""
+    from ..nn.attention import Attention
+
+    inputs, hooks = [], []
+    for module in model.modules():
+        if isinstance(module, Attention):
+            hooks.append(module.register_forward_pre_hook(lambda mod, args: inputs.append((mod, args[0]))))
+    try:
+        model(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = []
+    for mod, x in inputs:
+        q = mod.split_heads(mod.q_proj(x), mod.heads)
+        if mod.q_norm is not None:
+            q = mod.q_norm(q)
+        k, v = mod.project_kv(x)
+        if mod.rope is not None:
+            q, k = mod.rope.apply(q, k, q_offset=0, k_offset=0)
+        out.append((q, k, v))
+    return out
+
+
+@torch.no_grad()
+def lm_recall(model, held: torch.Tensor, calibration: torch.Tensor, n: int, fraction: float, sparsity: float,
+              queries: int) -> list[dict]:
+    """Recall and output error of every method on the LM's own q, k, v at length ``n`` (held-out text, repeated
+    end to end if it is shorter), decode: the last ``queries`` positions; prefill: 256 sampled rows."""
+    from ..builders.estimated_sparse import selection_report
+
+    text = held.repeat(math.ceil(n / held.numel()))[:n][None]
+    layers = captured_qkv(model, text)
+    calib = captured_qkv(model, calibration[: min(4096, calibration.numel())][None])
+    rows = []
+    for layer, ((q, k, v), (_, ck, _)) in enumerate(zip(layers, calib)):
+        for m in DECODE:
+            params = decode_params(m, n, fraction, ck)
+            recalls, errors = [], []
+            for t in range(n - queries, n):
+                r, e = _recall_of_step(m, q[:, :, t:t + 1], k[:, :, :t + 1], v[:, :, :t + 1], params)
+                recalls.append(r)
+                errors.append(e)
+            rows.append({"phase": "decode", "method": m, "N": n, "layer": layer, "fraction": fraction,
+                         "recall": sum(recalls) / len(recalls), "output_rel_error": sum(errors) / len(errors)})
+        for m in PREFILL:
+            params = prefill_params(m, n, sparsity)
+            rows.append({"phase": "prefill", "method": m, "N": n, "layer": layer, "params": params,
+                         **selection_report(m, q, k, v, rows=256, **params)})
+        for r in rows[-len(DECODE) - len(PREFILL):]:
+            extra = f" density {r['density']:.3f}" if "density" in r else ""
+            print(f"LM layer {layer} {r['phase']:>7} {r['method']:>14}: recall {r['recall']:.3f} "
+                  f"error {r['output_rel_error']:.3f}{extra}", flush=True)
+    return rows

@@ -1,0 +1,110 @@
+"""What every column of the report means: its unit and which way is better.
+
+Table headers carry the entry as a tooltip, and the page ends with the entries
+of every column it shows. A column without an entry is listed as such, so a
+suite that adds one is seen to owe its explanation.
+"""
+from __future__ import annotations
+
+import html
+
+from ...registry import PATTERNS
+
+HIGHER, LOWER = "higher is better", "lower is better"
+
+# column -> (unit, meaning, which way is better or "")
+ENTRIES: dict[str, tuple[str, str, str]] = {
+    # keys
+    "suite": ("", "the benchmark suite the row comes from (attnkit bench SUITE)", ""),
+    "pattern": ("", "the attention pattern: a mask of the kernel matrix (attnkit masks list), or causal/"
+                    "non-causal self-attention in CAB", ""),
+    "N": ("tokens", "sequence length (queries and keys)", ""),
+    "direction": ("", "fwd: one forward call; fwdbwd: forward and backward", ""),
+    "mechanism": ("", "registered attention mechanism (attnkit list); [form] names a form or a baseline", ""),
+    "form": ("", "the form run: sdpa (PyTorch's fused kernel), reference (the materialised equations); "
+                 "empty: attnkit's default dispatch", ""),
+    "batch": ("", "batch size", ""), "heads": ("", "attention heads", ""), "head_dim": ("", "dimension per head", ""),
+    "threads": ("", "CPU threads the timing used", ""),
+    # time and throughput
+    "seconds": ("s", "median wall time of one call (MQAR and training rows: of the whole run)", LOWER),
+    "tokens_per_s": ("tokens/s", "batch x N over seconds", HIGHER),
+    "gflops": ("GFLOP/s", "attention FLOPs (4 x batch x heads x allowed pairs x head_dim forward; x3.5 with "
+                          "backward) over seconds", HIGHER),
+    "gemm_gflops": ("GFLOP/s", "fp32 matrix-multiply rate measured in the same worker just before timing", ""),
+    "gemm_ratio": ("fraction", "gflops / gemm_gflops: how close attention runs to the machine's matmul rate", HIGHER),
+    "fraction_of_gemm": ("fraction", "gflops over the GEMM rate named in the plot title", HIGHER),
+    "sdpa_ratio": ("x", "SDPA's time with the equivalent boolean mask / attnkit's time; > 1: attnkit is faster",
+                   HIGHER),
+    "flex_ratio": ("x", "compiled FlexAttention's time with the equivalent BlockMask / attnkit's time; > 1: attnkit "
+                        "is faster", HIGHER),
+    "flex_cap": ("x", "FlexAttention's time / floor_seconds: the most flex_ratio any kernel built from torch ops "
+                      "could reach", ""),
+    "floor_seconds": ("s", "only the matmuls of the non-empty tiles at 100% of GEMM plus one exp per computed "
+                           "score: a lower bound on a torch-op kernel's time", ""),
+    "density": ("fraction", "allowed (query, key) pairs / N^2", ""),
+    # memory
+    "peak_mb": ("MiB", "peak anonymous memory added by one call, in a fresh subprocess", LOWER),
+    "mem_x_qkv": ("x", "peak_mb / the size of q, k and v: 1 is the inputs' own size", LOWER),
+    "sdpa_peak_mb": ("MiB", "SDPA's forward peak with the equivalent boolean mask (the mask itself not counted)",
+                     LOWER),
+    "sdpa_mem_ratio": ("x", "peak_mb / sdpa_peak_mb (forward); < 1: attnkit needs less memory than SDPA", LOWER),
+    # CAB
+    "disagrees with spec": ("", "patterns where the probed outcome differs from the patterns the spec declares "
+                                "(- : none)", ""),
+    "time vs sdpa": ("tokens", "efficiency length: the N from which the mechanism stays faster than SDPA", LOWER),
+    "memory vs sdpa": ("tokens", "the N from which the mechanism stays below SDPA's peak memory", LOWER),
+    "time vs reference": ("tokens", "the N from which the mechanism stays faster than materialised softmax", LOWER),
+    "memory vs reference": ("tokens", "the N from which it stays below materialised softmax's memory", LOWER),
+    # MQAR
+    "role": ("", "the kind of sequence mixer MQAR compares (attention, linear, ...), resolved to a mechanism", ""),
+    "L": ("tokens", "MQAR sequence length", ""), "K": ("pairs", "MQAR key-value pairs to recall", ""),
+    "d": ("", "model width", ""), "lr": ("", "learning rate (the best of the sweep is shown)", ""),
+    "accuracy": ("fraction", "MQAR recall: queried values predicted correctly", HIGHER),
+    "recall": ("fraction", "MQAR accuracy (best of the learning-rate sweep)", HIGHER),
+    "state_size": ("numbers", "what a decoder holds per layer after L tokens (KV cache or recurrent state)", LOWER),
+    "epochs": ("", "training epochs run", ""),
+    "status": ("", "how the row ended (done, not registered, stopped, ...)", ""),
+    "claim": ("", "an ordering the MQAR papers report", ""),
+    "verdict": ("", "PASS / FAIL on this run's best accuracies (n/a: a role missing)", ""),
+    "rank": ("", "position by recall within its setting (1 = best)", ""),
+    "frontier": ("", "yes: no mechanism with an equal or smaller state has higher recall", ""),
+    # sparse
+    "method": ("", "training-free sparse method or cache policy", ""),
+    "phase": ("", "where the sparsity applies: prefill, decode or both", ""),
+    "value": ("tokens", "the swept window or cache budget", ""),
+    "sparsity": ("fraction", "causal (query, key) pairs of the phase left out", HIGHER),
+    "quality": ("x", "dense perplexity / sparse perplexity (1 = no loss)", HIGHER),
+    "loss": ("nats", "held-out next-token cross-entropy", LOWER),
+    "perplexity": ("", "exp(loss)", LOWER),
+    "params": ("", "the mechanism's parameters for this row", ""),
+    # the recommendation
+    "exact": ("", "fastest candidate computing exactly SDPA's function under the pattern", ""),
+    "exact_speedup": ("x", "SDPA's time / the exact candidate's time (same run)", HIGHER),
+    "exact_memory": ("x", "the exact candidate's peak memory / SDPA's (same run; empty: not measured)", LOWER),
+    "approx": ("", "fastest sub-quadratic mechanism (a different function: linear, recurrent, windowed ...)", ""),
+    "approx_speedup": ("x", "SDPA's time / the approximate mechanism's time (same run)", HIGHER),
+    "approx_memory": ("x", "the approximate mechanism's peak memory / SDPA's (same run)", LOWER),
+    # errors
+    "error": ("", "what went wrong for this row (the run kept going)", ""),
+    "looked_for": ("", "registered names tried for a role", ""),
+}
+for _p in PATTERNS:
+    ENTRIES[_p] = ("", f"outcome of running the mechanism as {_p} attention: ok, refused (a clear error), "
+                       "leaks future, non-finite, or the error raised", "")
+
+
+def title(column: str) -> str:
+    """A header tooltip: unit, meaning and direction."""
+    unit, meaning, better = ENTRIES.get(column, ("", "", ""))
+    return "; ".join(x for x in (meaning, f"unit: {unit}" if unit else "", better) if x)
+
+
+def glossary_html(columns: list[str]) -> str:
+    """The entries of ``columns`` (in first-seen order) as a definition table."""
+    rows = []
+    for c in dict.fromkeys(columns):
+        unit, meaning, better = ENTRIES.get(c, ("", "(no entry)", ""))
+        rows.append(f"<tr><td><code>{html.escape(c)}</code></td><td>{html.escape(unit)}</td>"
+                    f"<td>{html.escape(meaning)}</td><td>{html.escape(better)}</td></tr>")
+    return ("<h2 id='glossary'>Glossary</h2><table class='glossary'><thead><tr><th>column</th><th>unit</th>"
+            f"<th>meaning</th><th>better</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")

@@ -1,0 +1,78 @@
+"""Prefill a long prompt in chunks, compressing as they arrive: :func:`prefill`.
+
+A policy applied after the prompt attended to itself in full needs the full
+prompt's keys and values in memory first. Fed ``chunk`` tokens at a time, a
+layer holds at most its budget plus one chunk: after each chunk the policy
+evicts down to the budget (``chunked = "exact"`` policies keep exactly what
+one call keeps, ``"approximate"`` ones score with queries that saw only the
+tokens kept so far; the others are refused, see :mod:`attnkit.cache.policy`).
+
+- an attnkit :class:`~attnkit.models.DecoderLM`: the layers' :class:`KVState`
+  values are replaced one by one, each layer's previous value released as
+  soon as its next exists, so at most one layer holds two buffers (the one
+  its chunk was appended to and the evicted copy);
+- a transformers model: an :class:`attnkit.cache.Cache` with ``prompt=``, whose
+  layers evict in place (one buffer each); ``cache.close()`` it when done.
+
+``peak_bytes`` is the most the layers' buffers held at once (spare slots
+included), counted at every layer of every chunk.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .state import layer_states
+
+
+@dataclass
+class Prefilled:
+    logits: torch.Tensor  # (B, vocab): the prompt's last position
+    cache: object  # the layers' KVStates (attnkit) or the Cache (transformers)
+    peak_bytes: int
+
+
+@torch.no_grad()
+def prefill(model, ids: torch.Tensor, policy, *, chunk: int) -> Prefilled:
+    """Run ``ids (B, N)`` through ``model`` ``chunk`` tokens at a time with ``policy`` compressing after each."""
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be an int >= 1 (tokens per prefill call), got {chunk!r}")
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.shape[1] == 0:
+        raise ValueError(f"ids must be a non-empty (batch, seq) tensor, got {getattr(ids, 'shape', type(ids).__name__)}")
+    if hasattr(model, "blocks") and hasattr(model, "embed"):
+        return _attnkit(model, ids, policy, chunk)
+    return _transformers(model, ids, policy, chunk)
+
+
+def _attnkit(model, ids, policy, chunk):
+    n = ids.shape[1]
+    states = layer_states(policy, len(model.blocks), prompt=n)
+    held, peak = [0] * len(states), 0
+    for lo in range(0, n, chunk):
+        x = model.embed(ids[:, lo : lo + chunk])
+        for i, block in enumerate(model.blocks):
+            old = states[i]
+            x, states[i] = block(x, causal=True, state=old, return_state=True)
+            new = states[i].store.allocated_bytes()
+            both = new + (0 if _shared(old.store, states[i].store) else held[i])
+            peak = max(peak, sum(held) - held[i] + both)
+            held[i] = new
+            del old
+    return Prefilled(model.head(model.norm(x[:, -1])), states, peak)
+
+
+def _transformers(model, ids, policy, chunk):
+    from .hf import Cache
+
+    cache = Cache(policy, model=model if policy is not None and (policy.needs_scores or
+                                                                 getattr(policy, "ragged_rows", False)) else None,
+                  prompt=ids.shape[1])
+    for lo in range(0, ids.shape[1], chunk):
+        logits = model(ids[:, lo : lo + chunk], cache=cache, logits_to_keep=1).logits
+    return Prefilled(logits[:, -1], cache, cache.peak_bytes)
+
+
+def _shared(a, b) -> bool:
+    buffer = getattr(a, "_buffer", None)
+    return buffer is not None and buffer is getattr(b, "_buffer", None)

@@ -1,0 +1,163 @@
+"""Quest: query-aware page selection for long-context decode (Tang et al., "Quest: Query-Aware Sparsity for
+Efficient Long-Context LLM Inference", ICML 2024).
+
+The KV cache is cut into pages of ``P = page`` tokens. Each page keeps the
+element-wise minimum and maximum of its keys, ``m_i = min_{j in page i} k_j``,
+``M_i = max_{j in page i} k_j``. A query scores each page by an upper bound of
+any of its keys' dot products::
+
+    U_i = sum_d max(q_d m_{i,d}, q_d M_{i,d})        >=  max_{j in page i} q . k_j
+
+and attends exactly (softmax over the kept keys) to the ``top_k`` pages of
+highest ``U_i``. The cache is not shrunk: the bounds only choose what a query reads.
+
+Conventions (checked against the authors' kernels, where the last page is
+always read): a query's *current* page (the one holding its own position, full
+or not) is always attended, causal inside, and counts toward ``top_k``; the
+other ``top_k - 1`` come from the complete pages before it (all of them while
+there are fewer), so the choice never depends on later tokens and decoding
+token by token equals one call. The reference breaks ties toward the earlier
+page; the fast forms take ``topk``'s choice (exact ties of real scores do not occur in practice); one choice per
+query head (the bounds of its kv head). ``U`` is computed as
+``relu(q) . M + min(q, 0) . m`` (the same number, two matrix products).
+
+Forms: ``reference`` (bounds and scores materialised in float64, the element
+mask from the equations) and ``selected_blocks`` (the run-time block-selection
+engine, one selection per token and head). The incremental state is a
+:class:`~attnkit.state.DigestKVCache` holding every key and value plus the
+bounds of the complete pages, so a decode step reads the bounds (``2 N d / P``
+numbers) and ``top_k`` pages instead of the whole cache; a call of at most 64
+queries gathers its pages (whole ``page x d`` blocks) instead of running the engine.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..kernels.gathered_keys import paged_attention
+from ..kernels.positions import causal_mask, query_positions, repeat_kv
+from ..kernels.selected_blocks import selected_block_attention
+from ..masks.selection import BlockSelection, block_selection
+from ..params import Param
+from ..reference import materialised_attention
+from ..registry import MechanismSpec, register
+from ..state import DigestKVCache
+
+PAPER = "Quest: Query-Aware Sparsity for Efficient Long-Context LLM Inference"
+
+
+def page_bounds(k: torch.Tensor, page: int, first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max keys ``(B, Hkv, n, D)`` of the complete pages ``first ..`` of ``k``."""
+    B, Hkv, N, D = k.shape
+    n = N // page
+    pages = k[:, :, first * page: n * page].reshape(B, Hkv, n - first, page, D)
+    return pages.amin(3), pages.amax(3)
+
+
+def quest_selection(q, mins, maxs, kv_len: int, *, page: int, top_k: int, chunk: int = 4096) -> BlockSelection:
+    """Each query's pages: its current page, then up to ``top_k - 1`` complete past pages by ``U``."""
+    blocks, valid = quest_pages(q, mins, maxs, kv_len, page=page, top_k=top_k, chunk=chunk)
+    return block_selection(blocks, valid, block_q=1, block_k=page, q_len=q.shape[2], kv_len=kv_len)
+
+
+def quest_pages(q, mins, maxs, kv_len: int, *, page: int, top_k: int, chunk: int = 4096):
+    """The page numbers ``(B, H, Nq, k)`` (slot 0: the current page; the others distinct past pages) and their use."""
+    B, H, Nq, D = q.shape
+    n = mins.shape[2]
+    mins, maxs = repeat_kv(mins, H), repeat_kv(maxs, H)
+    current = query_positions(Nq, kv_len, q.device) // page
+    picks = min(top_k - 1, n)
+    chosen, used = [], []
+    for c0 in range(0, Nq, chunk):
+        qc = q[:, :, c0:c0 + chunk]
+        bound = qc.clamp(min=0) @ maxs.transpose(-1, -2) + qc.clamp(max=0) @ mins.transpose(-1, -2)
+        past = torch.arange(n, device=q.device) < current[c0:c0 + chunk, None]
+        score, index = bound.masked_fill(~past, float("-inf")).topk(picks, dim=-1)
+        chosen.append(index)
+        used.append(score > float("-inf"))
+    blocks = torch.cat([current.expand(B, H, Nq).unsqueeze(-1), torch.cat(chosen, dim=2)], dim=-1)
+    valid = torch.cat([torch.ones(B, H, Nq, 1, dtype=torch.bool, device=q.device), torch.cat(used, dim=2)], dim=-1)
+    return blocks, valid
+
+
+def _attend(q, k, v, mins, maxs, scale, page, top_k, few: int = 64):
+    """Attention over the chosen pages: a decode step (at most ``few`` queries) gathers its pages' keys, a longer
+    call runs the block-selection engine (the same pairs, exactly)."""
+    Nq, Nk = q.shape[2], k.shape[2]
+    if Nq > few:
+        sel = quest_selection(q.detach(), mins, maxs, Nk, page=page, top_k=top_k)
+        return selected_block_attention(q, k, v, sel, scale=scale, causal=True)
+    blocks, valid = quest_pages(q.detach(), mins, maxs, Nk, page=page, top_k=top_k)
+    return paged_attention(q, k, v, blocks, valid, page=page, scale=scale)
+
+
+def quest_fast(q, k, v, *, causal, mask, scale, page, top_k):
+    with torch.no_grad():
+        mins, maxs = page_bounds(k.detach(), page)
+    return _attend(q, k, v, mins, maxs, scale, page, top_k)
+
+
+def reference_mask(q, k, *, page, top_k) -> torch.Tensor:
+    """The (query, key) pairs Quest reads, ``(B, H, Nq, Nk)``, from the equations in float64."""
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    keys = repeat_kv(k, H).double()
+    n = Nk // page
+    blocks = keys[:, :, : n * page].reshape(B, H, n, page, D)
+    m, M = blocks.min(3).values, blocks.max(3).values
+    qq = q.double()[:, :, :, None, :]
+    U = torch.maximum(qq * m[:, :, None], qq * M[:, :, None]).sum(-1)  # (B, H, Nq, n)
+    current = query_positions(Nq, Nk, q.device) // page
+    past = torch.arange(n, device=q.device) < current[:, None]
+    rank = U.masked_fill(~past, float("-inf")).sort(dim=-1, descending=True, stable=True).indices.argsort(-1)
+    routed = past & (rank < top_k - 1)
+    key_page = torch.arange(Nk, device=q.device) // page
+    in_routed = torch.cat([routed, routed.new_zeros(B, H, Nq, 1)], -1)[..., key_page.clamp(max=n)] & (key_page < n)
+    return (in_routed | (key_page == current[:, None])) & causal_mask(Nq, Nk, q.device)
+
+
+def _reference(q, k, v, *, causal, mask, scale, page, top_k):
+    kept = reference_mask(q.detach(), k.detach(), page=page, top_k=top_k)
+    return materialised_attention(q, k, v, causal=False, mask=kept, scale=scale)
+
+
+def _step(q, k, v, state, *, causal, mask, scale, page, top_k):
+    def summarise(cache, done):
+        with torch.no_grad():
+            return page_bounds(cache.k.detach(), page, first=done)
+
+    state = DigestKVCache.start(k, v, summarise) if state is None else state.append(k, v, summarise)
+    return _attend(q, state.k, state.v, state.digest(0), state.digest(1), scale, page, top_k), state
+
+
+def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, *, page=16, **_):
+    return batch * kv_heads * (seq_len * (head_dim + (v_dim or head_dim)) + 2 * (seq_len // page) * head_dim)
+
+
+def quest_pairs(q_len: int, kv_len: int, page: int, top_k: int) -> int:
+    """(query, key) pairs per head: the causal part of the current page plus up to ``top_k - 1`` whole pages."""
+    pos = torch.arange(kv_len - q_len, kv_len)
+    return int((pos % page + 1 + torch.clamp(pos // page, max=top_k - 1) * page).sum())
+
+
+def _flops(batch, heads, q_len, kv_len, head_dim, causal, page=16, top_k=64, **_):
+    bounds = 4 * batch * heads * q_len * (kv_len // page) * head_dim
+    return 4 * batch * heads * quest_pairs(q_len, kv_len, page, top_k) * head_dim + bounds
+
+
+register(MechanismSpec(
+    name="quest",
+    family="training-free-sparse",
+    papers=(PAPER,),
+    patterns=frozenset({"causal-self"}),
+    reference=_reference,
+    fast={"selected_blocks": quest_fast},
+    step=_step,
+    params={"page": Param(16, int, "tokens per page", low=1),
+            "top_k": Param(64, int, "pages each query reads, its current page included", low=1)},
+    test_params={"page": 4, "top_k": 3},
+    supports_mask=False,
+    flops=_flops,
+    state_size=_state_size,
+    complexity="O(N d / page + top_k page d) per query",
+    summary="decode: each query reads its top-k pages by a min/max key upper bound on q . k, and its current page",
+))

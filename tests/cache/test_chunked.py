@@ -1,0 +1,79 @@
+"""Chunked prefill: compress as the prompt's chunks arrive, never holding much more than the budget."""
+import pytest
+import torch
+
+import attnkit
+from attnkit.cache import H2O, KIVI, AdaKV, ExpectedAttention, KeyNorm, KVState, NoCompression, SnapKV, StreamingLLM
+from attnkit.cache.chunked import prefill
+
+from .helpers import prompt, qkv, tiny_llama
+
+
+def chunked(policy, q, k, v, n, chunk):
+    state = KVState(policy, prompt=n)
+    sizes = []
+    for lo in range(0, n, chunk):
+        s = slice(lo, min(n, lo + chunk))
+        _, state = attnkit.attention(q[:, :, s], k[:, :, s], v[:, :, s], "softmax", causal=True, state=state,
+                                     return_state=True)
+        sizes.append(state.store.allocated_bytes())
+    return state, sizes
+
+
+@pytest.mark.parametrize("policy", [StreamingLLM(8, sinks=2), KeyNorm(8)], ids=repr)
+def test_exact_policies_keep_in_chunks_what_one_call_keeps(policy):
+    q, k, v = qkv(n=30)
+    whole = KVState(policy).step(q, k, v, 8**-0.5)[1].store
+    state, sizes = chunked(policy, q, k, v, 30, chunk=4)
+    assert torch.equal(state.store.pos, whole.pos)
+    torch.testing.assert_close(state.store.k, whole.k)
+    per_token = 2 * (2 * 8 * 8 + 4)
+    assert max(sizes) <= (8 + 16) * per_token  # budget + room for a chunk (at least 16 slots), never the prompt
+
+
+def test_approximate_policies_hold_their_budget_and_whole_prompt_ones_are_refused():
+    q, k, v = qkv(n=30)
+    for policy in (H2O(8, recent=2), SnapKV(8, window=2, kernel=3)):
+        state, _ = chunked(policy, q, k, v, 30, chunk=5)
+        assert state.store.used == 8 and state.length == 30
+    rotate = attnkit.positional.RoPE(8).rotate
+    for policy in (ExpectedAttention(8, rotate=rotate, future=4), AdaKV(SnapKV(8, window=2))):
+        with pytest.raises(ValueError, match="whole prompt"):
+            chunked(policy, q, k, v, 30, chunk=5)
+    state, _ = chunked(KIVI(4, group=8, residual=8), q, k, v, 30, chunk=5)  # quantised as they arrive
+    whole = KVState(KIVI(4, group=8, residual=8)).step(q, k, v, 8**-0.5)[1].store
+    torch.testing.assert_close(state.store.k, whole.k)
+
+
+def test_chunked_prefill_in_generate_evicts_in_place_and_keeps_what_one_call_keeps():
+    model, ids = tiny_llama(), prompt(48)
+    done = prefill(model, ids, StreamingLLM(16, sinks=4), chunk=8)
+    whole = attnkit.cache.Cache(StreamingLLM(16, sinks=4))
+    model(ids, cache=whole)
+    layer = done.cache.layers[0]
+    store = layer.store.keep(layer.pending[0], None, 0)  # the eviction it will apply at its next update
+    assert store.pos[0, 0].tolist() == [0, 1, 2, 3] + list(range(36, 48))
+    torch.testing.assert_close(store.k, whole.layers[0].store.k)  # layer 0's keys depend on the tokens alone
+    per_token = 2 * (2 * 16 * 4) + 2 * 4  # 2 kv heads x (key + value of 16 float32 + int32 position)
+    assert done.peak_bytes == 2 * (16 + 8) * per_token  # each layer one buffer of budget + chunk
+    cache = attnkit.cache.Cache(StreamingLLM(16, sinks=4), prompt=48)  # transformers' own chunked prefill
+    out = model.generate(ids, max_new_tokens=4, do_sample=False, cache=cache, prefill_chunk_size=8)
+    assert out.shape == (1, 52) and cache.get_seq_length() == 51 and cache.peak_bytes == done.peak_bytes
+    assert cache.layers[1].store.pos[0, 0].tolist() == [0, 1, 2, 3] + list(range(39, 51))
+
+
+def test_chunked_prefill_of_an_attnkit_lm_bounds_its_memory():
+    from attnkit.models import DecoderLM, ModelConfig
+
+    torch.manual_seed(0)
+    lm = DecoderLM(ModelConfig(vocab_size=97, dim=32, heads=4, kv_heads=2, schedule="FF")).eval()
+    ids = prompt(64)
+    done = prefill(lm, ids, KeyNorm(16), chunk=16)
+    full = prefill(lm, ids, NoCompression(), chunk=64)
+    assert all(s.store.used == 16 and s.length == 64 for s in done.cache)
+    per_layer = 2 * (2 * 8 * 4 + 4)  # per token: 2 kv heads x (key + value of 8 float32 + position)
+    assert done.peak_bytes == 3 * 32 * per_layer  # two layers of budget + chunk, one of them twice while evicting
+    assert full.peak_bytes == 2 * 64 * per_layer
+    torch.testing.assert_close(full.logits, lm(ids)[:, -1])
+    with pytest.raises(ValueError, match="chunk"):
+        prefill(lm, ids, KeyNorm(16), chunk=0)
