@@ -73,6 +73,7 @@ register_stateful_mechanism(
     "mamba",
     forms={kind: _make(kind) for kind in ("parallel", "chunked", "recurrent")},
     family="attention-free",
+    weights_note="each (channel, state) pair has its own decay, so no one (queries, keys) matrix of weights gives the output",
     papers=(PAPER,),
     patterns=CAUSAL_ONLY,
     params={"chunk_size": Param(32, int, "tokens per chunk of the chunked form", low=1)},

@@ -73,6 +73,7 @@ register_stateful_mechanism(
     "rwkv4",
     forms={kind: _make(kind) for kind in ("parallel", "chunked", "recurrent")},
     family="attention-free",
+    weights_note="each channel has its own decayed average over the tokens, so no one (queries, keys) matrix of weights gives the output",
     papers=(PAPER,),
     patterns=CAUSAL_ONLY,
     params={"chunk_size": Param(64, int, "tokens per chunk of the chunked form", low=1)},
