@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.distributed import Sharding, ring_attention, ulysses_attention
+from attnkit.distributed import Sharding, burst_attention, ring_attention, ulysses_attention
 
 from .spawn import run
 
@@ -53,6 +53,11 @@ def _cases(q, k, v, doc_ids):
                     return ring_attention(ql, kl, vl, layout=layout, causal=causal, **ring_params)
 
                 yield f"ring {layout} causal={causal} {mask_name}", layout, (mechanism, causal, params), ring
+
+            def burst(ql, kl, vl, causal=causal, ring_params=ring_params):
+                return burst_attention(ql, kl, vl, causal=causal, tile_q=3, tile_k=5, **ring_params)
+
+            yield f"burst zigzag causal={causal} {mask_name}", "zigzag", (mechanism, causal, params), burst
 
             def ulysses(ql, kl, vl, causal=causal, mechanism=mechanism, params=params):
                 return ulysses_attention(ql, kl, vl, mechanism, causal=causal, layout="zigzag", **params)

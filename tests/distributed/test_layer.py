@@ -12,7 +12,8 @@ B, N, DIM = 1, 16, 32
 TOL = 1e-5
 CASES = [("softmax", "ring", {"rope": True, "kv_heads": 2}), ("softmax", "ulysses", {"kv_heads": 2}),
          ("sliding_window", "ring", {"window": 3}), ("gla", "lasp2", {}),
-         ("softmax", "allgather", {"rope": True, "kv_heads": 2})]
+         ("softmax", "allgather", {"rope": True, "kv_heads": 2}), ("alibi", "burst", {"kv_heads": 2}),
+         ("softcap", "ring", {"cap": 1.5})]
 
 
 def _layer(mechanism, extra, **cp):
@@ -56,7 +57,9 @@ def test_context_parallel_layer_matches_single_process(expected):
 
 def test_context_parallel_refusals():
     with pytest.raises(ValueError, match="use strategy='ulysses'"):
-        Attention(DIM, 4, mechanism="alibi", context_parallel=True, strategy="ring")
+        Attention(DIM, 4, mechanism="sigmoid", context_parallel=True, strategy="burst")
+    with pytest.raises(ValueError, match="use strategy='ulysses'"):
+        Attention(DIM, 4, mechanism="alibi", context_parallel=True, strategy="allgather")
     with pytest.raises(ValueError, match="pass a group"):
         Attention(DIM, 4, strategy="ring")
     with pytest.raises(TypeError, match="ProcessGroup"):

@@ -5,7 +5,7 @@ import torch
 from attnkit.distributed import Layout, Sharding, ring_attention
 from attnkit.distributed import blocks
 from attnkit.distributed.layout import permute, unpermute
-from attnkit.distributed.ring import _Plan
+from attnkit.distributed.ring import Plan
 from attnkit.distributed.ulysses import heads_to_seq, seq_to_heads
 from attnkit.distributed.comm import Group
 from attnkit.masks.base import MaskMod
@@ -54,14 +54,14 @@ def _work(plan):
 def test_zigzag_balances_causal_work_and_masks_skip_blocks():
     P, N = 4, 64
     causal = blocks.build_mask(causal=True, window=None, doc_ids=None, mask_mod=None)
-    zigzag = [_work(_Plan(_FakeGroup(r, P), Layout("zigzag", P, N), causal, 1, 1, 1.0, 8, "cpu", 64)) for r in range(P)]
+    zigzag = [_work(Plan(_FakeGroup(r, P), Layout("zigzag", P, N), causal, 1, 1, 1.0, 8, "cpu", 64)) for r in range(P)]
     for step in range(1, P):  # after the local step, every rank computes the same amount
         assert len({w[step] for w in zigzag}) == 1, zigzag
-    contiguous = [_work(_Plan(_FakeGroup(r, P), Layout("contiguous", P, N), causal, 1, 1, 1.0, 8, "cpu", 64))
+    contiguous = [_work(Plan(_FakeGroup(r, P), Layout("contiguous", P, N), causal, 1, 1, 1.0, 8, "cpu", 64))
                   for r in range(P)]
     assert contiguous[0][1:] == [0, 0, 0] and contiguous[P - 1][1:] == [256] * 3  # unbalanced
     window = blocks.build_mask(causal=True, window=3, doc_ids=None, mask_mod=None)
-    plan = _Plan(_FakeGroup(2, P), Layout("contiguous", P, N), window, 1, 1, 1.0, 8, "cpu", 64)
+    plan = Plan(_FakeGroup(2, P), Layout("contiguous", P, N), window, 1, 1, 1.0, 8, "cpu", 64)
     assert [len(p) for p in plan.steps] == [1, 1, 0, 0]  # only the previous rank's block is within reach
 
 

@@ -22,5 +22,7 @@ EXAMPLES = {
     "SpatialWindowAttention": (lambda: V.SpatialWindowAttention(16, heads=2, window=3), (2, 16, 6, 3)),
     "DualAttentionBlock": (lambda: V.DualAttentionBlock(16, heads=2, groups=4, window=3), (2, 16, 6, 3)),
     "HaloAttention": (lambda: V.HaloAttention(16, heads=2, block=4, halo=1), (2, 16, 8, 8)),
+    "BiLevelRoutingAttention": (lambda: V.BiLevelRoutingAttention(16, heads=2, n_win=2, top_k=2, side_dwconv=3),
+                                (2, 16, 6, 8)),
     "SuperTokenAttention": (lambda: V.SuperTokenAttention(16, heads=2, stoken=2, iters=2), (2, 16, 6, 8)),
 }

@@ -135,3 +135,10 @@ def test_halo_attention():
 def test_super_token_attention_parameters_are_only_the_super_token_mhsa():
     dim = 32
     assert count(V.SuperTokenAttention(dim, heads=4)) == 4 * dim * dim + 4 * dim
+
+
+@pytest.mark.parametrize("dim, heads, k", [(64, 2, 5), (96, 3, 3)])
+def test_bilevel_routing_is_qkv_output_and_lce_convolutions(dim, heads, k):
+    # 1x1 qkv (3 dim^2 + 3 dim), 1x1 output (dim^2 + dim), depth-wise k x k LCE (dim k^2 + dim); no routing weights
+    module = V.BiLevelRoutingAttention(dim, heads, n_win=7, top_k=4, side_dwconv=k)
+    assert count(module) == 4 * dim * dim + 5 * dim + dim * k * k

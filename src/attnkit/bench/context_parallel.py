@@ -17,13 +17,17 @@ import torch.distributed as dist
 
 import attnkit
 
-from ..distributed import Sharding, count_bytes, lasp2_attention, ring_attention, ulysses_attention
+from ..distributed import (Sharding, allgather_attention, burst_attention, count_bytes, lasp2_attention, ring_attention,
+                           star_attention, ulysses_attention)
 from .memory import MALLOC_ENV, anon_rss_mb
 
 B, H, D = 1, 8, 64
 FP32 = 4
-CHECK_FACTS = {"ring": 8, "ulysses": 7, "lasp2": 7}  # int64 shape facts every call all-gathers first
+CHECK_FACTS = {"ring": 8, "burst": 8, "allgather": 8, "ulysses": 7, "lasp2": 7, "star": 7}  # int64 shape facts
+# every call all-gathers first
 LASP2_MECHANISM = "linear"
+STAR_QUERY = 64  # Star Attention: query tokens after the N context tokens
+CONTIGUOUS = ("lasp2", "allgather", "star")
 
 
 def analytic_bytes(strategy: str, n: int, world: int) -> int:
@@ -31,9 +35,19 @@ def analytic_bytes(strategy: str, n: int, world: int) -> int:
     if world == 1:
         return 0
     local = B * H * (n // world) * D * FP32  # one of q, k, v, out or their gradients on one rank
+    rows = B * H * (n // world) * FP32  # one value per query row (lse, D = rowsum(dO * O))
     check = 8 * CHECK_FACTS[strategy] * (world - 1)
     if strategy == "ring":  # K and V forward and backward (P - 1 hops each), dK and dV P hops
         return 2 * (world - 1) * 2 * local + world * 2 * local + check
+    if strategy == "burst":  # K, V forward; Q, dO, D, lse backward (P - 1 hops each); dQ P hops
+        return (world - 1) * (4 * local + 2 * rows) + world * local + check
+    if strategy == "allgather":  # K, V all-gathered; their gathered gradients (P shards) all-reduced
+        return 2 * local * (world - 1) + 2 * (2 * world * local * (world - 1) // world) + check
+    if strategy == "star":  # rank 0: anchor K, V broadcast; the query's outputs and lse all-gathered;
+        query = B * H * STAR_QUERY * D * FP32  # backward: anchor dK, dV and the query's dq, dk, dv all-reduced
+        gathered = (query + B * H * STAR_QUERY * FP32) * (world - 1)
+        reduced = 2 * (2 * local * (world - 1) // world) + 3 * (2 * query * (world - 1) // world)
+        return 2 * local * (world - 1) + gathered + reduced + check
     if strategy == "ulysses":  # q, k, v, out forward; dout, dq, dk, dv backward; (P - 1) / P of each leaves
         return 8 * local * (world - 1) // world + check
     if strategy == "lasp2":  # linear attention: state D x (D + 1), gathered forward, all-reduced backward
@@ -45,20 +59,30 @@ def analytic_bytes(strategy: str, n: int, world: int) -> int:
 def _call(strategy: str, n: int, world: int, overlap: bool):
     """A function running one forward + backward of ``strategy`` on this rank's shard."""
     g = torch.Generator().manual_seed(0)
-    layout = "contiguous" if strategy == "lasp2" else "zigzag"
+    layout = "contiguous" if strategy in CONTIGUOUS else "zigzag"
     sh = Sharding(n, layout=layout, rank=dist.get_rank() if world > 1 else 0, world_size=world)
     q, k, v = (sh.shard(torch.randn(B, H, n, D, generator=g)) for _ in range(3))
+    query = [torch.randn(B, H, STAR_QUERY, D, generator=g) for _ in range(3)]
     if strategy == "lasp2":
         q, k = q.abs(), k.abs()
+    if strategy == "single_star":  # the context and the query in one causal call
+        q, k, v = (torch.cat([t, s], dim=2) for t, s in zip((q, k, v), query))
 
     def run():
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        if strategy == "single":
+        if strategy in ("single", "single_star"):
             out = attnkit.attention(*leaves, "softmax", causal=True)
         elif strategy == "single_linear":
             out = attnkit.attention(*leaves, LASP2_MECHANISM, causal=True)
         elif strategy == "ring":
             out = ring_attention(*leaves, causal=True, overlap=overlap)
+        elif strategy == "burst":
+            out = burst_attention(*leaves, causal=True, overlap=overlap)
+        elif strategy == "allgather":
+            out = allgather_attention(*leaves, causal=True, layout=layout)
+        elif strategy == "star":
+            context_out, query_out = star_attention(*leaves, *[t.clone().requires_grad_() for t in query])
+            out = torch.cat([context_out, query_out], dim=2)
         elif strategy == "ulysses":
             out = ulysses_attention(*leaves, causal=True, layout=layout)
         else:

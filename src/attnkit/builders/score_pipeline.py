@@ -26,6 +26,12 @@ tensor inputs) as keywords:
 The spec's ``weights`` are the reference's normalised score matrix (times
 ``key_weight``); with a ``postprocess``, ``weights_output`` applies it after
 ``weights @ v`` and ``weights_note`` (argument ``postprocess_note``) says what it is.
+
+A softmax mechanism with neither ``prepare`` nor ``postprocess``, and either
+no modifier or one declared ``mod_on_positions=True`` (it reads only the
+scores, their positions and the parameters, never q or k themselves), records
+``make_mod`` as ``spec.extra["softmax_score_mod"]``: context-parallel
+strategies run it on any tile of a sharded sequence at global positions.
 """
 from __future__ import annotations
 
@@ -44,6 +50,10 @@ CHUNK_PARAMS = {
     "q_chunk": Param(512, int, "queries per tile of the chunked form", low=1),
     "kv_chunk": Param(1024, int, "keys per tile of the chunked form", low=1),
 }
+
+
+def _no_mod(q, k, **params):
+    return None
 
 
 def _equation_params(kw: dict) -> dict:
@@ -74,6 +84,7 @@ def register_score_mechanism(
     wrap_step=None,
     test_params: dict | None = None,
     mod_sees_mask: bool = False,
+    mod_on_positions: bool = False,
     dropout_forms: tuple[str, ...] = (),
     key_weight=None,
     postprocess_note: str = "",
@@ -133,6 +144,10 @@ def register_score_mechanism(
     if default_forms is None:
         default_forms = (next(iter(fast)),)
     step = kv_cache_step(default_form_of(name))
+    tileable = normaliser is SOFTMAX and prepare is None and postprocess is None
+    extra = {}
+    if tileable and not mod_sees_mask and (make_mod is None or mod_on_positions):
+        extra["softmax_score_mod"] = make_mod if make_mod is not None else _no_mod
     return register(
         MechanismSpec(
             name=name,
@@ -152,6 +167,7 @@ def register_score_mechanism(
             summary=summary,
             test_params={"q_chunk": 16, "kv_chunk": 24, **(test_params or {})},
             dropout_forms=frozenset({"reference", *dropout_forms}),
+            extra=extra,
             weights=weights,
             weights_output=weights_output if postprocess is not None else None,
             weights_note=postprocess_note,

@@ -82,8 +82,10 @@ class Policy:
         score = None if store.score is None else store.score.gather(-1, index)
         if store.length < store.prompt:  # a prefill chunk: room for the next one
             room = max(16, store.appended)
-        else:
-            room = 1 + self.slack if self.when != "prefill" else max(16, keep // 8)
+        elif self.when != "prefill":
+            room = 1 + self.slack
+        else:  # room for decoded tokens; after a chunked prefill no more than a chunk (the prefill's peak)
+            room = max(16, min(keep // 8, store.appended))
         return store, (index, score, room)
 
 

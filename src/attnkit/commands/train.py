@@ -5,6 +5,7 @@
     attnkit train lm --schedule LLLF --mix L=nha:window=32 --mix F=softmax --minutes 10
     attnkit train lm --schedule HH --mix H=hymba:softmax+nha --minutes 10
     attnkit train lm --resume ckpt.pt --minutes 5 --out ckpt2.pt
+    attnkit train lm --resume ckpt.pt --passkey 0.3 --context 256 --minutes 8 --out passkey.pt
     attnkit train seer --from ckpt.pt --block-size 16 --top-k 4 --minutes 5
 
 ``train seer`` turns a trained softmax LM into SeerAttention (gated block-sparse
@@ -48,6 +49,9 @@ def add_arguments(parser) -> None:
     p.add_argument("--out", default=None, help="write the checkpoint here")
     p.add_argument("--sample", type=non_negative_int, default=None,
                    help="tokens to generate after training (default: up to the training context; 0: none)")
+    p.add_argument("--passkey", type=positive_float, default=None, metavar="SHARE",
+                   help="mix passkey-retrieval episodes (up to --context tokens, answer included) into the training "
+                        "text as this share of its tokens, and report passkey accuracy at --context after training")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     train_seq2seq.add_arguments(sub)
 
@@ -142,6 +146,10 @@ def run(args) -> int:
         model = DecoderLM(model_config(args, codec.vocab_size)).to(args.device)
         optimizer = make_optimizer(model, cfg)
     train_ids, held_ids = codec.encode(train_text), codec.encode(held_text)
+    if args.passkey is not None:
+        from ..data import passkey
+
+        train_ids = passkey.mixed(codec, train_ids, args.passkey, args.context, seed=args.seed)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: schedule {model.config.schedule} {model.config.mixers}, {params / 1e6:.2f}M parameters, "
           f"{codec.kind}-level, {torch.get_num_threads()} threads, {args.device}; train {train_ids.numel():,} tokens, "
@@ -150,6 +158,8 @@ def run(args) -> int:
     metrics = evaluate(model, train_ids, held_ids, codec.vocab_size, cfg.context, cfg.eval_tokens)
     metrics.update({k: result[k] for k in ("steps", "tokens", "seconds")})
     metrics["final_train_loss"] = round(sum(result["losses"][-20:]) / max(1, len(result["losses"][-20:])), 4)
+    if args.passkey is not None:
+        metrics["passkey_accuracy"] = passkey_accuracy(model, codec, held_ids, cfg.context, args.device)
     if args.out:
         save_checkpoint(args.out, model, codec, cfg, optimizer, metrics)
     if args.json:
@@ -157,7 +167,8 @@ def run(args) -> int:
     else:
         print(f"steps {metrics['steps']}, {metrics['tokens']:,} tokens in {metrics['seconds']} s; "
               f"held-out perplexity {metrics['perplexity']} vs unigram baseline {metrics['unigram_perplexity']} "
-              f"on {metrics['held_out_tokens']:,} held-out tokens" + (f"; checkpoint {args.out}" if args.out else ""))
+              f"on {metrics['held_out_tokens']:,} held-out tokens" + (f"; checkpoint {args.out}" if args.out else "")
+              + (f"; passkey accuracy {metrics['passkey_accuracy']} at {cfg.context} tokens" if args.passkey else ""))
     prompt = codec.encode("HAMLET.\n")[None].to(args.device)
     room = cfg.context - prompt.shape[1]
     sample = room if args.sample is None else args.sample
@@ -169,6 +180,18 @@ def run(args) -> int:
                                                   generator=torch.Generator(args.device).manual_seed(args.seed))[0].cpu())
         print("--- sample ---\n" + text)
     return 0
+
+
+def passkey_accuracy(model, codec, held_ids, context: int, device, trials: int = 32) -> float:
+    """Share of held-out passkey prompts of ``context`` tokens whose key the model generates greedily."""
+    import torch
+
+    from ..data import passkey
+
+    ids, keys = passkey.prompts(codec, held_ids, context, trials)
+    with torch.no_grad():
+        out = model.eval().generate(ids.to(device), 6)[:, context:]
+    return sum(codec.decode(row.tolist()).strip()[:5] == key for row, key in zip(out.cpu(), keys)) / trials
 
 
 def run_seer(args) -> int:

@@ -3,6 +3,9 @@
 - :func:`ring_attention`: K/V blocks passed around a ring, exact softmax merge,
   zigzag load balancing, masks on global positions (causal, sliding window,
   documents) that skip empty blocks; forward and backward.
+- :func:`burst_attention`: BurstAttention's two-level partition: K/V around the ring
+  forward, the queries' side (Q, dO, D, lse) around it backward with dQ following,
+  K/V gradients kept local; tiles within each rank.
 - :func:`ulysses_attention`: all-to-all to head sharding, any mechanism, and back.
 - :func:`lasp2_attention`: linear, decayed and gated mechanisms with one all-gather of
   per-rank memory states (LASP-2).
@@ -18,6 +21,7 @@ Launch with ``torchrun`` (NCCL on GPUs, gloo on CPU); every call is collective:
 all ranks of the group call it with equal shard shapes.
 """
 from .allgather import allgather_attention
+from .burst import burst_attention
 from .comm import PeerFailure, count_bytes
 from .lasp2 import lasp2_attention
 from .layout import Layout, Sharding
@@ -25,4 +29,4 @@ from .star import star_attention
 from .ring import ring_attention
 from .ulysses import ulysses_attention
 
-__all__ = ["allgather_attention", "ring_attention", "ulysses_attention", "lasp2_attention", "star_attention", "Layout", "Sharding", "count_bytes", "PeerFailure"]
+__all__ = ["allgather_attention", "burst_attention", "ring_attention", "ulysses_attention", "lasp2_attention", "star_attention", "Layout", "Sharding", "count_bytes", "PeerFailure"]

@@ -16,6 +16,12 @@ at a time, so a block never holds more than ``chunk x keys`` scores.
 Masks are :class:`attnkit.masks.MaskMod` functions of global positions; a
 block pair the mask's tile classifier calls empty is skipped, one it calls full
 runs without a mask.
+
+A *score modifier* ``mod(scores, q_pos, k_pos)`` (the chunked kernel's: ALiBi,
+soft-capping, T5 buckets, ...) sees global positions too, so a sharded sequence
+gets the single-process scores. Backward differentiates it per tile: with
+``S' = mod(S)`` and ``dS' = P * (dP - delta)``, autograd gives ``dS`` and the
+gradients of the tensors it reads (``mod_inputs``, e.g. a learned bias table).
 """
 from __future__ import annotations
 
@@ -89,12 +95,19 @@ def _scores(q5, k, scale):
 
 
 class Block:
-    """One (query run, key run) pair: the mask restricted to it and the query chunking."""
+    """One (query run, key run) pair: the mask restricted to it, the score modifier and the query chunking."""
 
     def __init__(self, mask: MaskMod | None, kind: int, q_pos: torch.Tensor, k_pos: torch.Tensor, scale: float,
-                 chunk: int):
+                 chunk: int, mod=None, mod_inputs: tuple = ()):
         self.mask, self.kind, self.q_pos, self.k_pos = mask, kind, q_pos, k_pos
-        self.scale, self.chunk = scale, chunk
+        self.scale, self.chunk, self.mod, self.mod_inputs = scale, chunk, mod, mod_inputs
+
+    def _modified(self, sc, rows: slice):
+        """Grouped scores ``(B, Hkv, g, nq, nk)`` through the score modifier (which sees ``(B, H, nq, nk)``)."""
+        if self.mod is None:
+            return sc
+        B, Hkv, g, nq, nk = sc.shape
+        return self.mod(sc.reshape(B, Hkv * g, nq, nk), self.q_pos[rows], self.k_pos).reshape(sc.shape)
 
     def _allowed(self, rows: slice, batch: int, heads: int, kv_heads: int):
         if self.kind == FULL:
@@ -110,7 +123,7 @@ class Block:
         for s in range(0, nq, self.chunk):
             rows = slice(s, min(s + self.chunk, nq))
             q5 = q[:, :, rows].reshape(B, Hkv, H // Hkv, -1, D)
-            sc = _scores(q5, k, self.scale)
+            sc = self._modified(_scores(q5, k, self.scale), rows)
             allowed = self._allowed(rows, B, H, Hkv)
             if allowed is not None:
                 sc = sc.masked_fill(~allowed, float("-inf"))
@@ -125,13 +138,15 @@ class Block:
         return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
 
     def backward(self, q, k, v, dout, lse, delta):
-        """``(dq, dk, dv)`` of this block's share in the accumulator dtype, given the final ``lse`` and ``delta``."""
+        """``(dq, dk, dv, d mod_inputs)`` of this block's share in the accumulator dtype, given the final
+        ``lse`` and ``delta`` (``d mod_inputs`` is ``None`` for each input the modifier did not use)."""
         B, H, nq, D = q.shape
         Hkv, g = k.shape[1], H // k.shape[1]
         acc = accumulator_dtype(q.dtype)
         dq = torch.empty(B, H, nq, D, dtype=acc, device=q.device)
         dk = torch.zeros(k.shape, dtype=acc, device=k.device)
         dv = torch.zeros(v.shape, dtype=acc, device=v.device)
+        d_inputs = [None] * len(self.mod_inputs)
         kf, vf = k.to(acc)[:, :, None], v.to(acc)[:, :, None]
         for s in range(0, nq, self.chunk):
             rows = slice(s, min(s + self.chunk, nq))
@@ -139,15 +154,30 @@ class Block:
             do5 = dout[:, :, rows].reshape(B, Hkv, g, -1, dout.shape[-1]).to(acc)
             row_lse = lse[:, :, rows].reshape(B, Hkv, g, -1, 1)
             row_lse = torch.where(torch.isfinite(row_lse), row_lse, torch.zeros_like(row_lse))
-            p = torch.exp(q5 @ kf.transpose(-1, -2) * self.scale - row_lse)
+            raw = q5 @ kf.transpose(-1, -2) * self.scale
+            if self.mod is not None:
+                with torch.enable_grad():
+                    raw = raw.requires_grad_()
+                    modified = self._modified(raw, rows)
+            else:
+                modified = raw
+            p = torch.exp(modified.detach() - row_lse)
             allowed = self._allowed(rows, B, H, Hkv)
             if allowed is not None:
                 p = p.masked_fill(~allowed, 0.0)
             dv += (p.transpose(-1, -2) @ do5).sum(dim=2)
             ds = p * (do5 @ vf.transpose(-1, -2) - delta[:, :, rows].reshape(B, Hkv, g, -1, 1))
+            if self.mod is not None:
+                ds, *grads = torch.autograd.grad(modified, (raw, *self.mod_inputs), ds, allow_unused=True)
+                d_inputs = add_grads(d_inputs, grads)
             dq[:, :, rows] = (ds @ kf).reshape(B, H, -1, D) * self.scale
             dk += (ds.transpose(-1, -2) @ q5).sum(dim=2) * self.scale
-        return dq, dk, dv
+        return dq, dk, dv, d_inputs
+
+
+def add_grads(total: list, part: list) -> list:
+    """Gradients of the modifier's inputs summed over tiles (``None``: not reached yet)."""
+    return [a if b is None else b if a is None else a + b for a, b in zip(total, part)]
 
 
 def merge(out_a, lse_a, out_b, lse_b):

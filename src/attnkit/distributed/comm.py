@@ -99,6 +99,17 @@ class Group:
         _count("all_gather", x.numel() * x.element_size() * (self.size - 1))
         return parts
 
+    def broadcast(self, x: torch.Tensor, root: int, what: str) -> torch.Tensor:
+        """Rank ``root``'s ``x`` on every rank, in a new tensor (counted on the root as P - 1 copies)."""
+        buf = x.contiguous().clone() if self.rank == root else torch.empty_like(x, memory_format=torch.contiguous_format)
+        try:
+            dist.broadcast(buf, self.global_rank(root), group=self.group)
+        except RuntimeError as e:
+            raise self.fail(what, e) from e
+        if self.rank == root:
+            _count("broadcast", buf.numel() * buf.element_size() * (self.size - 1))
+        return buf
+
     def all_reduce(self, x: torch.Tensor, what: str) -> None:
         """Sum ``x`` over the ranks, in place (counted as a ring all-reduce: 2 (P - 1) / P of its bytes)."""
         try:

@@ -1,23 +1,27 @@
 """How ``attnkit.nn.Attention(context_parallel=group, strategy=...)`` runs its attention."""
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 
 from .allgather import allgather_attention
+from .burst import burst_attention
 from .lasp2 import lasp2_attention
 from .layout import Layout
 from .ring import ring_attention
 from .ulysses import ulysses_attention
 
-STRATEGIES = ("ring", "ulysses", "lasp2", "allgather")
-RING_MECHANISMS = ("softmax", "sliding_window")
+STRATEGIES = ("ring", "burst", "ulysses", "lasp2", "allgather")
+ALLGATHER_MECHANISMS = ("softmax", "sliding_window")
+TILED = ("ring", "burst")
 
 
 class ContextParallel:
     """A strategy, a layout and a group; called with this rank's q, k, v shards.
 
     Default strategy: ``lasp2`` for mechanisms on the shared linear recurrence, ``ring`` for
-    softmax and sliding windows, ``ulysses`` (any mechanism) otherwise. ``allgather`` (softmax,
+    softmax, its score modifiers (ALiBi, soft-capping, T5 buckets, ...) and sliding windows,
+    ``ulysses`` (any mechanism) otherwise. ``burst`` runs what ``ring`` runs. ``allgather`` (softmax,
     sliding windows) with the contiguous layout beside ``lasp2`` layers is LASP-2H.
     """
 
@@ -28,12 +32,16 @@ class ContextParallel:
             raise TypeError(f"context_parallel must be a torch.distributed ProcessGroup or True (the default "
                             f"group), got {type(group).__name__}")
         recurrent = "recurrence" in spec.extra
+        tiled = spec.name == "sliding_window" or "softmax_score_mod" in spec.extra
         if strategy is None:
-            strategy = "lasp2" if recurrent else "ring" if spec.name in RING_MECHANISMS else "ulysses"
+            strategy = "lasp2" if recurrent else "ring" if tiled else "ulysses"
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        if strategy in ("ring", "allgather") and spec.name not in RING_MECHANISMS:
-            raise ValueError(f"{strategy} attention runs {RING_MECHANISMS}, not {spec.name!r}; use strategy='ulysses'")
+        if strategy in TILED and not tiled:
+            raise ValueError(f"{strategy} attention runs softmax, sliding windows and softmax with a score modifier "
+                             f"on positions (alibi, softcap, t5, ...), not {spec.name!r}; use strategy='ulysses'")
+        if strategy == "allgather" and spec.name not in ALLGATHER_MECHANISMS:
+            raise ValueError(f"allgather attention runs {ALLGATHER_MECHANISMS}, not {spec.name!r}; use strategy='ulysses'")
         if strategy == "lasp2" and not recurrent:
             raise ValueError(f"lasp2 runs the linear-recurrence mechanisms, not {spec.name!r}")
         if strategy == "ulysses" and spec.tensor_names:
@@ -43,6 +51,7 @@ class ContextParallel:
         if strategy == "lasp2" and layout != "contiguous":
             raise ValueError("lasp2 needs the contiguous layout (each rank's tokens follow the previous rank's)")
         self.group, self.strategy, self.layout, self.name = group, strategy, layout, spec.name
+        self.make_mod, self.tensor_names = spec.extra.get("softmax_score_mod"), spec.tensor_names
 
     def positions(self, local_len: int, device):
         """Global positions of this rank's tokens."""
@@ -57,10 +66,22 @@ class ContextParallel:
                              f"with border='clamp' (or use strategy='ulysses' for the shifted window)")
         return params["window"]
 
+    def _score_mod(self, q, k, causal: bool, params: dict):
+        """The mechanism's score modifier (global positions) and the tensors it reads."""
+        if self.make_mod is None:
+            return None, ()
+        scale = params.get("scale") or q.shape[-1] ** -0.5
+        mod = self.make_mod(q, k, causal=causal, scale=scale, **params)
+        inputs = tuple(params[n] for n in self.tensor_names if isinstance(params.get(n), torch.Tensor))
+        return mod, inputs
+
     def __call__(self, q, k, v, causal: bool, params: dict):
-        if self.strategy == "ring":
+        if self.strategy in TILED:
             window = self._window(causal, params)
-            return ring_attention(q, k, v, group=self.group, layout=self.layout, causal=causal, window=window)
+            mod, inputs = self._score_mod(q, k, causal, params)
+            run = ring_attention if self.strategy == "ring" else burst_attention
+            return run(q, k, v, group=self.group, layout=self.layout, causal=causal, window=window,
+                       score_mod=mod, score_mod_inputs=inputs, scale=params.get("scale"))
         if self.strategy == "allgather":
             window = self._window(causal, params)
             return allgather_attention(q, k, v, group=self.group, layout=self.layout, causal=causal, window=window)

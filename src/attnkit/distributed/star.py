@@ -23,7 +23,6 @@ them, as it holds the query's output, whose gradient must be the same on every r
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from ..validation import check_qkv, check_scale
 from . import blocks
@@ -68,21 +67,12 @@ def _block(kind, q_start, q_len, k_start, k_len, scale, device):
     return blocks.Block(mask, kind, q_pos, k_pos, scale, CHUNK)
 
 
-def _broadcast(x: torch.Tensor, g: Group) -> torch.Tensor:
-    buf = x.contiguous().clone() if g.rank == 0 else torch.empty_like(x, memory_format=torch.contiguous_format)
-    try:
-        dist.broadcast(buf, g.global_rank(0), group=g.group)
-    except RuntimeError as e:
-        raise g.fail("broadcast of the anchor block", e) from e
-    return buf
-
-
 class _Star(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, qq, kq, vq, g: Group, scale: float):
         n, m, dev = q.shape[2], qq.shape[2], q.device
         start, end = g.rank * n, g.size * n
-        anchor_k, anchor_v = _broadcast(k, g), _broadcast(v, g)
+        anchor_k, anchor_v = (g.broadcast(t, 0, "broadcast of the anchor block") for t in (k, v))
         own = _block(blocks.PARTIAL, start, n, start, n, scale, dev)
         out, lse = own.forward(q, k, v)
         anchor = _block(blocks.FULL, start, n, 0, n, scale, dev) if g.rank > 0 else None
@@ -109,18 +99,18 @@ class _Star(torch.autograd.Function):
         q, k, v, qq, kq, vq, anchor_k, anchor_v, out, lse, q_out, q_lse = ctx.saved_tensors
         g, (own, anchor, to_context, to_self) = ctx.g, ctx.blocks
         delta = (d_out.to(out.dtype) * out).sum(dim=-1)
-        dq, dk, dv = own.backward(q, k, v, d_out, lse, delta)
+        dq, dk, dv, _ = own.backward(q, k, v, d_out, lse, delta)
         d_anchor_k, d_anchor_v = torch.zeros_like(dk), torch.zeros_like(dv)
         if anchor is not None:
-            dq_a, d_anchor_k, d_anchor_v = anchor.backward(q, anchor_k, anchor_v, d_out, lse, delta)
+            dq_a, d_anchor_k, d_anchor_v, _ = anchor.backward(q, anchor_k, anchor_v, d_out, lse, delta)
             dq = dq + dq_a
         q_delta = (d_query_out.to(q_out.dtype) * q_out).sum(dim=-1)
-        dqq, dk_q, dv_q = to_context.backward(qq, k, v, d_query_out, q_lse, q_delta)
+        dqq, dk_q, dv_q, _ = to_context.backward(qq, k, v, d_query_out, q_lse, q_delta)
         dk, dv = dk + dk_q, dv + dv_q
         dkq, dvq = torch.zeros(kq.shape, dtype=dk.dtype, device=kq.device), torch.zeros(vq.shape, dtype=dv.dtype,
                                                                                           device=vq.device)
         if to_self is not None:
-            dqq_s, dkq, dvq = to_self.backward(qq, kq, vq, d_query_out, q_lse, q_delta)
+            dqq_s, dkq, dvq, _ = to_self.backward(qq, kq, vq, d_query_out, q_lse, q_delta)
             dqq = dqq + dqq_s
         if g.size > 1:
             for t, what in ((d_anchor_k, "anchor keys"), (d_anchor_v, "anchor values"), (dqq, "query q"),

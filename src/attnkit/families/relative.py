@@ -46,6 +46,7 @@ register_score_mechanism(
     "t5",
     papers=(T5,),
     make_mod=_t5_mod,
+    mod_on_positions=True,
     params={"max_distance": Param(128, int, 'distance beyond which buckets stop growing', low=2)},
     inputs={"table": TensorInput("(H, buckets)", "learned bias per head and relative-distance bucket (at least 4 buckets)")},
     tensor_inputs=lambda q, k, v, g: {"table": torch.randn(q.shape[1], 32, generator=g, dtype=q.dtype)},

@@ -50,6 +50,7 @@ register_score_mechanism(
     "alibi",
     papers=("Train Short, Test Long: Attention with Linear Biases Enables Input Length Extrapolation",),
     make_mod=lambda q, k, **_: alibi_mod(),
+    mod_on_positions=True,
     summary="softmax with per-head linear distance penalties -m_h |i - j|",
 )
 
@@ -57,6 +58,7 @@ register_score_mechanism(
     "softcap",
     papers=("Gemma 2: Improving Open Language Models at a Practical Size",),
     make_mod=lambda q, k, *, cap, **_: softcap_mod(cap),
+    mod_on_positions=True,
     params={"cap": Param(50.0, float, 'soft cap c of c * tanh(s / c)', low=0, low_open=True)},
     summary="softmax over cap * tanh(s / cap)",
 )

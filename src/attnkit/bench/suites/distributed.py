@@ -2,16 +2,19 @@
 
 Causal fp32 forward + backward, B=1, H=8, D=64, one thread per rank, processes
 forked on this machine and joined by a gloo group on 127.0.0.1. For every
-sequence length N, world size P and strategy (ring with zigzag layout, Ulysses,
-LASP-2 on linear attention), per rank (maximum over ranks):
+sequence length N, world size P and strategy (ring and BurstAttention with the
+zigzag layout, Ulysses, LASP-2 on linear attention, all-gather (the softmax
+layers of LASP-2H), Star Attention with a 64-token query after the N context
+tokens), per rank (maximum over ranks):
 
 1. bytes sent, counted in the wrappers around the collectives, against the
    strategy's analytic count (ratio; target within 5%);
 2. peak memory (anonymous RSS growth during one call) against the single-process
-   call (softmax, or linear attention for LASP-2) measured in the same run:
-   ``P x peak / single peak`` (target <= 1.3 at the largest N);
-3. wall time, and for the ring the time without overlap (each block received
-   before computing) over the time with it.
+   call (softmax, linear attention for LASP-2, causal softmax over context + query
+   for Star) measured in the same run: ``P x peak / single peak`` (target <= 1.3
+   at the largest N);
+3. wall time, and for ring and BurstAttention the time without overlap (each
+   block received before computing) over the time with it.
 
 Processes share the machine's cores: with 2 cores and 4 ranks, times say what
 the algorithm costs, not what P machines would give.
@@ -22,8 +25,10 @@ from .. import context_parallel as measure
 from ..options import choices, ints, positive_int
 from ..runner import run_items
 
-STRATEGIES = ("ring", "ulysses", "lasp2")
-BASELINE = {"ring": "single", "ulysses": "single", "lasp2": "single_linear"}
+STRATEGIES = ("ring", "burst", "ulysses", "lasp2", "allgather", "star")
+BASELINE = {"ring": "single", "burst": "single", "ulysses": "single", "lasp2": "single_linear",
+            "allgather": "single", "star": "single_star"}
+OVERLAPPED = ("ring", "burst")
 THREADS = 1
 
 
@@ -43,8 +48,8 @@ def _items(args):
         for p in args.nproc:
             for s in args.strategies:
                 yield {"N": n, "P": p, "strategy": s}
-                if s == "ring":
-                    yield {"N": n, "P": p, "strategy": "ring", "overlap": False}
+                if s in OVERLAPPED:
+                    yield {"N": n, "P": p, "strategy": s, "overlap": False}
 
 
 def run(args) -> int:
@@ -67,11 +72,12 @@ def run(args) -> int:
         base = baseline.get((item["N"], BASELINE[item["strategy"]]))
         if base and base["peak_mb"] > 0:
             figures["memory_vs_single_times_p"] = item["P"] * figures["peak_mb"] / base["peak_mb"]
-        if item["strategy"] == "ring":
+        if item["strategy"] in OVERLAPPED:
+            key = (item["N"], item["P"], item["strategy"])
             if item.get("overlap", True):
-                overlapped[(item["N"], item["P"])] = figures["seconds"]
-            elif (item["N"], item["P"]) in overlapped:
-                figures["no_overlap_over_overlap"] = figures["seconds"] / overlapped[(item["N"], item["P"])]
+                overlapped[key] = figures["seconds"]
+            elif key in overlapped:
+                figures["no_overlap_over_overlap"] = figures["seconds"] / overlapped[key]
         print(_line(item, figures))
         return figures
 

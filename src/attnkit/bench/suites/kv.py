@@ -25,8 +25,14 @@ The prompt is prefilled once per model (every policy compresses after the
 prompt attended to itself in full, so each policy is applied to the recorded
 prefill), apart from the chunked prefill runs. RazorAttention's retrieval
 heads are found on each model first (echo and induction scores on a random
-block of 64 tokens repeated). Passkey retrieval is not measured (neither model
-was trained on it).
+block of 64 tokens repeated).
+
+Passkey retrieval (:mod:`attnkit.bench.kv_passkey`), on the Shakespeare LM
+only (the tiny Llama has random weights): ``--passkey-trials`` prompts of
+``--ppl-context`` tokens (the LM's training context, the longest it handles),
+prefilled and compressed by the policy, the key decoded through the cache.
+The LM answers only if it was trained with passkey episodes mixed in
+(``attnkit train lm --passkey SHARE``); the full cache's row says whether it was.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ import torch.nn.functional as F
 
 from ... import cache as kv
 from ...cache.chunked import prefill
+from .. import kv_passkey
 from ..kv_runs import AttnkitLM, TinyLlama, compress
 from ..options import floats, names, non_negative_int, positive_int
 from ..runner import run_items
@@ -140,6 +147,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--decode", type=positive_int, default=32, help="tokens decoded in the speed runs")
     parser.add_argument("--ppl-context", type=positive_int, default=256, help="window of the quality runs")
     parser.add_argument("--windows", type=positive_int, default=32, help="held-out windows of the quality runs")
+    parser.add_argument("--passkey-trials", type=non_negative_int, default=32,
+                        help="passkey prompts per row, at --ppl-context tokens (0: not measured)")
     parser.add_argument("--chunk", type=non_negative_int, default=256,
                         help="tokens per prefill chunk in the chunked-prefill memory runs (0: not run)")
     parser.add_argument("--slack", type=float, default=1 / 16,
@@ -184,8 +193,10 @@ def run(args) -> int:
             _, recorded = model.prefill(ids)
             prefill = time.perf_counter() - t0
             ppl, argmax = decode_quality(model, windows, None)
+            from ...data import shakespeare
+
             prepared[model.name] = dict(windows=windows, recorded=recorded, prefill=prefill, ppl=ppl, argmax=argmax,
-                                        ids=ids)
+                                        ids=ids, held_ids=codec.encode(shakespeare.load_split()[1]))
             print(f"{model.name}: prefill of {args.context} tokens {prefill:.1f} s (full attention, every policy); "
                   f"full-cache perplexity {ppl:.3f}")
         return prepared[model.name]
@@ -200,13 +211,17 @@ def run(args) -> int:
             return make_policy(item["policy"], item["budget"], model, slack)
 
         ppl, argmax = decode_quality(model, base["windows"], policy(args.ppl_context // 2))
+        found = None
+        if args.passkey_trials and isinstance(model, AttnkitLM):
+            found = kv_passkey.accuracy(model, codec, base["held_ids"], args.ppl_context, args.passkey_trials,
+                                        policy(args.ppl_context), compress)
         before = decode_speed(model, base["recorded"], None, args.decode)  # the full cache, in turns with the policy
         speed = decode_speed(model, base["recorded"], policy(args.context), args.decode)
         after = decode_speed(model, base["recorded"], None, args.decode)
         full = {"tokens_per_s": (before["tokens_per_s"] + after["tokens_per_s"]) / 2}
         full_bytes = sum(2 * s.k.numel() * s.k.element_size() for s, _, _ in base["recorded"].layers.values())
         chunked = chunked_prefill(model, base["ids"], policy(args.context), args.chunk)
-        row = {"perplexity": round(ppl, 4), "perplexity_vs_full": round(ppl / base["ppl"], 4),
+        row = {"perplexity": round(ppl, 4), "perplexity_vs_full": round(ppl / base["ppl"], 4), "passkey_accuracy": found,
                "argmax_agreement": round(float((argmax == base["argmax"]).float().mean()), 4),
                "bytes_after_prefill": speed["bytes_after_prefill"], "peak_bytes": speed["peak_bytes"],
                "full_bytes": full_bytes, "peak_vs_full": round(speed["peak_bytes"] / full_bytes, 4),
@@ -219,12 +234,12 @@ def run(args) -> int:
                "context": args.context}
         print(f"{item['model']:<15}{item['policy']:<11}{str(item.get('budget', '')):>6}  ppl {ppl:8.3f} "
               f"({row['perplexity_vs_full']:.3f}x)  agree {row['argmax_agreement']:.3f}  memory {row['peak_vs_full']:.3f}x "
-              f"full (prefill {row['prefill_peak_vs_full']:.2f}x)  decode {row['decode_tokens_per_s']:.1f} tok/s ({row['decode_vs_full']:.2f}x full)  "
+              f"full (prefill {row['prefill_peak_vs_full']:.2f}x)  passkey {found}  decode {row['decode_tokens_per_s']:.1f} tok/s ({row['decode_vs_full']:.2f}x full)  "
               f"compress {row['compress_seconds']:.2f} s")
         return row
 
     config = {k: getattr(args, k) for k in ("checkpoint", "policies", "budgets", "context", "decode", "ppl_context",
-                                            "windows", "slack")}
+                                            "windows", "slack", "chunk", "passkey_trials")}
     code, _ = run_items("kv", config, items, measure, args)
     return code
 
@@ -242,6 +257,7 @@ def report(run: dict, rows: list[dict]) -> tuple[str, dict]:
              "peak memory (x full cache)"),
             ("prefill_peak_vs_full", "cache memory while prefilling vs budget", "prefill peak (x full cache)"),
             ("decode_vs_full", "decode tokens/s vs budget", "decode tokens/s (x full cache)"),
-            ("perplexity_vs_full", "held-out perplexity vs budget", "perplexity (x full cache)"))]
+            ("perplexity_vs_full", "held-out perplexity vs budget", "perplexity (x full cache)"),
+            ("passkey_accuracy", "passkey retrieval vs budget", "passkey accuracy"))]
     parts = [image(f, "kv cache policies vs budget") for f in figures] + [to_html(rows), errors(rows)]
     return "\n".join(parts), {"kv": rows}

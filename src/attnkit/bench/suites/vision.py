@@ -60,6 +60,7 @@ def configs(C: int, heads: int) -> dict:
         "DualAttentionBlock": lambda: V.DualAttentionBlock(C, heads, groups=heads, window=8),
         "HaloAttention": lambda: V.HaloAttention(C, heads, block=8, halo=3),
         "SuperTokenAttention": lambda: V.SuperTokenAttention(C, heads, stoken=4),
+        "BiLevelRoutingAttention": lambda: V.BiLevelRoutingAttention(C, heads, n_win=4, top_k=4),
     }
 
 

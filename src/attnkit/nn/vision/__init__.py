@@ -4,6 +4,7 @@ CNNs and ViT attention blocks. Every module takes and returns NCHW tensors.
     from attnkit.nn.vision import CBAM, SwinBlock, modules
     [m.name for m in modules()]     # each with its paper and file
 """
+from .biformer import BiLevelRoutingAttention
 from .catalogue import VisionModule, modules
 from .cbam import CBAM
 from .coordinate import CoordinateAttention
@@ -25,7 +26,7 @@ from .ulsam import ULSAM
 
 __all__ = [
     "modules", "VisionModule", "eca_kernel_size",
-    "CBAM", "ChannelGroupAttention", "CoordinateAttention", "DualAttentionBlock", "SpatialWindowAttention", "ECA", "EfficientLocalAttention",
+    "BiLevelRoutingAttention", "CBAM", "ChannelGroupAttention", "CoordinateAttention", "DualAttentionBlock", "SpatialWindowAttention", "ECA", "EfficientLocalAttention",
     "GlobalSubsampledAttention", "HaloAttention", "LargeKernelAttention", "LocallyGroupedAttention",
     "NonLocalBlock", "PolarizedSelfAttention", "ResidualAttention", "SplitAttention",
     "SqueezeExcitation", "SuperTokenAttention", "SwinBlock", "TripletAttention", "TwinsSVTBlock", "ULSAM",
