@@ -14,6 +14,7 @@ from .bidaf import BiDAFAttention
 from .location_sensitive import LocationSensitiveAttention
 from .luong import LuongAttention
 from .pointer import PointerAttention
+from .sigma_reparam import SigmaReparamLinear, attention_entropy, sigma_reparam
 from .show_attend_tell import ShowAttendTellAttention, doubly_stochastic_penalty, reinforce_loss
 from .attention import Attention, CrossAttentionCache
 from .bottleneck import PerceiverEncoder, PoolingByMultiheadAttention
@@ -41,5 +42,6 @@ __all__ = [
     "LuongAttention", "LocationSensitiveAttention", "PointerAttention", "ShowAttendTellAttention",
     "doubly_stochastic_penalty", "reinforce_loss", "BiDAFAttention",
     "GlobalLocalCrossAttention", "PairwiseCrossAttention", "attention_rollout",
+    "SigmaReparamLinear", "sigma_reparam", "attention_entropy",
     "FocusedLinearAttention", "NystromAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer",
 ]
