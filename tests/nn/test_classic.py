@@ -197,3 +197,34 @@ def test_dual_cross_attention_matches_the_equations():
     torch.testing.assert_close(pwca(x1, x2)[0], pwca.proj(a @ torch.cat([v1, v2])))
     pwca.eval()
     torch.testing.assert_close(pwca(x1, x2), pwca(x1))  # removed at inference: plain self-attention
+
+
+@torch.no_grad()
+def test_gated_positional_self_attention_matches_the_equations():
+    from attnkit.nn import GatedPositionalSelfAttention
+
+    torch.manual_seed(6)
+    layer = GatedPositionalSelfAttention(4, 2, locality_strength=2.0).double()
+    layer.gate.copy_(torch.tensor([0.3, -1.0]))
+    x = torch.randn(1, 6, 4, dtype=D64)
+    out = layer(x, (2, 3))
+    q, k = layer.qk(x[0]).split(4, -1)
+    v = layer.v(x[0])
+    pos = [(i // 3, i % 3) for i in range(6)]
+    heads = []
+    for h in range(2):
+        sl, lam = slice(2 * h, 2 * h + 2), 1 / (1 + math.exp(-float(layer.gate[h])))
+        rows = []
+        for i in range(6):
+            content = _softmax([float(q[i, sl] @ k[j, sl]) / math.sqrt(2) for j in range(6)])
+            r = [((pos[j][0] - pos[i][0]) ** 2 + (pos[j][1] - pos[i][1]) ** 2, pos[j][0] - pos[i][0],
+                  pos[j][1] - pos[i][1]) for j in range(6)]
+            positional = _softmax([float(layer.v_pos[h] @ torch.tensor(rj, dtype=D64)) for rj in r])
+            a = [(1 - lam) * c + lam * p for c, p in zip(content, positional)]
+            rows.append(sum(a[j] * v[j, sl] for j in range(6)))
+        heads.append(torch.stack(rows))
+    torch.testing.assert_close(out[0], layer.proj(torch.cat(heads, -1)))
+    # at initialisation head 0 (centre (-1, -1)) puts its largest positional weight up and to the left
+    fresh = GatedPositionalSelfAttention(4, 4, locality_strength=5.0)
+    scores = fresh.positional_scores((3, 3), "cpu", torch.float32)
+    assert scores[0, 4].argmax().item() == 0

@@ -22,6 +22,7 @@ from .decoupled import DecoupledCrossAttention
 from .dual_cross import GlobalLocalCrossAttention, PairwiseCrossAttention, attention_rollout
 from .flatten import FocusedLinearAttention
 from .nystromformer import NystromAttention
+from .gpsa import GatedPositionalSelfAttention
 from .grouped import WeightedGQA, mean_pool_kv
 from .key_driven import KeyDrivenGQA, allocate_queries
 from .latent import LatentCache, MultiHeadLatentAttention
@@ -42,6 +43,6 @@ __all__ = [
     "LuongAttention", "LocationSensitiveAttention", "PointerAttention", "ShowAttendTellAttention",
     "doubly_stochastic_penalty", "reinforce_loss", "BiDAFAttention",
     "GlobalLocalCrossAttention", "PairwiseCrossAttention", "attention_rollout",
-    "SigmaReparamLinear", "sigma_reparam", "attention_entropy",
+    "SigmaReparamLinear", "sigma_reparam", "attention_entropy", "GatedPositionalSelfAttention",
     "FocusedLinearAttention", "NystromAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer",
 ]
