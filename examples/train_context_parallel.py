@@ -1,11 +1,15 @@
-"""Train a small causal LM whose attention layers split the sequence across processes.
+"""Train a small causal LM whose layers split the sequence across processes.
 
-    torchrun --nproc-per-node 2 examples/train_context_parallel.py --strategy ring
-    torchrun --nproc-per-node 4 examples/train_context_parallel.py --strategy ulysses --seq 512
+    torchrun --nproc-per-node 2 examples/train_context_parallel.py --scheme lasp2h --schedule LFLF
+    torchrun --nproc-per-node 4 examples/train_context_parallel.py --scheme ring --schedule FF --seq 512
 
-Every rank holds the same batch but only its shard of each sequence (zigzag for
-ring and Ulysses, contiguous for LASP-2); parameters are replicated and their
-gradients summed over the group, so every rank takes the same step. The task is
+The model is ``attnkit.models.DecoderLM`` with ``ModelConfig(context_parallel=scheme)``:
+``L`` layers are gated linear attention (GLA) and run LASP-2; ``F`` layers are
+softmax with RoPE and run all-gather (``lasp2h``: LASP-2H), ring, BurstAttention or
+Ulysses. Every rank holds the same batch but only its shard of each sequence (the
+model's layout: contiguous when a layer runs LASP-2 or all-gather, else zigzag);
+parameters are replicated and their gradients summed over the group, so every
+rank takes the same step. The task is
 next-token prediction on sequences that repeat a random motif (an induction
 task); rank 0 prints the loss per token against log(vocab). The script shows the
 wiring (sharding, layers, gradient sum); a few dozen steps of this tiny model
@@ -21,20 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from attnkit.distributed import Sharding
-from attnkit.nn import Attention
-
-
-class Block(nn.Module):
-    def __init__(self, dim, heads, mechanism, strategy):
-        super().__init__()
-        self.norm1, self.norm2 = nn.RMSNorm(dim), nn.RMSNorm(dim)
-        self.attn = Attention(dim, heads, mechanism=mechanism, rope=mechanism == "softmax", context_parallel=True,
-                              strategy=strategy)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x), causal=True)
-        return x + self.mlp(self.norm2(x))
+from attnkit.models import DecoderLM, ModelConfig
 
 
 def motif_batch(batch, seq, vocab, generator):
@@ -47,32 +38,20 @@ def motif_batch(batch, seq, vocab, generator):
     return torch.stack(rows)
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--strategy", choices=["ring", "ulysses", "lasp2"], default="ring")
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--vocab", type=int, default=64)
-    args = p.parse_args()
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank()
-    device = torch.device("cuda", rank % torch.cuda.device_count()) if torch.cuda.is_available() else torch.device("cpu")
-    mechanism = "linear" if args.strategy == "lasp2" else "softmax"
+def train(scheme: str, schedule: str, seq: int, steps: int, dim: int, vocab: int, device, log=print) -> list[float]:
+    """Train on this rank's shards (torch.distributed initialised); the loss per token of every step."""
     torch.manual_seed(0)  # the same parameters on every rank
-    model = nn.ModuleDict({
-        "embed": nn.Embedding(args.vocab, args.dim),
-        "blocks": nn.Sequential(*[Block(args.dim, 4, mechanism, args.strategy) for _ in range(2)]),
-        "head": nn.Linear(args.dim, args.vocab),
-    }).to(device)
-    layout = model["blocks"][0].attn.context_parallel.layout
-    shard = Sharding(args.seq, layout=layout)
+    config = ModelConfig(vocab_size=vocab, dim=dim, heads=4, schedule=schedule,
+                         mixers={"L": "gla", "F": "softmax"}, context_parallel=scheme)
+    model = DecoderLM(config).to(device)
+    shard = Sharding(seq, layout=config.context_parallel_layout())
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     data = torch.Generator().manual_seed(1)  # the same batches on every rank
-    for step in range(args.steps):
-        tokens = motif_batch(8, args.seq, args.vocab, data).to(device)
+    losses = []
+    for step in range(steps):
+        tokens = motif_batch(8, seq, vocab, data).to(device)
         inputs, targets = shard.shard(tokens[:, :-1], dim=1), shard.shard(tokens[:, 1:], dim=1)
-        logits = model["head"](model["blocks"](model["embed"](inputs)))
+        logits = model(inputs)
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
         opt.zero_grad()
         loss.backward()
@@ -81,9 +60,26 @@ def main():
         opt.step()
         total = loss.detach().clone()
         dist.all_reduce(total)
-        if rank == 0 and (step % 10 == 0 or step == args.steps - 1):
-            print(f"step {step:3d}  loss/token {total.item() / tokens[:, 1:].numel():.3f}  "
-                  f"(log vocab {math.log(args.vocab):.3f})", flush=True)
+        losses.append(total.item() / tokens[:, 1:].numel())
+        if dist.get_rank() == 0 and (step % 10 == 0 or step == steps - 1):
+            log(f"step {step:3d}  loss/token {losses[-1]:.3f}  (log vocab {math.log(vocab):.3f})")
+    return losses
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--scheme", choices=["lasp2h", "ring", "burst", "ulysses"], default="lasp2h")
+    p.add_argument("--schedule", default="LFLF", help="layer letters: L = GLA (LASP-2), F = softmax")
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--vocab", type=int, default=64)
+    args = p.parse_args()
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank()
+    device = torch.device("cuda", rank % torch.cuda.device_count()) if torch.cuda.is_available() else torch.device("cpu")
+    train(args.scheme, args.schedule, args.seq, args.steps, args.dim, args.vocab, device,
+          log=lambda line: print(line, flush=True))
     dist.destroy_process_group()
 
 

@@ -9,7 +9,8 @@ from .kernels.positions import repeat_kv
 from .reference import weights_of_reference
 from .dispatch import log
 from .state import check_state, mark_state
-from .validation import check_params, check_pattern, check_qkv, check_required_inputs, check_scale, normalise_mask
+from .validation import (check_declared_inputs, check_params, check_pattern, check_qkv, check_required_inputs, check_scale,
+                         normalise_mask)
 
 
 def attention(
@@ -65,6 +66,7 @@ def attention(
         raise TypeError(f"position must be a positional encoding object from attnkit.positional, e.g. "
                         f"attnkit.positional.RoPE({q.shape[-1]}), got {type(position).__name__} {position!r}")
     if _is_empty(q, k):
+        check_declared_inputs(spec, q, k, v, params)  # no form runs, so none checks them
         out = _empty_call(q, k, v, state, incremental, return_state)
         return (out, q.new_zeros(*q.shape[:3], k.shape[2])) if return_weights else out
     if position is not None:

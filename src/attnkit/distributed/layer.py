@@ -14,6 +14,28 @@ from .ulysses import ulysses_attention
 STRATEGIES = ("ring", "burst", "ulysses", "lasp2", "allgather")
 ALLGATHER_MECHANISMS = ("softmax", "sliding_window")
 TILED = ("ring", "burst")
+# How a model runs its layers across ranks (ModelConfig.context_parallel): linear-recurrence layers always run
+# LASP-2; the scheme names what the other layers run ("lasp2h": all-gather, LASP-2H's softmax layers).
+SCHEMES = ("lasp2h", "ring", "burst", "ulysses")
+
+
+def layer_strategy(scheme: str, spec) -> str:
+    """The strategy of one layer of a model whose layers split the sequence with ``scheme``."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"context_parallel must be one of {SCHEMES}, got {scheme!r}")
+    if "recurrence" in spec.extra:
+        return "lasp2"
+    tiled = spec.name == "sliding_window" or "softmax_score_mod" in spec.extra
+    if scheme == "lasp2h" and spec.name in ALLGATHER_MECHANISMS:
+        return "allgather"
+    if scheme in ("lasp2h", *TILED) and tiled:
+        return "ring" if scheme == "lasp2h" else scheme
+    return "ulysses"
+
+
+def model_layout(strategies: list[str]) -> str:
+    """One layout for every layer of a model: contiguous when a layer needs it (LASP-2, all-gather), else zigzag."""
+    return "contiguous" if {"lasp2", "allgather"} & set(strategies) else "zigzag"
 
 
 class ContextParallel:

@@ -31,6 +31,10 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     rope: bool = True
     tie_embeddings: bool = True
+    # None: one process. Else the layers split each sequence across the default process group:
+    # "lasp2h" (LASP-2 for linear-recurrence layers, all-gather for softmax ones), "ring", "burst" or
+    # "ulysses" (for the non-linear layers; linear-recurrence layers run LASP-2 in every scheme).
+    context_parallel: str | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "dim", "heads"):
@@ -44,10 +48,31 @@ class ModelConfig:
             raise ValueError(f"schedule {self.schedule!r} uses letters {missing} that mixers {sorted(self.mixers)} does not define")
         for letter in set(self.schedule):
             mixer_spec(self.mixers[letter], self.rope)  # validates before any module is built
+        if self.context_parallel is not None:
+            from ..distributed.layer import SCHEMES
+            if self.context_parallel not in SCHEMES:
+                raise ValueError(f"context_parallel must be None or one of {SCHEMES}, got {self.context_parallel!r}")
 
     def layer_mixers(self) -> list[dict]:
-        """The normalised mixer spec of every layer, in order."""
-        return [mixer_spec(self.mixers[letter], self.rope) for letter in self.schedule]
+        """The normalised mixer spec of every layer, in order (with ``strategy`` and ``layout`` under
+        ``context_parallel``: every layer of the model shares one layout)."""
+        specs = [mixer_spec(self.mixers[letter], self.rope) for letter in self.schedule]
+        if self.context_parallel is not None:
+            from ..distributed.layer import layer_strategy, model_layout
+            leaves = [s for spec in specs for s in spec.get("hymba", [spec])]
+            for leaf in leaves:
+                leaf["strategy"] = layer_strategy(self.context_parallel, registry.get(leaf["mechanism"]))
+            layout = model_layout([leaf["strategy"] for leaf in leaves])
+            for leaf in leaves:
+                leaf["layout"] = layout
+        return specs
+
+    def context_parallel_layout(self) -> str | None:
+        """How to shard tokens for this model (``attnkit.distributed.Sharding(N, layout=...)``); None: one process."""
+        if self.context_parallel is None:
+            return None
+        first = self.layer_mixers()[0]
+        return first.get("hymba", [first])[0]["layout"]
 
     def require_pattern(self, pattern: str, model: str) -> None:
         """Refuse a schedule whose mechanisms (every Hymba branch too) lack ``pattern``."""

@@ -17,8 +17,11 @@ def build_mixer(spec: dict, dim: int, heads: int, kv_heads: int | None, head_dim
     if "hymba" in spec:
         return ParallelHeads(spec["hymba"], dim, heads, kv_heads, head_dim)
     rope = RoPE(head_dim) if spec["rope"] else None
+    cp = {}
+    if "strategy" in spec:  # context parallel: this rank's shard of the sequence, the default group
+        cp = {"context_parallel": True, "strategy": spec["strategy"], "layout": spec["layout"]}
     return Attention(dim, heads, mechanism=spec["mechanism"], kv_heads=kv_heads, head_dim=head_dim, rope=rope,
-                     **spec["params"])
+                     **cp, **spec["params"])
 
 
 class ParallelState:
