@@ -93,6 +93,63 @@ def speed(n: int, mechanisms, backward: bool, repeats: int, device="cpu") -> dic
     return row
 
 
+def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
+    """Where NSA's forward + backward time goes, each part timed alone in turns with SDPA and all of NSA.
+
+    ``compression``: the compressed keys and values (MLPs), the compression branch and the block
+    importance with its top-n (the selection), backward through the branch; ``selected``: the
+    selected-block kernel alone on the precomputed selection; ``window``: the sliding-window branch
+    alone. ``t_sdpa / t_selected`` bounds NSA's speed-up from above: NSA runs that kernel and more.
+    """
+    from attnkit.families import nsa
+    from attnkit.kernels.block_sparse import block_sparse_attention
+    from attnkit.kernels.selected_blocks import selected_block_attention
+    from attnkit.masks.layout import build_layout
+    from attnkit.masks.window import sliding_window
+
+    q, k, v, extra = inputs("nsa", n, True, device)
+    params = attnkit_defaults("nsa")
+    scale = D**-0.5
+    gates = extra["gates"]
+    tensors = {name: t for name, t in extra.items() if name != "gates"}
+    with torch.no_grad():
+        _, sel = nsa._selection(q, k, v, gates, tensors, scale, params["compress_stride"], params["select_block"],
+                                params["select_count"], params["window"], 512)
+    layout = build_layout(sliding_window(params["window"] - 1, 0), batch=B, heads=H, q_len=n, kv_len=n, device=device)
+    leaves = (q, k, v, *extra.values())
+
+    def part(fn):
+        def run():
+            fn().sum().backward()
+            for t in leaves:
+                t.grad = None
+        return run
+
+    calls = {
+        "sdpa": _call("sdpa", q, k, v, {}, True),
+        "nsa": _call("nsa", q, k, v, extra, True),
+        "compression": part(lambda: nsa._selection(q, k, v, gates, tensors, scale, params["compress_stride"],
+                                                   params["select_block"], params["select_count"], params["window"],
+                                                   512)[0]),
+        "selected": part(lambda: selected_block_attention(q, k, v, sel, scale=scale, causal=True)),
+        "window": part(lambda: block_sparse_attention(q, k, v, layout, scale=scale)),
+    }
+    t = dict(zip(calls, median_times(list(calls.values()), repeats)))
+    row = {f"t_{name}": s for name, s in t.items()}
+    row.update({f"sdpa_over_{name}": t["sdpa"] / t[name] for name in calls if name != "sdpa"})
+    print(f"N={n:>6} NSA fwd+bwd parts: sdpa {t['sdpa']:.2f} s, nsa {t['nsa']:.2f} s ({row['sdpa_over_nsa']:.2f}x); "
+          f"compression+selection {t['compression']:.2f} s, selected-block kernel alone {t['selected']:.2f} s "
+          f"(sdpa / kernel = {row['sdpa_over_selected']:.2f}x: NSA's ceiling), window {t['window']:.2f} s",
+          flush=True)
+    return row
+
+
+def attnkit_defaults(name: str) -> dict:
+    import attnkit
+
+    return dict(attnkit.spec(name).defaults)
+
+
 def _attended(name, q, k, v, extra, rows):
     """Boolean ``(B, H, len(rows), N)``: the keys each sampled query attends to exactly."""
     from attnkit.families.moba import moba_selection
@@ -182,6 +239,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--recall-queries", type=positive_int, default=256, help="query positions sampled for recall")
     parser.add_argument("--no-forward", action="store_true", help="time forward + backward only")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory in subprocesses (CPU)")
+    parser.add_argument("--nsa-parts", action="store_true",
+                        help="also time NSA's parts alone (compression + selection, selected-block kernel, window)")
     parser.add_argument("--checkpoint", default=None,
                         help="Shakespeare LM (attnkit train lm --out): recall also on its own q, k, v, held-out text")
 
@@ -199,6 +258,8 @@ def run(args) -> int:
         items += [{"section": "speed", "N": n, "backward": b} for b in ((True,) if args.no_forward else (False, True))]
         if args.memory and args.device == "cpu":
             items += [{"section": "memory", "N": n, "mechanism": m} for m in args.mechanisms]
+        if args.nsa_parts and "nsa" in args.mechanisms:
+            items.append({"section": "nsa-parts", "N": n})
         if args.checkpoint:
             items += [{"section": "lm-recall", "N": n, "mechanism": m} for m in args.mechanisms]
     config = {"sizes": sizes, "mechanisms": args.mechanisms, "repeats": args.repeats, "device": args.device,
@@ -215,6 +276,8 @@ def run(args) -> int:
     def measure(item):
         if item["section"] == "quality":
             return quality(item["mechanism"], item["N"], args.recall_queries, args.device)
+        if item["section"] == "nsa-parts":
+            return nsa_parts(item["N"], args.repeats, args.device)
         if item["section"] == "lm-recall":
             return lm_quality(item["mechanism"], item["N"], args.recall_queries, lm, held_ids, args.device)
         if item["section"] == "speed":
