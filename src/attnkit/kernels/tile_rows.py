@@ -55,14 +55,13 @@ def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: flo
     Hkv, Dv = k.shape[1], v.shape[3]
     R = layout.shape[-1]
     pad = R * block - N
-    qt = F.pad(q, (0, 0, 0, pad)).reshape(B * H, R, block, D)
-    kt = F.pad(k, (0, 0, 0, pad)).reshape(B * Hkv, R, block, D)
-    vt = F.pad(v, (0, 0, 0, pad)).reshape(B * Hkv, R, block, Dv)
+    qt, kt, vt = ((F.pad(x, (0, 0, 0, pad)) if pad else x).reshape(-1, R, block, x.shape[-1]) for x in (q, k, v))
     kv_of = ((torch.arange(B, device=q.device)[:, None] * Hkv + torch.arange(H, device=q.device) // (H // Hkv))
              .reshape(B * H))
     r = torch.arange(R, device=q.device)
     diagonal = layout[..., r, r].reshape(B * H * R)
-    o_d, l_d = _attend(qt, kt[kv_of], vt[kv_of], causal=True, scale=scale)
+    kd, vd = (kt, vt) if H == Hkv else (kt[kv_of], vt[kv_of])
+    o_d, l_d = _attend(qt, kd, vd, causal=True, scale=scale)
     o_d, l_d = o_d.reshape(B * H * R, block, Dv), l_d.reshape(B * H * R, block)
     l_d = l_d.masked_fill(~diagonal[:, None], float("-inf"))
     past = (layout & (r[None, :] < r[:, None])).reshape(B * H * R, R)
@@ -80,5 +79,10 @@ def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: flo
             o, l = _attend(qt.reshape(B * H * R, 1, block, D)[rows], kg, vg, causal=False, scale=scale)
             pieces.append(_merge(o[:, 0], l[:, 0], o_d[rows], l_d[rows]))
         rows_of.append(rows)
-    out = torch.cat(pieces)[torch.cat(rows_of).argsort()]
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        out = torch.cat(pieces)[torch.cat(rows_of).argsort()]
+    else:  # write each group in place: no concatenated copy
+        out = o_d.new_empty(B * H * R, block, Dv)
+        for rows, piece in zip(rows_of, pieces):
+            out.index_copy_(0, rows, piece)
     return out.reshape(B, H, R * block, Dv)[:, :, :N]
