@@ -64,13 +64,14 @@ def minilm_page(tmp_path_factory):
 def test_explain_writes_a_page_of_pictures(minilm_page, capsys):
     page = minilm_page.read_text()
     assert page.count("data:image/png;base64,") == 3  # rollout bars, rollout matrix, line view
-    assert "6 layers x 12 heads, 9 tokens" in page and "<span class=\"tok\"" in page and "cat</span>" in page
+    assert "minilm with softmax attention: 6 layers x 12 heads, 9 tokens" in page and "<span class=\"tok\"" in page and "cat</span>" in page
 
 
 @pytest.mark.parametrize("argv, message", [
     (["explain", "hi", "--method", "rollot"], "did you mean 'rollout'"),
     (["explain", "hi", "--model", "bert"], "unknown model 'bert'"),
     (["explain", "  "], "text: expected a non-empty string"),
+    (["explain", "hi", "--mechanism", "softmx"], "unknown mechanism 'softmx'"),
 ])
 def test_explain_errors_are_one_line(argv, message, capsys, tmp_path):
     assert cli_main([*argv, "--out", str(tmp_path / "v.html")]) == 2

@@ -11,8 +11,10 @@ A method turns the model's attention into pictures (:mod:`.views`):
   mean over the query rows (MiniLM's sentence embedding is the mean of its token states).
 
 Models: ``minilm``, the pretrained sentence encoder of ``attnkit[hf]`` (a 6-layer BERT with 12
-heads), run with transformers' eager attention so that its weights are the exact softmax
-matrices.
+heads). Its attention runs through attnkit (the Hugging Face integration) with ``mechanism``
+(default ``softmax``, the model as trained; any other registered mechanism that needs no learned
+inputs shows what that mechanism would attend to without retraining), and
+:func:`attnkit.capture` records every layer's weights.
 """
 from __future__ import annotations
 
@@ -36,27 +38,30 @@ def check_choice(value: str, allowed: tuple[str, ...], what: str) -> str:
     return value
 
 
-def run_model(text: str, model: str = "minilm") -> tuple[list[str], torch.Tensor]:
-    """``(tokens, weights)``: the text's tokens and the model's attention, ``(layers, heads, N, N)``."""
+def run_model(text: str, model: str = "minilm", mechanism: str = "softmax") -> tuple[list[str], torch.Tensor]:
+    """``(tokens, weights)``: the text's tokens and the model's attention with ``mechanism``,
+    ``(layers, heads, N, N)``, as :func:`attnkit.capture` records it."""
     check_choice(model, MODELS, "model")
     if not isinstance(text, str) or not text.strip():
         raise ValueError("text: expected a non-empty string")
-    from ...integrations import minilm
+    from ... import capture
+    from ...integrations import hf, minilm
 
     from transformers.utils import logging
 
+    implementation = hf.register(mechanism)  # an unknown or unusable mechanism fails here, before loading
     bar = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()  # the page is the output: no "Loading weights" bar on stderr
     try:
-        encoder, tokenizer = minilm.load("eager")
+        encoder, tokenizer = minilm.load(implementation)
     finally:
         if bar:
             logging.enable_progress_bar()
     batch = tokenizer(text, return_tensors="pt", truncation=True, max_length=MAX_TOKENS)
-    with torch.no_grad():
-        out = encoder(**batch, output_attentions=True)
+    with torch.no_grad(), capture(encoder) as recorded:
+        encoder(**batch)
     tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
-    return tokens, torch.stack([a[0] for a in out.attentions])
+    return tokens, recorded.stack()[:, 0]
 
 
 def rollout(weights: torch.Tensor) -> torch.Tensor:
@@ -86,20 +91,23 @@ def method_views(method: str, tokens: list[str], weights: torch.Tensor, head: in
     ])
 
 
-def explain_html(text: str, model: str = "minilm", methods=("rollout",), head: int | None = None) -> str:
+def explain_html(text: str, model: str = "minilm", methods=("rollout",), head: int | None = None,
+                 mechanism: str = "softmax") -> str:
     """The pictures of one text, one block per method, as an HTML fragment (images embedded as data URIs)."""
     methods = [methods] if isinstance(methods, str) else list(methods)
     for method in methods:
         check_choice(method, METHODS, "method")
-    tokens, weights = run_model(text, model)
+    tokens, weights = run_model(text, model, mechanism)
     if head is not None and not 0 <= head < weights.shape[1]:
         raise ValueError(f"--head: expected 0..{weights.shape[1] - 1} ({model} has {weights.shape[1]} heads), "
                          f"got {head}")
-    intro = (f"<p class='meta'>{html.escape(model)}: {weights.shape[0]} layers x {weights.shape[1]} heads, "
+    intro = (f"<p class='meta'>{html.escape(model)} with {html.escape(mechanism)} attention: "
+             f"{weights.shape[0]} layers x {weights.shape[1]} heads, "
              f"{len(tokens)} tokens</p>")
     return intro + "".join(method_views(m, tokens, weights, head) for m in methods)
 
 
-def explain_page(text: str, model: str = "minilm", method: str = "rollout", head: int | None = None) -> str:
+def explain_page(text: str, model: str = "minilm", method: str = "rollout", head: int | None = None,
+                 mechanism: str = "softmax") -> str:
     """A self-contained HTML page of :func:`explain_html` for one method, headed by the text."""
-    return html_page(f"attnkit explain: {text}", explain_html(text, model, [method], head))
+    return html_page(f"attnkit explain: {text}", explain_html(text, model, [method], head, mechanism))

@@ -64,7 +64,7 @@ def _snapkv(budget, phase, prompt):
 
 
 # method -> (mechanism, params(swept value, phase, prompt length), phases); the sweep is fractions of the
-# prompt: a window, or a cache budget (H2O splits it evenly between heavy hitters and recent tokens, as
+# prompt: a window, a number of keys read (Quest: in pages of 16), or a cache budget (H2O splits it evenly between heavy hitters and recent tokens, as
 # the paper does; SnapKV's observation window is 32 tokens, at most half the budget).
 METHODS = {
     "sliding_window": ("sliding_window", lambda w, phase, p: {"window": w}, ("prefill", "decode")),
@@ -76,6 +76,7 @@ METHODS = {
     "knorm": ("knorm", lambda b, phase, p: {"budget": b, "start": p if phase == "decode" else 0},
               ("decode", "prefill+decode")),
     "snapkv": ("snapkv", _snapkv, ("decode",)),
+    "quest": ("quest", lambda b, phase, p: {"page": 16, "top_k": max(1, b // 16)}, ("decode",)),
 }
 EVICTING = {"h2o", "tova", "knorm", "snapkv"}  # mechanisms whose cache a dense model cannot continue from
 FRACTIONS = [1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32]
