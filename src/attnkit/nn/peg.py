@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from ..validation import check_int, check_tokens
+from .factory import factory_kwargs
 
 
+@factory_kwargs
 class PositionalEncodingGenerator(nn.Module):
     """``forward(x, grid=(H, W), class_tokens=0) -> x + PEG(x)`` for tokens ``x (B, class_tokens + H W, dim)``."""
 
