@@ -9,7 +9,8 @@ from .kernels.positions import repeat_kv
 from .reference import weights_of_reference
 from .dispatch import log
 from .state import check_state, mark_state
-from .validation import check_params, check_pattern, check_qkv, check_required_inputs, check_scale, normalise_mask
+from .validation import (check_declared_inputs, check_params, check_pattern, check_qkv, check_required_inputs, check_scale,
+                         normalise_mask)
 
 
 def attention(
@@ -65,6 +66,7 @@ def attention(
         raise TypeError(f"position must be a positional encoding object from attnkit.positional, e.g. "
                         f"attnkit.positional.RoPE({q.shape[-1]}), got {type(position).__name__} {position!r}")
     if _is_empty(q, k):
+        check_declared_inputs(spec, q, k, v, params)  # no form runs, so none checks them
         out = _empty_call(q, k, v, state, incremental, return_state)
         return (out, q.new_zeros(*q.shape[:3], k.shape[2])) if return_weights else out
     if position is not None:
@@ -104,7 +106,11 @@ def _check_return_weights(spec, incremental, dropout_p):
 
 def _with_weights(spec, recorders, return_weights, q, k, v, *, causal, mask, scale, form, params):
     """The call's output and weights, each recorder given a record (weights None when the spec has none)."""
-    grad = any(r.grad for r in recorders) and not params.get("dropout_p")
+    edits = [r for r in recorders if r.edit is not None]
+    if edits and params.get("dropout_p"):
+        raise ValueError("attnkit.capture(edit=...) with dropout_p > 0: the edited weights would not be the ones used; "
+                         "call model.eval() (or pass dropout_p=0.0)")
+    from_weights = (any(r.grad for r in recorders) or bool(edits)) and not params.get("dropout_p")
     plain = {n: x for n, x in params.items() if n != "dropout_p"}
     weights = None
     if spec.weights is not None:
@@ -114,8 +120,12 @@ def _with_weights(spec, recorders, return_weights, q, k, v, *, causal, mask, sca
         if weights is None and return_weights:
             raise ValueError(f"mechanism {spec.name!r} has no attention weights: its reference is not one "
                              "materialised softmax whose weights @ v is the output, and its spec declares none")
-    if grad and weights is not None:
-        if weights.requires_grad:
+    if edits and weights is None:
+        raise ValueError(f"attnkit.capture(edit=...) changes attention weights, and mechanism {spec.name!r} has none")
+    for recorder in edits:
+        weights = recorder.edit(recorder.module, weights)
+    if from_weights and weights is not None:
+        if weights.requires_grad and any(r.grad for r in recorders):
             weights.retain_grad()
         out = (spec.weights_output(weights, q, k, v, **params) if spec.weights_output is not None
                else weights @ repeat_kv(v, q.shape[1]))

@@ -14,6 +14,11 @@ the mechanism's weights (``spec.weights``: exact for the softmax family and the 
 the implicit matrix of the parallel form for recurrent mechanisms); a mechanism without
 them, or an incremental call, records ``weights=None`` and says why in ``note``.
 
+``edit=fn`` changes the weights the calls use: ``fn(module, weights) -> weights`` receives
+the name of the module making the call and the ``(B, H, Nq, Nk)`` weights, and the call's
+output is computed from what it returns (attention calibration, head ablation); the record
+holds the edited weights.
+
 ``grad=True`` makes the recorded weights part of the graph: the call's output is then
 computed from them (``weights @ v``, or the spec's ``weights_output``), so after a
 backward pass ``record.weights.grad`` holds the gradient of the loss with respect to the
@@ -48,8 +53,9 @@ class AttentionRecord:
 class Recorder:
     """The records of one :func:`capture` block, in call order."""
 
-    def __init__(self, grad: bool):
+    def __init__(self, grad: bool, edit=None):
         self.grad = grad
+        self.edit = edit
         self.records: list[AttentionRecord] = []
         self._modules: list[str] = []
 
@@ -80,23 +86,31 @@ class Recorder:
             raise ValueError(f"the recorded weights have different shapes {sorted(shapes)}; index the records instead")
         return torch.stack(found)
 
+    @property
+    def module(self) -> str:
+        """The innermost running module of the captured model (``""`` outside one)."""
+        return self._modules[-1] if self._modules else ""
+
     def add(self, record: AttentionRecord) -> None:
-        record.module = self._modules[-1] if self._modules else ""
+        record.module = self.module
         self.records.append(record)
 
 
 @contextmanager
-def capture(model: torch.nn.Module | None = None, *, grad: bool = False):
+def capture(model: torch.nn.Module | None = None, *, grad: bool = False, edit=None):
     """Record every attention call inside the block (see the module docstring).
 
     ``model``: when given, each record names the innermost of its modules that was running.
     ``grad``: keep the weights in the graph, with their gradients after a backward pass.
+    ``edit``: ``edit(module, weights) -> weights``, the weights the calls use instead.
     """
     if model is not None and not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
     if not isinstance(grad, bool):
         raise TypeError(f"grad must be a bool, got {type(grad).__name__}")
-    recorder = Recorder(grad)
+    if edit is not None and not callable(edit):
+        raise TypeError(f"edit must be a callable edit(module, weights) -> weights, got {type(edit).__name__}")
+    recorder = Recorder(grad, edit)
     handles = []
     if model is not None:
         for name, module in model.named_modules():

@@ -10,12 +10,15 @@ prints, and what the generated conformance test tries bad values of.
     Param("softmax", str, "attention function", choices=("softmax", "laplace"))
     Param(None, int, "landmark count; None: one per 8 keys", low=1, optional=True)
     Param((64, 128), tuple, "per-head windows", item=int, low=0)
-    Param(None, torch.Tensor, "learned gains (H,)", optional=True)
 
 Rules: ints refuse bools and floats; floats take ints but refuse bools, NaN and
 infinities; a ``tuple`` parameter takes a non-empty tuple or list whose items
 obey ``item``, ``low`` and ``high`` (``scalar_ok`` also takes one bare item);
 ``None`` is accepted only where ``optional`` says so.
+
+Tensors a mechanism takes are :class:`TensorInput` declarations in ``MechanismSpec.inputs``
+(shape, meaning, required or not), never Params: their declared shapes are checked on calls with
+nothing to compute too (an empty batch, no heads, no queries or no keys), where no form runs.
 """
 from __future__ import annotations
 
@@ -26,8 +29,7 @@ from typing import Any
 
 import torch
 
-_TYPE_WORDS = {int: "an int", float: "a float", bool: "a bool", str: "a string", tuple: "a tuple",
-               torch.Tensor: "a torch.Tensor"}
+_TYPE_WORDS = {int: "an int", float: "a float", bool: "a bool", str: "a string", tuple: "a tuple"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,9 @@ class Param:
     scalar_ok: bool = False
 
     def __post_init__(self):
+        if self.type is torch.Tensor:
+            raise TypeError("a tensor is declared as a TensorInput(shape, doc, required=...) in a spec's inputs, "
+                            "not as a Param")
         if self.type not in _TYPE_WORDS:
             raise ValueError(f"Param type must be one of {[t.__name__ for t in _TYPE_WORDS]}, got {self.type!r}")
         if self.type is tuple and self.item not in (int, float):
@@ -72,10 +77,6 @@ class Param:
         self._check_scalar(name, value, self.type, name)
 
     def _check_scalar(self, where: str, value, kind: type, name: str) -> None:
-        if kind is torch.Tensor:
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"{where} must be {self.describe()}, got {type(value).__name__}")
-            return
         if kind is bool:
             if not isinstance(value, bool):
                 raise TypeError(f"{where} must be {self.describe()}, got {type(value).__name__}")
@@ -169,3 +170,43 @@ class TensorInput:
 
     def describe(self) -> str:
         return f"{self.shape} {self.doc}"
+
+    def check(self, name: str, tensor, sizes: dict[str, int]) -> None:
+        """Refuse ``tensor`` unless it has the declared rank, the declared sizes among ``sizes`` (B, H, Hkv, Nq,
+        Nk, D, Dk, Dv; ``N`` is Nq or Nk, ``X or 1`` either, ``>= X`` at least X) and, when declared, the ``bool`` dtype. Other names
+        (``buckets``, ``2K + 1``) are free. The forms check the rest (values, free sizes) when they run."""
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor of shape {self.shape} ({self.doc}), got {type(tensor).__name__}")
+        dims, boolean = _parse_shape(self.shape)
+        wrong = len(dims) != tensor.ndim or (boolean and tensor.dtype != torch.bool)
+        for choices, size in zip(dims, tensor.shape):
+            if isinstance(choices, str):  # ">= X"
+                wrong = wrong or (choices in sizes and size < sizes[choices])
+                continue
+            allowed = {sizes.get(c, c) for c in choices}
+            if not wrong and all(isinstance(a, int) for a in allowed) and size not in allowed:
+                wrong = True
+        if wrong:
+            known = ", ".join(f"{k}={v}" for k, v in sizes.items() if k != "N")
+            raise ValueError(f"{name} must have shape {self.shape} ({known}), got {tuple(tensor.shape)} {tensor.dtype}")
+
+
+def _parse_shape(shape: str) -> tuple[list, bool]:
+    """``"(B or 1, H, N, >= Nk) bool"`` -> ``([("B", 1), ("H",), ("Nq", "Nk"), "Nk"], True)``: each dim's
+    alternatives (names or ints; an expression such as ``2K + 1`` is kept as a name that no size defines), or
+    the name after ``>=`` (a lower bound)."""
+    text = shape.strip()
+    boolean = text.endswith("bool")
+    text = text.removesuffix("bool").strip().strip("()")
+    dims = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if part.startswith(">="):
+            dims.append(part[2:].strip())
+            continue
+        choices = []
+        for alt in (a.strip() for a in part.split(" or ")):
+            choices.extend(("Nq", "Nk") if alt == "N" else (int(alt),) if alt.isdigit() else (alt,))
+        dims.append(tuple(choices))
+    return dims, boolean

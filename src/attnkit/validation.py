@@ -171,6 +171,17 @@ def check_required_inputs(spec, params: dict) -> None:
                     f"attnkit.describe({spec.name!r}) lists its inputs")
 
 
+def check_declared_inputs(spec, q, k, v, params: dict) -> None:
+    """The given tensor inputs against their declared shapes (:meth:`attnkit.params.TensorInput.check`); an
+    optional one may be None. For calls where no form runs (nothing to compute), whose checks would be skipped."""
+    sizes = {"B": q.shape[0], "H": q.shape[1], "Hkv": k.shape[1], "Nq": q.shape[2], "Nk": k.shape[2],
+             "D": q.shape[3], "Dk": k.shape[3], "Dv": v.shape[3]}
+    for name, declared in spec.inputs.items():
+        value = params.get(name)
+        if value is not None or (declared.required and name in params):
+            declared.check(name, value, sizes)
+
+
 # Arguments of torch's scaled_dot_product_attention and what attnkit calls them.
 SDPA_NAMES = {
     "is_causal": "use causal=True (bottom-right aligned when q_len != kv_len)",

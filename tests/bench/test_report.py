@@ -90,10 +90,13 @@ def test_the_answer_comes_first_and_names_the_machine(report):
     assert page.index("id='recommendation'") < page.index('<h2 id="cab">')
     assert "test cpu, 2 threads, cpu, fp32 GEMM 100 GFLOP/s, torch 2.13.0" in block
     # kernels at the longest N: flex 2x attnkit's speed is 3x SDPA's; attnkit 1.5x with half SDPA's memory
-    assert "<b>causal</b>, N=2048 (kernels): 1. <b>flex</b> (exact): 3× SDPA's speed; " \
-           "2. <b>attnkit softmax</b> (exact): 1.5× SDPA's speed, 0.5× its memory" in block
+    assert "<b>causal</b>, N=2048 (kernels): 1. <b>flex</b> (exact): 3× faster than SDPA; " \
+           "2. <b>attnkit softmax</b> (exact): 1.5× faster than SDPA, 0.5× its memory; " \
+           "3. <b>sdpa</b> (exact): the baseline" in block
     # the newer CAB run: at N=1024 linear takes 16 ms and SDPA 32 ms; memory 20.48 MiB against 10.24 MiB
-    assert "<b>causal-self</b>, N=1024 (cab): 1. <b>linear</b> (approximate): 2× SDPA's speed, 2× its memory" in block
+    assert "<b>causal-self</b>, N=1024 (cab): 1. <b>linear</b> (approximate): 2× faster than SDPA, 2× its memory; " \
+           "2. <b>softmax[sdpa]</b> (exact): the baseline; 3. <b>softmax[reference]</b> (exact): 3× slower than SDPA, " \
+           "3× its memory" in block
     assert "1. <b>attention</b> 1.00 (state 8,192); 2. <b>linear (elu+1)</b> 0.30 (state 4,096)" in block
     speed = {(r["suite"], r["N"]): r for r in json.loads((tmp / "out" / "results.json").read_text())["tables"][
         "recommendation_speed"]}
@@ -107,6 +110,9 @@ def test_every_column_shown_has_a_glossary_entry(report):
     glossary = (tmp / "out" / "report.html").read_text().split("id='glossary'")[1]
     assert "<code>sdpa_ratio</code>" in glossary and "<code>floor_seconds</code>" in glossary
     assert "(no entry)" not in glossary
+    from attnkit.bench.report.glossary import entry
+
+    assert entry("speedup_nsa")[1].startswith("SDPA's time / nsa's time") and entry("no such column") is None
 
 
 def test_one_colour_per_mechanism_across_plots():

@@ -49,3 +49,22 @@ def test_a_state_continued_with_other_shapes_is_refused():
         attnkit.attention(q[:, :2, :1], k[:, :1, :1], v[:, :1, :1], "softmax", causal=True, state=state)
     with pytest.raises(ValueError, match="belongs to one model"):
         attnkit.attention(q[:, :, :1].float(), k[:, :, :1].float(), v[:, :, :1].float(), "softmax", causal=True, state=state)
+
+
+def test_head_wise_and_chunked_caches_refuse_what_they_cannot_do():
+    from attnkit.cache import AdaKV, Cache, RazorAttention
+
+    q, k, v = qkv()
+    _, state = attnkit.attention(q[:, :, :20], k[:, :, :20], v[:, :, :20], "softmax", causal=True,
+                                 state=KVState(AdaKV(SnapKV(10, window=4))), return_state=True)
+    with pytest.raises(ValueError, match="belongs to one model"):  # a ragged layer continued by another model
+        attnkit.attention(q[:, :2, 20:21], k[:, :1, 20:21], v[:, :1, 20:21], "softmax", causal=True, state=state)
+    with pytest.raises(ValueError, match="at most the context"):  # a budget above the declared prompt
+        attnkit.attention(q[:, :, :4], k[:, :, :4], v[:, :, :4], "softmax", causal=True,
+                          state=KVState(KeyNorm(12), prompt=10))
+    with pytest.raises(ValueError, match="prompt"):
+        KVState(KeyNorm(4), prompt=0)
+    with pytest.raises(ValueError, match="prompt"):
+        Cache(KeyNorm(4), prompt=-1)
+    with pytest.raises(ValueError, match="model="):  # ragged rows need the cache's own attention in generate
+        Cache(RazorAttention(8, retrieval=torch.ones(1, 2, dtype=torch.bool)))

@@ -77,3 +77,16 @@ def test_chunked_prefill_of_an_attnkit_lm_bounds_its_memory():
     torch.testing.assert_close(full.logits, lm(ids)[:, -1])
     with pytest.raises(ValueError, match="chunk"):
         prefill(lm, ids, KeyNorm(16), chunk=0)
+
+
+def test_layers_of_different_lengths_prefill_in_chunks_inside_generate():
+    from attnkit.cache import Cache, PyramidKV
+
+    model, ids = tiny_llama(), prompt(48)
+    policy = PyramidKV(StreamingLLM(16, sinks=2), layers=2, beta=4)  # layer 0 keeps 28 tokens, layer 1 keeps 4
+    with pytest.raises(ValueError, match="per layer"):  # one transformers mask cannot fit both layers
+        Cache(policy, prompt=48)
+    cache = Cache(policy, model=model, prompt=48)
+    out = model.generate(ids, max_new_tokens=3, do_sample=False, cache=cache, prefill_chunk_size=8)
+    cache.close()
+    assert out.shape == (1, 51) and [layer.store.used for layer in cache.layers] == [28, 4]

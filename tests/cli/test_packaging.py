@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-IMPORT_NAMES = {"torch": "torch", "numpy": "numpy", "rich": "rich", "matplotlib": "matplotlib"}
+IMPORT_NAMES = {"torch": "torch", "numpy": "numpy", "rich": "rich", "matplotlib": "matplotlib", "networkx": "networkx"}
 
 
 def requirement_name(req: str) -> str:

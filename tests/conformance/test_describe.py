@@ -11,7 +11,7 @@ from attnkit.cli import main
 from attnkit.mechanism_info import snippet
 from attnkit.registry import get
 
-from .harness import cases, make_inputs
+from .harness import CROSS_SIZES, SELF_SIZES, cases, make_inputs
 
 
 @pytest.mark.parametrize("name", cases("names"))
@@ -48,6 +48,21 @@ def test_a_missing_tensor_input_is_described(name):
         kw = {n: t for n, t in extra.items() if n != missing}
         with pytest.raises(TypeError, match=rf"needs the tensor input.*{missing}: {re.escape(spec.inputs[missing].shape)}"):
             attnkit.attention(q, k, v, name, causal=causal, **kw)
+
+
+@pytest.mark.parametrize("name", [n for n in cases("names") if get(n).inputs])
+def test_declared_input_shapes_fit_the_example_inputs(name):
+    """The declared shapes are what the API checks on empty calls: they must hold for real inputs, GQA and
+    cross-attention included."""
+    spec = get(name)
+    sizes = SELF_SIZES + (CROSS_SIZES if any(p.endswith("cross") for p in spec.patterns) else [])
+    for size in sizes:
+        q, k, v, extra = make_inputs(spec, size)
+        dims = {"B": q.shape[0], "H": q.shape[1], "Hkv": k.shape[1], "Nq": q.shape[2], "Nk": k.shape[2],
+                "D": q.shape[3], "Dk": k.shape[3], "Dv": v.shape[3]}
+        for input_name, tensor in extra.items():
+            if input_name in spec.inputs:
+                spec.inputs[input_name].check(input_name, tensor, dims)
 
 
 def _optional_inputs(name):

@@ -83,7 +83,7 @@ def _bad_values(declared):
     return st.tuples(values) if declared.type is tuple and not declared.scalar_ok else values
 
 
-PARAMS = [(n, p) for n in NAMES for p, d in get(n).params.items() if d.type is not torch.Tensor]
+PARAMS = [(n, p) for n in NAMES for p in get(n).params]
 
 
 @FAST

@@ -122,3 +122,19 @@ def test_js_distance():
     expected = (0.5 * (p[:2] * (p[:2] / m[:2]).log()).sum() + 0.5 * (q * (q / m).log()).sum()).sqrt()
     assert js_distance(p, q) == pytest.approx(float(expected))
     assert js_distance(p, p) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sample_attention_keeps_what_the_equations_keep(dtype):
+    from attnkit.families import sample_attention as sa
+
+    q, k, _ = _qk(N=96, seed=8)
+    for row_ratio, alpha, window_ratio in ((0.25, 0.6, 0.1), (0.1, 0.9, 0.0), (1.0, 0.3, 0.05)):
+        p = dict(scale=0.25, row_ratio=row_ratio, alpha=alpha, window_ratio=window_ratio)
+        ref = sa.reference_mask(q, k, **p)
+        kept, density = sa.attended(q.to(dtype), k.to(dtype), torch.arange(96), block=16, **p)
+        assert torch.equal(kept, ref), p
+        assert density == pytest.approx(ref.sum().item() / (4 * 96 * 97 / 2))
+        out = attnkit.attention(q, k, _qk(N=96, seed=9)[2], "sample_attention", causal=True, block=16, **p)
+        expected = attnkit.attention(q, k, _qk(N=96, seed=9)[2], "softmax", causal=False, mask=ref, scale=0.25)
+        assert (out - expected).abs().max() < 1e-12

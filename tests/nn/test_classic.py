@@ -159,3 +159,72 @@ def test_bidaf_matches_the_equations():
         u_tilde = sum(x * U[0, j] for x, j in zip(a, js))
         expect = torch.cat([H[0, t], u_tilde, H[0, t] * u_tilde, H[0, t] * h_tilde])
         torch.testing.assert_close(G[0, t], expect, rtol=1e-12, atol=1e-12)
+
+
+@torch.no_grad()
+def test_dual_cross_attention_matches_the_equations():
+    from attnkit.nn import GlobalLocalCrossAttention, PairwiseCrossAttention, attention_rollout
+
+    torch.manual_seed(5)
+    w1, w2 = (torch.softmax(torch.randn(2, 2, 6, 6, dtype=D64), -1) for _ in range(2))
+    eye = torch.eye(6, dtype=D64)
+    expect = (0.5 * w2.mean(1) + 0.5 * eye) @ (0.5 * w1.mean(1) + 0.5 * eye)
+    rollout = attention_rollout([w1, w2])
+    torch.testing.assert_close(rollout, expect)
+    torch.testing.assert_close(rollout.sum(-1), torch.ones(2, 6, dtype=D64))  # rows stay distributions
+
+    glca = GlobalLocalCrossAttention(4, 2, ratio=0.4).double()
+    x = torch.randn(2, 6, 4, dtype=D64)
+    out, chosen = glca(x, rollout)
+    assert chosen.shape == (2, 3) and (chosen[:, 0] == 0).all()
+    for b in range(2):
+        ranked = sorted(range(1, 6), key=lambda j: -float(rollout[b, 0, j]))[:2]
+        assert sorted(chosen[b, 1:].tolist()) == sorted(ranked)
+        qkv = glca.qkv(x[b])
+        q, k, v = qkv[:, :4], qkv[:, 4:8], qkv[:, 8:]
+        heads = []
+        for h in range(2):
+            sl = slice(2 * h, 2 * h + 2)
+            a = torch.softmax(q[chosen[b], sl] @ k[:, sl].T / math.sqrt(2), -1)
+            heads.append(a @ v[:, sl])
+        torch.testing.assert_close(out[b], glca.proj(torch.cat(heads, -1)))
+
+    pwca = PairwiseCrossAttention(4, 1).double()
+    x1, x2 = torch.randn(1, 3, 4, dtype=D64), torch.randn(1, 5, 4, dtype=D64)
+    q1, k1, v1 = pwca.qkv(x1[0]).split(4, -1)
+    _, k2, v2 = pwca.qkv(x2[0]).split(4, -1)
+    a = torch.softmax(q1 @ torch.cat([k1, k2]).T / 2.0, -1)  # one softmax over both images' keys
+    torch.testing.assert_close(pwca(x1, x2)[0], pwca.proj(a @ torch.cat([v1, v2])))
+    pwca.eval()
+    torch.testing.assert_close(pwca(x1, x2), pwca(x1))  # removed at inference: plain self-attention
+
+
+@torch.no_grad()
+def test_gated_positional_self_attention_matches_the_equations():
+    from attnkit.nn import GatedPositionalSelfAttention
+
+    torch.manual_seed(6)
+    layer = GatedPositionalSelfAttention(4, 2, locality_strength=2.0).double()
+    layer.gate.copy_(torch.tensor([0.3, -1.0]))
+    x = torch.randn(1, 6, 4, dtype=D64)
+    out = layer(x, (2, 3))
+    q, k = layer.qk(x[0]).split(4, -1)
+    v = layer.v(x[0])
+    pos = [(i // 3, i % 3) for i in range(6)]
+    heads = []
+    for h in range(2):
+        sl, lam = slice(2 * h, 2 * h + 2), 1 / (1 + math.exp(-float(layer.gate[h])))
+        rows = []
+        for i in range(6):
+            content = _softmax([float(q[i, sl] @ k[j, sl]) / math.sqrt(2) for j in range(6)])
+            r = [((pos[j][0] - pos[i][0]) ** 2 + (pos[j][1] - pos[i][1]) ** 2, pos[j][0] - pos[i][0],
+                  pos[j][1] - pos[i][1]) for j in range(6)]
+            positional = _softmax([float(layer.v_pos[h] @ torch.tensor(rj, dtype=D64)) for rj in r])
+            a = [(1 - lam) * c + lam * p for c, p in zip(content, positional)]
+            rows.append(sum(a[j] * v[j, sl] for j in range(6)))
+        heads.append(torch.stack(rows))
+    torch.testing.assert_close(out[0], layer.proj(torch.cat(heads, -1)))
+    # at initialisation head 0 (centre (-1, -1)) puts its largest positional weight up and to the left
+    fresh = GatedPositionalSelfAttention(4, 4, locality_strength=5.0)
+    scores = fresh.positional_scores((3, 3), "cpu", torch.float32)
+    assert scores[0, 4].argmax().item() == 0

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 B, H, D = 1, 8, 64
-PREFILL = ("block_topk", "xattention", "flexprefill", "vertical_slash")
+PREFILL = ("block_topk", "xattention", "flexprefill", "vertical_slash", "sample_attention")
 DECODE = ("quest", "loki")
 
 

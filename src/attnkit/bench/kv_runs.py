@@ -114,8 +114,9 @@ class TinyLlama(_Model):
 
     def start(self, policy, stores):
         from ..cache import Cache, CacheLayer
+        from ..cache.hf import own_attention
 
-        hooks = policy is not None and (policy.needs_scores or getattr(policy, "ragged_rows", False))
+        hooks = policy is not None and (policy.needs_scores or own_attention(policy))
         cache = Cache(policy or NoCompression(), model=self.model if hooks else None)
         for i, store in enumerate(stores):
             layer = CacheLayer(cache.policy, i, cache)

@@ -11,9 +11,13 @@ softmax attention over the kept tiles. This recipe does the second half once:
 - ``reference_layout(q, k, *, scale, **params)``: the same layout computed in
   float64 straight from the paper's equations (materialised scores, plain loops),
   the oracle the tests compare ``estimate`` with;
-- the fast form runs :func:`~attnkit.kernels.selected_blocks.selected_block_attention`
-  on the kept tiles (causal inside them); the reference masks materialised
-  float64 attention with the reference layout.
+- two fast forms run the kept tiles exactly (causal inside them):
+  ``tile_rows`` (the default; :mod:`attnkit.kernels.tile_rows`: each row's kept
+  tiles gathered and run through PyTorch's fused attention kernel, several
+  times faster on CPU) and ``selected_blocks`` (the run-time block-selection
+  engine, :func:`~attnkit.kernels.selected_blocks.selected_block_attention`,
+  with its memory-light recomputing backward); the reference masks
+  materialised float64 attention with the reference layout.
 
 Conventions every estimator here shares: causal self-attention (prefill) only;
 the selection is not differentiable (gradients flow through the attention over
@@ -36,6 +40,7 @@ import torch
 
 from ..kernels.positions import causal_mask, query_positions, repeat_kv
 from ..kernels.selected_blocks import selected_block_attention
+from ..kernels.tile_rows import tile_rows_attention
 from ..masks.selection import BlockSelection, block_selection
 from ..params import Param
 from ..reference import materialised_attention
@@ -116,11 +121,17 @@ def register_estimated_sparse(*, name: str, paper: str, estimator: Estimator, pa
         allowed = expand_layout(layout, estimator.block(**p), q.shape[2], k.shape[2])
         return materialised_attention(q, k, v, causal=False, mask=allowed, scale=scale)
 
+    def rows(q, k, v, *, causal, mask, scale, **p):
+        check(**p)
+        layout = estimator.estimate(q.detach(), k.detach(), scale=scale, **p)
+        return tile_rows_attention(q, k, v, layout, block=estimator.block(**p), scale=scale)
+
+    rows.__name__ = f"{name}_tile_rows"
     fast.__name__ = f"{name}_selected_blocks"
     reference.__name__ = f"{name}_reference"
     return register(MechanismSpec(
         name=name, family="training-free-sparse", papers=(paper,), patterns=frozenset({"causal-self"}),
-        reference=reference, fast={"selected_blocks": fast}, step=None, params=params, test_params=test_params,
+        reference=reference, fast={"tile_rows": rows, "selected_blocks": fast}, default_forms=("tile_rows",), step=None, params=params, test_params=test_params,
         supports_mask=False, complexity=complexity, summary=summary,
         extra={PROMPT_WIDE: True, "estimator": estimator},
     ))

@@ -15,11 +15,11 @@ from ..registry import MechanismSpec, register
 CAUSAL_ONLY = frozenset({"causal-self"})
 
 
-def step_from(forms):
-    """Incremental form: the state goes in as ``initial_state`` (recurrent for one token, chunked otherwise)."""
+def step_from(forms, many="chunked"):
+    """Incremental form: the state goes in as ``initial_state`` (recurrent for one token, ``many`` otherwise)."""
 
     def step(q, k, v, state, *, causal, mask, scale, **params):
-        form = forms["recurrent"] if q.shape[2] == 1 else forms["chunked"]
+        form = forms["recurrent"] if q.shape[2] == 1 else forms[many]
         return form(q, k, v, causal=causal, scale=scale, initial_state=state, **params)
 
     step.one_query_per_key = True  # a recurrence reads token t's query with token t's key
@@ -36,8 +36,11 @@ def drop_state(name: str, form):
     return one_shot
 
 
-def register_stateful_mechanism(name: str, *, forms: dict, patterns=CAUSAL_ONLY, **spec_fields) -> MechanismSpec:
+def register_stateful_mechanism(name: str, *, forms: dict, patterns=CAUSAL_ONLY, default_form: str = "chunked",
+                                **spec_fields) -> MechanismSpec:
     """Register mechanism ``name`` from its stateful ``forms`` (``parallel``, ``chunked``, ``recurrent``, ...).
+
+    ``default_form`` runs calls without ``form=`` and incremental calls of more than one token.
 
     ``spec_fields`` are the other :class:`~attnkit.registry.MechanismSpec` fields (family,
     papers, params, tensor inputs, FLOPs, state size, summary, ...).
@@ -48,8 +51,8 @@ def register_stateful_mechanism(name: str, *, forms: dict, patterns=CAUSAL_ONLY,
             patterns=frozenset(patterns),
             reference=drop_state(name, forms["parallel"]),
             fast={form: drop_state(name, f) for form, f in forms.items() if form != "parallel"},
-            default_forms=("chunked",),
-            step=step_from(forms),
+            default_forms=(default_form,),
+            step=step_from(forms, default_form),
             supports_mask=False,
             stateful_forms=dict(forms),
             **spec_fields,

@@ -63,10 +63,9 @@ def _attnkit(model, ids, policy, chunk):
 
 
 def _transformers(model, ids, policy, chunk):
-    from .hf import Cache
+    from .hf import Cache, own_attention
 
-    cache = Cache(policy, model=model if policy is not None and (policy.needs_scores or
-                                                                 getattr(policy, "ragged_rows", False)) else None,
+    cache = Cache(policy, model=model if policy is not None and (policy.needs_scores or own_attention(policy)) else None,
                   prompt=ids.shape[1])
     for lo in range(0, ids.shape[1], chunk):
         logits = model(ids[:, lo : lo + chunk], cache=cache, logits_to_keep=1).logits

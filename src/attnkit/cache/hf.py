@@ -22,7 +22,9 @@ computes them in a hook on each attention module (Llama-style modules with
 
 Policies that keep a different number of tokens per head
 (:class:`~attnkit.cache.AdaKV`, :class:`~attnkit.cache.RazorAttention`) store
-ragged rows, which transformers' attention cannot mask per head: with them
+ragged rows, which transformers' attention cannot mask per head, and
+:class:`~attnkit.cache.PyramidKV`'s layers keep different lengths while
+transformers builds one mask for all layers: with them
 the cache needs ``model=`` too, and switches the model's attention
 implementation to ``"attnkit_cache"`` (softmax attention over the kept keys,
 masked by their positions, one call per layer) until :meth:`Cache.close`.
@@ -138,10 +140,11 @@ class Cache(TransformersCache):
         super().__init__(layers=[])
         self.prompt = prompt or 0
         self.policy, self.peak_bytes, self._queries, self._hooks = policy, 0, {}, []
-        self._ragged, self._restore = getattr(policy, "ragged_rows", False), None
+        self._ragged, self._restore = own_attention(policy), None
         if self._ragged and model is None:
-            raise ValueError(f"{policy!r} keeps a different number of tokens per head, which transformers' attention "
-                             "cannot mask: build the cache with model=your_model so it can attend over them itself")
+            raise ValueError(f"{policy!r} keeps a different number of tokens per head or per layer, which transformers' "
+                             "attention cannot mask: build the cache with model=your_model so it can attend over them "
+                             "itself")
         if model is not None:
             self._hook_queries(model)
             if self._ragged:
@@ -226,6 +229,12 @@ def _query_hook(owner, rotate):
         return None
 
     return hook
+
+
+def own_attention(policy) -> bool:
+    """Whether ``policy`` needs the ``"attnkit_cache"`` attention: transformers builds one mask for every layer and
+    head, which fits neither ragged rows nor layers of different kept lengths."""
+    return policy.ragged_rows or policy.uneven_layers
 
 
 def attention_over_cache(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

@@ -25,7 +25,7 @@ class KIVI(Policy):
     def __init__(self, bits: int = 4, *, group: int = 32, residual: int = 128, under: Policy | None = None):
         if under is not None and (not isinstance(under, Policy) or isinstance(under, KIVI)):
             raise TypeError(f"under must be an eviction policy of attnkit.cache, got {type(under).__name__}")
-        if under is not None and (under.when != "prefill" or getattr(under, "ragged_rows", False)):
+        if under is not None and (under.when != "prefill" or under.ragged_rows):
             raise ValueError(f"KIVI quantises the tokens a policy kept at prefill: give it a policy with "
                              f"when='prefill' that keeps the same number of tokens per head, got {under!r}")
         super().__init__(1.0 if under is None else under.budget_value, when="both")
@@ -36,7 +36,7 @@ class KIVI(Policy):
                 raise ValueError(f"{name} must be an int >= {1 if name == 'group' else 0}, got {value!r}")
         self.bits, self.group, self.residual, self.under = bits, group, residual, under
         if under is not None:
-            self.needs_scores, self.chunked = under.needs_scores, under.chunked
+            self.needs_scores, self.chunked, self.uneven_layers = under.needs_scores, under.chunked, under.uneven_layers
 
     def __repr__(self) -> str:
         under = "" if self.under is None else f", under={self.under!r}"

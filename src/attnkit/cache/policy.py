@@ -33,6 +33,8 @@ WHEN = ("prefill", "decode", "both")
 class Policy:
     needs_scores = False
     chunked = None
+    ragged_rows = False  # heads keep different numbers of tokens (the layer is a RaggedKV)
+    uneven_layers = False  # layers keep different numbers of tokens
 
     def __init__(self, budget: int | float, *, when: str = "both", slack: int = 0):
         check_budget(budget)

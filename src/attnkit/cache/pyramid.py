@@ -25,6 +25,7 @@ class PyramidKV(Policy):
         super().__init__(scorer.budget_value, when=scorer.when, slack=scorer.slack)
         self.scorer, self.layers, self.beta = scorer, layers, beta
         self.needs_scores, self.chunked = scorer.needs_scores, scorer.chunked
+        self.uneven_layers = True
 
     def __repr__(self) -> str:
         return f"PyramidKV({self.scorer!r}, layers={self.layers}, beta={self.beta})"

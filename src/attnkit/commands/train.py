@@ -1,4 +1,5 @@
 """``attnkit train lm``: train a DecoderLM on the Shakespeare corpus, report held-out perplexity.
+``attnkit train seq2seq``: an RNN encoder-decoder with classic attention (see ``train_seq2seq``).
 
     attnkit train lm --mechanism softmax --minutes 10 --out ckpt.pt
     attnkit train lm --schedule LLLF --mix L=nha:window=32 --mix F=softmax --minutes 10
@@ -15,6 +16,8 @@ attention) and trains only the gates, by self-distillation from the frozen model
 from __future__ import annotations
 
 import json
+
+from . import train_seq2seq
 
 NAME = "train"
 HELP = "train a model on real text (attnkit train lm ...)"
@@ -50,6 +53,7 @@ def add_arguments(parser) -> None:
                    help="mix passkey-retrieval episodes (up to --context tokens, answer included) into the training "
                         "text as this share of its tokens, and report passkey accuracy at --context after training")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    train_seq2seq.add_arguments(sub)
 
     s = sub.add_parser("seer", help="SeerAttention: distil block gates into a trained softmax LM (base frozen)")
     s.add_argument("--from", dest="base", required=True, help="checkpoint of a softmax LM (attnkit train lm --out)")
@@ -112,6 +116,8 @@ def model_config(args, vocab_size: int):
 
 
 def run(args) -> int:
+    if args.what == "seq2seq":
+        return train_seq2seq.run(args)
     if args.what == "seer":
         return run_seer(args)
     import torch

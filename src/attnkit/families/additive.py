@@ -21,7 +21,9 @@ an alignment width ``A``. The score has no temperature, so ``scale`` is not
 used. The reference materialises the concatenation ``[q_i; k_j]`` for every
 pair and multiplies it by ``W_a``; the chunked form projects queries and keys
 once and forms ``tanh(q_i W + k_j U)`` one tile at a time, so a tile holds
-``q_chunk x kv_chunk x A`` numbers (hence the smaller default tiles).
+``q_chunk x kv_chunk x A`` numbers (hence the smaller default tiles); the
+``dense`` form (the default while all pairs times ``A`` stay under ``2^22``
+numbers, e.g. a decoder step) forms them all at once.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import torch
 from ..builders.score_pipeline import register_score_mechanism
 from ..kernels.positions import repeat_kv
 from ..params import Param, TensorInput
+from ..reference import materialised_attention
 from ..validation import check_tensor
 
 BAHDANAU = "Neural Machine Translation by Jointly Learning to Align and Translate"
@@ -54,10 +57,16 @@ def _check(q, k, w_q, w_k, v_a):
     check_tensor("v_a", v_a, (H, A), q, what="(heads, A)")
 
 
+def _project(q, k, w_q, w_k):
+    """``q W_a`` and ``k U_a`` per head, ``(B, H, N, A)``: projected once for all pairs."""
+    k = repeat_kv(k, q.shape[1])
+    return torch.einsum("bhnd,hda->bhna", q, w_q), torch.einsum("bhnd,hda->bhna", k, w_k)
+
+
 def _tiled_mod(q, k, *, w_q, w_k, v_a, **_):
     _check(q, k, w_q, w_k, v_a)
     offset = k.shape[2] - q.shape[2]
-    q_proj, k_proj = q @ w_q, repeat_kv(k, q.shape[1]) @ w_k  # (B, H, N, A), projected once
+    q_proj, k_proj = _project(q, k, w_q, w_k)
     v_col = v_a[:, None, :, None]
 
     def mod(scores, q_pos, k_pos):
@@ -82,6 +91,25 @@ def _reference_mod(q, k, *, w_q, w_k, v_a, **_):
     return mod
 
 
+# The dense form holds every (query, key, A) number at once; above this many it is the chunked form's turn.
+DENSE_LIMIT = 1 << 22
+
+
+def _dense(q, k, v, *, causal, mask, scale, w_q, w_k, v_a, q_chunk=None, kv_chunk=None):
+    """Projected once, all pairs at once: for short sequences (decoder steps), where tiles only cost."""
+    _check(q, k, w_q, w_k, v_a)
+    q_proj, k_proj = _project(q, k, w_q, w_k)
+    scores = torch.tanh(q_proj[:, :, :, None, :] + k_proj[:, :, None, :, :]) @ v_a[:, None, :, None]
+    return materialised_attention(q, k, v, causal=causal, mask=mask, scale=scale,
+                                  score_mod=lambda s, q_pos, k_pos: scores.squeeze(-1))
+
+
+def _too_large_for_dense(q, k, v, *, w_q=None, **_) -> str | None:
+    width = w_q.shape[-1] if isinstance(w_q, torch.Tensor) else 1
+    held = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * width
+    return None if held <= DENSE_LIMIT else f"{held} (query, key, A) numbers > {DENSE_LIMIT}: run in tiles"
+
+
 def _examples(q, k, v, g):
     H, D, A = q.shape[1], q.shape[3], 24
     return {
@@ -104,5 +132,8 @@ register_score_mechanism(
         "kv_chunk": Param(256, int, "keys per tile of the chunked form", low=1),
     },
     tensor_inputs=_examples,
+    extra_fast={"dense": _dense},
+    default_forms=("dense", "chunked"),
+    auto_when={"dense": _too_large_for_dense},
     summary="Bahdanau additive / Luong concat score v_a . tanh(q W + k U), softmax; scale unused",
 )

@@ -166,7 +166,7 @@ def block_diagonal(q, k, v, *, causal, mask, scale, attention_fn, chunk_size, re
 
 def _inputs(q, k, v, generator):
     L = max(q.shape[2], k.shape[2])
-    return {"rel_bias": (0.3 * torch.randn(2 * L - 1, generator=generator, dtype=torch.float64)).to(q.dtype)}
+    return {"rel_bias": (0.3 * torch.randn(max(2 * L - 1, 1), generator=generator, dtype=torch.float64)).to(q.dtype)}
 
 
 register_score_mechanism(

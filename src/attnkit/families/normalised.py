@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..params import Param
+from ..params import Param, TensorInput
 from ..scores.normalisers import Normaliser
 from ..validation import check_float, check_tensor
 from ..builders.score_pipeline import register_score_mechanism
@@ -44,9 +44,9 @@ register_score_mechanism(
     "normalised",
     papers=("Normalized Attention Without Probability Cage",),
     normaliser=_normaliser,
-    params={"gain": Param(None, torch.Tensor, '(heads,) gains of the standardised scores; None: 1', optional=True),
-            "shift": Param(None, torch.Tensor, '(heads,) shifts of the standardised scores; None: 0', optional=True),
-            "eps": Param(1e-06, float, 'added to the variance', low=0, low_open=True)},
+    params={"eps": Param(1e-06, float, 'added to the variance', low=0, low_open=True)},
+    inputs={"gain": TensorInput("(H,)", "gains of the standardised scores; 1 when absent", required=False),
+            "shift": TensorInput("(H,)", "shifts of the standardised scores; 0 when absent", required=False)},
     tensor_inputs=_inputs,
     check_inputs=_check,
     summary="weights = gain * standardised scores + shift (no probability simplex)",

@@ -46,6 +46,9 @@ def _checker(gated: bool):
     return check
 
 
+GAIN = TensorInput("(H, Dv)", "RMSNorm gains; 1 when absent", required=False)
+
+
 def _inputs(gated: bool):
     def make(q, k, v, g):
         shape = (q.shape[1], v.shape[3])
@@ -61,7 +64,8 @@ register_score_mechanism(
     "rela",
     papers=(PAPER,),
     normaliser=RELU,
-    params={"gain": Param(None, torch.Tensor, '(heads, v_dim) RMSNorm gains; None: 1', optional=True), "eps": Param(1e-08, float, 'added inside the RMSNorm', low=0, low_open=True)},
+    params={"eps": Param(1e-08, float, 'added inside the RMSNorm', low=0, low_open=True)},
+    inputs={"gain": GAIN},
     tensor_inputs=_inputs(False),
     check_inputs=_checker(False),
     postprocess=rms_norm_heads,
@@ -73,10 +77,9 @@ register_score_mechanism(
     "rela_gated",
     papers=(PAPER,),
     normaliser=RELU,
-    params={"gain": Param(None, torch.Tensor, '(heads, v_dim) RMSNorm gains; None: 1', optional=True),
-            "eps": Param(1e-08, float, 'added inside the RMSNorm', low=0, low_open=True)},
+    params={"eps": Param(1e-08, float, 'added inside the RMSNorm', low=0, low_open=True)},
     tensor_inputs=_inputs(True),
-    inputs={"gate": TensorInput("(H, Dv)", "gate weights w of the output gate sigmoid(w * z)")},
+    inputs={"gain": GAIN, "gate": TensorInput("(H, Dv)", "gate weights w of the output gate sigmoid(w * z)")},
     check_inputs=_checker(True),
     postprocess=rms_norm_heads,
     postprocess_note="the output is an RMSNorm of weights @ v over the concatenated heads, times a sigmoid gate",

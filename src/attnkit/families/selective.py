@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ..params import Param
+from ..params import TensorInput
 from ..kernels.dense import sdpa_attention
 from ..validation import check_tensor
 from ..builders.score_pipeline import register_score_mechanism
@@ -78,9 +78,10 @@ register_score_mechanism(
     papers=("Selective Attention: Enhancing Transformer through Principled Context Control",),
     prepare=selective_prepare,
     key_weight=lambda q, k, v, *, value_temp=None, **_: value_temp,
-    params={"query_temp": Param(None, torch.Tensor, '(batch, heads, q_len) per-query temperatures; None: 1', optional=True),
-            "value_temp": Param(None, torch.Tensor, '(batch, kv_heads, kv_len) per-token value temperatures; None: 1', optional=True),
-            "position_scale": Param(None, torch.Tensor, '(heads,) weight of the log-position term of the query temperature; None: 0', optional=True)},
+    inputs={"query_temp": TensorInput("(B, H, Nq)", "per-query temperatures; 1 when absent", required=False),
+            "value_temp": TensorInput("(B, Hkv, Nk)", "per-token value temperatures; 1 when absent", required=False),
+            "position_scale": TensorInput("(H,)", "weight of the log-position term of the query temperature; 0 when absent",
+                                          required=False)},
     tensor_inputs=_inputs,
     tensor_inputs_per_token=("query_temp", "value_temp"),
     extra_fast={"sdpa": _sdpa},

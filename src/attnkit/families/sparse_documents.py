@@ -20,7 +20,7 @@ LONGCA = "Long-Context Attention Benchmark: From Kernel Efficiency to Distribute
 def example_doc_ids(q, k, v, g, rate: float = 0.1):
     """Random packing: a new document starts at each token with probability ``rate``."""
     starts = torch.rand(k.shape[0], k.shape[2], generator=g) < rate
-    starts[:, 0] = False
+    starts[:, :1] = False
     return {"doc_ids": starts.long().cumsum(1).to(k.device)}
 
 
@@ -47,7 +47,7 @@ register_mask_mechanism(
     papers=(LONGCA, "Block-Attention for Efficient RAG"),
     make_mask=lambda q, k, causal, doc_ids: d.document(_ids(doc_ids, k)),
     tensor_inputs=example_doc_ids,
-    inputs={"doc_ids": TensorInput("(B or 1, Nk)", "integer document id of every token, non-decreasing along the sequence")},
+    inputs={"doc_ids": TensorInput("(B or 1, >= Nk)", "integer document id of every token, non-decreasing along the sequence")},
     patterns=SELF_PATTERNS,
     summary="packed documents (varlen): attention only inside one's own document; causal or full",
     complexity="O(sum_doc len_doc^2)",
@@ -82,8 +82,8 @@ register_mask_mechanism(
     papers=(LONGCA,),
     make_mask=_prefix_document,
     tensor_inputs=_prefix_inputs,
-    inputs={"doc_ids": TensorInput("(B or 1, Nk)", "integer document id of every token, non-decreasing along the sequence"),
-            "is_prefix": TensorInput("(B or 1, Nk) bool", "True for the tokens of each document's bidirectional prefix")},
+    inputs={"doc_ids": TensorInput("(B or 1, >= Nk)", "integer document id of every token, non-decreasing along the sequence"),
+            "is_prefix": TensorInput("(B or 1, >= Nk) bool", "True for the tokens of each document's bidirectional prefix (shaped like doc_ids)")},
     patterns={"noncausal-self"},
     summary="prefix-LM inside each packed document (`is_prefix` flags each document's prefix)",
     complexity="O(sum_doc len_doc^2)",
@@ -94,7 +94,7 @@ register_mask_mechanism(
     papers=(LONGCA,),
     make_mask=lambda q, k, causal, doc_ids: d.shared_question(_ids(doc_ids, k)),
     tensor_inputs=example_doc_ids,
-    inputs={"doc_ids": TensorInput("(B or 1, Nk)", "integer document id of every token, non-decreasing along the sequence")},
+    inputs={"doc_ids": TensorInput("(B or 1, >= Nk)", "integer document id of every token, non-decreasing along the sequence")},
     patterns={"causal-self"},
     summary="document 0 is a question shared by the answers 1..: each answer sees it and itself, causally",
     complexity="O(sum_answers len (len + question))",
@@ -118,7 +118,7 @@ register_mask_mechanism(
     params={"block": Param(256, int, 'tokens per bidirectional block', low=1)},
     test_params={"block": 4},
     tensor_inputs=example_doc_ids,
-    inputs={"doc_ids": TensorInput("(B or 1, Nk)", "integer document id of every token, non-decreasing along the sequence")},
+    inputs={"doc_ids": TensorInput("(B or 1, >= Nk)", "integer document id of every token, non-decreasing along the sequence")},
     patterns={"noncausal-self"},
     summary="block-causal inside each packed document",
     complexity="O(sum_doc len_doc^2 / 2)",

@@ -21,21 +21,20 @@ choice per query head (GQA heads choose alone); the estimate runs in the input
 dtype.
 
 How it runs on blocks: the lines are not block-aligned, so the fast form
-(``lines``) attends **exactly the kept positions**, per chunk of ``block``
-queries: the vertical keys are gathered once (a dense ``block x |V|`` product,
-masked causally), the slash lines are covered by the ``block``-aligned key
-tiles they cross and masked element by element inside them (a key counted as
-vertical is masked out of the tiles, so no pair is counted twice), and one
-softmax runs over both parts. MInference's GPU kernel computes whole 64-wide
+(``lines``, :mod:`attnkit.kernels.line_attention`) attends **exactly the kept
+positions**: the vertical keys gathered once, the slash lines covered by the
+``block``-aligned key tiles they cross and masked element by element inside
+them, one softmax over both. MInference's GPU kernel computes whole 64-wide
 bands around each slash instead (it attends a superset); the answer here is
-attention over exactly ``V`` and ``S``. Gradients flow through the gathers
-(autograd, ``O(covered pairs)`` memory): the method is for inference.
+attention over exactly ``V`` and ``S``. The method is for inference (gradients
+flow through the gathers, autograd keeping the covered scores).
 """
 from __future__ import annotations
 
 import torch
 
-from ..builders.estimated_sparse import PROMPT_WIDE, block_count, diagonal_sums, last_queries_attention
+from ..builders.estimated_sparse import PROMPT_WIDE, diagonal_sums, last_queries_attention
+from ..kernels.line_attention import line_attention, line_density, line_rows
 from ..kernels.positions import repeat_kv
 from ..params import Param
 from ..reference import materialised_attention
@@ -58,63 +57,10 @@ def lines(q, k, *, scale, last_q, vertical, slash, sinks, local):
     return _top(A.sum(2), sinks, vertical), _top(diagonal_sums(A, pos), local, slash)
 
 
-def _line_masks(V, S, N):
-    """Boolean ``(B, H, N)`` tables: is key j vertical, is offset o a slash."""
-    shape = (*V.shape[:2], N)
-    return (torch.zeros(shape, dtype=torch.bool, device=V.device).scatter(-1, V, True),
-            torch.zeros(shape, dtype=torch.bool, device=V.device).scatter(-1, S, True))
-
-
-def _cover(S, N, block):
-    """Per query chunk, the key tiles the slash lines cross: padded indices ``(B, H, R, W)`` and their validity."""
-    R = block_count(N, block)
-    start = torch.arange(R, device=S.device) * block
-    end = (start + block).clamp(max=N) - 1
-    lo = start[:, None] - S[:, :, None, :]  # first key of each slash in each chunk (B, H, R, ns)
-    hi = end[:, None] - S[:, :, None, :]
-    seen = hi >= 0
-    hit = torch.zeros(*S.shape[:2], R, R + 1, dtype=torch.bool, device=S.device)
-    for edge in (lo.clamp(min=0) // block, hi.clamp(min=0) // block):
-        hit.scatter_(-1, torch.where(seen, edge, R), True)
-    hit = hit[..., :R]
-    width = max(1, int(hit.sum(-1).max()))
-    kept, order = hit.to(torch.int8).sort(dim=-1, descending=True, stable=True)
-    return order[..., :width], kept[..., :width] > 0
-
-
 def vertical_slash_lines(q, k, v, *, causal, mask, scale, last_q, vertical, slash, sinks, local, block):
     V, S = lines(q.detach(), k.detach(), scale=scale, last_q=last_q, vertical=vertical, slash=slash,
                  sinks=sinks, local=local)
-    B, H, N, D = q.shape
-    k, v = repeat_kv(k, H), repeat_kv(v, H)
-    is_vertical, is_slash = _line_masks(V, S, N)
-    kv_v = k.gather(2, V[..., None].expand(-1, -1, -1, D)), v.gather(2, V[..., None].expand(-1, -1, -1, v.shape[-1]))
-    tiles, tile_ok = _cover(S, N, block)
-    R, W = tiles.shape[2], tiles.shape[3]
-    pad = R * block - N
-    kt = torch.nn.functional.pad(k, (0, 0, 0, pad)).reshape(B, H, R, block, D)
-    vt = torch.nn.functional.pad(v, (0, 0, 0, pad)).reshape(B, H, R, block, v.shape[-1])
-    bi, hi = torch.arange(B, device=q.device)[:, None, None], torch.arange(H, device=q.device)[None, :, None]
-    t = torch.arange(block, device=q.device)
-    outs = []
-    for r in range(R):
-        i = torch.arange(r * block, min(N, (r + 1) * block), device=q.device)
-        qc = q[:, :, i]
-        s_v = (qc @ kv_v[0].transpose(-1, -2)) * scale
-        ok_v = V[:, :, None, :] <= i[:, None]
-        j = (tiles[:, :, r, :, None] * block + t).reshape(B, H, 1, W * block)  # keys of the covering tiles
-        diff = i[:, None] - j
-        ok_t = (diff >= 0) & (j < N) & tile_ok[:, :, r].repeat_interleave(block, -1)[:, :, None]
-        ok_t &= is_slash.gather(-1, diff.clamp(0, N - 1).flatten(2)).view_as(diff)
-        ok_t &= ~is_vertical.gather(-1, j.clamp(max=N - 1).flatten(2)).view_as(j)
-        k_r = kt[bi, hi, tiles[:, :, r]].flatten(2, 3)
-        v_r = vt[bi, hi, tiles[:, :, r]].flatten(2, 3)
-        s_t = (qc @ k_r.transpose(-1, -2)) * scale
-        scores = torch.cat([s_v.masked_fill(~ok_v, float("-inf")), s_t.masked_fill(~ok_t, float("-inf"))], -1)
-        p = torch.softmax(scores, -1).nan_to_num(0.0)
-        nv = V.shape[-1]
-        outs.append(p[..., :nv] @ kv_v[1] + p[..., nv:] @ v_r)
-    return torch.cat(outs, dim=2)
+    return line_attention(q, k, v, V, S, scale=scale, block=block)
 
 
 def reference_mask(q, k, *, scale, last_q, vertical, slash, sinks, local):
@@ -147,14 +93,7 @@ def _reference(q, k, v, *, causal, mask, scale, last_q, vertical, slash, sinks, 
 def attended(q, k, rows, *, scale, last_q, vertical, slash, sinks, local, block):
     """The keys query rows ``rows`` attend ``(B, H, len(rows), N)`` and the density of the whole call."""
     V, S = lines(q, k, scale=scale, last_q=last_q, vertical=vertical, slash=slash, sinks=sinks, local=local)
-    N = k.shape[2]
-    is_vertical, is_slash = _line_masks(V, S, N)
-    diff = rows[:, None] - torch.arange(N, device=q.device)
-    kept = (is_vertical[:, :, None, :] | is_slash.gather(-1, diff.clamp(0, N - 1).flatten()[None, None].expand(
-        *S.shape[:2], -1)).view(*S.shape[:2], *diff.shape)) & (diff >= 0)
-    both = (V[..., :, None] + S[..., None, :] < N).sum((-1, -2))  # pairs on a vertical and a slash line
-    pairs = (N - V).sum(-1) + (N - S).sum(-1) - both
-    return kept, float(pairs.sum()) / (V.shape[0] * V.shape[1] * N * (N + 1) / 2)
+    return line_rows(V, S, rows, k.shape[2]), line_density(V, S, k.shape[2])
 
 
 register(MechanismSpec(

@@ -14,12 +14,15 @@ from .bidaf import BiDAFAttention
 from .location_sensitive import LocationSensitiveAttention
 from .luong import LuongAttention
 from .pointer import PointerAttention
+from .sigma_reparam import SigmaReparamLinear, attention_entropy, sigma_reparam
 from .show_attend_tell import ShowAttendTellAttention, doubly_stochastic_penalty, reinforce_loss
 from .attention import Attention, CrossAttentionCache
 from .bottleneck import PerceiverEncoder, PoolingByMultiheadAttention
 from .decoupled import DecoupledCrossAttention
+from .dual_cross import GlobalLocalCrossAttention, PairwiseCrossAttention, attention_rollout
 from .flatten import FocusedLinearAttention
 from .nystromformer import NystromAttention
+from .gpsa import GatedPositionalSelfAttention
 from .grouped import WeightedGQA, mean_pool_kv
 from .key_driven import KeyDrivenGQA, allocate_queries
 from .latent import LatentCache, MultiHeadLatentAttention
@@ -39,5 +42,7 @@ __all__ = [
     "DecoupledCrossAttention",
     "LuongAttention", "LocationSensitiveAttention", "PointerAttention", "ShowAttendTellAttention",
     "doubly_stochastic_penalty", "reinforce_loss", "BiDAFAttention",
+    "GlobalLocalCrossAttention", "PairwiseCrossAttention", "attention_rollout",
+    "SigmaReparamLinear", "sigma_reparam", "attention_entropy", "GatedPositionalSelfAttention",
     "FocusedLinearAttention", "NystromAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer",
 ]

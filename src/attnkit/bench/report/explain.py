@@ -2,17 +2,24 @@
 
     page = explain_page("The cat sat on the mat.", model="minilm", method="rollout")
 
-A method turns the model's attention into pictures (:mod:`.views`):
+A method turns the model's attention into pictures (:mod:`.views`); the attributions are
+:mod:`attnkit.interpret`'s:
 
 - ``weights``: every layer's and head's attention matrix, and the token-to-token line view;
-- ``rollout``: attention rollout (Abnar & Zuidema, "Quantifying Attention Flow in
-  Transformers"): per layer the head-mean weights with the residual added, ``0.5 A + 0.5 I``,
-  rows renormalised, multiplied from the first layer to the last; a token's score is its column's
-  mean over the query rows (MiniLM's sentence embedding is the mean of its token states).
+- ``rollout`` / ``flow``: attention rollout / attention flow (Abnar & Zuidema, "Quantifying
+  Attention Flow in Transformers"), a token-to-token map whose rows sum to one; a token's score
+  is its column's mean over the rows (MiniLM's sentence embedding is the mean of its token
+  states);
+- with a second text (``pair``): the two sentences' embedding similarity explained token by
+  token (:func:`attnkit.interpret.explain_similarity`; ``contribution``, ``rollout``, ``flow`` or
+  ``relevancy``, Chefer et al.'s gradient-weighted relevancy), each sentence's scores summing to
+  the similarity.
 
 Models: ``minilm``, the pretrained sentence encoder of ``attnkit[hf]`` (a 6-layer BERT with 12
-heads), run with transformers' eager attention so that its weights are the exact softmax
-matrices.
+heads). Its attention runs through attnkit (the Hugging Face integration) with ``mechanism``
+(default ``softmax``, the model as trained; any other registered mechanism that needs no learned
+inputs shows what that mechanism would attend to without retraining), and
+:func:`attnkit.capture` records every layer's weights.
 """
 from __future__ import annotations
 
@@ -26,8 +33,10 @@ from .page import html_page
 from .parts import image
 
 MODELS = ("minilm",)
-METHODS = ("weights", "rollout")
+METHODS = ("weights", "rollout", "flow")
+PAIR_METHODS = ("contribution", "rollout", "flow", "relevancy")
 MAX_TOKENS = 64
+MAX_FLOW_TOKENS = 32  # one max-flow per token pair on a (layers + 1) x N node graph
 
 
 def check_choice(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -36,37 +45,50 @@ def check_choice(value: str, allowed: tuple[str, ...], what: str) -> str:
     return value
 
 
-def run_model(text: str, model: str = "minilm") -> tuple[list[str], torch.Tensor]:
-    """``(tokens, weights)``: the text's tokens and the model's attention, ``(layers, heads, N, N)``."""
+def load(model: str = "minilm", mechanism: str = "softmax"):
+    """``(encoder, tokenizer)`` with the encoder's attention running as ``mechanism`` through attnkit."""
     check_choice(model, MODELS, "model")
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("text: expected a non-empty string")
-    from ...integrations import minilm
-
     from transformers.utils import logging
 
+    from ...integrations import hf, minilm
+
+    implementation = hf.register(mechanism)  # an unknown or unusable mechanism fails here, before loading
     bar = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()  # the page is the output: no "Loading weights" bar on stderr
     try:
-        encoder, tokenizer = minilm.load("eager")
+        return minilm.load(implementation)
     finally:
         if bar:
             logging.enable_progress_bar()
-    batch = tokenizer(text, return_tensors="pt", truncation=True, max_length=MAX_TOKENS)
-    with torch.no_grad():
-        out = encoder(**batch, output_attentions=True)
+
+
+def check_text(text, what: str = "text") -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{what}: expected a non-empty string")
+    return text
+
+
+def run_model(encoder, tokenizer, text: str) -> tuple[list[str], torch.Tensor]:
+    """``(tokens, weights)``: the text's tokens and the encoder's attention, ``(layers, heads, N, N)``,
+    as :func:`attnkit.capture` records it."""
+    from ... import capture
+
+    batch = tokenizer(check_text(text), return_tensors="pt", truncation=True, max_length=MAX_TOKENS)
+    with torch.no_grad(), capture(encoder) as recorded:
+        encoder(**batch)
     tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
-    return tokens, torch.stack([a[0] for a in out.attentions])
+    return tokens, recorded.stack()[:, 0]
 
 
-def rollout(weights: torch.Tensor) -> torch.Tensor:
-    """Attention rollout of ``(layers, heads, N, N)`` weights: an ``(N, N)`` matrix whose rows sum to one."""
-    eye = torch.eye(weights.shape[-1], dtype=weights.dtype, device=weights.device)
-    out = eye
-    for layer in weights:
-        a = 0.5 * layer.mean(0) + 0.5 * eye
-        out = (a / a.sum(-1, keepdim=True)) @ out
-    return out
+def token_map(method: str, weights: torch.Tensor) -> torch.Tensor:
+    """Rollout or flow of ``(layers, heads, N, N)`` weights: ``(N, N)``, rows summing to one."""
+    from ...interpret import attention_flow, rollout
+
+    if method == "flow" and weights.shape[-1] > MAX_FLOW_TOKENS:
+        raise ValueError(f"--method flow: the text has {weights.shape[-1]} tokens; attention flow runs one max-flow "
+                         f"per token pair, so it takes at most {MAX_FLOW_TOKENS} (use rollout for longer texts)")
+    per_layer = [w[None] for w in weights]
+    return (rollout(per_layer) if method == "rollout" else attention_flow(per_layer))[0].float()
 
 
 def method_views(method: str, tokens: list[str], weights: torch.Tensor, head: int | None = None) -> str:
@@ -75,31 +97,60 @@ def method_views(method: str, tokens: list[str], weights: torch.Tensor, head: in
     lines = image(views.token_lines(weights, tokens, head), "token-to-token attention per layer")
     if method == "weights":
         return image(views.head_grid(weights, tokens), "attention weights per layer and head") + lines
-    matrix = rollout(weights)
+    name = {"rollout": "attention rollout", "flow": "attention flow"}[method]
+    matrix = token_map(method, weights)
     scores = matrix.mean(0)
     return "".join([
-        "<h3>Rollout over the input tokens</h3>", views.highlighted_text(scores, tokens),
-        image(views.token_scores(scores, tokens, "attention rollout: each token's share of the mean-pooled "
-                                 "sentence embedding", "rollout share"), "rollout over the input tokens"),
-        image(views.heatmap(matrix, tokens, "attention rollout (rows sum to one)"), "attention rollout matrix"),
+        f"<h3>{name.capitalize()} over the input tokens</h3>", views.highlighted_text(scores, tokens),
+        image(views.token_scores(scores, tokens, f"{name}: each token's share of the mean-pooled sentence embedding",
+                                 f"{method} share"), f"{name} over the input tokens"),
+        image(views.heatmap(matrix, tokens, f"{name} (rows sum to one)"), f"{name} matrix"),
         lines,
     ])
 
 
-def explain_html(text: str, model: str = "minilm", methods=("rollout",), head: int | None = None) -> str:
-    """The pictures of one text, one block per method, as an HTML fragment (images embedded as data URIs)."""
+def pair_views(encoder, tokenizer, text: str, pair: str, method: str) -> str:
+    """The similarity of two texts' embeddings explained token by token, as an HTML fragment."""
+    from ...interpret import explain_similarity
+
+    check_choice(method, PAIR_METHODS, "method")
+    e = explain_similarity(encoder, tokenizer, text, check_text(pair, "--pair"), method=method)
+    parts = [f"<h3>Similarity {e.similarity:.3f}, explained by {html.escape(method)}</h3>",
+             "<p class='meta'>orange: the token raises the similarity, blue: it lowers it; each sentence's "
+             "scores sum to the similarity</p>"]
+    for tokens, scores in ((e.tokens_a, e.scores_a), (e.tokens_b, e.scores_b)):
+        parts += [views.highlighted_text(scores, tokens),
+                  image(views.token_scores(scores, tokens, f"{method}: each token's part of the similarity",
+                                           "share of the similarity"), f"{method} scores per token")]
+    return "".join(parts)
+
+
+def explain_html(text: str, model: str = "minilm", methods=("rollout",), head: int | None = None,
+                 mechanism: str = "softmax", pair: str | None = None) -> str:
+    """The pictures of one text (or, with ``pair``, of two texts' similarity), one block per method,
+    as an HTML fragment (images embedded as data URIs)."""
     methods = [methods] if isinstance(methods, str) else list(methods)
     for method in methods:
-        check_choice(method, METHODS, "method")
-    tokens, weights = run_model(text, model)
+        if pair is None and method in PAIR_METHODS and method not in METHODS:
+            raise ValueError(f"--method {method} explains a similarity: give the other text with --pair")
+        check_choice(method, PAIR_METHODS if pair is not None else METHODS, "method")
+    check_text(text)
+    if pair is not None and mechanism != "softmax":
+        raise ValueError("--pair explains the model as trained: leave --mechanism at softmax")
+    encoder, tokenizer = load(model, mechanism)
+    if pair is not None:
+        return "".join(pair_views(encoder, tokenizer, text, pair, m) for m in methods)
+    tokens, weights = run_model(encoder, tokenizer, text)
     if head is not None and not 0 <= head < weights.shape[1]:
         raise ValueError(f"--head: expected 0..{weights.shape[1] - 1} ({model} has {weights.shape[1]} heads), "
                          f"got {head}")
-    intro = (f"<p class='meta'>{html.escape(model)}: {weights.shape[0]} layers x {weights.shape[1]} heads, "
-             f"{len(tokens)} tokens</p>")
+    intro = (f"<p class='meta'>{html.escape(model)} with {html.escape(mechanism)} attention: "
+             f"{weights.shape[0]} layers x {weights.shape[1]} heads, {len(tokens)} tokens</p>")
     return intro + "".join(method_views(m, tokens, weights, head) for m in methods)
 
 
-def explain_page(text: str, model: str = "minilm", method: str = "rollout", head: int | None = None) -> str:
-    """A self-contained HTML page of :func:`explain_html` for one method, headed by the text."""
-    return html_page(f"attnkit explain: {text}", explain_html(text, model, [method], head))
+def explain_page(text: str, model: str = "minilm", method: str = "rollout", head: int | None = None,
+                 mechanism: str = "softmax", pair: str | None = None) -> str:
+    """A self-contained HTML page of :func:`explain_html` for one method, headed by the text(s)."""
+    title = f"attnkit explain: {text}" + (f" / {pair}" if pair is not None else "")
+    return html_page(title, explain_html(text, model, [method], head, mechanism, pair))

@@ -7,7 +7,7 @@ STYLE = """
 body { font-family: sans-serif; margin: 2em; max-width: 1200px; }
 #recommendation { border: 2px solid #4a7; border-radius: 6px; padding: 0 1em 0.5em; background: #f4fbf6; }
 ul.ranked li { margin: 0.3em 0; } .holds { font-weight: bold; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 12px; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 12px; display: block; max-width: 100%; overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: left; }
 th { background: #eee; } td.ok { background: #d8f5d0; } td.refused { background: #eee; color: #777; }
 td.bad { background: #f8d0d0; } img { width: 100%; display: block; margin: 0.5em 0; }

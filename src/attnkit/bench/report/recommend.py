@@ -132,6 +132,17 @@ def _times(x) -> str:
     return "?" if x is None else f"{x:.2g}×" if x < 10 else f"{x:.0f}×"
 
 
+def _against_sdpa(c: dict) -> str:
+    """"SDPA itself", or "2.1× faster than SDPA, 0.34× its memory" / "3.2× slower than SDPA"."""
+    if c["name"] in SDPA:
+        return "the baseline"
+    if c["speedup"] is None:
+        return "no SDPA time in this run"
+    speed = (f"{_times(c['speedup'])} faster than SDPA" if c["speedup"] >= 1
+             else f"{_times(1 / c['speedup'])} slower than SDPA")
+    return speed + (f", {_times(c['memory'])} its memory" if c["memory"] is not None else "")
+
+
 def ranked_list(groups: dict[str, dict[tuple, list[dict]]]) -> str:
     """Per suite and pattern, at the longest length measured (forward): the three fastest candidates."""
     items = []
@@ -140,9 +151,7 @@ def ranked_list(groups: dict[str, dict[tuple, list[dict]]]) -> str:
             n = max(k[1] for k in by_key if k[0] == pattern and k[2] == "fwd")
             ranked = against_sdpa(by_key[(pattern, n, "fwd")])[:3]
             names = "; ".join(
-                f"{i}. <b>{html.escape(c['name'])}</b> ({'exact' if c['exact'] else 'approximate'}): "
-                f"{_times(c['speedup'])} SDPA's speed"
-                + (f", {_times(c['memory'])} its memory" if c["memory"] is not None else "")
+                f"{i}. <b>{html.escape(c['name'])}</b> ({'exact' if c['exact'] else 'approximate'}): {_against_sdpa(c)}"
                 for i, c in enumerate(ranked, 1))
             items.append(f"<li><b>{html.escape(str(pattern))}</b>, N={n} ({suite}): {names}</li>")
     return f"<ul class='ranked'>{''.join(items)}</ul>" if items else ""

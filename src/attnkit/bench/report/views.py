@@ -41,7 +41,7 @@ def head_grid(weights, tokens: list[str], title: str = "attention weights per la
     _check_tokens(tokens, n)
     side = min(WIDTH / heads, 4.5)
     fig, axes = plt.subplots(layers, heads, figsize=(WIDTH, side * layers + 0.6), squeeze=False)
-    label = n <= 24  # token labels only where they can be read
+    label = n <= 24 and heads <= 6  # token labels only where they can be read
     for layer in range(layers):
         for head in range(heads):
             ax = axes[layer, head]

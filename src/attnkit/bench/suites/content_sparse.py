@@ -16,7 +16,13 @@ process and in turns (:func:`attnkit.bench.timing.timings`):
   selected blocks and its window; the compressed branch is not counted), on
   ``--recall-queries`` query positions evenly spread over the sequence;
 - peak memory (``--memory``): forward + backward in a fresh subprocess, in MiB
-  and as a multiple of the q, k, v bytes.
+  and as a multiple of the q, k, v bytes;
+- with ``--checkpoint`` (a Shakespeare LM from ``attnkit train lm --out``): the
+  same recall on the LM's own q, k, v, every layer, on held-out text (repeated
+  end to end up to N; positions past the LM's training context are RoPE
+  extrapolation), the mean over layers and each layer's. NSA's compression MLPs
+  are random there (the LM was not trained with NSA), so its selection is
+  scored by untrained compressed keys.
 
 Parameters are the papers' defaults: NSA ``l=32, d=16, l'=64, n=16, w=512``
 (compression MLP hidden size 64), MoBA ``block_size=512, top_k=3``.
@@ -87,12 +93,69 @@ def speed(n: int, mechanisms, backward: bool, repeats: int, device="cpu") -> dic
     return row
 
 
+def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
+    """Where NSA's forward + backward time goes, each part timed alone in turns with SDPA and all of NSA.
+
+    ``compression``: the compressed keys and values (MLPs), the compression branch and the block
+    importance with its top-n (the selection), backward through the branch; ``selected``: the
+    selected-block kernel alone on the precomputed selection; ``window``: the sliding-window branch
+    alone. ``t_sdpa / t_selected`` bounds NSA's speed-up from above: NSA runs that kernel and more.
+    """
+    from attnkit.families import nsa
+    from attnkit.kernels.block_sparse import block_sparse_attention
+    from attnkit.kernels.selected_blocks import selected_block_attention
+    from attnkit.masks.layout import build_layout
+    from attnkit.masks.window import sliding_window
+
+    q, k, v, extra = inputs("nsa", n, True, device)
+    params = attnkit_defaults("nsa")
+    scale = D**-0.5
+    gates = extra["gates"]
+    tensors = {name: t for name, t in extra.items() if name != "gates"}
+    with torch.no_grad():
+        _, sel = nsa._selection(q, k, v, gates, tensors, scale, params["compress_stride"], params["select_block"],
+                                params["select_count"], params["window"], 512)
+    layout = build_layout(sliding_window(params["window"] - 1, 0), batch=B, heads=H, q_len=n, kv_len=n, device=device)
+    leaves = (q, k, v, *extra.values())
+
+    def part(fn):
+        def run():
+            fn().sum().backward()
+            for t in leaves:
+                t.grad = None
+        return run
+
+    calls = {
+        "sdpa": _call("sdpa", q, k, v, {}, True),
+        "nsa": _call("nsa", q, k, v, extra, True),
+        "compression": part(lambda: nsa._selection(q, k, v, gates, tensors, scale, params["compress_stride"],
+                                                   params["select_block"], params["select_count"], params["window"],
+                                                   512)[0]),
+        "selected": part(lambda: selected_block_attention(q, k, v, sel, scale=scale, causal=True)),
+        "window": part(lambda: block_sparse_attention(q, k, v, layout, scale=scale)),
+    }
+    t = dict(zip(calls, median_times(list(calls.values()), repeats)))
+    row = {f"t_{name}": s for name, s in t.items()}
+    row.update({f"sdpa_over_{name}": t["sdpa"] / t[name] for name in calls if name != "sdpa"})
+    print(f"N={n:>6} NSA fwd+bwd parts: sdpa {t['sdpa']:.2f} s, nsa {t['nsa']:.2f} s ({row['sdpa_over_nsa']:.2f}x); "
+          f"compression+selection {t['compression']:.2f} s, selected-block kernel alone {t['selected']:.2f} s "
+          f"(sdpa / kernel = {row['sdpa_over_selected']:.2f}x: NSA's ceiling), window {t['window']:.2f} s",
+          flush=True)
+    return row
+
+
+def attnkit_defaults(name: str) -> dict:
+    import attnkit
+
+    return dict(attnkit.spec(name).defaults)
+
+
 def _attended(name, q, k, v, extra, rows):
     """Boolean ``(B, H, len(rows), N)``: the keys each sampled query attends to exactly."""
     from attnkit.families.moba import moba_selection
     from attnkit.families.nsa import nsa_selection
 
-    n = q.shape[2]
+    n, heads = q.shape[2], q.shape[1]
     if name == "moba":
         sel = moba_selection(q, k, block_size=512, top_k=3)
     else:
@@ -100,12 +163,24 @@ def _attended(name, q, k, v, extra, rows):
     hit = torch.zeros(*sel.blocks.shape[:2], len(rows), sel.n_key_blocks + 1, dtype=torch.bool, device=q.device)
     part = sel.blocks[:, :, rows]
     hit.scatter_(3, torch.where(sel.valid[:, :, rows], part, sel.n_key_blocks), True)
-    keys = hit[..., :-1].repeat_interleave(sel.block_k, dim=3)[..., :n].repeat_interleave(H // sel.groups, dim=1)
+    keys = hit[..., :-1].repeat_interleave(sel.block_k, dim=3)[..., :n].repeat_interleave(heads // sel.groups, dim=1)
     kpos = torch.arange(n, device=q.device)
     past = kpos <= rows[:, None]
     if name == "nsa":
         keys = keys | (kpos > rows[:, None] - 512)
     return keys & past
+
+
+def recall(name: str, q, k, v, extra, queries: int) -> tuple[float, int]:
+    """Dense causal softmax mass on the keys the mechanism attends to, mean over ``queries`` spread rows."""
+    n = q.shape[2]
+    rows = torch.linspace(0, n - 1, min(queries, n), device=q.device).round().long().unique()
+    with torch.no_grad():
+        keys = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        scores = (q[:, :, rows] @ keys.transpose(-1, -2)) * q.shape[-1] ** -0.5
+        past = torch.arange(n, device=q.device) <= rows[:, None]
+        p = torch.softmax(scores.masked_fill(~past, float("-inf")), dim=-1)
+        return float((p * _attended(name, q, k, v, extra, rows)).sum(-1).mean()), len(rows)
 
 
 def quality(name: str, n: int, queries: int, device="cpu") -> dict:
@@ -116,14 +191,27 @@ def quality(name: str, n: int, queries: int, device="cpu") -> dict:
     q, k, v, extra = inputs(name, n, False, device)
     spec = attnkit.spec(name)
     density = spec.flops(B, H, n, n, D, True, **spec.defaults) / dense_flops(B, H, n, n, D, True)
-    rows = torch.linspace(0, n - 1, min(queries, n), device=q.device).round().long().unique()
-    with torch.no_grad():
-        scores = (q[:, :, rows] @ k.repeat_interleave(H // HKV, dim=1).transpose(-1, -2)) * D ** -0.5
-        past = torch.arange(n, device=q.device) <= rows[:, None]
-        p = torch.softmax(scores.masked_fill(~past, float("-inf")), dim=-1)
-        recall = float((p * _attended(name, q, k, v, extra, rows)).sum(-1).mean())
-    print(f"N={n:>6} {name:5s} density {density:.4f}  recall {recall:.3f} ({len(rows)} queries)", flush=True)
-    return {"density": density, "recall": recall, "queries": len(rows)}
+    kept, count = recall(name, q, k, v, extra, queries)
+    print(f"N={n:>6} {name:5s} density {density:.4f}  recall {kept:.3f} ({count} queries)", flush=True)
+    return {"density": density, "recall": kept, "queries": count}
+
+
+def lm_quality(name: str, n: int, queries: int, lm, held_ids, device="cpu") -> dict:
+    """Recall on the q, k, v of every layer of a trained LM on ``n`` held-out tokens."""
+    from attnkit.families.nsa import nsa_inputs
+
+    from ..free_sparse_runs import captured_qkv
+
+    text = held_ids.repeat(-(-n // held_ids.numel()))[:n][None].to(device)
+    per_layer = []
+    for q, k, v in captured_qkv(lm.to(device).eval(), text):
+        g = torch.Generator().manual_seed(0)
+        extra = nsa_inputs(q, k, v, g, compress_block=32) if name == "nsa" else {}
+        per_layer.append(recall(name, q, k, v, extra, queries)[0])
+    mean = sum(per_layer) / len(per_layer)
+    print(f"N={n:>6} {name:5s} LM recall {mean:.3f} (layers " + ", ".join(f"{r:.3f}" for r in per_layer) + ")",
+          flush=True)
+    return {"lm_recall": mean, "lm_recall_per_layer": per_layer, "heads": int(q.shape[1]), "head_dim": int(q.shape[3])}
 
 
 def child(name: str, n: int, threads: int) -> None:
@@ -151,6 +239,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--recall-queries", type=positive_int, default=256, help="query positions sampled for recall")
     parser.add_argument("--no-forward", action="store_true", help="time forward + backward only")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory in subprocesses (CPU)")
+    parser.add_argument("--nsa-parts", action="store_true",
+                        help="also time NSA's parts alone (compression + selection, selected-block kernel, window)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="Shakespeare LM (attnkit train lm --out): recall also on its own q, k, v, held-out text")
 
 
 def run(args) -> int:
@@ -166,13 +258,28 @@ def run(args) -> int:
         items += [{"section": "speed", "N": n, "backward": b} for b in ((True,) if args.no_forward else (False, True))]
         if args.memory and args.device == "cpu":
             items += [{"section": "memory", "N": n, "mechanism": m} for m in args.mechanisms]
+        if args.nsa_parts and "nsa" in args.mechanisms:
+            items.append({"section": "nsa-parts", "N": n})
+        if args.checkpoint:
+            items += [{"section": "lm-recall", "N": n, "mechanism": m} for m in args.mechanisms]
     config = {"sizes": sizes, "mechanisms": args.mechanisms, "repeats": args.repeats, "device": args.device,
-              "B": B, "H": H, "Hkv": HKV, "D": D}
+              "B": B, "H": H, "Hkv": HKV, "D": D, "checkpoint": args.checkpoint}
+    lm = held_ids = None
+    if args.checkpoint:
+        from ...data import shakespeare
+        from ...training.lm import load_checkpoint
+
+        lm, codec, _ = load_checkpoint(args.checkpoint)
+        held_ids = codec.encode(shakespeare.load_split()[1])
     print(f"attnkit bench content-sparse: B={B} H={H} Hkv={HKV} D={D} fp32 causal, device {args.device}")
 
     def measure(item):
         if item["section"] == "quality":
             return quality(item["mechanism"], item["N"], args.recall_queries, args.device)
+        if item["section"] == "nsa-parts":
+            return nsa_parts(item["N"], args.repeats, args.device)
+        if item["section"] == "lm-recall":
+            return lm_quality(item["mechanism"], item["N"], args.recall_queries, lm, held_ids, args.device)
         if item["section"] == "speed":
             return speed(item["N"], args.mechanisms, item["backward"], args.repeats, args.device)
         return memory(item["mechanism"], item["N"], torch.get_num_threads())
