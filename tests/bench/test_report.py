@@ -110,6 +110,9 @@ def test_every_column_shown_has_a_glossary_entry(report):
     glossary = (tmp / "out" / "report.html").read_text().split("id='glossary'")[1]
     assert "<code>sdpa_ratio</code>" in glossary and "<code>floor_seconds</code>" in glossary
     assert "(no entry)" not in glossary
+    from attnkit.bench.report.glossary import entry
+
+    assert entry("speedup_nsa")[1].startswith("SDPA's time / nsa's time") and entry("no such column") is None
 
 
 def test_one_colour_per_mechanism_across_plots():

@@ -5,6 +5,8 @@ the marked token. Whatever explains the output should point at the marked positi
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -47,6 +49,7 @@ class Encoder(nn.Module):
         return self.head(x[:, 0])
 
 
+@functools.lru_cache(maxsize=None)
 def trained(cross: bool = False, steps: int = 60) -> Encoder:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)

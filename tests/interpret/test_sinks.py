@@ -74,3 +74,9 @@ def test_massive_activations_find_a_spike():
     h[0, 0, 3] = 500.0
     found = massive_activations([h], ratio=50)
     assert [(f.token, f.dim) for f in found] == [(0, 3)]
+
+
+def test_min_queries_ignores_the_last_keys_of_a_causal_window():
+    w = _sinky()
+    assert received_attention(w, causal=True, min_queries=3)[0, 1, -2:].abs().max() == 0
+    assert received_attention(w, causal=False, min_queries=100).abs().min() > 0

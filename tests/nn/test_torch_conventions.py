@@ -91,3 +91,69 @@ def test_attention_dropout_p_drops_weights_and_is_refused_without_weights():
         attnkit.attention(q, q, q, "linear", causal=True, dropout_p=0.1)
     with pytest.raises(ValueError, match="dropout_p must be"):
         attnkit.attention(q, q, q, dropout_p=1.0)
+
+
+# Every layer exported by attnkit.nn: a small instance, and the same call with its first size made 0.
+ALL_LAYERS = {
+    "AgentAttention": (ann.AgentAttention, (32, 4, (4, 4)), {"agents": 4}),
+    "Attention": (ann.Attention, (32, 4), {}),
+    "BiDAFAttention": (ann.BiDAFAttention, (32,), {}),
+    "DecoupledCrossAttention": (ann.DecoupledCrossAttention, (ann.Attention(32, 4, context_dim=16), 16), {}),
+    "FocusedLinearAttention": (ann.FocusedLinearAttention, (32, 4), {}),
+    "GatedPositionalSelfAttention": (ann.GatedPositionalSelfAttention, (32, 4), {}),
+    "GlobalLocalCrossAttention": (ann.GlobalLocalCrossAttention, (32, 4), {}),
+    "KeyDrivenGQA": (ann.KeyDrivenGQA, (32, 4, 2), {}),
+    "LocationSensitiveAttention": (ann.LocationSensitiveAttention, (32, 16, 8), {"kernel_size": 5}),
+    "LuongAttention": (ann.LuongAttention, (32,), {}),
+    "Mamba2Layer": (ann.Mamba2Layer, (32,), {"head_dim": 16, "state_dim": 8}),
+    "MixtureOfAttentionHeads": (ann.MixtureOfAttentionHeads, (32, 4, 2, 8), {}),
+    "MixtureOfHeads": (ann.MixtureOfHeads, (32, 4), {"shared_heads": 1, "active_heads": 2}),
+    "MultiHeadLatentAttention": (ann.MultiHeadLatentAttention, (32, 4), {"head_dim": 8, "kv_latent": 16, "rope_dim": 4}),
+    "MultiScaleRetention": (ann.MultiScaleRetention, (32, 4), {}),
+    "MultiSourceCrossAttention": (ann.MultiSourceCrossAttention, (32, 4, (16, 8)), {}),
+    "MultiheadAttention": (ann.MultiheadAttention, (32, 4), {}),
+    "NystromAttention": (ann.NystromAttention, (32, 4), {"landmarks": 4}),
+    "PairwiseCrossAttention": (ann.PairwiseCrossAttention, (32, 4), {}),
+    "PerceiverEncoder": (ann.PerceiverEncoder, (16, 32, 4), {}),
+    "PointerAttention": (ann.PointerAttention, (32, 16, 8), {}),
+    "PositionalEncodingGenerator": (ann.PositionalEncodingGenerator, (32,), {}),
+    "PoolingByMultiheadAttention": (ann.PoolingByMultiheadAttention, (32, 4, 2), {}),
+    "ShowAttendTellAttention": (ann.ShowAttendTellAttention, (32, 16, 8), {}),
+    "SigmaReparamLinear": (ann.SigmaReparamLinear, (32, 16), {}),
+    "SlotAttention": (ann.SlotAttention, (3, 32), {"hidden_dim": 16}),
+    "WeightedGQA": (ann.WeightedGQA, (32, 4, 2), {}),
+}
+
+
+def test_every_exported_layer_is_in_the_table():
+    exported = {n for n in dir(ann) if inspect.isclass(getattr(ann, n)) and issubclass(getattr(ann, n), torch.nn.Module)}
+    assert exported == set(ALL_LAYERS), f"add these layers to ALL_LAYERS: {sorted(exported - set(ALL_LAYERS))}"
+
+
+@pytest.mark.parametrize("name", ALL_LAYERS)
+def test_every_layer_takes_device_and_dtype_checks_its_sizes_and_pickles(name):
+    cls, args, kw = ALL_LAYERS[name]
+    params = inspect.signature(cls).parameters
+    assert "device" in params and "dtype" in params, f"{name} has no device=/dtype= factory kwargs"
+    on_meta = cls(*args, **kw, device="meta")
+    given = {id(p) for a in args if isinstance(a, torch.nn.Module) for p in a.parameters()}  # the caller's modules
+    own = [p for p in on_meta.parameters() if id(p) not in given]
+    assert own and all(p.device.type == "meta" for p in own), f"{name}: a parameter was not made on the device"
+    wide = cls(*args, **kw, dtype=torch.float64)
+    floats = [t for t in (*wide.parameters(), *wide.buffers()) if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.float64 for t in floats), f"{name}: dtype= was not applied"
+    with pytest.raises(TypeError, match="dtype"):
+        cls(*args, **kw, dtype=torch.int64)
+    with pytest.raises((ValueError, TypeError), match="device"):
+        cls(*args, **kw, device="nosuchdevice")
+    first = next(i for i, a in enumerate(args) if isinstance(a, int))
+    for bad in (0, -1, 2.5):
+        with pytest.raises((ValueError, TypeError)):
+            cls(*args[:first], bad, *args[first + 1:], **kw)
+    buf = io.BytesIO()
+    torch.save(wide, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert type(loaded) is cls and loaded.__doc__ and cls.__doc__.strip()
+    for (n, a), (_, b) in zip(wide.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), f"{name}: {n} changed in a save/load round trip"

@@ -25,9 +25,10 @@ from ..capture import capture
 from .sinks import received_attention
 
 
-def calibrate_weights(weights: torch.Tensor, heads, *, causal: bool, beta: float = 0.4,
-                      threshold: float = 0.1) -> torch.Tensor:
-    """``weights (B, H, N, N)`` with the hidden sinks of ``heads`` (head indices) calibrated."""
+def calibrate_weights(weights: torch.Tensor, heads, *, causal: bool, beta: float = 0.4, threshold: float = 0.1,
+                      min_queries: int = 1) -> torch.Tensor:
+    """``weights (B, H, N, N)`` with the hidden sinks of ``heads`` (head indices) calibrated
+    (``min_queries``: keys seen by fewer queries are never sinks, see ``sinks.received_attention``)."""
     if not 0 <= beta <= 1:
         raise ValueError(f"beta must be in [0, 1] (the share of weight a hidden sink keeps), got {beta!r}")
     heads = sorted(set(heads))
@@ -36,7 +37,7 @@ def calibrate_weights(weights: torch.Tensor, heads, *, causal: bool, beta: float
     if heads[0] < 0 or heads[-1] >= weights.shape[1]:
         raise ValueError(f"heads {heads} out of range for weights with {weights.shape[1]} heads")
     w = weights[:, heads]
-    sinks = received_attention(w.detach(), causal=causal) > threshold  # (B, h, Nk)
+    sinks = received_attention(w.detach(), causal=causal, min_queries=min_queries) > threshold  # (B, h, Nk)
     sinks[..., 0] = False  # the first token is the model's own sink: ACT leaves it
     sinks = sinks[..., None, :]
     on_sinks = (w * sinks).sum(dim=-1, keepdim=True)
@@ -52,7 +53,8 @@ def calibrate_weights(weights: torch.Tensor, heads, *, causal: bool, beta: float
 
 
 @contextmanager
-def calibrated(model: torch.nn.Module, heads: dict, *, causal: bool, beta: float = 0.4, threshold: float = 0.1):
+def calibrated(model: torch.nn.Module, heads: dict, *, causal: bool, beta: float = 0.4, threshold: float = 0.1,
+               min_queries: int = 1):
     """Run ``model`` with ACT on ``heads``: ``{module name: [head, ...]}`` (the module names
     ``attnkit.capture(model)`` records, e.g. ``"blocks.2.mixer"``). Yields the recorder."""
     unknown = set(heads) - {name for name, _ in model.named_modules()}
@@ -63,7 +65,8 @@ def calibrated(model: torch.nn.Module, heads: dict, *, causal: bool, beta: float
         chosen = heads.get(module)
         if not chosen:
             return weights
-        return calibrate_weights(weights, chosen, causal=causal, beta=beta, threshold=threshold)
+        return calibrate_weights(weights, chosen, causal=causal, beta=beta, threshold=threshold,
+                                 min_queries=min_queries)
 
     with capture(model, edit=edit) as rec:
         yield rec
@@ -81,7 +84,7 @@ def attention_modules(model: torch.nn.Module, run) -> list[tuple[str, int]]:
 
 
 def search_heads(model: torch.nn.Module, run, score, *, causal: bool, beta: float = 0.4, threshold: float = 0.1,
-                 skip_layers: int = 0, higher_is_better: bool = True) -> tuple[dict, list[dict]]:
+                 min_queries: int = 1, skip_layers: int = 0, higher_is_better: bool = True) -> tuple[dict, list[dict]]:
     """ACT's head search: calibrate one head at a time on held-out data, keep those that help.
 
     ``run()`` runs the model on the held-out data and ``score(output)`` measures it (e.g. minus
@@ -95,7 +98,8 @@ def search_heads(model: torch.nn.Module, run, score, *, causal: bool, beta: floa
         if layer < skip_layers:
             continue
         for head in range(count):
-            with torch.no_grad(), calibrated(model, {module: [head]}, causal=causal, beta=beta, threshold=threshold):
+            with torch.no_grad(), calibrated(model, {module: [head]}, causal=causal, beta=beta, threshold=threshold,
+                                             min_queries=min_queries):
                 value = score(run())
             better = value > base if higher_is_better else value < base
             trials.append({"module": module, "head": head, "score": value, "base": base, "kept": better})

@@ -32,16 +32,19 @@ class HeadSinks:
     received: list[float]
 
 
-def received_attention(weights: torch.Tensor, *, causal: bool) -> torch.Tensor:
+def received_attention(weights: torch.Tensor, *, causal: bool, min_queries: int = 1) -> torch.Tensor:
     """``(B, H, Nk)``: the mean attention each key receives from the queries that may see it
-    (all queries; with ``causal``, the queries at or after it: ``N - j`` of them for key ``j``)."""
+    (all queries; with ``causal``, the queries at or after it: ``N - j`` of them for key ``j``).
+
+    With ``causal``, keys seen by fewer than ``min_queries`` queries get 0: the last keys of a window are
+    read by few queries, mostly as local context, and their mean says little about sinks.
+    """
     Nq, Nk = weights.shape[-2], weights.shape[-1]
     total = weights.sum(dim=-2)
-    if causal:
-        seen_by = (Nk - torch.arange(Nk, device=weights.device)).clamp(max=Nq).to(weights.dtype)
-    else:
-        seen_by = torch.full((Nk,), float(Nq), dtype=weights.dtype, device=weights.device)
-    return total / seen_by
+    if not causal:
+        return total / Nq
+    seen_by = (Nk - torch.arange(Nk, device=weights.device)).clamp(max=Nq).to(weights.dtype)
+    return torch.where(seen_by >= min_queries, total / seen_by, torch.zeros_like(total))
 
 
 def entropy(weights: torch.Tensor) -> torch.Tensor:
@@ -50,12 +53,12 @@ def entropy(weights: torch.Tensor) -> torch.Tensor:
     return -(weights * logs).sum(dim=-1).mean(dim=-1)
 
 
-def sink_stats(weights, *, causal: bool, threshold: float = 0.1) -> list[HeadSinks]:
+def sink_stats(weights, *, causal: bool, threshold: float = 0.1, min_queries: int = 1) -> list[HeadSinks]:
     """Per layer and head (averaged over the batch), for softmax-family weights of self-attention.
 
     ``weights``: per layer ``(B, H, N, N)`` (``attnkit.capture``'s ``rec.weights()``);
     ``threshold``: a key is a sink when the mean attention it receives exceeds it (ACT's
-    criterion, 0.1 in the authors' code).
+    criterion, 0.1 in the authors' code); ``min_queries``: see :func:`received_attention`.
     """
     if not isinstance(weights, (list, tuple)) or not weights:
         raise ValueError("weights must be a non-empty list of per-layer (B, H, N, N) attention weights")
@@ -66,7 +69,7 @@ def sink_stats(weights, *, causal: bool, threshold: float = 0.1) -> list[HeadSin
         w = w.detach()
         first = w[..., 0].mean(dim=-1).mean(dim=0)
         ent = entropy(w).mean(dim=0)
-        received = received_attention(w, causal=causal).mean(dim=0)
+        received = received_attention(w, causal=causal, min_queries=min_queries).mean(dim=0)
         for head in range(w.shape[1]):
             found = (received[head] > threshold).nonzero().flatten().tolist()
             out.append(HeadSinks(layer, head, float(first[head]), float(ent[head]), found,

@@ -6,10 +6,12 @@ do by itself: bottom-right causal alignment when ``q_len != kv_len``, key
 padding and combined masks, and zeros (not NaN) for fully masked rows.
 
 SDPA applies a mask by adding -inf to the scores (a boolean one too), so a NaN
-or infinite key would reach the rows its mask blocks (NaN + -inf = NaN). When
-a mask is applied and the keys are not all finite (a sum over ``k``), the
-call runs the softmax written out instead, with blocked scores set to -inf, so
-a NaN key stays causal; finite keys (every ordinary call) go to SDPA.
+or infinite key would reach the rows its mask blocks (NaN + -inf = NaN); with
+``is_causal`` it depends on the kernel (torch 2.5's CPU kernel and the math
+backend leak, torch 2.13's CPU kernel does not). When a mask or the causal rule
+is applied and the keys are not all finite (a sum over ``k``), the call runs
+the softmax written out instead, with blocked scores set to -inf, so a NaN key
+stays causal; finite keys (every ordinary call) go to SDPA.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def sdpa_attention(q, k, v, *, causal: bool, mask, scale: float, dropout_p: floa
     if mask is None:
         if not causal or q_len == 1 and kv_len >= 1:
             return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa, dropout_p=dropout_p)
-        if q_len == kv_len:
+        if q_len == kv_len and all_finite(k):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa, dropout_p=dropout_p)
     allowed = causal_mask(q_len, kv_len, q.device) if causal else None
     if mask is not None and mask.dtype == torch.bool:

@@ -37,6 +37,7 @@ from torch import nn
 from ..api import attention
 from ..validation import check_int, check_tokens
 from .token_conv import TokenConv
+from .factory import factory_kwargs
 
 BLOCK_BIAS = 7  # the learned block bias maps are 7 x 7, resized to the grid
 
@@ -45,6 +46,7 @@ def _bias(*shape):
     return nn.Parameter(nn.init.trunc_normal_(torch.empty(shape), std=0.02))
 
 
+@factory_kwargs
 class AgentAttention(nn.Module):
     """Agent attention block (Agent Attention, Han et al.): pooled agent tokens, agent biases and a
     depthwise convolution on V; ``(B, N, dim) -> (B, N, dim)`` over a ``grid`` of tokens. See the module docstring.

@@ -31,6 +31,7 @@ from torch import nn
 from .. import registry
 from ..api import attention
 from ..positional import RoPE
+from .factory import check_factory_kwargs
 from .inputs import has_input_module, input_module
 from ..validation import check_int, check_params, check_tokens
 
@@ -85,6 +86,7 @@ class Attention(nn.Module):
         **mechanism_params,
     ):
         super().__init__()
+        check_factory_kwargs(device, dtype)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
         check_int("dim", dim)

@@ -17,8 +17,10 @@ from torch import nn
 
 from ..families.luong import masked_softmax
 from ..validation import check_int, check_tokens
+from .factory import factory_kwargs
 
 
+@factory_kwargs
 class BiDAFAttention(nn.Module):
     """``forward(context, query, context_mask=None, query_mask=None) -> (G, S)``.
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from .attention import Attention
 from ..validation import check_int, check_tokens
+from .factory import factory_kwargs
 
 
 def _mlp(dim: int, hidden: int) -> nn.Sequential:
@@ -36,6 +37,7 @@ def _padding(mask, inputs):
     return mask[:, None, None, :]
 
 
+@factory_kwargs
 class PoolingByMultiheadAttention(nn.Module):
     """Set Transformer's pooling by multihead attention: ``seeds`` learned queries
     cross-attend to the input set. See the module docstring.
@@ -43,6 +45,7 @@ class PoolingByMultiheadAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int, seeds: int = 1, *, mechanism: str = "softmax", **mechanism_params):
         super().__init__()
+        check_int("dim", dim)
         check_int("seeds", seeds)
         self.dim = dim
         self.seeds = nn.Parameter(torch.randn(1, seeds, dim) * dim ** -0.5)
@@ -59,6 +62,7 @@ class PoolingByMultiheadAttention(nn.Module):
         return self.norm2(h + self.rff_out(h))
 
 
+@factory_kwargs
 class PerceiverEncoder(nn.Module):
     """Perceiver encoder: a learned latent array cross-attends to the input, then self-attends
     for ``latent_layers`` layers, ``iterations`` times. See the module docstring.
@@ -68,7 +72,8 @@ class PerceiverEncoder(nn.Module):
                  latent_heads: int = 4, latent_layers: int = 2, iterations: int = 1, mechanism: str = "softmax",
                  **mechanism_params):
         super().__init__()
-        for name, value in (("num_latents", num_latents), ("latent_layers", latent_layers), ("iterations", iterations)):
+        for name, value in (("input_dim", input_dim), ("latent_dim", latent_dim), ("num_latents", num_latents),
+                            ("latent_layers", latent_layers), ("iterations", iterations)):
             check_int(name, value)
         self.input_dim, self.iterations = input_dim, iterations
         self.latents = nn.Parameter(torch.randn(1, num_latents, latent_dim) * latent_dim ** -0.5)

@@ -17,9 +17,11 @@ from torch import nn
 
 from ..api import attention
 from .attention import Attention
-from ..validation import check_tokens
+from ..validation import check_float, check_int, check_tokens
+from .factory import factory_kwargs
 
 
+@factory_kwargs
 class DecoupledCrossAttention(nn.Module):
     """IP-Adapter's decoupled cross-attention: a text cross-attention plus a separate image
     cross-attention whose output is added with weight ``scale``. See the module docstring.
@@ -29,6 +31,8 @@ class DecoupledCrossAttention(nn.Module):
         super().__init__()
         if not isinstance(text_attention, Attention):
             raise TypeError(f"text_attention must be an attnkit.nn.Attention, got {type(text_attention).__name__}")
+        check_int("image_dim", image_dim)
+        check_float("scale", scale, finite=True)
         self.text = text_attention
         inner, bias = text_attention.kv_heads * text_attention.head_dim, text_attention.k_proj.bias is not None
         dtype = text_attention.k_proj.weight.dtype

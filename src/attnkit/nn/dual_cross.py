@@ -22,6 +22,7 @@ from torch import nn
 
 from ..api import attention
 from ..validation import check_divides, check_float, check_int, check_tokens
+from .factory import factory_kwargs
 
 
 def attention_rollout(weights: list[torch.Tensor]) -> torch.Tensor:
@@ -55,6 +56,7 @@ class _Heads(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, N, H * Dh))
 
 
+@factory_kwargs
 class GlobalLocalCrossAttention(_Heads):
     """GLCA: ``forward(x, rollout) -> (out, chosen)`` for tokens ``x (B, 1 + N, dim)`` (class token first)
     and the rollout ``(B, 1 + N, 1 + N)``; ``out (B, 1 + R, dim)``, ``chosen (B, 1 + R)`` the token indices
@@ -82,6 +84,7 @@ class GlobalLocalCrossAttention(_Heads):
         return self.merge(attention(q_local, k, v, "softmax")), chosen
 
 
+@factory_kwargs
 class PairwiseCrossAttention(_Heads):
     """PWCA: ``forward(x, distractor=None) -> (B, N, dim)``; with a distractor ``(B, N', dim)`` in training
     mode, each query of ``x`` attends to the keys and values of both."""

@@ -26,6 +26,7 @@ from torch import nn
 from ..api import attention
 from ..validation import check_int, check_tokens
 from .token_conv import TokenConv
+from .factory import factory_kwargs
 
 
 class FLattenState:
@@ -36,6 +37,7 @@ class FLattenState:
         self.length = attn.length
 
 
+@factory_kwargs
 class FocusedLinearAttention(nn.Module):
     """FLatten's focused linear attention block with its rank-restoring depthwise convolution;
     ``(B, N, dim) -> (B, N, dim)``. See the module docstring.

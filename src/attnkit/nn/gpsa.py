@@ -23,8 +23,10 @@ from torch import nn
 
 from ..families.luong import masked_softmax
 from ..validation import check_divides, check_float, check_int, check_tokens
+from .factory import factory_kwargs
 
 
+@factory_kwargs
 class GatedPositionalSelfAttention(nn.Module):
     """``forward(x, grid=(H, W)) -> (B, H W, dim)`` for patch tokens ``x (B, H W, dim)`` in row-major order."""
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import Attention
+from .factory import factory_kwargs
 
 
 def mean_pool_kv(mha: Attention, kv_heads: int) -> Attention:
@@ -47,6 +48,7 @@ def _like(layer: Attention, kv_heads: int) -> Attention:
     return out
 
 
+@factory_kwargs
 class WeightedGQA(Attention):
     """GQA whose group keys/values are learned weighted sums of per-head keys/values.
 

@@ -21,6 +21,7 @@ import torch
 from ..api import attention
 from .attention import Attention
 from ..validation import check_tokens
+from .factory import factory_kwargs
 
 
 def allocate_queries(norms: torch.Tensor, heads: int, *, min_max: bool) -> list[int]:
@@ -39,6 +40,7 @@ def allocate_queries(norms: torch.Tensor, heads: int, *, min_max: bool) -> list[
     return counts.tolist()
 
 
+@factory_kwargs
 class KeyDrivenGQA(Attention):
     """Key-driven grouped-query attention (KDGQA, and DGQA with ``mode``): query heads are
     allocated to kv heads by key norms. See the module docstring.

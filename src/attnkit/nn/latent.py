@@ -33,6 +33,7 @@ from ..api import attention
 from ..positional import RoPE
 from ..state import AppendBuffer
 from ..validation import check_int, check_params, check_tokens
+from .factory import factory_kwargs
 
 
 class LatentCache:
@@ -68,6 +69,7 @@ class LatentCache:
         return self.keys.numel()
 
 
+@factory_kwargs
 class MultiHeadLatentAttention(nn.Module):
     """Multi-head latent attention (MLA, DeepSeek-V2): keys and values from a compressed
     ``kv_latent``, decoupled RoPE on ``rope_dim`` channels. See the module docstring.

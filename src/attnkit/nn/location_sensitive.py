@@ -20,8 +20,10 @@ from torch import nn
 
 from ..families.luong import masked_softmax
 from ..validation import check_float, check_int, check_tokens
+from .factory import factory_kwargs
 
 
+@factory_kwargs
 class LocationSensitiveAttention(nn.Module):
     """One step: ``forward(state, keys, previous_weights, mask=None) -> (context, weights)``.
 

@@ -21,11 +21,13 @@ from torch import nn
 from ..families.additive import additive_scores
 from ..families.luong import local_p_weights, masked_softmax
 from ..validation import check_int, check_tokens
+from .factory import factory_kwargs
 
 SCORES = ("dot", "general", "concat")
 LOCAL = (None, "monotonic", "predictive")
 
 
+@factory_kwargs
 class LuongAttention(nn.Module):
     """Luong attention over source states; ``forward(target, source, source_mask=None) -> (h_tilde, weights)``.
 

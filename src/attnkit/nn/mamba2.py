@@ -26,6 +26,7 @@ from ..api import attention
 from ..validation import check_int, check_tokens
 from .inputs.linear import Mamba2Gate
 from .token_conv import TokenConv
+from .factory import factory_kwargs
 
 
 class Mamba2State:
@@ -36,6 +37,7 @@ class Mamba2State:
         self.length = ssm.length
 
 
+@factory_kwargs
 class Mamba2Layer(nn.Module):
     """The Mamba-2 block around the SSD mechanism (projections, short convolution, gating);
     ``(B, N, dim) -> (B, N, dim)``. See the module docstring.

@@ -33,8 +33,10 @@ from torch import nn
 from .. import registry
 from ..api import attention
 from ..validation import check_int, check_params, check_tokens
+from .factory import factory_kwargs
 
 
+@factory_kwargs
 class MixtureOfAttentionHeads(nn.Module):
     """Mixture of Attention Heads (MoA, Zhang et al.): ``top_k`` of ``experts`` query/output
     projections per token over shared keys and values. See the module docstring.

@@ -26,8 +26,10 @@ from torch import nn
 
 from .attention import Attention
 from ..validation import check_int
+from .factory import factory_kwargs
 
 
+@factory_kwargs
 class MixtureOfHeads(Attention):
     """Mixture-of-Head attention (MoH, Jin et al.): ``shared_heads`` always on plus ``active_heads``
     routed per token. See the module docstring.

@@ -28,10 +28,12 @@ from torch import nn
 from ..api import attention
 from .attention import Attention
 from ..validation import check_int, check_tokens
+from .factory import factory_kwargs
 
 STRATEGIES = ("serial", "parallel", "flat", "hierarchical")
 
 
+@factory_kwargs
 class MultiSourceCrossAttention(nn.Module):
     """Cross-attention over several sources combined by ``strategy`` (Libovický et al.'s flat,
     parallel, serial and hierarchical). See the module docstring.

@@ -19,6 +19,7 @@ from .. import registry
 from ..api import attention
 from ..scores.normalisers import SOFTMAX
 from ..validation import check_int, check_params
+from .factory import check_factory_kwargs
 
 
 class MultiheadAttention(nn.Module):
@@ -30,6 +31,7 @@ class MultiheadAttention(nn.Module):
                  kdim=None, vdim=None, batch_first=False, device=None, dtype=None, *, mechanism="softmax",
                  **mechanism_params):
         super().__init__()
+        check_factory_kwargs(device, dtype)
         check_int("embed_dim", embed_dim)
         check_int("num_heads", num_heads)
         if embed_dim % num_heads:

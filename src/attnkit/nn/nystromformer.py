@@ -19,8 +19,10 @@ from torch import nn
 
 from ..api import attention
 from ..validation import check_int, check_tokens
+from .factory import factory_kwargs
 
 
+@factory_kwargs
 class NystromAttention(nn.Module):
     """Nyströmformer's attention block: landmark attention plus the skip convolution on V;
     ``(B, N, dim) -> (B, N, dim)``. See the module docstring.

@@ -14,8 +14,10 @@ from torch import nn
 
 from ..families.additive import additive_scores
 from ..validation import check_int, check_tokens
+from .factory import factory_kwargs
 
 
+@factory_kwargs
 class PointerAttention(nn.Module):
     """``forward(decoder, encoder, mask=None) -> log p`` of shape ``(B, T, N)`` over the input positions.
 

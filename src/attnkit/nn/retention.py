@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import Attention
+from .factory import factory_kwargs
 
 
+@factory_kwargs
 class MultiScaleRetention(Attention):
     """``forward(x, causal=True, state=, return_state=)`` as :class:`attnkit.nn.Attention` (self-attention only)."""
 

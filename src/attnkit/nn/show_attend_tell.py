@@ -26,8 +26,10 @@ import torch
 from torch import nn
 
 from ..validation import check_float, check_int, check_tokens
+from .factory import factory_kwargs
 
 
+@factory_kwargs
 class ShowAttendTellAttention(nn.Module):
     """``forward(features, hidden, generator=None) -> (z, alpha, sample, sample_log_prob)``.
 

@@ -19,12 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..validation import check_int
+from .factory import check_factory_kwargs
 
 
 class SigmaReparamLinear(nn.Linear):
     """``nn.Linear`` whose weight is used as ``(gamma / sigma(W)) W``; ``sigma`` is refreshed in training mode."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, device=None, dtype=None):
+        check_factory_kwargs(device, dtype)
+        check_int("in_features", in_features)
+        check_int("out_features", out_features)
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.gamma = nn.Parameter(torch.ones((), device=device, dtype=dtype))
         u = F.normalize(torch.randn(out_features, device=device, dtype=dtype), dim=0)

@@ -23,8 +23,10 @@ import torch
 from torch import nn
 
 from ..validation import check_int, check_tokens
+from .factory import factory_kwargs
 
 
+@factory_kwargs
 class SlotAttention(nn.Module):
     """Slot Attention (Locatello et al.): ``num_slots`` slots compete for the inputs over
     ``iters`` rounds of attention normalised over slots. See the module docstring.

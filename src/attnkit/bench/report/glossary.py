@@ -35,6 +35,8 @@ ENTRIES: dict[str, tuple[str, str, str]] = {
     "fraction_of_gemm": ("fraction", "gflops over the GEMM rate named in the plot title", HIGHER),
     "sdpa_ratio": ("x", "SDPA's time with the equivalent boolean mask / attnkit's time; > 1: attnkit is faster",
                    HIGHER),
+    "sdpa_bwd_heads_per_call": ("heads", "heads per SDPA call in its forward+backward baseline: all of them where "
+                                          "the masked backward's (heads, N, N) matrices fit 6 GiB, fewer beyond", ""),
     "flex_ratio": ("x", "compiled FlexAttention's time with the equivalent BlockMask / attnkit's time; > 1: attnkit "
                         "is faster", HIGHER),
     "flex_cap": ("x", "FlexAttention's time / floor_seconds: the most flex_ratio any kernel built from torch ops "
@@ -84,6 +86,60 @@ ENTRIES: dict[str, tuple[str, str, str]] = {
     "approx": ("", "fastest sub-quadratic mechanism (a different function: linear, recurrent, windowed ...)", ""),
     "approx_speedup": ("x", "SDPA's time / the approximate mechanism's time (same run)", HIGHER),
     "approx_memory": ("x", "the approximate mechanism's peak memory / SDPA's (same run)", LOWER),
+    # other suites
+    "causal": ("", "causal (True) or not", ""),
+    "probe": ("", "the mechanism whose patterns were probed", ""),
+    "disagrees_with_spec": ("", "patterns where the probed outcome differs from the spec's", ""),
+    "flex_seconds": ("s", "compiled FlexAttention's median time on the same callables", LOWER),
+    "qkv_mb": ("MiB", "the size of q, k and v", ""),
+    "peak_over_qkv": ("x", "peak_mb / qkv_mb", LOWER),
+    "section": ("", "which part of the suite the row belongs to", ""),
+    "shape": ("", "the call's tensor shape (batch, heads, queries, keys, head_dim)", ""),
+    "attnkit_us": ("µs", "median time of one attnkit.attention call", LOWER),
+    "sdpa_us": ("µs", "median time of one direct SDPA call", LOWER),
+    "overhead_us": ("µs", "attnkit's time minus SDPA's, per call (the API's overhead)", LOWER),
+    "t_attnkit": ("s", "attnkit's median time", LOWER), "t_sdpa": ("s", "SDPA's median time in the same run", ""),
+    "ratio_attnkit": ("x", "SDPA's time / attnkit's; 1 = no overhead", HIGHER),
+    "gflops_attnkit": ("GFLOP/s", "attnkit's attention FLOP rate", HIGHER),
+    "gflops_sdpa": ("GFLOP/s", "SDPA's attention FLOP rate in the same run", ""),
+    "n": ("tokens", "sequence length (key/value tokens for decoding)", ""),
+    "kv_heads": ("", "key/value heads (fewer than heads: grouped-query attention)", ""),
+    "lean_ms": ("ms", "LeanAttention's median decode time", LOWER),
+    "sdpa_ms": ("ms", "SDPA's median decode time in the same run", ""),
+    "gb_per_s": ("GB/s", "key and value bytes read per second", HIGHER),
+    "max_abs_diff": ("", "largest absolute difference from the reference output", LOWER),
+    "load_average": ("", "the machine's 1-minute load average when measured (> cores: timings are noisy)", ""),
+    "strategy": ("", "context-parallel strategy (ring, ulysses, lasp2, ...; single: one process)", ""),
+    "P": ("processes", "context-parallel ranks", ""),
+    "overlap": ("", "communication overlapped with compute", ""),
+    "bytes": ("bytes", "bytes one rank sent, counted around the collectives", LOWER),
+    "bytes_analytic": ("bytes", "what the strategy should send by its formula", ""),
+    "bytes_ratio": ("x", "bytes / bytes_analytic; 1 = as the formula says", ""),
+    "memory_vs_single_times_p": ("x", "P x a rank's peak / the single process's peak; < P: sharding saves memory",
+                                 LOWER),
+    "no_overlap_over_overlap": ("x", "time without overlap / time with it; > 1: overlap helps", HIGHER),
+    "policy": ("", "KV-cache compression policy (full: no compression)", ""),
+    "budget": ("fraction", "share of the context the compressed cache keeps", ""),
+    "context": ("tokens", "prompt length", ""),
+    "model": ("", "the model the row was measured on", ""),
+    "prefill_mode": ("", "how the prompt was prefilled (whole prompt or in chunks)", ""),
+    "perplexity_vs_full": ("x", "perplexity through the compressed cache / through the full cache", LOWER),
+    "argmax_agreement": ("fraction", "decoded tokens equal to the full cache's", HIGHER),
+    "passkey_accuracy": ("fraction", "passkeys retrieved from the compressed cache", HIGHER),
+    "full_bytes": ("bytes", "the full cache's bytes", ""),
+    "bytes_after_prefill": ("bytes", "the cache's bytes once the prompt is in", LOWER),
+    "peak_bytes": ("bytes", "the cache's peak bytes while decoding", LOWER),
+    "peak_vs_full": ("x", "peak_bytes / full_bytes", LOWER),
+    "prefill_peak_vs_full": ("x", "the cache's peak while prefilling / full_bytes", LOWER),
+    "decode_tokens_per_s": ("tokens/s", "decode speed through the compressed cache", HIGHER),
+    "decode_vs_full": ("x", "decode speed / the full cache's", HIGHER),
+    "compress_seconds": ("s", "time the policy spent compressing", LOWER),
+    "prefill_seconds": ("s", "time to prefill the prompt", LOWER),
+    "chunked_prefill_seconds": ("s", "time to prefill the prompt in chunks", LOWER),
+    "queries": ("", "query tokens of the call", ""),
+    "backward": ("", "forward and backward (True) or forward only", ""),
+    "history": ("", "per epoch (loss, accuracy) of the training", ""),
+    "rows": ("", "the rows a summary was built from", ""),
     # errors
     "error": ("", "what went wrong for this row (the run kept going)", ""),
     "looked_for": ("", "registered names tried for a role", ""),
@@ -93,9 +149,28 @@ for _p in PATTERNS:
                        "leaks future, non-finite, or the error raised", "")
 
 
+# Families of columns named after a mechanism or form: prefix -> (unit, meaning with {} for the name, better).
+PREFIXES = {
+    "t_": ("s", "median time of {}", LOWER),
+    "speedup_": ("x", "SDPA's time / {}'s time in the same run; > 1: {} is faster", HIGHER),
+    "sdpa_over_": ("x", "SDPA's time / {}'s time in the same run; > 1: {} is faster", HIGHER),
+}
+
+
+def entry(column: str) -> tuple[str, str, str] | None:
+    """``(unit, meaning, better)`` of a column, or None when the glossary has no entry for it."""
+    if column in ENTRIES:
+        return ENTRIES[column]
+    for prefix, (unit, meaning, better) in PREFIXES.items():
+        if column.startswith(prefix) and len(column) > len(prefix):
+            name = column[len(prefix):]
+            return unit, meaning.format(name, name), better
+    return None
+
+
 def title(column: str) -> str:
     """A header tooltip: unit, meaning and direction."""
-    unit, meaning, better = ENTRIES.get(column, ("", "", ""))
+    unit, meaning, better = entry(column) or ("", "", "")
     return "; ".join(x for x in (meaning, f"unit: {unit}" if unit else "", better) if x)
 
 
@@ -103,7 +178,7 @@ def glossary_html(columns: list[str]) -> str:
     """The entries of ``columns`` (in first-seen order) as a definition table."""
     rows = []
     for c in dict.fromkeys(columns):
-        unit, meaning, better = ENTRIES.get(c, ("", "(no entry)", ""))
+        unit, meaning, better = entry(c) or ("", "(no entry)", "")
         rows.append(f"<tr><td><code>{html.escape(c)}</code></td><td>{html.escape(unit)}</td>"
                     f"<td>{html.escape(meaning)}</td><td>{html.escape(better)}</td></tr>")
     return ("<h2 id='glossary'>Glossary</h2><table class='glossary'><thead><tr><th>column</th><th>unit</th>"

@@ -223,6 +223,8 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoint", default=None, help="--lm-recall: an attnkit LM checkpoint instead of the suite's LM")
     p.add_argument("--n", type=ints, default=[4096], help="--speed / --lm-recall: comma list of lengths")
     p.add_argument("--phases", type=names, default=["prefill", "decode"], help="--speed: prefill,decode")
+    p.add_argument("--methods", type=names, default=None,
+                   help="--speed: comma list of the training-free methods to time (default: all of the phase)")
     p.add_argument("--sparsity", type=positive_float, default=0.9, help="--speed: block sparsity of the sized methods")
     p.add_argument("--fraction", type=positive_float, default=0.125, help="decode: share of the cache a step reads")
     p.add_argument("--repeats", type=positive_int, default=2, help="--speed: timed rounds (best kept)")
@@ -237,14 +239,23 @@ def run_free_sparse(args) -> int:
         items = [{"section": "lm-recall", "N": n} for n in args.n]
     else:
         items = [{"section": phase, "N": n} for n in args.n for phase in args.phases]
-    config = {"n": args.n, "phases": args.phases, "sparsity": args.sparsity, "fraction": args.fraction,
-              "repeats": args.repeats, "steps": args.steps, "checkpoint": args.checkpoint, "device": args.device}
+    config = {"n": args.n, "phases": args.phases, "methods": args.methods, "sparsity": args.sparsity,
+              "fraction": args.fraction, "repeats": args.repeats, "steps": args.steps, "checkpoint": args.checkpoint,
+              "device": args.device}
+
+    chosen = args.methods or [*fs.PREFILL, *fs.DECODE]
+    unknown = sorted(set(chosen) - {*fs.PREFILL, *fs.DECODE})
+    if unknown:
+        from ..options import UsageError
+
+        raise UsageError(f"--methods: unknown {unknown}; expected names from {[*fs.PREFILL, *fs.DECODE]}")
+    prefill, decode = [m for m in fs.PREFILL if m in chosen], [m for m in fs.DECODE if m in chosen]
 
     def measure(item):
         if item["section"] == "prefill":
-            return {"rows": fs.prefill_speed(item["N"], fs.PREFILL, args.sparsity, args.repeats, args.device)}
+            return {"rows": fs.prefill_speed(item["N"], prefill, args.sparsity, args.repeats, args.device)}
         if item["section"] == "decode":
-            return {"rows": fs.decode_speed(item["N"], fs.DECODE, args.fraction, args.steps, args.repeats, args.device)}
+            return {"rows": fs.decode_speed(item["N"], decode, args.fraction, args.steps, args.repeats, args.device)}
         model, held, calibration = lm_and_text(args)
         return {"rows": fs.lm_recall(model, held, calibration, item["N"], args.fraction, args.sparsity, args.queries)}
 
