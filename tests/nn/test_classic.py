@@ -228,3 +228,31 @@ def test_gated_positional_self_attention_matches_the_equations():
     fresh = GatedPositionalSelfAttention(4, 4, locality_strength=5.0)
     scores = fresh.positional_scores((3, 3), "cpu", torch.float32)
     assert scores[0, 4].argmax().item() == 0
+
+
+@torch.no_grad()
+def test_positional_encoding_generator_matches_the_equation_and_moves_with_the_content():
+    from attnkit.nn import PositionalEncodingGenerator
+
+    torch.manual_seed(7)
+    peg = PositionalEncodingGenerator(2, 3).double()
+    x = torch.randn(1, 1 + 12, 2, dtype=D64)
+    out = peg(x, (3, 4), class_tokens=1)
+    torch.testing.assert_close(out[:, 0], x[:, 0])  # the class token passes through
+    W, b = peg.conv.weight[:, 0], peg.conv.bias
+    for p in range(12):
+        r, c = divmod(p, 4)
+        conv = b.clone()
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                if 0 <= r + dr < 3 and 0 <= c + dc < 4:
+                    conv = conv + W[:, dr + 1, dc + 1] * x[0, 1 + (r + dr) * 4 + c + dc]
+        torch.testing.assert_close(out[0, 1 + p], x[0, 1 + p] + conv)
+    # content shifted one patch right, away from the borders: the output shifts with it
+    image = torch.zeros(1, 2, 5, 6, dtype=D64)
+    image[..., 1:4, 1:3] = torch.randn(2, 3, 2, dtype=D64)
+    shifted = image.roll(1, dims=-1)
+    tokens = lambda im: im.flatten(2).transpose(1, 2)  # noqa: E731
+    a = peg(tokens(image), (5, 6)).transpose(1, 2).reshape(1, 2, 5, 6)
+    b2 = peg(tokens(shifted), (5, 6)).transpose(1, 2).reshape(1, 2, 5, 6)
+    torch.testing.assert_close(b2[..., 1:5], a[..., 0:4])

@@ -116,6 +116,7 @@ ALL_LAYERS = {
     "PairwiseCrossAttention": (ann.PairwiseCrossAttention, (32, 4), {}),
     "PerceiverEncoder": (ann.PerceiverEncoder, (16, 32, 4), {}),
     "PointerAttention": (ann.PointerAttention, (32, 16, 8), {}),
+    "PositionalEncodingGenerator": (ann.PositionalEncodingGenerator, (32,), {}),
     "PoolingByMultiheadAttention": (ann.PoolingByMultiheadAttention, (32, 4, 2), {}),
     "ShowAttendTellAttention": (ann.ShowAttendTellAttention, (32, 16, 8), {}),
     "SigmaReparamLinear": (ann.SigmaReparamLinear, (32, 16), {}),

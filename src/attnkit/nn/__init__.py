@@ -13,6 +13,7 @@ from .agent import AgentAttention
 from .bidaf import BiDAFAttention
 from .location_sensitive import LocationSensitiveAttention
 from .luong import LuongAttention
+from .peg import PositionalEncodingGenerator
 from .pointer import PointerAttention
 from .sigma_reparam import SigmaReparamLinear, attention_entropy, sigma_reparam
 from .show_attend_tell import ShowAttendTellAttention, doubly_stochastic_penalty, reinforce_loss
@@ -44,5 +45,6 @@ __all__ = [
     "doubly_stochastic_penalty", "reinforce_loss", "BiDAFAttention",
     "GlobalLocalCrossAttention", "PairwiseCrossAttention", "attention_rollout",
     "SigmaReparamLinear", "sigma_reparam", "attention_entropy", "GatedPositionalSelfAttention",
+    "PositionalEncodingGenerator",
     "FocusedLinearAttention", "NystromAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer",
 ]
