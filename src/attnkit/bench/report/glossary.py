@@ -35,6 +35,8 @@ ENTRIES: dict[str, tuple[str, str, str]] = {
     "fraction_of_gemm": ("fraction", "gflops over the GEMM rate named in the plot title", HIGHER),
     "sdpa_ratio": ("x", "SDPA's time with the equivalent boolean mask / attnkit's time; > 1: attnkit is faster",
                    HIGHER),
+    "sdpa_bwd_heads_per_call": ("heads", "heads per SDPA call in its forward+backward baseline: all of them where "
+                                          "the masked backward's (heads, N, N) matrices fit 6 GiB, fewer beyond", ""),
     "flex_ratio": ("x", "compiled FlexAttention's time with the equivalent BlockMask / attnkit's time; > 1: attnkit "
                         "is faster", HIGHER),
     "flex_cap": ("x", "FlexAttention's time / floor_seconds: the most flex_ratio any kernel built from torch ops "

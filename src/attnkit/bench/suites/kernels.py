@@ -8,9 +8,9 @@ map every buffer so that no allocation hides in freed heap. The second, with
 the default allocator as users run, measures in this order: the fp32 GEMM
 rate; attnkit (``attnkit.attention`` with the pattern's mechanism) forward,
 then forward+backward; then the baselines of the same run — SDPA with the
-equivalent boolean mask (forward, and forward+backward one head at a time: its
-masked backward holds an (H, N, N) matrix that does not fit in memory at
-N = 16384) and compiled FlexAttention with the equivalent BlockMask (forward
+equivalent boolean mask (forward, and forward+backward with all heads in one call
+where its masked backward's (H, N, N) matrices fit 6 GiB, otherwise in groups of heads
+that do: one head at a time at N = 16384) and compiled FlexAttention with the equivalent BlockMask (forward
 only: no backward on CPU). Times are medians after a warm-up; a call slower
 than ``--budget`` seconds is timed once.
 
@@ -217,6 +217,7 @@ def _worker(args) -> int:
     print(f"{name} N={n}: timing baselines", file=sys.stderr, flush=True)
     dense = None if args.no_sdpa or n > 32768 else dense_pattern(mask, B, H, n, n, device=q.device).contiguous()
     flex = None if args.no_flex else _flex(mask, B, H, n, q, k, v, args)
+    heads_per_call = _sdpa_backward_heads(B, H, n)
     for direction, r in results.items():
         backward = direction == "fwdbwd"
         sdpa_t = None
@@ -227,9 +228,9 @@ def _worker(args) -> int:
                     t.requires_grad_(backward)
                 if not backward:
                     return F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
-                for h in range(H):  # SDPA's masked backward holds (H, N, N) scores: one head at a time fits memory
-                    out = F.scaled_dot_product_attention(q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1],
-                                                         attn_mask=dense)
+                for h in range(0, H, heads_per_call):
+                    sl = slice(h, h + heads_per_call)
+                    out = F.scaled_dot_product_attention(q[:, sl], k[:, sl], v[:, sl], attn_mask=dense)
                     out.backward(torch.ones_like(out))
 
             with torch.set_grad_enabled(backward):
@@ -241,9 +242,22 @@ def _worker(args) -> int:
                    gemm_ratio=gf / gemm, sdpa_ratio=sdpa_t / r["seconds"] if sdpa_t else None,
                    flex_ratio=flex_t / r["seconds"] if flex_t else None,
                    flex_cap=flex_t / floor if flex_t else None, floor_seconds=floor, density=layout.density,
-                   batch=B, heads=H, head_dim=D, threads=args.threads)
+                   batch=B, heads=H, head_dim=D, threads=args.threads,
+                   sdpa_bwd_heads_per_call=heads_per_call if backward and sdpa_t else None)
         print("ROW " + json.dumps(row), flush=True)
     return 0
+
+
+# SDPA's masked math backward keeps about four fp32 (heads, N, N) matrices alive (scores, weights
+# and their gradients). All heads go in one call when that fits this budget; otherwise the fewest
+# calls that do (one head at a time at N = 16384), which costs nothing measurable at that size.
+SDPA_BACKWARD_BYTES = 6 * 2**30
+
+
+def _sdpa_backward_heads(B: int, H: int, n: int) -> int:
+    """Heads per SDPA call in the forward+backward baseline: as many as fit ``SDPA_BACKWARD_BYTES``."""
+    per_head = 4 * 4 * B * n * n
+    return max(1, min(H, SDPA_BACKWARD_BYTES // per_head))
 
 
 def _flex(mask, B, H, n, q, k, v, args):
