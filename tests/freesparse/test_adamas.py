@@ -24,8 +24,8 @@ def _kept(index, valid, N):
 def test_selection_equals_the_equations(dtype, D):
     q, k, _ = _qkv(D=D, seed=1)
     for top_k, threshold in ((5, 2.0), (9, 4.0), (200, 1.0)):
-        codes = adamas.codes(k.to(dtype), threshold)
-        index, valid = adamas._chosen(q.to(dtype), codes, 90, top_k, threshold, 0, 90)
+        digest = adamas.key_digest(k.to(dtype), threshold)
+        index, valid = adamas._chosen(q.to(dtype), digest, 90, top_k, threshold, 0, 90)
         assert torch.equal(_kept(index, valid, 90), adamas.reference_mask(q, k, top_k=top_k, threshold=threshold))
 
 
@@ -51,7 +51,7 @@ def test_every_query_reads_its_own_key_and_decode_equals_one_shot():
                                        top_k=4, threshold=2.0, state=state, return_state=True)
         steps.append(out)
     torch.testing.assert_close(torch.cat(steps, 2), one_shot, rtol=1e-12, atol=1e-12)
-    assert torch.equal(state.digest(0), adamas.codes(k, 2.0))
+    assert torch.equal(state.digest(0), adamas.key_digest(k, 2.0))
 
 
 def test_bad_parameters_are_refused():

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 B, H, D = 1, 8, 64
 PREFILL = ("block_topk", "xattention", "flexprefill", "vertical_slash", "sample_attention")
-DECODE = ("quest", "loki")
+DECODE = ("quest", "loki", "adamas")
 
 
 def top_k_for_density(blocks: int, density: float) -> int:
@@ -53,6 +53,8 @@ def prefill_params(method: str, n: int, sparsity: float) -> dict:
 def decode_params(method: str, n: int, fraction: float, keys: torch.Tensor) -> dict:
     if method == "quest":
         return {"page": 16, "top_k": max(1, round(n / 16 * fraction))}
+    if method == "adamas":
+        return {"top_k": max(1, round(n * fraction)), "threshold": 10.0}
     from ..families.loki import loki_components
 
     return {"components": loki_components(keys), "rank": keys.shape[-1] // 4, "top_k": max(1, round(n * fraction))}
@@ -126,6 +128,10 @@ def _kept_keys(method, q1, k, params) -> torch.Tensor:
         blocks, valid = quest_pages(q1, mins, maxs, N, page=params["page"], top_k=params["top_k"])
         tokens = (blocks[..., None] * params["page"] + torch.arange(params["page"], device=k.device)).flatten(-2)
         keep = valid.repeat_interleave(params["page"], -1) & (tokens < N)
+    elif method == "adamas":
+        from ..families.adamas import _chosen, key_digest
+
+        tokens, keep = _chosen(q1, key_digest(k, params["threshold"]), N, params["top_k"], params["threshold"], 0, 1)
     else:
         from ..families.loki import _chosen, _project
 

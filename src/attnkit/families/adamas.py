@@ -21,11 +21,12 @@ past reads them all. The choice is not differentiable (gradients flow through
 the exact attention over ``I``).
 
 Forms: ``reference`` (codes and distances written out in float64, ranks from a
-stable sort, the element mask) and ``gathered`` (the distance as a product of
-thermometer codes, ``|a - b| = sum_l [a > l] + [b > l] - 2 [a > l][b > l]``,
-one matrix product over the cache; each query gathers its keys). The
-incremental state is a :class:`~attnkit.state.DigestKVCache` holding the keys'
-codes (one byte per coordinate of the padded transform).
+stable sort, the element mask) and ``gathered`` (keys' codes packed four to a
+byte; each query builds a table of the distance of each of its four-code
+groups to all 256 byte values and sums the table at the keys' bytes, ``P / 4``
+look-ups per key; each query gathers its keys). The incremental state is a
+:class:`~attnkit.state.DigestKVCache` holding the packed codes (``P / 4`` bytes
+per key).
 """
 from __future__ import annotations
 
@@ -39,12 +40,11 @@ from ..registry import MechanismSpec, register
 from ..state import DigestKVCache
 
 PAPER = "Adamas: Hadamard Sparse Attention for Efficient Long-Context Inference"
-LEVELS = 3  # a 2-bit code has three thresholds
 
 
 def padded_dim(d: int) -> int:
-    """The power of two the transform works in: ``d`` padded with zeros up to it."""
-    return 1 << max(0, d - 1).bit_length()
+    """The power of two (at least 4, a byte of codes) the transform works in: ``d`` padded with zeros up to it."""
+    return max(4, 1 << max(0, d - 1).bit_length())
 
 
 def hadamard(d: int, *, dtype, device) -> torch.Tensor:
@@ -62,40 +62,48 @@ def codes(x: torch.Tensor, threshold: float) -> torch.Tensor:
     return ((y > -threshold).to(torch.uint8) + (y > 0).to(torch.uint8) + (y > threshold).to(torch.uint8))
 
 
-def _thermometer(c: torch.Tensor, dtype) -> torch.Tensor:
-    """``(..., D)`` codes -> ``(..., 3 D)`` indicators ``[c > l]``, ``l = 0, 1, 2``."""
-    levels = torch.arange(LEVELS, device=c.device)
-    return (c[..., None] > levels).flatten(-2).to(dtype)
+def key_digest(k: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``(..., P / 4)`` uint8: the codes of ``k`` packed four to a byte (what a decode state keeps per key)."""
+    c = codes(k, threshold).unflatten(-1, (-1, 4))
+    return c[..., 0] | (c[..., 1] << 2) | (c[..., 2] << 4) | (c[..., 3] << 6)
 
 
-def _chosen(q, key_codes, kv_len, top_k, threshold, c0, c1):
+def _distances(q_codes, key_bytes):
+    """``(B, H, c, N)`` Manhattan distances of query codes ``(B, H, c, P)`` to packed key codes ``(B, Hkv, N, P/4)``:
+    per query a table of the distance of each of its four-code groups to every byte value, read at the keys' bytes."""
+    B, H, c, P = q_codes.shape
+    Hkv, N = key_bytes.shape[1], key_bytes.shape[2]
+    shifts = torch.arange(0, 8, 2, device=q_codes.device)
+    byte_codes = (torch.arange(256, device=q_codes.device)[:, None] >> shifts) & 3  # (256, 4)
+    table = (q_codes.long().unflatten(-1, (-1, 4))[..., None, :] - byte_codes).abs().sum(-1).int()  # (B,H,c,P/4,256)
+    table = table.reshape(B, Hkv, H // Hkv * c, P // 4, 256)
+    index = key_bytes.long().transpose(-1, -2)[:, :, None].expand(B, Hkv, H // Hkv * c, P // 4, N)
+    return table.gather(-1, index).sum(-2).view(B, H, c, N)
+
+
+def _chosen(q, key_bytes, kv_len, top_k, threshold, c0, c1):
     """Indices ``(B, H, c, K)`` and validity of the keys queries ``c0:c1`` read (distance ties: earlier key)."""
-    B, H, _, D = q.shape
-    Hkv = key_codes.shape[1]
-    tq = _thermometer(codes(q[:, :, c0:c1], threshold), q.dtype)  # (B, H, c, 3D)
-    tk = _thermometer(key_codes, q.dtype)  # (B, Hkv, N, 3D)
-    c = c1 - c0
-    cross = tq.reshape(B, Hkv, H // Hkv * c, -1) @ tk.transpose(-1, -2)
-    dist = (tk.sum(-1)[:, :, None, :] - 2 * cross).view(B, H, c, kv_len) + tq.sum(-1, keepdim=True)
+    dist = _distances(codes(q[:, :, c0:c1], threshold), key_bytes)
     pos = query_positions(q.shape[2], kv_len, q.device)[c0:c1]
     j = torch.arange(kv_len, device=q.device)
-    order = dist.round().long() * kv_len + j  # smaller distance first, then the earlier key
+    order = dist.long() * kv_len + j  # smaller distance first, then the earlier key
     order = order.masked_fill(j == pos[:, None], -1).masked_fill(j > pos[:, None], torch.iinfo(torch.long).max)
     index = order.topk(min(top_k, kv_len), dim=-1, largest=False).indices
     return index, index <= pos[:, None]
 
 
-def _attend(q, k, v, key_codes, scale, top_k, threshold, chunk=256):
-    Nq = q.shape[2]
+def _attend(q, k, v, key_bytes, scale, top_k, threshold, budget=1 << 24):
+    B, H, Nq, D = q.shape
+    chunk = max(1, budget // (B * H * padded_dim(D) * max(1, k.shape[2])))
     with torch.no_grad():
-        picks = [_chosen(q.detach(), key_codes, k.shape[2], top_k, threshold, c0, min(Nq, c0 + chunk))
+        picks = [_chosen(q.detach(), key_bytes, k.shape[2], top_k, threshold, c0, min(Nq, c0 + chunk))
                  for c0 in range(0, Nq, chunk)]
     index, valid = (torch.cat(parts, dim=2) for parts in zip(*picks))
     return gathered_attention(q, k, v, index, valid, scale=scale)
 
 
 def adamas_gathered(q, k, v, *, causal, mask, scale, top_k, threshold):
-    return _attend(q, k, v, codes(k.detach(), threshold), scale, top_k, threshold)
+    return _attend(q, k, v, key_digest(k.detach(), threshold), scale, top_k, threshold)
 
 
 def reference_mask(q, k, *, top_k, threshold) -> torch.Tensor:
@@ -121,14 +129,14 @@ def _step(q, k, v, state, *, causal, mask, scale, top_k, threshold):
 
     def summarise(cache, done):
         with torch.no_grad():
-            return (codes(cache.k[:, :, done:].detach(), threshold),)
+            return (key_digest(cache.k[:, :, done:].detach(), threshold),)
 
     state = DigestKVCache.start(k, v, summarise) if state is None else state.append(k, v, summarise)
     return _attend(q, state.k, state.v, state.digest(0), scale, top_k, threshold), state
 
 
 def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **_):
-    return batch * kv_heads * seq_len * (head_dim + (v_dim or head_dim) + padded_dim(head_dim))
+    return batch * kv_heads * seq_len * (head_dim + (v_dim or head_dim) + padded_dim(head_dim) // 4)
 
 
 register(MechanismSpec(

@@ -27,7 +27,7 @@ With ``--speed`` the suite instead times the training-free sparse methods
 estimator (estimation included) against dense causal SDPA on random inputs
 (B=1, H=8, D=64, fp32; block top-k and vertical-slash sized to ``--sparsity``,
 XAttention and FlexPrefill at their papers' thresholds), and a decode step of
-Quest and Loki reading ``--fraction`` of the cache against attnkit's dense
+Quest, Loki and Adamas reading ``--fraction`` of the cache against attnkit's dense
 decode step and SDPA on the cache, with density, attention-mass recall and
 output error. With ``--lm-recall`` it measures recall and error of every
 method on q, k, v captured from the trained LM (held-out text at ``--n``
