@@ -28,6 +28,11 @@ CHECK_FACTS = {"ring": 8, "burst": 8, "allgather": 8, "ulysses": 7, "lasp2": 7, 
 LASP2_MECHANISM = "linear"
 STAR_QUERY = 64  # Star Attention: query tokens after the N context tokens
 CONTIGUOUS = ("lasp2", "allgather", "star")
+# The tensors of one shard's size (B, H, N / P, D) a rank cannot do without, beyond the 8 a single-process
+# O(N)-memory call holds at N (q, k, v, out, dout, dq, dk, dv): ring (double-buffered, as in backward) K and V
+# being computed with and K and V arriving, dK and dV arriving and leaving; Ulysses the head-sharded q, k, v, out
+# its inner attention keeps for backward. Allocating exactly these measures each strategy's memory floor.
+FLOOR_UNITS = {"ring_floor": 8 + 8, "ulysses_floor": 8 + 4}
 
 
 def analytic_bytes(strategy: str, n: int, world: int) -> int:
@@ -67,6 +72,13 @@ def _call(strategy: str, n: int, world: int, overlap: bool):
         q, k = q.abs(), k.abs()
     if strategy == "single_star":  # the context and the query in one causal call
         q, k, v = (torch.cat([t, s], dim=2) for t, s in zip((q, k, v), query))
+
+    if strategy in FLOOR_UNITS:
+        def floor():
+            held = [torch.ones_like(q) for _ in range(FLOOR_UNITS[strategy])]
+            return len(held)
+
+        return floor
 
     def run():
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]

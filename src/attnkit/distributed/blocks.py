@@ -91,7 +91,7 @@ def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _scores(q5, k, scale):
     acc = accumulator_dtype(q5.dtype)
-    return (q5.to(acc) @ k.to(acc)[:, :, None].transpose(-1, -2)) * scale
+    return (q5.to(acc) @ k.to(acc)[:, :, None].transpose(-1, -2)).mul_(scale)
 
 
 class Block:
@@ -126,10 +126,10 @@ class Block:
             sc = self._modified(_scores(q5, k, self.scale), rows)
             allowed = self._allowed(rows, B, H, Hkv)
             if allowed is not None:
-                sc = sc.masked_fill(~allowed, float("-inf"))
+                sc.masked_fill_(~allowed, float("-inf"))
             m = sc.amax(dim=-1, keepdim=True)
             m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-            p = torch.exp(sc - m)
+            p = sc.sub_(m).exp_()  # in place: one tile of scores held at a time
             denom = p.sum(dim=-1, keepdim=True)
             out = (p @ v.to(p.dtype)[:, :, None]) / denom.clamp_min(torch.finfo(p.dtype).tiny)
             lse = torch.where(denom > 0, m + denom.log(), torch.full_like(m, float("-inf")))
@@ -154,19 +154,19 @@ class Block:
             do5 = dout[:, :, rows].reshape(B, Hkv, g, -1, dout.shape[-1]).to(acc)
             row_lse = lse[:, :, rows].reshape(B, Hkv, g, -1, 1)
             row_lse = torch.where(torch.isfinite(row_lse), row_lse, torch.zeros_like(row_lse))
-            raw = q5 @ kf.transpose(-1, -2) * self.scale
+            raw = (q5 @ kf.transpose(-1, -2)).mul_(self.scale)
             if self.mod is not None:
                 with torch.enable_grad():
                     raw = raw.requires_grad_()
                     modified = self._modified(raw, rows)
-            else:
-                modified = raw
-            p = torch.exp(modified.detach() - row_lse)
+                p = torch.exp(modified.detach() - row_lse)
+            else:  # in place: two tiles (P, then dS) held at a time
+                p = raw.sub_(row_lse).exp_()
             allowed = self._allowed(rows, B, H, Hkv)
             if allowed is not None:
-                p = p.masked_fill(~allowed, 0.0)
+                p.masked_fill_(~allowed, 0.0)
             dv += (p.transpose(-1, -2) @ do5).sum(dim=2)
-            ds = p * (do5 @ vf.transpose(-1, -2) - delta[:, :, rows].reshape(B, Hkv, g, -1, 1))
+            ds = (do5 @ vf.transpose(-1, -2)).sub_(delta[:, :, rows].reshape(B, Hkv, g, -1, 1)).mul_(p)
             if self.mod is not None:
                 ds, *grads = torch.autograd.grad(modified, (raw, *self.mod_inputs), ds, allow_unused=True)
                 d_inputs = add_grads(d_inputs, grads)

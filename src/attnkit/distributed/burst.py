@@ -79,7 +79,7 @@ class _Burst(KVRing):
                 dv[:, :, ks] += bv
                 d_inputs = blocks.add_grads(d_inputs, bi)
             if pending_dq is not None:  # the previous rank's dQ for these same queries
-                dq = dq + pending_dq.wait()[0]
+                dq += pending_dq.wait()[0]
             if g.size > 1:  # after the last step this reaches the queries' owner
                 pending_dq = g.shift([dq], f"backward step {step}: passing dQ")
             if pending is not None:

@@ -174,8 +174,10 @@ class _Ring(KVRing):
                 dv[:, :, ks] += bv
                 d_inputs = blocks.add_grads(d_inputs, bi)
             if pending_grads is not None:
-                carried = pending_grads.wait()
-                dk, dv = dk + carried[0], dv + carried[1]
+                carried = pending_grads.wait()  # in place: no third copy of the block's gradients
+                dk += carried[0]
+                dv += carried[1]
+                del carried
             if g.size > 1:  # the block's gradients go on with it; after the last step they reach its owner
                 pending_grads = g.shift([dk, dv], f"backward ring step {step}: passing dK/dV")
             else:

@@ -126,6 +126,5 @@ register(MechanismSpec(
     supports_mask=False,
     flops=_flops,
     complexity="O(N top_k block_size)",
-    weights_note="not written yet: softmax over the gated blocks (exists, exact) is not materialised",
     summary="each query attends to its current block and its top-k past blocks by q . mean(block keys)",
 ))

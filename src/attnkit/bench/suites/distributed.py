@@ -14,7 +14,11 @@ tokens), per rank (maximum over ranks):
    for Star) measured in the same run: ``P x peak / single peak`` (target <= 1.3
    at the largest N);
 3. wall time, and for ring and BurstAttention the time without overlap (each
-   block received before computing) over the time with it.
+   block received before computing) over the time with it;
+4. for ring and Ulysses, the memory floor measured in the same run: a rank
+   allocating only the shard-sized tensors the strategy cannot do without
+   (``context_parallel.FLOOR_UNITS``): ``P x floor / single peak`` says how close
+   to the target the algorithm can get, ``peak / floor`` how close the code is.
 
 Processes share the machine's cores: with 2 cores and 4 ranks, times say what
 the algorithm costs, not what P machines would give.
@@ -29,6 +33,7 @@ STRATEGIES = ("ring", "burst", "ulysses", "lasp2", "allgather", "star")
 BASELINE = {"ring": "single", "burst": "single", "ulysses": "single", "lasp2": "single_linear",
             "allgather": "single", "star": "single_star"}
 OVERLAPPED = ("ring", "burst")
+FLOORS = {"ring": "ring_floor", "ulysses": "ulysses_floor"}
 THREADS = 1
 
 
@@ -50,6 +55,8 @@ def _items(args):
                 yield {"N": n, "P": p, "strategy": s}
                 if s in OVERLAPPED:
                     yield {"N": n, "P": p, "strategy": s, "overlap": False}
+                if s in FLOORS:
+                    yield {"N": n, "P": p, "strategy": FLOORS[s]}
 
 
 def run(args) -> int:
@@ -58,6 +65,7 @@ def run(args) -> int:
           f"1 thread per rank, {measure.environment()}")
     baseline: dict = {}
     overlapped: dict = {}
+    measured: dict = {}
 
     def one(item):
         job = {"strategy": item["strategy"], "N": item["N"], "overlap": item.get("overlap", True)}
@@ -66,6 +74,10 @@ def run(args) -> int:
         if item["P"] == 1:
             baseline[key] = figures
             return figures
+        if item["strategy"] in FLOORS.values():
+            return _floor(item, figures, baseline.get((item["N"], "single")), measured)
+        if item.get("overlap", True):
+            measured[(item["N"], item["P"], item["strategy"])] = figures["peak_mb"]
         analytic = measure.analytic_bytes(item["strategy"], item["N"], item["P"])
         figures["bytes_analytic"] = analytic
         figures["bytes_ratio"] = figures["bytes"] / analytic
@@ -84,6 +96,20 @@ def run(args) -> int:
     code, _ = run_items("distributed", {"n": args.n, "nproc": args.nproc, "strategies": args.strategies,
                                         "quick": args.quick}, list(_items(args)), one, args)
     return code
+
+
+def _floor(item, figures, base, measured) -> dict:
+    strategy = next(s for s, f in FLOORS.items() if f == item["strategy"])
+    parts = [f"N={item['N']} P={item['P']} {strategy} memory floor: peak {figures['peak_mb']:.1f} MB"]
+    if base and base["peak_mb"] > 0:
+        figures["floor_vs_single_times_p"] = item["P"] * figures["peak_mb"] / base["peak_mb"]
+        parts.append(f"P x floor / single = {figures['floor_vs_single_times_p']:.2f}")
+    peak = measured.get((item["N"], item["P"], strategy))
+    if peak is not None and figures["peak_mb"] > 0:
+        figures["peak_over_floor"] = peak / figures["peak_mb"]
+        parts.append(f"{strategy} peak / floor = {figures['peak_over_floor']:.2f}")
+    print(" ".join(parts))
+    return figures
 
 
 def _line(item, f) -> str:

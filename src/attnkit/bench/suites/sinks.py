@@ -173,11 +173,12 @@ def _sinks(s: _Subject, args) -> dict:
 
 
 def _mean_head(same):
-    """One head's statistics averaged over calls; its sinks are the positions found in any call."""
+    """One head's statistics averaged over calls; its sinks are the positions found in half the calls or more."""
     from ...interpret.sinks import HeadSinks
 
     first = same[0]
-    sinks = sorted({j for h in same for j in h.sinks})
+    found = [j for h in same for j in h.sinks]
+    sinks = sorted(j for j in set(found) if 2 * found.count(j) >= len(same))
     return HeadSinks(first.layer, first.head, sum(h.first_mass for h in same) / len(same),
                      sum(h.entropy for h in same) / len(same), sinks, [])
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from ...builders.stateful import CAUSAL_ONLY, register_stateful_mechanism
 from ...params import Param
-from .forms import FORMS, PAPER
+from .forms import FORMS, PAPER, prefix_weights
 
 
 def _flops(batch, heads, q_len, kv_len, head_dim, causal):
@@ -46,7 +46,7 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal):
 
 register_stateful_mechanism(
     "aaren",
-    weights_note="not written yet: the prefix softmax of the one fixed query (exists, exact) is not materialised",
+    weights=prefix_weights,
     forms=FORMS,
     family="recurrent-attention",
     papers=(PAPER,),

@@ -38,6 +38,14 @@ def _with_state(run):
     return form
 
 
+def prefix_weights(q, k, v, *, causal, mask, scale, chunk_size=64):
+    """The ``(B, H, N, N)`` attention matrix: row ``t`` is the softmax of the scores ``s_0 .. s_t``."""
+    scores, _, _ = _prepare(q, k, v, scale, None, chunk_size)
+    N = scores.shape[-1]
+    visible = torch.ones(N, N, dtype=torch.bool, device=scores.device).tril()
+    return scores[..., None, :].expand(*scores.shape[:-1], N, N).masked_fill(~visible, float("-inf")).softmax(-1)
+
+
 def combine(a, b):
     """The associative combine of two ``(m, u, w)`` summaries."""
     m = torch.maximum(a[0], b[0])

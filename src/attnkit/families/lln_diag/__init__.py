@@ -24,7 +24,7 @@ from __future__ import annotations
 from .. import lln
 from ...builders.stateful import register_stateful_mechanism
 from ...params import Param
-from .forms import FORMS, PATTERNS
+from .forms import FORMS, PATTERNS, lln_diag_weights
 
 
 def _flops(batch, heads, q_len, kv_len, head_dim, causal):
@@ -35,7 +35,7 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal):
 
 register_stateful_mechanism(
     "lln_diag",
-    weights_note="not written yet: the average of lln's weights and the block-diagonal softmax is not materialised",
+    weights=lln_diag_weights,
     forms=FORMS,
     family="linear",
     papers=(lln.PAPER,),

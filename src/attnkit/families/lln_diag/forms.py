@@ -6,7 +6,7 @@ import torch
 
 from ...state import RecurrentState, expect_state
 from ...kernels.positions import repeat_kv
-from ...reference import materialised_attention
+from ...reference import materialised_attention, materialised_weights
 from .. import lln
 from ...validation import check_int
 
@@ -79,6 +79,16 @@ def _token_by_token(q, keys, values, first, before, causal, scale, block):
         row = scale * q[:, :, t, None] @ keys[:, :, lo : pos - first + 1].transpose(-1, -2)
         outs.append(row.softmax(dim=-1) @ values[:, :, lo : pos - first + 1])
     return torch.cat(outs, dim=2)
+
+
+def lln_diag_weights(q, k, v, *, causal, mask, scale, alpha=lln.DEFAULT_ALPHA, beta=lln.DEFAULT_BETA, block=None,
+                     chunk_size=64):
+    """The ``(B, H, N, N)`` attention matrix: the mean of LLN's implicit weights and the block-diagonal softmax."""
+    block, k, v, _, _, _, _ = _start(q, k, v, None, block)
+    linear = lln.SPEC.weights(q, k, v, causal=causal, mask=None, scale=1.0, alpha=alpha, beta=beta)
+    pos = torch.arange(q.shape[2], device=q.device)
+    local = materialised_weights(q, k, causal=False, mask=_allowed(pos, pos, causal, block), scale=scale)
+    return 0.5 * (linear + local)
 
 
 def _form(name, diagonal):

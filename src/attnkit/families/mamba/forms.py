@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-# The materialised form holds (N, N, channels, Dk) decays per batch and head; it walks the
-# value channels in blocks so that this stays under about this many numbers.
+# The materialised form holds (B, H, N, N, channels, Dk) decays; it walks the value channels in
+# blocks so that this stays under about this many numbers.
 PAIRS_BUDGET = 1 << 22
 
 
@@ -18,7 +18,7 @@ def scan_parallel(C, Bk, x, dt, A, D, h0):
     N, Dv, Dk = x.shape[2], x.shape[3], Bk.shape[3]
     c = dt.cumsum(dim=2)  # (B, H, N, Dv)
     causal = torch.ones(N, N, dtype=torch.bool, device=x.device).tril()
-    block = max(1, PAIRS_BUDGET // max(1, N * N * Dk))
+    block = max(1, PAIRS_BUDGET // max(1, x.shape[0] * x.shape[1] * N * N * Dk))
     ys, hs = [], []
     for d0 in range(0, Dv, block):
         d = slice(d0, d0 + block)

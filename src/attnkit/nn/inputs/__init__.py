@@ -25,6 +25,7 @@ from .mosa import MoSARouter
 from .nsa import NSAInputs
 from .rat import RATGate
 from .routing import RoutingCentroids
+from .h3 import H3Filters
 from .hyena import HyenaFilter
 from .mamba import MambaInputs
 from .rwkv4 import RWKV4Decay
@@ -51,6 +52,7 @@ _FACTORIES = {
     "rwkv4": lambda dim, heads, kv_heads, head_dim: RWKV4Decay(heads, head_dim),
     "mamba": lambda dim, heads, kv_heads, head_dim: MambaInputs(dim, heads, head_dim),
     "hyena": lambda dim, heads, kv_heads, head_dim: HyenaFilter(heads, head_dim),
+    "h3": lambda dim, heads, kv_heads, head_dim: H3Filters(heads, head_dim),
     "seer_attention": lambda dim, heads, kv_heads, head_dim: SeerGate(heads, head_dim),
 }
 
@@ -77,7 +79,7 @@ def input_module(name: str, *, dim: int, heads: int, kv_heads: int, head_dim: in
     return _FACTORIES[name](dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
 
 
-__all__ = ["input_module", "has_input_module", "register_input_module", "LearnedTensorInputs", "RWKV4Decay", "MambaInputs", "HyenaFilter", "GLAGate", "Mamba2Gate", "FocusScale",
+__all__ = ["input_module", "has_input_module", "register_input_module", "LearnedTensorInputs", "RWKV4Decay", "MambaInputs", "HyenaFilter", "H3Filters", "GLAGate", "Mamba2Gate", "FocusScale",
            "PerformerFeatures", "DeltaNetBeta", "GatedDeltaNetGates", "KDAGates", "LogLinearInputs",
            "LogLinearGatedDeltaNetInputs", "RATGate", "TitansInputs", "SlotGates", "NSAInputs", "MoSARouter",
            "RoutingCentroids", "SeerGate"]
