@@ -8,8 +8,11 @@ Used by ``attnkit bench sparse --speed`` and ``--lm-recall``:
   recall and output error (:func:`attnkit.builders.estimated_sparse.selection_report`);
 - **decode**: one decode step after a prompt of ``N`` tokens (the state is made,
   then warmed up by a few steps), against attnkit's dense decode step (softmax
-  over a :class:`~attnkit.state.KVCache`) and against SDPA of the one query over
-  the cached keys, in turns; with the recall of the decoded query;
+  over a :class:`~attnkit.state.KVCache`, each step continuing from the newest
+  state as a generate loop does) and against SDPA of the one query over a copy
+  of the cached keys of its own, in turns; with the recall of the decoded query.
+  Every call reads tensors no other call reads, so none finds its keys already
+  in the last-level cache because the call before it has just read them;
 - **lm-recall**: q, k, v of every layer of a trained LM captured on held-out
   text, recall and output error of each method on them (decode: the last
   queries against their whole past; prefill: sampled rows of the whole call).
@@ -150,10 +153,13 @@ def decode_speed(n: int, methods, fraction: float, steps: int, repeats: int, dev
                                          state=states[m], return_state=True, **params[m])
         return run
 
+    # SDPA reads a copy of its own: run right after the dense step on the same tensors it would find
+    # them in the last-level cache the step just filled (a whole 16k cache fits in a large L3).
+    own_k, own_v = (x.clone(memory_format=torch.contiguous_format) for x in (states["softmax"].k, states["softmax"].v))
+
     def sdpa():
-        cache = states["softmax"]
         for _ in range(steps):
-            F.scaled_dot_product_attention(q[:, :, n:n + 1], cache.k, cache.v)
+            F.scaled_dot_product_attention(q[:, :, n:n + 1], own_k, own_v)
 
     calls = {"softmax_step": stepper("softmax"), "sdpa_on_cache": sdpa, **{m: stepper(m) for m in methods}}
     t = {name: s / steps for name, s in _best(calls, repeats).items()}
