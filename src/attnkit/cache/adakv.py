@@ -51,10 +51,7 @@ class AdaKV(Policy):
     def step(self, store, q, scale, layer):
         if store.length != store.prompt:
             return store  # decoded tokens are appended, never evicted
-        keep = self.budget(layer, store.prompt)
-        if keep > store.prompt:
-            raise ValueError(f"{self!r} keeps {keep} tokens per head in layer {layer} but the prompt has only "
-                             f"{store.prompt}: a budget must be at most the context")
+        keep = self.prompt_budget(layer, store.prompt, "tokens per head")
         if store.used <= keep:
             return store
         rank = self.scorer.rank(store.with_score(self.scorer.observe(store, q, scale)), keep)

@@ -56,6 +56,14 @@ class Policy:
         """Tokens a layer keeps, for a prompt of ``prompt`` tokens."""
         return tokens_of(self.budget_value, prompt)
 
+    def prompt_budget(self, layer: int, prompt: int, unit: str = "tokens") -> int:
+        """``budget(layer, prompt)``, refused when it is larger than the prompt (``unit``: what is counted)."""
+        keep = self.budget(layer, prompt)
+        if keep > prompt:
+            raise ValueError(f"{self!r} keeps {keep} {unit} in layer {layer} but the prompt has only "
+                             f"{prompt}: a budget must be at most the context")
+        return keep
+
     def observe(self, store, q: torch.Tensor, scale: float):
         """The running score of the kept tokens after the new queries ``q`` (``None``: the policy keeps none)."""
         return None
@@ -73,10 +81,7 @@ class Policy:
         """``(store with its running score, (index, score, room) of the slots to keep, or None to keep all))``."""
         prefill = store.length <= store.prompt
         store = store.with_score(self.observe(store, q, scale))
-        keep = self.budget(layer, store.prompt)
-        if prefill and keep > store.prompt:
-            raise ValueError(f"{self!r} keeps {keep} tokens in layer {layer} but the prompt has only "
-                             f"{store.prompt}: a budget must be at most the context")
+        keep = self.prompt_budget(layer, store.prompt) if prefill else self.budget(layer, store.prompt)
         applies = self.when == "both" or (self.when == "prefill") == prefill
         if not applies or store.used <= keep + (0 if prefill else self.slack):
             return store, None

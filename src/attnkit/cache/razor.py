@@ -62,10 +62,7 @@ class RazorAttention(Policy):
     def step(self, store, q, scale, layer):
         if store.length != store.prompt:
             return store  # decoded tokens are appended, never evicted
-        keep = self.budget(layer, store.prompt)
-        if keep > store.prompt:
-            raise ValueError(f"{self!r} keeps {keep} tokens in layer {layer} but the prompt has only "
-                             f"{store.prompt}: a budget must be at most the context")
+        keep = self.prompt_budget(layer, store.prompt)
         B, kv_heads, L = store.pos.shape
         if layer >= self.retrieval.shape[0] or self.retrieval.shape[1] != kv_heads:
             raise ValueError(f"retrieval has shape {tuple(self.retrieval.shape)} (layers, kv_heads); this model's "
