@@ -7,7 +7,8 @@
 """
 from .config import ModelConfig
 from .encoder import Encoder
+from .hymba import hymba_config
 from .lm import DecoderLM
 from .mixers import ParallelHeads
 
-__all__ = ["ModelConfig", "DecoderLM", "Encoder", "ParallelHeads"]
+__all__ = ["ModelConfig", "DecoderLM", "Encoder", "ParallelHeads", "hymba_config"]
