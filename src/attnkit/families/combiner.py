@@ -216,7 +216,7 @@ def _state_size(B, H, Hkv, N, D, v_dim=None, segment_size=128, **_):
 
 register(MechanismSpec(
     name="combiner",
-    family="sparse",
+    family="factorised",
     papers=(PAPER,),
     patterns=frozenset({"causal-self", "noncausal-self"}),
     reference=_reference,
