@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 B, H, D = 1, 8, 64
-PREFILL = ("block_topk", "hip", "xattention", "flexprefill", "vertical_slash", "sample_attention", "anchor_attention")
+PREFILL = ("block_topk", "hip", "xattention", "flexprefill", "vertical_slash", "sample_attention", "anchor_attention",
+           "hyper_attention")
 DECODE = ("quest", "loki", "adamas")
 
 
