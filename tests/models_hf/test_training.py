@@ -64,3 +64,4 @@ def test_cli_mixer_syntax():
     assert parse_mixer("hymba:softmax+alibi") == {"hymba": ["softmax", "alibi"]}
     assert parse_mixer("mag:window=32") == {"titans": "mag", "window": 32}
     assert parse_mixer("mac") == {"titans": "mac"}
+    assert parse_mixer("jetblock:conv_size=3") == {"jetblock": {"conv_size": 3}}

@@ -13,7 +13,7 @@
 attention) and trains only the gates, by self-distillation from the frozen model.
 
 ``--mix LETTER=MECHANISM[:key=value,...]``, ``LETTER=hymba:MECH+MECH`` or a Titans architecture
-``LETTER=mac|mag|mal[:key=value,...]``.
+``LETTER=mac|mag|mal[:key=value,...]``, or JetBlock ``LETTER=jetblock[:conv_size=4,...]``.
 """
 from __future__ import annotations
 
@@ -93,15 +93,17 @@ def parse_mixer(text: str):
         if not rest:
             raise ValueError(f"--mix {text!r}: hymba needs branches, e.g. hymba:softmax+nha")
         return {"hymba": [parse_mixer(b) for b in rest.split("+")]}
-    spec = {"titans": name} if name in ("mac", "mag", "mal") else {"mechanism": name}
-    if not rest:
-        return name if "mechanism" in spec else spec
-    for item in rest.split(","):
+    options = {}
+    for item in rest.split(",") if rest else ():
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"--mix {text!r}: parameters are key=value pairs separated by commas")
-        spec[key] = parse_value(value)
-    return spec
+        options[key] = parse_value(value)
+    if name == "jetblock":
+        return {"jetblock": options}
+    if name in ("mac", "mag", "mal"):
+        return {"titans": name, **options}
+    return {"mechanism": name, **options} if options else name
 
 
 def model_config(args, vocab_size: int):

@@ -9,7 +9,9 @@ from .block_transformer import BlockTransformerLM
 from .config import ModelConfig
 from .encoder import Encoder
 from .hymba import hymba_config
+from .jetblock import JetBlock, jet_nemotron_config
 from .lm import DecoderLM
 from .mixers import ParallelHeads
 
-__all__ = ["BlockTransformerLM", "ModelConfig", "DecoderLM", "Encoder", "ParallelHeads", "hymba_config"]
+__all__ = ["BlockTransformerLM", "ModelConfig", "DecoderLM", "Encoder", "ParallelHeads", "hymba_config", "JetBlock",
+           "jet_nemotron_config"]

@@ -10,7 +10,9 @@ of Hybrid Linear Attention" studies). ``mixers`` maps each letter to a mixer:
   (Hymba), the layer's heads split evenly between the branches;
 - a dict ``{"titans": "mac" | "mag" | "mal", **options}``: one of Titans' architectures
   around its neural memory (:mod:`attnkit.models.titans`; options ``segment``, ``window``,
-  ``persistent``, ``chunk_size``).
+  ``persistent``, ``chunk_size``);
+- a dict ``{"jetblock": {option: value}}``: Jet-Nemotron's JetBlock (:mod:`attnkit.models.jetblock`;
+  options ``conv_size``, ``reduction``, ``expand_v``).
 
 The default maps every letter ``F`` to softmax attention.
 
@@ -62,8 +64,8 @@ class ModelConfig:
             raise ValueError(f"schedule {self.schedule!r} uses letters {missing} that mixers {sorted(self.mixers)} does not define")
         for letter in set(self.schedule):
             spec = mixer_spec(self.mixers[letter], self.rope)  # validates before any module is built
-            if "titans" in spec and self.context_parallel is not None:
-                raise ValueError(f"mixer {letter!r}: Titans' architectures do not run with context_parallel")
+            if ("titans" in spec or "jetblock" in spec) and self.context_parallel is not None:
+                raise ValueError(f"mixer {letter!r}: Titans' architectures and JetBlock do not run with context_parallel")
         if self.context_parallel is not None and (self.kv_sharing or self.meta_tokens):
             raise ValueError("kv_sharing and meta_tokens do not run with context_parallel")
         if self.kv_sharing and not any(p is not None for p in self.kv_producers()):
@@ -123,7 +125,9 @@ class ModelConfig:
 def shareable(spec: dict) -> bool:
     """Whether a (non-hymba) mixer can read another layer's keys and values: a plain mechanism
     whose layer learns no tensor inputs (its state is whatever the shared call continues)."""
-    return "titans" not in spec and "hymba" not in spec and not registry.get(spec["mechanism"]).tensor_names
+    if "titans" in spec or "hymba" in spec or "jetblock" in spec:
+        return False
+    return not registry.get(spec["mechanism"]).tensor_names
 
 
 def _shares(spec: dict) -> bool:
@@ -139,6 +143,10 @@ def mixer_spec(spec, default_rope: bool) -> dict:
         spec = {"mechanism": spec}
     if not isinstance(spec, dict):
         raise TypeError(f"a mixer must be a mechanism name or a dict, got {type(spec).__name__}")
+    if "jetblock" in spec:
+        from .jetblock import check_jetblock_mixer
+
+        return {"jetblock": check_jetblock_mixer(spec), "mechanism": "gated_deltanet", "rope": False, "params": {}}
     if "titans" in spec:
         from .titans import check_titans_mixer
 
@@ -151,7 +159,7 @@ def mixer_spec(spec, default_rope: bool) -> dict:
             raise ValueError(f"a hymba mixer is {{'hymba': [mixer, mixer, ...]}} with at least two branches, got {spec!r}")
         return {"hymba": [mixer_spec(b, default_rope) for b in branches]}
     if "mechanism" not in spec:
-        raise ValueError(f"a mixer dict needs 'mechanism' (or 'hymba' or 'titans'), got keys {sorted(spec)}")
+        raise ValueError(f"a mixer dict needs 'mechanism' (or 'hymba', 'titans', 'jetblock'), got keys {sorted(spec)}")
     params = {k: v for k, v in spec.items() if k not in ("mechanism", "rope")}
     mech = registry.get(spec["mechanism"])
     if "causal-self" not in mech.patterns and "noncausal-self" not in mech.patterns:

@@ -1,4 +1,5 @@
-"""Sequence mixers of a model layer: one attention mechanism, Hymba's parallel heads, or a Titans architecture.
+"""Sequence mixers of a model layer: one attention mechanism, Hymba's parallel heads, a Titans
+architecture or Jet-Nemotron's JetBlock.
 
 Every mixer is called as ``mixer(x, causal=, mask=, state=, return_state=)``
 and, with ``return_state``, returns the state to continue the sequence with
@@ -12,6 +13,7 @@ from torch import nn
 from ..nn import Attention
 from ..positional import RoPE
 from .config import shareable
+from .jetblock import JetBlock
 from .kv_sharing import SharedKVAttention
 from .titans import build_titans
 
@@ -22,6 +24,8 @@ def build_mixer(spec: dict, dim: int, heads: int, kv_heads: int | None, head_dim
     that mixer's keys and values (:mod:`attnkit.models.kv_sharing`)."""
     if "titans" in spec:
         return build_titans(spec, dim, heads, kv_heads, head_dim)
+    if "jetblock" in spec:
+        return JetBlock(dim, heads, head_dim, **spec["jetblock"])
     if "hymba" in spec:
         return ParallelHeads(spec["hymba"], dim, heads, kv_heads, head_dim, kv_producer=kv_producer)
     if kv_producer is not None:
