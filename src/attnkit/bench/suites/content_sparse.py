@@ -104,8 +104,6 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
     from attnkit.families import nsa
     from attnkit.kernels.block_sparse import block_sparse_attention
     from attnkit.kernels.selected_blocks import selected_block_attention
-    from attnkit.masks.layout import build_layout
-    from attnkit.masks.window import sliding_window
 
     q, k, v, extra = inputs("nsa", n, True, device)
     params = attnkit_defaults("nsa")
@@ -114,8 +112,8 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
     tensors = {name: t for name, t in extra.items() if name != "gates"}
     with torch.no_grad():
         _, sel = nsa._selection(q, k, v, gates, tensors, scale, params["compress_stride"], params["select_block"],
-                                params["select_count"], params["window"], 512)
-    layout = build_layout(sliding_window(params["window"] - 1, 0), batch=B, heads=H, q_len=n, kv_len=n, device=device)
+                                params["select_count"], params["window"])
+    layout = nsa.window_layout(params["window"], B, H, n, n, q.device)
     leaves = (q, k, v, *extra.values())
 
     def part(fn):
@@ -129,8 +127,8 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
         "sdpa": _call("sdpa", q, k, v, {}, True),
         "nsa": _call("nsa", q, k, v, extra, True),
         "compression": part(lambda: nsa._selection(q, k, v, gates, tensors, scale, params["compress_stride"],
-                                                   params["select_block"], params["select_count"], params["window"],
-                                                   512)[0]),
+                                                   params["select_block"], params["select_count"],
+                                                   params["window"])[0]),
         "selected": part(lambda: selected_block_attention(q, k, v, sel, scale=scale, causal=True)),
         "window": part(lambda: block_sparse_attention(q, k, v, layout, scale=scale)),
     }
