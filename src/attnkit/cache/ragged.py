@@ -54,6 +54,14 @@ def page_size(keep: int) -> int:
     return max(16, min(256, 1 << max(0, (keep // 16).bit_length() - 1)))
 
 
+def row_counts(store) -> torch.Tensor:
+    """``(B, Hkv)`` int64: tokens each row of a layer holds (a :class:`RaggedKV` or a layer whose rows are even)."""
+    if getattr(store, "ragged", False):
+        return store.count
+    B, kv_heads, used = store.pos.shape
+    return torch.full((B, kv_heads), used, dtype=torch.int64, device=store.pos.device)
+
+
 class _Pool:
     """Pages shared by the values derived from one another; ``version`` counts writes."""
 
@@ -202,7 +210,9 @@ class RaggedKV:
         return int(self.count.sum()) * (self._pool.k.shape[-1] + self._pool.v.shape[-1])
 
     def with_score(self, score) -> "RaggedKV":
-        return self
+        out = RaggedKV(self._pool, self.count, self.pages, self.length, self.prompt, self.used, self._version)
+        out.score, out.appended = score, self.appended
+        return out
 
     def check_shape(self, k, v) -> None:
         have = (tuple(self.count.shape), self._pool.k.shape[-1], self._pool.v.shape[-1], self._pool.k.dtype)
