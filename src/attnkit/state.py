@@ -197,6 +197,13 @@ class WindowKVCache:
             start, end = 0, self.window
         return WindowKVCache(buffer, start, end, self.length, self.sinks, self.window, sink_kv)
 
+    def positions(self) -> torch.Tensor:
+        """Sequence position of each held token (``(held,)``, int64): the sinks, then the tail."""
+        tail = torch.arange(self.length - (self._end - self._start), self.length, device=self._buffer.tensors[0].device)
+        if self._sink_kv is None:
+            return tail
+        return torch.cat([torch.arange(self.sinks, device=tail.device), tail])
+
     def columns(self, mask):
         """The columns of an incremental ``mask`` (over every key seen) that belong to the held keys."""
         if mask is None or mask.shape[-1] == 1 or self.held() == self.length:
