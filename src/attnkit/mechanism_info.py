@@ -69,6 +69,8 @@ def _tensor_inputs(spec) -> list[str]:
 
 
 def _state(spec) -> list[str]:
+    if spec.selection_reads_whole_prompt:
+        return ["  no incremental form: which keys a query reads is chosen from the whole prompt's queries and keys"]
     if spec.step is None:
         return ["  no incremental form"]
     where = ", ".join(f"{k}={v}" for k, v in _EXAMPLE.items())

@@ -84,6 +84,11 @@ class MechanismSpec:
     may include its tensor inputs, for a size read from one). It equals the
     ``numel()`` of the state an incremental call returns.
 
+    ``selection_reads_whole_prompt`` declares a mechanism whose choice of keys reads
+    the whole call's queries and keys (later tokens may change an earlier query's
+    choice, never its output through a later key): no incremental form, and causality
+    means that no query reads a later key.
+
     ``weights(q, k, v, *, causal, mask, scale, **params) -> (B, H, Nq, Nk)`` is the
     mechanism's attention matrix, float64-capable like the reference: exact for the
     softmax family and the patterns (zeros outside the pattern), implicit for
@@ -112,6 +117,10 @@ class MechanismSpec:
     tensor_inputs: TensorInputs | None = None
     tensor_inputs_per_token: tuple[str, ...] = ()
     supports_mask: bool = True
+    # True when which keys a query reads is chosen from the whole call's q and k (a prefill estimator: a later
+    # query or key can change an earlier query's choice). Such a mechanism has no incremental form; its causality
+    # guarantee is that no query reads a later key, so the conformance suite perturbs only later values.
+    selection_reads_whole_prompt: bool = False
     flops: Callable[..., int] = dense_flops
     state_size: Callable[..., int] = kv_cache_size
     complexity: str = "O(N^2)"
@@ -144,6 +153,8 @@ class MechanismSpec:
             object.__setattr__(self, "tensor_names", tuple(self.tensor_inputs(x, x[:, :1], x[:, :1], g)))
         if self.weights_output is not None and not self.weights_note:
             raise ValueError(f"spec {self.name!r} sets weights_output: say in weights_note why weights @ v is not the output")
+        if self.selection_reads_whole_prompt and self.step is not None:
+            raise ValueError(f"spec {self.name!r}: a selection that reads the whole prompt has no incremental form")
         names = ("reference", *self.fast)
         for form in (*self.default_forms, *self.can_run, *self.auto_when):
             if form not in names:

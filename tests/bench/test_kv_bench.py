@@ -19,7 +19,7 @@ def test_bench_kv_stores_quality_memory_and_speed_per_policy(tmp_path):
     squeezed = by_policy["streaming"]
     assert squeezed["bytes_after_prefill"] == 2 * 2 * (24 + 1) * (2 * 32 * 4 + 4)  # layers x kv heads x (24 kept + 1 free slot) x (k, v, position)
     assert squeezed["peak_vs_full"] < 0.3 and squeezed["decode_tokens_per_s"] > 0
-    assert squeezed["prefill_mode"] == "chunked exact" and by_policy["razor"]["prefill_mode"] == "whole prompt"
+    assert squeezed["prefill_mode"] == "chunked exact" and by_policy["razor"]["prefill_mode"] == "chunked exact"
     # chunked prefill, evicting in place: each layer one buffer of budget (24) + chunk (16) tokens
     assert squeezed["prefill_peak_vs_full"] == round((24 + 16) * (2 * 32 * 4 + 4) / (96 * 2 * 32 * 4), 4)
     from attnkit.bench.suites import kv

@@ -1,9 +1,12 @@
 """Chunked prefill: compress as the prompt's chunks arrive, never holding much more than the budget."""
+import math
+
 import pytest
 import torch
 
 import attnkit
-from attnkit.cache import H2O, KIVI, AdaKV, ExpectedAttention, KeyNorm, KVState, NoCompression, SnapKV, StreamingLLM
+from attnkit.cache import (H2O, KIVI, AdaKV, ExpectedAttention, KeyNorm, KVState, NoCompression, RazorAttention, SnapKV,
+                           StreamingLLM)
 from attnkit.cache.chunked import prefill
 
 from .helpers import prompt, qkv, tiny_llama
@@ -29,6 +32,22 @@ def test_exact_policies_keep_in_chunks_what_one_call_keeps(policy):
     torch.testing.assert_close(state.store.k, whole.k)
     per_token = 2 * (2 * 8 * 8 + 4)
     assert max(sizes) <= (8 + 16) * per_token  # budget + room for a chunk (at least 16 slots), never the prompt
+
+
+@pytest.mark.parametrize("chunk", [3, 7])
+def test_razor_in_chunks_keeps_what_one_call_keeps_with_a_running_compensation_token(chunk):
+    q, k, v = qkv(n=30)
+    policy = RazorAttention(9, retrieval=torch.tensor([[False, True]]), sinks=2)
+    whole = KVState(policy).step(q, k, v, 8**-0.5)[1].store
+    state, sizes = chunked(policy, q, k, v, 30, chunk=chunk)
+    assert state.store.count.tolist() == whole.count.tolist() == [[9, 30]]
+    assert torch.equal(state.store.pos, whole.pos)
+    torch.testing.assert_close((state.store.k, state.store.v, state.store.bias), (whole.k, whole.v, whole.bias))
+    assert whole.bias[0, 0, 2] == pytest.approx(math.log(30 - 2 - 6))  # stands for the 22 tokens dropped
+    q, k, v = qkv(n=90)
+    none = RazorAttention(9, retrieval=torch.tensor([[False, False]]), sinks=2)
+    held = [max(chunked(none, q, k, v, n, chunk=chunk)[1]) for n in (30, 90)]
+    assert held[0] == held[1]  # the budget and a chunk, whatever the prompt's length
 
 
 def test_approximate_policies_hold_their_budget_and_whole_prompt_ones_are_refused():

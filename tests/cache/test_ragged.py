@@ -7,21 +7,22 @@ import torch
 from attnkit.cache import AdaKV, KVState, NoCompression, RaggedKV, RazorAttention, SnapKV, StreamingLLM
 from attnkit.cache.adakv import head_budgets
 from attnkit.cache.razor import retrieval_heads, retrieval_scores
+from attnkit.cache.scores import weights
 
 from .helpers import qkv, run
 
 
-def rows(n=(3, 5, 1, 4), d=2):
-    """A packed store with the given row lengths (batch 2, 2 kv heads) and the rows it should read back."""
+def rows(n=(3, 5, 1, 4), d=2, page=2):
+    """A paged store with the given row lengths (batch 2, 2 kv heads) and the rows it should read back."""
     count = torch.tensor(n).view(2, 2)
     k = torch.randn(2, 2, max(n), d, dtype=torch.float64)
     pos = torch.arange(max(n), dtype=torch.int32).expand(2, 2, -1).contiguous()
-    return RaggedKV.pack(k, 2 * k, pos, count, length=max(n), prompt=max(n), room=1), k, count
+    return RaggedKV.pack(k, 2 * k, pos, count, length=max(n), prompt=max(n), room=1, page=page), k, count
 
 
-def test_packed_rows_read_back_padded_and_cost_only_their_tokens():
+def test_paged_rows_read_back_padded_and_cost_only_their_tokens():
     store, k, count = rows()
-    assert store.used == 5 and store.count.tolist() == count.tolist()
+    assert store.used == 5 and store.count.tolist() == count.tolist() and store.pages == 2 + 3 + 1 + 2
     for b in range(2):
         for h in range(2):
             c = int(count[b, h])
@@ -29,26 +30,42 @@ def test_packed_rows_read_back_padded_and_cost_only_their_tokens():
             torch.testing.assert_close(store.v[b, h, :c], 2 * k[b, h, :c])
             assert (store.pos[b, h, c:] > 10**9).all()  # padding sits beyond every query
     per_token = 2 * 2 * 8 + 4  # key + value (2 float64 each) + int32 position
-    assert store.nbytes() == 13 * per_token + 3 * 8 * 4
-    assert store.allocated_bytes() == (13 + 4) * per_token + 3 * 8 * 4  # one spare slot per row
+    assert store.nbytes() == 13 * per_token + 2 * 8 * 8  # + each page's row and index
+    assert store.allocated_bytes() == (8 + 4) * 2 * per_token + 2 * 8 * 12  # a spare page per row
 
 
 def test_appends_go_to_the_end_of_every_row_and_a_returned_value_never_changes():
     store, k, count = rows()
     new = torch.randn(2, 2, 1, 2, dtype=torch.float64)
-    a = store.append(new, new)  # fits in the spare slot: written in place
+    a = store.append(new, new)  # into the last pages' room and new pages of the pool: in place
+    assert a.storage()[0].data_ptr() == store.storage()[0].data_ptr()
     snapshot = (a.k.clone(), a.pos.clone())
-    b = a.append(new + 1, new + 1)  # no room left: the rows are re-packed with more room
-    c = a.append(new + 2, new + 2)  # a second continuation of the same value
+    b = a.append(new + 1, new + 1)  # in place again
+    c = a.append(new + 2, new + 2)  # a second continuation of the same value: a pool of its own
+    assert c.storage()[0].data_ptr() != b.storage()[0].data_ptr()
     torch.testing.assert_close((a.k, a.pos), snapshot)
     for s, x in ((b, new + 1), (c, new + 2)):
         assert s.count.tolist() == (count + 2).tolist() and s.length == 7
         for r in range(4):
             i, j = divmod(r, 2)
             n = int(count[i, j])
+            torch.testing.assert_close(s.k[i, j, :n], k[i, j, :n])
             torch.testing.assert_close(s.k[i, j, n], new[i, j, 0])
             torch.testing.assert_close(s.k[i, j, n + 1], x[i, j, 0])
             assert s.pos[i, j, n : n + 2].tolist() == [5, 6]
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_attention_over_the_pages_is_attention_over_the_rows_read_back(n):
+    store, k, count = rows(n=(3, 5, 0, 4), d=4, page=2)
+    store._pool.bias = torch.zeros(store._pool.pos.shape, dtype=torch.float32)
+    store._pool.bias.view(-1)[:3] = torch.tensor([0.0, 1.5, 0.7])  # merged tokens in row 0's first page
+    store = store.append(*(torch.randn(2, 2, n, 4, dtype=torch.float64),) * 2)
+    q = torch.randn(2, 6, n, 4, dtype=torch.float64)  # 3 query heads per kv head
+    qpos = torch.arange(store.length - n, store.length, dtype=torch.int32)
+    direct = weights(q, qpos, store, 0.5) @ store.v.repeat_interleave(3, dim=1)
+    torch.testing.assert_close(store.attend(q, 0.5), direct)
+    assert store.count[1, 0] == n and weights(q, qpos, store, 0.5)[1, 0, 0].count_nonzero() == 1
 
 
 def test_adakv_gives_budget_from_concentrated_heads_to_spread_ones_with_a_safeguard():

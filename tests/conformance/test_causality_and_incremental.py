@@ -34,7 +34,7 @@ def test_future_inputs_do_not_change_past_outputs(name, form, pattern):
         return x
 
     extra2 = {n: (perturb(x) if n in spec.tensor_inputs_per_token else x) for n, x in extra.items()}
-    if spec.extra.get("selection_reads_the_whole_prompt"):
+    if spec.selection_reads_whole_prompt:
         # A prefill estimator chooses its layout from the whole prompt's q and k (later tokens change which
         # earlier keys a query keeps); what must hold is that no query reads a later key: later values are unseen.
         out = run(spec, form, q, k, perturb(v), extra, causal=True)

@@ -62,3 +62,5 @@ def test_cli_mixer_syntax():
     assert parse_mixer("softmax") == "softmax"
     assert parse_mixer("softcap:cap=20.5") == {"mechanism": "softcap", "cap": 20.5}
     assert parse_mixer("hymba:softmax+alibi") == {"hymba": ["softmax", "alibi"]}
+    assert parse_mixer("mag:window=32") == {"titans": "mag", "window": 32}
+    assert parse_mixer("mac") == {"titans": "mac"}

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 B, H, D = 1, 8, 64
-PREFILL = ("block_topk", "xattention", "flexprefill", "vertical_slash", "sample_attention")
+PREFILL = ("block_topk", "hip", "xattention", "flexprefill", "vertical_slash", "sample_attention", "anchor_attention",
+           "hyper_attention")
 DECODE = ("quest", "loki", "adamas")
 
 
@@ -41,8 +42,8 @@ def top_k_for_density(blocks: int, density: float) -> int:
 
 
 def prefill_params(method: str, n: int, sparsity: float) -> dict:
-    """Each method at the papers' settings; block top-k and vertical-slash sized for ``sparsity``."""
-    if method == "block_topk":
+    """Each method at the papers' settings; block top-k, HiP and vertical-slash sized for ``sparsity``."""
+    if method in ("block_topk", "hip"):
         return {"block": 128, "top_k": top_k_for_density(math.ceil(n / 128), 1 - sparsity)}
     if method == "vertical_slash":
         lines = max(1, round(n * (1 - sparsity) / 2))

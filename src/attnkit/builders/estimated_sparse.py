@@ -46,9 +46,6 @@ from ..params import Param
 from ..reference import materialised_attention
 from ..registry import MechanismSpec, get, register
 
-PROMPT_WIDE = "selection_reads_the_whole_prompt"
-
-
 def block_count(n: int, block: int) -> int:
     return -(-n // block)
 
@@ -133,7 +130,7 @@ def register_estimated_sparse(*, name: str, paper: str, estimator: Estimator, pa
         name=name, family="training-free-sparse", papers=(paper,), patterns=frozenset({"causal-self"}),
         reference=reference, fast={"tile_rows": rows, "selected_blocks": fast}, default_forms=("tile_rows",), step=None, params=params, test_params=test_params,
         supports_mask=False, complexity=complexity, summary=summary,
-        extra={PROMPT_WIDE: True, "estimator": estimator},
+        selection_reads_whole_prompt=True, extra={"estimator": estimator},
     ))
 
 

@@ -80,7 +80,7 @@ class CacheLayer(CacheLayerMixin):
         store = self.store.append(key_states, value_states,
                                   reserve(self.policy, self.store, self.layer_idx, key_states.shape[2]))
         check_chunk(self.policy, store)
-        keys, values = store.k, store.v
+        keys, values = _tensors(store)
         if self._owner._ragged:
             self.reading = (store, keys, values)  # for the attention call that follows (attention_over_cache)
         q, scale = self._owner._take_queries(self.layer_idx, self.policy)
@@ -90,7 +90,7 @@ class CacheLayer(CacheLayerMixin):
             self.pending = None if chosen is None else chosen[:2]
         else:
             self.store = self.policy.step(store, q, scale, self.layer_idx)
-        self.keys, self.values = self.store.k, self.store.v
+        self.keys, self.values = _tensors(self.store)
         self._owner._track()
         return keys, values
 
@@ -229,6 +229,12 @@ def _query_hook(owner, rotate):
         return None
 
     return hook
+
+
+def _tensors(store):
+    """The keys and values a layer hands to transformers: the kept ones, or a ragged layer's pages (which only
+    the ``"attnkit_cache"`` attention reads, through the store)."""
+    return store.storage() if getattr(store, "ragged", False) else (store.k, store.v)
 
 
 def own_attention(policy) -> bool:

@@ -31,12 +31,14 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .policy import Policy
 from .ragged import RaggedKV
 
 
 class RazorAttention(Policy):
+    chunked = "exact"  # the window slides and the compensation token absorbs what leaves it, chunk by chunk
     ragged_rows = True  # heads keep different numbers of tokens: a RaggedKV
 
     def __init__(self, budget, *, retrieval: torch.Tensor, sinks: int = 4, compensate: bool = True):
@@ -60,33 +62,52 @@ class RazorAttention(Policy):
         return keep
 
     def step(self, store, q, scale, layer):
-        if store.length != store.prompt:
+        if store.length > store.prompt:
             return store  # decoded tokens are appended, never evicted
         keep = self.prompt_budget(layer, store.prompt)
-        B, kv_heads, L = store.pos.shape
+        count = _counts(store)
+        B, kv_heads = count.shape
         if layer >= self.retrieval.shape[0] or self.retrieval.shape[1] != kv_heads:
             raise ValueError(f"retrieval has shape {tuple(self.retrieval.shape)} (layers, kv_heads); this model's "
                              f"layer {layer} has {kv_heads} kv heads")
-        if keep >= L:
+        full = self.retrieval[layer].to(count.device)[None].expand(B, -1)
+        cut = ~full & (count > keep)  # the rows that drop tokens now
+        if not bool(cut.any()):
             return store
-        full = self.retrieval[layer].to(store.k.device)[None].expand(B, -1)
-        window = keep - self.sinks - self.compensate
-        dropped = L - self.sinks - window
-        slot = torch.arange(L, device=store.k.device)
-        short = torch.cat([slot[: self.sinks], slot[L - window - self.compensate:]])  # the token before the window
-        index = torch.where(full[..., None], slot, torch.cat([short, short.new_full((L - keep,), L - 1)]))
+        k, v, pos = store.k, store.v, store.pos
+        bias = getattr(store, "bias", None)
+        M = pos.shape[-1]
+        window = keep - self.sinks - int(self.compensate)
+        slot = torch.arange(M, device=k.device)
+        # a cut row keeps its sinks, the slot before its window (the compensation token's place) and the window
+        short = torch.cat([slot[: self.sinks].expand(B, kv_heads, -1),
+                           count[..., None] - window - int(self.compensate) + slot[: window + int(self.compensate)]], dim=-1)
+        width = max(keep, int(torch.where(cut, 0, count).max()))
+        index = torch.where(cut[..., None], F.pad(short, (0, width - keep)), slot[:width]).clamp_max(M - 1)
         gather = lambda t: t.gather(2, index if t.ndim == 3 else index[..., None].expand(-1, -1, -1, t.shape[-1]))
-        k, v, pos = gather(store.k), gather(store.v), gather(store.pos)
-        bias = None
-        if self.compensate:  # the slot after the sinks becomes the compensation token of the dropped span
-            middle = slice(self.sinks, L - window)
-            at = (~full)[..., None]
-            k[:, :, self.sinks] = torch.where(at, store.k[:, :, middle].mean(dim=2), k[:, :, self.sinks])
-            v[:, :, self.sinks] = torch.where(at, store.v[:, :, middle].mean(dim=2), v[:, :, self.sinks])
-            bias = torch.zeros(B, kv_heads, L, dtype=torch.float32, device=k.device)
-            bias[:, :, self.sinks] = torch.where(~full, math.log(dropped), 0.0)
-        count = torch.where(full, L, keep)
-        return RaggedKV.pack(k, v, pos, count, store.length, store.prompt, room=max(16, keep // 8), bias=bias)
+        kept_k, kept_v, kept_pos = gather(k), gather(v), gather(pos)
+        kept_bias = None if bias is None else gather(bias)
+        if self.compensate:  # the dropped span, merged tokens counted with their multiplicity, is one token
+            span = (slot >= self.sinks) & (slot < count[..., None] - window)  # (B, Hkv, M)
+            weight = torch.where(span, 1.0 if bias is None else bias.double().exp(), 0.0)
+            total = weight.sum(-1)  # tokens the compensation token stands for
+            mean = lambda t: ((weight[..., None] * t.double()).sum(2) / total.clamp_min(1)[..., None]).to(t.dtype)
+            at = cut[..., None]
+            kept_k[:, :, self.sinks] = torch.where(at, mean(k), kept_k[:, :, self.sinks])
+            kept_v[:, :, self.sinks] = torch.where(at, mean(v), kept_v[:, :, self.sinks])
+            kept_bias = torch.zeros_like(kept_pos, dtype=torch.float32) if kept_bias is None else kept_bias
+            kept_bias[:, :, self.sinks] = torch.where(cut, total.log().float(), kept_bias[:, :, self.sinks])
+        room = max(16, getattr(store, "appended", 0)) if store.length < store.prompt else max(16, keep // 8)
+        return RaggedKV.pack(kept_k, kept_v, kept_pos, torch.where(cut, keep, count), store.length, store.prompt,
+                             room=room, bias=kept_bias)
+
+
+def _counts(store) -> torch.Tensor:
+    """``(B, Hkv)`` tokens each row of a layer holds."""
+    if getattr(store, "ragged", False):
+        return store.count
+    B, kv_heads, used = store.pos.shape
+    return torch.full((B, kv_heads), used, dtype=torch.int64, device=store.pos.device)
 
 
 def retrieval_scores(weights: torch.Tensor, period: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,16 +25,15 @@ def _visible(store, qpos: torch.Tensor, heads: int) -> torch.Tensor:
 def attend(q: torch.Tensor, store, scale: float, k=None, v=None) -> torch.Tensor:
     """Softmax attention of ``q (B, H, n, D)`` (the newest ``n`` tokens) over the kept keys: one call.
 
-    ``k``, ``v``: the store's keys and values if already read (a ragged store gathers them on each read)."""
+    ``k``, ``v``: the store's keys and values if already read. A ragged store
+    (:class:`~attnkit.cache.ragged.RaggedKV`) attends over its pages itself."""
+    if getattr(store, "ragged", False):
+        return store.attend(q, scale)
     n, heads = q.shape[2], q.shape[1]
     k = store.k if k is None else k
     v = store.v if v is None else v
-    ragged = getattr(store, "ragged", False)
-    fresh = store.used == n == store.length and not ragged  # a first call: the usual causal triangle
-    mask = None if (n == 1 and not ragged) or fresh else _visible(store, query_positions(store, n, q.device), heads)
-    bias = _bias(store, heads)
-    if bias is not None:
-        mask = bias[:, :, None].to(q.dtype).masked_fill(~mask, float("-inf"))
+    fresh = store.used == n == store.length  # a first call: the usual causal triangle
+    mask = None if n == 1 or fresh else _visible(store, query_positions(store, n, q.device), heads)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=fresh and n > 1,
                                           scale=scale, enable_gqa=heads != k.shape[1])
 

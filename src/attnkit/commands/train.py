@@ -4,6 +4,7 @@
     attnkit train lm --mechanism softmax --minutes 10 --out ckpt.pt
     attnkit train lm --schedule LLLF --mix L=nha:window=32 --mix F=softmax --minutes 10
     attnkit train lm --schedule HH --mix H=hymba:softmax+nha --minutes 10
+    attnkit train lm --schedule TTTT --mix T=mag:window=32 --mlp-ratio 2 --minutes 10
     attnkit train lm --resume ckpt.pt --minutes 5 --out ckpt2.pt
     attnkit train lm --resume ckpt.pt --passkey 0.3 --context 256 --minutes 8 --out passkey.pt
     attnkit train seer --from ckpt.pt --block-size 16 --top-k 4 --minutes 5
@@ -11,7 +12,8 @@
 ``train seer`` turns a trained softmax LM into SeerAttention (gated block-sparse
 attention) and trains only the gates, by self-distillation from the frozen model.
 
-``--mix LETTER=MECHANISM[:key=value,...]`` or ``LETTER=hymba:MECH+MECH``.
+``--mix LETTER=MECHANISM[:key=value,...]``, ``LETTER=hymba:MECH+MECH`` or a Titans architecture
+``LETTER=mac|mag|mal[:key=value,...]``.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ def add_arguments(parser) -> None:
     p.add_argument("--dim", type=positive_int, default=64)
     p.add_argument("--heads", type=positive_int, default=4)
     p.add_argument("--kv-heads", type=positive_int, default=None)
+    p.add_argument("--mlp-ratio", type=positive_float, default=4.0,
+                   help="MLP width / model width (lower it to compare mixers with more parameters at equal size)")
     p.add_argument("--level", choices=("byte", "char"), default="byte")
     p.add_argument("--context", type=positive_int, default=64)
     p.add_argument("--batch", type=positive_int, default=32)
@@ -82,15 +86,16 @@ def parse_value(text: str):
 
 
 def parse_mixer(text: str):
-    """``nha:window=32,slots=16`` -> dict; ``hymba:softmax+nha`` -> hymba dict; ``softmax`` -> str."""
+    """``nha:window=32,slots=16`` -> dict; ``hymba:softmax+nha`` -> hymba dict; ``mag:window=32`` -> titans
+    dict; ``softmax`` -> str."""
     name, _, rest = text.partition(":")
     if name == "hymba":
         if not rest:
             raise ValueError(f"--mix {text!r}: hymba needs branches, e.g. hymba:softmax+nha")
         return {"hymba": [parse_mixer(b) for b in rest.split("+")]}
+    spec = {"titans": name} if name in ("mac", "mag", "mal") else {"mechanism": name}
     if not rest:
-        return name
-    spec = {"mechanism": name}
+        return name if "mechanism" in spec else spec
     for item in rest.split(","):
         key, eq, value = item.partition("=")
         if not eq:
@@ -112,7 +117,7 @@ def model_config(args, vocab_size: int):
             raise ValueError(f"--mix {item!r}: expected LETTER=SPEC, e.g. L=nha")
         mixers[letter] = parse_mixer(spec)
     return ModelConfig(vocab_size=vocab_size, dim=args.dim, heads=args.heads, kv_heads=args.kv_heads,
-                       schedule=schedule, mixers=mixers)
+                       schedule=schedule, mixers=mixers, mlp_ratio=args.mlp_ratio)
 
 
 def run(args) -> int:

@@ -14,10 +14,21 @@ its own position::
     I      = {position of q} + the top_k - 1 smallest d_j
     out    = softmax(q K[I]^T / sqrt(d)) V[I]
 
-Conventions: ``t = threshold`` is in units of the unnormalised transform (the
-authors' code uses 10 for head dimension 128); ties of the integer distances
-go to the earlier key in every form; a query with at most ``top_k`` keys in its
-past reads them all. The choice is not differentiable (gradients flow through
+Conventions, checked against the authors' code (their reference test
+``_ref_self_approx_attention`` and their decode path): the transform is
+unnormalised (their ``hadamard_transform`` is called without ``scale``, whose
+default is 1.0); the codes are ``torch.bucketize(x H, (-10, 0, 10))``, i.e. the
+number of thresholds strictly below the coordinate (a coordinate equal to a
+threshold takes the lower code), as here; the distance is L1 over the codes and a
+query reads its own (last) key plus the ``top_k - 1`` closest earlier keys. So
+``t = threshold`` is in units of the unnormalised transform, and 10 is the authors'
+value for head dimension 128, where a unit-variance vector's transformed
+coordinates have standard deviation ``sqrt(128) ~ 11.3``; the same bucket shares
+at head dimension ``d`` need ``t = 10 sqrt(d / 128)`` (7.1 at 64). Two details
+differ: their ``pairwise_distance`` adds ``1e-6`` to every coordinate difference
+(it only reorders equal distances) and their ``topk`` breaks ties arbitrarily,
+while here ties of the integer distances go to the earlier key in every form;
+a query with at most ``top_k`` keys in its past reads them all. The choice is not differentiable (gradients flow through
 the exact attention over ``I``).
 
 Forms: ``reference`` (codes and distances written out in float64, ranks from a

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import torch
 
-from ..builders.estimated_sparse import PROMPT_WIDE
 from ..kernels.line_attention import line_attention, line_density, line_rows
 from ..kernels.positions import repeat_kv
 from ..params import Param
@@ -114,5 +113,5 @@ register(MechanismSpec(
     supports_mask=False,
     complexity="O(N (stripes + window) d)",
     summary="prefill: a local window and the column stripes covering alpha of sampled rows' attention, exactly",
-    extra={PROMPT_WIDE: True, "attended": attended},
+    selection_reads_whole_prompt=True, extra={"attended": attended},
 ))

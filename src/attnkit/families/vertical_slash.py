@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from ..builders.estimated_sparse import PROMPT_WIDE, diagonal_sums, last_queries_attention
+from ..builders.estimated_sparse import diagonal_sums, last_queries_attention
 from ..kernels.line_attention import line_attention, line_density, line_rows
 from ..kernels.positions import repeat_kv
 from ..params import Param
@@ -114,5 +114,5 @@ register(MechanismSpec(
     supports_mask=False,
     complexity="O(N (vertical + covered slash tiles) d)",
     summary="prefill: exact attention on the top vertical keys and slash offsets estimated from the last queries",
-    extra={PROMPT_WIDE: True, "attended": attended},
+    selection_reads_whole_prompt=True, extra={"attended": attended},
 ))

@@ -7,7 +7,10 @@ of Hybrid Linear Attention" studies). ``mixers`` maps each letter to a mixer:
 - a mechanism name (``"softmax"``, ``"nha"``, any ``attnkit.mechanisms()`` entry);
 - a dict ``{"mechanism": name, "rope": bool, **params}`` to set its parameters;
 - a dict ``{"hymba": [mixer, mixer, ...]}``: parallel hybrid heads in one layer
-  (Hymba), the layer's heads split evenly between the branches.
+  (Hymba), the layer's heads split evenly between the branches;
+- a dict ``{"titans": "mac" | "mag" | "mal", **options}``: one of Titans' architectures
+  around its neural memory (:mod:`attnkit.models.titans`; options ``segment``, ``window``,
+  ``persistent``, ``chunk_size``).
 
 The default maps every letter ``F`` to softmax attention.
 """
@@ -47,7 +50,9 @@ class ModelConfig:
         if missing:
             raise ValueError(f"schedule {self.schedule!r} uses letters {missing} that mixers {sorted(self.mixers)} does not define")
         for letter in set(self.schedule):
-            mixer_spec(self.mixers[letter], self.rope)  # validates before any module is built
+            spec = mixer_spec(self.mixers[letter], self.rope)  # validates before any module is built
+            if "titans" in spec and self.context_parallel is not None:
+                raise ValueError(f"mixer {letter!r}: Titans' architectures do not run with context_parallel")
         if self.context_parallel is not None:
             from ..distributed.layer import SCHEMES
             if self.context_parallel not in SCHEMES:
@@ -97,13 +102,19 @@ def mixer_spec(spec, default_rope: bool) -> dict:
         spec = {"mechanism": spec}
     if not isinstance(spec, dict):
         raise TypeError(f"a mixer must be a mechanism name or a dict, got {type(spec).__name__}")
+    if "titans" in spec:
+        from .titans import check_titans_mixer
+
+        options = check_titans_mixer(spec)
+        return {"titans": spec["titans"], "mechanism": "titans", "rope": bool(spec.get("rope", default_rope)),
+                "params": options}
     if "hymba" in spec:
         branches = spec["hymba"]
         if set(spec) != {"hymba"} or not isinstance(branches, (list, tuple)) or len(branches) < 2:
             raise ValueError(f"a hymba mixer is {{'hymba': [mixer, mixer, ...]}} with at least two branches, got {spec!r}")
         return {"hymba": [mixer_spec(b, default_rope) for b in branches]}
     if "mechanism" not in spec:
-        raise ValueError(f"a mixer dict needs 'mechanism' (or 'hymba'), got keys {sorted(spec)}")
+        raise ValueError(f"a mixer dict needs 'mechanism' (or 'hymba' or 'titans'), got keys {sorted(spec)}")
     params = {k: v for k, v in spec.items() if k not in ("mechanism", "rope")}
     mech = registry.get(spec["mechanism"])
     if "causal-self" not in mech.patterns and "noncausal-self" not in mech.patterns:

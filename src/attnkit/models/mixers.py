@@ -1,4 +1,4 @@
-"""Sequence mixers of a model layer: one attention mechanism, or Hymba's parallel heads.
+"""Sequence mixers of a model layer: one attention mechanism, Hymba's parallel heads, or a Titans architecture.
 
 Every mixer is called as ``mixer(x, causal=, mask=, state=, return_state=)``
 and, with ``return_state``, returns the state to continue the sequence with
@@ -11,9 +11,12 @@ from torch import nn
 
 from ..nn import Attention
 from ..positional import RoPE
+from .titans import build_titans
 
 
 def build_mixer(spec: dict, dim: int, heads: int, kv_heads: int | None, head_dim: int) -> nn.Module:
+    if "titans" in spec:
+        return build_titans(spec, dim, heads, kv_heads, head_dim)
     if "hymba" in spec:
         return ParallelHeads(spec["hymba"], dim, heads, kv_heads, head_dim)
     rope = RoPE(head_dim) if spec["rope"] else None

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from ...builders.stateful import CAUSAL_ONLY, register_stateful_mechanism
 from ...params import Param
-from .forms import FORMS, PAPER
+from .forms import FORMS, PAPER, flow_weights
 
 
 def _flops(batch, heads, q_len, kv_len, head_dim, causal):
@@ -42,7 +42,7 @@ def _flops(batch, heads, q_len, kv_len, head_dim, causal):
 
 register_stateful_mechanism(
     "flow",
-    weights_note="not written yet: the causal flows' allocation and competition factors are not materialised as a matrix",
+    weights=flow_weights,
     forms=FORMS,
     family="linear",
     papers=(PAPER,),

@@ -52,25 +52,40 @@ def _final(state, n, **sums):
     return RecurrentState(state.length + n, **sums)
 
 
-def parallel(q, k, v, *, causal, scale, initial_state=None, eps=1e-6, chunk_size=64):
-    """Reference: every prefix sum a product with the lower-triangular ``(N, N)`` matrix."""
-    q, k, v, st, i = _start(q, k, v, causal, scale, initial_state, eps, chunk_size)
+def _parallel_flows(q, k, st, i, eps):
+    """Every prefix sum a product with the lower-triangular ``(N, N)`` matrix: ``(lower, reads, allocation,
+    competition, sums)`` with ``out_i = allocation_i reads_i sum_{j<=i} k_j^T (v_j competition_j)`` and
+    ``sums`` the state's running sums at the last token (all but ``S``)."""
     N = q.shape[2]
     lower = torch.ones(N, N, dtype=q.dtype, device=q.device).tril()
     prefix = lambda x, before: lower @ x + before[..., None, :]  # noqa: E731
-    I, O = _flows(q, k, i, prefix(k, st["k_sum"]), prefix(q, st["q_sum"]), eps)
+    k_sum, q_sum = prefix(k, st["k_sum"]), prefix(q, st["q_sum"])
+    I, O = _flows(q, k, i, k_sum, q_sum, eps)
     k_out, q_in = prefix(k * O[..., None], st["k_out_sum"]), prefix(q * I[..., None], st["q_in_sum"])
     allocation, exp_source = _outputs(q, k, i, I, O, k_out, q_in, eps)
     competition_sum = (lower @ exp_source[..., None])[..., 0] + st["competition_sum"][..., None]
-    competition = i * exp_source / competition_sum
-    reads = q * (I / i)[..., None]
+    last = lambda x: x[..., -1, :]  # noqa: E731
+    sums = {"k_sum": last(k_sum), "q_sum": last(q_sum), "k_out_sum": last(k_out), "q_in_sum": last(q_in),
+            "competition_sum": competition_sum[..., -1]}
+    return lower, q * (I / i)[..., None], allocation, i * exp_source / competition_sum, sums
+
+
+def parallel(q, k, v, *, causal, scale, initial_state=None, eps=1e-6, chunk_size=64):
+    """Reference: every prefix sum a product with the lower-triangular ``(N, N)`` matrix."""
+    q, k, v, st, i = _start(q, k, v, causal, scale, initial_state, eps, chunk_size)
+    lower, reads, allocation, competition, sums = _parallel_flows(q, k, st, i, eps)
     written = v * competition[..., None]
     out = ((reads @ k.transpose(-1, -2)) * lower) @ written + reads @ st["S"]
     S = st["S"] + k.transpose(-1, -2) @ written
-    last = lambda x: x[..., -1, :]  # noqa: E731
-    return allocation[..., None] * out, _final(
-        st, N, k_sum=last(prefix(k, st["k_sum"])), q_sum=last(prefix(q, st["q_sum"])), k_out_sum=last(k_out),
-        q_in_sum=last(q_in), competition_sum=competition_sum[..., -1], S=S)
+    return allocation[..., None] * out, _final(st, q.shape[2], **sums, S=S)
+
+
+def flow_weights(q, k, v, *, causal, mask, scale, eps=1e-6, chunk_size=64):
+    """The implicit attention matrix of a sequence from its start: ``W_ij = allocation_i (reads_i . k_j)
+    competition_j`` for ``j <= i``, so that ``out = W v``."""
+    q, k, v, st, i = _start(q, k, v, causal, scale, None, eps, chunk_size)
+    lower, reads, allocation, competition, _ = _parallel_flows(q, k, st, i, eps)
+    return allocation[..., None] * (reads @ k.transpose(-1, -2)) * lower * competition[..., None, :]
 
 
 def chunked(q, k, v, *, causal, scale, initial_state=None, eps=1e-6, chunk_size=64):

@@ -39,16 +39,32 @@ def shifted_keys(k, shift, k_tail):
     return sum(shift[None, :, i, None, :] * full[:, :, m - 1 - i : m - 1 - i + N] for i in range(m)), full[:, :, N:]
 
 
+def _check(q, causal, shift, log_decay) -> int:
+    """The checks of every form; returns the shift SSM's length ``m``."""
+    if not causal:
+        raise ValueError("h3 is a causal recurrence; pass causal=True")
+    _, H, _, D = q.shape
+    if not isinstance(shift, torch.Tensor) or shift.ndim != 3:
+        raise ValueError("shift must be a tensor of shape (heads, m, head_dim): the shift SSM's filter")
+    check_tensor("shift", shift, (H, shift.shape[1], D), q, what="(heads, m, head_dim)")
+    check_tensor("log_decay", log_decay, (H, D), q, what="(heads, head_dim) log decays <= 0")
+    return shift.shape[1]
+
+
+def h3_weights(q, k, v, *, causal, mask, scale, shift=None, log_decay=None, chunk_size=32):
+    """``w_ts = scale sum_c q_tc a_c^(t-s) k~_sc`` for ``s <= t``: GLA's implicit matrix over the shifted keys
+    with a gate constant in time (a sequence from its start: the shift SSM sees zeros before it)."""
+    m = _check(q, causal, shift, log_decay)
+    B, H, N, D = q.shape
+    k_shifted, _ = shifted_keys(repeat_kv(k, H), shift, q.new_zeros(B, H, m - 1, D))
+    gk = log_decay[None, :, None, :].expand(B, H, N, D)
+    return registry.get("gla").weights(q, k_shifted, v, causal=True, mask=None, scale=scale, gk=gk)
+
+
 def _make(kind):
     def form(q, k, v, *, causal, scale, initial_state=None, shift=None, log_decay=None, chunk_size=32):
-        if not causal:
-            raise ValueError("h3 is a causal recurrence; pass causal=True")
+        m = _check(q, causal, shift, log_decay)
         B, H, N, D = q.shape
-        if not isinstance(shift, torch.Tensor) or shift.ndim != 3:
-            raise ValueError("shift must be a tensor of shape (heads, m, head_dim): the shift SSM's filter")
-        m = shift.shape[1]
-        check_tensor("shift", shift, (H, m, D), q, what="(heads, m, head_dim)")
-        check_tensor("log_decay", log_decay, (H, D), q, what="(heads, head_dim) log decays <= 0")
         gla = registry.get("gla").stateful_forms[kind]
         tail_shape = (B, H, m - 1, D)
         state = expect_state(initial_state, ("S", "k_tail"), {"S": (B, H, D, v.shape[-1]), "k_tail": tail_shape}, q)
@@ -80,7 +96,7 @@ register_stateful_mechanism(
     family="attention-free",
     papers=(PAPER,),
     patterns=CAUSAL_ONLY,
-    weights_note="not written yet: w_ts = scale * sum_c q_tc a_c^(t-s) k~_sc exists (a decayed linear attention) but is not materialised",
+    weights=h3_weights,
     params={"chunk_size": Param(32, int, "tokens per chunk of the chunked form", low=1)},
     tensor_inputs=_inputs,
     inputs={"shift": TensorInput("(H, m, Dk)", "shift-SSM filter over the last m keys"),

@@ -64,8 +64,10 @@ def softmax_weights(q, k, *, causal, mask, scale, rows=slice(None), end=None):
     return SOFTMAX.weights(scores, None if allowed is None else allowed.expand_as(scores))
 
 
-def lla_reference(q, k, v, *, causal, mask, scale, ridge, q_block, kv_block):
-    """The paper's closed form, materialised: every ``(query, key)`` difference ``k_j - q_i``."""
+def lla_weights(q, k, v, *, causal, mask, scale, ridge, q_block, kv_block):
+    """The hat matrix of the local regression: ``o_i = sum_j W_ij v_j`` with
+    ``W_ij = s_ij (1 - rho_i . (k_j - q_i)) / (1 - rho_i . mu_i)`` (every ``(query, key)`` difference
+    materialised). Rows sum to one; entries may be negative (the local slope extrapolates)."""
     _check(ridge, q_block=q_block, kv_block=kv_block)
     H, D = q.shape[1], q.shape[-1]
     s = softmax_weights(q, k, causal=causal, mask=mask, scale=scale)
@@ -74,8 +76,14 @@ def lla_reference(q, k, v, *, causal, mask, scale, ridge, q_block, kv_block):
     sigma = torch.einsum("bhij,bhijd,bhije->bhide", s, diff, diff) + ridge * torch.eye(D, dtype=q.dtype, device=q.device)
     rho = solve(sigma, mu[..., None])[..., 0]
     denominator = 1 - (rho * mu).sum(-1, keepdim=True)
-    weights = s * (1 - torch.einsum("bhijd,bhid->bhij", diff, rho)) / denominator
-    return weights @ repeat_kv(v, H)
+    return s * (1 - torch.einsum("bhijd,bhid->bhij", diff, rho)) / denominator
+
+
+def lla_reference(q, k, v, *, causal, mask, scale, ridge, q_block, kv_block):
+    """The paper's closed form, materialised: the hat matrix (:func:`lla_weights`) times the values."""
+    weights = lla_weights(q, k, v, causal=causal, mask=mask, scale=scale, ridge=ridge, q_block=q_block,
+                          kv_block=kv_block)
+    return weights @ repeat_kv(v, q.shape[1])
 
 
 def lla_blockwise(q, k, v, *, causal, mask, scale, ridge, q_block, kv_block):
@@ -115,7 +123,7 @@ register(
                 "kv_block": Param(256, int, 'keys per block of the blockwise form', low=1)},
         flops=_flops,
         complexity="O(N^2 D^2 + N D^3)",
-        weights_note="not written yet: the intercept is linear in v (a hat matrix of the local regression), not materialised",
+        weights=lla_weights,
         summary="intercept of a softmax-kernel-weighted ridge regression of v on k - q (local linear, not local constant)",
         test_params={"ridge": 0.5, "q_block": 16, "kv_block": 24},
     )

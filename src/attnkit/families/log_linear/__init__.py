@@ -56,17 +56,29 @@ def level_state(q, v, lam, initial_state, chunk_size):
     return (None if state is None else state["S"]), start
 
 
+def _check(q, v, causal, g, lam, initial_state, chunk_size):
+    """The checks of every form: ``(S0, start)`` as :func:`level_state`."""
+    if not causal:
+        raise ValueError("log-linear attention over a gated recurrence is causal; pass causal=True")
+    if g is None:
+        raise ValueError("g is required: (batch, heads, seq) log decays <= 0")
+    check_tensor("g", g, q.shape[:3], q, what="(batch, heads, seq) log decays")
+    return level_state(q, v, lam, initial_state, chunk_size)
+
+
+def _weights(q, k, v, *, causal, mask, scale, g=None, lam=None, chunk_size=64):
+    """``(Q K^T * H)`` of a sequence from position 0: ``H_ts = lam[t, l(t, s)] exp(b_t - b_s)`` (scale in q)."""
+    _check(q, v, causal, g, lam, None, chunk_size)
+    pos = torch.arange(q.shape[2], device=q.device)
+    return log_linear.block_weights(q * scale, repeat_kv(k, q.shape[1]), g, lam, pos)
+
+
 def _make(kind):
     kernel = KERNELS[kind]
 
     def form(q, k, v, *, causal, scale, initial_state=None, g=None, lam=None, chunk_size=64):
-        if not causal:
-            raise ValueError("log-linear attention over a gated recurrence is causal; pass causal=True")
-        B, H, N, Dk = q.shape
-        if g is None:
-            raise ValueError("g is required: (batch, heads, seq) log decays <= 0")
-        check_tensor("g", g, (B, H, N), q, what="(batch, heads, seq) log decays")
-        S0, start = level_state(q, v, lam, initial_state, chunk_size)
+        H, N = q.shape[1], q.shape[2]
+        S0, start = _check(q, v, causal, g, lam, initial_state, chunk_size)
         kw = {"chunk_size": chunk_size} if kind == "chunked" else {}
         out, S = kernel(q * scale, repeat_kv(k, H), repeat_kv(v, H), g, lam, start=start, S0=S0, **kw)
         return out, RecurrentState(start + N, S=S)
@@ -103,7 +115,7 @@ _FORMS = {kind: _make(kind) for kind in KERNELS}
 
 register_stateful_mechanism(
     "log_linear_mamba2",
-    weights_note="not written yet: the level-weighted hierarchical matrix is not materialised",
+    weights=_weights,
     forms=_FORMS,
     family="recurrent-attention",
     papers=(PAPER,),

@@ -44,12 +44,19 @@ def level_one_hot(pos: torch.Tensor, end, levels: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(levels_between(end, pos), levels)
 
 
-def _block(q, k, v, g, lam, pos):
-    """Tokens at positions ``pos`` among themselves: ``(Q K^T * H) V`` and their per-level state at the last one."""
+def block_weights(q, k, g, lam, pos):
+    """``Q K^T * H`` of the tokens at positions ``pos`` among themselves, ``H_ts = lam[t, l(t, s)] exp(b_t - b_s)``
+    for ``s <= t`` (zero above the diagonal): the matrix that multiplies their values."""
     b = g.cumsum(-1)
     causal = pos[:, None] >= pos[None, :]
     decay = (b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf")).exp()
-    out = ((q @ k.transpose(-1, -2)) * pair_weights(lam, pos) * decay) @ v
+    return (q @ k.transpose(-1, -2)) * pair_weights(lam, pos) * decay
+
+
+def _block(q, k, v, g, lam, pos):
+    """Tokens at positions ``pos`` among themselves: ``(Q K^T * H) V`` and their per-level state at the last one."""
+    b = g.cumsum(-1)
+    out = block_weights(q, k, g, lam, pos) @ v
     at_end = level_one_hot(pos, pos[-1:], lam.shape[-1]).to(q.dtype)
     S = torch.einsum("bhsl,bhsd,bhse->bhlde", at_end * (b[..., -1:] - b).exp()[..., None], k, v)
     return out, S

@@ -13,12 +13,15 @@ power of two) is an execution knob. Causal self-attention only.
 """
 from __future__ import annotations
 
+import torch
+
 from ...params import Param, TensorInput
 from . import forms as log_linear_delta
-from ..delta_rule.forms import prepare
+from ..delta_rule.forms import delta_rule_weights, prepare
 from ...state import RecurrentState
 from ..delta_rule import GATED_DELTANET, check_inputs, example_inputs
 from ...builders.stateful import CAUSAL_ONLY, register_stateful_mechanism
+from ..log_linear.forms import pair_weights
 from ..log_linear import PAPER, example_level_weights, level_state, level_state_size, levels_for
 
 KERNELS = {
@@ -46,6 +49,17 @@ def _make(kind):
     return form
 
 
+def _weights(q, k, v, *, causal, mask, scale, beta=None, g=None, lam=None, chunk_size=64, qk_l2norm=True):
+    """``M * Lambda`` of a sequence from position 0: the gated delta rule's pair weights
+    ``M_ts = beta_s q_t^T A_t ... A_{s+1} k_s`` times the level weights ``lam[t, l(t, s)]``."""
+    if not causal:
+        raise ValueError("log-linear Gated DeltaNet is a causal recurrence; pass causal=True")
+    check_inputs(q, k, v, beta, g, "scalar", chunk_size)
+    level_state(q, v, lam, None, chunk_size)
+    pos = torch.arange(q.shape[2], device=q.device)
+    return delta_rule_weights(q, k, beta, g, scale=scale, qk_l2norm=qk_l2norm) * pair_weights(lam, pos)
+
+
 def _inputs(q, k, v, generator):
     return {**example_inputs("scalar")(q, k, v, generator), "lam": example_level_weights(q, generator)}
 
@@ -62,7 +76,7 @@ _FORMS = {kind: _make(kind) for kind in KERNELS}
 
 register_stateful_mechanism(
     "log_linear_gated_deltanet",
-    weights_note="not written yet: the per-level delta-rule transition products are not materialised",
+    weights=_weights,
     forms=_FORMS,
     family="delta-rule",
     papers=(PAPER, GATED_DELTANET),

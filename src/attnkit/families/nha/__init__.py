@@ -81,6 +81,27 @@ def nha_reference(q, k, v, *, causal, mask, scale, slot_gate, window, feature_ma
     return torch.stack(outs, dim=2)
 
 
+def nha_weights(q, k, v, *, causal, mask, scale, slot_gate, window, feature_map, chunk, gate_normalizer):
+    """The slots unfolded into tokens: slot ``m`` holds ``V~_t[m] = sum_{s<=t} c_tsm v_s`` with
+    ``c_tsm = (1 - alpha_s[m]) alpha_{s+1}[m] ... alpha_t[m]`` (and ``K~`` the same sum of ``phi(k_s)``), so
+    ``W_ts = sum_m p_t[m] c_tsm + p_t[window key s]`` and ``o = W v``. Rows sum to one."""
+    _check(q, k, slot_gate, window, feature_map, chunk, gate_normalizer)
+    H, N = q.shape[1], q.shape[2]
+    phi = FEATURES[feature_map]
+    log_forget = _log_forget(slot_gate, gate_normalizer)  # (B, Hkv, N, M)
+    M = log_forget.shape[-1]
+    total = log_forget.cumsum(2)
+    earlier = torch.ones(N, N, dtype=torch.bool, device=q.device).tril()
+    decay = (total[:, :, :, None] - total[:, :, None]).masked_fill(~earlier[..., None], float("-inf")).exp()
+    written = decay * -torch.expm1(log_forget)[:, :, None]  # c_tsm, (B, Hkv, N, N, M)
+    k_slots = torch.einsum("bgtsm,bgsd->bgtmd", written, phi(k))
+    slot_scores = scale * torch.einsum("bhtd,bhtmd->bhtm", phi(q), repeat_kv(k_slots, H))
+    in_window = earlier & ~torch.ones(N, N, dtype=torch.bool, device=q.device).tril(-window)
+    token_scores = (scale * q @ repeat_kv(k, H).transpose(-1, -2)).masked_fill(~in_window, float("-inf"))
+    p = torch.softmax(torch.cat([slot_scores, token_scores], dim=-1), dim=-1)
+    return torch.einsum("bhtm,bhtsm->bhts", p[..., :M], repeat_kv(written, H)) + p[..., M:]
+
+
 def nha_chunked(q, k, v, *, causal, mask, scale, slot_gate, window, feature_map, chunk, gate_normalizer):
     _check(q, k, slot_gate, window, feature_map, chunk, gate_normalizer)
     state = initial_state(k, v, slot_gate.shape[-1])
@@ -137,7 +158,7 @@ register(MechanismSpec(
     flops=_flops,
     state_size=_state_size,
     complexity="O(N (M + w))",
-    weights_note="not written yet: the softmax over slots (themselves gated sums of tokens) and the window is not unfolded into token weights",
+    weights=nha_weights,
     summary="gated-RNN key/value slots + sliding-window tokens under one softmax",
     test_params={"window": 5, "chunk": 8, "gate_normalizer": 2.0},
 ))

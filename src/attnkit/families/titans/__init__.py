@@ -67,6 +67,15 @@ def _make(kind):
     return form
 
 
+def read_memory(q, W1, W2, *, scale, qk_l2norm=True):
+    """``M*(q) = silu(q W1) W2`` per head, without writing: what the mechanism's queries read, for a
+    memory ``W1 (B or 1, H, Dk, hidden)``, ``W2 (.., H, hidden, Dv)`` (a state's or the initial weights).
+    ``q`` is normalised and scaled as the mechanism does."""
+    if qk_l2norm:
+        q = F.normalize(q, dim=-1)
+    return titans._memory(q * scale, W1, W2)
+
+
 def _inputs(q, k, v, generator):
     B, H, N, D = q.shape
     u = lambda lo, hi: lo + (hi - lo) * torch.rand(B, H, N, generator=generator, dtype=torch.float64)  # noqa: E731

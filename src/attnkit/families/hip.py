@@ -1,0 +1,132 @@
+"""HiP: hierarchically pruned attention, a tree search for each query block's top key blocks (Lee et al.,
+"HiP Attention: Sparse Sub-Quadratic Attention with Hierarchical Attention Pruning", 2024).
+
+Attention locality (nearby keys score alike) lets a coarse node of the key
+sequence be judged by one of its blocks. Queries and keys are cut into blocks
+of ``B = block`` tokens; query block ``r`` searches its ``P = r`` past key
+blocks for ``K = top_k - 1`` of them:
+
+- start with ``K`` nodes covering the past evenly: node ``i`` holds key blocks
+  ``[floor(iP/K), floor((i+1)P/K))``;
+- repeat until every node holds one key block: split each node of ``m`` blocks
+  starting at ``s`` into a left child ``[s, s + floor(m/2))`` and a right child
+  ``[s + floor(m/2), s + m)``; score each non-empty child by its first key block,
+
+      score(child) = max_{i in query block r, j in key block start(child)} q_i . k_j
+
+  and keep the ``K`` best children (the others are pruned with all their keys);
+- query block ``r`` attends exactly its ``K`` found key blocks and its own
+  (diagonal) block, causal inside; with ``P <= K`` it attends its whole past.
+
+Each level costs ``2K`` block products per query block and there are
+``log2(P / K)`` levels: ``O(N log N)`` for the search, ``O(N top_k B)`` for the
+attention.
+
+Conventions (checked against the authors' reference search, their numba draft
+``masking_iteration_draft``): a child is scored by the maximum over the query
+block and the child's first key block; empty children are never kept; the
+diagonal block is always attended and counts toward ``top_k`` (as block top-k
+and MoBA), the search runs over the blocks strictly before it; score ties go
+to the earlier child; a last, partial query block is scored by its real
+queries only; one search per query head (a GQA group's heads search alone).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..builders.estimated_sparse import Estimator, block_count, register_estimated_sparse
+from ..kernels.positions import repeat_kv
+from ..params import Param
+
+PAPER = "HiP Attention: Sparse Sub-Quadratic Attention with Hierarchical Attention Pruning"
+
+
+def _block_scores(qb, kb, real, starts, chunk):
+    """``(B, H, R, c)``: max ``q . k`` over query block ``r`` (real rows) and key block ``starts[..., r, c]``."""
+    out = []
+    for r0 in range(0, qb.shape[2], chunk):
+        r1 = min(qb.shape[2], r0 + chunk)
+        s = starts[:, :, r0:r1]
+        keys = kb.gather(2, s.flatten(2)[..., None, None].expand(-1, -1, -1, *kb.shape[-2:]))
+        keys = keys.view(*s.shape, *kb.shape[-2:])  # (B, H, rc, c, block, D)
+        prod = torch.einsum("bhrid,bhrcjd->bhrcij", qb[:, :, r0:r1], keys)
+        prod = prod.masked_fill(~real[r0:r1, None, :, None], float("-inf"))
+        out.append(prod.amax((-1, -2)))
+    return torch.cat(out, dim=2)
+
+
+def hip_layout(q, k, *, scale, block, top_k, budget: int = 1 << 24) -> torch.Tensor:
+    B, H, N, D = q.shape
+    R = block_count(N, block)
+    K = top_k - 1
+    r = torch.arange(R, device=q.device)
+    diagonal = r[None, :] == r[:, None]
+    if K == 0:
+        return diagonal.expand(B, H, R, R).clone()
+    keep = (r[None, :] < r[:, None]) & (r[:, None] <= K)  # short pasts: everything
+    keep = (keep | diagonal).expand(B, H, R, R).clone()
+    if R - 1 <= K:
+        return keep
+    pad = R * block - N
+    qb = F.pad(q, (0, 0, 0, pad)).view(B, H, R, block, D)
+    kb = F.pad(repeat_kv(k, H), (0, 0, 0, pad)).view(B, H, R, block, D)
+    real = (r[:, None] * block + torch.arange(block, device=q.device)) < N  # (R, block)
+    searched = r[r > K]  # query blocks with more than K past blocks
+    P = searched[:, None]
+    i = torch.arange(K + 1, device=q.device)
+    edges = P * i // K
+    start, size = edges[:, :-1].expand(B, H, -1, -1), (edges[:, 1:] - edges[:, :-1]).expand(B, H, -1, -1)
+    chunk = max(1, budget // max(1, B * H * 2 * K * block * block))
+    qs = qb[:, :, searched]
+    while bool((size > 1).any()):
+        half = size // 2
+        starts = torch.stack([start, start + half], -1).flatten(-2)  # children in start order
+        sizes = torch.stack([half, size - half], -1).flatten(-2)
+        scores = _block_scores(qs, kb, real[searched], starts, chunk).masked_fill(sizes == 0, float("-inf"))
+        best = scores.sort(dim=-1, descending=True, stable=True).indices[..., :K].sort(dim=-1).values
+        start, size = starts.gather(-1, best), sizes.gather(-1, best)
+    rows = keep[:, :, searched]
+    keep[:, :, searched] = rows.scatter(-1, start, True)
+    return keep
+
+
+def reference_layout(q, k, *, scale, block, top_k) -> torch.Tensor:
+    """The search from the equations in float64: materialised scores, nodes as Python lists, one row at a time."""
+    B, H, N, _ = q.shape
+    R = block_count(N, block)
+    K = top_k - 1
+    S = q.double() @ repeat_kv(k, H).double().transpose(-1, -2)
+    keep = torch.zeros(B, H, R, R, dtype=torch.bool, device=q.device)
+    for b in range(B):
+        for h in range(H):
+            for r in range(R):
+                rows = slice(r * block, min(N, (r + 1) * block))
+
+                def score(s):
+                    return float(S[b, h, rows, s * block:(s + 1) * block].max())
+
+                if r <= K:
+                    found = list(range(r))
+                else:
+                    nodes = [(r * i // K, r * (i + 1) // K - r * i // K) for i in range(K)]
+                    while any(m > 1 for _, m in nodes):
+                        children = [c for s, m in nodes for c in ((s, m // 2), (s + m // 2, m - m // 2)) if c[1] > 0]
+                        nodes = sorted(sorted(children, key=lambda c: (-score(c[0]), c[0]))[:K])
+                    found = [s for s, _ in nodes]
+                keep[b, h, r, found + [r]] = True
+    return keep
+
+
+register_estimated_sparse(
+    name="hip",
+    paper=PAPER,
+    estimator=Estimator(hip_layout, reference_layout),
+    params={"block": Param(64, int, "tokens per query block and per key block", low=1),
+            "top_k": Param(8, int, "key blocks each query block attends, its own (diagonal) block included", low=1)},
+    test_params={"block": 8, "top_k": 3},
+    check=lambda **_: None,
+    summary="prefill: each query block finds its top-k key blocks by a hierarchical (binary tree) search scored "
+            "by each node's first block, attended exactly with its diagonal block",
+    complexity="O(N log N B d) search + O(N top_k B d)",
+)
