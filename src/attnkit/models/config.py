@@ -122,6 +122,24 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
+JETBLOCK_OPTIONS = {"conv_size": 4, "reduction": 8, "expand_v": 2}
+
+
+def check_jetblock_mixer(spec: dict) -> dict:
+    """Validate ``{"jetblock": {options}}`` (:class:`attnkit.models.JetBlock`); returns the options with defaults."""
+    options = spec["jetblock"]
+    if not isinstance(options, dict) or set(spec) != {"jetblock"}:
+        raise ValueError(f"a jetblock mixer is {{'jetblock': {{option: value}}}} with options {list(JETBLOCK_OPTIONS)}, "
+                         f"got {spec!r}")
+    unknown = sorted(set(options) - set(JETBLOCK_OPTIONS))
+    if unknown:
+        raise ValueError(f"jetblock takes options {list(JETBLOCK_OPTIONS)}, got unknown {unknown}")
+    options = {**JETBLOCK_OPTIONS, **options}
+    for name, value in options.items():
+        check_int(name, value)
+    return options
+
+
 def shareable(spec: dict) -> bool:
     """Whether a (non-hymba) mixer can read another layer's keys and values: a plain mechanism
     whose layer learns no tensor inputs (its state is whatever the shared call continues)."""
@@ -144,8 +162,6 @@ def mixer_spec(spec, default_rope: bool) -> dict:
     if not isinstance(spec, dict):
         raise TypeError(f"a mixer must be a mechanism name or a dict, got {type(spec).__name__}")
     if "jetblock" in spec:
-        from .jetblock import check_jetblock_mixer
-
         return {"jetblock": check_jetblock_mixer(spec), "mechanism": "gated_deltanet", "rope": False, "params": {}}
     if "titans" in spec:
         from .titans import check_titans_mixer

@@ -33,24 +33,10 @@ from torch import nn
 from ..api import attention
 from ..state import RecurrentState
 from ..validation import check_int
+from .config import ModelConfig
 
-OPTIONS = {"conv_size": 4, "reduction": 8, "expand_v": 2}
 # Jet-Nemotron-2B's layer types as released (J: JetBlock, F: full attention, S: sliding window)
 JET_NEMOTRON_2B = "JJJJJJJJJJJJJJFJJJJFSSJJJJJJ"
-
-
-def check_jetblock_mixer(spec: dict) -> dict:
-    """Validate ``{"jetblock": {options}}``; returns the options with defaults filled in."""
-    options = spec["jetblock"]
-    if not isinstance(options, dict) or set(spec) != {"jetblock"}:
-        raise ValueError(f"a jetblock mixer is {{'jetblock': {{option: value}}}} with options {list(OPTIONS)}, got {spec!r}")
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ValueError(f"jetblock takes options {list(OPTIONS)}, got unknown {unknown}")
-    options = {**OPTIONS, **options}
-    for name, value in options.items():
-        check_int(name, value)
-    return options
 
 
 class JetBlockState:
@@ -130,7 +116,5 @@ class JetBlock(nn.Module):
 def jet_nemotron_config(*, window: int = 64, **sizes):
     """A model with Jet-Nemotron-2B's layer placement (28 layers: JetBlock, full attention in layers 15
     and 20, sliding windows of ``window`` in 21 and 22). ``sizes``: other :class:`ModelConfig` fields."""
-    from .config import ModelConfig
-
     mixers = {"J": {"jetblock": {}}, "F": "softmax", "S": {"mechanism": "sliding_window", "window": window}}
     return ModelConfig(schedule=JET_NEMOTRON_2B, mixers=mixers, **sizes)
