@@ -32,11 +32,15 @@ class AppendBuffer:
 
     def extend(self, n: int, new: tuple[torch.Tensor, ...]) -> "AppendBuffer":
         """The buffer holding ``prefix(n)`` followed by ``new``: this one if ``n`` is its newest length, else a copy."""
-        buf = self if self.filled == n else AppendBuffer(tuple(self.prefix(i, n).clone() for i in range(len(new))), self.dim)
         total = n + new[0].shape[self.dim]
-        if total > buf.tensors[0].shape[self.dim]:
-            capacity = max(2 * buf.tensors[0].shape[self.dim], total, 16)
-            buf.tensors = tuple(_grow(t, n, capacity, self.dim) for t in buf.tensors)
+        if self.filled == n:
+            buf = self
+            if total > buf.tensors[0].shape[self.dim]:
+                capacity = max(2 * buf.tensors[0].shape[self.dim], total, 16)
+                buf.tensors = tuple(_grow(t, n, capacity, self.dim) for t in buf.tensors)
+        else:  # an older state continued: its prefix, copied once into a buffer with room to grow
+            capacity = max(n + n // 2, total, 16)
+            buf = AppendBuffer(tuple(_grow(self.tensors[i], n, capacity, self.dim) for i in range(len(new))), self.dim)
         for t, x in zip(buf.tensors, new):
             t.narrow(self.dim, n, x.shape[self.dim]).copy_(x)
         buf.filled = total
