@@ -91,6 +91,29 @@ class KVCache:
         return self.k.numel() + self.v.numel()
 
 
+class ScoredKVCache:
+    """A :class:`KVCache` and one learned score per cached key and kv head ``(B, Hkv, N)`` (DMA's deltas,
+    SPARSEK's key scores), appended together: a value that later calls never change."""
+
+    def __init__(self, kv: KVCache, scores: torch.Tensor):
+        self.kv, self.scores, self.length = kv, scores, kv.length
+
+    @staticmethod
+    def extend(state: "ScoredKVCache | None", k: torch.Tensor, v: torch.Tensor, scores: torch.Tensor) -> "ScoredKVCache":
+        """``state`` (None: nothing yet) followed by ``k, v`` and their scores, as a new state."""
+        if state is None:
+            return ScoredKVCache(KVCache(k, v), scores)
+        return ScoredKVCache(state.kv.append(k, v), torch.cat([state.scores, scores], dim=2))
+
+    @staticmethod
+    def size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **_) -> int:
+        """Numbers held after ``seq_len`` tokens (a spec's ``state_size``)."""
+        return batch * kv_heads * seq_len * (head_dim + (v_dim or head_dim) + 1)
+
+    def numel(self) -> int:
+        return self.kv.numel() + self.scores.numel()
+
+
 class DigestKVCache:
     """A :class:`KVCache` and summaries of its keys that decode-time key selection reads instead of the keys.
 
