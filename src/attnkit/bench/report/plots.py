@@ -60,10 +60,16 @@ def panel_grid(count: int, height: float = 3.4):
     return fig, flat[:count]
 
 
+def _half_width(e) -> float:
+    return float(e) if isinstance(e, (int, float)) and math.isfinite(e) else 0.0
+
+
 def lines_by_panel(rows: list[dict], *, panel: str | None, series: str, x: str, y: str, title: str,
-                   ylabel: str, logx: bool = True, logy: bool = True, style: str | None = None) -> str | None:
+                   ylabel: str, logx: bool = True, logy: bool = True, style: str | None = None,
+                   err: str | None = None) -> str | None:
     """One panel per value of ``panel`` (or one plot), one line per value of ``series`` (its colour:
-    :func:`colour`), and per value of ``style`` (if given) a line style: y against x."""
+    :func:`colour`), and per value of ``style`` (if given) a line style: y against x, with error bars of
+    half-width ``row[err]`` when ``err`` is given."""
     rows = [r for r in rows if isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float))]
     if not rows:
         return None
@@ -75,11 +81,12 @@ def lines_by_panel(rows: list[dict], *, panel: str | None, series: str, x: str, 
         mine = [r for r in rows if not panel or str(r.get(panel)) == name]
         for label in sorted({str(r[series]) for r in mine}):
             for kind in styles:
-                pts = sorted((r[x], r[y]) for r in mine
+                pts = sorted((r[x], r[y], _half_width(r.get(err)) if err else 0.0) for r in mine
                              if str(r[series]) == label and (kind is None or str(r.get(style)) == kind))
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], dashes[kind], marker="o", ms=3,
-                            color=colour(label), label=label if kind is None else f"{label} {kind}")
+                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts] if err else None,
+                                fmt=dashes[kind], marker="o", ms=3, capsize=2, color=colour(label),
+                                label=label if kind is None else f"{label} {kind}")
         if logx:
             ax.set_xscale("log", base=2)
         if logy:
