@@ -1,13 +1,14 @@
-"""Models built from attnkit mechanisms: a decoder-only LM and an encoder.
+"""Models built from attnkit mechanisms: a decoder-only LM, an encoder and the Block Transformer.
 
     from attnkit.models import ModelConfig, DecoderLM
     cfg = ModelConfig(schedule="LLLF", mixers={"L": "nha", "F": "softmax"})
     lm = DecoderLM(cfg)
     lm.generate(prompt, 20)
 """
+from .block_transformer import BlockTransformerLM
 from .config import ModelConfig
 from .encoder import Encoder
 from .lm import DecoderLM
 from .mixers import ParallelHeads
 
-__all__ = ["ModelConfig", "DecoderLM", "Encoder", "ParallelHeads"]
+__all__ = ["BlockTransformerLM", "ModelConfig", "DecoderLM", "Encoder", "ParallelHeads"]
