@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels.positions import repeat_kv
+from ..kernels.tile_rows import attention_with_lse
 from ..params import Param
 from ..registry import MechanismSpec, register
 
@@ -85,12 +86,8 @@ def _take(x, index):
 
 
 def _exact(q, k, v, scale, causal):
-    s = (q @ k.transpose(-1, -2)) * scale
-    if causal:
-        n = q.shape[2]
-        s = s.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-    lse = s.logsumexp(-1, keepdim=True)
-    return torch.exp(s - lse) @ v, lse
+    out, lse = attention_with_lse(q, k, v, causal=causal, scale=scale)
+    return out, lse[..., None]
 
 
 def _merge(o1, l1, o2, l2):
