@@ -8,7 +8,8 @@
 from .block_transformer import BlockTransformerLM
 from .config import ModelConfig
 from .encoder import Encoder
+from .hymba import hymba_config
 from .lm import DecoderLM
 from .mixers import ParallelHeads
 
-__all__ = ["BlockTransformerLM", "ModelConfig", "DecoderLM", "Encoder", "ParallelHeads"]
+__all__ = ["BlockTransformerLM", "ModelConfig", "DecoderLM", "Encoder", "ParallelHeads", "hymba_config"]
