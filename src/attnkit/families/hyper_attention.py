@@ -45,8 +45,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..kernels.positions import repeat_kv
 from ..kernels.online_softmax import merge_normalised
+from ..kernels.positions import repeat_kv
 from ..kernels.tile_rows import attention_with_lse
 from ..params import Param
 from ..registry import MechanismSpec, register
