@@ -10,5 +10,6 @@ from .config import ModelConfig
 from .encoder import Encoder
 from .lm import DecoderLM
 from .mixers import ParallelHeads
+from .schedules import rope_nope_layers, swan_layers
 
-__all__ = ["BlockTransformerLM", "ModelConfig", "DecoderLM", "Encoder", "ParallelHeads"]
+__all__ = ["BlockTransformerLM", "ModelConfig", "DecoderLM", "Encoder", "ParallelHeads", "rope_nope_layers", "swan_layers"]

@@ -13,6 +13,7 @@ from torch import nn
 
 from .blocks import Block
 from .config import ModelConfig
+from ..nn import sigma_reparam
 from ..validation import check_int
 
 
@@ -27,6 +28,8 @@ class DecoderLM(nn.Module):
         self.blocks = nn.ModuleList(
             Block(spec, config.dim, config.heads, config.kv_heads, config.mlp_ratio) for spec in config.layer_mixers()
         )
+        if config.sigma_reparam:
+            sigma_reparam(self.blocks)
         self.norm = nn.RMSNorm(config.dim)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:

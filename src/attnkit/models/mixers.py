@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..nn import Attention
-from ..positional import RoPE
+from ..positional import LogScaling, RoPE
 from .titans import build_titans
 
 
@@ -20,6 +20,8 @@ def build_mixer(spec: dict, dim: int, heads: int, kv_heads: int | None, head_dim
     if "hymba" in spec:
         return ParallelHeads(spec["hymba"], dim, heads, kv_heads, head_dim)
     rope = RoPE(head_dim) if spec["rope"] else None
+    if spec.get("log_scaling") is not None:
+        rope = LogScaling(spec["log_scaling"], inner=rope)
     cp = {}
     if "strategy" in spec:  # context parallel: this rank's shard of the sequence, the default group
         cp = {"context_parallel": True, "strategy": spec["strategy"], "layout": spec["layout"]}
