@@ -76,7 +76,9 @@ def attention(
         params = {**params, "dropout_p": _check_dropout(spec, dropout_p, q, k, v, causal, mask, form, params, incremental)}
     recorders = capture.active()
     if recorders and incremental:
-        _record(recorders, spec, None, causal, "incremental call: weights are recorded for one-shot calls")
+        out, state = _incremental_with_weights(spec, recorders, q, k, v, state, causal=causal, mask=mask, scale=scale,
+                                               params=params)
+        return (out, mark_state(state, spec.name)) if return_state else out
     if (recorders or return_weights) and not incremental:
         return _with_weights(spec, recorders, return_weights, q, k, v, causal=causal, mask=mask, scale=scale,
                              form=form, params=params)
@@ -95,8 +97,8 @@ def attention(
 
 def _check_return_weights(spec, incremental, dropout_p):
     if incremental:
-        raise ValueError("return_weights=True is for one-shot calls; incremental calls (state / return_state) "
-                         "return no weights")
+        raise ValueError("return_weights=True is for one-shot calls; record the weights of incremental calls "
+                         "(state / return_state) with attnkit.capture()")
     if dropout_p:
         raise ValueError("return_weights=True with dropout_p > 0: the weights would not be the ones the output used; "
                          "pass dropout_p=0.0")
@@ -112,23 +114,13 @@ def _with_weights(spec, recorders, return_weights, q, k, v, *, causal, mask, sca
                          "call model.eval() (or pass dropout_p=0.0)")
     from_weights = (any(r.grad for r in recorders) or bool(edits)) and not params.get("dropout_p")
     plain = {n: x for n, x in params.items() if n != "dropout_p"}
-    weights = None
-    if spec.weights is not None:
-        weights = spec.weights(q, k, v, causal=causal, mask=mask, scale=scale, **plain)
-    elif not spec.weights_note:
-        weights = weights_of_reference(spec.reference, q, k, v, causal=causal, mask=mask, scale=scale, **plain)
-        if weights is None and return_weights:
-            raise ValueError(f"mechanism {spec.name!r} has no attention weights: its reference is not one "
-                             "materialised softmax whose weights @ v is the output, and its spec declares none")
-    if edits and weights is None:
-        raise ValueError(f"attnkit.capture(edit=...) changes attention weights, and mechanism {spec.name!r} has none")
-    for recorder in edits:
-        weights = recorder.edit(recorder.module, weights)
+    weights = _weights_of(spec, q, k, v, causal=causal, mask=mask, scale=scale, params=plain)
+    if weights is None and return_weights and not spec.weights_note:
+        raise ValueError(f"mechanism {spec.name!r} has no attention weights: its reference is not one "
+                         "materialised softmax whose weights @ v is the output, and its spec declares none")
+    weights = _edited(spec, recorders, weights)
     if from_weights and weights is not None:
-        if weights.requires_grad and any(r.grad for r in recorders):
-            weights.retain_grad()
-        out = (spec.weights_output(weights, q, k, v, **params) if spec.weights_output is not None
-               else weights @ repeat_kv(v, q.shape[1]))
+        out = _output_from(spec, recorders, weights, q, k, v, params)
     else:
         out = dispatch.run(spec, q, k, v, causal=causal, mask=mask, scale=scale, form=form, params=params)
     if recorders:
@@ -140,10 +132,70 @@ def _with_weights(spec, recorders, return_weights, q, k, v, *, causal, mask, sca
     return (out, weights) if return_weights else out
 
 
-def _record(recorders, spec, weights, causal, note, kept=None):
+def _weights_of(spec, q, k, v, *, causal, mask, scale, params):
+    """The mechanism's weights for a one-shot call (None when it has none)."""
+    if spec.weights is not None:
+        return spec.weights(q, k, v, causal=causal, mask=mask, scale=scale, **params)
+    if not spec.weights_note:
+        return weights_of_reference(spec.reference, q, k, v, causal=causal, mask=mask, scale=scale, **params)
+    return None
+
+
+def _edited(spec, recorders, weights):
+    """The weights after every recorder's ``edit``."""
+    edits = [r for r in recorders if r.edit is not None]
+    if edits and weights is None:
+        raise ValueError(f"attnkit.capture(edit=...) changes attention weights, and mechanism {spec.name!r} has none")
+    for recorder in edits:
+        weights = recorder.edit(recorder.module, weights)
+    return weights
+
+
+def _output_from(spec, recorders, weights, q, k, v, params):
+    """The output computed from the weights (``weights @ v`` or the spec's ``weights_output``)."""
+    if weights.requires_grad and any(r.grad for r in recorders):
+        weights.retain_grad()
+    if spec.weights_output is not None:
+        return spec.weights_output(weights, q, k, v, **params)
+    return weights @ repeat_kv(v, q.shape[1])
+
+
+def _incremental_with_weights(spec, recorders, q, k, v, state, *, causal, mask, scale, params):
+    """An incremental call inside ``attnkit.capture``: ``(out, state)``, each recorder given the weights of
+    the new queries over every key the step read, with the keys' sequence positions."""
+    weights = keys = values = positions = None
+    read = getattr(spec.step, "read", None)
+    if isinstance(state, KVState):
+        _check_cache_state(spec, state, mask)
+        weights, values, positions = state.read(q, k, v, scale)
+        out, new_state = state.step(q, k, v, scale)
+    else:
+        out, new_state = _step(spec, q, k, v, state, causal=causal, mask=mask, scale=scale, **params)
+        if read is not None and (spec.weights is not None or not spec.weights_note):
+            keys, values, read_mask, positions = read(k, v, state, mask, **params)
+            weights = _weights_of(spec, q, keys, values, causal=True, mask=read_mask, scale=scale, params=params)
+    if weights is not None:
+        note = ""
+    elif read is None and not isinstance(state, KVState):
+        note = (f"incremental call: {spec.name}'s state summarises the keys before the call, so the call has no "
+                "per-key weights (capture a one-shot call over the sequence)")
+    else:
+        note = spec.weights_note or "its reference is not one materialised softmax"
+    weights = _edited(spec, recorders, weights)
+    edits = any(r.edit is not None for r in recorders)
+    if weights is not None and (edits or (weights.requires_grad and any(r.grad for r in recorders))):
+        out = _output_from(spec, recorders, weights, q, keys, values, params)
+    if positions is not None:
+        positions = positions.expand(*q.shape[:2], positions.shape[-1])
+    _record(recorders, spec, weights, causal, note, positions=positions)
+    return out, new_state
+
+
+def _record(recorders, spec, weights, causal, note, kept=None, positions=None):
     for recorder in recorders:
         kept_weights = weights if weights is None or recorder.grad else weights.detach()
-        recorder.add(capture.AttentionRecord(spec.name, kept_weights, causal=causal, note=note, kept=kept))
+        recorder.add(capture.AttentionRecord(spec.name, kept_weights, causal=causal, note=note, kept=kept,
+                                             positions=positions))
 
 
 def explain(q, k, v, mechanism: str = "softmax", *, causal: bool = False, mask=None, scale: float | None = None,

@@ -12,7 +12,15 @@ Every call goes through :func:`attnkit.attention` (``attnkit.nn`` layers, attnki
 and the Hugging Face integration all do), so the recorder sees all of them. A call records
 the mechanism's weights (``spec.weights``: exact for the softmax family and the patterns,
 the implicit matrix of the parallel form for recurrent mechanisms); a mechanism without
-them, or an incremental call, records ``weights=None`` and says why in ``note``.
+them records ``weights=None`` and says why in ``note``.
+
+Incremental calls (``state=``) record the weights of their new queries over every key the
+call read: the whole cache (``KVCache``), the held sinks and window (``WindowKVCache``), the
+keys an ``attnkit.cache`` policy kept (``KVState``), or the kept keys inside transformers'
+``generate`` with ``attnkit.cache.Cache``; ``positions`` gives each column's sequence
+position, and ``rec.sequence(module)`` puts a generation's steps together as one matrix.
+A recurrent state summarises the keys before the call, so a recurrent mechanism's
+incremental call records ``weights=None`` (capture a one-shot call instead).
 
 ``edit=fn`` changes the weights the calls use: ``fn(module, weights) -> weights`` receives
 the name of the module making the call and the ``(B, H, Nq, Nk)`` weights, and the call's
@@ -40,7 +48,9 @@ _ACTIVE: contextvars.ContextVar[tuple] = contextvars.ContextVar("attnkit_capture
 class AttentionRecord:
     """One attention call: its mechanism, weights ``(B, H, Nq, Nk)`` (None when there are none,
     ``note`` says why), the module that made it (``""`` outside a captured model), whether it
-    was causal, and for cache policies the keys each query read (``kept``, boolean, same shape)."""
+    was causal, for cache policies the keys each query read (``kept``, boolean, same shape),
+    and the sequence position of each weight column (``positions``, ``(B, H, Nk)`` int64; None
+    when column ``j`` is position ``j``, as in a one-shot call or a cache that kept every key)."""
 
     mechanism: str
     weights: torch.Tensor | None
@@ -48,6 +58,25 @@ class AttentionRecord:
     causal: bool = False
     note: str = ""
     kept: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+
+    def rows(self, length: int | None = None) -> torch.Tensor:
+        """The weights with each column at its sequence position: ``(B, H, Nq, length)``, zeros at the
+        positions this call did not read (evicted from a cache, outside a window, not yet seen).
+        ``length`` defaults to one past the last position read."""
+        if self.weights is None:
+            raise ValueError(f"this {self.mechanism} call recorded no weights: {self.note}")
+        B, H, Nq, Nk = self.weights.shape
+        if self.positions is None:
+            positions = torch.arange(Nk, device=self.weights.device).expand(B, H, Nk)
+        else:
+            positions = self.positions.to(torch.int64).expand(B, H, Nk)
+        end = int(positions.max()) + 1 if Nk else 0
+        length = end if length is None else length
+        if length < end:
+            raise ValueError(f"length must be at least {end} (one past the last position read), got {length}")
+        out = self.weights.new_zeros(B, H, Nq, length)  # added, not assigned: a padding column (weight 0) may share a position
+        return out.scatter_add(-1, positions[:, :, None, :].expand(B, H, Nq, Nk), self.weights)
 
 
 class Recorder:
@@ -85,6 +114,18 @@ class Recorder:
         if len(shapes) > 1:
             raise ValueError(f"the recorded weights have different shapes {sorted(shapes)}; index the records instead")
         return torch.stack(found)
+
+    def sequence(self, module: str = "") -> torch.Tensor:
+        """One module's calls across a generation (a prompt, then one call per new token) as one matrix
+        ``(B, H, queries, positions)``: each call's :meth:`AttentionRecord.rows`, stacked in call order, so
+        row ``t`` is what the query of step ``t`` read, at the positions it read (zeros where a cache had
+        evicted a key). ``module`` is the recorded module name (``""`` outside a captured model)."""
+        calls = [r for r in self.records if r.module == module]
+        if not calls:
+            names = sorted({r.module for r in self.records})
+            raise ValueError(f"no attention call of module {module!r} was recorded; recorded modules: {names}")
+        ends = [r.rows().shape[-1] for r in calls]
+        return torch.cat([r.rows(max(ends)) for r in calls], dim=2)
 
     @property
     def module(self) -> str:
@@ -138,6 +179,21 @@ def _leave(recorder):
             recorder._modules.pop()
 
     return hook
+
+
+def amend_last(*, rows: slice | None = None, positions: torch.Tensor | None = None) -> None:
+    """Correct the last record of every active recorder, for a caller that knows more than the call it made:
+    keep only the weight ``rows`` it asked about (an integration that padded the queries), or set the
+    sequence ``positions`` of the keys (an integration whose cache kept some of them)."""
+    for recorder in _ACTIVE.get():
+        if not recorder.records:
+            continue
+        record = recorder.records[-1]
+        if rows is not None:
+            record.weights = None if record.weights is None else record.weights[:, :, rows]
+            record.kept = None if record.kept is None else record.kept[:, :, rows]
+        if positions is not None:
+            record.positions = positions
 
 
 def active() -> tuple:

@@ -32,11 +32,15 @@ class AppendBuffer:
 
     def extend(self, n: int, new: tuple[torch.Tensor, ...]) -> "AppendBuffer":
         """The buffer holding ``prefix(n)`` followed by ``new``: this one if ``n`` is its newest length, else a copy."""
-        buf = self if self.filled == n else AppendBuffer(tuple(self.prefix(i, n).clone() for i in range(len(new))), self.dim)
         total = n + new[0].shape[self.dim]
-        if total > buf.tensors[0].shape[self.dim]:
-            capacity = max(2 * buf.tensors[0].shape[self.dim], total, 16)
-            buf.tensors = tuple(_grow(t, n, capacity, self.dim) for t in buf.tensors)
+        if self.filled == n:
+            buf = self
+            if total > buf.tensors[0].shape[self.dim]:
+                capacity = max(2 * buf.tensors[0].shape[self.dim], total, 16)
+                buf.tensors = tuple(_grow(t, n, capacity, self.dim) for t in buf.tensors)
+        else:  # an older state continued: its prefix, copied once into a buffer with room to grow
+            capacity = max(n + n // 2, total, 16)
+            buf = AppendBuffer(tuple(_grow(self.tensors[i], n, capacity, self.dim) for i in range(len(new))), self.dim)
         for t, x in zip(buf.tensors, new):
             t.narrow(self.dim, n, x.shape[self.dim]).copy_(x)
         buf.filled = total
@@ -85,6 +89,29 @@ class KVCache:
 
     def numel(self) -> int:
         return self.k.numel() + self.v.numel()
+
+
+class ScoredKVCache:
+    """A :class:`KVCache` and one learned score per cached key and kv head ``(B, Hkv, N)`` (DMA's deltas,
+    SPARSEK's key scores), appended together: a value that later calls never change."""
+
+    def __init__(self, kv: KVCache, scores: torch.Tensor):
+        self.kv, self.scores, self.length = kv, scores, kv.length
+
+    @staticmethod
+    def extend(state: "ScoredKVCache | None", k: torch.Tensor, v: torch.Tensor, scores: torch.Tensor) -> "ScoredKVCache":
+        """``state`` (None: nothing yet) followed by ``k, v`` and their scores, as a new state."""
+        if state is None:
+            return ScoredKVCache(KVCache(k, v), scores)
+        return ScoredKVCache(state.kv.append(k, v), torch.cat([state.scores, scores], dim=2))
+
+    @staticmethod
+    def size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **_) -> int:
+        """Numbers held after ``seq_len`` tokens (a spec's ``state_size``)."""
+        return batch * kv_heads * seq_len * (head_dim + (v_dim or head_dim) + 1)
+
+    def numel(self) -> int:
+        return self.kv.numel() + self.scores.numel()
 
 
 class DigestKVCache:
@@ -192,6 +219,13 @@ class WindowKVCache:
             buffer = AppendBuffer(tuple(t[:, :, start:end].clone() for t in buffer.tensors), dim=2)
             start, end = 0, self.window
         return WindowKVCache(buffer, start, end, self.length, self.sinks, self.window, sink_kv)
+
+    def positions(self) -> torch.Tensor:
+        """Sequence position of each held token (``(held,)``, int64): the sinks, then the tail."""
+        tail = torch.arange(self.length - (self._end - self._start), self.length, device=self._buffer.tensors[0].device)
+        if self._sink_kv is None:
+            return tail
+        return torch.cat([torch.arange(self.sinks, device=tail.device), tail])
 
     def columns(self, mask):
         """The columns of an incremental ``mask`` (over every key seen) that belong to the held keys."""

@@ -33,3 +33,11 @@ def test_content_sparse_measures_lm_recall_and_nsas_parts(tmp_path):
     (parts,) = [r for r in rows if r["section"] == "nsa-parts"]
     assert all(parts[f"t_{p}"] > 0 for p in ("sdpa", "nsa", "compression", "selected", "window"))
     assert parts["sdpa_over_selected"] == parts["t_sdpa"] / parts["t_selected"]
+
+
+def test_content_sparse_times_dma_and_sparsek_on_request(tmp_path):
+    _, rows = run_suite(tmp_path, "content-sparse", "--n", "300", "--repeats", "1", "--no-forward",
+                        "--mechanisms", "dma,sparsek")
+    (speed,) = [r for r in rows if r["section"] == "speed"]
+    assert speed["speedup_dma"] > 0 and speed["speedup_sparsek"] > 0
+    assert not [r for r in rows if r["section"] == "quality"]

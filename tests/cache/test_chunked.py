@@ -50,13 +50,28 @@ def test_razor_in_chunks_keeps_what_one_call_keeps_with_a_running_compensation_t
     assert held[0] == held[1]  # the budget and a chunk, whatever the prompt's length
 
 
+def test_adakv_in_chunks_ranks_each_chunks_scores_jointly_and_holds_the_layers_budget():
+    q, k, v = qkv(n=90)
+    k[:, 0] *= 4  # kv head 0's attention is concentrated, head 1's spread out
+    policy = AdaKV(SnapKV(10, window=4, kernel=3), alpha=0.2)
+    held = []
+    for n in (30, 90):
+        state, sizes = chunked(policy, q, k, v, n, chunk=7)
+        store = state.store
+        assert int(store.count.sum()) == 2 * 10 and store.count.min() >= 2 + 4 and state.length == n
+        assert (store.pos[..., :4] >= 0).all() and store.pos[0, 0, store.count[0, 0] - 4:].tolist() == list(range(n - 4, n))
+        held.append(max(sizes))
+    assert held[0] == held[1]  # the budget and a chunk, whatever the prompt's length
+
+
 def test_approximate_policies_hold_their_budget_and_whole_prompt_ones_are_refused():
     q, k, v = qkv(n=30)
     for policy in (H2O(8, recent=2), SnapKV(8, window=2, kernel=3)):
         state, _ = chunked(policy, q, k, v, 30, chunk=5)
         assert state.store.used == 8 and state.length == 30
     rotate = attnkit.positional.RoPE(8).rotate
-    for policy in (ExpectedAttention(8, rotate=rotate, future=4), AdaKV(SnapKV(8, window=2))):
+    expected = ExpectedAttention(8, rotate=rotate, future=4)
+    for policy in (expected, AdaKV(expected)):
         with pytest.raises(ValueError, match="whole prompt"):
             chunked(policy, q, k, v, 30, chunk=5)
     state, _ = chunked(KIVI(4, group=8, residual=8), q, k, v, 30, chunk=5)  # quantised as they arrive

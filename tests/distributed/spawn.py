@@ -3,6 +3,13 @@
 The processes are forked, so they start with torch and attnkit already imported
 (about 0.1 s instead of seconds per process on a loaded machine); each runs
 torch with one thread.
+
+A rank that finishes waits for the others at a barrier and then ends without
+``destroy_process_group()``: the forked process leaves through ``os._exit``, so
+nothing is torn down. On torch 2.6 the teardown itself deadlocks now and then:
+``ProcessGroupGloo``'s destructor joins its worker threads while holding the
+GIL, and a worker still releasing a tensor that Python has let go of needs the
+GIL to do so.
 """
 from __future__ import annotations
 
@@ -28,10 +35,8 @@ def _entry(rank, world_size, port, timeout, fn, args):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
                             timeout=timeout)
-    try:
-        fn(rank, world_size, *args)
-    finally:
-        dist.destroy_process_group()
+    fn(rank, world_size, *args)
+    dist.barrier()  # no rank leaves while another may still talk to it
 
 
 def run(world_size: int, fn, *args, timeout: datetime.timedelta = TIMEOUT) -> None:

@@ -79,14 +79,43 @@ def test_capture_with_grad_gives_the_gradient_of_the_weights():
     assert (again - out).abs().max() < 1e-5 and plain[0].weights.grad is None and not plain[0].weights.requires_grad
 
 
-def test_incremental_calls_and_mechanisms_without_weights_record_why():
+def test_generation_records_each_steps_row_and_they_make_the_one_shot_weights():
+    torch.manual_seed(0)
+    model = DecoderLM(ModelConfig(vocab_size=32, dim=16, heads=2, schedule="FF")).double()
+    with attnkit.capture(model) as rec:
+        tokens = model.generate(torch.randint(0, 32, (1, 4)), 5)
+    layer = rec[0].module
+    assert [r.weights.shape[2] for r in rec if r.module == layer] == [4, 1, 1, 1, 1]  # the prompt, then a row per step
+    with attnkit.capture(model) as whole, torch.no_grad():
+        model(tokens[:, :-1])
+    assert (rec.sequence(layer) - whole[0].weights).abs().max() < 1e-12
+
+
+def test_a_compressing_cache_records_the_positions_it_kept():
     torch.manual_seed(0)
     model = DecoderLM(ModelConfig(vocab_size=32, dim=16, heads=2, schedule="F"))
     with attnkit.capture(model) as rec:
-        model.generate(torch.randint(0, 32, (1, 4)), 2)
-    assert all(r.weights is None and "incremental" in r.note for r in rec)
-    with pytest.raises(ValueError, match="incremental"):
+        model.generate(torch.randint(0, 32, (1, 8)), 4, state=attnkit.cache.layer_states(attnkit.cache.H2O(0.5), 1))
+    steps = rec[1:]
+    assert all(r.weights.shape[-1] == 5 and r.positions.shape == r.weights.shape[:2] + (5,) for r in steps)
+    assert all(int(r.positions[0, 0, -1]) == 8 + i for i, r in enumerate(steps))  # the new token is read at its position
+    rows = rec.sequence(rec[0].module)
+    assert rows.shape == (1, 2, 11, 11) and (rows.sum(-1) - 1).abs().max() < 1e-5
+    evicted = rows[0, 0, -1] == 0
+    assert int(evicted[:11].sum()) == 11 - 5  # the last step read 5 of 11 positions, zeros elsewhere
+
+
+def test_recurrent_incremental_calls_and_mechanisms_without_weights_record_why():
+    q, k, v = _qkv()
+    with attnkit.capture() as rec:
+        attnkit.attention(q, k, v, "linear", causal=True, return_state=True)
+        attnkit.attention(q, k, v, "titans", causal=True, **attnkit.spec("titans").tensor_inputs(q, k, v, torch.Generator()))
+    assert rec[0].weights is None and "summarises the keys" in rec[0].note
+    assert rec[1].weights is None and rec[1].note == attnkit.spec("titans").weights_note
+    with pytest.raises(ValueError, match="summarises"):
         rec.stack()
+    with pytest.raises(ValueError, match="attnkit.capture"):
+        attnkit.attention(q, k, v, causal=True, return_state=True, return_weights=True)
 
 
 def test_cache_policies_record_the_kept_keys():
@@ -115,3 +144,55 @@ def test_minilm_through_transformers_records_every_layer(minilm_model):
         assert (ours.weights - theirs).abs().max() < 1e-5
     padded = batch["attention_mask"][1] == 0
     assert rec[0].weights[1][..., padded].abs().max() == 0  # no weight on padding
+
+
+def _tiny_llama(implementation):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg).eval()
+    model.set_attn_implementation(implementation)
+    return model
+
+
+def test_output_attentions_under_an_attnkit_implementation_returns_the_weights():
+    pytest.importorskip("transformers")
+    from attnkit.integrations import hf
+
+    eager, ours = _tiny_llama("eager"), hf.use(_tiny_llama("sdpa"), "sliding_window", window=4)
+    ids = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs = eager(ids, output_attentions=True).attentions
+        mine = ours(ids, output_attentions=True).attentions
+        assert ours(ids).attentions in (None, ())  # computed only when asked for
+    assert len(mine) == 2 and mine[0].shape == theirs[0].shape
+    assert mine[0].triu(1).abs().max() == 0 and mine[0].tril(-5).abs().max() == 0  # the window's zeros (4 keys back)
+    hf.use(ours, "softmax")
+    with torch.no_grad():
+        mine = ours(ids, output_attentions=True).attentions
+    assert max((a - b).abs().max() for a, b in zip(mine, theirs)) < 1e-5
+
+
+def test_generate_through_an_attnkit_cache_records_each_steps_row_at_its_positions():
+    pytest.importorskip("transformers")
+    from attnkit.integrations import hf
+
+    model = hf.use(_tiny_llama("sdpa"), "softmax")
+    ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(1))
+    with attnkit.capture(model) as rec, torch.no_grad():
+        tokens = model.generate(ids, past_key_values=attnkit.cache.Cache(), max_new_tokens=4, min_new_tokens=4,
+                                do_sample=False)
+        eager = model.set_attn_implementation("eager") or model(tokens[:, :-1], output_attentions=True).attentions
+    layer = "model.layers.1.self_attn"
+    assert [r.weights.shape[2] for r in rec if r.module == layer][:4] == [12, 1, 1, 1]
+    assert (rec.sequence(layer) - eager[1]).abs().max() < 1e-5  # no eviction: the one-shot weights, row by row
+    model.set_attn_implementation(hf.register("softmax"))
+    with attnkit.capture(model) as rec, torch.no_grad():
+        model.generate(ids, past_key_values=attnkit.cache.Cache(attnkit.cache.StreamingLLM(8)), max_new_tokens=4,
+                       min_new_tokens=4, do_sample=False)
+    last = [r for r in rec if r.module == layer][-1]
+    assert last.positions[0, 0].tolist() == [0, 1, 2, 3, 10, 11, 12, 13, 14]  # sinks, the window, the new token
+    row = rec.sequence(layer)[0, :, -1]
+    assert row[:, 4:10].abs().max() == 0 and ((row.sum(-1) - 1).abs() < 1e-5).all()

@@ -57,7 +57,11 @@ def test_continuing_an_older_state_copies_it_and_changes_neither(copied_rows):
     older, newest = states[3], states[-1]
     before_older, before_newest = older.k.clone(), newest.k.clone()
     other = torch.randn(1, 2, 1, 8)
+    copied = copied_rows[0]
     _, branch = attention(other, other, other, "softmax", causal=True, state=older, return_state=True)
+    assert copied_rows[0] - copied == 2 * older.length  # its keys and values, copied once
+    _, again = attention(other, other, other, "softmax", causal=True, state=branch, return_state=True)
+    assert copied_rows[0] - copied == 2 * older.length  # the branch has room: its next token is appended in place
     assert branch.k.untyped_storage().data_ptr() != newest.k.untyped_storage().data_ptr()
     torch.testing.assert_close(older.k, before_older, rtol=0, atol=0)
     torch.testing.assert_close(newest.k, before_newest, rtol=0, atol=0)

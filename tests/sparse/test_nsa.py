@@ -7,6 +7,7 @@ import torch
 import attnkit
 from attnkit.families.nsa import nsa_inputs
 from attnkit.kernels.nsa_branches import block_importance, compress, compressed_visible, compressed_weights, top_blocks
+from attnkit.kernels.nsa_compression import compression_and_selection
 from attnkit.kernels.positions import query_positions
 
 
@@ -85,3 +86,32 @@ def test_bad_parameters_are_refused():
         attnkit.attention(q, k, v, "nsa", causal=True, compress_stride=5, **tensors)
     with pytest.raises(ValueError, match="gates"):
         attnkit.attention(q, k, v, "nsa", causal=True, **{**tensors, "gates": tensors["gates"][..., :2]})
+
+
+@pytest.mark.parametrize("budget", [1 << 24, 700])
+def test_one_pass_compression_equals_the_equations_in_small_chunks(budget):
+    q, k, v, tensors = _problem(N=150, seed=2)
+    block, stride = tensors["k_pos"].shape[0], 8
+    kc = compress(k, tensors["k_pos"], tensors["k_w1"], tensors["k_w2"], block=block, stride=stride)
+    vc = compress(v, tensors["v_pos"], tensors["v_w1"], tensors["v_w2"], block=block, stride=stride)
+    q, kc, vc = (t.detach().requires_grad_(True) for t in (q, kc, vc))
+    qpos = query_positions(150, 150)
+    out, blocks, valid = compression_and_selection(q, kc, vc, qpos, scale=0.25, block=block, stride=stride,
+                                                   select_block=16, select_count=4, kv_len=150, budget=budget)
+    p = compressed_weights(q, kc, compressed_visible(qpos, kc.shape[2], block, stride), 0.25)
+    assert torch.allclose(out, p @ vc.repeat_interleave(2, dim=1), atol=1e-12)
+    imp = block_importance(p.detach(), 2, 10, block=block, stride=stride, select_block=16)
+    want_blocks, want_valid = top_blocks(imp, 150, 150, select_block=16, count=4)
+    assert torch.equal(valid, want_valid) and torch.equal(torch.where(valid, blocks, -1), torch.where(valid, want_blocks, -1))
+    w = torch.randn_like(out)
+    got = torch.autograd.grad((out * w).sum(), (q, kc, vc))
+    ref = torch.autograd.grad(((p @ vc.repeat_interleave(2, dim=1)) * w).sum(), (q, kc, vc))
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(got, ref))
+
+
+def test_tied_blocks_go_to_the_earlier_ones():
+    importance = torch.zeros(1, 1, 3, 12)
+    importance[0, 0, 1, 6] = 1.0  # the second token's only preferred block
+    blocks, valid = top_blocks(importance, 3, 12 * 16, select_block=16, count=5)
+    chosen = [sorted(b[v].tolist()) for b, v in zip(blocks[0, 0], valid[0, 0])]
+    assert chosen == [[0, 1, 2, 10, 11], [0, 1, 6, 10, 11], [0, 1, 2, 10, 11]]

@@ -17,6 +17,7 @@ EXAMPLES = {
     "SwinBlock": (lambda: V.SwinBlock(16, heads=2, window=4, shift=2), (2, 16, 8, 8)),
     "LocallyGroupedAttention": (lambda: V.LocallyGroupedAttention(16, heads=2, window=4), (2, 16, 8, 8)),
     "GlobalSubsampledAttention": (lambda: V.GlobalSubsampledAttention(16, heads=2, sr_ratio=2), (2, 16, 8, 8)),
+    "ConditionalPositionEncoding": (lambda: V.ConditionalPositionEncoding(16), (2, 16, 5, 6)),
     "TwinsSVTBlock": (lambda: V.TwinsSVTBlock(16, heads=2, window=4, sr_ratio=2), (2, 16, 8, 8)),
     "ChannelGroupAttention": (lambda: V.ChannelGroupAttention(16, groups=4), (2, 16, 5, 6)),
     "SpatialWindowAttention": (lambda: V.SpatialWindowAttention(16, heads=2, window=3), (2, 16, 6, 3)),

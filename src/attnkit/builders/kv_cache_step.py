@@ -2,6 +2,8 @@
 pattern's sinks and window (:class:`WindowKVCache`)."""
 from __future__ import annotations
 
+import torch
+
 from .. import registry
 from ..dispatch import choose_form
 from ..state import KVCache, WindowKVCache
@@ -18,7 +20,13 @@ def kv_cache_step(form):
         state = KVCache(k, v) if state is None else state.append(k, v)
         return form(q, state.k, state.v, causal=causal, mask=mask, scale=scale, **params), state
 
+    def read(k, v, state, mask, **params):
+        """What the step's one-shot call reads: ``(keys, values, mask, positions)`` (every key so far)."""
+        full = KVCache(k, v) if state is None else state.append(k, v)
+        return full.k, full.v, mask, torch.arange(full.length, device=k.device)
+
     step.__name__ = f"kv_cache_step({getattr(form, '__name__', 'form')})"
+    step.read = read
     return step
 
 
@@ -35,7 +43,14 @@ def window_cache_step(form, bound):
         out = form(q, full.k, full.v, causal=causal, mask=full.columns(mask), scale=scale, **params)
         return out, full.trimmed()
 
+    def read(k, v, state, mask, **params):
+        """What the step's one-shot call reads: the held sinks and window, then the new tokens."""
+        sinks, window = bound(**params)
+        full = (WindowKVCache.empty_like(k, v, sinks, window) if state is None else state).append(k, v)
+        return full.k, full.v, full.columns(mask), full.positions()
+
     step.__name__ = f"window_cache_step({getattr(form, '__name__', 'form')})"
+    step.read = read
     return step
 
 

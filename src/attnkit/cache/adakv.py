@@ -16,15 +16,19 @@ its forced tokens (a rank of ``+inf``, e.g. SnapKV's observation window) and
 the per-layer budget ``k``. Scores must be comparable across heads (attention
 mass is). The heads then hold different numbers of tokens: the layer becomes
 a :class:`~attnkit.cache.ragged.RaggedKV`, packed, whose total is ``h k``.
-Applied once, at prefill (as in the paper); decoded tokens are appended to
-every head.
+Applied at prefill (as in the paper); decoded tokens are appended to every
+head. A prompt prefilled in chunks (``KVState(policy, prompt=N)``) is
+compressed after each chunk: the scorer scores the tokens kept so far with
+the chunk's queries and the layer's pairs are ranked jointly again (an
+approximation: a token dropped at one chunk does not come back), when the
+scorer itself allows chunks.
 """
 from __future__ import annotations
 
 import torch
 
 from .policy import Policy
-from .ragged import RaggedKV
+from .ragged import RaggedKV, row_counts
 
 
 class AdaKV(Policy):
@@ -41,6 +45,8 @@ class AdaKV(Policy):
                              f"others score), got {alpha!r}")
         super().__init__(scorer.budget_value, when="prefill")
         self.scorer, self.alpha, self.needs_scores = scorer, float(alpha), scorer.needs_scores
+        # in chunks: each chunk's scores of the tokens kept so far, ranked jointly (the scorer's chunk-level rule)
+        self.chunked = "approximate" if scorer.chunked else None
 
     def __repr__(self) -> str:
         return f"AdaKV({self.scorer!r}, alpha={self.alpha})"
@@ -49,20 +55,25 @@ class AdaKV(Policy):
         return self.scorer.budget(layer, prompt)
 
     def step(self, store, q, scale, layer):
-        if store.length != store.prompt:
+        if store.length > store.prompt:
             return store  # decoded tokens are appended, never evicted
         keep = self.prompt_budget(layer, store.prompt, "tokens per head")
-        if store.used <= keep:
+        count = row_counts(store)
+        if int(count.sum()) <= count.numel() * keep:
             return store
         rank = self.scorer.rank(store.with_score(self.scorer.observe(store, q, scale)), keep)
-        count = head_budgets(rank, keep, self.alpha)
-        index = rank.topk(int(count.max()), dim=-1).indices  # each row's best first
+        rank = rank.masked_fill(torch.arange(rank.shape[-1], device=rank.device) >= count[..., None], float("-inf"))
+        kept = head_budgets(rank, keep, self.alpha)
+        index = rank.topk(int(kept.max()), dim=-1).indices  # each row's best first
         slot = torch.arange(index.shape[-1], device=index.device)
-        index = index.masked_fill(slot >= count[..., None], store.used).sort(dim=-1).values  # kept slots ascending, first
-        safe = index.clamp_max(store.used - 1)
-        gather = lambda t: t.gather(2, safe if t.ndim == 3 else safe[..., None].expand(-1, -1, -1, t.shape[-1]))
-        return RaggedKV.pack(gather(store.k), gather(store.v), gather(store.pos), count, store.length, store.prompt,
-                             room=max(16, keep // 8))
+        used = rank.shape[-1]
+        index = index.masked_fill(slot >= kept[..., None], used).sort(dim=-1).values  # kept slots ascending, first
+        safe = index.clamp_max(used - 1)
+        gather = lambda t: None if t is None else t.gather(2, safe if t.ndim == 3 else
+                                                              safe[..., None].expand(-1, -1, -1, t.shape[-1]))
+        room = max(16, store.appended) if store.length < store.prompt else max(16, keep // 8)
+        return RaggedKV.pack(gather(store.k), gather(store.v), gather(store.pos), kept, store.length, store.prompt,
+                             room=room, bias=gather(getattr(store, "bias", None)))
 
 
 def head_budgets(rank: torch.Tensor, keep: int, alpha: float) -> torch.Tensor:

@@ -52,11 +52,43 @@ from transformers.cache_utils import CacheLayerMixin
 
 from transformers.modeling_utils import AttentionInterface
 
+try:  # what transformers' output_attentions collects in this forward pass (None outside one)
+    from transformers.utils.output_capturing import _active_collector as _COLLECTOR
+except ImportError:  # pragma: no cover - other transformers versions pass output_attentions= instead
+    _COLLECTOR = None
+
 from .policy import NoCompression, Policy, check_chunk, reserve
-from .scores import attend
+from .scores import attend, query_positions, weights
 from .store import LayerKV
 
 ATTENTION = "attnkit_cache"
+
+
+# id(keys a CacheLayer returned) -> (a weak reference to them, their sequence positions): what
+# the model's attention call reads, for attnkit.capture (the keys die with the step, and so does the entry)
+_READ: dict[int, tuple] = {}
+
+
+def _remember_read(keys: torch.Tensor, positions: torch.Tensor) -> None:
+    ident = id(keys)
+    _READ[ident] = (weakref.ref(keys, lambda _: _READ.pop(ident, None)), positions)
+
+
+def positions_read(keys: torch.Tensor) -> torch.Tensor | None:
+    """Sequence positions ``(B, Hkv, L)`` of ``keys`` if a :class:`CacheLayer` just returned them to the
+    model's attention call (kept keys and new ones), else None."""
+    entry = _READ.get(id(keys))
+    return entry[1] if entry is not None and entry[0]() is keys else None
+
+
+def attentions_requested(kwargs: dict) -> bool:
+    """Whether the running transformers forward pass collects attention weights (``output_attentions=True``):
+    transformers >= 5 collects them from the attention modules' outputs, so an attention function that
+    returns None for them leaves ``outputs.attentions`` silently empty."""
+    collected = _COLLECTOR.get() if _COLLECTOR is not None else None
+    if collected is None:
+        return bool(kwargs.get("output_attentions"))
+    return "attentions" in collected or "cross_attentions" in collected
 
 
 class CacheLayer(CacheLayerMixin):
@@ -81,6 +113,8 @@ class CacheLayer(CacheLayerMixin):
                                   reserve(self.policy, self.store, self.layer_idx, key_states.shape[2]))
         check_chunk(self.policy, store)
         keys, values = _tensors(store)
+        if not getattr(store, "ragged", False):
+            _remember_read(keys, store.pos)
         if self._owner._ragged:
             self.reading = (store, keys, values)  # for the attention call that follows (attention_over_cache)
         q, scale = self._owner._take_queries(self.layer_idx, self.policy)
@@ -252,8 +286,13 @@ def attention_over_cache(module, query, key, value, attention_mask, scaling=None
         raise ValueError("the attnkit_cache attention implementation runs only with the attnkit.cache.Cache it was "
                          "set by; call cache.close() to give the model back its own")
     cache.layers[module.layer_idx].reading = None
-    out = attend(query, reading[0], scaling if scaling is not None else module.scaling, key, value)
-    return out.transpose(1, 2).contiguous(), None
+    scale = scaling if scaling is not None else module.scaling
+    out = attend(query, reading[0], scale, key, value)
+    found = None
+    if attentions_requested(kwargs):  # over the kept keys in the store's order (padding of ragged rows: 0)
+        found = weights(query, query_positions(reading[0], query.shape[2], query.device), reading[0], scale)
+        found = found.to(query.dtype)
+    return out.transpose(1, 2).contiguous(), found
 
 
 AttentionInterface.register(ATTENTION, attention_over_cache)

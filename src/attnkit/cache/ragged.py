@@ -12,7 +12,7 @@ So the memory is
     (pages in the pool) * page * (bytes of a key + a value + 4 [+ 4])  +  2 int64 per page,
 
 the kept tokens, less than a page of room per row, and the pool's spare
-pages: never a full-length buffer or a mask over one. A long row does not
+pages (at first those ``room`` more tokens per row need): never a full-length buffer or a mask over one. A long row does not
 make the short rows pay for its length.
 
 **Decode reads the pages in place** (:meth:`RaggedKV.attend`): the scores of
@@ -50,8 +50,16 @@ PAD = torch.iinfo(torch.int32).max
 
 
 def page_size(keep: int) -> int:
-    """Slots per page for rows of about ``keep`` tokens: a sixteenth of a row, 16 to 256 slots."""
-    return max(16, min(256, 1 << max(0, (keep // 16).bit_length() - 1)))
+    """Slots per page for rows of about ``keep`` tokens: about a 32nd of a row (a power of two), 16 to 256 slots."""
+    return max(16, min(256, 1 << max(0, (keep // 32).bit_length() - 1)))
+
+
+def row_counts(store) -> torch.Tensor:
+    """``(B, Hkv)`` int64: tokens each row of a layer holds (a :class:`RaggedKV` or a layer whose rows are even)."""
+    if getattr(store, "ragged", False):
+        return store.count
+    B, kv_heads, used = store.pos.shape
+    return torch.full((B, kv_heads), used, dtype=torch.int64, device=store.pos.device)
 
 
 class _Pool:
@@ -93,7 +101,7 @@ class RaggedKV:
             page = page_size(int(rows.sum()) // max(1, rows.numel()))
         per_row = (rows + page - 1) // page  # pages each row fills
         pages = int(per_row.sum())
-        spare = rows.numel() * max(1, -(-room // page))  # pages for ``room`` more tokens in every row
+        spare = int(((rows + room + page - 1) // page - per_row).sum())  # pages for ``room`` more tokens per row
         page_row = torch.repeat_interleave(torch.arange(rows.numel(), device=device), per_row)
         first = torch.cumsum(per_row, 0) - per_row
         page_index = torch.arange(pages, device=device) - first[page_row]
@@ -202,7 +210,9 @@ class RaggedKV:
         return int(self.count.sum()) * (self._pool.k.shape[-1] + self._pool.v.shape[-1])
 
     def with_score(self, score) -> "RaggedKV":
-        return self
+        out = RaggedKV(self._pool, self.count, self.pages, self.length, self.prompt, self.used, self._version)
+        out.score, out.appended = score, self.appended
+        return out
 
     def check_shape(self, k, v) -> None:
         have = (tuple(self.count.shape), self._pool.k.shape[-1], self._pool.v.shape[-1], self._pool.k.dtype)

@@ -22,7 +22,10 @@ counts ``n`` times:
     out = (sum_kept e^{q.k_j} v_j + n e^{q.k^} v^) / (sum_kept e^{q.k_j} + n e^{q.k^})
 
 (stored as a log-multiplicity ``log n`` added to its score). Applied at
-prefill; decoded tokens are appended to every head. The heads hold different
+prefill; decoded tokens are appended to every head. A prompt prefilled in
+chunks keeps exactly what one call keeps: after each chunk the tokens that
+left the window join the compensation token, a mean weighted by each merged
+token's multiplicity, so it ends as the mean of every dropped token. The heads hold different
 numbers of tokens: the layer is a :class:`~attnkit.cache.ragged.RaggedKV`.
 With GQA a kv head is a retrieval head when any of its query heads is.
 """
@@ -34,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .policy import Policy
-from .ragged import RaggedKV
+from .ragged import RaggedKV, row_counts
 
 
 class RazorAttention(Policy):
@@ -65,7 +68,7 @@ class RazorAttention(Policy):
         if store.length > store.prompt:
             return store  # decoded tokens are appended, never evicted
         keep = self.prompt_budget(layer, store.prompt)
-        count = _counts(store)
+        count = row_counts(store)
         B, kv_heads = count.shape
         if layer >= self.retrieval.shape[0] or self.retrieval.shape[1] != kv_heads:
             raise ValueError(f"retrieval has shape {tuple(self.retrieval.shape)} (layers, kv_heads); this model's "
@@ -100,14 +103,6 @@ class RazorAttention(Policy):
         room = max(16, getattr(store, "appended", 0)) if store.length < store.prompt else max(16, keep // 8)
         return RaggedKV.pack(kept_k, kept_v, kept_pos, torch.where(cut, keep, count), store.length, store.prompt,
                              room=room, bias=kept_bias)
-
-
-def _counts(store) -> torch.Tensor:
-    """``(B, Hkv)`` tokens each row of a layer holds."""
-    if getattr(store, "ragged", False):
-        return store.count
-    B, kv_heads, used = store.pos.shape
-    return torch.full((B, kv_heads), used, dtype=torch.int64, device=store.pos.device)
 
 
 def retrieval_scores(weights: torch.Tensor, period: int) -> tuple[torch.Tensor, torch.Tensor]:

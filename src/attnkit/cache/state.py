@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 
 from .policy import NoCompression, Policy, check_chunk, reserve
-from .scores import attend
+from .ragged import PAD
+from .scores import attend, query_positions, weights
 
 
 class KVState:
@@ -41,14 +42,29 @@ class KVState:
     def nbytes(self) -> int:
         return self.store.nbytes()
 
-    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
-        """``(out, next_state)`` for the new tokens' ``q (B, H, n, D)``, ``k``, ``v (B, Hkv, n, D)``."""
+    def _appended(self, q, k, v):
         if q.shape[1] % k.shape[1]:
             raise ValueError(f"q has {q.shape[1]} heads, not a multiple of the {k.shape[1]} kv heads")
         store = self.store.append(k, v, reserve(self.policy, self.store, self.layer, k.shape[2]))
         check_chunk(self.policy, store)
+        return store
+
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+        """``(out, next_state)`` for the new tokens' ``q (B, H, n, D)``, ``k``, ``v (B, Hkv, n, D)``."""
+        store = self._appended(q, k, v)
         out = attend(q, store, scale)
         return out, KVState(self.policy, self.layer, self.policy.step(store, q, scale, self.layer))
+
+    def read(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+        """What :meth:`step` reads: ``(weights, values, positions)``, the softmax weights ``(B, H, n, L)`` (q's
+        dtype, no gradient) of the new queries over the kept keys and the new ones, their values ``(B, Hkv, L, Dv)``
+        and their sequence positions ``(B, H, L)`` (``weights @ values`` is the step's output). This state is
+        left as it was."""
+        store = self._appended(q, k, v)
+        n, heads = q.shape[2], q.shape[1]
+        found = weights(q, query_positions(store, n, q.device), store, scale).to(q.dtype)
+        positions = store.pos.to(torch.int64).masked_fill(store.pos == PAD, 0)  # ragged rows' padding: weight 0
+        return found, store.v, positions.repeat_interleave(heads // positions.shape[1], dim=1)
 
 
 def layer_states(policy: Policy | None, layers: int, *, prompt: int | None = None) -> list[KVState]:

@@ -3,8 +3,8 @@
 The unit of work of the context-parallel strategies: a run of consecutive
 query positions against a run of consecutive key positions. Forward returns the
 block's normalised output and its log-sum-exp (both fp32, fp64 for fp64 inputs), which
-:func:`merge` combines exactly across blocks (the online softmax of
-FlashAttention / Rabe & Staats, one block at a time):
+:func:`attnkit.kernels.online_softmax.merge_normalised` combines exactly across blocks (the
+online softmax of FlashAttention / Rabe & Staats, one block at a time):
 
     lse = log(exp(lse_a) + exp(lse_b)),  out = exp(lse_a - lse) out_a + exp(lse_b - lse) out_b.
 
@@ -178,12 +178,3 @@ class Block:
 def add_grads(total: list, part: list) -> list:
     """Gradients of the modifier's inputs summed over tiles (``None``: not reached yet)."""
     return [a if b is None else b if a is None else a + b for a, b in zip(total, part)]
-
-
-def merge(out_a, lse_a, out_b, lse_b):
-    """Two blocks' ``(out, lse)`` over disjoint keys combined into the ``(out, lse)`` over their union."""
-    lse = torch.logaddexp(lse_a, lse_b)
-    safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-    wa = torch.exp(lse_a - safe).unsqueeze(-1)
-    wb = torch.exp(lse_b - safe).unsqueeze(-1)
-    return out_a * wa + out_b * wb, lse

@@ -6,7 +6,7 @@ ranks keeps its queries and, over ``P`` steps, sees every rank's key/value
 block once. While it computes with the block it holds it already sends that
 block to the next rank and receives the previous rank's (``batch_isend_irecv``),
 so communication overlaps compute. Blocks are merged with their log-sum-exp in
-fp32 (:func:`attnkit.distributed.blocks.merge`), so the result is exact.
+fp32 (:func:`attnkit.kernels.online_softmax.merge_normalised`), so the result is exact.
 
 Backward (as in ring-flash-attention): queries' gradients stay local; each
 key/value block's gradients travel around the ring *with* the block, every
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels.online_softmax import merge_normalised
 from ..validation import check_scale
 from . import blocks, checks
 from .comm import Group
@@ -135,7 +136,7 @@ def forward_over_ring(q, k, v, plan: Plan, overlap: bool):
             nxt = pending.wait()
         for qs, ks, block in pairs:
             o, s = block.forward(q[:, :, qs], kv[0][:, :, ks], kv[1][:, :, ks])
-            out[:, :, qs], lse[:, :, qs] = blocks.merge(out[:, :, qs], lse[:, :, qs], o, s)
+            out[:, :, qs], lse[:, :, qs] = merge_normalised(out[:, :, qs], lse[:, :, qs], o, s)
         if pending is not None:
             kv = nxt if not overlap else pending.wait()
     return out, lse

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels.online_softmax import merge_normalised
 from ..validation import check_qkv, check_scale
 from . import blocks
 from .comm import Group
@@ -77,19 +78,19 @@ class _Star(torch.autograd.Function):
         out, lse = own.forward(q, k, v)
         anchor = _block(blocks.FULL, start, n, 0, n, scale, dev) if g.rank > 0 else None
         if anchor is not None:
-            out, lse = blocks.merge(out, lse, *anchor.forward(q, anchor_k, anchor_v))
+            out, lse = merge_normalised(out, lse, *anchor.forward(q, anchor_k, anchor_v))
         to_context = _block(blocks.FULL, end, m, start, n, scale, dev)
         q_out, q_lse = to_context.forward(qq, k, v)
         to_self = _block(blocks.PARTIAL, end, m, end, m, scale, dev) if g.rank == g.size - 1 else None
         if to_self is not None:
-            q_out, q_lse = blocks.merge(q_out, q_lse, *to_self.forward(qq, kq, vq))
+            q_out, q_lse = merge_normalised(q_out, q_lse, *to_self.forward(qq, kq, vq))
         merged_out, merged_lse = q_out, q_lse
         if g.size > 1:
             outs = g.all_gather(q_out, "all-gather of the query's partial outputs")
             lses = g.all_gather(q_lse, "all-gather of the query's log-sum-exps")
             merged_out, merged_lse = outs[0], lses[0]
             for o, s in zip(outs[1:], lses[1:]):
-                merged_out, merged_lse = blocks.merge(merged_out, merged_lse, o, s)
+                merged_out, merged_lse = merge_normalised(merged_out, merged_lse, o, s)
         ctx.save_for_backward(q, k, v, qq, kq, vq, anchor_k, anchor_v, out, lse, merged_out, merged_lse)
         ctx.g, ctx.blocks = g, (own, anchor, to_context, to_self)
         return out.to(q.dtype), merged_out.to(q.dtype)

@@ -36,21 +36,22 @@ sigmoid). Top-n is not differentiable; gradients reach the compression MLP
 through the compression branch and the gates.
 
 Forms: ``reference`` (every branch materialised) and ``sparse`` (the compression
-branch in query chunks, recomputed in the backward; the selection branch on the
+branch in query chunks, its weights computed once for its output and the block
+importance, only the log-sum-exp kept for the backward; the selection branch on the
 run-time block selection kernel, one selection per token and kv group; the
 window on the block-sparse kernel): ``O(N (N/d + n l' + w))`` time, ``O(N)``
 memory. Incremental decode runs the fast form against the KV cache.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from ..kernels.block_sparse import block_sparse_attention
-from ..kernels.nsa_branches import (block_importance, compress, compressed_count, compressed_visible,
-                                    compressed_weights, top_blocks)
+from ..kernels.nsa_branches import block_importance, compress, compressed_visible, compressed_weights, top_blocks
+from ..kernels.nsa_compression import compression_and_selection
 from ..kernels.positions import query_positions, repeat_kv
 from ..kernels.selected_blocks import selected_block_attention
 from ..masks.layout import build_layout
@@ -134,64 +135,39 @@ def _reference(q, k, v, *, causal, mask, scale, compress_stride, select_block, s
     return _mix(gates, o_cmp, o_slc, o_win)
 
 
-def _compression_chunk(qpos, scale, block, stride, n_blocks, select_block):
-    """The compression branch for the queries at ``qpos``: output (differentiable) and block importance (not)."""
-
-    def run(qc, kc, vc):
-        seen = min(kc.shape[2], compressed_count(int(qpos[-1]) + 1, block, stride))  # no later block is visible
-        kc, vc = kc[:, :, :seen], vc[:, :, :seen]
-        p = compressed_weights(qc, kc, compressed_visible(qpos, seen, block, stride), scale)
-        importance = block_importance(p.detach(), kc.shape[1], n_blocks, block=block, stride=stride,
-                                      select_block=select_block)
-        return p @ repeat_kv(vc, qc.shape[1]), importance
-
-    return run
-
-
-def _compression_pass(q, kc, vc, *, scale, block, stride, select_block, n_blocks, kv_len, chunk):
-    """The compression branch's output (each query chunk recomputed in the backward) and the block importance."""
-    qpos = query_positions(q.shape[2], kv_len, q.device)
-    outs, importance = [], []
-    for c0 in range(0, q.shape[2], chunk):
-        run = _compression_chunk(qpos[c0 : c0 + chunk], scale, block, stride, n_blocks, select_block)
-        args = (q[:, :, c0 : c0 + chunk], kc, vc)
-        o, imp = checkpoint(run, *args, use_reentrant=False) if torch.is_grad_enabled() else run(*args)
-        outs.append(o)
-        importance.append(imp)
-    return torch.cat(outs, dim=2), torch.cat(importance, dim=2)
-
-
-def _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window, chunk):
+def _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window):
+    """The compression branch's output and the selection (one row per token and kv group), from one pass."""
     block = _check(q, v, gates, tensors, compress_stride, select_block, select_count, window)
     Nq, Nk = q.shape[2], k.shape[2]
     kc, vc = _compressed_kv(k, v, tensors, block, compress_stride)
-    o_cmp, importance = _compression_pass(q, kc, vc, scale=scale, block=block, stride=compress_stride,
-                                          select_block=select_block, n_blocks=-(-Nk // select_block), kv_len=Nk,
-                                          chunk=chunk)
-    blocks, valid = top_blocks(importance, Nq, Nk, select_block=select_block, count=select_count)
+    o_cmp, blocks, valid = compression_and_selection(
+        q, kc, vc, query_positions(Nq, Nk, q.device), scale=scale, block=block, stride=compress_stride,
+        select_block=select_block, select_count=select_count, kv_len=Nk)
     return o_cmp, block_selection(blocks, valid, block_q=1, block_k=select_block, q_len=Nq, kv_len=Nk)
 
 
 def nsa_selection(q, k, v, *, gates, scale=None, compress_stride=16, select_block=64, select_count=16, window=512,
-                  chunk: int = 512, **tensors):
+                  **tensors):
     """The blocks NSA's selection branch attends to, as a :class:`~attnkit.masks.selection.BlockSelection`
     with one row per token and kv group (for measuring density and recall)."""
     with torch.no_grad():
         scale = q.shape[-1] ** -0.5 if scale is None else scale
-        return _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window,
-                          chunk)[1]
+        return _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window)[1]
 
 
-def _sparse(q, k, v, *, causal, mask, scale, compress_stride, select_block, select_count, window, gates,
-            chunk: int = 512, **tensors):
-    o_cmp, sel = _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window,
-                            chunk)
+def _sparse(q, k, v, *, causal, mask, scale, compress_stride, select_block, select_count, window, gates, **tensors):
+    o_cmp, sel = _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window)
     B, H, Nq, _ = q.shape
     o_slc = selected_block_attention(q, k, v, sel, scale=scale, causal=True)
-    layout = build_layout(sliding_window(window - 1, 0), batch=B, heads=H, q_len=Nq, kv_len=k.shape[2],
-                          device=q.device)
-    o_win = block_sparse_attention(q, k, v, layout, scale=scale)
+    o_win = block_sparse_attention(q, k, v, window_layout(window, B, H, Nq, k.shape[2], q.device), scale=scale)
     return _mix(gates, o_cmp, o_slc, o_win)
+
+
+@functools.lru_cache(maxsize=16)
+def window_layout(window: int, batch: int, heads: int, q_len: int, kv_len: int, device):
+    """The sliding-window branch's tile layout, built once per size (a layout is never changed by a call)."""
+    return build_layout(sliding_window(window - 1, 0), batch=batch, heads=heads, q_len=q_len, kv_len=kv_len,
+                        device=device)
 
 
 def _flops(batch, heads, q_len, kv_len, head_dim, causal, compress_stride=16, select_block=64, select_count=16,

@@ -15,6 +15,13 @@ honoured; a mechanism that takes no mask refuses a mask that says more than
 "causal" (see :mod:`attnkit.integrations.hf_masks`). Attention dropout while
 training, soft-capping, position biases and attention sinks are refused rather
 than ignored.
+
+``output_attentions=True`` gets each layer's attention weights (those of
+``attnkit.attention(..., return_weights=True)``); a mechanism without weights
+refuses it instead of leaving ``outputs.attentions`` empty. Inside
+``attnkit.capture``, a call over the keys an ``attnkit.cache.Cache`` kept records
+their sequence positions, so ``rec.sequence(module)`` of a ``generate`` call has
+one row per step.
 """
 from __future__ import annotations
 
@@ -24,8 +31,12 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("attnkit.integrations.hf needs transformers >= 5: pip install 'attnkit[hf]'") from exc
 
+import torch
+
 from .. import registry
+from ..capture import active, amend_last
 from ..api import attention
+from ..cache.hf import attentions_requested, positions_read
 from ..validation import check_params
 from .hf_masks import pad_queries_to_keys, reduce_for_maskless
 
@@ -63,14 +74,20 @@ def attention_function(mechanism: str, **params):
                 "set the config's attention dropout to 0 or call model.eval()"
             )
         causal = bool(getattr(module, "is_causal", False) if is_causal is None else is_causal)
-        out = _run(spec, query, key, value, attention_mask, causal, scaling, params)
-        return out.transpose(1, 2).contiguous(), None
+        wanted = attentions_requested(kwargs)  # a mechanism without weights refuses return_weights loudly
+        out, weights = _run(spec, query, key, value, attention_mask, causal, scaling, params, wanted)
+        positions = positions_read(key) if active() else None
+        if positions is not None:  # an attnkit.cache.Cache kept these keys: record where they sit
+            amend_last(positions=positions.to(torch.int64).repeat_interleave(
+                query.shape[1] // key.shape[1], dim=1))
+        return out.transpose(1, 2).contiguous(), weights
 
     forward.__name__ = f"attnkit_{mechanism}_attention"
     return forward
 
 
-def _run(spec, query, key, value, mask, causal, scale, params):
+def _run(spec, query, key, value, mask, causal, scale, params, return_weights):
+    """``(out, weights)``: the attnkit call transformers asked for (weights None unless ``return_weights``)."""
     Nq, Nk = query.shape[2], key.shape[2]
     if mask is not None:
         if mask.is_floating_point():
@@ -86,9 +103,15 @@ def _run(spec, query, key, value, mask, causal, scale, params):
         Nk = Nq
     if causal and Nq < Nk and "causal-cross" not in spec.patterns:
         padded, mask = pad_queries_to_keys(query, key, mask)
-        out = attention(padded, key, value, spec.name, causal=True, mask=mask, scale=scale, **params)
-        return out[:, :, Nk - Nq:]
-    return attention(query, key, value, spec.name, causal=causal, mask=mask, scale=scale, **params)
+        out = attention(padded, key, value, spec.name, causal=True, mask=mask, scale=scale,
+                        return_weights=return_weights, **params)
+        amend_last(rows=slice(Nk - Nq, None))  # the records hold the caller's queries only
+        if not return_weights:
+            return out[:, :, Nk - Nq:], None
+        return out[0][:, :, Nk - Nq:], out[1][:, :, Nk - Nq:]
+    out = attention(query, key, value, spec.name, causal=causal, mask=mask, scale=scale,
+                    return_weights=return_weights, **params)
+    return out if return_weights else (out, None)
 
 
 def register(mechanism: str, **params) -> str:

@@ -12,8 +12,10 @@ MoA gives every head its own *elastic* sliding window: head ``h`` attends to the
 
        dL_ij = -A_ij (G_ij - sum_n A_in G_in) / (1 - A_ij)        (:func:`attention_influence`)
 
-   summed over the calibration sequences. A query with a single visible key (``A_ij = 1``) would
-   lose its whole output instead: ``dL_ij = -A_ij G_ij``.
+   A query with a single visible key (``A_ij = 1``) would lose its whole output instead:
+   ``dL_ij = -A_ij G_ij``. The profile is ``|dL_ij|`` summed over the calibration sequences (the
+   authors' profiler takes the magnitude per sequence: signed first-order changes of many entries
+   cancel, and would make dropping look free).
 2. **Candidate rules.** Each ``(alpha, beta)`` of a grid (:func:`candidate_rules`) is scored per
    head and profiled length ``N``: its loss is the sum of the influence over the causal pairs the
    rule drops (:func:`rule_losses`), its cost the share of causal pairs it keeps
@@ -55,7 +57,8 @@ def attention_influence(weights: torch.Tensor, grad: torch.Tensor) -> torch.Tens
 
 
 def profile(model: torch.nn.Module, batches, loss) -> dict[str, torch.Tensor]:
-    """Summed attention influence ``{module: (heads, N, N)}`` of every attention call of ``model``.
+    """Attention influence magnitudes ``|dL_ij|`` summed over sequences, ``{module: (heads, N, N)}``, of every
+    attention call of ``model``.
 
     ``batches``: the calibration inputs, all of one length ``N``; ``loss(model, batch)`` runs the
     model on one and returns a scalar. Only the attention weights get gradients (the parameters'
@@ -72,7 +75,7 @@ def profile(model: torch.nn.Module, batches, loss) -> dict[str, torch.Tensor]:
             if g is None:
                 continue
             name = record.module or f"call{len(totals)}"
-            influence = attention_influence(w.detach(), g).sum(0)
+            influence = attention_influence(w.detach(), g).abs().sum(0)
             totals[name] = totals[name] + influence if name in totals else influence
     if not totals:
         raise ValueError("no attention weights received a gradient from the loss")

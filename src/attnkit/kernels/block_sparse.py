@@ -44,6 +44,7 @@ from torch.utils.checkpoint import checkpoint
 from ..masks.layout import BlockLayout
 from ..scores.normalisers import SOFTMAX, Normaliser
 from .nonfinite import all_finite
+from .online_softmax import Partial, fold, normalise
 from .plan import plan_groups
 
 LOG2E = 1.4426950408889634
@@ -127,14 +128,14 @@ class _BlockSparseSoftmax(torch.autograd.Function):
         row_max = qs.new_zeros(qs.shape[0], geo.bq)
         denom = qs.new_zeros(qs.shape[0], geo.bq)
         for grp in groups:
-            a, m, d = _forward_group(qs, kb, vb, grp, bias, geo, ws)
+            part = _forward_group(qs, kb, vb, grp, bias, geo, ws)
             rows = grp.q_index.flatten()
-            acc.index_copy_(0, rows, a.view(-1, geo.bq, geo.Dv))
-            row_max.index_copy_(0, rows, m.view(-1, geo.bq))
-            denom.index_copy_(0, rows, d.view(-1, geo.bq))
-        alive = denom > 0  # a row that sees no key: output 0, and lse = +inf so that its p = 0
-        out = acc.div_(torch.where(alive, denom, 1.0).unsqueeze(-1))
-        lse = torch.where(alive, row_max + denom.log2(), float("inf"))
+            acc.index_copy_(0, rows, part.out.view(-1, geo.bq, geo.Dv))
+            row_max.index_copy_(0, rows, part.max.view(-1, geo.bq))
+            denom.index_copy_(0, rows, part.sum.view(-1, geo.bq))
+        # a row that sees no key: output 0, and lse = +inf so that its p = 0 in the backward
+        out, lse = normalise(Partial(acc, row_max.unsqueeze(-1), denom.unsqueeze(-1)), base2=True,
+                             empty_lse=float("inf"), in_place=True)
         ctx.save_for_backward(qs, k, v, out, lse)
         ctx.layout, ctx.scale, ctx.groups, ctx.geo = layout, scale, groups, geo
         return _unblock(out, geo.B, geo.H, geo.Nq)
@@ -212,28 +213,17 @@ def _scores(qg, kb, grp, c0, c1, bias, geo, ws):
     return s, kg
 
 
-def _forward_group(qs, kb, vb, grp, bias, geo, ws):
-    """Base-2 online softmax over the group's tiles: unnormalised output, row max, row sum."""
+def _forward_group(qs, kb, vb, grp, bias, geo, ws) -> Partial:
+    """Base-2 online softmax over the group's tiles: the rows' partial state."""
     T = grp.kv_index.shape[2]
     qg = _gather_into(ws, "q", qs, grp.q_index, geo.g * geo.bq).mul_(geo.q_scale)
-    floor = torch.finfo(qs.dtype).min / 2  # a finite max for rows with nothing allowed yet: their p stays 0
-    acc = run_max = denom = None
+    run = None
     for c0 in range(0, T, grp.chunk):
         c1 = min(T, c0 + grp.chunk)
         s, _ = _scores(qg, kb, grp, c0, c1, bias, geo, ws)
         vg = _gather_into(ws, "v", vb, grp.kv_index[:, :, c0:c1], (c1 - c0) * geo.bk)
-        m = s.amax(dim=-1, keepdim=True).clamp_(min=floor)
-        if run_max is not None:
-            m = torch.maximum(m, run_max)
-        p = s.sub_(m).exp2_()
-        if run_max is None:
-            denom, acc = p.sum(-1, keepdim=True), torch.bmm(p, vg)
-        else:
-            rescale = torch.exp2(run_max - m)
-            denom = denom.mul_(rescale).add_(p.sum(-1, keepdim=True))
-            acc = acc.mul_(rescale).baddbmm_(p, vg)
-        run_max = m
-    return acc, run_max, denom
+        run = fold(run, s, vg, base2=True, in_place=True)
+    return run
 
 
 def _backward_group(qs, kb, vb, dob, lse, delta, dq, dk, dv, grp, bias, geo, ws):

@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..masks.layout import BlockLayout
 from .block_sparse import LOG2E, _blocks, _gather, _Geometry, _mask_table, _mask_tile, _unblock
+from .online_softmax import fold, normalise
 from .plan import plan_groups
 from .workers import balance, run_in_threads
 
@@ -122,8 +123,7 @@ class _FlexGroup:
         qg = _gather(qs, grp.q_index, R, geo.hk, geo.g * geo.bq)
         b, h, q_idx = self._indices(qs.device) if self.mod is not None else (None, None, None)
         in_place = not torch.is_grad_enabled()  # under autograd (the checkpoint's recompute) every op is out of place
-        floor = torch.finfo(qs.dtype).min / 2  # a finite max for rows with nothing allowed yet: their p stays 0
-        run_max = denom = acc = None
+        run = None
         for c0 in range(0, T, grp.chunk):
             c1 = min(T, c0 + grp.chunk)
             kg = _gather(kb, grp.kv_index[:, :, c0:c1], R, geo.hk, (c1 - c0) * geo.bk)
@@ -132,21 +132,9 @@ class _FlexGroup:
             if self.mod is not None:
                 s = self._modify(s, b, h, q_idx, c0, c1)
             s = self._mask(s * LOG2E, c0, c1)  # base 2 from here: exp2 is far cheaper than exp on a CPU
-            # the max only shifts the exponent (it cancels in the output and in the lse's gradient): no gradient
-            m = s.detach().amax(dim=-1, keepdim=True)
-            if run_max is not None:
-                m = torch.maximum(m, run_max)
-            m = m.clamp(min=floor)
-            p = s.sub_(m).exp2_() if in_place else torch.exp2(s - m)
-            pv = (p.view(R, geo.hk, geo.g * geo.bq, -1) @ vg).view(R, geo.hq, geo.bq, -1)
-            if run_max is None:
-                denom, acc = p.sum(-1, keepdim=True), pv
-            else:
-                rescale = torch.exp2(run_max - m)
-                denom, acc = denom * rescale + p.sum(-1, keepdim=True), acc * rescale + pv
-            run_max = m
-        alive = denom > 0
-        safe = torch.where(alive, denom, torch.ones_like(denom))
-        out = acc / safe
-        lse = torch.where(alive, (run_max + torch.log2(safe)) * LN2, float("-inf"))
+            # a kv head's g query heads x bq rows against its keys: (R * hk, g * bq, keys)
+            run = fold(run, s.reshape(R * geo.hk, geo.g * geo.bq, -1), vg.reshape(R * geo.hk, -1, geo.Dv),
+                       base2=True, in_place=in_place)
+        out, lse = normalise(run, base2=True)
+        lse = lse * LN2  # natural log-sum-exp; -inf where a row sees no key
         return out.reshape(-1, geo.bq, geo.Dv), lse.reshape(-1, geo.bq)

@@ -11,7 +11,8 @@ and two pieces merge exactly (in any order, any grouping):
 
     m = max(m_A, m_B),   l = e^(m_A - m) l_A + e^(m_B - m) l_B,   o = e^(m_A - m) o_A + e^(m_B - m) o_B,
 
-with the output ``o / l`` (zeros when ``l = 0``: a row that sees no key). So
+with the output ``o / l`` (zeros when ``l = 0``: a row that sees no key)
+(:mod:`attnkit.kernels.online_softmax`). So
 the decode step's work, the flat sequence of (batch, kv head, key tile) units,
 is cut stream-K style into ``workers`` equal contiguous runs that cross head
 boundaries: every worker does the same amount of work whatever B, H and the
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from .online_softmax import fold, merge, normalise
 from .positions import query_positions
 from .workers import run_in_threads
 
@@ -108,7 +110,7 @@ def _masks(mask, causal, B, H, Hkv, Nq, Nk, q):
 
 
 def _partial(qh, kh, vh, masks, piece, tile, Nk):
-    """Partial softmax states ``(heads, m, l, o)`` of heads ``h0:h1`` over keys ``u0 * tile : u1 * tile``.
+    """Heads ``h0:h1`` and their partial softmax state over keys ``u0 * tile : u1 * tile``.
 
     The keys are swept in steps whose scores stay in a core's cache (about
     64k numbers), the states of the steps folded together as they come.
@@ -119,7 +121,7 @@ def _partial(qh, kh, vh, masks, piece, tile, Nk):
     step = max(256, CACHE_SCORES // (q.shape[0] * q.shape[1]))
     in_place = not torch.is_grad_enabled()
     additive, blocked = masks
-    m = l = o = None
+    run = None
     for a in range(k0, k1, step):
         b = min(k1, a + step)
         s = torch.bmm(q, kh[h0:h1, a:b].transpose(1, 2))
@@ -128,43 +130,25 @@ def _partial(qh, kh, vh, masks, piece, tile, Nk):
         if blocked is not None:
             cut = blocked[h0:h1, :, a:b]
             s = s.masked_fill_(cut, float("-inf")) if in_place else s.masked_fill(cut, float("-inf"))
-        # the max only shifts the exponent (it cancels when states merge): no gradient through it
-        m_new = s.detach().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(s.dtype).min / 2)
-        if m is not None:
-            m_new = torch.maximum(m, m_new)
-        p = s.sub_(m_new).exp_() if in_place else torch.exp(s - m_new)
-        pv = torch.bmm(p, vh[h0:h1, a:b])
-        if m is None:
-            l, o = p.sum(-1, keepdim=True), pv
-        else:
-            w = torch.exp(m - m_new)
-            l, o = l * w + p.sum(-1, keepdim=True), o * w + pv
-        m = m_new
-    return h0, h1, m, l, o
+        run = fold(run, s, vh[h0:h1, a:b], base2=False, in_place=in_place)
+    return h0, h1, run
 
 
 def _merge(states):
     """Each head's output from its partial states, in head order.
 
     The states arrive in head order; a head cut between workers has several
-    (consecutive) and merges them exactly, ``out = sum e^(m_i - M) o_i / sum
-    e^(m_i - M) l_i``; every other piece is one or more whole heads, ``o / l``.
+    (consecutive), merged exactly; every other piece is one or more whole heads.
     Only small (rows x Dv) tensors are touched here: no parallel region waits
     on a busy core.
     """
     outs, i = [], 0
+    in_place = not torch.is_grad_enabled()
     while i < len(states):
         j = i + 1
         while j < len(states) and states[j][:2] == states[i][:2]:
             j += 1
-        group = states[i:j]
-        if len(group) == 1:
-            l, o = group[0][3], group[0][4]
-        else:
-            m = torch.stack([st[2] for st in group])
-            w = torch.exp(m - m.amax(dim=0))
-            l = (w * torch.stack([st[3] for st in group])).sum(0)
-            o = (w * torch.stack([st[4] for st in group])).sum(0)
-        outs.append(o / torch.where(l > 0, l, torch.ones_like(l)))
+        merged = merge([st[2] for st in states[i:j]], base2=False, in_place=in_place)
+        outs.append(normalise(merged, base2=False, in_place=in_place)[0])
         i = j
     return torch.cat(outs)

@@ -72,13 +72,24 @@ def block_importance(p_cmp, kv_heads: int, n_blocks: int, *, block: int, stride:
 def top_blocks(importance, q_len: int, kv_len: int, *, select_block: int, count: int):
     """The ``count`` best blocks per (batch, kv group, token) among those begun by the token: block 0 and the
     token's block and the one before always; ties go to the earlier block. Returns ``(blocks, valid)``."""
-    device = importance.device
+    return top_blocks_at(importance, query_positions(q_len, kv_len, importance.device), select_block=select_block,
+                         count=count)
+
+
+def top_blocks_at(importance, qpos, *, select_block: int, count: int):
+    """:func:`top_blocks` for the tokens at positions ``qpos`` (``importance`` has one row per token)."""
     n_blocks = importance.shape[-1]
-    current = query_positions(q_len, kv_len, device) // select_block
-    j = torch.arange(n_blocks, device=device)
+    current = qpos // select_block
+    j = torch.arange(n_blocks, device=importance.device)
     forced = (j == 0) | (j == current[:, None]) | (j == current[:, None] - 1)
     begun = j <= current[:, None]
     score = torch.where(forced, float("inf"), importance.double()).masked_fill(~begun, float("-inf"))
-    ordered, index = score.sort(dim=-1, descending=True, stable=True)
     keep = min(count, n_blocks)
-    return index[..., :keep], ordered[..., :keep] > float("-inf")
+    best, index = score.topk(keep, dim=-1, sorted=False)
+    threshold = best.amin(-1, keepdim=True)
+    # a row whose last place is tied with a block left out (top-k may pick any of them) is redone by a stable
+    # sort; tied invalid blocks (fewer begun blocks than places) do not matter
+    tied = ((score == threshold).sum(-1) > (best == threshold).sum(-1)) & (threshold[..., 0] > float("-inf"))
+    if tied.any():
+        index[tied] = score[tied].sort(dim=-1, descending=True, stable=True).indices[:, :keep]
+    return index, score.gather(-1, index) > float("-inf")

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..masks.selection import BlockSelection
+from .online_softmax import Partial, floor, merge, normalise
 
 LOG2E = 1.4426950408889634
 
@@ -151,19 +152,13 @@ def _tiles(x, plan: _Plan):
     return x.reshape(-1, plan.bk, x.shape[-1])
 
 
-def _merge_slots(part_out, part_max, part_sum, pair_of, floor):
-    """Each row's slots merged by the log-sum-exp rule: normalised output and base-2 log-sum-exp (+inf if empty)."""
-    top = part_max[pair_of].amax(1).clamp(min=floor)  # (rows, width)
-    acc = total = None
-    for slot in range(pair_of.shape[1]):
-        at = pair_of[:, slot]
-        w = torch.exp2(part_max[at] - top)  # unused slots: exp2(-inf) = 0
-        o = part_out.index_select(0, at).mul_(w.unsqueeze(-1))
-        acc = o if acc is None else acc.add_(o)
-        total = w * part_sum[at] if total is None else total.addcmul_(w, part_sum[at])
-    alive = total > 0
-    out = acc.div_(torch.where(alive, total, 1.0).unsqueeze(-1))
-    return out, torch.where(alive, top + total.log2(), float("inf"))
+def _merge_slots(part_out, part_max, part_sum, pair_of):
+    """Each row's slots merged exactly (:mod:`~attnkit.kernels.online_softmax`), one slot at a time: the
+    normalised output and the base-2 log-sum-exp (+inf if empty)."""
+    top = part_max[pair_of].amax(1).unsqueeze(-1)  # (rows, width, 1); unused slots read the -inf sentinel
+    slots = (Partial(part_out.index_select(0, at), part_max[at].unsqueeze(-1), part_sum[at].unsqueeze(-1))
+             for at in pair_of.unbind(1))
+    return normalise(merge(slots, base2=True, top=top, in_place=True), base2=True, empty_lse=float("inf"), in_place=True)
 
 
 def _scores(qr, kt, item_row, item_key, partial, plan):
@@ -185,7 +180,7 @@ class _SelectedBlocks(torch.autograd.Function):
         kt, vt = _tiles(k, plan), _tiles(v, plan)
         out = q.new_zeros(plan.rows + 1, plan.width, plan.Dv)
         lse = q.new_full((plan.rows + 1, plan.width), float("inf"))
-        floor = torch.finfo(q.dtype).min / 2
+        lowest = floor(q.dtype)
         for chunk in plan.chunks:
             r0, r1, item_row, pair_of, item_key, partial = chunk
             # per item row, in item order: unnormalised output, row max, row sum; one sentinel entry last
@@ -197,13 +192,13 @@ class _SelectedBlocks(torch.autograd.Function):
             for i0, i1 in plan.steps(chunk):
                 rows, keys = item_row[i0:i1], item_key[i0:i1]
                 s, _, _ = _scores(qr, kt, rows, keys, partial[i0:i1], plan)
-                m = s.amax(-1, keepdim=True).clamp_(min=floor)
+                m = s.amax(-1, keepdim=True).clamp_(min=lowest)
                 p = s.sub_(m).exp2_()
                 at = slice(i0 * plan.per_item, i1 * plan.per_item)
                 torch.bmm(p, vt.index_select(0, keys), out=part_out[at].view(i1 - i0, -1, plan.Dv))
                 part_max[at] = m.view(-1, plan.width)
                 part_sum[at] = p.sum(-1).view(-1, plan.width)
-            out[r0:r1], lse[r0:r1] = _merge_slots(part_out, part_max, part_sum, pair_of, floor)
+            out[r0:r1], lse[r0:r1] = _merge_slots(part_out, part_max, part_sum, pair_of)
         ctx.save_for_backward(qr, k, v, out, lse)
         ctx.plan, ctx.scale = plan, scale
         return _unrows(out, plan)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .online_softmax import merge_normalised
+
 
 def _attend(q, k, v, *, causal: bool, scale: float):
     """``(out, lse)`` of softmax attention, batched over the leading dims ``(n, m, L, D)``."""
@@ -37,15 +39,6 @@ def _attend(q, k, v, *, causal: bool, scale: float):
         s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool, device=q.device).triu(1), float("-inf"))
     lse = torch.logsumexp(s, -1)
     return torch.softmax(s, -1) @ v, lse
-
-
-def _merge(o1, l1, o2, l2):
-    """Two softmax partials over disjoint key sets -> the softmax over their union (empty -> zeros)."""
-    m = torch.maximum(l1, l2)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    a, b = torch.exp(l1 - m), torch.exp(l2 - m)
-    total = a + b
-    return (o1 * a[..., None] + o2 * b[..., None]) / torch.where(total > 0, total, 1)[..., None]
 
 
 def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: float) -> torch.Tensor:
@@ -77,7 +70,7 @@ def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: flo
             kg = kt[heads, tiles].reshape(len(rows), 1, w * block, D)
             vg = vt[heads, tiles].reshape(len(rows), 1, w * block, Dv)
             o, l = _attend(qt.reshape(B * H * R, 1, block, D)[rows], kg, vg, causal=False, scale=scale)
-            pieces.append(_merge(o[:, 0], l[:, 0], o_d[rows], l_d[rows]))
+            pieces.append(merge_normalised(o[:, 0], l[:, 0], o_d[rows], l_d[rows])[0])
         rows_of.append(rows)
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
         out = torch.cat(pieces)[torch.cat(rows_of).argsort()]

@@ -8,8 +8,9 @@
 from .block_transformer import BlockTransformerLM
 from .config import ModelConfig
 from .encoder import Encoder
+from .hymba import hymba_config
 from .lm import DecoderLM
 from .mixers import ParallelHeads
 from .schedules import rope_nope_layers, swan_layers
 
-__all__ = ["BlockTransformerLM", "ModelConfig", "DecoderLM", "Encoder", "ParallelHeads", "rope_nope_layers", "swan_layers"]
+__all__ = ["BlockTransformerLM", "ModelConfig", "DecoderLM", "Encoder", "ParallelHeads", "hymba_config", "rope_nope_layers", "swan_layers"]

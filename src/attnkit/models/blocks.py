@@ -1,4 +1,7 @@
-"""A pre-norm transformer block: ``x + mixer(norm(x))``, then ``x + mlp(norm(x))``."""
+"""A pre-norm transformer block: ``x + mixer(norm(x))``, then ``x + mlp(norm(x))``.
+
+With ``kv_producer`` (the previous block) the mixer reads that block's keys and values
+(Hymba's cross-layer KV sharing); the model then passes ``kv_source`` to ``forward``."""
 from __future__ import annotations
 
 from torch import nn
@@ -7,18 +10,23 @@ from .mixers import build_mixer
 
 
 class Block(nn.Module):
-    def __init__(self, spec: dict, dim: int, heads: int, kv_heads: int | None, mlp_ratio: float):
+    def __init__(self, spec: dict, dim: int, heads: int, kv_heads: int | None, mlp_ratio: float,
+                 kv_producer: "Block | None" = None):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
         self.mixer_norm = nn.RMSNorm(dim)
-        self.mixer = build_mixer(spec, dim, heads, kv_heads, dim // heads)
+        self.mixer = build_mixer(spec, dim, heads, kv_heads, dim // heads,
+                                 kv_producer=None if kv_producer is None else kv_producer.mixer)
+        self.shares_kv = kv_producer is not None
         self.mlp_norm = nn.RMSNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x, *, causal, mask=None, state=None, return_state=False):
-        y = self.mixer(self.mixer_norm(x), causal=causal, mask=mask, state=state, return_state=return_state)
+    def forward(self, x, *, causal, mask=None, state=None, return_state=False, kv_source=None):
+        """``kv_source``: the producer block's mixer input and prior state, when this block shares its KV."""
+        shared = {"kv_source": kv_source} if self.shares_kv else {}
+        y = self.mixer(self.mixer_norm(x), causal=causal, mask=mask, state=state, return_state=return_state, **shared)
         if return_state:
             y, state = y
         x = x + y

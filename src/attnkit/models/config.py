@@ -16,6 +16,12 @@ of Hybrid Linear Attention" studies). ``mixers`` maps each letter to a mixer:
   ``persistent``, ``chunk_size``).
 
 The default maps every letter ``F`` to softmax attention.
+
+Hymba's options (:func:`attnkit.models.hymba_config` builds the paper's recipe):
+``meta_tokens`` learnable tokens prepended to every sequence (their outputs are dropped), and
+``kv_sharing``: a layer whose letter equals the previous layer's, when that layer does not
+itself share, reads the previous layer's keys and values and keeps no cache of its own (for
+every attention mechanism without learned tensor inputs, in a Hymba layer branch by branch).
 """
 from __future__ import annotations
 
@@ -41,6 +47,8 @@ class ModelConfig:
     # sigmaReparam ("Stabilizing Transformer Training by Preventing Attention Entropy Collapse"): every
     # linear layer of the blocks uses (gamma / sigma(W)) W (attnkit.nn.sigma_reparam).
     sigma_reparam: bool = False
+    meta_tokens: int = 0
+    kv_sharing: bool = False
     # None: one process. Else the layers split each sequence across the default process group:
     # "lasp2h" (LASP-2 for linear-recurrence layers, all-gather for softmax ones), "ring", "burst" or
     # "ulysses" (for the non-linear layers; linear-recurrence layers run LASP-2 in every scheme).
@@ -49,6 +57,9 @@ class ModelConfig:
     def __post_init__(self):
         for name in ("vocab_size", "dim", "heads"):
             check_int(name, getattr(self, name))
+        check_int("meta_tokens", self.meta_tokens, minimum=0)
+        if not isinstance(self.kv_sharing, bool):
+            raise TypeError(f"kv_sharing must be a bool, got {type(self.kv_sharing).__name__}")
         if not isinstance(self.schedule, str) or not self.schedule:
             raise ValueError(f"schedule must be a non-empty string of layer letters (e.g. 'LLLF'), got {self.schedule!r}")
         if not isinstance(self.mixers, dict):
@@ -62,6 +73,11 @@ class ModelConfig:
                 raise ValueError(f"mixer {letter!r}: Titans' architectures do not run with context_parallel")
             if "log_scaling" in spec and self.context_parallel is not None:
                 raise ValueError(f"mixer {letter!r}: log_scaling does not run with context_parallel")
+        if self.context_parallel is not None and (self.kv_sharing or self.meta_tokens):
+            raise ValueError("kv_sharing and meta_tokens do not run with context_parallel")
+        if self.kv_sharing and not any(p is not None for p in self.kv_producers()):
+            raise ValueError(f"kv_sharing: schedule {self.schedule!r} has no two consecutive layers with the same letter "
+                             "whose mixer has an attention mechanism without learned tensor inputs")
         if self.context_parallel is not None:
             from ..distributed.layer import SCHEMES
             if self.context_parallel not in SCHEMES:
@@ -80,6 +96,17 @@ class ModelConfig:
             for leaf in leaves:
                 leaf["layout"] = layout
         return specs
+
+    def kv_producers(self) -> list[int | None]:
+        """Per layer, the index of the layer whose keys and values it reads (None: its own)."""
+        out: list[int | None] = [None] * len(self.schedule)
+        if not self.kv_sharing:
+            return out
+        for i in range(1, len(self.schedule)):
+            same = self.schedule[i] == self.schedule[i - 1]
+            if same and out[i - 1] is None and _shares(mixer_spec(self.mixers[self.schedule[i]], self.rope)):
+                out[i] = i - 1
+        return out
 
     def context_parallel_layout(self) -> str | None:
         """How to shard tokens for this model (``attnkit.distributed.Sharding(N, layout=...)``); None: one process."""
@@ -100,6 +127,16 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def shareable(spec: dict) -> bool:
+    """Whether a (non-hymba) mixer can read another layer's keys and values: a plain mechanism
+    whose layer learns no tensor inputs (its state is whatever the shared call continues)."""
+    return "titans" not in spec and "hymba" not in spec and not registry.get(spec["mechanism"]).tensor_names
+
+
+def _shares(spec: dict) -> bool:
+    return any(shareable(s) for s in spec["hymba"]) if "hymba" in spec else shareable(spec)
 
 
 _PATTERN_WORDS = {"causal-self": "causal self-attention", "noncausal-self": "non-causal self-attention"}

@@ -18,6 +18,8 @@ class Encoder(nn.Module):
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config must be an attnkit.models.ModelConfig, got {type(config).__name__}")
         config.require_pattern("noncausal-self", "an encoder")
+        if config.meta_tokens or config.kv_sharing:
+            raise ValueError("meta_tokens and kv_sharing are decoder options (Hymba); an Encoder takes neither")
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.dim)
         self.blocks = nn.ModuleList(

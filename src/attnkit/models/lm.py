@@ -5,6 +5,11 @@ builds token embeddings, one pre-norm block per schedule letter, a final norm
 and a (tied) output head. ``generate`` prefills the prompt once and then feeds
 one token at a time through every layer's state (KV cache or recurrent state),
 which gives exactly the tokens that recomputing the whole sequence would.
+
+``ModelConfig.meta_tokens`` (Hymba): learnable tokens prepended to the sequence on its first
+call (the one without a state, or with states that have consumed nothing); their logits are
+dropped, so outputs align with ``tokens``. ``ModelConfig.kv_sharing``: see
+:mod:`attnkit.models.kv_sharing`.
 """
 from __future__ import annotations
 
@@ -25,9 +30,13 @@ class DecoderLM(nn.Module):
         config.require_pattern("causal-self", "a decoder")
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.dim)
-        self.blocks = nn.ModuleList(
-            Block(spec, config.dim, config.heads, config.kv_heads, config.mlp_ratio) for spec in config.layer_mixers()
-        )
+        self.kv_producers = config.kv_producers()
+        blocks = []
+        for spec, producer in zip(config.layer_mixers(), self.kv_producers):
+            blocks.append(Block(spec, config.dim, config.heads, config.kv_heads, config.mlp_ratio,
+                                kv_producer=None if producer is None else blocks[producer]))
+        self.blocks = nn.ModuleList(blocks)
+        self.meta = nn.Parameter(torch.randn(config.meta_tokens, config.dim) * 0.02) if config.meta_tokens else None
         if config.sigma_reparam:
             sigma_reparam(self.blocks)
         self.norm = nn.RMSNorm(config.dim)
@@ -48,13 +57,22 @@ class DecoderLM(nn.Module):
         states = state if state is not None else [None] * len(self.blocks)
         incremental = return_state or state is not None
         x = self.embed(tokens)
-        new_states = []
-        for block, s in zip(self.blocks, states):
+        first = all(s is None or s.length == 0 for s in states)
+        if self.meta is not None and first:
+            x = torch.cat([self.meta.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+        new_states, sources = [], {}
+        for i, (block, s) in enumerate(zip(self.blocks, states)):
+            producer = self.kv_producers[i]
+            kv_source = sources.pop(producer) if producer is not None else None
+            if i + 1 < len(self.blocks) and self.kv_producers[i + 1] == i:
+                sources[i] = (block.mixer_norm(x), s)
             if incremental:
-                x, s = block(x, causal=True, state=s, return_state=True)
+                x, s = block(x, causal=True, state=s, return_state=True, kv_source=kv_source)
                 new_states.append(s)
             else:
-                x = block(x, causal=True)
+                x = block(x, causal=True, kv_source=kv_source)
+        if self.meta is not None and first:
+            x = x[:, self.meta.shape[0]:]
         logits = self.head(self.norm(x))
         return (logits, new_states) if return_state else logits
 

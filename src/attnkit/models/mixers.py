@@ -11,14 +11,21 @@ from torch import nn
 
 from ..nn import Attention
 from ..positional import LogScaling, RoPE
+from .config import shareable
+from .kv_sharing import SharedKVAttention
 from .titans import build_titans
 
 
-def build_mixer(spec: dict, dim: int, heads: int, kv_heads: int | None, head_dim: int) -> nn.Module:
+def build_mixer(spec: dict, dim: int, heads: int, kv_heads: int | None, head_dim: int,
+                kv_producer: nn.Module | None = None) -> nn.Module:
+    """The mixer of ``spec``; with ``kv_producer`` (the previous layer's mixer, same spec) it reads
+    that mixer's keys and values (:mod:`attnkit.models.kv_sharing`)."""
     if "titans" in spec:
         return build_titans(spec, dim, heads, kv_heads, head_dim)
     if "hymba" in spec:
-        return ParallelHeads(spec["hymba"], dim, heads, kv_heads, head_dim)
+        return ParallelHeads(spec["hymba"], dim, heads, kv_heads, head_dim, kv_producer=kv_producer)
+    if kv_producer is not None:
+        return SharedKVAttention(kv_producer)
     rope = RoPE(head_dim) if spec["rope"] else None
     if spec.get("log_scaling") is not None:
         rope = LogScaling(spec["log_scaling"], inner=rope)
@@ -47,7 +54,8 @@ class ParallelHeads(nn.Module):
     projected: ``W_out · mean_i(beta_i * norm(branch_i(x)))``.
     """
 
-    def __init__(self, branches: list[dict], dim: int, heads: int, kv_heads: int | None, head_dim: int):
+    def __init__(self, branches: list[dict], dim: int, heads: int, kv_heads: int | None, head_dim: int,
+                 kv_producer: "ParallelHeads | None" = None):
         super().__init__()
         n = len(branches)
         if heads % n:
@@ -58,16 +66,25 @@ class ParallelHeads(nn.Module):
         for b in branches:
             if "hymba" in b:
                 raise ValueError("hymba branches must be mechanisms, not nested hymba mixers")
-        self.branches = nn.ModuleList(build_mixer(b, dim, heads // n, per_kv, head_dim) for b in branches)
+        producers = [None] * n if kv_producer is None else [
+            p if shareable(b) else None for b, p in zip(branches, kv_producer.branches)]
+        self.shared = [p is not None for p in producers]
+        self.branches = nn.ModuleList(build_mixer(b, dim, heads // n, per_kv, head_dim, kv_producer=p)
+                                      for b, p in zip(branches, producers))
         self.norms = nn.ModuleList(nn.RMSNorm(dim) for _ in branches)
         self.betas = nn.Parameter(torch.ones(n, dim))
         self.out_proj = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x, *, causal=False, mask=None, state=None, return_state=False):
+    def forward(self, x, *, causal=False, mask=None, state=None, return_state=False, kv_source=None):
+        """``kv_source = (producer_input, producer_state_before_this_call)`` when branches share KV."""
         states = state.states if state is not None else (None,) * len(self.branches)
         outs, new_states = [], []
-        for branch, norm, beta, s in zip(self.branches, self.norms, self.betas, states):
-            y = branch(x, causal=causal, mask=mask, state=s, return_state=return_state)
+        for j, (branch, norm, beta, s) in enumerate(zip(self.branches, self.norms, self.betas, states)):
+            shared = {}
+            if self.shared[j]:
+                source, prior = kv_source
+                shared = {"kv_source": (source, None if prior is None else prior.states[j])}
+            y = branch(x, causal=causal, mask=mask, state=s, return_state=return_state, **shared)
             if return_state:
                 y, s = y
                 new_states.append(s)

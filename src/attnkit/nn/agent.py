@@ -37,6 +37,7 @@ from torch import nn
 from ..api import attention
 from ..validation import check_int, check_tokens
 from .token_conv import TokenConv
+from .dropout import check_dropout, dropout_p
 from .factory import factory_kwargs
 
 BLOCK_BIAS = 7  # the learned block bias maps are 7 x 7, resized to the grid
@@ -50,13 +51,15 @@ def _bias(*shape):
 class AgentAttention(nn.Module):
     """Agent attention block (Agent Attention, Han et al.): pooled agent tokens, agent biases and a
     depthwise convolution on V; ``(B, N, dim) -> (B, N, dim)`` over a ``grid`` of tokens. See the module docstring.
+    ``dropout``: dropout on the attention weights while training (:mod:`attnkit.nn.dropout`), in both softmaxes (as the authors' ``attn_drop``).
     """
 
     paper = "Agent Attention: On the Integration of Softmax and Linear Attention"
 
     def __init__(self, dim: int, heads: int, grid: tuple[int, int], *, agents: int = 49, kernel_size: int = 3,
-                 qkv_bias: bool = True, reduction: int = 1, class_token: bool = False):
+                 qkv_bias: bool = True, reduction: int = 1, class_token: bool = False, dropout: float = 0.0):
         super().__init__()
+        self.dropout = check_dropout(dropout)
         check_int("dim", dim)
         check_int("heads", heads)
         check_int("agents", agents)
@@ -121,8 +124,8 @@ class AgentAttention(nn.Module):
         grid_q = q[:, :, extra:].reshape(B * self.heads, h, w, D).permute(0, 3, 1, 2)
         a = F.adaptive_avg_pool2d(grid_q, self.side).flatten(2).transpose(1, 2).reshape(B, self.heads, self.agents, D)
         b1, b2 = (b.to(x.dtype)[None] for b in self.biases())
-        v_agents = attention(a, k, v, "softmax", mask=b1)
-        out = attention(q, a, v_agents, "softmax", mask=b2).transpose(1, 2).flatten(2)
+        v_agents = attention(a, k, v, "softmax", mask=b1, dropout_p=dropout_p(self))
+        out = attention(q, a, v_agents, "softmax", mask=b2, dropout_p=dropout_p(self)).transpose(1, 2).flatten(2)
         conv = self.dwc(self._full_grid(v[:, :, extra:].transpose(1, 2).flatten(2)), causal=False)[0]
         return self.proj(torch.cat([out[:, :extra], out[:, extra:] + conv], dim=1))
 

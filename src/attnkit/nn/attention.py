@@ -31,6 +31,7 @@ from torch import nn
 from .. import registry
 from ..api import attention
 from ..positional import RoPE
+from .dropout import check_dropout, check_dropout_support, dropout_p
 from .factory import check_factory_kwargs
 from .inputs import has_input_module, input_module
 from ..validation import check_int, check_params, check_tokens
@@ -87,8 +88,7 @@ class Attention(nn.Module):
     ):
         super().__init__()
         check_factory_kwargs(device, dtype)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        dropout = check_dropout(dropout)
         check_int("dim", dim)
         check_int("heads", heads)
         kv_heads = heads if kv_heads is None else kv_heads
@@ -113,10 +113,8 @@ class Attention(nn.Module):
                 f"mechanism {mechanism!r} needs tensor inputs {sorted(names)} and has no input module "
                 f"(attnkit.nn.inputs) to learn them, so it cannot run inside a layer"
             )
-        if dropout and not set(self.spec.default_order) & self.spec.dropout_forms:
-            raise ValueError(f"dropout: mechanism {mechanism!r}'s default form applies no attention-weight dropout; "
-                             "use dropout=0.0 or mechanism='softmax'")
-        self.dropout = float(dropout)
+        check_dropout_support(self.spec, dropout)
+        self.dropout = dropout
         factory_kw = {"device": device, "dtype": dtype}
         self.inputs = input_module(mechanism, dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim) if names else None
         if self.inputs is not None:
@@ -187,7 +185,7 @@ class Attention(nn.Module):
             else:
                 k, v = self.project_kv(context)
                 state = CrossAttentionCache(k, v)
-            out = attention(q, k, v, self.mechanism, causal=causal, mask=mask, dropout_p=self._dropout_p(),
+            out = attention(q, k, v, self.mechanism, causal=causal, mask=mask, dropout_p=dropout_p(self),
                             **self._params(x, q, k, v))
         else:
             if isinstance(state, CrossAttentionCache):
@@ -196,7 +194,7 @@ class Attention(nn.Module):
             incremental = return_state or state is not None
             kw = dict(state=state, return_state=True) if incremental else {}
             out = attention(q, k, v, self.mechanism, causal=causal, mask=mask, position=self.rope,
-                            dropout_p=0.0 if incremental else self._dropout_p(), **kw, **self._params(x, q, k, v))
+                            dropout_p=0.0 if incremental else dropout_p(self), **kw, **self._params(x, q, k, v))
             if incremental:
                 out, state = out
         out = self.merge_heads(out, x)
@@ -223,10 +221,6 @@ class Attention(nn.Module):
         if self.head_mask is not None:
             out = out * self.head_mask.to(out.dtype)[None, :, None, None]
         return self.out_proj(out.transpose(1, 2).flatten(2))
-
-    def _dropout_p(self) -> float:
-        """Attention-weight dropout of a one-shot call: ``dropout`` while training (incremental calls drop nothing)."""
-        return self.dropout if self.training else 0.0
 
     def _params(self, x, q, k, v) -> dict:
         if self.inputs is None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..families.luong import masked_softmax
 from ..validation import check_int, check_tokens
+from .dropout import check_dropout, drop_weights
 from .factory import factory_kwargs
 
 
@@ -26,11 +27,13 @@ class BiDAFAttention(nn.Module):
 
     ``context (B, T, dim)``, ``query (B, J, dim)``, masks boolean ``(B, T)`` / ``(B, J)`` (True = a real
     token). ``G (B, T, 4 dim)`` (zeros at padded context positions' attended parts), ``S (B, T, J)``.
+    ``dropout``: dropout on the attention weights while training (:mod:`attnkit.nn.dropout`), on ``a`` and ``b``.
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, *, dropout: float = 0.0):
         super().__init__()
         check_int("dim", dim)
+        self.dropout = check_dropout(dropout)
         self.dim = dim
         self.w = nn.Parameter(torch.randn(3 * dim) * (3 * dim) ** -0.5)
 
@@ -52,9 +55,9 @@ class BiDAFAttention(nn.Module):
         qm = query_mask if query_mask is not None else query.new_ones(B, J, dtype=torch.bool)
         S = self.similarity(context, query)
         a = masked_softmax(S, qm[:, None, :] & cm[:, :, None])
-        u_tilde = a @ query
+        u_tilde = drop_weights(self, a) @ query
         row_max = S.masked_fill(~qm[:, None, :], float("-inf")).amax(-1)
         row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
         b = masked_softmax(row_max, cm & qm.any(-1, keepdim=True))
-        h_tilde = (b.unsqueeze(1) @ context).expand(B, T, self.dim)
+        h_tilde = (drop_weights(self, b).unsqueeze(1) @ context).expand(B, T, self.dim)
         return torch.cat([context, u_tilde, context * u_tilde, context * h_tilde], dim=-1), S

@@ -22,6 +22,7 @@ from torch import nn
 
 from .attention import Attention
 from ..validation import check_int, check_tokens
+from .dropout import check_dropout
 from .factory import factory_kwargs
 
 
@@ -40,17 +41,19 @@ def _padding(mask, inputs):
 @factory_kwargs
 class PoolingByMultiheadAttention(nn.Module):
     """Set Transformer's pooling by multihead attention: ``seeds`` learned queries
-    cross-attend to the input set. See the module docstring.
+    cross-attend to the input set. See the module docstring. ``dropout``: dropout on the attention weights while training (:mod:`attnkit.nn.dropout`).
     """
 
-    def __init__(self, dim: int, heads: int, seeds: int = 1, *, mechanism: str = "softmax", **mechanism_params):
+    def __init__(self, dim: int, heads: int, seeds: int = 1, *, mechanism: str = "softmax", dropout: float = 0.0,
+                 **mechanism_params):
         super().__init__()
         check_int("dim", dim)
         check_int("seeds", seeds)
+        check_dropout(dropout)
         self.dim = dim
         self.seeds = nn.Parameter(torch.randn(1, seeds, dim) * dim ** -0.5)
         self.rff_in = _mlp(dim, dim)  # the rFF applied to the set before pooling
-        self.attn = Attention(dim, heads, mechanism=mechanism, bias=True, **mechanism_params)
+        self.attn = Attention(dim, heads, mechanism=mechanism, bias=True, dropout=dropout, **mechanism_params)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.rff_out = _mlp(dim, dim)
 
@@ -65,24 +68,28 @@ class PoolingByMultiheadAttention(nn.Module):
 @factory_kwargs
 class PerceiverEncoder(nn.Module):
     """Perceiver encoder: a learned latent array cross-attends to the input, then self-attends
-    for ``latent_layers`` layers, ``iterations`` times. See the module docstring.
+    for ``latent_layers`` layers, ``iterations`` times. See the module docstring. ``dropout``: dropout on the attention weights while training (:mod:`attnkit.nn.dropout`),
+    in the cross-attention and every latent self-attention.
     """
 
     def __init__(self, input_dim: int, latent_dim: int, num_latents: int, *, cross_heads: int = 1,
                  latent_heads: int = 4, latent_layers: int = 2, iterations: int = 1, mechanism: str = "softmax",
-                 **mechanism_params):
+                 dropout: float = 0.0, **mechanism_params):
         super().__init__()
         for name, value in (("input_dim", input_dim), ("latent_dim", latent_dim), ("num_latents", num_latents),
                             ("latent_layers", latent_layers), ("iterations", iterations)):
             check_int(name, value)
+        check_dropout(dropout)
         self.input_dim, self.iterations = input_dim, iterations
         self.latents = nn.Parameter(torch.randn(1, num_latents, latent_dim) * latent_dim ** -0.5)
         self.cross_norm, self.input_norm = nn.LayerNorm(latent_dim), nn.LayerNorm(input_dim)
-        self.cross = Attention(latent_dim, cross_heads, context_dim=input_dim, mechanism=mechanism, **mechanism_params)
+        self.cross = Attention(latent_dim, cross_heads, context_dim=input_dim, mechanism=mechanism, dropout=dropout,
+                               **mechanism_params)
         self.cross_mlp = nn.Sequential(nn.LayerNorm(latent_dim), _mlp(latent_dim, 4 * latent_dim))
         self.self_norms = nn.ModuleList(nn.LayerNorm(latent_dim) for _ in range(latent_layers))
         self.self_attns = nn.ModuleList(
-            Attention(latent_dim, latent_heads, mechanism=mechanism, **mechanism_params) for _ in range(latent_layers)
+            Attention(latent_dim, latent_heads, mechanism=mechanism, dropout=dropout, **mechanism_params)
+            for _ in range(latent_layers)
         )
         self.self_mlps = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(latent_dim), _mlp(latent_dim, 4 * latent_dim)) for _ in range(latent_layers)

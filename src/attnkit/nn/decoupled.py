@@ -18,13 +18,15 @@ from torch import nn
 from ..api import attention
 from .attention import Attention
 from ..validation import check_float, check_int, check_tokens
+from .dropout import dropout_p
 from .factory import factory_kwargs
 
 
 @factory_kwargs
 class DecoupledCrossAttention(nn.Module):
     """IP-Adapter's decoupled cross-attention: a text cross-attention plus a separate image
-    cross-attention whose output is added with weight ``scale``. See the module docstring.
+    cross-attention whose output is added with weight ``scale``. See the module docstring. The
+    attention-weight dropout is the text layer's (``text_attention.dropout``), in both attentions.
     """
 
     def __init__(self, text_attention: Attention, image_dim: int, *, scale: float = 1.0):
@@ -58,10 +60,10 @@ class DecoupledCrossAttention(nn.Module):
         if t.q_norm is not None:
             q = t.q_norm(q)
         k, v = t.project_kv(text)
-        z = attention(q, k, v, t.mechanism, mask=text_mask, **t.mechanism_params)
+        z = attention(q, k, v, t.mechanism, mask=text_mask, dropout_p=dropout_p(t), **t.mechanism_params)
         ki = t.split_heads(self.image_k(image), t.kv_heads)
         if t.k_norm is not None:
             ki = t.k_norm(ki)
         vi = t.split_heads(self.image_v(image), t.kv_heads)
-        z = z + scale * attention(q, ki, vi, t.mechanism, mask=image_mask, **t.mechanism_params)
+        z = z + scale * attention(q, ki, vi, t.mechanism, mask=image_mask, dropout_p=dropout_p(t), **t.mechanism_params)
         return t.merge_heads(z, x)

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..api import attention
 from ..validation import check_divides, check_float, check_int, check_tokens
+from .dropout import check_dropout, dropout_p
 from .factory import factory_kwargs
 
 
@@ -39,8 +40,9 @@ def attention_rollout(weights: list[torch.Tensor]) -> torch.Tensor:
 
 
 class _Heads(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, *, dropout: float = 0.0):
         super().__init__()
+        self.dropout = check_dropout(dropout)
         check_int("dim", dim)
         check_int("heads", heads)
         check_divides("dim", dim, "heads", heads)
@@ -60,10 +62,10 @@ class _Heads(nn.Module):
 class GlobalLocalCrossAttention(_Heads):
     """GLCA: ``forward(x, rollout) -> (out, chosen)`` for tokens ``x (B, 1 + N, dim)`` (class token first)
     and the rollout ``(B, 1 + N, 1 + N)``; ``out (B, 1 + R, dim)``, ``chosen (B, 1 + R)`` the token indices
-    of the local queries (0 = the class token)."""
+    of the local queries (0 = the class token). ``dropout``: dropout on the attention weights while training (:mod:`attnkit.nn.dropout`)."""
 
-    def __init__(self, dim: int, heads: int, *, ratio: float = 0.1):
-        super().__init__(dim, heads)
+    def __init__(self, dim: int, heads: int, *, ratio: float = 0.1, dropout: float = 0.0):
+        super().__init__(dim, heads, dropout=dropout)
         check_float("ratio", ratio, positive=True)
         if ratio > 1:
             raise ValueError(f"ratio must be in (0, 1] (the share of patch tokens kept as queries), got {ratio}")
@@ -81,13 +83,13 @@ class GlobalLocalCrossAttention(_Heads):
         chosen = torch.cat([top.new_zeros(B, 1), top], dim=1)
         q, k, v = self.split(x)
         q_local = q.gather(2, chosen[:, None, :, None].expand(-1, self.heads, -1, q.shape[-1]))
-        return self.merge(attention(q_local, k, v, "softmax")), chosen
+        return self.merge(attention(q_local, k, v, "softmax", dropout_p=dropout_p(self))), chosen
 
 
 @factory_kwargs
 class PairwiseCrossAttention(_Heads):
     """PWCA: ``forward(x, distractor=None) -> (B, N, dim)``; with a distractor ``(B, N', dim)`` in training
-    mode, each query of ``x`` attends to the keys and values of both."""
+    mode, each query of ``x`` attends to the keys and values of both. ``dropout``: dropout on the attention weights while training (:mod:`attnkit.nn.dropout`)."""
 
     def forward(self, x, distractor=None):
         check_tokens("x", x, self.dim)
@@ -98,4 +100,4 @@ class PairwiseCrossAttention(_Heads):
                 raise ValueError(f"distractor has batch {distractor.shape[0]} but x has {x.shape[0]}")
             _, k2, v2 = self.split(distractor)
             k, v = torch.cat([k, k2], dim=2), torch.cat([v, v2], dim=2)
-        return self.merge(attention(q, k, v, "softmax"))
+        return self.merge(attention(q, k, v, "softmax", dropout_p=dropout_p(self)))

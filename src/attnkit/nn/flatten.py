@@ -40,7 +40,8 @@ class FLattenState:
 @factory_kwargs
 class FocusedLinearAttention(nn.Module):
     """FLatten's focused linear attention block with its rank-restoring depthwise convolution;
-    ``(B, N, dim) -> (B, N, dim)``. See the module docstring.
+    ``(B, N, dim) -> (B, N, dim)``. See the module docstring. No ``dropout=``: linear attention
+    never forms the attention weights, so there are none to drop.
     """
 
     paper = "FLatten Transformer: Vision Transformer using Focused Linear Attention"

@@ -23,15 +23,20 @@ from torch import nn
 
 from ..families.luong import masked_softmax
 from ..validation import check_divides, check_float, check_int, check_tokens
+from .dropout import check_dropout, drop_weights
 from .factory import factory_kwargs
 
 
 @factory_kwargs
 class GatedPositionalSelfAttention(nn.Module):
-    """``forward(x, grid=(H, W)) -> (B, H W, dim)`` for patch tokens ``x (B, H W, dim)`` in row-major order."""
+    """``forward(x, grid=(H, W)) -> (B, H W, dim)`` for patch tokens ``x (B, H W, dim)`` in row-major order.
 
-    def __init__(self, dim: int, heads: int, *, locality_strength: float = 1.0):
+    ``dropout``: dropout on the attention weights while training (:mod:`attnkit.nn.dropout`), on the gated mixture ``A``.
+    """
+
+    def __init__(self, dim: int, heads: int, *, locality_strength: float = 1.0, dropout: float = 0.0):
         super().__init__()
+        self.dropout = check_dropout(dropout)
         check_int("dim", dim)
         check_int("heads", heads)
         check_divides("dim", dim, "heads", heads)
@@ -70,4 +75,4 @@ class GatedPositionalSelfAttention(nn.Module):
         positional = masked_softmax(self.positional_scores(grid, x.device, x.dtype), everything)
         g = torch.sigmoid(self.gate).to(x.dtype)[None, :, None, None]
         weights = (1 - g) * content + g * positional
-        return self.proj((weights @ v).transpose(1, 2).reshape(B, N, self.dim))
+        return self.proj((drop_weights(self, weights) @ v).transpose(1, 2).reshape(B, N, self.dim))

@@ -21,6 +21,7 @@ import torch
 from ..api import attention
 from .attention import Attention
 from ..validation import check_tokens
+from .dropout import dropout_p
 from .factory import factory_kwargs
 
 
@@ -80,5 +81,6 @@ class KeyDrivenGQA(Attention):
             self.allocation = allocate_queries(self.norm_ema, self.heads, min_max=False)
         group = torch.repeat_interleave(torch.arange(self.kv_heads, device=x.device),
                                         torch.tensor(self.allocation, device=x.device))
-        out = attention(q, k[:, group], v[:, group], self.mechanism, causal=causal, mask=mask, **self._params(x, q, k, v))
+        out = attention(q, k[:, group], v[:, group], self.mechanism, causal=causal, mask=mask, dropout_p=dropout_p(self),
+                        **self._params(x, q, k, v))
         return self.merge_heads(out, x)

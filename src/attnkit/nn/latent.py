@@ -33,6 +33,7 @@ from ..api import attention
 from ..positional import RoPE
 from ..state import AppendBuffer
 from ..validation import check_int, check_params, check_tokens
+from .dropout import check_dropout, check_dropout_support, dropout_p
 from .factory import factory_kwargs
 
 
@@ -72,13 +73,15 @@ class LatentCache:
 @factory_kwargs
 class MultiHeadLatentAttention(nn.Module):
     """Multi-head latent attention (MLA, DeepSeek-V2): keys and values from a compressed
-    ``kv_latent``, decoupled RoPE on ``rope_dim`` channels. See the module docstring.
+    ``kv_latent``, decoupled RoPE on ``rope_dim`` channels. See the module docstring. ``dropout``: dropout on the attention weights while training (:mod:`attnkit.nn.dropout`)
+    (one-shot calls; incremental calls drop nothing).
     """
 
     def __init__(self, dim: int, heads: int, *, head_dim: int, kv_latent: int, rope_dim: int = 16,
                  q_latent: int | None = None, mechanism: str = "softmax", rope_base: float = 10000.0,
-                 attention_form: str | None = None, **mechanism_params):
+                 attention_form: str | None = None, dropout: float = 0.0, **mechanism_params):
         super().__init__()
+        self.dropout = check_dropout(dropout)
         for name, value in (("dim", dim), ("heads", heads), ("head_dim", head_dim), ("kv_latent", kv_latent),
                             ("rope_dim", rope_dim)):
             check_int(name, value)
@@ -92,6 +95,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.mechanism, self.mechanism_params = mechanism, dict(check_params(spec, mechanism_params))
         if attention_form is not None:
             spec.form(attention_form)  # refuses unknown form names now
+        check_dropout_support(spec, self.dropout, attention_form)
         self.attention_form = attention_form
         self.dim, self.heads, self.head_dim, self.kv_latent, self.rope_dim = dim, heads, head_dim, kv_latent, rope_dim
         self.kv_down = nn.Linear(dim, kv_latent, bias=False)
@@ -132,7 +136,7 @@ class MultiHeadLatentAttention(nn.Module):
         q_r = self.rope.rotate(self.q_rope(cq).unflatten(-1, (self.heads, self.rope_dim)).transpose(1, 2), positions)
         scale = 1.0 / math.sqrt(self.head_dim + self.rope_dim)
         run = self._absorbed if form == "absorbed" else self._naive
-        out = run(q_c, q_r, keys, causal=causal, mask=mask, scale=scale)
+        out = run(q_c, q_r, keys, causal=causal, mask=mask, scale=scale, dropout_p=0.0 if incremental else dropout_p(self))
         out = self.out_proj(out.transpose(1, 2).flatten(2))
         return (out, state) if return_state else out
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..families.luong import masked_softmax
 from ..validation import check_float, check_int, check_tokens
+from .dropout import check_dropout, drop_weights
 from .factory import factory_kwargs
 
 
@@ -30,12 +31,15 @@ class LocationSensitiveAttention(nn.Module):
     ``state (B, query_dim)`` is ``s_{i-1}``, ``keys (B, N, key_dim)`` the encoder states ``h``,
     ``previous_weights (B, N)`` the last step's weights (zeros, or a one-hot on the first frame,
     before the first step), ``mask (B, N)`` boolean (True = a real frame). Returns the glimpse
-    ``(B, key_dim)`` and the weights ``(B, N)``; a row with no frame is zeros.
+    ``(B, key_dim)`` and the weights ``(B, N)``; a row with no frame is zeros. ``dropout``: dropout on the attention weights while training (:mod:`attnkit.nn.dropout`),
+    on the weights the glimpse is made from; the returned weights (the next step's ``previous_weights``)
+    are not dropped.
     """
 
     def __init__(self, query_dim: int, key_dim: int, attn_dim: int, *, filters: int = 10, kernel_size: int = 201,
-                 sharpening: float = 1.0, smoothing: bool = False):
+                 sharpening: float = 1.0, smoothing: bool = False, dropout: float = 0.0):
         super().__init__()
+        self.dropout = check_dropout(dropout)
         for name, value in (("query_dim", query_dim), ("key_dim", key_dim), ("attn_dim", attn_dim),
                             ("filters", filters), ("kernel_size", kernel_size)):
             check_int(name, value)
@@ -74,4 +78,4 @@ class LocationSensitiveAttention(nn.Module):
             weights = p / torch.where(total > 0, total, torch.ones_like(total))
         else:
             weights = masked_softmax(self.sharpening * e, allowed)
-        return (weights.unsqueeze(1) @ keys).squeeze(1), weights
+        return (drop_weights(self, weights).unsqueeze(1) @ keys).squeeze(1), weights

@@ -21,6 +21,7 @@ from torch import nn
 from ..families.additive import additive_scores
 from ..families.luong import local_p_weights, masked_softmax
 from ..validation import check_int, check_tokens
+from .dropout import check_dropout, drop_weights
 from .factory import factory_kwargs
 
 SCORES = ("dot", "general", "concat")
@@ -32,13 +33,15 @@ class LuongAttention(nn.Module):
     """Luong attention over source states; ``forward(target, source, source_mask=None) -> (h_tilde, weights)``.
 
     ``target (B, T, dim)``, ``source (B, S, dim)``, ``source_mask (B, S)`` boolean (True = a real
-    source position). ``weights`` is ``(B, T, S)``; a row with no source position is zeros.
+    source position). ``weights`` is ``(B, T, S)``; a row with no source position is zeros. ``dropout``:
+    dropout on the attention weights while training (:mod:`attnkit.nn.dropout`), on the weights the context is made from (the returned weights are not dropped).
     """
 
     def __init__(self, dim: int, *, score: str = "general", local: str | None = None, window: int = 10,
-                 attn_dim: int | None = None):
+                 attn_dim: int | None = None, dropout: float = 0.0):
         super().__init__()
         check_int("dim", dim)
+        self.dropout = check_dropout(dropout)
         check_int("window", window)
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
@@ -86,5 +89,5 @@ class LuongAttention(nn.Module):
                 allowed = (s - t).abs() <= self.window
             allowed = allowed if mask is None else allowed & mask
             weights = masked_softmax(scores, allowed)
-        context = weights @ source
+        context = drop_weights(self, weights) @ source
         return torch.tanh(self.w_c(torch.cat([context, target], dim=-1))), weights

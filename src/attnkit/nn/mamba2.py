@@ -40,7 +40,8 @@ class Mamba2State:
 @factory_kwargs
 class Mamba2Layer(nn.Module):
     """The Mamba-2 block around the SSD mechanism (projections, short convolution, gating);
-    ``(B, N, dim) -> (B, N, dim)``. See the module docstring.
+    ``(B, N, dim) -> (B, N, dim)``. See the module docstring. No ``dropout=``: the SSD recurrence
+    forms no softmax attention weights to drop.
     """
 
     paper = "Transformers are SSMs: Generalized Models and Efficient Algorithms Through Structured State Space Duality"

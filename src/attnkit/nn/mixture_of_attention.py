@@ -33,18 +33,21 @@ from torch import nn
 from .. import registry
 from ..api import attention
 from ..validation import check_int, check_params, check_tokens
+from .dropout import check_dropout, check_dropout_support, dropout_p
 from .factory import factory_kwargs
 
 
 @factory_kwargs
 class MixtureOfAttentionHeads(nn.Module):
     """Mixture of Attention Heads (MoA, Zhang et al.): ``top_k`` of ``experts`` query/output
-    projections per token over shared keys and values. See the module docstring.
+    projections per token over shared keys and values. See the module docstring. ``dropout``: dropout on the attention weights while training (:mod:`attnkit.nn.dropout`)
+    (one-shot calls; incremental calls drop nothing).
     """
 
     def __init__(self, dim: int, experts: int, top_k: int, head_dim: int, *, mechanism: str = "softmax",
-                 **mechanism_params):
+                 dropout: float = 0.0, **mechanism_params):
         super().__init__()
+        self.dropout = check_dropout(dropout)
         for name, value in (("dim", dim), ("experts", experts), ("top_k", top_k), ("head_dim", head_dim)):
             check_int(name, value)
         if top_k > experts:
@@ -52,6 +55,7 @@ class MixtureOfAttentionHeads(nn.Module):
         spec = registry.get(mechanism)
         if spec.tensor_names:
             raise ValueError(f"mechanism {mechanism!r} needs tensor inputs {list(spec.tensor_names)}; MoA takes none")
+        check_dropout_support(spec, self.dropout)
         self.mechanism, self.mechanism_params = mechanism, dict(check_params(spec, mechanism_params))
         self.dim, self.experts, self.top_k, self.head_dim = dim, experts, top_k, head_dim
         self.router = nn.Linear(dim, experts, bias=False)
@@ -87,9 +91,10 @@ class MixtureOfAttentionHeads(nn.Module):
         slots = chosen[..., None].expand(-1, -1, -1, self.head_dim)
         q = q.gather(2, slots) if form == "sparse" else q
         q = q.transpose(1, 2)  # (B, k or experts, N, head_dim)
-        kw = dict(state=state, return_state=True) if (return_state or state is not None) else {}
+        incremental = return_state or state is not None
+        kw = dict(state=state, return_state=True) if incremental else {"dropout_p": dropout_p(self)}
         out = attention(q, k, v, self.mechanism, causal=causal, mask=mask, **kw, **self.mechanism_params)
-        if kw:
+        if incremental:
             out, state = out
         out = out.transpose(1, 2)  # (B, N, k or experts, head_dim)
         if form == "sparse":

@@ -28,6 +28,7 @@ from torch import nn
 from ..api import attention
 from .attention import Attention
 from ..validation import check_int, check_tokens
+from .dropout import check_dropout, dropout_p
 from .factory import factory_kwargs
 
 STRATEGIES = ("serial", "parallel", "flat", "hierarchical")
@@ -36,12 +37,14 @@ STRATEGIES = ("serial", "parallel", "flat", "hierarchical")
 @factory_kwargs
 class MultiSourceCrossAttention(nn.Module):
     """Cross-attention over several sources combined by ``strategy`` (Libovický et al.'s flat,
-    parallel, serial and hierarchical). See the module docstring.
+    parallel, serial and hierarchical). See the module docstring. ``dropout``: dropout on the attention weights while training (:mod:`attnkit.nn.dropout`), in every
+    attention of the strategy.
     """
 
     def __init__(self, dim: int, heads: int, source_dims, *, strategy: str = "parallel", mechanism: str = "softmax",
-                 bias: bool = False, **mechanism_params):
+                 bias: bool = False, dropout: float = 0.0, **mechanism_params):
         super().__init__()
+        self.dropout = check_dropout(dropout)
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         source_dims = list(source_dims)
@@ -51,13 +54,14 @@ class MultiSourceCrossAttention(nn.Module):
             check_int(f"source_dims[{i}]", d)
         self.strategy, self.source_dims, self.dim = strategy, source_dims, dim
         self.sources = nn.ModuleList(
-            Attention(dim, heads, context_dim=d, mechanism=mechanism, bias=bias, **mechanism_params) for d in source_dims
+            Attention(dim, heads, context_dim=d, mechanism=mechanism, bias=bias, dropout=dropout, **mechanism_params)
+            for d in source_dims
         )
         if strategy == "flat":  # one query and one output projection (source 0's) serve every source
             for layer in self.sources[1:]:
                 layer.q_proj = layer.out_proj = None
         if strategy == "hierarchical":
-            self.combine = Attention(dim, heads, mechanism=mechanism, bias=bias, **mechanism_params)
+            self.combine = Attention(dim, heads, mechanism=mechanism, bias=bias, dropout=dropout, **mechanism_params)
 
     def forward(self, x, sources, masks=None):
         """``x (B, N, dim)``, ``sources`` a list of ``(B, M_i, source_dims[i])`` -> context ``(B, N, dim)``."""
@@ -97,7 +101,7 @@ class MultiSourceCrossAttention(nn.Module):
         if any(m is not None for m in masks):
             mask = torch.cat([m if m is not None else torch.ones(s.shape[:2], dtype=torch.bool, device=s.device)
                               for s, m in zip(sources, masks)], dim=1)[:, None, None, :]
-        out = attention(q, k, v, first.mechanism, mask=mask, **first.mechanism_params)
+        out = attention(q, k, v, first.mechanism, mask=mask, dropout_p=dropout_p(self), **first.mechanism_params)
         return first.merge_heads(out, x)
 
 

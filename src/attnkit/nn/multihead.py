@@ -19,6 +19,7 @@ from .. import registry
 from ..api import attention
 from ..scores.normalisers import SOFTMAX
 from ..validation import check_int, check_params
+from .dropout import check_dropout
 from .factory import check_factory_kwargs
 
 
@@ -36,8 +37,7 @@ class MultiheadAttention(nn.Module):
         check_int("num_heads", num_heads)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        dropout = check_dropout(dropout)
         self.spec = registry.get(mechanism)
         if self.spec.tensor_names:
             raise ValueError(f"mechanism {mechanism!r} needs tensor inputs {list(self.spec.tensor_names)}; "

@@ -25,7 +25,9 @@ from .factory import factory_kwargs
 @factory_kwargs
 class NystromAttention(nn.Module):
     """Nyströmformer's attention block: landmark attention plus the skip convolution on V;
-    ``(B, N, dim) -> (B, N, dim)``. See the module docstring.
+    ``(B, N, dim) -> (B, N, dim)``. See the module docstring. No ``dropout=``: the Nyström
+    approximation never forms the ``N x N`` weights (it multiplies its three landmark kernels and the
+    pseudo-inverse right to left), so there are no attention weights to drop.
     """
 
     paper = "Nyströmformer: A Nyström-Based Algorithm for Approximating Self-Attention"

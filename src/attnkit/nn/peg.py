@@ -22,7 +22,10 @@ from .factory import factory_kwargs
 
 @factory_kwargs
 class PositionalEncodingGenerator(nn.Module):
-    """``forward(x, grid=(H, W), class_tokens=0) -> x + PEG(x)`` for tokens ``x (B, class_tokens + H W, dim)``."""
+    """``forward(x, grid=(H, W), class_tokens=0) -> x + PEG(x)`` for tokens ``x (B, class_tokens + H W, dim)``.
+
+    No ``dropout=``: a depthwise convolution, no attention weights.
+    """
 
     def __init__(self, dim: int, kernel_size: int = 3):
         super().__init__()

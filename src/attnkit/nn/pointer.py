@@ -24,6 +24,7 @@ class PointerAttention(nn.Module):
     ``decoder (B, T, decoder_dim)``, ``encoder (B, N, encoder_dim)``, ``mask`` boolean broadcastable to
     ``(B, T, N)`` (True = may be pointed at; e.g. the positions not yet chosen). Disallowed positions get
     log-probability ``-inf``; a row with no allowed position is all ``-inf`` (probabilities zero, no NaN).
+    No ``dropout=``: the weights are the output (the pointer distribution), not weights of values.
     """
 
     def __init__(self, decoder_dim: int, encoder_dim: int, attn_dim: int):

@@ -25,7 +25,11 @@ from .factory import factory_kwargs
 
 @factory_kwargs
 class MultiScaleRetention(Attention):
-    """``forward(x, causal=True, state=, return_state=)`` as :class:`attnkit.nn.Attention` (self-attention only)."""
+    """``forward(x, causal=True, state=, return_state=)`` as :class:`attnkit.nn.Attention` (self-attention only).
+
+    No ``dropout=``: retention's decayed weights are never formed by its chunked and recurrent forms,
+    so there are none to drop.
+    """
 
     paper = "Retentive Network: A Successor to Transformer for Large Language Models"
 

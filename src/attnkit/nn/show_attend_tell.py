@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..validation import check_float, check_int, check_tokens
+from .dropout import check_dropout, drop_weights
 from .factory import factory_kwargs
 
 
@@ -35,11 +36,15 @@ class ShowAttendTellAttention(nn.Module):
 
     ``features (B, L, feature_dim)`` the annotation vectors, ``hidden (B, hidden_dim)`` the previous LSTM
     state. ``z (B, feature_dim)`` the context, ``alpha (B, L)``; for ``hard=True`` ``sample (B,)`` the sampled
-    locations and ``sample_log_prob (B,)`` their ``log alpha`` (else both None).
+    locations and ``sample_log_prob (B,)`` their ``log alpha`` (else both None). ``dropout``: dropout on the attention weights while training (:mod:`attnkit.nn.dropout`),
+    on the ``alpha`` that weighs soft attention's context (hard attention samples one location, and the
+    returned ``alpha`` is not dropped).
     """
 
-    def __init__(self, feature_dim: int, hidden_dim: int, attn_dim: int, *, hard: bool = False, gate: bool = True):
+    def __init__(self, feature_dim: int, hidden_dim: int, attn_dim: int, *, hard: bool = False, gate: bool = True,
+                 dropout: float = 0.0):
         super().__init__()
+        self.dropout = check_dropout(dropout)
         for name, value in (("feature_dim", feature_dim), ("hidden_dim", hidden_dim), ("attn_dim", attn_dim)):
             check_int(name, value)
         self.feature_dim, self.hidden_dim, self.hard = feature_dim, hidden_dim, hard
@@ -58,7 +63,7 @@ class ShowAttendTellAttention(nn.Module):
             z = features[torch.arange(features.shape[0], device=features.device), sample]
             log_prob = torch.log(alpha.gather(1, sample[:, None]).squeeze(1))
             return z, alpha, sample, log_prob
-        z = (alpha.unsqueeze(1) @ features).squeeze(1)
+        z = (drop_weights(self, alpha).unsqueeze(1) @ features).squeeze(1)
         if self.f_beta is not None:
             z = torch.sigmoid(self.f_beta(hidden)) * z
         return z, alpha, None, None

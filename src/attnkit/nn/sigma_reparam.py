@@ -23,7 +23,10 @@ from .factory import check_factory_kwargs
 
 
 class SigmaReparamLinear(nn.Linear):
-    """``nn.Linear`` whose weight is used as ``(gamma / sigma(W)) W``; ``sigma`` is refreshed in training mode."""
+    """``nn.Linear`` whose weight is used as ``(gamma / sigma(W)) W``; ``sigma`` is refreshed in training mode.
+
+    No ``dropout=``: a linear layer, no attention weights.
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, device=None, dtype=None):
         check_factory_kwargs(device, dtype)

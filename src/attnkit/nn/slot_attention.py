@@ -23,18 +23,21 @@ import torch
 from torch import nn
 
 from ..validation import check_int, check_tokens
+from .dropout import check_dropout, drop_weights
 from .factory import factory_kwargs
 
 
 @factory_kwargs
 class SlotAttention(nn.Module):
     """Slot Attention (Locatello et al.): ``num_slots`` slots compete for the inputs over
-    ``iters`` rounds of attention normalised over slots. See the module docstring.
+    ``iters`` rounds of attention normalised over slots. See the module docstring. ``dropout``: dropout on the attention weights while training (:mod:`attnkit.nn.dropout`),
+    on the weights of each slot's weighted mean (the returned attention is not dropped).
     """
 
     def __init__(self, num_slots: int, dim: int, *, input_dim: int | None = None, iters: int = 3,
-                 hidden_dim: int = 128, eps: float = 1e-8):
+                 hidden_dim: int = 128, eps: float = 1e-8, dropout: float = 0.0):
         super().__init__()
+        self.dropout = check_dropout(dropout)
         input_dim = dim if input_dim is None else input_dim
         for name, value in (("num_slots", num_slots), ("dim", dim), ("input_dim", input_dim), ("iters", iters),
                             ("hidden_dim", hidden_dim)):
@@ -77,7 +80,7 @@ class SlotAttention(nn.Module):
             attn = torch.einsum("bnd,bkd->bnk", k, q).mul(self.dim ** -0.5).softmax(dim=-1) + self.eps
             if mask is not None:
                 attn = attn * mask[..., None]
-            updates = torch.einsum("bnk,bnd->bkd", attn / attn.sum(dim=1, keepdim=True), v)
+            updates = torch.einsum("bnk,bnd->bkd", drop_weights(self, attn / attn.sum(dim=1, keepdim=True)), v)
             slots = self.gru(updates.reshape(-1, self.dim), prev.reshape(-1, self.dim)).view(B, self.num_slots, -1)
             slots = slots + self.mlp(self.norm_mlp(slots))
         return (slots, attn) if return_attention else slots

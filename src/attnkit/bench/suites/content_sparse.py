@@ -25,7 +25,9 @@ process and in turns (:func:`attnkit.bench.timing.timings`):
   scored by untrained compressed keys.
 
 Parameters are the papers' defaults: NSA ``l=32, d=16, l'=64, n=16, w=512``
-(compression MLP hidden size 64), MoBA ``block_size=512, top_k=3``.
+(compression MLP hidden size 64), MoBA ``block_size=512, top_k=3``. ``--mechanisms`` may add
+``dma`` (``window=2048``) and ``sparsek`` (``select_count=64, window=512``), attnkit's defaults, with
+random key scores: timed only.
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ B, H, HKV, D = 1, 8, 2, 64
 FULL_SIZES = [4096, 8192, 16384, 32768]
 QUICK_SIZES = [1024, 2048]
 MECHANISMS = ("nsa", "moba")
+TIMED_ONLY = ("dma", "sparsek")  # timed beside NSA and MoBA on request (their masks are per token: no recall here)
 
 
 def inputs(name: str, n: int, requires_grad: bool, device="cpu"):
@@ -57,7 +60,14 @@ def inputs(name: str, n: int, requires_grad: bool, device="cpu"):
     g = torch.Generator().manual_seed(0)
     q = torch.randn(B, H, n, D, generator=g)
     k, v = (torch.randn(B, HKV, n, D, generator=g) for _ in range(2))
-    extra = nsa_inputs(q, k, v, g, compress_block=32) if name == "nsa" else {}
+    if name == "nsa":
+        extra = nsa_inputs(q, k, v, g, compress_block=32)
+    elif name in TIMED_ONLY:
+        import attnkit
+
+        extra = attnkit.spec(name).tensor_inputs(q, k, v, g)
+    else:
+        extra = {}
     leaves = [q, k, v, *extra.values()]
     leaves = [t.to(device).requires_grad_(requires_grad) for t in leaves]
     return leaves[0], leaves[1], leaves[2], dict(zip(extra, leaves[3:]))
@@ -104,8 +114,6 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
     from attnkit.families import nsa
     from attnkit.kernels.block_sparse import block_sparse_attention
     from attnkit.kernels.selected_blocks import selected_block_attention
-    from attnkit.masks.layout import build_layout
-    from attnkit.masks.window import sliding_window
 
     q, k, v, extra = inputs("nsa", n, True, device)
     params = attnkit_defaults("nsa")
@@ -114,8 +122,8 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
     tensors = {name: t for name, t in extra.items() if name != "gates"}
     with torch.no_grad():
         _, sel = nsa._selection(q, k, v, gates, tensors, scale, params["compress_stride"], params["select_block"],
-                                params["select_count"], params["window"], 512)
-    layout = build_layout(sliding_window(params["window"] - 1, 0), batch=B, heads=H, q_len=n, kv_len=n, device=device)
+                                params["select_count"], params["window"])
+    layout = nsa.window_layout(params["window"], B, H, n, n, q.device)
     leaves = (q, k, v, *extra.values())
 
     def part(fn):
@@ -129,8 +137,8 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
         "sdpa": _call("sdpa", q, k, v, {}, True),
         "nsa": _call("nsa", q, k, v, extra, True),
         "compression": part(lambda: nsa._selection(q, k, v, gates, tensors, scale, params["compress_stride"],
-                                                   params["select_block"], params["select_count"], params["window"],
-                                                   512)[0]),
+                                                   params["select_block"], params["select_count"],
+                                                   params["window"])[0]),
         "selected": part(lambda: selected_block_attention(q, k, v, sel, scale=scale, causal=True)),
         "window": part(lambda: block_sparse_attention(q, k, v, layout, scale=scale)),
     }
@@ -234,7 +242,7 @@ def memory(name: str, n: int, threads: int) -> dict:
 def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help=f"N in {QUICK_SIZES} instead of {FULL_SIZES}")
     parser.add_argument("--n", type=ints, default=None, help="comma list of sequence lengths")
-    parser.add_argument("--mechanisms", type=names, default=list(MECHANISMS), help="comma list from nsa,moba")
+    parser.add_argument("--mechanisms", type=names, default=list(MECHANISMS), help="comma list from nsa,moba (dma,sparsek: timed only)")
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--recall-queries", type=positive_int, default=256, help="query positions sampled for recall")
     parser.add_argument("--no-forward", action="store_true", help="time forward + backward only")
@@ -247,21 +255,22 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     sizes = args.n or (QUICK_SIZES if args.quick else FULL_SIZES)
-    unknown = sorted(set(args.mechanisms) - set(MECHANISMS))
+    unknown = sorted(set(args.mechanisms) - set(MECHANISMS) - set(TIMED_ONLY))
     if unknown:
         from ..options import UsageError
 
-        raise UsageError(f"--mechanisms: unknown {unknown}; expected names from {list(MECHANISMS)}")
+        raise UsageError(f"--mechanisms: unknown {unknown}; expected names from {list(MECHANISMS + TIMED_ONLY)}")
     items = []
+    scored = [m for m in args.mechanisms if m in MECHANISMS]
     for n in sizes:
-        items += [{"section": "quality", "N": n, "mechanism": m} for m in args.mechanisms]
+        items += [{"section": "quality", "N": n, "mechanism": m} for m in scored]
         items += [{"section": "speed", "N": n, "backward": b} for b in ((True,) if args.no_forward else (False, True))]
         if args.memory and args.device == "cpu":
-            items += [{"section": "memory", "N": n, "mechanism": m} for m in args.mechanisms]
+            items += [{"section": "memory", "N": n, "mechanism": m} for m in scored]
         if args.nsa_parts and "nsa" in args.mechanisms:
             items.append({"section": "nsa-parts", "N": n})
         if args.checkpoint:
-            items += [{"section": "lm-recall", "N": n, "mechanism": m} for m in args.mechanisms]
+            items += [{"section": "lm-recall", "N": n, "mechanism": m} for m in scored]
     config = {"sizes": sizes, "mechanisms": args.mechanisms, "repeats": args.repeats, "device": args.device,
               "B": B, "H": H, "Hkv": HKV, "D": D, "checkpoint": args.checkpoint}
     lm = held_ids = None

@@ -40,7 +40,8 @@ def add_arguments(p) -> None:
     p.add_argument("--seconds", type=positive_float, default=300.0, help="stop training after this many seconds")
     p.add_argument("--lengths", type=ints, default=[128, 256],
                    help="profiled lengths; the longest is the training, evaluation and budget length")
-    p.add_argument("--budgets", type=densities, default=[0.5, 0.3, 0.2], help="mean densities to search for")
+    p.add_argument("--budgets", type=densities, default=[0.5, 0.25, 0.1],
+                   help="mean densities to search for (default 0.5,0.25,0.1)")
     p.add_argument("--calibration", type=positive_int, default=8, help="calibration windows per length")
     p.add_argument("--seed", type=int, default=0)
 

@@ -55,6 +55,7 @@ def configs(C: int, heads: int) -> dict:
         "LocallyGroupedAttention": lambda: V.LocallyGroupedAttention(C, heads, window=8),
         "GlobalSubsampledAttention": lambda: V.GlobalSubsampledAttention(C, heads, sr_ratio=4),
         "TwinsSVTBlock": lambda: V.TwinsSVTBlock(C, heads, window=8, sr_ratio=4),
+        "ConditionalPositionEncoding": lambda: V.ConditionalPositionEncoding(C),
         "ChannelGroupAttention": lambda: V.ChannelGroupAttention(C, groups=heads),
         "SpatialWindowAttention": lambda: V.SpatialWindowAttention(C, heads, window=8),
         "DualAttentionBlock": lambda: V.DualAttentionBlock(C, heads, groups=heads, window=8),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .dma import DMAInputs
 from .delta_rule import DeltaNetBeta, GatedDeltaNetGates, KDAGates
 from .learned import LearnedTensorInputs
 from .linear import FocusScale, GLAGate, Mamba2Gate, PerformerFeatures
@@ -32,6 +33,7 @@ from .path import PaTHInputs
 from .rwkv import RWKV6Decay, RWKV7Inputs
 from .rwkv4 import RWKV4Decay
 from .seer import SeerGate
+from .sparsek import SparseKScores
 from .titans import TitansInputs
 
 # mechanism name -> factory(dim, heads, kv_heads, head_dim) -> nn.Module
@@ -50,6 +52,8 @@ _FACTORIES = {
     "nha": SlotGates,
     "nsa": lambda dim, heads, kv_heads, head_dim: NSAInputs(dim, heads, head_dim),
     "mosa": lambda dim, heads, kv_heads, head_dim: MoSARouter(dim, heads),
+    "dma": lambda dim, heads, kv_heads, head_dim: DMAInputs(kv_heads, head_dim),
+    "sparsek": lambda dim, heads, kv_heads, head_dim: SparseKScores(dim, kv_heads),
     "routing": lambda dim, heads, kv_heads, head_dim: RoutingCentroids(heads, head_dim),
     "rwkv4": lambda dim, heads, kv_heads, head_dim: RWKV4Decay(heads, head_dim),
     "path": lambda dim, heads, kv_heads, head_dim: PaTHInputs(dim, heads, head_dim),

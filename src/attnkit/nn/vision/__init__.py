@@ -22,12 +22,13 @@ from .super_token import SuperTokenAttention
 from .swin import SwinBlock
 from .triplet import TripletAttention
 from .twins import GlobalSubsampledAttention, LocallyGroupedAttention, TwinsSVTBlock
+from .twins_pcpvt import ConditionalPositionEncoding, PCPVTStage, TwinsPCPVT, twins_pcpvt
 from .ulsam import ULSAM
 
 __all__ = [
     "modules", "VisionModule", "eca_kernel_size",
-    "BiLevelRoutingAttention", "CBAM", "ChannelGroupAttention", "CoordinateAttention", "DualAttentionBlock", "SpatialWindowAttention", "ECA", "EfficientLocalAttention",
+    "BiLevelRoutingAttention", "CBAM", "ChannelGroupAttention", "ConditionalPositionEncoding", "CoordinateAttention", "DualAttentionBlock", "SpatialWindowAttention", "ECA", "EfficientLocalAttention",
     "GlobalSubsampledAttention", "HaloAttention", "LargeKernelAttention", "LocallyGroupedAttention",
-    "NonLocalBlock", "PolarizedSelfAttention", "ResidualAttention", "SplitAttention",
-    "SqueezeExcitation", "SuperTokenAttention", "SwinBlock", "TripletAttention", "TwinsSVTBlock", "ULSAM",
+    "NonLocalBlock", "PCPVTStage", "PolarizedSelfAttention", "ResidualAttention", "SplitAttention",
+    "SqueezeExcitation", "SuperTokenAttention", "SwinBlock", "TripletAttention", "TwinsPCPVT", "TwinsSVTBlock", "ULSAM", "twins_pcpvt",
 ]

@@ -1,0 +1,238 @@
+"""SPARSEK attention (Lou, Jia, Zheng and Tu, "Sparser is Faster and Less is More: Efficient Sparse Attention
+for Long-Range Transformers", 2024).
+
+A scoring network rates every KV pair once, independently of the queries, and
+the differentiable SPARSEK operator turns the scores a query can see into a
+soft mask with (at most a few more than) ``k`` non-zero entries::
+
+    u_j = x_j w_score                                   (one score per key and kv head)
+    SPARSEK(z, k) = argmin_{p in C} ||p - z||^2,   C = {p : 0 <= p <= 1, 1^T p = k}
+                  = clip(z - tau(z), 0, 1)            (tau: the threshold making the sum k)
+    m_t = SPARSEK(u_{<= t - w}, k)                    (over the keys before the query's window)
+    o_t = sum_{j in A_t} softmax_{A_t}(scale q_t . k_j) m_tj v_j,
+          A_t = {j : m_tj > 0} + the window {t - w < j <= t}, where m_tj = 1
+
+combined with a sliding window of ``w`` keys as the paper combines them. With
+``k`` or fewer keys before the window every one gets ``m = 1``. The threshold
+``tau`` of a prefix never decreases as the prefix grows (adding an entry can
+only raise the sum), so a key whose mask reaches 0 stays out for every later
+query: a decoder may drop it for good (the paper's constant-memory decode).
+
+Conventions where the paper leaves a choice, or where its text was not at hand
+(the reading is also printed by ``attnkit info sparsek``): ``scores (B, Hkv,
+N)`` are ``u`` given already computed (inside ``attnkit.nn.Attention(...,
+mechanism="sparsek")``, :class:`attnkit.nn.inputs.sparsek.SparseKScores` learns
+``w_score`` as a linear map of the layer input per kv head); the mask *weights
+the values* of the selected pairs after the softmax (so the scoring network
+gets gradients through ``m``; the softmax itself runs over ``A_t`` unweighted);
+SPARSEK chooses among the keys before the window, the window keys always get
+weight 1; the mask keeps every key with ``m > 0``, so a row can hold more than
+``k`` keys when scores are close (the projection spreads ``k`` units of mass
+over them) — no extra hard top-k cut. ``tau``'s derivative is the projection's:
+only the keys strictly between 0 and 1 move it.
+
+Forms: ``reference`` (``tau`` of every query by scanning all ``2n`` breakpoints
+of the piecewise-linear ``sum_i clip(z_i - tau, 0, 1)``, the mask materialised)
+and ``chunked`` (queries in chunks; a chunk's candidates are the keys still in
+the previous chunk's mask plus the keys entering its prefix, ``tau`` from the
+sorted candidates and their prefix sums; attention over the candidates and the
+window): ``O(N (k + C) (D + log))`` time when the masks stay near ``k`` keys.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from ..kernels.positions import query_positions, repeat_kv
+from ..params import Param, TensorInput
+from ..reference import materialised_weights
+from ..registry import MechanismSpec, register
+from ..state import ScoredKVCache
+from ..validation import check_tensor
+
+PAPER = "Sparser is Faster and Less is More: Efficient Sparse Attention for Long-Range Transformers"
+
+
+def sparsek_inputs(q, k, v, generator=None) -> dict:
+    """Example key scores ``scores (B, Hkv, N)``; float64 when q is."""
+    B, Hkv, N = k.shape[0], k.shape[1], k.shape[2]
+    return {"scores": torch.randn(B, Hkv, N, generator=generator, dtype=q.dtype).to(q.device)}
+
+
+def _check(q, k, scores):
+    check_tensor("scores", scores, (k.shape[0], k.shape[1], k.shape[2]), q, what="(batch, kv_heads, keys)")
+
+
+def _projection(z, valid, k: int, tau):
+    """``clip(z - tau, 0, 1)`` on the valid entries, with ``tau`` recomputed from its own free entries so that
+    its gradient is the projection's (``tau`` given without gradient only picks which entries are free, at 1
+    or at 0). Rows with at most ``k`` valid entries are all ones."""
+    zd = z.detach()
+    ones = valid & (zd - 1 > tau)  # the sets on the linear piece just above the breakpoint ``tau``
+    free = valid & (zd > tau) & ~ones
+    n_free = free.sum(-1, keepdim=True)
+    exact = ((z * free).sum(-1, keepdim=True) - (k - ones.sum(-1, keepdim=True))) / n_free.clamp(min=1)
+    tau = torch.where(n_free > 0, exact, tau)
+    p = torch.where(ones, torch.ones_like(z), torch.where(free, z - tau, torch.zeros_like(z)))
+    few = valid.sum(-1, keepdim=True) <= k
+    return torch.where(few, valid.to(z.dtype), p)
+
+
+def _mass(z, valid, tau):
+    """``sum_i clip(z_i - tau, 0, 1)`` over the valid entries, for each threshold in ``tau (..., m)``."""
+    return ((z[..., None, :] - tau[..., :, None]).clamp(0, 1) * valid[..., None, :]).sum(-1)
+
+
+def sparsek_by_breakpoints(z, valid, k: int):
+    """SPARSEK of each row of ``z`` over its ``valid`` entries, ``tau`` found by evaluating the mass at every
+    breakpoint ``z_i`` and ``z_i - 1`` (``O(n^2)`` per row: the reference)."""
+    if z.shape[-1] == 0:
+        return z.clone()
+    zd = z.detach()
+    points = torch.cat([zd, zd - 1], dim=-1).masked_fill(~torch.cat([valid, valid], dim=-1), float("-inf"))
+    mass = _mass(zd, valid, points)
+    # the largest breakpoint whose mass is still >= k: tau lies in the linear piece just above it
+    tau = points.masked_fill(mass < k, float("-inf")).amax(-1, keepdim=True)
+    return _projection(z, valid, k, tau)
+
+
+def sparsek_by_sorting(z, valid, k: int):
+    """The same operator, ``tau`` from the sorted entries and their prefix sums (``O(n log n)`` per row)."""
+    if z.shape[-1] == 0:
+        return z.clone()
+    zd = z.detach().masked_fill(~valid, float("-inf"))
+    ordered = zd.sort(dim=-1).values  # ascending, invalid first
+    finite = torch.where(torch.isfinite(ordered), ordered, torch.zeros_like(ordered))
+    below = torch.cat([torch.zeros_like(finite[..., :1]), finite.cumsum(-1)], dim=-1)  # sum of the i smallest
+    total = below[..., -1:]
+    n = zd.shape[-1]
+    points = torch.cat([ordered, ordered - 1], dim=-1)
+
+    def mass(tau):
+        above = n - torch.searchsorted(ordered, tau, right=True)  # entries > tau
+        at_one = n - torch.searchsorted(ordered, tau + 1, side="left")  # entries >= tau + 1
+        s_above = total - below.gather(-1, n - above)
+        s_one = total - below.gather(-1, n - at_one)
+        return at_one + (s_above - s_one) - (above - at_one) * tau
+
+    points = points.masked_fill(~torch.isfinite(points), float("-inf"))
+    safe = torch.where(torch.isfinite(points), points, torch.zeros_like(points))
+    m = torch.where(torch.isfinite(points), mass(safe.contiguous()), torch.zeros_like(points))
+    tau = points.masked_fill(m < k, float("-inf")).amax(-1, keepdim=True)
+    return _projection(z, valid, k, tau)
+
+
+def sparsek_mask(scores, q_len: int, *, select_count: int, window: int) -> torch.Tensor:
+    """``(B, Hkv, q_len, Nk)``: ``m_t`` of every query, 1 on its window, SPARSEK over the keys before it."""
+    Nk = scores.shape[-1]
+    qpos = query_positions(q_len, Nk, scores.device)[:, None]
+    j = torch.arange(Nk, device=scores.device)
+    before = j <= qpos - window
+    in_window = (j <= qpos) & ~before
+    z = scores[:, :, None, :].expand(*scores.shape[:2], q_len, Nk)
+    m = sparsek_by_breakpoints(z, before.expand_as(z), select_count)
+    return torch.where(in_window, torch.ones_like(m), m)
+
+
+def _reference(q, k, v, *, causal, mask, scale, select_count, window, scores):
+    return _weights(q, k, v, causal=causal, mask=mask, scale=scale, select_count=select_count, window=window,
+                    scores=scores) @ repeat_kv(v, q.shape[1])
+
+
+def _weights(q, k, v, *, causal, mask, scale, select_count, window, scores):
+    """Softmax over the attended keys times their mask values (so ``weights @ v`` is the output)."""
+    _check(q, k, scores)
+    H = q.shape[1]
+    m = repeat_kv(sparsek_mask(scores, q.shape[2], select_count=select_count, window=window), H)
+    return materialised_weights(q, k, causal=False, mask=m > 0, scale=scale) * m
+
+
+def _chunk_attention(qc, kc, vc, weight, scale):
+    """A chunk's queries ``(B, Hkv, g, C, D)`` over its keys ``(B, Hkv, S, D)``; ``weight (B, Hkv, C, S)`` the
+    mask values (0: not attended)."""
+    s = (qc @ kc[:, :, None].transpose(-1, -2)) * scale
+    s = s.masked_fill(weight[:, :, None] <= 0, float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+    return (p * weight[:, :, None]) @ vc[:, :, None]
+
+
+def _compact(positions, kept):
+    """The kept positions of each row first (in order), padded to the longest row: ``(positions, valid)``."""
+    order = kept.to(torch.int8).sort(dim=-1, descending=True, stable=True).indices[..., : int(kept.sum(-1).max())]
+    return positions.gather(-1, order), kept.gather(-1, order)
+
+
+def _chunked(q, k, v, *, causal, mask, scale, select_count, window, scores, chunk: int = 64):
+    _check(q, k, scores)
+    B, H, Nq, D = q.shape
+    Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    g, start = H // Hkv, Nk - Nq
+    dev = q.device
+    # the keys in the mask of the query before the first one: SPARSEK over all keys before its window
+    held = torch.arange(max(start - window, 0), device=dev).expand(B, Hkv, -1)
+    held_valid = torch.ones_like(held, dtype=torch.bool)
+    if held.shape[-1]:
+        m = sparsek_by_sorting(scores.detach()[:, :, None, : held.shape[-1]], held_valid[:, :, None], select_count)
+        held, held_valid = _compact(held, m[:, :, 0] > 0)
+    outs = []
+    for p0 in range(start, Nk, chunk):
+        p1 = min(Nk, p0 + chunk)
+        entering = torch.arange(max(p0 - window, 0), max(p1 - window, 0), device=dev).expand(B, Hkv, -1)
+        cand = torch.cat([held, entering], dim=-1)
+        valid = torch.cat([held_valid, torch.ones_like(entering, dtype=torch.bool)], dim=-1)
+        qpos = torch.arange(p0, p1, device=dev)
+        z = scores.gather(2, cand)[:, :, None, :].expand(B, Hkv, p1 - p0, cand.shape[-1])
+        before = valid[:, :, None, :] & (cand[:, :, None, :] <= (qpos - window)[:, None])
+        m = sparsek_by_sorting(z, before, select_count)  # (B, Hkv, C, S)
+        win = torch.arange(max(p0 - window + 1, 0), p1, device=dev)
+        in_window = (win <= qpos[:, None]) & (win > qpos[:, None] - window)  # (C, W)
+        keys = torch.cat([cand, win.expand(B, Hkv, -1)], dim=-1)
+        weight = torch.cat([m, in_window.to(m.dtype).expand(B, Hkv, -1, -1)], dim=-1)
+        qc = q[:, :, p0 - start : p1 - start].reshape(B, Hkv, g, p1 - p0, D)
+        kc = k.gather(2, keys[..., None].expand(-1, -1, -1, D))
+        vc = v.gather(2, keys[..., None].expand(-1, -1, -1, Dv))
+        args = (qc, kc, vc, weight, scale)
+        out = checkpoint(_chunk_attention, *args, use_reentrant=False) if torch.is_grad_enabled() else \
+            _chunk_attention(*args)
+        outs.append(out.reshape(B, H, p1 - p0, Dv))
+        held, held_valid = _compact(cand, m[:, :, -1].detach() > 0)
+    return torch.cat(outs, dim=2) if outs else q.new_zeros(B, H, 0, Dv)
+
+
+def _step(q, k, v, state, *, causal, mask, scale, select_count, window, scores):
+    _check(q, k, scores)
+    state = ScoredKVCache.extend(state, k, v, scores)
+    out = _chunked(q, state.kv.k, state.kv.v, causal=causal, mask=mask, scale=scale, select_count=select_count,
+                   window=window, scores=state.scores)
+    return out, state
+
+
+def _flops(batch, heads, q_len, kv_len, head_dim, causal, select_count=64, window=512, **_):
+    pos = torch.arange(kv_len - q_len, kv_len)
+    pairs = (pos + 1).clamp(max=window) + (pos + 1 - window).clamp(min=0).clamp(max=select_count)
+    return 4 * batch * heads * head_dim * int(pairs.sum())
+
+
+register(MechanismSpec(
+    name="sparsek",
+    family="content-sparse",
+    papers=(PAPER,),
+    patterns=frozenset({"causal-self"}),
+    reference=_reference,
+    fast={"chunked": _chunked},
+    step=_step,
+    weights=_weights,
+    params={"select_count": Param(64, int, "k: the mass SPARSEK spreads over the keys before the window", low=1),
+            "window": Param(512, int, "keys of the sliding window, the query's own included (w)", low=1)},
+    test_params={"select_count": 3, "window": 4},
+    inputs={"scores": TensorInput("(B, Hkv, N)", "u: each key's score from the scoring network (x_j w_score)")},
+    tensor_inputs=sparsek_inputs,
+    tensor_inputs_per_token=("scores",),
+    supports_mask=False,
+    flops=_flops,
+    state_size=ScoredKVCache.size,
+    complexity="O(N (select_count + window))",
+    summary="a learned score per key, the differentiable SPARSEK projection (clip(u - tau, 0, 1), sum k) as a soft "
+            "mask, plus a sliding window; reading where the paper's text was not at hand: the mask weights the "
+            "values after the softmax, SPARSEK chooses among the keys before the window, every key with m > 0 is kept",
+))

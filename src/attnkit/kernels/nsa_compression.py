@@ -1,0 +1,134 @@
+"""NSA's compression branch and its block selection in one pass over the compressed keys.
+
+The compression branch's weights ``p_t^cmp = Softmax(q_t^T K~_t^cmp)`` serve
+twice: as the branch's attention (``o_t^cmp = p_t^cmp V~_t^cmp``) and as the
+selection branch's block scores (equations 8-10 of the paper). So the scores
+are computed once per query chunk, and the same normalised weights give the
+output and, summed over the query heads of a kv group, the block importance and
+the chunk's top-``n`` blocks. Only the output, the row log-sum-exp and the
+chosen blocks are kept: memory is ``O(N n)`` for the selection and ``O(chunk)``
+for the rest, the importance of a chunk is dropped once its blocks are chosen.
+
+The backward is FlashAttention-2's: each chunk's weights are recomputed from
+the saved log-sum-exp (one matmul, no second softmax, no importance) and give
+dQ, dK~, dV~. Scores are in base 2 (``exp2`` is faster than ``exp`` on CPU).
+A chunk reads only the compressed blocks its last query can see and masks only
+the columns its first query cannot.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .nsa_branches import block_importance, compressed_count, compressed_visible, top_blocks_at
+
+LOG2E = 1.4426950408889634
+
+
+def compression_and_selection(q, kc, vc, qpos, *, scale: float, block: int, stride: int, select_block: int,
+                              select_count: int, kv_len: int, budget: int = 1 << 24):
+    """``(o_cmp (B, H, Nq, Dv), blocks (B, Hkv, Nq, n), valid)``: the compression branch's output
+    (differentiable in ``q, kc, vc``) and the selection branch's top-``n`` blocks per token and kv group.
+
+    ``budget`` bounds the score elements of one query chunk (an execution knob).
+    """
+    return _CompressionBranch.apply(q, kc, vc, qpos, scale, block, stride, select_block, select_count, kv_len,
+                                    budget)
+
+
+class _Chunks:
+    """The query chunks: for each, its rows and how many compressed blocks it reads and sees unmasked."""
+
+    def __init__(self, q, kc, qpos, block, stride, budget):
+        B, H, self.Nq, self.D = q.shape
+        self.Hkv, n_cmp = kc.shape[1], kc.shape[2]
+        self.g = H // self.Hkv
+        size = max(16, min(self.Nq, budget // max(1, B * H * n_cmp)))
+        self.bounds = []
+        for c0 in range(0, self.Nq, size):
+            c1 = min(self.Nq, c0 + size)
+            seen = min(n_cmp, compressed_count(int(qpos[c1 - 1]) + 1, block, stride))
+            open_ = min(seen, compressed_count(int(qpos[c0]) + 1, block, stride))
+            self.bounds.append((c0, c1, seen, open_))
+
+    def rows(self, x, c0, c1):
+        """``x (B, H, N, E)`` rows ``c0:c1`` as ``(B, Hkv, g * C, E)``: the queries of a kv group side by side."""
+        B, _, _, E = x.shape
+        return x[:, :, c0:c1].reshape(B, self.Hkv, self.g * (c1 - c0), E)
+
+    def back(self, x, c0, c1):
+        """The inverse of :meth:`rows`: ``(B, Hkv, g * C, E)`` -> ``(B, H, C, E)``."""
+        B, _, _, E = x.shape
+        return x.view(B, self.Hkv * self.g, c1 - c0, E)
+
+
+def _scores(qc, kc2, qpos, c0, c1, seen, open_, g, block, stride):
+    """Base-2 scores of a chunk over its first ``seen`` compressed keys, invisible ones ``-inf``."""
+    s = qc @ kc2[:, :, :seen].transpose(-1, -2)
+    if open_ < seen:
+        hidden = ~compressed_visible(qpos[c0:c1], seen, block, stride)[:, open_:]
+        tail = s.view(*s.shape[:2], g, c1 - c0, seen)[..., open_:]
+        tail.masked_fill_(hidden, float("-inf"))
+    return s
+
+
+class _CompressionBranch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, kc, vc, qpos, scale, block, stride, select_block, select_count, kv_len, budget):
+        chunks = _Chunks(q, kc, qpos, block, stride, budget)
+        B, H, Nq, _ = q.shape
+        Hkv, g = chunks.Hkv, chunks.g
+        n_blocks = -(-kv_len // select_block)
+        kc2 = kc * (scale * LOG2E)
+        out = q.new_zeros(B, H, Nq, vc.shape[3])
+        lse = q.new_full((B, Hkv, g * Nq), math.inf)
+        keep = min(select_count, n_blocks)
+        blocks = torch.zeros(B, Hkv, Nq, keep, dtype=torch.long, device=q.device)
+        valid = torch.zeros(B, Hkv, Nq, keep, dtype=torch.bool, device=q.device)
+        for c0, c1, seen, open_ in chunks.bounds:
+            C = c1 - c0
+            importance = q.new_zeros(B, Hkv, C, n_blocks)
+            if seen:
+                s = _scores(chunks.rows(q, c0, c1), kc2, qpos, c0, c1, seen, open_, g, block, stride)
+                top = s.amax(-1, keepdim=True).clamp_(min=torch.finfo(s.dtype).min)
+                p = s.sub_(top).exp2_()
+                total = p.sum(-1, keepdim=True)
+                p.div_(total.clamp(min=torch.finfo(s.dtype).tiny))
+                out[:, :, c0:c1] = chunks.back(p @ vc[:, :, :seen], c0, c1)
+                row_lse = torch.where(total > 0, top + torch.log2(total), math.inf)
+                lse.view(B, Hkv, g, Nq)[:, :, :, c0:c1] = row_lse.view(B, Hkv, g, C)
+                grouped = p.view(B, Hkv, g, C, seen).sum(2)
+                importance = block_importance(grouped, Hkv, n_blocks, block=block, stride=stride,
+                                              select_block=select_block)
+            b, ok = top_blocks_at(importance, qpos[c0:c1], select_block=select_block, count=select_count)
+            blocks[:, :, c0:c1], valid[:, :, c0:c1] = b, ok
+        ctx.save_for_backward(q, kc, vc, qpos, out, lse)
+        ctx.setup = (scale, block, stride, budget)
+        ctx.mark_non_differentiable(blocks, valid)
+        return out, blocks, valid
+
+    @staticmethod
+    def backward(ctx, d_out, _blocks, _valid):
+        q, kc, vc, qpos, out, lse = ctx.saved_tensors
+        scale, block, stride, budget = ctx.setup
+        chunks = _Chunks(q, kc, qpos, block, stride, budget)
+        B, H, Nq, _ = q.shape
+        Hkv, g = chunks.Hkv, chunks.g
+        kc2 = kc * (scale * LOG2E)
+        dq, dkc, dvc = torch.zeros_like(q), torch.zeros_like(kc), torch.zeros_like(vc)
+        delta = (d_out * out).sum(-1)  # (B, H, Nq)
+        lse = lse.view(B, Hkv, g, Nq)
+        for c0, c1, seen, open_ in chunks.bounds:
+            if not seen:
+                continue
+            C = c1 - c0
+            qc, doc = chunks.rows(q, c0, c1), chunks.rows(d_out, c0, c1)
+            s = _scores(qc, kc2, qpos, c0, c1, seen, open_, g, block, stride)
+            p = s.sub_(lse[:, :, :, c0:c1].reshape(B, Hkv, g * C, 1)).exp2_()
+            dvc[:, :, :seen] += p.transpose(-1, -2) @ doc
+            dp = doc @ vc[:, :, :seen].transpose(-1, -2)
+            ds = p.mul_(dp.sub_(delta[:, :, c0:c1].reshape(B, Hkv, g * C, 1)))
+            dq[:, :, c0:c1] = chunks.back(ds @ kc[:, :, :seen], c0, c1)
+            dkc[:, :, :seen] += ds.transpose(-1, -2) @ qc
+        return dq * scale, dkc * scale, dvc, None, None, None, None, None, None, None, None
