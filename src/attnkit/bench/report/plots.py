@@ -125,6 +125,31 @@ def accuracy_vs_state(best: list[dict]) -> str | None:
     return to_data_uri(fig)
 
 
+def accuracy_vs_width(points: list[dict]) -> str | None:
+    """The Zoology figure: mean MQAR accuracy over seeds (95% interval as error bars) against model width,
+    one panel per (L, K), one line per mechanism."""
+    if not points:
+        return None
+    settings = sorted({(p["L"], p["K"]) for p in points})
+    fig, axes = panel_grid(len(settings))
+    for ax, (seq_len, num_kv) in zip(axes, settings):
+        for role in sorted({p["role"] for p in points}):
+            mine = sorted((p for p in points if p["role"] == role and (p["L"], p["K"]) == (seq_len, num_kv)),
+                          key=lambda p: p["d"])
+            if mine:
+                ax.errorbar([p["d"] for p in mine], [p["accuracy"] for p in mine],
+                            yerr=[p["ci95"] or 0.0 for p in mine], marker="o", capsize=3, label=role,
+                            color=colour(mine[0].get("mechanism") or role))
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("model width d")
+        ax.set_ylabel("MQAR accuracy")
+        ax.set_title(f"L={seq_len}, K={num_kv}", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return to_data_uri(fig)
+
+
 def speed_memory_gemm(lines: list[dict], *, what: str, gemm_note: str, style: str | None = None) -> list[tuple]:
     """The three figures the kernel matrix and CAB share, one panel per ``pattern``, one colour per
     ``mechanism``: time, peak memory and FLOP/s as a fraction of GEMM (``fraction_of_gemm``, divided
