@@ -12,6 +12,7 @@ from .hymba import hymba_config
 from .jetblock import JetBlock, jet_nemotron_config
 from .lm import DecoderLM
 from .mixers import ParallelHeads
+from .schedules import rope_nope_layers, swan_layers
 
-__all__ = ["BlockTransformerLM", "ModelConfig", "DecoderLM", "Encoder", "ParallelHeads", "hymba_config", "JetBlock",
-           "jet_nemotron_config"]
+__all__ = ["BlockTransformerLM", "ModelConfig", "DecoderLM", "Encoder", "ParallelHeads", "hymba_config", "rope_nope_layers",
+           "swan_layers", "JetBlock", "jet_nemotron_config"]

@@ -18,6 +18,7 @@ from torch import nn
 
 from .blocks import Block
 from .config import ModelConfig
+from ..nn import sigma_reparam
 from ..validation import check_int
 
 
@@ -36,14 +37,18 @@ class DecoderLM(nn.Module):
                                 kv_producer=None if producer is None else blocks[producer]))
         self.blocks = nn.ModuleList(blocks)
         self.meta = nn.Parameter(torch.randn(config.meta_tokens, config.dim) * 0.02) if config.meta_tokens else None
+        if config.sigma_reparam:
+            sigma_reparam(self.blocks)
         self.norm = nn.RMSNorm(config.dim)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
         nn.init.normal_(self.embed.weight, std=0.02)
 
-    def forward(self, tokens: torch.Tensor, *, state=None, return_state: bool = False):
-        """Logits ``(B, N, vocab)`` for tokens ``(B, N)``; with ``return_state`` also the layers' states."""
+    def forward(self, tokens: torch.Tensor, *, state=None, return_state: bool = False, mask=None):
+        """Logits ``(B, N, vocab)`` for tokens ``(B, N)``; with ``return_state`` also the layers' states.
+        ``mask``: as in :func:`attnkit.attention`, intersected with causality in every layer (e.g.
+        :func:`attnkit.models.block_attention.block_attention_mask`)."""
         if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.ndim != 2:
             raise TypeError(f"tokens must be a (batch, seq) torch.long tensor, got {getattr(tokens, 'dtype', type(tokens).__name__)} "
                             f"of shape {tuple(getattr(tokens, 'shape', ()))}")
@@ -51,6 +56,8 @@ class DecoderLM(nn.Module):
             raise ValueError("tokens has sequence length 0; expected at least one token")
         if state is not None and len(state) != len(self.blocks):
             raise ValueError(f"state holds {len(state)} layer states but the model has {len(self.blocks)} layers")
+        if mask is not None and self.meta is not None:
+            raise ValueError("mask: a model with meta tokens takes no mask (the meta tokens it prepends are not in it)")
         states = state if state is not None else [None] * len(self.blocks)
         incremental = return_state or state is not None
         x = self.embed(tokens)
@@ -64,10 +71,10 @@ class DecoderLM(nn.Module):
             if i + 1 < len(self.blocks) and self.kv_producers[i + 1] == i:
                 sources[i] = (block.mixer_norm(x), s)
             if incremental:
-                x, s = block(x, causal=True, state=s, return_state=True, kv_source=kv_source)
+                x, s = block(x, causal=True, mask=mask, state=s, return_state=True, kv_source=kv_source)
                 new_states.append(s)
             else:
-                x = block(x, causal=True, kv_source=kv_source)
+                x = block(x, causal=True, mask=mask, kv_source=kv_source)
         if self.meta is not None and first:
             x = x[:, self.meta.shape[0]:]
         logits = self.head(self.norm(x))

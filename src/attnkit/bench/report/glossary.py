@@ -140,6 +140,23 @@ ENTRIES: dict[str, tuple[str, str, str]] = {
     "backward": ("", "forward and backward (True) or forward only", ""),
     "history": ("", "per epoch (loss, accuracy) of the training", ""),
     "rows": ("", "the rows a summary was built from", ""),
+    # sinks and ACT calibration (attnkit bench sinks)
+    "part": ("", "sinks: per-head sink statistics; act: attention calibration measured before and after", ""),
+    "first_mass_mean": ("fraction", "attention on the first token, mean over layers and heads", ""),
+    "first_mass_max": ("fraction", "attention on the first token, largest head", ""),
+    "entropy_mean": ("nats", "attention entropy per query, mean over layers and heads", ""),
+    "heads_with_hidden_sinks": ("heads", "heads with a sink other than the first token (mean received attention "
+                                         "above the threshold)", ""),
+    "max_over_median": ("x", "largest hidden-state magnitude over its layer's median (massive activations)", ""),
+    "perplexity_before": ("", "held-out perplexity without calibration", LOWER),
+    "perplexity_after": ("", "held-out perplexity with ACT on the kept heads", LOWER),
+    "mrr_before": ("fraction", "sentence-pair retrieval mean reciprocal rank without calibration", HIGHER),
+    "mrr_after": ("fraction", "the same with ACT on the kept heads", HIGHER),
+    "accuracy_before": ("fraction", "genre probe accuracy on the test passages without calibration", HIGHER),
+    "accuracy_after": ("fraction", "the same with ACT on the kept heads", HIGHER),
+    "heads_searched": ("heads", "heads ACT's search calibrated one at a time", ""),
+    "heads_kept": ("heads", "heads whose calibration alone improved the search split", ""),
+    "kept": ("", "the kept heads, module:head,head;...", ""),
     # errors
     "error": ("", "what went wrong for this row (the run kept going)", ""),
     "looked_for": ("", "registered names tried for a role", ""),

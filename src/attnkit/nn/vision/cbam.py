@@ -17,8 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...validation import check_feature_map, check_int
+from ..factory import factory_kwargs
 
 
+@factory_kwargs
 class CBAM(nn.Module):
     paper = "CBAM: Convolutional Block Attention Module"
 

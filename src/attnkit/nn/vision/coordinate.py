@@ -17,8 +17,10 @@ import torch
 import torch.nn as nn
 
 from ...validation import check_feature_map, check_int
+from ..factory import factory_kwargs
 
 
+@factory_kwargs
 class CoordinateAttention(nn.Module):
     paper = "Coordinate Attention for Efficient Mobile Network Design"
 

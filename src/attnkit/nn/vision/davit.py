@@ -25,6 +25,7 @@ import torch.nn as nn
 from ...api import attention
 from ...validation import check_divides, check_feature_map, check_grid, check_int
 from ._vit import Mlp, merge_heads, split_heads, window_merge, window_partition
+from ..factory import factory_kwargs
 
 
 class _DaViTBlock(nn.Module):
@@ -53,6 +54,7 @@ class _DaViTBlock(nn.Module):
         return t.transpose(1, 2).reshape(B, C, H, W)
 
 
+@factory_kwargs
 class ChannelGroupAttention(_DaViTBlock):
     paper = "DaViT: Dual Attention Vision Transformers"
 
@@ -70,6 +72,7 @@ class ChannelGroupAttention(_DaViTBlock):
         return self.proj(merge_heads(o.transpose(-1, -2)))
 
 
+@factory_kwargs
 class SpatialWindowAttention(_DaViTBlock):
     paper = "DaViT: Dual Attention Vision Transformers"
 
@@ -90,6 +93,7 @@ class SpatialWindowAttention(_DaViTBlock):
         return window_merge(o, self.window, B, H, W).reshape(B, H * W, C)
 
 
+@factory_kwargs
 class DualAttentionBlock(nn.Module):
     """DaViT's unit: a spatial window block, then a channel group block."""
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ...validation import check_feature_map, check_int
+from ..factory import factory_kwargs
 
 
 def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
@@ -27,6 +28,7 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
     return t if t % 2 else t + 1
 
 
+@factory_kwargs
 class ECA(nn.Module):
     paper = "ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks"
 

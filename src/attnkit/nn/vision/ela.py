@@ -15,8 +15,10 @@ import torch
 import torch.nn as nn
 
 from ...validation import check_divides, check_feature_map, check_int
+from ..factory import factory_kwargs
 
 
+@factory_kwargs
 class EfficientLocalAttention(nn.Module):
     paper = "ELA: Efficient Local Attention for Deep Convolutional Neural Networks"
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ...api import attention
 from ...validation import check_feature_map, check_grid, check_int
+from ..factory import factory_kwargs
 
 
 def _offsets(block: int, halo: int) -> torch.Tensor:
@@ -35,6 +36,7 @@ def _offsets(block: int, halo: int) -> torch.Tensor:
     return torch.stack([rows, cols])
 
 
+@factory_kwargs
 class HaloAttention(nn.Module):
     paper = "Scaling Local Self-Attention for Parameter Efficient Visual Backbones"
 

@@ -18,8 +18,10 @@ import torch
 import torch.nn as nn
 
 from ...validation import check_feature_map, check_int
+from ..factory import factory_kwargs
 
 
+@factory_kwargs
 class LargeKernelAttention(nn.Module):
     paper = "Visual Attention Network"
 

@@ -16,8 +16,10 @@ import torch.nn.functional as F
 
 from ...api import attention
 from ...validation import check_feature_map, check_int
+from ..factory import factory_kwargs
 
 
+@factory_kwargs
 class NonLocalBlock(nn.Module):
     paper = "Non-local Neural Networks"
 

@@ -19,10 +19,12 @@ import torch
 import torch.nn as nn
 
 from ...validation import check_feature_map, check_int
+from ..factory import factory_kwargs
 
 LAYOUTS = ("parallel", "sequential")
 
 
+@factory_kwargs
 class PolarizedSelfAttention(nn.Module):
     paper = "Polarized Self-Attention: Towards High-quality Pixel-wise Regression"
 

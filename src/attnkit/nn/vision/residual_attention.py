@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...validation import check_feature_map, check_int
+from ..factory import factory_kwargs
 
 
 class ResidualUnit(nn.Module):
@@ -42,6 +43,7 @@ def _units(channels: int, n: int) -> nn.Sequential:
     return nn.Sequential(*[ResidualUnit(channels) for _ in range(n)])
 
 
+@factory_kwargs
 class ResidualAttention(nn.Module):
     paper = "Residual Attention Network for Image Classification"
 

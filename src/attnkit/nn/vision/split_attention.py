@@ -17,8 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...validation import check_divides, check_feature_map, check_int
+from ..factory import factory_kwargs
 
 
+@factory_kwargs
 class SplitAttention(nn.Module):
     paper = "ResNeSt: Split-Attention Networks"
 

@@ -13,8 +13,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...validation import check_feature_map, check_int
+from ..factory import factory_kwargs
 
 
+@factory_kwargs
 class SqueezeExcitation(nn.Module):
     paper = "Squeeze-and-Excitation Networks"
 

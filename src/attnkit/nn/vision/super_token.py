@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from ...api import attention
 from ...validation import check_divides, check_feature_map, check_grid, check_int
 from ._vit import merge_heads, split_heads
+from ..factory import factory_kwargs
 
 
+@factory_kwargs
 class SuperTokenAttention(nn.Module):
     paper = "Vision Transformer with Super Token Sampling"
 

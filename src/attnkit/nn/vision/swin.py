@@ -20,6 +20,7 @@ import torch.nn as nn
 from ...api import attention
 from ...validation import check_divides, check_feature_map, check_grid, check_int
 from ._vit import Mlp, merge_heads, split_heads, window_merge, window_partition
+from ..factory import factory_kwargs
 
 
 def relative_index(window: int) -> torch.Tensor:
@@ -31,6 +32,7 @@ def relative_index(window: int) -> torch.Tensor:
     return dy * (2 * window - 1) + dx
 
 
+@factory_kwargs
 class SwinBlock(nn.Module):
     paper = "Swin Transformer: Hierarchical Vision Transformer using Shifted Windows"
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ...validation import check_feature_map, check_int
+from ..factory import factory_kwargs
 
 
 class _Gate(nn.Module):
@@ -31,6 +32,7 @@ class _Gate(nn.Module):
         return x * torch.sigmoid(self.bn(self.conv(z)))
 
 
+@factory_kwargs
 class TripletAttention(nn.Module):
     paper = "Rotate to Attend: Convolutional Triplet Attention Module"
 

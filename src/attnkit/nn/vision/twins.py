@@ -19,6 +19,7 @@ import torch.nn as nn
 from ...api import attention
 from ...validation import check_divides, check_feature_map, check_grid, check_int
 from ._vit import Mlp, merge_heads, split_heads, window_merge, window_partition
+from ..factory import factory_kwargs
 
 
 class _Layer(nn.Module):
@@ -38,6 +39,7 @@ class _Layer(nn.Module):
         return t.permute(0, 3, 1, 2)
 
 
+@factory_kwargs
 class LocallyGroupedAttention(_Layer):
     paper = "Twins: Revisiting the Design of Spatial Attention in Vision Transformers"
 
@@ -59,6 +61,7 @@ class LocallyGroupedAttention(_Layer):
         return window_merge(o, self.window, B, H, W)
 
 
+@factory_kwargs
 class GlobalSubsampledAttention(_Layer):
     paper = "Twins: Revisiting the Design of Spatial Attention in Vision Transformers"
 
@@ -89,6 +92,7 @@ class GlobalSubsampledAttention(_Layer):
         return self.proj(merge_heads(attention(q, k, v, "softmax"))).reshape(B, H, W, C)
 
 
+@factory_kwargs
 class TwinsSVTBlock(nn.Module):
     """One LSA layer then one GSA layer (the unit Twins-SVT stacks)."""
 

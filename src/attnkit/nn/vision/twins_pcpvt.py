@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from ...validation import check_feature_map, check_int
+from ..factory import factory_kwargs
 from .twins import GlobalSubsampledAttention
 
 PAPER = "Twins: Revisiting the Design of Spatial Attention in Vision Transformers"
@@ -34,6 +35,7 @@ VARIANTS = {
 SR_RATIOS, PATCHES = (8, 4, 2, 1), (4, 2, 2, 2)
 
 
+@factory_kwargs
 class ConditionalPositionEncoding(nn.Module):
     """CPVT's PEG on an NCHW map: ``x + DWConv3x3(x)``."""
 
@@ -49,6 +51,7 @@ class ConditionalPositionEncoding(nn.Module):
         return x + self.proj(x)
 
 
+@factory_kwargs
 class PCPVTStage(nn.Module):
     """Patch embedding, then ``depth`` spatial-reduction attention layers with the PEG after the first
     (a stage changes the map's size, so it is not in the catalogue of same-shape modules)."""
@@ -76,6 +79,7 @@ class PCPVTStage(nn.Module):
         return x
 
 
+@factory_kwargs
 class TwinsPCPVT(nn.Module):
     """Four :class:`PCPVTStage` s, LayerNorm, global average pooling, a linear classifier: ``(B, 3, H, W) -> (B, classes)``."""
 

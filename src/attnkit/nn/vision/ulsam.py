@@ -18,8 +18,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...validation import check_divides, check_feature_map, check_int
+from ..factory import factory_kwargs
 
 
+@factory_kwargs
 class ULSAM(nn.Module):
     paper = "ULSAM: Ultra-Lightweight Subspace Attention Module for Compact Convolutional Neural Networks"
 
