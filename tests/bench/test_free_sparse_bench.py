@@ -21,3 +21,28 @@ def test_speed_stores_prefill_and_decode_rows(tmp_path):
 def test_block_topk_is_sized_for_the_asked_density():
     assert top_k_for_density(256, 0.1) == 13
     assert top_k_for_density(4, 1.0) == 4
+
+
+def test_curves_rows_and_summary_on_a_tiny_lm():
+    """--curves' measurement on a random tiny LM: per setting a density in (0, 1] and a quality; the summary
+    averages seeds and gives an interval; the report draws it."""
+    import torch
+
+    from attnkit.bench import free_sparse_curves as curves
+    from attnkit.bench.suites.sparse import report
+    from attnkit.models import DecoderLM, ModelConfig
+
+    torch.manual_seed(0)
+    model = DecoderLM(ModelConfig(vocab_size=32, dim=32, heads=2, kv_heads=1, schedule="FF", mixers={"F": "softmax"}))
+    model.eval()
+    held = torch.randint(0, 32, (400,))
+    rows = []
+    for method in ("block_topk", "quest"):
+        for seed in (0, 1):
+            rows += curves.curve_rows(model, held, method=method, n=64, score=16, count=2, seed=seed)
+    assert len(rows) == 16 and all(0 < r["density"] <= 1 and r["quality"] > 0 for r in rows)
+    assert [r["density"] for r in rows[:4]] == sorted((r["density"] for r in rows[:4]), reverse=True)
+    summary = curves.summarise(rows)
+    assert len(summary) == 8 and all(s["seeds"] == 2 and s["quality_ci95"] >= 0 for s in summary)
+    html, _ = report({}, [{"section": "curves", "rows": rows}])
+    assert "density vs quality" in html

@@ -8,6 +8,7 @@ from attnkit.bench.suites import build_parser, mqar as suite
 from attnkit.cli import main
 from attnkit.bench._mqar_data import mqar
 from attnkit.bench._mqar_model import MQARModel, train
+from attnkit.bench._mqar_figure import over_seeds
 
 
 def test_model_is_causal_and_uses_the_mechanisms_layer():
@@ -114,3 +115,24 @@ def test_content_sparse_roles_train_their_layers_with_the_roles_form(monkeypatch
                                  by_role)
         assert 0 <= out["accuracy"] <= 1
     assert seen and set(seen) == {"reference"}
+
+
+def test_figure_plans_widths_and_seeds_and_averages_the_best_of_each_seed():
+    config, entries = suite.configure(_args("--figure", "--roles", "attention,rwkv-7,hyena"))
+    items = suite.plan(config, entries)
+    assert {it["d"] for it in items} == {64, 128, 256} and {it["seed"] for it in items} == {0, 1, 2}
+    assert {e["mechanism"] for e in entries} == {"softmax", "rwkv7", "hyena"}
+    rows = [{**_row("based", acc), "lr": lr, "seed": seed, "state_size": 10}
+            for seed, acc, lr in [(0, 0.5, 1e-3), (0, 0.7, 1e-2), (1, 0.8, 1e-3), (2, 0.9, 1e-3)]]
+    (point,) = over_seeds(suite.best_per_setting(rows))
+    assert point["seeds"] == 3 and point["accuracy"] == pytest.approx(0.8)
+    assert point["ci95"] == pytest.approx(4.303 * 0.1 / 3 ** 0.5, abs=1e-4)
+
+
+def test_a_seeded_item_trains_from_its_own_seed():
+    config, entries = suite.configure(_args("--figure", "--roles", "attention"))
+    config.update(vocab=16, train_examples=64, test_examples=16, epochs=1, batch=32)
+    by_role = {e["role"]: e for e in entries}
+    item = {"role": "attention", "mechanism": "softmax", "L": 16, "K": 2, "d": 16, "lr": 1e-2}
+    a, b = (suite.measure_item({**item, "seed": s}, config, by_role) for s in (0, 1))
+    assert 0 <= a["accuracy"] <= 1 and a["history"] != b["history"]

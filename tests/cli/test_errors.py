@@ -36,6 +36,8 @@ def test_unknown_names(capsys, argv, expected):
     (["bench", "kernels", "--heads", "0"], "--heads: expected a positive integer, got '0'"),
     (["bench", "mqar", "--lrs", "1e-3,nan"], "--lrs: expected a positive number"),
     (["train", "lm", "--minutes", "-1"], "--minutes: expected a positive number"),
+    (["train", "lm", "--layout", "swan", "--schedule", "FF"], "leave out --schedule"),
+    (["train", "lm", "--window", "8"], "--window sets the local layers of --layout"),
     (["bench", "core", "--device", "cuda:7"], "--device"),
     (["report", "--compare", "1", "x"], "--compare"),
 ])

@@ -6,7 +6,9 @@
     attnkit train lm --schedule HH --mix H=hymba:softmax+nha --minutes 10
     attnkit train lm --schedule TTTT --mix T=mag:window=32 --mlp-ratio 2 --minutes 10
     attnkit train lm --resume ckpt.pt --minutes 5 --out ckpt2.pt
-    attnkit train lm --resume ckpt.pt --passkey 0.3 --context 256 --minutes 8 --out passkey.pt
+    attnkit train lm --layout swan --window 32 --context 128 --eval-contexts 128,512 --minutes 10
+    attnkit train lm --sigma-reparam --minutes 10       # prints the attention entropy per layer
+    attnkit train lm --layers 2 --kv-heads 2 --context 128 --passkey 0.5 --minutes 15 --out passkey.pt
     attnkit train seer --from ckpt.pt --block-size 16 --top-k 4 --minutes 5
 
 ``train seer`` turns a trained softmax LM into SeerAttention (gated block-sparse
@@ -26,7 +28,7 @@ HELP = "train a model on real text (attnkit train lm ...)"
 
 
 def add_arguments(parser) -> None:
-    from ..bench.options import Parser, device, non_negative_int, positive_float, positive_int
+    from ..bench.options import Parser, device, ints, non_negative_int, positive_float, positive_int
 
     sub = parser.add_subparsers(dest="what", required=True, metavar="WHAT", parser_class=Parser)
     p = sub.add_parser("lm", help="decoder-only LM on the Shakespeare corpus (the [train] extra)")
@@ -34,6 +36,15 @@ def add_arguments(parser) -> None:
     p.add_argument("--schedule", default=None, help="layer letters, e.g. LLLF (then define letters with --mix)")
     p.add_argument("--mix", action="append", default=[], metavar="LETTER=SPEC", help="letter -> mechanism[:k=v,...] or hymba:a+b")
     p.add_argument("--layers", type=positive_int, default=4, help="number of layers when --schedule is not given")
+    p.add_argument("--layout", choices=("rope_nope", "swan"), default=None,
+                   help="positional layer schedule of --layers layers: RoPE (sliding-window with --window) layers with "
+                        "a full NoPE layer every 4th ('Rope to Nope and Back Again'), or SWAN-GPT's sliding-window "
+                        "RoPE + NoPE layers scaled logarithmically past --context")
+    p.add_argument("--window", type=positive_int, default=None, help="window of --layout's local layers (swan: context / 4)")
+    p.add_argument("--sigma-reparam", action="store_true",
+                   help="sigmaReparam every linear layer of the blocks (W -> gamma W / sigma(W))")
+    p.add_argument("--eval-contexts", type=ints, default=None, metavar="N,N",
+                   help="also report held-out perplexity at these context lengths (extrapolation past --context)")
     p.add_argument("--dim", type=positive_int, default=64)
     p.add_argument("--heads", type=positive_int, default=4)
     p.add_argument("--kv-heads", type=positive_int, default=None)
@@ -54,8 +65,9 @@ def add_arguments(parser) -> None:
     p.add_argument("--sample", type=non_negative_int, default=None,
                    help="tokens to generate after training (default: up to the training context; 0: none)")
     p.add_argument("--passkey", type=positive_float, default=None, metavar="SHARE",
-                   help="mix passkey-retrieval episodes (up to --context tokens, answer included) into the training "
-                        "text as this share of its tokens, and report passkey accuracy at --context after training")
+                   help="make this share of each batch's rows passkey-retrieval episodes ending the window (answer "
+                        "included, its digits weighted in the loss) and half as many rows copy exercises, and report "
+                        "passkey accuracy at --context after training")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     train_seq2seq.add_arguments(sub)
 
@@ -105,8 +117,19 @@ def parse_mixer(text: str):
 
 
 def model_config(args, vocab_size: int):
-    from ..models import ModelConfig
+    from ..models import ModelConfig, rope_nope_layers, swan_layers
 
+    if args.layout is not None:
+        if args.schedule is not None or args.mix:
+            raise ValueError("--layout sets the schedule and mixers; leave out --schedule and --mix")
+        if args.layout == "rope_nope":
+            layers = rope_nope_layers(args.layers, window=args.window)
+        else:
+            layers = swan_layers(args.layers, window=args.window or max(1, args.context // 4), train_length=max(2, args.context))
+        return ModelConfig(vocab_size=vocab_size, dim=args.dim, heads=args.heads, kv_heads=args.kv_heads,
+                           mlp_ratio=args.mlp_ratio, sigma_reparam=args.sigma_reparam, **layers)
+    if args.window is not None:
+        raise ValueError("--window sets the local layers of --layout; give a window with --mix (e.g. F=sliding_window:window=32)")
     if args.schedule is None:
         schedule, mixers = "F" * args.layers, {"F": parse_mixer(args.mechanism)}
     else:
@@ -117,7 +140,7 @@ def model_config(args, vocab_size: int):
             raise ValueError(f"--mix {item!r}: expected LETTER=SPEC, e.g. L=nha")
         mixers[letter] = parse_mixer(spec)
     return ModelConfig(vocab_size=vocab_size, dim=args.dim, heads=args.heads, kv_heads=args.kv_heads,
-                       schedule=schedule, mixers=mixers, mlp_ratio=args.mlp_ratio)
+                       schedule=schedule, mixers=mixers, mlp_ratio=args.mlp_ratio, sigma_reparam=args.sigma_reparam)
 
 
 def run(args) -> int:
@@ -131,6 +154,7 @@ def run(args) -> int:
     from ..data.codecs import make_codec
     from ..models import DecoderLM
     from ..training.lm import TrainConfig, evaluate, load_checkpoint, make_optimizer, save_checkpoint, train
+    from ..training.metrics import attention_entropy_per_layer, eval_windows, model_perplexity
 
     if args.resume is None:
         model_config(args, vocab_size=256)  # unknown mechanisms and bad mixers fail here, before any work
@@ -151,16 +175,24 @@ def run(args) -> int:
         model = DecoderLM(model_config(args, codec.vocab_size)).to(args.device)
         optimizer = make_optimizer(model, cfg)
     train_ids, held_ids = codec.encode(train_text), codec.encode(held_text)
+    batches = None
     if args.passkey is not None:
         from ..data import passkey
 
-        train_ids = passkey.mixed(codec, train_ids, args.passkey, args.context, seed=args.seed)
+        passkey.training_batch(codec, train_ids, cfg.context, 1, args.passkey, torch.Generator())  # bad sizes fail here
+        batches = lambda g: passkey.training_batch(codec, train_ids, cfg.context, cfg.batch, args.passkey, g)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: schedule {model.config.schedule} {model.config.mixers}, {params / 1e6:.2f}M parameters, "
           f"{codec.kind}-level, {torch.get_num_threads()} threads, {args.device}; train {train_ids.numel():,} tokens, "
           f"held-out {held_ids.numel():,} tokens ({', '.join(shakespeare.HELD_OUT_WORKS)})")
-    result = _train_with_progress(model, train_ids, cfg, optimizer, train)
+    probe = eval_windows(held_ids, cfg.context, 4 * cfg.context)  # four held-out windows for the entropy
+    entropy_before = attention_entropy_per_layer(model, probe)
+    result = _train_with_progress(model, train_ids, cfg, optimizer, train, batches)
     metrics = evaluate(model, train_ids, held_ids, codec.vocab_size, cfg.context, cfg.eval_tokens)
+    metrics["attention_entropy"] = {"start": entropy_before, "end": attention_entropy_per_layer(model, probe)}
+    if args.eval_contexts:
+        metrics["perplexity_at"] = {n: round(model_perplexity(model, eval_windows(held_ids, n, cfg.eval_tokens)), 3)
+                                    for n in args.eval_contexts}
     metrics.update({k: result[k] for k in ("steps", "tokens", "seconds")})
     metrics["final_train_loss"] = round(sum(result["losses"][-20:]) / max(1, len(result["losses"][-20:])), 4)
     if args.passkey is not None:
@@ -174,6 +206,12 @@ def run(args) -> int:
               f"held-out perplexity {metrics['perplexity']} vs unigram baseline {metrics['unigram_perplexity']} "
               f"on {metrics['held_out_tokens']:,} held-out tokens" + (f"; checkpoint {args.out}" if args.out else "")
               + (f"; passkey accuracy {metrics['passkey_accuracy']} at {cfg.context} tokens" if args.passkey else ""))
+        entropy = metrics["attention_entropy"]
+        print("attention entropy per layer (nats, mean over heads and queries; '-' = no weights): start "
+              + _layers(entropy["start"]) + ", end " + _layers(entropy["end"]))
+        if args.eval_contexts:
+            print("held-out perplexity by context (trained at " + str(cfg.context) + "): "
+                  + ", ".join(f"{n}: {p}" for n, p in metrics["perplexity_at"].items()))
     prompt = codec.encode("HAMLET.\n")[None].to(args.device)
     room = cfg.context - prompt.shape[1]
     sample = room if args.sample is None else args.sample
@@ -187,15 +225,20 @@ def run(args) -> int:
     return 0
 
 
+def _layers(values) -> str:
+    return "[" + ", ".join("-" if v is None else f"{v:.3f}" for v in values) + "]"
+
+
 def passkey_accuracy(model, codec, held_ids, context: int, device, trials: int = 32) -> float:
-    """Share of held-out passkey prompts of ``context`` tokens whose key the model generates greedily."""
+    """Share of held-out passkey prompts whose key the model generates greedily, the answer ending at ``context``."""
     import torch
 
     from ..data import passkey
 
-    ids, keys = passkey.prompts(codec, held_ids, context, trials)
+    n = passkey.prompt_length(codec, context)  # the answer, too, within the trained context
+    ids, keys = passkey.prompts(codec, held_ids, n, trials)
     with torch.no_grad():
-        out = model.eval().generate(ids.to(device), 6)[:, context:]
+        out = model.eval().generate(ids.to(device), 6)[:, n:]
     return sum(codec.decode(row.tolist()).strip()[:5] == key for row, key in zip(out.cpu(), keys)) / trials
 
 
@@ -240,14 +283,14 @@ def run_seer(args) -> int:
     return 0
 
 
-def _train_with_progress(model, train_ids, cfg, optimizer, train):
+def _train_with_progress(model, train_ids, cfg, optimizer, train, batches=None):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("training"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                TextColumn("step {task.fields[step]} loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
     with Progress(*columns) as bar:
         task = bar.add_task("train", total=1.0, step=0, loss=float("nan"))
-        result = train(model, train_ids, cfg, optimizer=optimizer,
+        result = train(model, train_ids, cfg, optimizer=optimizer, batches=batches,
                        on_step=lambda step, loss, used: bar.update(task, completed=used, step=step, loss=loss))
         bar.update(task, completed=1.0)
     return result

@@ -45,7 +45,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..kernels.online_softmax import merge_normalised
 from ..kernels.positions import repeat_kv
+from ..kernels.tile_rows import attention_with_lse
 from ..params import Param
 from ..registry import MechanismSpec, register
 
@@ -84,26 +86,12 @@ def _take(x, index):
     return x.gather(2, index[..., None].expand(*index.shape, x.shape[-1]))
 
 
-def _exact(q, k, v, scale, causal):
-    s = (q @ k.transpose(-1, -2)) * scale
-    if causal:
-        n = q.shape[2]
-        s = s.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-    lse = s.logsumexp(-1, keepdim=True)
-    return torch.exp(s - lse) @ v, lse
-
-
-def _merge(o1, l1, o2, l2):
-    lse = torch.logaddexp(l1, l2)
-    return o1 * torch.exp(l1 - lse) + o2 * torch.exp(l2 - lse), lse
-
-
 def noncausal_estimate(q, k, v, scale, draws: Draws, p) -> tuple[torch.Tensor, torch.Tensor]:
     """Output and log-sum-exp of the non-causal estimate (inputs ``(B, H, n, D)``, same heads)."""
     B, H, nq, D = q.shape
     nk = k.shape[2]
     if nq < p["min_len"]:
-        return _exact(q, k, v, scale, causal=False)
+        return attention_with_lse(q, k, v, causal=False, scale=scale)
     block = p["block"]
     with torch.no_grad():
         q_order, k_order, m, qb = _sorting(q.detach(), k.detach(), draws.directions, block)
@@ -125,22 +113,22 @@ def noncausal_estimate(q, k, v, scale, draws: Draws, p) -> tuple[torch.Tensor, t
     lse = scores.logsumexp(-1, keepdim=True)
     out = (torch.exp(scores - lse) @ values).view(B, H, m * qb, -1)[:, :, :nq]
     back = q_order.argsort(-1)
-    return _take(out, back), _take(lse.view(B, H, m * qb, 1)[:, :, :nq], back)
+    return _take(out, back), lse.view(B, H, m * qb)[:, :, :nq].gather(-1, back)
 
 
 def causal_estimate(q, k, v, scale, draws: Draws, p) -> tuple[torch.Tensor, torch.Tensor]:
     """Output and log-sum-exp of the recursive causal estimate (self-attention, same heads)."""
     B, H, n, D = q.shape
     if n <= p["min_len"]:
-        return _exact(q, k, v, scale, causal=True)
+        return attention_with_lse(q, k, v, causal=True, scale=scale)
     odd = n % 2
     if odd:
         q, k, v = (F.pad(x, (0, 0, 0, 1)) for x in (q, k, v))
     h = (n + odd) // 2
     o_bd, l_bd = causal_estimate(*(x.reshape(B, 2 * H, h, x.shape[-1]) for x in (q, k, v)), scale, draws, p)
-    o_bd, l_bd = o_bd.reshape(B, H, 2 * h, -1), l_bd.reshape(B, H, 2 * h, 1)
+    o_bd, l_bd = o_bd.reshape(B, H, 2 * h, -1), l_bd.reshape(B, H, 2 * h)
     o_ll, l_ll = noncausal_estimate(q[:, :, h:], k[:, :, :h], v[:, :, :h], scale, draws, p)
-    o_down, l_down = _merge(o_bd[:, :, h:], l_bd[:, :, h:], o_ll, l_ll)
+    o_down, l_down = merge_normalised(o_bd[:, :, h:], l_bd[:, :, h:], o_ll, l_ll)
     return torch.cat([o_bd[:, :, :h], o_down], 2)[:, :, :n], torch.cat([l_bd[:, :, :h], l_down], 2)[:, :, :n]
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .online_softmax import merge_normalised
 
 
-def _attend(q, k, v, *, causal: bool, scale: float):
+def attention_with_lse(q, k, v, *, causal: bool, scale: float):
     """``(out, lse)`` of softmax attention, batched over the leading dims ``(n, m, L, D)``."""
     grads = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if q.device.type == "cpu" and not grads:
@@ -54,7 +54,7 @@ def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: flo
     r = torch.arange(R, device=q.device)
     diagonal = layout[..., r, r].reshape(B * H * R)
     kd, vd = (kt, vt) if H == Hkv else (kt[kv_of], vt[kv_of])
-    o_d, l_d = _attend(qt, kd, vd, causal=True, scale=scale)
+    o_d, l_d = attention_with_lse(qt, kd, vd, causal=True, scale=scale)
     o_d, l_d = o_d.reshape(B * H * R, block, Dv), l_d.reshape(B * H * R, block)
     l_d = l_d.masked_fill(~diagonal[:, None], float("-inf"))
     past = (layout & (r[None, :] < r[:, None])).reshape(B * H * R, R)
@@ -69,7 +69,7 @@ def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: flo
             heads, tiles = kv_of[rows // R][:, None], order[rows, :w]
             kg = kt[heads, tiles].reshape(len(rows), 1, w * block, D)
             vg = vt[heads, tiles].reshape(len(rows), 1, w * block, Dv)
-            o, l = _attend(qt.reshape(B * H * R, 1, block, D)[rows], kg, vg, causal=False, scale=scale)
+            o, l = attention_with_lse(qt.reshape(B * H * R, 1, block, D)[rows], kg, vg, causal=False, scale=scale)
             pieces.append(merge_normalised(o[:, 0], l[:, 0], o_d[rows], l_d[rows])[0])
         rows_of.append(rows)
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):

@@ -11,5 +11,6 @@ from .encoder import Encoder
 from .hymba import hymba_config
 from .lm import DecoderLM
 from .mixers import ParallelHeads
+from .schedules import rope_nope_layers, swan_layers
 
-__all__ = ["BlockTransformerLM", "ModelConfig", "DecoderLM", "Encoder", "ParallelHeads", "hymba_config"]
+__all__ = ["BlockTransformerLM", "ModelConfig", "DecoderLM", "Encoder", "ParallelHeads", "hymba_config", "rope_nope_layers", "swan_layers"]

@@ -5,7 +5,10 @@ linear layers, then one full-attention layer, the ratios "A Systematic Analysis
 of Hybrid Linear Attention" studies). ``mixers`` maps each letter to a mixer:
 
 - a mechanism name (``"softmax"``, ``"nha"``, any ``attnkit.mechanisms()`` entry);
-- a dict ``{"mechanism": name, "rope": bool, **params}`` to set its parameters;
+- a dict ``{"mechanism": name, "rope": bool, "log_scaling": L, **params}`` to set its parameters;
+  ``"rope": False`` makes a NoPE layer, ``"log_scaling": L`` scales its queries by
+  ``max(1, log(position + 1) / log(L))`` past the training length ``L`` (SWAN-GPT's dynamic
+  scaling, :class:`attnkit.positional.LogScaling`);
 - a dict ``{"hymba": [mixer, mixer, ...]}``: parallel hybrid heads in one layer
   (Hymba), the layer's heads split evenly between the branches;
 - a dict ``{"titans": "mac" | "mag" | "mal", **options}``: one of Titans' architectures
@@ -26,6 +29,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .. import registry
+from ..positional import LogScaling
 from ..validation import check_int
 
 
@@ -40,6 +44,9 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     rope: bool = True
     tie_embeddings: bool = True
+    # sigmaReparam ("Stabilizing Transformer Training by Preventing Attention Entropy Collapse"): every
+    # linear layer of the blocks uses (gamma / sigma(W)) W (attnkit.nn.sigma_reparam).
+    sigma_reparam: bool = False
     meta_tokens: int = 0
     kv_sharing: bool = False
     # None: one process. Else the layers split each sequence across the default process group:
@@ -64,6 +71,8 @@ class ModelConfig:
             spec = mixer_spec(self.mixers[letter], self.rope)  # validates before any module is built
             if "titans" in spec and self.context_parallel is not None:
                 raise ValueError(f"mixer {letter!r}: Titans' architectures do not run with context_parallel")
+            if "log_scaling" in spec and self.context_parallel is not None:
+                raise ValueError(f"mixer {letter!r}: log_scaling does not run with context_parallel")
         if self.context_parallel is not None and (self.kv_sharing or self.meta_tokens):
             raise ValueError("kv_sharing and meta_tokens do not run with context_parallel")
         if self.kv_sharing and not any(p is not None for p in self.kv_producers()):
@@ -152,8 +161,12 @@ def mixer_spec(spec, default_rope: bool) -> dict:
         return {"hymba": [mixer_spec(b, default_rope) for b in branches]}
     if "mechanism" not in spec:
         raise ValueError(f"a mixer dict needs 'mechanism' (or 'hymba' or 'titans'), got keys {sorted(spec)}")
-    params = {k: v for k, v in spec.items() if k not in ("mechanism", "rope")}
+    params = {k: v for k, v in spec.items() if k not in ("mechanism", "rope", "log_scaling")}
     mech = registry.get(spec["mechanism"])
     if "causal-self" not in mech.patterns and "noncausal-self" not in mech.patterns:
         raise ValueError(f"mechanism {mech.name!r} supports no self-attention pattern, so it cannot mix a layer")
-    return {"mechanism": mech.name, "rope": bool(spec.get("rope", default_rope)), "params": params}
+    out = {"mechanism": mech.name, "rope": bool(spec.get("rope", default_rope)), "params": params}
+    if spec.get("log_scaling") is not None:
+        LogScaling(spec["log_scaling"])  # validates the training length
+        out["log_scaling"] = spec["log_scaling"]
+    return out

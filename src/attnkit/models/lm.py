@@ -18,6 +18,7 @@ from torch import nn
 
 from .blocks import Block
 from .config import ModelConfig
+from ..nn import sigma_reparam
 from ..validation import check_int
 
 
@@ -36,6 +37,8 @@ class DecoderLM(nn.Module):
                                 kv_producer=None if producer is None else blocks[producer]))
         self.blocks = nn.ModuleList(blocks)
         self.meta = nn.Parameter(torch.randn(config.meta_tokens, config.dim) * 0.02) if config.meta_tokens else None
+        if config.sigma_reparam:
+            sigma_reparam(self.blocks)
         self.norm = nn.RMSNorm(config.dim)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:

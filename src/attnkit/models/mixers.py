@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..nn import Attention
-from ..positional import RoPE
+from ..positional import LogScaling, RoPE
 from .config import shareable
 from .kv_sharing import SharedKVAttention
 from .titans import build_titans
@@ -27,6 +27,8 @@ def build_mixer(spec: dict, dim: int, heads: int, kv_heads: int | None, head_dim
     if kv_producer is not None:
         return SharedKVAttention(kv_producer)
     rope = RoPE(head_dim) if spec["rope"] else None
+    if spec.get("log_scaling") is not None:
+        rope = LogScaling(spec["log_scaling"], inner=rope)
     cp = {}
     if "strategy" in spec:  # context parallel: this rank's shard of the sequence, the default group
         cp = {"context_parallel": True, "strategy": spec["strategy"], "layout": spec["layout"]}

@@ -5,15 +5,19 @@ to q and k before the mechanism, with positions that continue across
 incremental calls. Absolute encodings that are added to token embeddings
 (sinusoidal, learned) live in :mod:`attnkit.positional.absolute`; contextual
 position encoding (CoPE) depends on the scores, so it is a mechanism
-(``"cope"``), not an encoding of q and k.
+(``"cope"``), not an encoding of q and k. :class:`LogScaling` scales the queries
+logarithmically past a training length (SWAN-GPT's scaling of its NoPE layers), around an
+optional inner encoding.
 
 :data:`ENCODINGS` names every q/k encoding with a factory ``head_dim ->
 encoding``; the conformance suite composes each with softmax attention.
 """
+from .log_scaling import LogScaling
 from .rope import NoPE, RoPE
 
 ENCODINGS = {
     "nope": lambda head_dim: NoPE(),
+    "nope-log-scaled": lambda head_dim: LogScaling(16),
     "rope": lambda head_dim: RoPE(head_dim),
     "rope-linear": lambda head_dim: RoPE(head_dim, scaling="linear", factor=4.0),
     "rope-ntk": lambda head_dim: RoPE(head_dim, scaling="ntk", factor=4.0),
@@ -28,4 +32,4 @@ def encoding(name: str, head_dim: int):
     return ENCODINGS[name](head_dim)
 
 
-__all__ = ["RoPE", "NoPE", "ENCODINGS", "encoding"]
+__all__ = ["RoPE", "NoPE", "LogScaling", "ENCODINGS", "encoding"]

@@ -42,3 +42,21 @@ def unigram_perplexity(train_ids: torch.Tensor, windows: torch.Tensor, vocab_siz
     logp = (counts / counts.sum()).log()
     targets = windows[:, 1:].flatten()
     return math.exp(-logp[targets].mean().item())
+
+
+@torch.no_grad()
+def attention_entropy_per_layer(model, windows: torch.Tensor) -> list[float | None]:
+    """Mean attention entropy (nats, over heads, queries and windows) of each attention call of one
+    forward pass over ``windows[:, :-1]``, in layer order; None for a call whose mechanism records no
+    weights. The measurement of "Stabilizing Transformer Training by Preventing Attention Entropy
+    Collapse" (:func:`attnkit.nn.attention_entropy`)."""
+    from ..capture import capture
+    from ..nn import attention_entropy
+
+    was_training = model.training
+    model.eval()
+    with capture(model) as records:
+        model(windows[:, :-1].to(next(model.parameters()).device))
+    model.train(was_training)
+    return [None if r.weights is None else round(attention_entropy(r.weights.float()).mean().item(), 4)
+            for r in records]

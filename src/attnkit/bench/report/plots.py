@@ -60,10 +60,16 @@ def panel_grid(count: int, height: float = 3.4):
     return fig, flat[:count]
 
 
+def _half_width(e) -> float:
+    return float(e) if isinstance(e, (int, float)) and math.isfinite(e) else 0.0
+
+
 def lines_by_panel(rows: list[dict], *, panel: str | None, series: str, x: str, y: str, title: str,
-                   ylabel: str, logx: bool = True, logy: bool = True, style: str | None = None) -> str | None:
+                   ylabel: str, logx: bool = True, logy: bool = True, style: str | None = None,
+                   err: str | None = None) -> str | None:
     """One panel per value of ``panel`` (or one plot), one line per value of ``series`` (its colour:
-    :func:`colour`), and per value of ``style`` (if given) a line style: y against x."""
+    :func:`colour`), and per value of ``style`` (if given) a line style: y against x, with error bars of
+    half-width ``row[err]`` when ``err`` is given."""
     rows = [r for r in rows if isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float))]
     if not rows:
         return None
@@ -75,11 +81,12 @@ def lines_by_panel(rows: list[dict], *, panel: str | None, series: str, x: str, 
         mine = [r for r in rows if not panel or str(r.get(panel)) == name]
         for label in sorted({str(r[series]) for r in mine}):
             for kind in styles:
-                pts = sorted((r[x], r[y]) for r in mine
+                pts = sorted((r[x], r[y], _half_width(r.get(err)) if err else 0.0) for r in mine
                              if str(r[series]) == label and (kind is None or str(r.get(style)) == kind))
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], dashes[kind], marker="o", ms=3,
-                            color=colour(label), label=label if kind is None else f"{label} {kind}")
+                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts] if err else None,
+                                fmt=dashes[kind], marker="o", ms=3, capsize=2, color=colour(label),
+                                label=label if kind is None else f"{label} {kind}")
         if logx:
             ax.set_xscale("log", base=2)
         if logy:
@@ -111,6 +118,31 @@ def accuracy_vs_state(best: list[dict]) -> str | None:
         ax.set_xscale("log")
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("state size (numbers per layer)")
+        ax.set_ylabel("MQAR accuracy")
+        ax.set_title(f"L={seq_len}, K={num_kv}", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return to_data_uri(fig)
+
+
+def accuracy_vs_width(points: list[dict]) -> str | None:
+    """The Zoology figure: mean MQAR accuracy over seeds (95% interval as error bars) against model width,
+    one panel per (L, K), one line per mechanism."""
+    if not points:
+        return None
+    settings = sorted({(p["L"], p["K"]) for p in points})
+    fig, axes = panel_grid(len(settings))
+    for ax, (seq_len, num_kv) in zip(axes, settings):
+        for role in sorted({p["role"] for p in points}):
+            mine = sorted((p for p in points if p["role"] == role and (p["L"], p["K"]) == (seq_len, num_kv)),
+                          key=lambda p: p["d"])
+            if mine:
+                ax.errorbar([p["d"] for p in mine], [p["accuracy"] for p in mine],
+                            yerr=[p["ci95"] or 0.0 for p in mine], marker="o", capsize=3, label=role,
+                            color=colour(mine[0].get("mechanism") or role))
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("model width d")
         ax.set_ylabel("MQAR accuracy")
         ax.set_title(f"L={seq_len}, K={num_kv}", fontsize=9)
         ax.legend(fontsize=7)

@@ -15,6 +15,8 @@ Each role says how its layer is built (``qk_dim``: Based projects q, k to 16;
 ``layer``: the Gated DeltaNet layer's short convolutions and gated output norm)
 and which learning rates the quick sweep tries for it. ``--mechanisms a,b`` runs
 any registered mechanisms instead, with the configuration's default sweep.
+``--figure`` runs the Zoology figure (:mod:`.._mqar_figure`): widths 64-256, three seeds, the
+attention-free baselines beside the roles, accuracy against width with confidence intervals.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import torch
 
 from ... import mechanisms, spec
 from .._mqar_data import check_mqar_sizes, mqar
+from .._mqar_figure import FIGURE, FIGURE_ROLES, over_seeds
 from .._mqar_model import MQARModel, train
 from ..options import choices, floats, names, positive_int
 from ..runner import run_items
@@ -98,10 +101,13 @@ def plan(config: dict, entries: list[dict]) -> list[dict]:
     for e in entries:
         for seq_len, num_kv in config["settings"]:
             for d in widths:
-                base = {"role": e["role"], "mechanism": e["mechanism"], "L": seq_len, "K": num_kv, "d": d}
-                if e["mechanism"] is None:
-                    items.append({**base, "lr": None})
-                else:
+                for seed in config.get("seeds", [None]):
+                    base = {"role": e["role"], "mechanism": e["mechanism"], "L": seq_len, "K": num_kv, "d": d}
+                    if seed is not None:
+                        base["seed"] = seed
+                    if e["mechanism"] is None:
+                        items.append({**base, "lr": None})
+                        break  # one "not registered" row, not one per seed
                     items.extend({**base, "lr": lr} for lr in lrs_for(config, e["role"]))
     return items
 
@@ -110,24 +116,24 @@ def measure_item(item: dict, config: dict, entries: dict, device: str = "cpu") -
     e = entries[item["role"]]
     if item["mechanism"] is None:
         return {"status": "not registered", "looked_for": e["looked_for"]}
-    L, K, d = item["L"], item["K"], item["d"]
-    train_data = [t.to(device) for t in mqar(config["train_examples"], L, K, config["vocab"], seed=0)]
-    test_data = [t.to(device) for t in mqar(config["test_examples"], L, K, config["vocab"], seed=1_000_003)]
-    torch.manual_seed(0)
+    L, K, d, seed = item["L"], item["K"], item["d"], item.get("seed", 0)
+    train_data = [t.to(device) for t in mqar(config["train_examples"], L, K, config["vocab"], seed=seed)]
+    test_data = [t.to(device) for t in mqar(config["test_examples"], L, K, config["vocab"], seed=1_000_003 + seed)]
+    torch.manual_seed(seed)
     call = {**e["params"], **({"form": e["form"]} if e.get("form") else {})}
     model = MQARModel(item["mechanism"], call, config["vocab"], d, L, heads=config["heads"],
                       qk_dim=e["qk_dim"], **e["layer"]).to(device)
-    result = train(model, train_data, test_data, lr=item["lr"], epochs=config["epochs"], batch=config["batch"])
+    result = train(model, train_data, test_data, lr=item["lr"], epochs=config["epochs"], batch=config["batch"], seed=seed)
     result["state_size"] = state_size(item["mechanism"], e["params"], L, d, config["heads"], e["qk_dim"])
     result["params"] = e["params"]
     return result
 
 
 def best_per_setting(rows: list[dict]) -> list[dict]:
-    """The best row of each learning-rate sweep, keyed by (role, mechanism, L, K, d)."""
+    """The best row of each learning-rate sweep, keyed by (role, mechanism, L, K, d, seed)."""
     best: dict[tuple, dict] = {}
     for r in rows:
-        key = (r["role"], r["mechanism"], r["L"], r["K"], r["d"])
+        key = (r["role"], r["mechanism"], r["L"], r["K"], r["d"], r.get("seed"))
         if key not in best or r.get("accuracy", -1) > best[key].get("accuracy", -1):
             best[key] = r
     return list(best.values())
@@ -175,6 +181,15 @@ def print_summary(rows: list[dict]) -> None:
                       str(r["seconds"]))
     console = Console(width=140)
     console.print(table)
+    points = over_seeds(best_per_setting(rows))
+    if any(p["seeds"] > 1 for p in points):
+        figure = Table(title="MQAR accuracy against width: mean over seeds +- 95% interval (the Zoology figure)")
+        for col in ("role", "mechanism", "L", "K", "d", "accuracy", "+-", "seeds", "state size"):
+            figure.add_column(col)
+        for p in points:
+            figure.add_row(p["role"], p["mechanism"], str(p["L"]), str(p["K"]), str(p["d"]), f"{p['accuracy']:.3f}",
+                           "-" if p["ci95"] is None else f"{p['ci95']:.3f}", str(p["seeds"]), str(p["state_size"]))
+        console.print(figure)
     for claim, verdict in ordering_checks(best_per_setting(rows)):
         console.print(f"  {verdict:>5}  {claim}")
 
@@ -183,8 +198,12 @@ def add_arguments(p) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="the CPU configuration (default; <= 15 min on 2 cores)")
     size.add_argument("--full", action="store_true", help="Zoology's sizes (hours)")
+    size.add_argument("--figure", action="store_true",
+                      help="the Zoology figure: widths 64,128,256 x 3 seeds x L 64-256 (K up to 64), the attention-free "
+                           "baselines too; accuracy vs width with 95%% intervals (many hours on 2 cores: use --jobs, --resume)")
     p.add_argument("--mechanisms", type=names, default=None, help="comma list of registered names instead of the roles")
-    p.add_argument("--roles", type=choices(ROLES, "role"), default=None, help=f"comma list, a subset of the roles {','.join(ROLES)}")
+    p.add_argument("--roles", type=choices({**ROLES, **FIGURE_ROLES}, "role"), default=None,
+                   help=f"comma list, a subset of the roles {','.join({**ROLES, **FIGURE_ROLES})} (the last ones: --figure's)")
     p.add_argument("--lrs", type=floats, default=None,
                    help="comma list of learning rates for every role (default: the configuration's per-role sweep)")
     p.add_argument("--jobs", type=positive_int, default=2,
@@ -194,7 +213,8 @@ def add_arguments(p) -> None:
 
 def configure(args) -> tuple[dict, list[dict]]:
     """The configuration and role entries, validated up front (unknown mechanisms, impossible sizes)."""
-    config = dict(FULL if args.full else QUICK)
+    figure = getattr(args, "figure", False)
+    config = dict(FIGURE if figure else FULL if args.full else QUICK)
     if args.mechanisms:
         for n in args.mechanisms:
             if not spec(n).supports(causal=True, cross=False):  # spec() names close matches for unknown names
@@ -202,9 +222,10 @@ def configure(args) -> tuple[dict, list[dict]]:
         entries = [{"role": n, "mechanism": n, "looked_for": [n], "params": {}, "qk_dim": None, "layer": {}}
                    for n in args.mechanisms]
     else:
-        roles = ROLES
+        every = {**ROLES, **FIGURE_ROLES}
+        roles = every if figure else ROLES
         if args.roles:
-            roles = {r: ROLES[r] for r in args.roles}
+            roles = {r: every[r] for r in args.roles}
         entries = resolve_roles(roles)
     if args.lrs:
         config["lrs"] = {"*": args.lrs}
@@ -232,8 +253,14 @@ def report(run: dict, rows: list[dict]) -> tuple[str, dict]:
     table = [{k: r.get(k) for k in ("role", "mechanism", "L", "K", "d", "lr", "accuracy", "state_size", "epochs",
                                     "seconds", "status")} for r in best]
     checks = [{"claim": c, "verdict": v} for c, v in ordering_checks(best)]
+    points = over_seeds(best)
+    figure = []
+    if any(p["seeds"] > 1 for p in points):
+        figure = [image(plots.accuracy_vs_width(points), "MQAR accuracy vs model width (mean over seeds, 95% intervals)"),
+                  "<h3>Accuracy against width, over seeds</h3>", to_html(points, {})]
     parts = [
         image(plots.accuracy_vs_state(best), "MQAR accuracy vs state size"),
+        *figure,
         "<h3>Best accuracy of each learning-rate sweep</h3>", to_html(table, {"not registered": "refused"}),
         "<h3>The published ordering</h3>", to_html(checks, {"PASS": "ok", "FAIL": "bad"}),
     ]

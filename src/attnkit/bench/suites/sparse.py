@@ -230,20 +230,36 @@ def add_arguments(p) -> None:
     p.add_argument("--repeats", type=positive_int, default=2, help="--speed: timed rounds (best kept)")
     p.add_argument("--steps", type=positive_int, default=8, help="--speed: decode steps per timed round")
     p.add_argument("--queries", type=positive_int, default=16, help="--lm-recall: decoded positions per layer")
+    p.add_argument("--curves", action="store_true",
+                   help="quality vs density of the training-free methods on the LM (--checkpoint), per seed")
+    p.add_argument("--seeds", type=positive_int, default=3, help="--curves: seeds (each its own held-out windows)")
+    p.add_argument("--windows", type=positive_int, default=8, help="--curves: held-out windows per seed")
+    p.add_argument("--score", type=positive_int, default=256, help="--curves: scored positions at each window's end")
 
 
 def run_free_sparse(args) -> int:
     from .. import free_sparse_runs as fs
 
-    if args.lm_recall:
+    from .. import free_sparse_curves as curves
+
+    if args.curves:
+        chosen = args.methods or list(curves.SWEEPS)
+        unknown = sorted(set(chosen) - set(curves.SWEEPS))
+        if unknown:
+            from ..options import UsageError
+
+            raise UsageError(f"--methods: unknown {unknown}; expected names from {list(curves.SWEEPS)}")
+        items = [{"section": "curves", "N": n, "method": m, "seed": s}
+                 for n in args.n for m in chosen for s in range(args.seeds)]
+    elif args.lm_recall:
         items = [{"section": "lm-recall", "N": n} for n in args.n]
     else:
         items = [{"section": phase, "N": n} for n in args.n for phase in args.phases]
     config = {"n": args.n, "phases": args.phases, "methods": args.methods, "sparsity": args.sparsity,
               "fraction": args.fraction, "repeats": args.repeats, "steps": args.steps, "checkpoint": args.checkpoint,
-              "device": args.device}
+              "device": args.device, "seeds": args.seeds, "windows": args.windows, "score": args.score}
 
-    chosen = args.methods or [*fs.PREFILL, *fs.DECODE]
+    chosen = [] if args.curves else args.methods or [*fs.PREFILL, *fs.DECODE]
     unknown = sorted(set(chosen) - {*fs.PREFILL, *fs.DECODE})
     if unknown:
         from ..options import UsageError
@@ -257,10 +273,23 @@ def run_free_sparse(args) -> int:
         if item["section"] == "decode":
             return {"rows": fs.decode_speed(item["N"], decode, args.fraction, args.steps, args.repeats, args.device)}
         model, held, calibration = lm_and_text(args)
+        if item["section"] == "curves":
+            return {"rows": curves.curve_rows(model, held, method=item["method"], n=item["N"], score=args.score,
+                                              count=args.windows, seed=item["seed"])}
         return {"rows": fs.lm_recall(model, held, calibration, item["N"], args.fraction, args.sparsity, args.queries)}
 
-    code, _ = run_items("sparse", config, items, measure, args, describe=lambda it: f"{it['section']} N={it['N']}")
+    code, run_id = run_items("sparse", config, items, measure, args,
+                             describe=lambda it: " ".join(f"{k}={v}" for k, v in it.items()))
+    if args.curves:
+        for r in curves.summarise(flat_rows(Store(args.db).rows(run_id))):
+            print(f"  {r['phase']:>7} {r['method']:>16} {r['setting']}: density {r['density']:.3f} "
+                  f"quality {r['quality']:.4f} +- {r['quality_ci95']:.4f} ({r['seeds']} seeds)")
     return code
+
+
+def flat_rows(rows: list[dict]) -> list[dict]:
+    """The per-method rows of the training-free sections (stored as a list per item), with their section."""
+    return [{"section": r.get("section"), **x} for r in rows for x in r.get("rows", []) if isinstance(x, dict)]
 
 
 def lm_and_text(args):
@@ -280,7 +309,7 @@ def lm_and_text(args):
 
 
 def run(args) -> int:
-    if args.speed or args.lm_recall:
+    if args.speed or args.lm_recall or args.curves:
         return run_free_sparse(args)
     c = dict(FULL if args.full else QUICK)
     if args.train_minutes is not None:
@@ -303,11 +332,28 @@ def report(run: dict, rows: list[dict]) -> tuple[str, dict]:
     from ..report import plots
     from ..report.parts import errors, image, to_html
 
+    from ..free_sparse_curves import summarise
+
     curves = [r for r in rows if "sparsity" in r and "quality" in r]
+    free = flat_rows(rows)
+    summary = summarise(free)
+    speed = [r for r in free if r["section"] in ("prefill", "decode") and "N" in r]
+    for r in speed:
+        r["speed vs SDPA"] = r.get("speedup") or (1 / r["ratio_to_sdpa"] if r.get("ratio_to_sdpa") else None)
     parts = [
         image(plots.lines_by_panel(curves, panel="phase", series="method", x="sparsity", y="quality",
                                    title="quality vs sparsity, prefill and decode", ylabel="quality",
                                    logx=False, logy=False), "sparsity vs quality"),
-        to_html(rows), errors(rows),
     ]
+    if summary:
+        parts += [image(plots.lines_by_panel(summary, panel="phase", series="method", x="density", y="quality",
+                                             title="training-free methods on the LM: quality vs density "
+                                                   "(mean over seeds, 95% interval)", ylabel="quality",
+                                             logx=True, logy=False, err="quality_ci95"), "density vs quality"),
+                  to_html(summary)]
+    if speed:
+        parts.append(image(plots.lines_by_panel(speed, panel="section", series="method", x="N", y="speed vs SDPA",
+                                                title="training-free methods: speed vs dense SDPA (higher is faster)",
+                                                ylabel="SDPA time / method time"), "speed vs SDPA"))
+    parts += [to_html(rows), errors(rows)]
     return "\n".join(parts), {"sparse": rows}

@@ -29,6 +29,7 @@ from .routing import RoutingCentroids
 from .h3 import H3Filters
 from .hyena import HyenaFilter
 from .mamba import MambaInputs
+from .head_temperature import HeadTemperature
 from .path import PaTHInputs
 from .rwkv import RWKV6Decay, RWKV7Inputs
 from .rwkv4 import RWKV4Decay
@@ -56,6 +57,7 @@ _FACTORIES = {
     "sparsek": lambda dim, heads, kv_heads, head_dim: SparseKScores(dim, kv_heads),
     "routing": lambda dim, heads, kv_heads, head_dim: RoutingCentroids(heads, head_dim),
     "rwkv4": lambda dim, heads, kv_heads, head_dim: RWKV4Decay(heads, head_dim),
+    "head_temperature": lambda dim, heads, kv_heads, head_dim: HeadTemperature(heads),
     "path": lambda dim, heads, kv_heads, head_dim: PaTHInputs(dim, heads, head_dim),
     "rwkv6": lambda dim, heads, kv_heads, head_dim: RWKV6Decay(dim, heads, head_dim),
     "rwkv7": lambda dim, heads, kv_heads, head_dim: RWKV7Inputs(dim, heads, head_dim),
@@ -88,7 +90,7 @@ def input_module(name: str, *, dim: int, heads: int, kv_heads: int, head_dim: in
     return _FACTORIES[name](dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
 
 
-__all__ = ["input_module", "has_input_module", "register_input_module", "LearnedTensorInputs", "RWKV4Decay", "RWKV6Decay", "PaTHInputs", "RWKV7Inputs", "MambaInputs", "HyenaFilter", "H3Filters", "GLAGate", "Mamba2Gate", "FocusScale",
+__all__ = ["input_module", "has_input_module", "register_input_module", "LearnedTensorInputs", "RWKV4Decay", "RWKV6Decay", "PaTHInputs", "HeadTemperature", "RWKV7Inputs", "MambaInputs", "HyenaFilter", "H3Filters", "GLAGate", "Mamba2Gate", "FocusScale",
            "PerformerFeatures", "DeltaNetBeta", "GatedDeltaNetGates", "KDAGates", "LogLinearInputs",
            "LogLinearGatedDeltaNetInputs", "RATGate", "TitansInputs", "SlotGates", "NSAInputs", "MoSARouter",
            "RoutingCentroids", "SeerGate"]
