@@ -83,3 +83,21 @@ def test_bad_block_size_and_top_k_are_refused():
         attnkit.attention(q, k, v, "landmark", causal=True, block_size=1)
     with pytest.raises(ValueError, match="top_k"):
         attnkit.attention(q, k, v, "landmark", causal=True, top_k=-1)
+
+
+def test_retrieval_form_equals_the_reference_and_runs_by_default_when_top_k_is_set():
+    import attnkit
+    from attnkit.families import landmark
+
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 4, 45, 8, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(1, 2, 45, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    leaves = [t.requires_grad_(True) for t in (q, k, v)]
+    kw = dict(causal=True, mask=None, scale=0.3, block_size=8, top_k=2)
+    ref, fast = landmark._reference(q, k, v, **kw), landmark._retrieval(q, k, v, chunk=7, **kw)
+    assert torch.allclose(ref, fast, atol=1e-12)
+    w = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad((ref * w).sum(), leaves), torch.autograd.grad((fast * w).sum(), leaves)):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert attnkit.explain(q, k, v, "landmark", causal=True, block_size=8, top_k=2).form == "retrieval"
+    assert attnkit.explain(q, k, v, "landmark", causal=True, block_size=8, top_k=0).form == "chunked"

@@ -30,10 +30,13 @@ block, so float32 and float64 calls retrieve the same blocks unless two scores
 are within float32 rounding. Retrieval is not differentiable; gradients reach
 every score through the grouped softmax.
 
-Forms: ``reference`` (block by block, as the equations) and ``chunked`` (the
+Forms: ``reference`` (block by block, as the equations), ``chunked`` (the
 same weights for chunks of queries at a time, recomputed in the backward:
-``O(N^2)`` time, ``O(chunk N)`` memory). Incremental decode runs the chunked
-form against the KV cache.
+``O(N^2)`` time, ``O(chunk N)`` memory) and, with ``top_k > 0``, ``retrieval``
+(the default then: each query scores the landmarks, gathers its ``top_k``
+blocks and its own, and reads nothing else: ``O(N (N / block_size + top_k
+block_size))`` time). Incremental decode runs the default form against the KV
+cache.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..builders.kv_cache_step import kv_cache_step
+from ..builders.kv_cache_step import default_form_of, kv_cache_step
 from ..kernels.positions import query_positions, repeat_kv
 from ..params import Param
 from ..registry import MechanismSpec, register
@@ -124,6 +127,54 @@ def _chunked(q, k, v, *, causal, mask, scale, block_size, top_k, chunk: int = 25
     return torch.cat(outs, dim=2)
 
 
+def _retrieval_chunk(scale, block_size, top_k, qpos, Nk):
+    def run(qc, keys, values):
+        B, H, T, D = qc.shape
+        n_land = Nk // block_size  # complete blocks: those with a landmark
+        landmark = torch.arange(n_land, device=qc.device) * block_size + block_size - 1
+        s_land = (qc @ keys[:, :, landmark].transpose(-1, -2)) * scale  # (B, H, T, n_land)
+        qb = qpos // block_size
+        reachable = torch.arange(n_land, device=qc.device) < qb[:, None]
+        kept = _retrieved(s_land, reachable.expand(B, H, T, n_land), top_k)
+        valid, chosen = kept.to(torch.int8).topk(min(top_k, n_land), dim=-1)  # (B, H, T, r): the retrieved blocks
+        tokens = (chosen[..., None] * block_size + torch.arange(block_size - 1, device=qc.device)).flatten(-2)
+        own = (qb * block_size)[:, None] + torch.arange(block_size, device=qc.device)  # (T, block_size)
+        own_seen = own <= qpos[:, None]
+        index = torch.cat([own.clamp(max=Nk - 1).expand(B, H, T, -1), tokens], dim=-1)  # (B, H, T, bs + r (bs-1))
+
+        def gathered(x):
+            return x[:, :, None].expand(B, H, T, *x.shape[2:]).gather(3, index[..., None].expand(-1, -1, -1, -1,
+                                                                                               x.shape[-1]))
+
+        kg, vg = gathered(keys), gathered(values)
+        s = ((kg @ qc[..., None]).squeeze(-1)) * scale
+        s_own, s_blocks = s[..., :block_size], s[..., block_size:].unflatten(-1, (-1, block_size - 1))
+        top = torch.cat([s_own.masked_fill(~own_seen, float("-inf")),
+                         s_land.gather(-1, chosen).masked_fill(valid == 0, float("-inf"))], dim=-1).softmax(-1)
+        inner = s_blocks.softmax(-1) * top[..., block_size:, None]  # a landmark's share split inside its block
+        p = torch.cat([top[..., :block_size], inner.flatten(-2)], dim=-1)
+        return (p[..., None, :] @ vg).squeeze(-2)
+
+    return run
+
+
+def _retrieval(q, k, v, *, causal, mask, scale, block_size, top_k, chunk: int = 128):
+    _check(block_size, top_k)
+    H, Nq, Nk = q.shape[1], q.shape[2], k.shape[2]
+    keys, values = repeat_kv(k, H), repeat_kv(v, H)
+    qpos = query_positions(Nq, Nk, q.device)
+    outs = []
+    for c0 in range(0, Nq, chunk):
+        run = _retrieval_chunk(scale, block_size, top_k, qpos[c0 : c0 + chunk], Nk)
+        args = (q[:, :, c0 : c0 + chunk], keys, values)
+        outs.append(checkpoint(run, *args, use_reentrant=False) if torch.is_grad_enabled() else run(*args))
+    return torch.cat(outs, dim=2)
+
+
+def _retrieval_can_run(q, k, v, *, causal, mask, top_k=0, **_):
+    return None if top_k else "top_k = 0 is the training form: every earlier block is read (form 'chunked')"
+
+
 def _flops(batch, heads, q_len, kv_len, head_dim, causal, block_size=64, top_k=0, **_):
     pos = torch.arange(kv_len - q_len, kv_len)
     own = (pos % block_size + 1).sum()
@@ -137,8 +188,10 @@ register(MechanismSpec(
     papers=(PAPER,),
     patterns=frozenset({"causal-self"}),
     reference=_reference,
-    fast={"chunked": _chunked},
-    step=kv_cache_step(_chunked),
+    fast={"chunked": _chunked, "retrieval": _retrieval},
+    default_forms=("retrieval", "chunked"),
+    can_run={"retrieval": _retrieval_can_run},
+    step=kv_cache_step(default_form_of("landmark")),
     params={"block_size": Param(64, int, "tokens per block, its landmark (the last token) included", low=2),
             "top_k": Param(0, int, "earlier blocks retrieved by their landmarks (0: all, the training form)", low=0)},
     test_params={"block_size": 8, "top_k": 2},
