@@ -20,14 +20,17 @@ def kv_cache_step(form):
         state = KVCache(k, v) if state is None else state.append(k, v)
         return form(q, state.k, state.v, causal=causal, mask=mask, scale=scale, **params), state
 
-    def read(k, v, state, mask, **params):
-        """What the step's one-shot call reads: ``(keys, values, mask, positions)`` (every key so far)."""
-        full = KVCache(k, v) if state is None else state.append(k, v)
-        return full.k, full.v, mask, torch.arange(full.length, device=k.device)
-
     step.__name__ = f"kv_cache_step({getattr(form, '__name__', 'form')})"
-    step.read = read
+    step.read = read_every_key
     return step
+
+
+def read_every_key(k, v, state, mask, **params):
+    """What a step over every key so far reads (a state with ``.k``, ``.v``: :class:`KVCache` or a
+    :class:`~attnkit.state.DigestKVCache`): ``(keys, values, mask, positions)``, for ``attnkit.capture``."""
+    keys = k if state is None else torch.cat([state.k, k], dim=2)
+    values = v if state is None else torch.cat([state.v, v], dim=2)
+    return keys, values, mask, torch.arange(keys.shape[2], device=k.device)
 
 
 

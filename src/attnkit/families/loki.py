@@ -37,6 +37,7 @@ from ..kernels.positions import query_positions, repeat_kv
 from ..params import Param, TensorInput
 from ..reference import materialised_attention
 from ..registry import MechanismSpec, register
+from ..builders.kv_cache_step import read_every_key
 from ..state import DigestKVCache
 from ..validation import check_tensor
 
@@ -124,6 +125,9 @@ def _step(q, k, v, state, *, causal, mask, scale, components, rank, top_k):
 
     state = DigestKVCache.start(k, v, summarise) if state is None else state.append(k, v, summarise)
     return _attend(q, state.k, state.v, state.digest(0), basis, scale, top_k), state
+
+
+_step.read = read_every_key  # attnkit.capture: the step reads every key so far
 
 
 def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, *, rank=16, **_):

@@ -40,6 +40,7 @@ from ..masks.selection import BlockSelection, block_selection
 from ..params import Param
 from ..reference import materialised_attention
 from ..registry import MechanismSpec, register
+from ..builders.kv_cache_step import read_every_key
 from ..state import DigestKVCache
 
 PAPER = "Quest: Query-Aware Sparsity for Efficient Long-Context LLM Inference"
@@ -127,6 +128,9 @@ def _step(q, k, v, state, *, causal, mask, scale, page, top_k):
 
     state = DigestKVCache.start(k, v, summarise) if state is None else state.append(k, v, summarise)
     return _attend(q, state.k, state.v, state.digest(0), state.digest(1), scale, page, top_k), state
+
+
+_step.read = read_every_key  # attnkit.capture: the step reads every key so far
 
 
 def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, *, page=16, **_):
