@@ -1,4 +1,4 @@
-"""Passkey prompts and the training stream with passkey episodes mixed in."""
+"""Passkey prompts and the training batches that teach the task."""
 import re
 
 import pytest
@@ -19,16 +19,25 @@ def test_prompts_state_the_key_at_spread_depths_and_end_with_the_cue():
     assert all(t.endswith(passkey.CUE) for t in texts) and depths == sorted(depths) and depths[0] < depths[-1]
 
 
-def test_the_mixed_stream_holds_whole_episodes_with_their_answers_at_the_share_asked():
+def test_training_batches_end_rows_with_whole_episodes_and_weight_their_answers():
     codec = make_codec("byte", TEXT)
     ids = codec.encode(TEXT)
-    mixed = passkey.mixed(codec, ids, 0.25, context=128)
-    assert abs((mixed.numel() - ids.numel()) / mixed.numel() - 0.25) < 0.05
-    text = codec.decode(mixed.tolist())
-    statements = re.findall(r"The pass key is (\d{5})\. Remember it\. \1 is the pass key\.", text)
-    answers = re.findall(r"The pass key is (\d{5})\.(?! Remember)", text)  # the cue and its answer
-    assert len(answers) > 5 and answers == statements  # each episode: its statement, then the cue with that key
+    w, weights = passkey.training_batch(codec, ids, 128, 8, 0.5, torch.Generator().manual_seed(0))
+    assert w.shape == (8, 129) and weights.shape == (8, 128)
+    texts = [codec.decode(row.tolist()) for row in w]
+    for text, weight in zip(texts[:4], weights[:4]):  # half the rows: an episode ends the window
+        key = re.search(r"The pass key is (\d{5})\. Remember it\. \1 is the pass key\.", text).group(1)
+        assert text.endswith(f"{passkey.CUE} {key}.")
+        assert weight[-6:-1].tolist() == [passkey.ANSWER_WEIGHT] * 5 and weight[-1] == 1  # the digits, not the "."
+        assert (weight != 1).sum() == 5
+    for text in texts[4:6]:  # a quarter: a random block of letters and digits written twice (the text has no digits)
+        grams = [text[i : i + 8] for i in range(len(text) - 7) if re.fullmatch(r"[0-9a-z]*\d[0-9a-z]*", text[i : i + 8])]
+        assert any(grams.count(g) == 2 for g in grams)
+    assert not any(re.search(r"\d", text) for text in texts[6:])
+    assert (weights[4:] == 1).all()
     with pytest.raises(ValueError, match="share"):
-        passkey.mixed(codec, ids, 1.0, context=128)
+        passkey.training_batch(codec, ids, 128, 8, 1.5, torch.Generator())
+    with pytest.raises(ValueError, match="context"):
+        passkey.training_batch(codec, ids, 40, 8, 0.5, torch.Generator())
     with pytest.raises(ValueError, match="no room"):
         passkey.episode(codec, ids, 40, "12345", 0.5, answer=True)

@@ -64,3 +64,18 @@ def test_cli_mixer_syntax():
     assert parse_mixer("hymba:softmax+alibi") == {"hymba": ["softmax", "alibi"]}
     assert parse_mixer("mag:window=32") == {"titans": "mag", "window": 32}
     assert parse_mixer("mac") == {"titans": "mac"}
+
+
+def test_batches_given_to_the_trainer_are_used_with_their_loss_weights(corpus):
+    codec, train_ids, _ = corpus
+    torch.manual_seed(0)
+    model = DecoderLM(ModelConfig(vocab_size=256, dim=16, heads=2, schedule="F", mixers={"F": "softmax"}))
+    w = train_ids[:2 * 17].view(2, 17)
+    weights = torch.zeros(2, 16)
+    weights[0, 3], weights[1, 7] = 1.0, 3.0
+    with torch.no_grad():
+        logp = torch.log_softmax(model(w[:, :-1]), -1)
+    expected = -(logp[0, 3, w[0, 4]] + 3 * logp[1, 7, w[1, 8]]) / 4
+    cfg = TrainConfig(context=16, batch=2, minutes=None, max_steps=1)
+    result = train(model, train_ids, cfg, batches=lambda g: (w, weights))
+    assert result["losses"][0] == pytest.approx(float(expected), rel=1e-5)

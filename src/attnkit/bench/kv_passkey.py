@@ -1,9 +1,9 @@
 """Passkey retrieval through a compressed cache (``attnkit bench kv``).
 
 Prompts from :mod:`attnkit.data.passkey`: a 5-digit key stated once in
-held-out Shakespeare at a depth spread evenly over the trials, the prompt
-``context`` tokens long (the longest the model was trained on), ending with
-the cue. The prompt is prefilled and compressed by the policy, the model then
+held-out Shakespeare at a depth spread evenly over the trials, ending with
+the cue, so long that the answer ends at ``context`` tokens (the longest
+context the model was trained on). The prompt is prefilled and compressed by the policy, the model then
 decodes greedily through the compressed cache; a trial counts when the 5
 characters after the cue (leading space stripped) are the key.
 """
@@ -16,7 +16,7 @@ from ..data import passkey
 
 @torch.no_grad()
 def accuracy(model, codec, held_ids: torch.Tensor, context: int, trials: int, policy, compress) -> float:
-    ids, keys = passkey.prompts(codec, held_ids, context, trials)
+    ids, keys = passkey.prompts(codec, held_ids, passkey.prompt_length(codec, context), trials)
     last, recorder = model.prefill(ids % model.model.config.vocab_size)
     cache = model.start(policy, compress(recorder, policy))
     out = []

@@ -50,8 +50,8 @@ PAD = torch.iinfo(torch.int32).max
 
 
 def page_size(keep: int) -> int:
-    """Slots per page for rows of about ``keep`` tokens: about a 32nd of a row (a power of two), 16 to 256 slots."""
-    return max(16, min(256, 1 << max(0, (keep // 32).bit_length() - 1)))
+    """Slots per page for rows of about ``keep`` tokens: about a 64th of a row (a power of two), 16 to 256 slots."""
+    return max(16, min(256, 1 << max(0, (keep // 64).bit_length() - 1)))
 
 
 def row_counts(store) -> torch.Tensor:

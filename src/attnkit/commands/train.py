@@ -8,7 +8,7 @@
     attnkit train lm --resume ckpt.pt --minutes 5 --out ckpt2.pt
     attnkit train lm --layout swan --window 32 --context 128 --eval-contexts 128,512 --minutes 10
     attnkit train lm --sigma-reparam --minutes 10       # prints the attention entropy per layer
-    attnkit train lm --resume ckpt.pt --passkey 0.3 --context 256 --minutes 8 --out passkey.pt
+    attnkit train lm --layers 2 --kv-heads 2 --context 128 --passkey 0.5 --minutes 15 --out passkey.pt
     attnkit train seer --from ckpt.pt --block-size 16 --top-k 4 --minutes 5
 
 ``train seer`` turns a trained softmax LM into SeerAttention (gated block-sparse
@@ -65,8 +65,9 @@ def add_arguments(parser) -> None:
     p.add_argument("--sample", type=non_negative_int, default=None,
                    help="tokens to generate after training (default: up to the training context; 0: none)")
     p.add_argument("--passkey", type=positive_float, default=None, metavar="SHARE",
-                   help="mix passkey-retrieval episodes (up to --context tokens, answer included) into the training "
-                        "text as this share of its tokens, and report passkey accuracy at --context after training")
+                   help="make this share of each batch's rows passkey-retrieval episodes ending the window (answer "
+                        "included, its digits weighted in the loss) and half as many rows copy exercises, and report "
+                        "passkey accuracy at --context after training")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     train_seq2seq.add_arguments(sub)
 
@@ -174,17 +175,19 @@ def run(args) -> int:
         model = DecoderLM(model_config(args, codec.vocab_size)).to(args.device)
         optimizer = make_optimizer(model, cfg)
     train_ids, held_ids = codec.encode(train_text), codec.encode(held_text)
+    batches = None
     if args.passkey is not None:
         from ..data import passkey
 
-        train_ids = passkey.mixed(codec, train_ids, args.passkey, args.context, seed=args.seed)
+        passkey.training_batch(codec, train_ids, cfg.context, 1, args.passkey, torch.Generator())  # bad sizes fail here
+        batches = lambda g: passkey.training_batch(codec, train_ids, cfg.context, cfg.batch, args.passkey, g)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: schedule {model.config.schedule} {model.config.mixers}, {params / 1e6:.2f}M parameters, "
           f"{codec.kind}-level, {torch.get_num_threads()} threads, {args.device}; train {train_ids.numel():,} tokens, "
           f"held-out {held_ids.numel():,} tokens ({', '.join(shakespeare.HELD_OUT_WORKS)})")
     probe = eval_windows(held_ids, cfg.context, 4 * cfg.context)  # four held-out windows for the entropy
     entropy_before = attention_entropy_per_layer(model, probe)
-    result = _train_with_progress(model, train_ids, cfg, optimizer, train)
+    result = _train_with_progress(model, train_ids, cfg, optimizer, train, batches)
     metrics = evaluate(model, train_ids, held_ids, codec.vocab_size, cfg.context, cfg.eval_tokens)
     metrics["attention_entropy"] = {"start": entropy_before, "end": attention_entropy_per_layer(model, probe)}
     if args.eval_contexts:
@@ -227,14 +230,15 @@ def _layers(values) -> str:
 
 
 def passkey_accuracy(model, codec, held_ids, context: int, device, trials: int = 32) -> float:
-    """Share of held-out passkey prompts of ``context`` tokens whose key the model generates greedily."""
+    """Share of held-out passkey prompts whose key the model generates greedily, the answer ending at ``context``."""
     import torch
 
     from ..data import passkey
 
-    ids, keys = passkey.prompts(codec, held_ids, context, trials)
+    n = passkey.prompt_length(codec, context)  # the answer, too, within the trained context
+    ids, keys = passkey.prompts(codec, held_ids, n, trials)
     with torch.no_grad():
-        out = model.eval().generate(ids.to(device), 6)[:, context:]
+        out = model.eval().generate(ids.to(device), 6)[:, n:]
     return sum(codec.decode(row.tolist()).strip()[:5] == key for row, key in zip(out.cpu(), keys)) / trials
 
 
@@ -279,14 +283,14 @@ def run_seer(args) -> int:
     return 0
 
 
-def _train_with_progress(model, train_ids, cfg, optimizer, train):
+def _train_with_progress(model, train_ids, cfg, optimizer, train, batches=None):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("training"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                TextColumn("step {task.fields[step]} loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
     with Progress(*columns) as bar:
         task = bar.add_task("train", total=1.0, step=0, loss=float("nan"))
-        result = train(model, train_ids, cfg, optimizer=optimizer,
+        result = train(model, train_ids, cfg, optimizer=optimizer, batches=batches,
                        on_step=lambda step, loss, used: bar.update(task, completed=used, step=step, loss=loss))
         bar.update(task, completed=1.0)
     return result

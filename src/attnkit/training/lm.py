@@ -57,10 +57,13 @@ def sample_batch(ids: torch.Tensor, context: int, batch: int, generator: torch.G
     return torch.stack([ids[s : s + context + 1] for s in starts.tolist()])
 
 
-def train(model: DecoderLM, train_ids: torch.Tensor, cfg: TrainConfig, *, optimizer=None, on_step=None) -> dict:
+def train(model: DecoderLM, train_ids: torch.Tensor, cfg: TrainConfig, *, optimizer=None, on_step=None,
+          batches=None) -> dict:
     """Train in place; returns ``{"steps", "tokens", "seconds", "losses"}``.
 
-    ``on_step(step, loss, used)`` is called after every step (the command's progress bar).
+    ``on_step(step, loss, used)`` is called after every step (the command's progress bar). ``batches(generator)``,
+    if given, makes each batch instead of random windows of ``train_ids``: ``(windows (batch, context + 1),
+    weights (batch, context))``, the loss being the targets' cross-entropy averaged with those weights.
     """
     if train_ids.numel() < cfg.context + 2:
         raise ValueError(f"training text has {train_ids.numel()} tokens; need more than context + 1 = {cfg.context + 1}")
@@ -75,9 +78,16 @@ def train(model: DecoderLM, train_ids: torch.Tensor, cfg: TrainConfig, *, optimi
             break
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, step, used)
-        w = sample_batch(train_ids, cfg.context, cfg.batch, g).to(device)
+        if batches is None:
+            w, weights = sample_batch(train_ids, cfg.context, cfg.batch, g).to(device), None
+        else:
+            w, weights = (t.to(device) for t in batches(g))
         logits = model(w[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten())
+        if weights is None:
+            loss = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten())
+        else:
+            each = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten(), reduction="none")
+            loss = (each * weights.flatten()).sum() / weights.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
