@@ -41,3 +41,13 @@ def test_training_batches_end_rows_with_whole_episodes_and_weight_their_answers(
         passkey.training_batch(codec, ids, 40, 8, 0.5, torch.Generator())
     with pytest.raises(ValueError, match="no room"):
         passkey.episode(codec, ids, 40, "12345", 0.5, answer=True)
+
+
+def test_train_lm_with_passkey_batches_runs_and_reports_its_accuracy(capsys):
+    from attnkit.cli import main
+
+    assert main(["train", "lm", "--layers", "1", "--dim", "16", "--context", "96", "--batch", "4", "--passkey", "0.5",
+                 "--max-steps", "2", "--eval-tokens", "256", "--sample", "0", "--threads", "1"]) == 0
+    assert "passkey accuracy 0.0 at 96 tokens" in capsys.readouterr().out
+    assert main(["train", "lm", "--context", "40", "--passkey", "0.5", "--max-steps", "1"]) == 2
+    assert "a passkey episode needs a context of at least" in capsys.readouterr().err

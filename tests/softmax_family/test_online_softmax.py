@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from attnkit.kernels.online_softmax import Partial, fold, merge, merge_normalised, normalise
+from attnkit.kernels.online_softmax import Partial, fold, merge, merge_normalised, normalise, output
 
 
 def _inputs(blocked_row=True):
@@ -46,6 +46,7 @@ def test_fold_and_merge_in_any_grouping_equal_one_softmax(base2, in_place):
         assert torch.allclose(out, ref_out, atol=1e-12)
         assert torch.allclose(lse * math.log(b), ref_lse, atol=1e-12)  # -inf where the row sees no key
         assert torch.equal(out[1, 2], torch.zeros(3, dtype=torch.float64))
+        assert torch.equal(output(st), out)
 
 
 def test_normalised_pairs_merge_as_their_states_do():

@@ -54,8 +54,8 @@ def prefill_params(method: str, n: int, sparsity: float) -> dict:
 def decode_params(method: str, n: int, fraction: float, keys: torch.Tensor) -> dict:
     if method == "quest":
         return {"page": 16, "top_k": max(1, round(n / 16 * fraction))}
-    if method == "adamas":
-        return {"top_k": max(1, round(n * fraction)), "threshold": 10.0}
+    if method == "adamas":  # the authors' threshold 10 at head dim 128, scaled to the same bucket shares
+        return {"top_k": max(1, round(n * fraction)), "threshold": round(10 * math.sqrt(keys.shape[-1] / 128), 3)}
     from ..families.loki import loki_components
 
     return {"components": loki_components(keys), "rank": keys.shape[-1] // 4, "top_k": max(1, round(n * fraction))}

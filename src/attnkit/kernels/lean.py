@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from .online_softmax import fold, merge, normalise
+from .online_softmax import fold, merge, output
 from .positions import query_positions
 from .workers import run_in_threads
 
@@ -149,6 +149,6 @@ def _merge(states):
         while j < len(states) and states[j][:2] == states[i][:2]:
             j += 1
         merged = merge([st[2] for st in states[i:j]], base2=False, in_place=in_place)
-        outs.append(normalise(merged, base2=False, in_place=in_place)[0])
+        outs.append(output(merged, in_place=in_place))
         i = j
     return torch.cat(outs)

@@ -46,7 +46,7 @@ def fold(run: Partial | None, s: torch.Tensor, v: torch.Tensor, *, base2: bool, 
     entries -inf, with values ``v (batch, keys, Dv)``. ``in_place`` (no autograd): ``s`` becomes the weights
     and ``run``'s tensors are updated in place, the values added by a fused ``baddbmm_`` (which may round
     the last bit differently from the out-of-place form)."""
-    m = s.detach().amax(dim=-1, keepdim=True).clamp_(min=floor(s.dtype))
+    m = (s if in_place else s.detach()).amax(dim=-1, keepdim=True).clamp_(min=floor(s.dtype))
     if run is not None:
         m = torch.maximum(m, run.max)
     if in_place:
@@ -98,6 +98,14 @@ def normalise(state: Partial, *, base2: bool, empty_lse: float = float("-inf"), 
     safe = torch.where(alive, total, 1.0).unsqueeze(-1)
     out = state.out.div_(safe) if in_place else state.out / safe
     return out, torch.where(alive, top + (total.log2() if base2 else total.log()), empty_lse)
+
+
+def output(state: Partial, *, in_place: bool = False) -> torch.Tensor:
+    """The rows' outputs ``o / l`` alone (zeros for a row that saw no key), for callers that need no
+    log-sum-exp. ``in_place``: ``state.out`` is divided in place."""
+    total = state.sum
+    safe = torch.where(total > 0, total, 1.0)
+    return state.out.div_(safe) if in_place else state.out / safe
 
 
 def merge_normalised(out_a, lse_a, out_b, lse_b):
