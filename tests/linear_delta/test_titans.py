@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.nn.inputs import input_module
+from attnkit.nn.inputs import TitansInputs, input_module
 
 
 @pytest.mark.parametrize("form", ["reference", "chunked", "recurrent"])
@@ -34,3 +34,22 @@ def test_module_computes_inputs():
         assert inputs[name].shape == (1, 2, 9) and ((inputs[name] > 0) & (inputs[name] < 1)).all()
     attnkit.attention(q, q, q, "titans", causal=True, **inputs).sum().backward()
     assert layer.w1.grad is not None and layer.gates.weight.grad is not None
+
+
+def test_an_untrained_layer_keeps_the_memory_finite_over_a_long_sequence():
+    # With step sizes near 0.5 (plain sigmoids) the inner gradient steps diverged within a few
+    # dozen tokens (outputs ~1e23 at 64 tokens); the bounded step keeps the read-out of order one.
+    torch.manual_seed(0)
+    layer = input_module("titans", dim=64, heads=4, kv_heads=4, head_dim=16)
+    x = torch.randn(2, 256, 64)
+    q, k, v = (torch.randn(2, 4, 256, 16) for _ in range(3))
+    inputs = layer(x, q, k, v)
+    assert inputs["theta"].max() <= 1 / 16
+    out = attnkit.attention(q, k, v, "titans", causal=True, **inputs)
+    assert out.isfinite().all() and out.abs().max() < 10
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, float("nan")])
+def test_the_step_bound_is_checked(bad):
+    with pytest.raises(ValueError, match="max_step"):
+        TitansInputs(dim=16, heads=2, head_dim=8, max_step=bad)
