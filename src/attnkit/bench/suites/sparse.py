@@ -9,9 +9,14 @@ reused). Each held-out window is a prompt of ``prompt`` tokens followed by
 ``score`` tokens whose next-token loss is the quality measure:
 
 - **prefill**: the prompt runs through the model with the sparse mechanism, the
-  scored tokens decode densely from its KV cache;
+  scored tokens decode densely over the prompt's whole KV cache;
 - **decode**: the prompt runs densely, the scored tokens decode with the sparse
   mechanism over the dense KV cache (sinks + window is StreamingLLM's cache).
+
+The window patterns are the same at every position, so each phase is one call
+of the dense model under a mask (the pattern in one phase's rows, causal in the
+other's); Quest reads the prompt with every page kept (dense) and decodes from
+its own state.
 
 The KV-cache policies (``h2o``, ``tova``, ``knorm``, ``snapkv``) drop keys for
 good, so a dense decode cannot follow them. Their **decode** rows prefill the
@@ -79,20 +84,25 @@ METHODS = {
     "quest": ("quest", lambda b, phase, p: {"page": 16, "top_k": max(1, b // 16)}, ("decode",)),
 }
 EVICTING = {"h2o", "tova", "knorm", "snapkv"}  # mechanisms whose cache a dense model cannot continue from
+OWN_DECODE_STATE = {"quest"}  # decode methods continuing a state of their own (prompt read with every page kept)
 FRACTIONS = [1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32]
 QUICK = dict(dim=128, layers=4, heads=4, level="char", context=256, train_minutes=3.0, batch=32, lr=3e-3,
              prompt=192, score=64, windows=48)
 FULL = dict(QUICK, dim=256, layers=6, context=1024, train_minutes=30.0, prompt=768, score=256, windows=128)
 
 
-def sparsity(mechanism: str, params: dict, n: int, rows: slice) -> float:
-    """Fraction of the causal pairs of query rows ``rows`` that ``mechanism`` leaves out (probed by running it)."""
+def kept(mechanism: str, params: dict, n: int) -> torch.Tensor:
+    """The ``(n, n)`` boolean pattern of key positions each query reads under ``mechanism`` (probed by running it)."""
     with torch.no_grad():
         out = attention(torch.zeros(1, 1, n, 8), torch.zeros(1, 1, n, 8), torch.eye(n)[None, None], mechanism,
                         causal=True, **params)
-    kept = float((out[0, 0, rows] > 0).sum())
+    return out[0, 0] > 0
+
+
+def sparsity(mechanism: str, params: dict, n: int, rows: slice) -> float:
+    """Fraction of the causal pairs of query rows ``rows`` that ``mechanism`` leaves out (probed by running it)."""
     causal = float(torch.ones(n, n).tril()[rows].sum())
-    return 1.0 - kept / causal
+    return 1.0 - float(kept(mechanism, params, n)[rows].sum()) / causal
 
 
 def model_config(c: dict, vocab: int, mixer):
@@ -134,6 +144,42 @@ def held_out_windows(ids: torch.Tensor, c: dict) -> torch.Tensor:
     return torch.stack([ids[s:s + n] for s in starts.tolist()])
 
 
+def method_loss(model, c: dict, method: str, phase: str, params: dict, windows: torch.Tensor, prompt: int):
+    """The scored tokens' loss of ``model``'s weights with ``method`` in ``phase``, and the rows it thins.
+
+    An evicting policy holds the cache from the prompt on (its params say where it starts). Quest,
+    a decode method with a state of its own (page bounds), reads the prompt under the same mechanism
+    with every page kept, which is dense attention, and decodes from that state. A pattern (the
+    windows) is the same at every position, so its phase is one masked call of the dense model: the
+    pattern's rows in the prompt (prefill) or after it (decode), causal attention elsewhere. (A
+    window's state keeps only the window, so a dense decode could not continue from it.)
+    """
+    mech, _, _ = METHODS[method]
+    n = windows.shape[1] - 1
+    if mech in EVICTING or mech in OWN_DECODE_STATE:
+        sparse = _with_mechanism(model, c, mech, params)
+        if mech in EVICTING:
+            return loss(sparse, sparse, windows, prompt), slice(prompt, n) if phase == "decode" else slice(0, n)
+        reader = _with_mechanism(model, c, mech, {**params, "top_k": -(-n // params["page"])})
+        return loss(reader, sparse, windows, prompt), slice(prompt, n)
+    pattern, causal = kept(mech, params, n), torch.ones(n, n, dtype=torch.bool).tril()
+    in_prompt = (torch.arange(n) < prompt)[:, None]
+    mask = torch.where(in_prompt, pattern, causal) if phase == "prefill" else torch.where(in_prompt, causal, pattern)
+    with torch.no_grad():
+        logits = model(windows[:, :-1], mask=mask.to(windows.device))
+    value = float(F.cross_entropy(logits[:, prompt:].flatten(0, 1), windows[:, prompt + 1:].flatten()))
+    return value, slice(0, prompt) if phase == "prefill" else slice(prompt, n)
+
+
+def _with_mechanism(model, c: dict, mechanism: str, params: dict):
+    from ...models import DecoderLM
+
+    m = DecoderLM(model_config(c, model.config.vocab_size, {"mechanism": mechanism, **params}))
+    m = m.to(next(model.parameters()).device).eval()
+    m.load_state_dict(model.state_dict())
+    return m
+
+
 @torch.no_grad()
 def loss(first, second, windows: torch.Tensor, prompt: int) -> float:
     """Mean next-token loss of the scored tokens: ``first`` reads the prompt, ``second`` continues from its state."""
@@ -156,8 +202,6 @@ def plan(c: dict) -> tuple[list[dict], list[str]]:
 
 
 def measurer(c: dict, args):
-    from ...models import DecoderLM
-
     model, held = None, None
     cache: dict = {}
 
@@ -186,16 +230,7 @@ def measurer(c: dict, args):
         mech, make_params, _ = METHODS[item["method"]]
         n, p = c["prompt"] + c["score"], c["prompt"]
         params = make_params(item["value"], item["phase"], p)
-        sparse_model = DecoderLM(model_config(c, model.config.vocab_size, {"mechanism": mech, **params}))
-        sparse_model = sparse_model.to(args.device).eval()
-        sparse_model.load_state_dict(model.state_dict())
-        if mech in EVICTING:  # the policy holds the cache from the prompt on; its params say where it starts
-            value = loss(sparse_model, sparse_model, cache["windows"], p)
-            rows = slice(p, n) if item["phase"] == "decode" else slice(0, n)
-        elif item["phase"] == "prefill":
-            value, rows = loss(sparse_model, model, cache["windows"], p), slice(0, p)
-        else:
-            value, rows = loss(model, sparse_model, cache["windows"], p), slice(p, n)
+        value, rows = method_loss(model, c, item["method"], item["phase"], params, cache["windows"], p)
         return {"loss": value, "perplexity": math.exp(value), "params": params,
                 "sparsity": sparsity(mech, params, n, rows), "quality": math.exp(cache["dense"] - value)}
 
