@@ -44,7 +44,7 @@ def test_an_untrained_layer_keeps_the_memory_finite_over_a_long_sequence():
     x = torch.randn(2, 256, 64)
     q, k, v = (torch.randn(2, 4, 256, 16) for _ in range(3))
     inputs = layer(x, q, k, v)
-    assert inputs["theta"].max() <= 1 / 16
+    assert inputs["theta"].max() <= 1e-2
     out = attnkit.attention(q, k, v, "titans", causal=True, **inputs)
     assert out.isfinite().all() and out.abs().max() < 10
 
