@@ -90,17 +90,14 @@ class Mixer(nn.Module):
         return self.out(o.reshape(B, L, -1))
 
 
-class MQARModel(nn.Module):
-    """Embedding, [BaseConv block, mechanism block] (pre-norm, residual, no MLP), norm, tied LM head."""
+class ResidualMixers(nn.Module):
+    """Embedding, the given mixer blocks (pre-norm, residual, no MLP), norm, tied LM head; Zoology's init."""
 
-    def __init__(self, mechanism: str, params: dict, vocab: int, d_model: int, seq_len: int, heads: int = 1,
-                 qk_dim: int | None = None, **layer):
+    def __init__(self, vocab: int, d_model: int, mixers: list[nn.Module]):
         super().__init__()
         self.embed = nn.Embedding(vocab, d_model)
-        self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(2))
-        self.mixers = nn.ModuleList([BaseConv(d_model),
-                                     Mixer(mechanism, params, d_model, heads, qk_dim or d_model // heads, seq_len,
-                                           **layer)])
+        self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in mixers)
+        self.mixers = nn.ModuleList(mixers)
         self.final = nn.LayerNorm(d_model)
         for m in self.modules():  # Zoology's initialisation
             if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -113,6 +110,16 @@ class MQARModel(nn.Module):
         for norm, mixer in zip(self.norms, self.mixers):
             x = x + mixer(norm(x))
         return self.final(x) @ self.embed.weight.T
+
+
+class MQARModel(ResidualMixers):
+    """Embedding, [BaseConv block, mechanism block] (pre-norm, residual, no MLP), norm, tied LM head."""
+
+    def __init__(self, mechanism: str, params: dict, vocab: int, d_model: int, seq_len: int, heads: int = 1,
+                 qk_dim: int | None = None, **layer):
+        super().__init__(vocab, d_model, [BaseConv(d_model),
+                                          Mixer(mechanism, params, d_model, heads, qk_dim or d_model // heads,
+                                                seq_len, **layer)])
 
 
 @torch.no_grad()

@@ -19,11 +19,10 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from torch import nn
 
 from ... import spec
 from .._mqar_data import check_mqar_sizes, mqar
-from .._mqar_model import BaseConv, Mixer, train
+from .._mqar_model import BaseConv, Mixer, ResidualMixers, train
 from ..options import floats, names, positive_int
 from ..runner import run_items
 from ..store import Store
@@ -34,30 +33,13 @@ QUICK = dict(vocab=128, d_model=64, heads=2, seq_len=64, num_kv=16, lrs=[3e-3, 1
              train_examples=5_000, test_examples=500, batch=64)
 
 
-class HybridMQARModel(nn.Module):
+class HybridMQARModel(ResidualMixers):
     """Embedding, BaseConv block, one mixer block per schedule letter (pre-norm, residual, no MLP), tied head."""
 
     def __init__(self, schedule: str, mixers: dict, vocab: int, d_model: int, seq_len: int, heads: int):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, d_model)
-        layers = [BaseConv(d_model)]
-        for letter in schedule:
-            name = mixers[letter]
-            layers.append(Mixer(name, {}, d_model, heads, d_model // heads, seq_len, **LAYER.get(name, {})))
-        self.mixers = nn.ModuleList(layers)
-        self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in layers)
-        self.final = nn.LayerNorm(d_model)
-        for m in self.modules():  # Zoology's initialisation
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens)
-        for norm, mixer in zip(self.norms, self.mixers):
-            x = x + mixer(norm(x))
-        return self.final(x) @ self.embed.weight.T
+        layers = [Mixer(mixers[letter], {}, d_model, heads, d_model // heads, seq_len, **LAYER.get(mixers[letter], {}))
+                  for letter in schedule]
+        super().__init__(vocab, d_model, [BaseConv(d_model), *layers])
 
 
 def ratio(schedule: str) -> str:
