@@ -114,17 +114,22 @@ def _chunk(scale, block_size, top_k, qpos, Nk):
     return run
 
 
-def _chunked(q, k, v, *, causal, mask, scale, block_size, top_k, chunk: int = 256):
+def _by_query_chunks(make_chunk, q, k, v, scale, block_size, top_k, chunk):
+    """Run ``make_chunk(...)``'s closure over query chunks (checkpointed under autograd) and concatenate."""
     _check(block_size, top_k)
     H, Nq, Nk = q.shape[1], q.shape[2], k.shape[2]
     keys, values = repeat_kv(k, H), repeat_kv(v, H)
     qpos = query_positions(Nq, Nk, q.device)
     outs = []
     for c0 in range(0, Nq, chunk):
-        run = _chunk(scale, block_size, top_k, qpos[c0 : c0 + chunk], Nk)
+        run = make_chunk(scale, block_size, top_k, qpos[c0 : c0 + chunk], Nk)
         args = (q[:, :, c0 : c0 + chunk], keys, values)
         outs.append(checkpoint(run, *args, use_reentrant=False) if torch.is_grad_enabled() else run(*args))
     return torch.cat(outs, dim=2)
+
+
+def _chunked(q, k, v, *, causal, mask, scale, block_size, top_k, chunk: int = 256):
+    return _by_query_chunks(_chunk, q, k, v, scale, block_size, top_k, chunk)
 
 
 def _retrieval_chunk(scale, block_size, top_k, qpos, Nk):
@@ -159,16 +164,7 @@ def _retrieval_chunk(scale, block_size, top_k, qpos, Nk):
 
 
 def _retrieval(q, k, v, *, causal, mask, scale, block_size, top_k, chunk: int = 128):
-    _check(block_size, top_k)
-    H, Nq, Nk = q.shape[1], q.shape[2], k.shape[2]
-    keys, values = repeat_kv(k, H), repeat_kv(v, H)
-    qpos = query_positions(Nq, Nk, q.device)
-    outs = []
-    for c0 in range(0, Nq, chunk):
-        run = _retrieval_chunk(scale, block_size, top_k, qpos[c0 : c0 + chunk], Nk)
-        args = (q[:, :, c0 : c0 + chunk], keys, values)
-        outs.append(checkpoint(run, *args, use_reentrant=False) if torch.is_grad_enabled() else run(*args))
-    return torch.cat(outs, dim=2)
+    return _by_query_chunks(_retrieval_chunk, q, k, v, scale, block_size, top_k, chunk)
 
 
 def _retrieval_can_run(q, k, v, *, causal, mask, top_k=0, **_):
