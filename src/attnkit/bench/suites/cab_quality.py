@@ -48,7 +48,7 @@ def add_arguments(p) -> None:
                    help=f"comma list (default {','.join(MECHANISMS)}); softmax is always added as the baseline")
     p.add_argument("--tasks", type=names, default=list(TASKS), help=f"comma list of {','.join(TASKS)} (default all)")
     p.add_argument("--steps", type=positive_int, default=150, help="training steps per model (default 150: a smoke "
-                   "run; the README's figure used 1500)")
+                   "run; the README's figure used 500)")
     p.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate (default 3e-3)")
     p.add_argument("--params", type=json.loads, default={},
                    help='JSON {mechanism: {param: value}} overriding the scaled defaults')
