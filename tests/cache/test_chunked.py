@@ -64,6 +64,15 @@ def test_adakv_in_chunks_ranks_each_chunks_scores_jointly_and_holds_the_layers_b
     assert held[0] == held[1]  # the budget and a chunk, whatever the prompt's length
 
 
+@pytest.mark.parametrize("policy", [AdaKV(SnapKV(256, window=4, kernel=3)),
+                                    RazorAttention(256, retrieval=torch.tensor([[False, False]]), sinks=2)], ids=repr)
+def test_head_wise_policies_leave_no_more_room_after_a_chunked_prefill_than_a_chunk(policy):
+    q, k, v = qkv(n=600)
+    store = chunked(policy, q, k, v, 600, chunk=7)[0].store
+    room = store._pool.capacity * store.page - int(store.count.sum())
+    assert room < store.count.numel() * (16 + store.page)  # a chunk's 16 slots per row (and page rounding), not keep / 8
+
+
 def test_approximate_policies_hold_their_budget_and_whole_prompt_ones_are_refused():
     q, k, v = qkv(n=30)
     for policy in (H2O(8, recent=2), SnapKV(8, window=2, kernel=3)):

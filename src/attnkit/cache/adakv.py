@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from .policy import Policy
+from .policy import Policy, prefill_room
 from .ragged import RaggedKV, row_counts
 
 
@@ -71,7 +71,7 @@ class AdaKV(Policy):
         safe = index.clamp_max(used - 1)
         gather = lambda t: None if t is None else t.gather(2, safe if t.ndim == 3 else
                                                               safe[..., None].expand(-1, -1, -1, t.shape[-1]))
-        room = max(16, store.appended) if store.length < store.prompt else max(16, keep // 8)
+        room = prefill_room(store, keep)
         return RaggedKV.pack(gather(store.k), gather(store.v), gather(store.pos), kept, store.length, store.prompt,
                              room=room, bias=gather(getattr(store, "bias", None)))
 
