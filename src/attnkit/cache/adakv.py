@@ -45,8 +45,10 @@ class AdaKV(Policy):
                              f"others score), got {alpha!r}")
         super().__init__(scorer.budget_value, when="prefill")
         self.scorer, self.alpha, self.needs_scores = scorer, float(alpha), scorer.needs_scores
-        # in chunks: each chunk's scores of the tokens kept so far, ranked jointly (the scorer's chunk-level rule)
-        self.chunked = "approximate" if scorer.chunked else None
+        # in chunks: each chunk's scores of the tokens kept so far, ranked jointly (the scorer's chunk-level rule);
+        # not for a scorer that carries its own state from chunk to chunk (its ``select``, e.g. Expected
+        # Attention's running query statistics): the ragged rows hold no such state
+        self.chunked = "approximate" if scorer.chunked and type(scorer).select is Policy.select else None
 
     def __repr__(self) -> str:
         return f"AdaKV({self.scorer!r}, alpha={self.alpha})"
