@@ -180,5 +180,6 @@ register(MechanismSpec(
     complexity="O(N (r + N / r))",
     weights=axial_weights,
     summary="Combiner-Axial: direct attention along the own row, every earlier row through the row "
-            "attention of its token in the query's column (axial: row then column), one softmax",
+            "attention of its token in the query's column (axial: row then column), one softmax. Reading: "
+            "the authors' axial_rowmajor; the abstraction key is the row attention's weighted sum of keys",
 ))
