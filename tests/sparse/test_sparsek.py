@@ -84,3 +84,22 @@ def test_layer_trains_its_scoring_network():
     layer = attnkit.nn.Attention(32, heads=4, kv_heads=2, mechanism="sparsek", select_count=3, window=4)
     layer(torch.randn(2, 30, 32), causal=True).square().mean().backward()
     assert layer.inputs.proj.weight.grad.abs().max() > 0
+
+
+def test_each_query_attends_to_its_k_best_scored_keys_before_the_window_weighted_by_sparsek():
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(1, 1, 40, generator=g, dtype=torch.float64) * 0.3  # close scores: the support exceeds k
+    m = sk.sparsek_mask(u, 40, select_count=4, window=3)
+    wider = 0
+    for t in range(40):
+        before = torch.arange(max(t - 2, 0))  # keys j <= t - 3
+        if len(before) == 0:
+            continue
+        soft = sk.sparsek_by_breakpoints(u[0, 0, before], torch.ones(len(before), dtype=torch.bool), 4)
+        best = u[0, 0, before].argsort(descending=True, stable=True)[:4]
+        expected = torch.zeros(len(before), dtype=torch.float64)
+        expected[best] = soft[best]
+        assert (m[0, 0, t, before] - expected).abs().max() < 1e-12 and torch.equal(m[0, 0, t, before] > 0, expected > 0)
+        assert torch.equal(m[0, 0, t, t - 2 : t + 1], torch.ones(3, dtype=torch.float64))
+        wider += int((soft > 0).sum() > 4)
+    assert wider > 0  # the cut mattered in this draw

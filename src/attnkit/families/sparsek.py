@@ -3,40 +3,54 @@ for Long-Range Transformers", 2024).
 
 A scoring network rates every KV pair once, independently of the queries, and
 the differentiable SPARSEK operator turns the scores a query can see into a
-soft mask with (at most a few more than) ``k`` non-zero entries::
+soft mask; the query attends to the ``k`` best-scored keys under it, weighted
+by their mask, and to a sliding window::
 
     u_j = x_j w_score                                   (one score per key and kv head)
     SPARSEK(z, k) = argmin_{p in C} ||p - z||^2,   C = {p : 0 <= p <= 1, 1^T p = k}
                   = clip(z - tau(z), 0, 1)            (tau: the threshold making the sum k)
     m_t = SPARSEK(u_{<= t - w}, k)                    (over the keys before the query's window)
+    S_t = the k keys before the window with the largest u (all of them when there are at most k)
     o_t = sum_{j in A_t} softmax_{A_t}(scale q_t . k_j) m_tj v_j,
-          A_t = {j : m_tj > 0} + the window {t - w < j <= t}, where m_tj = 1
+          A_t = S_t + the window {t - w < j <= t}, where m_tj = 1
 
-combined with a sliding window of ``w`` keys as the paper combines them. With
-``k`` or fewer keys before the window every one gets ``m = 1``. The threshold
-``tau`` of a prefix never decreases as the prefix grows (adding an entry can
-only raise the sum), so a key whose mask reaches 0 stays out for every later
-query: a decoder may drop it for good (the paper's constant-memory decode).
+With ``k`` or fewer keys before the window every one gets ``m = 1``. ``S_t``
+lies inside the mask's support (the support holds at least ``k`` keys, the
+largest ones). The threshold ``tau`` of a prefix never decreases as the prefix
+grows, and the top-k of a growing set never takes back a key it dropped, so a
+key that leaves ``S_t`` (or the support) stays out for every later query.
 
-Conventions where the paper leaves a choice, or where its text was not at hand
-(the reading is also printed by ``attnkit info sparsek``): ``scores (B, Hkv,
-N)`` are ``u`` given already computed (inside ``attnkit.nn.Attention(...,
-mechanism="sparsek")``, :class:`attnkit.nn.inputs.sparsek.SparseKScores` learns
-``w_score`` as a linear map of the layer input per kv head); the mask *weights
-the values* of the selected pairs after the softmax (so the scoring network
-gets gradients through ``m``; the softmax itself runs over ``A_t`` unweighted);
-SPARSEK chooses among the keys before the window, the window keys always get
-weight 1; the mask keeps every key with ``m > 0``, so a row can hold more than
-``k`` keys when scores are close (the projection spreads ``k`` units of mass
-over them) — no extra hard top-k cut. ``tau``'s derivative is the projection's:
-only the keys strictly between 0 and 1 move it.
+What was checked, and against what: the paper's method section and the
+authors' code were not available here; the abstract and published summaries
+were. They fix the operator (the projection onto the capped simplex, solved by
+a threshold from the sorted scores: the entries at 1, the free entries
+``z - tau``, ``tau = (sum of the free z + #ones - k) / #free``, which is what
+both ``tau`` searches below compute) and that the method "selects a constant
+number of KV pairs for each query" with a constant-memory decode. The keys
+with ``m > 0`` are not a constant number (more of them when scores are
+close), hence the hard cut to the top ``k`` keys ``S_t``, as the abstract says
+and a public re-implementation of the paper does (``TOPK(u) * SPARSEK(u)``).
+Still unverified readings, also printed by
+``attnkit info sparsek``: ``scores (B, Hkv, N)`` are ``u`` given already
+computed (inside ``attnkit.nn.Attention(..., mechanism="sparsek")``,
+:class:`attnkit.nn.inputs.sparsek.SparseKScores` learns ``w_score`` as a linear
+map of the layer input per kv head, without the increasing position term a
+summary of the paper adds to ``u``); the mask *weights the values* of the
+selected pairs after the softmax (so the scoring network gets gradients through
+``m``; the softmax itself runs over ``A_t`` unweighted; re-implementations
+differ here, some scale the keys too); SPARSEK chooses among the keys before
+the window, the window keys always get weight 1. ``tau``'s derivative is the
+projection's: only the keys strictly between 0 and 1 move it.
 
 Forms: ``reference`` (``tau`` of every query by scanning all ``2n`` breakpoints
 of the piecewise-linear ``sum_i clip(z_i - tau, 0, 1)``, the mask materialised)
 and ``chunked`` (queries in chunks; a chunk's candidates are the keys still in
-the previous chunk's mask plus the keys entering its prefix, ``tau`` from the
-sorted candidates and their prefix sums; attention over the candidates and the
-window): ``O(N (k + C) (D + log))`` time when the masks stay near ``k`` keys.
+the support of the previous chunk's mask plus the keys entering its prefix,
+``tau`` from the sorted candidates and their prefix sums, the top ``k`` of them
+and the window attended): ``O(N (k + C) (D + log))`` time when the supports
+stay near ``k`` keys. Decode keeps the whole cache and its scores and runs the
+chunked form: the constant-memory decode the rule above allows (holding only
+``S_t``, the window and the support's scores) is not built.
 """
 from __future__ import annotations
 
@@ -122,8 +136,15 @@ def sparsek_by_sorting(z, valid, k: int):
     return _projection(z, valid, k, tau)
 
 
+def top_entries(z, valid, k: int):
+    """The ``k`` largest valid entries of each row of ``z`` (ties to the earlier entry), boolean like ``z``."""
+    order = z.detach().masked_fill(~valid, float("-inf")).sort(dim=-1, descending=True, stable=True).indices
+    return torch.zeros_like(valid).scatter(-1, order[..., :k], True) & valid
+
+
 def sparsek_mask(scores, q_len: int, *, select_count: int, window: int) -> torch.Tensor:
-    """``(B, Hkv, q_len, Nk)``: ``m_t`` of every query, 1 on its window, SPARSEK over the keys before it."""
+    """``(B, Hkv, q_len, Nk)``: ``m_t`` of every query, 1 on its window, SPARSEK over the keys before it, kept on
+    their top ``select_count`` scores."""
     Nk = scores.shape[-1]
     qpos = query_positions(q_len, Nk, scores.device)[:, None]
     j = torch.arange(Nk, device=scores.device)
@@ -131,6 +152,7 @@ def sparsek_mask(scores, q_len: int, *, select_count: int, window: int) -> torch
     in_window = (j <= qpos) & ~before
     z = scores[:, :, None, :].expand(*scores.shape[:2], q_len, Nk)
     m = sparsek_by_breakpoints(z, before.expand_as(z), select_count)
+    m = torch.where(top_entries(z, before.expand_as(z), select_count), m, torch.zeros_like(m))
     return torch.where(in_window, torch.ones_like(m), m)
 
 
@@ -183,11 +205,12 @@ def _chunked(q, k, v, *, causal, mask, scale, select_count, window, scores, chun
         qpos = torch.arange(p0, p1, device=dev)
         z = scores.gather(2, cand)[:, :, None, :].expand(B, Hkv, p1 - p0, cand.shape[-1])
         before = valid[:, :, None, :] & (cand[:, :, None, :] <= (qpos - window)[:, None])
-        m = sparsek_by_sorting(z, before, select_count)  # (B, Hkv, C, S)
+        m = sparsek_by_sorting(z, before, select_count)  # (B, Hkv, C, S): the support decides the next candidates
+        kept = torch.where(top_entries(z, before, select_count), m, torch.zeros_like(m))
         win = torch.arange(max(p0 - window + 1, 0), p1, device=dev)
         in_window = (win <= qpos[:, None]) & (win > qpos[:, None] - window)  # (C, W)
         keys = torch.cat([cand, win.expand(B, Hkv, -1)], dim=-1)
-        weight = torch.cat([m, in_window.to(m.dtype).expand(B, Hkv, -1, -1)], dim=-1)
+        weight = torch.cat([kept, in_window.to(m.dtype).expand(B, Hkv, -1, -1)], dim=-1)
         qc = q[:, :, p0 - start : p1 - start].reshape(B, Hkv, g, p1 - p0, D)
         kc = k.gather(2, keys[..., None].expand(-1, -1, -1, D))
         vc = v.gather(2, keys[..., None].expand(-1, -1, -1, Dv))
@@ -233,6 +256,8 @@ register(MechanismSpec(
     state_size=ScoredKVCache.size,
     complexity="O(N (select_count + window))",
     summary="a learned score per key, the differentiable SPARSEK projection (clip(u - tau, 0, 1), sum k) as a soft "
-            "mask, plus a sliding window; reading where the paper's text was not at hand: the mask weights the "
-            "values after the softmax, SPARSEK chooses among the keys before the window, every key with m > 0 is kept",
+            "mask on the k best-scored keys, plus a sliding window; checked against the paper's abstract and "
+            "summaries (operator; a constant k keys per query); unverified readings (method section not at hand): "
+            "the mask weights the values after the softmax, SPARSEK chooses among the keys before the window, "
+            "no position term in the scores",
 ))
