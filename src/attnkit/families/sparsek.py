@@ -57,24 +57,14 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ..builders.key_scores import check_key_scores, key_score_inputs, scored_kv_cache_step
 from ..kernels.positions import query_positions, repeat_kv
 from ..params import Param, TensorInput
 from ..reference import materialised_weights
 from ..registry import MechanismSpec, register
 from ..state import ScoredKVCache
-from ..validation import check_tensor
 
 PAPER = "Sparser is Faster and Less is More: Efficient Sparse Attention for Long-Range Transformers"
-
-
-def sparsek_inputs(q, k, v, generator=None) -> dict:
-    """Example key scores ``scores (B, Hkv, N)``; float64 when q is."""
-    B, Hkv, N = k.shape[0], k.shape[1], k.shape[2]
-    return {"scores": torch.randn(B, Hkv, N, generator=generator, dtype=q.dtype).to(q.device)}
-
-
-def _check(q, k, scores):
-    check_tensor("scores", scores, (k.shape[0], k.shape[1], k.shape[2]), q, what="(batch, kv_heads, keys)")
 
 
 def _projection(z, valid, k: int, tau):
@@ -163,7 +153,7 @@ def _reference(q, k, v, *, causal, mask, scale, select_count, window, scores):
 
 def _weights(q, k, v, *, causal, mask, scale, select_count, window, scores):
     """Softmax over the attended keys times their mask values (so ``weights @ v`` is the output)."""
-    _check(q, k, scores)
+    check_key_scores("scores", q, k, scores)
     H = q.shape[1]
     m = repeat_kv(sparsek_mask(scores, q.shape[2], select_count=select_count, window=window), H)
     return materialised_weights(q, k, causal=False, mask=m > 0, scale=scale) * m
@@ -185,7 +175,7 @@ def _compact(positions, kept):
 
 
 def _chunked(q, k, v, *, causal, mask, scale, select_count, window, scores, chunk: int = 64):
-    _check(q, k, scores)
+    check_key_scores("scores", q, k, scores)
     B, H, Nq, D = q.shape
     Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[3]
     g, start = H // Hkv, Nk - Nq
@@ -222,14 +212,6 @@ def _chunked(q, k, v, *, causal, mask, scale, select_count, window, scores, chun
     return torch.cat(outs, dim=2) if outs else q.new_zeros(B, H, 0, Dv)
 
 
-def _step(q, k, v, state, *, causal, mask, scale, select_count, window, scores):
-    _check(q, k, scores)
-    state = ScoredKVCache.extend(state, k, v, scores)
-    out = _chunked(q, state.kv.k, state.kv.v, causal=causal, mask=mask, scale=scale, select_count=select_count,
-                   window=window, scores=state.scores)
-    return out, state
-
-
 def _flops(batch, heads, q_len, kv_len, head_dim, causal, select_count=64, window=512, **_):
     pos = torch.arange(kv_len - q_len, kv_len)
     pairs = (pos + 1).clamp(max=window) + (pos + 1 - window).clamp(min=0).clamp(max=select_count)
@@ -243,13 +225,13 @@ register(MechanismSpec(
     patterns=frozenset({"causal-self"}),
     reference=_reference,
     fast={"chunked": _chunked},
-    step=_step,
+    step=scored_kv_cache_step(_chunked, "scores"),
     weights=_weights,
     params={"select_count": Param(64, int, "k: the mass SPARSEK spreads over the keys before the window", low=1),
             "window": Param(512, int, "keys of the sliding window, the query's own included (w)", low=1)},
     test_params={"select_count": 3, "window": 4},
     inputs={"scores": TensorInput("(B, Hkv, N)", "u: each key's score from the scoring network (x_j w_score)")},
-    tensor_inputs=sparsek_inputs,
+    tensor_inputs=key_score_inputs("scores"),
     tensor_inputs_per_token=("scores",),
     supports_mask=False,
     flops=_flops,
