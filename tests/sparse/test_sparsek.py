@@ -103,3 +103,22 @@ def test_each_query_attends_to_its_k_best_scored_keys_before_the_window_weighted
         assert torch.equal(m[0, 0, t, t - 2 : t + 1], torch.ones(3, dtype=torch.float64))
         wider += int((soft > 0).sum() > 4)
     assert wider > 0  # the cut mattered in this draw
+
+
+def test_decode_holds_only_the_window_and_the_support_and_equals_one_shot():
+    g = torch.Generator().manual_seed(6)
+    N = 120
+    q = torch.randn(1, 2, N, 8, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(1, 1, N, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    u = torch.randn(1, 1, N, generator=g, dtype=torch.float64) + 0.2 * torch.arange(N, dtype=torch.float64)
+    kw = dict(causal=True, select_count=3, window=5, scores=None)
+    one = attnkit.attention(q, k, v, "sparsek", **{**kw, "scores": u})
+    state, outs, held = None, [], []
+    for t in range(N):
+        o, state = attnkit.attention(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], "sparsek",
+                                     **{**kw, "scores": u[:, :, t:t + 1]}, state=state, return_state=True)
+        outs.append(o)
+        held.append(state.k.shape[2])
+    assert torch.allclose(torch.cat(outs, dim=2), one, atol=1e-12)
+    # scores rising with the position (the paper's position term): the support stays small, the cache constant
+    assert max(held) <= 16 and state.length == N  # of 120 tokens

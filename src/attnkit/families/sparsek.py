@@ -48,21 +48,24 @@ and ``chunked`` (queries in chunks; a chunk's candidates are the keys still in
 the support of the previous chunk's mask plus the keys entering its prefix,
 ``tau`` from the sorted candidates and their prefix sums, the top ``k`` of them
 and the window attended): ``O(N (k + C) (D + log))`` time when the supports
-stay near ``k`` keys. Decode keeps the whole cache and its scores and runs the
-chunked form: the constant-memory decode the rule above allows (holding only
-``S_t``, the window and the support's scores) is not built.
+stay near ``k`` keys. Decode (:class:`SparseKCache`) holds only what a later
+query can still read: the last query's window and the keys before it still in
+its SPARSEK support, with their values and scores; every other key is dropped
+for good. That is the paper's constant-memory generation when the support stays
+near ``k`` keys, as it does when the scores rise with the position (the
+position term of the paper's scoring network); with flat scores the support,
+and the state, can grow (``state_size`` counts it from the scores).
 """
 from __future__ import annotations
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..builders.key_scores import check_key_scores, key_score_inputs, scored_kv_cache_step
+from ..builders.key_scores import check_key_scores, key_score_inputs
 from ..kernels.positions import query_positions, repeat_kv
 from ..params import Param, TensorInput
 from ..reference import materialised_weights
 from ..registry import MechanismSpec, register
-from ..state import ScoredKVCache
 
 PAPER = "Sparser is Faster and Less is More: Efficient Sparse Attention for Long-Range Transformers"
 
@@ -212,6 +215,77 @@ def _chunked(q, k, v, *, causal, mask, scale, select_count, window, scores, chun
     return torch.cat(outs, dim=2) if outs else q.new_zeros(B, H, 0, Dv)
 
 
+class SparseKCache:
+    """What SPARSEK decoding holds: the keys a later query can still attend (the last query's window and the
+    keys before it still in its SPARSEK support), with their values, scores and positions, after ``length``
+    tokens. Rows (batch, kv head) hold different keys: ``(B, Hkv, L)`` padded, ``valid`` marks the real ones.
+    A value: a later call never changes it."""
+
+    def __init__(self, positions, valid, k, v, scores, length: int):
+        self.positions, self.valid, self.k, self.v, self.scores, self.length = positions, valid, k, v, scores, length
+
+    def numel(self) -> int:
+        """Numbers held: keys, values and scores (the positions and flags are bookkeeping)."""
+        return self.k.numel() + self.v.numel() + self.scores.numel()
+
+
+def _advance(q, k, v, held, *, scale, select_count, window, scores):
+    """Queries ``q`` of the new tokens ``k, v, scores`` after ``held``: their outputs and the new cache."""
+    B, H, c, D = q.shape
+    Hkv, Dv, n0 = k.shape[1], v.shape[3], held.length
+    qpos = torch.arange(n0, n0 + c, device=q.device)
+    pos = torch.cat([held.positions, qpos.expand(B, Hkv, c)], dim=-1)
+    valid = torch.cat([held.valid, torch.ones(B, Hkv, c, dtype=torch.bool, device=q.device)], dim=-1)
+    keys, values = torch.cat([held.k, k], dim=2), torch.cat([held.v, v], dim=2)
+    u = torch.cat([held.scores, scores], dim=-1)
+    at = pos[:, :, None, :]
+    before = valid[:, :, None, :] & (at <= (qpos - window)[:, None])  # (B, Hkv, c, L)
+    in_window = valid[:, :, None, :] & ~before & (at <= qpos[:, None])
+    z = u[:, :, None, :].expand_as(before)
+    m = sparsek_by_sorting(z, before, select_count)
+    weight = torch.where(in_window, torch.ones_like(m),
+                         torch.where(top_entries(z, before, select_count), m, torch.zeros_like(m)))
+    out = _chunk_attention(q.reshape(B, Hkv, H // Hkv, c, D), keys, values, weight, scale).reshape(B, H, c, Dv)
+    live = valid & ~(before[:, :, -1] & (m[:, :, -1].detach() <= 0))  # a key out of the support never returns
+    order = live.to(torch.int8).sort(dim=-1, descending=True, stable=True).indices[..., : int(live.sum(-1).max())]
+    kept = SparseKCache(pos.gather(-1, order), live.gather(-1, order),
+                        keys.gather(2, order[..., None].expand(-1, -1, -1, D)),
+                        values.gather(2, order[..., None].expand(-1, -1, -1, Dv)), u.gather(-1, order), n0 + c)
+    return out, kept
+
+
+def _step(q, k, v, state, *, causal, mask, scale, select_count, window, scores, chunk: int = 64):
+    """Decode holding only :class:`SparseKCache`: the new tokens in pieces of ``chunk``."""
+    check_key_scores("scores", q, k, scores)
+    B, Hkv = k.shape[0], k.shape[1]
+    if state is None:
+        state = SparseKCache(torch.zeros(B, Hkv, 0, dtype=torch.long, device=k.device),
+                             torch.zeros(B, Hkv, 0, dtype=torch.bool, device=k.device), k[:, :, :0], v[:, :, :0],
+                             scores[:, :, :0], 0)
+    elif not isinstance(state, SparseKCache) or state.k.shape[:2] != k.shape[:2] or state.k.shape[3] != k.shape[3]:
+        raise ValueError(f"state must be a sparsek state of batch {B}, {Hkv} kv heads and head_dim {k.shape[3]}")
+    outs = []
+    for a in range(0, q.shape[2], chunk):
+        b = min(a + chunk, q.shape[2])
+        out, state = _advance(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], state, scale=scale,
+                              select_count=select_count, window=window, scores=scores[:, :, a:b])
+        outs.append(out)
+    return torch.cat(outs, dim=2), state
+
+
+def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, select_count=64, window=512, scores=None,
+                **_):
+    """Numbers a decoder holds after ``seq_len`` tokens: keys, values and scores of the window and of the last
+    query's support, padded to the fullest (batch, kv head) row; without ``scores``, the bound (every key)."""
+    per_key = head_dim + (v_dim or head_dim) + 1
+    if scores is None:
+        return batch * kv_heads * seq_len * per_key
+    prefix = scores[:, :, : max(seq_len - window, 0)].detach()
+    support = (sparsek_by_sorting(prefix[:, :, None], torch.ones_like(prefix[:, :, None], dtype=torch.bool),
+                                  select_count)[:, :, 0] > 0).sum(-1)
+    return batch * kv_heads * (int(support.max()) + min(window, seq_len)) * per_key
+
+
 def _flops(batch, heads, q_len, kv_len, head_dim, causal, select_count=64, window=512, **_):
     pos = torch.arange(kv_len - q_len, kv_len)
     pairs = (pos + 1).clamp(max=window) + (pos + 1 - window).clamp(min=0).clamp(max=select_count)
@@ -225,7 +299,7 @@ register(MechanismSpec(
     patterns=frozenset({"causal-self"}),
     reference=_reference,
     fast={"chunked": _chunked},
-    step=scored_kv_cache_step(_chunked, "scores"),
+    step=_step,
     weights=_weights,
     params={"select_count": Param(64, int, "k: the mass SPARSEK spreads over the keys before the window", low=1),
             "window": Param(512, int, "keys of the sliding window, the query's own included (w)", low=1)},
@@ -235,7 +309,7 @@ register(MechanismSpec(
     tensor_inputs_per_token=("scores",),
     supports_mask=False,
     flops=_flops,
-    state_size=ScoredKVCache.size,
+    state_size=_state_size,
     complexity="O(N (select_count + window))",
     summary="a learned score per key, the differentiable SPARSEK projection (clip(u - tau, 0, 1), sum k) as a soft "
             "mask on the k best-scored keys, plus a sliding window; checked against the paper's abstract and "
