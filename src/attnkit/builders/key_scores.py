@@ -1,5 +1,6 @@
 """Mechanisms with one learned score per key and kv head (DMA's deltas, SPARSEK's key scores): the example
-input, its check, and the incremental form over a :class:`~attnkit.state.ScoredKVCache`."""
+input, its check, and an incremental form over a :class:`~attnkit.state.ScoredKVCache` (DMA's; SPARSEK
+decodes with a smaller state of its own)."""
 from __future__ import annotations
 
 import torch
