@@ -27,10 +27,11 @@ import torch
 from .nsa_branches import block_importance, compressed_count, compressed_visible, top_blocks_at
 
 LOG2E = 1.4426950408889634
+BUDGET = 1 << 20  # score elements of one query chunk
 
 
 def compression_and_selection(q, kc, vc, qpos, *, scale: float, block: int, stride: int, select_block: int,
-                              select_count: int, kv_len: int, budget: int = 1 << 20):
+                              select_count: int, kv_len: int, budget: int = BUDGET):
     """``(o_cmp (B, H, Nq, Dv), blocks (B, Hkv, Nq, n), valid)``: the compression branch's output
     (differentiable in ``q, kc, vc``) and the selection branch's top-``n`` blocks per token and kv group.
 
@@ -38,6 +39,14 @@ def compression_and_selection(q, kc, vc, qpos, *, scale: float, block: int, stri
     """
     return _CompressionBranch.apply(q, kc, vc, qpos, scale, block, stride, select_block, select_count, kv_len,
                                     budget)
+
+
+def matmul_shapes(q, kc, qpos, *, block: int, stride: int, budget: int = BUDGET) -> list[tuple[int, int, int, int]]:
+    """The branch's batched matmuls, one ``(batch * kv heads, query rows, compressed keys, head_dim)`` per
+    query chunk: two of these sizes forward and five backward (to time the branch against its matmuls alone)."""
+    chunks = _Chunks(q, kc, qpos, block, stride, budget)
+    B, D = q.shape[0], q.shape[3]
+    return [(B * chunks.Hkv, chunks.g * (c1 - c0), seen, D) for c0, c1, seen, _ in chunks.bounds if seen]
 
 
 class _Chunks:
