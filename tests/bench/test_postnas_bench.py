@@ -28,6 +28,8 @@ def args(checkpoint, **kw):
 
 
 def test_bad_options_fail_before_work(checkpoint):
+    with pytest.raises(ValueError, match="--checkpoint is required"):
+        postnas.configure(args(None))
     with pytest.raises(ValueError, match="keep"):
         postnas.configure(args(checkpoint, keep=[3]))
     with pytest.raises(ValueError, match="passage"):

@@ -24,7 +24,7 @@ THREADS = 1  # the machine is usually shared
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--checkpoint", required=True, help="a full-attention LM checkpoint (attnkit train lm --out)")
+    p.add_argument("--checkpoint", default=None, help="a full-attention LM checkpoint (attnkit train lm --out); required")
     p.add_argument("--linear", type=names, default=["gated_deltanet", "gla"], help="candidate linear mechanisms")
     p.add_argument("--keep", type=ints, default=[1, 2], help="full-attention layers kept (comma list of budgets)")
     p.add_argument("--steps", type=positive_int, default=150, help="super-network training steps per candidate")
@@ -40,6 +40,8 @@ def configure(args) -> dict:
     from ... import spec
     from ...training.lm import load_checkpoint
 
+    if args.checkpoint is None:
+        raise ValueError("--checkpoint is required: a full-attention LM checkpoint (attnkit train lm --out LM.pt)")
     model, _, _ = load_checkpoint(args.checkpoint)  # not a checkpoint: fails here, before any work
     layers = len(model.blocks)
     for m in args.linear:
