@@ -256,6 +256,9 @@ def add_arguments(p) -> None:
     p.add_argument("--speed", action="store_true", help="time the training-free methods (prefill and decode)")
     p.add_argument("--lm-recall", action="store_true", help="recall of the training-free methods on the LM's q, k, v")
     p.add_argument("--checkpoint", default=None, help="--lm-recall: an attnkit LM checkpoint instead of the suite's LM")
+    p.add_argument("--seer-checkpoint", default=None,
+                   help="--lm-recall: also SeerAttention-R in decode, with the gates of this gated LM (attnkit train "
+                        "seer-r --out, trained on --checkpoint)")
     p.add_argument("--n", type=ints, default=[4096], help="--speed / --lm-recall: comma list of lengths")
     p.add_argument("--phases", type=names, default=["prefill", "decode"], help="--speed: prefill,decode")
     p.add_argument("--methods", type=names, default=None,
@@ -292,6 +295,7 @@ def run_free_sparse(args) -> int:
         items = [{"section": phase, "N": n} for n in args.n for phase in args.phases]
     config = {"n": args.n, "phases": args.phases, "methods": args.methods, "sparsity": args.sparsity,
               "fraction": args.fraction, "repeats": args.repeats, "steps": args.steps, "checkpoint": args.checkpoint,
+              "seer_checkpoint": args.seer_checkpoint,
               "device": args.device, "seeds": args.seeds, "windows": args.windows, "score": args.score}
 
     chosen = [] if args.curves else args.methods or [*fs.PREFILL, *fs.DECODE]
@@ -311,7 +315,9 @@ def run_free_sparse(args) -> int:
         if item["section"] == "curves":
             return {"rows": curves.curve_rows(model, held, method=item["method"], n=item["N"], score=args.score,
                                               count=args.windows, seed=item["seed"])}
-        return {"rows": fs.lm_recall(model, held, calibration, item["N"], args.fraction, args.sparsity, args.queries)}
+        seer = fs.seer_gates(args.seer_checkpoint) if args.seer_checkpoint else None
+        return {"rows": fs.lm_recall(model, held, calibration, item["N"], args.fraction, args.sparsity, args.queries,
+                                     seer, args.methods)}
 
     code, run_id = run_items("sparse", config, items, measure, args,
                              describe=lambda it: " ".join(f"{k}={v}" for k, v in it.items()))
