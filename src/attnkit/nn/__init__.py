@@ -28,6 +28,7 @@ from .grouped import WeightedGQA, mean_pool_kv
 from .key_driven import KeyDrivenGQA, allocate_queries
 from .latent import LatentCache, MultiHeadLatentAttention
 from .mamba2 import Mamba2Layer
+from .rwkv7 import RWKV7TimeMix
 from .mixture_of_attention import MixtureOfAttentionHeads
 from .mixture_of_heads import MixtureOfHeads
 from .multi_source import MultiSourceCrossAttention
@@ -46,5 +47,5 @@ __all__ = [
     "GlobalLocalCrossAttention", "PairwiseCrossAttention", "attention_rollout",
     "SigmaReparamLinear", "sigma_reparam", "attention_entropy", "GatedPositionalSelfAttention",
     "PositionalEncodingGenerator",
-    "FocusedLinearAttention", "NystromAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer",
+    "FocusedLinearAttention", "NystromAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer", "RWKV7TimeMix",
 ]
