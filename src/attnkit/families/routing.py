@@ -60,7 +60,7 @@ def routing_inputs(q, k, v, generator=None, *, clusters: int = 4) -> dict:
     return {"centroids": F.normalize(mu, dim=-1).to(dtype=q.dtype, device=q.device)}
 
 
-def _check_centroids(q, centroids):
+def check_centroids(q, centroids):
     if not isinstance(centroids, torch.Tensor) or centroids.ndim != 3:
         raise ValueError("centroids must be a tensor (heads, clusters, head_dim) of k-means centroids")
     check_tensor("centroids", centroids, (q.shape[1], centroids.shape[1], q.shape[3]), q,
@@ -72,8 +72,12 @@ def assign_clusters(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 
     ``centroids (H, C, D)``; computed in float64, ties to the lower centroid.
     """
-    sim = F.normalize(x.detach().double(), dim=-1) @ F.normalize(centroids.detach().double(), dim=-1).transpose(-1, -2)
-    return sim.argmax(dim=-1)
+    return centroid_similarity(x, centroids).argmax(dim=-1)
+
+
+def centroid_similarity(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity ``(B, H, N, C)`` of each vector of ``x (B, H, N, D)`` to each centroid, in float64."""
+    return F.normalize(x.detach().double(), dim=-1) @ F.normalize(centroids.detach().double(), dim=-1).transpose(-1, -2)
 
 
 def update_centroids(centroids: torch.Tensor, q: torch.Tensor, k: torch.Tensor, *, decay: float = 0.999) -> torch.Tensor:
@@ -85,7 +89,7 @@ def update_centroids(centroids: torch.Tensor, q: torch.Tensor, k: torch.Tensor, 
     check_float("decay", decay, minimum=0.0)
     if decay > 1:
         raise ValueError(f"decay must lie in [0, 1], got {decay}")
-    _check_centroids(q, centroids)
+    check_centroids(q, centroids)
     H, C, D = centroids.shape
     new = decay * centroids.detach().double()
     for x in (q, repeat_kv(k, H)):
@@ -105,7 +109,7 @@ def _weights(q, k, v, *, causal, mask, scale, centroids):
 
 
 def _same_cluster(q, k, causal, centroids):
-    _check_centroids(q, centroids)
+    check_centroids(q, centroids)
     H, Nq, Nk = q.shape[1], q.shape[2], k.shape[2]
     same = assign_clusters(q, centroids)[..., :, None] == assign_clusters(repeat_kv(k, H), centroids)[..., None, :]
     if causal:
@@ -113,20 +117,19 @@ def _same_cluster(q, k, causal, centroids):
     return same
 
 
-def _chunk_attention(scale, causal):
-    def run(qc, kc, vc, allowed):
-        scores = (qc @ kc.transpose(-1, -2)) * scale
-        scores = scores.masked_fill(~allowed, float("-inf"))
-        top = scores.amax(dim=-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).min)  # -inf rows -> finite
-        p = torch.exp(scores - top)
-        total = p.sum(dim=-1, keepdim=True)
-        return (p @ vc) / torch.where(total > 0, total, torch.ones_like(total))
-
-    return run
+def attend_allowed(q, k, v, allowed, scale):
+    """Softmax attention of ``q (..., n, D)`` over ``k, v (..., m, D)`` where ``allowed (..., n, m)``;
+    a row with no allowed key is zeros."""
+    scores = (q @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    top = scores.amax(dim=-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).min)  # -inf rows -> finite
+    p = torch.exp(scores - top)
+    total = p.sum(dim=-1, keepdim=True)
+    return (p @ v) / torch.where(total > 0, total, torch.ones_like(total))
 
 
 def _clustered(q, k, v, *, causal, mask, scale, centroids, chunk: int = 256):
-    _check_centroids(q, centroids)
+    check_centroids(q, centroids)
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
     G = B * H
@@ -145,7 +148,6 @@ def _clustered(q, k, v, *, causal, mask, scale, centroids, chunk: int = 256):
     qs = q.reshape(G, Nq, D).gather(1, qorder[..., None].expand(G, Nq, D))
     kflat = repeat_kv(k, H).reshape(G, Nk, D)
     vflat = repeat_kv(v, H).reshape(G, Nk, Dv)
-    run = _chunk_attention(scale, causal)
     outs = []
     for c0 in range(0, Nq, chunk):
         c1 = min(c0 + chunk, Nq)
@@ -161,8 +163,9 @@ def _clustered(q, k, v, *, causal, mask, scale, centroids, chunk: int = 256):
             allowed = allowed & (key_index[:, None, :] <= qpos[qorder[:, c0:c1]][..., None])
         kc = kflat.gather(1, key_index[..., None].expand(G, width, D))
         vc = vflat.gather(1, key_index[..., None].expand(G, width, Dv))
-        args = (qs[:, c0:c1], kc, vc, allowed)
-        outs.append(checkpoint(run, *args, use_reentrant=False) if torch.is_grad_enabled() else run(*args))
+        args = (qs[:, c0:c1], kc, vc, allowed, scale)
+        outs.append(checkpoint(attend_allowed, *args, use_reentrant=False) if torch.is_grad_enabled()
+                    else attend_allowed(*args))
     out_sorted = torch.cat(outs, dim=1)
     out = torch.empty_like(out_sorted).scatter(1, qorder[..., None].expand(G, Nq, Dv), out_sorted)
     return out.reshape(B, H, Nq, Dv)

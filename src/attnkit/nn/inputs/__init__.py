@@ -56,6 +56,7 @@ _FACTORIES = {
     "dma": lambda dim, heads, kv_heads, head_dim: DMAInputs(kv_heads, head_dim),
     "sparsek": lambda dim, heads, kv_heads, head_dim: SparseKScores(dim, kv_heads),
     "routing": lambda dim, heads, kv_heads, head_dim: RoutingCentroids(heads, head_dim),
+    "routing_balanced": lambda dim, heads, kv_heads, head_dim: RoutingCentroids(heads, head_dim),
     "rwkv4": lambda dim, heads, kv_heads, head_dim: RWKV4Decay(heads, head_dim),
     "head_temperature": lambda dim, heads, kv_heads, head_dim: HeadTemperature(heads),
     "path": lambda dim, heads, kv_heads, head_dim: PaTHInputs(dim, heads, head_dim),
