@@ -29,6 +29,7 @@ from .key_driven import KeyDrivenGQA, allocate_queries
 from .latent import LatentCache, MultiHeadLatentAttention
 from .mamba2 import Mamba2Layer
 from .rwkv7 import RWKV7TimeMix
+from .path import PaTHAttention
 from .mixture_of_attention import MixtureOfAttentionHeads
 from .mixture_of_heads import MixtureOfHeads
 from .multi_source import MultiSourceCrossAttention
@@ -47,5 +48,5 @@ __all__ = [
     "GlobalLocalCrossAttention", "PairwiseCrossAttention", "attention_rollout",
     "SigmaReparamLinear", "sigma_reparam", "attention_entropy", "GatedPositionalSelfAttention",
     "PositionalEncodingGenerator",
-    "FocusedLinearAttention", "NystromAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer", "RWKV7TimeMix",
+    "FocusedLinearAttention", "NystromAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer", "RWKV7TimeMix", "PaTHAttention",
 ]
