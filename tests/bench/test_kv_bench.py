@@ -26,3 +26,23 @@ def test_bench_kv_stores_quality_memory_and_speed_per_policy(tmp_path):
 
     page, tables = kv.report(run, rows)  # memory, prefill memory, tokens/s and perplexity against the budget
     assert page.count("data:image/png") == 4 and len(tables["kv"]) == 5
+
+
+def test_quality_and_memory_run_apart_from_speed_and_the_report_joins_them(tmp_path, capsys):
+    from attnkit.bench.store import Store
+    from attnkit.bench.suites import kv
+
+    common = ("--context", "128", "--decode", "2", "--ppl-context", "64", "--windows", "2", "--policies", "streaming",
+              "--budgets", "0.25", "--slack", "0", "--chunk", "16")
+    _, slow = run_suite(tmp_path, "kv", *common, "--measure", "quality,memory")
+    assert "decode_vs_full" not in slow[1] and slow[1]["peak_vs_full"] < 0.35 and "perplexity" in slow[1]
+    assert "cache peak <= 0.35x full" in capsys.readouterr().out  # the targets this run measured, met or not
+    _, fast = run_suite(tmp_path, "kv", *common, "--measure", "speed")
+    assert "perplexity" not in fast[1] and fast[1]["decode_tokens_per_s"] > 0
+    run, rows = kv.latest(Store(tmp_path / "results.sqlite", create=False))
+    joined = {r["policy"]: r for r in rows}["streaming"]
+    assert joined["perplexity"] == slow[1]["perplexity"] and joined["decode_vs_full"] == fast[1]["decode_vs_full"]
+    assert [j["measure"] for j in run["joined"]] == ["speed", "quality,memory"]
+    page, tables = kv.report(run, rows)
+    assert "rows joined from" in page and {t["target"] for t in tables["kv_targets"]} == {
+        "cache peak <= 0.35x full", "decode >= 1.0x full tokens/s"}

@@ -1,5 +1,6 @@
 """Chunked prefill: compress as the prompt's chunks arrive, never holding much more than the budget."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -64,19 +65,51 @@ def test_adakv_in_chunks_ranks_each_chunks_scores_jointly_and_holds_the_layers_b
     assert held[0] == held[1]  # the budget and a chunk, whatever the prompt's length
 
 
+@pytest.mark.parametrize("policy", [AdaKV(SnapKV(256, window=4, kernel=3)),
+                                    RazorAttention(256, retrieval=torch.tensor([[False, False]]), sinks=2)], ids=repr)
+def test_head_wise_policies_leave_no_more_room_after_a_chunked_prefill_than_a_chunk(policy):
+    q, k, v = qkv(n=600)
+    store = chunked(policy, q, k, v, 600, chunk=7)[0].store
+    room = store._pool.capacity * store.page - int(store.count.sum())
+    assert room < store.count.numel() * (16 + store.page)  # a chunk's 16 slots per row (and page rounding), not keep / 8
+
+
 def test_approximate_policies_hold_their_budget_and_whole_prompt_ones_are_refused():
     q, k, v = qkv(n=30)
     for policy in (H2O(8, recent=2), SnapKV(8, window=2, kernel=3)):
         state, _ = chunked(policy, q, k, v, 30, chunk=5)
         assert state.store.used == 8 and state.length == 30
-    rotate = attnkit.positional.RoPE(8).rotate
-    expected = ExpectedAttention(8, rotate=rotate, future=4)
-    for policy in (expected, AdaKV(expected)):
-        with pytest.raises(ValueError, match="whole prompt"):
-            chunked(policy, q, k, v, 30, chunk=5)
+    expected = ExpectedAttention(8, rotate=attnkit.positional.RoPE(8).rotate, future=4)
+    with pytest.raises(ValueError, match="whole prompt"):  # the ragged rows cannot carry its query statistics
+        chunked(AdaKV(expected), q, k, v, 30, chunk=5)
     state, _ = chunked(KIVI(4, group=8, residual=8), q, k, v, 30, chunk=5)  # quantised as they arrive
     whole = KVState(KIVI(4, group=8, residual=8)).step(q, k, v, 8**-0.5)[1].store
     torch.testing.assert_close(state.store.k, whole.k)
+
+
+def test_expected_attention_in_chunks_scores_with_the_running_statistics_of_every_query_seen():
+    q, k, v = qkv(n=30)
+    rope = attnkit.positional.RoPE(8)
+    q, k = rope.rotate(q, torch.arange(30)), rope.rotate(k, torch.arange(30))
+    policy = ExpectedAttention(8, rotate=rope.rotate, future=4, sinks=2)
+    whole = KVState(policy).step(q, k, v, 8**-0.5)[1].store
+    one_chunk = chunked(policy, q, k, v, 30, chunk=30)[0].store  # the prompt fits one chunk: the one-call choice
+    assert torch.equal(one_chunk.pos, whole.pos) and one_chunk.pos[0, 0, :2].tolist() == [0, 1]
+    state, sizes = chunked(policy, q, k, v, 30, chunk=7)
+    assert state.store.used == 8 and max(sizes) <= (8 + 16) * 2 * (2 * 8 * 8 + 4)
+    stats = state.store.score  # exact for the whole prompt after the last chunk
+    mean, cov = stats.moments()
+    pre = rope.rotate(q.double(), -torch.arange(30))[:, :, 2:]
+    torch.testing.assert_close(mean, pre.mean(dim=2))
+    torch.testing.assert_close(cov[0, 1], torch.cov(pre[0, 1].T, correction=0))
+    # the last chunk ranks what the earlier chunks kept (= a 28-token prompt's choice) and its own 2 tokens
+    before = chunked(policy, q[:, :, :28], k[:, :, :28], v[:, :, :28], 28, chunk=7)[0].store.pos
+    for h in range(2):
+        candidates = torch.cat([before[0, h, 2:], torch.tensor([28, 29], dtype=before.dtype)]).long()
+        rows = SimpleNamespace(k=k[:, h : h + 1, candidates], v=v[:, h : h + 1, candidates])
+        score = policy.scores(rows, *(None if m is None else m[:, 2 * h : 2 * h + 2] for m in policy.future_moments(stats, 30)))
+        best = candidates[score[0, 0].topk(6).indices].sort().values
+        assert state.store.pos[0, h, 2:].tolist() == best.tolist()
 
 
 def test_chunked_prefill_in_generate_evicts_in_place_and_keeps_what_one_call_keeps():

@@ -67,3 +67,43 @@ def test_it_learns_and_refuses_bad_sizes():
         model(torch.zeros(1, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="block_len"):
         BlockTransformerLM(dim=10, block_len=4)
+
+
+def _recomputed(model, prompt, new):
+    """Greedy continuation by recomputing the whole forward for every token (padded to whole blocks: a
+    logit never reads its own token or a later one)."""
+    out = prompt
+    for _ in range(new):
+        t, L = out.shape[1], model.block_len
+        padded = torch.nn.functional.pad(out, (0, (t // L + 1) * L - t))
+        out = torch.cat([out, model(padded)[:, t].argmax(-1, keepdim=True)], dim=1)
+    return out
+
+
+@pytest.mark.parametrize("prompt_len", [1, 3, 5])
+def test_cached_generation_equals_recomputing(prompt_len):
+    model = _model(block_layers=2, token_layers=1)
+    prompt = torch.randint(0, 11, (3, prompt_len))
+    with torch.no_grad():
+        assert torch.equal(model.generate(prompt, 10), _recomputed(model, prompt, 10))
+
+
+def test_generation_caches_stay_small_and_bad_arguments_are_refused():
+    model = _model()
+    calls = []
+    original = model.token_decoder[0].forward
+
+    def spy(x, **kw):
+        out = original(x, **kw)
+        calls.append(out[1].length)
+        return out
+
+    model.token_decoder[0].forward = spy
+    model.generate(torch.randint(0, 11, (1, 4)), 9)
+    assert max(calls) <= model.prefix_len + model.block_len
+    g = torch.Generator().manual_seed(0)
+    assert model.generate(torch.randint(0, 11, (2, 2)), 4, temperature=1.0, generator=g).shape == (2, 6)
+    with pytest.raises(TypeError, match="prompt"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(torch.zeros(1, 2, dtype=torch.long), 2, temperature=-1.0)

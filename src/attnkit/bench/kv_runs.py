@@ -67,6 +67,7 @@ class AttnkitLM(_Model):
         self.model = model.eval()
         self.layers = len(model.blocks)
         rope = model.blocks[0].mixer.rope
+        self.head_dim = model.blocks[0].mixer.head_dim
         self.rotate = rope.rotate if rope is not None else (lambda x, positions: x)
 
     @torch.no_grad()
@@ -97,7 +98,7 @@ class TinyLlama(_Model):
         torch.manual_seed(seed)
         cfg = LlamaConfig(vocab_size=vocab, hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=layers,
                           num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1 << 16)
-        self.model, self.layers = LlamaForCausalLM(cfg).eval(), layers
+        self.model, self.layers, self.head_dim = LlamaForCausalLM(cfg).eval(), layers, dim // heads
         from ..cache.hf import rotation
 
         self.rotate = rotation(self.model)

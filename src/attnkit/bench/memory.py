@@ -17,6 +17,7 @@ own and unmap it when freed.
 """
 from __future__ import annotations
 
+import gc
 import threading
 
 from .options import UsageError
@@ -37,8 +38,13 @@ def peak_mb(fn, interval: float = 0.001):
     """Run ``fn()``; return ``(its result, peak anonymous memory it added in MiB)``.
 
     The result is still referenced at the last sample, so memory the call
-    returns counts as well as the temporaries it freed on the way.
+    returns counts as well as the temporaries it freed on the way. The reading
+    is of the whole process: memory freed elsewhere while the call runs hides
+    as much of the call's, so pending garbage is collected before the baseline
+    is read (a collection inside the window would free it there), and the
+    suites call this in a fresh subprocess, where no other work runs.
     """
+    gc.collect()
     before = anon_rss_mb()
     peak = [before]
     stop = threading.Event()

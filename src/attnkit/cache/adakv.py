@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from .policy import Policy
+from .policy import Policy, prefill_room
 from .ragged import RaggedKV, row_counts
 
 
@@ -45,8 +45,10 @@ class AdaKV(Policy):
                              f"others score), got {alpha!r}")
         super().__init__(scorer.budget_value, when="prefill")
         self.scorer, self.alpha, self.needs_scores = scorer, float(alpha), scorer.needs_scores
-        # in chunks: each chunk's scores of the tokens kept so far, ranked jointly (the scorer's chunk-level rule)
-        self.chunked = "approximate" if scorer.chunked else None
+        # in chunks: each chunk's scores of the tokens kept so far, ranked jointly (the scorer's chunk-level rule);
+        # not for a scorer that carries its own state from chunk to chunk (its ``select``, e.g. Expected
+        # Attention's running query statistics): the ragged rows hold no such state
+        self.chunked = "approximate" if scorer.chunked and type(scorer).select is Policy.select else None
 
     def __repr__(self) -> str:
         return f"AdaKV({self.scorer!r}, alpha={self.alpha})"
@@ -71,7 +73,7 @@ class AdaKV(Policy):
         safe = index.clamp_max(used - 1)
         gather = lambda t: None if t is None else t.gather(2, safe if t.ndim == 3 else
                                                               safe[..., None].expand(-1, -1, -1, t.shape[-1]))
-        room = max(16, store.appended) if store.length < store.prompt else max(16, keep // 8)
+        room = prefill_room(store, keep)
         return RaggedKV.pack(gather(store.k), gather(store.v), gather(store.pos), kept, store.length, store.prompt,
                              room=room, bias=gather(getattr(store, "bias", None)))
 

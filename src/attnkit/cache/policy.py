@@ -87,13 +87,17 @@ class Policy:
             return store, None
         index = self.rank(store, keep).topk(keep, dim=-1).indices.sort(dim=-1).values
         score = None if store.score is None else store.score.gather(-1, index)
-        if store.length < store.prompt:  # a prefill chunk: room for the next one
-            room = max(16, store.appended)
-        elif self.when != "prefill":
-            room = 1 + self.slack
-        else:  # room for decoded tokens; after a chunked prefill no more than a chunk (the prefill's peak)
-            room = max(16, min(keep // 8, store.appended))
+        room = 1 + self.slack if self.when != "prefill" and store.length >= store.prompt else prefill_room(store, keep)
         return store, (index, score, room)
+
+
+def prefill_room(store, keep: int) -> int:
+    """Free slots per row a store compressed at prefill keeps: a prefill chunk's worth for the next chunk; once
+    the prompt is complete, room for decoded tokens, ``keep / 8`` but no more than the last chunk (so the room
+    never raises a chunked prefill's peak)."""
+    if store.length < store.prompt:
+        return max(16, store.appended)
+    return max(16, min(keep // 8, store.appended))
 
 
 class NoCompression(Policy):

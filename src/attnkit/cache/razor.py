@@ -36,7 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .policy import Policy
+from .policy import Policy, prefill_room
 from .ragged import RaggedKV, row_counts
 
 
@@ -100,7 +100,7 @@ class RazorAttention(Policy):
             kept_v[:, :, self.sinks] = torch.where(at, mean(v), kept_v[:, :, self.sinks])
             kept_bias = torch.zeros_like(kept_pos, dtype=torch.float32) if kept_bias is None else kept_bias
             kept_bias[:, :, self.sinks] = torch.where(cut, total.log().float(), kept_bias[:, :, self.sinks])
-        room = max(16, getattr(store, "appended", 0)) if store.length < store.prompt else max(16, keep // 8)
+        room = prefill_room(store, keep)
         return RaggedKV.pack(kept_k, kept_v, kept_pos, torch.where(cut, keep, count), store.length, store.prompt,
                              room=room, bias=kept_bias)
 

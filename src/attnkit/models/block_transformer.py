@@ -15,6 +15,11 @@ the tokens are decoded by a small model that only looks inside their own block.
   block, so at inference its KV cache holds one block, and the block decoder runs once per
   block: the source of the paper's throughput.
 
+``generate`` decodes with both caches, as the paper's inference does: the block decoder's KV
+cache grows by one entry per *block* (it runs once when a block is complete), and the token
+decoder's cache is dropped at every block boundary, so it never holds more than ``prefix_len +
+block_len`` entries; its tokens equal recomputing the whole sequence for every new token.
+
 ``BlockTransformerLM(tokens)`` returns ``logits[:, t]`` for token ``t`` given the tokens before
 it (unlike :class:`DecoderLM`, whose ``logits[:, t]`` predict token ``t + 1``): ``loss(tokens)``
 is the cross-entropy of every token. Both decoders are stacks of attnkit's pre-norm blocks with
@@ -86,6 +91,61 @@ class BlockTransformerLM(nn.Module):
             x = block(x, causal=True)
         out = self.head(self.norm(x[:, self.prefix_len - 1:]))
         return out.reshape(*lead, block_tokens.shape[-1], -1)
+
+    def _prefix(self, context: torch.Tensor) -> torch.Tensor:
+        return self.to_prefix(context).reshape(-1, self.prefix_len, self.dim)
+
+    @staticmethod
+    def _run(layers, x, states):
+        """``x`` through ``layers`` continuing their ``states`` (None: fresh); the output and the new states."""
+        new = []
+        for block, state in zip(layers, states):
+            x, state = block(x, causal=True, state=state, return_state=True)
+            new.append(state)
+        return x, new
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continue ``prompt (B, N)`` (any ``N >= 1``) by ``max_new_tokens``; greedy when ``temperature == 0``.
+
+        The prompt's complete blocks go through the block decoder in one call; the token decoder reads
+        the prefix of the current block's context and the prompt's tokens of that block. Then, per new
+        token, one token-decoder step, and when the token completes its block, one block-decoder step
+        (its block embedding) and a fresh token-decoder cache started from the next block's prefix."""
+        if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.ndim != 2 or not prompt.shape[1]:
+            raise TypeError(f"prompt must be a (batch, seq) torch.long tensor with seq >= 1, got "
+                            f"{getattr(prompt, 'dtype', type(prompt).__name__)} of shape {tuple(getattr(prompt, 'shape', ()))}")
+        check_int("max_new_tokens", max_new_tokens, minimum=0)
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if max_new_tokens == 0:
+            return prompt
+        B, N = prompt.shape
+        L, fresh = self.block_len, [None] * len(self.token_decoder)
+        done = N // L * L
+        x = torch.cat([self.start.to(self.block_embed.weight.dtype).expand(B, 1, self.dim),
+                       self.block_embed(prompt[:, :done]).reshape(B, done // L, self.dim)], dim=1)
+        x, block_states = self._run(self.block_decoder, x, [None] * len(self.block_decoder))
+        y = torch.cat([self._prefix(self.block_norm(x[:, -1])), self.token_embed(prompt[:, done:])], dim=1)
+        y, token_states = self._run(self.token_decoder, y, fresh)
+        out = prompt
+        for i in range(max_new_tokens):
+            last = self.head(self.norm(y[:, -1]))
+            if temperature == 0:
+                nxt = last.argmax(-1, keepdim=True)
+            else:
+                nxt = torch.multinomial(torch.softmax(last / temperature, -1), 1, generator=generator)
+            out = torch.cat([out, nxt], dim=1)
+            if i + 1 == max_new_tokens:
+                break
+            if out.shape[1] % L:
+                y, token_states = self._run(self.token_decoder, self.token_embed(nxt), token_states)
+            else:  # the block is complete: one block-decoder step, then a fresh token decoder
+                x, block_states = self._run(self.block_decoder, self.block_embed(out[:, -L:]).reshape(B, 1, self.dim),
+                                            block_states)
+                y, token_states = self._run(self.token_decoder, self._prefix(self.block_norm(x[:, -1])), fresh)
+        return out
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, N, vocab)``: ``logits[:, t]`` scores token ``t`` given ``tokens[:, :t]`` (N a multiple of block_len)."""
