@@ -21,8 +21,8 @@ def _kept_by_engine(sel, H):
 def test_quest_selection_equals_the_equations(dtype):
     q, k, _ = _qkv(seed=1)
     for page, top_k in ((4, 3), (8, 2), (5, 40)):
-        mins, maxs = quest.page_bounds(k.to(dtype), page)
-        sel = quest.quest_selection(q.to(dtype), mins, maxs, 90, page=page, top_k=top_k, chunk=17)
+        digest = quest.page_digest(k.to(dtype), page)
+        sel = quest.quest_selection(q.to(dtype), digest, 90, page=page, top_k=top_k, chunk=17)
         assert torch.equal(sel.element_mask(4, causal=True), quest.reference_mask(q, k, page=page, top_k=top_k))
 
 
@@ -70,8 +70,8 @@ def test_decode_state_holds_the_digest_and_keeps_every_token():
     _, state = attnkit.attention(q[:, :, :21], k[:, :, :21], v[:, :, :21], "quest", causal=True, page=4, top_k=2,
                                  return_state=True)
     assert state.k.shape[2] == 21 and state.digest(0).shape[2] == 5
-    mins, _ = quest.page_bounds(k[:, :, :21], 4)
-    assert torch.equal(state.digest(0), mins)
+    mins, maxs = quest.page_bounds(k[:, :, :21], 4)
+    assert torch.equal(state.digest(0), torch.cat([maxs, mins], -1))
 
 
 def test_bad_inputs_are_refused():

@@ -53,3 +53,53 @@ def test_an_untrained_layer_keeps_the_memory_finite_over_a_long_sequence():
 def test_the_step_bound_is_checked(bad):
     with pytest.raises(ValueError, match="max_step"):
         TitansInputs(dim=16, heads=2, head_dim=8, max_step=bad)
+
+
+def _pushed_regime(N=128):
+    """The regime a trained MAG layer reached before diverging: correlated keys, values of norm 12,
+    the step at its bound, momentum 0.96, little forgetting."""
+    g = torch.Generator().manual_seed(0)
+    B, H, D = 2, 2, 16
+    k = torch.randn(B, H, 1, D, generator=g, dtype=torch.float64) + 0.3 * torch.randn(B, H, N, D, generator=g, dtype=torch.float64)
+    v = 12 * torch.nn.functional.normalize(torch.randn(B, H, N, D, generator=g, dtype=torch.float64), dim=-1)
+    q = torch.randn(B, H, N, D, generator=g, dtype=torch.float64)
+    ones = torch.ones(B, H, N, dtype=torch.float64)
+    w1 = torch.randn(H, D, D, generator=g, dtype=torch.float64) / D**0.5
+    w2 = torch.randn(H, D, D, generator=g, dtype=torch.float64) / D**0.5
+    return q, k, v, {"theta": 0.0098 * ones, "eta": 0.96 * ones, "alpha": 0.08 * ones, "w1": w1, "w2": w2}
+
+
+def test_the_surprise_bound_keeps_a_pushed_memory_finite():
+    q, k, v, inputs = _pushed_regime(256)
+    unbounded = attnkit.attention(q, k, v, "titans", causal=True, **inputs)
+    bounded = attnkit.attention(q, k, v, "titans", causal=True, max_grad_norm=2.0, **inputs)
+    assert unbounded[..., -64:, :].abs().nan_to_num(float("inf")).amin(dim=-1).max() > 1e100  # diverged
+    assert bounded.isfinite().all() and bounded.abs().max() < 1
+
+
+@pytest.mark.parametrize("form", ["chunked", "recurrent"])
+def test_bounded_forms_equal_the_reference_with_gradients(form):
+    # The chunked and recurrent forms clamp through the outer-product factors, the reference
+    # clamps autograd's per-token gradient matrices by their norms: both must agree.
+    q, k, v, inputs = _pushed_regime(21)
+    tensors = [t.clone().requires_grad_() for t in (q, k, v, inputs["theta"], inputs["w1"])]
+
+    def run(f):
+        qq, kk, vv, th, w1 = tensors
+        out = attnkit.attention(qq, kk, vv, "titans", causal=True, form=f, chunk_size=8, max_grad_norm=0.5,
+                                **{**inputs, "theta": th, "w1": w1})
+        return out, torch.autograd.grad(out.square().sum(), tensors)
+
+    (want, want_grads), (got, got_grads) = run("reference"), run(form)
+    assert (got - want).abs().max() < 1e-10
+    for a, b in zip(got_grads, want_grads):
+        assert (a - b).abs().max() < 1e-8 * (1 + b.abs().max())
+    free = attnkit.attention(q, k, v, "titans", causal=True, form=form, chunk_size=8, **inputs)
+    assert (free - got).abs().max() > 1e-3  # the bound was active
+
+
+def test_the_architectures_check_the_bound():
+    from attnkit.models import ModelConfig
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        ModelConfig(schedule="T", mixers={"T": {"titans": "mag", "max_grad_norm": -1.0}})
+    assert ModelConfig(schedule="T", mixers={"T": {"titans": "mal", "max_grad_norm": "none"}}) is not None

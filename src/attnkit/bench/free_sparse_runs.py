@@ -123,10 +123,10 @@ def _kept_keys(method, q1, k, params) -> torch.Tensor:
     """Bool ``(B, H, 1, N)``: the keys the last query reads (from the method's own selection code)."""
     N = k.shape[2]
     if method == "quest":
-        from ..families.quest import page_bounds, quest_pages
+        from ..families.quest import page_digest, quest_pages
 
-        mins, maxs = page_bounds(k, params["page"])
-        blocks, valid = quest_pages(q1, mins, maxs, N, page=params["page"], top_k=params["top_k"])
+        digest = page_digest(k, params["page"])
+        blocks, valid = quest_pages(q1, digest, N, page=params["page"], top_k=params["top_k"])
         tokens = (blocks[..., None] * params["page"] + torch.arange(params["page"], device=k.device)).flatten(-2)
         keep = valid.repeat_interleave(params["page"], -1) & (tokens < N)
     elif method == "adamas":

@@ -99,7 +99,7 @@ def parse_value(text: str):
 
 def parse_mixer(text: str):
     """``nha:window=32,slots=16`` -> dict; ``hymba:softmax+nha`` -> hymba dict; ``mag:window=32`` -> titans
-    dict; ``softmax`` -> str."""
+    dict; ``rnd_emb_qk:length=64`` -> a Deconstructing Attention variant; ``softmax`` -> str."""
     name, _, rest = text.partition(":")
     if name == "hymba":
         if not rest:
@@ -115,6 +115,8 @@ def parse_mixer(text: str):
         return {"jetblock": options}
     if name in ("mac", "mag", "mal"):
         return {"titans": name, **options}
+    if name in ("mlp", "non_approximate", "static_emb_qk", "rnd_emb_qk", "fixed_seq_qk"):
+        return {"deconstructed": name, **options}
     return {"mechanism": name, **options} if options else name
 
 

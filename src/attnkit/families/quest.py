@@ -19,15 +19,18 @@ there are fewer), so the choice never depends on later tokens and decoding
 token by token equals one call. The reference breaks ties toward the earlier
 page; the fast forms take ``topk``'s choice (exact ties of real scores do not occur in practice); one choice per
 query head (the bounds of its kv head). ``U`` is computed as
-``relu(q) . M + min(q, 0) . m`` (the same number, two matrix products).
+``[relu(q), min(q, 0)] . [M_i, m_i]`` (the same number, one matrix product over
+the bounds stored side by side).
 
 Forms: ``reference`` (bounds and scores materialised in float64, the element
 mask from the equations) and ``selected_blocks`` (the run-time block-selection
 engine, one selection per token and head). The incremental state is a
 :class:`~attnkit.state.DigestKVCache` holding every key and value plus the
-bounds of the complete pages, so a decode step reads the bounds (``2 N d / P``
+bounds of the complete pages, maintained as tokens are appended (a page's bounds
+are computed once, when it fills), so a decode step reads the bounds (``2 N d / P``
 numbers) and ``top_k`` pages instead of the whole cache; a call of at most 64
-queries gathers its pages (whole ``page x d`` blocks) instead of running the engine.
+queries gathers its pages (whole ``page x d`` slabs of the cache,
+:func:`~attnkit.kernels.gathered_keys.paged_attention`) instead of running the engine.
 """
 from __future__ import annotations
 
@@ -54,25 +57,35 @@ def page_bounds(k: torch.Tensor, page: int, first: int = 0) -> tuple[torch.Tenso
     return pages.amin(3), pages.amax(3)
 
 
-def quest_selection(q, mins, maxs, kv_len: int, *, page: int, top_k: int, chunk: int = 4096) -> BlockSelection:
+def page_digest(k: torch.Tensor, page: int, first: int = 0) -> torch.Tensor:
+    """``(B, Hkv, n, 2 D)``: each complete page's ``[M_i, m_i]`` side by side, so that ``U`` is one product."""
+    mins, maxs = page_bounds(k, page, first)
+    return torch.cat([maxs, mins], dim=-1)
+
+
+def quest_selection(q, digest, kv_len: int, *, page: int, top_k: int, chunk: int = 4096) -> BlockSelection:
     """Each query's pages: its current page, then up to ``top_k - 1`` complete past pages by ``U``."""
-    blocks, valid = quest_pages(q, mins, maxs, kv_len, page=page, top_k=top_k, chunk=chunk)
+    blocks, valid = quest_pages(q, digest, kv_len, page=page, top_k=top_k, chunk=chunk)
     return block_selection(blocks, valid, block_q=1, block_k=page, q_len=q.shape[2], kv_len=kv_len)
 
 
-def quest_pages(q, mins, maxs, kv_len: int, *, page: int, top_k: int, chunk: int = 4096):
-    """The page numbers ``(B, H, Nq, k)`` (slot 0: the current page; the others distinct past pages) and their use."""
+def quest_pages(q, digest, kv_len: int, *, page: int, top_k: int, chunk: int = 4096):
+    """The page numbers ``(B, H, Nq, k)`` (slot 0: the current page; the others distinct past pages) and their use.
+
+    ``U = [relu(q), min(q, 0)] . [M_i, m_i]`` for every page of the query head's kv head (one product per
+    group of query heads, the digest never repeated)."""
     B, H, Nq, D = q.shape
-    n = mins.shape[2]
-    mins, maxs = repeat_kv(mins, H), repeat_kv(maxs, H)
+    Hkv, n = digest.shape[1], digest.shape[2]
     current = query_positions(Nq, kv_len, q.device) // page
     picks = min(top_k - 1, n)
     chosen, used = [], []
     for c0 in range(0, Nq, chunk):
         qc = q[:, :, c0:c0 + chunk]
-        bound = qc.clamp(min=0) @ maxs.transpose(-1, -2) + qc.clamp(max=0) @ mins.transpose(-1, -2)
+        c = qc.shape[2]
+        split = torch.cat([qc.clamp(min=0), qc.clamp(max=0)], -1).reshape(B, Hkv, H // Hkv * c, 2 * D)
+        bound = (split @ digest.transpose(-1, -2)).view(B, H, c, n)
         past = torch.arange(n, device=q.device) < current[c0:c0 + chunk, None]
-        score, index = bound.masked_fill(~past, float("-inf")).topk(picks, dim=-1)
+        score, index = bound.masked_fill(~past, float("-inf")).topk(picks, dim=-1, sorted=False)
         chosen.append(index)
         used.append(score > float("-inf"))
     blocks = torch.cat([current.expand(B, H, Nq).unsqueeze(-1), torch.cat(chosen, dim=2)], dim=-1)
@@ -80,21 +93,21 @@ def quest_pages(q, mins, maxs, kv_len: int, *, page: int, top_k: int, chunk: int
     return blocks, valid
 
 
-def _attend(q, k, v, mins, maxs, scale, page, top_k, few: int = 64):
+def _attend(q, k, v, digest, scale, page, top_k, few: int = 64):
     """Attention over the chosen pages: a decode step (at most ``few`` queries) gathers its pages' keys, a longer
     call runs the block-selection engine (the same pairs, exactly)."""
     Nq, Nk = q.shape[2], k.shape[2]
     if Nq > few:
-        sel = quest_selection(q.detach(), mins, maxs, Nk, page=page, top_k=top_k)
+        sel = quest_selection(q.detach(), digest, Nk, page=page, top_k=top_k)
         return selected_block_attention(q, k, v, sel, scale=scale, causal=True)
-    blocks, valid = quest_pages(q.detach(), mins, maxs, Nk, page=page, top_k=top_k)
+    blocks, valid = quest_pages(q.detach(), digest, Nk, page=page, top_k=top_k)
     return paged_attention(q, k, v, blocks, valid, page=page, scale=scale)
 
 
 def quest_fast(q, k, v, *, causal, mask, scale, page, top_k):
     with torch.no_grad():
-        mins, maxs = page_bounds(k.detach(), page)
-    return _attend(q, k, v, mins, maxs, scale, page, top_k)
+        digest = page_digest(k.detach(), page)
+    return _attend(q, k, v, digest, scale, page, top_k)
 
 
 def reference_mask(q, k, *, page, top_k) -> torch.Tensor:
@@ -124,10 +137,10 @@ def _reference(q, k, v, *, causal, mask, scale, page, top_k):
 def _step(q, k, v, state, *, causal, mask, scale, page, top_k):
     def summarise(cache, done):
         with torch.no_grad():
-            return page_bounds(cache.k.detach(), page, first=done)
+            return (page_digest(cache.k.detach(), page, first=done),)
 
     state = DigestKVCache.start(k, v, summarise) if state is None else state.append(k, v, summarise)
-    return _attend(q, state.k, state.v, state.digest(0), state.digest(1), scale, page, top_k), state
+    return _attend(q, state.k, state.v, state.digest(0), scale, page, top_k), state
 
 
 _step.read = read_every_key  # attnkit.capture: the step reads every key so far

@@ -14,6 +14,10 @@ of Hybrid Linear Attention" studies). ``mixers`` maps each letter to a mixer:
 - a dict ``{"titans": "mac" | "mag" | "mal", **options}``: one of Titans' architectures
   around its neural memory (:mod:`attnkit.models.titans`; options ``segment``, ``window``,
   ``persistent``, ``chunk_size``);
+- a dict ``{"deconstructed": kind, **options}``: one of Deconstructing Attention's relaxed
+  variants (:mod:`attnkit.models.deconstructed`; kinds ``mlp``, ``non_approximate``,
+  ``static_emb_qk``, ``rnd_emb_qk`` (options ``length``, ``sigma``), ``fixed_seq_qk`` (option
+  ``tokens``); the Approximate variant is the ``based`` mechanism);
 - a dict ``{"jetblock": {option: value}}``: Jet-Nemotron's JetBlock (:mod:`attnkit.models.jetblock`;
   options ``conv_size``, ``reduction``, ``expand_v``).
 
@@ -71,10 +75,12 @@ class ModelConfig:
             raise ValueError(f"schedule {self.schedule!r} uses letters {missing} that mixers {sorted(self.mixers)} does not define")
         for letter in set(self.schedule):
             spec = mixer_spec(self.mixers[letter], self.rope)  # validates before any module is built
-            if ("titans" in spec or "jetblock" in spec) and self.context_parallel is not None:
-                raise ValueError(f"mixer {letter!r}: Titans' architectures and JetBlock do not run with context_parallel")
+            if ("titans" in spec or "jetblock" in spec or "deconstructed" in spec) and self.context_parallel is not None:
+                raise ValueError(f"mixer {letter!r}: Titans' architectures, JetBlock and the deconstructed variants "
+                                 "do not run with context_parallel")
             if "log_scaling" in spec and self.context_parallel is not None:
                 raise ValueError(f"mixer {letter!r}: log_scaling does not run with context_parallel")
+        self.fixed_qk_stream()  # at most one fixed Q/K sequence per model
         if self.context_parallel is not None and (self.kv_sharing or self.meta_tokens):
             raise ValueError("kv_sharing and meta_tokens do not run with context_parallel")
         if self.kv_sharing and not any(p is not None for p in self.kv_producers()):
@@ -98,6 +104,23 @@ class ModelConfig:
             for leaf in leaves:
                 leaf["layout"] = layout
         return specs
+
+    def fixed_qk_stream(self) -> tuple[str, dict] | None:
+        """``(kind, options)`` of the fixed sequence RndEmbQK / FixedSeqQK layers take Q and K from
+        (None: no such layer). Every such layer of a model shares one; none with meta tokens."""
+        from .deconstructed import QK_SOURCE
+
+        found = {}
+        for letter in set(self.schedule):
+            spec = mixer_spec(self.mixers[letter], self.rope)
+            if QK_SOURCE.get(spec.get("deconstructed")) is not None and self.meta_tokens:
+                raise ValueError(f"mixer {letter!r}: Q/K-source variants take no meta_tokens")
+            if QK_SOURCE.get(spec.get("deconstructed")) == "fixed":
+                found[letter] = (spec["deconstructed"], spec["params"])
+        if len({repr(v) for v in found.values()}) > 1:
+            raise ValueError(f"mixers {sorted(found)}: a model has one fixed Q/K sequence; give every "
+                             "rnd_emb_qk / fixed_seq_qk layer the same kind and options")
+        return next(iter(found.values()), None)
 
     def kv_producers(self) -> list[int | None]:
         """Per layer, the index of the layer whose keys and values it reads (None: its own)."""
@@ -152,7 +175,7 @@ def check_jetblock_mixer(spec: dict) -> dict:
 def shareable(spec: dict) -> bool:
     """Whether a (non-hymba) mixer can read another layer's keys and values: a plain mechanism
     whose layer learns no tensor inputs (its state is whatever the shared call continues)."""
-    if "titans" in spec or "hymba" in spec or "jetblock" in spec:
+    if "titans" in spec or "hymba" in spec or "jetblock" in spec or "deconstructed" in spec:
         return False
     return not registry.get(spec["mechanism"]).tensor_names
 
@@ -172,6 +195,11 @@ def mixer_spec(spec, default_rope: bool) -> dict:
         raise TypeError(f"a mixer must be a mechanism name or a dict, got {type(spec).__name__}")
     if "jetblock" in spec:
         return {"jetblock": check_jetblock_mixer(spec), "mechanism": "gated_deltanet", "rope": False, "params": {}}
+    if "deconstructed" in spec:
+        from .deconstructed import check_deconstructed_mixer
+
+        return {"deconstructed": spec["deconstructed"], "mechanism": "softmax",
+                "rope": bool(spec.get("rope", default_rope)), "params": check_deconstructed_mixer(spec)}
     if "titans" in spec:
         from .titans import check_titans_mixer
 
@@ -184,7 +212,8 @@ def mixer_spec(spec, default_rope: bool) -> dict:
             raise ValueError(f"a hymba mixer is {{'hymba': [mixer, mixer, ...]}} with at least two branches, got {spec!r}")
         return {"hymba": [mixer_spec(b, default_rope) for b in branches]}
     if "mechanism" not in spec:
-        raise ValueError(f"a mixer dict needs 'mechanism' (or 'hymba', 'titans', 'jetblock'), got keys {sorted(spec)}")
+        raise ValueError(f"a mixer dict needs 'mechanism' (or 'hymba', 'titans', 'jetblock', 'deconstructed'), "
+                         f"got keys {sorted(spec)}")
     params = {k: v for k, v in spec.items() if k not in ("mechanism", "rope", "log_scaling")}
     mech = registry.get(spec["mechanism"])
     if "causal-self" not in mech.patterns and "noncausal-self" not in mech.patterns:

@@ -18,6 +18,8 @@ class Encoder(nn.Module):
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config must be an attnkit.models.ModelConfig, got {type(config).__name__}")
         config.require_pattern("noncausal-self", "an encoder")
+        if any("deconstructed" in spec for spec in config.layer_mixers()):
+            raise ValueError("the deconstructed variants are decoder layers (causal); an Encoder takes none")
         if config.meta_tokens or config.kv_sharing:
             raise ValueError("meta_tokens and kv_sharing are decoder options (Hymba); an Encoder takes neither")
         self.config = config

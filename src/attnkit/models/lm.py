@@ -18,6 +18,7 @@ from torch import nn
 
 from .blocks import Block
 from .config import ModelConfig
+from .deconstructed import FixedStream
 from ..nn import sigma_reparam
 from ..validation import check_int
 
@@ -36,6 +37,8 @@ class DecoderLM(nn.Module):
             blocks.append(Block(spec, config.dim, config.heads, config.kv_heads, config.mlp_ratio,
                                 kv_producer=None if producer is None else blocks[producer]))
         self.blocks = nn.ModuleList(blocks)
+        fixed = config.fixed_qk_stream()
+        self.fixed_stream = FixedStream(*fixed, config.dim) if fixed is not None else None
         self.meta = nn.Parameter(torch.randn(config.meta_tokens, config.dim) * 0.02) if config.meta_tokens else None
         if config.sigma_reparam:
             sigma_reparam(self.blocks)
@@ -61,6 +64,7 @@ class DecoderLM(nn.Module):
         states = state if state is not None else [None] * len(self.blocks)
         incremental = return_state or state is not None
         x = self.embed(tokens)
+        qk_streams = self._qk_streams(x, states[0].length if states[0] is not None else 0)
         first = all(s is None or s.length == 0 for s in states)
         if self.meta is not None and first:
             x = torch.cat([self.meta.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
@@ -71,14 +75,36 @@ class DecoderLM(nn.Module):
             if i + 1 < len(self.blocks) and self.kv_producers[i + 1] == i:
                 sources[i] = (block.mixer_norm(x), s)
             if incremental:
-                x, s = block(x, causal=True, mask=mask, state=s, return_state=True, kv_source=kv_source)
+                x, s = block(x, causal=True, mask=mask, state=s, return_state=True, kv_source=kv_source,
+                             qk_stream=qk_streams[i])
                 new_states.append(s)
             else:
-                x = block(x, causal=True, mask=mask, kv_source=kv_source)
+                x = block(x, causal=True, mask=mask, kv_source=kv_source, qk_stream=qk_streams[i])
         if self.meta is not None and first:
             x = x[:, self.meta.shape[0]:]
         logits = self.head(self.norm(x))
         return (logits, new_states) if return_state else logits
+
+    def _qk_streams(self, embedded: torch.Tensor, start: int) -> list:
+        """Per block, the stream its Q and K come from at positions ``start ..`` (None: its own input):
+        the token embeddings (StaticEmbQK), or the fixed sequence's hidden states entering the block
+        (RndEmbQK, FixedSeqQK), computed by running that sequence through the blocks below."""
+        sources = [b.qk_source for b in self.blocks]
+        streams = [embedded if source == "embedding" else None for source in sources]
+        if "fixed" not in sources:
+            return streams
+        n = embedded.shape[1]
+        if start + n > self.fixed_stream.length:
+            raise ValueError(f"positions up to {start + n} exceed the fixed Q/K sequence's length "
+                             f"{self.fixed_stream.length} (rnd_emb_qk length= / fixed_seq_qk tokens=)")
+        f = self.fixed_stream.embedded(self.embed)
+        last = max(i for i, source in enumerate(sources) if source == "fixed")
+        for i, block in enumerate(self.blocks[:last + 1]):
+            if sources[i] == "fixed":
+                streams[i] = f[:, start:start + n]
+            if i < last:
+                f = block(f, causal=True, qk_stream=f if sources[i] == "fixed" else None)
+        return streams
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,

@@ -1,5 +1,5 @@
 """Sequence mixers of a model layer: one attention mechanism, Hymba's parallel heads, a Titans
-architecture or Jet-Nemotron's JetBlock.
+architecture, Jet-Nemotron's JetBlock or a Deconstructing Attention variant.
 
 Every mixer is called as ``mixer(x, causal=, mask=, state=, return_state=)``
 and, with ``return_state``, returns the state to continue the sequence with
@@ -13,6 +13,7 @@ from torch import nn
 from ..nn import Attention
 from ..positional import LogScaling, RoPE
 from .config import shareable
+from .deconstructed import build_deconstructed
 from .jetblock import JetBlock
 from .kv_sharing import SharedKVAttention
 from .titans import build_titans
@@ -24,6 +25,8 @@ def build_mixer(spec: dict, dim: int, heads: int, kv_heads: int | None, head_dim
     that mixer's keys and values (:mod:`attnkit.models.kv_sharing`)."""
     if "titans" in spec:
         return build_titans(spec, dim, heads, kv_heads, head_dim)
+    if "deconstructed" in spec:
+        return build_deconstructed(spec, dim, heads, head_dim)
     if "jetblock" in spec:
         return JetBlock(dim, heads, head_dim, **spec["jetblock"])
     if "hymba" in spec:

@@ -27,6 +27,13 @@ Causality in MAC (a language model may not see ahead): query ``i`` of a segment 
 own read-out, with the memory's mini-batch = the segment). The segment attention has no
 position encoding (positions come from the causal mask, as NoPE).
 
+The memory's surprise is soft-clamped per token (``max_grad_norm``, default 2.0, the value
+titans-pytorch tests; ``None`` leaves it unbounded as the paper writes it). The paper states no
+bound, but a trained MAG layer needs one: on the Shakespeare LM the outer optimiser drives the
+inner step to its bound, the momentum toward 1 and the values' norms up (per-token surprise
+norms from about 6 at initialisation to thousands within 60 steps), and since the gradient grows
+with the cube of the memory's weights, the inner descent then diverges within one window.
+
 Each is a mixer of :class:`attnkit.models.ModelConfig` (``{"titans": "mac", "segment": 16}``,
 ``attnkit train lm --mix T=mag:window=32``). Incremental calls equal one call: MAG and MAL carry
 their two layers' states; MAC carries the memory at the last segment boundary and the inputs
@@ -41,12 +48,12 @@ from ..api import attention
 from ..families.titans import read_memory
 from ..nn import Attention
 from ..positional import RoPE
-from ..validation import check_int
+from ..validation import check_float, check_int
 
 KINDS = ("mac", "mag", "mal")
-OPTIONS = {"mac": ("segment", "persistent"), "mag": ("window", "persistent", "chunk_size"),
-           "mal": ("window", "persistent", "chunk_size")}
-DEFAULTS = {"segment": 16, "persistent": 4, "window": 32, "chunk_size": 16}
+OPTIONS = {"mac": ("segment", "persistent", "max_grad_norm"), "mag": ("window", "persistent", "chunk_size", "max_grad_norm"),
+           "mal": ("window", "persistent", "chunk_size", "max_grad_norm")}
+DEFAULTS = {"segment": 16, "persistent": 4, "window": 32, "chunk_size": 16, "max_grad_norm": 2.0}
 
 
 def check_titans_mixer(spec: dict) -> dict:
@@ -59,8 +66,13 @@ def check_titans_mixer(spec: dict) -> dict:
     if unknown:
         raise ValueError(f"titans {kind!r} takes options {list(OPTIONS[kind])}, got unknown {unknown}")
     options = {k: options.get(k, DEFAULTS[k]) for k in OPTIONS[kind]}
+    if options["max_grad_norm"] in (None, "none"):
+        options["max_grad_norm"] = None
+    else:
+        check_float("max_grad_norm", options["max_grad_norm"], positive=True, finite=True)
     for name, value in options.items():
-        check_int(name, value, minimum=0 if name == "persistent" else 1)
+        if name != "max_grad_norm":
+            check_int(name, value, minimum=0 if name == "persistent" else 1)
     return options
 
 
@@ -83,19 +95,20 @@ def _prepend(persistent: nn.Parameter, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([persistent.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
 
 
-def _memory(dim, heads, head_dim, chunk_size) -> Attention:
-    return Attention(dim, heads, mechanism="titans", head_dim=head_dim, chunk_size=chunk_size)
+def _memory(dim, heads, head_dim, chunk_size, max_grad_norm) -> Attention:
+    return Attention(dim, heads, mechanism="titans", head_dim=head_dim, chunk_size=chunk_size,
+                     max_grad_norm=max_grad_norm)
 
 
 class MemoryAsGate(nn.Module):
     """Titans MAG: sliding-window attention and the neural memory side by side, mixed by a gate."""
 
-    def __init__(self, dim, heads, kv_heads, head_dim, *, window, persistent, chunk_size, rope=True):
+    def __init__(self, dim, heads, kv_heads, head_dim, *, window, persistent, chunk_size, max_grad_norm=None, rope=True):
         super().__init__()
         self.persistent = nn.Parameter(torch.randn(persistent, dim) * 0.02)
         self.attn = Attention(dim, heads, mechanism="sinks_window", kv_heads=kv_heads, head_dim=head_dim,
                               rope=RoPE(head_dim) if rope else None, sinks=persistent, window=window)
-        self.memory = _memory(dim, heads, head_dim, chunk_size)
+        self.memory = _memory(dim, heads, head_dim, chunk_size, max_grad_norm)
         self.attn_norm, self.memory_norm = nn.RMSNorm(dim), nn.RMSNorm(dim)
 
     def forward(self, x, *, causal=False, mask=None, state=None, return_state=False):
@@ -118,10 +131,10 @@ class MemoryAsGate(nn.Module):
 class MemoryAsLayer(nn.Module):
     """Titans MAL: the neural memory as a layer, then sliding-window attention over its output."""
 
-    def __init__(self, dim, heads, kv_heads, head_dim, *, window, persistent, chunk_size, rope=True):
+    def __init__(self, dim, heads, kv_heads, head_dim, *, window, persistent, chunk_size, max_grad_norm=None, rope=True):
         super().__init__()
         self.persistent = nn.Parameter(torch.randn(persistent, dim) * 0.02)
-        self.memory = _memory(dim, heads, head_dim, chunk_size)
+        self.memory = _memory(dim, heads, head_dim, chunk_size, max_grad_norm)
         self.norm = nn.RMSNorm(dim)
         self.attn = Attention(dim, heads, mechanism="sinks_window", kv_heads=kv_heads, head_dim=head_dim,
                               rope=RoPE(head_dim) if rope else None, sinks=persistent, window=window)
@@ -145,12 +158,12 @@ class MemoryAsLayer(nn.Module):
 class MemoryAsContext(nn.Module):
     """Titans MAC: per segment, attention over persistent tokens, the memory's retrieval and the segment."""
 
-    def __init__(self, dim, heads, kv_heads, head_dim, *, segment, persistent):
+    def __init__(self, dim, heads, kv_heads, head_dim, *, segment, persistent, max_grad_norm=None):
         super().__init__()
         kv_heads = heads if kv_heads is None else kv_heads
         self.segment, self.heads, self.kv_heads = segment, heads, kv_heads
         self.persistent = nn.Parameter(torch.randn(persistent, dim) * 0.02)
-        self.memory = _memory(dim, heads, head_dim, segment)
+        self.memory = _memory(dim, heads, head_dim, segment, max_grad_norm)
         self.q_proj = nn.Linear(dim, heads * head_dim, bias=False)
         self.k_proj = nn.Linear(dim, kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(dim, kv_heads * head_dim, bias=False)

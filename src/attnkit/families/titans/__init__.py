@@ -8,7 +8,9 @@ long-term memory module alone, keys/values written by gradient steps on
 in ``(0, 1)``; queries and keys are L2-normalised first as in the paper (``qk_l2norm``);
 the memory's initial weights ``w1 (H, Dk, hidden)`` and
 ``w2 (H, hidden, Dv)`` (learned per layer). ``chunk_size`` is the paper's
-mini-batch size ``b`` (gradients inside a chunk are taken at its start). The
+mini-batch size ``b`` (gradients inside a chunk are taken at its start). ``max_grad_norm`` (default None,
+the paper) soft-clamps each token's surprise gradient per weight matrix to a norm below it
+(see :mod:`.forms`): the bound that keeps a trained layer's inner descent finite. The
 layer computing the gates is ``attnkit.nn.inputs.titans.TitansInputs``.
 Causal self-attention only.
 """
@@ -34,7 +36,7 @@ def _make(kind):
     kernel = KERNELS[kind]
 
     def form(q, k, v, *, causal, scale, initial_state=None, theta=None, eta=None, alpha=None, w1=None, w2=None,
-             chunk_size=16, qk_l2norm=True):
+             chunk_size=16, qk_l2norm=True, max_grad_norm=None):
         if not causal:
             raise ValueError("the Titans memory is a causal recurrence; pass causal=True")
         check_int("chunk_size", chunk_size)
@@ -60,7 +62,7 @@ def _make(kind):
         if qk_l2norm:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         out, final = kernel(q * scale, repeat_kv(k, H), repeat_kv(v, H), theta, eta, alpha,
-                            b=chunk_size, start=start, state=tensors)
+                            b=chunk_size, start=start, state=tensors, max_grad_norm=max_grad_norm)
         return out, RecurrentState(start + N, **dict(zip(NAMES, final)))
 
     form.__name__ = kind
@@ -105,7 +107,10 @@ register_stateful_mechanism(
     papers=(PAPER,),
     patterns=CAUSAL_ONLY,
     params={"chunk_size": Param(16, int, 'tokens per chunk (the memory updates once per chunk)', low=1),
-            "qk_l2norm": Param(True, bool, 'l2-normalise q and k per head, as the paper does')},
+            "qk_l2norm": Param(True, bool, 'l2-normalise q and k per head, as the paper does'),
+            "max_grad_norm": Param(None, float, "soft bound on each token's surprise gradient norm per weight "
+                                   "matrix (m tanh(|g| / m)); None: unbounded, as the paper", low=0, low_open=True,
+                                   optional=True)},
     tensor_inputs=_inputs,
     inputs={"theta": TensorInput("(B, H, N)", "memory learning rate per token, in (0, 1)"),
             "eta": TensorInput("(B, H, N)", "momentum decay per token, in (0, 1)"),

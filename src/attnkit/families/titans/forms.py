@@ -13,6 +13,15 @@ taken at the memory ``M'`` of the chunk's start (``b = 1``: plain online gradien
 descent), so ``b`` (``chunk_size``) is part of the equations. State: ``W1, W2``,
 the momenta ``S1, S2`` and the chunk-start memory ``W1s, W2s``.
 
+Bounded surprise (``max_grad_norm``, optional; the paper has no bound): each token's
+gradient, per weight matrix, is rescaled to the norm ``m tanh(|g| / m)`` (``m`` =
+``max_grad_norm``): unchanged while small, never above ``m``. This is the soft clamp of
+titans-pytorch's ``max_grad_norm`` option, in a form that leaves small gradients as they
+are (titans-pytorch's maps the norm into ``[m/2, m)``, raising small ones). With it every
+momentum step is at most ``theta m / (1 - eta)`` and forgetting keeps the memory bounded;
+without it the gradient grows with the cube of the memory's weights, and an inner descent
+whose step an outer optimiser has pushed to the edge of stability diverges within a window.
+
 Forms: ``titans_parallel`` (token loop, gradients by ``torch.func.grad``: the
 reference), ``titans_recurrent`` (token loop, closed-form gradients) and
 ``titans_chunked`` (closed-form gradients of a whole chunk at once and the
@@ -34,17 +43,32 @@ def _loss(W1, W2, k, v):
     return ((_memory(k, W1, W2) - v) ** 2).sum()
 
 
-def _grads(k, v, W1, W2):
-    """Closed-form gradients of ``||silu(k W1) W2 - v||^2`` per row of k: ``(2 k^T delta, 2 h^T r)`` factors."""
+def _grads(k, v, W1, W2, max_grad_norm=None):
+    """Closed-form gradients of ``||silu(k W1) W2 - v||^2`` per row of k: ``(2 k^T delta, 2 h^T r)`` factors
+    (``r`` and ``delta`` already rescaled by the soft clamp when ``max_grad_norm`` is given)."""
     z = k @ W1
     h = F.silu(z)
     r = h @ W2 - v
     sig = torch.sigmoid(z)
     delta = (r @ W2.transpose(-1, -2)) * (sig * (1 + z * (1 - sig)))  # silu'(z) = s (1 + z (1 - s))
+    if max_grad_norm is not None:  # |2 a^T b| = 2 |a| |b| for one token's outer product
+        delta = delta * _clamp_scale(2 * k.norm(dim=-1, keepdim=True) * delta.norm(dim=-1, keepdim=True), max_grad_norm)
+        r = r * _clamp_scale(2 * h.norm(dim=-1, keepdim=True) * r.norm(dim=-1, keepdim=True), max_grad_norm)
     return h, r, delta
 
 
-def titans_parallel(q, k, v, theta, eta, alpha, *, b, start, state):
+def _clamp_scale(norm, max_norm):
+    """The factor taking a gradient of norm ``norm`` to ``max_norm tanh(norm / max_norm)``."""
+    norm = norm.clamp_min(torch.finfo(norm.dtype).tiny)
+    return max_norm * torch.tanh(norm / max_norm) / norm
+
+
+def _clamp(G, max_norm):
+    """Soft-clamp each token's gradient matrix ``G (.., N, a, b)`` (the reference's way: by its norm)."""
+    return G * _clamp_scale(G.flatten(-2).norm(dim=-1)[..., None, None], max_norm)
+
+
+def titans_parallel(q, k, v, theta, eta, alpha, *, b, start, state, max_grad_norm=None):
     """Reference: the three equations token by token; each chunk's surprise gradients by autograd
     (``torch.func.grad``) at the chunk-start memory."""
     W1, W2, S1, S2, W1s, W2s = state
@@ -58,6 +82,8 @@ def titans_parallel(q, k, v, theta, eta, alpha, *, b, start, state):
         if into == 0 or t == 0:
             end = min(k.shape[2], t + b - into)
             G1, G2 = chunk_grads(W1s, W2s, k[:, :, t:end], v[:, :, t:end])
+            if max_grad_norm is not None:
+                G1, G2 = _clamp(G1, max_grad_norm), _clamp(G2, max_grad_norm)
             first = t
         th, et, al = (x[:, :, t, None, None] for x in (theta, eta, alpha))
         S1, S2 = et * S1 - th * G1[:, :, t - first], et * S2 - th * G2[:, :, t - first]
@@ -66,7 +92,7 @@ def titans_parallel(q, k, v, theta, eta, alpha, *, b, start, state):
     return torch.cat(outs, dim=2), (W1, W2, S1, S2, W1s, W2s)
 
 
-def titans_recurrent(q, k, v, theta, eta, alpha, *, b, start, state):
+def titans_recurrent(q, k, v, theta, eta, alpha, *, b, start, state, max_grad_norm=None):
     """Decoding: one token at a time with the closed-form outer-product gradients."""
     W1, W2, S1, S2, W1s, W2s = state
     outs = []
@@ -74,7 +100,7 @@ def titans_recurrent(q, k, v, theta, eta, alpha, *, b, start, state):
         if (start + t) % b == 0:
             W1s, W2s = W1, W2
         k_t = k[:, :, t, None, :]
-        h, r, delta = _grads(k_t, v[:, :, t, None, :], W1s, W2s)
+        h, r, delta = _grads(k_t, v[:, :, t, None, :], W1s, W2s, max_grad_norm)
         th, et, al = (x[:, :, t, None, None] for x in (theta, eta, alpha))
         S1 = et * S1 - th * 2 * k_t.transpose(-1, -2) @ delta
         S2 = et * S2 - th * 2 * h.transpose(-1, -2) @ r
@@ -83,7 +109,7 @@ def titans_recurrent(q, k, v, theta, eta, alpha, *, b, start, state):
     return torch.cat(outs, dim=2), (W1, W2, S1, S2, W1s, W2s)
 
 
-def titans_chunked(q, k, v, theta, eta, alpha, *, b, start, state):
+def titans_chunked(q, k, v, theta, eta, alpha, *, b, start, state, max_grad_norm=None):
     """Tokens up to the next multiple of ``b`` go token by token, then whole chunks in matmuls."""
     N = k.shape[2]
     (k, v, theta, eta, alpha), poisoned = hold_back_nonfinite(k, v, theta, eta, alpha)  # NaN stays causal
@@ -93,20 +119,20 @@ def titans_chunked(q, k, v, theta, eta, alpha, *, b, start, state):
     first, *chunks = zip(*(x.split([lead, *(min(b, N - a) for a in range(lead, N, b))], dim=2)
                            for x in (q, k, v, theta, eta, alpha)))
     if lead:
-        out, state = titans_recurrent(*first, b=b, start=start, state=state)
+        out, state = titans_recurrent(*first, b=b, start=start, state=state, max_grad_norm=max_grad_norm)
         outs.append(out)
     for pieces in chunks:
-        out, state = _chunk(*pieces, state)
+        out, state = _chunk(*pieces, state, max_grad_norm)
         outs.append(out)
     return poison(torch.cat(outs, dim=2), tuple(state), poisoned)
 
 
-def _chunk(q, k, v, theta, eta, alpha, state):
+def _chunk(q, k, v, theta, eta, alpha, state, max_grad_norm=None):
     """One aligned chunk. With ``a_i = prod (1 - alpha)``, ``e_i = prod eta`` (inside the chunk),
     ``M_i = a_i M0 + s_i S0 + sum_j C_ij G_j`` where ``s = D_a e`` and ``C = -(D_a D_e) diag(theta)``
     (``D_a[i, m] = a_i / a_m`` for ``m <= i``, ``D_e[m, j] = e_m / e_j`` for ``j <= m``)."""
     W1, W2, S1, S2, _, _ = state
-    h, r, delta = _grads(k, v, W1, W2)  # gradients at the chunk-start memory W1, W2
+    h, r, delta = _grads(k, v, W1, W2, max_grad_norm)  # gradients at the chunk-start memory W1, W2
     D_a, D_e = _ratios(1 - alpha), _ratios(eta)
     a, e = (1 - alpha).cumprod(-1)[..., None], eta.cumprod(-1)
     s = D_a @ e[..., None]  # (B, H, r, 1)
