@@ -301,7 +301,8 @@ register(MechanismSpec(
     fast={"chunked": _chunked},
     step=_step,
     weights=_weights,
-    params={"select_count": Param(64, int, "k: the mass SPARSEK spreads over the keys before the window", low=1),
+    params={"select_count": Param(64, int, "k: the keys before the window each query attends (its k best-scored), "
+                                           "weighted by SPARSEK, which spreads k units of mass", low=1),
             "window": Param(512, int, "keys of the sliding window, the query's own included (w)", low=1)},
     test_params={"select_count": 3, "window": 4},
     inputs={"scores": TensorInput("(B, Hkv, N)", "u: each key's score from the scoring network (x_j w_score)")},
