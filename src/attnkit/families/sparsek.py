@@ -53,8 +53,9 @@ query can still read: the last query's window and the keys before it still in
 its SPARSEK support, with their values and scores; every other key is dropped
 for good. That is the paper's constant-memory generation when the support stays
 near ``k`` keys, as it does when the scores rise with the position (the
-position term of the paper's scoring network); with flat scores the support,
-and the state, can grow (``state_size`` counts it from the scores).
+position term of the paper's scoring network) or are spread like a standard
+normal; with scores that do not spread (all equal) the support, and the state,
+grows with the prefix (``state_size`` counts it from the scores).
 """
 from __future__ import annotations
 
