@@ -61,6 +61,11 @@ def decode_params(method: str, n: int, fraction: float, keys: torch.Tensor) -> d
     return {"components": loki_components(keys), "rank": keys.shape[-1] // 4, "top_k": max(1, round(n * fraction))}
 
 
+def seer_params(gates: dict, n: int, fraction: float) -> dict:
+    """SeerAttention-R reading ``fraction`` of ``n`` cached keys: that share of its blocks, its own included."""
+    return {**gates, "top_k": max(1, round(n / gates["block_size"] * fraction))}
+
+
 def random_qkv(n: int, seed: int = 0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     return tuple(torch.randn(B, H, n, D, generator=g).to(device) for _ in range(3))
@@ -80,20 +85,29 @@ def _best(calls: dict, repeats: int) -> dict:
 
 @torch.no_grad()
 def prefill_speed(n: int, methods, sparsity: float, repeats: int, device="cpu") -> list[dict]:
+    """Each method's call (estimation included) against dense causal SDPA, in turns; for an estimator that picks a
+    tile layout, its estimate alone too (``t_estimate``: the rest of ``t`` is the attention over the kept tiles)."""
     from .. import attention
     from ..builders.estimated_sparse import selection_report
+    from ..registry import get
 
     q, k, v = random_qkv(n, device=device)
     params = {m: prefill_params(m, n, sparsity) for m in methods}
     calls = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)}
     calls.update({m: (lambda m=m: attention(q, k, v, m, causal=True, **params[m])) for m in methods})
+    for m in methods:
+        estimator = get(m).extra.get("estimator")
+        if estimator is not None:
+            full = {**get(m).defaults, **params[m]}
+            calls[f"{m} estimate"] = lambda e=estimator, p=full: e.estimate(q, k, scale=q.shape[-1] ** -0.5, **p)
     t = _best(calls, repeats)
     rows = []
     for m in methods:
         report = selection_report(m, q, k, v, rows=256, **params[m])
         row = {"phase": "prefill", "method": m, "N": n, "params": params[m], "t_sdpa": t["sdpa"], "t": t[m],
-               "speedup": t["sdpa"] / t[m], **report}
-        print(f"prefill N={n:>6} {m:>14}: {t[m]:8.3f} s, sdpa {t['sdpa']:8.3f} s -> {row['speedup']:5.2f}x; "
+               "speedup": t["sdpa"] / t[m], "t_estimate": t.get(f"{m} estimate"), **report}
+        split = "" if row["t_estimate"] is None else f" (estimate {row['t_estimate']:.3f} s)"
+        print(f"prefill N={n:>6} {m:>14}: {t[m]:8.3f} s{split}, sdpa {t['sdpa']:8.3f} s -> {row['speedup']:5.2f}x; "
               f"density {report['density']:.3f} recall {report['recall']:.3f} error {report['output_rel_error']:.3f}",
               flush=True)
         rows.append(row)
@@ -129,6 +143,10 @@ def _kept_keys(method, q1, k, params) -> torch.Tensor:
         blocks, valid = quest_pages(q1, digest, N, page=params["page"], top_k=params["top_k"])
         tokens = (blocks[..., None] * params["page"] + torch.arange(params["page"], device=k.device)).flatten(-2)
         keep = valid.repeat_interleave(params["page"], -1) & (tokens < N)
+    elif method == "seer_attention_r":
+        from ..families.seer_decode import attended
+
+        return attended(q1, k, torch.zeros(1, dtype=torch.long, device=k.device), scale=None, threshold=0.0, **params)[0]
     elif method == "adamas":
         from ..families.adamas import _chosen, key_digest
 
@@ -168,8 +186,12 @@ def decode_speed(n: int, methods, fraction: float, steps: int, repeats: int, dev
         for _ in range(steps):
             F.scaled_dot_product_attention(q[:, :, n:n + 1], own_k, own_v)
 
-    calls = {"softmax_step": stepper("softmax"), "sdpa_on_cache": sdpa, **{m: stepper(m) for m in methods}}
+    floors = _decode_floors(q[:, :, n:n + 1], k[:, :, :n], v[:, :, :n], fraction, steps)
+    calls = {"softmax_step": stepper("softmax"), "sdpa_on_cache": sdpa, **{m: stepper(m) for m in methods}, **floors}
     t = {name: s / steps for name, s in _best(calls, repeats).items()}
+    for name in floors:
+        print(f"decode  N={n:>6} floor: {name}: {t[name] * 1e3:7.2f} ms = {t[name] / t['sdpa_on_cache']:.2f}x SDPA on "
+              f"the cache", flush=True)
     rows = []
     for m in methods:
         recall, error = _recall_of_step(m, q[:, :, n - 1:n], k[:, :, :n], v[:, :, :n], params[m])
@@ -177,7 +199,8 @@ def decode_speed(n: int, methods, fraction: float, steps: int, repeats: int, dev
         row = {"phase": "decode", "method": m, "N": n, "params": shown, "fraction": fraction, "t_step": t[m],
                "t_softmax_step": t["softmax_step"], "t_sdpa_on_cache": t["sdpa_on_cache"],
                "ratio_to_softmax_step": t[m] / t["softmax_step"], "ratio_to_sdpa": t[m] / t["sdpa_on_cache"],
-               "recall": recall, "output_rel_error": error}
+               "recall": recall, "output_rel_error": error,
+               "floors": {name: t[name] / t["sdpa_on_cache"] for name in floors}}
         print(f"decode  N={n:>6} {m:>6}: step {t[m] * 1e3:7.2f} ms = {row['ratio_to_softmax_step']:.2f}x the dense "
               f"step ({t['softmax_step'] * 1e3:.2f} ms), {row['ratio_to_sdpa']:.2f}x SDPA on the cache "
               f"({t['sdpa_on_cache'] * 1e3:.2f} ms); recall {recall:.3f} error {error:.3f}", flush=True)
@@ -185,9 +208,34 @@ def decode_speed(n: int, methods, fraction: float, steps: int, repeats: int, dev
     return rows
 
 
+def _decode_floors(q1, k, v, fraction: float, steps: int) -> dict:
+    """What reading ``fraction`` of a cache costs at least, each on a copy of its own: streaming that share of
+    the keys and values (contiguous), and copying Quest's chosen pages (16 tokens) of every head alone."""
+    from ..families.quest import page_digest, quest_pages
+
+    n = k.shape[2]
+    share = max(1, round(n * fraction))
+    ks, vs = k[:, :, :share].clone(), v[:, :, :share].clone()
+    kp, vp = k.clone(), v.clone()
+    pages, _ = quest_pages(q1, page_digest(k, 16), n, page=16, top_k=max(1, round(n / 16 * fraction)))
+    flat = (torch.arange(k.shape[0] * k.shape[1], device=k.device)[:, None] * (n // 16)
+            + pages.flatten(0, 1).flatten(1).clamp(max=n // 16 - 1)).flatten()
+
+    def stream():
+        for _ in range(steps):
+            ks.sum(), vs.sum()
+
+    def copy_pages():
+        for _ in range(steps):
+            kp.view(-1, 16 * k.shape[3]).index_select(0, flat), vp.view(-1, 16 * v.shape[3]).index_select(0, flat)
+
+    return {f"stream {fraction:g} of K and V": stream, "copy Quest's chosen pages": copy_pages}
+
+
 @torch.no_grad()
-def captured_qkv(model, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """q, k, v (RoPE applied as the layer applies it) of every attnkit attention layer of ``model`` on ``ids``."""
+def captured_qkv(model, ids: torch.Tensor, *, unrotated: bool = False) -> list[tuple[torch.Tensor, ...]]:
+    """q, k, v (RoPE applied as the layer applies it) of every attnkit attention layer of ``model`` on ``ids``;
+    with ``unrotated=True`` also q and k before the RoPE: ``(q, k, v, q_nope, k_nope)``."""
     from ..nn.attention import Attention
 
     inputs, hooks = [], []
@@ -205,38 +253,62 @@ def captured_qkv(model, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Ten
         if mod.q_norm is not None:
             q = mod.q_norm(q)
         k, v = mod.project_kv(x)
+        q_nope, k_nope = q, k
         if mod.rope is not None:
             q, k = mod.rope.apply(q, k, q_offset=0, k_offset=0)
-        out.append((q, k, v))
+        out.append((q, k, v, q_nope, k_nope) if unrotated else (q, k, v))
     return out
+
+
+def seer_gates(path) -> list[dict]:
+    """Per attention layer, the SeerAttention-R gate weights and settings of a gated LM (``attnkit train seer-r
+    --out``)."""
+    from ..registry import get
+    from ..training.lm import load_checkpoint
+    from ..training.seer import gated_layers
+
+    model, _, _ = load_checkpoint(path)
+    layers = gated_layers(model, "seer_attention_r")
+    if not layers:
+        raise ValueError(f"{path} has no seer_attention_r layers: train one with attnkit train seer-r --out")
+    defaults = get("seer_attention_r").defaults
+    return [{"gate_q": layer.inputs.gate_q.detach(), "gate_k": layer.inputs.gate_k.detach(),
+             "block_size": {**defaults, **layer.mechanism_params}["block_size"],
+             "rope_base": {**defaults, **layer.mechanism_params}["rope_base"]} for layer in layers]
 
 
 @torch.no_grad()
 def lm_recall(model, held: torch.Tensor, calibration: torch.Tensor, n: int, fraction: float, sparsity: float,
-              queries: int) -> list[dict]:
+              queries: int, seer: list[dict] | None = None, methods=None) -> list[dict]:
     """Recall and output error of every method on the LM's own q, k, v at length ``n`` (held-out text, repeated
-    end to end if it is shorter), decode: the last ``queries`` positions; prefill: 256 sampled rows."""
+    end to end if it is shorter), decode: the last ``queries`` positions; prefill: 256 sampled rows. ``seer``
+    (:func:`seer_gates`): also SeerAttention-R in decode, its gates reading q and k before the RoPE; ``methods``:
+    only these of the others (default all)."""
     from ..builders.estimated_sparse import selection_report
 
     text = held.repeat(math.ceil(n / held.numel()))[:n][None]
-    layers = captured_qkv(model, text)
+    layers = captured_qkv(model, text, unrotated=True)
     calib = captured_qkv(model, calibration[: min(4096, calibration.numel())][None])
     rows = []
-    for layer, ((q, k, v), (_, ck, _)) in enumerate(zip(layers, calib)):
-        for m in DECODE:
-            params = decode_params(m, n, fraction, ck)
+    for layer, ((q, k, v, q_nope, k_nope), (_, ck, _)) in enumerate(zip(layers, calib)):
+        decoders = [m for m in DECODE if methods is None or m in methods] + (["seer_attention_r"] if seer else [])
+        prefills = [m for m in PREFILL if methods is None or m in methods]
+        for m in decoders:
+            params = decode_params(m, n, fraction, ck) if m in DECODE else seer_params(seer[layer], n, fraction)
             recalls, errors = [], []
             for t in range(n - queries, n):
-                r, e = _recall_of_step(m, q[:, :, t:t + 1], k[:, :, :t + 1], v[:, :, :t + 1], params)
+                per_query = ({"gate_queries": q_nope[:, :, t:t + 1], "gate_keys": k_nope[:, :, :t + 1]}
+                             if m == "seer_attention_r" else {})
+                r, e = _recall_of_step(m, q[:, :, t:t + 1], k[:, :, :t + 1], v[:, :, :t + 1], {**params, **per_query})
                 recalls.append(r)
                 errors.append(e)
             rows.append({"phase": "decode", "method": m, "N": n, "layer": layer, "fraction": fraction,
                          "recall": sum(recalls) / len(recalls), "output_rel_error": sum(errors) / len(errors)})
-        for m in PREFILL:
+        for m in prefills:
             params = prefill_params(m, n, sparsity)
             rows.append({"phase": "prefill", "method": m, "N": n, "layer": layer, "params": params,
                          **selection_report(m, q, k, v, rows=256, **params)})
-        for r in rows[-len(DECODE) - len(PREFILL):]:
+        for r in rows[-len(decoders) - len(prefills):]:
             extra = f" density {r['density']:.3f}" if "density" in r else ""
             print(f"LM layer {layer} {r['phase']:>7} {r['method']:>14}: recall {r['recall']:.3f} "
                   f"error {r['output_rel_error']:.3f}{extra}", flush=True)
