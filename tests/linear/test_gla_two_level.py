@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnkit.families.gla import chunked as kernel
+from attnkit.kernels import gla_chunked as kernel
 from attnkit.kernels import linear_scan
-from attnkit.families.gla.chunked import gla_chunked
+from attnkit.kernels.gla_chunked import gla_chunked
 
 
 def _inputs(dtype, low, n=45, seed=0):

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from attnkit.models import DecoderLM, ModelConfig
 from attnkit.models.deconstructed import GatedMLP, NonApproximate
 
+from .lm_checks import assert_generate_equals_recompute
+
 DIM, HEADS, HD = 16, 2, 8
 FIXED = {"rnd_emb_qk": {"length": 24}, "fixed_seq_qk": {"tokens": list(range(3, 27))}}
 KINDS = ["mlp", "non_approximate", "static_emb_qk", "rnd_emb_qk", "fixed_seq_qk"]
@@ -107,11 +109,7 @@ def test_pieces_equal_one_call_and_generate_equals_recompute(kind):
             pieces.append(out)
             state = new
         assert (torch.cat(pieces, 1) - full).abs().max() < 1e-5
-        out = model.generate(tokens[:, :5], 6)
-        x = tokens[:, :5]
-        for _ in range(6):
-            x = torch.cat([x, model(x)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(out, x)
+    assert_generate_equals_recompute(model, tokens[:, :5], 6)
 
 
 def test_errors_name_what_is_wrong():

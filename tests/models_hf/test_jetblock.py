@@ -7,6 +7,8 @@ import attnkit
 from attnkit.models import DecoderLM, ModelConfig
 from attnkit.models.jetblock import JET_NEMOTRON_2B, JetBlock, jet_nemotron_config
 
+from .lm_checks import assert_generate_equals_recompute
+
 
 def reference(block, x):
     """The equations token by token: dynamic kernels from x_t, the causal convolution of the values
@@ -69,12 +71,7 @@ def test_jet_nemotron_placement_and_lm_generation():
     lm = DecoderLM(ModelConfig(vocab_size=20, dim=16, heads=2, schedule="JFJ",
                                mixers={"J": {"jetblock": {"conv_size": 3}}, "F": "softmax"})).eval()
     prompt = torch.randint(0, 20, (2, 4))
-    out = lm.generate(prompt, 5)
-    x = prompt
-    with torch.no_grad():
-        for _ in range(5):
-            x = torch.cat([x, lm(x)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(out, x)
+    assert_generate_equals_recompute(lm, prompt, 5)
 
 
 def test_errors_name_the_option():

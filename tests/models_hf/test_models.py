@@ -6,6 +6,8 @@ import attnkit
 from attnkit.models import DecoderLM, Encoder, ModelConfig
 from attnkit.nn.inputs import has_input_module
 
+from .lm_checks import assert_generate_equals_recompute
+
 
 def stateful_mechanisms() -> list[str]:
     """Registered mechanisms a decoder layer can run incrementally (causal-self with a step form)."""
@@ -29,12 +31,8 @@ def test_generate_with_states_equals_full_recompute(mechanism):
     torch.manual_seed(0)
     lm = DecoderLM(hybrid_config(mechanism)).eval()
     prompt = torch.randint(0, 40, (2, 5))
-    out = lm.generate(prompt, 6)
-    x = prompt
+    out = assert_generate_equals_recompute(lm, prompt, 6)
     with torch.no_grad():
-        for _ in range(6):
-            x = torch.cat([x, lm(x)[:, -1].argmax(-1, keepdim=True)], dim=1)
-        assert torch.equal(out, x)
         full = lm(out)
         a, state = lm(out[:, :4], return_state=True)
         b, state = lm(out[:, 4:9], state=state, return_state=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnkit.kernels.selected_blocks import selected_block_attention
+from attnkit.kernels.selected_blocks import matmul_shapes, selected_block_attention
 from attnkit.masks.selection import block_selection
 from attnkit.reference import materialised_attention
 
@@ -58,6 +58,16 @@ def test_execution_knobs_do_not_change_the_result():
         other = selected_block_attention(q, k, v, sel, scale=0.25, causal=True, rows_per_item=rows_per_item,
                                          budget=budget)
         assert (other - base).abs().max() < 1e-13
+
+
+def test_matmul_shapes_cover_every_selected_pair_once_per_item_row():
+    q, k, v, sel = _problem(1, 4, 2, 2, 100, 100, 16, 1, 8, 4)
+    shapes = matmul_shapes(q, k, v, sel, causal=True, rows_per_item=5, budget=1 << 11)
+    pairs = int(sel.valid.sum())  # (row, block) pairs, a row being 2 heads x 1 query here
+    item_rows = sum(items * rows for items, rows, _, _ in shapes)
+    assert all(keys == 8 and dim == 16 and rows == 5 * 2 for _, rows, keys, dim in shapes)
+    # every pair is one item row; items are padded to 5 rows, at most 4 pads per (key tile, mask kind)
+    assert pairs * 2 <= item_rows <= (pairs + 4 * 2 * 2 * 13) * 2
 
 
 def test_rows_that_select_nothing_or_only_future_keys_are_zero_without_nan():

@@ -84,3 +84,41 @@ def test_layer_trains_its_scoring_network():
     layer = attnkit.nn.Attention(32, heads=4, kv_heads=2, mechanism="sparsek", select_count=3, window=4)
     layer(torch.randn(2, 30, 32), causal=True).square().mean().backward()
     assert layer.inputs.proj.weight.grad.abs().max() > 0
+
+
+def test_each_query_attends_to_its_k_best_scored_keys_before_the_window_weighted_by_sparsek():
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(1, 1, 40, generator=g, dtype=torch.float64) * 0.3  # close scores: the support exceeds k
+    m = sk.sparsek_mask(u, 40, select_count=4, window=3)
+    wider = 0
+    for t in range(40):
+        before = torch.arange(max(t - 2, 0))  # keys j <= t - 3
+        if len(before) == 0:
+            continue
+        soft = sk.sparsek_by_breakpoints(u[0, 0, before], torch.ones(len(before), dtype=torch.bool), 4)
+        best = u[0, 0, before].argsort(descending=True, stable=True)[:4]
+        expected = torch.zeros(len(before), dtype=torch.float64)
+        expected[best] = soft[best]
+        assert (m[0, 0, t, before] - expected).abs().max() < 1e-12 and torch.equal(m[0, 0, t, before] > 0, expected > 0)
+        assert torch.equal(m[0, 0, t, t - 2 : t + 1], torch.ones(3, dtype=torch.float64))
+        wider += int((soft > 0).sum() > 4)
+    assert wider > 0  # the cut mattered in this draw
+
+
+def test_decode_holds_only_the_window_and_the_support_and_equals_one_shot():
+    g = torch.Generator().manual_seed(6)
+    N = 120
+    q = torch.randn(1, 2, N, 8, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(1, 1, N, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    u = torch.randn(1, 1, N, generator=g, dtype=torch.float64) + 0.2 * torch.arange(N, dtype=torch.float64)
+    kw = dict(causal=True, select_count=3, window=5, scores=None)
+    one = attnkit.attention(q, k, v, "sparsek", **{**kw, "scores": u})
+    state, outs, held = None, [], []
+    for t in range(N):
+        o, state = attnkit.attention(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], "sparsek",
+                                     **{**kw, "scores": u[:, :, t:t + 1]}, state=state, return_state=True)
+        outs.append(o)
+        held.append(state.k.shape[2])
+    assert torch.allclose(torch.cat(outs, dim=2), one, atol=1e-12)
+    # scores rising with the position (the paper's position term): the support stays small, the cache constant
+    assert max(held) <= 16 and state.length == N  # of 120 tokens

@@ -18,7 +18,6 @@ query head (the pooled key of a GQA group's kv head). The estimate costs
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..builders.estimated_sparse import Estimator, block_count, register_estimated_sparse
 from ..kernels.positions import repeat_kv
@@ -30,8 +29,10 @@ PAPER = "The Sparse Frontier: Sparse Attention Trade-offs in Transformer LLMs"
 def pooled(x: torch.Tensor, block: int) -> torch.Tensor:
     """``(B, H, R, D)``: the mean of each block's real tokens."""
     B, H, N, D = x.shape
-    R = block_count(N, block)
-    sums = F.pad(x, (0, 0, 0, R * block - N)).reshape(B, H, R, block, D).sum(3)
+    R, whole = block_count(N, block), N // block
+    sums = x[:, :, : whole * block].reshape(B, H, whole, block, D).sum(3)  # a view of x: no copy
+    if whole < R:
+        sums = torch.cat([sums, x[:, :, whole * block:].sum(2, keepdim=True)], dim=2)
     counts = (N - torch.arange(R, device=x.device) * block).clamp(max=block)
     return sums / counts[:, None].to(x.dtype)
 

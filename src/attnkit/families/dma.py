@@ -37,24 +37,14 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ..builders.key_scores import check_key_scores, key_score_inputs, scored_kv_cache_step
 from ..kernels.positions import query_positions, repeat_kv
 from ..params import Param, TensorInput
 from ..reference import materialised_attention
 from ..registry import MechanismSpec, register
 from ..state import ScoredKVCache
-from ..validation import check_tensor
 
 PAPER = "Trainable Dynamic Mask Sparse Attention"
-
-
-def dma_inputs(q, k, v, generator=None) -> dict:
-    """Example key scores ``bias (B, Hkv, N)`` for given q, k, v; float64 when q is."""
-    B, Hkv, N = k.shape[0], k.shape[1], k.shape[2]
-    return {"bias": torch.randn(B, Hkv, N, generator=generator, dtype=q.dtype).to(q.device)}
-
-
-def _check(q, k, bias):
-    check_tensor("bias", bias, (k.shape[0], k.shape[1], k.shape[2]), q, what="(batch, kv_heads, keys)")
 
 
 def _later_first_order(bias):
@@ -75,7 +65,7 @@ def dynamic_mask(bias, q_len: int, window: int) -> torch.Tensor:
 
 
 def _reference(q, k, v, *, causal, mask, scale, window, bias):
-    _check(q, k, bias)
+    check_key_scores("bias", q, k, bias)
     H = q.shape[1]
     kept = repeat_kv(dynamic_mask(bias, q.shape[2], window), H)
     scores_bias = repeat_kv(bias[:, :, None, :], H)
@@ -96,7 +86,7 @@ def _chunk_attention(qc, kc, vc, bias_c, kept, scale):
 
 
 def _chunked(q, k, v, *, causal, mask, scale, window, bias, chunk: int = 256):
-    _check(q, k, bias)
+    check_key_scores("bias", q, k, bias)
     B, H, Nq, D = q.shape
     Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[3]
     g = H // Hkv
@@ -123,13 +113,6 @@ def _chunked(q, k, v, *, causal, mask, scale, window, bias, chunk: int = 256):
     return torch.cat(outs, dim=2) if outs else q.new_zeros(B, H, 0, Dv)
 
 
-def _step(q, k, v, state, *, causal, mask, scale, window, bias):
-    _check(q, k, bias)
-    state = ScoredKVCache.extend(state, k, v, bias)
-    out = _chunked(q, state.kv.k, state.kv.v, causal=causal, mask=mask, scale=scale, window=window, bias=state.scores)
-    return out, state
-
-
 def _flops(batch, heads, q_len, kv_len, head_dim, causal, window=2048, **_):
     pos = torch.arange(kv_len - q_len, kv_len)
     return 4 * batch * heads * head_dim * int((pos + 1).clamp(max=window).sum())
@@ -142,12 +125,12 @@ register(MechanismSpec(
     patterns=frozenset({"causal-self"}),
     reference=_reference,
     fast={"chunked": _chunked},
-    step=_step,
+    step=scored_kv_cache_step(_chunked, "bias"),
     params={"window": Param(2048, int, "keys each query keeps (w): the largest deltas among the keys it sees", low=1)},
     test_params={"window": 5},
     inputs={"bias": TensorInput("(B, Hkv, N)", "delta: each key's score A * softplus(vec(v) W_delta), the selection "
                                                "score and the bias added to its kept scores")},
-    tensor_inputs=dma_inputs,
+    tensor_inputs=key_score_inputs("bias"),
     tensor_inputs_per_token=("bias",),
     supports_mask=False,
     flops=_flops,

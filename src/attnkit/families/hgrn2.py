@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..builders.linear_pipeline import register_linear_mechanism
 from ..builders.stateful import CAUSAL_ONLY
 from ..params import Param
-from .gla.chunked import gla_chunked
+from ..kernels.gla_chunked import gla_chunked
 
 PAPER = "HGRN2: Gated Linear RNNs with State Expansion"
 

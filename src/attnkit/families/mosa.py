@@ -28,8 +28,15 @@ Causality: the attention among the selected tokens is causal, so future q, k
 and v never change a past output. The *selection* is not: expert choice takes
 the top-k over the whole sequence, so a later token's router score can push an
 earlier token out of (or into) a head's choice, exactly as in the paper's
-training. For the same reason there is no incremental decode (the paper's
-selection needs the whole sequence).
+training. For the same reason there is no incremental decode: the paper's
+selection needs the whole sequence, and neither the paper (as far as its text
+was at hand here, the abstract and the method: the top-k over the whole
+sequence; the KV-cache saving it reports counts the ``k`` tokens a head keeps)
+nor the authors' code
+(``PureMoSA.forward`` over a whole sequence, no cache and no step) gives a rule
+for choosing tokens one at a time. A causal rule (a threshold on ``r``, or a
+predictor of the top-k as Mixture-of-Depths uses for its own expert-choice
+routing) would be another model, trained differently, so none is invented here.
 
 Forms: ``reference`` (the mask ``M`` over all ``T x T`` pairs materialised) and
 ``gathered`` (the ``k`` selected rows gathered in position order, so ``M`` is the
@@ -126,5 +133,7 @@ register(MechanismSpec(
     supports_mask=False,
     flops=_flops,
     complexity="O(N^2 / sparsity^2 + N)",
-    summary="each head picks its top-k tokens by a learned router (expert choice) and attends among them",
+    summary="each head picks its top-k tokens by a learned router (expert choice) and attends among them; the choice "
+            "looks ahead (top-k over the whole sequence), so no decode: neither the paper nor the authors' code "
+            "gives a causal selection rule",
 ))

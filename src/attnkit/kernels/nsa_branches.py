@@ -83,7 +83,7 @@ def top_blocks_at(importance, qpos, *, select_block: int, count: int):
     j = torch.arange(n_blocks, device=importance.device)
     forced = (j == 0) | (j == current[:, None]) | (j == current[:, None] - 1)
     begun = j <= current[:, None]
-    score = torch.where(forced, float("inf"), importance.double()).masked_fill(~begun, float("-inf"))
+    score = torch.where(forced, float("inf"), importance).masked_fill(~begun, float("-inf"))
     keep = min(count, n_blocks)
     best, index = score.topk(keep, dim=-1, sorted=False)
     threshold = best.amin(-1, keepdim=True)

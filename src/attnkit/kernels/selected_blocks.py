@@ -30,10 +30,11 @@ from ..masks.selection import BlockSelection
 from .online_softmax import Partial, floor, merge, normalise
 
 LOG2E = 1.4426950408889634
+BUDGET = 1 << 21  # score elements of one batched step
 
 
 def selected_block_attention(q, k, v, selection: BlockSelection, *, scale: float, causal: bool,
-                             rows_per_item: int | None = None, budget: int = 1 << 21) -> torch.Tensor:
+                             rows_per_item: int | None = None, budget: int = BUDGET) -> torch.Tensor:
     """Softmax attention of ``q (B, H, Nq, D)`` over ``k, v (B, Hkv, Nk, D/Dv)`` restricted to ``selection``.
 
     ``rows_per_item`` (default: about 256 queries per item) and ``budget`` (score
@@ -41,6 +42,16 @@ def selected_block_attention(q, k, v, selection: BlockSelection, *, scale: float
     """
     _check(q, k, v, selection)
     return _SelectedBlocks.apply(q, k, v, selection, scale, causal, rows_per_item, budget)
+
+
+def matmul_shapes(q, k, v, selection: BlockSelection, *, causal: bool, rows_per_item: int | None = None,
+                  budget: int = BUDGET) -> list[tuple[int, int, int, int]]:
+    """The kernel's batched matmuls, one ``(items, query rows, keys, head_dim)`` per step: each step runs two
+    matmuls of these sizes forward and five backward (to time the kernel against its matmuls alone)."""
+    _check(q, k, v, selection)
+    plan = _Plan(q, k, v, selection, causal, rows_per_item, budget)
+    return [(i1 - i0, plan.per_item * plan.width, plan.bk, plan.D) for chunk in plan.chunks
+            for i0, i1 in plan.steps(chunk)]
 
 
 def _check(q, k, v, sel: BlockSelection):

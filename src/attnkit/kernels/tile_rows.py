@@ -42,7 +42,7 @@ def attention_with_lse(q, k, v, *, causal: bool, scale: float):
 
 
 def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: float,
-                        budget: int = 1 << 23) -> torch.Tensor:
+                        budget: int = 1 << 18) -> torch.Tensor:
     """Causal self-attention of ``q (B, H, N, D)`` over ``k, v (B, Hkv, N, D/Dv)`` restricted to ``layout``
     (bool ``(B, H, R, R)``, ``R = ceil(N / block)``, tile ``(r, c)`` kept by query block ``r``).
 

@@ -110,10 +110,17 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
     importance with its top-n (the selection), backward through the branch; ``selected``: the
     selected-block kernel alone on the precomputed selection; ``window``: the sliding-window branch
     alone. ``t_sdpa / t_selected`` bounds NSA's speed-up from above: NSA runs that kernel and more.
+
+    The floor: ``selected_matmuls`` and ``compression_matmuls`` are the batched matmuls the kernel and
+    the compression branch run (two per step forward, five backward, the same sizes and count), alone on
+    random operands: no gathers, softmax, masks, merges or selection. ``t_sdpa / (t_selected_matmuls +
+    t_compression_matmuls + t_window)`` is the best ratio NSA could reach with these matmul shapes.
     """
     from attnkit.families import nsa
+    from attnkit.kernels import nsa_compression
     from attnkit.kernels.block_sparse import block_sparse_attention
-    from attnkit.kernels.selected_blocks import selected_block_attention
+    from attnkit.kernels.positions import query_positions
+    from attnkit.kernels.selected_blocks import matmul_shapes, selected_block_attention
 
     q, k, v, extra = inputs("nsa", n, True, device)
     params = attnkit_defaults("nsa")
@@ -123,6 +130,10 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
     with torch.no_grad():
         _, sel = nsa._selection(q, k, v, gates, tensors, scale, params["compress_stride"], params["select_block"],
                                 params["select_count"], params["window"])
+        kc, _ = nsa._compressed_kv(k, v, tensors, tensors["k_pos"].shape[0], params["compress_stride"])
+        compression_shapes = nsa_compression.matmul_shapes(q, kc, query_positions(n, n, q.device),
+                                                           block=tensors["k_pos"].shape[0],
+                                                           stride=params["compress_stride"])
     layout = nsa.window_layout(params["window"], B, H, n, n, q.device)
     leaves = (q, k, v, *extra.values())
 
@@ -141,15 +152,42 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
                                                    params["window"])[0]),
         "selected": part(lambda: selected_block_attention(q, k, v, sel, scale=scale, causal=True)),
         "window": part(lambda: block_sparse_attention(q, k, v, layout, scale=scale)),
+        "selected_matmuls": matmuls_alone(matmul_shapes(q, k, v, sel, causal=True), q.device),
+        "compression_matmuls": matmuls_alone(compression_shapes, q.device),
     }
     t = dict(zip(calls, median_times(list(calls.values()), repeats)))
     row = {f"t_{name}": s for name, s in t.items()}
     row.update({f"sdpa_over_{name}": t["sdpa"] / t[name] for name in calls if name != "sdpa"})
+    row["sdpa_over_floor"] = t["sdpa"] / (t["selected_matmuls"] + t["compression_matmuls"] + t["window"])
     print(f"N={n:>6} NSA fwd+bwd parts: sdpa {t['sdpa']:.2f} s, nsa {t['nsa']:.2f} s ({row['sdpa_over_nsa']:.2f}x); "
           f"compression+selection {t['compression']:.2f} s, selected-block kernel alone {t['selected']:.2f} s "
           f"(sdpa / kernel = {row['sdpa_over_selected']:.2f}x: NSA's ceiling), window {t['window']:.2f} s",
           flush=True)
+    print(f"N={n:>6} NSA floor: the kernel's matmuls alone {t['selected_matmuls']:.2f} s, the compression branch's "
+          f"{t['compression_matmuls']:.2f} s; sdpa / (both + window) = {row['sdpa_over_floor']:.2f}x", flush=True)
     return row
+
+
+def matmuls_alone(shapes, device):
+    """A closure running, for each step ``(batch, rows, keys, dim)``, the two forward and five backward
+    batched matmuls of attention over those sizes (scores, P V; scores again, dV, dP, dQ, dK) on random
+    operands, with nothing else."""
+    most = max((b * max(r, c) * max(c, d) for b, r, c, d in shapes), default=1)
+    pool = torch.randn(3, most, device=device)
+
+    def run():
+        for b, r, c, d in shapes:
+            a, kv = pool[0, : b * r * d].view(b, r, d), pool[1, : b * c * d].view(b, c, d)
+            s = pool[2, : b * r * c].view(b, r, c)
+            torch.bmm(a, kv.transpose(1, 2), out=s)
+            torch.bmm(s, kv)
+            torch.bmm(a, kv.transpose(1, 2), out=s)
+            torch.bmm(s.transpose(1, 2), a)
+            torch.bmm(a, kv.transpose(1, 2))
+            torch.bmm(s, kv)
+            torch.bmm(s.transpose(1, 2), a)
+
+    return run
 
 
 def attnkit_defaults(name: str) -> dict:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ...kernels import linear_scan
-from ...families.gla.chunked import gla_chunked
+from ...kernels.gla_chunked import gla_chunked
 from ...registry import get
 from ..options import positive_int
 from ..runner import run_items

@@ -9,7 +9,7 @@ with ``alpha_t = sigmoid(x_t W_1 W_2 + b)^(1/tau)`` in ``(0, 1)^{Dk}`` computed 
 the layer. attnkit takes ``gk = log(alpha)`` as a per-token tensor input of
 shape ``(B, H, N, Dk)`` (``attnkit.nn.inputs.linear.GLAGate`` computes it).
 The chunked form is the paper's two-level chunkwise algorithm
-(:mod:`attnkit.families.gla.chunked`): the state across chunks of ``chunk_size``,
+(:mod:`attnkit.kernels.gla_chunked`): the state across chunks of ``chunk_size``,
 matmuls in a log-space-safe factorisation across the sub-chunks of a chunk, and
 exact per-channel gate products inside each sub-chunk. ``scale`` scales the scores.
 """
@@ -18,11 +18,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...params import Param, TensorInput
-from .chunked import gla_chunked
-from ...validation import check_tensor
-from ...builders.linear_pipeline import register_linear_mechanism
-from ...builders.stateful import CAUSAL_ONLY
+from ..params import Param, TensorInput
+from ..kernels.gla_chunked import gla_chunked
+from ..validation import check_tensor
+from ..builders.linear_pipeline import register_linear_mechanism
+from ..builders.stateful import CAUSAL_ONLY
 
 PAPER = "Gated Linear Attention Transformers with Hardware-Efficient Training"
 

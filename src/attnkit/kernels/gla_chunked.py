@@ -1,5 +1,7 @@
 """GLA's two-level chunkwise form: chunks carry the state, sub-chunks turn most of a chunk into matmuls.
 
+Shared by the recurrences whose state decays per key channel: ``gla`` and ``hgrn2``.
+
 Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient
 Training" (2024), section 4 ("secondary-level chunking"). The recurrence
 
@@ -29,8 +31,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ...kernels.linear_scan import pass_state
-from ...validation import check_int
+from .linear_scan import pass_state
+from ..validation import check_int
 
 
 # Sub-chunk length: the exact per-channel (c, c, Dk) tensor costs c Dk per token and the
