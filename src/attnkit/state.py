@@ -338,3 +338,53 @@ def _tensors_of(x, depth: int = 0):
         for name, item in vars(x).items():
             if name not in exempt:
                 yield from _tensors_of(item, depth + 1)
+
+
+class BlockDigestKVCache:
+    """A :class:`KVCache` and one digest row per complete block of ``block`` tokens, summarised from per-token
+    side rows that the state carries until their block completes.
+
+    A learned gate that scores key blocks (SeerAttention-R's compressed key cache) pools
+    each block's keys once the block is full. The rows it pools (``side``, e.g. the keys
+    before a positional rotation) may differ from the cached keys, so the state keeps the
+    side rows of the unfinished block (fewer than ``block``) and hands each completed
+    block to ``summarise(rows (B, Hkv, m block, D), first_block) -> (B, Hkv, m, d)``.
+    Digest rows live in an :class:`AppendBuffer`: the state is a value.
+    """
+
+    def __init__(self, cache: KVCache, digest: AppendBuffer, rows: int, pending: torch.Tensor, block: int):
+        self.cache, self._digest, self.rows, self.pending, self.block = cache, digest, rows, pending, block
+
+    @classmethod
+    def start(cls, k: torch.Tensor, v: torch.Tensor, side: torch.Tensor, *, block: int, summarise) -> "BlockDigestKVCache":
+        done = side.shape[2] // block * block
+        digest = summarise(side[:, :, :done], 0)
+        return cls(KVCache(k, v), AppendBuffer((digest,), dim=2), digest.shape[2], side[:, :, done:], block)
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    @property
+    def k(self) -> torch.Tensor:
+        return self.cache.k
+
+    @property
+    def v(self) -> torch.Tensor:
+        return self.cache.v
+
+    def digest(self) -> torch.Tensor:
+        """The digest rows of the complete blocks, ``(B, Hkv, rows, d)``."""
+        return self._digest.prefix(0, self.rows)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, side: torch.Tensor, summarise) -> "BlockDigestKVCache":
+        """A new state: this one followed by ``k, v`` (and their side rows). This one is unchanged."""
+        cache = self.cache.append(k, v)  # refuses keys of another batch, layer or dtype
+        rows = torch.cat([self.pending, side], dim=2)
+        done = rows.shape[2] // self.block * self.block
+        new = summarise(rows[:, :, :done], self.rows)
+        digest = self._digest.extend(self.rows, (new,)) if new.shape[2] else self._digest
+        return BlockDigestKVCache(cache, digest, self.rows + new.shape[2], rows[:, :, done:], self.block)
+
+    def numel(self) -> int:
+        return self.cache.numel() + self.digest().numel() + self.pending.numel()

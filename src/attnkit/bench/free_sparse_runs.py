@@ -61,6 +61,11 @@ def decode_params(method: str, n: int, fraction: float, keys: torch.Tensor) -> d
     return {"components": loki_components(keys), "rank": keys.shape[-1] // 4, "top_k": max(1, round(n * fraction))}
 
 
+def seer_params(gates: dict, n: int, fraction: float) -> dict:
+    """SeerAttention-R reading ``fraction`` of ``n`` cached keys: that share of its blocks, its own included."""
+    return {**gates, "top_k": max(1, round(n / gates["block_size"] * fraction))}
+
+
 def random_qkv(n: int, seed: int = 0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     return tuple(torch.randn(B, H, n, D, generator=g).to(device) for _ in range(3))
@@ -129,6 +134,10 @@ def _kept_keys(method, q1, k, params) -> torch.Tensor:
         blocks, valid = quest_pages(q1, digest, N, page=params["page"], top_k=params["top_k"])
         tokens = (blocks[..., None] * params["page"] + torch.arange(params["page"], device=k.device)).flatten(-2)
         keep = valid.repeat_interleave(params["page"], -1) & (tokens < N)
+    elif method == "seer_attention_r":
+        from ..families.seer_decode import attended
+
+        return attended(q1, k, torch.zeros(1, dtype=torch.long, device=k.device), scale=None, threshold=0.0, **params)[0]
     elif method == "adamas":
         from ..families.adamas import _chosen, key_digest
 
@@ -186,8 +195,9 @@ def decode_speed(n: int, methods, fraction: float, steps: int, repeats: int, dev
 
 
 @torch.no_grad()
-def captured_qkv(model, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """q, k, v (RoPE applied as the layer applies it) of every attnkit attention layer of ``model`` on ``ids``."""
+def captured_qkv(model, ids: torch.Tensor, *, unrotated: bool = False) -> list[tuple[torch.Tensor, ...]]:
+    """q, k, v (RoPE applied as the layer applies it) of every attnkit attention layer of ``model`` on ``ids``;
+    with ``unrotated=True`` also q and k before the RoPE: ``(q, k, v, q_nope, k_nope)``."""
     from ..nn.attention import Attention
 
     inputs, hooks = [], []
@@ -205,38 +215,62 @@ def captured_qkv(model, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Ten
         if mod.q_norm is not None:
             q = mod.q_norm(q)
         k, v = mod.project_kv(x)
+        q_nope, k_nope = q, k
         if mod.rope is not None:
             q, k = mod.rope.apply(q, k, q_offset=0, k_offset=0)
-        out.append((q, k, v))
+        out.append((q, k, v, q_nope, k_nope) if unrotated else (q, k, v))
     return out
+
+
+def seer_gates(path) -> list[dict]:
+    """Per attention layer, the SeerAttention-R gate weights and settings of a gated LM (``attnkit train seer-r
+    --out``)."""
+    from ..registry import get
+    from ..training.lm import load_checkpoint
+    from ..training.seer import gated_layers
+
+    model, _, _ = load_checkpoint(path)
+    layers = gated_layers(model, "seer_attention_r")
+    if not layers:
+        raise ValueError(f"{path} has no seer_attention_r layers: train one with attnkit train seer-r --out")
+    defaults = get("seer_attention_r").defaults
+    return [{"gate_q": layer.inputs.gate_q.detach(), "gate_k": layer.inputs.gate_k.detach(),
+             "block_size": {**defaults, **layer.mechanism_params}["block_size"],
+             "rope_base": {**defaults, **layer.mechanism_params}["rope_base"]} for layer in layers]
 
 
 @torch.no_grad()
 def lm_recall(model, held: torch.Tensor, calibration: torch.Tensor, n: int, fraction: float, sparsity: float,
-              queries: int) -> list[dict]:
+              queries: int, seer: list[dict] | None = None, methods=None) -> list[dict]:
     """Recall and output error of every method on the LM's own q, k, v at length ``n`` (held-out text, repeated
-    end to end if it is shorter), decode: the last ``queries`` positions; prefill: 256 sampled rows."""
+    end to end if it is shorter), decode: the last ``queries`` positions; prefill: 256 sampled rows. ``seer``
+    (:func:`seer_gates`): also SeerAttention-R in decode, its gates reading q and k before the RoPE; ``methods``:
+    only these of the others (default all)."""
     from ..builders.estimated_sparse import selection_report
 
     text = held.repeat(math.ceil(n / held.numel()))[:n][None]
-    layers = captured_qkv(model, text)
+    layers = captured_qkv(model, text, unrotated=True)
     calib = captured_qkv(model, calibration[: min(4096, calibration.numel())][None])
     rows = []
-    for layer, ((q, k, v), (_, ck, _)) in enumerate(zip(layers, calib)):
-        for m in DECODE:
-            params = decode_params(m, n, fraction, ck)
+    for layer, ((q, k, v, q_nope, k_nope), (_, ck, _)) in enumerate(zip(layers, calib)):
+        decoders = [m for m in DECODE if methods is None or m in methods] + (["seer_attention_r"] if seer else [])
+        prefills = [m for m in PREFILL if methods is None or m in methods]
+        for m in decoders:
+            params = decode_params(m, n, fraction, ck) if m in DECODE else seer_params(seer[layer], n, fraction)
             recalls, errors = [], []
             for t in range(n - queries, n):
-                r, e = _recall_of_step(m, q[:, :, t:t + 1], k[:, :, :t + 1], v[:, :, :t + 1], params)
+                per_query = ({"gate_queries": q_nope[:, :, t:t + 1], "gate_keys": k_nope[:, :, :t + 1]}
+                             if m == "seer_attention_r" else {})
+                r, e = _recall_of_step(m, q[:, :, t:t + 1], k[:, :, :t + 1], v[:, :, :t + 1], {**params, **per_query})
                 recalls.append(r)
                 errors.append(e)
             rows.append({"phase": "decode", "method": m, "N": n, "layer": layer, "fraction": fraction,
                          "recall": sum(recalls) / len(recalls), "output_rel_error": sum(errors) / len(errors)})
-        for m in PREFILL:
+        for m in prefills:
             params = prefill_params(m, n, sparsity)
             rows.append({"phase": "prefill", "method": m, "N": n, "layer": layer, "params": params,
                          **selection_report(m, q, k, v, rows=256, **params)})
-        for r in rows[-len(DECODE) - len(PREFILL):]:
+        for r in rows[-len(decoders) - len(prefills):]:
             extra = f" density {r['density']:.3f}" if "density" in r else ""
             print(f"LM layer {layer} {r['phase']:>7} {r['method']:>14}: recall {r['recall']:.3f} "
                   f"error {r['output_rel_error']:.3f}{extra}", flush=True)

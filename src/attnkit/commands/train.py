@@ -10,6 +10,7 @@
     attnkit train lm --sigma-reparam --minutes 10       # prints the attention entropy per layer
     attnkit train lm --layers 2 --kv-heads 2 --context 128 --passkey 0.5 --minutes 15 --out passkey.pt
     attnkit train seer --from ckpt.pt --block-size 16 --top-k 4 --minutes 5
+    attnkit train seer-r --from ckpt.pt --block-size 16 --top-k 2 --minutes 5 --out gated.pt
 
 ``train seer`` turns a trained softmax LM into SeerAttention (gated block-sparse
 attention) and trains only the gates, by self-distillation from the frozen model.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import json
 
-from . import train_seq2seq
+from . import train_seer_decode, train_seq2seq
 
 NAME = "train"
 HELP = "train a model on real text (attnkit train lm ...)"
@@ -70,6 +71,7 @@ def add_arguments(parser) -> None:
                         "passkey accuracy at --context after training")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     train_seq2seq.add_arguments(sub)
+    train_seer_decode.add_arguments(sub)
 
     s = sub.add_parser("seer", help="SeerAttention: distil block gates into a trained softmax LM (base frozen)")
     s.add_argument("--from", dest="base", required=True, help="checkpoint of a softmax LM (attnkit train lm --out)")
@@ -152,6 +154,8 @@ def run(args) -> int:
         return train_seq2seq.run(args)
     if args.what == "seer":
         return run_seer(args)
+    if args.what == "seer-r":
+        return train_seer_decode.run(args)
     import torch
 
     from ..data import shakespeare

@@ -40,3 +40,29 @@ def embed(model, tokenizer, sentences: list[str]) -> torch.Tensor:
     weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
     return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+@torch.no_grad()
+def captured_qkv(model, tokenizer, text: str, *, length: int | None = None) -> list[tuple[torch.Tensor, ...]]:
+    """Per layer, the queries, keys and values ``(1, heads, N, head_dim)`` the encoder's self-attention reads on
+    ``text`` cut to ``length`` tokens (default: the model's maximum, 512), captured at its q/k/v projections."""
+    length = length or model.config.max_position_embeddings
+    batch = tokenizer(text, truncation=True, max_length=length, return_tensors="pt").to(model.device)
+    heads = model.config.num_attention_heads
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    hooks = []
+    for i, layer in enumerate(model.encoder.layer):
+        for name in ("query", "key", "value"):
+            proj = getattr(layer.attention.self, name)
+            hooks.append(proj.register_forward_hook(
+                lambda mod, args, out, i=i, name=name: seen.setdefault(i, {}).__setitem__(name, out)))
+    try:
+        model(**batch)
+    finally:
+        for h in hooks:
+            h.remove()
+
+    def split(x):
+        return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+    return [tuple(split(seen[i][n]) for n in ("query", "key", "value")) for i in range(len(model.encoder.layer))]

@@ -21,15 +21,16 @@ from ..nn import Attention
 from .lm import sample_batch
 
 
-def seer_model(base: DecoderLM, *, block_size: int, top_k: int) -> DecoderLM:
-    """``base`` with every softmax layer replaced by ``seer_attention`` (same weights, new gates; frozen but the gates)."""
+def seer_model(base: DecoderLM, *, block_size: int, top_k: int, mechanism: str = "seer_attention") -> DecoderLM:
+    """``base`` with every softmax layer replaced by ``mechanism`` (``seer_attention`` or its decode gate
+    ``seer_attention_r``; same weights, new gates; frozen but the gates)."""
     config = base.config.to_dict()
     mixers = {}
     for letter, mixer in config["mixers"].items():
         spec = mixer_spec(mixer, config["rope"])
         if spec.get("mechanism") != "softmax":
             raise ValueError(f"layer letter {letter!r} runs {mixer!r}: SeerAttention gates softmax layers only")
-        mixers[letter] = {"mechanism": "seer_attention", "rope": spec["rope"], "block_size": block_size,
+        mixers[letter] = {"mechanism": mechanism, "rope": spec["rope"], "block_size": block_size,
                           "top_k": top_k, **spec["params"]}
     model = DecoderLM(ModelConfig(**{**config, "mixers": mixers})).to(next(base.parameters()).device)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
@@ -40,8 +41,8 @@ def seer_model(base: DecoderLM, *, block_size: int, top_k: int) -> DecoderLM:
     return model
 
 
-def gated_layers(model) -> list[Attention]:
-    return [m for m in model.modules() if isinstance(m, Attention) and m.mechanism == "seer_attention"]
+def gated_layers(model, mechanism: str = "seer_attention") -> list[Attention]:
+    return [m for m in model.modules() if isinstance(m, Attention) and m.mechanism == mechanism]
 
 
 def _capture(layers, on_call):

@@ -37,7 +37,10 @@ decode step and SDPA on the cache, with density, attention-mass recall and
 output error. With ``--lm-recall`` it measures recall and error of every
 method on q, k, v captured from the trained LM (held-out text at ``--n``
 tokens, the text repeated end to end when shorter; Loki's principal
-directions from the keys of 4096 training tokens).
+directions from the keys of 4096 training tokens). With ``--minilm`` it measures
+the prefill estimators on q, k, v captured from the pretrained MiniLM encoder at its
+maximum length (:mod:`attnkit.bench.free_sparse_minilm`: HyperAttention non-causal,
+the causal-only ones as a causal probe).
 
 Sparsity is measured by running the mechanism (uniform scores, identity values):
 the fraction of causal (query, key) pairs of that phase it does not attend.
@@ -256,6 +259,12 @@ def add_arguments(p) -> None:
     p.add_argument("--speed", action="store_true", help="time the training-free methods (prefill and decode)")
     p.add_argument("--lm-recall", action="store_true", help="recall of the training-free methods on the LM's q, k, v")
     p.add_argument("--checkpoint", default=None, help="--lm-recall: an attnkit LM checkpoint instead of the suite's LM")
+    p.add_argument("--minilm", action="store_true",
+                   help="density and recall of the prefill estimators on q, k, v of the pretrained MiniLM encoder at "
+                        "512 tokens (the [hf] extra)")
+    p.add_argument("--seer-checkpoint", default=None,
+                   help="--lm-recall: also SeerAttention-R in decode, with the gates of this gated LM (attnkit train "
+                        "seer-r --out, trained on --checkpoint)")
     p.add_argument("--n", type=ints, default=[4096], help="--speed / --lm-recall: comma list of lengths")
     p.add_argument("--phases", type=names, default=["prefill", "decode"], help="--speed: prefill,decode")
     p.add_argument("--methods", type=names, default=None,
@@ -288,10 +297,13 @@ def run_free_sparse(args) -> int:
                  for n in args.n for m in chosen for s in range(args.seeds)]
     elif args.lm_recall:
         items = [{"section": "lm-recall", "N": n} for n in args.n]
+    elif args.minilm:
+        items = [{"section": "minilm"}]
     else:
         items = [{"section": phase, "N": n} for n in args.n for phase in args.phases]
     config = {"n": args.n, "phases": args.phases, "methods": args.methods, "sparsity": args.sparsity,
               "fraction": args.fraction, "repeats": args.repeats, "steps": args.steps, "checkpoint": args.checkpoint,
+              "seer_checkpoint": args.seer_checkpoint,
               "device": args.device, "seeds": args.seeds, "windows": args.windows, "score": args.score}
 
     chosen = [] if args.curves else args.methods or [*fs.PREFILL, *fs.DECODE]
@@ -307,11 +319,18 @@ def run_free_sparse(args) -> int:
             return {"rows": fs.prefill_speed(item["N"], prefill, args.sparsity, args.repeats, args.device)}
         if item["section"] == "decode":
             return {"rows": fs.decode_speed(item["N"], decode, args.fraction, args.steps, args.repeats, args.device)}
+        if item["section"] == "minilm":
+            from ...data import shakespeare
+            from ..free_sparse_minilm import minilm_rows
+
+            return {"rows": minilm_rows(shakespeare.load_split()[1], prefill, args.sparsity)}
         model, held, calibration = lm_and_text(args)
         if item["section"] == "curves":
             return {"rows": curves.curve_rows(model, held, method=item["method"], n=item["N"], score=args.score,
                                               count=args.windows, seed=item["seed"])}
-        return {"rows": fs.lm_recall(model, held, calibration, item["N"], args.fraction, args.sparsity, args.queries)}
+        seer = fs.seer_gates(args.seer_checkpoint) if args.seer_checkpoint else None
+        return {"rows": fs.lm_recall(model, held, calibration, item["N"], args.fraction, args.sparsity, args.queries,
+                                     seer, args.methods)}
 
     code, run_id = run_items("sparse", config, items, measure, args,
                              describe=lambda it: " ".join(f"{k}={v}" for k, v in it.items()))
@@ -344,7 +363,7 @@ def lm_and_text(args):
 
 
 def run(args) -> int:
-    if args.speed or args.lm_recall or args.curves:
+    if args.speed or args.lm_recall or args.curves or args.minilm:
         return run_free_sparse(args)
     c = dict(FULL if args.full else QUICK)
     if args.train_minutes is not None:

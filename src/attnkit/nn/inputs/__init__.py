@@ -34,6 +34,7 @@ from .path import PaTHInputs
 from .rwkv import RWKV6Decay, RWKV7Inputs
 from .rwkv4 import RWKV4Decay
 from .seer import SeerGate
+from .seer_decode import SeerDecodeGate
 from .sparsek import SparseKScores
 from .titans import TitansInputs
 
@@ -66,6 +67,7 @@ _FACTORIES = {
     "hyena": lambda dim, heads, kv_heads, head_dim: HyenaFilter(heads, head_dim),
     "h3": lambda dim, heads, kv_heads, head_dim: H3Filters(heads, head_dim),
     "seer_attention": lambda dim, heads, kv_heads, head_dim: SeerGate(heads, head_dim),
+    "seer_attention_r": lambda dim, heads, kv_heads, head_dim: SeerDecodeGate(heads, kv_heads, head_dim),
 }
 
 
@@ -91,7 +93,7 @@ def input_module(name: str, *, dim: int, heads: int, kv_heads: int, head_dim: in
     return _FACTORIES[name](dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
 
 
-__all__ = ["input_module", "has_input_module", "register_input_module", "LearnedTensorInputs", "RWKV4Decay", "RWKV6Decay", "PaTHInputs", "HeadTemperature", "RWKV7Inputs", "MambaInputs", "HyenaFilter", "H3Filters", "GLAGate", "Mamba2Gate", "FocusScale",
+__all__ = ["input_module", "has_input_module", "register_input_module", "LearnedTensorInputs", "SeerDecodeGate", "RWKV4Decay", "RWKV6Decay", "PaTHInputs", "HeadTemperature", "RWKV7Inputs", "MambaInputs", "HyenaFilter", "H3Filters", "GLAGate", "Mamba2Gate", "FocusScale",
            "PerformerFeatures", "DeltaNetBeta", "GatedDeltaNetGates", "KDAGates", "LogLinearInputs",
            "LogLinearGatedDeltaNetInputs", "RATGate", "TitansInputs", "SlotGates", "NSAInputs", "MoSARouter",
            "RoutingCentroids", "SeerGate"]
