@@ -129,6 +129,29 @@ def test_figure_plans_widths_and_seeds_and_averages_the_best_of_each_seed():
     assert point["ci95"] == pytest.approx(4.303 * 0.1 / 3 ** 0.5, abs=1e-4)
 
 
+def test_figure_chooses_one_learning_rate_per_role_first_then_runs_seed_by_seed(monkeypatch, tmp_path):
+    tiny = dict(suite.FIGURE, d_model=[8, 16], settings=[[16, 2], [32, 4]], seeds=[0, 1], lrs={"*": [1e-3, 1e-2]})
+    monkeypatch.setattr(suite, "FIGURE", tiny)
+    measured = []
+
+    def fake(item, config, entries, device="cpu"):  # attention does best at 1e-2, based at 1e-3
+        measured.append(item)
+        good = 1e-2 if item["role"] == "attention" else 1e-3
+        return {"accuracy": 0.9 if item["lr"] == good else 0.1, "state_size": 1, "epochs": 1, "seconds": 0.0}
+
+    monkeypatch.setattr(suite, "measure_item", fake)
+    argv = ["bench", "mqar", "--figure", "--roles", "attention,based", "--jobs", "1", "--db", str(tmp_path / "m.db")]
+    assert main(argv) == 0
+    sweep, figure = measured[:4], measured[4:]
+    assert {(it["d"], it["L"], it["seed"]) for it in sweep} == {(8, 16, 0)} and len(sweep) == 4
+    assert {(it["role"], it["lr"]) for it in figure} == {("attention", 1e-2), ("based", 1e-3)}
+    assert len(figure) == 2 * 2 * 2 * 2 and [it["seed"] for it in figure] == [0] * 8 + [1] * 8
+    measured.clear()
+    assert main([*argv, "--resume"]) == 0  # the finished sweep is reused, not run again
+    assert measured and all(it["seed"] is not None and (it["role"], it["lr"]) in {("attention", 1e-2), ("based", 1e-3)}
+                            for it in measured) and len(measured) == 16
+
+
 def test_a_seeded_item_trains_from_its_own_seed():
     config, entries = suite.configure(_args("--figure", "--roles", "attention"))
     config.update(vocab=16, train_examples=64, test_examples=16, epochs=1, batch=32)

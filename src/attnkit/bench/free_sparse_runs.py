@@ -85,20 +85,29 @@ def _best(calls: dict, repeats: int) -> dict:
 
 @torch.no_grad()
 def prefill_speed(n: int, methods, sparsity: float, repeats: int, device="cpu") -> list[dict]:
+    """Each method's call (estimation included) against dense causal SDPA, in turns; for an estimator that picks a
+    tile layout, its estimate alone too (``t_estimate``: the rest of ``t`` is the attention over the kept tiles)."""
     from .. import attention
     from ..builders.estimated_sparse import selection_report
+    from ..registry import get
 
     q, k, v = random_qkv(n, device=device)
     params = {m: prefill_params(m, n, sparsity) for m in methods}
     calls = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)}
     calls.update({m: (lambda m=m: attention(q, k, v, m, causal=True, **params[m])) for m in methods})
+    for m in methods:
+        estimator = get(m).extra.get("estimator")
+        if estimator is not None:
+            full = {**get(m).defaults, **params[m]}
+            calls[f"{m} estimate"] = lambda e=estimator, p=full: e.estimate(q, k, scale=q.shape[-1] ** -0.5, **p)
     t = _best(calls, repeats)
     rows = []
     for m in methods:
         report = selection_report(m, q, k, v, rows=256, **params[m])
         row = {"phase": "prefill", "method": m, "N": n, "params": params[m], "t_sdpa": t["sdpa"], "t": t[m],
-               "speedup": t["sdpa"] / t[m], **report}
-        print(f"prefill N={n:>6} {m:>14}: {t[m]:8.3f} s, sdpa {t['sdpa']:8.3f} s -> {row['speedup']:5.2f}x; "
+               "speedup": t["sdpa"] / t[m], "t_estimate": t.get(f"{m} estimate"), **report}
+        split = "" if row["t_estimate"] is None else f" (estimate {row['t_estimate']:.3f} s)"
+        print(f"prefill N={n:>6} {m:>14}: {t[m]:8.3f} s{split}, sdpa {t['sdpa']:8.3f} s -> {row['speedup']:5.2f}x; "
               f"density {report['density']:.3f} recall {report['recall']:.3f} error {report['output_rel_error']:.3f}",
               flush=True)
         rows.append(row)
@@ -177,8 +186,12 @@ def decode_speed(n: int, methods, fraction: float, steps: int, repeats: int, dev
         for _ in range(steps):
             F.scaled_dot_product_attention(q[:, :, n:n + 1], own_k, own_v)
 
-    calls = {"softmax_step": stepper("softmax"), "sdpa_on_cache": sdpa, **{m: stepper(m) for m in methods}}
+    floors = _decode_floors(q[:, :, n:n + 1], k[:, :, :n], v[:, :, :n], fraction, steps)
+    calls = {"softmax_step": stepper("softmax"), "sdpa_on_cache": sdpa, **{m: stepper(m) for m in methods}, **floors}
     t = {name: s / steps for name, s in _best(calls, repeats).items()}
+    for name in floors:
+        print(f"decode  N={n:>6} floor: {name}: {t[name] * 1e3:7.2f} ms = {t[name] / t['sdpa_on_cache']:.2f}x SDPA on "
+              f"the cache", flush=True)
     rows = []
     for m in methods:
         recall, error = _recall_of_step(m, q[:, :, n - 1:n], k[:, :, :n], v[:, :, :n], params[m])
@@ -186,12 +199,37 @@ def decode_speed(n: int, methods, fraction: float, steps: int, repeats: int, dev
         row = {"phase": "decode", "method": m, "N": n, "params": shown, "fraction": fraction, "t_step": t[m],
                "t_softmax_step": t["softmax_step"], "t_sdpa_on_cache": t["sdpa_on_cache"],
                "ratio_to_softmax_step": t[m] / t["softmax_step"], "ratio_to_sdpa": t[m] / t["sdpa_on_cache"],
-               "recall": recall, "output_rel_error": error}
+               "recall": recall, "output_rel_error": error,
+               "floors": {name: t[name] / t["sdpa_on_cache"] for name in floors}}
         print(f"decode  N={n:>6} {m:>6}: step {t[m] * 1e3:7.2f} ms = {row['ratio_to_softmax_step']:.2f}x the dense "
               f"step ({t['softmax_step'] * 1e3:.2f} ms), {row['ratio_to_sdpa']:.2f}x SDPA on the cache "
               f"({t['sdpa_on_cache'] * 1e3:.2f} ms); recall {recall:.3f} error {error:.3f}", flush=True)
         rows.append(row)
     return rows
+
+
+def _decode_floors(q1, k, v, fraction: float, steps: int) -> dict:
+    """What reading ``fraction`` of a cache costs at least, each on a copy of its own: streaming that share of
+    the keys and values (contiguous), and copying Quest's chosen pages (16 tokens) of every head alone."""
+    from ..families.quest import page_digest, quest_pages
+
+    n = k.shape[2]
+    share = max(1, round(n * fraction))
+    ks, vs = k[:, :, :share].clone(), v[:, :, :share].clone()
+    kp, vp = k.clone(), v.clone()
+    pages, _ = quest_pages(q1, page_digest(k, 16), n, page=16, top_k=max(1, round(n / 16 * fraction)))
+    flat = (torch.arange(k.shape[0] * k.shape[1], device=k.device)[:, None] * (n // 16)
+            + pages.flatten(0, 1).flatten(1).clamp(max=n // 16 - 1)).flatten()
+
+    def stream():
+        for _ in range(steps):
+            ks.sum(), vs.sum()
+
+    def copy_pages():
+        for _ in range(steps):
+            kp.view(-1, 16 * k.shape[3]).index_select(0, flat), vp.view(-1, 16 * v.shape[3]).index_select(0, flat)
+
+    return {f"stream {fraction:g} of K and V": stream, "copy Quest's chosen pages": copy_pages}
 
 
 @torch.no_grad()

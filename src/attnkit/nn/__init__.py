@@ -28,6 +28,9 @@ from .grouped import WeightedGQA, mean_pool_kv
 from .key_driven import KeyDrivenGQA, allocate_queries
 from .latent import LatentCache, MultiHeadLatentAttention
 from .mamba2 import Mamba2Layer
+from .rwkv6 import RWKV6TimeMix
+from .rwkv7 import RWKV7TimeMix
+from .path import PaTHAttention
 from .mixture_of_attention import MixtureOfAttentionHeads
 from .mixture_of_heads import MixtureOfHeads
 from .multi_source import MultiSourceCrossAttention
@@ -46,5 +49,5 @@ __all__ = [
     "GlobalLocalCrossAttention", "PairwiseCrossAttention", "attention_rollout",
     "SigmaReparamLinear", "sigma_reparam", "attention_entropy", "GatedPositionalSelfAttention",
     "PositionalEncodingGenerator",
-    "FocusedLinearAttention", "NystromAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer",
+    "FocusedLinearAttention", "NystromAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer", "RWKV6TimeMix", "RWKV7TimeMix", "PaTHAttention",
 ]

@@ -7,12 +7,15 @@ incremental calls. Absolute encodings that are added to token embeddings
 position encoding (CoPE) depends on the scores, so it is a mechanism
 (``"cope"``), not an encoding of q and k. :class:`LogScaling` scales the queries
 logarithmically past a training length (SWAN-GPT's scaling of its NoPE layers), around an
-optional inner encoding.
+optional inner encoding. :class:`RandomizedPositions` gives a RoPE a sorted random subset of a
+longer range of positions at every call (Ruoss et al.); it is not in :data:`ENCODINGS`, since a
+fresh draw per call cannot decode incrementally.
 
 :data:`ENCODINGS` names every q/k encoding with a factory ``head_dim ->
 encoding``; the conformance suite composes each with softmax attention.
 """
 from .log_scaling import LogScaling
+from .randomized import RandomizedPositions
 from .rope import NoPE, RoPE
 
 ENCODINGS = {
@@ -32,4 +35,4 @@ def encoding(name: str, head_dim: int):
     return ENCODINGS[name](head_dim)
 
 
-__all__ = ["RoPE", "NoPE", "LogScaling", "ENCODINGS", "encoding"]
+__all__ = ["RoPE", "NoPE", "LogScaling", "RandomizedPositions", "ENCODINGS", "encoding"]

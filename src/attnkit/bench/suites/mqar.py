@@ -26,7 +26,7 @@ import torch
 
 from ... import mechanisms, spec
 from .._mqar_data import check_mqar_sizes, mqar
-from .._mqar_figure import FIGURE, FIGURE_ROLES, over_seeds
+from .._mqar_figure import FIGURE, FIGURE_ROLES, chosen_lrs, lr_sweep_config, over_seeds
 from .._mqar_model import MQARModel, train
 from ..options import choices, floats, names, positive_int
 from ..runner import run_items
@@ -96,18 +96,22 @@ def lrs_for(config: dict, role: str) -> list[float]:
 
 
 def plan(config: dict, entries: list[dict]) -> list[dict]:
+    """Every training, seed by seed (a figure cut short has every point of its first seeds), then by
+    (L, K), width and role; a role nobody registered gets one row per (L, K, width)."""
     widths = config["d_model"] if isinstance(config["d_model"], list) else [config["d_model"]]
+    seeds = config.get("seeds", [None])
     items = []
-    for e in entries:
+    for seed in seeds:
         for seq_len, num_kv in config["settings"]:
             for d in widths:
-                for seed in config.get("seeds", [None]):
+                for e in entries:
                     base = {"role": e["role"], "mechanism": e["mechanism"], "L": seq_len, "K": num_kv, "d": d}
                     if seed is not None:
                         base["seed"] = seed
                     if e["mechanism"] is None:
-                        items.append({**base, "lr": None})
-                        break  # one "not registered" row, not one per seed
+                        if seed == seeds[0]:
+                            items.append({**base, "lr": None})
+                        continue
                     items.extend({**base, "lr": lr} for lr in lrs_for(config, e["role"]))
     return items
 
@@ -237,12 +241,38 @@ def configure(args) -> tuple[dict, list[dict]]:
 
 def run(args) -> int:
     config, entries = configure(args)
-    by_role = {e["role"]: e for e in entries}
-    code, run_id = run_items("mqar", config, plan(config, entries), partial(measure_item, config=config, entries=by_role, device=args.device),
-                             args, describe=lambda it: f"{it['mechanism'] or it['role']} L={it['L']} lr={it['lr']}",
-                             jobs=args.jobs)
+    if getattr(args, "figure", False):
+        code, config = _choose_learning_rates(config, entries, args)
+        if code:
+            return code
+    code, run_id = _run(config, entries, args)
     print_summary(Store(args.db).rows(run_id))
     return code
+
+
+def _run(config: dict, entries: list[dict], args) -> tuple[int, int]:
+    by_role = {e["role"]: e for e in entries}
+    return run_items("mqar", config, plan(config, entries), partial(measure_item, config=config, entries=by_role,
+                                                                    device=args.device),
+                     args, describe=lambda it: f"{it['mechanism'] or it['role']} L={it['L']} d={it['d']} "
+                                               f"seed={it.get('seed')} lr={it['lr']}", jobs=args.jobs)
+
+
+def _choose_learning_rates(config: dict, entries: list[dict], args) -> tuple[int, dict]:
+    """The figure's first stage: each role's learning-rate sweep at the cheapest point, stored as its own
+    run (reused once finished); returns the figure's configuration with one rate per role."""
+    sweep = lr_sweep_config(config)
+    run_id = Store(args.db).finished_run("mqar", sweep)
+    if run_id is None:
+        print("mqar --figure: choosing each role's learning rate at d={d_model[0]}, (L, K) = {settings[0]}, "
+              "seed {seeds[0]}".format(**sweep))
+        code, run_id = _run(sweep, entries, args)
+        if code:
+            return code, config
+    rows = Store(args.db).rows(run_id)
+    lrs = chosen_lrs(best_per_setting(rows), [e["role"] for e in entries])
+    print("mqar --figure: learning rates " + ", ".join(f"{role} {lr[0]:g}" for role, lr in lrs.items()))
+    return 0, {**config, "lrs": {**config["lrs"], **lrs}}
 
 
 def report(run: dict, rows: list[dict]) -> tuple[str, dict]:

@@ -16,7 +16,7 @@ attnkit takes the decay in log space, ``log_w = -exp(d) <= 0``, ``(B, H, N, Dk)`
 and ``u`` ``(H, Dk)``; ``attnkit.nn.inputs.rwkv6.RWKV6Decay`` learns them (the decay's
 low-rank, data-dependent part as in the paper). The data-dependent token shift (``lerp``
 of ``x_t`` and ``x_{t-1}`` through a LoRA) and the output gate and group norm belong to
-the RWKV block, not to this op. ``scale`` is not used (RWKV does not scale ``r``). Causal only.
+the RWKV block, ``attnkit.nn.RWKV6TimeMix``, not to this op. ``scale`` is not used (RWKV does not scale ``r``). Causal only.
 
 Forms: ``parallel`` (every pair's per-channel weight materialised: the reference),
 ``chunked`` (GLA's two-level chunked form, run on keys, values and gates shifted one token

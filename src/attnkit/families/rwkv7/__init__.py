@@ -17,7 +17,7 @@ so any diagonal-plus-rank-one transition runs (the paper's choice keeps its eige
 Tensor inputs per query head and token, ``(B, H, N, Dk)``: ``log_w = log(w) <= 0``, ``a``,
 ``b``; ``attnkit.nn.inputs.rwkv7.RWKV7Inputs`` computes them from the hidden states and the
 keys. The token shift, the bonus ``(r_t . (rho . k~_t)) v_t``, the group norm and the output
-gate belong to the RWKV block, not to this op. ``scale`` is not used. Causal only.
+gate belong to the RWKV block, ``attnkit.nn.RWKV7TimeMix``, not to this op. ``scale`` is not used. Causal only.
 
 Forms: ``parallel`` (the recurrence with the ``Dk x Dk`` transition materialised: the
 reference), ``chunked`` (a UT transform per chunk like the delta rule's,

@@ -3,7 +3,7 @@
 Peng et al., "Eagle and Finch: RWKV with Matrix-Valued States and Dynamic Recurrence" and
 "RWKV-7 "Goose" with Expressive Dynamic State Evolution". Both papers compute these from the
 token-shifted input ``lerp(x_t, x_{t-1}, mu)``; an input module sees the new tokens only, so
-here they are computed from ``x_t`` (the token shift belongs to the RWKV block). Initialised as
+here they are computed from ``x_t`` (the token shift belongs to the RWKV block: ``attnkit.nn.RWKV6TimeMix``, ``RWKV7TimeMix``). Initialised as
 the authors' code does for a middle layer: decays spread from slow to fast across the channels.
 """
 from __future__ import annotations

@@ -1,0 +1,42 @@
+"""The PaTH layer: the short convolution on w, and decoding in pieces with it carried in the state."""
+import torch
+import torch.nn.functional as F
+
+import attnkit
+from attnkit.nn import PaTHAttention
+
+
+def _layer(seed=0, **kw):
+    torch.manual_seed(seed)
+    layer = PaTHAttention(8, 2, rank=4, chunk_size=4, **kw).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return layer
+
+
+def test_w_is_the_normalised_silu_of_a_causal_convolution_over_three_tokens():
+    layer = _layer()
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    u = layer.direction(x)  # (B, N, dim)
+    kernel, bias = layer.conv.weight[:, 0], layer.conv.bias  # (dim, 3)
+    padded = torch.cat([u.new_zeros(2, 2, 8), u], 1)
+    conv = torch.stack([(padded[:, t:t + 3] * kernel.T).sum(1) + bias for t in range(9)], 1)
+    w = F.normalize(F.silu(conv).view(2, 9, 2, 4).transpose(1, 2), dim=-1)
+    heads = lambda t: t.view(2, 9, 2, 4).transpose(1, 2)
+    o = attnkit.attention(heads(layer.q(x)), heads(layer.k(x)), heads(layer.v(x)), "path", causal=True,
+                          form="reference", w=w, beta=2 * torch.sigmoid(layer.strength(x)).transpose(1, 2))
+    torch.testing.assert_close(layer(x), layer.out(o.transpose(1, 2).flatten(2)))
+
+
+def test_decoding_in_pieces_equals_one_shot_with_the_convolution_carried():
+    for kw in ({}, {"forget_gate": True}, {"w_conv": 0}):
+        layer = _layer(seed=1, **kw)
+        x = torch.randn(2, 10, 8, dtype=torch.float64)
+        whole = layer(x)
+        a, s1 = layer(x[:, :3], return_state=True)
+        b, s2 = layer(x[:, 3:4], state=s1, return_state=True)
+        c, s3 = layer(x[:, 4:], state=s2, return_state=True)
+        torch.testing.assert_close(torch.cat([a, b, c], 1), whole)
+        assert s3.length == 10
+        torch.testing.assert_close(layer(x[:, 3:4], state=s1), b)  # s1 unchanged by the later calls
