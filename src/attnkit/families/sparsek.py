@@ -53,8 +53,9 @@ query can still read: the last query's window and the keys before it still in
 its SPARSEK support, with their values and scores; every other key is dropped
 for good. That is the paper's constant-memory generation when the support stays
 near ``k`` keys, as it does when the scores rise with the position (the
-position term of the paper's scoring network); with flat scores the support,
-and the state, can grow (``state_size`` counts it from the scores).
+position term of the paper's scoring network) or are spread like a standard
+normal; with scores that do not spread (all equal) the support, and the state,
+grows with the prefix (``state_size`` counts it from the scores).
 """
 from __future__ import annotations
 
@@ -301,7 +302,8 @@ register(MechanismSpec(
     fast={"chunked": _chunked},
     step=_step,
     weights=_weights,
-    params={"select_count": Param(64, int, "k: the mass SPARSEK spreads over the keys before the window", low=1),
+    params={"select_count": Param(64, int, "k: the keys before the window each query attends (its k best-scored), "
+                                           "weighted by SPARSEK, which spreads k units of mass", low=1),
             "window": Param(512, int, "keys of the sliding window, the query's own included (w)", low=1)},
     test_params={"select_count": 3, "window": 4},
     inputs={"scores": TensorInput("(B, Hkv, N)", "u: each key's score from the scoring network (x_j w_score)")},

@@ -11,7 +11,9 @@ and reads one key/value tile, and one batched matmul runs many items.
 
 Each (row, slot) pair yields a partial softmax (row max, row sum, unnormalised
 output), stored in item order as the batched matmuls write it; the slots of a
-row are then merged with the log-sum-exp rule, one slot at a time. Rows are
+row are then merged with the log-sum-exp rule: the row's log-sum-exp from the
+slots' maxima and sums alone, then every partial output weighted and added to
+its row with one ``index_add_``. Rows are
 processed in chunks so these results stay small: memory is O(N k) for the
 selection and O(chunk) for the rest. Pairs whose tile
 lies wholly in a query's past (all but the diagonal tile) skip the causal mask.
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..masks.selection import BlockSelection
-from .online_softmax import Partial, floor, merge, normalise
+from .online_softmax import floor
 
 LOG2E = 1.4426950408889634
 BUDGET = 1 << 21  # score elements of one batched step
@@ -163,13 +165,23 @@ def _tiles(x, plan: _Plan):
     return x.reshape(-1, plan.bk, x.shape[-1])
 
 
-def _merge_slots(part_out, part_max, part_sum, pair_of):
-    """Each row's slots merged exactly (:mod:`~attnkit.kernels.online_softmax`), one slot at a time: the
-    normalised output and the base-2 log-sum-exp (+inf if empty)."""
-    top = part_max[pair_of].amax(1).unsqueeze(-1)  # (rows, width, 1); unused slots read the -inf sentinel
-    slots = (Partial(part_out.index_select(0, at), part_max[at].unsqueeze(-1), part_sum[at].unsqueeze(-1))
-             for at in pair_of.unbind(1))
-    return normalise(merge(slots, base2=True, top=top, in_place=True), base2=True, empty_lse=float("inf"), in_place=True)
+def _merge_slots(part_out, part_max, part_sum, pair_of, item_row, r0):
+    """Each row's slots merged exactly (:mod:`~attnkit.kernels.online_softmax`): the normalised output and the
+    base-2 log-sum-exp (+inf if empty) of the chunk's rows ``r0 : r0 + len(pair_of)``.
+
+    The merge runs on the scalars first: a row's log-sum-exp ``lse = log2 sum_s l_s 2^(m_s)`` from its slots'
+    maxima ``m_s`` and sums ``l_s``; then every partial output, wherever it lies, is weighted by
+    ``2^(m_s - lse)`` and added to its row, ``out = sum_s 2^(m_s - lse) o_s``, in one pass."""
+    n_rows = pair_of.shape[0]
+    top = part_max[pair_of].amax(1, keepdim=True)  # (rows, 1, width); unused slots read the -inf sentinel
+    total = (part_sum[pair_of] * torch.exp2(part_max[pair_of] - top.clamp(min=floor(top.dtype)))).sum(1)
+    lse = torch.where(total > 0, top[:, 0] + total.log2(), float("inf"))
+    rows = (item_row.flatten() - r0).clamp_(max=n_rows)  # the null row (padding) lands on a row of its own
+    n = rows.shape[0]
+    weight = torch.exp2(part_max[:n] - torch.cat([lse, lse.new_full((1, lse.shape[1]), float("inf"))])[rows])
+    out = part_out.new_zeros(n_rows + 1, *part_out.shape[1:])
+    out.index_add_(0, rows, part_out[:n].mul_(weight.unsqueeze(-1)))
+    return out[:n_rows], lse
 
 
 def _scores(qr, kt, item_row, item_key, partial, plan):
@@ -209,7 +221,7 @@ class _SelectedBlocks(torch.autograd.Function):
                 torch.bmm(p, vt.index_select(0, keys), out=part_out[at].view(i1 - i0, -1, plan.Dv))
                 part_max[at] = m.view(-1, plan.width)
                 part_sum[at] = p.sum(-1).view(-1, plan.width)
-            out[r0:r1], lse[r0:r1] = _merge_slots(part_out, part_max, part_sum, pair_of)
+            out[r0:r1], lse[r0:r1] = _merge_slots(part_out, part_max, part_sum, pair_of, item_row, r0)
         ctx.save_for_backward(qr, k, v, out, lse)
         ctx.plan, ctx.scale = plan, scale
         return _unrows(out, plan)
