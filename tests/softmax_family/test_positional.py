@@ -30,6 +30,17 @@ def test_rotated_dot_product_depends_only_on_offset(rope):
     assert dot(5, 2) != pytest.approx(dot(5, 3), abs=1e-6)  # it does depend on the offset
 
 
+@pytest.mark.parametrize("rope", SCALINGS, ids=lambda r: str(r.scaling))
+def test_rotation_tables_are_made_on_the_inputs_device(rope):
+    # Under another default device, a table made on the default device and then moved would fail
+    # (a meta tensor cannot be copied out): the frequencies must be made where the positions are.
+    x = torch.randn(2, 3, D)
+    expected = rope.rotate(x, torch.arange(3))
+    with torch.device("meta"):
+        got = rope.rotate(x, torch.arange(3, device="cpu"))
+    assert got.device.type == "cpu" and torch.equal(got, expected)
+
+
 def test_plain_rope_frequencies_and_norm():
     rope = RoPE(D, base=10000.0)
     expected = torch.tensor([10000.0 ** (-2 * i / D) for i in range(D // 2)], dtype=torch.float64)

@@ -31,6 +31,7 @@ from .mamba2 import Mamba2Layer
 from .rwkv6 import RWKV6TimeMix
 from .rwkv7 import RWKV7TimeMix
 from .path import PaTHAttention
+from .relational import RelationalAttention
 from .mixture_of_attention import MixtureOfAttentionHeads
 from .mixture_of_heads import MixtureOfHeads
 from .multi_source import MultiSourceCrossAttention
@@ -49,5 +50,5 @@ __all__ = [
     "GlobalLocalCrossAttention", "PairwiseCrossAttention", "attention_rollout",
     "SigmaReparamLinear", "sigma_reparam", "attention_entropy", "GatedPositionalSelfAttention",
     "PositionalEncodingGenerator",
-    "FocusedLinearAttention", "NystromAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer", "RWKV6TimeMix", "RWKV7TimeMix", "PaTHAttention",
+    "FocusedLinearAttention", "NystromAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer", "RWKV6TimeMix", "RWKV7TimeMix", "PaTHAttention", "RelationalAttention",
 ]

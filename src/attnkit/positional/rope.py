@@ -36,12 +36,13 @@ class RoPE:
         if self.factor < 1.0:
             raise ValueError(f"factor must be >= 1, got {self.factor}")
 
-    def inv_freq(self) -> torch.Tensor:
+    def inv_freq(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The rotation frequency of each pair of dimensions, float64, made on ``device``."""
         d = self.head_dim
         base = self.base
         if self.scaling == "ntk":
             base = base * self.factor ** (d / (d - 2))
-        inv = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+        inv = base ** (-torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)
         if self.scaling == "linear":
             inv = inv / self.factor
         elif self.scaling == "yarn":
@@ -61,7 +62,7 @@ class RoPE:
         """Rotate pairs ``(x[2i], x[2i+1])`` by angle ``pos * inv_freq[i]``."""
         if x.shape[-1] != self.head_dim:
             raise ValueError(f"RoPE was built for head_dim {self.head_dim}, got tensors with head_dim {x.shape[-1]}")
-        angles = positions.to(torch.float64)[:, None] * self.inv_freq().to(positions.device)[None, :]
+        angles = positions.to(torch.float64)[:, None] * self.inv_freq(positions.device)[None, :]
         cos = angles.cos().to(x.dtype) * self.temperature()
         sin = angles.sin().to(x.dtype) * self.temperature()
         x1, x2 = x[..., 0::2], x[..., 1::2]
