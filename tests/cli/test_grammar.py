@@ -38,6 +38,12 @@ def test_info_takes_an_optional_name(capsys):
     assert "softmax" in capsys.readouterr().out
 
 
+def test_info_explains_model_pieces(capsys):
+    assert main(["info", "deconstructed"]) == 0
+    out = capsys.readouterr().out
+    assert "StaticEmbQK" in out and "Readings" in out
+
+
 def test_lists_are_comma_separated_everywhere():
     """No option takes several words (``nargs``): every list is one comma-separated word."""
     parsers = [build_parser(name) for name in all_suites()]
