@@ -38,6 +38,7 @@ def test_unknown_names(capsys, argv, expected):
     (["train", "lm", "--minutes", "-1"], "--minutes: expected a positive number"),
     (["train", "lm", "--layout", "swan", "--schedule", "FF"], "leave out --schedule"),
     (["train", "lm", "--window", "8"], "--window sets the local layers of --layout"),
+    (["train", "lm", "--resume", "lm.pt", "--dim", "32"], "--dim has no effect with --resume"),
     (["bench", "core", "--device", "cuda:7"], "--device"),
     (["report", "--compare", "1", "x"], "--compare"),
 ])

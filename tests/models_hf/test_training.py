@@ -80,3 +80,17 @@ def test_batches_given_to_the_trainer_are_used_with_their_loss_weights(corpus):
     cfg = TrainConfig(context=16, batch=2, minutes=None, max_steps=1)
     result = train(model, train_ids, cfg, batches=lambda g: (w, weights))
     assert result["losses"][0] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_a_resumed_run_keeps_the_checkpoints_context_and_batch(tmp_path):
+    from attnkit.cli import main
+
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    common = ["--max-steps", "1", "--eval-tokens", "256", "--sample", "0", "--threads", "1"]
+    assert main(["train", "lm", "--layers", "1", "--dim", "16", "--context", "24", "--batch", "3", "--out", str(first),
+                 *common]) == 0
+    assert main(["train", "lm", "--resume", str(first), "--out", str(second), *common]) == 0
+    saved = torch.load(second, weights_only=True)["train_config"]
+    assert (saved["context"], saved["batch"]) == (24, 3)  # not the command line's defaults (64, 32)
+    assert main(["train", "lm", "--resume", str(first), "--context", "32", "--out", str(second), *common]) == 0
+    assert torch.load(second, weights_only=True)["train_config"]["context"] == 32  # given: it wins

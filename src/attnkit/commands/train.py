@@ -28,6 +28,13 @@ NAME = "train"
 HELP = "train a model on real text (attnkit train lm ...)"
 
 
+# The flags that define the model: a checkpoint given with --resume defines it instead.
+MODEL_FLAGS = ("mechanism", "schedule", "mix", "layers", "layout", "window", "sigma_reparam", "dim", "heads",
+               "kv_heads", "mlp_ratio", "level")
+# Training settings a resumed run takes from its checkpoint unless they are given.
+TRAINING_DEFAULTS = {"context": 64, "batch": 32, "lr": 5e-3}
+
+
 def add_arguments(parser) -> None:
     from ..bench.options import Parser, device, ints, non_negative_int, positive_float, positive_int
 
@@ -52,9 +59,9 @@ def add_arguments(parser) -> None:
     p.add_argument("--mlp-ratio", type=positive_float, default=4.0,
                    help="MLP width / model width (lower it to compare mixers with more parameters at equal size)")
     p.add_argument("--level", choices=("byte", "char"), default="byte")
-    p.add_argument("--context", type=positive_int, default=64)
-    p.add_argument("--batch", type=positive_int, default=32)
-    p.add_argument("--lr", type=positive_float, default=5e-3)
+    p.add_argument("--context", type=positive_int, default=None, help="training context (default 64; with --resume, the checkpoint's)")
+    p.add_argument("--batch", type=positive_int, default=None, help="batch size (default 32; with --resume, the checkpoint's)")
+    p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default 5e-3; with --resume, the checkpoint's)")
     p.add_argument("--minutes", type=positive_float, default=10.0)
     p.add_argument("--max-steps", type=non_negative_int, default=None, help="step budget (with --resume, 0 only evaluates)")
     p.add_argument("--eval-tokens", type=positive_int, default=65536)
@@ -70,6 +77,7 @@ def add_arguments(parser) -> None:
                         "included, its digits weighted in the loss) and half as many rows copy exercises, and report "
                         "passkey accuracy at --context after training")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    p.set_defaults(model_flag_defaults={name: p.get_default(name) for name in MODEL_FLAGS})
     train_seq2seq.add_arguments(sub)
     train_seer_decode.add_arguments(sub)
 
@@ -165,15 +173,20 @@ def run(args) -> int:
     from ..training.metrics import attention_entropy_per_layer, eval_windows, model_perplexity
 
     if args.resume is None:
+        _fill_training_settings(args, {})
         model_config(args, vocab_size=256)  # unknown mechanisms and bad mixers fail here, before any work
+    else:
+        _check_no_model_flags(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     train_text, held_text = shakespeare.load_split()
+    if args.resume:
+        model, codec, ckpt = load_checkpoint(args.resume)
+        _fill_training_settings(args, ckpt.get("train_config") or {})
     cfg = TrainConfig(context=args.context, batch=args.batch, lr=args.lr, minutes=args.minutes,
                       max_steps=args.max_steps, eval_tokens=args.eval_tokens, seed=args.seed)
     if args.resume:
-        model, codec, ckpt = load_checkpoint(args.resume)
         model = model.to(args.device)
         optimizer = make_optimizer(model, cfg)
         if ckpt.get("optimizer"):
@@ -231,6 +244,21 @@ def run(args) -> int:
                                                   generator=torch.Generator(args.device).manual_seed(args.seed))[0].cpu())
         print("--- sample ---\n" + text)
     return 0
+
+
+def _check_no_model_flags(args) -> None:
+    """With --resume the checkpoint defines the model: a model flag that differs from its default is an error."""
+    for name, default in args.model_flag_defaults.items():
+        if getattr(args, name) != default:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} has no effect with --resume: the model comes from the checkpoint; leave {flag} out")
+
+
+def _fill_training_settings(args, saved: dict) -> None:
+    """Context, batch and learning rate not given: the checkpoint's (with --resume), else the defaults."""
+    for name, default in TRAINING_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, saved.get(name, default))
 
 
 def _layers(values) -> str:
