@@ -138,3 +138,26 @@ def test_bad_gates_are_refused():
         attnkit.attention(q, k, v, "seer_attention", causal=True, gate_q=t["gate_q"], gate_k=t["gate_k"][:, :8])
     with pytest.raises(ValueError, match="gate_q"):
         attnkit.attention(q, k, v, "seer_attention", causal=True, gate_q=t["gate_q"][:2], gate_k=t["gate_k"])
+
+
+def test_distillation_targets_are_the_layers_own_attention_after_rope():
+    from attnkit.training.seer import _capture, gated_layers, seer_model
+
+    torch.manual_seed(0)
+    base = DecoderLM(ModelConfig(vocab_size=256, dim=16, heads=2, schedule="F", mixers={"F": "softmax"}))
+    assert base.config.rope  # the gate's input module sees q and k before the layer's RoPE
+    gated = seer_model(base, block_size=8, top_k=4)
+    x = torch.randint(0, 256, (1, 32))
+    with attnkit.capture(base) as rec, torch.no_grad():
+        base(x)
+    mass = rec[0].weights.reshape(1, 2, 4, 8, 4, 8).sum(5).mean(3)
+    targets = []
+    handles = _capture(gated_layers(gated), lambda layer, q, k, gates: targets.append(
+        distillation_target(q, k, block_size=8, pool="sum")))
+    try:
+        with torch.no_grad():
+            gated(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.allclose(targets[0], mass / mass.sum(-1, keepdim=True), atol=1e-6)

@@ -5,7 +5,7 @@ Attention in Your LLMs").
 :func:`seer_model` builds the same model with ``seer_attention`` layers and the base weights (only the
 gates are new); :func:`distill_gates` trains the gates alone: every gated layer runs densely meanwhile
 (all blocks kept, so the frozen model computes exactly what the base model does) and each gate is fitted to
-its layer's dense attention pooled to blocks (``KL(target || gate)``, :func:`attnkit.families.seer
+its layer's dense attention (q and k after the layer's RoPE) pooled to blocks (``KL(target || gate)``, :func:`attnkit.families.seer
 .distillation_loss`); :func:`gate_quality` measures the attention mass the gates keep and the density.
 """
 from __future__ import annotations
@@ -46,8 +46,15 @@ def gated_layers(model, mechanism: str = "seer_attention") -> list[Attention]:
 
 
 def _capture(layers, on_call):
-    """Call ``on_call(layer, q, k, gates)`` whenever a gated layer's gate runs; returns the hook handles."""
-    return [layer.inputs.register_forward_hook(lambda mod, args, out, layer=layer: on_call(layer, args[1], args[2], out))
+    """Call ``on_call(layer, q, k, gates)`` whenever a gated layer's gate runs, with q and k as the layer
+    attends with them (the gate's input module sees them before the layer's RoPE); returns the hook handles."""
+    def hook(mod, args, out, layer):
+        q, k = args[1], args[2]
+        if layer.rope is not None:  # one-shot calls: positions 0..N-1
+            q, k = layer.rope.apply(q, k, q_offset=0, k_offset=0)
+        on_call(layer, q, k, out)
+
+    return [layer.inputs.register_forward_hook(lambda mod, args, out, layer=layer: hook(mod, args, out, layer))
             for layer in layers]
 
 
