@@ -141,7 +141,7 @@ def test_bad_gates_are_refused():
 
 
 def test_distillation_targets_are_the_layers_own_attention_after_rope():
-    from attnkit.training.seer import _capture, gated_layers, seer_model
+    from attnkit.training.seer import after_rope, capture_gates, distill_gates, gated_layers, seer_model
 
     torch.manual_seed(0)
     base = DecoderLM(ModelConfig(vocab_size=256, dim=16, heads=2, schedule="F", mixers={"F": "softmax"}))
@@ -151,13 +151,19 @@ def test_distillation_targets_are_the_layers_own_attention_after_rope():
     with attnkit.capture(base) as rec, torch.no_grad():
         base(x)
     mass = rec[0].weights.reshape(1, 2, 4, 8, 4, 8).sum(5).mean(3)
-    targets = []
-    handles = _capture(gated_layers(gated), lambda layer, q, k, gates: targets.append(
-        distillation_target(q, k, block_size=8, pool="sum")))
+    seen = []
+    handles = capture_gates(gated_layers(gated), lambda layer, q, k, gates: seen.append((layer, q, k, gates)))
     try:
         with torch.no_grad():
             gated(x)
     finally:
         for handle in handles:
             handle.remove()
-    assert torch.allclose(targets[0], mass / mass.sum(-1, keepdim=True), atol=1e-6)
+    layer, q, k, gates = seen[0]
+    qr, kr = after_rope(layer, q, k)
+    assert torch.allclose(distillation_target(qr, kr, block_size=8, pool="sum"), mass / mass.sum(-1, keepdim=True), atol=1e-6)
+    # and the training loop fits the gates to that target
+    expected = distillation_loss(qr, kr, gates["gate_q"], gates["gate_k"], block_size=8, pool="sum")
+    ids = torch.cat([x[0], x[0, :2]])  # one possible window: the batch the loop samples is x
+    got = distill_gates(gated, ids, context=32, batch=1, lr=1e-9, max_steps=1, minutes=None, pool="sum")
+    assert got["losses"][0] == pytest.approx(expected.item(), rel=1e-5)

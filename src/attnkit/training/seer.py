@@ -45,34 +45,31 @@ def gated_layers(model, mechanism: str = "seer_attention") -> list[Attention]:
     return [m for m in model.modules() if isinstance(m, Attention) and m.mechanism == mechanism]
 
 
-def _capture(layers, on_call):
-    """Call ``on_call(layer, q, k, gates)`` whenever a gated layer's gate runs, with q and k as the layer
-    attends with them (the gate's input module sees them before the layer's RoPE); returns the hook handles."""
-    def hook(mod, args, out, layer):
-        q, k = args[1], args[2]
-        if layer.rope is not None:  # one-shot calls: positions 0..N-1
-            q, k = layer.rope.apply(q, k, q_offset=0, k_offset=0)
-        on_call(layer, q, k, out)
+def after_rope(layer, q, k):
+    """``q, k`` as ``layer`` attends with them in a one-shot call (the gate's input module sees them before the
+    layer's RoPE)."""
+    return layer.rope.apply(q, k, q_offset=0, k_offset=0) if layer.rope is not None else (q, k)
 
-    return [layer.inputs.register_forward_hook(lambda mod, args, out, layer=layer: hook(mod, args, out, layer))
+
+def capture_gates(layers, on_call):
+    """Call ``on_call(layer, q, k, gates)`` whenever a gated layer's gate runs, with the q and k the gate reads
+    (before the layer's RoPE: see :func:`after_rope`); returns the hook handles."""
+    return [layer.inputs.register_forward_hook(lambda mod, args, out, layer=layer: on_call(layer, args[1], args[2], out))
             for layer in layers]
 
 
-def distill_gates(model, train_ids: torch.Tensor, *, context: int, batch: int = 16, lr: float = 1e-3,
-                  minutes: float | None = 5.0, max_steps: int | None = None, pool: str = "max", seed: int = 0,
-                  on_step=None) -> dict:
-    """Train the gates of ``model`` (from :func:`seer_model`) in place; ``{"steps", "seconds", "losses"}``."""
-    layers = gated_layers(model)
-    if not layers:
-        raise ValueError("model has no seer_attention layers (build it with seer_model)")
+def distil(model, layers, loss_of, *, dense: dict, train_ids: torch.Tensor, context: int, batch: int, lr: float,
+           minutes: float | None, max_steps: int | None, seed: int, on_step) -> dict:
+    """The self-distillation loop both gates share: ``layers`` run with ``dense`` parameters (every block read,
+    so the frozen model computes what the base model does); ``loss_of(layer, q, k, gates)`` returns a layer's
+    loss; only the trainable parameters (the gates) learn. ``{"steps", "seconds", "losses"}``."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     saved = [layer.mechanism_params for layer in layers]
-    for layer in layers:  # keep every block: the frozen model runs exactly as the dense base model
-        layer.mechanism_params = {**layer.mechanism_params, "top_k": context, "threshold": 0.0}
+    for layer in layers:
+        layer.mechanism_params = {**layer.mechanism_params, **dense}
     losses_now: list[torch.Tensor] = []
-    handles = _capture(layers, lambda layer, q, k, g: losses_now.append(distillation_loss(
-        q, k, g["gate_q"], g["gate_k"], block_size=saved[layers.index(layer)]["block_size"], pool=pool)))
+    handles = capture_gates(layers, lambda layer, q, k, gates: losses_now.append(loss_of(layer, q, k, gates)))
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     losses, step, start = [], 0, time.perf_counter()
@@ -98,6 +95,24 @@ def distill_gates(model, train_ids: torch.Tensor, *, context: int, batch: int = 
     return {"steps": step, "seconds": round(time.perf_counter() - start, 1), "losses": losses}
 
 
+def distill_gates(model, train_ids: torch.Tensor, *, context: int, batch: int = 16, lr: float = 1e-3,
+                  minutes: float | None = 5.0, max_steps: int | None = None, pool: str = "max", seed: int = 0,
+                  on_step=None) -> dict:
+    """Train the gates of ``model`` (from :func:`seer_model`) in place; ``{"steps", "seconds", "losses"}``."""
+    layers = gated_layers(model)
+    if not layers:
+        raise ValueError("model has no seer_attention layers (build it with seer_model)")
+    blocks = [layer.mechanism_params["block_size"] for layer in layers]
+
+    def loss_of(layer, q, k, gates):
+        return distillation_loss(*after_rope(layer, q, k), gates["gate_q"], gates["gate_k"],
+                                 block_size=blocks[layers.index(layer)], pool=pool)
+
+    return distil(model, layers, loss_of, dense={"top_k": context, "threshold": 0.0}, train_ids=train_ids,
+                  context=context, batch=batch, lr=lr, minutes=minutes, max_steps=max_steps, seed=seed,
+                  on_step=on_step)
+
+
 def gate_quality(model, windows: torch.Tensor, *, batch: int = 16) -> dict:
     """Mean dense attention mass inside the kept blocks (recall) and the kept share of causal pairs (density)."""
     layers = gated_layers(model)
@@ -105,6 +120,7 @@ def gate_quality(model, windows: torch.Tensor, *, batch: int = 16) -> dict:
 
     def measure(layer, q, k, gates):
         p = layer.mechanism_params
+        q, k = after_rope(layer, q, k)
         mass = distillation_target(q, k, block_size=p["block_size"], pool="sum")
         kept = block_mask(q, k, gates["gate_q"], gates["gate_k"], p["block_size"], p["top_k"], p["threshold"], True)
         kept_mass.append((mass * kept).sum(-1).mean().item())
@@ -112,7 +128,7 @@ def gate_quality(model, windows: torch.Tensor, *, batch: int = 16) -> dict:
                              top_k=p["top_k"], threshold=p["threshold"])
         density.append(sel.density(causal=True))
 
-    handles = _capture(layers, measure)
+    handles = capture_gates(layers, measure)
     try:
         with torch.no_grad():
             for s in range(0, len(windows), batch):
