@@ -163,7 +163,7 @@ def run(args) -> int:
     if args.what == "seer":
         return run_seer(args)
     if args.what == "seer-r":
-        return train_seer_decode.run(args)
+        return run_seer(args, "seer_attention_r")
     import torch
 
     from ..data import shakespeare
@@ -278,41 +278,50 @@ def passkey_accuracy(model, codec, held_ids, context: int, device, trials: int =
     return sum(codec.decode(row.tolist()).strip()[:5] == key for row, key in zip(out.cpu(), keys)) / trials
 
 
-def run_seer(args) -> int:
+def run_seer(args, mechanism: str = "seer_attention") -> int:
+    """``train seer`` (SeerAttention's prefill gates) and ``train seer-r`` (SeerAttention-R's decode gates):
+    the gated LM built from the checkpoint, its gates distilled with the base frozen, quality before and after."""
     import torch
 
     from ..data import shakespeare
-    from ..training.lm import load_checkpoint
+    from ..training.lm import TrainConfig, load_checkpoint, save_checkpoint
     from ..training.metrics import eval_windows, model_perplexity
     from ..training.seer import distill_gates, gate_quality, seer_model
+    from ..training.seer_decode import decode_gate_quality, distill_decode_gates
 
+    distill, quality = {"seer_attention": (distill_gates, gate_quality),
+                        "seer_attention_r": (distill_decode_gates, decode_gate_quality)}[mechanism]
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     base, codec, ckpt = load_checkpoint(args.base)
     context = args.context or ckpt.get("train_config", {}).get("context", 64)
-    model = seer_model(base, block_size=args.block_size, top_k=args.top_k)
+    model = seer_model(base, block_size=args.block_size, top_k=args.top_k, mechanism=mechanism)
     train_text, held_text = shakespeare.load_split()
-    train_ids = codec.encode(train_text)
     windows = eval_windows(codec.encode(held_text), context, args.eval_tokens)
     metrics = {"context": context, "block_size": args.block_size, "top_k": args.top_k, "pool": args.pool,
                "dense_perplexity": round(model_perplexity(base, windows), 3)}
-    before = gate_quality(model, windows)
+    before = quality(model, windows)
     metrics.update({"untrained_perplexity": round(model_perplexity(model, windows), 3),
                     "untrained_kept_mass": before["kept_mass"]})
-    result = distill_gates(model, train_ids, context=context, batch=args.batch, lr=args.lr, minutes=args.minutes,
-                           max_steps=args.max_steps, pool=args.pool, seed=args.seed)
-    after = gate_quality(model, windows)
+    result = distill(model, codec.encode(train_text), context=context, batch=args.batch, lr=args.lr,
+                     minutes=args.minutes, max_steps=args.max_steps, pool=args.pool, seed=args.seed)
+    after = quality(model, windows)
     metrics.update({"perplexity": round(model_perplexity(model, windows), 3), "kept_mass": after["kept_mass"],
                     "density": after["density"], "steps": result["steps"], "seconds": result["seconds"],
                     "first_loss": round(result["losses"][0], 4) if result["losses"] else None,
                     "final_loss": round(sum(result["losses"][-10:]) / max(1, len(result["losses"][-10:])), 4)})
+    if getattr(args, "out", None):
+        save_checkpoint(args.out, model, codec, TrainConfig(context=context), metrics=metrics)
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"SeerAttention, blocks of {args.block_size}, top {args.top_k} per query block (density "
-              f"{metrics['density']:.2f} of the causal pairs), context {context}: {result['steps']} distillation "
-              f"steps in {result['seconds']} s, loss {metrics['first_loss']} -> {metrics['final_loss']}\n"
+        chosen = (f"top {args.top_k} per query block" if mechanism == "seer_attention"
+                  else f"{args.top_k} blocks per query")
+        print(f"{'SeerAttention' if mechanism == 'seer_attention' else 'SeerAttention-R'}, blocks of "
+              f"{args.block_size}, {chosen} (density {metrics['density']:.2f} of the causal pairs), context {context}: "
+              f"{result['steps']} distillation steps in {result['seconds']} s, loss {metrics['first_loss']} -> "
+              f"{metrics['final_loss']}\n"
               f"held-out perplexity: dense {metrics['dense_perplexity']}, gated before training "
               f"{metrics['untrained_perplexity']} (keeps {metrics['untrained_kept_mass']:.1%} of the attention mass), "
               f"after {metrics['perplexity']} (keeps {metrics['kept_mass']:.1%})")

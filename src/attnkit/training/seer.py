@@ -58,6 +58,18 @@ def capture_gates(layers, on_call):
             for layer in layers]
 
 
+def measure_gates(model, layers, on_call, windows: torch.Tensor, batch: int) -> None:
+    """Run ``model`` over ``windows`` in batches without gradients, ``on_call(layer, q, k, gates)`` at every gate."""
+    handles = capture_gates(layers, on_call)
+    try:
+        with torch.no_grad():
+            for s in range(0, len(windows), batch):
+                model(windows[s : s + batch, :-1].to(next(model.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def distil(model, layers, loss_of, *, dense: dict, train_ids: torch.Tensor, context: int, batch: int, lr: float,
            minutes: float | None, max_steps: int | None, seed: int, on_step) -> dict:
     """The self-distillation loop both gates share: ``layers`` run with ``dense`` parameters (every block read,
@@ -128,12 +140,5 @@ def gate_quality(model, windows: torch.Tensor, *, batch: int = 16) -> dict:
                              top_k=p["top_k"], threshold=p["threshold"])
         density.append(sel.density(causal=True))
 
-    handles = capture_gates(layers, measure)
-    try:
-        with torch.no_grad():
-            for s in range(0, len(windows), batch):
-                model(windows[s : s + batch, :-1].to(next(model.parameters()).device))
-    finally:
-        for handle in handles:
-            handle.remove()
+    measure_gates(model, layers, measure, windows, batch)
     return {"kept_mass": round(sum(kept_mass) / len(kept_mass), 4), "density": round(sum(density) / len(density), 4)}

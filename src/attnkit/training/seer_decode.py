@@ -16,7 +16,7 @@ import torch
 
 from ..families.seer_decode import attended, decode_gate_loss
 from ..registry import get
-from .seer import after_rope, capture_gates, distil, gated_layers
+from .seer import after_rope, distil, gated_layers, measure_gates
 
 MECHANISM = "seer_attention_r"
 
@@ -62,12 +62,5 @@ def decode_gate_quality(model, windows: torch.Tensor, *, batch: int = 16) -> dic
         kept_mass.append((s.softmax(-1) * kept).sum(-1).mean().item())
         density.append(dens)
 
-    handles = capture_gates(layers, measure)
-    try:
-        with torch.no_grad():
-            for s in range(0, len(windows), batch):
-                model(windows[s : s + batch, :-1].to(next(model.parameters()).device))
-    finally:
-        for handle in handles:
-            handle.remove()
+    measure_gates(model, layers, measure, windows, batch)
     return {"kept_mass": round(sum(kept_mass) / len(kept_mass), 4), "density": round(sum(density) / len(density), 4)}
