@@ -114,7 +114,24 @@ class ScoredKVCache:
         return self.kv.numel() + self.scores.numel()
 
 
-class DigestKVCache:
+class _AroundKVCache:
+    """A state that keeps every token in a :class:`KVCache` (``self.cache``) beside data of its own: its length,
+    keys and values are the cache's."""
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    @property
+    def k(self) -> torch.Tensor:
+        return self.cache.k
+
+    @property
+    def v(self) -> torch.Tensor:
+        return self.cache.v
+
+
+class DigestKVCache(_AroundKVCache):
     """A :class:`KVCache` and summaries of its keys that decode-time key selection reads instead of the keys.
 
     Query-aware decode methods (Quest's per-page key bounds, Loki's low-rank keys)
@@ -133,18 +150,6 @@ class DigestKVCache:
         cache = KVCache(k, v)
         new = summarise(cache, 0)
         return cls(cache, AppendBuffer(new, dim=2), new[0].shape[2])
-
-    @property
-    def length(self) -> int:
-        return self.cache.length
-
-    @property
-    def k(self) -> torch.Tensor:
-        return self.cache.k
-
-    @property
-    def v(self) -> torch.Tensor:
-        return self.cache.v
 
     def digest(self, i: int = 0) -> torch.Tensor:
         return self._digest.prefix(i, self.rows)
@@ -340,7 +345,7 @@ def _tensors_of(x, depth: int = 0):
                 yield from _tensors_of(item, depth + 1)
 
 
-class BlockDigestKVCache:
+class BlockDigestKVCache(_AroundKVCache):
     """A :class:`KVCache` and one digest row per complete block of ``block`` tokens, summarised from per-token
     side rows that the state carries until their block completes.
 
@@ -360,18 +365,6 @@ class BlockDigestKVCache:
         done = side.shape[2] // block * block
         digest = summarise(side[:, :, :done], 0)
         return cls(KVCache(k, v), AppendBuffer((digest,), dim=2), digest.shape[2], side[:, :, done:], block)
-
-    @property
-    def length(self) -> int:
-        return self.cache.length
-
-    @property
-    def k(self) -> torch.Tensor:
-        return self.cache.k
-
-    @property
-    def v(self) -> torch.Tensor:
-        return self.cache.v
 
     def digest(self) -> torch.Tensor:
         """The digest rows of the complete blocks, ``(B, Hkv, rows, d)``."""
