@@ -227,6 +227,19 @@ def check_float(name: str, value, *, positive: bool = False, minimum: float | No
     return value
 
 
+def check_mixer_kind(spec: dict, key: str, options_by_kind: dict[str, tuple]) -> tuple[str, dict]:
+    """A ``{key: kind, **options}`` mixer spec: the kind among ``options_by_kind``'s keys and no option
+    outside its list (``rope`` belongs to the layer); returns the kind and the given options."""
+    kind = spec[key]
+    if kind not in options_by_kind:
+        raise ValueError(f"a {key} mixer's kind must be one of {tuple(options_by_kind)}, got {kind!r}")
+    options = {k: v for k, v in spec.items() if k not in (key, "rope")}
+    unknown = sorted(set(options) - set(options_by_kind[kind]))
+    if unknown:
+        raise ValueError(f"{key} {kind!r} takes options {list(options_by_kind[kind])}, got unknown {unknown}")
+    return kind, options
+
+
 def check_tensor(name: str, t, shape: tuple, like: torch.Tensor, *, what: str = "", optional: bool = False) -> None:
     """``t`` must be a tensor of exactly ``shape`` (``what`` spells the shape out) with ``like``'s dtype and device."""
     spelled = f"{what} = {tuple(shape)}" if what else f"{tuple(shape)}"

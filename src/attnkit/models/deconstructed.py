@@ -48,9 +48,8 @@ from torch import nn
 
 from ..api import attention
 from ..positional import RoPE
-from ..validation import check_float, check_int
+from ..validation import check_float, check_int, check_mixer_kind
 
-KINDS = ("mlp", "non_approximate", "static_emb_qk", "rnd_emb_qk", "fixed_seq_qk")
 QK_SOURCE = {"static_emb_qk": "embedding", "rnd_emb_qk": "fixed", "fixed_seq_qk": "fixed"}
 OPTIONS = {"mlp": (), "non_approximate": (), "static_emb_qk": (), "rnd_emb_qk": ("length", "sigma"),
            "fixed_seq_qk": ("tokens",)}
@@ -58,13 +57,7 @@ OPTIONS = {"mlp": (), "non_approximate": (), "static_emb_qk": (), "rnd_emb_qk": 
 
 def check_deconstructed_mixer(spec: dict) -> dict:
     """Validate ``{"deconstructed": kind, **options}``; returns the options with defaults filled in."""
-    kind = spec["deconstructed"]
-    if kind not in KINDS:
-        raise ValueError(f"a deconstructed mixer's kind must be one of {KINDS}, got {kind!r}")
-    options = {k: v for k, v in spec.items() if k not in ("deconstructed", "rope")}
-    unknown = sorted(set(options) - set(OPTIONS[kind]))
-    if unknown:
-        raise ValueError(f"deconstructed {kind!r} takes options {list(OPTIONS[kind])}, got unknown {unknown}")
+    kind, options = check_mixer_kind(spec, "deconstructed", OPTIONS)
     if kind == "rnd_emb_qk":
         options = {"length": check_int("length", options.get("length", 256)),
                    "sigma": check_float("sigma", options.get("sigma", 0.02), positive=True, finite=True)}

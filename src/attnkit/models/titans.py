@@ -48,9 +48,8 @@ from ..api import attention
 from ..families.titans import read_memory
 from ..nn import Attention
 from ..positional import RoPE
-from ..validation import check_float, check_int
+from ..validation import check_float, check_int, check_mixer_kind
 
-KINDS = ("mac", "mag", "mal")
 OPTIONS = {"mac": ("segment", "persistent", "max_grad_norm"), "mag": ("window", "persistent", "chunk_size", "max_grad_norm"),
            "mal": ("window", "persistent", "chunk_size", "max_grad_norm")}
 DEFAULTS = {"segment": 16, "persistent": 4, "window": 32, "chunk_size": 16, "max_grad_norm": 2.0}
@@ -58,13 +57,7 @@ DEFAULTS = {"segment": 16, "persistent": 4, "window": 32, "chunk_size": 16, "max
 
 def check_titans_mixer(spec: dict) -> dict:
     """Validate ``{"titans": kind, **options}``; returns the options with defaults filled in."""
-    kind = spec["titans"]
-    if kind not in KINDS:
-        raise ValueError(f"a titans mixer's kind must be one of {KINDS}, got {kind!r}")
-    options = {k: v for k, v in spec.items() if k not in ("titans", "rope")}
-    unknown = sorted(set(options) - set(OPTIONS[kind]))
-    if unknown:
-        raise ValueError(f"titans {kind!r} takes options {list(OPTIONS[kind])}, got unknown {unknown}")
+    kind, options = check_mixer_kind(spec, "titans", OPTIONS)
     options = {k: options.get(k, DEFAULTS[k]) for k in OPTIONS[kind]}
     if options["max_grad_norm"] in (None, "none"):
         options["max_grad_norm"] = None
