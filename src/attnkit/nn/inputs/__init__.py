@@ -39,6 +39,7 @@ from .seer import SeerGate
 from .seer_decode import SeerDecodeGate
 from .sparsek import SparseKScores
 from .tra import TRAForget
+from .neural_attention import NeuralScoreMLP
 from .titans import TitansInputs
 
 # mechanism name -> factory(dim, heads, kv_heads, head_dim) -> nn.Module
@@ -72,6 +73,7 @@ _FACTORIES = {
     "seer_attention": lambda dim, heads, kv_heads, head_dim: SeerGate(heads, head_dim),
     "seer_attention_r": lambda dim, heads, kv_heads, head_dim: SeerDecodeGate(heads, kv_heads, head_dim),
     "tra": lambda dim, heads, kv_heads, head_dim: TRAForget(dim, kv_heads),
+    "neural_attention": lambda dim, heads, kv_heads, head_dim: NeuralScoreMLP(heads, head_dim),
 }
 
 
@@ -111,4 +113,4 @@ def input_module(name: str, *, dim: int, heads: int, kv_heads: int, head_dim: in
 __all__ = ["input_module", "has_input_module", "register_input_module", "LearnedTensorInputs", "SeerDecodeGate", "RWKV4Decay", "RWKV6Decay", "PaTHInputs", "HeadTemperature", "RWKV7Inputs", "MambaInputs", "HyenaFilter", "H3Filters", "GLAGate", "Mamba2Gate", "FocusScale",
            "PerformerFeatures", "DeltaNetBeta", "GatedDeltaNetGates", "KDAGates", "LogLinearInputs",
            "LogLinearGatedDeltaNetInputs", "RATGate", "TitansInputs", "SlotGates", "NSAInputs", "MoSARouter",
-           "RoutingCentroids", "SeerGate", "TRAForget"]
+           "RoutingCentroids", "SeerGate", "TRAForget", "NeuralScoreMLP"]
