@@ -134,6 +134,7 @@ ALL_LAYERS = {
     "WeightedGQA": (ann.WeightedGQA, (32, 4, 2), {}),
     "HeadEmbeddingAttention": (ann.HeadEmbeddingAttention, (32, 4), {"mode": "add"}),
     "PayBetterAttention": (ann.PayBetterAttention, (32, 4), {"variant": "super", "seq_len": 8}),
+    "GaussianAdaptiveAttention": (ann.GaussianAdaptiveAttention, (4, 2), {}),
 }
 
 

@@ -24,6 +24,7 @@ from .dual_cross import GlobalLocalCrossAttention, PairwiseCrossAttention, atten
 from .flatten import FocusedLinearAttention
 from .nystromformer import NystromAttention
 from .gpsa import GatedPositionalSelfAttention
+from .gaussian_adaptive import GaussianAdaptiveAttention
 from .grouped import WeightedGQA, mean_pool_kv
 from .head_embeddings import HeadEmbeddingAttention
 from .key_driven import KeyDrivenGQA, allocate_queries
@@ -53,5 +54,5 @@ __all__ = [
     "SigmaReparamLinear", "sigma_reparam", "attention_entropy", "GatedPositionalSelfAttention",
     "PositionalEncodingGenerator",
     "FocusedLinearAttention", "NystromAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer", "RWKV6TimeMix", "RWKV7TimeMix", "PaTHAttention", "RelationalAttention",
-    "HeadEmbeddingAttention", "PayBetterAttention",
+    "HeadEmbeddingAttention", "PayBetterAttention", "GaussianAdaptiveAttention",
 ]
