@@ -89,7 +89,7 @@ register(
         fast={"sdpa": _sdpa},
         step=kv_cache_step(_sdpa),
         params={"bases": Param((10000.0, 20000.0, 40000.0), tuple, "the RoPE bases of the parallel branches "
-                               "(one softmax attention each, outputs averaged)", item=float, low=1, low_open=True)},
+                               "(one softmax attention each, outputs averaged); the default is an example, not the paper's searched set", item=float, low=1, low_open=True)},
         flops=_flops,
         summary="mean of softmax attentions whose q, k are rotated by RoPE with different bases, so one base's "
                 "attention troughs are filled by another's peaks",
