@@ -294,6 +294,9 @@ def _load_all() -> None:
     import importlib
     import pkgutil
 
-    package = importlib.import_module(f"{__package__}.families")
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{info.name}")
+    # Registering makes each spec's example tensor inputs on the CPU, whatever default device the
+    # caller has set (a layer built with device="meta" may be what loads the registry first).
+    with torch.device("cpu"):
+        package = importlib.import_module(f"{__package__}.families")
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{info.name}")

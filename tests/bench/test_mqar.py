@@ -56,6 +56,19 @@ def test_state_sizes_count_the_window_and_the_value_dimension():
     assert suite.state_size("gated_deltanet", {}, 64, 64, 1, 32) == 32 * 64
 
 
+def test_the_mamba_1_role_gives_the_scan_a_state_of_d_state_per_channel():
+    role = suite.resolve_roles(suite.FIGURE_ROLES)
+    mamba = next(e for e in role if e["mechanism"] == "mamba")
+    d, L = 32, 12
+    model = MQARModel("mamba", {"form": mamba["form"]}, vocab=16, d_model=d, seq_len=L, qk_dim=mamba["qk_dim"])
+    inputs = model.mixers[1].inputs
+    assert inputs.A_log.shape == (1, d, 16) and inputs.D.shape == (1, d)  # d channels, 16 states each
+    assert suite.state_size("mamba", mamba["params"], L, d, 1, mamba["qk_dim"]) == 16 * d
+    assert model(torch.randint(0, 16, (2, L))).shape == (2, L, 16)
+    with pytest.raises(ValueError, match="v_dim"):  # an input module that assumes v_dim == head_dim says so
+        MQARModel("gla", {}, vocab=16, d_model=d, seq_len=L, qk_dim=16)
+
+
 def _args(*argv):
     return build_parser("mqar").parse_args(list(argv))
 

@@ -24,6 +24,8 @@ LAYERS = {
     "RelationalAttention": lambda: ann.RelationalAttention(32, 4, 3, max_len=16),
     "NystromAttention": lambda: ann.NystromAttention(32, 4),
     "WeightedGQA": lambda: ann.WeightedGQA(32, 4, kv_heads=2),
+    "HeadEmbeddingAttention": lambda: ann.HeadEmbeddingAttention(32, 4, kv_heads=2),
+    "PayBetterAttention": lambda: ann.PayBetterAttention(32, 4, variant="efficient"),
     "KeyDrivenGQA": lambda: ann.KeyDrivenGQA(32, 4, kv_heads=2),
     "MixtureOfHeads": lambda: ann.MixtureOfHeads(32, 4, shared_heads=1, active_heads=2),
     "PoolingByMultiheadAttention": lambda: ann.PoolingByMultiheadAttention(32, 4, seeds=2),
@@ -130,6 +132,9 @@ ALL_LAYERS = {
     "SigmaReparamLinear": (ann.SigmaReparamLinear, (32, 16), {}),
     "SlotAttention": (ann.SlotAttention, (3, 32), {"hidden_dim": 16}),
     "WeightedGQA": (ann.WeightedGQA, (32, 4, 2), {}),
+    "HeadEmbeddingAttention": (ann.HeadEmbeddingAttention, (32, 4), {"mode": "add"}),
+    "PayBetterAttention": (ann.PayBetterAttention, (32, 4), {"variant": "super", "seq_len": 8}),
+    "GaussianAdaptiveAttention": (ann.GaussianAdaptiveAttention, (4, 2), {}),
 }
 
 

@@ -24,13 +24,16 @@ from .dual_cross import GlobalLocalCrossAttention, PairwiseCrossAttention, atten
 from .flatten import FocusedLinearAttention
 from .nystromformer import NystromAttention
 from .gpsa import GatedPositionalSelfAttention
+from .gaussian_adaptive import GaussianAdaptiveAttention
 from .grouped import WeightedGQA, mean_pool_kv
+from .head_embeddings import HeadEmbeddingAttention
 from .key_driven import KeyDrivenGQA, allocate_queries
 from .latent import LatentCache, MultiHeadLatentAttention
 from .mamba2 import Mamba2Layer
 from .rwkv6 import RWKV6TimeMix
 from .rwkv7 import RWKV7TimeMix
 from .path import PaTHAttention
+from .pay_better import PayBetterAttention
 from .relational import RelationalAttention
 from .mixture_of_attention import MixtureOfAttentionHeads
 from .mixture_of_heads import MixtureOfHeads
@@ -51,4 +54,5 @@ __all__ = [
     "SigmaReparamLinear", "sigma_reparam", "attention_entropy", "GatedPositionalSelfAttention",
     "PositionalEncodingGenerator",
     "FocusedLinearAttention", "NystromAttention", "AgentAttention", "MultiScaleRetention", "Mamba2Layer", "RWKV6TimeMix", "RWKV7TimeMix", "PaTHAttention", "RelationalAttention",
+    "HeadEmbeddingAttention", "PayBetterAttention", "GaussianAdaptiveAttention",
 ]

@@ -14,6 +14,8 @@ Mechanisms never import this package: the layers own their inputs.
 """
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 
 from .dma import DMAInputs
@@ -36,6 +38,8 @@ from .rwkv4 import RWKV4Decay
 from .seer import SeerGate
 from .seer_decode import SeerDecodeGate
 from .sparsek import SparseKScores
+from .tra import TRAForget
+from .neural_attention import NeuralScoreMLP
 from .titans import TitansInputs
 
 # mechanism name -> factory(dim, heads, kv_heads, head_dim) -> nn.Module
@@ -63,11 +67,13 @@ _FACTORIES = {
     "path": lambda dim, heads, kv_heads, head_dim: PaTHInputs(dim, heads, head_dim),
     "rwkv6": lambda dim, heads, kv_heads, head_dim: RWKV6Decay(dim, heads, head_dim),
     "rwkv7": lambda dim, heads, kv_heads, head_dim: RWKV7Inputs(dim, heads, head_dim),
-    "mamba": lambda dim, heads, kv_heads, head_dim: MambaInputs(dim, heads, head_dim),
+    "mamba": lambda dim, heads, kv_heads, head_dim, v_dim=None: MambaInputs(dim, heads, head_dim, v_dim),
     "hyena": lambda dim, heads, kv_heads, head_dim: HyenaFilter(heads, head_dim),
     "h3": lambda dim, heads, kv_heads, head_dim: H3Filters(heads, head_dim),
     "seer_attention": lambda dim, heads, kv_heads, head_dim: SeerGate(heads, head_dim),
     "seer_attention_r": lambda dim, heads, kv_heads, head_dim: SeerDecodeGate(heads, kv_heads, head_dim),
+    "tra": lambda dim, heads, kv_heads, head_dim: TRAForget(dim, kv_heads),
+    "neural_attention": lambda dim, heads, kv_heads, head_dim: NeuralScoreMLP(heads, head_dim),
 }
 
 
@@ -85,15 +91,26 @@ def has_input_module(name: str) -> bool:
     return name in _FACTORIES
 
 
-def input_module(name: str, *, dim: int, heads: int, kv_heads: int, head_dim: int) -> nn.Module:
-    """The input module of mechanism ``name`` for a layer of this size; ValueError if it has none."""
+def input_module(name: str, *, dim: int, heads: int, kv_heads: int, head_dim: int,
+                 v_dim: int | None = None) -> nn.Module:
+    """The input module of mechanism ``name`` for a layer of this size; ValueError if it has none.
+
+    ``v_dim``: the values' head dim when it differs from ``head_dim`` (q and k), e.g. Mamba-1's
+    state size ``head_dim`` below its channel count ``v_dim``; only factories taking ``v_dim=``
+    accept it (ValueError otherwise).
+    """
     if name not in _FACTORIES:
         raise ValueError(f"mechanism {name!r} has no input module in attnkit.nn.inputs; "
                          f"mechanisms with one: {sorted(_FACTORIES)}")
-    return _FACTORIES[name](dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+    factory = _FACTORIES[name]
+    if v_dim is None or v_dim == head_dim:
+        return factory(dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+    if "v_dim" not in inspect.signature(factory).parameters:
+        raise ValueError(f"the input module of {name!r} assumes values of head_dim {head_dim}; got v_dim={v_dim}")
+    return factory(dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim, v_dim=v_dim)
 
 
 __all__ = ["input_module", "has_input_module", "register_input_module", "LearnedTensorInputs", "SeerDecodeGate", "RWKV4Decay", "RWKV6Decay", "PaTHInputs", "HeadTemperature", "RWKV7Inputs", "MambaInputs", "HyenaFilter", "H3Filters", "GLAGate", "Mamba2Gate", "FocusScale",
            "PerformerFeatures", "DeltaNetBeta", "GatedDeltaNetGates", "KDAGates", "LogLinearInputs",
            "LogLinearGatedDeltaNetInputs", "RATGate", "TitansInputs", "SlotGates", "NSAInputs", "MoSARouter",
-           "RoutingCentroids", "SeerGate"]
+           "RoutingCentroids", "SeerGate", "TRAForget", "NeuralScoreMLP"]
