@@ -76,9 +76,13 @@ def _grouped_scores(q_low, low_keys):
 def _chosen(q, low_keys, basis, kv_len, top_k, c0, c1):
     """Indices ``(B, H, c, K)`` and validity of the keys queries ``c0:c1`` read."""
     approx = _grouped_scores(_project(q[:, :, c0:c1], basis), low_keys)
-    pos = query_positions(q.shape[2], kv_len, q.device)[c0:c1]
-    past = torch.arange(kv_len, device=q.device) <= pos[:, None]
-    score, index = approx.masked_fill(~past, float("-inf")).topk(min(top_k, kv_len), dim=-1)
+    first = kv_len - q.shape[2] + c0  # the position of the chunk's first query
+    if first < kv_len - 1:  # some query has later keys: they are not its past
+        pos = query_positions(q.shape[2], kv_len, q.device)[c0:c1]
+        approx = approx.masked_fill(torch.arange(kv_len, device=q.device) > pos[:, None], float("-inf"))
+    score, index = approx.topk(min(top_k, kv_len), dim=-1, sorted=False)
+    if first + 1 >= top_k:  # every query has at least top_k keys: all chosen are past
+        return index, torch.ones_like(index, dtype=torch.bool)
     return index, score > float("-inf")
 
 

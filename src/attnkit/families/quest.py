@@ -59,6 +59,8 @@ def page_bounds(k: torch.Tensor, page: int, first: int = 0) -> tuple[torch.Tenso
 
 def page_digest(k: torch.Tensor, page: int, first: int = 0) -> torch.Tensor:
     """``(B, Hkv, n, 2 D)``: each complete page's ``[M_i, m_i]`` side by side, so that ``U`` is one product."""
+    if k.shape[2] // page == first:  # no page completed (most decode steps)
+        return k.new_empty(*k.shape[:2], 0, 2 * k.shape[3])
     mins, maxs = page_bounds(k, page, first)
     return torch.cat([maxs, mins], dim=-1)
 

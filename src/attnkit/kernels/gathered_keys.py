@@ -68,9 +68,11 @@ def paged_attention(q, k, v, pages: torch.Tensor, valid: torch.Tensor, *, page: 
     v_index = k_index if k_first == v_first else rows_of(v_first)
     qs = (q * scale).flatten(0, 2)
     rows = max(1, budget // max(1, tokens.shape[-1] * D))
-    pieces = [_rows_attention(qs[r:r + rows], k_rows, v_rows, k_index[r:r + rows], v_index[r:r + rows],
-                              drop[r:r + rows]) for r in range(0, qs.shape[0], rows)]
-    out = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+    if rows >= qs.shape[0]:  # a decode step: one piece
+        out = _rows_attention(qs, k_rows, v_rows, k_index, v_index, drop)
+    else:
+        out = torch.cat([_rows_attention(qs[r:r + rows], k_rows, v_rows, k_index[r:r + rows], v_index[r:r + rows],
+                                         drop[r:r + rows]) for r in range(0, qs.shape[0], rows)])
     return out.masked_fill(drop.all(-1, keepdim=True), 0.0).view(B, H, Nq, -1)
 
 
