@@ -34,8 +34,8 @@ the exact attention over ``I``).
 Forms: ``reference`` (codes and distances written out in float64, ranks from a
 stable sort, the element mask) and ``gathered`` (keys' codes packed four to a
 byte; each query builds a table of the distance of each of its four-code
-groups to all 256 byte values and sums the table at the keys' bytes, ``P / 4``
-look-ups per key; each query gathers its keys). The incremental state is a
+groups to all 256 byte values, and one ``embedding_bag`` sums the tables at the
+keys' bytes, ``P / 4`` look-ups per key; each query gathers its keys). The incremental state is a
 :class:`~attnkit.state.DigestKVCache` holding the packed codes (``P / 4`` bytes
 per key).
 """

@@ -29,8 +29,8 @@ engine, one selection per token and head). The incremental state is a
 bounds of the complete pages, maintained as tokens are appended (a page's bounds
 are computed once, when it fills), so a decode step reads the bounds (``2 N d / P``
 numbers) and ``top_k`` pages instead of the whole cache; a call of at most 64
-queries gathers its pages (whole ``page x d`` slabs of the cache,
-:func:`~attnkit.kernels.gathered_keys.paged_attention`) instead of running the engine.
+queries reads the keys of its pages for every head at once
+(:func:`~attnkit.kernels.gathered_keys.paged_attention`) instead of running the engine.
 """
 from __future__ import annotations
 
