@@ -37,7 +37,7 @@ def token_rows(x: torch.Tensor, heads: int) -> tuple[torch.Tensor, list[list[int
         return [s if size > 1 else 0 for s, size in zip(t.stride(), t.shape)]
 
     sb, sh, st, se = strides(x)
-    if (st and st != E) or (se and se != 1) or sb % E or sh % E:
+    if (N > 1 and st != E) or (E > 1 and se != 1) or sb % E or sh % E:
         x = x.contiguous()
         sb, sh, st, se = strides(x)
     group = heads // Hx
