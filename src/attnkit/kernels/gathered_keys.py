@@ -50,40 +50,36 @@ def paged_attention(q, k, v, pages: torch.Tensor, valid: torch.Tensor, *, page: 
                     budget: int = 1 << 20) -> torch.Tensor:
     """``softmax(q . k[chosen] * scale) v[chosen]``, ``(B, H, Nq, Dv)``: each query ``(B, H, Nq, D)`` reads the
     pages ``pages (B, H, Nq, K)`` of ``page`` keys where ``valid``; query head ``h`` reads kv head
-    ``h // (H // Hkv)`` of ``k, v (B, Hkv, Nk, D / Dv)``. The (batch, head, query) rows run a few at a time,
-    copying about ``budget`` numbers of keys each time."""
+    ``h // (H // Hkv)`` of ``k, v (B, Hkv, Nk, D / Dv)``. Queries run a few at a time, copying about ``budget``
+    numbers of keys each time (a decode step: all at once)."""
     B, H, Nq, D = q.shape
-    Nk = k.shape[2]
-    tokens = pages if page == 1 else (pages[..., None] * page + torch.arange(page, device=q.device)).flatten(-2)
-    named = valid if page == 1 else valid.repeat_interleave(page, -1)
-    drop = (~named | (tokens > torch.arange(Nk - Nq, Nk, device=q.device)[:, None])).flatten(0, 2)
-    tokens = tokens.clamp(max=Nk - 1)  # a dropped slot points at a real key; its weight is zero
     k_rows, k_first = token_rows(k, H)
     v_rows, v_first = token_rows(v, H)
-
-    def rows_of(first):  # (B H Nq, K page): each slot's row
-        return (tokens + torch.tensor(first, device=q.device)[..., None, None]).flatten(0, 2)
-
-    k_index = rows_of(k_first)
-    v_index = k_index if k_first == v_first else rows_of(v_first)
-    qs = (q * scale).flatten(0, 2)
-    rows = max(1, budget // max(1, tokens.shape[-1] * D))
-    if rows >= qs.shape[0]:  # a decode step: one piece
-        out = _rows_attention(qs, k_rows, v_rows, k_index, v_index, drop)
-    else:
-        out = torch.cat([_rows_attention(qs[r:r + rows], k_rows, v_rows, k_index[r:r + rows], v_index[r:r + rows],
-                                         drop[r:r + rows]) for r in range(0, qs.shape[0], rows)])
-    return out.masked_fill(drop.all(-1, keepdim=True), 0.0).view(B, H, Nq, -1)
+    firsts = torch.tensor([k_first] if k_first == v_first else [k_first, v_first], device=q.device)[..., None, None]
+    qs = q * scale
+    chunk = max(1, budget // max(1, B * H * pages.shape[-1] * page * D))
+    pieces = [_queries_attention(qs[:, :, c0:c0 + chunk], k_rows, v_rows, firsts, pages[:, :, c0:c0 + chunk],
+                                 valid[:, :, c0:c0 + chunk], c0, page=page, kv_len=k.shape[2], q_len=Nq)
+              for c0 in range(0, Nq, chunk)]
+    return torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0]
 
 
-def _rows_attention(qs, k_rows, v_rows, k_index, v_index, drop) -> torch.Tensor:
-    """Rows ``qs (c, D)`` of scaled queries over the keys ``k_rows[k_index]`` (``(c, W)``) but ``drop``: ``(c, Dv)``."""
-    c, W = k_index.shape
-    keys = k_rows.index_select(0, k_index.flatten()).view(c, W, -1)
+def _queries_attention(qs, k_rows, v_rows, firsts, pages, valid, c0: int, *, page: int, kv_len: int, q_len: int):
+    """Scaled queries ``qs (B, H, c, D)``, queries ``c0 ..`` of the call, over their pages: ``(B, H, c, Dv)``.
+    ``firsts (1 or 2, B, H, 1, 1)``: the row of each query head's first key, and value if they differ."""
+    B, H, c, D = qs.shape
+    tokens = pages if page == 1 else (pages[..., None] * page + torch.arange(page, device=qs.device)).flatten(-2)
+    named = valid if page == 1 else valid.repeat_interleave(page, -1)
+    pos = torch.arange(kv_len - q_len + c0, kv_len - q_len + c0 + c, device=qs.device)[:, None]
+    drop = (~named | (tokens > pos)).flatten(0, 2)  # (B H c, K page)
+    index = (tokens.clamp(max=kv_len - 1) + firsts).flatten(1, 3)  # a dropped slot points at a real key
+    W = index.shape[-1]
+    keys = k_rows.index_select(0, index[0].flatten()).view(-1, W, D)
     never = torch.finfo(qs.dtype).min  # a finite "minus infinity" written over a dropped key's score (even a NaN
     # one): a row with nothing to read stays free of NaN, forward and backward
-    scores = torch.bmm(qs[:, None, :], keys.transpose(1, 2)).view(c, W).masked_fill_(drop, never)
-    return F.embedding_bag(v_index, v_rows, mode="sum", per_sample_weights=torch.softmax(scores, -1))
+    scores = torch.bmm(qs.reshape(-1, 1, D), keys.transpose(1, 2)).view(-1, W).masked_fill_(drop, never)
+    out = F.embedding_bag(index[-1], v_rows, mode="sum", per_sample_weights=torch.softmax(scores, -1))
+    return out.masked_fill(drop.all(-1, keepdim=True), 0.0).view(B, H, c, -1)
 
 
 def gathered_attention(q, k, v, index: torch.Tensor, valid: torch.Tensor, *, scale: float) -> torch.Tensor:
