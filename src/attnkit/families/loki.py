@@ -23,10 +23,11 @@ keys in its past reads them all. Scores in the input dtype; the choice is not
 differentiable (gradients flow through the exact attention over ``I``).
 
 Forms: ``reference`` (projector ``P_r P_r^T`` applied in float64, ranks from a
-sort, the element mask) and ``gathered`` (each query gathers its ``top_k``
-keys and values, in chunks of queries: ``O(N d r + N top_k d)``). The
-incremental state is a :class:`~attnkit.state.DigestKVCache` with the
-projected keys.
+sort, the element mask) and ``gathered`` (each query reads only its ``top_k``
+keys and values, every head at once, in chunks of queries:
+:func:`~attnkit.kernels.gathered_keys.gathered_attention`, ``O(N d r + N top_k d)``).
+The incremental state is a :class:`~attnkit.state.DigestKVCache` with the
+projected keys, each key projected once, when it is appended.
 """
 from __future__ import annotations
 
