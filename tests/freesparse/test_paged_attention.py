@@ -42,3 +42,21 @@ def test_paged_attention_equals_masked_softmax(B, H, Hkv, Nq, Nk, D, Dv, page, K
     got, expected = torch.autograd.grad(out.sum(), (q, k, v)), torch.autograd.grad(want.sum(), (q, k, v))
     for a, b in zip(got, expected):
         assert torch.isfinite(a).all() and (a - b).abs().max() < 1e-12
+
+
+def test_keys_are_read_in_place_from_any_layout():
+    """A cache's buffer (a prefix of a longer tensor), a (B, N, H, D) tensor seen as (B, H, N, D) and keys
+    repeated along the tokens give what their contiguous copies give."""
+    g = torch.Generator().manual_seed(7)
+    B, H, Hkv, Nk, D = 2, 4, 2, 21, 8
+    q = torch.randn(B, H, 2, D, generator=g, dtype=torch.float64)
+    pages = torch.rand(B, H, 2, 6, generator=g).argsort(-1)[..., :3]
+    valid = torch.ones(B, H, 2, 3, dtype=torch.bool)
+    buffer = torch.randn(B, Hkv, 40, D, generator=g, dtype=torch.float64)
+    tokens_first = torch.randn(B, Nk, Hkv, D, generator=g, dtype=torch.float64)
+    repeated = torch.randn(B, Hkv, 1, D, generator=g, dtype=torch.float64).expand(B, Hkv, Nk, D)
+    for k, v in ((buffer[:, :, :Nk], buffer[:, :, 5:5 + Nk]), (tokens_first.transpose(1, 2), repeated)):
+        out = paged_attention(q, k, v, pages, valid, page=4, scale=0.3)
+        want = paged_attention(q, k.contiguous(), v.contiguous(), pages, valid, page=4, scale=0.3)
+        assert (out - want).abs().max() < 1e-12
+        assert (out - _masked(q, k, v, pages, valid, 4, 0.3)).abs().max() < 1e-12

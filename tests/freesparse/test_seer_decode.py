@@ -125,3 +125,16 @@ def test_train_seer_r_command_writes_a_gated_checkpoint_the_bench_reads(tmp_path
     assert metrics["steps"] == 3 and 0 < metrics["density"] < 1 and 0 < metrics["kept_mass"] <= 1
     gates = seer_gates(out)
     assert len(gates) == 1 and gates[0]["block_size"] == 4 and gates[0]["gate_q"].shape == (2, 16, 8)
+
+
+def test_gate_quality_is_the_same_measured_a_few_rows_at_a_time():
+    from attnkit.models import DecoderLM, ModelConfig
+    from attnkit.training.seer import seer_model
+    from attnkit.training.seer_decode import decode_gate_quality
+
+    torch.manual_seed(0)
+    base = DecoderLM(ModelConfig(vocab_size=256, dim=32, heads=4, kv_heads=2, schedule="F", mixers={"F": "softmax"}))
+    model = seer_model(base, mechanism=NAME, block_size=4, top_k=2)
+    windows = torch.randint(0, 256, (3, 40), generator=torch.Generator().manual_seed(1))
+    whole = decode_gate_quality(model, windows, batch=2, rows_at_once=1000)
+    assert decode_gate_quality(model, windows, batch=2, rows_at_once=7) == whole and 0 < whole["kept_mass"] <= 1

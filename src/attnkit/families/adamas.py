@@ -34,14 +34,15 @@ the exact attention over ``I``).
 Forms: ``reference`` (codes and distances written out in float64, ranks from a
 stable sort, the element mask) and ``gathered`` (keys' codes packed four to a
 byte; each query builds a table of the distance of each of its four-code
-groups to all 256 byte values and sums the table at the keys' bytes, ``P / 4``
-look-ups per key; each query gathers its keys). The incremental state is a
+groups to all 256 byte values, and one ``embedding_bag`` sums the tables at the
+keys' bytes, ``P / 4`` look-ups per key; each query gathers its keys). The incremental state is a
 :class:`~attnkit.state.DigestKVCache` holding the packed codes (``P / 4`` bytes
 per key).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..kernels.gathered_keys import gathered_attention
 from ..kernels.positions import query_positions, repeat_kv
@@ -82,15 +83,20 @@ def key_digest(k: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def _distances(q_codes, key_bytes):
     """``(B, H, c, N)`` Manhattan distances of query codes ``(B, H, c, P)`` to packed key codes ``(B, Hkv, N, P/4)``:
-    per query a table of the distance of each of its four-code groups to every byte value, read at the keys' bytes."""
+    per query a table of the distance of each of its four-code groups to every byte value, summed at the keys'
+    bytes by one ``embedding_bag`` (a key's bag: its ``P / 4`` table entries)."""
     B, H, c, P = q_codes.shape
-    Hkv, N = key_bytes.shape[1], key_bytes.shape[2]
+    Hkv, N, G = key_bytes.shape[1], key_bytes.shape[2], H // key_bytes.shape[1]
     shifts = torch.arange(0, 8, 2, device=q_codes.device)
     byte_codes = (torch.arange(256, device=q_codes.device)[:, None] >> shifts) & 3  # (256, 4)
-    table = (q_codes.long().unflatten(-1, (-1, 4))[..., None, :] - byte_codes).abs().sum(-1).int()  # (B,H,c,P/4,256)
-    table = table.reshape(B, Hkv, H // Hkv * c, P // 4, 256)
-    index = key_bytes.long().transpose(-1, -2)[:, :, None].expand(B, Hkv, H // Hkv * c, P // 4, N)
-    return table.gather(-1, index).sum(-2).view(B, H, c, N)
+    groups = q_codes.unflatten(-1, (-1, 4))[..., None, :].to(torch.float32)
+    table = (groups - byte_codes).abs().sum(-1)  # (B, H, c, P/4, 256): exact small integers
+    # entry (query row, group i, byte value) sits at row (query row * P/4 + i) * 256 + byte of the stacked tables
+    rows = torch.arange(B * H * c * P // 4, device=q_codes.device, dtype=torch.int32).view(B, Hkv, G * c, 1, P // 4)
+    index = key_bytes.to(torch.int32)[:, :, None].add(rows * 256)  # (B, Hkv, G c, N, P/4); an int32 add is
+    # vectorised, a uint8 + int32 add promoting element by element is ten times slower
+    dist = F.embedding_bag(index.view(-1, P // 4), table.view(-1, 1), mode="sum")
+    return dist.view(B, H, c, N)
 
 
 def _chosen(q, key_bytes, kv_len, top_k, threshold, c0, c1):

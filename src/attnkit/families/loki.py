@@ -23,10 +23,11 @@ keys in its past reads them all. Scores in the input dtype; the choice is not
 differentiable (gradients flow through the exact attention over ``I``).
 
 Forms: ``reference`` (projector ``P_r P_r^T`` applied in float64, ranks from a
-sort, the element mask) and ``gathered`` (each query gathers its ``top_k``
-keys and values, in chunks of queries: ``O(N d r + N top_k d)``). The
-incremental state is a :class:`~attnkit.state.DigestKVCache` with the
-projected keys.
+sort, the element mask) and ``gathered`` (each query reads only its ``top_k``
+keys and values, every head at once, in chunks of queries:
+:func:`~attnkit.kernels.gathered_keys.gathered_attention`, ``O(N d r + N top_k d)``).
+The incremental state is a :class:`~attnkit.state.DigestKVCache` with the
+projected keys, each key projected once, when it is appended.
 """
 from __future__ import annotations
 
@@ -76,9 +77,13 @@ def _grouped_scores(q_low, low_keys):
 def _chosen(q, low_keys, basis, kv_len, top_k, c0, c1):
     """Indices ``(B, H, c, K)`` and validity of the keys queries ``c0:c1`` read."""
     approx = _grouped_scores(_project(q[:, :, c0:c1], basis), low_keys)
-    pos = query_positions(q.shape[2], kv_len, q.device)[c0:c1]
-    past = torch.arange(kv_len, device=q.device) <= pos[:, None]
-    score, index = approx.masked_fill(~past, float("-inf")).topk(min(top_k, kv_len), dim=-1)
+    first = kv_len - q.shape[2] + c0  # the position of the chunk's first query
+    if first < kv_len - 1:  # some query has later keys: they are not its past
+        pos = query_positions(q.shape[2], kv_len, q.device)[c0:c1]
+        approx = approx.masked_fill(torch.arange(kv_len, device=q.device) > pos[:, None], float("-inf"))
+    score, index = approx.topk(min(top_k, kv_len), dim=-1, sorted=False)
+    if first + 1 >= top_k:  # every query has at least top_k keys: all chosen are past
+        return index, torch.ones_like(index, dtype=torch.bool)
     return index, score > float("-inf")
 
 

@@ -29,8 +29,8 @@ engine, one selection per token and head). The incremental state is a
 bounds of the complete pages, maintained as tokens are appended (a page's bounds
 are computed once, when it fills), so a decode step reads the bounds (``2 N d / P``
 numbers) and ``top_k`` pages instead of the whole cache; a call of at most 64
-queries gathers its pages (whole ``page x d`` slabs of the cache,
-:func:`~attnkit.kernels.gathered_keys.paged_attention`) instead of running the engine.
+queries reads the keys of its pages for every head at once
+(:func:`~attnkit.kernels.gathered_keys.paged_attention`) instead of running the engine.
 """
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ def page_bounds(k: torch.Tensor, page: int, first: int = 0) -> tuple[torch.Tenso
 
 def page_digest(k: torch.Tensor, page: int, first: int = 0) -> torch.Tensor:
     """``(B, Hkv, n, 2 D)``: each complete page's ``[M_i, m_i]`` side by side, so that ``U`` is one product."""
+    if k.shape[2] // page == first:  # no page completed (most decode steps)
+        return k.new_empty(*k.shape[:2], 0, 2 * k.shape[3])
     mins, maxs = page_bounds(k, page, first)
     return torch.cat([maxs, mins], dim=-1)
 
@@ -84,12 +86,17 @@ def quest_pages(q, digest, kv_len: int, *, page: int, top_k: int, chunk: int = 4
         c = qc.shape[2]
         split = torch.cat([qc.clamp(min=0), qc.clamp(max=0)], -1).reshape(B, Hkv, H // Hkv * c, 2 * D)
         bound = (split @ digest.transpose(-1, -2)).view(B, H, c, n)
-        past = torch.arange(n, device=q.device) < current[c0:c0 + chunk, None]
-        score, index = bound.masked_fill(~past, float("-inf")).topk(picks, dim=-1, sorted=False)
+        first = (kv_len - Nq + c0) // page  # the chunk's first query's current page: pages before it are past
+        if first < n:  # some query's current page is complete: it and later pages are not past
+            past = torch.arange(n, device=q.device) < current[c0:c0 + chunk, None]
+            bound = bound.masked_fill(~past, float("-inf"))
+        score, index = bound.topk(picks, dim=-1, sorted=False)
         chosen.append(index)
-        used.append(score > float("-inf"))
-    blocks = torch.cat([current.expand(B, H, Nq).unsqueeze(-1), torch.cat(chosen, dim=2)], dim=-1)
-    valid = torch.cat([torch.ones(B, H, Nq, 1, dtype=torch.bool, device=q.device), torch.cat(used, dim=2)], dim=-1)
+        used.append(score > float("-inf") if first < picks else torch.ones_like(index, dtype=torch.bool))
+    blocks = torch.cat([current.expand(B, H, Nq).unsqueeze(-1), *chosen] if len(chosen) == 1 else
+                       [current.expand(B, H, Nq).unsqueeze(-1), torch.cat(chosen, dim=2)], dim=-1)
+    valid = torch.cat([torch.ones(B, H, Nq, 1, dtype=torch.bool, device=q.device), *used] if len(used) == 1 else
+                      [torch.ones(B, H, Nq, 1, dtype=torch.bool, device=q.device), torch.cat(used, dim=2)], dim=-1)
     return blocks, valid
 
 

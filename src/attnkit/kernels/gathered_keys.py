@@ -2,78 +2,84 @@
 
 Query-aware decode methods (Quest's pages, Loki's and Adamas's top-k keys)
 give every query a few hundred or thousand cached keys to read. This kernel
-reads those and nothing else of the cache: per query head, its kv head's rows
-are viewed as pages (``page x d`` numbers each, one contiguous slab of the
-cache), the chosen pages are copied side by side with ``index_select`` into a
-scratch block small enough to stay in the core's cache (a few queries at a
-time), and the scores, the softmax and the weighted sum of values run on that
-block. A GQA cache is never repeated to the query heads. A chosen key is
-copied once per query head that reads it, the bound of any method that gathers.
+reads those and nothing else of the cache, for every query head at once, in a
+fixed number of torch calls (no loop over heads or pages):
 
-Keys are ``page``-token pages of the cache (``page = 1``: single keys). Pages
-past the last complete one are never gathered: the tokens of the last, partial
-page are read in place by every query that names that page. A query reads the
-keys of its valid slots up to its own position (bottom-right causal rule); a
-query with nothing to read outputs zeros.
+- the keys and values are read as rows of the memory they live in (a KV cache's
+  growing buffer is read in place, never copied), so one index addresses the
+  ``t``-th key of any batch row and kv head;
+- the chosen keys of all query heads are copied side by side with one
+  ``index_select`` and scored with one batched product;
+- the values are never copied: ``F.embedding_bag`` sums each query's chosen value
+  rows weighted by its softmax, reading them where they are.
+
+A GQA cache is never repeated to the query heads (a query head's index points into
+its kv head's rows); a chosen key is copied once per query head that reads it.
+
+Keys are ``page``-token pages of the cache (``page = 1``: single keys), pages
+numbered from 0 up to the last, partial one. A query reads the keys of its valid
+slots up to its own position (bottom-right causal rule); a query with nothing to
+read outputs zeros.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+
+def token_rows(x: torch.Tensor, heads: int) -> tuple[torch.Tensor, list[list[int]]]:
+    """``x (B, Hx, N, E)`` as rows of the memory it lives in: ``rows (R, E)`` and ``first[b][h]``, the row of
+    token 0 of query head ``h``'s kv head ``h // (heads / Hx)``: ``x[b, h // g, t] == rows[first[b][h] + t]``.
+    A tensor whose tokens are not whole rows of that memory (a transposed view) is made contiguous first."""
+    B, Hx, N, E = x.shape
+
+    def strides(t):
+        return [s if size > 1 else 0 for s, size in zip(t.stride(), t.shape)]
+
+    sb, sh, st, se = strides(x)
+    if (N > 1 and st != E) or (E > 1 and se != 1) or sb % E or sh % E:
+        x = x.contiguous()
+        sb, sh, st, se = strides(x)
+    group = heads // Hx
+    first = [[(b * sb + h // group * sh) // E for h in range(heads)] for b in range(B)]
+    rows = x.as_strided(((B - 1) * sb // E + (Hx - 1) * sh // E + N, E), (E, 1))
+    return rows, first
 
 
 def paged_attention(q, k, v, pages: torch.Tensor, valid: torch.Tensor, *, page: int, scale: float,
-                    budget: int = 1 << 18) -> torch.Tensor:
+                    budget: int = 1 << 20) -> torch.Tensor:
     """``softmax(q . k[chosen] * scale) v[chosen]``, ``(B, H, Nq, Dv)``: each query ``(B, H, Nq, D)`` reads the
     pages ``pages (B, H, Nq, K)`` of ``page`` keys where ``valid``; query head ``h`` reads kv head
-    ``h // (H // Hkv)`` of ``k, v (B, Hkv, Nk, D / Dv)``. Queries run a few at a time, gathering about ``budget``
-    numbers each time."""
+    ``h // (H // Hkv)`` of ``k, v (B, Hkv, Nk, D / Dv)``. Queries run a few at a time, copying about ``budget``
+    numbers of keys each time (a decode step: all at once)."""
     B, H, Nq, D = q.shape
-    Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[3]
-    group, slots, n = H // Hkv, pages.shape[-1], Nk // page
-    rows = max(1, budget // max(1, slots * page * max(D, Dv)))
+    k_rows, k_first = token_rows(k, H)
+    v_rows, v_first = token_rows(v, H)
+    firsts = torch.tensor([k_first] if k_first == v_first else [k_first, v_first], device=q.device)[..., None, None]
     qs = q * scale
-    pieces = [_chunk(qs, k, v, pages[:, :, c0:c0 + rows], valid[:, :, c0:c0 + rows], c0, page=page)
-              for c0 in range(0, Nq, rows)]
+    chunk = max(1, budget // max(1, B * H * pages.shape[-1] * page * D))
+    pieces = [_queries_attention(qs[:, :, c0:c0 + chunk], k_rows, v_rows, firsts, pages[:, :, c0:c0 + chunk],
+                                 valid[:, :, c0:c0 + chunk], c0, page=page, kv_len=k.shape[2], q_len=Nq)
+              for c0 in range(0, Nq, chunk)]
     return torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0]
 
 
-def _chunk(qs, k, v, pages, valid, c0: int, *, page: int) -> torch.Tensor:
-    """Queries ``c0 .. c0 + c`` of the scaled queries ``qs``, whose pages are ``pages (B, H, c, K)``."""
-    B, H, Nq, D = qs.shape
-    Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[3]
-    c, slots, n = pages.shape[2], pages.shape[3], Nk // page
+def _queries_attention(qs, k_rows, v_rows, firsts, pages, valid, c0: int, *, page: int, kv_len: int, q_len: int):
+    """Scaled queries ``qs (B, H, c, D)``, queries ``c0 ..`` of the call, over their pages: ``(B, H, c, Dv)``.
+    ``firsts (1 or 2, B, H, 1, 1)``: the row of each query head's first key, and value if they differ."""
+    B, H, c, D = qs.shape
+    tokens = pages if page == 1 else (pages[..., None] * page + torch.arange(page, device=qs.device)).flatten(-2)
+    named = valid if page == 1 else valid.repeat_interleave(page, -1)
+    pos = torch.arange(kv_len - q_len + c0, kv_len - q_len + c0 + c, device=qs.device)[:, None]
+    drop = (~named | (tokens > pos)).flatten(0, 2)  # (B H c, K page)
+    index = (tokens.clamp(max=kv_len - 1) + firsts).flatten(1, 3)  # a dropped slot points at a real key
+    W = index.shape[-1]
+    keys = k_rows.index_select(0, index[0].flatten()).view(-1, W, D)
     never = torch.finfo(qs.dtype).min  # a finite "minus infinity" written over a dropped key's score (even a NaN
     # one): a row with nothing to read stays free of NaN, forward and backward
-    pos = torch.arange(Nk - Nq + c0, Nk - Nq + c0 + c, device=qs.device)[:, None]
-    tokens = pages[..., None] * page + torch.arange(page, device=qs.device)
-    drop = ~((valid & (pages < n))[..., None] & (tokens <= pos[..., None])).flatten(-2)  # (B, H, c, K page)
-    whole = pages.clamp(max=max(n - 1, 0))
-    tail = torch.arange(n * page, Nk, device=qs.device)  # the partial page's tokens, read in place
-    drop_tail = ~((valid & (pages == n)).any(-1, keepdim=True) & (tail <= pos))  # (B, H, c, T)
-    group, width = H // Hkv, slots * page if n else 0
-    outs = []
-    for b in range(B):
-        for h in range(H):
-            kh, vh = k[b, h // group], v[b, h // group]
-            qc = qs[b, h, c0:c0 + c]
-            parts = []
-            if n:
-                chosen = whole[b, h].flatten()
-                kg = kh[: n * page].reshape(n, page * D).index_select(0, chosen).view(c, width, D)
-                parts.append(torch.bmm(kg, qc[:, :, None]).squeeze(-1).masked_fill_(drop[b, h], never))
-            if len(tail):
-                parts.append((qc @ kh[n * page:].T).masked_fill_(drop_tail[b, h], never))
-            p = torch.softmax(torch.cat(parts, -1) if len(parts) > 1 else parts[0], -1)
-            out = None
-            if n:
-                vg = vh[: n * page].reshape(n, page * Dv).index_select(0, chosen).view(c, width, Dv)
-                out = torch.bmm(p[:, None, :width], vg).squeeze(1)
-            if len(tail):
-                out = p[:, width:] @ vh[n * page:] if out is None else torch.addmm(out, p[:, width:], vh[n * page:])
-            outs.append(out)
-    out = torch.stack(outs).view(B, H, c, Dv)
-    empty = drop.all(-1) & drop_tail.all(-1)
-    return out.masked_fill(empty[..., None], 0.0)
+    scores = torch.bmm(qs.reshape(-1, 1, D), keys.transpose(1, 2)).view(-1, W).masked_fill_(drop, never)
+    out = F.embedding_bag(index[-1], v_rows, mode="sum", per_sample_weights=torch.softmax(scores, -1))
+    return out.masked_fill(drop.all(-1, keepdim=True), 0.0).view(B, H, c, -1)
 
 
 def gathered_attention(q, k, v, index: torch.Tensor, valid: torch.Tensor, *, scale: float) -> torch.Tensor:

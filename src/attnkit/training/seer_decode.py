@@ -42,9 +42,10 @@ def distill_decode_gates(model, train_ids: torch.Tensor, *, context: int, batch:
                   on_step=on_step)
 
 
-def decode_gate_quality(model, windows: torch.Tensor, *, batch: int = 16) -> dict:
+def decode_gate_quality(model, windows: torch.Tensor, *, batch: int = 16, rows_at_once: int = 256) -> dict:
     """Mean dense attention mass in the blocks the gates choose (recall, queries past the first block) and the
-    share of the causal (query, key) pairs they read (density), over every gated layer."""
+    share of the causal (query, key) pairs they read (density), over every gated layer. The dense attention is
+    written out ``rows_at_once`` queries at a time (in float64: at 4096 tokens a whole window's would take 8 GB)."""
     layers = gated_layers(model, MECHANISM)
     kept_mass, density = [], []
 
@@ -57,9 +58,13 @@ def decode_gate_quality(model, windows: torch.Tensor, *, batch: int = 16) -> dic
                               threshold=p["threshold"], rope_base=p["rope_base"], gate_q=gates["gate_q"],
                               gate_k=gates["gate_k"], gate_queries=q, gate_keys=k)
         keys = kr.repeat_interleave(qr.shape[1] // kr.shape[1], 1)
-        s = (qr[:, :, rows] @ keys.transpose(-1, -2)).double() * qr.shape[-1] ** -0.5
-        s = s.masked_fill(torch.arange(N, device=q.device) > rows[:, None], float("-inf"))
-        kept_mass.append((s.softmax(-1) * kept).sum(-1).mean().item())
+        mass = 0.0
+        for r0 in range(0, len(rows), rows_at_once):
+            part = rows[r0:r0 + rows_at_once]
+            s = (qr[:, :, part] @ keys.transpose(-1, -2)).double() * qr.shape[-1] ** -0.5
+            s = s.masked_fill(torch.arange(N, device=q.device) > part[:, None], float("-inf"))
+            mass += float((s.softmax(-1) * kept[:, :, r0:r0 + rows_at_once]).sum())
+        kept_mass.append(mass / kept.shape[:3].numel())
         density.append(dens)
 
     measure_gates(model, layers, measure, windows, batch)
