@@ -56,7 +56,7 @@ class AdaKV(Policy):
     def budget(self, layer: int, prompt: int) -> int:
         return self.scorer.budget(layer, prompt)
 
-    def step(self, store, q, scale, layer):
+    def step(self, store, q, scale, layer, *, in_place=False):  # ragged rows are packed anew either way
         if store.length > store.prompt:
             return store  # decoded tokens are appended, never evicted
         keep = self.prompt_budget(layer, store.prompt, "tokens per head")

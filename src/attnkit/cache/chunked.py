@@ -7,10 +7,12 @@ evicts down to the budget (``chunked = "exact"`` policies keep exactly what
 one call keeps, ``"approximate"`` ones score with queries that saw only the
 tokens kept so far; the others are refused, see :mod:`attnkit.cache.policy`).
 
-- an attnkit :class:`~attnkit.models.DecoderLM`: the layers' :class:`KVState`
-  values are replaced one by one, each layer's previous value released as
-  soon as its next exists, so at most one layer holds two buffers (the one
-  its chunk was appended to and the evicted copy);
+- an attnkit :class:`~attnkit.models.DecoderLM`: the states between two
+  chunks are the driver's own (no caller ever sees them, and each is read
+  once, by the call that continues it), so the policy evicts in the layer's
+  buffer instead of copying the kept tokens to a new one: one buffer of the
+  layer's budget plus a chunk per layer. The states returned are values like
+  any other: a later call copies before it evicts;
 - a transformers model: an :class:`attnkit.cache.Cache` with ``prompt=``, whose
   layers evict in place (one buffer each); ``cache.close()`` it when done.
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .state import layer_states
+from .state import KVState
 
 
 @dataclass
@@ -45,9 +47,19 @@ def prefill(model, ids: torch.Tensor, policy, *, chunk: int) -> Prefilled:
     return _transformers(model, ids, policy, chunk)
 
 
+class _PrefillState(KVState):
+    """A layer's state between two chunks of :func:`prefill`: held by the driver alone and never read again once
+    the next chunk continued it, so the policy evicts in its buffer (``in_place``), which the first chunk sized
+    to the layer's budget plus a chunk. A prompt that fits one chunk fills a buffer of its own length: its kept
+    tokens are copied out of it, freeing it."""
+
+    def _evicted(self, store, q, scale):
+        return self.policy.step(store, q, scale, self.layer, in_place=store.appended < store.prompt)
+
+
 def _attnkit(model, ids, policy, chunk):
     n = ids.shape[1]
-    states = layer_states(policy, len(model.blocks), prompt=n)
+    states = [_PrefillState(policy, i, prompt=n) for i in range(len(model.blocks))]
     held, peak = [0] * len(states), 0
     for lo in range(0, n, chunk):
         x = model.embed(ids[:, lo : lo + chunk])
@@ -59,7 +71,8 @@ def _attnkit(model, ids, policy, chunk):
             peak = max(peak, sum(held) - held[i] + both)
             held[i] = new
             del old
-    return Prefilled(model.head(model.norm(x[:, -1])), states, peak)
+    returned = [KVState(state.policy, state.layer, state.store) for state in states]  # values from here on
+    return Prefilled(model.head(model.norm(x[:, -1])), returned, peak)
 
 
 def _transformers(model, ids, policy, chunk):

@@ -72,10 +72,17 @@ class Policy:
         """``(B, Hkv, L)``: higher is kept first (``keep``: how many will be)."""
         raise NotImplementedError
 
-    def step(self, store, q: torch.Tensor, scale: float, layer: int):
-        """The store after the call whose tokens were just appended (and whose queries are ``q``)."""
+    def step(self, store, q: torch.Tensor, scale: float, layer: int, *, in_place: bool = False):
+        """The store after the call whose tokens were just appended (and whose queries are ``q``).
+
+        ``in_place``: the caller holds the only reference to ``store`` and its buffer and never reads it again,
+        so the eviction may move the kept tokens to the front of that buffer instead of copying them to a new
+        one (a :class:`~attnkit.cache.store.LayerKV` does; ragged and quantised layers are rebuilt either way)."""
         store, chosen = self.select(store, q, scale, layer)
-        return store if chosen is None else store.keep(*chosen)
+        if chosen is None:
+            return store
+        index, score, room = chosen
+        return store.compact(index, score) if in_place else store.keep(index, score, room)
 
     def select(self, store, q: torch.Tensor, scale: float, layer: int):
         """``(store with its running score, (index, score, room) of the slots to keep, or None to keep all))``."""

@@ -64,7 +64,7 @@ class RazorAttention(Policy):
                              "(room for a recent window)")
         return keep
 
-    def step(self, store, q, scale, layer):
+    def step(self, store, q, scale, layer, *, in_place=False):  # ragged rows are packed anew either way
         if store.length > store.prompt:
             return store  # decoded tokens are appended, never evicted
         keep = self.prompt_budget(layer, store.prompt)

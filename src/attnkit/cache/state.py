@@ -53,7 +53,11 @@ class KVState:
         """``(out, next_state)`` for the new tokens' ``q (B, H, n, D)``, ``k``, ``v (B, Hkv, n, D)``."""
         store = self._appended(q, k, v)
         out = attend(q, store, scale)
-        return out, KVState(self.policy, self.layer, self.policy.step(store, q, scale, self.layer))
+        return out, type(self)(self.policy, self.layer, self._evicted(store, q, scale))
+
+    def _evicted(self, store, q, scale):
+        """The store the policy leaves after this call (``store``: this state's with the call's tokens appended)."""
+        return self.policy.step(store, q, scale, self.layer)
 
     def read(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
         """What :meth:`step` reads: ``(weights, values, positions)``, the softmax weights ``(B, H, n, L)`` (q's
