@@ -125,18 +125,30 @@ class NoCompression(Policy):
         return store, None
 
 
-def check_chunk(policy: Policy, store) -> None:
-    """Refuse a prefill chunk (a call that ends before the declared prompt) for a policy that needs the whole prompt."""
-    if store.length < store.prompt and policy.chunked is None:
+def checked_policy(policy) -> Policy:
+    """``policy``, or :class:`NoCompression` for ``None`` (a plain KV cache); anything else is refused."""
+    policy = NoCompression() if policy is None else policy
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy must be an attnkit.cache policy (e.g. attnkit.cache.H2O(0.25)), got {type(policy).__name__}")
+    return policy
+
+
+def check_prompt(prompt) -> None:
+    """A declared prompt length (``None``: the prompt arrives in one call)."""
+    if prompt is not None and (isinstance(prompt, bool) or not isinstance(prompt, int) or prompt < 1):
+        raise ValueError(f"prompt must be the prompt's length (an int >= 1) when it arrives in chunks, got {prompt!r}")
+
+
+def append_call(policy: Policy, store, layer: int, k: torch.Tensor, v: torch.Tensor):
+    """``store`` with a call's keys and values ``(B, Hkv, n, D)`` appended. A prefill chunk (a call that ends before
+    the declared prompt) is refused for a policy that needs the whole prompt; the first chunk reserves the layer's
+    budget plus a chunk, so the buffer never grows while the prompt streams in."""
+    n = k.shape[2]
+    if store.length + n < store.prompt and policy.chunked is None:
         raise ValueError(f"{policy!r} needs the whole prompt at once (it scores with every prompt token or query): "
                          f"prefill it in one call, or declare no prompt length")
-
-
-def reserve(policy: Policy, store, layer: int, n: int) -> int:
-    """Slots the first append of a declared prompt reserves: the layer's budget plus a chunk (no growth later)."""
-    if store.length or not store.prompt or n >= store.prompt:
-        return 0
-    return min(store.prompt, policy.budget(layer, store.prompt) + n)
+    first_chunk = not store.length and store.prompt and n < store.prompt
+    return store.append(k, v, min(store.prompt, policy.budget(layer, store.prompt) + n) if first_chunk else 0)
 
 
 def check_budget(budget) -> None:
