@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .state import KVState
+from .store import same_storage
 
 
 @dataclass
@@ -67,7 +68,7 @@ def _attnkit(model, ids, policy, chunk):
             old = states[i]
             x, states[i] = block(x, causal=True, state=old, return_state=True)
             new = states[i].store.allocated_bytes()
-            both = new + (0 if _shared(old.store, states[i].store) else held[i])
+            both = new + (0 if same_storage(old.store, states[i].store) else held[i])
             peak = max(peak, sum(held) - held[i] + both)
             held[i] = new
             del old
@@ -83,8 +84,3 @@ def _transformers(model, ids, policy, chunk):
     for lo in range(0, ids.shape[1], chunk):
         logits = model(ids[:, lo : lo + chunk], cache=cache, logits_to_keep=1).logits
     return Prefilled(logits[:, -1], cache, cache.peak_bytes)
-
-
-def _shared(a, b) -> bool:
-    buffer = getattr(a, "_buffer", None)
-    return buffer is not None and buffer is getattr(b, "_buffer", None)

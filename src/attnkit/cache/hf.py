@@ -59,7 +59,7 @@ except ImportError:  # pragma: no cover - other transformers versions pass outpu
 
 from .policy import Policy, append_call, check_prompt, checked_policy
 from .scores import attend, query_positions, weights
-from .store import LayerKV
+from .store import LayerKV, same_storage
 
 ATTENTION = "attnkit_cache"
 
@@ -109,6 +109,7 @@ class CacheLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         if self.pending is not None:  # the eviction the last prefill chunk chose, now that its attention is done
             self.store, self.pending = self.store.compact(*self.pending), None
+        held = self.store
         store = append_call(self.policy, self.store, self.layer_idx, key_states, value_states)
         keys, values = _tensors(store)
         if not getattr(store, "ragged", False):
@@ -123,7 +124,8 @@ class CacheLayer(CacheLayerMixin):
         else:
             self.store = self.policy.step(store, q, scale, self.layer_idx)
         self.keys, self.values = _tensors(self.store)
-        self._owner._track()
+        # a store copied to a new buffer lives on until the model's attention has read it (keys, values)
+        self._owner._track(0 if same_storage(held, self.store) else held.allocated_bytes())
         return keys, values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -195,8 +197,9 @@ class Cache(TransformersCache):
         """Bytes of the layers' buffers, spare capacity included."""
         return sum(layer.store.allocated_bytes() for layer in self.layers)
 
-    def _track(self) -> None:
-        self.peak_bytes = max(self.peak_bytes, self.allocated_bytes())
+    def _track(self, copied: int) -> None:
+        """``copied``: bytes of a layer's previous buffer, held until its replacement was written."""
+        self.peak_bytes = max(self.peak_bytes, self.allocated_bytes() + copied)
 
     # queries for the policies that score with attention weights ------------
     def _take_queries(self, layer_idx: int, policy: Policy):

@@ -159,6 +159,22 @@ class LayerKV:
         return LayerKV(self._buffer, self.used, self.length, score, self.prompt, self.appended)
 
 
+def same_storage(a, b) -> bool:
+    """Whether the layer stores ``a`` and ``b`` hold their tokens in one buffer: going from one to the other
+    copied nothing."""
+    held = _storage(a)
+    return a is b or (held is not None and held is _storage(b))
+
+
+def _storage(store):
+    """What holds a store's tokens: a :class:`LayerKV`'s buffer, a ragged layer's pool of pages, a quantised
+    layer's packed codes (None while it holds none)."""
+    for name in ("_buffer", "_pool", "_packed"):
+        if getattr(store, name, None) is not None:
+            return getattr(store, name)
+    return None
+
+
 def gather_slots(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Each row's slots ``index (B, Hkv, K)`` of ``t (B, Hkv, L)`` or ``(B, Hkv, L, D)``."""
     return t.gather(2, index if t.ndim == 3 else index[..., None].expand(-1, -1, -1, t.shape[-1]))
