@@ -51,16 +51,17 @@ def prefill(model, ids: torch.Tensor, policy, *, chunk: int) -> Prefilled:
 class _PrefillState(KVState):
     """A layer's state between two chunks of :func:`prefill`: held by the driver alone and never read again once
     the next chunk continued it, so the policy evicts in its buffer (``in_place``), which the first chunk sized
-    to the layer's budget plus a chunk. A prompt that fits one chunk fills a buffer of its own length: its kept
-    tokens are copied out of it, freeing it."""
+    to the layer's budget plus a chunk."""
 
     def _evicted(self, store, q, scale):
-        return self.policy.step(store, q, scale, self.layer, in_place=store.appended < store.prompt)
+        return self.policy.step(store, q, scale, self.layer, in_place=True)
 
 
 def _attnkit(model, ids, policy, chunk):
     n = ids.shape[1]
-    states = [_PrefillState(policy, i, prompt=n) for i in range(len(model.blocks))]
+    # a prompt that fits one chunk fills a buffer of its own length: its kept tokens are better copied out of it
+    state = _PrefillState if chunk < n else KVState
+    states = [state(policy, i, prompt=n) for i in range(len(model.blocks))]
     held, peak = [0] * len(states), 0
     for lo in range(0, n, chunk):
         x = model.embed(ids[:, lo : lo + chunk])
