@@ -167,7 +167,9 @@ def test_layers_of_different_lengths_prefill_in_chunks_inside_generate():
     assert out.shape == (1, 51) and [layer.store.used for layer in cache.layers] == [28, 4]
 
 
-@pytest.mark.parametrize("policy", [KeyNorm(16), SnapKV(16, window=4, kernel=3), KIVI(4, group=8, residual=8),
+@pytest.mark.parametrize("policy", [KeyNorm(16), SnapKV(16, window=4, kernel=3), H2O(16, recent=4),
+                                    ExpectedAttention(16, rotate=attnkit.positional.RoPE(8).rotate, future=4),
+                                    KIVI(4, group=8, residual=8),
                                     KIVI(4, group=8, residual=8, under=SnapKV(16, window=4, kernel=3)),
                                     AdaKV(SnapKV(16, window=4, kernel=3))], ids=repr)
 def test_an_attnkit_lm_prefilled_in_place_keeps_what_states_as_values_keep(policy):
