@@ -125,22 +125,30 @@ def test_chunked_prefill_in_generate_evicts_in_place_and_keeps_what_one_call_kee
     assert done.peak_bytes == 2 * (16 + 8) * per_token  # each layer one buffer of budget + chunk
     cache = attnkit.cache.Cache(StreamingLLM(16, sinks=4), prompt=48)  # transformers' own chunked prefill
     out = model.generate(ids, max_new_tokens=4, do_sample=False, cache=cache, prefill_chunk_size=8)
-    assert out.shape == (1, 52) and cache.get_seq_length() == 51 and cache.peak_bytes == done.peak_bytes
+    assert out.shape == (1, 52) and cache.get_seq_length() == 51
+    # the first decoded token's eviction copies layer 0's 16 + 1 slots while its prefill buffer still lives
+    assert cache.peak_bytes == (24 + 17 + 24) * per_token
     assert cache.layers[1].store.pos[0, 0].tolist() == [0, 1, 2, 3] + list(range(39, 51))
 
 
-def test_chunked_prefill_of_an_attnkit_lm_bounds_its_memory():
+def tiny_lm(schedule="FF"):
     from attnkit.models import DecoderLM, ModelConfig
 
     torch.manual_seed(0)
-    lm = DecoderLM(ModelConfig(vocab_size=97, dim=32, heads=4, kv_heads=2, schedule="FF")).eval()
+    return DecoderLM(ModelConfig(vocab_size=97, dim=32, heads=4, kv_heads=2, schedule=schedule)).eval()
+
+
+PER_TOKEN = 2 * (2 * 8 * 4 + 4)  # bytes per token of a tiny_lm layer: 2 kv heads x (key + value of 8 float32 + position)
+
+
+def test_chunked_prefill_of_an_attnkit_lm_bounds_its_memory():
+    lm = tiny_lm()
     ids = prompt(64)
     done = prefill(lm, ids, KeyNorm(16), chunk=16)
     full = prefill(lm, ids, NoCompression(), chunk=64)
     assert all(s.store.used == 16 and s.length == 64 for s in done.cache)
-    per_layer = 2 * (2 * 8 * 4 + 4)  # per token: 2 kv heads x (key + value of 8 float32 + position)
-    assert done.peak_bytes == 3 * 32 * per_layer  # two layers of budget + chunk, one of them twice while evicting
-    assert full.peak_bytes == 2 * 64 * per_layer
+    assert done.peak_bytes == 2 * 32 * PER_TOKEN  # each layer one buffer of budget + chunk, evicted in place
+    assert full.peak_bytes == 2 * 64 * PER_TOKEN
     torch.testing.assert_close(full.logits, lm(ids)[:, -1])
     with pytest.raises(ValueError, match="chunk"):
         prefill(lm, ids, KeyNorm(16), chunk=0)
@@ -157,3 +165,51 @@ def test_layers_of_different_lengths_prefill_in_chunks_inside_generate():
     out = model.generate(ids, max_new_tokens=3, do_sample=False, cache=cache, prefill_chunk_size=8)
     cache.close()
     assert out.shape == (1, 51) and [layer.store.used for layer in cache.layers] == [28, 4]
+
+
+@pytest.mark.parametrize("policy", [KeyNorm(16), SnapKV(16, window=4, kernel=3), H2O(16, recent=4),
+                                    ExpectedAttention(16, rotate=attnkit.positional.RoPE(8).rotate, future=4),
+                                    KIVI(4, group=8, residual=8),
+                                    KIVI(4, group=8, residual=8, under=SnapKV(16, window=4, kernel=3)),
+                                    AdaKV(SnapKV(16, window=4, kernel=3))], ids=repr)
+def test_an_attnkit_lm_prefilled_in_place_keeps_what_states_as_values_keep(policy):
+    from attnkit.cache import layer_states
+
+    lm, ids = tiny_lm(), prompt(64)
+    done = prefill(lm, ids, policy, chunk=16)
+    states = layer_states(policy, 2, prompt=64)
+    for lo in range(0, 64, 16):  # the same chunks, every state a value (each eviction copies)
+        logits, states = lm(ids[:, lo : lo + 16], state=states, return_state=True)
+    for mine, theirs in zip(done.cache, states):
+        assert torch.equal(mine.store.pos, theirs.store.pos)
+        torch.testing.assert_close((mine.store.k, mine.store.v), (theirs.store.k, theirs.store.v), rtol=0, atol=0)
+    torch.testing.assert_close(done.logits, logits[:, -1])  # the head applied to one row, not the chunk's rows
+
+
+def test_the_states_a_chunked_prefill_returns_are_values():
+    lm, ids = tiny_lm(), prompt(64)
+    done = prefill(lm, ids, KeyNorm(16), chunk=16)  # KeyNorm also evicts while decoding
+    before = [(s.store.k.clone(), s.store.v.clone(), s.store.pos.clone()) for s in done.cache]
+    token = prompt(1, seed=2)
+    first, after = lm(token, state=done.cache, return_state=True)
+    second, _ = lm(token, state=done.cache, return_state=True)  # the same states continued again
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert all(s.store.used == 16 and s.length == 65 for s in after)
+    for state, (k, v, pos) in zip(done.cache, before):
+        assert torch.equal(state.store.k, k) and torch.equal(state.store.v, v) and torch.equal(state.store.pos, pos)
+
+
+def test_pyramidkv_prefilled_in_chunks_holds_each_layers_budget_plus_a_chunk_once():
+    from attnkit.cache import PyramidKV
+
+    lm, ids = tiny_lm(), prompt(64)
+    policy = PyramidKV(KeyNorm(16), layers=2, beta=4)  # layer 0 keeps 28 tokens, layer 1 keeps 4
+    done = prefill(lm, ids, policy, chunk=8)
+    assert [s.store.used for s in done.cache] == [28, 4]
+    assert done.peak_bytes == (28 + 8 + 4 + 8) * PER_TOKEN  # no layer holds its old and its evicted buffer at once
+
+
+def test_a_prompt_prefilled_in_one_chunk_keeps_a_buffer_of_its_budget_not_of_the_prompt():
+    lm, ids = tiny_lm(), prompt(64)
+    done = prefill(lm, ids, KeyNorm(16), chunk=64)
+    assert all(s.store.used == 16 and s.store.capacity < 64 for s in done.cache)

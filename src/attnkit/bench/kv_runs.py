@@ -31,7 +31,7 @@ class Recorder(NoCompression):
         super().__init__()
         self.layers = {}
 
-    def step(self, store, q, scale, layer):
+    def step(self, store, q, scale, layer, *, in_place=False):
         if store.length == store.prompt:
             self.layers[layer] = (store, q, scale)
         return store

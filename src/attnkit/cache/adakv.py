@@ -29,6 +29,7 @@ import torch
 
 from .policy import Policy, prefill_room
 from .ragged import RaggedKV, row_counts
+from .store import gather_slots
 
 
 class AdaKV(Policy):
@@ -56,7 +57,7 @@ class AdaKV(Policy):
     def budget(self, layer: int, prompt: int) -> int:
         return self.scorer.budget(layer, prompt)
 
-    def step(self, store, q, scale, layer):
+    def step(self, store, q, scale, layer, *, in_place=False):  # ragged rows are packed anew either way
         if store.length > store.prompt:
             return store  # decoded tokens are appended, never evicted
         keep = self.prompt_budget(layer, store.prompt, "tokens per head")
@@ -71,8 +72,7 @@ class AdaKV(Policy):
         used = rank.shape[-1]
         index = index.masked_fill(slot >= kept[..., None], used).sort(dim=-1).values  # kept slots ascending, first
         safe = index.clamp_max(used - 1)
-        gather = lambda t: None if t is None else t.gather(2, safe if t.ndim == 3 else
-                                                              safe[..., None].expand(-1, -1, -1, t.shape[-1]))
+        gather = lambda t: None if t is None else gather_slots(t, safe)
         room = prefill_room(store, keep)
         return RaggedKV.pack(gather(store.k), gather(store.v), gather(store.pos), kept, store.length, store.prompt,
                              room=room, bias=gather(getattr(store, "bias", None)))

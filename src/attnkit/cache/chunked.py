@@ -7,10 +7,12 @@ evicts down to the budget (``chunked = "exact"`` policies keep exactly what
 one call keeps, ``"approximate"`` ones score with queries that saw only the
 tokens kept so far; the others are refused, see :mod:`attnkit.cache.policy`).
 
-- an attnkit :class:`~attnkit.models.DecoderLM`: the layers' :class:`KVState`
-  values are replaced one by one, each layer's previous value released as
-  soon as its next exists, so at most one layer holds two buffers (the one
-  its chunk was appended to and the evicted copy);
+- an attnkit :class:`~attnkit.models.DecoderLM`: the states between two
+  chunks are the driver's own (no caller ever sees them, and each is read
+  once, by the call that continues it), so the policy evicts in the layer's
+  buffer instead of copying the kept tokens to a new one: one buffer of the
+  layer's budget plus a chunk per layer. The states returned are values like
+  any other: a later call copies before it evicts;
 - a transformers model: an :class:`attnkit.cache.Cache` with ``prompt=``, whose
   layers evict in place (one buffer each); ``cache.close()`` it when done.
 
@@ -23,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .state import layer_states
+from .state import KVState
+from .store import same_storage
 
 
 @dataclass
@@ -45,9 +48,20 @@ def prefill(model, ids: torch.Tensor, policy, *, chunk: int) -> Prefilled:
     return _transformers(model, ids, policy, chunk)
 
 
+class _PrefillState(KVState):
+    """A layer's state between two chunks of :func:`prefill`: held by the driver alone and never read again once
+    the next chunk continued it, so the policy evicts in its buffer (``in_place``), which the first chunk sized
+    to the layer's budget plus a chunk."""
+
+    def _evicted(self, store, q, scale):
+        return self.policy.step(store, q, scale, self.layer, in_place=True)
+
+
 def _attnkit(model, ids, policy, chunk):
     n = ids.shape[1]
-    states = layer_states(policy, len(model.blocks), prompt=n)
+    # a prompt that fits one chunk fills a buffer of its own length: its kept tokens are better copied out of it
+    state = _PrefillState if chunk < n else KVState
+    states = [state(policy, i, prompt=n) for i in range(len(model.blocks))]
     held, peak = [0] * len(states), 0
     for lo in range(0, n, chunk):
         x = model.embed(ids[:, lo : lo + chunk])
@@ -55,11 +69,12 @@ def _attnkit(model, ids, policy, chunk):
             old = states[i]
             x, states[i] = block(x, causal=True, state=old, return_state=True)
             new = states[i].store.allocated_bytes()
-            both = new + (0 if _shared(old.store, states[i].store) else held[i])
+            both = new + (0 if same_storage(old.store, states[i].store) else held[i])
             peak = max(peak, sum(held) - held[i] + both)
             held[i] = new
             del old
-    return Prefilled(model.head(model.norm(x[:, -1])), states, peak)
+    returned = [KVState(state.policy, state.layer, state.store) for state in states]  # values from here on
+    return Prefilled(model.head(model.norm(x[:, -1])), returned, peak)
 
 
 def _transformers(model, ids, policy, chunk):
@@ -70,8 +85,3 @@ def _transformers(model, ids, policy, chunk):
     for lo in range(0, ids.shape[1], chunk):
         logits = model(ids[:, lo : lo + chunk], cache=cache, logits_to_keep=1).logits
     return Prefilled(logits[:, -1], cache, cache.peak_bytes)
-
-
-def _shared(a, b) -> bool:
-    buffer = getattr(a, "_buffer", None)
-    return buffer is not None and buffer is getattr(b, "_buffer", None)

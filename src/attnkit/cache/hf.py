@@ -57,9 +57,9 @@ try:  # what transformers' output_attentions collects in this forward pass (None
 except ImportError:  # pragma: no cover - other transformers versions pass output_attentions= instead
     _COLLECTOR = None
 
-from .policy import NoCompression, Policy, check_chunk, reserve
+from .policy import Policy, append_call, check_prompt, checked_policy
 from .scores import attend, query_positions, weights
-from .store import LayerKV
+from .store import LayerKV, same_storage
 
 ATTENTION = "attnkit_cache"
 
@@ -109,9 +109,8 @@ class CacheLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         if self.pending is not None:  # the eviction the last prefill chunk chose, now that its attention is done
             self.store, self.pending = self.store.compact(*self.pending), None
-        store = self.store.append(key_states, value_states,
-                                  reserve(self.policy, self.store, self.layer_idx, key_states.shape[2]))
-        check_chunk(self.policy, store)
+        held = self.store
+        store = append_call(self.policy, self.store, self.layer_idx, key_states, value_states)
         keys, values = _tensors(store)
         if not getattr(store, "ragged", False):
             _remember_read(keys, store.pos)
@@ -125,7 +124,8 @@ class CacheLayer(CacheLayerMixin):
         else:
             self.store = self.policy.step(store, q, scale, self.layer_idx)
         self.keys, self.values = _tensors(self.store)
-        self._owner._track()
+        # a store copied to a new buffer lives on until the model's attention has read it (keys, values)
+        self._owner._track(0 if same_storage(held, self.store) else held.allocated_bytes())
         return keys, values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -166,11 +166,8 @@ class Cache(TransformersCache):
     length when it is prefilled in several calls (chunks)."""
 
     def __init__(self, policy: Policy | None = None, *, model=None, prompt: int | None = None):
-        policy = NoCompression() if policy is None else policy
-        if not isinstance(policy, Policy):
-            raise TypeError(f"policy must be an attnkit.cache policy (e.g. attnkit.cache.H2O(0.25)), got {type(policy).__name__}")
-        if prompt is not None and (isinstance(prompt, bool) or not isinstance(prompt, int) or prompt < 1):
-            raise ValueError(f"prompt must be the prompt's length (an int >= 1) when it arrives in chunks, got {prompt!r}")
+        policy = checked_policy(policy)
+        check_prompt(prompt)
         super().__init__(layers=[])
         self.prompt = prompt or 0
         self.policy, self.peak_bytes, self._queries, self._hooks = policy, 0, {}, []
@@ -200,8 +197,9 @@ class Cache(TransformersCache):
         """Bytes of the layers' buffers, spare capacity included."""
         return sum(layer.store.allocated_bytes() for layer in self.layers)
 
-    def _track(self) -> None:
-        self.peak_bytes = max(self.peak_bytes, self.allocated_bytes())
+    def _track(self, copied: int) -> None:
+        """``copied``: bytes of a layer's previous buffer, held until its replacement was written."""
+        self.peak_bytes = max(self.peak_bytes, self.allocated_bytes() + copied)
 
     # queries for the policies that score with attention weights ------------
     def _take_queries(self, layer_idx: int, policy: Policy):
@@ -215,7 +213,7 @@ class Cache(TransformersCache):
         return self._queries.pop(layer_idx)
 
     def _hook_queries(self, model) -> None:
-        modules = [m for m in model.modules() if hasattr(m, "q_proj") and hasattr(m, "layer_idx")]
+        modules = _attention_modules(model)
         if not modules:
             raise ValueError(f"{type(model).__name__} has no attention modules with q_proj and layer_idx; "
                              "attnkit.cache.Cache can only compute queries for Llama-style attention")
@@ -228,7 +226,7 @@ class Cache(TransformersCache):
 
     def _attend_in(self, model) -> None:
         owner = weakref.ref(self)
-        modules = [m for m in model.modules() if hasattr(m, "q_proj") and hasattr(m, "layer_idx")]
+        modules = _attention_modules(model)
         for module in modules:
             module._attnkit_cache = owner
         self._restore = (model, model.config._attn_implementation, modules)
@@ -245,6 +243,11 @@ class Cache(TransformersCache):
             for module in modules:
                 del module._attnkit_cache
             self._restore = None
+
+
+def _attention_modules(model) -> list:
+    """The model's Llama-style attention modules (with ``q_proj`` and ``layer_idx``)."""
+    return [m for m in model.modules() if hasattr(m, "q_proj") and hasattr(m, "layer_idx")]
 
 
 def _query_hook(owner, rotate):

@@ -50,14 +50,14 @@ class KIVI(Policy):
             return self.under.empty_store(prompt)  # the prompt in full precision while the policy chooses
         return QuantisedKV(self.bits, self.group, self.residual, prompt=prompt)
 
-    def step(self, store, q, scale, layer):
+    def step(self, store, q, scale, layer, *, in_place=False):
         if isinstance(store, QuantisedKV):
             return store
         if self.under is None:
             if store.used != store.length:
                 raise ValueError("KIVI quantises a cache that holds every token; this one was already compressed")
             return self.empty_store().append(store.k, store.v)  # a full-precision cache, quantised
-        store = self.under.step(store, q, scale, layer)
+        store = self.under.step(store, q, scale, layer, in_place=in_place)
         if store.length < store.prompt:
             return store  # a prefill chunk: quantised once the prompt is complete
         fresh = QuantisedKV(self.bits, self.group, self.residual, length=store.length - store.used,

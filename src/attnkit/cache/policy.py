@@ -72,10 +72,17 @@ class Policy:
         """``(B, Hkv, L)``: higher is kept first (``keep``: how many will be)."""
         raise NotImplementedError
 
-    def step(self, store, q: torch.Tensor, scale: float, layer: int):
-        """The store after the call whose tokens were just appended (and whose queries are ``q``)."""
+    def step(self, store, q: torch.Tensor, scale: float, layer: int, *, in_place: bool = False):
+        """The store after the call whose tokens were just appended (and whose queries are ``q``).
+
+        ``in_place``: the caller holds the only reference to ``store`` and its buffer and never reads it again,
+        so the eviction may move the kept tokens to the front of that buffer instead of copying them to a new
+        one (a :class:`~attnkit.cache.store.LayerKV` does; ragged and quantised layers are rebuilt either way)."""
         store, chosen = self.select(store, q, scale, layer)
-        return store if chosen is None else store.keep(*chosen)
+        if chosen is None:
+            return store
+        index, score, room = chosen
+        return store.compact(index, score) if in_place else store.keep(index, score, room)
 
     def select(self, store, q: torch.Tensor, scale: float, layer: int):
         """``(store with its running score, (index, score, room) of the slots to keep, or None to keep all))``."""
@@ -118,18 +125,30 @@ class NoCompression(Policy):
         return store, None
 
 
-def check_chunk(policy: Policy, store) -> None:
-    """Refuse a prefill chunk (a call that ends before the declared prompt) for a policy that needs the whole prompt."""
-    if store.length < store.prompt and policy.chunked is None:
+def checked_policy(policy) -> Policy:
+    """``policy``, or :class:`NoCompression` for ``None`` (a plain KV cache); anything else is refused."""
+    policy = NoCompression() if policy is None else policy
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy must be an attnkit.cache policy (e.g. attnkit.cache.H2O(0.25)), got {type(policy).__name__}")
+    return policy
+
+
+def check_prompt(prompt) -> None:
+    """A declared prompt length (``None``: the prompt arrives in one call)."""
+    if prompt is not None and (isinstance(prompt, bool) or not isinstance(prompt, int) or prompt < 1):
+        raise ValueError(f"prompt must be the prompt's length (an int >= 1) when it arrives in chunks, got {prompt!r}")
+
+
+def append_call(policy: Policy, store, layer: int, k: torch.Tensor, v: torch.Tensor):
+    """``store`` with a call's keys and values ``(B, Hkv, n, D)`` appended. A prefill chunk (a call that ends before
+    the declared prompt) is refused for a policy that needs the whole prompt; the first chunk reserves the layer's
+    budget plus a chunk, so the buffer never grows while the prompt streams in."""
+    n = k.shape[2]
+    if store.length + n < store.prompt and policy.chunked is None:
         raise ValueError(f"{policy!r} needs the whole prompt at once (it scores with every prompt token or query): "
                          f"prefill it in one call, or declare no prompt length")
-
-
-def reserve(policy: Policy, store, layer: int, n: int) -> int:
-    """Slots the first append of a declared prompt reserves: the layer's budget plus a chunk (no growth later)."""
-    if store.length or not store.prompt or n >= store.prompt:
-        return 0
-    return min(store.prompt, policy.budget(layer, store.prompt) + n)
+    first_chunk = not store.length and store.prompt and n < store.prompt
+    return store.append(k, v, min(store.prompt, policy.budget(layer, store.prompt) + n) if first_chunk else 0)
 
 
 def check_budget(budget) -> None:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from .policy import Policy, prefill_room
 from .ragged import RaggedKV, row_counts
+from .store import gather_slots
 
 
 class RazorAttention(Policy):
@@ -64,7 +65,7 @@ class RazorAttention(Policy):
                              "(room for a recent window)")
         return keep
 
-    def step(self, store, q, scale, layer):
+    def step(self, store, q, scale, layer, *, in_place=False):  # ragged rows are packed anew either way
         if store.length > store.prompt:
             return store  # decoded tokens are appended, never evicted
         keep = self.prompt_budget(layer, store.prompt)
@@ -87,9 +88,8 @@ class RazorAttention(Policy):
                            count[..., None] - window - int(self.compensate) + slot[: window + int(self.compensate)]], dim=-1)
         width = max(keep, int(torch.where(cut, 0, count).max()))
         index = torch.where(cut[..., None], F.pad(short, (0, width - keep)), slot[:width]).clamp_max(M - 1)
-        gather = lambda t: t.gather(2, index if t.ndim == 3 else index[..., None].expand(-1, -1, -1, t.shape[-1]))
-        kept_k, kept_v, kept_pos = gather(k), gather(v), gather(pos)
-        kept_bias = None if bias is None else gather(bias)
+        kept_k, kept_v, kept_pos = (gather_slots(t, index) for t in (k, v, pos))
+        kept_bias = None if bias is None else gather_slots(bias, index)
         if self.compensate:  # the dropped span, merged tokens counted with their multiplicity, is one token
             span = (slot >= self.sinks) & (slot < count[..., None] - window)  # (B, Hkv, M)
             weight = torch.where(span, 1.0 if bias is None else bias.double().exp(), 0.0)

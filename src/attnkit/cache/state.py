@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import torch
 
-from .policy import NoCompression, Policy, check_chunk, reserve
+from .policy import Policy, append_call, check_prompt, checked_policy
 from .ragged import PAD
 from .scores import attend, query_positions, weights
 
 
 class KVState:
     def __init__(self, policy: Policy | None = None, layer: int = 0, store=None, *, prompt: int | None = None):
-        policy = NoCompression() if policy is None else policy
-        if not isinstance(policy, Policy):
-            raise TypeError(f"policy must be an attnkit.cache policy (e.g. attnkit.cache.H2O(0.25)), got {type(policy).__name__}")
+        policy = checked_policy(policy)
         if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
             raise ValueError(f"layer must be an int >= 0, got {layer!r}")
-        if prompt is not None and (isinstance(prompt, bool) or not isinstance(prompt, int) or prompt < 1):
-            raise ValueError(f"prompt must be the prompt's length (an int >= 1) when it arrives in chunks, got {prompt!r}")
+        check_prompt(prompt)
         self.policy, self.layer = policy, layer
         self.store = policy.empty_store(prompt or 0) if store is None else store
 
@@ -45,15 +42,17 @@ class KVState:
     def _appended(self, q, k, v):
         if q.shape[1] % k.shape[1]:
             raise ValueError(f"q has {q.shape[1]} heads, not a multiple of the {k.shape[1]} kv heads")
-        store = self.store.append(k, v, reserve(self.policy, self.store, self.layer, k.shape[2]))
-        check_chunk(self.policy, store)
-        return store
+        return append_call(self.policy, self.store, self.layer, k, v)
 
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
         """``(out, next_state)`` for the new tokens' ``q (B, H, n, D)``, ``k``, ``v (B, Hkv, n, D)``."""
         store = self._appended(q, k, v)
         out = attend(q, store, scale)
-        return out, KVState(self.policy, self.layer, self.policy.step(store, q, scale, self.layer))
+        return out, type(self)(self.policy, self.layer, self._evicted(store, q, scale))
+
+    def _evicted(self, store, q, scale):
+        """The store the policy leaves after this call (``store``: this state's with the call's tokens appended)."""
+        return self.policy.step(store, q, scale, self.layer)
 
     def read(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
         """What :meth:`step` reads: ``(weights, values, positions)``, the softmax weights ``(B, H, n, L)`` (q's

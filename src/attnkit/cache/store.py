@@ -132,9 +132,8 @@ class LayerKV:
         kept = index.shape[-1]
 
         def gather(t):
-            idx = index if t.ndim == 3 else index[..., None].expand(-1, -1, -1, t.shape[-1])
             out = t.new_empty(*t.shape[:2], kept + room, *t.shape[3:])
-            out[:, :, :kept] = t[:, :, : self.used].gather(2, idx)
+            out[:, :, :kept] = gather_slots(t[:, :, : self.used], index)
             return out
 
         buf = _Buffer(gather(self._buffer.k), gather(self._buffer.v), gather(self._buffer.pos), tail=kept)
@@ -152,13 +151,33 @@ class LayerKV:
         for lo in range(0, kept, COMPACT_BLOCK):
             idx = index[..., lo : lo + COMPACT_BLOCK]
             for t in (buf.k, buf.v, buf.pos):
-                src = idx if t.ndim == 3 else idx[..., None].expand(-1, -1, -1, t.shape[-1])
-                t[:, :, lo : lo + idx.shape[-1]] = t[:, :, : self.used].gather(2, src)
+                t[:, :, lo : lo + idx.shape[-1]] = gather_slots(t[:, :, : self.used], idx)
         buf.tail = kept
         return LayerKV(buf, kept, self.length, score, self.prompt)
 
     def with_score(self, score) -> "LayerKV":
         return LayerKV(self._buffer, self.used, self.length, score, self.prompt, self.appended)
+
+
+def same_storage(a, b) -> bool:
+    """Whether the layer stores ``a`` and ``b`` hold their tokens in one buffer: going from one to the other
+    copied nothing."""
+    held = _storage(a)
+    return a is b or (held is not None and held is _storage(b))
+
+
+def _storage(store):
+    """What holds a store's tokens: a :class:`LayerKV`'s buffer, a ragged layer's pool of pages, a quantised
+    layer's packed codes (None while it holds none)."""
+    for name in ("_buffer", "_pool", "_packed"):
+        if getattr(store, name, None) is not None:
+            return getattr(store, name)
+    return None
+
+
+def gather_slots(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Each row's slots ``index (B, Hkv, K)`` of ``t (B, Hkv, L)`` or ``(B, Hkv, L, D)``."""
+    return t.gather(2, index if t.ndim == 3 else index[..., None].expand(-1, -1, -1, t.shape[-1]))
 
 
 def _resized(t: torch.Tensor, used: int, capacity: int) -> torch.Tensor:
