@@ -9,21 +9,33 @@ pairs of the selection are sorted by key block and cut into *items* of at most
 ``rows_per_item`` rows that share one key block; an item gathers its query rows
 and reads one key/value tile, and one batched matmul runs many items.
 
-Each (row, slot) pair yields a partial softmax (row max, row sum, unnormalised
-output), stored in item order as the batched matmuls write it; the slots of a
-row are then merged with the log-sum-exp rule: the row's log-sum-exp from the
-slots' maxima and sums alone, then every partial output weighted and added to
-its row with one ``index_add_``. Rows are
-processed in chunks so these results stay small: memory is O(N k) for the
-selection and O(chunk) for the rest. Pairs whose tile
-lies wholly in a query's past (all but the diagonal tile) skip the causal mask.
+The forward makes two passes over the items. The first keeps, for every
+(row, slot) pair, the row maximum and the row sum of its tile's weights; a
+row's log-sum-exp follows from its slots' alone (the merge of
+:mod:`~attnkit.kernels.online_softmax`). The second recomputes the scores,
+takes the weights already normalised by the row's log-sum-exp and adds their
+values to the row with ``index_add_``. That costs one matmul more than keeping
+each pair's unnormalised output for a merge, but keeps nothing per pair but two
+numbers, so all the pairs of the selection form one set of full items (outputs
+kept per pair would have to be merged in row chunks to stay small, and a
+chunk's items are cut short at every tile: with chunks of 2048 rows, a fifth of
+the item rows are padding at N = 32768 with NSA's selection).
+Memory is O(N k) for the selection and O(step) for the rest. Pairs whose tile
+lies wholly in a query's past (all but the diagonal tile) skip the causal mask;
+the items that need it run in steps of their own.
 
 The backward is FlashAttention-2's recomputation: the forward saves the output
 and the row log-sum-exp; the backward recomputes every item's probabilities,
 accumulates dQ per row and dK/dV per key block with ``index_add_``. Scores are
-in base 2 (``exp2`` is several times faster than ``exp`` on CPU).
+in base 2 (``exp2`` is several times faster than ``exp`` on CPU). Steps are
+small (the default budget is 8 items of 256 query rows): their operands stay in
+cache between the passes over them and are written into buffers allocated once
+per pass; the batched matmuls then run near the GEMM rate (about half of it at
+128 items per step, measured on one CPU core).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +44,7 @@ from ..masks.selection import BlockSelection
 from .online_softmax import floor
 
 LOG2E = 1.4426950408889634
-BUDGET = 1 << 21  # score elements of one batched step
+BUDGET = 1 << 17  # score elements of one batched step
 
 
 def selected_block_attention(q, k, v, selection: BlockSelection, *, scale: float, causal: bool,
@@ -48,12 +60,11 @@ def selected_block_attention(q, k, v, selection: BlockSelection, *, scale: float
 
 def matmul_shapes(q, k, v, selection: BlockSelection, *, causal: bool, rows_per_item: int | None = None,
                   budget: int = BUDGET) -> list[tuple[int, int, int, int]]:
-    """The kernel's batched matmuls, one ``(items, query rows, keys, head_dim)`` per step: each step runs two
+    """The kernel's batched matmuls, one ``(items, query rows, keys, head_dim)`` per step: each step runs three
     matmuls of these sizes forward and five backward (to time the kernel against its matmuls alone)."""
     _check(q, k, v, selection)
     plan = _Plan(q, k, v, selection, causal, rows_per_item, budget)
-    return [(i1 - i0, plan.per_item * plan.width, plan.bk, plan.D) for chunk in plan.chunks
-            for i0, i1 in plan.steps(chunk)]
+    return [(i1 - i0, plan.per_item * plan.width, plan.bk, plan.D) for i0, i1, _ in plan.steps()]
 
 
 def _check(q, k, v, sel: BlockSelection):
@@ -70,7 +81,7 @@ def _check(q, k, v, sel: BlockSelection):
 
 
 class _Plan:
-    """Sizes, the row view of q and the items of every row chunk (shared by forward and backward)."""
+    """Sizes, the row view of q and the items of the whole selection (shared by forward and backward)."""
 
     def __init__(self, q, k, v, sel: BlockSelection, causal: bool, rows_per_item, budget):
         self.B, self.H, self.Nq, self.D = q.shape
@@ -83,23 +94,22 @@ class _Plan:
         self.causal, self.offset = causal, self.Nk - self.Nq
         self.per_item = rows_per_item or max(1, 256 // self.width)
         self.items_per_step = max(1, budget // (self.per_item * self.width * self.bk))
-        chunk_rows = max(1, (4 * budget) // (self.slots * self.width * max(self.Dv, 16)))
-        self.chunks = [self._items(sel, r0, min(self.rows, r0 + chunk_rows)) for r0 in range(0, self.rows, chunk_rows)]
+        self.item_row, self.item_key, self.pair_of, self.n_unmasked = self._items(sel)
 
-    def _items(self, sel, r0, r1):
-        """The pairs of rows ``r0:r1`` grouped into items: (first row, end row, each item's rows, the place of
-        each (row, slot) result among the items' rows, each item's kv tile, whether the item needs the mask)."""
-        valid = sel.valid.reshape(-1, self.slots)[r0:r1]
-        blocks = sel.blocks.reshape(-1, self.slots)[r0:r1]
+    def _items(self, sel):
+        """Every (row, slot) pair grouped into items: each item's rows (padded with the null row), each item's
+        kv tile, the place of each (row, slot) among the items' rows (unused slots: the sentinel past the last)
+        and how many items lead that need no mask (items that need it come last)."""
+        valid = sel.valid.reshape(-1, self.slots)
+        blocks = sel.blocks.reshape(-1, self.slots)
         row, slot = valid.nonzero(as_tuple=True)
         blk = blocks[row, slot]
-        row = row + r0
         g = (row // self.R) % self.G
         b = row // (self.R * self.G)
         tile = (b * self.Hkv + g // (self.G // self.Hkv)) * self.nk + blk
-        partial = self._partial(row % self.R, blk)
-        key = tile + partial.long() * (self.B * self.Hkv * self.nk)
-        key, order = key.sort()
+        total = self.B * self.Hkv * self.nk
+        key = tile + self._partial(row % self.R, blk).long() * total
+        key, order = key.sort(stable=True)
         row, slot = row[order], slot[order]
         uniq, counts = torch.unique_consecutive(key, return_counts=True)
         pieces = -(-counts // self.per_item)
@@ -111,13 +121,11 @@ class _Plan:
         n_items = int(pieces.sum())
         item_row = torch.full((n_items, self.per_item), self.rows, dtype=torch.long, device=key.device)
         item_row[item, pos % self.per_item] = row
-        # where each (row, slot) result lands in the item-ordered results; unused slots read the sentinel
-        sentinel = n_items * self.per_item
-        pair_of = torch.full((r1 - r0, self.slots), sentinel, dtype=torch.long, device=key.device)
-        pair_of[row - r0, slot] = item * self.per_item + pos % self.per_item
+        pair_of = torch.full((self.rows, self.slots), n_items * self.per_item, dtype=torch.long, device=key.device)
+        pair_of[row, slot] = item * self.per_item + pos % self.per_item
         item_key = torch.repeat_interleave(uniq, pieces)
-        total = self.B * self.Hkv * self.nk
-        return r0, r1, item_row, pair_of, item_key % total, item_key >= total
+        n_unmasked = int(pieces[uniq < total].sum())
+        return item_row, item_key % total, pair_of, n_unmasked
 
     def _partial(self, r, blk):
         """Pairs whose tile needs the element mask: keys past the end, or (causal) past some query of the row."""
@@ -127,10 +135,12 @@ class _Plan:
             partial = partial | (last_key > self.offset + r * self.bq)
         return partial
 
-    def steps(self, chunk):
-        """Item index ranges of one batched step each."""
-        n = chunk[2].shape[0]
-        return [(i, min(n, i + self.items_per_step)) for i in range(0, n, self.items_per_step)]
+    def steps(self):
+        """``(first item, end item, masked)`` of every batched step; a step's items all need the mask or none."""
+        n = self.item_row.shape[0]
+        for lo, hi, masked in ((0, self.n_unmasked, False), (self.n_unmasked, n, True)):
+            for i in range(lo, hi, self.items_per_step):
+                yield i, min(hi, i + self.items_per_step), masked
 
     def allowed(self, item_row, item_key):
         """Boolean mask ``(I, per_item * width, bk)`` of the pairs a step's items may attend to."""
@@ -165,34 +175,44 @@ def _tiles(x, plan: _Plan):
     return x.reshape(-1, plan.bk, x.shape[-1])
 
 
-def _merge_slots(part_out, part_max, part_sum, pair_of, item_row, r0):
-    """Each row's slots merged exactly (:mod:`~attnkit.kernels.online_softmax`): the normalised output and the
-    base-2 log-sum-exp (+inf if empty) of the chunk's rows ``r0 : r0 + len(pair_of)``.
+class _Workspace:
+    """One step's operands, allocated once per pass and reused by every step (``out=``): steps are small enough
+    to stay in cache, and fresh tensors of that size every step cost more than filling them."""
 
-    The merge runs on the scalars first: a row's log-sum-exp ``lse = log2 sum_s l_s 2^(m_s)`` from its slots'
-    maxima ``m_s`` and sums ``l_s``; then every partial output, wherever it lies, is weighted by
-    ``2^(m_s - lse)`` and added to its row, ``out = sum_s 2^(m_s - lse) o_s``, in one pass."""
-    n_rows = pair_of.shape[0]
-    top = part_max[pair_of].amax(1, keepdim=True)  # (rows, 1, width); unused slots read the -inf sentinel
-    total = (part_sum[pair_of] * torch.exp2(part_max[pair_of] - top.clamp(min=floor(top.dtype)))).sum(1)
-    lse = torch.where(total > 0, top[:, 0] + total.log2(), float("inf"))
-    rows = (item_row.flatten() - r0).clamp_(max=n_rows)  # the null row (padding) lands on a row of its own
-    n = rows.shape[0]
-    weight = torch.exp2(part_max[:n] - torch.cat([lse, lse.new_full((1, lse.shape[1]), float("inf"))])[rows])
-    out = part_out.new_zeros(n_rows + 1, *part_out.shape[1:])
-    out.index_add_(0, rows, part_out[:n].mul_(weight.unsqueeze(-1)))
-    return out[:n_rows], lse
+    def __init__(self, plan: _Plan, like: torch.Tensor, *, backward: bool):
+        I, M, E = plan.items_per_step, plan.per_item * plan.width, max(plan.D, plan.Dv)
+        sizes = {"q": M * plan.D, "k": plan.bk * plan.D, "v": plan.bk * plan.Dv, "s": M * plan.bk, "row": M, "o": M * E}
+        if backward:
+            sizes.update(do=M * plan.Dv, dp=M * plan.bk, dkv=plan.bk * E)
+        self.buffers = {name: like.new_empty(I * size) for name, size in sizes.items()}
+
+    def __call__(self, name, *shape):
+        """The buffer ``name``'s first elements viewed as ``shape``."""
+        return self.buffers[name][: math.prod(shape)].view(shape)
 
 
-def _scores(qr, kt, item_row, item_key, partial, plan):
-    """Base-2 scores of a step's items ``(I, per_item * width, bk)``, masked where partial; and the tiles read."""
-    I = item_row.shape[0]
-    qg = qr.index_select(0, item_row.flatten()).view(I, -1, plan.D)
-    kg = kt.index_select(0, item_key)
-    s = torch.bmm(qg, kg.transpose(1, 2))
-    if partial.any():
-        s = s.masked_fill_(~(plan.allowed(item_row, item_key) | ~partial[:, None, None]), float("-inf"))
-    return s, qg, kg
+def _scores(qr, kt, plan: _Plan, ws: _Workspace, i0, i1, masked):
+    """Base-2 scores ``(I, per_item * width, bk)`` of items ``i0:i1`` (masked where needed), the gathered query
+    rows and key tiles; all three in the workspace. Also returns the items' rows, flattened, and key tiles."""
+    rows, keys = plan.item_row[i0:i1], plan.item_key[i0:i1]
+    I, M = i1 - i0, plan.per_item * plan.width
+    flat = rows.flatten()
+    qg = torch.index_select(qr, 0, flat, out=ws("q", I * plan.per_item, plan.width, plan.D)).view(I, M, plan.D)
+    kg = torch.index_select(kt, 0, keys, out=ws("k", I, plan.bk, plan.D))
+    s = torch.bmm(qg, kg.transpose(1, 2), out=ws("s", I, M, plan.bk))
+    if masked:
+        s.masked_fill_(~plan.allowed(rows, keys), float("-inf"))
+    return s, qg, kg, flat, keys
+
+
+def _row_lse(part_max, part_sum, pair_of):
+    """Each row's base-2 log-sum-exp ``(rows + 1, width)`` (+inf: no key; the null row last) from its slots'
+    maxima ``m_s`` and sums ``l_s`` (:mod:`~attnkit.kernels.online_softmax`): ``lse = log2 sum_s l_s 2^(m_s)``."""
+    m = part_max[pair_of]  # (rows, slots, width); unused slots read the -inf sentinel
+    top = m.amax(1).clamp_(min=floor(m.dtype))
+    total = (part_sum[pair_of] * torch.exp2(m - top[:, None])).sum(1)
+    lse = torch.where(total > 0, top + total.log2(), float("inf"))
+    return torch.cat([lse, lse.new_full((1, lse.shape[1]), float("inf"))])
 
 
 class _SelectedBlocks(torch.autograd.Function):
@@ -201,27 +221,29 @@ class _SelectedBlocks(torch.autograd.Function):
         plan = _Plan(q, k, v, sel, causal, rows_per_item, budget)
         qr = _rows(q * (scale * LOG2E), plan)
         kt, vt = _tiles(k, plan), _tiles(v, plan)
+        ws = _Workspace(plan, q, backward=False)
+        M, lowest = plan.per_item * plan.width, floor(q.dtype)
+        # pass 1: every item row's maximum and sum, in item order; one sentinel entry last
+        n = plan.item_row.numel()
+        part_max, part_sum = q.new_empty(n + 1, plan.width), q.new_empty(n + 1, plan.width)
+        part_max[n], part_sum[n] = float("-inf"), 0.0
+        for i0, i1, masked in plan.steps():
+            s = _scores(qr, kt, plan, ws, i0, i1, masked)[0]
+            at = slice(i0 * plan.per_item, i1 * plan.per_item)
+            m = torch.amax(s, -1, out=part_max[at].view(i1 - i0, M)).clamp_(min=lowest)
+            torch.sum(s.sub_(m.unsqueeze(-1)).exp2_(), -1, out=part_sum[at].view(i1 - i0, M))
+        lse = _row_lse(part_max, part_sum, plan.pair_of)
+        del part_max, part_sum
+        # pass 2: the weights normalised by the row's log-sum-exp, their values added to the row
         out = q.new_zeros(plan.rows + 1, plan.width, plan.Dv)
-        lse = q.new_full((plan.rows + 1, plan.width), float("inf"))
-        lowest = floor(q.dtype)
-        for chunk in plan.chunks:
-            r0, r1, item_row, pair_of, item_key, partial = chunk
-            # per item row, in item order: unnormalised output, row max, row sum; one sentinel entry last
-            n = item_row.numel()
-            part_out = q.new_empty(n + 1, plan.width, plan.Dv)
-            part_max = q.new_empty(n + 1, plan.width)
-            part_sum = q.new_empty(n + 1, plan.width)
-            part_out[n], part_max[n], part_sum[n] = 0.0, float("-inf"), 0.0
-            for i0, i1 in plan.steps(chunk):
-                rows, keys = item_row[i0:i1], item_key[i0:i1]
-                s, _, _ = _scores(qr, kt, rows, keys, partial[i0:i1], plan)
-                m = s.amax(-1, keepdim=True).clamp_(min=lowest)
-                p = s.sub_(m).exp2_()
-                at = slice(i0 * plan.per_item, i1 * plan.per_item)
-                torch.bmm(p, vt.index_select(0, keys), out=part_out[at].view(i1 - i0, -1, plan.Dv))
-                part_max[at] = m.view(-1, plan.width)
-                part_sum[at] = p.sum(-1).view(-1, plan.width)
-            out[r0:r1], lse[r0:r1] = _merge_slots(part_out, part_max, part_sum, pair_of, item_row, r0)
+        for i0, i1, masked in plan.steps():
+            s, _, _, flat, keys = _scores(qr, kt, plan, ws, i0, i1, masked)
+            I = i1 - i0
+            row_lse = torch.index_select(lse, 0, flat, out=ws("row", flat.numel(), plan.width))
+            p = s.sub_(row_lse.view(I, M, 1)).exp2_()
+            vg = torch.index_select(vt, 0, keys, out=ws("v", I, plan.bk, plan.Dv))
+            o = torch.bmm(p, vg, out=ws("o", I, M, plan.Dv))
+            out.index_add_(0, flat, o.view(-1, plan.width, plan.Dv))
         ctx.save_for_backward(qr, k, v, out, lse)
         ctx.plan, ctx.scale = plan, scale
         return _unrows(out, plan)
@@ -234,20 +256,20 @@ class _SelectedBlocks(torch.autograd.Function):
         dor = _rows(grad_out.contiguous(), plan)
         delta = (dor * out).sum(-1)
         dq, dk, dv = torch.zeros_like(qr), torch.zeros_like(kt), torch.zeros_like(vt)
-        for chunk in plan.chunks:
-            _, _, item_row, _, item_key, partial = chunk
-            for i0, i1 in plan.steps(chunk):
-                rows, keys = item_row[i0:i1], item_key[i0:i1]
-                flat = rows.flatten()
-                s, qg, kg = _scores(qr, kt, rows, keys, partial[i0:i1], plan)
-                I = rows.shape[0]
-                p = s.sub_(lse.index_select(0, flat).view(I, -1, 1)).exp2_()
-                dog = dor.index_select(0, flat).view(I, -1, plan.Dv)
-                dv.index_add_(0, keys, torch.bmm(p.transpose(1, 2), dog))
-                dp = torch.bmm(dog, vt.index_select(0, keys).transpose(1, 2))
-                ds = p.mul_(dp.sub_(delta.index_select(0, flat).view(I, -1, 1)))
-                dq.index_add_(0, flat, torch.bmm(ds, kg).view(-1, plan.width, plan.D))
-                dk.index_add_(0, keys, torch.bmm(ds.transpose(1, 2), qg))
+        ws = _Workspace(plan, qr, backward=True)
+        M, W = plan.per_item * plan.width, plan.width
+        for i0, i1, masked in plan.steps():
+            s, qg, kg, flat, keys = _scores(qr, kt, plan, ws, i0, i1, masked)
+            I = i1 - i0
+            P = flat.numel()
+            p = s.sub_(torch.index_select(lse, 0, flat, out=ws("row", P, W)).view(I, M, 1)).exp2_()
+            dog = torch.index_select(dor, 0, flat, out=ws("do", P, W, plan.Dv)).view(I, M, plan.Dv)
+            dv.index_add_(0, keys, torch.bmm(p.transpose(1, 2), dog, out=ws("dkv", I, plan.bk, plan.Dv)))
+            vg = torch.index_select(vt, 0, keys, out=ws("v", I, plan.bk, plan.Dv))
+            dp = torch.bmm(dog, vg.transpose(1, 2), out=ws("dp", I, M, plan.bk))
+            ds = p.mul_(dp.sub_(torch.index_select(delta, 0, flat, out=ws("row", P, W)).view(I, M, 1)))
+            dq.index_add_(0, flat, torch.bmm(ds, kg, out=ws("o", I, M, plan.D)).view(P, W, plan.D))
+            dk.index_add_(0, keys, torch.bmm(ds.transpose(1, 2), qg, out=ws("dkv", I, plan.bk, plan.D)))
         dq = _unrows(dq, plan) * ctx.scale
         dk = dk.div_(LOG2E).view(plan.B, plan.Hkv, -1, plan.D)[:, :, : plan.Nk]
         dv = dv.view(plan.B, plan.Hkv, -1, plan.Dv)[:, :, : plan.Nk]
