@@ -3,7 +3,8 @@
 A mechanism whose tensor inputs a layer must learn (per-token gates, step sizes,
 learned features) has an input module here, found by the mechanism's name
 (:func:`register_input_module` adds one for a mechanism registered elsewhere):
-``input_module(name, dim=, heads=, kv_heads=, head_dim=)`` builds it, and its
+``input_module(name, dim=, heads=, kv_heads=, head_dim=, params=)`` builds it (``params``: the
+layer's scalar parameters of the mechanism, read by the modules sized by them), and its
 ``forward(x, q, k, v)`` returns the dict of tensor inputs for this call (``x`` the
 layer input ``(B, N, dim)`` of the new tokens, ``q, k, v`` the projected heads;
 per-token inputs cover the new tokens only, so incremental calls work unchanged).
@@ -52,7 +53,6 @@ _FACTORIES = {
     "rat": lambda dim, heads, kv_heads, head_dim: RATGate(dim, heads, head_dim),
     "titans": lambda dim, heads, kv_heads, head_dim: TitansInputs(dim, heads, head_dim),
     "nha": SlotGates,
-    "nsa": lambda dim, heads, kv_heads, head_dim: NSAInputs(dim, heads, head_dim),
     "mosa": lambda dim, heads, kv_heads, head_dim: MoSARouter(dim, heads),
     "dma": lambda dim, heads, kv_heads, head_dim: DMAInputs(kv_heads, head_dim),
     "sparsek": lambda dim, heads, kv_heads, head_dim: SparseKScores(dim, kv_heads),
@@ -70,26 +70,36 @@ _FACTORIES = {
     "seer_attention_r": lambda dim, heads, kv_heads, head_dim: SeerDecodeGate(heads, kv_heads, head_dim),
 }
 
+# mechanism name -> factory(dim, heads, kv_heads, head_dim, params): modules sized by the mechanism's parameters
+_SIZED_FACTORIES = {
+    "nsa": lambda dim, heads, kv_heads, head_dim, params: NSAInputs.for_layer(dim, heads, head_dim, params),
+}
+
 
 def register_input_module(name: str, factory) -> None:
     """Give mechanism ``name`` an input module: ``factory(dim=, heads=, kv_heads=, head_dim=) -> nn.Module``."""
     if not callable(factory):
         raise TypeError(f"factory must be callable as factory(dim=, heads=, kv_heads=, head_dim=), got {factory!r}")
-    if name in _FACTORIES:
+    if name in _FACTORIES or name in _SIZED_FACTORIES:
         raise ValueError(f"mechanism {name!r} already has an input module")
     _FACTORIES[name] = factory
 
 
 def has_input_module(name: str) -> bool:
     """Whether mechanism ``name`` has an input module here."""
-    return name in _FACTORIES
+    return name in _FACTORIES or name in _SIZED_FACTORIES
 
 
-def input_module(name: str, *, dim: int, heads: int, kv_heads: int, head_dim: int) -> nn.Module:
-    """The input module of mechanism ``name`` for a layer of this size; ValueError if it has none."""
+def input_module(name: str, *, dim: int, heads: int, kv_heads: int, head_dim: int,
+                 params: dict | None = None) -> nn.Module:
+    """The input module of mechanism ``name`` for a layer of this size and the mechanism's scalar ``params``
+    (its defaults where left out); ValueError if it has none."""
+    if name in _SIZED_FACTORIES:
+        return _SIZED_FACTORIES[name](dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                                      params=dict(params or {}))
     if name not in _FACTORIES:
         raise ValueError(f"mechanism {name!r} has no input module in attnkit.nn.inputs; "
-                         f"mechanisms with one: {sorted(_FACTORIES)}")
+                         f"mechanisms with one: {sorted({*_FACTORIES, *_SIZED_FACTORIES})}")
     return _FACTORIES[name](dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
 
 
