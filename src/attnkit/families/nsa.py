@@ -55,6 +55,7 @@ from ..kernels.block_sparse import block_sparse_attention
 from ..kernels.nsa_branches import block_importance, compress, compressed_visible, compressed_weights, top_blocks
 from ..kernels.nsa_compression import compression_and_selection
 from ..kernels.nsa_dense import dense_selection_and_window
+from ..kernels.nonfinite import all_finite
 from ..kernels.positions import query_positions, repeat_kv
 from ..kernels.selected_blocks import selected_block_attention
 from ..masks.layout import build_layout
@@ -66,8 +67,8 @@ from ..registry import MechanismSpec, register
 from ..validation import check_int, check_tensor
 from ..builders.kv_cache_step import kv_cache_step
 
-# up to this many (query, key) pairs per head the selection and window branches run as one dense masked
-# attention (the same keys, fewer and larger ops); above it on the selected-block and block-sparse kernels
+# up to this many (query, key) pairs per head (and finite keys) the selection and window branches run as dense
+# masked attention (the same keys, fewer and larger ops); above it on the selected-block and block-sparse kernels
 DENSE_PAIRS = 1 << 18
 PAPER = "Native Sparse Attention: Hardware-Aligned and Natively Trainable Sparse Attention"
 INPUTS = ("k_pos", "k_w1", "k_w2", "v_pos", "v_w1", "v_w2")
@@ -165,7 +166,7 @@ def _sparse(q, k, v, *, causal, mask, scale, compress_stride, select_block, sele
     o_cmp, sel = _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window)
     B, H, Nq, _ = q.shape
     Nk = k.shape[2]
-    if Nq * Nk <= DENSE_PAIRS:
+    if Nq * Nk <= DENSE_PAIRS and all_finite(k):
         o_slc, o_win = dense_selection_and_window(q, k, v, sel, window=window, scale=scale)
     else:
         o_slc = selected_block_attention(q, k, v, sel, scale=scale, causal=True)

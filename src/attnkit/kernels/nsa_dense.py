@@ -9,7 +9,8 @@ its last ``window`` keys, with :func:`torch.nn.functional.scaled_dot_product_att
 and additive masks: the selection's built per block and spread over the keys,
 the window's one ``(Nq, Nk)`` matrix shared by every batch row and head. Every
 query sees at least itself in both (its own block is always selected), so no
-row is empty.
+row is empty. An additive mask cannot block a NaN score (NaN - inf is NaN), so
+keys that are not all finite must take the kernels, which write -inf.
 """
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ def dense_selection_and_window(q, k, v, selection: BlockSelection, *, window: in
     Nk = k.shape[2]
     qpos = query_positions(Nq, Nk, q.device)[:, None]
     kpos = torch.arange(Nk, device=q.device)
-    k, v = repeat_kv(k, H), repeat_kv(v, H)
-    o_slc = F.scaled_dot_product_attention(q, k, v, attn_mask=selection_bias(selection, H, q.dtype), scale=scale)
+    gqa = k.shape[1] != H
+    o_slc = F.scaled_dot_product_attention(q, k, v, attn_mask=selection_bias(selection, H, q.dtype), scale=scale,
+                                           enable_gqa=gqa)
     recent = additive((kpos <= qpos) & (kpos > qpos - window), q.dtype)
-    o_win = F.scaled_dot_product_attention(q, k, v, attn_mask=recent, scale=scale)
+    o_win = F.scaled_dot_product_attention(q, k, v, attn_mask=recent, scale=scale, enable_gqa=gqa)
     return o_slc, o_win
 
 
