@@ -39,17 +39,16 @@ def dense_selection_and_window(q, k, v, selection: BlockSelection, *, window: in
 
 def selection_bias(selection: BlockSelection, heads: int, dtype) -> torch.Tensor:
     """The selection as an additive mask ``(B, heads, Nq, Nk)``: 0 on the selected blocks' keys at or before
-    the query, ``-inf`` elsewhere (built per block, then spread over the keys, the causal rule added)."""
-    blocks, valid, nk = selection.blocks, selection.valid, selection.n_key_blocks
+    the query, ``-inf`` elsewhere (per block, then spread over the keys in one pass with the causal rule)."""
+    blocks, valid, nk, bk = selection.blocks, selection.valid, selection.n_key_blocks, selection.block_k
     B, G, R, _ = blocks.shape
     device = blocks.device
     hit = torch.zeros(B, G, R, nk + 1, dtype=torch.bool, device=device)
     hit.scatter_(3, torch.where(valid, blocks, nk), True)
-    per_block = additive(hit[..., :nk], dtype)
-    bias = per_block[..., None].expand(B, G, R, nk, selection.block_k).reshape(B, G, R, -1)[..., : selection.kv_len]
-    kpos = torch.arange(selection.kv_len, device=device)
-    bias = bias + additive(kpos <= query_positions(selection.q_len, selection.kv_len, device)[:, None], dtype)
-    return repeat_kv(bias, heads)
+    kpos = torch.arange(nk * bk, device=device)
+    causal = additive(kpos <= query_positions(selection.q_len, selection.kv_len, device)[:, None], dtype)
+    bias = additive(hit[..., :nk], dtype)[..., None] + causal.view(R, nk, bk)
+    return repeat_kv(bias.view(B, G, R, nk * bk)[..., : selection.kv_len], heads)
 
 
 def additive(allowed: torch.Tensor, dtype) -> torch.Tensor:
