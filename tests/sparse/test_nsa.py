@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import attnkit
+from attnkit.families import nsa
 from attnkit.families.nsa import nsa_inputs
 from attnkit.kernels.nsa_branches import block_importance, compress, compressed_visible, compressed_weights, top_blocks
 from attnkit.kernels.nsa_compression import compression_and_selection
@@ -57,15 +58,42 @@ def test_initial_and_local_blocks_are_always_selected_and_never_the_future():
     assert (blocks[valid] <= (t // 16)[:, None].expand_as(blocks[0, 0])[None, None].expand_as(blocks)[valid]).all()
 
 
-def test_fast_form_equals_reference_and_trains_the_compression_and_gates():
+@pytest.mark.parametrize("dense_pairs", [0, 1 << 62], ids=["kernels", "dense"])
+def test_fast_form_equals_reference_and_trains_the_compression_and_gates(monkeypatch, dense_pairs):
+    monkeypatch.setattr(nsa, "DENSE_PAIRS", dense_pairs)
     q, k, v, tensors = _problem(N=77, seed=1)
     params = {"compress_stride": 8, "select_block": 16, "select_count": 4, "window": 8}
-    leaves = {n: t.requires_grad_(True) for n, t in tensors.items()}
-    fast = attnkit.attention(q, k, v, "nsa", causal=True, **params, **leaves)
-    ref = attnkit.attention(q, k, v, "nsa", causal=True, form="reference", **params, **leaves)
+    leaves = {"q": q, "k": k, "v": v, **tensors}
+    leaves = {n: t.requires_grad_(True) for n, t in leaves.items()}
+    fast = attnkit.attention(causal=True, mechanism="nsa", **params, **leaves)
+    ref = attnkit.attention(causal=True, mechanism="nsa", form="reference", **params, **leaves)
     assert (fast - ref).abs().max() < 1e-12
-    grads = torch.autograd.grad(fast.square().sum(), list(leaves.values()))
-    assert all(g.abs().max() > 0 for g in grads)
+    w = torch.randn_like(fast)
+    grads = torch.autograd.grad((fast * w).sum(), list(leaves.values()))
+    want = torch.autograd.grad((ref * w).sum(), list(leaves.values()))
+    for name, got, expected in zip(leaves, grads, want):
+        assert (got - expected).abs().max() < 1e-12, name
+        assert got.abs().max() > 0, name
+
+
+def test_short_sequences_take_the_dense_branches_and_long_ones_the_kernels(monkeypatch):
+    calls = []
+    monkeypatch.setattr(nsa, "dense_selection_and_window", lambda *a, **kw: calls.append("dense") or (0, 0))
+    monkeypatch.setattr(nsa, "selected_block_attention", lambda *a, **kw: calls.append("kernels") or 0)
+    monkeypatch.setattr(nsa, "block_sparse_attention", lambda *a, **kw: 0)
+    monkeypatch.setattr(nsa, "DENSE_PAIRS", 40 * 40)
+    for n in (40, 41):
+        q, k, v, tensors = _problem(N=n)
+        attnkit.attention(q, k, v, "nsa", causal=True, compress_stride=8, select_block=16, select_count=4,
+                          window=8, **tensors)
+    assert calls == ["dense", "kernels"]
+
+
+def test_layer_compresses_blocks_of_twice_its_stride():
+    assert attnkit.nn.Attention(32, heads=4, mechanism="nsa").inputs.k_pos.shape == (32, 8)
+    layer = attnkit.nn.Attention(32, heads=4, mechanism="nsa", compress_stride=8, select_block=16, select_count=4)
+    assert layer.inputs.k_pos.shape == layer.inputs.v_pos.shape == (16, 8)
+    assert layer(torch.randn(1, 40, 32), causal=True).shape == (1, 40, 32)
 
 
 def test_layer_learns_its_inputs():

@@ -73,7 +73,7 @@ class Mixer(nn.Module):
         self.gate = nn.Linear(d_model, d_model) if gated_norm else None
         if has_input_module(mechanism):  # the mechanism's own layer for its tensor inputs (docs/design.md)
             self.inputs = input_module(mechanism, dim=d_model, heads=heads, kv_heads=heads, head_dim=qk_dim,
-                                       v_dim=self.v_dim)
+                                       v_dim=self.v_dim, params={k: v for k, v in params.items() if k != "form"})
         else:
             self.inputs = LearnedTensorInputs(spec, d_model, heads, heads, qk_dim, self.v_dim, seq_len)
 

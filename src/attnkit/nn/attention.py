@@ -116,7 +116,8 @@ class Attention(nn.Module):
         check_dropout_support(self.spec, dropout)
         self.dropout = dropout
         factory_kw = {"device": device, "dtype": dtype}
-        self.inputs = input_module(mechanism, dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim) if names else None
+        self.inputs = (input_module(mechanism, dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                                    params=self.mechanism_params) if names else None)
         if self.inputs is not None:
             self.inputs.to(**{k: v for k, v in factory_kw.items() if v is not None})
         self.mechanism, self.dim, self.heads, self.kv_heads, self.head_dim = mechanism, dim, heads, kv_heads, head_dim

@@ -42,9 +42,9 @@ ROLES = {
     "based": {"candidates": ("based",), "qk_dim": 16},
     "sliding window": {"candidates": ("sliding_window",), "params": {"window": 8}},
     "gated delta rule": {"candidates": ("gated_deltanet",), "layer": {"qkv_conv": True, "gated_norm": True}},
-    # content-chosen sparse attention, block sizes scaled to L=64 (each query reaches about half the keys), run
+    # content-chosen sparse attention, block sizes scaled to L=64 (NSA: 3 fixed + 2 chosen blocks of 8), run
     # by their reference forms: the same function, and at 64 tokens far cheaper than the sparse kernels' overhead
-    "nsa": {"candidates": ("nsa",), "params": {"compress_stride": 8, "select_block": 8, "select_count": 3,
+    "nsa": {"candidates": ("nsa",), "params": {"compress_stride": 8, "select_block": 8, "select_count": 5,
                                                 "window": 8}, "form": "reference"},
     "moba": {"candidates": ("moba",), "params": {"block_size": 8, "top_k": 3}, "form": "reference"},
 }

@@ -3,7 +3,8 @@
 A mechanism whose tensor inputs a layer must learn (per-token gates, step sizes,
 learned features) has an input module here, found by the mechanism's name
 (:func:`register_input_module` adds one for a mechanism registered elsewhere):
-``input_module(name, dim=, heads=, kv_heads=, head_dim=)`` builds it, and its
+``input_module(name, dim=, heads=, kv_heads=, head_dim=, params=)`` builds it (``params``: the
+layer's scalar parameters of the mechanism, read by the modules sized by them), and its
 ``forward(x, q, k, v)`` returns the dict of tensor inputs for this call (``x`` the
 layer input ``(B, N, dim)`` of the new tokens, ``q, k, v`` the projected heads;
 per-token inputs cover the new tokens only, so incremental calls work unchanged).
@@ -15,6 +16,7 @@ Mechanisms never import this package: the layers own their inputs.
 from __future__ import annotations
 
 import inspect
+from functools import partial
 
 from torch import nn
 
@@ -56,7 +58,6 @@ _FACTORIES = {
     "rat": lambda dim, heads, kv_heads, head_dim: RATGate(dim, heads, head_dim),
     "titans": lambda dim, heads, kv_heads, head_dim: TitansInputs(dim, heads, head_dim),
     "nha": SlotGates,
-    "nsa": lambda dim, heads, kv_heads, head_dim: NSAInputs(dim, heads, head_dim),
     "mosa": lambda dim, heads, kv_heads, head_dim: MoSARouter(dim, heads),
     "dma": lambda dim, heads, kv_heads, head_dim: DMAInputs(kv_heads, head_dim),
     "sparsek": lambda dim, heads, kv_heads, head_dim: SparseKScores(dim, kv_heads),
@@ -76,33 +77,42 @@ _FACTORIES = {
     "neural_attention": lambda dim, heads, kv_heads, head_dim: NeuralScoreMLP(heads, head_dim),
 }
 
+# mechanism name -> factory(dim, heads, kv_heads, head_dim, params): modules sized by the mechanism's parameters
+_SIZED_FACTORIES = {
+    "nsa": lambda dim, heads, kv_heads, head_dim, params: NSAInputs.for_layer(dim, heads, head_dim, params),
+}
+
 
 def register_input_module(name: str, factory) -> None:
     """Give mechanism ``name`` an input module: ``factory(dim=, heads=, kv_heads=, head_dim=) -> nn.Module``."""
     if not callable(factory):
         raise TypeError(f"factory must be callable as factory(dim=, heads=, kv_heads=, head_dim=), got {factory!r}")
-    if name in _FACTORIES:
+    if name in _FACTORIES or name in _SIZED_FACTORIES:
         raise ValueError(f"mechanism {name!r} already has an input module")
     _FACTORIES[name] = factory
 
 
 def has_input_module(name: str) -> bool:
     """Whether mechanism ``name`` has an input module here."""
-    return name in _FACTORIES
+    return name in _FACTORIES or name in _SIZED_FACTORIES
 
 
 def input_module(name: str, *, dim: int, heads: int, kv_heads: int, head_dim: int,
-                 v_dim: int | None = None) -> nn.Module:
+                 v_dim: int | None = None, params: dict | None = None) -> nn.Module:
     """The input module of mechanism ``name`` for a layer of this size; ValueError if it has none.
 
     ``v_dim``: the values' head dim when it differs from ``head_dim`` (q and k), e.g. Mamba-1's
     state size ``head_dim`` below its channel count ``v_dim``; only factories taking ``v_dim=``
-    accept it (ValueError otherwise).
+    accept it (ValueError otherwise). ``params``: the mechanism's scalar parameters (its defaults
+    where left out), for modules sized by them (NSA's compression blocks).
     """
-    if name not in _FACTORIES:
+    if name in _SIZED_FACTORIES:
+        factory = partial(_SIZED_FACTORIES[name], params=dict(params or {}))
+    elif name in _FACTORIES:
+        factory = _FACTORIES[name]
+    else:
         raise ValueError(f"mechanism {name!r} has no input module in attnkit.nn.inputs; "
-                         f"mechanisms with one: {sorted(_FACTORIES)}")
-    factory = _FACTORIES[name]
+                         f"mechanisms with one: {sorted({*_FACTORIES, *_SIZED_FACTORIES})}")
     if v_dim is None or v_dim == head_dim:
         return factory(dim=dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
     if "v_dim" not in inspect.signature(factory).parameters:

@@ -6,7 +6,8 @@ intra-block position encoding added to each block of ``l`` tokens, then
 ``W2 relu(W1 vec(.))``, one MLP for keys and one for values, shared by all
 heads) and the branch gates ``g_t^c = sigmoid(W_g x_t)`` per head and branch
 (compression, selection, window) from the layer input.
-``attnkit.nn.Attention(dim, heads, kv_heads=..., mechanism="nsa")`` learns them.
+``attnkit.nn.Attention(dim, heads, kv_heads=..., mechanism="nsa")`` learns them; its
+compression block is twice the layer's ``compress_stride`` (the paper's ``l = 32, d = 16``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import math
 
 import torch
 from torch import nn
+
+from ... import registry
 
 
 class NSAInputs(nn.Module):
@@ -29,6 +32,13 @@ class NSAInputs(nn.Module):
         self.k_w2 = nn.Parameter(torch.randn(hidden, head_dim) / math.sqrt(hidden))
         self.v_w2 = nn.Parameter(torch.randn(hidden, head_dim) / math.sqrt(hidden))
         self.gate = nn.Linear(dim, heads * 3)
+
+    @classmethod
+    def for_layer(cls, dim: int, heads: int, head_dim: int, params: dict) -> "NSAInputs":
+        """The module of a layer with NSA parameters ``params`` (defaults where left out): blocks of twice the
+        stride."""
+        stride = params.get("compress_stride", registry.get("nsa").params["compress_stride"].default)
+        return cls(dim, heads, head_dim, compress_block=2 * stride)
 
     def forward(self, x, q, k, v) -> dict:
         gates = torch.sigmoid(self.gate(x)).unflatten(-1, (self.heads, 3)).transpose(1, 2)  # (B, H, N, 3)
