@@ -19,12 +19,17 @@ def _qk(N=120, H=4, Hkv=2, D=16, seed=0):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_xattention_estimate_equals_the_equations(dtype):
-    q, k, _ = _qk(seed=1)
-    for block, stride, threshold in ((16, 4, 0.7), (24, 8, 0.9), (8, 2, 0.5)):
-        ref = xattention.reference_layout(q, k, scale=0.25, block=block, stride=stride, threshold=threshold)
-        fast = xattention.xattention_layout(q.to(dtype), k.to(dtype), scale=0.25, block=block, stride=stride,
-                                            threshold=threshold)
-        assert torch.equal(fast, ref), (block, stride, threshold)
+    """Lengths cut into whole blocks or not, into whole cells or not; the cell rows in one chunk or several."""
+    for N in (120, 117, 96):
+        q, k, _ = _qk(N=N, seed=1)
+        for block, stride, threshold in ((16, 4, 0.7), (24, 8, 0.9), (8, 2, 0.5)):
+            ref = xattention.reference_layout(q, k, scale=0.25, block=block, stride=stride, threshold=threshold)
+            fast = xattention.xattention_layout(q.to(dtype), k.to(dtype), scale=0.25, block=block, stride=stride,
+                                                threshold=threshold)
+            assert torch.equal(fast, ref), (N, block, stride, threshold)
+            tiles = xattention.antidiagonal_tiles(q.to(dtype), k.to(dtype), scale=0.25, block=block, stride=stride,
+                                                  chunk=2 * block // stride)
+            assert torch.equal(xattention._keep(tiles, threshold), ref), (N, block, stride, threshold)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
