@@ -29,6 +29,17 @@ diagonal block is always attended and counts toward ``top_k`` (as block top-k
 and MoBA), the search runs over the blocks strictly before it; score ties go
 to the earlier child; a last, partial query block is scored by its real
 queries only; one search per query head (a GQA group's heads search alone).
+
+Readings where this form and the authors' code differ in setting, not in the
+search: their defaults cut queries into blocks of ``b_q = 32`` and keys into
+blocks of ``b_k = 2`` with a budget of ``k = 512`` keys (256 key blocks), and
+their attention kernel adds a 128-key sliding window; here queries and keys
+share one block size (the square tiles of the block-sparse engines), the
+budget ``top_k`` counts blocks, and the diagonal block stands for the local
+window. A branch's representative is its first key block, as the numba draft
+and the ``"first"`` sampling of their first kernel (whose default, ``"random"``,
+draws a token inside the branch); their later versions score a branch at its
+centre instead.
 """
 from __future__ import annotations
 
