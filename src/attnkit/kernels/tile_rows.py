@@ -62,13 +62,23 @@ def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: flo
     l_d = l_d.masked_fill(~diagonal[:, None], float("-inf"))
     past = (layout & (r[None, :] < r[:, None])).reshape(B * H * R, R)
     width = past.sum(-1)
+    # without gradients each group's rows are written over their diagonal partials as soon as they are merged
+    # (a group reads only its own rows): the output is the diagonal calls' buffer, no second one is held
+    in_place = not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)))
     pieces, rows_of = [], []
+
+    def emit(rows, piece):
+        if in_place:
+            o_d.index_copy_(0, rows, piece)
+        else:
+            pieces.append(piece)
+            rows_of.append(rows)
+
     windows = None
     for w in width.unique().tolist():
         rows = (width == w).nonzero().squeeze(1)
         if w == 0:
-            pieces.append(o_d[rows] * diagonal[rows, None, None])
-            rows_of.append(rows)
+            emit(rows, o_d[rows] * diagonal[rows, None, None])
             continue
         if windows is None:  # a kept past tile exists, so the sequence holds a whole block
             windows = tuple(block_windows(x, block) for x in (q, k, v))
@@ -78,14 +88,8 @@ def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: flo
             kg = windows[1].index_select(0, starts).view(len(part), 1, w * block, D)
             vg = windows[2].index_select(0, starts).view(len(part), 1, w * block, Dv)
             o, l = attention_with_lse(_query_tiles(q, windows[0], part, R, block), kg, vg, causal=False, scale=scale)
-            pieces.append(merge_normalised(o[:, 0], l[:, 0], o_d[part], l_d[part])[0])
-            rows_of.append(part)
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
-        out = torch.cat(pieces)[torch.cat(rows_of).argsort()]
-    else:  # write each group in place: no concatenated copy
-        out = o_d.new_empty(B * H * R, block, Dv)
-        for rows, piece in zip(rows_of, pieces):
-            out.index_copy_(0, rows, piece)
+            emit(part, merge_normalised(o[:, 0], l[:, 0], o_d[part], l_d[part])[0])
+    out = o_d if in_place else torch.cat(pieces)[torch.cat(rows_of).argsort()]
     return out.reshape(B, H, R * block, Dv)[:, :, :N]
 
 
