@@ -52,8 +52,9 @@ def _cells(x: torch.Tensor, stride: int, reverse: bool) -> torch.Tensor:
     return (cells.flip(3) if reverse else cells).flatten(3)
 
 
-def antidiagonal_tiles(q, k, *, scale, block, stride, chunk=1024) -> torch.Tensor:
-    """``T(r, c)`` for every tile, ``(B, H, R, R)``, in chunks of cell rows against the cells up to their last.
+def antidiagonal_tiles(q, k, *, scale, block, stride, chunk: int | None = None, budget: int = 1 << 22) -> torch.Tensor:
+    """``T(r, c)`` for every tile, ``(B, H, R, R)``, in chunks of cell rows against the cells up to their last:
+    ``chunk`` cell rows at a time (default: about ``budget`` scores per chunk, whole tile rows).
 
     Only the real cells are scored (cells of padding alone have no mass), so q and k are never padded: a chunk
     of queries is cut into cells on its own and the keys are cells in place, a last, shorter cell padded alone.
@@ -68,6 +69,7 @@ def antidiagonal_tiles(q, k, *, scale, block, stride, chunk=1024) -> torch.Tenso
     if whole < real_cells:
         kc = torch.cat([kc, _cells(k[:, :, whole * stride:], stride, False)], dim=2)  # the copy of a padded cell
     out = []
+    chunk = budget // max(1, B * H * real_cells) if chunk is None else chunk
     step = max(per_tile, chunk // per_tile * per_tile)
     for a0 in range(0, real_cells, step):
         a1 = min(real_cells, a0 + step)
