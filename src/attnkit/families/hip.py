@@ -86,7 +86,7 @@ def _query_blocks(q, rows, block):
     return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
 
-def hip_layout(q, k, *, scale, block, top_k, budget: int = 1 << 24) -> torch.Tensor:
+def hip_layout(q, k, *, scale, block, top_k, budget: int = 1 << 22) -> torch.Tensor:
     B, H, N, D = q.shape
     R = block_count(N, block)
     K = top_k - 1
