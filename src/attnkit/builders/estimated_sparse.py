@@ -85,11 +85,17 @@ def last_queries_attention(q, k, scale: float, count: int) -> tuple[torch.Tensor
     return torch.softmax(s.masked_fill(torch.arange(Nk, device=q.device) > pos[:, None], float("-inf")), -1), pos
 
 
-def diagonal_sums(A: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """``(B, H, Nk)``: for each offset ``o``, ``sum_t A(t, pos_t - o)`` (the mass on the slash line ``o``)."""
-    o = torch.arange(A.shape[-1], device=A.device)
-    j = pos[:, None] - o
-    return A.gather(-1, j.clamp(min=0).expand(*A.shape[:2], -1, -1)).mul(j >= 0).sum(2)
+def diagonal_sums(A: torch.Tensor, pos: torch.Tensor, budget: int = 1 << 22) -> torch.Tensor:
+    """``(B, H, Nk)``: for each offset ``o``, ``sum_t A(t, pos_t - o)`` (the mass on the slash line ``o``),
+    gathered a few rows ``t`` at a time (about ``budget`` numbers each)."""
+    B, H, n, Nk = A.shape
+    o = torch.arange(Nk, device=A.device)
+    total = A.new_zeros(B, H, Nk)
+    step = max(1, budget // max(1, B * H * Nk))
+    for t0 in range(0, n, step):
+        j = pos[t0:t0 + step, None] - o
+        total += A[:, :, t0:t0 + step].gather(-1, j.clamp(min=0).expand(B, H, -1, -1)).mul_(j >= 0).sum(2)
+    return total
 
 
 @dataclass(frozen=True)
