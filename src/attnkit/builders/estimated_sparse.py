@@ -81,8 +81,8 @@ def last_queries_attention(q, k, scale: float, count: int) -> tuple[torch.Tensor
     Nk = k.shape[2]
     n = min(count, q.shape[2])
     pos = query_positions(n, Nk, q.device)
-    s = (q[:, :, -n:] @ repeat_kv(k, q.shape[1]).transpose(-1, -2)) * scale
-    return torch.softmax(s.masked_fill(torch.arange(Nk, device=q.device) > pos[:, None], float("-inf")), -1), pos
+    s = (q[:, :, -n:] @ repeat_kv(k, q.shape[1]).transpose(-1, -2)).mul_(scale)  # scaled and masked in place
+    return torch.softmax(s.masked_fill_(torch.arange(Nk, device=q.device) > pos[:, None], float("-inf")), -1), pos
 
 
 def diagonal_sums(A: torch.Tensor, pos: torch.Tensor, budget: int = 1 << 22) -> torch.Tensor:
