@@ -36,8 +36,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..builders.estimated_sparse import (Estimator, block_count, diagonal_sums, keep_by_cumulative_mass,
-                                         last_queries_attention, register_estimated_sparse)
+from ..builders.estimated_sparse import (Estimator, block_count, keep_by_cumulative_mass, last_queries_lines,
+                                         register_estimated_sparse)
 from ..kernels.positions import repeat_kv
 from ..kernels.token_blocks import block_means
 from ..params import Param
@@ -77,8 +77,8 @@ def _ranked(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 def flexprefill_layout(q, k, *, scale, block, gamma, tau) -> torch.Tensor:
     B, H, N, _ = q.shape
     R = block_count(N, block)
-    A, pos = last_queries_attention(q, k, scale, block)
-    a_v, a_s = A.mean(2), diagonal_sums(A, pos) / A.shape[2]
+    columns, slashes, n = last_queries_lines(q, k, scale, block)
+    a_v, a_s = columns / n, slashes / n
     kbar = repeat_kv(block_means(k, block), H)
     ahat = torch.softmax((q[:, :, -block:].mean(2, keepdim=True) @ kbar.transpose(-1, -2)).squeeze(2) * scale, -1)
     abar, sbar = _pool_sum(a_v, block), _pool_sum(a_s, block)
