@@ -54,6 +54,7 @@ def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: flo
     B, H, N, D = q.shape
     Hkv, Dv = k.shape[1], v.shape[3]
     R = layout.shape[-1]
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # no-ops for the usual inputs; else one copy each
     kv_of = ((torch.arange(B, device=q.device)[:, None] * Hkv + torch.arange(H, device=q.device) // (H // Hkv))
              .reshape(B * H))
     r = torch.arange(R, device=q.device)
