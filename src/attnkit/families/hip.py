@@ -98,7 +98,7 @@ def hip_layout(q, k, *, scale, block, top_k, budget: int = 1 << 22) -> torch.Ten
     keep = (keep | diagonal).expand(B, H, R, R).clone()
     if R - 1 <= K:
         return keep
-    Hkv = k.shape[1]
+    q, Hkv = q.contiguous(), k.shape[1]  # its blocks are read once per level: views, not copies
     kv_of = (torch.arange(B, device=q.device)[:, None] * Hkv + torch.arange(H, device=q.device) // (H // Hkv))
     windows = block_windows(k, block)  # R - 1 > K >= 1: at least one whole block
     searched = r[r > K]  # query blocks with more than K past blocks
