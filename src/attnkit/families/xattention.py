@@ -65,9 +65,8 @@ def antidiagonal_tiles(q, k, *, scale, block, stride, chunk: int | None = None, 
     per_tile = block // stride
     real_cells = -(-N // stride)
     whole = N // stride
-    kc = _cells(k[:, :, : whole * stride], stride, False)
-    if whole < real_cells:
-        kc = torch.cat([kc, _cells(k[:, :, whole * stride:], stride, False)], dim=2)  # the copy of a padded cell
+    kc = _cells(k[:, :, : whole * stride], stride, False).transpose(-1, -2)  # the whole cells, in place
+    last = _cells(k[:, :, whole * stride:], stride, False).transpose(-1, -2) if whole < real_cells else None
     out = []
     chunk = budget // max(1, B * H * real_cells) if chunk is None else chunk
     step = max(per_tile, chunk // per_tile * per_tile)
@@ -75,7 +74,10 @@ def antidiagonal_tiles(q, k, *, scale, block, stride, chunk: int | None = None, 
         a1 = min(real_cells, a0 + step)
         a = torch.arange(a0, a1, device=q.device)
         qc = _cells(q[:, :, a0 * stride: a1 * stride], stride, True).unflatten(1, (Hkv, H // Hkv)).flatten(2, 3)
-        scores = (qc @ kc[:, :, :a1].transpose(-1, -2)).view(B, H, a1 - a0, a1) * (scale / stride)
+        scores = qc @ kc[..., :a1]
+        if a1 > whole:  # the last, shorter cell, zero-padded alone
+            scores = torch.cat([scores, qc @ last], dim=-1)
+        scores = scores.view(B, H, a1 - a0, a1) * (scale / stride)
         p = torch.softmax(scores.masked_fill(torch.arange(a1, device=q.device) > a[:, None], float("-inf")), dim=-1)
         p = F.pad(p, (0, -a1 % per_tile, 0, -(a1 - a0) % per_tile))  # whole tiles: padding cells have no mass
         p = p.reshape(B, H, -1, per_tile, p.shape[-1] // per_tile, per_tile).sum((3, 5))
