@@ -103,23 +103,32 @@ def _padded_last(x, block):
 def _diagonal(q, k, v, kv_of, *, block, scale):
     """The diagonal tiles in causal calls, ``(B H R, block, Dv)`` and their log-sum-exp ``(B H R, block)``:
     the whole blocks read in place, a last, shorter block zero-padded on its own (its real queries see only
-    real keys under the causal rule)."""
+    real keys under the causal rule). With a shorter last block and no gradients, the calls run one head at a
+    time into the result, so the whole blocks' partials are never held twice."""
     B, H, N, _ = q.shape
+    R = -(-N // block)
     same = k.shape[1] == H
-
-    def run(qt, kt, vt):
-        return attention_with_lse(qt, kt if same else kt[kv_of], vt if same else vt[kv_of], causal=True, scale=scale)
-
-    outs, lses = [], []
-    if N >= block:
-        o, l = run(*(whole_blocks(x, block).flatten(0, 1) for x in (q, k, v)))
-        outs.append(o)
-        lses.append(l)
-    if N % block:
-        o, l = run(*(_padded_last(x, block) for x in (q, k, v)))
-        outs.append(o)
-        lses.append(l)
-    o, l = (torch.cat(outs, 1), torch.cat(lses, 1)) if len(outs) > 1 else (outs[0], lses[0])
+    whole = [whole_blocks(x, block).flatten(0, 1) for x in (q, k, v)]  # (heads, R or R - 1, block, D)
+    if N % block == 0:
+        o, l = attention_with_lse(whole[0], whole[1] if same else whole[1][kv_of],
+                                  whole[2] if same else whole[2][kv_of], causal=True, scale=scale)
+        return o.reshape(-1, block, o.shape[-1]), l.reshape(-1, block)
+    last = [_padded_last(x, block) for x in (q, k, v)]  # (heads, 1, block, D)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        parts = [(whole[0], whole[1], whole[2])] if R > 1 else []
+        parts = [attention_with_lse(a, b if same else b[kv_of], c if same else c[kv_of], causal=True, scale=scale)
+                 for a, b, c in parts + [tuple(last)]]
+        o, l = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+        return o.reshape(-1, block, o.shape[-1]), l.reshape(-1, block)
+    o = q.new_empty(B * H, R, block, v.shape[-1])
+    l = q.new_empty(B * H, R, block)
+    for h in range(B * H):
+        r = h if same else int(kv_of[h])
+        if R > 1:
+            o[h:h + 1, :-1], l[h:h + 1, :-1] = attention_with_lse(whole[0][h:h + 1], whole[1][r:r + 1],
+                                                                  whole[2][r:r + 1], causal=True, scale=scale)
+        o[h:h + 1, -1:], l[h:h + 1, -1:] = attention_with_lse(last[0][h:h + 1], last[1][r:r + 1], last[2][r:r + 1],
+                                                              causal=True, scale=scale)
     return o.reshape(-1, block, o.shape[-1]), l.reshape(-1, block)
 
 
