@@ -162,7 +162,10 @@ def _output_from(spec, recorders, weights, q, k, v, params):
 
 def _incremental_with_weights(spec, recorders, q, k, v, state, *, causal, mask, scale, params):
     """An incremental call inside ``attnkit.capture``: ``(out, state)``, each recorder given the weights of
-    the new queries over every key the step read, with the keys' sequence positions."""
+    the new queries over every key the step read, with the keys' sequence positions.
+
+    ``spec.step.read(k, v, state, mask, q=q, **params) -> (keys, values, mask, positions)`` says what the step
+    read (``q`` for a step whose choice of keys depends on its queries); the weights are the spec's over them."""
     weights = keys = values = positions = None
     read = getattr(spec.step, "read", None)
     if isinstance(state, KVState):
@@ -172,7 +175,7 @@ def _incremental_with_weights(spec, recorders, q, k, v, state, *, causal, mask, 
     else:
         out, new_state = _step(spec, q, k, v, state, causal=causal, mask=mask, scale=scale, **params)
         if read is not None and (spec.weights is not None or not spec.weights_note):
-            keys, values, read_mask, positions = read(k, v, state, mask, **params)
+            keys, values, read_mask, positions = read(k, v, state, mask, q=q, **params)
             weights = _weights_of(spec, q, keys, values, causal=True, mask=read_mask, scale=scale, params=params)
     if weights is not None:
         note = ""

@@ -18,6 +18,14 @@ def test_speed_stores_prefill_and_decode_rows(tmp_path):
         assert r["ratio_to_sdpa"] > 0 and 0 < r["recall"] <= 1 + 1e-9
 
 
+def test_memory_alone_stores_each_prefill_peak_against_sdpas(tmp_path):
+    _, rows = run_suite(tmp_path, "sparse", "--memory", "--phases", "prefill", "--methods", "block_topk", "--n", "320")
+    assert [r["section"] for r in rows] == ["prefill-memory"]  # no timing without --speed
+    (row,) = rows[0]["rows"]
+    assert row["method"] == "block_topk" and row["peak_mb"] >= 0 and row["sdpa_peak_mb"] >= 0
+    assert row["peak_over_qkv"] == row["peak_mb"] / (3 * 320 * 8 * 64 * 4 / 2**20)
+
+
 def test_block_topk_is_sized_for_the_asked_density():
     assert top_k_for_density(256, 0.1) == 13
     assert top_k_for_density(4, 1.0) == 4

@@ -19,12 +19,17 @@ def _qk(N=120, H=4, Hkv=2, D=16, seed=0):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_xattention_estimate_equals_the_equations(dtype):
-    q, k, _ = _qk(seed=1)
-    for block, stride, threshold in ((16, 4, 0.7), (24, 8, 0.9), (8, 2, 0.5)):
-        ref = xattention.reference_layout(q, k, scale=0.25, block=block, stride=stride, threshold=threshold)
-        fast = xattention.xattention_layout(q.to(dtype), k.to(dtype), scale=0.25, block=block, stride=stride,
-                                            threshold=threshold)
-        assert torch.equal(fast, ref), (block, stride, threshold)
+    """Lengths cut into whole blocks or not, into whole cells or not; the cell rows in one chunk or several."""
+    for N in (120, 117, 96):
+        q, k, _ = _qk(N=N, seed=1)
+        for block, stride, threshold in ((16, 4, 0.7), (24, 8, 0.9), (8, 2, 0.5)):
+            ref = xattention.reference_layout(q, k, scale=0.25, block=block, stride=stride, threshold=threshold)
+            fast = xattention.xattention_layout(q.to(dtype), k.to(dtype), scale=0.25, block=block, stride=stride,
+                                                threshold=threshold)
+            assert torch.equal(fast, ref), (N, block, stride, threshold)
+            tiles = xattention.antidiagonal_tiles(q.to(dtype), k.to(dtype), scale=0.25, block=block, stride=stride,
+                                                  chunk=2 * block // stride)
+            assert torch.equal(xattention._keep(tiles, threshold), ref), (N, block, stride, threshold)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -138,3 +143,22 @@ def test_sample_attention_keeps_what_the_equations_keep(dtype):
         out = attnkit.attention(q, k, _qk(N=96, seed=9)[2], "sample_attention", causal=True, block=16, **p)
         expected = attnkit.attention(q, k, _qk(N=96, seed=9)[2], "softmax", causal=False, mask=ref, scale=0.25)
         assert (out - expected).abs().max() < 1e-12
+
+
+def test_last_queries_lines_sum_the_attention_of_the_last_queries_a_few_rows_at_a_time():
+    from attnkit.builders.estimated_sparse import last_queries_lines
+
+    q, k, _ = _qk(N=50, seed=5)
+    n, N = 12, 50
+    s = (q[:, :, -n:] @ k.repeat_interleave(2, dim=1).transpose(-1, -2)) * 0.25
+    pos = torch.arange(N - n, N)
+    A = torch.softmax(s.masked_fill(torch.arange(N) > pos[:, None], float("-inf")), -1)
+    slash = torch.zeros(1, 4, N, dtype=torch.float64)
+    for t in range(n):
+        for o in range(int(pos[t]) + 1):
+            slash[..., o] += A[:, :, t, pos[t] - o]
+    for budget in (1, 1 << 22):  # one row at a time, all rows at once
+        columns, slashes, rows = last_queries_lines(q, k, 0.25, n, budget=budget)
+        assert rows == n
+        torch.testing.assert_close(columns, A.sum(2), rtol=0, atol=1e-12)
+        torch.testing.assert_close(slashes, slash, rtol=0, atol=1e-12)

@@ -138,3 +138,21 @@ def test_gate_quality_is_the_same_measured_a_few_rows_at_a_time():
     windows = torch.randint(0, 256, (3, 40), generator=torch.Generator().manual_seed(1))
     whole = decode_gate_quality(model, windows, batch=2, rows_at_once=1000)
     assert decode_gate_quality(model, windows, batch=2, rows_at_once=7) == whole and 0 < whole["kept_mass"] <= 1
+
+
+def test_capture_records_a_decode_steps_weights_over_the_blocks_it_read():
+    q, k, v, inputs = _inputs(N=41)
+    params = dict(block_size=4, top_k=3, threshold=0.0)
+    per_token = ("gate_queries", "gate_keys")
+    prompt = {n: (x[:, :, :40] if n in per_token else x) for n, x in inputs.items()}
+    step = {n: (x[:, :, 40:] if n in per_token else x) for n, x in inputs.items()}
+    _, state = attnkit.attention(q[:, :, :40], k[:, :, :40], v[:, :, :40], NAME, causal=True, return_state=True,
+                                 **params, **prompt)
+    with attnkit.capture() as rec:
+        out, _ = attnkit.attention(q[:, :, 40:], k[:, :, 40:], v[:, :, 40:], NAME, causal=True, state=state,
+                                   return_state=True, **params, **step)
+    weights = rec[0].weights  # (1, 4, 1, 41): the new query over every key so far
+    read = weights[0, :, 0] > 0
+    assert read.sum(-1).tolist() == [4 + 4 + 1] * 4  # two past blocks of 4 keys, and its own block's one key
+    assert torch.equal(read, reference_mask(q, k, **inputs, rope_base=10000.0, **params)[0, :, 40])
+    torch.testing.assert_close(weights @ v.repeat_interleave(2, dim=1), out, rtol=0, atol=1e-12)

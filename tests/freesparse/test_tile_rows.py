@@ -24,6 +24,18 @@ def test_any_layout_equals_masked_attention(dtype):
     assert (out.double() - expected).abs().max() < (1e-12 if dtype == torch.float64 else 1e-5)
 
 
+@pytest.mark.parametrize("N", [5, 16, 17, 48, 63])
+def test_awkward_lengths_read_in_place_equal_masked_attention(N):
+    """Shorter than a block, one block, a block and a token, whole blocks, one token short of whole blocks."""
+    g = torch.Generator().manual_seed(N)
+    block, R = 16, -(-N // 16)
+    q, k, v = (torch.randn(1, 2, N, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    layout = (torch.rand(1, 2, R, R, generator=g) < 0.6) | torch.eye(R, dtype=torch.bool)
+    expected = attnkit.attention(q, k, v, "softmax", causal=False, mask=expand_layout(layout, block, N, N))
+    out = tile_rows_attention(q, k, v, layout, block=block, scale=8 ** -0.5)
+    assert (out - expected).abs().max() < 1e-12
+
+
 def test_gradients_follow_the_math_path():
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(1, 2, 40, 16, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))

@@ -76,20 +76,28 @@ def expand_layout(layout: torch.Tensor, block: int, q_len: int, kv_len: int) -> 
     return dense & causal_mask(q_len, kv_len, layout.device)
 
 
-def last_queries_attention(q, k, scale: float, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The causal attention ``(B, H, n, Nk)`` of the last ``n = min(count, Nq)`` queries, and their positions."""
+def last_queries_lines(q, k, scale: float, count: int, budget: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The mass of the causal attention ``A`` of the last ``n = min(count, Nq)`` queries on each vertical line and
+    each slash line: ``(sum_t A(t, j), sum_t A(t, pos_t - o), n)``, both ``(B, H, Nk)``.
+
+    ``A`` is never held whole: a few of its rows (about ``budget`` numbers) are computed, summed along both kinds
+    of lines and dropped."""
+    B, H, Nq, _ = q.shape
     Nk = k.shape[2]
-    n = min(count, q.shape[2])
+    n = min(count, Nq)
     pos = query_positions(n, Nk, q.device)
-    s = (q[:, :, -n:] @ repeat_kv(k, q.shape[1]).transpose(-1, -2)) * scale
-    return torch.softmax(s.masked_fill(torch.arange(Nk, device=q.device) > pos[:, None], float("-inf")), -1), pos
-
-
-def diagonal_sums(A: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """``(B, H, Nk)``: for each offset ``o``, ``sum_t A(t, pos_t - o)`` (the mass on the slash line ``o``)."""
-    o = torch.arange(A.shape[-1], device=A.device)
-    j = pos[:, None] - o
-    return A.gather(-1, j.clamp(min=0).expand(*A.shape[:2], -1, -1)).mul(j >= 0).sum(2)
+    keys = repeat_kv(k, H).transpose(-1, -2)
+    j = torch.arange(Nk, device=q.device)
+    columns, slashes = q.new_zeros(B, H, Nk), q.new_zeros(B, H, Nk)
+    step = max(1, budget // max(1, B * H * Nk))
+    for r0 in range(0, n, step):
+        p = pos[r0:r0 + step]
+        rows = q[:, :, Nq - n + r0: Nq - n + r0 + len(p)]
+        a = torch.softmax((rows @ keys).mul_(scale).masked_fill_(j > p[:, None], float("-inf")), -1)
+        columns += a.sum(2)
+        along = p[:, None] - j  # row t's key on the slash line of offset o
+        slashes += a.gather(-1, along.clamp(min=0).expand(B, H, -1, -1)).mul_(along >= 0).sum(2)
+    return columns, slashes, n
 
 
 @dataclass(frozen=True)

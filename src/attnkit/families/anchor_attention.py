@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels.positions import repeat_kv
+from ..kernels.token_blocks import block_means, last_block, whole_blocks
 from ..params import Param
 from ..reference import materialised_attention
 from ..registry import MechanismSpec, register
@@ -37,29 +38,39 @@ from ..registry import MechanismSpec, register
 PAPER = "AnchorAttention: Difference-Aware Sparse Attention with Stripe Granularity"
 
 
-def _blocks(x, block):
-    """``(B, H, R, block, D)`` zero-padded blocks of ``x`` and the real-token mask ``(R, block)``."""
-    B, H, N, D = x.shape
-    R = -(-N // block)
-    real = torch.arange(R * block, device=x.device).view(R, block) < N
-    return F.pad(x, (0, 0, 0, R * block - N)).view(B, H, R, block, D), real
+def _anchors(q, k, *, block, init, budget: int = 1 << 22) -> torch.Tensor:
+    """``x_a(i) / scale`` for every query, ``(B, H, N)``: the max of ``q_i . k_j`` over the first ``init`` keys and
+    the query's own block up to itself, a few whole blocks at a time (read in place), a last, shorter block alone."""
+    B, H, N, D = q.shape
+    first = k[:, :, :min(init, N)]
+    t = torch.arange(block, device=q.device)
+    future = t[None, :] > t[:, None]
+
+    def of(qb, kb):  # (B, H, c, n, D) blocks of n tokens -> their anchors (B, H, c * n)
+        n = qb.shape[3]
+        local = (qb @ kb.transpose(-1, -2)).masked_fill(future[:n, :n], float("-inf")).amax(-1).flatten(2)
+        if first.shape[2] == 0:
+            return local
+        return torch.maximum(local, (qb.flatten(2, 3) @ first.transpose(-1, -2)).amax(-1))
+
+    qw, kw = whole_blocks(q, block), whole_blocks(k, block)
+    step = max(1, budget // max(1, B * H * block * (block + first.shape[2])))
+    parts = [of(qw[:, :, c:c + step], kw[:, :, c:c + step]) for c in range(0, qw.shape[2], step)]
+    if N % block:
+        parts.append(of(last_block(q, block)[:, :, None], last_block(k, block)[:, :, None]))
+    return torch.cat(parts, dim=2)
 
 
 def anchor_stripes(q, k, *, scale, block, init, theta, chunk: int = 64) -> torch.Tensor:
     """Bool ``(B, H, R, N)``: the stripes ``C_r`` of every query block."""
     B, H, N, D = q.shape
     k = repeat_kv(k, H)
-    qb, real = _blocks(q, block)
-    kb, _ = _blocks(k, block)
-    R = qb.shape[2]
-    t = torch.arange(block, device=q.device)
-    local = (qb @ kb.transpose(-1, -2)).masked_fill(t[None, :] > t[:, None], float("-inf")).amax(-1)
-    first = k[:, :, :min(init, N)]
-    anchor = local if first.shape[2] == 0 else torch.maximum(local, (qb.flatten(2, 3) @ first.transpose(-1, -2))
-                                                              .amax(-1).view(B, H, R, block))
+    R = -(-N // block)
+    real = torch.arange(R * block, device=q.device).view(R, block) < N
+    anchor = F.pad(_anchors(q, k, block=block, init=init), (0, R * block - N)).view(B, H, R, block)
     counts = real.sum(-1).to(q.dtype)
     abar = (anchor * scale).masked_fill(~real, 0.0).sum(-1) / counts  # (B, H, R)
-    qbar = (qb * real[..., None]).sum(3) / counts[:, None]  # (B, H, R, D)
+    qbar = block_means(q, block)  # (B, H, R, D)
     j = torch.arange(N, device=q.device)
     candidates = (j >= init) & (j < torch.arange(R, device=q.device)[:, None] * block)  # (R, N)
     out = []

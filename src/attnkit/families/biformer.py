@@ -32,10 +32,10 @@ region): ``O(N k region_size)``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..kernels.positions import repeat_kv
 from ..kernels.selected_blocks import selected_block_attention
+from ..kernels.token_blocks import block_means
 from ..masks.selection import BlockSelection, block_selection
 from ..params import Param
 from ..reference import materialised_attention
@@ -45,21 +45,10 @@ from ..validation import check_int
 PAPER = "BiFormer: Vision Transformer with Bi-Level Routing Attention"
 
 
-def _region_means(x: torch.Tensor, size: int) -> torch.Tensor:
-    """``x (B, H, N, D)`` averaged over runs of ``size`` tokens, ``(B, H, R, D)`` (a last, shorter run: its own mean)."""
-    B, H, N, D = x.shape
-    R = -(-N // size)
-    pad = R * size - N
-    total = F.pad(x, (0, 0, 0, pad)).reshape(B, H, R, size, D).sum(3)
-    count = torch.full((R,), size, dtype=x.dtype, device=x.device)
-    count[-1] = size - pad
-    return total / count[:, None]
-
-
 def region_affinity(q, k, region_size: int) -> torch.Tensor:
     """``A^r = Q^r (K^r)^T`` over the full width (summed over heads), float64, ``(B, R, R)``."""
-    qr = _region_means(q.detach().double(), region_size)
-    kr = _region_means(repeat_kv(k.detach().double(), q.shape[1]), region_size)
+    qr = block_means(q.detach(), region_size, torch.float64)  # summed in float64, q itself never converted
+    kr = repeat_kv(block_means(k.detach(), region_size, torch.float64), q.shape[1])
     return torch.einsum("bhid,bhjd->bij", qr, kr)
 
 

@@ -21,20 +21,10 @@ import torch
 
 from ..builders.estimated_sparse import Estimator, block_count, register_estimated_sparse
 from ..kernels.positions import repeat_kv
+from ..kernels.token_blocks import block_means
 from ..params import Param
 
 PAPER = "The Sparse Frontier: Sparse Attention Trade-offs in Transformer LLMs"
-
-
-def pooled(x: torch.Tensor, block: int) -> torch.Tensor:
-    """``(B, H, R, D)``: the mean of each block's real tokens."""
-    B, H, N, D = x.shape
-    R, whole = block_count(N, block), N // block
-    sums = x[:, :, : whole * block].reshape(B, H, whole, block, D).sum(3)  # a view of x: no copy
-    if whole < R:
-        sums = torch.cat([sums, x[:, :, whole * block:].sum(2, keepdim=True)], dim=2)
-    counts = (N - torch.arange(R, device=x.device) * block).clamp(max=block)
-    return sums / counts[:, None].to(x.dtype)
 
 
 def _top(tiles: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -47,7 +37,7 @@ def _top(tiles: torch.Tensor, top_k: int) -> torch.Tensor:
 
 
 def block_topk_layout(q, k, *, scale, block, top_k) -> torch.Tensor:
-    tiles = (pooled(q, block) @ repeat_kv(pooled(k, block), q.shape[1]).transpose(-1, -2)) * scale
+    tiles = (block_means(q, block) @ repeat_kv(block_means(k, block), q.shape[1]).transpose(-1, -2)) * scale
     return _top(tiles, top_k)
 
 

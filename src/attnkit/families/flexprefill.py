@@ -36,11 +36,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..builders.estimated_sparse import (Estimator, block_count, diagonal_sums, keep_by_cumulative_mass,
-                                         last_queries_attention, register_estimated_sparse)
+from ..builders.estimated_sparse import (Estimator, block_count, keep_by_cumulative_mass, last_queries_lines,
+                                         register_estimated_sparse)
 from ..kernels.positions import repeat_kv
+from ..kernels.token_blocks import block_means
 from ..params import Param
-from .block_topk import pooled
 
 PAPER = "FlexPrefill: A Context-Aware Sparse Attention Mechanism for Efficient Long-Sequence Inference"
 
@@ -77,9 +77,9 @@ def _ranked(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 def flexprefill_layout(q, k, *, scale, block, gamma, tau) -> torch.Tensor:
     B, H, N, _ = q.shape
     R = block_count(N, block)
-    A, pos = last_queries_attention(q, k, scale, block)
-    a_v, a_s = A.mean(2), diagonal_sums(A, pos) / A.shape[2]
-    kbar = repeat_kv(pooled(k, block), H)
+    columns, slashes, n = last_queries_lines(q, k, scale, block)
+    a_v, a_s = columns / n, slashes / n
+    kbar = repeat_kv(block_means(k, block), H)
     ahat = torch.softmax((q[:, :, -block:].mean(2, keepdim=True) @ kbar.transpose(-1, -2)).squeeze(2) * scale, -1)
     abar, sbar = _pool_sum(a_v, block), _pool_sum(a_s, block)
     query_aware = js_distance(abar, ahat) < tau  # (B, H)
@@ -90,7 +90,7 @@ def flexprefill_layout(q, k, *, scale, block, gamma, tau) -> torch.Tensor:
     vert, slash = _ranked(abar, n_v), _ranked(sbar, n_s)
     offset = (r[:, None] - r[None, :]).clamp(min=0)
     vs = (vert[:, :, None, :] | slash[:, :, offset]) & causal
-    T = torch.softmax((pooled(q, block) @ kbar.transpose(-1, -2) * scale).masked_fill(~causal, float("-inf")), -1)
+    T = torch.softmax((block_means(q, block) @ kbar.transpose(-1, -2) * scale).masked_fill(~causal, float("-inf")), -1)
     flat = keep_by_cumulative_mass(T.flatten(2), torch.full((B, H), gamma * R, dtype=T.dtype, device=q.device),
                                    torch.zeros(B, H, R * R, dtype=torch.bool, device=q.device),
                                    causal.flatten().expand(B, H, -1))

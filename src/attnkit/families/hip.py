@@ -29,6 +29,17 @@ diagonal block is always attended and counts toward ``top_k`` (as block top-k
 and MoBA), the search runs over the blocks strictly before it; score ties go
 to the earlier child; a last, partial query block is scored by its real
 queries only; one search per query head (a GQA group's heads search alone).
+
+Readings where this form and the authors' code differ in setting, not in the
+search: their defaults cut queries into blocks of ``b_q = 32`` and keys into
+blocks of ``b_k = 2`` with a budget of ``k = 512`` keys (256 key blocks), and
+their attention kernel adds a 128-key sliding window; here queries and keys
+share one block size (the square tiles of the block-sparse engines), the
+budget ``top_k`` counts blocks, and the diagonal block stands for the local
+window. A branch's representative is its first key block, as the numba draft
+and the ``"first"`` sampling of their first kernel (whose default, ``"random"``,
+draws a token inside the branch); their later versions score a branch at its
+centre instead.
 """
 from __future__ import annotations
 
@@ -37,26 +48,45 @@ import torch.nn.functional as F
 
 from ..builders.estimated_sparse import Estimator, block_count, register_estimated_sparse
 from ..kernels.positions import repeat_kv
+from ..kernels.token_blocks import block_windows, last_block, whole_blocks
 from ..params import Param
 
 PAPER = "HiP Attention: Sparse Sub-Quadratic Attention with Hierarchical Attention Pruning"
 
 
-def _block_scores(qb, kb, real, starts, chunk):
-    """``(B, H, R, c)``: max ``q . k`` over query block ``r`` (real rows) and key block ``starts[..., r, c]``."""
+def _block_scores(q, windows, kv_of, searched, starts, block, chunk):
+    """``(B, H, S, c)``: max ``q . k`` over query block ``searched[s]`` (its real queries) and key block
+    ``starts[..., s, c]`` (always a whole block in the past), key blocks read in place from ``windows``."""
+    B, H, N, D = q.shape
+    whole = N // block
     out = []
-    for r0 in range(0, qb.shape[2], chunk):
-        r1 = min(qb.shape[2], r0 + chunk)
-        s = starts[:, :, r0:r1]
-        keys = kb.gather(2, s.flatten(2)[..., None, None].expand(-1, -1, -1, *kb.shape[-2:]))
-        keys = keys.view(*s.shape, *kb.shape[-2:])  # (B, H, rc, c, block, D)
-        prod = torch.einsum("bhrid,bhrcjd->bhrcij", qb[:, :, r0:r1], keys)
-        prod = prod.masked_fill(~real[r0:r1, None, :, None], float("-inf"))
+    for s0 in range(0, len(searched), chunk):
+        rows = searched[s0:s0 + chunk]
+        qb = _query_blocks(q, rows, block)  # (B, H, rc, block, D)
+        st = starts[:, :, s0:s0 + chunk]
+        first = kv_of[:, :, None, None] * N + st * block
+        keys = windows.index_select(0, first.flatten()).view(*st.shape, block, D)  # (B, H, rc, c, block, D)
+        prod = torch.einsum("bhrid,bhrcjd->bhrcij", qb, keys)
+        if rows[-1] == whole:  # a last, shorter block: its padding queries score nothing
+            real = torch.arange(block, device=q.device) < N - whole * block
+            prod[:, :, -1] = prod[:, :, -1].masked_fill(~real[None, None, None, :, None], float("-inf"))
         out.append(prod.amax((-1, -2)))
     return torch.cat(out, dim=2)
 
 
-def hip_layout(q, k, *, scale, block, top_k, budget: int = 1 << 24) -> torch.Tensor:
+def _query_blocks(q, rows, block):
+    """``(B, H, len(rows), block, D)``: query blocks ``rows`` (ascending), a last, shorter one zero-padded."""
+    B, H, N, D = q.shape
+    whole = N // block
+    inside = rows[rows < whole]
+    parts = [whole_blocks(q, block).index_select(2, inside)]
+    if len(inside) < len(rows):
+        rest = last_block(q, block)
+        parts.append(F.pad(rest, (0, 0, 0, block - rest.shape[2]))[:, :, None])
+    return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+
+
+def hip_layout(q, k, *, scale, block, top_k, budget: int = 1 << 22) -> torch.Tensor:
     B, H, N, D = q.shape
     R = block_count(N, block)
     K = top_k - 1
@@ -68,22 +98,20 @@ def hip_layout(q, k, *, scale, block, top_k, budget: int = 1 << 24) -> torch.Ten
     keep = (keep | diagonal).expand(B, H, R, R).clone()
     if R - 1 <= K:
         return keep
-    pad = R * block - N
-    qb = F.pad(q, (0, 0, 0, pad)).view(B, H, R, block, D)
-    kb = F.pad(repeat_kv(k, H), (0, 0, 0, pad)).view(B, H, R, block, D)
-    real = (r[:, None] * block + torch.arange(block, device=q.device)) < N  # (R, block)
+    q, Hkv = q.contiguous(), k.shape[1]  # its blocks are read once per level: views, not copies
+    kv_of = (torch.arange(B, device=q.device)[:, None] * Hkv + torch.arange(H, device=q.device) // (H // Hkv))
+    windows = block_windows(k, block)  # R - 1 > K >= 1: at least one whole block
     searched = r[r > K]  # query blocks with more than K past blocks
     P = searched[:, None]
     i = torch.arange(K + 1, device=q.device)
     edges = P * i // K
     start, size = edges[:, :-1].expand(B, H, -1, -1), (edges[:, 1:] - edges[:, :-1]).expand(B, H, -1, -1)
     chunk = max(1, budget // max(1, B * H * 2 * K * block * block))
-    qs = qb[:, :, searched]
     while bool((size > 1).any()):
         half = size // 2
         starts = torch.stack([start, start + half], -1).flatten(-2)  # children in start order
         sizes = torch.stack([half, size - half], -1).flatten(-2)
-        scores = _block_scores(qs, kb, real[searched], starts, chunk).masked_fill(sizes == 0, float("-inf"))
+        scores = _block_scores(q, windows, kv_of, searched, starts, block, chunk).masked_fill(sizes == 0, float("-inf"))
         best = scores.sort(dim=-1, descending=True, stable=True).indices[..., :K].sort(dim=-1).values
         start, size = starts.gather(-1, best), sizes.gather(-1, best)
     rows = keep[:, :, searched]

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from ..kernels.positions import repeat_kv
 from ..kernels.selected_blocks import selected_block_attention
+from ..kernels.token_blocks import block_extremes, block_means
 from ..masks.selection import BlockSelection, block_selection
 from ..params import Param, TensorInput
 from ..reference import materialised_attention
@@ -69,27 +70,22 @@ def _check(q, gate_q, gate_k, block_size, top_k, threshold):
     check_tensor("gate_k", gate_k, (H, 3 * D, width), q, what="(heads, 3 * head_dim, gate_dim)")
 
 
-def _pool(x: torch.Tensor, block: int, how: str) -> torch.Tensor:
-    """``x (B, H, N, D)`` pooled over blocks of ``block`` tokens (a last, shorter block pools what it has)."""
-    B, H, N, D = x.shape
-    n = -(-N // block)
-    pad = n * block - N
+def _pool(x: torch.Tensor, block: int, how: str, dtype: torch.dtype | None) -> torch.Tensor:
+    """``x (B, H, N, D)`` pooled over blocks of ``block`` tokens (a last, shorter block pools what it has), in
+    ``dtype`` (default ``x``'s), read in place: never a padded or converted copy of ``x``."""
     if how == "avg":
-        total = F.pad(x, (0, 0, 0, pad)).reshape(B, H, n, block, D).sum(3)
-        count = torch.full((n,), block, dtype=x.dtype, device=x.device)
-        count[-1] = block - pad
-        return total / count[:, None]
-    fill = float("-inf") if how == "max" else float("inf")
-    blocks = F.pad(x, (0, 0, 0, pad), value=fill).reshape(B, H, n, block, D)
-    return blocks.amax(3) if how == "max" else blocks.amin(3)
+        return block_means(x, block, dtype)
+    out = block_extremes(x, block, how)
+    return out if dtype is None else out.to(dtype)  # max and min are exact in any dtype
 
 
-def gate_logits(q, k, gate_q, gate_k, *, block_size: int, causal: bool) -> torch.Tensor:
-    """``Q~ K~^T / sqrt(d_gate)`` over (query block, key block), ``(B, H, Rq, Rk)``; future blocks ``-inf`` when causal."""
+def gate_logits(q, k, gate_q, gate_k, *, block_size: int, causal: bool, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``Q~ K~^T / sqrt(d_gate)`` over (query block, key block), ``(B, H, Rq, Rk)``; future blocks ``-inf`` when causal.
+
+    The pooling runs in ``dtype`` (default q's and k's), on the kv heads (a GQA group's heads share them)."""
     H = q.shape[1]
-    keys = repeat_kv(k, H)
-    pooled_k = torch.cat([_pool(keys, block_size, how) for how in ("max", "min", "avg")], dim=-1)
-    qt = _pool(q, block_size, "avg") @ gate_q  # (B, H, Rq, d_gate) by head
+    pooled_k = repeat_kv(torch.cat([_pool(k, block_size, how, dtype) for how in ("max", "min", "avg")], dim=-1), H)
+    qt = _pool(q, block_size, "avg", dtype) @ gate_q  # (B, H, Rq, d_gate) by head
     kt = pooled_k @ gate_k
     logits = qt @ kt.transpose(-1, -2) / math.sqrt(gate_q.shape[-1])
     if causal:
@@ -100,8 +96,8 @@ def gate_logits(q, k, gate_q, gate_k, *, block_size: int, causal: bool) -> torch
 
 def block_mask(q, k, gate_q, gate_k, block_size, top_k, threshold, causal) -> torch.Tensor:
     """The kept (query block, key block) pairs ``(B, H, R, R)``, bool, from the gate in float64."""
-    logits = gate_logits(q.detach().double(), k.detach().double(), gate_q.detach().double(),
-                         gate_k.detach().double(), block_size=block_size, causal=causal)
+    logits = gate_logits(q.detach(), k.detach(), gate_q.detach().double(), gate_k.detach().double(),
+                         block_size=block_size, causal=causal, dtype=torch.float64)
     R = logits.shape[2]
     diagonal = torch.eye(R, dtype=torch.bool, device=q.device)
     visible = logits > float("-inf")

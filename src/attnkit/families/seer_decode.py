@@ -48,6 +48,8 @@ gathers its blocks; a longer one runs the block-selection engine). The
 incremental state is a :class:`~attnkit.state.BlockDigestKVCache`: every key and
 value, ``K_gate`` of the complete blocks and the gate keys of the unfinished
 block, so a decode step reads ``N d / B`` gate numbers and ``top_k`` blocks.
+Under ``attnkit.capture`` an incremental call records its new queries' weights
+over every key so far, zero outside the blocks the step chose.
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ from ..kernels.selected_blocks import selected_block_attention
 from ..masks.selection import block_selection
 from ..params import Param, TensorInput
 from ..positional.rope import RoPE
-from ..reference import materialised_attention
+from ..reference import materialised_attention, materialised_weights
 from ..registry import MechanismSpec, register
 from ..state import BlockDigestKVCache
 from ..validation import check_tensor
@@ -191,12 +193,17 @@ def attended(q, k, rows, *, scale, block_size, top_k, threshold, rope_base, gate
     positions = query_positions(Nq, Nk, q.device)
     read = (valid[..., 1:].sum(-1) * block_size + positions % block_size + 1).double()  # (B, Hkv, Nq)
     density = float(read.sum() / (B * Hkv * (positions + 1).sum()))
-    n = -(-Nk // block_size)
-    hit = torch.zeros(B, Hkv, len(rows), n + 1, dtype=torch.bool, device=q.device)
-    hit.scatter_(3, torch.where(valid[:, :, rows], blocks[:, :, rows], n), True)
-    keys = hit[..., :n].repeat_interleave(block_size, dim=3)[..., :Nk]
-    causal = torch.arange(Nk, device=q.device) <= positions[rows, None]
-    return (keys & causal).repeat_interleave(H // Hkv, dim=1), density
+    pairs = _pairs(blocks[:, :, rows], valid[:, :, rows], positions[rows], Nk, block_size)
+    return pairs.repeat_interleave(H // Hkv, dim=1), density
+
+
+def _pairs(blocks, valid, positions, kv_len, block_size):
+    """Bool ``(B, Hkv, Nq, kv_len)``: the keys of each query's chosen blocks, up to the query (causal)."""
+    n = -(-kv_len // block_size)
+    hit = torch.zeros(*blocks.shape[:3], n + 1, dtype=torch.bool, device=blocks.device)
+    hit.scatter_(3, torch.where(valid, blocks, n), True)
+    keys = hit[..., :n].repeat_interleave(block_size, dim=3)[..., :kv_len]
+    return keys & (torch.arange(kv_len, device=blocks.device) <= positions[:, None])
 
 
 def reference_mask(q, k, gate_q, gate_k, *, block_size, top_k, threshold, rope_base, gate_queries=None,
@@ -239,9 +246,8 @@ def _reference(q, k, v, *, causal, mask, scale, block_size, top_k, threshold, ro
     return materialised_attention(q, k, v, causal=False, mask=kept, scale=scale)
 
 
-def _step(q, k, v, state, *, causal, mask, scale, block_size, top_k, threshold, rope_base, gate_q, gate_k,
-          gate_queries=None, gate_keys=None):
-    _check(q, k, gate_q, gate_k, gate_queries, gate_keys)
+def _appended(k, v, state, *, block_size, rope_base, gate_k, gate_keys):
+    """The state after this call's keys: every key and value, and ``K_gate`` of each block as it completes."""
     side = (k if gate_keys is None else gate_keys).detach()
 
     def summarise(rows, first):
@@ -250,17 +256,54 @@ def _step(q, k, v, state, *, causal, mask, scale, block_size, top_k, threshold, 
                                 rope_base=rope_base).to(rows.dtype)
 
     if state is None:
-        state = BlockDigestKVCache.start(k, v, side, block=block_size, summarise=summarise)
-    else:
-        state = state.append(k, v, side, summarise)
+        return BlockDigestKVCache.start(k, v, side, block=block_size, summarise=summarise)
+    return state.append(k, v, side, summarise)
+
+
+def _step_choice(q, state, *, block_size, top_k, threshold, rope_base, gate_q, gate_queries):
+    """Every new query's blocks ``(B, Hkv, Nq, k)`` and their use, from the compressed keys of ``state``."""
     queries = (q if gate_queries is None else gate_queries).detach().double()
     positions = query_positions(q.shape[2], state.length, q.device)
     q_gate = gate_queries_of(queries, gate_q.detach().double(), positions=positions, rope_base=rope_base)
-    blocks, valid = _choose(q_gate, state.digest().double(), state.length, block_size=block_size, top_k=top_k,
-                            threshold=threshold)
+    return _choose(q_gate, state.digest().double(), state.length, block_size=block_size, top_k=top_k,
+                   threshold=threshold)
+
+
+def _step(q, k, v, state, *, causal, mask, scale, block_size, top_k, threshold, rope_base, gate_q, gate_k,
+          gate_queries=None, gate_keys=None):
+    _check(q, k, gate_q, gate_k, gate_queries, gate_keys)
+    state = _appended(k, v, state, block_size=block_size, rope_base=rope_base, gate_k=gate_k, gate_keys=gate_keys)
+    blocks, valid = _step_choice(q, state, block_size=block_size, top_k=top_k, threshold=threshold,
+                                 rope_base=rope_base, gate_q=gate_q, gate_queries=gate_queries)
     out = _attend(q, state.k, state.v, blocks, valid, scale=scale, block_size=block_size)
     return out, state
 
+
+def _read(k, v, state, mask, *, q, block_size, top_k, threshold, rope_base, gate_q, gate_k, gate_queries=None,
+          gate_keys=None):
+    """What a step reads, for ``attnkit.capture``: every key so far, and as the mask the (query, key) pairs of
+    the blocks the gate chose for each new query (the step's own choice, from its compressed keys)."""
+    _check(q, k, gate_q, gate_k, gate_queries, gate_keys)
+    state = _appended(k, v, state, block_size=block_size, rope_base=rope_base, gate_k=gate_k, gate_keys=gate_keys)
+    blocks, valid = _step_choice(q, state, block_size=block_size, top_k=top_k, threshold=threshold,
+                                 rope_base=rope_base, gate_q=gate_q, gate_queries=gate_queries)
+    positions = query_positions(q.shape[2], state.length, q.device)
+    pairs = _pairs(blocks, valid, positions, state.length, block_size).repeat_interleave(q.shape[1] // k.shape[1], 1)
+    return state.k, state.v, pairs, torch.arange(state.length, device=q.device)
+
+
+_step.read = _read
+
+
+def _weights(q, k, v, *, causal, mask, scale, block_size, top_k, threshold, rope_base, gate_q, gate_k,
+             gate_queries=None, gate_keys=None):
+    """The softmax weights over the pairs read: the reference's choice in a one-shot call (which takes no mask);
+    in an incremental call under ``attnkit.capture``, ``mask`` is the pairs the step read (:func:`_read`)."""
+    if mask is None:
+        _check(q, k, gate_q, gate_k, gate_queries, gate_keys)
+        mask = reference_mask(q, k, gate_q, gate_k, block_size=block_size, top_k=top_k, threshold=threshold,
+                              rope_base=rope_base, gate_queries=gate_queries, gate_keys=gate_keys)
+    return materialised_weights(q, k, causal=False, mask=mask, scale=scale)
 
 
 def decode_gate_target(q, k, *, block_size: int, pool: str = "max", scale=None, chunk: int = 512) -> torch.Tensor:
@@ -370,6 +413,7 @@ register(MechanismSpec(
     test_params={"block_size": 4, "top_k": 3},
     supports_mask=False,
     extra={"attended": attended},
+    weights=_weights,
     flops=_flops,
     state_size=_state_size,
     complexity="O(N d_gate / block_size + top_k block_size d) per query",

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from ..builders.estimated_sparse import diagonal_sums, last_queries_attention
+from ..builders.estimated_sparse import last_queries_lines
 from ..kernels.line_attention import line_attention, line_density, line_rows
 from ..kernels.positions import repeat_kv
 from ..params import Param
@@ -53,8 +53,8 @@ def _top(scores, forced_count, count):
 
 def lines(q, k, *, scale, last_q, vertical, slash, sinks, local):
     """The kept lines: vertical keys ``(B, H, nv)`` and slash offsets ``(B, H, ns)``."""
-    A, pos = last_queries_attention(q, k, scale, last_q)
-    return _top(A.sum(2), sinks, vertical), _top(diagonal_sums(A, pos), local, slash)
+    columns, slashes, _ = last_queries_lines(q, k, scale, last_q)
+    return _top(columns, sinks, vertical), _top(slashes, local, slash)
 
 
 def vertical_slash_lines(q, k, v, *, causal, mask, scale, last_q, vertical, slash, sinks, local, block):

@@ -42,29 +42,45 @@ def _check(*, block, stride, threshold):
         raise ValueError(f"stride must divide block, got block={block}, stride={stride}")
 
 
-def _cells(x: torch.Tensor, n: int, stride: int, reverse: bool) -> torch.Tensor:
-    """``(B, H, n / stride, stride * D)``: each cell's rows side by side (reversed for queries)."""
-    x = F.pad(x, (0, 0, 0, n - x.shape[2]))
-    order = range(stride - 1, -1, -1) if reverse else range(stride)
-    return torch.cat([x[:, :, i::stride] for i in order], dim=-1)
+def _cells(x: torch.Tensor, stride: int, reverse: bool) -> torch.Tensor:
+    """``(B, H, ceil(n / stride), stride * D)``: each cell's rows side by side (reversed for queries), a last,
+    shorter cell zero-padded. Keys in natural order are a view of ``x`` when ``stride`` divides its length."""
+    B, H, n, D = x.shape
+    if n % stride:
+        x = F.pad(x, (0, 0, 0, -n % stride))
+    cells = x.reshape(B, H, -1, stride, D)
+    return (cells.flip(3) if reverse else cells).flatten(3)
 
 
-def antidiagonal_tiles(q, k, *, scale, block, stride, chunk=1024) -> torch.Tensor:
-    """``T(r, c)`` for every tile, ``(B, H, R, R)``, in chunks of cell rows against the cells up to their last."""
+def antidiagonal_tiles(q, k, *, scale, block, stride, chunk: int | None = None, budget: int = 1 << 22) -> torch.Tensor:
+    """``T(r, c)`` for every tile, ``(B, H, R, R)``, in chunks of cell rows against the cells up to their last:
+    ``chunk`` cell rows at a time (default: about ``budget`` scores per chunk, whole tile rows).
+
+    Only the real cells are scored (cells of padding alone have no mass), so q and k are never padded: a chunk
+    of queries is cut into cells on its own and the keys are cells in place, a last, shorter cell padded alone.
+    A GQA group's query heads are scored against their kv head together."""
     B, H, N, _ = q.shape
+    Hkv = k.shape[1]
     R = block_count(N, block)
-    cells, per_tile = R * block // stride, block // stride
-    qc, kc = _cells(q, R * block, stride, True), repeat_kv(_cells(k, R * block, stride, False), H)
-    real_keys = torch.arange(cells, device=q.device) * stride < N
+    per_tile = block // stride
+    real_cells = -(-N // stride)
+    whole = N // stride
+    kc = _cells(k[:, :, : whole * stride], stride, False).transpose(-1, -2)  # the whole cells, in place
+    last = _cells(k[:, :, whole * stride:], stride, False).transpose(-1, -2) if whole < real_cells else None
     out = []
+    chunk = budget // max(1, B * H * real_cells) if chunk is None else chunk
     step = max(per_tile, chunk // per_tile * per_tile)
-    for a0 in range(0, cells, step):
-        a1 = min(cells, a0 + step)
+    for a0 in range(0, real_cells, step):
+        a1 = min(real_cells, a0 + step)
         a = torch.arange(a0, a1, device=q.device)
-        scores = (qc[:, :, a0:a1] @ kc[:, :, :a1].transpose(-1, -2)) * (scale / stride)
-        allowed = (torch.arange(a1, device=q.device) <= a[:, None]) & real_keys[:a1]
-        p = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) * (a * stride < N)[:, None]
-        p = p.reshape(B, H, -1, per_tile, a1 // per_tile, per_tile).sum((3, 5))
+        qc = _cells(q[:, :, a0 * stride: a1 * stride], stride, True).unflatten(1, (Hkv, H // Hkv)).flatten(2, 3)
+        scores = qc @ kc[..., :a1]
+        if a1 > whole:  # the last, shorter cell, zero-padded alone
+            scores = torch.cat([scores, qc @ last], dim=-1)
+        scores = scores.view(B, H, a1 - a0, a1) * (scale / stride)
+        p = torch.softmax(scores.masked_fill(torch.arange(a1, device=q.device) > a[:, None], float("-inf")), dim=-1)
+        p = F.pad(p, (0, -a1 % per_tile, 0, -(a1 - a0) % per_tile))  # whole tiles: padding cells have no mass
+        p = p.reshape(B, H, -1, per_tile, p.shape[-1] // per_tile, per_tile).sum((3, 5))
         out.append(F.pad(p, (0, R - p.shape[-1])))
     return torch.cat(out, dim=2)
 

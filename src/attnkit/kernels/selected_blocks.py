@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from ..masks.selection import BlockSelection
 from .online_softmax import floor
+from .token_blocks import last_block, whole_blocks
 
 LOG2E = 1.4426950408889634
 BUDGET = 1 << 17  # score elements of one batched step
@@ -156,12 +157,21 @@ class _Plan:
         return allowed
 
 
-def _rows(x, plan: _Plan):
-    """q-like ``(B, H, Nq, E)`` -> ``(rows + 1, width, E)``: row-major (b, group, row) with a zero null row last."""
+def _rows(x, plan: _Plan, scale: float = 1.0):
+    """q-like ``(B, H, Nq, E)`` times ``scale`` -> ``(rows + 1, width, E)``: row-major (b, group, row) with a zero
+    null row last, written into one buffer (the only copy of ``x``; a last, shorter block is zero-filled)."""
     B, H, N, E = x.shape
-    x = F.pad(x, (0, 0, 0, plan.R * plan.bq - N))
-    x = x.view(B, plan.G, plan.g, plan.R, plan.bq, E).permute(0, 1, 3, 2, 4, 5).reshape(-1, plan.width, E)
-    return torch.cat([x, x.new_zeros(1, plan.width, E)])
+    out = x.new_empty(plan.rows + 1, plan.width, E)
+    out[plan.rows] = 0
+    # the buffer seen as (B, G, g, R, bq, E): query head (group, i) is a strided (R, bq, E) run of it
+    heads = out[: plan.rows].view(B, plan.G, plan.R, plan.g, plan.bq, E).permute(0, 1, 3, 2, 4, 5)
+    whole = N // plan.bq
+    torch.mul(whole_blocks(x, plan.bq).unflatten(1, (plan.G, plan.g)), scale, out=heads[:, :, :, :whole])
+    if whole < plan.R:
+        rest = last_block(x, plan.bq)
+        torch.mul(rest.unflatten(1, (plan.G, plan.g)), scale, out=heads[:, :, :, whole, : rest.shape[2]])
+        heads[:, :, :, whole, rest.shape[2]:] = 0
+    return out
 
 
 def _unrows(x, plan: _Plan):
@@ -170,8 +180,10 @@ def _unrows(x, plan: _Plan):
 
 
 def _tiles(x, plan: _Plan):
-    """``(B, Hkv, Nk, E)`` -> ``(B * Hkv * nk, bk, E)``, padded with zero keys."""
-    x = F.pad(x, (0, 0, 0, plan.nk * plan.bk - x.shape[2]))
+    """``(B, Hkv, Nk, E)`` -> ``(B * Hkv * nk, bk, E)``: a view when ``bk`` divides ``Nk``, else padded with zero keys."""
+    extra = plan.nk * plan.bk - x.shape[2]
+    if extra:
+        x = F.pad(x, (0, 0, 0, extra))
     return x.reshape(-1, plan.bk, x.shape[-1])
 
 
@@ -219,7 +231,7 @@ class _SelectedBlocks(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, sel, scale, causal, rows_per_item, budget):
         plan = _Plan(q, k, v, sel, causal, rows_per_item, budget)
-        qr = _rows(q * (scale * LOG2E), plan)
+        qr = _rows(q, plan, scale * LOG2E)
         kt, vt = _tiles(k, plan), _tiles(v, plan)
         ws = _Workspace(plan, q, backward=False)
         M, lowest = plan.per_item * plan.width, floor(q.dtype)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .online_softmax import merge_normalised
+from .token_blocks import block_windows, last_block, whole_blocks
 
 
 def attention_with_lse(q, k, v, *, causal: bool, scale: float):
@@ -46,45 +47,99 @@ def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: flo
     """Causal self-attention of ``q (B, H, N, D)`` over ``k, v (B, Hkv, N, D/Dv)`` restricted to ``layout``
     (bool ``(B, H, R, R)``, ``R = ceil(N / block)``, tile ``(r, c)`` kept by query block ``r``).
 
-    Tiles are copied with ``index_select`` from the ``(tiles, block x D)`` view of the keys and values (a tile is
-    one contiguous slab), a few rows at a time: about ``budget`` numbers per copy, so the copies are consumed
-    while they are still in the core's cache and the memory held stays small."""
+    Tiles are copied with ``index_select`` from overlapping block views of the keys and values
+    (:func:`~attnkit.kernels.token_blocks.block_windows`: a tile is one contiguous slab, read in place whatever
+    ``N``), a few rows at a time: about ``budget`` numbers per copy, so the copies are consumed while they are
+    still in the core's cache and the memory held stays small. A last, shorter block is padded on its own."""
     B, H, N, D = q.shape
     Hkv, Dv = k.shape[1], v.shape[3]
     R = layout.shape[-1]
-    pad = R * block - N
-    qt, kt, vt = ((F.pad(x, (0, 0, 0, pad)) if pad else x).reshape(-1, R, block, x.shape[-1]) for x in (q, k, v))
-    k_tiles, v_tiles = kt.reshape(-1, block * D), vt.reshape(-1, block * Dv)  # tile (kv head, c) is row kv head R + c
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # no-ops for the usual inputs; else one copy each
     kv_of = ((torch.arange(B, device=q.device)[:, None] * Hkv + torch.arange(H, device=q.device) // (H // Hkv))
              .reshape(B * H))
     r = torch.arange(R, device=q.device)
     diagonal = layout[..., r, r].reshape(B * H * R)
-    kd, vd = (kt, vt) if H == Hkv else (kt[kv_of], vt[kv_of])
-    o_d, l_d = attention_with_lse(qt, kd, vd, causal=True, scale=scale)
-    o_d, l_d = o_d.reshape(B * H * R, block, Dv), l_d.reshape(B * H * R, block)
+    o_d, l_d = _diagonal(q, k, v, kv_of, block=block, scale=scale)
     l_d = l_d.masked_fill(~diagonal[:, None], float("-inf"))
     past = (layout & (r[None, :] < r[:, None])).reshape(B * H * R, R)
     width = past.sum(-1)
-    q_rows = qt.reshape(B * H * R, 1, block, D)
+    # without gradients each group's rows are written over their diagonal partials as soon as they are merged
+    # (a group reads only its own rows): the output is the diagonal calls' buffer, no second one is held
+    in_place = not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)))
     pieces, rows_of = [], []
+
+    def emit(rows, piece):
+        if in_place:
+            o_d.index_copy_(0, rows, piece)
+        else:
+            pieces.append(piece)
+            rows_of.append(rows)
+
+    windows = None
     for w in width.unique().tolist():
         rows = (width == w).nonzero().squeeze(1)
         if w == 0:
-            pieces.append(o_d[rows] * diagonal[rows, None, None])
-            rows_of.append(rows)
+            emit(rows, o_d[rows] * diagonal[rows, None, None])
             continue
+        if windows is None:  # a kept past tile exists, so the sequence holds a whole block
+            windows = tuple(block_windows(x, block) for x in (q, k, v))
         for part in rows.split(max(1, budget // (w * block * (D + Dv)))):
             tiles = past[part].nonzero()[:, 1].view(len(part), w)  # each row's kept past tiles, in order
-            flat = (kv_of[part // R, None] * R + tiles).flatten()
-            kg = k_tiles.index_select(0, flat).view(len(part), 1, w * block, D)
-            vg = v_tiles.index_select(0, flat).view(len(part), 1, w * block, Dv)
-            o, l = attention_with_lse(q_rows[part], kg, vg, causal=False, scale=scale)
-            pieces.append(merge_normalised(o[:, 0], l[:, 0], o_d[part], l_d[part])[0])
-            rows_of.append(part)
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
-        out = torch.cat(pieces)[torch.cat(rows_of).argsort()]
-    else:  # write each group in place: no concatenated copy
-        out = o_d.new_empty(B * H * R, block, Dv)
-        for rows, piece in zip(rows_of, pieces):
-            out.index_copy_(0, rows, piece)
+            starts = (kv_of[part // R, None] * N + tiles * block).flatten()  # past tiles are whole blocks
+            kg = windows[1].index_select(0, starts).view(len(part), 1, w * block, D)
+            vg = windows[2].index_select(0, starts).view(len(part), 1, w * block, Dv)
+            o, l = attention_with_lse(_query_tiles(q, windows[0], part, R, block), kg, vg, causal=False, scale=scale)
+            emit(part, merge_normalised(o[:, 0], l[:, 0], o_d[part], l_d[part])[0])
+    out = o_d if in_place else torch.cat(pieces)[torch.cat(rows_of).argsort()]
     return out.reshape(B, H, R * block, Dv)[:, :, :N]
+
+
+def _padded_last(x, block):
+    """The last, shorter block of every head zero-padded to ``block`` tokens, ``(B * H, 1, block, D)``."""
+    rest = last_block(x, block)
+    return F.pad(rest, (0, 0, 0, block - rest.shape[2])).reshape(-1, 1, block, x.shape[-1])
+
+
+def _diagonal(q, k, v, kv_of, *, block, scale):
+    """The diagonal tiles in causal calls, ``(B H R, block, Dv)`` and their log-sum-exp ``(B H R, block)``:
+    the whole blocks read in place, a last, shorter block zero-padded on its own (its real queries see only
+    real keys under the causal rule). With a shorter last block and no gradients, the calls run one head at a
+    time into the result, so the whole blocks' partials are never held twice."""
+    B, H, N, _ = q.shape
+    R = -(-N // block)
+    same = k.shape[1] == H
+    whole = [whole_blocks(x, block).flatten(0, 1) for x in (q, k, v)]  # (heads, R or R - 1, block, D)
+    if N % block == 0:
+        o, l = attention_with_lse(whole[0], whole[1] if same else whole[1][kv_of],
+                                  whole[2] if same else whole[2][kv_of], causal=True, scale=scale)
+        return o.reshape(-1, block, o.shape[-1]), l.reshape(-1, block)
+    last = [_padded_last(x, block) for x in (q, k, v)]  # (heads, 1, block, D)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        parts = [(whole[0], whole[1], whole[2])] if R > 1 else []
+        parts = [attention_with_lse(a, b if same else b[kv_of], c if same else c[kv_of], causal=True, scale=scale)
+                 for a, b, c in parts + [tuple(last)]]
+        o, l = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+        return o.reshape(-1, block, o.shape[-1]), l.reshape(-1, block)
+    o = q.new_empty(B * H, R, block, v.shape[-1])
+    l = q.new_empty(B * H, R, block)
+    for h in range(B * H):
+        r = h if same else int(kv_of[h])
+        if R > 1:
+            o[h:h + 1, :-1], l[h:h + 1, :-1] = attention_with_lse(whole[0][h:h + 1], whole[1][r:r + 1],
+                                                                  whole[2][r:r + 1], causal=True, scale=scale)
+        o[h:h + 1, -1:], l[h:h + 1, -1:] = attention_with_lse(last[0][h:h + 1], last[1][r:r + 1], last[2][r:r + 1],
+                                                              causal=True, scale=scale)
+    return o.reshape(-1, block, o.shape[-1]), l.reshape(-1, block)
+
+
+def _query_tiles(q, windows, rows, R, block):
+    """The query blocks of tile rows ``rows`` (indices into ``B H R``), ``(len(rows), 1, block, D)``; the rows of
+    a last, shorter block are read zero-padded (their extra outputs are dropped)."""
+    B, H, N, D = q.shape
+    whole = N // block
+    head, r = rows // R, rows % R
+    out = windows.index_select(0, head * N + r.clamp(max=whole - 1) * block).view(len(rows), 1, block, D)
+    last = r == whole
+    if bool(last.any()):
+        out[last] = _padded_last(q, block)[head[last]]
+    return out

@@ -266,6 +266,8 @@ def add_arguments(p) -> None:
                    help="--lm-recall: also SeerAttention-R in decode, with the gates of this gated LM (attnkit train "
                         "seer-r --out, trained on --checkpoint)")
     p.add_argument("--n", type=ints, default=[4096], help="--speed / --lm-recall: comma list of lengths")
+    p.add_argument("--memory", action="store_true",
+                   help="peak memory of each prefill call (a fresh subprocess each, CPU); with --speed also the timings")
     p.add_argument("--phases", type=names, default=["prefill", "decode"], help="--speed: prefill,decode")
     p.add_argument("--methods", type=names, default=None,
                    help="--speed: comma list of the training-free methods to time (default: all of the phase)")
@@ -300,7 +302,9 @@ def run_free_sparse(args) -> int:
     elif args.minilm:
         items = [{"section": "minilm"}]
     else:
-        items = [{"section": phase, "N": n} for n in args.n for phase in args.phases]
+        items = [{"section": phase, "N": n} for n in args.n for phase in args.phases] if args.speed else []
+        if args.memory and "prefill" in args.phases and args.device == "cpu":
+            items += [{"section": "prefill-memory", "N": n} for n in args.n]
     config = {"n": args.n, "phases": args.phases, "methods": args.methods, "sparsity": args.sparsity,
               "fraction": args.fraction, "repeats": args.repeats, "steps": args.steps, "checkpoint": args.checkpoint,
               "seer_checkpoint": args.seer_checkpoint,
@@ -317,6 +321,10 @@ def run_free_sparse(args) -> int:
     def measure(item):
         if item["section"] == "prefill":
             return {"rows": fs.prefill_speed(item["N"], prefill, args.sparsity, args.repeats, args.device)}
+        if item["section"] == "prefill-memory":
+            from ..prefill_memory import prefill_memory
+
+            return {"rows": prefill_memory(item["N"], prefill, args.sparsity)}
         if item["section"] == "decode":
             return {"rows": fs.decode_speed(item["N"], decode, args.fraction, args.steps, args.repeats, args.device)}
         if item["section"] == "minilm":
@@ -363,7 +371,7 @@ def lm_and_text(args):
 
 
 def run(args) -> int:
-    if args.speed or args.lm_recall or args.curves or args.minilm:
+    if args.speed or args.memory or args.lm_recall or args.curves or args.minilm:
         return run_free_sparse(args)
     c = dict(FULL if args.full else QUICK)
     if args.train_minutes is not None:
