@@ -1,5 +1,6 @@
 """Combiner-Mixture: full causal attention (every earlier key gets weight), softmax when one row holds
-everything, the two plans written out by hand for a tiny case."""
+everything, the two plans written out by hand for a tiny case, decoding token by token equal to one
+call, a state that is a value."""
 from __future__ import annotations
 
 import pytest
@@ -47,6 +48,23 @@ def test_the_two_plans_by_hand():
     horizontal = torch.softmax(s * Q[5] @ K.T, dim=0)
     w = mixture_weights(q, k, v, causal=True, mask=None, scale=s, row_len=2, pooling="max")
     torch.testing.assert_close(w[0, 0, 5], (vertical + horizontal) / 2)
+
+
+def test_decoding_token_by_token_equals_one_call_and_a_state_is_a_value():
+    q, k, v = _qkv(n=19, heads=4, kv_heads=2)
+    whole = attnkit.attention(q, k, v, "combiner_mixture", causal=True, row_len=4, pooling="mean")
+    state, outs = None, []
+    for i in range(19):
+        out, state = attnkit.attention(q[:, :, i:i + 1], k[:, :, i:i + 1], v[:, :, i:i + 1], "combiner_mixture",
+                                       causal=True, row_len=4, pooling="mean", state=state, return_state=True)
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, dim=2), whole)
+    _, state = attnkit.attention(q[:, :, :7], k[:, :, :7], v[:, :, :7], "combiner_mixture", causal=True, row_len=4,
+                                 state=None, return_state=True)
+    tail = q[:, :, 7:], k[:, :, 7:], v[:, :, 7:]
+    first, _ = attnkit.attention(*tail, "combiner_mixture", causal=True, row_len=4, state=state, return_state=True)
+    again, _ = attnkit.attention(*tail, "combiner_mixture", causal=True, row_len=4, state=state, return_state=True)
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
 
 
 def test_bad_row_len_and_non_causal_calls_are_refused():
