@@ -16,9 +16,10 @@ one aligned dyadic span per set bit of ``i`` (0-indexed positions, ``b_l`` bit `
 
 i.e. the span of ``2^l`` tokens just before the part of ``i`` below bit ``l``: block
 ``(i >> l) - 1`` of level ``l``, where level ``l`` cuts the sequence into aligned blocks of
-``2^l``. Only even blocks are ever reached (by the queries of the odd block after them), so
-there are ``sum_l floor(N / 2^(l+1))`` abstractions in all (``O(N)``), and each query sees at
-most ``log2 N`` of them besides its two direct keys: ``O(N log N)`` time and memory.
+``2^l``. Only a level's even blocks are ever reached (by the queries of the odd block after
+each); the paper counts a summary for every block, ``sum_l floor(N / 2^l)`` in all (``O(N)``), as
+the ``levels`` form computes them. Each query sees at most ``log2 N`` abstractions besides its
+two direct keys: ``O(N log N)`` time and memory.
 The paper's 1-indexed wording (``{i - 1}`` when ``i`` is even) is the same partition.
 
 Reading of the paper and the authors' code (``_SelfAttLogn`` in google-research/combiner): the
