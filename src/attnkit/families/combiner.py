@@ -49,14 +49,18 @@ PAPER = "Combiner: Full Attention Transformer with Sparse Computation Cost"
 POOLINGS = ("max", "mean")
 
 
-def _check(segment_size, pooling):
-    check_int("segment_size", segment_size)
+def check_pooling(pooling):
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
-def _pool(x, member, pooling):
-    """``x`` (B, H, N, D) pooled over each segment's members (``member`` (R, N) bool) -> (B, H, R, D)."""
+def _check(segment_size, pooling):
+    check_int("segment_size", segment_size)
+    check_pooling(pooling)
+
+
+def pool(x, member, pooling):
+    """``x`` (B, H, N, D) pooled over each region's members (``member`` (R, N) bool) -> (B, H, R, D)."""
     if pooling == "max":
         filled = x[:, :, None].masked_fill(~member[:, :, None], float("-inf"))
         return filled.amax(dim=3)
@@ -64,11 +68,24 @@ def _pool(x, member, pooling):
     return weights @ x
 
 
+def partition_weights(q, keys, direct, member, reached, *, scale, pooling):
+    """``p(j | i)`` (B, H, N, N) of one factorisation plan, straight from the equations (run it in float64).
+
+    ``direct`` (N, N): ``j in Omega_i^0``; ``member`` (R, N): the tokens of region ``r`` (none empty);
+    ``reached`` (N, R): region ``r`` is one of query ``i``'s ``Omega_i^r``. ``keys`` has the query heads.
+    """
+    q_bar, k_bar = pool(q, member, pooling), pool(keys, member, pooling)
+    direct_scores = (scale * q @ keys.transpose(-1, -2)).masked_fill(~direct, float("-inf"))
+    region_scores = (scale * q @ k_bar.transpose(-1, -2)).masked_fill(~reached, float("-inf"))
+    log_z = torch.logsumexp(torch.cat([direct_scores, region_scores], dim=-1), dim=-1, keepdim=True)
+    within = torch.softmax((scale * q_bar @ keys.transpose(-1, -2)).masked_fill(~member, float("-inf")), dim=-1)
+    return (direct_scores - log_z).exp() + (region_scores - log_z).exp() @ within
+
+
 def combiner_weights(q, k, v, *, causal, mask, scale, segment_size, pooling):
     """``p(j | i)`` as a ``(B, H, N, N)`` matrix, straight from the factorisation (run it in float64)."""
     _check(segment_size, pooling)
-    B, H, N, _ = q.shape
-    keys = repeat_kv(k, H)
+    N = q.shape[2]
     pos = torch.arange(N, device=q.device)
     seg = pos // segment_size
     regions = torch.arange(-(-N // segment_size), device=q.device)
@@ -78,13 +95,7 @@ def combiner_weights(q, k, v, *, causal, mask, scale, segment_size, pooling):
     if causal:
         direct = direct & (pos[None, :] <= pos[:, None])
         reached = regions[None, :] < seg[:, None]
-    q_bar, k_bar = _pool(q, member, pooling), _pool(keys, member, pooling)
-    direct_scores = (scale * q @ keys.transpose(-1, -2)).masked_fill(~direct, float("-inf"))
-    region_scores = (scale * q @ k_bar.transpose(-1, -2)).masked_fill(~reached, float("-inf"))
-    log_z = torch.logsumexp(torch.cat([direct_scores, region_scores], dim=-1), dim=-1, keepdim=True)
-    within = torch.softmax((scale * q_bar @ keys.transpose(-1, -2)).masked_fill(~member, float("-inf")), dim=-1)
-    through_regions = torch.where(reached[..., None], (region_scores - log_z).exp()[..., None] * within[:, :, None], 0)
-    return (direct_scores - log_z).exp() + through_regions.sum(dim=3)  # (where: a region out of reach adds nothing)
+    return partition_weights(q, repeat_kv(k, q.shape[1]), direct, member, reached, scale=scale, pooling=pooling)
 
 
 def _reference(q, k, v, *, causal, mask, scale, segment_size, pooling):
