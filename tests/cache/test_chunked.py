@@ -214,3 +214,28 @@ def test_a_prompt_prefilled_in_one_chunk_keeps_a_buffer_of_its_budget_not_of_the
     lm, ids = tiny_lm(), prompt(64)
     done = prefill(lm, ids, KeyNorm(16), chunk=64)
     assert all(s.store.used == 16 and s.store.capacity < 64 for s in done.cache)
+
+
+def test_kivi_under_a_policy_quantises_in_generate_after_evicting_in_place(monkeypatch):
+    from attnkit.cache import Cache, CacheLayer
+
+    model, ids = tiny_llama(), prompt(64)
+
+    def run():
+        cache = Cache(KIVI(4, group=8, residual=8, under=SnapKV(32, window=4, kernel=3)), model=model, prompt=64)
+        out = model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, cache=cache,
+                             prefill_chunk_size=16, output_scores=True, return_dict_in_generate=True)
+        cache.close()
+        return out, cache
+
+    moved, in_place = run()
+    monkeypatch.setattr(CacheLayer, "_evicts_in_place", lambda self, store, chosen: False)  # copy, then quantise
+    copied, copying = run()
+    assert torch.equal(moved.sequences, copied.sequences)
+    for ours, theirs in zip(moved.scores, copied.scores):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    for ours, theirs in zip(in_place.layers, copying.layers):
+        assert torch.equal(ours.store.pos, theirs.store.pos)
+        torch.testing.assert_close((ours.store.k, ours.store.v), (theirs.store.k, theirs.store.v), rtol=0, atol=0)
+    # the last chunk's kept tokens are quantised out of the layer's one buffer, not out of a copy of them
+    assert in_place.peak_bytes < copying.peak_bytes

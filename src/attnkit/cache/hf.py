@@ -62,6 +62,7 @@ try:  # what transformers' output_attentions collects in this forward pass (None
 except ImportError:  # pragma: no cover - other transformers versions pass output_attentions= instead
     _COLLECTOR = None
 
+from .kivi import KIVI
 from .policy import Policy, append_call, check_prompt, checked_policy
 from .scores import attend, query_positions, weights
 from .store import GROWTH, LayerKV, same_storage
@@ -120,8 +121,15 @@ class CacheLayer(CacheLayerMixin):
     def _settle(self) -> None:
         """Apply the eviction the last update chose, in place (the model's attention has read the keys since)."""
         if self.pending is not None:
-            self._store, self.pending = self._store.compact(*self.pending), None
+            held = self._store
+            self._store, self.pending = self._finished(held.compact(*self.pending)), None
             self.keys, self.values = _tensors(self._store)
+            self._owner._track(0 if same_storage(held, self._store) else held.allocated_bytes())
+
+    def _finished(self, store):
+        """``store``, or KIVI's quantised copy of it once the policy under KIVI evicted the whole prompt's."""
+        quantises = isinstance(self.policy, KIVI) and self.policy.under is not None and store.length >= store.prompt
+        return self.policy.quantised(store) if quantises else store
 
     def lazy_initialization(self, key_states, value_states) -> None:
         self.device, self.is_initialized = key_states.device, True
@@ -138,12 +146,14 @@ class CacheLayer(CacheLayerMixin):
         if self._owner._ragged:
             self.reading = (store, keys, values)  # for the attention call that follows (attention_over_cache)
         q, scale = self._owner._take_queries(self.layer_idx, self.policy)
-        if isinstance(store, LayerKV) and type(self.policy).step is Policy.step:
-            self._store, chosen = self.policy.select(store, q, scale, self.layer_idx)
+        kivi_under = isinstance(self.policy, KIVI) and self.policy.under is not None  # it quantises what under kept
+        evictor = self.policy.under if kivi_under else self.policy
+        if isinstance(store, LayerKV) and type(evictor).step is Policy.step:
+            self._store, chosen = evictor.select(store, q, scale, self.layer_idx)
             if chosen is not None and self._evicts_in_place(self._store, chosen):
                 self.pending = chosen[:2]  # applied once the model's attention has read keys, values
-            elif chosen is not None:
-                self._store = self._store.keep(*chosen)
+            else:
+                self._store = self._finished(self._store if chosen is None else self._store.keep(*chosen))
         else:
             self._store = self.policy.step(store, q, scale, self.layer_idx)
         self.keys, self.values = _tensors(self._store)
