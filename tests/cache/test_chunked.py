@@ -118,7 +118,7 @@ def test_chunked_prefill_in_generate_evicts_in_place_and_keeps_what_one_call_kee
     whole = attnkit.cache.Cache(StreamingLLM(16, sinks=4))
     model(ids, cache=whole)
     layer = done.cache.layers[0]
-    assert layer.pending is not None  # the last chunk's eviction waits for the next update, or a read of store
+    assert layer.pending is None  # the last chunk's eviction, applied once the prefill was done
     store = layer.store
     assert store.pos[0, 0].tolist() == [0, 1, 2, 3] + list(range(36, 48))
     torch.testing.assert_close(store.k, whole.layers[0].store.k)  # layer 0's keys depend on the tokens alone

@@ -240,6 +240,12 @@ class Cache(TransformersCache):
         """Bytes of the layers' buffers, spare capacity included."""
         return sum(layer._store.allocated_bytes() for layer in self.layers)  # the same before and after _settle
 
+    def apply_evictions(self) -> None:
+        """Apply the evictions the last forward pass chose (each layer does at its next update, or when its
+        ``store`` is read): call it between forward passes, e.g. to count the peak of a finished prefill."""
+        for layer in self.layers:
+            layer._settle()
+
     def _track(self, copied: int) -> None:
         """``copied``: bytes of a layer's previous buffer, held until its replacement was written."""
         self.peak_bytes = max(self.peak_bytes, self.allocated_bytes() + copied)
