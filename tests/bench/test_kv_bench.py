@@ -46,3 +46,21 @@ def test_quality_and_memory_run_apart_from_speed_and_the_report_joins_them(tmp_p
     page, tables = kv.report(run, rows)
     assert "rows joined from" in page and {t["target"] for t in tables["kv_targets"]} == {
         "cache peak <= 0.35x full", "decode >= 1.0x full tokens/s"}
+
+
+def test_the_lm_decoding_peak_counts_the_buffers_an_eviction_copied_out_of():
+    import torch
+
+    from attnkit.bench.kv_runs import AttnkitLM
+    from attnkit.bench.suites.kv import decode_memory
+    from attnkit.cache import StreamingLLM
+    from attnkit.models import DecoderLM, ModelConfig
+
+    torch.manual_seed(0)
+    lm = AttnkitLM(DecoderLM(ModelConfig(vocab_size=97, dim=32, heads=4, kv_heads=2, schedule="FF")))
+    _, recorded = lm.prefill(torch.randint(0, 97, (1, 64)))
+    memory = decode_memory(lm, recorded, StreamingLLM(16), tokens=3)
+    per_token = 2 * (2 * 8 * 4 + 4)  # 2 kv heads x (key + value of 8 float32 + int32 position)
+    assert memory["bytes_after_prefill"] == 2 * 17 * per_token  # 16 kept + 1 free slot per layer
+    # each step copies every layer's kept tokens to a new buffer of 17 slots; the states passed in are still held
+    assert memory["peak_bytes"] == 2 * (17 + 17) * per_token

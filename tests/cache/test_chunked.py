@@ -118,7 +118,8 @@ def test_chunked_prefill_in_generate_evicts_in_place_and_keeps_what_one_call_kee
     whole = attnkit.cache.Cache(StreamingLLM(16, sinks=4))
     model(ids, cache=whole)
     layer = done.cache.layers[0]
-    store = layer.store.keep(layer.pending[0], None, 0)  # the eviction it will apply at its next update
+    assert layer.pending is None  # the last chunk's eviction, applied once the prefill was done
+    store = layer.store
     assert store.pos[0, 0].tolist() == [0, 1, 2, 3] + list(range(36, 48))
     torch.testing.assert_close(store.k, whole.layers[0].store.k)  # layer 0's keys depend on the tokens alone
     per_token = 2 * (2 * 16 * 4) + 2 * 4  # 2 kv heads x (key + value of 16 float32 + int32 position)
@@ -126,8 +127,8 @@ def test_chunked_prefill_in_generate_evicts_in_place_and_keeps_what_one_call_kee
     cache = attnkit.cache.Cache(StreamingLLM(16, sinks=4), prompt=48)  # transformers' own chunked prefill
     out = model.generate(ids, max_new_tokens=4, do_sample=False, cache=cache, prefill_chunk_size=8)
     assert out.shape == (1, 52) and cache.get_seq_length() == 51
-    # the first decoded token's eviction copies layer 0's 16 + 1 slots while its prefill buffer still lives
-    assert cache.peak_bytes == (24 + 17 + 24) * per_token
+    # the decoded tokens' evictions move the kept tokens to the front of the prefill buffers: one each
+    assert cache.peak_bytes == 2 * 24 * per_token
     assert cache.layers[1].store.pos[0, 0].tolist() == [0, 1, 2, 3] + list(range(39, 51))
 
 
@@ -213,3 +214,28 @@ def test_a_prompt_prefilled_in_one_chunk_keeps_a_buffer_of_its_budget_not_of_the
     lm, ids = tiny_lm(), prompt(64)
     done = prefill(lm, ids, KeyNorm(16), chunk=64)
     assert all(s.store.used == 16 and s.store.capacity < 64 for s in done.cache)
+
+
+def test_kivi_under_a_policy_quantises_in_generate_after_evicting_in_place(monkeypatch):
+    from attnkit.cache import Cache, CacheLayer
+
+    model, ids = tiny_llama(), prompt(64)
+
+    def run():
+        cache = Cache(KIVI(4, group=8, residual=8, under=SnapKV(32, window=4, kernel=3)), model=model, prompt=64)
+        out = model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, cache=cache,
+                             prefill_chunk_size=16, output_scores=True, return_dict_in_generate=True)
+        cache.close()
+        return out, cache
+
+    moved, in_place = run()
+    monkeypatch.setattr(CacheLayer, "_evicts_in_place", lambda self, store, chosen: False)  # copy, then quantise
+    copied, copying = run()
+    assert torch.equal(moved.sequences, copied.sequences)
+    for ours, theirs in zip(moved.scores, copied.scores):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    for ours, theirs in zip(in_place.layers, copying.layers):
+        assert torch.equal(ours.store.pos, theirs.store.pos)
+        torch.testing.assert_close((ours.store.k, ours.store.v), (theirs.store.k, theirs.store.v), rtol=0, atol=0)
+    # the last chunk's kept tokens are quantised out of the layer's one buffer, not out of a copy of them
+    assert in_place.peak_bytes < copying.peak_bytes

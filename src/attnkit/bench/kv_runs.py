@@ -18,6 +18,7 @@ import torch
 from ..cache import KVState, NoCompression
 from ..cache.razor import retrieval_heads, retrieval_scores
 from ..cache.scores import query_positions, weights
+from ..cache.store import same_storage
 
 PERIOD = 64  # the random block repeated to find retrieval heads
 
@@ -88,6 +89,14 @@ class AttnkitLM(_Model):
     def stores(cache):
         return [s.store for s in cache]
 
+    def step_peak(self, before, cache) -> int:
+        """Bytes held when a decode step returns: the new states' buffers and those of the states passed in that an
+        eviction (or a buffer growing) replaced. The caller still holds the states it passed in, and a state is a
+        value, never changed by a later call, so an eviction copies the kept tokens to a new buffer."""
+        after = self.stores(cache)
+        return sum(s.allocated_bytes() for s in after) + sum(
+            old.allocated_bytes() for old, new in zip(before, after) if not same_storage(old, new))
+
 
 class TinyLlama(_Model):
     name = "tiny-llama"
@@ -132,3 +141,9 @@ class TinyLlama(_Model):
     @staticmethod
     def stores(cache):
         return [layer.store for layer in cache.layers]
+
+    @staticmethod
+    def step_peak(before, cache) -> int:
+        """The cache's peak so far, counted at every layer's update (a layer copied to a new buffer counted with
+        its old one, which the model's attention still reads; evictions while decoding are in place)."""
+        return cache.peak_bytes

@@ -84,4 +84,5 @@ def _transformers(model, ids, policy, chunk):
                   prompt=ids.shape[1])
     for lo in range(0, ids.shape[1], chunk):
         logits = model(ids[:, lo : lo + chunk], cache=cache, logits_to_keep=1).logits
+    cache.apply_evictions()  # the last chunk's (KIVI quantises then), counted in the peak
     return Prefilled(logits[:, -1], cache, cache.peak_bytes)

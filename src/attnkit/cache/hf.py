@@ -34,7 +34,12 @@ the model called on consecutive pieces, or :func:`attnkit.cache.chunked.prefill`
 the policy compresses after each chunk. The eviction a chunk calls for is
 applied in place at the start of the layer's next ``update`` (after the
 model's attention has read the keys), so a layer never holds more than one
-buffer of its budget plus a chunk.
+buffer of its budget plus a chunk. Evictions while decoding are applied the
+same way (the cache owns its buffers: nothing it holds was handed out as a
+value), so a layer decodes in one buffer of its budget plus ``slack`` plus
+one, where copying the kept tokens would hold the old buffer and the new one
+together while the attention reads the old. Reading a layer's ``store``
+applies a chosen eviction first.
 
 Batches whose prompts are padded are not supported under a compressing
 policy (the padding mask is indexed by position and evicted pads would shift
@@ -57,9 +62,10 @@ try:  # what transformers' output_attentions collects in this forward pass (None
 except ImportError:  # pragma: no cover - other transformers versions pass output_attentions= instead
     _COLLECTOR = None
 
+from .kivi import KIVI
 from .policy import Policy, append_call, check_prompt, checked_policy
 from .scores import attend, query_positions, weights
-from .store import LayerKV, same_storage
+from .store import GROWTH, LayerKV, same_storage
 
 ATTENTION = "attnkit_cache"
 
@@ -99,7 +105,31 @@ class CacheLayer(CacheLayerMixin):
     def __init__(self, policy: Policy, layer_idx: int, owner):
         super().__init__()
         self.policy, self.layer_idx, self._owner = policy, layer_idx, owner
-        self.store, self.reading, self.pending = policy.empty_store(owner.prompt), None, None
+        self._store, self.reading, self.pending = policy.empty_store(owner.prompt), None, None
+
+    @property
+    def store(self):
+        """The layer's kept tokens (an eviction chosen by the last update is applied first, so read it between
+        two forward passes, not between the layer's update and its attention call)."""
+        self._settle()
+        return self._store
+
+    @store.setter
+    def store(self, store) -> None:
+        self._store, self.pending = store, None
+
+    def _settle(self) -> None:
+        """Apply the eviction the last update chose, in place (the model's attention has read the keys since)."""
+        if self.pending is not None:
+            held = self._store
+            self._store, self.pending = self._finished(held.compact(*self.pending)), None
+            self.keys, self.values = _tensors(self._store)
+            self._owner._track(0 if same_storage(held, self._store) else held.allocated_bytes())
+
+    def _finished(self, store):
+        """``store``, or KIVI's quantised copy of it once the policy under KIVI evicted the whole prompt's."""
+        quantises = isinstance(self.policy, KIVI) and self.policy.under is not None and store.length >= store.prompt
+        return self.policy.quantised(store) if quantises else store
 
     def lazy_initialization(self, key_states, value_states) -> None:
         self.device, self.is_initialized = key_states.device, True
@@ -107,43 +137,56 @@ class CacheLayer(CacheLayerMixin):
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        if self.pending is not None:  # the eviction the last prefill chunk chose, now that its attention is done
-            self.store, self.pending = self.store.compact(*self.pending), None
-        held = self.store
-        store = append_call(self.policy, self.store, self.layer_idx, key_states, value_states)
+        self._settle()
+        held = self._store
+        store = append_call(self.policy, held, self.layer_idx, key_states, value_states)
         keys, values = _tensors(store)
         if not getattr(store, "ragged", False):
             _remember_read(keys, store.pos)
         if self._owner._ragged:
             self.reading = (store, keys, values)  # for the attention call that follows (attention_over_cache)
         q, scale = self._owner._take_queries(self.layer_idx, self.policy)
-        if self._owner.prompt and store.length <= store.prompt and isinstance(store, LayerKV) and \
-                type(self.policy).step is Policy.step:
-            self.store, chosen = self.policy.select(store, q, scale, self.layer_idx)
-            self.pending = None if chosen is None else chosen[:2]
+        kivi_under = isinstance(self.policy, KIVI) and self.policy.under is not None  # it quantises what under kept
+        evictor = self.policy.under if kivi_under else self.policy
+        if isinstance(store, LayerKV) and type(evictor).step is Policy.step:
+            self._store, chosen = evictor.select(store, q, scale, self.layer_idx)
+            if chosen is not None and self._evicts_in_place(self._store, chosen):
+                self.pending = chosen[:2]  # applied once the model's attention has read keys, values
+            else:
+                self._store = self._finished(self._store if chosen is None else self._store.keep(*chosen))
         else:
-            self.store = self.policy.step(store, q, scale, self.layer_idx)
-        self.keys, self.values = _tensors(self.store)
+            self._store = self.policy.step(store, q, scale, self.layer_idx)
+        self.keys, self.values = _tensors(self._store)
         # a store copied to a new buffer lives on until the model's attention has read it (keys, values)
-        self._owner._track(0 if same_storage(held, self.store) else held.allocated_bytes())
+        self._owner._track(0 if same_storage(held, self._store) else held.allocated_bytes())
         return keys, values
 
+    def _evicts_in_place(self, store, chosen) -> bool:
+        """Whether the eviction ``chosen`` = ``(index, score, room)`` moves the kept tokens to the front of the
+        layer's buffer rather than copying them to a new one: for a prefill chunk (the first chunk sized the
+        buffer to the budget plus a chunk) and at decode, unless the buffer is more than ``GROWTH`` times the kept
+        tokens plus their room (a whole prompt's, not yet evicted: the tokens are copied out of it). A prompt
+        prefilled in one call is copied out of its prompt-sized buffer."""
+        if store.length <= store.prompt:
+            return bool(self._owner.prompt)
+        index, _, room = chosen
+        return store.capacity <= GROWTH * (index.shape[-1] + room)
+
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        used = self.store.used if self.pending is None else self.pending[0].shape[-1]
-        return used + query_length, self.store.length - used
+        used = self._store.used if self.pending is None else self.pending[0].shape[-1]
+        return used + query_length, self._store.length - used
 
     def get_seq_length(self) -> int:
-        return self.store.length
+        return self._store.length
 
     def get_max_length(self) -> int:
         return -1
 
     def reset(self) -> None:
         self.store, self.keys, self.values, self.is_initialized = self.policy.empty_store(self._owner.prompt), None, None, False
-        self.pending = None
 
     def _refuse(self, what: str):
-        if self.store.length:
+        if self._store.length:
             raise ValueError(f"attnkit.cache.Cache does not support {what} once it holds tokens")
 
     def reorder_cache(self, beam_idx) -> None:
@@ -195,7 +238,13 @@ class Cache(TransformersCache):
 
     def allocated_bytes(self) -> int:
         """Bytes of the layers' buffers, spare capacity included."""
-        return sum(layer.store.allocated_bytes() for layer in self.layers)
+        return sum(layer._store.allocated_bytes() for layer in self.layers)  # the same before and after _settle
+
+    def apply_evictions(self) -> None:
+        """Apply the evictions the last forward pass chose (each layer does at its next update, or when its
+        ``store`` is read): call it between forward passes, e.g. to count the peak of a finished prefill."""
+        for layer in self.layers:
+            layer._settle()
 
     def _track(self, copied: int) -> None:
         """``copied``: bytes of a layer's previous buffer, held until its replacement was written."""

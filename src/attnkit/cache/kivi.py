@@ -58,8 +58,10 @@ class KIVI(Policy):
                 raise ValueError("KIVI quantises a cache that holds every token; this one was already compressed")
             return self.empty_store().append(store.k, store.v)  # a full-precision cache, quantised
         store = self.under.step(store, q, scale, layer, in_place=in_place)
-        if store.length < store.prompt:
-            return store  # a prefill chunk: quantised once the prompt is complete
+        return store if store.length < store.prompt else self.quantised(store)  # a prefill chunk stays exact
+
+    def quantised(self, store):
+        """The tokens ``under`` kept of the whole prompt (a full-precision layer), quantised in order."""
         fresh = QuantisedKV(self.bits, self.group, self.residual, length=store.length - store.used,
                             prompt=store.prompt, kept_pos=store.pos)
         return fresh.append(store.k, store.v)

@@ -102,7 +102,8 @@ def decode_quality(model, windows, policy) -> tuple[float, torch.Tensor]:
 
 @torch.no_grad()
 def decode_memory(model, recorded, policy, tokens: int) -> dict:
-    """The compressed cache's bytes after prefill, its peak while decoding ``tokens`` tokens, and the peak a
+    """The compressed cache's bytes after prefill, its peak while decoding ``tokens`` tokens (a copying eviction's
+    old buffer counted with the new one: see the models' ``step_peak``), and the peak a
     whole-prompt prefill reaches (the layers before the one being compressed, that layer's full and compressed
     copies)."""
     stores = compress(recorded, policy)
@@ -114,8 +115,9 @@ def decode_memory(model, recorded, policy, tokens: int) -> dict:
                        for i in range(len(kept)))
     token, peak = torch.zeros(1, 1, dtype=torch.long), after
     for _ in range(tokens):
+        before = model.stores(cache)
         _, cache = model.step(token, cache)
-        peak = max(peak, sum(s.allocated_bytes() for s in model.stores(cache)))
+        peak = max(peak, model.step_peak(before, cache))
     _close(cache)
     return {"bytes_after_prefill": after, "peak_bytes": peak, "prefill_peak_bytes": prefill_peak}
 
