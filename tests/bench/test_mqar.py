@@ -1,4 +1,6 @@
 """The MQAR suite's model, training loop, plan and ordering checks (small and fast)."""
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -9,6 +11,7 @@ from attnkit.cli import main
 from attnkit.bench._mqar_data import mqar
 from attnkit.bench._mqar_model import MQARModel, train
 from attnkit.bench._mqar_figure import over_seeds
+from attnkit.bench._mqar_points import PointsFile
 
 
 def test_model_is_causal_and_uses_the_mechanisms_layer():
@@ -129,7 +132,7 @@ def test_figure_plans_widths_and_seeds_and_averages_the_best_of_each_seed():
     assert point["ci95"] == pytest.approx(4.303 * 0.1 / 3 ** 0.5, abs=1e-4)
 
 
-def test_figure_chooses_one_learning_rate_per_role_first_then_runs_seed_by_seed(monkeypatch, tmp_path):
+def _tiny_figure(monkeypatch):
     tiny = dict(suite.FIGURE, d_model=[8, 16], settings=[[16, 2], [32, 4]], seeds=[0, 1], lrs={"*": [1e-3, 1e-2]})
     monkeypatch.setattr(suite, "FIGURE", tiny)
     measured = []
@@ -140,16 +143,62 @@ def test_figure_chooses_one_learning_rate_per_role_first_then_runs_seed_by_seed(
         return {"accuracy": 0.9 if item["lr"] == good else 0.1, "state_size": 1, "epochs": 1, "seconds": 0.0}
 
     monkeypatch.setattr(suite, "measure_item", fake)
-    argv = ["bench", "mqar", "--figure", "--roles", "attention,based", "--jobs", "1", "--db", str(tmp_path / "m.db")]
+    return measured
+
+
+def test_figure_chooses_one_learning_rate_per_role_first_then_runs_seed_by_seed(monkeypatch, tmp_path):
+    measured = _tiny_figure(monkeypatch)
+    points = tmp_path / "points.jsonl"
+    argv = ["bench", "mqar", "--figure", "--roles", "attention,based", "--jobs", "1", "--db", str(tmp_path / "m.db"),
+            "--points", str(points)]
     assert main(argv) == 0
     sweep, figure = measured[:4], measured[4:]
     assert {(it["d"], it["L"], it["seed"]) for it in sweep} == {(8, 16, 0)} and len(sweep) == 4
     assert {(it["role"], it["lr"]) for it in figure} == {("attention", 1e-2), ("based", 1e-3)}
-    assert len(figure) == 2 * 2 * 2 * 2 and [it["seed"] for it in figure] == [0] * 8 + [1] * 8
+    # the sweep's trainings at the chosen rates are the figure's (d=8, L=16, seed 0) points: not run twice
+    assert len(figure) == 2 * 2 * 2 * 2 - 2 and [it["seed"] for it in figure] == [0] * 6 + [1] * 8
+    assert len(points.read_text().splitlines()) == 4 + 14
     measured.clear()
-    assert main([*argv, "--resume"]) == 0  # the finished sweep is reused, not run again
-    assert measured and all(it["seed"] is not None and (it["role"], it["lr"]) in {("attention", 1e-2), ("based", 1e-3)}
-                            for it in measured) and len(measured) == 16
+    assert main(argv) == 0 and measured == []  # every point is in the file: nothing runs again
+
+
+def test_figure_points_accumulate_across_runs_and_databases(monkeypatch, tmp_path, capsys):
+    """A second machine (another database) with the points file continues where the first stopped,
+    and the summary lists what is still missing."""
+    measured = _tiny_figure(monkeypatch)
+    points = tmp_path / "points.jsonl"
+    argv = ["bench", "mqar", "--figure", "--roles", "attention,based", "--jobs", "1", "--points", str(points)]
+    assert main([*argv, "--db", str(tmp_path / "a.db")]) == 0
+    lines = points.read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["item"]["seed"] == 0]
+    points.write_text("\n".join(kept) + "\n")  # as if the first run had stopped after seed 0
+    measured.clear()
+    assert main([*argv, "--db", str(tmp_path / "b.db"), "--roles", "attention"]) == 0
+    assert {(it["role"], it["seed"]) for it in measured} == {("attention", 1)} and len(measured) == 4
+    out = capsys.readouterr().out
+    assert "4 lines of other setups or roles left aside" not in out  # --roles attention: based's lines are aside
+    assert "left aside" in out
+    line = json.loads(points.read_text().splitlines()[-1])
+    assert line["commit"] and line["machine"]["cpu"] and line["setup"]["epochs"] == suite.FIGURE["epochs"]
+    monkeypatch.setattr(suite, "measure_item", lambda item, config, entries, device="cpu": {"error": "boom"})
+    assert main([*argv, "--db", str(tmp_path / "c.db")]) == 0
+    out = capsys.readouterr().out
+    assert "seed 1 L=16 K=2 d=8: based" in out and "Not finished yet (4 points" in out
+    assert "boom" not in points.read_text()  # a training that raised is not a point
+
+
+def test_figure_points_of_another_setup_are_left_aside_and_a_damaged_file_is_refused(tmp_path):
+    config, entries = suite.configure(_args("--figure", "--roles", "attention"))
+    by_role = {e["role"]: e for e in entries}
+    points = PointsFile(tmp_path / "p.jsonl")
+    item = {"role": "attention", "mechanism": "softmax", "L": 64, "K": 16, "d": 64, "seed": 0, "lr": 1e-3}
+    points.append(item, {"accuracy": 0.5, "seconds": 1.0}, config, by_role["attention"], {"cpu": "x"})
+    points.append(item, {"accuracy": 0.7, "seconds": 1.0}, {**config, "epochs": 99}, by_role["attention"], {})
+    rows, aside = points.points(config, by_role)
+    assert [r["accuracy"] for r in rows] == [0.5] and aside == 1
+    (tmp_path / "bad.jsonl").write_text('{"item": {}}\n')
+    with pytest.raises(ValueError, match="bad.jsonl line 1 is not a figure point"):
+        PointsFile(tmp_path / "bad.jsonl").points(config, by_role)
 
 
 def test_a_seeded_item_trains_from_its_own_seed():
