@@ -192,8 +192,8 @@ def test_figure_points_of_another_setup_are_left_aside_and_a_damaged_file_is_ref
     by_role = {e["role"]: e for e in entries}
     points = PointsFile(tmp_path / "p.jsonl")
     item = {"role": "attention", "mechanism": "softmax", "L": 64, "K": 16, "d": 64, "seed": 0, "lr": 1e-3}
-    points.append(item, {"accuracy": 0.5, "seconds": 1.0}, config, by_role["attention"], {"cpu": "x"})
-    points.append(item, {"accuracy": 0.7, "seconds": 1.0}, {**config, "epochs": 99}, by_role["attention"], {})
+    points.append(item, {"accuracy": 0.5, "seconds": 1.0}, config, by_role["attention"], {"cpu": "x"}, "abc")
+    points.append(item, {"accuracy": 0.7, "seconds": 1.0}, {**config, "epochs": 99}, by_role["attention"], {}, "abc")
     rows, aside = points.points(config, by_role)
     assert [r["accuracy"] for r in rows] == [0.5] and aside == 1
     (tmp_path / "bad.jsonl").write_text('{"item": {}}\n')

@@ -22,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from .store import canonical, git_revision
+from .store import canonical
 
 # the configuration entries that change what a training measures (the widths, settings and seeds only
 # say which points there are)
@@ -82,11 +82,12 @@ class PointsFile:
             rows.append({**line["item"], **line["figures"], "commit": line.get("commit")})
         return rows, aside
 
-    def append(self, item: dict, figures: dict, config: dict, entry: dict, machine: dict) -> None:
-        """Add one finished training (a row with an ``error`` is not a point and is not written)."""
+    def append(self, item: dict, figures: dict, config: dict, entry: dict, machine: dict, commit: str) -> None:
+        """Add one finished training, measured by the code of ``commit`` on ``machine`` (a row with an
+        ``error`` is not a point and is not written)."""
         if "error" in figures or "accuracy" not in figures:
             return
-        line = {"item": item, "setup": setup_of(config, entry), "figures": figures, "commit": git_revision(),
+        line = {"item": item, "setup": setup_of(config, entry), "figures": figures, "commit": commit,
                 "machine": {k: machine.get(k) for k in ("cpu", "threads", "gemm_gflops_fp32")},
                 "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from .._mqar_model import MQARModel, train
 from ..options import UsageError, choices, floats, names, positive_int
 from ..machine import machine_info
 from ..runner import run_items
-from ..store import Store, canonical
+from ..store import Store, canonical, git_revision
 
 # role -> registered names to look for, parameter overrides, q/k head dim (None: d / heads), layer pieces
 # (Mixer options) and the form to run (None: the default). Based's q/k dim 16 is the paper's feature dim
@@ -378,10 +378,10 @@ def _run_missing(config: dict, entries: list[dict], args, points: PointsFile) ->
         return 0
     print(f"mqar --figure: {len(todo)} trainings to run ({config.get('stage', 'the figure')}), "
           f"points appended to {points.path}")
-    machine = machine_info(device=args.device)
+    machine, commit = machine_info(device=args.device), git_revision()  # the code this process runs
 
     def append(item, figures):
-        points.append(item, figures, config, by_role[item["role"]], machine)
+        points.append(item, figures, config, by_role[item["role"]], machine, commit)
 
     code, _ = _run(config, entries, args, items=todo, on_row=append, machine=machine)
     return code
