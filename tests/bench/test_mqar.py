@@ -156,7 +156,11 @@ def test_figure_chooses_one_learning_rate_per_role_first_then_runs_seed_by_seed(
     assert {(it["d"], it["L"], it["seed"]) for it in sweep} == {(8, 16, 0)} and len(sweep) == 4
     assert {(it["role"], it["lr"]) for it in figure} == {("attention", 1e-2), ("based", 1e-3)}
     # the sweep's trainings at the chosen rates are the figure's (d=8, L=16, seed 0) points: not run twice
-    assert len(figure) == 2 * 2 * 2 * 2 - 2 and [it["seed"] for it in figure] == [0] * 6 + [1] * 8
+    assert len(figure) == 2 * 2 * 2 * 2 - 2
+    # cheapest first: width, then (L, K), then seed; every seed of a point before the next point
+    assert [(it["d"], it["L"], it["seed"]) for it in figure] == [
+        (8, 16, 1), (8, 16, 1), (8, 32, 0), (8, 32, 0), (8, 32, 1), (8, 32, 1),
+        (16, 16, 0), (16, 16, 0), (16, 16, 1), (16, 16, 1), (16, 32, 0), (16, 32, 0), (16, 32, 1), (16, 32, 1)]
     assert len(points.read_text().splitlines()) == 4 + 14
     measured.clear()
     assert main(argv) == 0 and measured == []  # every point is in the file: nothing runs again

@@ -101,14 +101,14 @@ def lrs_for(config: dict, role: str) -> list[float]:
 
 
 def plan(config: dict, entries: list[dict]) -> list[dict]:
-    """Every training, seed by seed (a figure cut short has every point of its first seeds), then by
-    (L, K), width and role; a role nobody registered gets one row per (L, K, width)."""
+    """Every training, cheapest first: by width, then (L, K), then seed, then role, so a figure cut short
+    has every seed of the points it reached; a role nobody registered gets one row per (L, K, width)."""
     widths = config["d_model"] if isinstance(config["d_model"], list) else [config["d_model"]]
     seeds = config.get("seeds", [None])
     items = []
-    for seed in seeds:
+    for d in widths:
         for seq_len, num_kv in config["settings"]:
-            for d in widths:
+            for seed in seeds:
                 for e in entries:
                     base = {"role": e["role"], "mechanism": e["mechanism"], "L": seq_len, "K": num_kv, "d": d}
                     if seed is not None:
