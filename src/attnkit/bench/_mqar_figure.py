@@ -20,8 +20,10 @@ and cuts three things, as Zoology's own smaller runs do:
 - 5,000 training examples and at most 8 epochs (630 steps; Zoology's early stop at 99% accuracy
   still ends solved runs sooner).
 
-The items run seed by seed (all points of seed 0 first), so an interrupted figure already has one
-seed of every point it reached; ``--resume`` continues it.
+The trainings run cheapest first: by width, then (L, K), then seed, so a figure cut short has every
+seed of the points it reached. Finished trainings accumulate in a text file (:mod:`._mqar_points`)
+that every later run, on any machine, continues; ``--budget`` times what each point costs
+(:mod:`._mqar_budget`).
 """
 from __future__ import annotations
 
