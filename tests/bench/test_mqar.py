@@ -10,6 +10,7 @@ from attnkit.bench.suites import build_parser, mqar as suite
 from attnkit.cli import main
 from attnkit.bench._mqar_data import mqar
 from attnkit.bench._mqar_model import MQARModel, train
+from attnkit.bench._mqar_budget import figure_total, measure_budget
 from attnkit.bench._mqar_figure import over_seeds
 from attnkit.bench._mqar_points import PointsFile
 
@@ -212,3 +213,25 @@ def test_a_seeded_item_trains_from_its_own_seed():
     item = {"role": "attention", "mechanism": "softmax", "L": 16, "K": 2, "d": 16, "lr": 1e-2}
     a, b = (suite.measure_item({**item, "seed": s}, config, by_role) for s in (0, 1))
     assert 0 <= a["accuracy"] <= 1 and a["history"] != b["history"]
+
+
+def test_budget_times_every_role_width_and_setting_and_totals_the_figure():
+    config, entries = suite.configure(_args("--figure", "--budget", "--roles", "attention,based"))
+    config.update(vocab=16, d_model=[8, 16], settings=[[16, 2]], seeds=[0, 1, 2], train_examples=64,
+                  test_examples=16, batch=32, epochs=3)
+    seen = []
+    rows = measure_budget(entries, lambda e, d, L: suite.build_model(e, d, L, config), config, steps=1,
+                          report=seen.append)
+    assert [(r["d"], r["role"]) for r in rows] == [(8, "attention"), (8, "based"), (16, "attention"), (16, "based")]
+    assert seen == rows and all(r["step_s"] > 0 and r["gemm_gflops"] > 0 for r in rows)
+    r = rows[0]
+    assert r["training_s"] == pytest.approx(3 * (2 * r["step_s"] + r["eval_s"]), rel=0.01, abs=0.1)
+    total = figure_total(rows, config, sweep_lrs=3)
+    first = rows[0]["training_s"] + rows[1]["training_s"]
+    assert total["sweep_s"] == pytest.approx(3 * first)
+    assert total["total_s"] == pytest.approx(3 * sum(r["training_s"] for r in rows) + 3 * first)
+
+
+def test_budget_without_the_figure_is_refused(capsys):
+    assert main(["bench", "mqar", "--budget", "--db", "/nonexistent/never-created.sqlite"]) == 2
+    assert "--budget times the figure's points: give it with --figure" in capsys.readouterr().err

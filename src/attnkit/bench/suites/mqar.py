@@ -316,7 +316,7 @@ def print_budget(config: dict, entries: list[dict], args) -> int:
     from rich.console import Console
 
     console = Console(width=140)
-    console.print("mqar --figure --budget: seconds of a training step (median of 3), of one evaluation, of a "
+    console.print("mqar --figure --budget: CPU seconds of a training step (median of 3), of one evaluation, of a "
                   f"training of {config['epochs']} epochs; {torch.get_num_threads()} thread(s)")
 
     def show(r):
