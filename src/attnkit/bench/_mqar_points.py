@@ -1,7 +1,7 @@
 """The finished points of ``attnkit bench mqar --figure``, kept as a JSON-lines text file.
 
 The Zoology figure takes far longer than one sitting on a small machine, so its trainings accumulate in
-a text file that lives beside the code (the repository's ``docs/results/mqar-figure.jsonl``) rather
+a text file that lives beside the code (the repository's ``docs/mqar-figure.jsonl``) rather
 than in a results database on one machine: every run of the figure skips the trainings the file
 already holds and appends each one it finishes, and its summary is drawn from the whole file.
 Each line is one training::
@@ -33,7 +33,7 @@ def default_points_path() -> Path:
     """The repository's points file when attnkit runs from its checkout, else ``./mqar-figure.jsonl``."""
     root = Path(__file__).resolve().parents[3]
     if (root / "pyproject.toml").is_file() and (root / "docs").is_dir():
-        return root / "docs" / "results" / "mqar-figure.jsonl"
+        return root / "docs" / "mqar-figure.jsonl"
     return Path("mqar-figure.jsonl")
 
 

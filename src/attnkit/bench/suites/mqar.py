@@ -263,7 +263,7 @@ def add_arguments(p) -> None:
     p.add_argument("--points", type=Path, default=default_points_path(),
                    help="with --figure: the JSON-lines file of finished points; a run skips the points it holds, "
                         "appends each one it finishes, and draws the figure from all of them (default: the "
-                        "repository's docs/results/mqar-figure.jsonl, else ./mqar-figure.jsonl)")
+                        "repository's docs/mqar-figure.jsonl, else ./mqar-figure.jsonl)")
     p.add_argument("--mechanisms", type=names, default=None, help="comma list of registered names instead of the roles")
     p.add_argument("--roles", type=choices({**ROLES, **FIGURE_ROLES}, "role"), default=None,
                    help=f"comma list, a subset of the roles {','.join({**ROLES, **FIGURE_ROLES})} (the last ones: --figure's)")
