@@ -235,3 +235,27 @@ def test_budget_times_every_role_width_and_setting_and_totals_the_figure():
 def test_budget_without_the_figure_is_refused(capsys):
     assert main(["bench", "mqar", "--budget", "--db", "/nonexistent/never-created.sqlite"]) == 2
     assert "--budget times the figure's points: give it with --figure" in capsys.readouterr().err
+
+
+def test_figure_summary_trains_nothing_and_waits_for_a_whole_sweep(monkeypatch, tmp_path, capsys):
+    measured = _tiny_figure(monkeypatch)
+    points = tmp_path / "points.jsonl"
+    argv = ["bench", "mqar", "--figure", "--roles", "attention,based", "--jobs", "1", "--points", str(points),
+            "--db", str(tmp_path / "m.db")]
+    assert main([*argv, "--summary"]) == 0 and measured == []
+    assert "sweep not finished, so no figure points yet: attention, based" in capsys.readouterr().out
+    assert main(argv) == 0
+    lines = points.read_text().splitlines()
+    # drop based's sweep point at lr 1e-2: based's sweep is incomplete, so based gets no rate
+    kept = [line for line in lines if not (json.loads(line)["item"]["role"] == "based"
+                                           and json.loads(line)["item"]["lr"] == 1e-2
+                                           and json.loads(line)["item"]["d"] == 8
+                                           and json.loads(line)["item"]["L"] == 16
+                                           and json.loads(line)["item"]["seed"] == 0)]
+    points.write_text("\n".join(kept) + "\n")
+    capsys.readouterr()
+    measured.clear()
+    assert main([*argv, "--summary"]) == 0 and measured == []
+    out = capsys.readouterr().out
+    assert "learning rates attention 0.01" in out and "no figure points yet: based" in out
+    assert "seed 0 L=16 K=2 d=8: based" in out  # listed as missing, not silently omitted

@@ -260,6 +260,9 @@ def add_arguments(p) -> None:
     p.add_argument("--budget", action="store_true",
                    help="with --figure: time a few training steps of every role, width and (L, K) and print what "
                         "each point and the whole figure cost (trains nothing)")
+    p.add_argument("--summary", action="store_true",
+                   help="with --figure: print the figure from the points file (what is finished and what is "
+                        "missing) and train nothing")
     p.add_argument("--points", type=Path, default=default_points_path(),
                    help="with --figure: the JSON-lines file of finished points; a run skips the points it holds, "
                         "appends each one it finishes, and draws the figure from all of them (default: the "
@@ -279,6 +282,8 @@ def configure(args) -> tuple[dict, list[dict]]:
     figure = getattr(args, "figure", False)
     if getattr(args, "budget", False) and not figure:
         raise UsageError("--budget times the figure's points: give it with --figure")
+    if getattr(args, "summary", False) and not figure:
+        raise UsageError("--summary prints the figure's points: give it with --figure")
     config = dict(FIGURE if figure else FULL if args.full else QUICK)
     if args.mechanisms:
         for n in args.mechanisms:
@@ -346,26 +351,37 @@ def _run(config: dict, entries: list[dict], args, items: list[dict] | None = Non
 
 def run_figure(config: dict, entries: list[dict], args) -> int:
     """``--figure``: each role's learning-rate sweep at the cheapest point, then every point at the chosen
-    rate, seed by seed. Trainings already in the points file are skipped, each finished one is appended to
-    it, and the summary is drawn from the whole file (:func:`.._mqar_figure.print_figure`)."""
+    rate, cheapest first. Trainings already in the points file are skipped, each finished one is appended
+    to it, and the summary is drawn from the whole file (:func:`print_figure`). With ``--summary`` only
+    the summary."""
     points = PointsFile(args.points)
     registered = [e for e in entries if e["mechanism"] is not None]
-    by_role = {e["role"]: e for e in registered}
-    points.points(config, by_role)  # a damaged file is refused before any training
-    sweep = lr_sweep_config(config)
-    code = _run_missing(sweep, registered, args, points)
-    if code:
-        return code
-    rows, _ = points.points(config, by_role)
-    lrs = chosen_lrs(best_per_setting(sweep_rows(rows, sweep)), [e["role"] for e in registered])
-    print("mqar --figure: learning rates " + ", ".join(f"{role} {lr[0]:g}" for role, lr in lrs.items()))
-    unswept = [e["role"] for e in registered if e["role"] not in lrs]
-    if unswept:
-        print("mqar --figure: no finished sweep, left out until it has one: " + ", ".join(unswept))
-    figure = {**config, "lrs": {**config["lrs"], **lrs}}
-    code = _run_missing(figure, [e for e in registered if e["role"] in lrs], args, points)
+    points.points(config, {e["role"]: e for e in registered})  # a damaged file is refused before any training
+    if not args.summary:
+        code = _run_missing(lr_sweep_config(config), registered, args, points)
+        if code:
+            return code
+    figure, swept = _with_chosen_rates(config, registered, points)
+    if not args.summary:
+        code = _run_missing(figure, swept, args, points)
     print_figure(figure, entries, points, points_path=args.points)
-    return code
+    return 0 if args.summary else code
+
+
+def _with_chosen_rates(config: dict, registered: list[dict], points: PointsFile) -> tuple[dict, list[dict]]:
+    """The figure's configuration with each role's rate from its finished sweep, and the roles that have
+    one (a role whose sweep is not complete waits: a rate is chosen from all of the sweep or not at all)."""
+    sweep = lr_sweep_config(config)
+    rows, _ = points.points(config, {e["role"]: e for e in registered})
+    done = sweep_rows(rows, sweep)
+    complete = [e["role"] for e in registered
+                if {r["lr"] for r in done if r["role"] == e["role"]} >= set(lrs_for(sweep, e["role"]))]
+    lrs = chosen_lrs(best_per_setting(done), complete)
+    print("mqar --figure: learning rates " + (", ".join(f"{role} {lr[0]:g}" for role, lr in lrs.items()) or "-"))
+    waiting = [e["role"] for e in registered if e["role"] not in lrs]
+    if waiting:
+        print("mqar --figure: sweep not finished, so no figure points yet: " + ", ".join(waiting))
+    return {**config, "lrs": {**config["lrs"], **lrs}}, [e for e in registered if e["role"] in lrs]
 
 
 def _run_missing(config: dict, entries: list[dict], args, points: PointsFile) -> int:
