@@ -208,22 +208,27 @@ def print_summary(rows: list[dict]) -> None:
         console.print(f"  {verdict:>5}  {claim}")
 
 
-def print_figure(config: dict, entries: list[dict], points: PointsFile, points_path) -> None:
+def print_figure(config: dict, figure: dict, swept: list[dict], entries: list[dict], points: PointsFile,
+                 points_path) -> None:
     """The figure from every point in the file: accuracy over seeds per (role, L, K, d) with 95% intervals,
-    the published ordering in each (L, K, d) cell, and every planned training not finished yet."""
+    the published ordering in each (L, K, d) cell, and every planned training not finished yet.
+    ``figure`` is ``config`` with the chosen rates of the ``swept`` roles (those with a whole sweep)."""
     from rich.console import Console
     from rich.table import Table
 
     registered = [e for e in entries if e["mechanism"] is not None]
+    waiting = [e for e in registered if e not in swept]
     rows, aside = points.points(config, {e["role"]: e for e in registered})
-    planned = plan(lr_sweep_config(config), registered) + plan(config, registered)
     done = {point_key(r) for r in rows}
-    finished = [it for it in {point_key(it): it for it in planned}.values() if point_key(it) in done]
+    sweep = plan(lr_sweep_config(config), registered)
+    figure_items = plan(figure, swept)
+    cells = {(it["role"], it["L"], it["K"], it["d"], it["seed"]) for it in plan(config, registered)}
     console = Console(width=140)
     hours = sum(r["seconds"] for r in rows) / 3600
-    console.print(f"mqar --figure: {len(finished)} of {len({point_key(it) for it in planned})} trainings finished "
-                  f"({hours:.1f} h of training) in {points_path}"
-                  + (f"; {aside} lines of other setups or roles left aside" if aside else ""))
+    console.print(f"mqar --figure: {sum(point_key(it) in done for it in sweep)} of {len(sweep)} trainings of the "
+                  f"learning-rate sweep and {sum(point_key(it) in done for it in figure_items)} of {len(cells)} "
+                  f"points of the figure (role, L, K, d, seed) finished; {hours:.1f} h of training (wall) in "
+                  f"{points_path}" + (f"; {aside} lines of other setups or roles left aside" if aside else ""))
     unregistered = [e["role"] for e in entries if e["mechanism"] is None]
     if unregistered:
         console.print("  not registered, so not in the figure: " + ", ".join(unregistered))
@@ -243,7 +248,7 @@ def print_figure(config: dict, entries: list[dict], points: PointsFile, points_p
         console.print(f"  L={L} K={K} d={d} (seeds per role: {','.join(map(str, seeds))})")
         for claim, verdict in ordering_checks(cell):
             console.print(f"    {verdict:>5}  {claim}")
-    missing = missing_points(planned, rows)
+    missing = missing_points(sweep + figure_items + plan(config, waiting), rows)
     if missing:
         console.print(f"Not finished yet ({sum(len(m['roles']) for m in missing)} points of (role, L, K, d, seed)):")
         for m in missing:
@@ -364,7 +369,7 @@ def run_figure(config: dict, entries: list[dict], args) -> int:
     figure, swept = _with_chosen_rates(config, registered, points)
     if not args.summary:
         code = _run_missing(figure, swept, args, points)
-    print_figure(figure, entries, points, points_path=args.points)
+    print_figure(config, figure, swept, entries, points, points_path=args.points)
     return 0 if args.summary else code
 
 
