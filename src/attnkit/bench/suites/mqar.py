@@ -35,7 +35,7 @@ from .._mqar_model import MQARModel, train
 from ..options import UsageError, choices, floats, names, positive_int
 from ..machine import machine_info
 from ..runner import run_items
-from ..store import Store, canonical, git_revision
+from ..store import Store, git_revision
 
 # role -> registered names to look for, parameter overrides, q/k head dim (None: d / heads), layer pieces
 # (Mixer options) and the form to run (None: the default). Based's q/k dim 16 is the paper's feature dim
@@ -261,7 +261,8 @@ def add_arguments(p) -> None:
     size.add_argument("--full", action="store_true", help="Zoology's sizes (hours)")
     size.add_argument("--figure", action="store_true",
                       help="the Zoology figure: widths 64,128,256 x 3 seeds x L 64-256 (K up to 64), the attention-free "
-                           "baselines too; accuracy vs width with 95%% intervals (many hours on 2 cores: use --jobs, --resume)")
+                           "baselines too; accuracy vs width with 95%% intervals (many hours on 2 cores: each run continues from "
+                           "--points and adds to it)")
     p.add_argument("--budget", action="store_true",
                    help="with --figure: time a few training steps of every role, width and (L, K) and print what "
                         "each point and the whole figure cost (trains nothing)")
@@ -394,7 +395,7 @@ def _run_missing(config: dict, entries: list[dict], args, points: PointsFile) ->
     by_role = {e["role"]: e for e in entries}
     rows, _ = points.points(config, by_role)
     done = {point_key(r) for r in rows}
-    todo = [it for it in plan(config, entries) if canonical(it) not in done]
+    todo = [it for it in plan(config, entries) if point_key(it) not in done]
     if not todo:
         return 0
     print(f"mqar --figure: {len(todo)} trainings to run ({config.get('stage', 'the figure')}), "
