@@ -258,4 +258,6 @@ def test_figure_summary_trains_nothing_and_waits_for_a_whole_sweep(monkeypatch, 
     assert main([*argv, "--summary"]) == 0 and measured == []
     out = capsys.readouterr().out
     assert "learning rates attention 0.01" in out and "no figure points yet: based" in out
+    table = out[out.index("Zoology figure"):out.index("The published ordering")]
+    assert "attention" in table and "based" not in table  # a role still in its sweep has no figure point
     assert "seed 0 L=16 K=2 d=8: based" in out  # listed as missing, not silently omitted

@@ -232,7 +232,8 @@ def print_figure(config: dict, figure: dict, swept: list[dict], entries: list[di
     unregistered = [e["role"] for e in entries if e["mechanism"] is None]
     if unregistered:
         console.print("  not registered, so not in the figure: " + ", ".join(unregistered))
-    best = best_per_setting(rows)
+    # the figure's points: each swept role at its chosen rate (a role still in its sweep has none yet)
+    best = [r for r in rows if any(r["role"] == e["role"] and r["lr"] in lrs_for(figure, e["role"]) for e in swept)]
     figure = Table(title="MQAR accuracy against width: mean over seeds +- 95% interval (the Zoology figure)")
     for col in ("role", "mechanism", "L", "K", "d", "lr", "accuracy", "+-", "seeds", "state size"):
         figure.add_column(col)
