@@ -9,9 +9,9 @@ configuration plus the attention-free baselines. Each point is the mean over see
 confidence interval (Student's t).
 
 The budget. Zoology's sweep (four learning rates at every point, 20k-100k examples, up to 64 epochs)
-is days on two CPU cores: a training step (batch 64) of these small models costs 0.06-0.3 s at
-L=64, d=64 and 0.9-5 s at L=256, d=256 on one core. So the figure keeps every width, seed and role
-and cuts three things, as Zoology's own smaller runs do:
+is days on two CPU cores: a training step (batch 64) of these small models costs 0.04-0.11 CPU
+seconds at L=64, d=64 and 0.7-2.6 at L=256, d=256 on one core. So the figure keeps every width, seed
+and role and cuts three things, as Zoology's own smaller runs do:
 
 - one learning rate per role, the best of ``LR_SWEEP`` on the cheapest point (d=64, the first
   (L, K), seed 0), run first and stored as its own run; every other point trains at that rate;
