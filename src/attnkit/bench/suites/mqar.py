@@ -225,10 +225,12 @@ def print_figure(config: dict, figure: dict, swept: list[dict], entries: list[di
     cells = {(it["role"], it["L"], it["K"], it["d"], it["seed"]) for it in plan(config, registered)}
     console = Console(width=140)
     hours = sum(r["seconds"] for r in rows) / 3600
+    timed = [r["cpu_seconds"] for r in rows if "cpu_seconds" in r]
     console.print(f"mqar --figure: {sum(point_key(it) in done for it in sweep)} of {len(sweep)} trainings of the "
                   f"learning-rate sweep and {sum(point_key(it) in done for it in figure_items)} of {len(cells)} "
-                  f"points of the figure (role, L, K, d, seed) finished; {hours:.1f} h of training (wall) in "
-                  f"{points_path}" + (f"; {aside} lines of other setups or roles left aside" if aside else ""))
+                  f"points of the figure (role, L, K, d, seed) finished; {hours:.1f} h of training (wall"
+                  + (f"; CPU {sum(timed) / 3600:.1f} h over the {len(timed)} that record it" if timed else "")
+                  + f") in {points_path}" + (f"; {aside} lines of other setups or roles left aside" if aside else ""))
     unregistered = [e["role"] for e in entries if e["mechanism"] is None]
     if unregistered:
         console.print("  not registered, so not in the figure: " + ", ".join(unregistered))
