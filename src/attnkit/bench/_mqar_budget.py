@@ -6,8 +6,9 @@ from them the core-seconds of one training that runs all its epochs (Zoology's e
 ends solved runs sooner, so this is the most a point can cost). The total is the learning-rate
 sweep plus every point for every seed. CPU time, not wall time: on a shared machine a process
 waiting for a core is not charged, so the figures are core-seconds of work (with one thread, the
-wall time on an idle core, up to the slowdown of caches shared with other work). An fp32 GEMM is
-timed (wall clock) before each role's steps, so the run says how loaded the machine was.
+wall time on an idle core, up to the slowdown of caches shared with other work; on a GPU it does
+not count the device's work, so this budget is for CPU runs). An fp32 GEMM is timed (wall clock)
+before the steps of each width and (L, K), so the run says how loaded the machine was.
 """
 from __future__ import annotations
 
