@@ -1,4 +1,6 @@
 """The MQAR suite's model, training loop, plan and ordering checks (small and fast)."""
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -8,7 +10,9 @@ from attnkit.bench.suites import build_parser, mqar as suite
 from attnkit.cli import main
 from attnkit.bench._mqar_data import mqar
 from attnkit.bench._mqar_model import MQARModel, train
+from attnkit.bench._mqar_budget import figure_total, measure_budget
 from attnkit.bench._mqar_figure import over_seeds
+from attnkit.bench._mqar_points import PointsFile
 
 
 def test_model_is_causal_and_uses_the_mechanisms_layer():
@@ -30,6 +34,7 @@ def test_attention_learns_a_toy_recall_task_well_above_chance():
                 stop_at=0.6)
     assert out["accuracy"] > 4 / (V // 2)  # chance is 1 / (V / 2) over the value half
     assert out["status"] in ("solved", "epochs") and len(out["history"]) == out["epochs"]
+    assert 0 < out["cpu_seconds"] and 0 < out["seconds"]
 
 
 class _NaNModel(nn.Module):
@@ -142,7 +147,7 @@ def test_figure_plans_widths_and_seeds_and_averages_the_best_of_each_seed():
     assert point["ci95"] == pytest.approx(4.303 * 0.1 / 3 ** 0.5, abs=1e-4)
 
 
-def test_figure_chooses_one_learning_rate_per_role_first_then_runs_seed_by_seed(monkeypatch, tmp_path):
+def _tiny_figure(monkeypatch):
     tiny = dict(suite.FIGURE, d_model=[8, 16], settings=[[16, 2], [32, 4]], seeds=[0, 1], lrs={"*": [1e-3, 1e-2]})
     monkeypatch.setattr(suite, "FIGURE", tiny)
     measured = []
@@ -153,16 +158,66 @@ def test_figure_chooses_one_learning_rate_per_role_first_then_runs_seed_by_seed(
         return {"accuracy": 0.9 if item["lr"] == good else 0.1, "state_size": 1, "epochs": 1, "seconds": 0.0}
 
     monkeypatch.setattr(suite, "measure_item", fake)
-    argv = ["bench", "mqar", "--figure", "--roles", "attention,based", "--jobs", "1", "--db", str(tmp_path / "m.db")]
+    return measured
+
+
+def test_figure_chooses_one_learning_rate_per_role_first_then_runs_seed_by_seed(monkeypatch, tmp_path):
+    measured = _tiny_figure(monkeypatch)
+    points = tmp_path / "points.jsonl"
+    argv = ["bench", "mqar", "--figure", "--roles", "attention,based", "--jobs", "1", "--db", str(tmp_path / "m.db"),
+            "--points", str(points)]
     assert main(argv) == 0
     sweep, figure = measured[:4], measured[4:]
     assert {(it["d"], it["L"], it["seed"]) for it in sweep} == {(8, 16, 0)} and len(sweep) == 4
     assert {(it["role"], it["lr"]) for it in figure} == {("attention", 1e-2), ("based", 1e-3)}
-    assert len(figure) == 2 * 2 * 2 * 2 and [it["seed"] for it in figure] == [0] * 8 + [1] * 8
+    # the sweep's trainings at the chosen rates are the figure's (d=8, L=16, seed 0) points: not run twice
+    assert len(figure) == 2 * 2 * 2 * 2 - 2
+    # cheapest first: width, then (L, K), then seed; every seed of a point before the next point
+    assert [(it["d"], it["L"], it["seed"]) for it in figure] == [
+        (8, 16, 1), (8, 16, 1), (8, 32, 0), (8, 32, 0), (8, 32, 1), (8, 32, 1),
+        (16, 16, 0), (16, 16, 0), (16, 16, 1), (16, 16, 1), (16, 32, 0), (16, 32, 0), (16, 32, 1), (16, 32, 1)]
+    assert len(points.read_text().splitlines()) == 4 + 14
     measured.clear()
-    assert main([*argv, "--resume"]) == 0  # the finished sweep is reused, not run again
-    assert measured and all(it["seed"] is not None and (it["role"], it["lr"]) in {("attention", 1e-2), ("based", 1e-3)}
-                            for it in measured) and len(measured) == 16
+    assert main(argv) == 0 and measured == []  # every point is in the file: nothing runs again
+
+
+def test_figure_points_accumulate_across_runs_and_databases(monkeypatch, tmp_path, capsys):
+    """A second machine (another database) with the points file continues where the first stopped,
+    and the summary lists what is still missing."""
+    measured = _tiny_figure(monkeypatch)
+    points = tmp_path / "points.jsonl"
+    argv = ["bench", "mqar", "--figure", "--roles", "attention,based", "--jobs", "1", "--points", str(points)]
+    assert main([*argv, "--db", str(tmp_path / "a.db")]) == 0
+    lines = points.read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["item"]["seed"] == 0]
+    points.write_text("\n".join(kept) + "\n")  # as if the first run had stopped after seed 0
+    measured.clear()
+    assert main([*argv, "--db", str(tmp_path / "b.db"), "--roles", "attention"]) == 0
+    assert {(it["role"], it["seed"]) for it in measured} == {("attention", 1)} and len(measured) == 4
+    out = capsys.readouterr().out
+    assert "4 lines of other setups or roles left aside" not in out  # --roles attention: based's lines are aside
+    assert "left aside" in out
+    line = json.loads(points.read_text().splitlines()[-1])
+    assert line["commit"] and line["machine"]["cpu"] and line["setup"]["epochs"] == suite.FIGURE["epochs"]
+    monkeypatch.setattr(suite, "measure_item", lambda item, config, entries, device="cpu": {"error": "boom"})
+    assert main([*argv, "--db", str(tmp_path / "c.db")]) == 0
+    out = capsys.readouterr().out
+    assert "seed 1 L=16 K=2 d=8: based" in out and "Not finished yet (4 points" in out
+    assert "boom" not in points.read_text()  # a training that raised is not a point
+
+
+def test_figure_points_of_another_setup_are_left_aside_and_a_damaged_file_is_refused(tmp_path):
+    config, entries = suite.configure(_args("--figure", "--roles", "attention"))
+    by_role = {e["role"]: e for e in entries}
+    points = PointsFile(tmp_path / "p.jsonl")
+    item = {"role": "attention", "mechanism": "softmax", "L": 64, "K": 16, "d": 64, "seed": 0, "lr": 1e-3}
+    points.append(item, {"accuracy": 0.5, "seconds": 1.0}, config, by_role["attention"], {"cpu": "x"}, "abc")
+    points.append(item, {"accuracy": 0.7, "seconds": 1.0}, {**config, "epochs": 99}, by_role["attention"], {}, "abc")
+    rows, aside = points.points(config, by_role)
+    assert [r["accuracy"] for r in rows] == [0.5] and aside == 1
+    (tmp_path / "bad.jsonl").write_text('{"item": {}}\n')
+    with pytest.raises(ValueError, match="bad.jsonl line 1 is not a figure point"):
+        PointsFile(tmp_path / "bad.jsonl").points(config, by_role)
 
 
 def test_a_seeded_item_trains_from_its_own_seed():
@@ -172,3 +227,51 @@ def test_a_seeded_item_trains_from_its_own_seed():
     item = {"role": "attention", "mechanism": "softmax", "L": 16, "K": 2, "d": 16, "lr": 1e-2}
     a, b = (suite.measure_item({**item, "seed": s}, config, by_role) for s in (0, 1))
     assert 0 <= a["accuracy"] <= 1 and a["history"] != b["history"]
+
+
+def test_budget_times_every_role_width_and_setting_and_totals_the_figure():
+    config, entries = suite.configure(_args("--figure", "--budget", "--roles", "attention,based"))
+    config.update(vocab=16, d_model=[8, 16], settings=[[16, 2]], seeds=[0, 1, 2], train_examples=64,
+                  test_examples=16, batch=32, epochs=3)
+    seen = []
+    rows = measure_budget(entries, lambda e, d, L: suite.build_model(e, d, L, config), config, steps=1,
+                          report=seen.append)
+    assert [(r["d"], r["role"]) for r in rows] == [(8, "attention"), (8, "based"), (16, "attention"), (16, "based")]
+    assert seen == rows and all(r["step_s"] > 0 and r["gemm_gflops"] > 0 for r in rows)
+    r = rows[0]
+    assert r["training_s"] == pytest.approx(3 * (2 * r["step_s"] + r["eval_s"]), rel=0.01, abs=0.1)
+    total = figure_total(rows, config, sweep_lrs=3)
+    first = rows[0]["training_s"] + rows[1]["training_s"]
+    assert total["sweep_s"] == pytest.approx(3 * first)
+    assert total["total_s"] == pytest.approx(3 * sum(r["training_s"] for r in rows) + 3 * first)
+
+
+def test_budget_without_the_figure_is_refused(capsys):
+    assert main(["bench", "mqar", "--budget", "--db", "/nonexistent/never-created.sqlite"]) == 2
+    assert "--budget times the figure's points: give it with --figure" in capsys.readouterr().err
+
+
+def test_figure_summary_trains_nothing_and_waits_for_a_whole_sweep(monkeypatch, tmp_path, capsys):
+    measured = _tiny_figure(monkeypatch)
+    points = tmp_path / "points.jsonl"
+    argv = ["bench", "mqar", "--figure", "--roles", "attention,based", "--jobs", "1", "--points", str(points),
+            "--db", str(tmp_path / "m.db")]
+    assert main([*argv, "--summary"]) == 0 and measured == []
+    assert "sweep not finished, so no figure points yet: attention, based" in capsys.readouterr().out
+    assert main(argv) == 0
+    lines = points.read_text().splitlines()
+    # drop based's sweep point at lr 1e-2: based's sweep is incomplete, so based gets no rate
+    kept = [line for line in lines if not (json.loads(line)["item"]["role"] == "based"
+                                           and json.loads(line)["item"]["lr"] == 1e-2
+                                           and json.loads(line)["item"]["d"] == 8
+                                           and json.loads(line)["item"]["L"] == 16
+                                           and json.loads(line)["item"]["seed"] == 0)]
+    points.write_text("\n".join(kept) + "\n")
+    capsys.readouterr()
+    measured.clear()
+    assert main([*argv, "--summary"]) == 0 and measured == []
+    out = capsys.readouterr().out
+    assert "learning rates attention 0.01" in out and "no figure points yet: based" in out
+    table = out[out.index("Zoology figure"):out.index("The published ordering")]
+    assert "attention" in table and "based" not in table  # a role still in its sweep has no figure point
+    assert "seed 0 L=16 K=2 d=8: based" in out  # listed as missing, not silently omitted

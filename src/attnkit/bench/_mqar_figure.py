@@ -9,9 +9,9 @@ configuration plus the attention-free baselines. Each point is the mean over see
 confidence interval (Student's t).
 
 The budget. Zoology's sweep (four learning rates at every point, 20k-100k examples, up to 64 epochs)
-is days on two CPU cores: a training step (batch 64) of these small models costs 0.06-0.3 s at
-L=64, d=64 and 0.9-5 s at L=256, d=256 on one core. So the figure keeps every width, seed and role
-and cuts three things, as Zoology's own smaller runs do:
+is days on two CPU cores: a training step (batch 64) of these small models costs 0.04-0.11 CPU
+seconds at L=64, d=64 and 0.7-2.6 at L=256, d=256 on one core. So the figure keeps every width, seed
+and role and cuts three things, as Zoology's own smaller runs do:
 
 - one learning rate per role, the best of ``LR_SWEEP`` on the cheapest point (d=64, the first
   (L, K), seed 0), run first and stored as its own run; every other point trains at that rate;
@@ -20,12 +20,16 @@ and cuts three things, as Zoology's own smaller runs do:
 - 5,000 training examples and at most 8 epochs (630 steps; Zoology's early stop at 99% accuracy
   still ends solved runs sooner).
 
-The items run seed by seed (all points of seed 0 first), so an interrupted figure already has one
-seed of every point it reached; ``--resume`` continues it.
+The trainings run cheapest first: by width, then (L, K), then seed, so a figure cut short has every
+seed of the points it reached. Finished trainings accumulate in a text file (:mod:`._mqar_points`)
+that every later run, on any machine, continues; ``--budget`` times what each point costs
+(:mod:`._mqar_budget`).
 """
 from __future__ import annotations
 
 import math
+
+from .store import canonical
 
 FIGURE = dict(vocab=512, d_model=[64, 128, 256], heads=1, seeds=[0, 1, 2], settings=[[64, 16], [128, 32], [256, 64]],
               lrs={"*": [1e-3, 3e-3, 1e-2]}, epochs=8, train_examples=5_000, test_examples=500, batch=64)
@@ -78,3 +82,38 @@ def over_seeds(best: list[dict]) -> list[dict]:
                     "ci95": None if half is None else round(half, 4), "seeds": n,
                     "state_size": rows[0].get("state_size")})
     return out
+
+
+POINT_FIELDS = ("role", "mechanism", "L", "K", "d", "seed", "lr")
+
+
+def point_key(row: dict) -> str:
+    """The key a training is planned, stored and looked up by: role, mechanism, L, K, width, seed, rate."""
+    return canonical({k: row[k] for k in POINT_FIELDS if k in row})
+
+
+def sweep_rows(rows: list[dict], sweep: dict) -> list[dict]:
+    """The rows of the learning-rate sweep: the sweep's width, (L, K) and seed, at one of its rates."""
+    d, (L, K), seed = sweep["d_model"][0], sweep["settings"][0], sweep["seeds"][0]
+    rates = {lr for rates in sweep["lrs"].values() for lr in rates}
+    return [r for r in rows if (r["d"], r["L"], r["K"], r.get("seed")) == (d, L, K, seed) and r["lr"] in rates]
+
+
+def missing_points(planned: list[dict], rows: list[dict]) -> list[dict]:
+    """The planned trainings no row holds yet, grouped: one entry per (seed, L, K, d) with its roles."""
+    done = {point_key(r) for r in rows}
+    groups: dict[tuple, list[str]] = {}
+    for item in planned:
+        if point_key(item) not in done:
+            roles = groups.setdefault((item["seed"], item["L"], item["K"], item["d"]), [])
+            if item["role"] not in roles:
+                roles.append(item["role"])
+    return [{"seed": s, "L": L, "K": K, "d": d, "roles": roles} for (s, L, K, d), roles in groups.items()]
+
+
+def by_cell(best: list[dict]) -> dict[tuple, list[dict]]:
+    """Rows grouped by (L, K, d): the cells in which the published ordering is checked."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in best:
+        cells.setdefault((r["L"], r["K"], r["d"]), []).append(r)
+    return dict(sorted(cells.items()))

@@ -52,13 +52,15 @@ def run_items(
     describe: Callable[[dict], str] = canonical,
     machine: dict | None = None,
     jobs: int = 1,
+    on_row: Callable[[dict, dict], None] | None = None,
 ) -> tuple[int, int]:
     """Measure every item not yet stored; returns ``(exit code, run id)``.
 
     ``measure(item)`` returns the figures of one item. An exception other than
     Ctrl-C is stored as the row's ``error`` and the suite moves on. With
     ``jobs > 1`` items run in that many fresh processes (``measure`` must then
-    be picklable), each with an equal share of the threads.
+    be picklable), each with an equal share of the threads. ``on_row(item, figures)`` sees each row
+    once it is stored (in this process).
     """
     items = list(items)
     store, run_id = open_run(suite, config, args, machine)
@@ -72,6 +74,8 @@ def run_items(
             task = bar.add_task(suite, total=len(todo)) if bar else None
             for item, figures in _measured(todo, measure, jobs, bar, task, suite, describe):
                 store.add_row(run_id, item, figures)
+                if on_row:
+                    on_row(item, figures)
                 if bar:
                     bar.advance(task)
     except KeyboardInterrupt:

@@ -145,14 +145,6 @@ class Store:
         ).fetchone()
         return None if row is None else int(row[0])
 
-    def finished_run(self, suite: str, config: dict) -> int | None:
-        """The latest finished run of ``suite`` with exactly this configuration, if any."""
-        row = self.db.execute(
-            "SELECT id FROM runs WHERE suite = ? AND config = ? AND status = 'done' ORDER BY id DESC LIMIT 1",
-            (suite, canonical(config)),
-        ).fetchone()
-        return None if row is None else int(row[0])
-
     def set_status(self, run_id: int, status: str) -> None:
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")

@@ -141,7 +141,8 @@ def _scan_slice(features, q, k, v, g, S0, start, chunk_size):
 
 def _chunked_heads(q, k, v, g, S0, chunk_size: int):
     B, H, N, Dk = q.shape
-    Dv, C = v.shape[-1], chunk_size
+    Dv, C = v.shape[-1], min(chunk_size, N)  # tokens that fit in one chunk make one chunk of their own length
+    first_only = S0 is None and N <= C  # one chunk and no state before it: its own part is the whole output
     pad = (-N) % C
     if pad:  # zero keys/values/log-decays after the end change neither outputs nor the state
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
@@ -152,6 +153,8 @@ def _chunked_heads(q, k, v, g, S0, chunk_size: int):
     if g is None:
         scores = (qc @ kc.transpose(-1, -2)).tril_()
         U = kc.transpose(-1, -2) @ vc  # each chunk's contribution to the state
+        if first_only:  # no q S0 product with a zero state, in the forward pass or the backward
+            return (scores @ vc).reshape(B, H, N, Dv), U[:, :, 0]
         first = S0[:, :, None] if S0 is not None else torch.zeros_like(U[:, :, :1])
         starts = torch.cat([first, U[:, :, :-1]], dim=2).cumsum(dim=2)  # state before each chunk
         out = qc @ starts
@@ -169,6 +172,8 @@ def _chunked_heads(q, k, v, g, S0, chunk_size: int):
             intra = _channel_gated_intra(qc, kc, vc, b, causal_block)
             q_from_start, k_to_end = qc * b.exp(), kc * (b_end - b).exp()
             chunk_decay = b_end.transpose(-1, -2).exp()  # (B, H, nc, Dk, 1)
+        if first_only:
+            return intra.reshape(B, H, N, Dv), (k_to_end.transpose(-1, -2) @ vc)[:, :, 0]
         S0 = S0 if S0 is not None else q.new_zeros(B, H, Dk, Dv)
         starts, S = pass_state(k_to_end.transpose(-1, -2) @ vc, chunk_decay, S0)
         out = intra + q_from_start @ starts

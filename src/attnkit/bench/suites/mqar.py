@@ -21,16 +21,21 @@ attention-free baselines beside the roles, accuracy against width with confidenc
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import torch
 
 from ... import mechanisms, spec
+from .._mqar_budget import figure_total, measure_budget
 from .._mqar_data import check_mqar_sizes, mqar
-from .._mqar_figure import FIGURE, FIGURE_ROLES, chosen_lrs, lr_sweep_config, over_seeds
+from .._mqar_figure import FIGURE, FIGURE_ROLES, chosen_lrs, lr_sweep_config, by_cell, missing_points, over_seeds, \
+    point_key, sweep_rows
+from .._mqar_points import PointsFile, default_points_path
 from .._mqar_model import MQARModel, train
-from ..options import choices, floats, names, positive_int
+from ..options import UsageError, choices, floats, names, positive_int
+from ..machine import machine_info
 from ..runner import run_items
-from ..store import Store
+from ..store import Store, git_revision
 
 # role -> registered names to look for, parameter overrides, q/k head dim (None: d / heads), layer pieces
 # (Mixer options) and the form to run (None: the default). Based's q/k dim 16 is the paper's feature dim
@@ -96,14 +101,14 @@ def lrs_for(config: dict, role: str) -> list[float]:
 
 
 def plan(config: dict, entries: list[dict]) -> list[dict]:
-    """Every training, seed by seed (a figure cut short has every point of its first seeds), then by
-    (L, K), width and role; a role nobody registered gets one row per (L, K, width)."""
+    """Every training, cheapest first: by width, then (L, K), then seed, then role, so a figure cut short
+    has every seed of the points it reached; a role nobody registered gets one row per (L, K, width)."""
     widths = config["d_model"] if isinstance(config["d_model"], list) else [config["d_model"]]
     seeds = config.get("seeds", [None])
     items = []
-    for seed in seeds:
+    for d in widths:
         for seq_len, num_kv in config["settings"]:
-            for d in widths:
+            for seed in seeds:
                 for e in entries:
                     base = {"role": e["role"], "mechanism": e["mechanism"], "L": seq_len, "K": num_kv, "d": d}
                     if seed is not None:
@@ -116,6 +121,13 @@ def plan(config: dict, entries: list[dict]) -> list[dict]:
     return items
 
 
+def build_model(entry: dict, d: int, seq_len: int, config: dict, device: str = "cpu") -> MQARModel:
+    """The MQAR model of one role at width ``d`` (the role's parameters, form, q/k dim and layer pieces)."""
+    call = {**entry["params"], **({"form": entry["form"]} if entry.get("form") else {})}
+    return MQARModel(entry["mechanism"], call, config["vocab"], d, seq_len, heads=config["heads"],
+                     qk_dim=entry["qk_dim"], **entry["layer"]).to(device)
+
+
 def measure_item(item: dict, config: dict, entries: dict, device: str = "cpu") -> dict:
     e = entries[item["role"]]
     if item["mechanism"] is None:
@@ -124,9 +136,7 @@ def measure_item(item: dict, config: dict, entries: dict, device: str = "cpu") -
     train_data = [t.to(device) for t in mqar(config["train_examples"], L, K, config["vocab"], seed=seed)]
     test_data = [t.to(device) for t in mqar(config["test_examples"], L, K, config["vocab"], seed=1_000_003 + seed)]
     torch.manual_seed(seed)
-    call = {**e["params"], **({"form": e["form"]} if e.get("form") else {})}
-    model = MQARModel(item["mechanism"], call, config["vocab"], d, L, heads=config["heads"],
-                      qk_dim=e["qk_dim"], **e["layer"]).to(device)
+    model = build_model(e, d, L, config, device)
     result = train(model, train_data, test_data, lr=item["lr"], epochs=config["epochs"], batch=config["batch"], seed=seed)
     result["state_size"] = state_size(item["mechanism"], e["params"], L, d, config["heads"], e["qk_dim"])
     result["params"] = e["params"]
@@ -198,13 +208,74 @@ def print_summary(rows: list[dict]) -> None:
         console.print(f"  {verdict:>5}  {claim}")
 
 
+def print_figure(config: dict, figure: dict, swept: list[dict], entries: list[dict], points: PointsFile,
+                 points_path) -> None:
+    """The figure from every point in the file: accuracy over seeds per (role, L, K, d) with 95% intervals,
+    the published ordering in each (L, K, d) cell, and every planned training not finished yet.
+    ``figure`` is ``config`` with the chosen rates of the ``swept`` roles (those with a whole sweep)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    registered = [e for e in entries if e["mechanism"] is not None]
+    waiting = [e for e in registered if e not in swept]
+    rows, aside = points.points(config, {e["role"]: e for e in registered})
+    done = {point_key(r) for r in rows}
+    sweep = plan(lr_sweep_config(config), registered)
+    figure_items = plan(figure, swept)
+    cells = {(it["role"], it["L"], it["K"], it["d"], it["seed"]) for it in plan(config, registered)}
+    console = Console(width=140)
+    hours = sum(r["seconds"] for r in rows) / 3600
+    timed = [r["cpu_seconds"] for r in rows if "cpu_seconds" in r]
+    console.print(f"mqar --figure: {sum(point_key(it) in done for it in sweep)} of {len(sweep)} trainings of the "
+                  f"learning-rate sweep and {sum(point_key(it) in done for it in figure_items)} of {len(cells)} "
+                  f"points of the figure (role, L, K, d, seed) finished; {hours:.1f} h of training (wall"
+                  + (f"; CPU {sum(timed) / 3600:.1f} h over the {len(timed)} that record it" if timed else "")
+                  + f") in {points_path}" + (f"; {aside} lines of other setups or roles left aside" if aside else ""))
+    unregistered = [e["role"] for e in entries if e["mechanism"] is None]
+    if unregistered:
+        console.print("  not registered, so not in the figure: " + ", ".join(unregistered))
+    # the figure's points: each swept role at its chosen rate (a role still in its sweep has none yet)
+    best = [r for r in rows if any(r["role"] == e["role"] and r["lr"] in lrs_for(figure, e["role"]) for e in swept)]
+    figure = Table(title="MQAR accuracy against width: mean over seeds +- 95% interval (the Zoology figure)")
+    for col in ("role", "mechanism", "L", "K", "d", "lr", "accuracy", "+-", "seeds", "state size"):
+        figure.add_column(col)
+    lr_of = {(r["role"], r["L"], r["K"], r["d"]): r["lr"] for r in best}
+    for p in sorted(over_seeds(best), key=lambda p: (p["role"], p["L"], p["d"])):
+        figure.add_row(p["role"], p["mechanism"], str(p["L"]), str(p["K"]), str(p["d"]),
+                       f"{lr_of[p['role'], p['L'], p['K'], p['d']]:g}", f"{p['accuracy']:.3f}",
+                       "-" if p["ci95"] is None else f"{p['ci95']:.3f}", str(p["seeds"]), str(p["state_size"]))
+    console.print(figure)
+    console.print("The published ordering in each (L, K, d) cell, on the mean over the seeds present:")
+    for (L, K, d), cell in by_cell(over_seeds(best)).items():
+        seeds = sorted({p["seeds"] for p in cell})
+        console.print(f"  L={L} K={K} d={d} (seeds per role: {','.join(map(str, seeds))})")
+        for claim, verdict in ordering_checks(cell):
+            console.print(f"    {verdict:>5}  {claim}")
+    missing = missing_points(sweep + figure_items + plan(config, waiting), rows)
+    if missing:
+        console.print(f"Not finished yet ({sum(len(m['roles']) for m in missing)} points of (role, L, K, d, seed)):")
+        for m in missing:
+            console.print(f"  seed {m['seed']} L={m['L']} K={m['K']} d={m['d']}: {', '.join(m['roles'])}")
+
+
 def add_arguments(p) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="the CPU configuration (default; <= 15 min on 2 cores)")
     size.add_argument("--full", action="store_true", help="Zoology's sizes (hours)")
     size.add_argument("--figure", action="store_true",
                       help="the Zoology figure: widths 64,128,256 x 3 seeds x L 64-256 (K up to 64), the attention-free "
-                           "baselines too; accuracy vs width with 95%% intervals (many hours on 2 cores: use --jobs, --resume)")
+                           "baselines too; accuracy vs width with 95%% intervals (many hours on 2 cores: each run continues from "
+                           "--points and adds to it)")
+    p.add_argument("--budget", action="store_true",
+                   help="with --figure: time a few training steps of every role, width and (L, K) and print what "
+                        "each point and the whole figure cost (trains nothing)")
+    p.add_argument("--summary", action="store_true",
+                   help="with --figure: print the figure from the points file (what is finished and what is "
+                        "missing) and train nothing")
+    p.add_argument("--points", type=Path, default=default_points_path(),
+                   help="with --figure: the JSON-lines file of finished points; a run skips the points it holds, "
+                        "appends each one it finishes, and draws the figure from all of them (default: the "
+                        "repository's docs/mqar-figure.jsonl, else ./mqar-figure.jsonl)")
     p.add_argument("--mechanisms", type=names, default=None, help="comma list of registered names instead of the roles")
     p.add_argument("--roles", type=choices({**ROLES, **FIGURE_ROLES}, "role"), default=None,
                    help=f"comma list, a subset of the roles {','.join({**ROLES, **FIGURE_ROLES})} (the last ones: --figure's)")
@@ -218,6 +289,10 @@ def add_arguments(p) -> None:
 def configure(args) -> tuple[dict, list[dict]]:
     """The configuration and role entries, validated up front (unknown mechanisms, impossible sizes)."""
     figure = getattr(args, "figure", False)
+    if getattr(args, "budget", False) and not figure:
+        raise UsageError("--budget times the figure's points: give it with --figure")
+    if getattr(args, "summary", False) and not figure:
+        raise UsageError("--summary prints the figure's points: give it with --figure")
     config = dict(FIGURE if figure else FULL if args.full else QUICK)
     if args.mechanisms:
         for n in args.mechanisms:
@@ -241,38 +316,100 @@ def configure(args) -> tuple[dict, list[dict]]:
 
 def run(args) -> int:
     config, entries = configure(args)
-    if getattr(args, "figure", False):
-        code, config = _choose_learning_rates(config, entries, args)
-        if code:
-            return code
+    if args.budget:
+        return print_budget(config, entries, args)
+    if args.figure:
+        return run_figure(config, entries, args)
     code, run_id = _run(config, entries, args)
     print_summary(Store(args.db).rows(run_id))
     return code
 
 
-def _run(config: dict, entries: list[dict], args) -> tuple[int, int]:
+def print_budget(config: dict, entries: list[dict], args) -> int:
+    """``--figure --budget``: each point's timed cost and the figure's total if no training stops early."""
+    from rich.console import Console
+
+    console = Console(width=140)
+    console.print("mqar --figure --budget: CPU seconds of a training step (median of 3), of one evaluation, of a "
+                  f"training of {config['epochs']} epochs; {torch.get_num_threads()} thread(s)")
+
+    def show(r):
+        console.print(f"  {r['role']:>16} L={r['L']:<3} d={r['d']:<3} step {r['step_s']:.4f} s  eval {r['eval_s']:.2f} s"
+                      f"  training {r['training_s'] / 60:.1f} min  (GEMM {r['gemm_gflops']} GFLOP/s)")
+
+    rows = measure_budget(entries, partial(build_model, config=config, device=args.device), config,
+                          device=args.device, report=show)
+    total = figure_total(rows, config, len(lrs_for(config, "*")))
+    for role in dict.fromkeys(r["role"] for r in rows):
+        console.print(f"  {role:>16}: {sum(r['training_s'] for r in rows if r['role'] == role) / 3600:.2f} h per seed")
+    console.print(f"mqar --figure --budget: {total['per_seed_s'] / 3600:.1f} core-hours per seed, the sweep "
+                  f"{total['sweep_s'] / 3600:.1f}, in all {total['total_s'] / 3600:.1f} for {len(config['seeds'])} seeds "
+                  "if no training stops early")
+    return 0
+
+
+def _run(config: dict, entries: list[dict], args, items: list[dict] | None = None, on_row=None,
+         machine: dict | None = None) -> tuple[int, int]:
     by_role = {e["role"]: e for e in entries}
-    return run_items("mqar", config, plan(config, entries), partial(measure_item, config=config, entries=by_role,
-                                                                    device=args.device),
-                     args, describe=lambda it: f"{it['mechanism'] or it['role']} L={it['L']} d={it['d']} "
-                                               f"seed={it.get('seed')} lr={it['lr']}", jobs=args.jobs)
+    return run_items("mqar", config, plan(config, entries) if items is None else items,
+                     partial(measure_item, config=config, entries=by_role, device=args.device), args,
+                     describe=lambda it: f"{it['mechanism'] or it['role']} L={it['L']} d={it['d']} "
+                                         f"seed={it.get('seed')} lr={it['lr']}", jobs=args.jobs, on_row=on_row,
+                     machine=machine)
 
 
-def _choose_learning_rates(config: dict, entries: list[dict], args) -> tuple[int, dict]:
-    """The figure's first stage: each role's learning-rate sweep at the cheapest point, stored as its own
-    run (reused once finished); returns the figure's configuration with one rate per role."""
-    sweep = lr_sweep_config(config)
-    run_id = Store(args.db).finished_run("mqar", sweep)
-    if run_id is None:
-        print("mqar --figure: choosing each role's learning rate at d={d_model[0]}, (L, K) = {settings[0]}, "
-              "seed {seeds[0]}".format(**sweep))
-        code, run_id = _run(sweep, entries, args)
+def run_figure(config: dict, entries: list[dict], args) -> int:
+    """``--figure``: each role's learning-rate sweep at the cheapest point, then every point at the chosen
+    rate, cheapest first. Trainings already in the points file are skipped, each finished one is appended
+    to it, and the summary is drawn from the whole file (:func:`print_figure`). With ``--summary`` only
+    the summary."""
+    points = PointsFile(args.points)
+    registered = [e for e in entries if e["mechanism"] is not None]
+    points.points(config, {e["role"]: e for e in registered})  # a damaged file is refused before any training
+    if not args.summary:
+        code = _run_missing(lr_sweep_config(config), registered, args, points)
         if code:
-            return code, config
-    rows = Store(args.db).rows(run_id)
-    lrs = chosen_lrs(best_per_setting(rows), [e["role"] for e in entries])
-    print("mqar --figure: learning rates " + ", ".join(f"{role} {lr[0]:g}" for role, lr in lrs.items()))
-    return 0, {**config, "lrs": {**config["lrs"], **lrs}}
+            return code
+    figure, swept = _with_chosen_rates(config, registered, points)
+    if not args.summary:
+        code = _run_missing(figure, swept, args, points)
+    print_figure(config, figure, swept, entries, points, points_path=args.points)
+    return 0 if args.summary else code
+
+
+def _with_chosen_rates(config: dict, registered: list[dict], points: PointsFile) -> tuple[dict, list[dict]]:
+    """The figure's configuration with each role's rate from its finished sweep, and the roles that have
+    one (a role whose sweep is not complete waits: a rate is chosen from all of the sweep or not at all)."""
+    sweep = lr_sweep_config(config)
+    rows, _ = points.points(config, {e["role"]: e for e in registered})
+    done = sweep_rows(rows, sweep)
+    complete = [e["role"] for e in registered
+                if {r["lr"] for r in done if r["role"] == e["role"]} >= set(lrs_for(sweep, e["role"]))]
+    lrs = chosen_lrs(best_per_setting(done), complete)
+    print("mqar --figure: learning rates " + (", ".join(f"{role} {lr[0]:g}" for role, lr in lrs.items()) or "-"))
+    waiting = [e["role"] for e in registered if e["role"] not in lrs]
+    if waiting:
+        print("mqar --figure: sweep not finished, so no figure points yet: " + ", ".join(waiting))
+    return {**config, "lrs": {**config["lrs"], **lrs}}, [e for e in registered if e["role"] in lrs]
+
+
+def _run_missing(config: dict, entries: list[dict], args, points: PointsFile) -> int:
+    """Run the trainings of ``config`` the points file does not hold yet, appending each as it finishes."""
+    by_role = {e["role"]: e for e in entries}
+    rows, _ = points.points(config, by_role)
+    done = {point_key(r) for r in rows}
+    todo = [it for it in plan(config, entries) if point_key(it) not in done]
+    if not todo:
+        return 0
+    print(f"mqar --figure: {len(todo)} trainings to run ({config.get('stage', 'the figure')}), "
+          f"points appended to {points.path}")
+    machine, commit = machine_info(device=args.device), git_revision()  # the code this process runs
+
+    def append(item, figures):
+        points.append(item, figures, config, by_role[item["role"]], machine, commit)
+
+    code, _ = _run(config, entries, args, items=todo, on_row=append, machine=machine)
+    return code
 
 
 def report(run: dict, rows: list[dict]) -> tuple[str, dict]:
