@@ -25,19 +25,19 @@ choice: gradients flow through the kept scores and the kept keys' gates.
 
 Forms: ``reference`` (the whole matrix) and ``chunked``: key chunks visited from the last to the
 first while each query carries the sum of its kept gates to the right, with an online softmax:
-exact, ``O(N)`` memory, each query chunk recomputed in the backward pass. Causal only (the
+exact, ``O(N)`` memory, each query chunk recomputed in the backward pass
+(:mod:`attnkit.kernels.right_to_left`, shared with CoPE). Causal only (the
 distance is counted up to the query); decoding keeps every key and its gate.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from ..builders.key_scores import check_key_scores, key_score_inputs, scored_kv_cache_step
 from ..builders.score_pipeline import CHUNK_PARAMS
-from ..kernels.chunked import over_query_chunks
 from ..kernels.positions import query_positions, repeat_kv
+from ..kernels.right_to_left import right_to_left_attention
 from ..params import TensorInput
 from ..registry import MechanismSpec, register
 from ..scores.normalisers import SOFTMAX
@@ -73,52 +73,26 @@ def _chunked(q, k, v, *, causal, mask, scale, forget, q_chunk, kv_chunk):
     check_key_scores("forget", q, k, forget)
     check_int("q_chunk", q_chunk)
     check_int("kv_chunk", kv_chunk)
-    return over_query_chunks(_TRAQueryChunk(scale, kv_chunk), q, k, v, F.logsigmoid(forget),
-                             causal=True, mask=mask, q_chunk=q_chunk)
+    return right_to_left_attention(q, k, v, F.logsigmoid(forget), rule=_TRA, mask=mask, scale=scale,
+                                   q_chunk=q_chunk, kv_chunk=kv_chunk)
 
 
-class _TRAQueryChunk:
-    """One block of queries against its visible keys, key chunks visited right to left.
+class _TRARule:
+    """TRA's tiles (:class:`attnkit.kernels.right_to_left.SuffixRule`): the visible keys with a positive
+    score are kept, with gate ``f_l`` (the key's log forget gate); the logits add the summed gates."""
 
-    Carried between key chunks: the online softmax's (acc, denom, running max) and each query's
-    sum of the log gates of the kept keys already visited (to its right).
-    """
+    def block(self, q, log_forget):
+        return log_forget
 
-    def __init__(self, scale, kv_chunk):
-        self.scale, self.kv_chunk = scale, kv_chunk
+    def gates(self, s, visible, log_forget, ks, ke):
+        kept = visible & (s > 0)
+        return repeat_kv(log_forget[:, :, None, ks:ke], s.shape[1]) * kept, kept
 
-    def __call__(self, q, k, v, log_forget, q_pos, k_end, mask):
-        B, H, cq, _ = q.shape
-        zeros = q.new_zeros(B, H, cq, 1)
-        state = (zeros.expand(B, H, cq, v.shape[-1]).clone(), zeros, torch.full_like(zeros, float("-inf")), zeros)
-        for ks in reversed(range(0, k_end, self.kv_chunk)):
-            ke = min(ks + self.kv_chunk, k_end)
-            tile = (q, k[:, :, ks:ke], v[:, :, ks:ke], log_forget[:, :, ks:ke], q_pos, ks,
-                    mask[..., ks:ke] if mask is not None else None)
-            if torch.is_grad_enabled():
-                state = checkpoint(self._tile, *tile, *state, use_reentrant=False)
-            else:
-                state = self._tile(*tile, *state)
-        acc, denom = state[0], state[1]
-        alive = denom > 0
-        return torch.where(alive, acc / torch.where(alive, denom, torch.ones_like(denom)), torch.zeros_like(acc))
+    def logits(self, s, distance, log_forget):
+        return s + distance
 
-    def _tile(self, q, k, v, log_forget, q_pos, ks, mask, acc, denom, run_max, right):
-        B, H, cq, D = q.shape
-        Hkv, ck = k.shape[1], k.shape[2]
-        G = H // Hkv
-        k_pos = torch.arange(ks, ks + ck, device=q.device)
-        s = (q.reshape(B, Hkv, G, cq, D) @ k[:, :, None].transpose(-1, -2)).reshape(B, H, cq, ck) * self.scale
-        s, kept = _kept_scores(s, q_pos, k_pos, mask)
-        gates = repeat_kv(log_forget[:, :, None, :], H) * kept
-        t = (s + gates.flip(-1).cumsum(-1).flip(-1) + right).masked_fill(~kept, float("-inf"))
-        new_max = torch.maximum(run_max, t.amax(dim=-1, keepdim=True)).detach()
-        safe_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-        p = torch.exp(t - safe_max)
-        rescale = torch.exp(run_max - safe_max)
-        pv = (p.reshape(B, Hkv, G, cq, ck) @ v[:, :, None]).reshape(B, H, cq, v.shape[-1])
-        right = right + gates.sum(dim=-1, keepdim=True)
-        return acc * rescale + pv, denom * rescale + p.sum(dim=-1, keepdim=True), new_max, right
+
+_TRA = _TRARule()
 
 
 def _weights(q, k, v, *, causal, mask, scale, forget, q_chunk=None, kv_chunk=None):

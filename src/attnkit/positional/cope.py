@@ -16,17 +16,14 @@ paper). Causal by construction: ``p_ij`` sums gates up to the query.
 Two forms: :func:`cope_reference` on the whole matrix, and
 :func:`cope_chunked`, which visits key chunks from the last to the first while
 carrying each query's sum of gates to the right, with an online softmax: exact
-and O(N) memory. Its query loop is chunked attention's
-(:func:`attnkit.kernels.chunked.over_query_chunks`: each query chunk is
-recomputed in the backward pass).
+and O(N) memory (:mod:`attnkit.kernels.right_to_left`, shared with TRA).
 """
 from __future__ import annotations
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
-from ..kernels.chunked import over_query_chunks
 from ..kernels.positions import query_positions, repeat_kv
+from ..kernels.right_to_left import right_to_left_attention
 from ..scores.normalisers import SOFTMAX
 from ..scores.user_mask import apply_mask
 
@@ -63,52 +60,23 @@ def cope_weights(q, k, *, mask, scale, pos_emb):
 
 
 def cope_chunked(q, k, v, *, mask, scale, pos_emb, q_chunk: int, kv_chunk: int):
-    return over_query_chunks(_CopeQueryChunk(scale, kv_chunk), q, k, v, pos_emb, causal=True, mask=mask,
-                             q_chunk=q_chunk)
+    return right_to_left_attention(q, k, v, pos_emb, rule=_COPE, mask=mask, scale=scale, q_chunk=q_chunk,
+                                   kv_chunk=kv_chunk)
 
 
-class _CopeQueryChunk:
-    """One block of queries against its visible keys, key chunks visited right to left.
+class _CopeRule:
+    """CoPE's tiles (:class:`attnkit.kernels.right_to_left.SuffixRule`): every visible key counts with gate
+    ``sigmoid(s)``; the logits add ``q . e`` at the interpolated position, read from ``q . e`` for integer
+    positions computed once per query block."""
 
-    State carried between key chunks: (acc, denom, running max) of the online
-    softmax and the sum of the gates of the keys already visited (to the right).
-    Each tile is checkpointed, so the backward pass holds one tile at a time.
-    """
+    def block(self, q, pos_emb):
+        return q @ pos_emb.T  # (B, H, cq, npos)
 
-    def __init__(self, scale, kv_chunk):
-        self.scale, self.kv_chunk = scale, kv_chunk
+    def gates(self, s, visible, int_logits, ks, ke):
+        return torch.sigmoid(s).masked_fill(~visible, 0.0), visible
 
-    def __call__(self, q, k, v, pos_emb, q_pos, k_end, mask):
-        B, H, cq, _ = q.shape
-        zeros = q.new_zeros(B, H, cq, 1)
-        state = (zeros.expand(B, H, cq, v.shape[-1]).clone(), zeros, torch.full_like(zeros, float("-inf")), zeros)
-        int_logits = q @ pos_emb.T  # (B, H, cq, npos): q . e[p] for integer p
-        for ks in reversed(range(0, k_end, self.kv_chunk)):
-            ke = min(ks + self.kv_chunk, k_end)
-            tile = (q, k[:, :, ks:ke], v[:, :, ks:ke], int_logits, q_pos, ks, mask[..., ks:ke] if mask is not None else None)
-            if torch.is_grad_enabled():
-                state = checkpoint(self._tile, *tile, *state, use_reentrant=False)
-            else:
-                state = self._tile(*tile, *state)
-        acc, denom = state[0], state[1]
-        alive = denom > 0
-        return torch.where(alive, acc / torch.where(alive, denom, torch.ones_like(denom)), torch.zeros_like(acc))
+    def logits(self, s, pos, int_logits):
+        return s + interpolated_position_logits(pos.clamp(max=int_logits.shape[-1] - 1), int_logits)
 
-    def _tile(self, q, k, v, int_logits, q_pos, ks, mask, acc, denom, run_max, gates_right):
-        B, H, cq, D = q.shape
-        Hkv, ck = k.shape[1], k.shape[2]
-        G = H // Hkv
-        k_pos = torch.arange(ks, ks + ck, device=q.device)
-        s = (q.reshape(B, Hkv, G, cq, D) @ k[:, :, None].transpose(-1, -2)).reshape(B, H, cq, ck) * self.scale
-        s, allowed = _scores_and_allowed(s, q_pos, k_pos, mask)
-        gates = torch.sigmoid(s).masked_fill(~allowed, 0.0)
-        pos = gates.flip(-1).cumsum(-1).flip(-1) + gates_right
-        t = s + interpolated_position_logits(pos.clamp(max=int_logits.shape[-1] - 1), int_logits)
-        t = t.masked_fill(~allowed, float("-inf"))
-        new_max = torch.maximum(run_max, t.amax(dim=-1, keepdim=True)).detach()
-        safe_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-        p = torch.exp(t - safe_max)
-        rescale = torch.exp(run_max - safe_max)
-        pv = (p.reshape(B, Hkv, G, cq, ck) @ v[:, :, None]).reshape(B, H, cq, v.shape[-1])
-        gates_right = gates_right + gates.sum(dim=-1, keepdim=True)
-        return acc * rescale + pv, denom * rescale + p.sum(dim=-1, keepdim=True), new_max, gates_right
+
+_COPE = _CopeRule()
