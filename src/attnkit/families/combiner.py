@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from ..kernels.positions import repeat_kv
 from ..params import Param
@@ -66,6 +67,37 @@ def pool(x, member, pooling):
         return filled.amax(dim=3)
     weights = member.to(x.dtype) / member.sum(-1, keepdim=True).to(x.dtype)
     return weights @ x
+
+
+def reduce_pool(x, pooling, dim):
+    """``x`` pooled along ``dim`` into a running abstraction: the max, or the sum (a mean's numerator); over no
+    element, the pool's neutral value (-inf, or 0)."""
+    if pooling == "mean":
+        return x.sum(dim=dim)
+    if x.shape[dim] == 0:
+        return x.new_full(x.shape[:dim] + x.shape[dim + 1:], float("-inf"))
+    return x.amax(dim=dim)
+
+
+def fold_pools(a, b, pooling):
+    """Two running pools of disjoint tokens as one: their max, or their sum."""
+    return torch.maximum(a, b) if pooling == "max" else a + b
+
+
+def row_grid(x, row_len):
+    """``x`` (B, h, T, d) padded with zeros to whole rows of ``row_len`` tokens -> (B, h, rows, row_len, d)."""
+    rows = -(-x.shape[2] // row_len)
+    return F.pad(x, (0, 0, 0, rows * row_len - x.shape[2])).reshape(x.shape[0], x.shape[1], rows, row_len, -1)
+
+
+def continued(state, state_type, name, empty, *call):
+    """The state a step continues: ``empty()`` when there is none, else ``state`` checked against ``call``."""
+    if state is None:
+        return empty()
+    if not isinstance(state, state_type):
+        raise TypeError(f"state must be a {name} state, got {type(state).__name__}")
+    state.check(*call)
+    return state
 
 
 def partition_weights(q, keys, direct, member, reached, *, scale, pooling):
@@ -139,12 +171,9 @@ def _segments(q, k, v, state, *, causal, scale, segment_size, pooling):
     m = state.k_tail.shape[2]  # tokens of the partial segment already consumed
     T = m + Nq
     R = -(-T // s)
-    pad = R * s - T
-    keys = repeat_kv(torch.cat([state.k_tail, k], dim=2), H)
-    values = repeat_kv(torch.cat([state.v_tail, v], dim=2), H)
-    Kp = torch.nn.functional.pad(keys, (0, 0, 0, pad)).reshape(B, H, R, s, D)
-    Vp = torch.nn.functional.pad(values, (0, 0, 0, pad)).reshape(B, H, R, s, -1)
-    Qp = torch.nn.functional.pad(q, (0, 0, m, pad)).reshape(B, H, R, s, D)
+    Kp = row_grid(repeat_kv(torch.cat([state.k_tail, k], dim=2), H), s)
+    Vp = row_grid(repeat_kv(torch.cat([state.v_tail, v], dim=2), H), s)
+    Qp = row_grid(F.pad(q, (0, 0, m, 0)), s)
     t = torch.arange(R * s, device=q.device).reshape(R, s)
     has_key, has_query = t < T, (t >= m) & (t < T)
 
@@ -202,12 +231,7 @@ def _segments_form(q, k, v, *, causal, mask, scale, segment_size, pooling):
 
 def _step(q, k, v, state, *, causal, mask, scale, segment_size, pooling):
     _check(segment_size, pooling)
-    if state is None:
-        state = CombinerState.empty(q, k, v)
-    elif not isinstance(state, CombinerState):
-        raise TypeError(f"state must be a combiner state, got {type(state).__name__}")
-    else:
-        state.check(q, k, v, segment_size)
+    state = continued(state, CombinerState, "combiner", lambda: CombinerState.empty(q, k, v), q, k, v, segment_size)
     return _segments(q, k, v, state, causal=causal, scale=scale, segment_size=segment_size, pooling=pooling)
 
 

@@ -38,13 +38,12 @@ row's summaries need all of its queries.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..kernels.positions import repeat_kv
 from ..params import Param
 from ..registry import MechanismSpec, register
 from ..validation import check_int
-from .combiner import PAPER
+from .combiner import PAPER, continued, row_grid
 
 
 def axial_weights(q, k, v, *, causal, mask, scale, row_len):
@@ -106,11 +105,9 @@ def _rows(q, k, v, state, *, scale, row_len):
     m = state.k_tail.shape[2]  # tokens of the partial row already consumed
     T = m + Nq
     R = -(-T // s)
-    pad = R * s - T
-    rows = lambda x: F.pad(x, (0, 0, 0, pad)).reshape(B, H, R, s, -1)  # noqa: E731
-    Q = rows(torch.cat([state.q_tail, q], dim=2))
-    K = rows(repeat_kv(torch.cat([state.k_tail, k], dim=2), H))
-    V = rows(repeat_kv(torch.cat([state.v_tail, v], dim=2), H))
+    Q = row_grid(torch.cat([state.q_tail, q], dim=2), s)
+    K = row_grid(repeat_kv(torch.cat([state.k_tail, k], dim=2), H), s)
+    V = row_grid(repeat_kv(torch.cat([state.v_tail, v], dim=2), H), s)
     has_key = (torch.arange(R * s, device=q.device) < T).reshape(R, s)[:, None, :]  # (R, 1, s)
     scores = scale * Q @ K.transpose(-1, -2)  # (B, H, R, s, s)
     row_attention = torch.softmax(scores.masked_fill(~has_key, float("-inf")), dim=-1)
@@ -141,12 +138,8 @@ def _rows_form(q, k, v, *, causal, mask, scale, row_len):
 
 def _step(q, k, v, state, *, causal, mask, scale, row_len):
     check_int("row_len", row_len)
-    if state is None:
-        state = AxialState.empty(q, k, v, row_len)
-    elif not isinstance(state, AxialState):
-        raise TypeError(f"state must be a combiner_axial state, got {type(state).__name__}")
-    else:
-        state.check(q, k, v, row_len)
+    state = continued(state, AxialState, "combiner_axial", lambda: AxialState.empty(q, k, v, row_len), q, k, v,
+                      row_len)
     return _rows(q, k, v, state, scale=scale, row_len=row_len)
 
 

@@ -41,7 +41,7 @@ import torch
 from ..kernels.positions import repeat_kv
 from ..params import Param
 from ..registry import MechanismSpec, register
-from .combiner import PAPER, POOLINGS, check_pooling, partition_weights
+from .combiner import PAPER, POOLINGS, check_pooling, continued, fold_pools, partition_weights, reduce_pool
 
 
 def logsparse_partition(n, device):
@@ -112,18 +112,6 @@ class LogsparseState:
         return sum(t.numel() for t in (self.keys, self.values, *self.k_bar, *self.v_bar, *self.q_pool))
 
 
-def _reduce(x, pooling, dim):
-    if pooling == "mean":
-        return x.sum(dim=dim)
-    if x.shape[dim] == 0:
-        return x.new_full(x.shape[:dim] + x.shape[dim + 1:], float("-inf"))
-    return x.amax(dim=dim)
-
-
-def _fold(a, b, pooling):
-    return torch.maximum(a, b) if pooling == "max" else a + b
-
-
 def _levels(q, k, v, state, *, scale, pooling):
     """Level by level, continuing ``state``; returns the output and the state after the call."""
     B, H, Nq, D = q.shape
@@ -145,11 +133,11 @@ def _levels(q, k, v, state, *, scale, pooling):
         span = torch.cat([q.new_full((B, H, m - start, D), neutral), q], dim=2)  # queries of [start, T)
         done = (last - first) * size
         carried = state.pool(level, q, pooling)
-        tail = _reduce(span[:, :, done:], pooling, 2)
+        tail = reduce_pool(span[:, :, done:], pooling, 2)
         k_bar, v_bar = state.summaries(level, q, v)
         if last > first:
-            q_bar = _reduce(span[:, :, :done].reshape(B, H, last - first, size, D), pooling, 3)
-            q_bar = torch.cat([_fold(q_bar[:, :, :1], carried[:, :, None], pooling), q_bar[:, :, 1:]], dim=2)
+            q_bar = reduce_pool(span[:, :, :done].reshape(B, H, last - first, size, D), pooling, 3)
+            q_bar = torch.cat([fold_pools(q_bar[:, :, :1], carried[:, :, None], pooling), q_bar[:, :, 1:]], dim=2)
             block_keys = keys[:, :, start:last * size].reshape(B, keys.shape[1], last - first, size, D)
             new_k_bar = block_keys.amax(dim=3) if pooling == "max" else block_keys.mean(dim=3)
             if pooling == "mean":
@@ -160,7 +148,7 @@ def _levels(q, k, v, state, *, scale, pooling):
             k_bar = torch.cat([k_bar, new_k_bar], dim=2)
             v_bar = torch.cat([v_bar, (within[..., None] * Vb).sum(3)], dim=2)
         else:
-            tail = _fold(tail, carried, pooling)
+            tail = fold_pools(tail, carried, pooling)
         q_pools.append(tail)
         if last > 0:  # levels with a complete block
             k_bars.append(k_bar)
@@ -182,12 +170,7 @@ def _levels_form(q, k, v, *, causal, mask, scale, pooling):
 
 def _step(q, k, v, state, *, causal, mask, scale, pooling):
     check_pooling(pooling)
-    if state is None:
-        state = LogsparseState.empty(q, k, v)
-    elif not isinstance(state, LogsparseState):
-        raise TypeError(f"state must be a combiner_logsparse state, got {type(state).__name__}")
-    else:
-        state.check(q, k, v)
+    state = continued(state, LogsparseState, "combiner_logsparse", lambda: LogsparseState.empty(q, k, v), q, k, v)
     return _levels(q, k, v, state, scale=scale, pooling=pooling)
 
 

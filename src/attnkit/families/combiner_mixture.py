@@ -46,7 +46,8 @@ from ..kernels.positions import repeat_kv
 from ..params import Param
 from ..registry import MechanismSpec, register
 from ..validation import check_int
-from .combiner import PAPER, POOLINGS, check_pooling, partition_weights
+from .combiner import (PAPER, POOLINGS, check_pooling, continued, fold_pools, partition_weights, reduce_pool,
+                       row_grid)
 
 
 def axial_partitions(n, row_len, device):
@@ -96,24 +97,11 @@ def _row_less_column_pool(x, pooling):
     return torch.maximum(left, right)
 
 
-def _pool_rows(x, pooling):
-    """``x`` (B, H, R, W, D) pooled over its rows (max, or sum) -> (B, H, W, D); None when there are none."""
-    if x.shape[2] == 0:
-        return None
-    return x.amax(dim=2) if pooling == "max" else x.sum(dim=2)
-
-
-def _fold(a, b, pooling):
-    if b is None:
-        return a
-    return torch.maximum(a, b) if pooling == "max" else a + b
-
-
 def _columns_above(x, carried, pooling):
     """The pool (max, or sum) of each column over every row before each of the call's rows ``x`` (B, H, R, W, D),
     ``carried`` holding the rows before the call."""
     inclusive = torch.cummax(x, dim=2).values if pooling == "max" else torch.cumsum(x, dim=2)
-    return torch.cat([carried[:, :, None], _fold(inclusive[:, :, :-1], carried[:, :, None], pooling)], dim=2)
+    return torch.cat([carried[:, :, None], fold_pools(inclusive[:, :, :-1], carried[:, :, None], pooling)], dim=2)
 
 
 class MixtureState:
@@ -159,9 +147,8 @@ def _rows(q, k, v, state, *, scale, row_len, pooling):
     m, C = state.k_tail.shape[2], state.keys.shape[2]  # tokens of the current row consumed, complete rows
     T = m + Nq
     R, full = -(-T // W), T // W
-    grid = lambda x: F.pad(x, (0, 0, 0, R * W - T)).reshape(x.shape[0], x.shape[1], R, W, -1)  # noqa: E731
-    Q, K_kv, V_kv = (grid(torch.cat(pair, dim=2)) for pair in ((state.q_tail, q), (state.k_tail, k),
-                                                                (state.v_tail, v)))
+    Q, K_kv, V_kv = (row_grid(torch.cat(pair, dim=2), W) for pair in ((state.q_tail, q), (state.k_tail, k),
+                                                                       (state.v_tail, v)))
     K, V = repeat_kv(K_kv, H), repeat_kv(V_kv, H)
     K_all, V_all = torch.cat([repeat_kv(state.keys, H), K], dim=2), torch.cat([repeat_kv(state.values, H), V], dim=2)
     rows, cols = torch.arange(R, device=q.device), torch.arange(W, device=q.device)
@@ -206,8 +193,8 @@ def _rows(q, k, v, state, *, scale, row_len, pooling):
     out = (out / 2).reshape(B, H, R * W, -1)[:, :, m:T]
     new_state = MixtureState(
         torch.cat([state.keys, K_kv[:, :, :full]], dim=2), torch.cat([state.values, V_kv[:, :, :full]], dim=2),
-        _fold(state.k_col, _pool_rows(K_kv[:, :, :full], pooling), pooling),
-        _fold(state.q_col, _pool_rows(Q[:, :, :full], pooling), pooling),
+        fold_pools(state.k_col, reduce_pool(K_kv[:, :, :full], pooling, 2), pooling),
+        fold_pools(state.q_col, reduce_pool(Q[:, :, :full], pooling, 2), pooling),
         k_row[:, :, :C + full], v_row[:, :, :C + full],
         *(torch.cat(pair, dim=2)[:, :, full * W:] for pair in ((state.q_tail, q), (state.k_tail, k),
                                                               (state.v_tail, v))))
@@ -227,12 +214,8 @@ def _rows_form(q, k, v, *, causal, mask, scale, row_len, pooling):
 
 def _step(q, k, v, state, *, causal, mask, scale, row_len, pooling):
     _check(row_len, pooling)
-    if state is None:
-        state = MixtureState.empty(q, k, v, row_len, pooling)
-    elif not isinstance(state, MixtureState):
-        raise TypeError(f"state must be a combiner_mixture state, got {type(state).__name__}")
-    else:
-        state.check(q, k, v, row_len)
+    state = continued(state, MixtureState, "combiner_mixture", lambda: MixtureState.empty(q, k, v, row_len, pooling),
+                      q, k, v, row_len)
     return _rows(q, k, v, state, scale=scale, row_len=row_len, pooling=pooling)
 
 
