@@ -8,29 +8,19 @@ import torch
 import attnkit
 from attnkit.families.combiner import combiner_weights
 
-
-def _qkv(n=23, heads=2, kv_heads=1, d=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(1, heads, n, d, generator=g, dtype=torch.float64)
-    k = torch.randn(1, kv_heads, n, d, generator=g, dtype=torch.float64)
-    v = torch.randn(1, kv_heads, n, d, generator=g, dtype=torch.float64)
-    return q, k, v
+from .combiner_checks import assert_full_attention, assert_state_is_a_value, qkv
 
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_every_visible_key_gets_weight_and_rows_sum_to_one(causal):
-    q, k, v = _qkv()
-    w = combiner_weights(q, k, v, causal=causal, mask=None, scale=0.3, segment_size=4, pooling="mean")
-    visible = torch.ones(23, 23, dtype=torch.bool)
-    if causal:
-        visible = visible.tril()
-    assert (w[..., visible] > 0).all() and (w[..., ~visible] == 0).all()
-    torch.testing.assert_close(w.sum(-1), torch.ones_like(w.sum(-1)))
+    q, k, v = qkv()
+    assert_full_attention(combiner_weights(q, k, v, causal=causal, mask=None, scale=0.3, segment_size=4,
+                                           pooling="mean"), causal)
 
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_one_segment_holding_everything_is_softmax_attention(causal):
-    q, k, v = _qkv()
+    q, k, v = qkv()
     out = attnkit.attention(q, k, v, "combiner", causal=causal, segment_size=32)
     torch.testing.assert_close(out, attnkit.attention(q, k, v, "softmax", causal=causal, form="reference"))
 
@@ -38,7 +28,7 @@ def test_one_segment_holding_everything_is_softmax_attention(causal):
 def test_the_last_query_of_two_segments_by_hand():
     """Causal, segments {0, 1} and {2, 3}: query 3 attends to keys 2, 3 directly and to segment 0 through
     its max-pooled key, which spreads its weight over keys 0, 1 by softmax(qbar . k) with qbar = max(q0, q1)."""
-    q, k, v = (t[:, :1] for t in _qkv(n=4, heads=1))
+    q, k, v = (t[:, :1] for t in qkv(n=4, heads=1))
     out = attnkit.attention(q, k, v, "combiner", causal=True, segment_size=2, pooling="max", scale=1.0)
     q0, k0, v0 = q[0, 0], k[0, 0], v[0, 0]
     k_bar, q_bar = torch.maximum(k0[0], k0[1]), torch.maximum(q0[0], q0[1])
@@ -49,15 +39,10 @@ def test_the_last_query_of_two_segments_by_hand():
 
 
 def test_a_returned_state_is_a_value():
-    q, k, v = _qkv(n=12)
-    kw = dict(causal=True, return_state=True, segment_size=4)
-    _, state = attnkit.attention(q[:, :, :6], k[:, :, :6], v[:, :, :6], "combiner", **kw)
-    first, _ = attnkit.attention(q[:, :, 6:9], k[:, :, 6:9], v[:, :, 6:9], "combiner", state=state, **kw)
-    again, _ = attnkit.attention(q[:, :, 6:9], k[:, :, 6:9], v[:, :, 6:9], "combiner", state=state, **kw)
-    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert_state_is_a_value("combiner", *qkv(n=12), 6, segment_size=4)
 
 
 def test_bad_pooling_is_refused_by_name():
-    q, k, v = _qkv(n=4)
+    q, k, v = qkv(n=4)
     with pytest.raises(ValueError, match="pooling"):
         attnkit.attention(q, k, v, "combiner", pooling="median")

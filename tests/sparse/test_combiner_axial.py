@@ -8,25 +8,16 @@ import torch
 import attnkit
 from attnkit.families.combiner_axial import axial_weights
 
-
-def _qkv(n=23, heads=2, kv_heads=1, d=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(1, heads, n, d, generator=g, dtype=torch.float64)
-    k = torch.randn(1, kv_heads, n, d, generator=g, dtype=torch.float64)
-    v = torch.randn(1, kv_heads, n, d, generator=g, dtype=torch.float64)
-    return q, k, v
+from .combiner_checks import assert_full_attention, assert_state_is_a_value, qkv
 
 
 def test_every_earlier_key_gets_weight_and_rows_sum_to_one():
-    q, k, v = _qkv()
-    w = axial_weights(q, k, v, causal=True, mask=None, scale=0.3, row_len=4)
-    visible = torch.ones(23, 23, dtype=torch.bool).tril()
-    assert (w[..., visible] > 0).all() and (w[..., ~visible] == 0).all()
-    torch.testing.assert_close(w.sum(-1), torch.ones_like(w.sum(-1)))
+    q, k, v = qkv()
+    assert_full_attention(axial_weights(q, k, v, causal=True, mask=None, scale=0.3, row_len=4))
 
 
 def test_one_row_is_causal_softmax():
-    q, k, v = _qkv()
+    q, k, v = qkv()
     out = attnkit.attention(q, k, v, "combiner_axial", causal=True, row_len=32)
     torch.testing.assert_close(out, attnkit.attention(q, k, v, "softmax", causal=True))
 
@@ -34,7 +25,7 @@ def test_one_row_is_causal_softmax():
 def test_the_factorisation_by_hand():
     """Rows of 2: query 3 = (row 1, col 1) attends to 2 and 3 directly, and to row 0 through token 1 = (0, 1),
     whose row attention over tokens 0 and 1 spreads the weight and makes the abstraction key."""
-    q, k, v = _qkv(n=4, heads=1)
+    q, k, v = qkv(n=4, heads=1)
     q, k = q[0, 0], k[0, 0]
     s = 0.5
     a = torch.softmax(s * q[1] @ k[:2].T, dim=0)  # token (0, 1)'s row attention
@@ -42,18 +33,13 @@ def test_the_factorisation_by_hand():
     logits = torch.stack([s * q[3] @ k[2], s * q[3] @ k[3], s * q[3] @ k_bar])
     p = torch.softmax(logits, dim=0)
     expected = torch.stack([p[2] * a[0], p[2] * a[1], p[0], p[1]])
-    w = axial_weights(*_qkv(n=4, heads=1), causal=True, mask=None, scale=s, row_len=2)
+    w = axial_weights(*qkv(n=4, heads=1), causal=True, mask=None, scale=s, row_len=2)
     torch.testing.assert_close(w[0, 0, 3], expected)
 
 
 def test_a_returned_state_is_a_value_and_bad_row_len_is_refused():
-    q, k, v = _qkv(n=12)
-    _, state = attnkit.attention(q[:, :, :7], k[:, :, :7], v[:, :, :7], "combiner_axial", causal=True, row_len=4,
-                                 state=None, return_state=True)
-    tail = q[:, :, 7:], k[:, :, 7:], v[:, :, 7:]
-    first, _ = attnkit.attention(*tail, "combiner_axial", causal=True, row_len=4, state=state, return_state=True)
-    again, _ = attnkit.attention(*tail, "combiner_axial", causal=True, row_len=4, state=state, return_state=True)
-    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    q, k, v = qkv(n=12)
+    assert_state_is_a_value("combiner_axial", q, k, v, 7, row_len=4)
     with pytest.raises(ValueError, match="row_len"):
         attnkit.attention(q, k, v, "combiner_axial", causal=True, row_len=0)
     with pytest.raises(ValueError, match="support"):

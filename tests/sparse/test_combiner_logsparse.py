@@ -9,22 +9,13 @@ import torch
 import attnkit
 from attnkit.families.combiner_logsparse import logsparse_partition, logsparse_weights
 
-
-def _qkv(n=23, heads=2, kv_heads=1, d=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(1, heads, n, d, generator=g, dtype=torch.float64)
-    k = torch.randn(1, kv_heads, n, d, generator=g, dtype=torch.float64)
-    v = torch.randn(1, kv_heads, n, d, generator=g, dtype=torch.float64)
-    return q, k, v
+from .combiner_checks import assert_decoding_equals_one_call, assert_full_attention, assert_state_is_a_value, qkv
 
 
 @pytest.mark.parametrize("pooling", ["max", "mean"])
 def test_every_earlier_key_gets_weight_and_rows_sum_to_one(pooling):
-    q, k, v = _qkv()
-    w = logsparse_weights(q, k, v, causal=True, mask=None, scale=0.3, pooling=pooling)
-    visible = torch.ones(23, 23, dtype=torch.bool).tril()
-    assert (w[..., visible] > 0).all() and (w[..., ~visible] == 0).all()
-    torch.testing.assert_close(w.sum(-1), torch.ones_like(w.sum(-1)))
+    q, k, v = qkv()
+    assert_full_attention(logsparse_weights(q, k, v, causal=True, mask=None, scale=0.3, pooling=pooling))
 
 
 def test_the_partition_is_one_span_per_set_bit():
@@ -38,7 +29,7 @@ def test_the_partition_is_one_span_per_set_bit():
 
 def test_the_factorisation_by_hand():
     """Query 6 = 110b attends to itself directly, to [4, 6) and to [0, 4) through their max-pooled abstractions."""
-    q, k, v = _qkv(n=8, heads=1)
+    q, k, v = qkv(n=8, heads=1)
     Q, K = q[0, 0], k[0, 0]
     s = 0.5
     spans = [(4, 6), (0, 4)]
@@ -51,24 +42,13 @@ def test_the_factorisation_by_hand():
 
 
 def test_decoding_token_by_token_equals_one_call_and_a_state_is_a_value():
-    q, k, v = _qkv(n=21, heads=4, kv_heads=2)
-    whole = attnkit.attention(q, k, v, "combiner_logsparse", causal=True, pooling="mean")
-    state, outs = None, []
-    for i in range(21):
-        out, state = attnkit.attention(q[:, :, i:i + 1], k[:, :, i:i + 1], v[:, :, i:i + 1], "combiner_logsparse",
-                                       causal=True, pooling="mean", state=state, return_state=True)
-        outs.append(out)
-    torch.testing.assert_close(torch.cat(outs, dim=2), whole)
-    _, state = attnkit.attention(q[:, :, :7], k[:, :, :7], v[:, :, :7], "combiner_logsparse", causal=True,
-                                 state=None, return_state=True)
-    tail = q[:, :, 7:], k[:, :, 7:], v[:, :, 7:]
-    first, _ = attnkit.attention(*tail, "combiner_logsparse", causal=True, state=state, return_state=True)
-    again, _ = attnkit.attention(*tail, "combiner_logsparse", causal=True, state=state, return_state=True)
-    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    q, k, v = qkv(n=21, heads=4, kv_heads=2)
+    assert_decoding_equals_one_call("combiner_logsparse", q, k, v, pooling="mean")
+    assert_state_is_a_value("combiner_logsparse", q, k, v, 7)
 
 
 def test_bad_pooling_and_non_causal_calls_are_refused():
-    q, k, v = _qkv(n=12)
+    q, k, v = qkv(n=12)
     with pytest.raises(ValueError, match="pooling"):
         attnkit.attention(q, k, v, "combiner_logsparse", causal=True, pooling="sum")
     with pytest.raises(ValueError, match="support"):
