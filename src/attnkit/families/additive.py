@@ -19,7 +19,8 @@ per head: tensor inputs ``w_q`` and ``w_k`` ``(heads, head_dim, A)`` (``W_a``
 and ``U_a`` acting on the right, ``q_i @ w_q``) and ``v_a`` ``(heads, A)`` for
 an alignment width ``A``. The score has no temperature, so ``scale`` is not
 used. The reference materialises the concatenation ``[q_i; k_j]`` for every
-pair and multiplies it by ``W_a``; the chunked form projects queries and keys
+pair and multiplies it by ``W_a``; the chunked form (the first layer shared
+with Neural Attention, :mod:`attnkit.builders.pair_scores`) projects queries and keys
 once and forms ``tanh(q_i W + k_j U)`` one tile at a time, so a tile holds
 ``q_chunk x kv_chunk x A`` numbers (hence the smaller default tiles); the
 ``dense`` form (the default while all pairs times ``A`` stay under ``2^22``
@@ -29,8 +30,8 @@ from __future__ import annotations
 
 import torch
 
+from ..builders.pair_scores import check_first_layer, concatenated_first_layer, project, tiled_first_layer
 from ..builders.score_pipeline import register_score_mechanism
-from ..kernels.positions import repeat_kv
 from ..params import Param, TensorInput
 from ..reference import materialised_attention
 from ..validation import check_tensor
@@ -48,30 +49,17 @@ def additive_scores(q: torch.Tensor, k: torch.Tensor, w_q: torch.Tensor, w_k: to
 
 
 def _check(q, k, w_q, w_k, v_a):
-    H, D = q.shape[1], q.shape[3]
-    if not isinstance(w_q, torch.Tensor) or w_q.ndim != 3:
-        raise ValueError("w_q must be a tensor of shape (heads, head_dim, A) for an alignment width A")
-    A = w_q.shape[2]
-    check_tensor("w_q", w_q, (H, D, A), q, what="(heads, head_dim, A)")
-    check_tensor("w_k", w_k, (H, k.shape[3], A), q, what="(heads, head_dim, A)")
-    check_tensor("v_a", v_a, (H, A), q, what="(heads, A)")
-
-
-def _project(q, k, w_q, w_k):
-    """``q W_a`` and ``k U_a`` per head, ``(B, H, N, A)``: projected once for all pairs."""
-    k = repeat_kv(k, q.shape[1])
-    return torch.einsum("bhnd,hda->bhna", q, w_q), torch.einsum("bhnd,hda->bhna", k, w_k)
+    check_first_layer(q, k, w_q, w_k, "an alignment width")
+    check_tensor("v_a", v_a, (q.shape[1], w_q.shape[2]), q, what="(heads, A)")
 
 
 def _tiled_mod(q, k, *, w_q, w_k, v_a, **_):
     _check(q, k, w_q, w_k, v_a)
-    offset = k.shape[2] - q.shape[2]
-    q_proj, k_proj = _project(q, k, w_q, w_k)
+    first = tiled_first_layer(q, k, w_q, w_k)
     v_col = v_a[:, None, :, None]
 
     def mod(scores, q_pos, k_pos):
-        hidden = torch.tanh(q_proj[:, :, q_pos - offset, None, :] + k_proj[:, :, None, k_pos, :])
-        return (hidden @ v_col).squeeze(-1)
+        return (torch.tanh(first(q_pos, k_pos)) @ v_col).squeeze(-1)
 
     return mod
 
@@ -79,14 +67,9 @@ def _tiled_mod(q, k, *, w_q, w_k, v_a, **_):
 def _reference_mod(q, k, *, w_q, w_k, v_a, **_):
     """``v_a^T tanh(W_a [q_i; k_j])`` with the concatenation materialised, as Luong et al. write it."""
     _check(q, k, w_q, w_k, v_a)
-    k = repeat_kv(k, q.shape[1])
-    w_a = torch.cat([w_q, w_k], dim=1)  # (H, Dq + Dk, A)
 
     def mod(scores, q_pos, k_pos):
-        Nq, Nk = len(q_pos), len(k_pos)
-        pairs = torch.cat([q[:, :, :, None, :].expand(-1, -1, Nq, Nk, -1),
-                           k[:, :, None, :, :].expand(-1, -1, Nq, Nk, -1)], dim=-1)
-        return torch.einsum("bhija,ha->bhij", torch.tanh(torch.einsum("bhijc,hca->bhija", pairs, w_a)), v_a)
+        return torch.einsum("bhija,ha->bhij", torch.tanh(concatenated_first_layer(q, k, w_q, w_k)), v_a)
 
     return mod
 
@@ -98,7 +81,7 @@ DENSE_LIMIT = 1 << 22
 def _dense(q, k, v, *, causal, mask, scale, w_q, w_k, v_a, q_chunk=None, kv_chunk=None):
     """Projected once, all pairs at once: for short sequences (decoder steps), where tiles only cost."""
     _check(q, k, w_q, w_k, v_a)
-    q_proj, k_proj = _project(q, k, w_q, w_k)
+    q_proj, k_proj = project(q, k, w_q, w_k)
     scores = torch.tanh(q_proj[:, :, :, None, :] + k_proj[:, :, None, :, :]) @ v_a[:, None, :, None]
     return materialised_attention(q, k, v, causal=causal, mask=mask, scale=scale,
                                   score_mod=lambda s, q_pos, k_pos: scores.squeeze(-1))

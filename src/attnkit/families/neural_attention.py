@@ -19,14 +19,15 @@ temperature: ``scale`` is not used. Additive attention (``"additive"``) is the o
 
 Forms: ``reference`` (the concatenation materialised for every pair) and ``chunked`` (q and k
 projected once, the MLP evaluated one tile of pairs at a time: a tile holds ``q_chunk x kv_chunk
-x A`` numbers); incremental over a KV cache.
+x A`` numbers; the first layer is shared with additive attention,
+:mod:`attnkit.builders.pair_scores`); incremental over a KV cache.
 """
 from __future__ import annotations
 
 import torch
 
+from ..builders.pair_scores import check_first_layer, concatenated_first_layer, tiled_first_layer
 from ..builders.score_pipeline import register_score_mechanism
-from ..kernels.positions import repeat_kv
 from ..params import Param, TensorInput
 from ..validation import check_tensor
 
@@ -34,14 +35,10 @@ PAPER = "Neural Attention: A Novel Mechanism for Enhanced Expressive Power in Tr
 
 
 def _check(q, k, w_q, w_k, b_1, w_2, b_2, w_3):
-    H, D = q.shape[1], q.shape[3]
-    if not isinstance(w_q, torch.Tensor) or w_q.ndim != 3:
-        raise ValueError("w_q must be a tensor of shape (heads, head_dim, A) for a hidden width A")
+    check_first_layer(q, k, w_q, w_k, "a hidden width")
     if not isinstance(w_2, torch.Tensor) or w_2.ndim != 3:
         raise ValueError("w_2 must be a tensor of shape (heads, A, A2) for a second hidden width A2")
-    A, A2 = w_q.shape[2], w_2.shape[2]
-    check_tensor("w_q", w_q, (H, D, A), q, what="(heads, head_dim, A)")
-    check_tensor("w_k", w_k, (H, k.shape[3], A), q, what="(heads, head_dim, A)")
+    H, A, A2 = q.shape[1], w_q.shape[2], w_2.shape[2]
     check_tensor("b_1", b_1, (H, A), q, what="(heads, A)")
     check_tensor("w_2", w_2, (H, A, A2), q, what="(heads, A, A2)")
     check_tensor("b_2", b_2, (H, A2), q, what="(heads, A2)")
@@ -57,12 +54,10 @@ def _head_mlp(h1_pre, b_1, w_2, b_2, w_3):
 
 def _tiled_mod(q, k, *, w_q, w_k, b_1, w_2, b_2, w_3, **_):
     _check(q, k, w_q, w_k, b_1, w_2, b_2, w_3)
-    offset = k.shape[2] - q.shape[2]
-    q_proj = torch.einsum("bhnd,hda->bhna", q, w_q)
-    k_proj = torch.einsum("bhnd,hda->bhna", repeat_kv(k, q.shape[1]), w_k)
+    first = tiled_first_layer(q, k, w_q, w_k)
 
     def mod(scores, q_pos, k_pos):
-        return _head_mlp(q_proj[:, :, q_pos - offset, None, :] + k_proj[:, :, None, k_pos, :], b_1, w_2, b_2, w_3)
+        return _head_mlp(first(q_pos, k_pos), b_1, w_2, b_2, w_3)
 
     return mod
 
@@ -70,14 +65,9 @@ def _tiled_mod(q, k, *, w_q, w_k, b_1, w_2, b_2, w_3, **_):
 def _reference_mod(q, k, *, w_q, w_k, b_1, w_2, b_2, w_3, **_):
     """The MLP on the materialised concatenation ``[q_i; k_j]`` of every pair, as the paper writes it."""
     _check(q, k, w_q, w_k, b_1, w_2, b_2, w_3)
-    k = repeat_kv(k, q.shape[1])
-    w_1 = torch.cat([w_q, w_k], dim=1)  # (H, Dq + Dk, A)
 
     def mod(scores, q_pos, k_pos):
-        Nq, Nk = len(q_pos), len(k_pos)
-        pairs = torch.cat([q[:, :, :, None, :].expand(-1, -1, Nq, Nk, -1),
-                           k[:, :, None, :, :].expand(-1, -1, Nq, Nk, -1)], dim=-1)
-        return _head_mlp(torch.einsum("bhijc,hca->bhija", pairs, w_1), b_1, w_2, b_2, w_3)
+        return _head_mlp(concatenated_first_layer(q, k, w_q, w_k), b_1, w_2, b_2, w_3)
 
     return mod
 
