@@ -2,12 +2,13 @@
 import pytest
 import torch
 
-import attnkit
 from attnkit.nn import Attention, HeadEmbeddingAttention
+
+from .layer_checks import assert_decodes_in_pieces, parameter_count, softmax_head
 
 
 def _qkv_parameters(layer) -> int:
-    return sum(p.numel() for m in (layer.q_proj, layer.k_proj, layer.v_proj) for p in m.parameters())
+    return parameter_count(layer.q_proj, layer.k_proj, layer.v_proj)
 
 
 @pytest.mark.parametrize("n, d", [(4, 8), (8, 16), (12, 64)])
@@ -27,18 +28,13 @@ def test_matches_the_equations_head_by_head(mode, causal):
     dim, n, N = 12, 3, 7
     layer = HeadEmbeddingAttention(dim, n, mode=mode, dtype=torch.float64)
     x = torch.randn(2, N, dim, dtype=torch.float64)
-    d = dim // n
     heads = []
     for i in range(n):
         made = []
         for proj in (layer.q_proj, layer.k_proj, layer.v_proj):
             shared = x @ proj.weight.T
             made.append(shared + proj.embeddings[i] if mode == "add" else shared * proj.embeddings[i])
-        q, k, v = made
-        s = q @ k.transpose(-1, -2) / d ** 0.5
-        if causal:
-            s = s.masked_fill(torch.ones(N, N, dtype=torch.bool).triu(1), float("-inf"))
-        heads.append(torch.softmax(s, -1) @ v)
+        heads.append(softmax_head(*made, causal))
     expected = layer.out_proj(torch.cat(heads, dim=-1))
     torch.testing.assert_close(layer(x, causal=causal), expected)
 
@@ -46,13 +42,7 @@ def test_matches_the_equations_head_by_head(mode, causal):
 def test_gqa_rope_and_incremental_decoding_work_as_in_attention():
     torch.manual_seed(1)
     layer = HeadEmbeddingAttention(32, 4, kv_heads=2, rope=True, mechanism="alibi", dtype=torch.float64)
-    x = torch.randn(2, 9, 32, dtype=torch.float64)
-    whole = layer(x, causal=True)
-    state, parts = None, []
-    for t in range(0, 9, 4):
-        out, state = layer(x[:, t:t + 4], causal=True, state=state, return_state=True)
-        parts.append(out)
-    torch.testing.assert_close(torch.cat(parts, dim=1), whole)
+    assert_decodes_in_pieces(layer, torch.randn(2, 9, 32, dtype=torch.float64), 4)
     assert layer.k_proj.embeddings.shape == (2, 8)
 
 

@@ -4,23 +4,22 @@ import torch
 
 from attnkit.nn import Attention, PayBetterAttention
 
-
-def _parameters(layer) -> int:
-    return sum(p.numel() for p in layer.parameters())
+from .layer_checks import assert_decodes_in_pieces, parameter_count, softmax_head
 
 
 @pytest.mark.parametrize("dim, heads", [(32, 4), (64, 8), (96, 3)])
 def test_parameter_counts_are_three_quarters_and_a_half_of_standard_attention(dim, heads):
-    standard = _parameters(Attention(dim, heads, device="meta"))
-    assert 4 * _parameters(PayBetterAttention(dim, heads, variant="optimised", device="meta")) == 3 * standard
-    assert 2 * _parameters(PayBetterAttention(dim, heads, variant="efficient", device="meta")) == standard
+    standard = parameter_count(Attention(dim, heads, device="meta"))
+    assert 4 * parameter_count(PayBetterAttention(dim, heads, variant="optimised", device="meta")) == 3 * standard
+    assert 2 * parameter_count(PayBetterAttention(dim, heads, variant="efficient", device="meta")) == standard
     L = 10
-    assert _parameters(PayBetterAttention(dim, heads, variant="super", seq_len=L, device="meta")) == standard // 2 + L * L
+    super_attention = PayBetterAttention(dim, heads, variant="super", seq_len=L, device="meta")
+    assert parameter_count(super_attention) == standard // 2 + L * L
 
 
 def _written_out(layer, x, causal):
     """The paper's heads: queries projected, keys projected (Optimised) or sliced, values sliced (after W_A for Super)."""
-    B, N, dim = x.shape
+    N = x.shape[1]
     n, h = layer.heads, layer.head_dim
     q = x @ layer.q_proj.weight.T
     k = x @ layer.k_proj.weight.T if layer.variant == "optimised" else x
@@ -31,10 +30,7 @@ def _written_out(layer, x, causal):
     heads = []
     for i in range(n):
         cols = slice(i * h, (i + 1) * h)
-        s = q[..., cols] @ k[..., cols].transpose(-1, -2) / h ** 0.5
-        if causal:
-            s = s.masked_fill(torch.ones(N, N, dtype=torch.bool).triu(1), float("-inf"))
-        heads.append(torch.softmax(s, -1) @ v[..., cols])
+        heads.append(softmax_head(q[..., cols], k[..., cols], v[..., cols], causal))
     return layer.out_proj(torch.cat(heads, dim=-1))
 
 
@@ -55,13 +51,7 @@ def test_matches_the_equations_head_by_head(variant, causal):
 def test_optimised_and_efficient_decode_incrementally(variant):
     torch.manual_seed(1)
     layer = PayBetterAttention(16, 4, variant=variant, dtype=torch.float64)
-    x = torch.randn(1, 7, 16, dtype=torch.float64)
-    whole = layer(x, causal=True)
-    state, parts = None, []
-    for t in range(0, 7, 3):
-        out, state = layer(x[:, t:t + 3], causal=True, state=state, return_state=True)
-        parts.append(out)
-    torch.testing.assert_close(torch.cat(parts, dim=1), whole)
+    assert_decodes_in_pieces(layer, torch.randn(1, 7, 16, dtype=torch.float64), 3)
 
 
 def test_super_attention_refuses_what_its_alignment_matrix_cannot_do():
