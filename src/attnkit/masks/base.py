@@ -17,6 +17,7 @@ classified by evaluating every pair (correct, slower).
 """
 from __future__ import annotations
 
+import operator
 from typing import Callable
 
 import torch
@@ -53,36 +54,23 @@ def _tiles_of(masks):
 
 def and_masks(*masks: MaskMod) -> MaskMod:
     """Pairs every mask allows. Tiles: full if all are full, empty if one is empty."""
-    if not masks:
-        raise ValueError("and_masks needs at least one mask")
-
-    def fn(b, h, q, kv):
-        out = masks[0](b, h, q, kv)
-        for m in masks[1:]:
-            out = out & m(b, h, q, kv)
-        return out
-
-    parts = _tiles_of(masks)
-
-    def tiles(*bounds):
-        results = [t(*bounds) for t in parts]
-        any_, all_ = results[0]
-        for a, e in results[1:]:
-            any_, all_ = any_ & a, all_ & e
-        return any_, all_
-
-    return MaskMod(fn, tiles if parts else None, " & ".join(m.name for m in masks))
+    return _joined(masks, operator.and_, "&", "and_masks")
 
 
 def or_masks(*masks: MaskMod) -> MaskMod:
     """Pairs any mask allows. Tiles: full if one is full, empty if all are empty."""
+    return _joined(masks, operator.or_, "|", "or_masks")
+
+
+def _joined(masks, op, symbol, caller) -> MaskMod:
+    """The masks joined pair by pair with ``op``, and their tiles' (some pair, every pair) flags with the same ``op``."""
     if not masks:
-        raise ValueError("or_masks needs at least one mask")
+        raise ValueError(f"{caller} needs at least one mask")
 
     def fn(b, h, q, kv):
         out = masks[0](b, h, q, kv)
         for m in masks[1:]:
-            out = out | m(b, h, q, kv)
+            out = op(out, m(b, h, q, kv))
         return out
 
     parts = _tiles_of(masks)
@@ -91,10 +79,10 @@ def or_masks(*masks: MaskMod) -> MaskMod:
         results = [t(*bounds) for t in parts]
         any_, all_ = results[0]
         for a, e in results[1:]:
-            any_, all_ = any_ | a, all_ | e
+            any_, all_ = op(any_, a), op(all_, e)
         return any_, all_
 
-    return MaskMod(fn, tiles if parts else None, " | ".join(m.name for m in masks))
+    return MaskMod(fn, tiles if parts else None, f" {symbol} ".join(m.name for m in masks))
 
 
 def not_mask(mask: MaskMod) -> MaskMod:
