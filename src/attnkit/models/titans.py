@@ -93,6 +93,29 @@ def _memory(dim, heads, head_dim, chunk_size, max_grad_norm) -> Attention:
                      max_grad_norm=max_grad_norm)
 
 
+def _run(layer, x, parts, name):
+    """``(out, state)`` of one of MAG's or MAL's layers: with its state in ``parts`` (None: a one-shot call,
+    no state)."""
+    if parts is None:
+        return layer(x, causal=True), None
+    return layer(x, causal=True, state=parts[name], return_state=True)
+
+
+def _two_layers(block, name, x, causal, mask, state, return_state):
+    """MAG's and MAL's call: ``[P || x]`` on the first call (``P`` dropped from the output), then the block's
+    ``_mix`` of its attention and memory, their states carried in a :class:`TitansState`."""
+    _check_call(name, causal, mask)
+    first = state is None
+    xt = _prepend(block.persistent, x) if first else x
+    parts = None
+    if return_state or state is not None:
+        parts = state.parts if state is not None else {"attn": None, "memory": None}
+    out, s_attn, s_mem = block._mix(xt, parts)
+    if first:
+        out = out[:, block.persistent.shape[0]:]
+    return (out, TitansState(s_mem.length, attn=s_attn, memory=s_mem)) if return_state else out
+
+
 class MemoryAsGate(nn.Module):
     """Titans MAG: sliding-window attention and the neural memory side by side, mixed by a gate."""
 
@@ -105,20 +128,12 @@ class MemoryAsGate(nn.Module):
         self.attn_norm, self.memory_norm = nn.RMSNorm(dim), nn.RMSNorm(dim)
 
     def forward(self, x, *, causal=False, mask=None, state=None, return_state=False):
-        _check_call("MAG", causal, mask)
-        first = state is None
-        xt = _prepend(self.persistent, x) if first else x
-        if return_state or state is not None:
-            parts = state.parts if state is not None else {"attn": None, "memory": None}
-            y, s_attn = self.attn(xt, causal=True, state=parts["attn"], return_state=True)
-            m, s_mem = self.memory(xt, causal=True, state=parts["memory"], return_state=True)
-            new_state = TitansState(s_mem.length, attn=s_attn, memory=s_mem)
-        else:
-            y, m = self.attn(xt, causal=True), self.memory(xt, causal=True)
-        out = self.attn_norm(y) * torch.sigmoid(self.memory_norm(m))
-        if first:
-            out = out[:, self.persistent.shape[0]:]
-        return (out, new_state) if return_state else out
+        return _two_layers(self, "MAG", x, causal, mask, state, return_state)
+
+    def _mix(self, xt, parts):
+        y, s_attn = _run(self.attn, xt, parts, "attn")
+        m, s_mem = _run(self.memory, xt, parts, "memory")
+        return self.attn_norm(y) * torch.sigmoid(self.memory_norm(m)), s_attn, s_mem
 
 
 class MemoryAsLayer(nn.Module):
@@ -133,19 +148,12 @@ class MemoryAsLayer(nn.Module):
                               rope=RoPE(head_dim) if rope else None, sinks=persistent, window=window)
 
     def forward(self, x, *, causal=False, mask=None, state=None, return_state=False):
-        _check_call("MAL", causal, mask)
-        first = state is None
-        xt = _prepend(self.persistent, x) if first else x
-        if return_state or state is not None:
-            parts = state.parts if state is not None else {"attn": None, "memory": None}
-            y, s_mem = self.memory(xt, causal=True, state=parts["memory"], return_state=True)
-            out, s_attn = self.attn(self.norm(y), causal=True, state=parts["attn"], return_state=True)
-            new_state = TitansState(s_mem.length, attn=s_attn, memory=s_mem)
-        else:
-            out = self.attn(self.norm(self.memory(xt, causal=True)), causal=True)
-        if first:
-            out = out[:, self.persistent.shape[0]:]
-        return (out, new_state) if return_state else out
+        return _two_layers(self, "MAL", x, causal, mask, state, return_state)
+
+    def _mix(self, xt, parts):
+        y, s_mem = _run(self.memory, xt, parts, "memory")
+        out, s_attn = _run(self.attn, self.norm(y), parts, "attn")
+        return out, s_attn, s_mem
 
 
 class MemoryAsContext(nn.Module):
