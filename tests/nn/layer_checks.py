@@ -1,6 +1,5 @@
-"""What the tests of layers that change how heads are made share: a parameter count, one head of scaled
-dot-product softmax attention written out, and decoding in pieces with the returned state checked against
-one call."""
+"""What the layer tests share: a parameter count, one head of scaled dot-product softmax attention written
+out, and decoding in pieces with the returned states checked against one call."""
 from __future__ import annotations
 
 import torch
@@ -19,12 +18,17 @@ def softmax_head(q, k, v, causal):
     return torch.softmax(s, -1) @ v
 
 
-def assert_decodes_in_pieces(layer, x, piece):
-    """``layer`` over ``x (B, N, dim)`` in pieces of ``piece`` tokens, each continuing the state returned by the
-    last, gives the one causal call's output."""
-    whole = layer(x, causal=True)
-    state, parts = None, []
-    for t in range(0, x.shape[1], piece):
-        out, state = layer(x[:, t:t + piece], causal=True, state=state, return_state=True)
-        parts.append(out)
-    torch.testing.assert_close(torch.cat(parts, dim=1), whole)
+def assert_continues_in_pieces(layer, x, cuts, **call):
+    """``layer`` over ``x (B, N, dim)`` cut at the token positions ``cuts``, each piece continuing the state the
+    last returned, gives one call's output; continuing again from the first state gives the second piece again
+    (a state is a value). ``call``: the layer's other arguments (``causal=True``). Returns the states."""
+    whole = layer(x, **call)
+    bounds = (0, *cuts, x.shape[1])
+    state, outs, states = None, [], []
+    for lo, hi in zip(bounds, bounds[1:]):
+        out, state = layer(x[:, lo:hi], state=state, return_state=True, **call)
+        outs.append(out)
+        states.append(state)
+    torch.testing.assert_close(torch.cat(outs, dim=1), whole)
+    torch.testing.assert_close(layer(x[:, bounds[1]:bounds[2]], state=states[0], **call), outs[1])
+    return states

@@ -4,7 +4,7 @@ import torch
 
 from attnkit.nn import Attention, HeadEmbeddingAttention
 
-from .layer_checks import assert_decodes_in_pieces, parameter_count, softmax_head
+from .layer_checks import assert_continues_in_pieces, parameter_count, softmax_head
 
 
 def _qkv_parameters(layer) -> int:
@@ -42,7 +42,7 @@ def test_matches_the_equations_head_by_head(mode, causal):
 def test_gqa_rope_and_incremental_decoding_work_as_in_attention():
     torch.manual_seed(1)
     layer = HeadEmbeddingAttention(32, 4, kv_heads=2, rope=True, mechanism="alibi", dtype=torch.float64)
-    assert_decodes_in_pieces(layer, torch.randn(2, 9, 32, dtype=torch.float64), 4)
+    assert_continues_in_pieces(layer, torch.randn(2, 9, 32, dtype=torch.float64), (4, 8), causal=True)
     assert layer.k_proj.embeddings.shape == (2, 8)
 
 

@@ -5,6 +5,8 @@ import torch.nn.functional as F
 import attnkit
 from attnkit.nn import PaTHAttention
 
+from .layer_checks import assert_continues_in_pieces
+
 
 def _layer(seed=0, **kw):
     torch.manual_seed(seed)
@@ -32,11 +34,5 @@ def test_w_is_the_normalised_silu_of_a_causal_convolution_over_three_tokens():
 def test_decoding_in_pieces_equals_one_shot_with_the_convolution_carried():
     for kw in ({}, {"forget_gate": True}, {"w_conv": 0}):
         layer = _layer(seed=1, **kw)
-        x = torch.randn(2, 10, 8, dtype=torch.float64)
-        whole = layer(x)
-        a, s1 = layer(x[:, :3], return_state=True)
-        b, s2 = layer(x[:, 3:4], state=s1, return_state=True)
-        c, s3 = layer(x[:, 4:], state=s2, return_state=True)
-        torch.testing.assert_close(torch.cat([a, b, c], 1), whole)
+        _, _, s3 = assert_continues_in_pieces(layer, torch.randn(2, 10, 8, dtype=torch.float64), (3, 4))
         assert s3.length == 10
-        torch.testing.assert_close(layer(x[:, 3:4], state=s1), b)  # s1 unchanged by the later calls

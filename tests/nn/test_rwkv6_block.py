@@ -4,6 +4,8 @@ import torch.nn.functional as F
 
 from attnkit.nn import RWKV6TimeMix
 
+from .layer_checks import assert_continues_in_pieces
+
 
 def _block(seed=0):
     torch.manual_seed(seed)
@@ -49,11 +51,5 @@ def test_the_block_is_the_papers_recurrence_token_by_token():
 
 def test_decoding_in_pieces_equals_one_shot_the_token_shift_is_carried():
     block = _block(seed=1)
-    x = torch.randn(2, 10, 8, dtype=torch.float64)
-    whole = block(x)
-    a, s1 = block(x[:, :3], return_state=True)
-    b, s2 = block(x[:, 3:4], state=s1, return_state=True)
-    c, s3 = block(x[:, 4:], state=s2, return_state=True)
-    torch.testing.assert_close(torch.cat([a, b, c], 1), whole)
+    _, _, s3 = assert_continues_in_pieces(block, torch.randn(2, 10, 8, dtype=torch.float64), (3, 4))
     assert s3.length == 10
-    torch.testing.assert_close(block(x[:, 3:4], state=s1), b)  # s1 unchanged by the later calls

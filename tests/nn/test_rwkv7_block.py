@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from attnkit.nn import RWKV7TimeMix
 from attnkit.nn.rwkv7 import RWKV7State
 
+from .layer_checks import assert_continues_in_pieces
+
 
 def _block(dim=8, heads=2, seed=0):
     torch.manual_seed(seed)
@@ -54,15 +56,9 @@ def test_the_block_is_the_papers_recurrence_token_by_token():
 def test_decoding_in_pieces_equals_one_shot_the_token_shift_is_carried():
     block = _block(seed=1)
     x = torch.randn(2, 10, 8, dtype=torch.float64)
-    whole = block(x)
-    out1, s1 = block(x[:, :3], return_state=True)
-    out2, s2 = block(x[:, 3:4], state=s1, return_state=True)
-    out3, s3 = block(x[:, 4:], state=s2, return_state=True)
-    torch.testing.assert_close(torch.cat([out1, out2, out3], 1), whole)
+    s1, _, s3 = assert_continues_in_pieces(block, x, (3, 4))
     assert isinstance(s3, RWKV7State) and s3.length == 10
     torch.testing.assert_close(s1.shift, x[:, 2])
-    again = block(x[:, 3:4], state=s1)  # s1 is a value: a later call did not change it
-    torch.testing.assert_close(again, out2)
 
 
 def test_without_the_carried_token_the_next_piece_differs():
