@@ -5,6 +5,8 @@ from torch import nn
 
 import attnkit
 
+from ..nn.layer_checks import assert_continues_in_pieces
+
 
 def test_equals_the_authors_network_with_the_down_projections_folded():
     torch.manual_seed(0)
@@ -34,11 +36,6 @@ def test_the_layer_learns_the_score_network_and_decodes_incrementally():
     torch.manual_seed(1)
     layer = attnkit.nn.Attention(32, heads=2, mechanism="neural_attention").double()
     x = torch.randn(2, 9, 32, dtype=torch.float64)
-    whole = layer(x, causal=True)
-    state, parts = None, []
-    for t in range(0, 9, 4):
-        out, state = layer(x[:, t:t + 4], causal=True, state=state, return_state=True)
-        parts.append(out)
-    torch.testing.assert_close(torch.cat(parts, dim=1), whole)
-    whole.sum().backward()
+    assert_continues_in_pieces(layer, x, (4, 8), causal=True)
+    layer(x, causal=True).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.inputs.parameters())

@@ -8,6 +8,8 @@ import torch
 import attnkit
 from attnkit.families.tra import tra_weights
 
+from ..nn.layer_checks import assert_continues_in_pieces
+
 
 def test_matches_the_papers_equations_pair_by_pair():
     torch.manual_seed(0)
@@ -65,11 +67,6 @@ def test_the_layer_learns_the_forget_gates_and_decodes_incrementally():
     torch.manual_seed(2)
     layer = attnkit.nn.Attention(32, heads=4, kv_heads=2, mechanism="tra", qk_norm=True).double()
     x = torch.randn(2, 10, 32, dtype=torch.float64)
-    whole = layer(x, causal=True)
-    state, parts = None, []
-    for t in range(0, 10, 3):
-        out, state = layer(x[:, t:t + 3], causal=True, state=state, return_state=True)
-        parts.append(out)
-    torch.testing.assert_close(torch.cat(parts, dim=1), whole)
-    whole.sum().backward()
+    assert_continues_in_pieces(layer, x, (3, 6, 9), causal=True)
+    layer(x, causal=True).sum().backward()
     assert layer.inputs.proj.weight.grad.abs().sum() > 0
