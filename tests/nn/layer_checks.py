@@ -1,4 +1,4 @@
-"""What the layer tests share: a parameter count, one head of scaled dot-product softmax attention written
+"""What the layer tests share: a parameter count, parameters moved off their initial values, one head of scaled dot-product softmax attention written
 out, and decoding in pieces with the returned states checked against one call."""
 from __future__ import annotations
 
@@ -7,6 +7,15 @@ import torch
 
 def parameter_count(*modules) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def perturbed(module):
+    """``module`` with every parameter moved off its initial value (by 0.3 standard normal), so that each term of
+    an equation written out counts."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return module
 
 
 def softmax_head(q, k, v, causal):

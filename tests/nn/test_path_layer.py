@@ -5,16 +5,12 @@ import torch.nn.functional as F
 import attnkit
 from attnkit.nn import PaTHAttention
 
-from .layer_checks import assert_continues_in_pieces
+from .layer_checks import assert_continues_in_pieces, perturbed
 
 
 def _layer(seed=0, **kw):
     torch.manual_seed(seed)
-    layer = PaTHAttention(8, 2, rank=4, chunk_size=4, **kw).double()
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return layer
+    return perturbed(PaTHAttention(8, 2, rank=4, chunk_size=4, **kw).double())
 
 
 def test_w_is_the_normalised_silu_of_a_causal_convolution_over_three_tokens():

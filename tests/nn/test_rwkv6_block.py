@@ -4,16 +4,12 @@ import torch.nn.functional as F
 
 from attnkit.nn import RWKV6TimeMix
 
-from .layer_checks import assert_continues_in_pieces
+from .layer_checks import assert_continues_in_pieces, perturbed
 
 
 def _block(seed=0):
     torch.manual_seed(seed)
-    block = RWKV6TimeMix(8, 2, rank=3, decay_rank=4, chunk_size=4).double()
-    with torch.no_grad():  # move every parameter off its initial value, so that each term counts
-        for p in block.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return block
+    return perturbed(RWKV6TimeMix(8, 2, rank=3, decay_rank=4, chunk_size=4).double())
 
 
 def _paper(block, x):
