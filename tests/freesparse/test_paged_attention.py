@@ -77,3 +77,17 @@ def test_decode_page_attention_reads_the_past_pages_and_the_current_one(Nk):
     pages = torch.cat([torch.full((B, H, 1), current), past], -1)[:, :, None]
     want = _masked(q, k, v, pages, torch.ones_like(pages, dtype=torch.bool), page, 0.3)
     assert (out - want).abs().max() < 1e-12
+
+
+def test_a_bfloat16_decode_step_takes_the_copying_form():
+    """PyTorch's sampled product has no bfloat16 on the CPU: such a Quest step copies its keys, and equals the
+    float32 step on the same (rounded) inputs."""
+    import attnkit
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 40, 8, generator=g).bfloat16() for _ in range(3))
+    with torch.no_grad():  # a decode call: the last query against the whole cache
+        out, _ = attnkit.attention(q[:, :, -1:], k, v, "quest", causal=True, page=4, top_k=3, return_state=True)
+        want, _ = attnkit.attention(q[:, :, -1:].float(), k.float(), v.float(), "quest", causal=True, page=4,
+                                    top_k=3, return_state=True)
+    assert out.dtype == torch.bfloat16 and (out.float() - want).abs().max() < 0.05

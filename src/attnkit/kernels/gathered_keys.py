@@ -96,6 +96,13 @@ def gathered_attention(q, k, v, index: torch.Tensor, valid: torch.Tensor, *, sca
     return paged_attention(q, k, v, index, valid, page=1, scale=scale)
 
 
+def reads_in_place(q, k, v) -> bool:
+    """Whether :func:`decode_page_attention` can take this call: on the CPU, in float32 or float64 (the dtypes
+    of PyTorch's sampled product there), without gradients."""
+    graded = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    return q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64) and not graded
+
+
 def decode_page_attention(q, k, v, past: torch.Tensor, *, page: int, scale: float) -> torch.Tensor:
     """One query per head at the end of the cache, ``q (B, H, 1, D)``: softmax over the keys of the distinct
     complete pages ``past (B, H, P)`` and of its current page (keys ``page ((N - 1) // page)`` to ``N - 1``),
