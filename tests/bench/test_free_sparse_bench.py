@@ -1,5 +1,5 @@
 """attnkit bench sparse --speed at a tiny size: prefill and decode rows are stored apart, with their ratios."""
-from attnkit.bench.free_sparse_runs import DECODE, PREFILL, top_k_for_density
+from attnkit.bench.free_sparse_runs import DECODE, PREFILL, decode_recall_summaries, top_k_for_density
 
 from .stored import run_suite
 
@@ -29,6 +29,14 @@ def test_memory_alone_stores_each_prefill_peak_against_sdpas(tmp_path):
 def test_block_topk_is_sized_for_the_asked_density():
     assert top_k_for_density(256, 0.1) == 13
     assert top_k_for_density(4, 1.0) == 4
+
+
+def test_decode_recall_is_summarised_over_all_layers_and_without_the_first_two():
+    rows = [{"phase": "decode", "method": m, "layer": i, "recall": r}
+            for m, recalls in (("quest", (0.5, 0.7, 0.8, 1.0)), ("loki", (1.0, 1.0))) for i, r in enumerate(recalls)]
+    rows.append({"phase": "prefill", "method": "hip", "layer": 0, "recall": 0.0})
+    got = [(s["method"], s["layers"], round(s["recall"], 9)) for s in decode_recall_summaries(rows)]
+    assert got == [("quest", "0-3", 0.75), ("quest", "2-3", 0.9), ("loki", "0-1", 1.0)]
 
 
 def test_curves_rows_and_summary_on_a_tiny_lm():

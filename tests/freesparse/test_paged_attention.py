@@ -60,3 +60,34 @@ def test_keys_are_read_in_place_from_any_layout():
         want = paged_attention(q, k.contiguous(), v.contiguous(), pages, valid, page=4, scale=0.3)
         assert (out - want).abs().max() < 1e-12
         assert (out - _masked(q, k, v, pages, valid, 4, 0.3)).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("Nk", [40, 43])  # the current page full, and partial
+def test_decode_page_attention_reads_the_past_pages_and_the_current_one(Nk):
+    from attnkit.kernels.gathered_keys import decode_page_attention
+
+    g = torch.Generator().manual_seed(Nk)
+    B, H, Hkv, D, page = 2, 4, 2, 8, 4
+    q = torch.randn(B, H, 1, D, generator=g, dtype=torch.float64)
+    buffer = torch.randn(B, Hkv, 64, D, generator=g, dtype=torch.float64)  # a cache's buffer, longer than the cache
+    k, v = buffer[:, :, :Nk], buffer.flip(2)[:, :, :Nk]
+    current = (Nk - 1) // page
+    past = torch.rand(B, H, current, generator=g).argsort(-1)[..., :5]  # distinct, in no order
+    out = decode_page_attention(q, k, v, past, page=page, scale=0.3)
+    pages = torch.cat([torch.full((B, H, 1), current), past], -1)[:, :, None]
+    want = _masked(q, k, v, pages, torch.ones_like(pages, dtype=torch.bool), page, 0.3)
+    assert (out - want).abs().max() < 1e-12
+
+
+def test_a_bfloat16_decode_step_takes_the_copying_form():
+    """PyTorch's sampled product has no bfloat16 on the CPU: such a Quest step copies its keys, and equals the
+    float32 step on the same (rounded) inputs."""
+    import attnkit
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 40, 8, generator=g).bfloat16() for _ in range(3))
+    with torch.no_grad():  # a decode call: the last query against the whole cache
+        out, _ = attnkit.attention(q[:, :, -1:], k, v, "quest", causal=True, page=4, top_k=3, return_state=True)
+        want, _ = attnkit.attention(q[:, :, -1:].float(), k.float(), v.float(), "quest", causal=True, page=4,
+                                    top_k=3, return_state=True)
+    assert out.dtype == torch.bfloat16 and (out.float() - want).abs().max() < 0.05

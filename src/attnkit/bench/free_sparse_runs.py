@@ -312,4 +312,19 @@ def lm_recall(model, held: torch.Tensor, calibration: torch.Tensor, n: int, frac
             extra = f" density {r['density']:.3f}" if "density" in r else ""
             print(f"LM layer {layer} {r['phase']:>7} {r['method']:>14}: recall {r['recall']:.3f} "
                   f"error {r['output_rel_error']:.3f}{extra}", flush=True)
+    for summary in decode_recall_summaries(rows):
+        print(f"LM decode {summary['method']:>14}: mean recall {summary['recall']:.3f} over layers "
+              f"{summary['layers']}", flush=True)
     return rows
+
+
+def decode_recall_summaries(rows: list[dict]) -> list[dict]:
+    """Each decode method's recall averaged over all layers, and over layers 2 and up when there are more: the
+    setting Quest's authors evaluate in, where the first two layers stay dense."""
+    out = []
+    for m in dict.fromkeys(r["method"] for r in rows if r["phase"] == "decode"):
+        per_layer = {r["layer"]: r["recall"] for r in rows if r["phase"] == "decode" and r["method"] == m}
+        spans = [sorted(per_layer)] + ([sorted(per_layer)[2:]] if len(per_layer) > 2 else [])
+        out += [{"method": m, "layers": f"{span[0]}-{span[-1]}", "recall": sum(per_layer[i] for i in span) / len(span)}
+                for span in spans]
+    return out

@@ -30,13 +30,15 @@ bounds of the complete pages, maintained as tokens are appended (a page's bounds
 are computed once, when it fills), so a decode step reads the bounds (``2 N d / P``
 numbers) and ``top_k`` pages instead of the whole cache; a call of at most 64
 queries reads the keys of its pages for every head at once
-(:func:`~attnkit.kernels.gathered_keys.paged_attention`) instead of running the engine.
+(:func:`~attnkit.kernels.gathered_keys.paged_attention`) instead of running the engine,
+and a decode step without gradients on the CPU reads them without copying them
+(:func:`~attnkit.kernels.gathered_keys.decode_page_attention`).
 """
 from __future__ import annotations
 
 import torch
 
-from ..kernels.gathered_keys import paged_attention
+from ..kernels.gathered_keys import decode_page_attention, paged_attention, reads_in_place
 from ..kernels.positions import causal_mask, query_positions, repeat_kv
 from ..kernels.selected_blocks import selected_block_attention
 from ..masks.selection import BlockSelection, block_selection
@@ -101,13 +103,16 @@ def quest_pages(q, digest, kv_len: int, *, page: int, top_k: int, chunk: int = 4
 
 
 def _attend(q, k, v, digest, scale, page, top_k, few: int = 64):
-    """Attention over the chosen pages: a decode step (at most ``few`` queries) gathers its pages' keys, a longer
-    call runs the block-selection engine (the same pairs, exactly)."""
+    """Attention over the chosen pages: a call of at most ``few`` queries gathers its pages' keys (one query
+    with ``top_k - 1`` past pages to read, when :func:`reads_in_place`: reads them where they are), a longer call
+    runs the block-selection engine (the same pairs, exactly)."""
     Nq, Nk = q.shape[2], k.shape[2]
     if Nq > few:
         sel = quest_selection(q.detach(), digest, Nk, page=page, top_k=top_k)
         return selected_block_attention(q, k, v, sel, scale=scale, causal=True)
     blocks, valid = quest_pages(q.detach(), digest, Nk, page=page, top_k=top_k)
+    if Nq == 1 and (Nk - 1) // page >= top_k - 1 and reads_in_place(q, k, v):
+        return decode_page_attention(q, k, v, blocks[..., 0, 1:], page=page, scale=scale)
     return paged_attention(q, k, v, blocks, valid, page=page, scale=scale)
 
 

@@ -13,6 +13,12 @@ fixed number of torch calls (no loop over heads or pages):
 - the values are never copied: ``F.embedding_bag`` sums each query's chosen value
   rows weighted by its softmax, reading them where they are.
 
+A decode step of Quest (one query per head, distinct complete pages plus its
+current page, no gradient) has a form that copies nothing:
+:func:`decode_page_attention` scores the chosen keys in place with
+``torch.sparse.sampled_addmm`` (each query's key rows as one row of a sparse
+pattern, ascending and without repeats, so the pattern is a valid CSR matrix).
+
 A GQA cache is never repeated to the query heads (a query head's index points into
 its kv head's rows); a chosen key is copied once per query head that reads it.
 
@@ -22,6 +28,8 @@ slots up to its own position (bottom-right causal rule); a query with nothing to
 read outputs zeros.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -86,3 +94,34 @@ def gathered_attention(q, k, v, index: torch.Tensor, valid: torch.Tensor, *, sca
     """``softmax(q . k[index] * scale) v[index]`` over the ``valid`` slots of ``index (B, H, Nq, K)`` (key
     positions, each at most its query's position), ``(B, H, Nq, Dv)``: :func:`paged_attention` with pages of one key."""
     return paged_attention(q, k, v, index, valid, page=1, scale=scale)
+
+
+def reads_in_place(q, k, v) -> bool:
+    """Whether :func:`decode_page_attention` can take this call: on the CPU, in float32 or float64 (the dtypes
+    of PyTorch's sampled product there), without gradients."""
+    graded = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    return q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64) and not graded
+
+
+def decode_page_attention(q, k, v, past: torch.Tensor, *, page: int, scale: float) -> torch.Tensor:
+    """One query per head at the end of the cache, ``q (B, H, 1, D)``: softmax over the keys of the distinct
+    complete pages ``past (B, H, P)`` and of its current page (keys ``page ((N - 1) // page)`` to ``N - 1``),
+    ``(B, H, 1, Dv)``. Nothing is copied: the scores are a product sampled at the chosen key rows (a sparse row
+    pattern, each query's rows ascending, none repeated), the values are summed in place by ``embedding_bag``."""
+    B, H, _, D = q.shape
+    N = k.shape[2]
+    k_rows, k_first = token_rows(k, H)
+    v_rows, v_first = token_rows(v, H)
+    firsts = torch.tensor([k_first, v_first], device=q.device)[..., None]  # (2, B, H, 1)
+    own = torch.arange((N - 1) // page * page, N, device=q.device).expand(B, H, -1)
+    pages = past.sort(-1).values  # every past page comes before the current one: each row of keys ascends
+    tokens = torch.cat([(pages[..., None] * page + torch.arange(page, device=q.device)).flatten(-2), own], -1)
+    index = (tokens + firsts).flatten(1, 2)  # (2, B H, W)
+    R, W = index.shape[1:]
+    with warnings.catch_warnings():  # PyTorch's once-per-process notice that sparse CSR tensors are in beta
+        warnings.simplefilter("ignore", UserWarning)
+        chosen = torch.sparse_csr_tensor(torch.arange(R + 1, device=q.device) * W, index[0].flatten(),
+                                         q.new_zeros(R * W), (R, k_rows.shape[0]), check_invariants=False)
+        scores = torch.sparse.sampled_addmm(chosen, (q * scale).reshape(R, D), k_rows.T, beta=0.0).values()
+    out = F.embedding_bag(index[1], v_rows, mode="sum", per_sample_weights=torch.softmax(scores.view(R, W), -1))
+    return out.view(B, H, 1, -1)
