@@ -70,6 +70,9 @@ from ..builders.kv_cache_step import kv_cache_step
 # up to this many (query, key) pairs per head (and finite keys) the selection and window branches run as dense
 # masked attention (the same keys, fewer and larger ops); above it on the selected-block and block-sparse kernels
 DENSE_PAIRS = 1 << 18
+# score elements of one step of the window branch's block-sparse kernel: steps this small stay in cache
+# (measured 15% faster than the kernel's default at N=16384, 6% at 32768, fwd+bwd on one core)
+WINDOW_BUDGET = 1 << 18
 PAPER = "Native Sparse Attention: Hardware-Aligned and Natively Trainable Sparse Attention"
 INPUTS = ("k_pos", "k_w1", "k_w2", "v_pos", "v_w1", "v_w2")
 
@@ -170,7 +173,8 @@ def _sparse(q, k, v, *, causal, mask, scale, compress_stride, select_block, sele
         o_slc, o_win = dense_selection_and_window(q, k, v, sel, window=window, scale=scale)
     else:
         o_slc = selected_block_attention(q, k, v, sel, scale=scale, causal=True)
-        o_win = block_sparse_attention(q, k, v, window_layout(window, B, H, Nq, Nk, q.device), scale=scale)
+        o_win = block_sparse_attention(q, k, v, window_layout(window, B, H, Nq, Nk, q.device), scale=scale,
+                                      budget=WINDOW_BUDGET)
     return _mix(gates, o_cmp, o_slc, o_win)
 
 

@@ -125,22 +125,26 @@ class _CompressionBranch(torch.autograd.Function):
         q, kc, vc, qpos, out, lse = ctx.saved_tensors
         scale, block, stride, budget = ctx.setup
         chunks = _Chunks(q, kc, qpos, block, stride, budget)
-        B, H, Nq, _ = q.shape
-        Hkv, g = chunks.Hkv, chunks.g
-        kc2 = kc * (scale * LOG2E)
+        B, H, Nq, D = q.shape
+        Hkv, g, Dv = chunks.Hkv, chunks.g, vc.shape[3]
+        # the row terms ride in the matmuls: [q, -lse] . [k~, 1] = s - lse and [dO, -delta] . [v~, 1] = dP - delta
+        kc2 = with_ones(kc * (scale * LOG2E))
+        vc1 = with_ones(vc)
+        qa = torch.cat([q, -lse.view(B, H, Nq, 1)], -1)
+        doa = torch.cat([d_out, -(d_out * out).sum(-1, keepdim=True)], -1)
         dq, dkc, dvc = torch.zeros_like(q), torch.zeros_like(kc), torch.zeros_like(vc)
-        delta = (d_out * out).sum(-1)  # (B, H, Nq)
-        lse = lse.view(B, Hkv, g, Nq)
         for c0, c1, seen, open_ in chunks.bounds:
             if not seen:
                 continue
-            C = c1 - c0
-            qc, doc = chunks.rows(q, c0, c1), chunks.rows(d_out, c0, c1)
-            s = _scores(qc, kc2, qpos, c0, c1, seen, open_, g, block, stride)
-            p = s.sub_(lse[:, :, :, c0:c1].reshape(B, Hkv, g * C, 1)).exp2_()
-            dvc[:, :, :seen] += p.transpose(-1, -2) @ doc
-            dp = doc @ vc[:, :, :seen].transpose(-1, -2)
-            ds = p.mul_(dp.sub_(delta[:, :, c0:c1].reshape(B, Hkv, g * C, 1)))
+            qc, doc = chunks.rows(qa, c0, c1), chunks.rows(doa, c0, c1)
+            p = _scores(qc, kc2, qpos, c0, c1, seen, open_, g, block, stride).exp2_()
+            dvc[:, :, :seen] += p.transpose(-1, -2) @ doc[..., :Dv]
+            ds = p.mul_(doc @ vc1[:, :, :seen].transpose(-1, -2))
             dq[:, :, c0:c1] = chunks.back(ds @ kc[:, :, :seen], c0, c1)
-            dkc[:, :, :seen] += ds.transpose(-1, -2) @ qc
+            dkc[:, :, :seen] += ds.transpose(-1, -2) @ qc[..., :D]
         return dq * scale, dkc * scale, dvc, None, None, None, None, None, None, None, None
+
+
+def with_ones(x):
+    """``x (..., E)`` with a column of ones appended: ``(..., E + 1)``."""
+    return torch.cat([x, x.new_ones(*x.shape[:-1], 1)], -1)

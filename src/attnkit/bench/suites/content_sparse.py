@@ -151,7 +151,7 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
                                                    params["select_block"], params["select_count"],
                                                    params["window"])[0]),
         "selected": part(lambda: selected_block_attention(q, k, v, sel, scale=scale, causal=True)),
-        "window": part(lambda: block_sparse_attention(q, k, v, layout, scale=scale)),
+        "window": part(lambda: block_sparse_attention(q, k, v, layout, scale=scale, budget=nsa.WINDOW_BUDGET)),
         "selected_matmuls": matmuls_alone(matmul_shapes(q, k, v, sel, causal=True), q.device, forward=3),
         "compression_matmuls": matmuls_alone(compression_shapes, q.device, forward=2),
     }
