@@ -25,6 +25,7 @@ import math
 import torch
 
 from .nsa_branches import block_importance, compressed_count, compressed_visible, top_blocks_at
+from .row_terms import with_ones
 
 LOG2E = 1.4426950408889634
 BUDGET = 1 << 20  # score elements of one query chunk
@@ -143,8 +144,3 @@ class _CompressionBranch(torch.autograd.Function):
             dq[:, :, c0:c1] = chunks.back(ds @ kc[:, :, :seen], c0, c1)
             dkc[:, :, :seen] += ds.transpose(-1, -2) @ qc[..., :D]
         return dq * scale, dkc * scale, dvc, None, None, None, None, None, None, None, None
-
-
-def with_ones(x):
-    """``x (..., E)`` with a column of ones appended: ``(..., E + 1)``."""
-    return torch.cat([x, x.new_ones(*x.shape[:-1], 1)], -1)
