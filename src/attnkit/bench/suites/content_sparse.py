@@ -118,9 +118,9 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
     """
     from attnkit.families import nsa
     from attnkit.kernels import nsa_compression
-    from attnkit.kernels.block_sparse import block_sparse_attention
     from attnkit.kernels.positions import query_positions
     from attnkit.kernels.selected_blocks import matmul_shapes, selected_block_attention
+    from attnkit.kernels.sliding_window import sliding_window_attention
 
     q, k, v, extra = inputs("nsa", n, True, device)
     params = attnkit_defaults("nsa")
@@ -134,7 +134,6 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
         compression_shapes = nsa_compression.matmul_shapes(q, kc, query_positions(n, n, q.device),
                                                            block=tensors["k_pos"].shape[0],
                                                            stride=params["compress_stride"])
-    layout = nsa.window_layout(params["window"], B, H, n, n, q.device)
     leaves = (q, k, v, *extra.values())
 
     def part(fn):
@@ -151,7 +150,7 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
                                                    params["select_block"], params["select_count"],
                                                    params["window"])[0]),
         "selected": part(lambda: selected_block_attention(q, k, v, sel, scale=scale, causal=True)),
-        "window": part(lambda: block_sparse_attention(q, k, v, layout, scale=scale, budget=nsa.WINDOW_BUDGET)),
+        "window": part(lambda: sliding_window_attention(q, k, v, window=params["window"], scale=scale)),
         "selected_matmuls": matmuls_alone(matmul_shapes(q, k, v, sel, causal=True), q.device, forward=3),
         "compression_matmuls": matmuls_alone(compression_shapes, q.device, forward=2),
     }
