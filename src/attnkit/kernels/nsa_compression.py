@@ -11,7 +11,8 @@ for the rest, the importance of a chunk is dropped once its blocks are chosen.
 
 The backward is FlashAttention-2's: each chunk's weights are recomputed from
 the saved log-sum-exp (one matmul, no second softmax, no importance) and give
-dQ, dK~, dV~. Scores are in base 2 (``exp2`` is faster than ``exp`` on CPU).
+dQ, dK~, dV~; the row terms ride in the matmuls (``[q, -lse] . [k~, 1]`` and
+``[dO, -delta] . [v~, 1]``, :mod:`~attnkit.kernels.row_terms`). Scores are in base 2 (``exp2`` is faster than ``exp`` on CPU).
 A chunk reads only the compressed blocks its last query can see and masks only
 the columns its first query cannot. Chunks are small (the default budget gives
 64 queries at N=32768, 256 at 8192): the scores of one stay in cache between
