@@ -52,6 +52,13 @@ def sliding_window_attention(q, k, v, *, window: int, scale: float, tile: int = 
     return _SlidingWindow.apply(q, k, v, window, scale, tile)
 
 
+def matmul_shapes(q, k, v, *, window: int, tile: int = TILE) -> list[tuple[int, int, int, int]]:
+    """The kernel's batched matmuls, one ``(batch * kv heads, query rows, slab keys, head_dim)`` per tile: two of
+    these sizes forward and five backward (to time the kernel against its matmuls alone)."""
+    tiles = _Tiles(q, k, v, window, tile)
+    return [(tiles.B * tiles.Hkv, tiles.g * tiles.T, tiles.S, tiles.D)] * tiles.n
+
+
 class _Tiles:
     """The tiling: sizes, the shared table of allowed (query, slab key) pairs and the columns it masks."""
 
