@@ -55,6 +55,13 @@ def test_the_tile_does_not_change_the_result():
         assert (o - outs[0]).abs().max() < 1e-12
 
 
+def test_a_window_longer_than_the_keys_is_causal_attention_and_costs_no_more():
+    q, k, v = _problem(1, 4, 2, 30, 30, 8, 8)
+    got = sliding_window_attention(q, k, v, window=1 << 40, scale=0.3, tile=1 << 40)
+    want = materialised_attention(q, k, v, causal=True, mask=None, scale=0.3)
+    assert (got - want).abs().max() < 1e-12
+
+
 def test_a_non_finite_key_outside_every_window_does_not_reach_the_output():
     q, k, v = _problem(1, 2, 1, 40, 40, 8, 8)
     k[0, 0, 3] = float("nan")  # only queries 3 .. 10 see key 3 with a window of 8

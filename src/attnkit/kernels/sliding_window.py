@@ -66,7 +66,9 @@ class _Tiles:
         self.B, self.H, self.N, self.D = q.shape
         self.Hkv, self.Nk, self.Dv = k.shape[1], k.shape[2], v.shape[3]
         self.offset = self.Nk - self.N  # position of the first query
-        self.g, self.T = self.H // self.Hkv, tile
+        window = min(window, self.Nk)  # no query sees further back than key 0
+        self.g, self.T = self.H // self.Hkv, max(1, min(tile, self.N))
+        tile = self.T
         self.m = -(-(window - 1) // tile)  # tiles before a query's own that its window reaches
         self.S = (self.m + 1) * tile  # keys in a slab
         self.n = -(-self.N // tile)
