@@ -65,7 +65,7 @@ from ..validation import check_int, check_tensor
 from ..builders.kv_cache_step import kv_cache_step
 
 # up to this many (query, key) pairs per head (and finite keys) the selection and window branches run as dense
-# masked attention (the same keys, fewer and larger ops); above it on the selected-block and block-sparse kernels
+# masked attention (the same keys, fewer and larger ops); above it on the selected-block and sliding-window kernels
 DENSE_PAIRS = 1 << 18
 PAPER = "Native Sparse Attention: Hardware-Aligned and Natively Trainable Sparse Attention"
 INPUTS = ("k_pos", "k_w1", "k_w2", "v_pos", "v_w1", "v_w2")
