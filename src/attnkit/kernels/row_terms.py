@@ -6,8 +6,8 @@ FlashAttention's backward subtracts a row term from a whole score tile twice:
 other makes the matmul produce ``S - lse`` (``dP - delta``) directly, which
 spares a pass over the tile and a gather of the row terms for one more step of
 the matmul's inner dimension (measured about 10% faster for the matmul, the
-subtraction and the ``exp2`` together on one CPU core, 256 x 64 x 64 to
-512 x 64 x 1024 tiles).
+subtraction and the ``exp2`` together on one loaded CPU core, 256 x 64 x 64
+to 512 x 64 x 1024 tiles).
 """
 from __future__ import annotations
 
