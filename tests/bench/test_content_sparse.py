@@ -31,10 +31,13 @@ def test_content_sparse_measures_lm_recall_and_nsas_parts(tmp_path):
     for r in lm:
         assert len(r["lm_recall_per_layer"]) == 2 and 0 < r["lm_recall"] <= 1 + 1e-6 and r["head_dim"] == 8
     (parts,) = [r for r in rows if r["section"] == "nsa-parts"]
-    parts_timed = ("sdpa", "nsa", "compression", "selected", "window", "selected_matmuls", "compression_matmuls")
+    parts_timed = ("sdpa", "nsa", "compression", "selected", "window", "selected_matmuls", "compression_matmuls",
+                   "window_matmuls")
     assert all(parts[f"t_{p}"] > 0 for p in parts_timed)
     floor = parts["t_selected_matmuls"] + parts["t_compression_matmuls"] + parts["t_window"]
     assert parts["sdpa_over_floor"] == parts["t_sdpa"] / floor
+    matmuls = parts["t_selected_matmuls"] + parts["t_compression_matmuls"] + parts["t_window_matmuls"]
+    assert parts["sdpa_over_matmuls"] == parts["t_sdpa"] / matmuls
     assert parts["sdpa_over_selected"] == parts["t_sdpa"] / parts["t_selected"]
 
 

@@ -80,7 +80,7 @@ def test_short_sequences_take_the_dense_branches_and_long_ones_the_kernels(monke
     calls = []
     monkeypatch.setattr(nsa, "dense_selection_and_window", lambda *a, **kw: calls.append("dense") or (0, 0))
     monkeypatch.setattr(nsa, "selected_block_attention", lambda *a, **kw: calls.append("kernels") or 0)
-    monkeypatch.setattr(nsa, "block_sparse_attention", lambda *a, **kw: 0)
+    monkeypatch.setattr(nsa, "sliding_window_attention", lambda *a, **kw: 0)
     monkeypatch.setattr(nsa, "DENSE_PAIRS", 40 * 40)
     for n in (40, 41):
         q, k, v, tensors = _problem(N=n)

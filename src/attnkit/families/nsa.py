@@ -39,28 +39,25 @@ Forms: ``reference`` (every branch materialised) and ``sparse`` (the compression
 branch in query chunks, its weights computed once for its output and the block
 importance, only the log-sum-exp kept for the backward; the selection branch on the
 run-time block selection kernel, one selection per token and kv group; the
-window on the block-sparse kernel): ``O(N (N/d + n l' + w))`` time, ``O(N)``
+window on the sliding-window kernel, in query tiles each reading one slice of keys): ``O(N (N/d + n l' + w))`` time, ``O(N)``
 memory. Up to ``DENSE_PAIRS`` (query, key) pairs per head (512 tokens) the
 selection and window branches run instead as one dense attention masked to the
 same keys (cheaper there than the kernels' sorting and gathering). Incremental decode runs the fast form against the KV cache.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 
-from ..kernels.block_sparse import block_sparse_attention
 from ..kernels.nsa_branches import block_importance, compress, compressed_visible, compressed_weights, top_blocks
 from ..kernels.nsa_compression import compression_and_selection
 from ..kernels.nsa_dense import dense_selection_and_window
 from ..kernels.nonfinite import all_finite
 from ..kernels.positions import query_positions, repeat_kv
 from ..kernels.selected_blocks import selected_block_attention
-from ..masks.layout import build_layout
+from ..kernels.sliding_window import sliding_window_attention
 from ..masks.selection import block_selection
-from ..masks.window import sliding_window
 from ..reference import materialised_attention
 from ..params import Param, TensorInput
 from ..registry import MechanismSpec, register
@@ -68,7 +65,7 @@ from ..validation import check_int, check_tensor
 from ..builders.kv_cache_step import kv_cache_step
 
 # up to this many (query, key) pairs per head (and finite keys) the selection and window branches run as dense
-# masked attention (the same keys, fewer and larger ops); above it on the selected-block and block-sparse kernels
+# masked attention (the same keys, fewer and larger ops); above it on the selected-block and sliding-window kernels
 DENSE_PAIRS = 1 << 18
 PAPER = "Native Sparse Attention: Hardware-Aligned and Natively Trainable Sparse Attention"
 INPUTS = ("k_pos", "k_w1", "k_w2", "v_pos", "v_w1", "v_w2")
@@ -164,21 +161,13 @@ def nsa_selection(q, k, v, *, gates, scale=None, compress_stride=16, select_bloc
 
 def _sparse(q, k, v, *, causal, mask, scale, compress_stride, select_block, select_count, window, gates, **tensors):
     o_cmp, sel = _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window)
-    B, H, Nq, _ = q.shape
-    Nk = k.shape[2]
+    Nq, Nk = q.shape[2], k.shape[2]
     if Nq * Nk <= DENSE_PAIRS and all_finite(k):
         o_slc, o_win = dense_selection_and_window(q, k, v, sel, window=window, scale=scale)
     else:
         o_slc = selected_block_attention(q, k, v, sel, scale=scale, causal=True)
-        o_win = block_sparse_attention(q, k, v, window_layout(window, B, H, Nq, Nk, q.device), scale=scale)
+        o_win = sliding_window_attention(q, k, v, window=window, scale=scale)
     return _mix(gates, o_cmp, o_slc, o_win)
-
-
-@functools.lru_cache(maxsize=16)
-def window_layout(window: int, batch: int, heads: int, q_len: int, kv_len: int, device):
-    """The sliding-window branch's tile layout, built once per size (a layout is never changed by a call)."""
-    return build_layout(sliding_window(window - 1, 0), batch=batch, heads=heads, q_len=q_len, kv_len=kv_len,
-                        device=device)
 
 
 def _flops(batch, heads, q_len, kv_len, head_dim, causal, compress_stride=16, select_block=64, select_count=16,

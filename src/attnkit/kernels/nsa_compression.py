@@ -11,7 +11,8 @@ for the rest, the importance of a chunk is dropped once its blocks are chosen.
 
 The backward is FlashAttention-2's: each chunk's weights are recomputed from
 the saved log-sum-exp (one matmul, no second softmax, no importance) and give
-dQ, dK~, dV~. Scores are in base 2 (``exp2`` is faster than ``exp`` on CPU).
+dQ, dK~, dV~; the row terms ride in the matmuls (``[q, -lse] . [k~, 1]`` and
+``[dO, -delta] . [v~, 1]``, :mod:`~attnkit.kernels.row_terms`). Scores are in base 2 (``exp2`` is faster than ``exp`` on CPU).
 A chunk reads only the compressed blocks its last query can see and masks only
 the columns its first query cannot. Chunks are small (the default budget gives
 64 queries at N=32768, 256 at 8192): the scores of one stay in cache between
@@ -25,6 +26,7 @@ import math
 import torch
 
 from .nsa_branches import block_importance, compressed_count, compressed_visible, top_blocks_at
+from .row_terms import with_ones
 
 LOG2E = 1.4426950408889634
 BUDGET = 1 << 20  # score elements of one query chunk
@@ -125,22 +127,21 @@ class _CompressionBranch(torch.autograd.Function):
         q, kc, vc, qpos, out, lse = ctx.saved_tensors
         scale, block, stride, budget = ctx.setup
         chunks = _Chunks(q, kc, qpos, block, stride, budget)
-        B, H, Nq, _ = q.shape
-        Hkv, g = chunks.Hkv, chunks.g
-        kc2 = kc * (scale * LOG2E)
+        B, H, Nq, D = q.shape
+        Hkv, g, Dv = chunks.Hkv, chunks.g, vc.shape[3]
+        # the row terms ride in the matmuls: [q, -lse] . [k~, 1] = s - lse and [dO, -delta] . [v~, 1] = dP - delta
+        kc2 = with_ones(kc * (scale * LOG2E))
+        vc1 = with_ones(vc)
+        qa = torch.cat([q, -lse.view(B, H, Nq, 1)], -1)
+        doa = torch.cat([d_out, -(d_out * out).sum(-1, keepdim=True)], -1)
         dq, dkc, dvc = torch.zeros_like(q), torch.zeros_like(kc), torch.zeros_like(vc)
-        delta = (d_out * out).sum(-1)  # (B, H, Nq)
-        lse = lse.view(B, Hkv, g, Nq)
         for c0, c1, seen, open_ in chunks.bounds:
             if not seen:
                 continue
-            C = c1 - c0
-            qc, doc = chunks.rows(q, c0, c1), chunks.rows(d_out, c0, c1)
-            s = _scores(qc, kc2, qpos, c0, c1, seen, open_, g, block, stride)
-            p = s.sub_(lse[:, :, :, c0:c1].reshape(B, Hkv, g * C, 1)).exp2_()
-            dvc[:, :, :seen] += p.transpose(-1, -2) @ doc
-            dp = doc @ vc[:, :, :seen].transpose(-1, -2)
-            ds = p.mul_(dp.sub_(delta[:, :, c0:c1].reshape(B, Hkv, g * C, 1)))
+            qc, doc = chunks.rows(qa, c0, c1), chunks.rows(doa, c0, c1)
+            p = _scores(qc, kc2, qpos, c0, c1, seen, open_, g, block, stride).exp2_()
+            dvc[:, :, :seen] += p.transpose(-1, -2) @ doc[..., :Dv]
+            ds = p.mul_(doc @ vc1[:, :, :seen].transpose(-1, -2))
             dq[:, :, c0:c1] = chunks.back(ds @ kc[:, :, :seen], c0, c1)
-            dkc[:, :, :seen] += ds.transpose(-1, -2) @ qc
+            dkc[:, :, :seen] += ds.transpose(-1, -2) @ qc[..., :D]
         return dq * scale, dkc * scale, dvc, None, None, None, None, None, None, None, None

@@ -26,7 +26,11 @@ the items that need it run in steps of their own.
 
 The backward is FlashAttention-2's recomputation: the forward saves the output
 and the row log-sum-exp; the backward recomputes every item's probabilities,
-accumulates dQ per row and dK/dV per key block with ``index_add_``. Scores are
+accumulates dQ per row and dK/dV per key block with ``index_add_``. The row
+terms ride in the matmuls: each query row carries one more column, ``-lse``
+(0 in the forward's first pass), and each key one more, 1, so the score matmul
+gives ``s - lse`` at once; likewise ``[dO, -delta] . [v, 1] = dP - delta``. That
+spares a gather of the row terms and a pass over the scores per matmul. Scores are
 in base 2 (``exp2`` is several times faster than ``exp`` on CPU). Steps are
 small (the default budget is 8 items of 256 query rows): their operands stay in
 cache between the passes over them and are written into buffers allocated once
@@ -42,6 +46,7 @@ import torch.nn.functional as F
 
 from ..masks.selection import BlockSelection
 from .online_softmax import floor
+from .row_terms import with_ones
 from .token_blocks import last_block, whole_blocks
 
 LOG2E = 1.4426950408889634
@@ -158,11 +163,14 @@ class _Plan:
 
 
 def _rows(x, plan: _Plan, scale: float = 1.0):
-    """q-like ``(B, H, Nq, E)`` times ``scale`` -> ``(rows + 1, width, E)``: row-major (b, group, row) with a zero
-    null row last, written into one buffer (the only copy of ``x``; a last, shorter block is zero-filled)."""
+    """q-like ``(B, H, Nq, E)`` times ``scale`` -> ``(rows + 1, width, E + 1)``: row-major (b, group, row) with a
+    zero null row last and a last column of zeros for a row term, written into one buffer (the only copy of
+    ``x``; a last, shorter block is zero-filled)."""
     B, H, N, E = x.shape
-    out = x.new_empty(plan.rows + 1, plan.width, E)
-    out[plan.rows] = 0
+    buffer = x.new_empty(plan.rows + 1, plan.width, E + 1)
+    buffer[plan.rows] = 0
+    buffer[..., E] = 0
+    out = buffer[..., :E]
     # the buffer seen as (B, G, g, R, bq, E): query head (group, i) is a strided (R, bq, E) run of it
     heads = out[: plan.rows].view(B, plan.G, plan.R, plan.g, plan.bq, E).permute(0, 1, 3, 2, 4, 5)
     whole = N // plan.bq
@@ -171,7 +179,7 @@ def _rows(x, plan: _Plan, scale: float = 1.0):
         rest = last_block(x, plan.bq)
         torch.mul(rest.unflatten(1, (plan.G, plan.g)), scale, out=heads[:, :, :, whole, : rest.shape[2]])
         heads[:, :, :, whole, rest.shape[2]:] = 0
-    return out
+    return buffer
 
 
 def _unrows(x, plan: _Plan):
@@ -193,9 +201,10 @@ class _Workspace:
 
     def __init__(self, plan: _Plan, like: torch.Tensor, *, backward: bool):
         I, M, E = plan.items_per_step, plan.per_item * plan.width, max(plan.D, plan.Dv)
-        sizes = {"q": M * plan.D, "k": plan.bk * plan.D, "v": plan.bk * plan.Dv, "s": M * plan.bk, "row": M, "o": M * E}
+        sizes = {"q": M * (plan.D + 1), "k": plan.bk * (plan.D + 1), "v": plan.bk * (plan.Dv + 1), "s": M * plan.bk,
+                 "o": M * E}
         if backward:
-            sizes.update(do=M * plan.Dv, dp=M * plan.bk, dkv=plan.bk * E)
+            sizes.update(do=M * (plan.Dv + 1), dp=M * plan.bk, dkv=plan.bk * E)
         self.buffers = {name: like.new_empty(I * size) for name, size in sizes.items()}
 
     def __call__(self, name, *shape):
@@ -204,13 +213,14 @@ class _Workspace:
 
 
 def _scores(qr, kt, plan: _Plan, ws: _Workspace, i0, i1, masked):
-    """Base-2 scores ``(I, per_item * width, bk)`` of items ``i0:i1`` (masked where needed), the gathered query
-    rows and key tiles; all three in the workspace. Also returns the items' rows, flattened, and key tiles."""
+    """Base-2 scores ``(I, per_item * width, bk)`` of items ``i0:i1`` less the rows' term (masked where needed),
+    the gathered query rows and key tiles, each with its extra column; all three in the workspace. Also returns
+    the items' rows, flattened, and key tiles."""
     rows, keys = plan.item_row[i0:i1], plan.item_key[i0:i1]
-    I, M = i1 - i0, plan.per_item * plan.width
+    I, M, E = i1 - i0, plan.per_item * plan.width, plan.D + 1
     flat = rows.flatten()
-    qg = torch.index_select(qr, 0, flat, out=ws("q", I * plan.per_item, plan.width, plan.D)).view(I, M, plan.D)
-    kg = torch.index_select(kt, 0, keys, out=ws("k", I, plan.bk, plan.D))
+    qg = torch.index_select(qr, 0, flat, out=ws("q", I * plan.per_item, plan.width, E)).view(I, M, E)
+    kg = torch.index_select(kt, 0, keys, out=ws("k", I, plan.bk, E))
     s = torch.bmm(qg, kg.transpose(1, 2), out=ws("s", I, M, plan.bk))
     if masked:
         s.masked_fill_(~plan.allowed(rows, keys), float("-inf"))
@@ -231,8 +241,8 @@ class _SelectedBlocks(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, sel, scale, causal, rows_per_item, budget):
         plan = _Plan(q, k, v, sel, causal, rows_per_item, budget)
-        qr = _rows(q, plan, scale * LOG2E)
-        kt, vt = _tiles(k, plan), _tiles(v, plan)
+        qr = _rows(q, plan, scale * LOG2E)  # its last column 0: pass 1 sees the plain scores
+        kt, vt = with_ones(_tiles(k, plan)), _tiles(v, plan)
         ws = _Workspace(plan, q, backward=False)
         M, lowest = plan.per_item * plan.width, floor(q.dtype)
         # pass 1: every item row's maximum and sum, in item order; one sentinel entry last
@@ -246,42 +256,43 @@ class _SelectedBlocks(torch.autograd.Function):
             torch.sum(s.sub_(m.unsqueeze(-1)).exp2_(), -1, out=part_sum[at].view(i1 - i0, M))
         lse = _row_lse(part_max, part_sum, plan.pair_of)
         del part_max, part_sum
+        qr[..., plan.D] = lse.neg()
         # pass 2: the weights normalised by the row's log-sum-exp, their values added to the row
         out = q.new_zeros(plan.rows + 1, plan.width, plan.Dv)
         for i0, i1, masked in plan.steps():
             s, _, _, flat, keys = _scores(qr, kt, plan, ws, i0, i1, masked)
             I = i1 - i0
-            row_lse = torch.index_select(lse, 0, flat, out=ws("row", flat.numel(), plan.width))
-            p = s.sub_(row_lse.view(I, M, 1)).exp2_()
+            p = s.exp2_()
             vg = torch.index_select(vt, 0, keys, out=ws("v", I, plan.bk, plan.Dv))
             o = torch.bmm(p, vg, out=ws("o", I, M, plan.Dv))
             out.index_add_(0, flat, o.view(-1, plan.width, plan.Dv))
-        ctx.save_for_backward(qr, k, v, out, lse)
+        ctx.save_for_backward(qr, k, v, out)
         ctx.plan, ctx.scale = plan, scale
         return _unrows(out, plan)
 
     @staticmethod
     def backward(ctx, grad_out):
-        qr, k, v, out, lse = ctx.saved_tensors
+        qr, k, v, out = ctx.saved_tensors
         plan = ctx.plan
-        kt, vt = _tiles(k, plan), _tiles(v, plan)
+        D, Dv = plan.D, plan.Dv
+        kt, vt = with_ones(_tiles(k, plan)), with_ones(_tiles(v, plan))
         dor = _rows(grad_out.contiguous(), plan)
-        delta = (dor * out).sum(-1)
-        dq, dk, dv = torch.zeros_like(qr), torch.zeros_like(kt), torch.zeros_like(vt)
+        dor[..., Dv] = (dor[..., :Dv] * out).sum(-1).neg_()
+        dq = qr.new_zeros(plan.rows + 1, plan.width, D)
+        dk, dv = qr.new_zeros(kt.shape[0], plan.bk, D), qr.new_zeros(vt.shape[0], plan.bk, Dv)
         ws = _Workspace(plan, qr, backward=True)
         M, W = plan.per_item * plan.width, plan.width
         for i0, i1, masked in plan.steps():
             s, qg, kg, flat, keys = _scores(qr, kt, plan, ws, i0, i1, masked)
             I = i1 - i0
             P = flat.numel()
-            p = s.sub_(torch.index_select(lse, 0, flat, out=ws("row", P, W)).view(I, M, 1)).exp2_()
-            dog = torch.index_select(dor, 0, flat, out=ws("do", P, W, plan.Dv)).view(I, M, plan.Dv)
-            dv.index_add_(0, keys, torch.bmm(p.transpose(1, 2), dog, out=ws("dkv", I, plan.bk, plan.Dv)))
-            vg = torch.index_select(vt, 0, keys, out=ws("v", I, plan.bk, plan.Dv))
-            dp = torch.bmm(dog, vg.transpose(1, 2), out=ws("dp", I, M, plan.bk))
-            ds = p.mul_(dp.sub_(torch.index_select(delta, 0, flat, out=ws("row", P, W)).view(I, M, 1)))
-            dq.index_add_(0, flat, torch.bmm(ds, kg, out=ws("o", I, M, plan.D)).view(P, W, plan.D))
-            dk.index_add_(0, keys, torch.bmm(ds.transpose(1, 2), qg, out=ws("dkv", I, plan.bk, plan.D)))
+            p = s.exp2_()
+            dog = torch.index_select(dor, 0, flat, out=ws("do", P, W, Dv + 1)).view(I, M, Dv + 1)
+            dv.index_add_(0, keys, torch.bmm(p.transpose(1, 2), dog[..., :Dv], out=ws("dkv", I, plan.bk, Dv)))
+            vg = torch.index_select(vt, 0, keys, out=ws("v", I, plan.bk, Dv + 1))
+            ds = p.mul_(torch.bmm(dog, vg.transpose(1, 2), out=ws("dp", I, M, plan.bk)))
+            dq.index_add_(0, flat, torch.bmm(ds, kg[..., :D], out=ws("o", I, M, D)).view(P, W, D))
+            dk.index_add_(0, keys, torch.bmm(ds.transpose(1, 2), qg[..., :D], out=ws("dkv", I, plan.bk, D)))
         dq = _unrows(dq, plan) * ctx.scale
         dk = dk.div_(LOG2E).view(plan.B, plan.Hkv, -1, plan.D)[:, :, : plan.Nk]
         dv = dv.view(plan.B, plan.Hkv, -1, plan.Dv)[:, :, : plan.Nk]

@@ -114,13 +114,15 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
     The floor: ``selected_matmuls`` and ``compression_matmuls`` are the batched matmuls the kernel and
     the compression branch run (three and two per step forward, five backward, the same sizes and count), alone on
     random operands: no gathers, softmax, masks, merges or selection. ``t_sdpa / (t_selected_matmuls +
-    t_compression_matmuls + t_window)`` is the best ratio NSA could reach with these matmul shapes.
+    t_compression_matmuls + t_window)`` is the best ratio NSA could reach with these matmul shapes and this
+    window branch; ``window_matmuls`` are the window kernel's matmuls alone (two per tile forward, five
+    backward), and ``t_sdpa / (the three branches' matmuls)`` the ratio with nothing but the matmuls.
     """
     from attnkit.families import nsa
     from attnkit.kernels import nsa_compression
-    from attnkit.kernels.block_sparse import block_sparse_attention
     from attnkit.kernels.positions import query_positions
     from attnkit.kernels.selected_blocks import matmul_shapes, selected_block_attention
+    from attnkit.kernels.sliding_window import matmul_shapes as window_shapes, sliding_window_attention
 
     q, k, v, extra = inputs("nsa", n, True, device)
     params = attnkit_defaults("nsa")
@@ -134,7 +136,6 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
         compression_shapes = nsa_compression.matmul_shapes(q, kc, query_positions(n, n, q.device),
                                                            block=tensors["k_pos"].shape[0],
                                                            stride=params["compress_stride"])
-    layout = nsa.window_layout(params["window"], B, H, n, n, q.device)
     leaves = (q, k, v, *extra.values())
 
     def part(fn):
@@ -151,20 +152,24 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
                                                    params["select_block"], params["select_count"],
                                                    params["window"])[0]),
         "selected": part(lambda: selected_block_attention(q, k, v, sel, scale=scale, causal=True)),
-        "window": part(lambda: block_sparse_attention(q, k, v, layout, scale=scale)),
+        "window": part(lambda: sliding_window_attention(q, k, v, window=params["window"], scale=scale)),
         "selected_matmuls": matmuls_alone(matmul_shapes(q, k, v, sel, causal=True), q.device, forward=3),
         "compression_matmuls": matmuls_alone(compression_shapes, q.device, forward=2),
+        "window_matmuls": matmuls_alone(window_shapes(q, k, v, window=params["window"]), q.device, forward=2),
     }
     t = dict(zip(calls, median_times(list(calls.values()), repeats)))
     row = {f"t_{name}": s for name, s in t.items()}
     row.update({f"sdpa_over_{name}": t["sdpa"] / t[name] for name in calls if name != "sdpa"})
     row["sdpa_over_floor"] = t["sdpa"] / (t["selected_matmuls"] + t["compression_matmuls"] + t["window"])
+    row["sdpa_over_matmuls"] = t["sdpa"] / (t["selected_matmuls"] + t["compression_matmuls"] + t["window_matmuls"])
     print(f"N={n:>6} NSA fwd+bwd parts: sdpa {t['sdpa']:.2f} s, nsa {t['nsa']:.2f} s ({row['sdpa_over_nsa']:.2f}x); "
           f"compression+selection {t['compression']:.2f} s, selected-block kernel alone {t['selected']:.2f} s "
           f"(sdpa / kernel = {row['sdpa_over_selected']:.2f}x: NSA's ceiling), window {t['window']:.2f} s",
           flush=True)
     print(f"N={n:>6} NSA floor: the kernel's matmuls alone {t['selected_matmuls']:.2f} s, the compression branch's "
-          f"{t['compression_matmuls']:.2f} s; sdpa / (both + window) = {row['sdpa_over_floor']:.2f}x", flush=True)
+          f"{t['compression_matmuls']:.2f} s; sdpa / (both + window) = {row['sdpa_over_floor']:.2f}x; the window's "
+          f"matmuls alone {t['window_matmuls']:.2f} s, sdpa / (all three branches' matmuls) = "
+          f"{row['sdpa_over_matmuls']:.2f}x", flush=True)
     return row
 
 

@@ -1,0 +1,93 @@
+"""The causal sliding-window kernel against dense attention with the window's boolean mask, in float64."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnkit.kernels.positions import query_positions
+from attnkit.kernels.sliding_window import sliding_window_attention
+from attnkit.reference import materialised_attention
+
+# (batch, heads, kv_heads, q_len, kv_len, head_dim, value_dim, window, tile)
+CASES = [
+    (1, 4, 2, 37, 37, 8, 8, 8, 4),  # GQA, length not a multiple of the tile
+    (2, 4, 1, 100, 100, 16, 12, 33, 16),  # window not a multiple of the tile, Dv != D
+    (1, 2, 2, 5, 5, 8, 8, 512, 64),  # window and tile longer than the sequence
+    (1, 8, 2, 300, 300, 16, 16, 64, 64),  # NSA's shape of GQA
+    (1, 2, 1, 64, 64, 8, 8, 1, 16),  # each query sees only itself
+    (1, 2, 2, 130, 130, 8, 8, 17, 17),
+    (1, 4, 2, 7, 90, 8, 8, 20, 4),  # new queries against a longer cache
+    (1, 2, 1, 1, 50, 8, 8, 64, 64),  # one decode query, the window past key 0
+]
+
+
+def _problem(B, H, Hkv, Nq, Nk, D, Dv, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, Nq, D, generator=g, dtype=torch.float64)
+    k = torch.randn(B, Hkv, Nk, D, generator=g, dtype=torch.float64)
+    v = torch.randn(B, Hkv, Nk, Dv, generator=g, dtype=torch.float64)
+    return q, k, v
+
+
+def _window_mask(Nq, Nk, window):
+    qpos = query_positions(Nq, Nk)[:, None]
+    kpos = torch.arange(Nk)
+    return (kpos <= qpos) & (kpos > qpos - window)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+def test_output_and_gradients_equal_dense_attention_with_the_window_mask(case):
+    B, H, Hkv, Nq, Nk, D, Dv, window, tile = case
+    q, k, v = (x.requires_grad_(True) for x in _problem(B, H, Hkv, Nq, Nk, D, Dv))
+    got = sliding_window_attention(q, k, v, window=window, scale=0.3, tile=tile)
+    want = materialised_attention(q, k, v, causal=False, mask=_window_mask(Nq, Nk, window), scale=0.3)
+    assert (got - want).abs().max() < 1e-12
+    w = torch.randn_like(got)
+    for name, a, b in zip("qkv", torch.autograd.grad((got * w).sum(), (q, k, v)),
+                          torch.autograd.grad((want * w).sum(), (q, k, v))):
+        assert (a - b).abs().max() < 1e-12, name
+
+
+def test_the_tile_does_not_change_the_result():
+    q, k, v = _problem(1, 4, 2, 90, 90, 8, 8)
+    outs = [sliding_window_attention(q, k, v, window=24, scale=0.3, tile=t) for t in (1, 8, 24, 64, 200)]
+    for o in outs[1:]:
+        assert (o - outs[0]).abs().max() < 1e-12
+
+
+def test_a_window_longer_than_the_keys_is_causal_attention_and_costs_no_more():
+    q, k, v = _problem(1, 4, 2, 30, 30, 8, 8)
+    got = sliding_window_attention(q, k, v, window=1 << 40, scale=0.3, tile=1 << 40)
+    want = materialised_attention(q, k, v, causal=True, mask=None, scale=0.3)
+    assert (got - want).abs().max() < 1e-12
+
+
+def test_a_non_finite_key_outside_every_window_does_not_reach_the_output():
+    q, k, v = _problem(1, 2, 1, 40, 40, 8, 8)
+    k[0, 0, 3] = float("nan")  # only queries 3 .. 10 see key 3 with a window of 8
+    out = sliding_window_attention(q, k, v, window=8, scale=0.3, tile=8)
+    assert out[:, :, 11:].isfinite().all() and out[:, :, :3].isfinite().all()
+    assert out[:, :, 3:11].isnan().all()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(window=0), "window must be a positive int"),
+    (dict(window=4, tile=0), "tile must be a positive int"),
+    (dict(window=2.5), "window must be a positive int"),
+])
+def test_bad_sizes_are_refused_naming_the_argument(kwargs, message):
+    q, k, v = _problem(1, 2, 1, 10, 10, 8, 8)
+    with pytest.raises(ValueError, match=message):
+        sliding_window_attention(q, k, v, scale=0.3, **kwargs)
+
+
+@pytest.mark.parametrize("shapes", [
+    ((1, 2, 10, 8), (1, 1, 9, 8), (1, 1, 9, 8)),  # more queries than keys
+    ((1, 3, 10, 8), (1, 2, 10, 8), (1, 2, 10, 8)),  # kv heads do not divide heads
+    ((1, 2, 10, 8), (1, 1, 10, 4), (1, 1, 10, 8)),  # head_dim differs
+    ((1, 2, 10, 8), (1, 1, 10, 8), (1, 1, 11, 8)),  # values not one per key
+])
+def test_mismatched_shapes_are_refused(shapes):
+    q, k, v = (torch.randn(*s) for s in shapes)
+    with pytest.raises(ValueError, match="expected q"):
+        sliding_window_attention(q, k, v, window=4, scale=0.3)
