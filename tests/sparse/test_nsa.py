@@ -183,6 +183,7 @@ def test_layer_gives_each_branch_its_own_keys_and_values():
     layer = attnkit.nn.Attention(32, heads=4, kv_heads=2, mechanism="nsa", select_block=32, select_count=3, window=16)
     x = torch.randn(2, 70, 32)
     layer(x, causal=True).square().mean().backward()
-    for name in ("k_cmp", "v_cmp", "k_win", "v_win"):
-        assert layer.inputs.branch_kv[name].weight.shape == (2 * 8, 32)
-        assert layer.inputs.branch_kv[name].weight.grad.abs().max() > 0, name
+    weight = layer.inputs.branch_kv.weight
+    assert weight.shape == (4 * 2 * 8, 32)
+    for i, name in enumerate(("k_cmp", "v_cmp", "k_win", "v_win")):
+        assert weight.grad[i * 16 : (i + 1) * 16].abs().max() > 0, name

@@ -28,8 +28,8 @@ class NSAInputs(nn.Module):
                  kv_heads: int | None = None):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads or heads, head_dim
-        self.branch_kv = nn.ModuleDict({name: nn.Linear(dim, self.kv_heads * head_dim)
-                                        for name in ("k_cmp", "v_cmp", "k_win", "v_win")})
+        # k_cmp, v_cmp, k_win, v_win from one map of the layer input
+        self.branch_kv = nn.Linear(dim, 4 * self.kv_heads * head_dim)
         hidden = hidden or head_dim
         fan_in = compress_block * head_dim
         self.k_pos = nn.Parameter(torch.zeros(compress_block, head_dim))
@@ -51,6 +51,6 @@ class NSAInputs(nn.Module):
         gates = torch.sigmoid(self.gate(x)).unflatten(-1, (self.heads, 3)).transpose(1, 2)  # (B, H, N, 3)
         tensors = {n: getattr(self, n).to(q.dtype) for n in ("k_pos", "k_w1", "k_w2", "v_pos", "v_w1", "v_w2")}
         B, N = x.shape[:2]
-        for name, proj in self.branch_kv.items():
-            tensors[name] = proj(x).view(B, N, self.kv_heads, self.head_dim).transpose(1, 2).to(q.dtype)
+        branch = self.branch_kv(x).view(B, N, 4, self.kv_heads, self.head_dim).permute(2, 0, 3, 1, 4).to(q.dtype)
+        tensors.update(zip(("k_cmp", "v_cmp", "k_win", "v_win"), branch.unbind(0)))
         return {"gates": gates.to(q.dtype), **tensors}
