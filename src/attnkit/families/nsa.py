@@ -49,7 +49,8 @@ run-time block selection kernel, one selection per token and kv group; the
 window on the block-sparse kernel): ``O(N (N/d + n l' + w))`` time, ``O(N)``
 memory. Up to ``DENSE_PAIRS`` (query, key) pairs per head (512 tokens) the
 selection and window branches run instead as one dense attention masked to the
-same keys (cheaper there than the kernels' sorting and gathering). Incremental decode runs the fast form against the KV cache.
+same keys (cheaper there than the kernels' sorting and gathering). Incremental decode runs the fast form against the KV cache
+(which holds the branches' own keys and values, when given, beside k and v).
 """
 from __future__ import annotations
 
