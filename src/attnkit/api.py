@@ -71,6 +71,9 @@ def attention(
         return (out, q.new_zeros(*q.shape[:3], k.shape[2])) if return_weights else out
     if position is not None:
         offset = state.length if state is not None else 0
+        # per-token key inputs (a branch's own keys) turn with k; an empty query slice keeps q from turning again
+        params = {**params, **{n: position.apply(q[:, :, :0], params[n], q_offset=0, k_offset=offset)[1]
+                               for n in spec.key_inputs if params.get(n) is not None}}
         q, k = position.apply(q, k, q_offset=offset + k.shape[2] - q.shape[2], k_offset=offset)
     if dropout_p:
         params = {**params, "dropout_p": _check_dropout(spec, dropout_p, q, k, v, causal, mask, form, params, incremental)}

@@ -116,6 +116,9 @@ class MechanismSpec:
     dropout_forms: frozenset = frozenset()
     tensor_inputs: TensorInputs | None = None
     tensor_inputs_per_token: tuple[str, ...] = ()
+    # Per-token tensor inputs that are keys (``(B, Hkv, N, D)``, e.g. a branch's own keys): a call's positional
+    # encoding (``position=``) rotates them as it rotates k.
+    key_inputs: tuple[str, ...] = ()
     supports_mask: bool = True
     # True when which keys a query reads is chosen from the whole call's q and k (a prefill estimator: a later
     # query or key can change an earlier query's choice). Such a mechanism has no incremental form; its causality

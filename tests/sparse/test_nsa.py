@@ -143,3 +143,47 @@ def test_tied_blocks_go_to_the_earlier_ones():
     blocks, valid = top_blocks(importance, 3, 12 * 16, select_block=16, count=5)
     chosen = [sorted(b[v].tolist()) for b, v in zip(blocks[0, 0], valid[0, 0])]
     assert chosen == [[0, 1, 2, 10, 11], [0, 1, 6, 10, 11], [0, 1, 2, 10, 11]]
+
+
+def test_branch_keys_and_values_feed_only_their_branch():
+    q, k, v, tensors = _problem(N=60, seed=3)
+    params = {"compress_stride": 8, "select_block": 16, "select_count": 4, "window": 8}
+    shared = {n: t for n, t in tensors.items() if n not in ("k_cmp", "v_cmp", "k_win", "v_win")}
+    gates = torch.zeros_like(tensors["gates"])
+    for branch, names in ((0, ("k_cmp", "v_cmp")), (2, ("k_win", "v_win"))):
+        only = gates.clone()
+        only[..., branch] = 1.0
+        own = {n: tensors[n] for n in names}
+        got = attnkit.attention(q, k, v, "nsa", causal=True, **params, **{**shared, **own, "gates": only})
+        # the branch's own keys and values in the call's place give the same branch output
+        want = attnkit.attention(q, own[names[0]], own[names[1]], "nsa", causal=True, **params,
+                                 **{**shared, "gates": only})
+        assert (got - want).abs().max() < 1e-12
+    only = gates.clone()
+    only[..., 1] = 1.0
+    slc = attnkit.attention(q, k, v, "nsa", causal=True, **params, **{**tensors, "gates": only})
+    alone = attnkit.attention(q, k, v, "nsa", causal=True, **params, **{**shared, "gates": only,
+                                                                          "k_cmp": tensors["k_cmp"]})
+    assert (slc - alone).abs().max() < 1e-12  # the window's keys and values do not reach the selection
+
+
+def test_a_positional_encoding_rotates_the_branch_keys_as_it_rotates_k():
+    q, k, v, tensors = _problem(N=50, seed=4)
+    params = {"compress_stride": 8, "select_block": 16, "select_count": 4, "window": 8}
+    rope = attnkit.positional.RoPE(16)
+    got = attnkit.attention(q, k, v, "nsa", causal=True, position=rope, **params, **tensors)
+    qr, kr = rope.apply(q, k, q_offset=0, k_offset=0)
+    turned = {n: rope.apply(q, tensors[n], q_offset=0, k_offset=0)[1] for n in ("k_cmp", "k_win")}
+    want = attnkit.attention(qr, kr, v, "nsa", causal=True, **params, **{**tensors, **turned})
+    assert (got - want).abs().max() < 1e-12
+
+
+def test_layer_gives_each_branch_its_own_keys_and_values():
+    torch.manual_seed(0)
+    layer = attnkit.nn.Attention(32, heads=4, kv_heads=2, mechanism="nsa", select_block=32, select_count=3, window=16)
+    x = torch.randn(2, 70, 32)
+    layer(x, causal=True).square().mean().backward()
+    weight = layer.inputs.branch_kv.weight
+    assert weight.shape == (4 * 2 * 8, 32)
+    for i, name in enumerate(("k_cmp", "v_cmp", "k_win", "v_win")):
+        assert weight.grad[i * 16 : (i + 1) * 16].abs().max() > 0, name

@@ -16,6 +16,13 @@ Each query ``q_t`` attends through three branches, mixed by learned gates::
   group's tokens attend to the top-``n`` blocks' keys (11-12);
 - sliding window: the last ``w`` keys ``k_{t-w+1 : t}``.
 
+"To further prevent shortcut learning across attention branches ..., we provide
+independent keys and values for three branches" (section 3.3.3): the tensor inputs
+``k_cmp, v_cmp`` (what ``phi`` compresses) and ``k_win, v_win`` (the window's keys
+and values), each ``(B, Hkv, N, .)`` like ``k`` and ``v``, which then serve the
+selection branch alone. Left out, the call's ``k`` and ``v`` serve those branches
+too (one projection shared by the three).
+
 Defaults are the paper's: ``l = 32, d = 16, l' = 64, n = 16`` (the initial block
 and two local blocks always among the 16), ``w = 512``.
 
@@ -42,7 +49,8 @@ run-time block selection kernel, one selection per token and kv group; the
 window on the sliding-window kernel, in query tiles each reading one slice of keys): ``O(N (N/d + n l' + w))`` time, ``O(N)``
 memory. Up to ``DENSE_PAIRS`` (query, key) pairs per head (512 tokens) the
 selection and window branches run instead as one dense attention masked to the
-same keys (cheaper there than the kernels' sorting and gathering). Incremental decode runs the fast form against the KV cache.
+same keys (cheaper there than the kernels' sorting and gathering). Incremental decode runs the fast form against the KV cache
+(which holds the branches' own keys and values, when given, beside k and v).
 """
 from __future__ import annotations
 
@@ -62,20 +70,29 @@ from ..reference import materialised_attention
 from ..params import Param, TensorInput
 from ..registry import MechanismSpec, register
 from ..validation import check_int, check_tensor
-from ..builders.kv_cache_step import kv_cache_step
+from ..builders.kv_cache_step import read_every_key
+from ..state import KVCache
 
 # up to this many (query, key) pairs per head (and finite keys) the selection and window branches run as dense
 # masked attention (the same keys, fewer and larger ops); above it on the selected-block and sliding-window kernels
 DENSE_PAIRS = 1 << 18
 PAPER = "Native Sparse Attention: Hardware-Aligned and Natively Trainable Sparse Attention"
 INPUTS = ("k_pos", "k_w1", "k_w2", "v_pos", "v_w1", "v_w2")
+# the compression and window branches' own keys and values (each optional; the call's k or v otherwise)
+BRANCH_KV = (("k_cmp", "v_cmp"), ("k_win", "v_win"))
 
 
-def nsa_inputs(q, k, v, generator=None, *, compress_block: int = 32, hidden: int | None = None) -> dict:
-    """Example tensor inputs (gates and compression MLPs) for given q, k, v; float64 when q is."""
+def nsa_inputs(q, k, v, generator=None, *, compress_block: int = 32, hidden: int | None = None,
+               branch_kv: bool = True) -> dict:
+    """Example tensor inputs (gates, compression MLPs and, with ``branch_kv``, the compression and window
+    branches' own keys and values) for given q, k, v; float64 when q is."""
     B, H, N, D = q.shape
     Dv = v.shape[3]
     out = {"gates": torch.rand(B, H, N, 3, generator=generator, dtype=q.dtype).to(q.device)}
+    if branch_kv:
+        for k_name, v_name in BRANCH_KV:
+            out[k_name] = torch.randn(k.shape, generator=generator, dtype=q.dtype).to(q.device)
+            out[v_name] = torch.randn(v.shape, generator=generator, dtype=q.dtype).to(q.device)
     for name, E in (("k", D), ("v", Dv)):
         width = hidden or E
         out[f"{name}_pos"] = (0.1 * torch.randn(compress_block, E, generator=generator, dtype=q.dtype)).to(q.device)
@@ -85,7 +102,7 @@ def nsa_inputs(q, k, v, generator=None, *, compress_block: int = 32, hidden: int
     return out
 
 
-def _check(q, v, gates, tensors, compress_stride, select_block, select_count, window):
+def _check(q, k, v, gates, tensors, compress_stride, select_block, select_count, window):
     for name, value, minimum in (("compress_stride", compress_stride, 1), ("select_block", select_block, 1),
                                  ("select_count", select_count, 3), ("window", window, 1)):
         check_int(name, value, minimum=minimum)
@@ -101,13 +118,23 @@ def _check(q, v, gates, tensors, compress_stride, select_block, select_count, wi
         check_tensor(f"{name}_pos", tensors[f"{name}_pos"], (block, E), q)
         check_tensor(f"{name}_w1", w1, (block * E, hidden), q)
         check_tensor(f"{name}_w2", tensors[f"{name}_w2"], (hidden, E), q)
+    for pair in BRANCH_KV:
+        for name, like in zip(pair, (k, v)):
+            check_tensor(name, tensors.get(name), like.shape, q, optional=True)
     if block % compress_stride or select_block % compress_stride:
         raise ValueError(f"compress_stride={compress_stride} must divide the compression block (k_pos has "
                          f"{block} rows) and select_block={select_block}")
     return block
 
 
+def _branch_kv(k, v, tensors, pair):
+    """A branch's own keys and values where given, else the call's."""
+    kb, vb = (tensors.get(n) for n in pair)
+    return k if kb is None else kb, v if vb is None else vb
+
+
 def _compressed_kv(k, v, tensors, block, stride):
+    k, v = _branch_kv(k, v, tensors, BRANCH_KV[0])
     kc = compress(k, tensors["k_pos"], tensors["k_w1"], tensors["k_w2"], block=block, stride=stride)
     vc = compress(v, tensors["v_pos"], tensors["v_w1"], tensors["v_w2"], block=block, stride=stride)
     return kc, vc
@@ -118,7 +145,7 @@ def _mix(gates, *branches):
 
 
 def _reference(q, k, v, *, causal, mask, scale, compress_stride, select_block, select_count, window, gates, **tensors):
-    block = _check(q, v, gates, tensors, compress_stride, select_block, select_count, window)
+    block = _check(q, k, v, gates, tensors, compress_stride, select_block, select_count, window)
     B, H, Nq, _ = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     kc, vc = _compressed_kv(k, v, tensors, block, compress_stride)
@@ -135,13 +162,14 @@ def _reference(q, k, v, *, causal, mask, scale, compress_stride, select_block, s
     past = kpos <= qpos
     slc = repeat_kv(chosen[..., kpos // select_block], H) & past
     o_slc = materialised_attention(q, k, v, causal=False, mask=slc, scale=scale)
-    o_win = materialised_attention(q, k, v, causal=False, mask=past & (kpos > qpos - window), scale=scale)
+    k_win, v_win = _branch_kv(k, v, tensors, BRANCH_KV[1])
+    o_win = materialised_attention(q, k_win, v_win, causal=False, mask=past & (kpos > qpos - window), scale=scale)
     return _mix(gates, o_cmp, o_slc, o_win)
 
 
 def _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window):
     """The compression branch's output and the selection (one row per token and kv group), from one pass."""
-    block = _check(q, v, gates, tensors, compress_stride, select_block, select_count, window)
+    block = _check(q, k, v, gates, tensors, compress_stride, select_block, select_count, window)
     Nq, Nk = q.shape[2], k.shape[2]
     kc, vc = _compressed_kv(k, v, tensors, block, compress_stride)
     o_cmp, blocks, valid = compression_and_selection(
@@ -162,12 +190,47 @@ def nsa_selection(q, k, v, *, gates, scale=None, compress_stride=16, select_bloc
 def _sparse(q, k, v, *, causal, mask, scale, compress_stride, select_block, select_count, window, gates, **tensors):
     o_cmp, sel = _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window)
     Nq, Nk = q.shape[2], k.shape[2]
-    if Nq * Nk <= DENSE_PAIRS and all_finite(k):
-        o_slc, o_win = dense_selection_and_window(q, k, v, sel, window=window, scale=scale)
+    k_win, v_win = _branch_kv(k, v, tensors, BRANCH_KV[1])
+    if Nq * Nk <= DENSE_PAIRS and all_finite(k) and (k_win is k or all_finite(k_win)):
+        o_slc, o_win = dense_selection_and_window(q, k, v, sel, window=window, scale=scale, k_win=k_win,
+                                                  v_win=v_win)
     else:
         o_slc = selected_block_attention(q, k, v, sel, scale=scale, causal=True)
-        o_win = sliding_window_attention(q, k, v, window=window, scale=scale)
+        o_win = sliding_window_attention(q, k_win, v_win, window=window, scale=scale)
     return _mix(gates, o_cmp, o_slc, o_win)
+
+
+def _step(q, k, v, state, *, causal, mask, scale, **params):
+    """Incremental form: the fast form against the KV cache. The branches' own keys and values, when given,
+    are cached beside the call's along the head axis (keys: k, then k_cmp, k_win as given; values alike)."""
+    k_names = [pair[0] for pair in BRANCH_KV if params.get(pair[0]) is not None]
+    v_names = [pair[1] for pair in BRANCH_KV if params.get(pair[1]) is not None]
+    new_k = torch.cat([k, *(params[n] for n in k_names)], 1)
+    new_v = torch.cat([v, *(params[n] for n in v_names)], 1)
+    state = KVCache(new_k, new_v) if state is None else state.append(new_k, new_v)
+    held_k, held_v = state.k.split(k.shape[1], 1), state.v.split(v.shape[1], 1)
+    params.update(zip(k_names, held_k[1:]))
+    params.update(zip(v_names, held_v[1:]))
+    return _sparse(q, held_k[0], held_v[0], causal=causal, mask=mask, scale=scale, **params), state
+
+
+def _read(k, v, state, mask, **params):
+    """What a step reads for ``attnkit.capture``: the selection branch's keys and values so far."""
+    if state is None:
+        return read_every_key(k, v, None, mask)
+    Hkv = k.shape[1]
+    return read_every_key(k, v, KVCache(state.k[:, :Hkv], state.v[:, :Hkv]), mask)
+
+
+_step.read = _read
+
+
+def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, **params):
+    """The KV cache: the call's keys and values and each branch's own keys and values given."""
+    keys = 1 + sum(params.get(k_name) is not None for k_name, _ in BRANCH_KV)
+    values = 1 + sum(params.get(v_name) is not None for _, v_name in BRANCH_KV)
+    v_dim = head_dim if v_dim is None else v_dim
+    return batch * kv_heads * seq_len * (keys * head_dim + values * v_dim)
 
 
 def _flops(batch, heads, q_len, kv_len, head_dim, causal, compress_stride=16, select_block=64, select_count=16,
@@ -187,7 +250,8 @@ register(MechanismSpec(
     patterns=frozenset({"causal-self"}),
     reference=_reference,
     fast={"sparse": _sparse},
-    step=kv_cache_step(_sparse),
+    step=_step,
+    state_size=_state_size,
     params={"compress_stride": Param(16, int, "tokens between compressed blocks (d)", low=1),
             "select_block": Param(64, int, "keys per selection block (l')", low=1),
             "select_count": Param(16, int, "selected blocks per token, initial and two local included (n)", low=3),
@@ -201,9 +265,14 @@ register(MechanismSpec(
         "v_pos": TensorInput("(l, Dv)", "intra-block position encoding added to each block of l values"),
         "v_w1": TensorInput("(l * Dv, hidden)", "first layer of the value compression MLP"),
         "v_w2": TensorInput("(hidden, Dv)", "second layer of the value compression MLP"),
+        "k_cmp": TensorInput("(B, Hkv, N, D)", "the compression branch's own keys (default: k)", required=False),
+        "v_cmp": TensorInput("(B, Hkv, N, Dv)", "the compression branch's own values (default: v)", required=False),
+        "k_win": TensorInput("(B, Hkv, N, D)", "the window branch's own keys (default: k)", required=False),
+        "v_win": TensorInput("(B, Hkv, N, Dv)", "the window branch's own values (default: v)", required=False),
     },
     tensor_inputs=lambda q, k, v, g: nsa_inputs(q, k, v, g, compress_block=16),
-    tensor_inputs_per_token=("gates",),
+    tensor_inputs_per_token=("gates", "k_cmp", "v_cmp", "k_win", "v_win"),
+    key_inputs=("k_cmp", "k_win"),
     supports_mask=False,
     flops=_flops,
     complexity="O(N (N / compress_stride + select_count select_block + window))",

@@ -21,10 +21,12 @@ from ..masks.selection import BlockSelection
 from .positions import query_positions, repeat_kv
 
 
-def dense_selection_and_window(q, k, v, selection: BlockSelection, *, window: int, scale: float):
+def dense_selection_and_window(q, k, v, selection: BlockSelection, *, window: int, scale: float, k_win=None,
+                               v_win=None):
     """``(o_slc, o_win)``, each ``(B, H, Nq, Dv)``: softmax attention of ``q`` over ``k, v (B, Hkv, Nk, .)``
-    restricted to ``selection`` (one row per token and kv group, causal) and to the last ``window`` keys of
-    each query."""
+    restricted to ``selection`` (one row per token and kv group, causal) and over ``k_win, v_win`` (default
+    ``k, v``) restricted to the last ``window`` keys of each query."""
+    k_win, v_win = (k, v) if k_win is None else (k_win, v_win)
     B, H, Nq, _ = q.shape
     Nk = k.shape[2]
     qpos = query_positions(Nq, Nk, q.device)[:, None]
@@ -33,7 +35,7 @@ def dense_selection_and_window(q, k, v, selection: BlockSelection, *, window: in
     o_slc = F.scaled_dot_product_attention(q, k, v, attn_mask=selection_bias(selection, H, q.dtype), scale=scale,
                                            enable_gqa=gqa)
     recent = additive((kpos <= qpos) & (kpos > qpos - window), q.dtype)
-    o_win = F.scaled_dot_product_attention(q, k, v, attn_mask=recent, scale=scale, enable_gqa=gqa)
+    o_win = F.scaled_dot_product_attention(q, k_win, v_win, attn_mask=recent, scale=scale, enable_gqa=gqa)
     return o_slc, o_win
 
 

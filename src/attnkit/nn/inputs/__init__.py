@@ -79,7 +79,8 @@ _FACTORIES = {
 
 # mechanism name -> factory(dim, heads, kv_heads, head_dim, params): modules sized by the mechanism's parameters
 _SIZED_FACTORIES = {
-    "nsa": lambda dim, heads, kv_heads, head_dim, params: NSAInputs.for_layer(dim, heads, head_dim, params),
+    "nsa": lambda dim, heads, kv_heads, head_dim, params: NSAInputs.for_layer(dim, heads, head_dim, params,
+                                                                                        kv_heads=kv_heads),
 }
 
 
