@@ -61,6 +61,15 @@ def test_state_sizes_count_the_window_and_the_value_dimension():
     assert suite.state_size("gated_deltanet", {}, 64, 64, 1, 32) == 32 * 64
 
 
+def test_the_nsa_role_counts_the_branch_keys_and_values_its_layer_caches():
+    nsa = next(e for e in suite.resolve_roles() if e["mechanism"] == "nsa")
+    d, L = 32, 64
+    model = suite.build_model(nsa, d, L, suite.QUICK)
+    shared = suite.state_size("nsa", nsa["params"], L, d, 1, nsa["qk_dim"])
+    held = suite.state_size("nsa", nsa["params"], L, d, 1, nsa["qk_dim"], model.mixers[-1].tensor_inputs(L))
+    assert shared == L * 2 * d and held == 3 * shared  # k, v and the compression and window branches' own
+
+
 def test_the_mamba_1_role_gives_the_scan_a_state_of_d_state_per_channel():
     role = suite.resolve_roles(suite.FIGURE_ROLES)
     mamba = next(e for e in role if e["mechanism"] == "mamba")

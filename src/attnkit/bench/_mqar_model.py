@@ -77,6 +77,16 @@ class Mixer(nn.Module):
         else:
             self.inputs = LearnedTensorInputs(spec, d_model, heads, heads, qk_dim, self.v_dim, seq_len)
 
+    @torch.no_grad()
+    def tensor_inputs(self, seq_len: int) -> dict:
+        """The tensor inputs this layer gives its mechanism for one sequence of ``seq_len`` tokens (a state
+        size counts those a decode cache holds, e.g. NSA's branch keys and values)."""
+        p = self.q.weight
+        x = torch.zeros(1, seq_len, self.v.in_features, dtype=p.dtype, device=p.device)
+        q = torch.zeros(1, self.heads, seq_len, self.qk_dim, dtype=p.dtype, device=p.device)
+        v = torch.zeros(1, self.heads, seq_len, self.v_dim, dtype=p.dtype, device=p.device)
+        return self.inputs(x, q, q, v)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, _ = x.shape
         q, k, v = self.q(x), self.k(x), self.v(x)

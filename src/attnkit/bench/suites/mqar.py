@@ -90,10 +90,13 @@ def _params_for(name: str, overrides: dict) -> dict:
     return params
 
 
-def state_size(name: str, params: dict, seq_len: int, d_model: int, heads: int, qk_dim: int | None) -> int:
-    """Numbers one mixer holds after ``seq_len`` tokens, by the spec's own count (keys and values)."""
+def state_size(name: str, params: dict, seq_len: int, d_model: int, heads: int, qk_dim: int | None,
+               tensors: dict | None = None) -> int:
+    """Numbers one mixer holds after ``seq_len`` tokens, by the spec's own count (keys and values, and the
+    layer's ``tensors`` inputs where the mechanism caches them)."""
     v_dim = d_model // heads
-    return int(spec(name).state_size(1, heads, heads, seq_len, qk_dim or v_dim, v_dim, **params))
+    return int(spec(name).state_size(1, heads, heads, seq_len, qk_dim or v_dim, v_dim, **params,
+                                     **(tensors or {})))
 
 
 def lrs_for(config: dict, role: str) -> list[float]:
@@ -138,7 +141,8 @@ def measure_item(item: dict, config: dict, entries: dict, device: str = "cpu") -
     torch.manual_seed(seed)
     model = build_model(e, d, L, config, device)
     result = train(model, train_data, test_data, lr=item["lr"], epochs=config["epochs"], batch=config["batch"], seed=seed)
-    result["state_size"] = state_size(item["mechanism"], e["params"], L, d, config["heads"], e["qk_dim"])
+    result["state_size"] = state_size(item["mechanism"], e["params"], L, d, config["heads"], e["qk_dim"],
+                                      model.mixers[-1].tensor_inputs(L))
     result["params"] = e["params"]
     return result
 
