@@ -40,7 +40,8 @@ FIGURE = dict(vocab=512, d_model=[64, 128, 256], heads=1, seeds=[0, 1, 2], setti
 FIGURE_ROLES = {
     "gla": {"candidates": ("gla",)},
     "mamba-1": {"candidates": ("mamba",), "qk_dim": 16, "form": "recurrent"},
-    "mamba-2": {"candidates": ("mamba2",)},
+    # Mamba-2's block: a short convolution and SiLU on x, B, C (v, k, q) and the gated RMS norm, gate first
+    "mamba-2": {"candidates": ("mamba2",), "layer": {"qkv_conv": True, "gated_norm": True, "gate_before_norm": True}},
     "hyena": {"candidates": ("hyena",)},
     "h3": {"candidates": ("h3",)},
     "rwkv-7": {"candidates": ("rwkv7",)},
