@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attnkit import spec
@@ -24,6 +25,27 @@ def test_model_is_causal_and_uses_the_mechanisms_layer():
     y[:, 7:] = (y[:, 7:] + 1) % 16
     a, b = model(x), model(y)
     assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6) and not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_the_mamba_2_role_has_its_blocks_convolutions_and_gates_before_the_norm():
+    from attnkit import attention
+    from attnkit.bench._mqar_figure import FIGURE_ROLES
+    from attnkit.bench._mqar_model import Mixer
+
+    torch.manual_seed(0)
+    mixer = Mixer("mamba2", {}, d_model=16, heads=1, qk_dim=16, seq_len=12, **FIGURE_ROLES["mamba-2"]["layer"])
+    x = torch.randn(2, 12, 16)
+    seen = {}
+    mixer.out.register_forward_hook(lambda module, inputs, output: seen.setdefault("o", inputs[0]))
+    mixer(x)
+    q, k, v = (F.silu(conv(t)) for conv, t in zip(mixer.convs, (mixer.q(x), mixer.k(x), mixer.v(x))))
+    q, k, v = (t.view(2, 12, 1, 16).transpose(1, 2) for t in (q, k, v))
+    o = attention(q, k, v, "mamba2", causal=True, **mixer.inputs(x, q, k, v)).transpose(1, 2)
+    gate = F.silu(mixer.gate(x)).view(2, 12, 1, 16)
+    assert torch.allclose(seen["o"], F.rms_norm(o * gate, (16,)).reshape(2, 12, 16), atol=1e-5)
+    assert not torch.allclose(seen["o"], (F.rms_norm(o, (16,)) * gate).reshape(2, 12, 16), atol=1e-3)
+    with pytest.raises(ValueError, match="gate_before_norm: .* needs gated_norm=True"):
+        Mixer("mamba2", {}, d_model=16, heads=1, qk_dim=16, seq_len=12, gate_before_norm=True)
 
 
 def test_attention_learns_a_toy_recall_task_well_above_chance():

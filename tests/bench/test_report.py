@@ -49,6 +49,29 @@ def fill(store: Store) -> tuple[int, int]:
     return tuple(cab_runs)
 
 
+def figure_points(path) -> None:
+    """A small points file of ``bench mqar --figure``: the sweeps of attention, linear and Based at d=64,
+    (64, 16), seed 0, their seed-1 points at the chosen rates, and attention's seed-0 point at (128, 32)."""
+    from attnkit.bench._mqar_figure import FIGURE, FIGURE_ROLES
+    from attnkit.bench._mqar_points import PointsFile
+    from attnkit.bench.suites import mqar
+
+    entries = {e["role"]: e for e in mqar.resolve_roles({**mqar.ROLES, **FIGURE_ROLES})}
+    points = PointsFile(path)
+    accuracy = {("attention", 0): [0.01, 1.0, 0.5], ("linear (elu+1)", 0): [0.01, 0.05, 0.2],
+                ("based", 0): [0.01, 0.02, 0.3], ("attention", 1): 1.0, ("linear (elu+1)", 1): 0.4, ("based", 1): 0.3}
+    chosen = {"attention": 3e-3, "linear (elu+1)": 1e-2, "based": 1e-2}
+    trainings = [(role, 64, 16, 0, lr, acc) for (role, seed), accs in accuracy.items() if seed == 0
+                 for lr, acc in zip((1e-3, 3e-3, 1e-2), accs)]
+    trainings += [(role, 64, 16, 1, chosen[role], acc) for (role, seed), acc in accuracy.items() if seed == 1]
+    trainings.append(("attention", 128, 32, 0, 3e-3, 0.9))
+    for role, L, K, seed, lr, acc in trainings:
+        item = {"role": role, "mechanism": entries[role]["mechanism"], "L": L, "K": K, "d": 64, "seed": seed, "lr": lr}
+        figures = {"accuracy": acc, "seconds": 60.0, "state_size": 4096 if role == "linear (elu+1)" else 8192,
+                   "epochs": 8, "status": "epochs"}
+        points.append(item, figures, dict(FIGURE), entries[role], MACHINE, "abc")
+
+
 def chromium(tmp, name: str, *args: str) -> str:
     """Run headless Chromium with a fresh profile; its stdout goes through a file (a pipe can be held
     open by Chromium's helper processes after the browser exits)."""
@@ -65,7 +88,9 @@ def report(tmp_path_factory):
     store = Store(tmp / "r.sqlite")
     runs = fill(store)
     store.close()
-    assert cli_main(["report", "--db", str(tmp / "r.sqlite"), "--out", str(tmp / "out")]) == 0
+    figure_points(tmp / "points.jsonl")
+    assert cli_main(["report", "--db", str(tmp / "r.sqlite"), "--out", str(tmp / "out"), "--points",
+                     str(tmp / "points.jsonl")]) == 0
     return tmp, runs
 
 
@@ -73,7 +98,8 @@ def test_report_writes_page_and_tables(report):
     tmp, _ = report
     out = tmp / "out"
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 8  # kernels and CAB: time, memory, GEMM; MQAR; sparsity
+    # kernels and CAB: time, memory, GEMM; MQAR; sparsity; the Zoology figure
+    assert page.count("data:image/png;base64,") == 9
     assert "not registered" in page
     assert "GEMM measured in the same worker (80 GFLOP/s)" in page  # the kernels GEMM plot divides by that
     assert "<th title" in page and "<th>n</th>" not in page
@@ -126,10 +152,35 @@ def test_one_colour_per_mechanism_across_plots():
 
 def test_empty_database_says_what_to_run(tmp_path):
     Store(tmp_path / "empty.sqlite").close()
-    assert cli_main(["report", "--db", str(tmp_path / "empty.sqlite"), "--out", str(tmp_path / "out")]) == 0
+    assert cli_main(["report", "--db", str(tmp_path / "empty.sqlite"), "--out", str(tmp_path / "out"),
+                     "--points", str(tmp_path / "no-points.jsonl")]) == 0
     page = (tmp_path / "out" / "report.html").read_text()
     assert "No stored run for" in page and "attnkit bench mqar" in page and "attnkit bench overview" not in page
-    assert "Nothing measured yet" in page
+    assert "Nothing measured yet" in page and "mqar-figure" not in page  # no points file: no figure
+
+
+def test_the_zoology_figure_is_drawn_from_the_points_file(report):
+    tmp, _ = report
+    page = (tmp / "out" / "report.html").read_text()
+    section = page.split("<h2 id='mqar-figure'>")[1].split("<h2")[0]
+    assert "9 of 39 trainings of the learning-rate sweep and 7 of 351 planned points" in section
+    assert "attention 0.003, linear (elu+1) 0.01, based 0.01." in section
+    assert "data:image/png;base64," in section
+    tables = json.loads((tmp / "out" / "results.json").read_text())["tables"]
+    means = {(p["role"], p["L"]): p for p in tables["mqar_figure"]}
+    assert set(means) == {("attention", 64), ("linear (elu+1)", 64), ("based", 64), ("attention", 128)}
+    # linear: 0.2 and 0.4 over two seeds: mean 0.3, half-width t(1) * sd / sqrt(2) = 12.706 * 0.1414 / 1.414
+    assert means["linear (elu+1)", 64]["accuracy"] == pytest.approx(0.3)
+    assert means["linear (elu+1)", 64]["ci95"] == pytest.approx(1.2706, abs=1e-4)
+    assert means["linear (elu+1)", 64]["seeds"] == 2 and means["attention", 128]["ci95"] is None
+    verdicts = {(c["L"], c["claim"]): c["verdict"] for c in tables["mqar_figure_ordering"]}
+    assert verdicts[64, "attention >= 0.95"] == "PASS" and verdicts[64, "based >= linear (elu+1) + 0.1"] == "FAIL"
+    assert verdicts[128, "attention >= 0.95"] == "FAIL"  # 0.9 at (128, 32)
+    assert verdicts[128, "based >= linear (elu+1) + 0.1"].startswith("n/a")
+    assert "2 hold, 2 fail, 6 not measurable yet" in section
+    # the 10 roles without a sweep miss all 27 (seed, L, K, d); attention 24 of them, linear and Based 25
+    assert sum(len(m["roles"].split(", ")) for m in tables["mqar_figure_missing"]) == 270 + 24 + 25 + 25
+    assert "Not finished yet (344 trainings)" in section
 
 
 def test_a_suite_without_its_own_section_is_shown_as_a_table(tmp_path):
@@ -159,7 +210,7 @@ def test_page_renders_in_headless_chromium(report):
     images = int(dom.split('data-images="')[1].split('"')[0])
     rendered = int(dom.split('data-images-rendered="')[1].split('"')[0])
     assert dom.split('data-images-broken="')[1].split('"')[0] == ""
-    assert images == 8 and rendered == images
+    assert images == 9 and rendered == images
     top, height = map(int, dom.split('data-recommendation-box="')[1].split('"')[0].split(","))
     assert top < 300 and height > 150  # the answer is laid out at the top of the page, not collapsed
     shot = tmp / "shot.png"

@@ -34,13 +34,16 @@ from .store import canonical
 FIGURE = dict(vocab=512, d_model=[64, 128, 256], heads=1, seeds=[0, 1, 2], settings=[[64, 16], [128, 32], [256, 64]],
               lrs={"*": [1e-3, 3e-3, 1e-2]}, epochs=8, train_examples=5_000, test_examples=500, batch=64)
 
-# the attention-free and gated baselines the figure adds to the quick configuration's roles: the issue's list.
+# the attention-free and gated baselines the figure adds to the quick configuration's roles.
 # RWKV is RWKV-7. Mamba-1 projects q, k (its C, B) to the paper's d_state = 16 per channel and runs the recurrent
 # form: one step at batch 64, L=256, d=256 peaks at 1.9 GiB of memory (the chunked form's decays hold > 6.5 GiB).
 FIGURE_ROLES = {
-    "gla": {"candidates": ("gla",)},
+    # GLA's layer: the output normed per head, then gated: the paper's Y = (swish(X W_r + b_r) * norm(O)) W_O (an RMS
+    # norm, as fla's layer)
+    "gla": {"candidates": ("gla",), "layer": {"gated_norm": True}},
     "mamba-1": {"candidates": ("mamba",), "qk_dim": 16, "form": "recurrent"},
-    "mamba-2": {"candidates": ("mamba2",)},
+    # Mamba-2's block: a short convolution and SiLU on x, B, C (v, k, q) and the gated RMS norm, gate first
+    "mamba-2": {"candidates": ("mamba2",), "layer": {"qkv_conv": True, "gated_norm": True, "gate_before_norm": True}},
     "hyena": {"candidates": ("hyena",)},
     "h3": {"candidates": ("h3",)},
     "rwkv-7": {"candidates": ("rwkv7",)},

@@ -16,7 +16,9 @@ module (:mod:`attnkit.nn.inputs`), else from learned projections
 pieces of the Gated DeltaNet layer ("Gated Delta Networks", as fla and Zoology's
 ``gated_delta_net`` build it) around the operator: a short causal convolution
 (kernel 4, no bias) with SiLU on each of q, k, v, and an RMS norm of the output gated by
-``silu(W_g x)``.
+``silu(W_g x)``. With ``gate_before_norm`` the gate comes first, ``rms_norm(o * silu(W_g x))``: the
+Mamba-2 block's gated norm ("Transformers are SSMs", Dao & Gu), whose x, B, C (v, k, q) also pass a
+short convolution and SiLU.
 """
 from __future__ import annotations
 
@@ -59,8 +61,11 @@ class Mixer(nn.Module):
     """q/k/v projections, ``attnkit.attention`` with the mechanism, output projection."""
 
     def __init__(self, mechanism: str, params: dict, d_model: int, heads: int, qk_dim: int, seq_len: int, *,
-                 qkv_conv: bool = False, gated_norm: bool = False):
+                 qkv_conv: bool = False, gated_norm: bool = False, gate_before_norm: bool = False):
         super().__init__()
+        if gate_before_norm and not gated_norm:
+            raise ValueError("gate_before_norm: orders the gated norm's gate and norm, so it needs gated_norm=True")
+        self.gate_before_norm = gate_before_norm
         spec = get_spec(mechanism)
         self.mechanism, self.params, self.heads, self.qk_dim = mechanism, dict(params), heads, qk_dim
         self.v_dim = d_model // heads
@@ -96,8 +101,9 @@ class Mixer(nn.Module):
         k = k.view(B, L, self.heads, self.qk_dim).transpose(1, 2)
         v = v.view(B, L, self.heads, self.v_dim).transpose(1, 2)
         o = attention(q, k, v, self.mechanism, causal=True, **self.params, **self.inputs(x, q, k, v)).transpose(1, 2)
-        if self.gate is not None:  # RMS norm per head, gated by silu(W_g x)
-            o = F.rms_norm(o, (self.v_dim,)) * F.silu(self.gate(x)).view(B, L, self.heads, self.v_dim)
+        if self.gate is not None:  # RMS norm per head, gated by silu(W_g x) (after the norm, or before it)
+            gate = F.silu(self.gate(x)).view(B, L, self.heads, self.v_dim)
+            o = F.rms_norm(o * gate, (self.v_dim,)) if self.gate_before_norm else F.rms_norm(o, (self.v_dim,)) * gate
         return self.out(o.reshape(B, L, -1))
 
 

@@ -6,7 +6,8 @@ state size, and the machine that holds for). Then, for each suite, the newest
 run with rows (plots embedded as PNG data URIs, so the page opens anywhere,
 offline): the suite's own ``report(run, rows)`` section when it has one, else
 its rows as a table. It ends with a glossary of every column shown
-(:mod:`.glossary`). The same tables are
+(:mod:`.glossary`). The Zoology figure of ``bench mqar --figure`` is drawn from its points file
+(:mod:`.zoology`), not from a stored run. The same tables are
 written beside the page as Markdown, CSV and JSON. :func:`compare` prints run
 B against run A (e.g. two machines or two versions) row by row, with B/A ratios.
 """
@@ -30,9 +31,10 @@ def default_section(name: str, run: dict, rows: list[dict]) -> tuple[str, dict]:
     return to_html(measured) + errors(rows), {name: rows}
 
 
-def write_report(store: Store, out: Path, explain: str | None = None) -> Path:
+def write_report(store: Store, out: Path, explain: str | None = None, figure_points: Path | None = None) -> Path:
     """Write ``report.html``, ``tables.md``, one CSV per table and ``results.json`` into ``out``; with
-    ``explain`` (a text), the page also shows what MiniLM attends to in it (:mod:`.explain`)."""
+    ``explain`` (a text), the page also shows what MiniLM attends to in it (:mod:`.explain`); with
+    ``figure_points`` (the points file of ``bench mqar --figure``), the Zoology figure (:mod:`.zoology`)."""
     from ..suites import all_suites
 
     out.mkdir(parents=True, exist_ok=True)
@@ -55,6 +57,15 @@ def write_report(store: Store, out: Path, explain: str | None = None) -> Path:
         body += [f'<h2 id="{name}">{name}</h2>', f'<p class="meta">{html.escape(describe_run(run))}</p>', fragment]
         tables.update(suite_tables)
         runs[name] = {k: run[k] for k in ("id", "config", "machine", "torch", "attnkit", "git_rev", "status")}
+    if figure_points is not None:
+        from ..suites.mqar import figure_from_file
+        from .zoology import figure_section
+
+        state = figure_from_file(figure_points)
+        if state is not None:
+            fragment, figure_tables = figure_section(state)
+            body += ["<h2 id='mqar-figure'>The Zoology figure (<code>bench mqar --figure</code>)</h2>", fragment]
+            tables.update(figure_tables)
     if explain is not None:
         from .explain import explain_html
 

@@ -69,6 +69,10 @@ ENTRIES: dict[str, tuple[str, str, str]] = {
     "claim": ("", "an ordering the MQAR papers report", ""),
     "verdict": ("", "PASS / FAIL on this run's best accuracies (n/a: a role missing)", ""),
     "rank": ("", "position by recall within its setting (1 = best)", ""),
+    "seed": ("", "the seed of a training's data and initialisation", ""),
+    "seeds": ("", "seeds the mean is over (ordering table: the counts per role in that cell)", ""),
+    "ci95": ("fraction", "half-width of the 95% interval of the mean over seeds (Student's t; none with 1 seed)", LOWER),
+    "roles": ("", "roles whose training is not in the points file yet", ""),
     "frontier": ("", "yes: no mechanism with an equal or smaller state has higher recall", ""),
     # sparse
     "method": ("", "training-free sparse method or cache policy", ""),

@@ -150,6 +150,52 @@ def accuracy_vs_width(points: list[dict]) -> str | None:
     return to_data_uri(fig)
 
 
+WIDTH_MARKERS = ["o", "s", "^", "D", "v", "P"]
+
+
+def zoology_figure(means: list[dict], seeds: list[dict]) -> str | None:
+    """The Zoology figure from its points file: MQAR accuracy against state size, one panel per (L, K),
+    one colour per role, one marker per model width. A role's widths are joined by a line; the mean over
+    seeds carries its 95% interval (cut to [0, 1]) where two or more seeds are in; each seed's own
+    accuracy is a small open marker."""
+    means = [p for p in means if isinstance(p.get("state_size"), (int, float))]
+    if not means:
+        return None
+    settings = sorted({(p["L"], p["K"]) for p in means})
+    widths = sorted({p["d"] for p in means})
+    marker = {d: WIDTH_MARKERS[i % len(WIDTH_MARKERS)] for i, d in enumerate(widths)}
+    fig, axes = panel_grid(len(settings), height=4.2)
+    for ax, (seq_len, num_kv) in zip(axes, settings):
+        for role in sorted({p["role"] for p in means}):
+            mine = sorted((p for p in means if p["role"] == role and (p["L"], p["K"]) == (seq_len, num_kv)),
+                          key=lambda p: p["state_size"])
+            if not mine:
+                continue
+            c = colour(mine[0].get("mechanism") or role)
+            ax.plot([p["state_size"] for p in mine], [p["accuracy"] for p in mine], color=c, lw=1, label=role)
+            for p in mine:
+                half = p["ci95"] or 0.0
+                low, high = min(half, p["accuracy"]), min(half, 1.0 - p["accuracy"])  # the interval within [0, 1]
+                ax.errorbar([p["state_size"]], [p["accuracy"]], yerr=[[low], [high]] if half else None,
+                            marker=marker[p["d"]], ms=6, capsize=3, color=c, ls="none")
+            own = [s for s in seeds if s["role"] == role and (s["L"], s["K"]) == (seq_len, num_kv)]
+            ax.scatter([s["state_size"] for s in own], [s["accuracy"] for s in own], s=14, facecolors="none",
+                       edgecolors=[c], linewidths=0.8)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("state size (numbers per layer)")
+        ax.set_ylabel("MQAR accuracy")
+        ax.set_title(f"L={seq_len}, K={num_kv}", fontsize=9)
+        ax.grid(alpha=0.3)
+    names = sorted({p["role"]: p.get("mechanism") or p["role"] for p in means}.items())
+    handles = [plt.Line2D([], [], color=colour(mechanism), label=role) for role, mechanism in names]
+    handles += [plt.Line2D([], [], color="black", marker=marker[d], ls="none", label=f"d={d}") for d in widths]
+    fig.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("MQAR accuracy vs state size: mean over seeds, 95% interval where >= 2 seeds; "
+                 "open markers: single seeds", fontsize=10)
+    return to_data_uri(fig)
+
+
 def speed_memory_gemm(lines: list[dict], *, what: str, gemm_note: str, style: str | None = None) -> list[tuple]:
     """The three figures the kernel matrix and CAB share, one panel per ``pattern``, one colour per
     ``mechanism``: time, peak memory and FLOP/s as a fraction of GEMM (``fraction_of_gemm``, divided

@@ -212,50 +212,78 @@ def print_summary(rows: list[dict]) -> None:
         console.print(f"  {verdict:>5}  {claim}")
 
 
-def print_figure(config: dict, figure: dict, swept: list[dict], entries: list[dict], points: PointsFile,
-                 points_path) -> None:
-    """The figure from every point in the file: accuracy over seeds per (role, L, K, d) with 95% intervals,
-    the published ordering in each (L, K, d) cell, and every planned training not finished yet.
-    ``figure`` is ``config`` with the chosen rates of the ``swept`` roles (those with a whole sweep)."""
-    from rich.console import Console
-    from rich.table import Table
-
+def figure_state(config: dict, entries: list[dict], points: PointsFile) -> dict:
+    """The figure as the points file holds it: what is finished of the plan, each role's chosen rate,
+    accuracy over seeds per (role, L, K, d) with 95% intervals, the published ordering in each
+    (L, K, d) cell, and every planned training not finished yet. Both the ``--figure`` summary and
+    ``attnkit report`` are drawn from it."""
     registered = [e for e in entries if e["mechanism"] is not None]
-    waiting = [e for e in registered if e not in swept]
     rows, aside = points.points(config, {e["role"]: e for e in registered})
+    figure, swept = with_chosen_rates(config, registered, rows)
+    waiting = [e for e in registered if e not in swept]
     done = {point_key(r) for r in rows}
     sweep = plan(lr_sweep_config(config), registered)
     figure_items = plan(figure, swept)
     cells = {(it["role"], it["L"], it["K"], it["d"], it["seed"]) for it in plan(config, registered)}
-    console = Console(width=140)
-    hours = sum(r["seconds"] for r in rows) / 3600
     timed = [r["cpu_seconds"] for r in rows if "cpu_seconds" in r]
-    console.print(f"mqar --figure: {sum(point_key(it) in done for it in sweep)} of {len(sweep)} trainings of the "
-                  f"learning-rate sweep and {sum(point_key(it) in done for it in figure_items)} of {len(cells)} "
-                  f"points of the figure (role, L, K, d, seed) finished; {hours:.1f} h of training (wall"
-                  + (f"; CPU {sum(timed) / 3600:.1f} h over the {len(timed)} that record it" if timed else "")
-                  + f") in {points_path}" + (f"; {aside} lines of other setups or roles left aside" if aside else ""))
-    unregistered = [e["role"] for e in entries if e["mechanism"] is None]
-    if unregistered:
-        console.print("  not registered, so not in the figure: " + ", ".join(unregistered))
     # the figure's points: each swept role at its chosen rate (a role still in its sweep has none yet)
     best = [r for r in rows if any(r["role"] == e["role"] and r["lr"] in lrs_for(figure, e["role"]) for e in swept)]
+    lr_of = {(r["role"], r["L"], r["K"], r["d"]): r["lr"] for r in best}
+    means = [{**p, "lr": lr_of[p["role"], p["L"], p["K"], p["d"]]}
+             for p in sorted(over_seeds(best), key=lambda p: (p["role"], p["L"], p["d"]))]
+    checks = []
+    for (L, K, d), cell in by_cell(means).items():
+        seeds = sorted({p["seeds"] for p in cell})
+        checks += [{"L": L, "K": K, "d": d, "seeds": ",".join(map(str, seeds)), "claim": claim, "verdict": verdict}
+                   for claim, verdict in ordering_checks(cell)]
+    return {"path": str(points.path), "aside": aside,
+            "sweep_done": sum(point_key(it) in done for it in sweep), "sweep_planned": len(sweep),
+            "points_done": sum(point_key(it) in done for it in figure_items), "points_planned": len(cells),
+            "hours": sum(r["seconds"] for r in rows) / 3600, "cpu_hours": sum(timed) / 3600, "timed": len(timed),
+            "lrs": {role: lr[0] for role, lr in figure["lrs"].items() if role in {e["role"] for e in swept}},
+            "waiting": [e["role"] for e in waiting],
+            "unregistered": [e["role"] for e in entries if e["mechanism"] is None],
+            "seeds": [{k: r.get(k) for k in ("role", "mechanism", "L", "K", "d", "seed", "accuracy", "state_size")}
+                      for r in best],
+            "means": means, "checks": checks,
+            "missing": missing_points(sweep + figure_items + plan(config, waiting), rows)}
+
+
+def print_figure(state: dict) -> None:
+    """The ``--figure`` summary of :func:`figure_state` on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=140)
+    console.print(f"mqar --figure: {state['sweep_done']} of {state['sweep_planned']} trainings of the "
+                  f"learning-rate sweep and {state['points_done']} of {state['points_planned']} "
+                  f"points of the figure (role, L, K, d, seed) finished; {state['hours']:.1f} h of training (wall"
+                  + (f"; CPU {state['cpu_hours']:.1f} h over the {state['timed']} that record it"
+                     if state["timed"] else "")
+                  + f") in {state['path']}"
+                  + (f"; {state['aside']} lines of other setups or roles left aside" if state["aside"] else ""))
+    console.print("mqar --figure: learning rates "
+                  + (", ".join(f"{role} {lr:g}" for role, lr in state["lrs"].items()) or "-"))
+    if state["waiting"]:
+        console.print("mqar --figure: sweep not finished, so no figure points yet: " + ", ".join(state["waiting"]))
+    if state["unregistered"]:
+        console.print("  not registered, so not in the figure: " + ", ".join(state["unregistered"]))
     figure = Table(title="MQAR accuracy against width: mean over seeds +- 95% interval (the Zoology figure)")
     for col in ("role", "mechanism", "L", "K", "d", "lr", "accuracy", "+-", "seeds", "state size"):
         figure.add_column(col)
-    lr_of = {(r["role"], r["L"], r["K"], r["d"]): r["lr"] for r in best}
-    for p in sorted(over_seeds(best), key=lambda p: (p["role"], p["L"], p["d"])):
-        figure.add_row(p["role"], p["mechanism"], str(p["L"]), str(p["K"]), str(p["d"]),
-                       f"{lr_of[p['role'], p['L'], p['K'], p['d']]:g}", f"{p['accuracy']:.3f}",
-                       "-" if p["ci95"] is None else f"{p['ci95']:.3f}", str(p["seeds"]), str(p["state_size"]))
+    for p in state["means"]:
+        figure.add_row(p["role"], p["mechanism"], str(p["L"]), str(p["K"]), str(p["d"]), f"{p['lr']:g}",
+                       f"{p['accuracy']:.3f}", "-" if p["ci95"] is None else f"{p['ci95']:.3f}", str(p["seeds"]),
+                       str(p["state_size"]))
     console.print(figure)
     console.print("The published ordering in each (L, K, d) cell, on the mean over the seeds present:")
-    for (L, K, d), cell in by_cell(over_seeds(best)).items():
-        seeds = sorted({p["seeds"] for p in cell})
-        console.print(f"  L={L} K={K} d={d} (seeds per role: {','.join(map(str, seeds))})")
-        for claim, verdict in ordering_checks(cell):
-            console.print(f"    {verdict:>5}  {claim}")
-    missing = missing_points(sweep + figure_items + plan(config, waiting), rows)
+    cell = None
+    for c in state["checks"]:
+        if (c["L"], c["K"], c["d"]) != cell:
+            cell = (c["L"], c["K"], c["d"])
+            console.print(f"  L={c['L']} K={c['K']} d={c['d']} (seeds per role: {c['seeds']})")
+        console.print(f"    {c['verdict']:>5}  {c['claim']}")
+    missing = state["missing"]
     if missing:
         console.print(f"Not finished yet ({sum(len(m['roles']) for m in missing)} points of (role, L, K, d, seed)):")
         for m in missing:
@@ -370,31 +398,37 @@ def run_figure(config: dict, entries: list[dict], args) -> int:
     points = PointsFile(args.points)
     registered = [e for e in entries if e["mechanism"] is not None]
     points.points(config, {e["role"]: e for e in registered})  # a damaged file is refused before any training
+    code = 0
     if not args.summary:
         code = _run_missing(lr_sweep_config(config), registered, args, points)
         if code:
             return code
-    figure, swept = _with_chosen_rates(config, registered, points)
-    if not args.summary:
-        code = _run_missing(figure, swept, args, points)
-    print_figure(config, figure, swept, entries, points, points_path=args.points)
-    return 0 if args.summary else code
+        rows, _ = points.points(config, {e["role"]: e for e in registered})
+        code = _run_missing(*with_chosen_rates(config, registered, rows), args, points)
+    print_figure(figure_state(config, entries, points))
+    return code
 
 
-def _with_chosen_rates(config: dict, registered: list[dict], points: PointsFile) -> tuple[dict, list[dict]]:
-    """The figure's configuration with each role's rate from its finished sweep, and the roles that have
-    one (a role whose sweep is not complete waits: a rate is chosen from all of the sweep or not at all)."""
+def with_chosen_rates(config: dict, registered: list[dict], rows: list[dict]) -> tuple[dict, list[dict]]:
+    """The figure's configuration with each role's rate from its finished sweep in ``rows``, and the roles
+    that have one (a role whose sweep is not complete waits: a rate is chosen from all of the sweep or not
+    at all)."""
     sweep = lr_sweep_config(config)
-    rows, _ = points.points(config, {e["role"]: e for e in registered})
     done = sweep_rows(rows, sweep)
     complete = [e["role"] for e in registered
                 if {r["lr"] for r in done if r["role"] == e["role"]} >= set(lrs_for(sweep, e["role"]))]
     lrs = chosen_lrs(best_per_setting(done), complete)
-    print("mqar --figure: learning rates " + (", ".join(f"{role} {lr[0]:g}" for role, lr in lrs.items()) or "-"))
-    waiting = [e["role"] for e in registered if e["role"] not in lrs]
-    if waiting:
-        print("mqar --figure: sweep not finished, so no figure points yet: " + ", ".join(waiting))
     return {**config, "lrs": {**config["lrs"], **lrs}}, [e for e in registered if e["role"] in lrs]
+
+
+def figure_from_file(path) -> dict | None:
+    """:func:`figure_state` of the full figure (every role, the figure's configuration) from the points
+    file at ``path``, or None when the file is missing or empty (``attnkit report``)."""
+    points = PointsFile(path)
+    if not points.lines():
+        return None
+    entries = resolve_roles({**ROLES, **FIGURE_ROLES})
+    return figure_state(dict(FIGURE), entries, points)
 
 
 def _run_missing(config: dict, entries: list[dict], args, points: PointsFile) -> int:
