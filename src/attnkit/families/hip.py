@@ -18,9 +18,10 @@ blocks for ``K = top_k - 1`` of them:
 - query block ``r`` attends exactly its ``K`` found key blocks and its own
   (diagonal) block, causal inside; with ``P <= K`` it attends its whole past.
 
-Each level costs ``2K`` block products per query block and there are
-``log2(P / K)`` levels: ``O(N log N)`` for the search, ``O(N top_k B)`` for the
-attention.
+Each level scores ``2K`` children per query block and there are ``log2(P / K)``
+levels: ``O(N log N)`` for the search, ``O(N top_k B)`` for the attention. A left
+child (and the right child of a one-block node) starts on its node's first block,
+so it inherits the node's score: a level computes ``K`` block products, not ``2K``.
 
 Conventions (checked against the authors' reference search, their numba draft
 ``masking_iteration_draft``): a child is scored by the maximum over the query
@@ -106,14 +107,18 @@ def hip_layout(q, k, *, scale, block, top_k, budget: int = 1 << 22) -> torch.Ten
     i = torch.arange(K + 1, device=q.device)
     edges = P * i // K
     start, size = edges[:, :-1].expand(B, H, -1, -1), (edges[:, 1:] - edges[:, :-1]).expand(B, H, -1, -1)
-    chunk = max(1, budget // max(1, B * H * 2 * K * block * block))
+    chunk = max(1, budget // max(1, B * H * K * block * block))
+    score = _block_scores(q, windows, kv_of, searched, start, block, chunk)
     while bool((size > 1).any()):
+        # a child starting where its node starts has the node's first block, so the node's score: only the right
+        # children of nodes that split (half > 0) start on a new block; a node of one block keeps it on its right
         half = size // 2
+        right = torch.where(half > 0, _block_scores(q, windows, kv_of, searched, start + half, block, chunk), score)
         starts = torch.stack([start, start + half], -1).flatten(-2)  # children in start order
         sizes = torch.stack([half, size - half], -1).flatten(-2)
-        scores = _block_scores(q, windows, kv_of, searched, starts, block, chunk).masked_fill(sizes == 0, float("-inf"))
+        scores = torch.stack([score, right], -1).flatten(-2).masked_fill(sizes == 0, float("-inf"))
         best = scores.sort(dim=-1, descending=True, stable=True).indices[..., :K].sort(dim=-1).values
-        start, size = starts.gather(-1, best), sizes.gather(-1, best)
+        start, size, score = starts.gather(-1, best), sizes.gather(-1, best), scores.gather(-1, best)
     rows = keep[:, :, searched]
     keep[:, :, searched] = rows.scatter(-1, start, True)
     return keep
