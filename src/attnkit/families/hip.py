@@ -21,7 +21,8 @@ blocks for ``K = top_k - 1`` of them:
 Each level scores ``2K`` children per query block and there are ``log2(P / K)``
 levels: ``O(N log N)`` for the search, ``O(N top_k B)`` for the attention. A left
 child (and the right child of a one-block node) starts on its node's first block,
-so it inherits the node's score: a level computes ``K`` block products, not ``2K``.
+so it inherits the node's score: a level computes ``K`` block products, not ``2K``,
+and only for the query blocks that still have a node to split.
 
 Conventions (checked against the authors' reference search, their numba draft
 ``masking_iteration_draft``): a child is scored by the maximum over the query
@@ -113,7 +114,10 @@ def hip_layout(q, k, *, scale, block, top_k, budget: int = 1 << 22) -> torch.Ten
         # a child starting where its node starts has the node's first block, so the node's score: only the right
         # children of nodes that split (half > 0) start on a new block; a node of one block keeps it on its right
         half = size // 2
-        right = torch.where(half > 0, _block_scores(q, windows, kv_of, searched, start + half, block, chunk), score)
+        active = (half > 0).flatten(0, 1).any(0).any(-1).nonzero().squeeze(1)  # query blocks with a node to split
+        right = score.clone()
+        right[:, :, active] = torch.where(half[:, :, active] > 0, _block_scores(
+            q, windows, kv_of, searched[active], (start + half)[:, :, active], block, chunk), score[:, :, active])
         starts = torch.stack([start, start + half], -1).flatten(-2)  # children in start order
         sizes = torch.stack([half, size - half], -1).flatten(-2)
         scores = torch.stack([score, right], -1).flatten(-2).masked_fill(sizes == 0, float("-inf"))
