@@ -56,22 +56,30 @@ from ..params import Param
 PAPER = "HiP Attention: Sparse Sub-Quadratic Attention with Hierarchical Attention Pruning"
 
 
-def _block_scores(q, windows, kv_of, searched, starts, block, chunk):
+def _block_scores(q, windows, kv_of, searched, starts, block, scratch):
     """``(B, H, S, c)``: max ``q . k`` over query block ``searched[s]`` (its real queries) and key block
-    ``starts[..., s, c]`` (always a whole block in the past), key blocks read in place from ``windows``."""
+    ``starts[..., s, c]`` (always a whole block in the past), key blocks read in place from ``windows``.
+
+    ``scratch = (keys, products)``, buffers for a few query blocks' copied key blocks ``(n c, block D)`` and
+    products ``(n, c block, block)`` (``n`` a multiple of ``B H``), reused chunk after chunk: fresh tensors
+    this large are new pages the system must map at every chunk, which costs as much as the products."""
     B, H, N, D = q.shape
     whole = N // block
+    c = starts.shape[-1]
+    chunk = scratch[1].shape[0] // (B * H)
     out = []
     for s0 in range(0, len(searched), chunk):
         rows = searched[s0:s0 + chunk]
         qb = _query_blocks(q, rows, block)  # (B, H, rc, block, D)
         st = starts[:, :, s0:s0 + chunk]
+        n = st.numel() // c
         first = kv_of[:, :, None, None] * N + st * block
-        keys = windows.index_select(0, first.flatten()).view(*st.shape, block, D)  # (B, H, rc, c, block, D)
-        prod = torch.einsum("bhrid,bhrcjd->bhrcij", qb, keys)
+        keys = torch.index_select(windows, 0, first.flatten(), out=scratch[0][:n * c])
+        prod = torch.bmm(keys.view(n, c * block, D), qb.reshape(n, block, D).transpose(1, 2), out=scratch[1][:n])
+        prod = prod.view(B, H, len(rows), c, block, block)  # (..., key j, query i)
         if rows[-1] == whole:  # a last, shorter block: its padding queries score nothing
             real = torch.arange(block, device=q.device) < N - whole * block
-            prod[:, :, -1] = prod[:, :, -1].masked_fill(~real[None, None, None, :, None], float("-inf"))
+            prod[:, :, -1].masked_fill_(~real, float("-inf"))
         out.append(prod.amax((-1, -2)))
     return torch.cat(out, dim=2)
 
@@ -108,8 +116,9 @@ def hip_layout(q, k, *, scale, block, top_k, budget: int = 1 << 22) -> torch.Ten
     i = torch.arange(K + 1, device=q.device)
     edges = P * i // K
     start, size = edges[:, :-1].expand(B, H, -1, -1), (edges[:, 1:] - edges[:, :-1]).expand(B, H, -1, -1)
-    chunk = max(1, budget // max(1, B * H * K * block * block))
-    score = _block_scores(q, windows, kv_of, searched, start, block, chunk)
+    chunk = min(len(searched), max(1, budget // max(1, B * H * K * block * block)))
+    scratch = (q.new_empty(chunk * B * H * K, block * D), q.new_empty(chunk * B * H, K * block, block))
+    score = _block_scores(q, windows, kv_of, searched, start, block, scratch)
     while bool((size > 1).any()):
         # a child starting where its node starts has the node's first block, so the node's score: only the right
         # children of nodes that split (half > 0) start on a new block; a node of one block keeps it on its right
@@ -117,7 +126,7 @@ def hip_layout(q, k, *, scale, block, top_k, budget: int = 1 << 22) -> torch.Ten
         active = (half > 0).flatten(0, 1).any(0).any(-1).nonzero().squeeze(1)  # query blocks with a node to split
         right = score.clone()
         right[:, :, active] = torch.where(half[:, :, active] > 0, _block_scores(
-            q, windows, kv_of, searched[active], (start + half)[:, :, active], block, chunk), score[:, :, active])
+            q, windows, kv_of, searched[active], (start + half)[:, :, active], block, scratch), score[:, :, active])
         starts = torch.stack([start, start + half], -1).flatten(-2)  # children in start order
         sizes = torch.stack([half, size - half], -1).flatten(-2)
         scores = torch.stack([score, right], -1).flatten(-2).masked_fill(sizes == 0, float("-inf"))
