@@ -43,3 +43,29 @@ def test_gradients_follow_the_math_path():
     layout[0, 1, 2, 0] = False
     assert torch.autograd.gradcheck(lambda a, b, c: tile_rows_attention(a, b, c, layout, block=16, scale=0.25),
                                     (q, k, v))
+
+
+@pytest.mark.parametrize("N", [64, 61])
+def test_rows_read_run_by_run_equal_the_gathered_rows_and_masked_attention(N):
+    """Dense rows with holes: read run by run in place (long_run=1), or gathered (long_run larger than any row)."""
+    g = torch.Generator().manual_seed(N)
+    block, R = 8, 8
+    q = torch.randn(1, 4, N, 16, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(1, 2, N, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    layout = (torch.rand(1, 4, R, R, generator=g) < 0.8).tril()
+    layout[0, 1, 6, 6] = False  # runs without the diagonal tile
+    expected = attnkit.attention(q, k, v, "softmax", causal=False, mask=expand_layout(layout, block, N, N))
+    expected = expected * expand_layout(layout, block, N, N).any(-1, keepdim=True)
+    runs = tile_rows_attention(q, k, v, layout, block=block, scale=0.25, long_run=1)
+    gathered = tile_rows_attention(q, k, v, layout, block=block, scale=0.25, long_run=R + 1)
+    assert (runs - expected).abs().max() < 1e-12
+    assert (gathered - expected).abs().max() < 1e-12
+
+
+def test_gradients_through_rows_read_run_by_run():
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    layout = torch.ones(1, 2, 3, 3, dtype=torch.bool).tril()
+    layout[0, 1, 2, 2] = False
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: tile_rows_attention(a, b, c, layout, block=16, scale=0.25, long_run=1), (q, k, v))

@@ -18,9 +18,11 @@ blocks for ``K = top_k - 1`` of them:
 - query block ``r`` attends exactly its ``K`` found key blocks and its own
   (diagonal) block, causal inside; with ``P <= K`` it attends its whole past.
 
-Each level costs ``2K`` block products per query block and there are
-``log2(P / K)`` levels: ``O(N log N)`` for the search, ``O(N top_k B)`` for the
-attention.
+Each level scores ``2K`` children per query block and there are ``log2(P / K)``
+levels: ``O(N log N)`` for the search, ``O(N top_k B)`` for the attention. A left
+child (and the right child of a one-block node) starts on its node's first block,
+so it inherits the node's score: a level computes ``K`` block products, not ``2K``,
+and only for the query blocks that still have a node to split.
 
 Conventions (checked against the authors' reference search, their numba draft
 ``masking_iteration_draft``): a child is scored by the maximum over the query
@@ -54,22 +56,30 @@ from ..params import Param
 PAPER = "HiP Attention: Sparse Sub-Quadratic Attention with Hierarchical Attention Pruning"
 
 
-def _block_scores(q, windows, kv_of, searched, starts, block, chunk):
+def _block_scores(q, windows, kv_of, searched, starts, block, scratch):
     """``(B, H, S, c)``: max ``q . k`` over query block ``searched[s]`` (its real queries) and key block
-    ``starts[..., s, c]`` (always a whole block in the past), key blocks read in place from ``windows``."""
+    ``starts[..., s, c]`` (always a whole block in the past), key blocks read in place from ``windows``.
+
+    ``scratch = (keys, products)``, buffers for a few query blocks' copied key blocks ``(n c, block D)`` and
+    products ``(n, c block, block)`` (``n`` a multiple of ``B H``), reused chunk after chunk: fresh tensors
+    this large are new pages the system must map at every chunk, which costs as much as the products."""
     B, H, N, D = q.shape
     whole = N // block
+    c = starts.shape[-1]
+    chunk = scratch[1].shape[0] // (B * H)
     out = []
     for s0 in range(0, len(searched), chunk):
         rows = searched[s0:s0 + chunk]
         qb = _query_blocks(q, rows, block)  # (B, H, rc, block, D)
         st = starts[:, :, s0:s0 + chunk]
+        n = st.numel() // c
         first = kv_of[:, :, None, None] * N + st * block
-        keys = windows.index_select(0, first.flatten()).view(*st.shape, block, D)  # (B, H, rc, c, block, D)
-        prod = torch.einsum("bhrid,bhrcjd->bhrcij", qb, keys)
+        keys = torch.index_select(windows, 0, first.flatten(), out=scratch[0][:n * c])
+        prod = torch.bmm(keys.view(n, c * block, D), qb.reshape(n, block, D).transpose(1, 2), out=scratch[1][:n])
+        prod = prod.view(B, H, len(rows), c, block, block)  # (..., key j, query i)
         if rows[-1] == whole:  # a last, shorter block: its padding queries score nothing
             real = torch.arange(block, device=q.device) < N - whole * block
-            prod[:, :, -1] = prod[:, :, -1].masked_fill(~real[None, None, None, :, None], float("-inf"))
+            prod[:, :, -1].masked_fill_(~real, float("-inf"))
         out.append(prod.amax((-1, -2)))
     return torch.cat(out, dim=2)
 
@@ -106,14 +116,22 @@ def hip_layout(q, k, *, scale, block, top_k, budget: int = 1 << 22) -> torch.Ten
     i = torch.arange(K + 1, device=q.device)
     edges = P * i // K
     start, size = edges[:, :-1].expand(B, H, -1, -1), (edges[:, 1:] - edges[:, :-1]).expand(B, H, -1, -1)
-    chunk = max(1, budget // max(1, B * H * 2 * K * block * block))
+    chunk = min(len(searched), max(1, budget // max(1, B * H * K * block * block)))
+    scratch = (q.new_empty(chunk * B * H * K, block * D), q.new_empty(chunk * B * H, K * block, block))
+    score = _block_scores(q, windows, kv_of, searched, start, block, scratch)
     while bool((size > 1).any()):
+        # a child starting where its node starts has the node's first block, so the node's score: only the right
+        # children of nodes that split (half > 0) start on a new block; a node of one block keeps it on its right
         half = size // 2
+        active = (half > 0).flatten(0, 1).any(0).any(-1).nonzero().squeeze(1)  # query blocks with a node to split
+        right = score.clone()
+        right[:, :, active] = torch.where(half[:, :, active] > 0, _block_scores(
+            q, windows, kv_of, searched[active], (start + half)[:, :, active], block, scratch), score[:, :, active])
         starts = torch.stack([start, start + half], -1).flatten(-2)  # children in start order
         sizes = torch.stack([half, size - half], -1).flatten(-2)
-        scores = _block_scores(q, windows, kv_of, searched, starts, block, chunk).masked_fill(sizes == 0, float("-inf"))
+        scores = torch.stack([score, right], -1).flatten(-2).masked_fill(sizes == 0, float("-inf"))
         best = scores.sort(dim=-1, descending=True, stable=True).indices[..., :K].sort(dim=-1).values
-        start, size = starts.gather(-1, best), sizes.gather(-1, best)
+        start, size, score = starts.gather(-1, best), sizes.gather(-1, best), scores.gather(-1, best)
     rows = keep[:, :, searched]
     keep[:, :, searched] = rows.scatter(-1, start, True)
     return keep

@@ -10,6 +10,11 @@ This kernel runs such a layout as whole dense attention calls:
   group of rows that keep the same number ``W`` of them;
 - the two partial results merged per query with the log-sum-exp rule.
 
+A row whose kept past tiles lie in long runs of consecutive tiles (dense
+layouts: XAttention and FlexPrefill on flat attention keep most tiles) is run
+apart: one call per run, its keys and values read in place as one slab of the
+sequence, no copy, the runs' and the diagonal's partials merged in one step.
+
 The calls are ``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu``
 on CPU (it returns the log-sum-exp the merge needs), so every (query, key)
 pair costs what it costs dense SDPA; gathers copy ``1 / block`` of the work.
@@ -43,14 +48,16 @@ def attention_with_lse(q, k, v, *, causal: bool, scale: float):
 
 
 def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: float,
-                        budget: int = 1 << 18) -> torch.Tensor:
+                        budget: int = 1 << 18, long_run: int = 4) -> torch.Tensor:
     """Causal self-attention of ``q (B, H, N, D)`` over ``k, v (B, Hkv, N, D/Dv)`` restricted to ``layout``
     (bool ``(B, H, R, R)``, ``R = ceil(N / block)``, tile ``(r, c)`` kept by query block ``r``).
 
     Tiles are copied with ``index_select`` from overlapping block views of the keys and values
     (:func:`~attnkit.kernels.token_blocks.block_windows`: a tile is one contiguous slab, read in place whatever
     ``N``), a few rows at a time: about ``budget`` numbers per copy, so the copies are consumed while they are
-    still in the core's cache and the memory held stays small. A last, shorter block is padded on its own."""
+    still in the core's cache and the memory held stays small. A last, shorter block is padded on its own.
+    Rows whose kept past tiles average at least ``long_run`` tiles per run of consecutive tiles read each run
+    in place instead (:func:`_runs_in_place`)."""
     B, H, N, D = q.shape
     Hkv, Dv = k.shape[1], v.shape[3]
     R = layout.shape[-1]
@@ -75,9 +82,13 @@ def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: flo
             pieces.append(piece)
             rows_of.append(rows)
 
+    runs = (past & ~F.pad(past, (1, 0))[:, :-1]).sum(-1)  # maximal runs of consecutive kept past tiles
+    in_runs = (runs > 0) & (width >= long_run * runs)
+    if bool(in_runs.any()):
+        _runs_in_place(q, k, v, past, in_runs.nonzero().squeeze(1), kv_of, o_d, l_d, emit, block=block, scale=scale)
     windows = None
-    for w in width.unique().tolist():
-        rows = (width == w).nonzero().squeeze(1)
+    for w in width[~in_runs].unique().tolist():
+        rows = ((width == w) & ~in_runs).nonzero().squeeze(1)
         if w == 0:
             emit(rows, o_d[rows] * diagonal[rows, None, None])
             continue
@@ -92,6 +103,35 @@ def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: flo
             emit(part, merge_normalised(o[:, 0], l[:, 0], o_d[part], l_d[part])[0])
     out = o_d if in_place else torch.cat(pieces)[torch.cat(rows_of).argsort()]
     return out.reshape(B, H, R * block, Dv)[:, :, :N]
+
+
+def _runs_in_place(q, k, v, past, rows, kv_of, o_d, l_d, emit, *, block, scale):
+    """Tile rows ``rows`` (indices into ``B H R``), each attended run by run: one call per run of consecutive
+    kept past tiles, its keys and values a slab of ``k``, ``v`` read in place; the runs' partials and the
+    diagonal partial ``(o_d, l_d)`` of the row merged in one log-sum-exp step and passed to ``emit``."""
+    B, H, N, D = q.shape
+    R = past.shape[-1]
+    kept = past[rows]
+    first = kept & ~F.pad(kept, (1, 0))[:, :-1]
+    last = kept & ~F.pad(kept, (0, 1))[:, 1:]
+    starts, ends = first.nonzero(), last.nonzero()  # row-major: the i-th run of a row starts and ends in step
+    runs_of = torch.bincount(starts[:, 0], minlength=len(rows)).tolist()
+    bounds = torch.stack([starts[:, 1], ends[:, 1] + 1], -1).mul_(block).tolist()
+    qs, ks, vs = q.view(B * H, N, D), k.view(-1, N, D), v.view(-1, N, v.shape[-1])
+    done = 0
+    for row, count in zip(rows.tolist(), runs_of):
+        head, r = divmod(row, R)
+        kv = int(kv_of[head])
+        query = qs[head, r * block:(r + 1) * block][None, None]
+        parts = [attention_with_lse(query, ks[kv, a:b][None, None], vs[kv, a:b][None, None], causal=False,
+                                    scale=scale) for a, b in bounds[done:done + count]]
+        done += count
+        n = query.shape[2]  # fewer than block in a last, shorter block
+        outs = torch.cat([o_d[row:row + 1, :n]] + [o[0] for o, _ in parts])  # (count + 1, n, Dv)
+        lses = torch.cat([l_d[row:row + 1, :n]] + [l[0] for _, l in parts])  # (count + 1, n)
+        total = torch.logsumexp(lses, 0)  # finite: the row keeps at least one run
+        out = (outs * torch.exp(lses - total)[..., None]).sum(0)
+        emit(torch.tensor([row], device=q.device), F.pad(out, (0, 0, 0, block - n))[None])
 
 
 def _padded_last(x, block):

@@ -41,12 +41,16 @@ def block_windows(x: torch.Tensor, block: int) -> torch.Tensor:
 
 def block_means(x: torch.Tensor, block: int, dtype: torch.dtype | None = None, chunk: int = 1 << 20) -> torch.Tensor:
     """``(B, H, R, D)``, ``R = ceil(N / block)``: the mean of each block's real tokens, summed in ``dtype``
-    (default ``x``'s). Another ``dtype`` converts about ``chunk`` numbers of ``x`` at a time, never all of it."""
+    (default ``x``'s). In ``x``'s dtype the whole blocks are summed in one reduction of a view of ``x``; another
+    ``dtype`` converts about ``chunk`` numbers of ``x`` at a time, never all of it."""
     dtype = x.dtype if dtype is None else dtype
     B, H, N, D = x.shape
     whole = whole_blocks(x, block)
-    step = max(1, chunk // max(1, B * H * block * D))
-    parts = [whole[:, :, c:c + step].to(dtype).sum(3) for c in range(0, whole.shape[2], step)]
+    if dtype == x.dtype:
+        parts = [whole.sum(3)]
+    else:
+        step = max(1, chunk // max(1, B * H * block * D))
+        parts = [whole[:, :, c:c + step].to(dtype).sum(3) for c in range(0, whole.shape[2], step)]
     rest = last_block(x, block)
     if rest.shape[2]:
         parts.append(rest.to(dtype).sum(2, keepdim=True))
