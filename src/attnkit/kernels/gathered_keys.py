@@ -119,7 +119,7 @@ def decode_page_attention(q, k, v, past: torch.Tensor, *, page: int, scale: floa
     index = (tokens + firsts).flatten(1, 2)  # (2, B H, W)
     R, W = index.shape[1:]
     with warnings.catch_warnings():  # PyTorch's once-per-process notice that sparse CSR tensors are in beta
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
         chosen = torch.sparse_csr_tensor(torch.arange(R + 1, device=q.device) * W, index[0].flatten(),
                                          q.new_zeros(R * W), (R, k_rows.shape[0]), check_invariants=False)
         scores = torch.sparse.sampled_addmm(chosen, (q * scale).reshape(R, D), k_rows.T, beta=0.0).values()
