@@ -43,6 +43,7 @@ class Mamba2Gate(nn.Module):
         dt = torch.exp(torch.rand(heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         self.A_log = nn.Parameter(torch.log(torch.empty(heads).uniform_(1, 16)))
+        self.dt_bias._no_weight_decay = self.A_log._no_weight_decay = True  # as mamba_ssm: no weight decay
 
     def forward(self, x, q, k, v) -> dict:
         dt = F.softplus(self.proj(x) + self.dt_bias).transpose(1, 2)  # (B, H, N)
