@@ -31,7 +31,6 @@ With GQA a kv head is a retrieval head when any of its query heads is.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

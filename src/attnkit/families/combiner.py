@@ -36,7 +36,6 @@ numbers, because ``qbar`` needs the queries of tokens already consumed.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

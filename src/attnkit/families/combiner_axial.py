@@ -101,7 +101,7 @@ class AxialState:
 
 def _rows(q, k, v, state, *, scale, row_len):
     """Row by row, continuing ``state``; returns the output and the state after the call."""
-    s, (B, H, Nq, D) = row_len, q.shape
+    s, (B, H, Nq, _) = row_len, q.shape
     m = state.k_tail.shape[2]  # tokens of the partial row already consumed
     T = m + Nq
     R = -(-T // s)

@@ -143,7 +143,7 @@ class MixtureState:
 
 def _rows(q, k, v, state, *, scale, row_len, pooling):
     """Row by row on the (rows, row_len) grid, continuing ``state``; returns the output and the state after."""
-    W, (B, H, Nq, D) = row_len, q.shape
+    W, (B, H, Nq, _) = row_len, q.shape
     m, C = state.k_tail.shape[2], state.keys.shape[2]  # tokens of the current row consumed, complete rows
     T = m + Nq
     R, full = -(-T // W), T // W

@@ -128,7 +128,7 @@ class _CompressionBranch(torch.autograd.Function):
         scale, block, stride, budget = ctx.setup
         chunks = _Chunks(q, kc, qpos, block, stride, budget)
         B, H, Nq, D = q.shape
-        Hkv, g, Dv = chunks.Hkv, chunks.g, vc.shape[3]
+        g, Dv = chunks.g, vc.shape[3]
         # the row terms ride in the matmuls: [q, -lse] . [k~, 1] = s - lse and [dO, -delta] . [v~, 1] = dP - delta
         kc2 = with_ones(kc * (scale * LOG2E))
         vc1 = with_ones(vc)
