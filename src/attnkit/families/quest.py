@@ -102,6 +102,16 @@ def quest_pages(q, digest, kv_len: int, *, page: int, top_k: int, chunk: int = 4
     return blocks, valid
 
 
+def decode_pages(q, digest, kv_len: int, *, page: int, top_k: int) -> torch.Tensor:
+    """A decode step's past pages ``(B, H, top_k - 1)``, in no order: one query per head at the end of a cache of
+    ``kv_len`` tokens with at least ``top_k - 1`` complete pages before its current one (so none is masked)."""
+    B, H, _, D = q.shape
+    Hkv = digest.shape[1]
+    past = digest[:, :, : (kv_len - 1) // page]
+    split = torch.cat([q.clamp(min=0), q.clamp(max=0)], -1).view(B, Hkv, H // Hkv, 2 * D)
+    return (split @ past.transpose(-1, -2)).view(B, H, -1).topk(top_k - 1, dim=-1, sorted=False).indices
+
+
 def _attend(q, k, v, digest, scale, page, top_k, few: int = 64):
     """Attention over the chosen pages: a call of at most ``few`` queries gathers its pages' keys (one query
     with ``top_k - 1`` past pages to read, when :func:`reads_in_place`: reads them where they are), a longer call
@@ -110,9 +120,10 @@ def _attend(q, k, v, digest, scale, page, top_k, few: int = 64):
     if Nq > few:
         sel = quest_selection(q.detach(), digest, Nk, page=page, top_k=top_k)
         return selected_block_attention(q, k, v, sel, scale=scale, causal=True)
-    blocks, valid = quest_pages(q.detach(), digest, Nk, page=page, top_k=top_k)
     if Nq == 1 and (Nk - 1) // page >= top_k - 1 and reads_in_place(q, k, v):
-        return decode_page_attention(q, k, v, blocks[..., 0, 1:], page=page, scale=scale)
+        past = decode_pages(q, digest, Nk, page=page, top_k=top_k)
+        return decode_page_attention(q, k, v, past, page=page, scale=scale)
+    blocks, valid = quest_pages(q.detach(), digest, Nk, page=page, top_k=top_k)
     return paged_attention(q, k, v, blocks, valid, page=page, scale=scale)
 
 

@@ -29,6 +29,7 @@ read outputs zeros.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -106,22 +107,56 @@ def reads_in_place(q, k, v) -> bool:
 def decode_page_attention(q, k, v, past: torch.Tensor, *, page: int, scale: float) -> torch.Tensor:
     """One query per head at the end of the cache, ``q (B, H, 1, D)``: softmax over the keys of the distinct
     complete pages ``past (B, H, P)`` and of its current page (keys ``page ((N - 1) // page)`` to ``N - 1``),
-    ``(B, H, 1, Dv)``. Nothing is copied: the scores are a product sampled at the chosen key rows (a sparse row
-    pattern, each query's rows ascending, none repeated), the values are summed in place by ``embedding_bag``."""
+    ``(B, H, 1, Dv)``. Nothing is copied: the scores are a product sampled at the chosen key rows, the values are
+    summed in place by ``embedding_bag``.
+
+    Every query reads ``P + 1`` whole pages, its current page last; the current page's rows after ``N - 1`` (not
+    written yet) name row ``N - 1`` again and score minus infinity, so each query has the same number of rows and
+    the sparse pattern's row starts depend only on that number."""
     B, H, _, D = q.shape
-    N = k.shape[2]
+    N, W = k.shape[2], (past.shape[-1] + 1) * page
     k_rows, k_first = token_rows(k, H)
     v_rows, v_first = token_rows(v, H)
-    firsts = torch.tensor([k_first, v_first], device=q.device)[..., None]  # (2, B, H, 1)
-    own = torch.arange((N - 1) // page * page, N, device=q.device).expand(B, H, -1)
-    pages = past.sort(-1).values  # every past page comes before the current one: each row of keys ascends
-    tokens = torch.cat([(pages[..., None] * page + torch.arange(page, device=q.device)).flatten(-2), own], -1)
-    index = (tokens + firsts).flatten(1, 2)  # (2, B H, W)
-    R, W = index.shape[1:]
-    with warnings.catch_warnings():  # PyTorch's once-per-process notice that sparse CSR tensors are in beta
-        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
-        chosen = torch.sparse_csr_tensor(torch.arange(R + 1, device=q.device) * W, index[0].flatten(),
-                                         q.new_zeros(R * W), (R, k_rows.shape[0]), check_invariants=False)
-        scores = torch.sparse.sampled_addmm(chosen, (q * scale).reshape(R, D), k_rows.T, beta=0.0).values()
-    out = F.embedding_bag(index[1], v_rows, mode="sum", per_sample_weights=torch.softmax(scores.view(R, W), -1))
+    firsts = torch.tensor([k_first] if k_first == v_first else [k_first, v_first], device=q.device)  # (1|2, B, H)
+    current = past.new_full((B, H, 1), (N - 1) // page * page)
+    starts = torch.cat([past.sort(-1).values * page, current], -1)  # ascending: the past pages come first
+    tokens = (starts[..., None] + _page_offsets(page, past.device)).view(B, H, W).clamp_(max=N - 1)
+    index = (tokens + firsts[..., None]).view(-1, B * H, W)  # key rows, then value rows if they differ
+    R = B * H
+    row_starts, zeros, bag_starts = _pattern(R, W, q.dtype, q.device)
+    chosen = _csr(row_starts, index[0].view(-1), zeros, (R, k_rows.shape[0]))
+    scores = torch.sparse.sampled_addmm(chosen, q.reshape(R, D), k_rows.T, beta=0.0, alpha=scale).values().view(R, W)
+    unwritten = (N - 1) // page * page + page - N
+    if unwritten:
+        scores[:, W - unwritten:] = float("-inf")
+    out = F.embedding_bag(index[-1].view(-1), v_rows, bag_starts, mode="sum", per_sample_weights=scores.softmax(-1).view(-1))
     return out.view(B, H, 1, -1)
+
+
+@functools.lru_cache(maxsize=64)
+def _page_offsets(page: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(page, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern(rows: int, width: int, dtype: torch.dtype, device: torch.device):
+    """Row starts of a sparse pattern of ``rows`` rows of ``width`` entries each, its zero values, and the same
+    starts as ``embedding_bag`` offsets: the same every decode step of a given budget, so made once (never written)."""
+    starts = torch.arange(rows + 1, device=device) * width
+    return starts, torch.zeros(rows * width, dtype=dtype, device=device), starts[:-1]
+
+
+_csr_beta_notice_seen = False
+
+
+def _csr(row_starts, columns, values, size):
+    """A CSR tensor, unchecked. PyTorch warns once per process that sparse CSR support is in beta; that notice is
+    silenced on the first call (later constructions do not warn)."""
+    global _csr_beta_notice_seen
+    if _csr_beta_notice_seen:
+        return torch.sparse_csr_tensor(row_starts, columns, values, size, check_invariants=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        out = torch.sparse_csr_tensor(row_starts, columns, values, size, check_invariants=False)
+    _csr_beta_notice_seen = True
+    return out
