@@ -16,6 +16,8 @@ def test_speed_stores_prefill_and_decode_rows(tmp_path):
         assert r["speedup"] > 0 and 0 < r["density"] <= 1 and 0 < r["recall"] <= 1 + 1e-9
     for r in decode:
         assert r["ratio_to_sdpa"] > 0 and 0 < r["recall"] <= 1 + 1e-9
+        assert sorted(r["floors"]) == ["copy Quest's chosen pages", "read Quest's bounds and chosen K, V in place",
+                                       "stream 0.125 of K and V"] and all(x > 0 for x in r["floors"].values())
 
 
 def test_memory_alone_stores_each_prefill_peak_against_sdpas(tmp_path):

@@ -210,16 +210,22 @@ def decode_speed(n: int, methods, fraction: float, steps: int, repeats: int, dev
 
 def _decode_floors(q1, k, v, fraction: float, steps: int) -> dict:
     """What reading ``fraction`` of a cache costs at least, each on a copy of its own: streaming that share of
-    the keys and values (contiguous), and copying Quest's chosen pages (16 tokens) of every head alone."""
+    the keys and values (contiguous); copying Quest's chosen pages (16 tokens) of every head alone; and everything
+    Quest's step must read, read in place with the cheapest ops: its page bounds streamed (the digest, ``2 N d / 16``
+    numbers per head) and its chosen pages of keys and of values summed where they are (``embedding_bag`` over
+    page-sized rows, nothing written but one row per head)."""
     from ..families.quest import page_digest, quest_pages
 
     n = k.shape[2]
     share = max(1, round(n * fraction))
     ks, vs = k[:, :, :share].clone(), v[:, :, :share].clone()
     kp, vp = k.clone(), v.clone()
-    pages, _ = quest_pages(q1, page_digest(k, 16), n, page=16, top_k=max(1, round(n / 16 * fraction)))
+    digest = page_digest(k, 16)
+    pages, _ = quest_pages(q1, digest, n, page=16, top_k=max(1, round(n / 16 * fraction)))
     flat = (torch.arange(k.shape[0] * k.shape[1], device=k.device)[:, None] * (n // 16)
             + pages.flatten(0, 1).flatten(1).clamp(max=n // 16 - 1)).flatten()
+    heads = torch.arange(0, flat.numel(), pages.shape[-1], device=k.device)
+    k_pages, v_pages = kp.view(-1, 16 * k.shape[3]), vp.view(-1, 16 * v.shape[3])
 
     def stream():
         for _ in range(steps):
@@ -227,9 +233,14 @@ def _decode_floors(q1, k, v, fraction: float, steps: int) -> dict:
 
     def copy_pages():
         for _ in range(steps):
-            kp.view(-1, 16 * k.shape[3]).index_select(0, flat), vp.view(-1, 16 * v.shape[3]).index_select(0, flat)
+            k_pages.index_select(0, flat), v_pages.index_select(0, flat)
 
-    return {f"stream {fraction:g} of K and V": stream, "copy Quest's chosen pages": copy_pages}
+    def quest_reads():
+        for _ in range(steps):
+            digest.sum(), F.embedding_bag(flat, k_pages, heads, mode="sum"), F.embedding_bag(flat, v_pages, heads, mode="sum")
+
+    return {f"stream {fraction:g} of K and V": stream, "copy Quest's chosen pages": copy_pages,
+            "read Quest's bounds and chosen K, V in place": quest_reads}
 
 
 @torch.no_grad()

@@ -17,7 +17,8 @@ A decode step of Quest (one query per head, distinct complete pages plus its
 current page, no gradient) has a form that copies nothing:
 :func:`decode_page_attention` scores the chosen keys in place with
 ``torch.sparse.sampled_addmm`` (each query's key rows as one row of a sparse
-pattern, ascending and without repeats, so the pattern is a valid CSR matrix).
+pattern handed over unchecked: PyTorch's CPU kernel computes one dot product per
+entry, so the current page's rows not written yet may name the last key again).
 
 A GQA cache is never repeated to the query heads (a query head's index points into
 its kv head's rows); a chosen key is copied once per query head that reads it.
@@ -117,11 +118,10 @@ def decode_page_attention(q, k, v, past: torch.Tensor, *, page: int, scale: floa
     N, W = k.shape[2], (past.shape[-1] + 1) * page
     k_rows, k_first = token_rows(k, H)
     v_rows, v_first = token_rows(v, H)
-    firsts = torch.tensor([k_first] if k_first == v_first else [k_first, v_first], device=q.device)  # (1|2, B, H)
-    current = past.new_full((B, H, 1), (N - 1) // page * page)
-    starts = torch.cat([past.sort(-1).values * page, current], -1)  # ascending: the past pages come first
+    firsts = _first_rows((k_first,) if k_first == v_first else (k_first, v_first), q.device)  # (1 or 2, B, H, 1)
+    starts = F.pad(past.sort(-1).values * page, (0, 1), value=(N - 1) // page * page)  # ascending, current last
     tokens = (starts[..., None] + _page_offsets(page, past.device)).view(B, H, W).clamp_(max=N - 1)
-    index = (tokens + firsts[..., None]).view(-1, B * H, W)  # key rows, then value rows if they differ
+    index = (tokens + firsts).view(-1, B * H, W)  # key rows, then value rows if they differ
     R = B * H
     row_starts, zeros, bag_starts = _pattern(R, W, q.dtype, q.device)
     chosen = _csr(row_starts, index[0].view(-1), zeros, (R, k_rows.shape[0]))
@@ -131,6 +131,16 @@ def decode_page_attention(q, k, v, past: torch.Tensor, *, page: int, scale: floa
         scores[:, W - unwritten:] = float("-inf")
     out = F.embedding_bag(index[-1].view(-1), v_rows, bag_starts, mode="sum", per_sample_weights=scores.softmax(-1).view(-1))
     return out.view(B, H, 1, -1)
+
+
+def _first_rows(firsts: tuple[list[list[int]], ...], device: torch.device) -> torch.Tensor:
+    """:func:`token_rows`'s first rows as a tensor ``(len(firsts), B, H, 1)`` (made once per layout)."""
+    return _first_rows_tensor(tuple(tuple(tuple(row) for row in f) for f in firsts), device)
+
+
+@functools.lru_cache(maxsize=64)
+def _first_rows_tensor(firsts: tuple, device: torch.device) -> torch.Tensor:
+    return torch.tensor(firsts, device=device)[..., None]
 
 
 @functools.lru_cache(maxsize=64)
