@@ -91,3 +91,31 @@ def test_a_bfloat16_decode_step_takes_the_copying_form():
         want, _ = attnkit.attention(q[:, :, -1:].float(), k.float(), v.float(), "quest", causal=True, page=4,
                                     top_k=3, return_state=True)
     assert out.dtype == torch.bfloat16 and (out.float() - want).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("H,Hkv,N,top_k", [(4, 1, 40, 1), (4, 2, 40, 3), (2, 2, 17, 5)])
+def test_quest_decoded_from_the_first_token_equals_the_reference(H, Hkv, N, top_k):
+    """Every step of a decode from one token (caches shorter than the pages a step reads included) equals the
+    float64 reference on the whole sequence."""
+    import attnkit
+    from attnkit.families.quest import _reference
+
+    g = torch.Generator().manual_seed(N + top_k)
+    q = torch.randn(1, H, N, 8, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(1, Hkv, N, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    outs, state = [], None
+    with torch.no_grad():
+        for t in range(N):
+            out, state = attnkit.attention(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], "quest", causal=True,
+                                           state=state, return_state=True, page=4, top_k=top_k)
+            outs.append(out)
+    want = _reference(q, k, v, causal=True, mask=None, scale=8 ** -0.5, page=4, top_k=top_k)
+    assert (torch.cat(outs, 2) - want).abs().max() < 1e-12
+
+
+def test_decode_page_attention_refuses_a_cache_shorter_than_its_pages():
+    from attnkit.kernels.gathered_keys import decode_page_attention
+
+    q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 10, 8)
+    with pytest.raises(ValueError, match="k holds 10 tokens; decode_page_attention reads 12 rows"):
+        decode_page_attention(q, k, k, torch.tensor([[[0, 1]] * 2]), page=4, scale=0.3)

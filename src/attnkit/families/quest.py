@@ -114,13 +114,13 @@ def decode_pages(q, digest, kv_len: int, *, page: int, top_k: int) -> torch.Tens
 
 def _attend(q, k, v, digest, scale, page, top_k, few: int = 64):
     """Attention over the chosen pages: a call of at most ``few`` queries gathers its pages' keys (one query
-    with ``top_k - 1`` past pages to read, when :func:`reads_in_place`: reads them where they are), a longer call
+    after at least ``top_k`` pages of tokens, when :func:`reads_in_place`: reads them where they are), a longer call
     runs the block-selection engine (the same pairs, exactly)."""
     Nq, Nk = q.shape[2], k.shape[2]
     if Nq > few:
         sel = quest_selection(q.detach(), digest, Nk, page=page, top_k=top_k)
         return selected_block_attention(q, k, v, sel, scale=scale, causal=True)
-    if Nq == 1 and (Nk - 1) // page >= top_k - 1 and reads_in_place(q, k, v):
+    if Nq == 1 and Nk >= top_k * page and reads_in_place(q, k, v):
         past = decode_pages(q, digest, Nk, page=page, top_k=top_k)
         return decode_page_attention(q, k, v, past, page=page, scale=scale)
     blocks, valid = quest_pages(q.detach(), digest, Nk, page=page, top_k=top_k)

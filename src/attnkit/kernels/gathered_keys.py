@@ -113,9 +113,13 @@ def decode_page_attention(q, k, v, past: torch.Tensor, *, page: int, scale: floa
 
     Every query reads ``P + 1`` whole pages, its current page last; the current page's rows after ``N - 1`` (not
     written yet) name row ``N - 1`` again and score minus infinity, so each query has the same number of rows and
-    the sparse pattern's row starts depend only on that number."""
+    the sparse pattern's row starts depend only on that number. The cache must hold at least that many tokens
+    (``N >= (P + 1) page``: PyTorch's sampled product keeps at most one entry per element of the matrix)."""
     B, H, _, D = q.shape
     N, W = k.shape[2], (past.shape[-1] + 1) * page
+    if N < W:
+        raise ValueError(f"k holds {N} tokens; decode_page_attention reads {W} rows per query ({past.shape[-1]} past "
+                         f"pages and the current one, of {page} tokens): pass a cache of at least {W} tokens")
     k_rows, k_first = token_rows(k, H)
     v_rows, v_first = token_rows(v, H)
     firsts = _first_rows((k_first,) if k_first == v_first else (k_first, v_first), q.device)  # (1 or 2, B, H, 1)
