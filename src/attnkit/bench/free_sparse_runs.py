@@ -237,7 +237,8 @@ def _decode_floors(q1, k, v, fraction: float, steps: int) -> dict:
 
     def quest_reads():
         for _ in range(steps):
-            digest.sum(), F.embedding_bag(flat, k_pages, heads, mode="sum"), F.embedding_bag(flat, v_pages, heads, mode="sum")
+            digest.sum()
+            F.embedding_bag(flat, k_pages, heads, mode="sum"), F.embedding_bag(flat, v_pages, heads, mode="sum")
 
     return {f"stream {fraction:g} of K and V": stream, "copy Quest's chosen pages": copy_pages,
             "read Quest's bounds and chosen K, V in place": quest_reads}

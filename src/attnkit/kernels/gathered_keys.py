@@ -133,7 +133,8 @@ def decode_page_attention(q, k, v, past: torch.Tensor, *, page: int, scale: floa
     unwritten = (N - 1) // page * page + page - N
     if unwritten:
         scores[:, W - unwritten:] = float("-inf")
-    out = F.embedding_bag(index[-1].view(-1), v_rows, bag_starts, mode="sum", per_sample_weights=scores.softmax(-1).view(-1))
+    weights = scores.softmax(-1).view(-1)
+    out = F.embedding_bag(index[-1].view(-1), v_rows, bag_starts, mode="sum", per_sample_weights=weights)
     return out.view(B, H, 1, -1)
 
 
