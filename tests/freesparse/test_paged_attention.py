@@ -119,3 +119,21 @@ def test_decode_page_attention_refuses_a_cache_shorter_than_its_pages():
     q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 10, 8)
     with pytest.raises(ValueError, match="k holds 10 tokens; decode_page_attention reads 12 rows"):
         decode_page_attention(q, k, k, torch.tensor([[[0, 1]] * 2]), page=4, scale=0.3)
+
+
+def test_decode_key_attention_reads_the_chosen_keys_in_any_order():
+    """Loki's decode step: one query per head over its chosen keys (unsorted, GQA, a buffer longer than the cache)
+    equals masked softmax over them."""
+    from attnkit.kernels.gathered_keys import decode_key_attention
+
+    g = torch.Generator().manual_seed(5)
+    B, H, Hkv, D, Nk = 2, 4, 2, 8, 37
+    q = torch.randn(B, H, 1, D, generator=g, dtype=torch.float64)
+    buffer = torch.randn(B, Hkv, 64, D, generator=g, dtype=torch.float64)
+    k, v = buffer[:, :, :Nk], buffer.flip(2)[:, :, :Nk]
+    chosen = torch.rand(B, H, Nk, generator=g).argsort(-1)[..., :9]  # distinct, in no order
+    out = decode_key_attention(q, k, v, chosen, scale=0.3)
+    want = _masked(q, k, v, chosen[:, :, None], torch.ones(B, H, 1, 9, dtype=torch.bool), 1, 0.3)
+    assert (out - want).abs().max() < 1e-12
+    with pytest.raises(ValueError, match=r"chosen must be \(B, H, K\) = \(2, 4, K\)"):
+        decode_key_attention(q, k, v, chosen[:, :, None], scale=0.3)

@@ -25,7 +25,9 @@ differentiable (gradients flow through the exact attention over ``I``).
 Forms: ``reference`` (projector ``P_r P_r^T`` applied in float64, ranks from a
 sort, the element mask) and ``gathered`` (each query reads only its ``top_k``
 keys and values, every head at once, in chunks of queries:
-:func:`~attnkit.kernels.gathered_keys.gathered_attention`, ``O(N d r + N top_k d)``).
+:func:`~attnkit.kernels.gathered_keys.gathered_attention`, ``O(N d r + N top_k d)``);
+a decode step without gradients on the CPU reads its keys without copying them
+(:func:`~attnkit.kernels.gathered_keys.decode_key_attention`).
 The incremental state is a :class:`~attnkit.state.DigestKVCache` with the
 projected keys, each key projected once, when it is appended.
 """
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.gathered_keys import gathered_attention
+from ..kernels.gathered_keys import decode_key_attention, gathered_attention, reads_in_place
 from ..kernels.positions import query_positions, repeat_kv
 from ..params import Param, TensorInput
 from ..reference import materialised_attention
@@ -89,6 +91,10 @@ def _chosen(q, low_keys, basis, kv_len, top_k, c0, c1):
 
 def _attend(q, k, v, low_keys, basis, scale, top_k, chunk=1024):
     Nq = q.shape[2]
+    if Nq == 1 and k.shape[2] >= top_k and reads_in_place(q, k, v):  # a decode step: its keys read in place
+        with torch.no_grad():
+            index, _ = _chosen(q, low_keys, basis, k.shape[2], top_k, 0, 1)
+        return decode_key_attention(q, k, v, index[:, :, 0], scale=scale)
     with torch.no_grad():
         picks = [_chosen(q.detach(), low_keys, basis, k.shape[2], top_k, c0, min(Nq, c0 + chunk))
                  for c0 in range(0, Nq, chunk)]

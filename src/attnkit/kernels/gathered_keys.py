@@ -13,12 +13,13 @@ fixed number of torch calls (no loop over heads or pages):
 - the values are never copied: ``F.embedding_bag`` sums each query's chosen value
   rows weighted by its softmax, reading them where they are.
 
-A decode step of Quest (one query per head, distinct complete pages plus its
-current page, no gradient) has a form that copies nothing:
-:func:`decode_page_attention` scores the chosen keys in place with
-``torch.sparse.sampled_addmm`` (each query's key rows as one row of a sparse
-pattern handed over unchecked: PyTorch's CPU kernel computes one dot product per
-entry, so the current page's rows not written yet may name the last key again).
+A decode step (one query per head, no gradient, on the CPU) has a form that
+copies nothing: :func:`decode_page_attention` (Quest's distinct complete pages
+plus its current page) and :func:`decode_key_attention` (Loki's distinct keys)
+score the chosen keys in place with ``torch.sparse.sampled_addmm`` (each query's
+key rows as one row of a sparse pattern handed over unchecked: PyTorch's CPU
+kernel computes one dot product per entry, so the rows need no order and the
+current page's rows not written yet may name the last key again).
 
 A GQA cache is never repeated to the query heads (a query head's index points into
 its kv head's rows); a chosen key is copied once per query head that reads it.
@@ -120,17 +121,35 @@ def decode_page_attention(q, k, v, past: torch.Tensor, *, page: int, scale: floa
     if N < W:
         raise ValueError(f"k holds {N} tokens; decode_page_attention reads {W} rows per query ({past.shape[-1]} past "
                          f"pages and the current one, of {page} tokens): pass a cache of at least {W} tokens")
+    starts = F.pad(past.sort(-1).values * page, (0, 1), value=(N - 1) // page * page)  # ascending, current last
+    tokens = (starts[..., None] + _page_offsets(page, past.device)).view(B, H, W).clamp_(max=N - 1)
+    return _attend_rows(q, k, v, tokens, scale, unwritten=(N - 1) // page * page + page - N)
+
+
+def decode_key_attention(q, k, v, chosen: torch.Tensor, *, scale: float) -> torch.Tensor:
+    """One query per head at the end of the cache, ``q (B, H, 1, D)``: softmax over the distinct keys at positions
+    ``chosen (B, H, K)`` (``K`` at most the cache's length), ``(B, H, 1, Dv)``, read in place as
+    :func:`decode_page_attention` reads its pages."""
+    if chosen.shape != (*q.shape[:2], chosen.shape[-1]) or chosen.shape[-1] > k.shape[2]:
+        raise ValueError(f"chosen must be (B, H, K) = ({q.shape[0]}, {q.shape[1]}, K) with K at most the cache's "
+                         f"{k.shape[2]} tokens, got {tuple(chosen.shape)}")
+    return _attend_rows(q, k, v, chosen, scale, unwritten=0)
+
+
+def _attend_rows(q, k, v, tokens, scale: float, unwritten: int) -> torch.Tensor:
+    """Softmax attention of ``q (B, H, 1, D)`` over the keys at positions ``tokens (B, H, W)``, the last
+    ``unwritten`` of each row scored minus infinity; keys scored by the sampled product, values summed by
+    ``embedding_bag``, both where they are."""
+    B, H, _, D = q.shape
+    W = tokens.shape[-1]
     k_rows, k_first = token_rows(k, H)
     v_rows, v_first = token_rows(v, H)
     firsts = _first_rows((k_first,) if k_first == v_first else (k_first, v_first), q.device)  # (1 or 2, B, H, 1)
-    starts = F.pad(past.sort(-1).values * page, (0, 1), value=(N - 1) // page * page)  # ascending, current last
-    tokens = (starts[..., None] + _page_offsets(page, past.device)).view(B, H, W).clamp_(max=N - 1)
     index = (tokens + firsts).view(-1, B * H, W)  # key rows, then value rows if they differ
     R = B * H
     row_starts, zeros, bag_starts = _pattern(R, W, q.dtype, q.device)
     chosen = _csr(row_starts, index[0].view(-1), zeros, (R, k_rows.shape[0]))
     scores = torch.sparse.sampled_addmm(chosen, q.reshape(R, D), k_rows.T, beta=0.0, alpha=scale).values().view(R, W)
-    unwritten = (N - 1) // page * page + page - N
     if unwritten:
         scores[:, W - unwritten:] = float("-inf")
     weights = scores.softmax(-1).view(-1)
