@@ -121,7 +121,7 @@ def decode_page_attention(q, k, v, past: torch.Tensor, *, page: int, scale: floa
     if N < W:
         raise ValueError(f"k holds {N} tokens; decode_page_attention reads {W} rows per query ({past.shape[-1]} past "
                          f"pages and the current one, of {page} tokens): pass a cache of at least {W} tokens")
-    starts = F.pad(past.sort(-1).values * page, (0, 1), value=(N - 1) // page * page)  # ascending, current last
+    starts = F.pad(past * page, (0, 1), value=(N - 1) // page * page)  # the past pages in any order, current last
     tokens = (starts[..., None] + _page_offsets(page, past.device)).view(B, H, W).clamp_(max=N - 1)
     return _attend_rows(q, k, v, tokens, scale, unwritten=(N - 1) // page * page + page - N)
 
