@@ -97,14 +97,23 @@ def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: flo
         starts = kv_of[rows // R, None] * N + tiles * block  # past tiles are whole blocks
         at, short = _query_starts(q, rows, R, block)
         step = max(1, budget // (w * block * (D + Dv)))
+        listed = rows.tolist()
         for a in range(0, len(rows), step):
             part = rows[a:a + step]
-            queries = _query_tiles(q, windows[0], part, at[a:a + step], short, block)
+            lo, hi = listed[a], listed[a + len(part) - 1] + 1
+            # consecutive tile rows of whole blocks: their queries are read, and their outputs merged, in place
+            span = slice(lo, hi) if in_place and N % block == 0 and hi - lo == len(part) else None
+            queries = (q.view(-1, 1, block, D)[span] if span else
+                       _query_tiles(q, windows[0], part, at[a:a + step], short, block))
             kg = windows[1].index_select(0, starts[a:a + step].flatten()).view(len(part), 1, w * block, D)
             vg = windows[2].index_select(0, starts[a:a + step].flatten()).view(len(part), 1, w * block, Dv)
             o, l = attention_with_lse(queries, kg, vg, causal=False, scale=scale)
             # the past partial's share of the row's softmax mass is sigmoid(l - l_d) (l is finite: keys exist)
-            emit(part, o_d[part].lerp_(o[:, 0], torch.sigmoid(l[:, 0] - l_d[part])[..., None]))
+            share = torch.sigmoid(l[:, 0] - l_d[span or part])[..., None]
+            if span:
+                o_d[span].lerp_(o[:, 0], share)
+            else:
+                emit(part, o_d[part].lerp_(o[:, 0], share))
     out = o_d if in_place else torch.cat(pieces)[torch.cat(rows_of).argsort()]
     return out.reshape(B, H, R * block, Dv)[:, :, :N]
 
