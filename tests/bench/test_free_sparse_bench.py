@@ -14,6 +14,7 @@ def test_speed_stores_prefill_and_decode_rows(tmp_path):
     assert [r["method"] for r in prefill] == list(PREFILL) and [r["method"] for r in decode] == list(DECODE)
     for r in prefill:
         assert r["speedup"] > 0 and 0 < r["density"] <= 1 and 0 < r["recall"] <= 1 + 1e-9
+    assert next(r for r in prefill if r["method"] == "block_topk")["t_floor"] > 0  # its layout's floor, timed
     for r in decode:
         assert r["ratio_to_sdpa"] > 0 and 0 < r["recall"] <= 1 + 1e-9
         assert sorted(r["floors"]) == ["copy Quest's chosen pages", "read Quest's bounds and chosen K, V in place",

@@ -69,3 +69,21 @@ def test_gradients_through_rows_read_run_by_run():
     layout[0, 1, 2, 2] = False
     assert torch.autograd.gradcheck(
         lambda a, b, c: tile_rows_attention(a, b, c, layout, block=16, scale=0.25, long_run=1), (q, k, v))
+
+
+@pytest.mark.parametrize("N", [64, 61])
+def test_rows_one_at_a_time_equal_rows_in_groups_and_masked_attention(N):
+    """budget=1 runs every gathered row alone: with whole blocks its queries and output are views (merged in place);
+    a large budget runs each group of rows in one call, merged through indexed copies. Both equal masked attention,
+    a row without its diagonal tile included (its past partial takes the whole softmax mass)."""
+    g = torch.Generator().manual_seed(N + 1)
+    block, R = 8, 8
+    q = torch.randn(1, 4, N, 16, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(1, 4, N, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    layout = (torch.rand(1, 4, R, R, generator=g) < 0.3).tril() | torch.eye(R, dtype=torch.bool)
+    layout[0, 2, 5, 5], layout[0, 2, 5, 1] = False, True  # a row without its diagonal tile
+    expected = attnkit.attention(q, k, v, "softmax", causal=False, mask=expand_layout(layout, block, N, N))
+    alone = tile_rows_attention(q, k, v, layout, block=block, scale=0.25, budget=1, long_run=R + 1)
+    grouped = tile_rows_attention(q, k, v, layout, block=block, scale=0.25, budget=1 << 30, long_run=R + 1)
+    assert (alone - expected).abs().max() < 1e-12
+    assert (grouped - expected).abs().max() < 1e-12

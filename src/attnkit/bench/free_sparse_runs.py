@@ -6,6 +6,7 @@ Used by ``attnkit bench sparse --speed`` and ``--lm-recall``:
   fp32) against ``F.scaled_dot_product_attention(is_causal=True)``, estimation
   included, in turns in one process; with the call's density, attention-mass
   recall and output error (:func:`attnkit.builders.estimated_sparse.selection_report`);
+  and for a method that picks a tile layout, the floor of that layout (:func:`layout_floor`);
 - **decode**: one decode step after a prompt of ``N`` tokens (the state is made,
   then warmed up by a few steps), against attnkit's dense decode step (softmax
   over a :class:`~attnkit.state.KVCache`, each step continuing from the newest
@@ -86,7 +87,8 @@ def _best(calls: dict, repeats: int) -> dict:
 @torch.no_grad()
 def prefill_speed(n: int, methods, sparsity: float, repeats: int, device="cpu") -> list[dict]:
     """Each method's call (estimation included) against dense causal SDPA, in turns; for an estimator that picks a
-    tile layout, its estimate alone too (``t_estimate``: the rest of ``t`` is the attention over the kept tiles)."""
+    tile layout, its estimate alone too (``t_estimate``: the rest of ``t`` is the attention over the kept tiles) and
+    the floor of its layout (``t_floor``, :func:`layout_floor`), all in the same turns."""
     from .. import attention
     from ..builders.estimated_sparse import selection_report
     from ..registry import get
@@ -100,18 +102,50 @@ def prefill_speed(n: int, methods, sparsity: float, repeats: int, device="cpu") 
         if estimator is not None:
             full = {**get(m).defaults, **params[m]}
             calls[f"{m} estimate"] = lambda e=estimator, p=full: e.estimate(q, k, scale=q.shape[-1] ** -0.5, **p)
+            layout = estimator.estimate(q, k, scale=q.shape[-1] ** -0.5, **full)
+            calls[f"{m} floor"] = layout_floor(q, k, v, layout, estimator.block(**full))
     t = _best(calls, repeats)
     rows = []
     for m in methods:
         report = selection_report(m, q, k, v, rows=256, **params[m])
         row = {"phase": "prefill", "method": m, "N": n, "params": params[m], "t_sdpa": t["sdpa"], "t": t[m],
-               "speedup": t["sdpa"] / t[m], "t_estimate": t.get(f"{m} estimate"), **report}
-        split = "" if row["t_estimate"] is None else f" (estimate {row['t_estimate']:.3f} s)"
+               "speedup": t["sdpa"] / t[m], "t_estimate": t.get(f"{m} estimate"), "t_floor": t.get(f"{m} floor"),
+               **report}
+        split = "" if row["t_estimate"] is None else (f" (estimate {row['t_estimate']:.3f} s; floor "
+                                                      f"{row['t_floor']:.3f} s = {t['sdpa'] / row['t_floor']:.2f}x)")
         print(f"prefill N={n:>6} {m:>14}: {t[m]:8.3f} s{split}, sdpa {t['sdpa']:8.3f} s -> {row['speedup']:5.2f}x; "
               f"density {report['density']:.3f} recall {report['recall']:.3f} error {report['output_rel_error']:.3f}",
               flush=True)
         rows.append(row)
     return rows
+
+
+def layout_floor(q, k, v, layout: torch.Tensor, block: int):
+    """A call doing the attention work of a tile ``layout`` (bool ``(B, H, R, R)``) the way the tile engine
+    (:func:`attnkit.kernels.tile_rows.tile_rows_attention`) lays it out, and nothing else: the diagonal tiles in
+    one causal call, then for every query block one call over as many key blocks as it keeps past tiles, read in
+    place (the blocks just before it). No estimate, no copy of the kept tiles, no merge: the engine cannot run that
+    layout faster with these calls. Whole blocks only (a last, shorter block is left out); ``k, v`` have ``q``'s heads."""
+    from ..kernels.tile_rows import attention_with_lse
+
+    B, H, N, D = q.shape
+    R = N // block
+    r = torch.arange(R, device=q.device)
+    widths = (layout[..., :R, :R] & (r[None, :] < r[:, None])).sum(-1).reshape(-1).tolist()
+    heads = [x.reshape(B * H, N, x.shape[-1]) for x in (q, k, v)]
+    tiles = [x[:, :R * block].reshape(B * H, R, block, x.shape[-1]) for x in heads]
+    scale = D ** -0.5
+
+    def run():
+        attention_with_lse(*tiles, causal=True, scale=scale)
+        for i, w in enumerate(widths):
+            if w:
+                h, row = divmod(i, R)
+                query = heads[0][h, row * block:(row + 1) * block][None, None]
+                keys = [x[h, (row - w) * block:row * block][None, None] for x in heads[1:]]
+                attention_with_lse(query, *keys, causal=False, scale=scale)
+
+    return run
 
 
 def _decode_state(method, q, k, v, n, params):

@@ -30,7 +30,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .online_softmax import merge_normalised
 from .token_blocks import block_windows, last_block, whole_blocks
 
 
@@ -94,13 +93,27 @@ def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: flo
             continue
         if windows is None:  # a kept past tile exists, so the sequence holds a whole block
             windows = tuple(block_windows(x, block) for x in (q, k, v))
-        for part in rows.split(max(1, budget // (w * block * (D + Dv)))):
-            tiles = past[part].nonzero()[:, 1].view(len(part), w)  # each row's kept past tiles, in order
-            starts = (kv_of[part // R, None] * N + tiles * block).flatten()  # past tiles are whole blocks
-            kg = windows[1].index_select(0, starts).view(len(part), 1, w * block, D)
-            vg = windows[2].index_select(0, starts).view(len(part), 1, w * block, Dv)
-            o, l = attention_with_lse(_query_tiles(q, windows[0], part, R, block), kg, vg, causal=False, scale=scale)
-            emit(part, merge_normalised(o[:, 0], l[:, 0], o_d[part], l_d[part])[0])
+        tiles = past[rows].nonzero()[:, 1].view(len(rows), w)  # each row's kept past tiles, in order
+        starts = kv_of[rows // R, None] * N + tiles * block  # past tiles are whole blocks
+        at, short = _query_starts(q, rows, R, block)
+        step = max(1, budget // (w * block * (D + Dv)))
+        listed = rows.tolist()
+        for a in range(0, len(rows), step):
+            part = rows[a:a + step]
+            lo, hi = listed[a], listed[a + len(part) - 1] + 1
+            # consecutive tile rows of whole blocks: their queries are read, and their outputs merged, in place
+            span = slice(lo, hi) if in_place and N % block == 0 and hi - lo == len(part) else None
+            queries = (q.view(-1, 1, block, D)[span] if span else
+                       _query_tiles(q, windows[0], part, at[a:a + step], short, block))
+            kg = windows[1].index_select(0, starts[a:a + step].flatten()).view(len(part), 1, w * block, D)
+            vg = windows[2].index_select(0, starts[a:a + step].flatten()).view(len(part), 1, w * block, Dv)
+            o, l = attention_with_lse(queries, kg, vg, causal=False, scale=scale)
+            # the past partial's share of the row's softmax mass is sigmoid(l - l_d) (l is finite: keys exist)
+            share = torch.sigmoid(l[:, 0] - l_d[span or part])[..., None]
+            if span:
+                o_d[span].lerp_(o[:, 0], share)
+            else:
+                emit(part, o_d[part].lerp_(o[:, 0], share))
     out = o_d if in_place else torch.cat(pieces)[torch.cat(rows_of).argsort()]
     return out.reshape(B, H, R * block, Dv)[:, :, :N]
 
@@ -172,14 +185,21 @@ def _diagonal(q, k, v, kv_of, *, block, scale):
     return o.reshape(-1, block, o.shape[-1]), l.reshape(-1, block)
 
 
-def _query_tiles(q, windows, rows, R, block):
-    """The query blocks of tile rows ``rows`` (indices into ``B H R``), ``(len(rows), 1, block, D)``; the rows of
-    a last, shorter block are read zero-padded (their extra outputs are dropped)."""
-    B, H, N, D = q.shape
+def _query_starts(q, rows, R, block):
+    """Where the query block of each tile row ``rows`` (indices into ``B H R``) starts in ``block_windows(q)``, and
+    whether any of them is a last, shorter block (read at the last whole block's place, then replaced)."""
+    N = q.shape[2]
     whole = N // block
-    head, r = rows // R, rows % R
-    out = windows.index_select(0, head * N + r.clamp(max=whole - 1) * block).view(len(rows), 1, block, D)
-    last = r == whole
-    if bool(last.any()):
-        out[last] = _padded_last(q, block)[head[last]]
+    r = rows % R
+    return (rows // R) * N + r.clamp(max=whole - 1) * block, N % block > 0 and bool((r == whole).any())
+
+
+def _query_tiles(q, windows, rows, at, short, block):
+    """The query blocks of tile rows ``rows`` starting at ``at`` (:func:`_query_starts`), ``(len(rows), 1, block,
+    D)``; the rows of a last, shorter block (if ``short``) are read zero-padded (their extra outputs are dropped)."""
+    out = windows.index_select(0, at).view(len(rows), 1, block, q.shape[-1])
+    if short:
+        R = -(-q.shape[2] // block)
+        last = rows % R == R - 1
+        out[last] = _padded_last(q, block)[rows[last] // R]
     return out
