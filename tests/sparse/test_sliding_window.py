@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import attnkit
 from attnkit.kernels.positions import query_positions
 from attnkit.kernels.sliding_window import sliding_window_attention
 from attnkit.reference import materialised_attention
@@ -91,3 +92,25 @@ def test_mismatched_shapes_are_refused(shapes):
     q, k, v = (torch.randn(*s) for s in shapes)
     with pytest.raises(ValueError, match="expected q"):
         sliding_window_attention(q, k, v, window=4, scale=0.3)
+
+
+@pytest.mark.parametrize("Nq, Nk, window", [(300, 300, 100), (300, 300, 63), (300, 300, 64), (40, 250, 130)])
+def test_the_mechanism_runs_its_causal_window_on_this_kernel_with_window_plus_one_keys(Nq, Nk, window):
+    """``sliding_window``'s ``window`` counts the keys before the query; the kernel's counts the query's own too."""
+    q, k, v = (x.requires_grad_(True) for x in _problem(1, 4, 2, Nq, Nk, 16, 16))
+    assert attnkit.explain(q, k, v, "sliding_window", causal=True, window=window).form == "window_tiles"
+    got = attnkit.attention(q, k, v, "sliding_window", causal=True, window=window, scale=0.3)
+    want = materialised_attention(q, k, v, causal=False, mask=_window_mask(Nq, Nk, window + 1), scale=0.3)
+    assert (got - want).abs().max() < 1e-12
+    w = torch.randn_like(got)
+    for name, a, b in zip("qkv", torch.autograd.grad((got * w).sum(), (q, k, v)),
+                          torch.autograd.grad((want * w).sum(), (q, k, v))):
+        assert (a - b).abs().max() < 1e-12, name
+
+
+def test_the_mechanisms_other_calls_keep_the_block_sparse_kernel():
+    q, k, v = _problem(1, 2, 1, 20, 20, 8, 8)
+    mask = torch.ones(20, 20, dtype=torch.bool)
+    assert attnkit.explain(q, k, v, "sliding_window", causal=False, window=4).form == "block_sparse"
+    assert attnkit.explain(q, k, v, "sliding_window", causal=True, mask=mask, window=4).form == "block_sparse"
+    assert attnkit.explain(q, k[:, :, :9], v[:, :, :9], "sliding_window", causal=True, window=4).form == "block_sparse"

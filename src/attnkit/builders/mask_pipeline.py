@@ -6,6 +6,8 @@ Given ``make_mask(q, k, causal=..., **params) -> MaskMod`` this derives:
   float64-capable materialised softmax attention (the oracle);
 - ``block_sparse``: the pattern's block layout and the block-sparse kernel,
   which visits only non-empty tiles (forward and backward);
+- ``dedicated_forms``, if given: kernels written for this one pattern, which a
+  call without ``form=`` tries first, on the calls their checks accept;
 - the incremental form: a KV cache over the default form (masks are
   functions of positions, so a decode step sees exactly its one-shot row).
   A pattern that declares ``decode_bound`` (its sinks and window) keeps only
@@ -67,12 +69,16 @@ def register_mask_mechanism(
     test_params: dict | None = None,
     content_dependent: bool = False,
     decode_bound=None,
+    dedicated_forms: dict | None = None,
 ) -> MechanismSpec:
     """``content_dependent``: the mask reads q/k values (e.g. hash buckets), so its layout is never cached.
+    ``dedicated_forms = {name: (form, can_run)}``: forms of this pattern alone, faster than the block-sparse
+    kernel on the calls ``can_run`` accepts (:mod:`attnkit.dispatch`); they come first in ``default_forms``.
     ``decode_bound(**params) -> (sinks, window)``: a causal query never sees a key that is neither among
     the first ``sinks`` nor among the last ``window`` before it, so a decoder keeps only those (and
     ``state_size`` counts them); without it the decoder keeps the whole KV cache."""
     params = {**(params or {}), **BLOCK_PARAMS}
+    dedicated = dedicated_forms or {}
 
     def pattern(q, k, causal, kw):
         m = make_mask(q, k, causal=causal, **{n: x for n, x in kw.items() if n not in BLOCK_PARAMS})
@@ -133,10 +139,10 @@ def register_mask_mechanism(
             papers=papers,
             patterns=frozenset(patterns),
             reference=reference,
-            fast={"block_sparse": block_sparse},
+            fast={**{n: form for n, (form, _) in dedicated.items()}, "block_sparse": block_sparse},
             # An additive mask is already a materialised (Nq, Nk) tensor: the reference, exact, costs its size again.
-            default_forms=("block_sparse", "reference"),
-            can_run={"block_sparse": not_boolean},
+            default_forms=(*dedicated, "block_sparse", "reference"),
+            can_run={**{n: check for n, (_, check) in dedicated.items()}, "block_sparse": not_boolean},
             step=_step(default_form_of(name), decode_bound) if "causal-self" in patterns else None,
             params=params,
             flops=flops,

@@ -10,9 +10,11 @@ and the ``m = ceil((window - 1) / tile)`` tiles before it, and where a key sits
 in the slab relative to a query depends only on their places in the tile, not
 on the tile: one ``(tile, slab)`` table of allowed pairs serves every tile
 (the keys left of the sequence are zero padding, masked in the first ``m``
-tiles only). A slab is a plain slice of the (padded) keys, so a tile's scores
-are one batched matmul over the batch and kv heads, the query heads of a kv
-group stacked as rows; nothing is gathered. Each row's keys are all in its
+tiles only). A slab is a plain slice of the keys, so a tile's scores are one
+batched matmul over the batch and kv heads, the query heads of a kv group
+stacked as rows; nothing is gathered. The forward reads the slabs inside the
+sequence in place and copies only those that reach past either end, with their
+zero padding (the first ``m`` and the last); the backward pads k and v once. Each row's keys are all in its
 slab, so the forward needs one pass: softmax and ``P V`` per tile, no running
 maximum across steps. Only the columns of the slab that some query of the tile
 may not see are masked, with ``masked_fill`` (a NaN or infinite key outside a
@@ -104,6 +106,19 @@ class _Tiles:
         padded = F.pad(x, (0, 0, self.m * self.T, self.n * self.T - self.N))
         return padded.reshape(self.B * self.Hkv, -1, x.shape[-1])
 
+    def flat(self, x):
+        """``(B, Hkv, Nk, E)`` -> ``(B Hkv, Nk, E)``, unpadded (a view of contiguous ``x``)."""
+        return x.reshape(self.B * self.Hkv, self.Nk, x.shape[-1])
+
+    def slab_of(self, x, t):
+        """Tile ``t``'s keys from :meth:`flat`'s rows: what ``keys(x)[:, slab(t)]`` holds, a view when the slab lies
+        inside the sequence, else a copy with the zero rows before key 0 or after the last."""
+        lo = self.offset + (t - self.m) * self.T
+        hi = lo + self.S
+        if lo >= 0 and hi <= self.Nk:
+            return x[:, lo:hi]
+        return F.pad(x[:, max(lo, 0):min(hi, self.Nk)], (0, 0, max(-lo, 0), max(hi - self.Nk, 0)))
+
     def slab(self, t):
         """Tile ``t``'s keys in :meth:`keys`' rows."""
         start = self.offset + t * self.T
@@ -126,20 +141,19 @@ class _SlidingWindow(torch.autograd.Function):
         tiles = _Tiles(q, k, v, window, tile)
         D = tiles.D
         qt = tiles.queries(q, scale * LOG2E)  # its last column 0 in the forward
-        kp, vp = tiles.keys(k), tiles.keys(v)
+        kf, vf = tiles.flat(k), tiles.flat(v)
         n, rows = tiles.n, qt.shape[1:3]
         out = q.new_empty(n, *rows, tiles.Dv)
         lse = q.new_empty(n, *rows)
         s = q.new_empty(*rows, tiles.S)
         lowest = floor(q.dtype)
         for t in range(n):
-            slab = tiles.slab(t)
-            torch.bmm(qt[t, :, :, :D], kp[:, slab].transpose(1, 2), out=s)
+            torch.bmm(qt[t, :, :, :D], tiles.slab_of(kf, t).transpose(1, 2), out=s)
             tiles.mask(s, t)
             top = s.amax(-1, keepdim=True).clamp_(min=lowest)
             p = s.sub_(top).exp2_()
             total = p.sum(-1, keepdim=True)
-            torch.bmm(p, vp[:, slab], out=out[t]).div_(total)
+            torch.bmm(p, tiles.slab_of(vf, t), out=out[t]).div_(total)
             torch.add(top, total.log2_(), out=lse[t].unsqueeze(-1))
         qt[..., D] = lse.neg()
         ctx.save_for_backward(qt, k, v, out)
