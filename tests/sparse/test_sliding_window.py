@@ -95,11 +95,10 @@ def test_mismatched_shapes_are_refused(shapes):
 
 
 @pytest.mark.parametrize("Nq, Nk, window", [(300, 300, 100), (300, 300, 63), (300, 300, 64), (40, 250, 130)])
-def test_the_mechanism_runs_its_causal_window_on_this_kernel_with_window_plus_one_keys(Nq, Nk, window):
+def test_the_mechanisms_window_tiles_form_is_this_kernel_with_window_plus_one_keys(Nq, Nk, window):
     """``sliding_window``'s ``window`` counts the keys before the query; the kernel's counts the query's own too."""
     q, k, v = (x.requires_grad_(True) for x in _problem(1, 4, 2, Nq, Nk, 16, 16))
-    assert attnkit.explain(q, k, v, "sliding_window", causal=True, window=window).form == "window_tiles"
-    got = attnkit.attention(q, k, v, "sliding_window", causal=True, window=window, scale=0.3)
+    got = attnkit.attention(q, k, v, "sliding_window", causal=True, window=window, scale=0.3, form="window_tiles")
     want = materialised_attention(q, k, v, causal=False, mask=_window_mask(Nq, Nk, window + 1), scale=0.3)
     assert (got - want).abs().max() < 1e-12
     w = torch.randn_like(got)
@@ -108,9 +107,15 @@ def test_the_mechanism_runs_its_causal_window_on_this_kernel_with_window_plus_on
         assert (a - b).abs().max() < 1e-12, name
 
 
-def test_the_mechanisms_other_calls_keep_the_block_sparse_kernel():
+def test_the_mechanism_runs_window_tiles_on_causal_calls_without_mask_or_backward():
     q, k, v = _problem(1, 2, 1, 20, 20, 8, 8)
     mask = torch.ones(20, 20, dtype=torch.bool)
+    assert attnkit.explain(q, k, v, "sliding_window", causal=True, window=4).form == "window_tiles"
+    assert attnkit.explain(q[:, :, 15:], k, v, "sliding_window", causal=True, window=4).form == "window_tiles"
     assert attnkit.explain(q, k, v, "sliding_window", causal=False, window=4).form == "block_sparse"
     assert attnkit.explain(q, k, v, "sliding_window", causal=True, mask=mask, window=4).form == "block_sparse"
     assert attnkit.explain(q, k[:, :, :9], v[:, :, :9], "sliding_window", causal=True, window=4).form == "block_sparse"
+    choice = attnkit.explain(q.requires_grad_(True), k, v, "sliding_window", causal=True, window=4)
+    assert choice.form == "block_sparse" and "gradients wanted" in choice.reason
+    with torch.no_grad():
+        assert attnkit.explain(q, k, v, "sliding_window", causal=True, window=4).form == "window_tiles"

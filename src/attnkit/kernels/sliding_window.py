@@ -23,8 +23,9 @@ query's window stays masked).
 The backward is FlashAttention-2's: the forward keeps the output and the row
 log-sum-exp; the backward recomputes each tile's probabilities, writes dQ per
 tile and adds dK, dV into the slab's keys. The row terms ride in the matmuls
-(:mod:`~attnkit.kernels.row_terms`). Scores are in base 2 (``exp2`` is faster
-than ``exp`` on CPU). Memory is O(N) plus one tile's scores.
+(:mod:`~attnkit.kernels.row_terms`: the padded keys and values carry a column of
+ones). Scores are in base 2 (``exp2`` is faster than ``exp`` on CPU). Memory is
+O(N) plus one tile's scores.
 """
 from __future__ import annotations
 
@@ -32,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from .online_softmax import floor
-from .row_terms import with_ones
 
 LOG2E = 1.4426950408889634
 TILE = 64
@@ -100,19 +100,25 @@ class _Tiles:
         x = x.view(self.n, self.B, self.Hkv, self.g, self.T, E).permute(1, 2, 3, 0, 4, 5)
         return x.reshape(self.B, self.H, self.n * self.T, E)[:, :, : self.N]
 
-    def keys(self, x):
-        """``(B, Hkv, Nk, E)`` -> ``(B Hkv, m T + Nk + (n T - Nq), E)``: ``m`` tiles of zeros before, zeros after
-        up to the last tile's end."""
-        padded = F.pad(x, (0, 0, self.m * self.T, self.n * self.T - self.N))
-        return padded.reshape(self.B * self.Hkv, -1, x.shape[-1])
+    def keys_with_ones(self, x):
+        """``(B, Hkv, Nk, E)`` -> ``(B Hkv, m T + Nk + (n T - Nq), E + 1)``: ``m`` tiles of zeros before, zeros
+        after up to the last tile's end, and a last column of ones for a row term, written into one buffer."""
+        E, start = x.shape[-1], self.m * self.T
+        out = x.new_empty(self.B, self.Hkv, start + self.Nk + self.n * self.T - self.N, E + 1)
+        out[..., E] = 1
+        out[:, :, :start, :E] = 0
+        out[:, :, start + self.Nk:, :E] = 0
+        out[:, :, start:start + self.Nk, :E] = x
+        return out.view(self.B * self.Hkv, -1, E + 1)
 
     def flat(self, x):
         """``(B, Hkv, Nk, E)`` -> ``(B Hkv, Nk, E)``, unpadded (a view of contiguous ``x``)."""
         return x.reshape(self.B * self.Hkv, self.Nk, x.shape[-1])
 
     def slab_of(self, x, t):
-        """Tile ``t``'s keys from :meth:`flat`'s rows: what ``keys(x)[:, slab(t)]`` holds, a view when the slab lies
-        inside the sequence, else a copy with the zero rows before key 0 or after the last."""
+        """Tile ``t``'s keys from :meth:`flat`'s rows (those of :meth:`keys_with_ones` at :meth:`slab`, without the
+        ones): a view when the slab lies inside the sequence, else a copy with the zero rows before key 0 or after
+        the last."""
         lo = self.offset + (t - self.m) * self.T
         hi = lo + self.S
         if lo >= 0 and hi <= self.Nk:
@@ -120,7 +126,7 @@ class _Tiles:
         return F.pad(x[:, max(lo, 0):min(hi, self.Nk)], (0, 0, max(-lo, 0), max(hi - self.Nk, 0)))
 
     def slab(self, t):
-        """Tile ``t``'s keys in :meth:`keys`' rows."""
+        """Tile ``t``'s keys in :meth:`keys_with_ones`' rows."""
         start = self.offset + t * self.T
         return slice(start, start + self.S)
 
@@ -165,7 +171,7 @@ class _SlidingWindow(torch.autograd.Function):
         qt, k, v, out = ctx.saved_tensors
         tiles = ctx.tiles
         T, D, Dv = tiles.T, tiles.D, tiles.Dv
-        kp, vp = with_ones(tiles.keys(k)), with_ones(tiles.keys(v))
+        kp, vp = tiles.keys_with_ones(k), tiles.keys_with_ones(v)
         dot = tiles.queries(grad_out, 1.0)
         dot[..., Dv] = (dot[..., :Dv] * out).sum(-1).neg_()  # -delta
         dq = qt.new_empty(*qt.shape[:3], D)
