@@ -36,17 +36,22 @@ def _window_mask(Nq, Nk, window):
     return (kpos <= qpos) & (kpos > qpos - window)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
-def test_output_and_gradients_equal_dense_attention_with_the_window_mask(case):
-    B, H, Hkv, Nq, Nk, D, Dv, window, tile = case
-    q, k, v = (x.requires_grad_(True) for x in _problem(B, H, Hkv, Nq, Nk, D, Dv))
-    got = sliding_window_attention(q, k, v, window=window, scale=0.3, tile=tile)
-    want = materialised_attention(q, k, v, causal=False, mask=_window_mask(Nq, Nk, window), scale=0.3)
+def _assert_equals_the_window_mask(got, q, k, v, window):
+    """``got`` (at scale 0.3) and its gradients equal dense attention over the last ``window`` keys, in float64."""
+    want = materialised_attention(q, k, v, causal=False, mask=_window_mask(q.shape[2], k.shape[2], window), scale=0.3)
     assert (got - want).abs().max() < 1e-12
     w = torch.randn_like(got)
     for name, a, b in zip("qkv", torch.autograd.grad((got * w).sum(), (q, k, v)),
                           torch.autograd.grad((want * w).sum(), (q, k, v))):
         assert (a - b).abs().max() < 1e-12, name
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+def test_output_and_gradients_equal_dense_attention_with_the_window_mask(case):
+    B, H, Hkv, Nq, Nk, D, Dv, window, tile = case
+    q, k, v = (x.requires_grad_(True) for x in _problem(B, H, Hkv, Nq, Nk, D, Dv))
+    got = sliding_window_attention(q, k, v, window=window, scale=0.3, tile=tile)
+    _assert_equals_the_window_mask(got, q, k, v, window)
 
 
 def test_the_tile_does_not_change_the_result():
@@ -99,12 +104,7 @@ def test_the_mechanisms_window_tiles_form_is_this_kernel_with_window_plus_one_ke
     """``sliding_window``'s ``window`` counts the keys before the query; the kernel's counts the query's own too."""
     q, k, v = (x.requires_grad_(True) for x in _problem(1, 4, 2, Nq, Nk, 16, 16))
     got = attnkit.attention(q, k, v, "sliding_window", causal=True, window=window, scale=0.3, form="window_tiles")
-    want = materialised_attention(q, k, v, causal=False, mask=_window_mask(Nq, Nk, window + 1), scale=0.3)
-    assert (got - want).abs().max() < 1e-12
-    w = torch.randn_like(got)
-    for name, a, b in zip("qkv", torch.autograd.grad((got * w).sum(), (q, k, v)),
-                          torch.autograd.grad((want * w).sum(), (q, k, v))):
-        assert (a - b).abs().max() < 1e-12, name
+    _assert_equals_the_window_mask(got, q, k, v, window + 1)
 
 
 def test_the_mechanism_runs_window_tiles_on_causal_calls_without_mask_or_backward():
