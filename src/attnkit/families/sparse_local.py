@@ -18,11 +18,11 @@ kernel, whose backward holds less than half the memory of the window kernel's at
 """
 from __future__ import annotations
 
-from ..masks import window as w
 import torch
 
 from ..builders.mask_pipeline import DedicatedForm, register_mask_mechanism
 from ..kernels.sliding_window import sliding_window_attention
+from ..masks import window as w
 from ..masks.spatial import Grid, neighborhood
 from ..params import Param
 

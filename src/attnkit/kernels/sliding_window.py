@@ -14,9 +14,9 @@ tiles only). A slab is a plain slice of the keys, so a tile's scores are one
 batched matmul over the batch and kv heads, the query heads of a kv group
 stacked as rows; nothing is gathered. The forward reads the slabs inside the
 sequence in place and copies only those that reach past either end, with their
-zero padding (the first ``m`` and the last); the backward pads k and v once. Each row's keys are all in its
-slab, so the forward needs one pass: softmax and ``P V`` per tile, no running
-maximum across steps. Only the columns of the slab that some query of the tile
+zero padding (the first ``m`` and the last); the backward pads k and v once.
+Each row's keys are all in its slab, so the forward needs one pass: softmax and
+``P V`` per tile, no running maximum across steps. Only the columns of the slab that some query of the tile
 may not see are masked, with ``masked_fill`` (a NaN or infinite key outside a
 query's window stays masked).
 
