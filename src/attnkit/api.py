@@ -62,7 +62,7 @@ def attention(
         raise TypeError(f"return_weights must be a bool, got {type(return_weights).__name__}")
     if return_weights:
         _check_return_weights(spec, incremental, dropout_p)
-    if position is not None and not callable(getattr(position, "apply", None)):
+    if position is not None and not all(callable(getattr(position, m, None)) for m in ("apply", "apply_keys")):
         raise TypeError(f"position must be a positional encoding object from attnkit.positional, e.g. "
                         f"attnkit.positional.RoPE({q.shape[-1]}), got {type(position).__name__} {position!r}")
     if _is_empty(q, k):
@@ -71,8 +71,8 @@ def attention(
         return (out, q.new_zeros(*q.shape[:3], k.shape[2])) if return_weights else out
     if position is not None:
         offset = state.length if state is not None else 0
-        # per-token key inputs (a branch's own keys) turn with k; an empty query slice keeps q from turning again
-        params = {**params, **{n: position.apply(q[:, :, :0], params[n], q_offset=0, k_offset=offset)[1]
+        # per-token key inputs (a branch's own keys) turn with k
+        params = {**params, **{n: position.apply_keys(params[n], k_offset=offset)
                                for n in spec.key_inputs if params.get(n) is not None}}
         q, k = position.apply(q, k, q_offset=offset + k.shape[2] - q.shape[2], k_offset=offset)
     if dropout_p:

@@ -1,16 +1,22 @@
-"""Tiny models and inputs for the cache tests (random weights, no download)."""
+"""Tiny models and float64 inputs for the cache tests and others (random weights, no download)."""
 import torch
 
 import attnkit
 
 
-def tiny_llama(layers=2, seed=0):
+def tiny_llama(layers=2, seed=0, *, hidden_size=64, implementation=None):
+    """A random Llama (4 heads, 2 kv heads, vocabulary 97) in eval mode, with ``implementation`` as its attention
+    implementation if given."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    return LlamaForCausalLM(cfg).eval()
+    cfg = LlamaConfig(vocab_size=97, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512)
+    model = LlamaForCausalLM(cfg).eval()
+    if implementation is not None:
+        model.set_attn_implementation(implementation)
+    return model
 
 
 def prompt(n=40, seed=1, batch=1):

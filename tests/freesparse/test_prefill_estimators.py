@@ -8,20 +8,16 @@ import attnkit
 from attnkit.builders.estimated_sparse import keep_by_cumulative_mass, selection_report
 from attnkit.families import block_topk, xattention
 
+from ..cache.helpers import qkv
 
-def _qk(N=120, H=4, Hkv=2, D=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(1, H, N, D, generator=g, dtype=torch.float64)
-    k = torch.randn(1, Hkv, N, D, generator=g, dtype=torch.float64)
-    v = torch.randn(1, Hkv, N, D, generator=g, dtype=torch.float64)
-    return q, k, v
+D = 16  # head_dim of the inputs
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_xattention_estimate_equals_the_equations(dtype):
     """Lengths cut into whole blocks or not, into whole cells or not; the cell rows in one chunk or several."""
     for N in (120, 117, 96):
-        q, k, _ = _qk(N=N, seed=1)
+        q, k, _ = qkv(n=N, d=D, seed=1)
         for block, stride, threshold in ((16, 4, 0.7), (24, 8, 0.9), (8, 2, 0.5)):
             ref = xattention.reference_layout(q, k, scale=0.25, block=block, stride=stride, threshold=threshold)
             fast = xattention.xattention_layout(q.to(dtype), k.to(dtype), scale=0.25, block=block, stride=stride,
@@ -34,7 +30,7 @@ def test_xattention_estimate_equals_the_equations(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_block_topk_estimate_equals_the_equations(dtype):
-    q, k, _ = _qk(N=117, seed=2)
+    q, k, _ = qkv(n=117, d=D, seed=2)
     for block, top_k in ((8, 3), (16, 1), (10, 20)):
         ref = block_topk.reference_layout(q, k, scale=0.25, block=block, top_k=top_k)
         fast = block_topk.block_topk_layout(q.to(dtype), k.to(dtype), scale=0.25, block=block, top_k=top_k)
@@ -55,7 +51,7 @@ def test_cumulative_rule_keeps_the_shortest_prefix_reaching_the_target():
 
 
 def test_full_budget_is_dense_attention_and_reports_so():
-    q, k, v = _qk(N=64)
+    q, k, v = qkv(n=64, d=D)
     out = attnkit.attention(q, k, v, "block_topk", causal=True, block=8, top_k=8)
     dense = attnkit.attention(q, k, v, "softmax", causal=True)
     assert (out - dense).abs().max() < 1e-12
@@ -65,14 +61,14 @@ def test_full_budget_is_dense_attention_and_reports_so():
 
 
 def test_report_of_a_sparse_choice():
-    q, k, v = _qk(N=128)
+    q, k, v = qkv(n=128, d=D)
     report = selection_report("xattention", q, k, v, rows=40, block=16, stride=4, threshold=0.5)
     assert 0 < report["density"] < 1 and 0 < report["recall"] < 1 and report["output_rel_error"] > 0
     assert report["rows"] == 40
 
 
 def test_bad_parameters_are_refused():
-    q, k, v = _qk(N=32)
+    q, k, v = qkv(n=32, d=D)
     with pytest.raises(ValueError, match="stride must divide block"):
         attnkit.attention(q, k, v, "xattention", causal=True, block=16, stride=3)
     with pytest.raises(ValueError, match="threshold"):
@@ -85,7 +81,7 @@ def test_bad_parameters_are_refused():
 def test_vertical_slash_lines_equal_the_equations(dtype):
     from attnkit.families import vertical_slash as vs
 
-    q, k, _ = _qk(N=90, seed=4)
+    q, k, _ = qkv(n=90, d=D, seed=4)
     p = dict(scale=0.25, last_q=10, vertical=7, slash=9, sinks=3, local=4)
     ref = vs.reference_mask(q, k, **p)
     rows = torch.arange(90)
@@ -97,7 +93,7 @@ def test_vertical_slash_lines_equal_the_equations(dtype):
 def test_vertical_slash_attends_exactly_the_kept_positions():
     from attnkit.families import vertical_slash as vs
 
-    q, k, v = _qk(N=100, seed=5)
+    q, k, v = qkv(n=100, d=D, seed=5)
     p = dict(last_q=12, vertical=9, slash=11, sinks=2, local=5)
     kept = vs.reference_mask(q, k, scale=0.25, **p)
     expected = attnkit.attention(q, k, v, "softmax", causal=False, mask=kept, scale=0.25)
@@ -133,22 +129,22 @@ def test_js_distance():
 def test_sample_attention_keeps_what_the_equations_keep(dtype):
     from attnkit.families import sample_attention as sa
 
-    q, k, _ = _qk(N=96, seed=8)
+    q, k, _ = qkv(n=96, d=D, seed=8)
     for row_ratio, alpha, window_ratio in ((0.25, 0.6, 0.1), (0.1, 0.9, 0.0), (1.0, 0.3, 0.05)):
         p = dict(scale=0.25, row_ratio=row_ratio, alpha=alpha, window_ratio=window_ratio)
         ref = sa.reference_mask(q, k, **p)
         kept, density = sa.attended(q.to(dtype), k.to(dtype), torch.arange(96), block=16, **p)
         assert torch.equal(kept, ref), p
         assert density == pytest.approx(ref.sum().item() / (4 * 96 * 97 / 2))
-        out = attnkit.attention(q, k, _qk(N=96, seed=9)[2], "sample_attention", causal=True, block=16, **p)
-        expected = attnkit.attention(q, k, _qk(N=96, seed=9)[2], "softmax", causal=False, mask=ref, scale=0.25)
+        out = attnkit.attention(q, k, qkv(n=96, d=D, seed=9)[2], "sample_attention", causal=True, block=16, **p)
+        expected = attnkit.attention(q, k, qkv(n=96, d=D, seed=9)[2], "softmax", causal=False, mask=ref, scale=0.25)
         assert (out - expected).abs().max() < 1e-12
 
 
 def test_last_queries_lines_sum_the_attention_of_the_last_queries_a_few_rows_at_a_time():
     from attnkit.builders.estimated_sparse import last_queries_lines
 
-    q, k, _ = _qk(N=50, seed=5)
+    q, k, _ = qkv(n=50, d=D, seed=5)
     n, N = 12, 50
     s = (q[:, :, -n:] @ k.repeat_interleave(2, dim=1).transpose(-1, -2)) * 0.25
     pos = torch.arange(N - n, N)

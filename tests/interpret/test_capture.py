@@ -7,6 +7,8 @@ import torch
 import attnkit
 from attnkit.models import DecoderLM, ModelConfig
 
+from ..cache.helpers import tiny_llama
+
 
 def _qkv(B=1, H=2, N=9, D=8, Hkv=None, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
@@ -146,22 +148,12 @@ def test_minilm_through_transformers_records_every_layer(minilm_model):
     assert rec[0].weights[1][..., padded].abs().max() == 0  # no weight on padding
 
 
-def _tiny_llama(implementation):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    model = LlamaForCausalLM(cfg).eval()
-    model.set_attn_implementation(implementation)
-    return model
-
-
 def test_output_attentions_under_an_attnkit_implementation_returns_the_weights():
     pytest.importorskip("transformers")
     from attnkit.integrations import hf
 
-    eager, ours = _tiny_llama("eager"), hf.use(_tiny_llama("sdpa"), "sliding_window", window=4)
+    eager = tiny_llama(hidden_size=32, implementation="eager")
+    ours = hf.use(tiny_llama(hidden_size=32, implementation="sdpa"), "sliding_window", window=4)
     ids = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         theirs = eager(ids, output_attentions=True).attentions
@@ -179,7 +171,7 @@ def test_generate_through_an_attnkit_cache_records_each_steps_row_at_its_positio
     pytest.importorskip("transformers")
     from attnkit.integrations import hf
 
-    model = hf.use(_tiny_llama("sdpa"), "softmax")
+    model = hf.use(tiny_llama(hidden_size=32, implementation="sdpa"), "softmax")
     ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(1))
     with attnkit.capture(model) as rec, torch.no_grad():
         tokens = model.generate(ids, past_key_values=attnkit.cache.Cache(), max_new_tokens=4, min_new_tokens=4,

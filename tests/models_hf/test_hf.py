@@ -6,6 +6,8 @@ import attnkit
 from attnkit.integrations import hf, minilm
 from attnkit.integrations.hf_masks import pad_queries_to_keys, reduce_for_maskless
 
+from ..cache.helpers import tiny_llama
+
 SENTENCES = [
     "The lighthouse keeper wound the clock before the storm arrived.",
     "Rain.",
@@ -53,19 +55,8 @@ def test_every_mechanism_is_registered():
         hf.attention_function("nha")
 
 
-def _tiny_llama(impl):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    model = LlamaForCausalLM(cfg).eval()
-    model.set_attn_implementation(impl)
-    return model
-
-
 def test_causal_decoder_with_left_padding_and_cache():
-    eager, ours = _tiny_llama("eager"), _tiny_llama("attnkit_softmax")
+    eager, ours = tiny_llama(implementation="eager"), tiny_llama(implementation="attnkit_softmax")
     ids = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[1, :4] = 0  # left padding on the second row
@@ -135,7 +126,7 @@ def test_maskless_causal_only_mechanism_in_a_decoder(monkeypatch):
                                fast={"chunked": soft.fast["chunked"]}, default_forms=(), can_run={},
                                auto_when={}, step=None)
     monkeypatch.setitem(registry._REGISTRY, "maskless_test", fake)
-    eager, ours = _tiny_llama("eager"), _tiny_llama(hf.register("maskless_test"))
+    eager, ours = tiny_llama(implementation="eager"), tiny_llama(implementation=hf.register("maskless_test"))
     ids = torch.randint(3, 97, (1, 8), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert (eager(input_ids=ids).logits - ours(input_ids=ids).logits).abs().max() < 1e-5
@@ -149,6 +140,6 @@ def test_maskless_causal_only_mechanism_in_a_decoder(monkeypatch):
 
 def test_use_refuses_unknown_parameters_and_non_transformers_models():
     with pytest.raises(TypeError, match="unexpected keyword"):
-        hf.use(_tiny_llama("eager"), mechanism="softmax", no_such_param=1)
+        hf.use(tiny_llama(implementation="eager"), mechanism="softmax", no_such_param=1)
     with pytest.raises(TypeError, match="PreTrainedModel"):
         hf.use(torch.nn.Linear(2, 2))

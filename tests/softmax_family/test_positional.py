@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from attnkit.positional import ENCODINGS, NoPE, RoPE, encoding
+import attnkit
+from attnkit.positional import ENCODINGS, LogScaling, NoPE, RandomizedPositions, RoPE, encoding
 from attnkit.positional.absolute import LearnedPositionalEmbedding, SinusoidalPositionalEmbedding, sinusoidal_embedding
 
 D = 16
@@ -92,6 +93,34 @@ def test_offsets_continue_positions(name):
     fq, fk = enc.apply(q, k, q_offset=0, k_offset=0)
     pq, pk = enc.apply(q[:, :, 6:], k[:, :, 6:], q_offset=6, k_offset=6)
     assert torch.allclose(pq, fq[:, :, 6:]) and torch.allclose(pk, fk[:, :, 6:])
+
+
+KEY_ENCODERS = {**{name: lambda name=name: encoding(name, D) for name in ENCODINGS},
+                "rope-log-scaled": lambda: LogScaling(16, RoPE(D)),
+                "randomized": lambda: RandomizedPositions(RoPE(D), 64, torch.Generator().manual_seed(3))}
+
+
+@pytest.mark.parametrize("name", sorted(KEY_ENCODERS))
+@pytest.mark.parametrize("k_offset", [0, 7])
+def test_apply_keys_is_the_keys_of_apply(name, k_offset):
+    q, k = torch.randn(1, 2, 5, D, dtype=torch.float64), torch.randn(1, 2, 10, D, dtype=torch.float64)
+    _, expected = KEY_ENCODERS[name]().apply(q[:, :, :0], k, q_offset=0, k_offset=k_offset)
+    assert torch.equal(KEY_ENCODERS[name]().apply_keys(k, k_offset=k_offset), expected)
+    if name != "randomized":  # a fresh draw per call: its keys depend on the queries' span
+        _, expected = KEY_ENCODERS[name]().apply(q, k, q_offset=k_offset + 5, k_offset=k_offset)
+        assert torch.equal(KEY_ENCODERS[name]().apply_keys(k, k_offset=k_offset), expected)
+
+
+def test_an_encoding_without_apply_keys_is_refused():
+    class QueriesAndKeysOnly:
+        def apply(self, q, k, *, q_offset, k_offset):
+            return q, k
+
+    q = torch.randn(1, 1, 3, D)
+    with pytest.raises(TypeError, match="position must be a positional encoding"):
+        attnkit.attention(q, q, q, "softmax", causal=True, position=QueriesAndKeysOnly())
+    with pytest.raises(TypeError, match="apply_keys"):
+        LogScaling(16, QueriesAndKeysOnly())
 
 
 def test_nope_passes_through_and_bad_rope_arguments_are_refused():

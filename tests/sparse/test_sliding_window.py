@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import attnkit
 from attnkit.kernels.positions import query_positions
 from attnkit.kernels.sliding_window import sliding_window_attention
 from attnkit.reference import materialised_attention
@@ -35,17 +36,22 @@ def _window_mask(Nq, Nk, window):
     return (kpos <= qpos) & (kpos > qpos - window)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
-def test_output_and_gradients_equal_dense_attention_with_the_window_mask(case):
-    B, H, Hkv, Nq, Nk, D, Dv, window, tile = case
-    q, k, v = (x.requires_grad_(True) for x in _problem(B, H, Hkv, Nq, Nk, D, Dv))
-    got = sliding_window_attention(q, k, v, window=window, scale=0.3, tile=tile)
-    want = materialised_attention(q, k, v, causal=False, mask=_window_mask(Nq, Nk, window), scale=0.3)
+def _assert_equals_the_window_mask(got, q, k, v, window):
+    """``got`` (at scale 0.3) and its gradients equal dense attention over the last ``window`` keys, in float64."""
+    want = materialised_attention(q, k, v, causal=False, mask=_window_mask(q.shape[2], k.shape[2], window), scale=0.3)
     assert (got - want).abs().max() < 1e-12
     w = torch.randn_like(got)
     for name, a, b in zip("qkv", torch.autograd.grad((got * w).sum(), (q, k, v)),
                           torch.autograd.grad((want * w).sum(), (q, k, v))):
         assert (a - b).abs().max() < 1e-12, name
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+def test_output_and_gradients_equal_dense_attention_with_the_window_mask(case):
+    B, H, Hkv, Nq, Nk, D, Dv, window, tile = case
+    q, k, v = (x.requires_grad_(True) for x in _problem(B, H, Hkv, Nq, Nk, D, Dv))
+    got = sliding_window_attention(q, k, v, window=window, scale=0.3, tile=tile)
+    _assert_equals_the_window_mask(got, q, k, v, window)
 
 
 def test_the_tile_does_not_change_the_result():
@@ -91,3 +97,25 @@ def test_mismatched_shapes_are_refused(shapes):
     q, k, v = (torch.randn(*s) for s in shapes)
     with pytest.raises(ValueError, match="expected q"):
         sliding_window_attention(q, k, v, window=4, scale=0.3)
+
+
+@pytest.mark.parametrize("Nq, Nk, window", [(300, 300, 100), (300, 300, 63), (300, 300, 64), (40, 250, 130)])
+def test_the_mechanisms_window_tiles_form_is_this_kernel_with_window_plus_one_keys(Nq, Nk, window):
+    """``sliding_window``'s ``window`` counts the keys before the query; the kernel's counts the query's own too."""
+    q, k, v = (x.requires_grad_(True) for x in _problem(1, 4, 2, Nq, Nk, 16, 16))
+    got = attnkit.attention(q, k, v, "sliding_window", causal=True, window=window, scale=0.3, form="window_tiles")
+    _assert_equals_the_window_mask(got, q, k, v, window + 1)
+
+
+def test_the_mechanism_runs_window_tiles_on_causal_calls_without_mask_or_backward():
+    q, k, v = _problem(1, 2, 1, 20, 20, 8, 8)
+    mask = torch.ones(20, 20, dtype=torch.bool)
+    assert attnkit.explain(q, k, v, "sliding_window", causal=True, window=4).form == "window_tiles"
+    assert attnkit.explain(q[:, :, 15:], k, v, "sliding_window", causal=True, window=4).form == "window_tiles"
+    assert attnkit.explain(q, k, v, "sliding_window", causal=False, window=4).form == "block_sparse"
+    assert attnkit.explain(q, k, v, "sliding_window", causal=True, mask=mask, window=4).form == "block_sparse"
+    assert attnkit.explain(q, k[:, :, :9], v[:, :, :9], "sliding_window", causal=True, window=4).form == "block_sparse"
+    choice = attnkit.explain(q.requires_grad_(True), k, v, "sliding_window", causal=True, window=4)
+    assert choice.form == "block_sparse" and "gradients wanted" in choice.reason
+    with torch.no_grad():
+        assert attnkit.explain(q, k, v, "sliding_window", causal=True, window=4).form == "window_tiles"

@@ -6,6 +6,9 @@ Given ``make_mask(q, k, causal=..., **params) -> MaskMod`` this derives:
   float64-capable materialised softmax attention (the oracle);
 - ``block_sparse``: the pattern's block layout and the block-sparse kernel,
   which visits only non-empty tiles (forward and backward);
+- ``dedicated_forms``, if given: kernels written for this one pattern, which a
+  call without ``form=`` tries first, on the calls their checks accept
+  (:class:`DedicatedForm`);
 - the incremental form: a KV cache over the default form (masks are
   functions of positions, so a decode step sees exactly its one-shot row).
   A pattern that declares ``decode_bound`` (its sinks and window) keeps only
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -40,6 +44,15 @@ BLOCK_PARAMS = {
 }
 _LAYOUTS: OrderedDict = OrderedDict()
 _CACHE_SIZE = 16
+
+
+class DedicatedForm(NamedTuple):
+    """A form of one pattern alone: ``can_run`` says which calls it runs, ``auto_when`` on which of those it pays
+    off, so that a call without ``form=`` takes it (:mod:`attnkit.dispatch`)."""
+
+    form: Callable
+    can_run: Callable
+    auto_when: Callable | None = None
 
 
 def dense_pattern(mask, batch: int, heads: int, q_len: int, kv_len: int, device=None) -> torch.Tensor:
@@ -67,12 +80,16 @@ def register_mask_mechanism(
     test_params: dict | None = None,
     content_dependent: bool = False,
     decode_bound=None,
+    dedicated_forms: dict[str, DedicatedForm] | None = None,
 ) -> MechanismSpec:
     """``content_dependent``: the mask reads q/k values (e.g. hash buckets), so its layout is never cached.
+    ``dedicated_forms = {name: DedicatedForm(...)}``: forms of this pattern alone, faster than the block-sparse
+    kernel where they run and pay off; they come first in ``default_forms``.
     ``decode_bound(**params) -> (sinks, window)``: a causal query never sees a key that is neither among
     the first ``sinks`` nor among the last ``window`` before it, so a decoder keeps only those (and
     ``state_size`` counts them); without it the decoder keeps the whole KV cache."""
     params = {**(params or {}), **BLOCK_PARAMS}
+    dedicated = dedicated_forms or {}
 
     def pattern(q, k, causal, kw):
         m = make_mask(q, k, causal=causal, **{n: x for n, x in kw.items() if n not in BLOCK_PARAMS})
@@ -133,10 +150,11 @@ def register_mask_mechanism(
             papers=papers,
             patterns=frozenset(patterns),
             reference=reference,
-            fast={"block_sparse": block_sparse},
+            fast={**{n: d.form for n, d in dedicated.items()}, "block_sparse": block_sparse},
             # An additive mask is already a materialised (Nq, Nk) tensor: the reference, exact, costs its size again.
-            default_forms=("block_sparse", "reference"),
-            can_run={"block_sparse": not_boolean},
+            default_forms=(*dedicated, "block_sparse", "reference"),
+            can_run={**{n: d.can_run for n, d in dedicated.items()}, "block_sparse": not_boolean},
+            auto_when={n: d.auto_when for n, d in dedicated.items() if d.auto_when is not None},
             step=_step(default_form_of(name), decode_bound) if "causal-self" in patterns else None,
             params=params,
             flops=flops,

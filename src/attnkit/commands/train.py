@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 
-from . import train_seer_decode, train_seq2seq
+from . import train_seer, train_seq2seq
 
 NAME = "train"
 HELP = "train a model on real text (attnkit train lm ...)"
@@ -79,23 +79,7 @@ def add_arguments(parser) -> None:
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     p.set_defaults(model_flag_defaults={name: p.get_default(name) for name in MODEL_FLAGS})
     train_seq2seq.add_arguments(sub)
-    train_seer_decode.add_arguments(sub)
-
-    s = sub.add_parser("seer", help="SeerAttention: distil block gates into a trained softmax LM (base frozen)")
-    s.add_argument("--from", dest="base", required=True, help="checkpoint of a softmax LM (attnkit train lm --out)")
-    s.add_argument("--block-size", type=positive_int, default=16, help="tokens per gated block")
-    s.add_argument("--top-k", type=positive_int, default=4, help="key blocks each query block keeps (diagonal included)")
-    s.add_argument("--pool", choices=("max", "sum"), default="max",
-                   help="distillation target: 2-D max pooling of the attention map (the paper) or block mass")
-    s.add_argument("--context", type=positive_int, default=None, help="default: the checkpoint's training context")
-    s.add_argument("--batch", type=positive_int, default=16)
-    s.add_argument("--lr", type=positive_float, default=1e-2)
-    s.add_argument("--minutes", type=positive_float, default=5.0)
-    s.add_argument("--max-steps", type=positive_int, default=None)
-    s.add_argument("--eval-tokens", type=positive_int, default=65536)
-    s.add_argument("--threads", type=positive_int, default=None)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    train_seer.add_arguments(sub)
 
 
 def parse_value(text: str):

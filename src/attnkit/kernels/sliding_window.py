@@ -10,19 +10,22 @@ and the ``m = ceil((window - 1) / tile)`` tiles before it, and where a key sits
 in the slab relative to a query depends only on their places in the tile, not
 on the tile: one ``(tile, slab)`` table of allowed pairs serves every tile
 (the keys left of the sequence are zero padding, masked in the first ``m``
-tiles only). A slab is a plain slice of the (padded) keys, so a tile's scores
-are one batched matmul over the batch and kv heads, the query heads of a kv
-group stacked as rows; nothing is gathered. Each row's keys are all in its
-slab, so the forward needs one pass: softmax and ``P V`` per tile, no running
-maximum across steps. Only the columns of the slab that some query of the tile
+tiles only). A slab is a plain slice of the keys, so a tile's scores are one
+batched matmul over the batch and kv heads, the query heads of a kv group
+stacked as rows; nothing is gathered. The forward reads the slabs inside the
+sequence in place and copies only those that reach past either end, with their
+zero padding (the first ``m`` and the last); the backward pads k and v once.
+Each row's keys are all in its slab, so the forward needs one pass: softmax and
+``P V`` per tile, no running maximum across steps. Only the columns of the slab that some query of the tile
 may not see are masked, with ``masked_fill`` (a NaN or infinite key outside a
 query's window stays masked).
 
 The backward is FlashAttention-2's: the forward keeps the output and the row
 log-sum-exp; the backward recomputes each tile's probabilities, writes dQ per
 tile and adds dK, dV into the slab's keys. The row terms ride in the matmuls
-(:mod:`~attnkit.kernels.row_terms`). Scores are in base 2 (``exp2`` is faster
-than ``exp`` on CPU). Memory is O(N) plus one tile's scores.
+(:mod:`~attnkit.kernels.row_terms`: the padded keys and values carry a column of
+ones). Scores are in base 2 (``exp2`` is faster than ``exp`` on CPU). Memory is
+O(N) plus one tile's scores.
 """
 from __future__ import annotations
 
@@ -30,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from .online_softmax import floor
-from .row_terms import with_ones
 
 LOG2E = 1.4426950408889634
 TILE = 64
@@ -98,14 +100,33 @@ class _Tiles:
         x = x.view(self.n, self.B, self.Hkv, self.g, self.T, E).permute(1, 2, 3, 0, 4, 5)
         return x.reshape(self.B, self.H, self.n * self.T, E)[:, :, : self.N]
 
-    def keys(self, x):
-        """``(B, Hkv, Nk, E)`` -> ``(B Hkv, m T + Nk + (n T - Nq), E)``: ``m`` tiles of zeros before, zeros after
-        up to the last tile's end."""
-        padded = F.pad(x, (0, 0, self.m * self.T, self.n * self.T - self.N))
-        return padded.reshape(self.B * self.Hkv, -1, x.shape[-1])
+    def keys_with_ones(self, x):
+        """``(B, Hkv, Nk, E)`` -> ``(B Hkv, m T + Nk + (n T - Nq), E + 1)``: ``m`` tiles of zeros before, zeros
+        after up to the last tile's end, and a last column of ones for a row term, written into one buffer."""
+        E, start = x.shape[-1], self.m * self.T
+        out = x.new_empty(self.B, self.Hkv, start + self.Nk + self.n * self.T - self.N, E + 1)
+        out[..., E] = 1
+        out[:, :, :start, :E] = 0
+        out[:, :, start + self.Nk:, :E] = 0
+        out[:, :, start:start + self.Nk, :E] = x
+        return out.view(self.B * self.Hkv, -1, E + 1)
+
+    def flat(self, x):
+        """``(B, Hkv, Nk, E)`` -> ``(B Hkv, Nk, E)``, unpadded (a view of contiguous ``x``)."""
+        return x.reshape(self.B * self.Hkv, self.Nk, x.shape[-1])
+
+    def slab_of(self, x, t):
+        """Tile ``t``'s keys from :meth:`flat`'s rows (those of :meth:`keys_with_ones` at :meth:`slab`, without the
+        ones): a view when the slab lies inside the sequence, else a copy with the zero rows before key 0 or after
+        the last."""
+        lo = self.offset + (t - self.m) * self.T
+        hi = lo + self.S
+        if lo >= 0 and hi <= self.Nk:
+            return x[:, lo:hi]
+        return F.pad(x[:, max(lo, 0):min(hi, self.Nk)], (0, 0, max(-lo, 0), max(hi - self.Nk, 0)))
 
     def slab(self, t):
-        """Tile ``t``'s keys in :meth:`keys`' rows."""
+        """Tile ``t``'s keys in :meth:`keys_with_ones`' rows."""
         start = self.offset + t * self.T
         return slice(start, start + self.S)
 
@@ -126,20 +147,19 @@ class _SlidingWindow(torch.autograd.Function):
         tiles = _Tiles(q, k, v, window, tile)
         D = tiles.D
         qt = tiles.queries(q, scale * LOG2E)  # its last column 0 in the forward
-        kp, vp = tiles.keys(k), tiles.keys(v)
+        kf, vf = tiles.flat(k), tiles.flat(v)
         n, rows = tiles.n, qt.shape[1:3]
         out = q.new_empty(n, *rows, tiles.Dv)
         lse = q.new_empty(n, *rows)
         s = q.new_empty(*rows, tiles.S)
         lowest = floor(q.dtype)
         for t in range(n):
-            slab = tiles.slab(t)
-            torch.bmm(qt[t, :, :, :D], kp[:, slab].transpose(1, 2), out=s)
+            torch.bmm(qt[t, :, :, :D], tiles.slab_of(kf, t).transpose(1, 2), out=s)
             tiles.mask(s, t)
             top = s.amax(-1, keepdim=True).clamp_(min=lowest)
             p = s.sub_(top).exp2_()
             total = p.sum(-1, keepdim=True)
-            torch.bmm(p, vp[:, slab], out=out[t]).div_(total)
+            torch.bmm(p, tiles.slab_of(vf, t), out=out[t]).div_(total)
             torch.add(top, total.log2_(), out=lse[t].unsqueeze(-1))
         qt[..., D] = lse.neg()
         ctx.save_for_backward(qt, k, v, out)
@@ -151,7 +171,7 @@ class _SlidingWindow(torch.autograd.Function):
         qt, k, v, out = ctx.saved_tensors
         tiles = ctx.tiles
         T, D, Dv = tiles.T, tiles.D, tiles.Dv
-        kp, vp = with_ones(tiles.keys(k)), with_ones(tiles.keys(v))
+        kp, vp = tiles.keys_with_ones(k), tiles.keys_with_ones(v)
         dot = tiles.queries(grad_out, 1.0)
         dot[..., Dv] = (dot[..., :Dv] * out).sum(-1).neg_()  # -delta
         dq = qt.new_empty(*qt.shape[:3], D)

@@ -2,7 +2,9 @@
 
 Pass one as ``attnkit.attention(..., position=RoPE(head_dim))``: it is applied
 to q and k before the mechanism, with positions that continue across
-incremental calls. Absolute encodings that are added to token embeddings
+incremental calls: ``apply(q, k, *, q_offset, k_offset) -> (q, k)`` encodes the queries and
+keys at those first positions, and ``apply_keys(k, *, k_offset)`` the keys alone (as ``apply``
+would), for keys with no queries of their own (a mechanism's extra key inputs). Absolute encodings that are added to token embeddings
 (sinusoidal, learned) live in :mod:`attnkit.positional.absolute`; contextual
 position encoding (CoPE) depends on the scores, so it is a mechanism
 (``"cope"``), not an encoding of q and k. :class:`LogScaling` scales the queries

@@ -28,8 +28,9 @@ class LogScaling:
     def __post_init__(self):
         if isinstance(self.train_length, bool) or not isinstance(self.train_length, int) or self.train_length < 2:
             raise ValueError(f"train_length must be an int >= 2, got {self.train_length!r}")
-        if self.inner is not None and not callable(getattr(self.inner, "apply", None)):
-            raise TypeError(f"inner must be None or a positional encoding with apply(), got {type(self.inner).__name__}")
+        if self.inner is not None and not all(callable(getattr(self.inner, m, None)) for m in ("apply", "apply_keys")):
+            raise TypeError(f"inner must be None or a positional encoding with apply() and apply_keys(), "
+                            f"got {type(self.inner).__name__}")
 
     def factors(self, q_offset: int, n: int, like: torch.Tensor) -> torch.Tensor:
         """``s_i`` for the ``n`` positions from ``q_offset``, ``(n, 1)`` in ``like``'s dtype and device."""
@@ -40,3 +41,7 @@ class LogScaling:
         if self.inner is not None:
             q, k = self.inner.apply(q, k, q_offset=q_offset, k_offset=k_offset)
         return q * self.factors(q_offset, q.shape[2], q), k
+
+    def apply_keys(self, k, *, k_offset: int):
+        """The keys of :meth:`apply` alone: the inner encoding's (the scaling acts on queries only)."""
+        return k if self.inner is None else self.inner.apply_keys(k, k_offset=k_offset)

@@ -46,3 +46,8 @@ class RandomizedPositions:
         positions = self.draw(n, q.device)
         return (self.rope.rotate(q, positions[q_offset:q_offset + q.shape[2]]),
                 self.rope.rotate(k, positions[k_offset:k_offset + k.shape[2]]))
+
+    def apply_keys(self, k, *, k_offset: int):
+        """The keys of :meth:`apply` alone (with no queries): a draw of ``k_offset + N`` positions, ``k`` rotated
+        to its last ``N``. A fresh draw, as every call's: not the positions an earlier :meth:`apply` gave."""
+        return self.rope.rotate(k, self.draw(k_offset + k.shape[2], k.device)[k_offset:])

@@ -71,8 +71,11 @@ class RoPE:
 
     def apply(self, q, k, *, q_offset: int, k_offset: int):
         qp = torch.arange(q_offset, q_offset + q.shape[2], device=q.device)
-        kp = torch.arange(k_offset, k_offset + k.shape[2], device=k.device)
-        return self.rotate(q, qp), self.rotate(k, kp)
+        return self.rotate(q, qp), self.apply_keys(k, k_offset=k_offset)
+
+    def apply_keys(self, k, *, k_offset: int):
+        """The keys of :meth:`apply` alone: ``k`` rotated to positions ``k_offset, k_offset + 1, ...``."""
+        return self.rotate(k, torch.arange(k_offset, k_offset + k.shape[2], device=k.device))
 
 
 @dataclass(frozen=True)
@@ -81,3 +84,6 @@ class NoPE:
 
     def apply(self, q, k, *, q_offset: int, k_offset: int):
         return q, k
+
+    def apply_keys(self, k, *, k_offset: int):
+        return k
