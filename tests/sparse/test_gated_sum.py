@@ -1,10 +1,11 @@
-"""The gated sum of NSA's branches against autograd of the plain expression, in float64."""
+"""The gated sum of NSA's branches against autograd of the plain expression, and the chunked row dot, in float64."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from attnkit.kernels.gated_sum import gated_sum
+from attnkit.kernels.row_terms import row_dot
 
 
 def _inputs(gates_grad=True, seed=0):
@@ -39,3 +40,11 @@ def test_a_gate_count_unlike_the_branch_count_is_an_error():
         gated_sum(gates, *branches[:2])
     with pytest.raises(ValueError, match="gates"):
         gated_sum(gates, branches[0], branches[1], branches[2][:, :, :5])
+
+
+@pytest.mark.parametrize("rows", [1, 7, 4096])
+def test_row_dot_equals_the_plain_row_sum_of_products(rows):
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(3, 50, 9, generator=g, dtype=torch.float64)
+    b = torch.randn(3, 50, 9, generator=g, dtype=torch.float64)
+    assert torch.equal(row_dot(a[:, :, :8], b[:, :, 1:], rows=rows), (a[:, :, :8] * b[:, :, 1:]).sum(-1))

@@ -26,7 +26,7 @@ import math
 import torch
 
 from .nsa_branches import block_importance, compressed_count, compressed_visible, top_blocks_at
-from .row_terms import with_ones
+from .row_terms import row_dot, with_ones
 
 LOG2E = 1.4426950408889634
 BUDGET = 1 << 20  # score elements of one query chunk
@@ -133,7 +133,8 @@ class _CompressionBranch(torch.autograd.Function):
         kc2 = with_ones(kc * (scale * LOG2E))
         vc1 = with_ones(vc)
         qa = torch.cat([q, -lse.view(B, H, Nq, 1)], -1)
-        doa = torch.cat([d_out, -(d_out * out).sum(-1, keepdim=True)], -1)
+        doa = torch.cat([d_out, row_dot(d_out, out).neg_().unsqueeze(-1)], -1)
+        kcs = kc * scale  # dQ = scale dS K~, the scale taken on the small K~
         dq, dkc, dvc = torch.zeros_like(q), torch.zeros_like(kc), torch.zeros_like(vc)
         for c0, c1, seen, open_ in chunks.bounds:
             if not seen:
@@ -142,6 +143,6 @@ class _CompressionBranch(torch.autograd.Function):
             p = _scores(qc, kc2, qpos, c0, c1, seen, open_, g, block, stride).exp2_()
             dvc[:, :, :seen] += p.transpose(-1, -2) @ doc[..., :Dv]
             ds = p.mul_(doc @ vc1[:, :, :seen].transpose(-1, -2))
-            dq[:, :, c0:c1] = chunks.back(ds @ kc[:, :, :seen], c0, c1)
+            dq[:, :, c0:c1] = chunks.back(ds @ kcs[:, :, :seen], c0, c1)
             dkc[:, :, :seen] += ds.transpose(-1, -2) @ qc[..., :D]
-        return dq * scale, dkc * scale, dvc, None, None, None, None, None, None, None, None
+        return dq, dkc * scale, dvc, None, None, None, None, None, None, None, None

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .online_softmax import floor
-from .row_terms import with_ones
+from .row_terms import row_dot, with_ones
 
 LOG2E = 1.4426950408889634
 TILE = 64
@@ -92,11 +92,17 @@ class _Tiles:
             torch.mul(src[:, :, :, whole * self.T:], scale, out=target[:, :, :, whole, : self.N - whole * self.T])
         return out.view(self.n, B * self.Hkv, self.g * self.T, E + 1)
 
-    def unqueries(self, x):
-        """The inverse of :meth:`queries` (without the extra column): ``(n, B Hkv, g T, E)`` -> ``(B, H, N, E)``."""
+    def unqueries(self, x, scale=1.0):
+        """The inverse of :meth:`queries` (without the extra column) times ``scale``: ``(n, B Hkv, g T, E)`` ->
+        ``(B, H, N, E)``, in one copy."""
         E = x.shape[-1]
-        x = x.view(self.n, self.B, self.Hkv, self.g, self.T, E).permute(1, 2, 3, 0, 4, 5)
-        return x.reshape(self.B, self.H, self.n * self.T, E)[:, :, : self.N]
+        tiles = x.view(self.n, self.B, self.Hkv, self.g, self.T, E).permute(1, 2, 3, 0, 4, 5)  # (B, Hkv, g, n, T, E)
+        out = x.new_empty(self.B, self.Hkv, self.g, self.N, E)
+        whole = self.N // self.T
+        torch.mul(tiles[:, :, :, :whole], scale, out=out[:, :, :, : whole * self.T].unflatten(3, (whole, self.T)))
+        if whole < self.n:
+            torch.mul(tiles[:, :, :, whole, : self.N - whole * self.T], scale, out=out[:, :, :, whole * self.T:])
+        return out.view(self.B, self.H, self.N, E)
 
     def keys(self, x):
         """``(B, Hkv, Nk, E)`` -> ``(B Hkv, m T + Nk + (n T - Nq), E)``: ``m`` tiles of zeros before, zeros after
@@ -153,7 +159,7 @@ class _SlidingWindow(torch.autograd.Function):
         T, D, Dv = tiles.T, tiles.D, tiles.Dv
         kp, vp = with_ones(tiles.keys(k)), with_ones(tiles.keys(v))
         dot = tiles.queries(grad_out, 1.0)
-        dot[..., Dv] = (dot[..., :Dv] * out).sum(-1).neg_()  # -delta
+        dot[..., Dv] = row_dot(dot[..., :Dv], out).neg_()  # -delta
         dq = qt.new_empty(*qt.shape[:3], D)
         dkp, dvp = qt.new_zeros(*kp.shape[:2], D), qt.new_zeros(*vp.shape[:2], Dv)
         s = qt.new_empty(*qt.shape[1:3], tiles.S)
@@ -170,4 +176,4 @@ class _SlidingWindow(torch.autograd.Function):
         keys = slice(tiles.m * T, tiles.m * T + tiles.Nk)
         dk = dkp.div_(LOG2E).view(tiles.B, tiles.Hkv, -1, D)[:, :, keys]
         dv = dvp.view(tiles.B, tiles.Hkv, -1, Dv)[:, :, keys]
-        return tiles.unqueries(dq) * ctx.scale, dk, dv, None, None, None
+        return tiles.unqueries(dq, ctx.scale), dk, dv, None, None, None
