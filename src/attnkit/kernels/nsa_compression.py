@@ -71,6 +71,14 @@ class _Chunks:
         B, _, _, E = x.shape
         return x[:, :, c0:c1].reshape(B, self.Hkv, self.g * (c1 - c0), E)
 
+    def rows_with(self, x, term, c0, c1):
+        """:meth:`rows` with one more column, ``term (B, H, N)`` rows ``c0:c1``: ``(B, Hkv, g * C, E + 1)``."""
+        B, _, _, E = x.shape
+        out = x.new_empty(B, self.Hkv, self.g, c1 - c0, E + 1)
+        out[..., :E] = x[:, :, c0:c1].view(B, self.Hkv, self.g, c1 - c0, E)
+        out[..., E] = term[:, :, c0:c1].view(B, self.Hkv, self.g, c1 - c0)
+        return out.view(B, self.Hkv, self.g * (c1 - c0), E + 1)
+
     def back(self, x, c0, c1):
         """The inverse of :meth:`rows`: ``(B, Hkv, g * C, E)`` -> ``(B, H, C, E)``."""
         B, _, _, E = x.shape
@@ -132,14 +140,13 @@ class _CompressionBranch(torch.autograd.Function):
         # the row terms ride in the matmuls: [q, -lse] . [k~, 1] = s - lse and [dO, -delta] . [v~, 1] = dP - delta
         kc2 = with_ones(kc * (scale * LOG2E))
         vc1 = with_ones(vc)
-        qa = torch.cat([q, -lse.view(B, H, Nq, 1)], -1)
-        doa = torch.cat([d_out, row_dot(d_out, out).neg_().unsqueeze(-1)], -1)
+        neg_lse, neg_delta = lse.view(B, H, Nq).neg(), row_dot(d_out, out).neg_()
         kcs = kc * scale  # dQ = scale dS K~, the scale taken on the small K~
         dq, dkc, dvc = torch.zeros_like(q), torch.zeros_like(kc), torch.zeros_like(vc)
         for c0, c1, seen, open_ in chunks.bounds:
             if not seen:
                 continue
-            qc, doc = chunks.rows(qa, c0, c1), chunks.rows(doa, c0, c1)
+            qc, doc = chunks.rows_with(q, neg_lse, c0, c1), chunks.rows_with(d_out, neg_delta, c0, c1)
             p = _scores(qc, kc2, qpos, c0, c1, seen, open_, g, block, stride).exp2_()
             dvc[:, :, :seen] += p.transpose(-1, -2) @ doc[..., :Dv]
             ds = p.mul_(doc @ vc1[:, :, :seen].transpose(-1, -2))
