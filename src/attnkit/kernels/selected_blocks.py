@@ -187,7 +187,7 @@ def _unrows(x, plan: _Plan, scale: float = 1.0):
     ``(B, H, Nq, E)``, in one copy."""
     B, E = plan.B, x.shape[-1]
     heads = x[: plan.rows].view(B, plan.G, plan.R, plan.g, plan.bq, E).permute(0, 1, 3, 2, 4, 5)
-    out = x.new_empty(B, plan.H, plan.Nq, E)  # returned itself, not a view (autograd adds into it in place)
+    out = x.new_empty(B, plan.H, plan.Nq, E)
     target = out.view(B, plan.G, plan.g, plan.Nq, E)
     whole = plan.Nq // plan.bq
     torch.mul(heads[:, :, :, :whole], scale, out=target[:, :, :, : whole * plan.bq].unflatten(3, (whole, plan.bq)))
