@@ -78,9 +78,11 @@ def test_fast_form_equals_reference_and_trains_the_compression_and_gates(monkeyp
 
 def test_short_sequences_take_the_dense_branches_and_long_ones_the_kernels(monkeypatch):
     calls = []
-    monkeypatch.setattr(nsa, "dense_selection_and_window", lambda *a, **kw: calls.append("dense") or (0, 0))
-    monkeypatch.setattr(nsa, "selected_block_attention", lambda *a, **kw: calls.append("kernels") or 0)
-    monkeypatch.setattr(nsa, "sliding_window_attention", lambda *a, **kw: 0)
+    zeros = torch.zeros_like  # the branches' outputs are q-shaped
+    monkeypatch.setattr(nsa, "dense_selection_and_window",
+                        lambda q, *a, **kw: calls.append("dense") or (zeros(q), zeros(q)))
+    monkeypatch.setattr(nsa, "selected_block_attention", lambda q, *a, **kw: calls.append("kernels") or zeros(q))
+    monkeypatch.setattr(nsa, "sliding_window_attention", lambda q, *a, **kw: zeros(q))
     monkeypatch.setattr(nsa, "DENSE_PAIRS", 40 * 40)
     for n in (40, 41):
         q, k, v, tensors = _problem(N=n)

@@ -58,6 +58,7 @@ import math
 
 import torch
 
+from ..kernels.gated_sum import gated_sum
 from ..kernels.nsa_branches import block_importance, compress, compressed_visible, compressed_weights, top_blocks
 from ..kernels.nsa_compression import compression_and_selection
 from ..kernels.nsa_dense import dense_selection_and_window
@@ -197,7 +198,7 @@ def _sparse(q, k, v, *, causal, mask, scale, compress_stride, select_block, sele
     else:
         o_slc = selected_block_attention(q, k, v, sel, scale=scale, causal=True)
         o_win = sliding_window_attention(q, k_win, v_win, window=window, scale=scale)
-    return _mix(gates, o_cmp, o_slc, o_win)
+    return gated_sum(gates, o_cmp, o_slc, o_win)
 
 
 def _step(q, k, v, state, *, causal, mask, scale, **params):

@@ -26,7 +26,7 @@ import math
 import torch
 
 from .nsa_branches import block_importance, compressed_count, compressed_visible, top_blocks_at
-from .row_terms import with_ones
+from .row_terms import row_dot, with_ones
 
 LOG2E = 1.4426950408889634
 BUDGET = 1 << 20  # score elements of one query chunk
@@ -70,6 +70,14 @@ class _Chunks:
         """``x (B, H, N, E)`` rows ``c0:c1`` as ``(B, Hkv, g * C, E)``: the queries of a kv group side by side."""
         B, _, _, E = x.shape
         return x[:, :, c0:c1].reshape(B, self.Hkv, self.g * (c1 - c0), E)
+
+    def rows_with(self, x, term, c0, c1):
+        """:meth:`rows` with one more column, ``term (B, H, N)`` rows ``c0:c1``: ``(B, Hkv, g * C, E + 1)``."""
+        B, _, _, E = x.shape
+        out = x.new_empty(B, self.Hkv, self.g, c1 - c0, E + 1)
+        out[..., :E] = x[:, :, c0:c1].view(B, self.Hkv, self.g, c1 - c0, E)
+        out[..., E] = term[:, :, c0:c1].view(B, self.Hkv, self.g, c1 - c0)
+        return out.view(B, self.Hkv, self.g * (c1 - c0), E + 1)
 
     def back(self, x, c0, c1):
         """The inverse of :meth:`rows`: ``(B, Hkv, g * C, E)`` -> ``(B, H, C, E)``."""
@@ -132,16 +140,16 @@ class _CompressionBranch(torch.autograd.Function):
         # the row terms ride in the matmuls: [q, -lse] . [k~, 1] = s - lse and [dO, -delta] . [v~, 1] = dP - delta
         kc2 = with_ones(kc * (scale * LOG2E))
         vc1 = with_ones(vc)
-        qa = torch.cat([q, -lse.view(B, H, Nq, 1)], -1)
-        doa = torch.cat([d_out, -(d_out * out).sum(-1, keepdim=True)], -1)
+        neg_lse, neg_delta = lse.view(B, H, Nq).neg(), row_dot(d_out, out).neg_()
+        kcs = kc * scale  # dQ = scale dS K~, the scale taken on the small K~
         dq, dkc, dvc = torch.zeros_like(q), torch.zeros_like(kc), torch.zeros_like(vc)
         for c0, c1, seen, open_ in chunks.bounds:
             if not seen:
                 continue
-            qc, doc = chunks.rows(qa, c0, c1), chunks.rows(doa, c0, c1)
+            qc, doc = chunks.rows_with(q, neg_lse, c0, c1), chunks.rows_with(d_out, neg_delta, c0, c1)
             p = _scores(qc, kc2, qpos, c0, c1, seen, open_, g, block, stride).exp2_()
             dvc[:, :, :seen] += p.transpose(-1, -2) @ doc[..., :Dv]
             ds = p.mul_(doc @ vc1[:, :, :seen].transpose(-1, -2))
-            dq[:, :, c0:c1] = chunks.back(ds @ kc[:, :, :seen], c0, c1)
+            dq[:, :, c0:c1] = chunks.back(ds @ kcs[:, :, :seen], c0, c1)
             dkc[:, :, :seen] += ds.transpose(-1, -2) @ qc[..., :D]
-        return dq * scale, dkc * scale, dvc, None, None, None, None, None, None, None, None
+        return dq, dkc * scale, dvc, None, None, None, None, None, None, None, None

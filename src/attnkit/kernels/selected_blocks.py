@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from ..masks.selection import BlockSelection
 from .online_softmax import floor
-from .row_terms import with_ones
+from .row_terms import row_dot, with_ones
 from .token_blocks import last_block, whole_blocks
 
 LOG2E = 1.4426950408889634
@@ -182,9 +182,18 @@ def _rows(x, plan: _Plan, scale: float = 1.0):
     return buffer
 
 
-def _unrows(x, plan: _Plan):
-    x = x[: plan.rows].view(plan.B, plan.G, plan.R, plan.g, plan.bq, x.shape[-1]).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(plan.B, plan.H, plan.R * plan.bq, x.shape[-1])[:, :, : plan.Nq]
+def _unrows(x, plan: _Plan, scale: float = 1.0):
+    """The inverse of :func:`_rows` (no null row, no extra column) times ``scale``: ``(rows + 1, width, E)`` ->
+    ``(B, H, Nq, E)``, in one copy."""
+    B, E = plan.B, x.shape[-1]
+    heads = x[: plan.rows].view(B, plan.G, plan.R, plan.g, plan.bq, E).permute(0, 1, 3, 2, 4, 5)
+    out = x.new_empty(B, plan.H, plan.Nq, E)
+    target = out.view(B, plan.G, plan.g, plan.Nq, E)
+    whole = plan.Nq // plan.bq
+    torch.mul(heads[:, :, :, :whole], scale, out=target[:, :, :, : whole * plan.bq].unflatten(3, (whole, plan.bq)))
+    if whole < plan.R:
+        torch.mul(heads[:, :, :, whole, : plan.Nq - whole * plan.bq], scale, out=target[:, :, :, whole * plan.bq:])
+    return out
 
 
 def _tiles(x, plan: _Plan):
@@ -277,7 +286,7 @@ class _SelectedBlocks(torch.autograd.Function):
         D, Dv = plan.D, plan.Dv
         kt, vt = with_ones(_tiles(k, plan)), with_ones(_tiles(v, plan))
         dor = _rows(grad_out.contiguous(), plan)
-        dor[..., Dv] = (dor[..., :Dv] * out).sum(-1).neg_()
+        dor[..., Dv] = row_dot(dor[..., :Dv], out).neg_()
         dq = qr.new_zeros(plan.rows + 1, plan.width, D)
         dk, dv = qr.new_zeros(kt.shape[0], plan.bk, D), qr.new_zeros(vt.shape[0], plan.bk, Dv)
         ws = _Workspace(plan, qr, backward=True)
@@ -293,7 +302,7 @@ class _SelectedBlocks(torch.autograd.Function):
             ds = p.mul_(torch.bmm(dog, vg.transpose(1, 2), out=ws("dp", I, M, plan.bk)))
             dq.index_add_(0, flat, torch.bmm(ds, kg[..., :D], out=ws("o", I, M, D)).view(P, W, D))
             dk.index_add_(0, keys, torch.bmm(ds.transpose(1, 2), qg[..., :D], out=ws("dkv", I, plan.bk, D)))
-        dq = _unrows(dq, plan) * ctx.scale
+        dq = _unrows(dq, plan, ctx.scale)
         dk = dk.div_(LOG2E).view(plan.B, plan.Hkv, -1, plan.D)[:, :, : plan.Nk]
         dv = dv.view(plan.B, plan.Hkv, -1, plan.Dv)[:, :, : plan.Nk]
         return dq, dk, dv, None, None, None, None, None

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .online_softmax import floor
+from .row_terms import row_dot
 
 LOG2E = 1.4426950408889634
 TILE = 64
@@ -81,24 +82,33 @@ class _Tiles:
         lo, hi = (int(seen_by_all[0]), int(seen_by_all[-1]) + 1) if seen_by_all.numel() else (self.S, self.S)
         self.masked_columns = [(a, b) for a, b in ((0, lo), (hi, self.S)) if a < b]
 
-    def queries(self, x, scale):
+    def queries(self, x, scale, term=None):
         """``(B, H, N, E)`` -> ``(n, B Hkv, g T, E + 1)``: times ``scale``, tile by tile, the kv group's query
-        heads stacked as rows, zero rows past ``N`` and a last column of zeros for a row term."""
+        heads stacked as rows, zero rows past ``N`` and a last column for a row term: ``term (B, H, N)``, or 0."""
         B, E = x.shape[0], x.shape[3]
         out = x.new_zeros(self.n, B, self.Hkv, self.g, self.T, E + 1)
-        target = out[..., :E].permute(1, 2, 3, 0, 4, 5)  # (B, Hkv, g, n, T, E)
-        src = x.reshape(B, self.Hkv, self.g, self.N, E)
+        target = out.permute(1, 2, 3, 0, 4, 5)  # (B, Hkv, g, n, T, E + 1)
         whole = self.N // self.T
-        torch.mul(src[:, :, :, : whole * self.T].unflatten(3, (whole, self.T)), scale, out=target[:, :, :, :whole])
-        if whole < self.n:
-            torch.mul(src[:, :, :, whole * self.T:], scale, out=target[:, :, :, whole, : self.N - whole * self.T])
+        pieces = [(x.reshape(B, self.Hkv, self.g, self.N, E), target[..., :E], scale)]
+        if term is not None:
+            pieces.append((term.reshape(B, self.Hkv, self.g, self.N, 1), target[..., E:], 1.0))
+        for src, dst, factor in pieces:
+            torch.mul(src[:, :, :, : whole * self.T].unflatten(3, (whole, self.T)), factor, out=dst[:, :, :, :whole])
+            if whole < self.n:
+                torch.mul(src[:, :, :, whole * self.T:], factor, out=dst[:, :, :, whole, : self.N - whole * self.T])
         return out.view(self.n, B * self.Hkv, self.g * self.T, E + 1)
 
-    def unqueries(self, x):
-        """The inverse of :meth:`queries` (without the extra column): ``(n, B Hkv, g T, E)`` -> ``(B, H, N, E)``."""
-        E = x.shape[-1]
-        x = x.view(self.n, self.B, self.Hkv, self.g, self.T, E).permute(1, 2, 3, 0, 4, 5)
-        return x.reshape(self.B, self.H, self.n * self.T, E)[:, :, : self.N]
+    def put(self, out, t, rows, factor):
+        """Write tile ``t``'s rows ``(B Hkv, g T, E)`` times ``factor`` (a number), or divided by it (a tensor
+        ``(B Hkv, g T, 1)``), into ``out (B, H, N, E)``; the rows past ``N`` are left out."""
+        E, T = out.shape[-1], self.T
+        valid = min(T, self.N - t * T)
+        target = out.view(self.B, self.Hkv, self.g, self.N, E)[:, :, :, t * T : t * T + valid]
+        rows = rows.view(self.B, self.Hkv, self.g, T, E)[:, :, :, :valid]
+        if isinstance(factor, torch.Tensor):
+            torch.div(rows, factor.view(self.B, self.Hkv, self.g, T, 1)[:, :, :, :valid], out=target)
+        else:
+            torch.mul(rows, factor, out=target)
 
     def keys_with_ones(self, x):
         """``(B, Hkv, Nk, E)`` -> ``(B Hkv, m T + Nk + (n T - Nq), E + 1)``: ``m`` tiles of zeros before, zeros
@@ -149,9 +159,10 @@ class _SlidingWindow(torch.autograd.Function):
         qt = tiles.queries(q, scale * LOG2E)  # its last column 0 in the forward
         kf, vf = tiles.flat(k), tiles.flat(v)
         n, rows = tiles.n, qt.shape[1:3]
-        out = q.new_empty(n, *rows, tiles.Dv)
+        out = q.new_empty(tiles.B, tiles.H, tiles.N, tiles.Dv)
         lse = q.new_empty(n, *rows)
         s = q.new_empty(*rows, tiles.S)
+        o = q.new_empty(*rows, tiles.Dv)
         lowest = floor(q.dtype)
         for t in range(n):
             torch.bmm(qt[t, :, :, :D], tiles.slab_of(kf, t).transpose(1, 2), out=s)
@@ -159,12 +170,12 @@ class _SlidingWindow(torch.autograd.Function):
             top = s.amax(-1, keepdim=True).clamp_(min=lowest)
             p = s.sub_(top).exp2_()
             total = p.sum(-1, keepdim=True)
-            torch.bmm(p, tiles.slab_of(vf, t), out=out[t]).div_(total)
+            tiles.put(out, t, torch.bmm(p, tiles.slab_of(vf, t), out=o), total)
             torch.add(top, total.log2_(), out=lse[t].unsqueeze(-1))
         qt[..., D] = lse.neg()
         ctx.save_for_backward(qt, k, v, out)
         ctx.tiles, ctx.scale = tiles, scale
-        return tiles.unqueries(out)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -172,9 +183,9 @@ class _SlidingWindow(torch.autograd.Function):
         tiles = ctx.tiles
         T, D, Dv = tiles.T, tiles.D, tiles.Dv
         kp, vp = tiles.keys_with_ones(k), tiles.keys_with_ones(v)
-        dot = tiles.queries(grad_out, 1.0)
-        dot[..., Dv] = (dot[..., :Dv] * out).sum(-1).neg_()  # -delta
-        dq = qt.new_empty(*qt.shape[:3], D)
+        dot = tiles.queries(grad_out, 1.0, row_dot(grad_out, out).neg_())  # [dO, -delta]
+        dq = qt.new_empty(tiles.B, tiles.H, tiles.N, D)
+        dq_tile = qt.new_empty(*qt.shape[1:3], D)
         dkp, dvp = qt.new_zeros(*kp.shape[:2], D), qt.new_zeros(*vp.shape[:2], Dv)
         s = qt.new_empty(*qt.shape[1:3], tiles.S)
         dp = torch.empty_like(s)
@@ -185,9 +196,9 @@ class _SlidingWindow(torch.autograd.Function):
             p = s.exp2_()
             dvp[:, slab] += torch.bmm(p.transpose(1, 2), dot[t, :, :, :Dv])
             ds = p.mul_(torch.bmm(dot[t], vp[:, slab].transpose(1, 2), out=dp))  # P (dP - delta)
-            torch.bmm(ds, kp[:, slab, :D], out=dq[t])
+            tiles.put(dq, t, torch.bmm(ds, kp[:, slab, :D], out=dq_tile), ctx.scale)
             dkp[:, slab] += torch.bmm(ds.transpose(1, 2), qt[t, :, :, :D])
         keys = slice(tiles.m * T, tiles.m * T + tiles.Nk)
         dk = dkp.div_(LOG2E).view(tiles.B, tiles.Hkv, -1, D)[:, :, keys]
         dv = dvp.view(tiles.B, tiles.Hkv, -1, Dv)[:, :, keys]
-        return tiles.unqueries(dq) * ctx.scale, dk, dv, None, None, None
+        return dq, dk, dv, None, None, None
