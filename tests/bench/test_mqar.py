@@ -121,7 +121,10 @@ def test_plan_sweeps_each_roles_own_learning_rates():
 @pytest.mark.parametrize("bad, match", [(["--roles", "attention,nope"], "unknown role 'nope'"),
                                         (["--lrs", "0,1e-3"], "positive number"),
                                         (["--jobs", "0"], "positive integer"),
-                                        (["--mechanisms", "softmaxx"], "softmax")])
+                                        (["--mechanisms", "softmaxx"], "softmax"),
+                                        (["--widths", "64"], "--widths chooses the figure's model widths"),
+                                        (["--figure", "--widths", "64,100"], "--widths: 100 not among the figure's "
+                                                                             "widths 64,128,256")])
 def test_bad_configuration_is_refused_up_front(bad, match, capsys):
     """One line on stderr, exit code 2, nothing measured."""
     assert main(["bench", "mqar", *bad, "--db", "/nonexistent/never-created.sqlite"]) == 2
@@ -210,6 +213,17 @@ def test_figure_chooses_one_learning_rate_per_role_first_then_runs_seed_by_seed(
     assert len(points.read_text().splitlines()) == 4 + 14
     measured.clear()
     assert main(argv) == 0 and measured == []  # every point is in the file: nothing runs again
+
+
+def test_figure_widths_run_some_widths_with_the_rates_chosen_at_the_first(monkeypatch, tmp_path):
+    measured = _tiny_figure(monkeypatch)
+    argv = ["bench", "mqar", "--figure", "--roles", "attention,based", "--jobs", "1", "--db", str(tmp_path / "m.db"),
+            "--points", str(tmp_path / "points.jsonl"), "--widths", "16"]
+    assert main(argv) == 0
+    sweep, figure = measured[:4], measured[4:]
+    assert {(it["d"], it["L"], it["seed"]) for it in sweep} == {(8, 16, 0)}
+    assert {it["d"] for it in figure} == {16} and len(figure) == 2 * 2 * 2
+    assert {(it["role"], it["lr"]) for it in figure} == {("attention", 1e-2), ("based", 1e-3)}
 
 
 def test_figure_points_accumulate_across_runs_and_databases(monkeypatch, tmp_path, capsys):

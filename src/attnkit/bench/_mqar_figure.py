@@ -51,8 +51,10 @@ FIGURE_ROLES = {
 
 
 def lr_sweep_config(config: dict) -> dict:
-    """The sweep that chooses each role's learning rate: the figure's first width, (L, K) and seed only."""
-    return {**config, "d_model": [config["d_model"][0]], "settings": [config["settings"][0]],
+    """The sweep that chooses each role's learning rate: the figure's first width (``sweep_width`` when
+    ``--widths`` leaves it out of the points), its first (L, K) and its first seed only."""
+    width = config.get("sweep_width", config["d_model"][0])
+    return {**config, "d_model": [width], "settings": [config["settings"][0]],
             "seeds": [config["seeds"][0]], "stage": "learning-rate sweep"}
 
 
