@@ -36,7 +36,7 @@ FIGURE = dict(vocab=512, d_model=[64, 128, 256], heads=1, seeds=[0, 1, 2], setti
 
 # the attention-free and gated baselines the figure adds to the quick configuration's roles.
 # RWKV is RWKV-7. Mamba-1 projects q, k (its C, B) to the paper's d_state = 16 per channel and runs the recurrent
-# form: one step at batch 64, L=256, d=256 peaks at 1.9 GiB of memory (the chunked form's decays hold > 6.5 GiB).
+# form: one step at batch 64, L=256, d=256 peaks at 2.3 GiB of memory (the chunked form's decays hold > 6.5 GiB).
 FIGURE_ROLES = {
     # GLA's layer: the output normed per head, then gated: the paper's Y = (swish(X W_r + b_r) * norm(O)) W_O (an RMS
     # norm, as fla's layer)
