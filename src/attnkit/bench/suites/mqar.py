@@ -388,7 +388,7 @@ def print_budget(config: dict, entries: list[dict], args) -> int:
     total = figure_total(rows, config, len(lrs_for(config, "*")))
     for role in dict.fromkeys(r["role"] for r in rows):
         console.print(f"  {role:>16}: {sum(r['training_s'] for r in rows if r['role'] == role) / 3600:.2f} h per seed")
-    console.print(f"mqar --figure --budget: {total['per_seed_s'] / 3600:.1f} core-hours per seed, the sweep "
+    console.print(f"mqar --figure --budget: {total['per_seed_s'] / 3600:.1f} core-hours per seed, the sweep's other rates "
                   f"{total['sweep_s'] / 3600:.1f}, in all {total['total_s'] / 3600:.1f} for {len(config['seeds'])} seeds "
                   f"at widths {','.join(map(str, config['d_model']))} if no training stops early")
     return 0
