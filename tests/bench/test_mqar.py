@@ -121,7 +121,10 @@ def test_plan_sweeps_each_roles_own_learning_rates():
 @pytest.mark.parametrize("bad, match", [(["--roles", "attention,nope"], "unknown role 'nope'"),
                                         (["--lrs", "0,1e-3"], "positive number"),
                                         (["--jobs", "0"], "positive integer"),
-                                        (["--mechanisms", "softmaxx"], "softmax")])
+                                        (["--mechanisms", "softmaxx"], "softmax"),
+                                        (["--widths", "64"], "--widths chooses the figure's model widths"),
+                                        (["--figure", "--widths", "64,100"], "--widths: 100 not among the figure's "
+                                                                             "widths 64,128,256")])
 def test_bad_configuration_is_refused_up_front(bad, match, capsys):
     """One line on stderr, exit code 2, nothing measured."""
     assert main(["bench", "mqar", *bad, "--db", "/nonexistent/never-created.sqlite"]) == 2
@@ -212,6 +215,17 @@ def test_figure_chooses_one_learning_rate_per_role_first_then_runs_seed_by_seed(
     assert main(argv) == 0 and measured == []  # every point is in the file: nothing runs again
 
 
+def test_figure_widths_run_some_widths_with_the_rates_chosen_at_the_first(monkeypatch, tmp_path):
+    measured = _tiny_figure(monkeypatch)
+    argv = ["bench", "mqar", "--figure", "--roles", "attention,based", "--jobs", "1", "--db", str(tmp_path / "m.db"),
+            "--points", str(tmp_path / "points.jsonl"), "--widths", "16"]
+    assert main(argv) == 0
+    sweep, figure = measured[:4], measured[4:]
+    assert {(it["d"], it["L"], it["seed"]) for it in sweep} == {(8, 16, 0)}
+    assert {it["d"] for it in figure} == {16} and len(figure) == 2 * 2 * 2
+    assert {(it["role"], it["lr"]) for it in figure} == {("attention", 1e-2), ("based", 1e-3)}
+
+
 def test_figure_points_accumulate_across_runs_and_databases(monkeypatch, tmp_path, capsys):
     """A second machine (another database) with the points file continues where the first stopped,
     and the summary lists what is still missing."""
@@ -273,8 +287,8 @@ def test_budget_times_every_role_width_and_setting_and_totals_the_figure():
     assert r["training_s"] == pytest.approx(3 * (2 * r["step_s"] + r["eval_s"]), rel=0.01, abs=0.1)
     total = figure_total(rows, config, sweep_lrs=3)
     first = rows[0]["training_s"] + rows[1]["training_s"]
-    assert total["sweep_s"] == pytest.approx(3 * first)
-    assert total["total_s"] == pytest.approx(3 * sum(r["training_s"] for r in rows) + 3 * first)
+    assert total["sweep_s"] == pytest.approx(2 * first)  # its training at the chosen rate is seed 0's point
+    assert total["total_s"] == pytest.approx(3 * sum(r["training_s"] for r in rows) + 2 * first)
 
 
 def test_budget_without_the_figure_is_refused(capsys):

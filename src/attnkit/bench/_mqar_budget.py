@@ -78,8 +78,11 @@ def measure_budget(roles: list[dict], build: Callable[[dict, int, int], torch.nn
 
 def figure_total(rows: list[dict], config: dict, sweep_lrs: int) -> dict:
     """Seconds of the whole figure if no training stops early: every point once per seed, and the
-    learning-rate sweep (``sweep_lrs`` trainings per role at the first width and (L, K))."""
+    learning-rate sweep's other rates (``sweep_lrs - 1`` trainings per role at the sweep's width and
+    first (L, K): its training at the chosen rate is that point's first seed; none when that width was
+    not timed)."""
     per_seed = sum(r["training_s"] for r in rows)
-    first = [r for r in rows if r["d"] == config["d_model"][0] and [r["L"], r["K"]] == list(config["settings"][0])]
-    sweep = sweep_lrs * sum(r["training_s"] for r in first)
+    width = config.get("sweep_width", config["d_model"][0])
+    first = [r for r in rows if r["d"] == width and [r["L"], r["K"]] == list(config["settings"][0])]
+    sweep = (sweep_lrs - 1) * sum(r["training_s"] for r in first)
     return {"per_seed_s": per_seed, "sweep_s": sweep, "total_s": per_seed * len(config["seeds"]) + sweep}

@@ -13,12 +13,15 @@ is days on two CPU cores: a training step (batch 64) of these small models costs
 seconds at L=64, d=64 and 0.7-2.6 at L=256, d=256 on one core. So the figure keeps every width, seed
 and role and cuts three things, as Zoology's own smaller runs do:
 
-- one learning rate per role, the best of ``LR_SWEEP`` on the cheapest point (d=64, the first
-  (L, K), seed 0), run first and stored as its own run; every other point trains at that rate;
+- one learning rate per role, the best of ``lrs`` on the cheapest point (d=64, the first (L, K),
+  seed 0), run first and stored as its own run; every other point trains at that rate;
 - three (L, K) settings with a quarter of the tokens being key-value pairs, (64, 16), (128, 32),
   (256, 64), instead of five;
-- 5,000 training examples and at most 8 epochs (630 steps; Zoology's early stop at 99% accuracy
-  still ends solved runs sooner).
+- 5,000 training examples and at most 32 epochs (2,528 steps; Zoology's early stop at 99% accuracy
+  ends solved runs sooner), where Zoology takes 20k-100k examples and 32-64 epochs. Fewer epochs
+  are not enough: MQAR training sits on a loss plateau, then drops within an epoch or two, and the
+  cosine schedule must still have its rate when it does. At d=64, (128, 32) attention leaves the
+  plateau after 632-711 steps of a 32-epoch schedule; with 8 epochs (632 steps) it stays at chance.
 
 The trainings run cheapest first: by width, then (L, K), then seed, so a figure cut short has every
 seed of the points it reached. Finished trainings accumulate in a text file (:mod:`._mqar_points`)
@@ -32,11 +35,11 @@ import math
 from .store import canonical
 
 FIGURE = dict(vocab=512, d_model=[64, 128, 256], heads=1, seeds=[0, 1, 2], settings=[[64, 16], [128, 32], [256, 64]],
-              lrs={"*": [1e-3, 3e-3, 1e-2]}, epochs=8, train_examples=5_000, test_examples=500, batch=64)
+              lrs={"*": [1e-3, 3e-3, 1e-2]}, epochs=32, train_examples=5_000, test_examples=500, batch=64)
 
 # the attention-free and gated baselines the figure adds to the quick configuration's roles.
 # RWKV is RWKV-7. Mamba-1 projects q, k (its C, B) to the paper's d_state = 16 per channel and runs the recurrent
-# form: one step at batch 64, L=256, d=256 peaks at 1.9 GiB of memory (the chunked form's decays hold > 6.5 GiB).
+# form: one step at batch 64, L=256, d=256 peaks at 2.3 GiB of memory (the chunked form's decays hold > 6.5 GiB).
 FIGURE_ROLES = {
     # GLA's layer: the output normed per head, then gated: the paper's Y = (swish(X W_r + b_r) * norm(O)) W_O (an RMS
     # norm, as fla's layer)
@@ -51,8 +54,10 @@ FIGURE_ROLES = {
 
 
 def lr_sweep_config(config: dict) -> dict:
-    """The sweep that chooses each role's learning rate: the figure's first width, (L, K) and seed only."""
-    return {**config, "d_model": [config["d_model"][0]], "settings": [config["settings"][0]],
+    """The sweep that chooses each role's learning rate: the figure's first width (``sweep_width`` when
+    ``--widths`` leaves it out of the points), its first (L, K) and its first seed only."""
+    width = config.get("sweep_width", config["d_model"][0])
+    return {**config, "d_model": [width], "settings": [config["settings"][0]],
             "seeds": [config["seeds"][0]], "stage": "learning-rate sweep"}
 
 

@@ -32,7 +32,7 @@ from .._mqar_figure import FIGURE, FIGURE_ROLES, chosen_lrs, lr_sweep_config, by
     point_key, sweep_rows
 from .._mqar_points import PointsFile, default_points_path
 from .._mqar_model import MQARModel, train
-from ..options import UsageError, choices, floats, names, positive_int
+from ..options import UsageError, choices, floats, ints, names, positive_int
 from ..machine import machine_info
 from ..runner import run_items
 from ..store import Store, git_revision
@@ -315,6 +315,9 @@ def add_arguments(p) -> None:
                    help=f"comma list, a subset of the roles {','.join({**ROLES, **FIGURE_ROLES})} (the last ones: --figure's)")
     p.add_argument("--lrs", type=floats, default=None,
                    help="comma list of learning rates for every role (default: the configuration's per-role sweep)")
+    p.add_argument("--widths", type=ints, default=None,
+                   help=f"with --figure: comma list, the model widths to run, a subset of {','.join(map(str, FIGURE['d_model']))} "
+                        "(the learning rates are still chosen at the first)")
     p.add_argument("--jobs", type=positive_int, default=2,
                    help="trainings run at once, each in its own process with threads/jobs threads (default 2: "
                         "one small model per core is faster than both cores on one)")
@@ -327,7 +330,16 @@ def configure(args) -> tuple[dict, list[dict]]:
         raise UsageError("--budget times the figure's points: give it with --figure")
     if getattr(args, "summary", False) and not figure:
         raise UsageError("--summary prints the figure's points: give it with --figure")
+    if getattr(args, "widths", None) and not figure:
+        raise UsageError("--widths chooses the figure's model widths: give it with --figure")
     config = dict(FIGURE if figure else FULL if args.full else QUICK)
+    if getattr(args, "widths", None):
+        unknown = [w for w in args.widths if w not in config["d_model"]]
+        if unknown:
+            raise UsageError(f"--widths: {','.join(map(str, unknown))} not among the figure's widths "
+                             f"{','.join(map(str, config['d_model']))}")
+        config["sweep_width"] = config["d_model"][0]
+        config["d_model"] = [w for w in config["d_model"] if w in args.widths]
     if args.mechanisms:
         for n in args.mechanisms:
             if not spec(n).supports(causal=True, cross=False):  # spec() names close matches for unknown names
@@ -376,9 +388,9 @@ def print_budget(config: dict, entries: list[dict], args) -> int:
     total = figure_total(rows, config, len(lrs_for(config, "*")))
     for role in dict.fromkeys(r["role"] for r in rows):
         console.print(f"  {role:>16}: {sum(r['training_s'] for r in rows if r['role'] == role) / 3600:.2f} h per seed")
-    console.print(f"mqar --figure --budget: {total['per_seed_s'] / 3600:.1f} core-hours per seed, the sweep "
+    console.print(f"mqar --figure --budget: {total['per_seed_s'] / 3600:.1f} core-hours per seed, the sweep's other rates "
                   f"{total['sweep_s'] / 3600:.1f}, in all {total['total_s'] / 3600:.1f} for {len(config['seeds'])} seeds "
-                  "if no training stops early")
+                  f"at widths {','.join(map(str, config['d_model']))} if no training stops early")
     return 0
 
 
