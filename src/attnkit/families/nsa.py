@@ -58,7 +58,8 @@ import math
 
 import torch
 
-from ..kernels.nsa_branches import block_importance, compress, compressed_visible, compressed_weights, top_blocks
+from ..kernels.nsa_branches import (block_importance, compress, compress_by_segments, compressed_visible,
+                                     compressed_weights, top_blocks)
 from ..kernels.nsa_compression import compression_and_selection
 from ..kernels.nsa_dense import dense_selection_and_window
 from ..kernels.nonfinite import all_finite
@@ -133,10 +134,10 @@ def _branch_kv(k, v, tensors, pair):
     return k if kb is None else kb, v if vb is None else vb
 
 
-def _compressed_kv(k, v, tensors, block, stride):
+def _compressed_kv(k, v, tensors, block, stride, phi=compress):
     k, v = _branch_kv(k, v, tensors, BRANCH_KV[0])
-    kc = compress(k, tensors["k_pos"], tensors["k_w1"], tensors["k_w2"], block=block, stride=stride)
-    vc = compress(v, tensors["v_pos"], tensors["v_w1"], tensors["v_w2"], block=block, stride=stride)
+    kc = phi(k, tensors["k_pos"], tensors["k_w1"], tensors["k_w2"], block=block, stride=stride)
+    vc = phi(v, tensors["v_pos"], tensors["v_w1"], tensors["v_w2"], block=block, stride=stride)
     return kc, vc
 
 
@@ -171,7 +172,7 @@ def _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, se
     """The compression branch's output and the selection (one row per token and kv group), from one pass."""
     block = _check(q, k, v, gates, tensors, compress_stride, select_block, select_count, window)
     Nq, Nk = q.shape[2], k.shape[2]
-    kc, vc = _compressed_kv(k, v, tensors, block, compress_stride)
+    kc, vc = _compressed_kv(k, v, tensors, block, compress_stride, phi=compress_by_segments)
     o_cmp, blocks, valid = compression_and_selection(
         q, kc, vc, query_positions(Nq, Nk, q.device), scale=scale, block=block, stride=compress_stride,
         select_block=select_block, select_count=select_count, kv_len=Nk)

@@ -2,7 +2,8 @@
 
 - :func:`compress`: the learned block compression ``phi`` (blocks of ``l`` keys
   or values every ``d`` tokens, an intra-block position encoding added, then a
-  two-layer ReLU MLP to one vector);
+  two-layer ReLU MLP to one vector), and :func:`compress_by_segments`, the same
+  map without copying the overlapping blocks (the fast form's);
 - :func:`compressed_weights`: the compression branch's attention weights over
   the compressed keys, causal: a compressed block is seen once all its keys are;
 - :func:`block_importance`: the selection scores of the blocks of ``l'`` keys
@@ -28,6 +29,30 @@ def compress(x, pos, w1, w2, *, block: int, stride: int) -> torch.Tensor:
     blocks = x[:, :, : (n - 1) * stride + block].unfold(2, block, stride)  # (B, Hkv, n, E, block)
     flat = (blocks.transpose(-1, -2) + pos).reshape(B, Hkv, n, block * E)
     return F.relu(flat @ w1) @ w2
+
+
+def compress_by_segments(x, pos, w1, w2, *, block: int, stride: int) -> torch.Tensor:
+    """:func:`compress` without copying the overlapping blocks (``stride`` must divide ``block``).
+
+    Block ``i`` is the ``m = block / stride`` stride segments ``i .. i + m - 1``, so its first layer is
+    ``vec(block_i + P) W1 = vec(P) W1 + sum_j seg_{i+j} W1_j`` with ``W1_j`` the rows of ``W1`` that read
+    segment ``j`` of a block: one matmul of every segment against all ``m`` row groups, then ``m`` shifted
+    sums. Same products as :func:`compress`, summed in another order; the unfolded copy (and the
+    scatter-add of its backward) is gone.
+    """
+    B, Hkv, N, E = x.shape
+    n = compressed_count(N, block, stride)
+    if n == 0:
+        return x.new_zeros(B, Hkv, 0, w2.shape[1])
+    m, hidden = block // stride, w1.shape[1]
+    segments = x[:, :, : (n + m - 1) * stride].reshape(B, Hkv, n + m - 1, stride * E)
+    # (stride E, m hidden): column group j holds W1_j
+    by_segment = segments @ w1.view(m, stride * E, hidden).transpose(0, 1).reshape(stride * E, m * hidden)
+    by_segment = by_segment.view(B, Hkv, n + m - 1, m, hidden)
+    first = pos.reshape(block * E) @ w1
+    for j in range(m):
+        first = first + by_segment[:, :, j : j + n, j]
+    return F.relu(first) @ w2
 
 
 def compressed_count(n_tokens: int, block: int, stride: int) -> int:
