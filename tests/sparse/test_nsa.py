@@ -13,9 +13,10 @@ from attnkit.kernels.nsa_compression import compression_and_selection
 from attnkit.kernels.positions import query_positions
 
 
-def test_block_importance_is_equation_9_summed_over_the_group():
-    p = torch.rand(2, 4, 5, 11, dtype=torch.float64)
-    block, stride, select_block, n_blocks = 32, 16, 64, 6
+@pytest.mark.parametrize("n_cmp, block, stride, select_block, n_blocks",
+                         [(11, 32, 16, 64, 6), (9, 16, 8, 16, 4), (7, 24, 8, 16, 3), (5, 8, 8, 32, 2)])
+def test_block_importance_is_equation_9_summed_over_the_group(n_cmp, block, stride, select_block, n_blocks):
+    p = torch.rand(2, 4, 5, n_cmp, dtype=torch.float64)
     got = block_importance(p, 2, n_blocks, block=block, stride=stride, select_block=select_block)
     want = torch.zeros(2, 4, 5, n_blocks, dtype=torch.float64)
     for j in range(n_blocks):

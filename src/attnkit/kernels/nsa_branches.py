@@ -82,16 +82,25 @@ def block_importance(p_cmp, kv_heads: int, n_blocks: int, *, block: int, stride:
 
     Each compressed block counts once per stride segment it shares with a
     selection block: ``p_slc[j] = sum_{m < l'/d} sum_{n < l/d} p_cmp[(l'/d) j + m - n]``
-    (the paper's equation with 0-based block numbers).
+    (the paper's equation with 0-based block numbers), i.e. ``p_slc = p_cmp C`` with
+    ``C[i, j]`` the number of ``(m, n)`` pairs that land on ``i``: one matmul.
     """
     B, H, Nq, n = p_cmp.shape
-    per_block, span = select_block // stride, block // stride
-    segments = n_blocks * per_block
-    seg = p_cmp.new_zeros(B, H, Nq, segments + span)
-    for shift in range(span):  # a compressed block i covers segments i .. i + span - 1
-        seg[..., shift : shift + min(n, segments + span - shift)] += p_cmp[..., : segments + span - shift]
-    p_slc = seg[..., :segments].reshape(B, H, Nq, n_blocks, per_block).sum(-1)
+    p_slc = p_cmp @ selection_counts(n, n_blocks, block=block, stride=stride, select_block=select_block,
+                                     dtype=p_cmp.dtype, device=p_cmp.device)
     return p_slc.view(B, kv_heads, H // kv_heads, Nq, n_blocks).sum(2)
+
+
+def selection_counts(n_cmp: int, n_blocks: int, *, block: int, stride: int, select_block: int, dtype,
+                     device) -> torch.Tensor:
+    """``(n_cmp, n_blocks)``: how many stride segments compressed block ``i`` (segments ``i .. i + l/d - 1``)
+    shares with selection block ``j`` (segments ``(l'/d) j .. (l'/d) (j + 1) - 1``): the count of ``(m, n)``
+    with ``(l'/d) j + m - n = i`` in equation 9."""
+    per_block, span = select_block // stride, block // stride
+    i = torch.arange(n_cmp, device=device)[:, None]
+    j = torch.arange(n_blocks, device=device)[None, :]
+    shared = torch.minimum(i + span, (j + 1) * per_block) - torch.maximum(i, j * per_block)
+    return shared.clamp(min=0).to(dtype)
 
 
 def top_blocks(importance, q_len: int, kv_len: int, *, select_block: int, count: int):
