@@ -82,25 +82,22 @@ def block_importance(p_cmp, kv_heads: int, n_blocks: int, *, block: int, stride:
 
     Each compressed block counts once per stride segment it shares with a
     selection block: ``p_slc[j] = sum_{m < l'/d} sum_{n < l/d} p_cmp[(l'/d) j + m - n]``
-    (the paper's equation with 0-based block numbers), i.e. ``p_slc = p_cmp C`` with
-    ``C[i, j]`` the number of ``(m, n)`` pairs that land on ``i``: one matmul.
+    (the paper's equation with 0-based block numbers): first the segment sums
+    ``seg[s] = sum_n p_cmp[s - n]`` (shifted reads of ``p_cmp`` padded once in front),
+    then ``p_slc[j] = sum_m seg[(l'/d) j + m]`` (strided reads), then the sum over a
+    group's query heads.
     """
     B, H, Nq, n = p_cmp.shape
-    p_slc = p_cmp @ selection_counts(n, n_blocks, block=block, stride=stride, select_block=select_block,
-                                     dtype=p_cmp.dtype, device=p_cmp.device)
-    return p_slc.view(B, kv_heads, H // kv_heads, Nq, n_blocks).sum(2)
-
-
-def selection_counts(n_cmp: int, n_blocks: int, *, block: int, stride: int, select_block: int, dtype,
-                     device) -> torch.Tensor:
-    """``(n_cmp, n_blocks)``: how many stride segments compressed block ``i`` (segments ``i .. i + l/d - 1``)
-    shares with selection block ``j`` (segments ``(l'/d) j .. (l'/d) (j + 1) - 1``): the count of ``(m, n)``
-    with ``(l'/d) j + m - n = i`` in equation 9."""
     per_block, span = select_block // stride, block // stride
-    i = torch.arange(n_cmp, device=device)[:, None]
-    j = torch.arange(n_blocks, device=device)[None, :]
-    shared = torch.minimum(i + span, (j + 1) * per_block) - torch.maximum(i, j * per_block)
-    return shared.clamp(min=0).to(dtype)
+    segments = n_blocks * per_block
+    padded = F.pad(p_cmp, (span - 1, max(0, segments - n)))
+    seg = padded[..., span - 1 : span - 1 + segments]
+    for shift in range(1, span):  # a compressed block i covers segments i .. i + span - 1
+        seg = seg + padded[..., span - 1 - shift : span - 1 - shift + segments]
+    p_slc = seg[..., 0::per_block]
+    for m in range(1, per_block):
+        p_slc = p_slc + seg[..., m::per_block]
+    return p_slc.reshape(B, kv_heads, H // kv_heads, Nq, n_blocks).sum(2)
 
 
 def top_blocks(importance, q_len: int, kv_len: int, *, select_block: int, count: int):
