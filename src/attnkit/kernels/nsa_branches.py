@@ -114,13 +114,16 @@ def top_blocks_at(importance, qpos, *, select_block: int, count: int):
     j = torch.arange(n_blocks, device=importance.device)
     forced = (j == 0) | (j == current[:, None]) | (j == current[:, None] - 1)
     begun = j <= current[:, None]
-    score = torch.where(forced, float("inf"), importance).masked_fill(~begun, float("-inf"))
+    # (Nq, n_blocks) tables, then one pass over the scores: forced blocks +inf, blocks not begun -inf
+    fixed = forced | ~begun
+    score = torch.where(fixed, torch.where(forced, float("inf"), float("-inf")).to(importance.dtype), importance)
     keep = min(count, n_blocks)
     best, index = score.topk(keep, dim=-1, sorted=False)
     threshold = best.amin(-1, keepdim=True)
     # a row whose last place is tied with a block left out (top-k may pick any of them) is redone by a stable
-    # sort; tied invalid blocks (fewer begun blocks than places) do not matter
-    tied = ((score == threshold).sum(-1) > (best == threshold).sum(-1)) & (threshold[..., 0] > float("-inf"))
+    # sort: more than `keep` blocks score at least the threshold; tied invalid blocks (fewer begun blocks than
+    # places) do not matter
+    tied = ((score >= threshold).sum(-1) > keep) & (threshold[..., 0] > float("-inf"))
     if tied.any():
         index[tied] = score[tied].sort(dim=-1, descending=True, stable=True).indices[:, :keep]
     return index, score.gather(-1, index) > float("-inf")
