@@ -47,7 +47,7 @@ def compress_by_segments(x, pos, w1, w2, *, block: int, stride: int) -> torch.Te
     m, hidden = block // stride, w1.shape[1]
     segments = x[:, :, : (n + m - 1) * stride].reshape(B, Hkv, n + m - 1, stride * E)
     # (stride E, m hidden): column group j holds W1_j
-    by_segment = segments @ w1.view(m, stride * E, hidden).transpose(0, 1).reshape(stride * E, m * hidden)
+    by_segment = segments @ w1.reshape(m, stride * E, hidden).transpose(0, 1).reshape(stride * E, m * hidden)
     by_segment = by_segment.view(B, Hkv, n + m - 1, m, hidden)
     first = pos.reshape(block * E) @ w1
     for j in range(m):
