@@ -42,7 +42,8 @@ squashed (inside ``attnkit.nn.Attention(..., mechanism="nsa")``, the module
 sigmoid). Top-n is not differentiable; gradients reach the compression MLP
 through the compression branch and the gates.
 
-Forms: ``reference`` (every branch materialised) and ``sparse`` (the compression
+Forms: ``reference`` (every branch materialised) and ``sparse`` (``phi`` applied to the
+stride segments, not to copies of the overlapping blocks; the compression
 branch in query chunks, its weights computed once for its output and the block
 importance, only the log-sum-exp kept for the backward; the selection branch on the
 run-time block selection kernel, one selection per token and kv group; the
