@@ -7,14 +7,16 @@ import torch
 import attnkit
 from attnkit.families import nsa
 from attnkit.families.nsa import nsa_inputs
-from attnkit.kernels.nsa_branches import block_importance, compress, compressed_visible, compressed_weights, top_blocks
+from attnkit.kernels.nsa_branches import (block_importance, compress, compress_by_segments, compressed_visible,
+                                         compressed_weights, top_blocks)
 from attnkit.kernels.nsa_compression import compression_and_selection
 from attnkit.kernels.positions import query_positions
 
 
-def test_block_importance_is_equation_9_summed_over_the_group():
-    p = torch.rand(2, 4, 5, 11, dtype=torch.float64)
-    block, stride, select_block, n_blocks = 32, 16, 64, 6
+@pytest.mark.parametrize("n_cmp, block, stride, select_block, n_blocks",
+                         [(11, 32, 16, 64, 6), (9, 16, 8, 16, 4), (7, 24, 8, 16, 3), (5, 8, 8, 32, 2)])
+def test_block_importance_is_equation_9_summed_over_the_group(n_cmp, block, stride, select_block, n_blocks):
+    p = torch.rand(2, 4, 5, n_cmp, dtype=torch.float64)
     got = block_importance(p, 2, n_blocks, block=block, stride=stride, select_block=select_block)
     want = torch.zeros(2, 4, 5, n_blocks, dtype=torch.float64)
     for j in range(n_blocks):
@@ -24,6 +26,23 @@ def test_block_importance_is_equation_9_summed_over_the_group():
                 if 0 <= i < p.shape[-1]:
                     want[..., j] += p[..., i]
     assert torch.allclose(got, want.view(2, 2, 2, 5, n_blocks).sum(2))
+
+
+@pytest.mark.parametrize("n_tokens, block, stride", [(100, 32, 16), (70, 12, 4), (64, 8, 8), (40, 32, 16), (20, 32, 16)])
+def test_compression_by_segments_is_the_unfolded_blocks_mlp(n_tokens, block, stride):
+    g = torch.Generator().manual_seed(n_tokens)
+    x = torch.randn(2, 3, n_tokens, 5, dtype=torch.float64, generator=g)
+    weights = [torch.randn(*shape, dtype=torch.float64, generator=g, requires_grad=True)
+               for shape in ((block, 5), (block * 5, 7), (7, 5))]
+    x_seg = x.clone().requires_grad_()
+    want = compress(x.requires_grad_(), *weights, block=block, stride=stride)
+    got = compress_by_segments(x_seg, *weights, block=block, stride=stride)
+    assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    if want.numel():
+        grad = torch.randn(want.shape, dtype=torch.float64, generator=g)
+        want_grads = torch.autograd.grad(want, [x, *weights], grad)
+        got_grads = torch.autograd.grad(got, [x_seg, *weights], grad)
+        assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-12) for a, b in zip(got_grads, want_grads))
 
 
 def _selection(q, k, v, tensors, *, stride=8, select_block=16, count=4):

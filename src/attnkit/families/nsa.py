@@ -42,7 +42,8 @@ squashed (inside ``attnkit.nn.Attention(..., mechanism="nsa")``, the module
 sigmoid). Top-n is not differentiable; gradients reach the compression MLP
 through the compression branch and the gates.
 
-Forms: ``reference`` (every branch materialised) and ``sparse`` (the compression
+Forms: ``reference`` (every branch materialised) and ``sparse`` (``phi`` applied to the
+stride segments, not to copies of the overlapping blocks; the compression
 branch in query chunks, its weights computed once for its output and the block
 importance, only the log-sum-exp kept for the backward; the selection branch on the
 run-time block selection kernel, one selection per token and kv group; the
@@ -59,7 +60,8 @@ import math
 import torch
 
 from ..kernels.gated_sum import gated_sum
-from ..kernels.nsa_branches import block_importance, compress, compressed_visible, compressed_weights, top_blocks
+from ..kernels.nsa_branches import (block_importance, compress, compress_by_segments, compressed_visible,
+                                     compressed_weights, top_blocks)
 from ..kernels.nsa_compression import compression_and_selection
 from ..kernels.nsa_dense import dense_selection_and_window
 from ..kernels.nonfinite import all_finite
@@ -134,10 +136,10 @@ def _branch_kv(k, v, tensors, pair):
     return k if kb is None else kb, v if vb is None else vb
 
 
-def _compressed_kv(k, v, tensors, block, stride):
+def _compressed_kv(k, v, tensors, block, stride, phi=compress):
     k, v = _branch_kv(k, v, tensors, BRANCH_KV[0])
-    kc = compress(k, tensors["k_pos"], tensors["k_w1"], tensors["k_w2"], block=block, stride=stride)
-    vc = compress(v, tensors["v_pos"], tensors["v_w1"], tensors["v_w2"], block=block, stride=stride)
+    kc = phi(k, tensors["k_pos"], tensors["k_w1"], tensors["k_w2"], block=block, stride=stride)
+    vc = phi(v, tensors["v_pos"], tensors["v_w1"], tensors["v_w2"], block=block, stride=stride)
     return kc, vc
 
 
@@ -169,14 +171,15 @@ def _reference(q, k, v, *, causal, mask, scale, compress_stride, select_block, s
 
 
 def _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window):
-    """The compression branch's output and the selection (one row per token and kv group), from one pass."""
+    """The compression branch's output and the chosen blocks ``(blocks, valid)`` (one row per token and kv
+    group), from one pass."""
     block = _check(q, k, v, gates, tensors, compress_stride, select_block, select_count, window)
     Nq, Nk = q.shape[2], k.shape[2]
-    kc, vc = _compressed_kv(k, v, tensors, block, compress_stride)
+    kc, vc = _compressed_kv(k, v, tensors, block, compress_stride, phi=compress_by_segments)
     o_cmp, blocks, valid = compression_and_selection(
         q, kc, vc, query_positions(Nq, Nk, q.device), scale=scale, block=block, stride=compress_stride,
         select_block=select_block, select_count=select_count, kv_len=Nk)
-    return o_cmp, block_selection(blocks, valid, block_q=1, block_k=select_block, q_len=Nq, kv_len=Nk)
+    return o_cmp, blocks, valid
 
 
 def nsa_selection(q, k, v, *, gates, scale=None, compress_stride=16, select_block=64, select_count=16, window=512,
@@ -185,17 +188,21 @@ def nsa_selection(q, k, v, *, gates, scale=None, compress_stride=16, select_bloc
     with one row per token and kv group (for measuring density and recall)."""
     with torch.no_grad():
         scale = q.shape[-1] ** -0.5 if scale is None else scale
-        return _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window)[1]
+        _, blocks, valid = _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count,
+                                      window)
+        return block_selection(blocks, valid, block_q=1, block_k=select_block, q_len=q.shape[2], kv_len=k.shape[2])
 
 
 def _sparse(q, k, v, *, causal, mask, scale, compress_stride, select_block, select_count, window, gates, **tensors):
-    o_cmp, sel = _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count, window)
+    o_cmp, blocks, valid = _selection(q, k, v, gates, tensors, scale, compress_stride, select_block, select_count,
+                                      window)
     Nq, Nk = q.shape[2], k.shape[2]
     k_win, v_win = _branch_kv(k, v, tensors, BRANCH_KV[1])
     if Nq * Nk <= DENSE_PAIRS and all_finite(k) and (k_win is k or all_finite(k_win)):
-        o_slc, o_win = dense_selection_and_window(q, k, v, sel, window=window, scale=scale, k_win=k_win,
-                                                  v_win=v_win)
+        o_slc, o_win = dense_selection_and_window(q, k, v, blocks, valid, select_block=select_block, window=window,
+                                                  scale=scale, k_win=k_win, v_win=v_win)
     else:
+        sel = block_selection(blocks, valid, block_q=1, block_k=select_block, q_len=Nq, kv_len=Nk)
         o_slc = selected_block_attention(q, k, v, sel, scale=scale, causal=True)
         o_win = sliding_window_attention(q, k_win, v_win, window=window, scale=scale)
     return gated_sum(gates, o_cmp, o_slc, o_win)

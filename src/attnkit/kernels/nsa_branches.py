@@ -2,7 +2,8 @@
 
 - :func:`compress`: the learned block compression ``phi`` (blocks of ``l`` keys
   or values every ``d`` tokens, an intra-block position encoding added, then a
-  two-layer ReLU MLP to one vector);
+  two-layer ReLU MLP to one vector), and :func:`compress_by_segments`, the same
+  map without copying the overlapping blocks (the fast form's);
 - :func:`compressed_weights`: the compression branch's attention weights over
   the compressed keys, causal: a compressed block is seen once all its keys are;
 - :func:`block_importance`: the selection scores of the blocks of ``l'`` keys
@@ -28,6 +29,30 @@ def compress(x, pos, w1, w2, *, block: int, stride: int) -> torch.Tensor:
     blocks = x[:, :, : (n - 1) * stride + block].unfold(2, block, stride)  # (B, Hkv, n, E, block)
     flat = (blocks.transpose(-1, -2) + pos).reshape(B, Hkv, n, block * E)
     return F.relu(flat @ w1) @ w2
+
+
+def compress_by_segments(x, pos, w1, w2, *, block: int, stride: int) -> torch.Tensor:
+    """:func:`compress` without copying the overlapping blocks (``stride`` must divide ``block``).
+
+    Block ``i`` is the ``m = block / stride`` stride segments ``i .. i + m - 1``, so its first layer is
+    ``vec(block_i + P) W1 = vec(P) W1 + sum_j seg_{i+j} W1_j`` with ``W1_j`` the rows of ``W1`` that read
+    segment ``j`` of a block: one matmul of every segment against all ``m`` row groups, then ``m`` shifted
+    sums. Same products as :func:`compress`, summed in another order; the unfolded copy (and the
+    scatter-add of its backward) is gone.
+    """
+    B, Hkv, N, E = x.shape
+    n = compressed_count(N, block, stride)
+    if n == 0:
+        return x.new_zeros(B, Hkv, 0, w2.shape[1])
+    m, hidden = block // stride, w1.shape[1]
+    segments = x[:, :, : (n + m - 1) * stride].reshape(B, Hkv, n + m - 1, stride * E)
+    # (stride E, m hidden): column group j holds W1_j
+    by_segment = segments @ w1.reshape(m, stride * E, hidden).transpose(0, 1).reshape(stride * E, m * hidden)
+    by_segment = by_segment.view(B, Hkv, n + m - 1, m, hidden)
+    first = pos.reshape(block * E) @ w1
+    for j in range(m):
+        first = first + by_segment[:, :, j : j + n, j]
+    return F.relu(first) @ w2
 
 
 def compressed_count(n_tokens: int, block: int, stride: int) -> int:
@@ -57,16 +82,22 @@ def block_importance(p_cmp, kv_heads: int, n_blocks: int, *, block: int, stride:
 
     Each compressed block counts once per stride segment it shares with a
     selection block: ``p_slc[j] = sum_{m < l'/d} sum_{n < l/d} p_cmp[(l'/d) j + m - n]``
-    (the paper's equation with 0-based block numbers).
+    (the paper's equation with 0-based block numbers): first the segment sums
+    ``seg[s] = sum_n p_cmp[s - n]`` (shifted reads of ``p_cmp`` padded once in front),
+    then ``p_slc[j] = sum_m seg[(l'/d) j + m]`` (strided reads), then the sum over a
+    group's query heads.
     """
     B, H, Nq, n = p_cmp.shape
     per_block, span = select_block // stride, block // stride
     segments = n_blocks * per_block
-    seg = p_cmp.new_zeros(B, H, Nq, segments + span)
-    for shift in range(span):  # a compressed block i covers segments i .. i + span - 1
-        seg[..., shift : shift + min(n, segments + span - shift)] += p_cmp[..., : segments + span - shift]
-    p_slc = seg[..., :segments].reshape(B, H, Nq, n_blocks, per_block).sum(-1)
-    return p_slc.view(B, kv_heads, H // kv_heads, Nq, n_blocks).sum(2)
+    padded = F.pad(p_cmp, (span - 1, max(0, segments - n)))
+    seg = padded[..., span - 1 : span - 1 + segments]
+    for shift in range(1, span):  # a compressed block i covers segments i .. i + span - 1
+        seg = seg + padded[..., span - 1 - shift : span - 1 - shift + segments]
+    p_slc = seg[..., 0::per_block]
+    for m in range(1, per_block):
+        p_slc = p_slc + seg[..., m::per_block]
+    return p_slc.reshape(B, kv_heads, H // kv_heads, Nq, n_blocks).sum(2)
 
 
 def top_blocks(importance, q_len: int, kv_len: int, *, select_block: int, count: int):
@@ -83,13 +114,16 @@ def top_blocks_at(importance, qpos, *, select_block: int, count: int):
     j = torch.arange(n_blocks, device=importance.device)
     forced = (j == 0) | (j == current[:, None]) | (j == current[:, None] - 1)
     begun = j <= current[:, None]
-    score = torch.where(forced, float("inf"), importance).masked_fill(~begun, float("-inf"))
+    # (Nq, n_blocks) tables, then one pass over the scores: forced blocks +inf, blocks not begun -inf
+    fixed = forced | ~begun
+    score = torch.where(fixed, torch.where(forced, float("inf"), float("-inf")).to(importance.dtype), importance)
     keep = min(count, n_blocks)
     best, index = score.topk(keep, dim=-1, sorted=False)
     threshold = best.amin(-1, keepdim=True)
     # a row whose last place is tied with a block left out (top-k may pick any of them) is redone by a stable
-    # sort; tied invalid blocks (fewer begun blocks than places) do not matter
-    tied = ((score == threshold).sum(-1) > (best == threshold).sum(-1)) & (threshold[..., 0] > float("-inf"))
+    # sort: more than `keep` blocks score at least the threshold; tied invalid blocks (fewer begun blocks than
+    # places) do not matter
+    tied = ((score >= threshold).sum(-1) > keep) & (threshold[..., 0] > float("-inf"))
     if tied.any():
         index[tied] = score[tied].sort(dim=-1, descending=True, stable=True).indices[:, :keep]
     return index, score.gather(-1, index) > float("-inf")

@@ -120,8 +120,7 @@ class _CompressionBranch(torch.autograd.Function):
                 out[:, :, c0:c1] = chunks.back(p @ vc[:, :, :seen], c0, c1)
                 row_lse = torch.where(total > 0, top + torch.log2(total), math.inf)
                 lse.view(B, Hkv, g, Nq)[:, :, :, c0:c1] = row_lse.view(B, Hkv, g, C)
-                grouped = p.view(B, Hkv, g, C, seen).sum(2)
-                importance = block_importance(grouped, Hkv, n_blocks, block=block, stride=stride,
+                importance = block_importance(p.view(B, H, C, seen), Hkv, n_blocks, block=block, stride=stride,
                                               select_block=select_block)
             b, ok = top_blocks_at(importance, qpos[c0:c1], select_block=select_block, count=select_count)
             blocks[:, :, c0:c1], valid[:, :, c0:c1] = b, ok

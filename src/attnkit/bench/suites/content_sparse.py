@@ -130,8 +130,7 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
     gates = extra["gates"]
     tensors = {name: t for name, t in extra.items() if name != "gates"}
     with torch.no_grad():
-        _, sel = nsa._selection(q, k, v, gates, tensors, scale, params["compress_stride"], params["select_block"],
-                                params["select_count"], params["window"])
+        sel = nsa.nsa_selection(q, k, v, gates=gates, scale=scale, **params, **tensors)
         kc, _ = nsa._compressed_kv(k, v, tensors, tensors["k_pos"].shape[0], params["compress_stride"])
         compression_shapes = nsa_compression.matmul_shapes(q, kc, query_positions(n, n, q.device),
                                                            block=tensors["k_pos"].shape[0],
