@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from . import capture, dispatch, registry
 from .cache.state import KVState
 from .kernels.positions import repeat_kv
@@ -71,10 +73,14 @@ def attention(
         return (out, q.new_zeros(*q.shape[:3], k.shape[2])) if return_weights else out
     if position is not None:
         offset = state.length if state is not None else 0
-        # per-token key inputs (a branch's own keys) turn with k
-        params = {**params, **{n: position.apply_keys(params[n], k_offset=offset)
-                               for n in spec.key_inputs if params.get(n) is not None}}
-        q, k = position.apply(q, k, q_offset=offset + k.shape[2] - q.shape[2], k_offset=offset)
+        # per-token key inputs (a branch's own keys) turn with k, in the same call: one draw of positions for
+        # encodings that draw them (randomized positions), stacked with k along the heads
+        names = [n for n in spec.key_inputs if params.get(n) is not None]
+        keys = [k, *(params[n] for n in names)]
+        q, turned = position.apply(q, torch.cat(keys, 1) if names else k,
+                                   q_offset=offset + k.shape[2] - q.shape[2], k_offset=offset)
+        k, *branch = turned.split([x.shape[1] for x in keys], 1) if names else (turned,)
+        params = {**params, **dict(zip(names, branch))}
     if dropout_p:
         params = {**params, "dropout_p": _check_dropout(spec, dropout_p, q, k, v, causal, mask, form, params, incremental)}
     recorders = capture.active()

@@ -199,6 +199,22 @@ def test_a_positional_encoding_rotates_the_branch_keys_as_it_rotates_k():
     assert (got - want).abs().max() < 1e-12
 
 
+def test_randomized_positions_give_the_branch_keys_the_draw_of_k():
+    # positions drawn per call: the branch keys must read the same draw as q and k, so branch keys equal to k
+    # give the call without them
+    q, k, v, tensors = _problem(N=50, seed=5)
+    shared = {n: t for n, t in tensors.items() if n not in ("k_cmp", "v_cmp", "k_win", "v_win")}
+    params = {"compress_stride": 8, "select_block": 16, "select_count": 4, "window": 8, **shared}
+
+    def position():
+        return attnkit.positional.RandomizedPositions(attnkit.positional.RoPE(16), 512, torch.Generator().manual_seed(7))
+
+    plain = attnkit.attention(q, k, v, "nsa", causal=True, position=position(), **params)
+    branches = attnkit.attention(q, k, v, "nsa", causal=True, position=position(), **params,
+                                 k_cmp=k, v_cmp=v, k_win=k, v_win=v)
+    assert (plain - branches).abs().max() < 1e-12
+
+
 def test_layer_gives_each_branch_its_own_keys_and_values():
     torch.manual_seed(0)
     layer = attnkit.nn.Attention(32, heads=4, kv_heads=2, mechanism="nsa", select_block=32, select_count=3, window=16)
