@@ -76,18 +76,14 @@ def quest_selection(q, digest, kv_len: int, *, page: int, top_k: int, chunk: int
 def quest_pages(q, digest, kv_len: int, *, page: int, top_k: int, chunk: int = 4096):
     """The page numbers ``(B, H, Nq, k)`` (slot 0: the current page; the others distinct past pages) and their use.
 
-    ``U = [relu(q), min(q, 0)] . [M_i, m_i]`` for every page of the query head's kv head (one product per
-    group of query heads, the digest never repeated)."""
-    B, H, Nq, D = q.shape
-    Hkv, n = digest.shape[1], digest.shape[2]
+    :func:`upper_bounds` of every page; the best ``top_k - 1`` past pages are kept."""
+    B, H, Nq, _ = q.shape
+    n = digest.shape[2]
     current = query_positions(Nq, kv_len, q.device) // page
     picks = min(top_k - 1, n)
     chosen, used = [], []
     for c0 in range(0, Nq, chunk):
-        qc = q[:, :, c0:c0 + chunk]
-        c = qc.shape[2]
-        split = torch.cat([qc.clamp(min=0), qc.clamp(max=0)], -1).reshape(B, Hkv, H // Hkv * c, 2 * D)
-        bound = (split @ digest.transpose(-1, -2)).view(B, H, c, n)
+        bound = upper_bounds(q[:, :, c0:c0 + chunk], digest)
         first = (kv_len - Nq + c0) // page  # the chunk's first query's current page: pages before it are past
         if first < n:  # some query's current page is complete: it and later pages are not past
             past = torch.arange(n, device=q.device) < current[c0:c0 + chunk, None]
@@ -105,11 +101,18 @@ def quest_pages(q, digest, kv_len: int, *, page: int, top_k: int, chunk: int = 4
 def decode_pages(q, digest, kv_len: int, *, page: int, top_k: int) -> torch.Tensor:
     """A decode step's past pages ``(B, H, top_k - 1)``, in no order: one query per head at the end of a cache of
     ``kv_len`` tokens with at least ``top_k - 1`` complete pages before its current one (so none is masked)."""
-    B, H, _, D = q.shape
-    Hkv = digest.shape[1]
     past = digest[:, :, : (kv_len - 1) // page]
-    split = torch.cat([q.clamp(min=0), q.clamp(max=0)], -1).view(B, Hkv, H // Hkv, 2 * D)
-    return (split @ past.transpose(-1, -2)).view(B, H, -1).topk(top_k - 1, dim=-1, sorted=False).indices
+    return upper_bounds(q, past)[:, :, 0].topk(top_k - 1, dim=-1, sorted=False).indices
+
+
+def upper_bounds(q, digest) -> torch.Tensor:
+    """``U = [relu(q), min(q, 0)] . [M_i, m_i]`` of ``q (B, H, Nq, D)`` for every page of ``digest (B, Hkv, P, 2D)``
+    (its query head's kv head's), ``(B, H, Nq, P)``: one product per group of query heads, the digest never
+    repeated."""
+    B, H, Nq, D = q.shape
+    Hkv, P = digest.shape[1], digest.shape[2]
+    split = torch.cat([q.clamp(min=0), q.clamp(max=0)], -1).reshape(B, Hkv, H // Hkv * Nq, 2 * D)
+    return (split @ digest.transpose(-1, -2)).view(B, H, Nq, P)
 
 
 def _attend(q, k, v, digest, scale, page, top_k, few: int = 64):
