@@ -81,10 +81,12 @@ def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: flo
             pieces.append(piece)
             rows_of.append(rows)
 
-    runs = (past & ~F.pad(past, (1, 0))[:, :-1]).sum(-1)  # maximal runs of consecutive kept past tiles
+    run_starts = past & ~F.pad(past, (1, 0))[:, :-1]  # where each maximal run of consecutive kept past tiles starts
+    runs = run_starts.sum(-1)
     in_runs = (runs > 0) & (width >= long_run * runs)
     if bool(in_runs.any()):
-        _runs_in_place(q, k, v, past, in_runs.nonzero().squeeze(1), kv_of, o_d, l_d, emit, block=block, scale=scale)
+        _runs_in_place(q, k, v, past, run_starts, in_runs.nonzero().squeeze(1), kv_of, o_d, l_d, emit, block=block,
+                       scale=scale)
     windows = None
     for w in width[~in_runs].unique().tolist():
         rows = ((width == w) & ~in_runs).nonzero().squeeze(1)
@@ -118,16 +120,16 @@ def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: flo
     return out.reshape(B, H, R * block, Dv)[:, :, :N]
 
 
-def _runs_in_place(q, k, v, past, rows, kv_of, o_d, l_d, emit, *, block, scale):
+def _runs_in_place(q, k, v, past, run_starts, rows, kv_of, o_d, l_d, emit, *, block, scale):
     """Tile rows ``rows`` (indices into ``B H R``), each attended run by run: one call per run of consecutive
-    kept past tiles, its keys and values a slab of ``k``, ``v`` read in place; the runs' partials and the
-    diagonal partial ``(o_d, l_d)`` of the row merged in one log-sum-exp step and passed to ``emit``."""
+    kept past tiles (``run_starts``: where each starts), its keys and values a slab of ``k``, ``v`` read in place;
+    the runs' partials and the diagonal partial ``(o_d, l_d)`` of the row merged in one log-sum-exp step and
+    passed to ``emit``."""
     B, H, N, D = q.shape
     R = past.shape[-1]
     kept = past[rows]
-    first = kept & ~F.pad(kept, (1, 0))[:, :-1]
     last = kept & ~F.pad(kept, (0, 1))[:, 1:]
-    starts, ends = first.nonzero(), last.nonzero()  # row-major: the i-th run of a row starts and ends in step
+    starts, ends = run_starts[rows].nonzero(), last.nonzero()  # row-major: the i-th run of a row starts and ends in step
     runs_of = torch.bincount(starts[:, 0], minlength=len(rows)).tolist()
     bounds = torch.stack([starts[:, 1], ends[:, 1] + 1], -1).mul_(block).tolist()
     qs, ks, vs = q.view(B * H, N, D), k.view(-1, N, D), v.view(-1, N, v.shape[-1])
