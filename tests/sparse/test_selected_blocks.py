@@ -16,6 +16,7 @@ CASES = [
     (1, 4, 1, 1, 7, 63, 16, 1, 16, 2, True, None),  # decode-like: few queries, long cache
     (2, 2, 2, 2, 129, 7, 8, 8, 4, 3, True, None),  # more queries than keys: early rows see nothing
     (1, 4, 4, 4, 50, 50, 8, 2, 5, 10, True, 1),  # k larger than the blocks: duplicates
+    (1, 2, 1, 1, 32, 32, 8, 4, 8, 2, False, None),  # no tile needs the mask
 ]
 
 

@@ -9,17 +9,21 @@ pairs of the selection are sorted by key block and cut into *items* of at most
 ``rows_per_item`` rows that share one key block; an item gathers its query rows
 and reads one key/value tile, and one batched matmul runs many items.
 
-The forward makes two passes over the items. The first keeps, for every
-(row, slot) pair, the row maximum and the row sum of its tile's weights; a
-row's log-sum-exp follows from its slots' alone (the merge of
-:mod:`~attnkit.kernels.online_softmax`). The second recomputes the scores,
-takes the weights already normalised by the row's log-sum-exp and adds their
-values to the row with ``index_add_``. That costs one matmul more than keeping
-each pair's unnormalised output for a merge, but keeps nothing per pair but two
-numbers, so all the pairs of the selection form one set of full items (outputs
+The forward is one pass over the items: an online softmax
+(:mod:`~attnkit.kernels.online_softmax`) whose keys reach a query tile by tile,
+in the items' order. Every query keeps a running maximum, sum and unnormalised
+output in row layout. A step raises its queries' maxima to its scores'
+(``scatter_reduce_``, so a row that two items of the step reach gets one
+maximum), rescales by ``2^(m_old - m_new)`` the sum and output of just the
+queries whose finite maximum rose (gathered and written back), then adds its
+weights' sums and values with ``index_add_``. Nothing is kept per (row, slot)
+pair, so all the pairs of the selection form one set of full items (outputs
 kept per pair would have to be merged in row chunks to stay small, and a
 chunk's items are cut short at every tile: with chunks of 2048 rows, a fifth of
-the item rows are padding at N = 32768 with NSA's selection).
+the item rows are padding at N = 32768 with NSA's selection). A first pass for
+each row's log-sum-exp and a second for the normalised weights gives the same
+result at one more gather and matmul per item: 17% slower forward + backward at
+N = 32768 with NSA's selection (one loaded CPU core).
 Memory is O(N k) for the selection and O(step) for the rest. Pairs whose tile
 lies wholly in a query's past (all but the diagonal tile) skip the causal mask;
 the items that need it run in steps of their own, their queries' last allowed
@@ -29,7 +33,7 @@ The backward is FlashAttention-2's recomputation: the forward saves the output
 and the row log-sum-exp; the backward recomputes every item's probabilities,
 accumulates dQ per row and dK/dV per key block with ``index_add_``. The row
 terms ride in the matmuls: each query row carries one more column, ``-lse``
-(0 in the forward's first pass), and each key one more, 1, so the score matmul
+(0 in the forward), and each key one more, 1, so the score matmul
 gives ``s - lse`` at once; likewise ``[dO, -delta] . [v, 1] = dP - delta``. That
 spares a gather of the row terms and a pass over the scores per matmul. Scores are
 in base 2 (``exp2`` is several times faster than ``exp`` on CPU). A step's
@@ -67,7 +71,7 @@ def selected_block_attention(q, k, v, selection: BlockSelection, *, scale: float
 
 def matmul_shapes(q, k, v, selection: BlockSelection, *, causal: bool, rows_per_item: int | None = None,
                   budget: int = BUDGET) -> list[tuple[int, int, int, int]]:
-    """The kernel's batched matmuls, one ``(items, query rows, keys, head_dim)`` per step: each step runs three
+    """The kernel's batched matmuls, one ``(items, query rows, keys, head_dim)`` per step: each step runs two
     matmuls of these sizes forward and five backward (to time the kernel against its matmuls alone)."""
     _check(q, k, v, selection)
     plan = _Plan(q, k, v, selection, causal, rows_per_item, budget)
@@ -101,13 +105,12 @@ class _Plan:
         self.causal, self.offset = causal, self.Nk - self.Nq
         self.per_item = rows_per_item or max(1, 256 // self.width)
         self.items_per_step = max(1, budget // (self.per_item * self.width * self.bk))
-        self.item_row, self.item_key, self.pair_of, self.n_unmasked = self._items(sel)
+        self.item_row, self.item_key, self.n_unmasked = self._items(sel)
         self.last_keys, self.key_offsets = self._last_keys(), torch.arange(self.bk, device=q.device)
 
     def _items(self, sel):
         """Every (row, slot) pair grouped into items: each item's rows (padded with the null row), each item's
-        kv tile, the place of each (row, slot) among the items' rows (unused slots: the sentinel past the last)
-        and how many items lead that need no mask (items that need it come last)."""
+        kv tile and how many items lead that need no mask (items that need it come last)."""
         B, G, R, S = sel.blocks.shape
         device = sel.blocks.device
         total = B * self.Hkv * self.nk
@@ -130,11 +133,9 @@ class _Plan:
         place = torch.arange(n_pairs, device=device) + shift
         item_row = torch.full((n_items * self.per_item,), self.rows, dtype=torch.long, device=device)
         item_row[place] = order // S
-        pair_of = torch.full((self.rows * S,), n_items * self.per_item, dtype=torch.long, device=device)
-        pair_of[order] = place
         item_key = torch.repeat_interleave(uniq, pieces)
         n_unmasked = int(pieces[uniq < total].sum())
-        return item_row.view(n_items, self.per_item), item_key % total, pair_of.view(self.rows, S), n_unmasked
+        return item_row.view(n_items, self.per_item), item_key % total, n_unmasked
 
     def _partial(self, r, blk):
         """Pairs whose tile needs the element mask: keys past the end, or (causal) past some query of the row."""
@@ -155,15 +156,15 @@ class _Plan:
         """``(masked items, per_item * width)``: the last key each query of a masked item may attend to, counted
         from its tile's first key (below 0: none)."""
         rows, keys = self.item_row[self.n_unmasked:], self.item_key[self.n_unmasked:]
-        device = rows.device
+        device, M = rows.device, self.per_item * self.width
         first_key = (keys % self.nk) * self.bk
         last = (self.Nk - 1 - first_key)[:, None]
         if self.causal:
             r = rows % self.R
             qpos = self.offset + r[:, :, None] * self.bq + torch.arange(self.bq, device=device)  # (I, P, bq)
-            qpos = qpos[:, :, None, :].expand(-1, -1, self.g, -1).reshape(rows.shape[0], -1)
+            qpos = qpos[:, :, None, :].expand(-1, -1, self.g, -1).reshape(rows.shape[0], M)
             last = torch.minimum(last, qpos - first_key[:, None])
-        return last.expand(rows.shape[0], self.per_item * self.width).contiguous()
+        return last.expand(rows.shape[0], M).contiguous()
 
     def mask(self, s, i0, i1):
         """Set to -inf the scores ``s (I, per_item * width, bk)`` of masked items ``i0:i1`` that are not allowed."""
@@ -245,45 +246,52 @@ def _scores(qr, kt, plan: _Plan, ws: _Workspace, i0, i1, masked):
     return s, qg, kg, flat, keys
 
 
-def _row_lse(part_max, part_sum, pair_of):
-    """Each row's base-2 log-sum-exp ``(rows + 1, width)`` (+inf: no key; the null row last) from its slots'
-    maxima ``m_s`` and sums ``l_s`` (:mod:`~attnkit.kernels.online_softmax`): ``lse = log2 sum_s l_s 2^(m_s)``."""
-    m = part_max[pair_of]  # (rows, slots, width); unused slots read the -inf sentinel
-    top = m.amax(1).clamp_(min=floor(m.dtype))
-    total = (part_sum[pair_of] * torch.exp2(m - top[:, None])).sum(1)
-    lse = torch.where(total > 0, top + total.log2(), float("inf"))
-    return torch.cat([lse, lse.new_full((1, lse.shape[1]), float("inf"))])
+def _fold(s, queries, top, total, out):
+    """Fold a step's base-2 scores ``s (I, M, bk)`` (-inf where masked) into the running softmax state of their
+    queries (:mod:`~attnkit.kernels.online_softmax`): ``queries (I * M,)`` indexes each query's running maximum
+    ``top``, sum ``total`` and unnormalised output ``out`` (one query per row). The maxima rise to the step's;
+    ``total`` and ``out`` of the queries whose maximum rose are rescaled by ``2^(m_old - m_new)``; the step's
+    weights ``2^(s - m_new)`` replace ``s`` and their sums are added to ``total``. A query that two items of the
+    step reach sees one maximum: its rescaled state is computed, and written, the same way twice."""
+    lowest = floor(s.dtype)
+    before = top[queries]
+    top.scatter_reduce_(0, queries, s.amax(-1).flatten(), "amax")
+    after = top[queries]
+    # a query with no finite score yet has nothing to rescale (its sum and output are 0)
+    rose = ((after > before) & (before > lowest)).nonzero().squeeze(1)
+    if rose.numel():
+        at, factor = queries[rose], torch.exp2(before[rose] - after[rose])
+        total.index_copy_(0, at, total[at].mul_(factor))
+        out.index_copy_(0, at, out[at].mul_(factor[:, None]))
+    p = s.sub_(after.view(*s.shape[:2], 1)).exp2_()
+    total.index_add_(0, queries, p.sum(-1).flatten())
+    return p
 
 
 class _SelectedBlocks(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, sel, scale, causal, rows_per_item, budget):
         plan = _Plan(q, k, v, sel, causal, rows_per_item, budget)
-        qr = _rows(q, plan, scale * LOG2E)  # its last column 0: pass 1 sees the plain scores
+        qr = _rows(q, plan, scale * LOG2E)  # its last column 0: the forward sees the plain scores
         kt, vt = with_ones(_tiles(k, plan)), _tiles(v, plan)
         ws = _Workspace(plan, q, backward=False)
-        M, lowest = plan.per_item * plan.width, floor(q.dtype)
-        # pass 1: every item row's maximum and sum, in item order; one sentinel entry last
-        n = plan.item_row.numel()
-        part_max, part_sum = q.new_empty(n + 1, plan.width), q.new_empty(n + 1, plan.width)
-        part_max[n], part_sum[n] = float("-inf"), 0.0
-        for i0, i1, masked in plan.steps():
-            s = _scores(qr, kt, plan, ws, i0, i1, masked)[0]
-            at = slice(i0 * plan.per_item, i1 * plan.per_item)
-            m = torch.amax(s, -1, out=part_max[at].view(i1 - i0, M)).clamp_(min=lowest)
-            torch.sum(s.sub_(m.unsqueeze(-1)).exp2_(), -1, out=part_sum[at].view(i1 - i0, M))
-        lse = _row_lse(part_max, part_sum, plan.pair_of)
-        del part_max, part_sum
-        qr[..., plan.D] = lse.neg()
-        # pass 2: the weights normalised by the row's log-sum-exp, their values added to the row
-        out = q.new_zeros(plan.rows + 1, plan.width, plan.Dv)
+        W, M, Dv = plan.width, plan.per_item * plan.width, plan.Dv
+        # every query's running maximum, sum and unnormalised output (row layout; the null row's last)
+        top = q.new_full(((plan.rows + 1) * W,), floor(q.dtype))
+        total = q.new_zeros((plan.rows + 1) * W)
+        out = q.new_zeros(plan.rows + 1, W, Dv)
+        in_row = torch.arange(W, device=q.device)
         for i0, i1, masked in plan.steps():
             s, _, _, flat, keys = _scores(qr, kt, plan, ws, i0, i1, masked)
             I = i1 - i0
-            p = s.exp2_()
-            vg = torch.index_select(vt, 0, keys, out=ws("v", I, plan.bk, plan.Dv))
-            o = torch.bmm(p, vg, out=ws("o", I, M, plan.Dv))
-            out.index_add_(0, flat, o.view(-1, plan.width, plan.Dv))
+            p = _fold(s, (flat[:, None] * W + in_row).flatten(), top, total, out.view(-1, Dv))
+            vg = torch.index_select(vt, 0, keys, out=ws("v", I, plan.bk, Dv))
+            out.index_add_(0, flat, torch.bmm(p, vg, out=ws("o", I, M, Dv)).view(-1, W, Dv))
+        seen = total > 0
+        lse = torch.where(seen, top + total.log2(), float("inf")).view(plan.rows + 1, W)
+        lse[plan.rows] = float("inf")  # pads read the null row: no weight in the backward
+        out.mul_(torch.where(seen, total.reciprocal(), 0.0).view(plan.rows + 1, W, 1))
+        qr[..., plan.D] = lse.neg()
         ctx.save_for_backward(qr, k, v, out)
         ctx.plan, ctx.scale = plan, scale
         return _unrows(out, plan)

@@ -112,7 +112,7 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
     alone. ``t_sdpa / t_selected`` bounds NSA's speed-up from above: NSA runs that kernel and more.
 
     The floor: ``selected_matmuls`` and ``compression_matmuls`` are the batched matmuls the kernel and
-    the compression branch run (three and two per step forward, five backward, the same sizes and count), alone on
+    the compression branch run (two per step forward, five backward, the same sizes and count), alone on
     random operands: no gathers, softmax, masks, merges or selection. ``t_sdpa / (t_selected_matmuls +
     t_compression_matmuls + t_window)`` is the best ratio NSA could reach with these matmul shapes and this
     window branch; ``window_matmuls`` are the window kernel's matmuls alone (two per tile forward, five
@@ -152,7 +152,7 @@ def nsa_parts(n: int, repeats: int, device="cpu") -> dict:
                                                    params["window"])[0]),
         "selected": part(lambda: selected_block_attention(q, k, v, sel, scale=scale, causal=True)),
         "window": part(lambda: sliding_window_attention(q, k, v, window=params["window"], scale=scale)),
-        "selected_matmuls": matmuls_alone(matmul_shapes(q, k, v, sel, causal=True), q.device, forward=3),
+        "selected_matmuls": matmuls_alone(matmul_shapes(q, k, v, sel, causal=True), q.device, forward=2),
         "compression_matmuls": matmuls_alone(compression_shapes, q.device, forward=2),
         "window_matmuls": matmuls_alone(window_shapes(q, k, v, window=params["window"]), q.device, forward=2),
     }
