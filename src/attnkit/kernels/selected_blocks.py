@@ -97,7 +97,7 @@ class _Plan:
     def __init__(self, q, k, v, sel: BlockSelection, causal: bool, rows_per_item, budget):
         self.B, self.H, self.Nq, self.D = q.shape
         self.Hkv, self.Nk, self.Dv = k.shape[1], k.shape[2], v.shape[3]
-        self.G, self.R, self.slots = sel.groups, sel.blocks.shape[2], sel.blocks.shape[3]
+        self.G, self.R = sel.groups, sel.blocks.shape[2]
         self.bq, self.bk, self.g = sel.block_q, sel.block_k, self.H // self.G
         self.nk = sel.n_key_blocks
         self.rows = self.B * self.G * self.R  # query rows; row ``self.rows`` is the null row pads read
