@@ -162,6 +162,8 @@ def _reference(q, k, v, *, causal, mask, scale, page, top_k):
 
 def _step(q, k, v, state, *, causal, mask, scale, page, top_k):
     def summarise(cache, done):
+        if done and cache.length // page == done:  # no page completed (most decode steps)
+            return None
         with torch.no_grad():
             return (page_digest(cache.k.detach(), page, first=done),)
 
