@@ -116,9 +116,12 @@ def test_quest_decoded_from_the_first_token_equals_the_reference(H, Hkv, N, top_
 def test_decode_page_attention_refuses_a_cache_shorter_than_its_pages():
     from attnkit.kernels.gathered_keys import decode_page_attention
 
-    q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 10, 8)
-    with pytest.raises(ValueError, match="k holds 10 tokens; decode_page_attention reads 12 rows"):
+    q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 8, 8)  # one complete page before the last token's
+    with pytest.raises(ValueError, match="k holds 8 tokens: fewer complete pages before the last token than the 2"):
         decode_page_attention(q, k, k, torch.tensor([[[0, 1]] * 2]), page=4, scale=0.3)
+    out = decode_page_attention(q, torch.cat([k, k[:, :, :1]], 2), torch.cat([k, k[:, :, :1]], 2),
+                                torch.tensor([[[0, 1]] * 2]), page=4, scale=0.3)  # 9 tokens: pages 0, 1 complete
+    assert out.shape == (1, 2, 1, 8) and out.isfinite().all()
 
 
 def test_decode_key_attention_reads_the_chosen_keys_in_any_order():

@@ -18,8 +18,7 @@ copies nothing: :func:`decode_page_attention` (Quest's distinct complete pages
 plus its current page) and :func:`decode_key_attention` (Loki's distinct keys)
 score the chosen keys in place with ``torch.sparse.sampled_addmm`` (each query's
 key rows as one row of a sparse pattern handed over unchecked: PyTorch's CPU
-kernel computes one dot product per entry, so the rows need no order and the
-current page's rows not written yet may name the last key again).
+kernel computes one dot product per entry, so the rows need no order).
 
 A GQA cache is never repeated to the query heads (a query head's index points into
 its kv head's rows); a chosen key is copied once per query head that reads it.
@@ -112,18 +111,17 @@ def decode_page_attention(q, k, v, past: torch.Tensor, *, page: int, scale: floa
     ``(B, H, 1, Dv)``. Nothing is copied: the scores are a product sampled at the chosen key rows, the values are
     summed in place by ``embedding_bag``.
 
-    Every query reads ``P + 1`` whole pages, its current page last; the current page's rows after ``N - 1`` (not
-    written yet) name row ``N - 1`` again and score minus infinity, so each query has the same number of rows and
-    the sparse pattern's row starts depend only on that number. The cache must hold at least that many tokens
-    (``N >= (P + 1) page``: PyTorch's sampled product keeps at most one entry per element of the matrix)."""
+    Every query reads its ``P`` past pages in any order, then the written keys of its current page, so each query
+    reads the same number of keys and the sparse pattern's row starts depend only on that number."""
     B, H, _, D = q.shape
-    N, W = k.shape[2], (past.shape[-1] + 1) * page
-    if N < W:
-        raise ValueError(f"k holds {N} tokens; decode_page_attention reads {W} rows per query ({past.shape[-1]} past "
-                         f"pages and the current one, of {page} tokens): pass a cache of at least {W} tokens")
-    starts = F.pad(past * page, (0, 1), value=(N - 1) // page * page)  # the past pages in any order, current last
-    tokens = (starts[..., None] + _page_offsets(page, past.device)).view(B, H, W).clamp_(max=N - 1)
-    return _attend_rows(q, k, v, tokens, scale, unwritten=(N - 1) // page * page + page - N)
+    N, P = k.shape[2], past.shape[-1]
+    current = (N - 1) // page * page  # the current page's first key
+    if current < P * page:
+        raise ValueError(f"k holds {N} tokens: fewer complete pages before the last token than the {P} past pages "
+                         f"of {page} tokens that decode_page_attention reads")
+    starts = F.pad(past * page, (0, 1), value=current)
+    tokens = (starts[..., None] + _page_offsets(page, past.device)).view(B, H, (P + 1) * page)
+    return _attend_rows(q, k, v, tokens[..., : P * page + N - current], scale)
 
 
 def decode_key_attention(q, k, v, chosen: torch.Tensor, *, scale: float) -> torch.Tensor:
@@ -133,27 +131,23 @@ def decode_key_attention(q, k, v, chosen: torch.Tensor, *, scale: float) -> torc
     if chosen.shape != (*q.shape[:2], chosen.shape[-1]) or chosen.shape[-1] > k.shape[2]:
         raise ValueError(f"chosen must be (B, H, K) = ({q.shape[0]}, {q.shape[1]}, K) with K at most the cache's "
                          f"{k.shape[2]} tokens, got {tuple(chosen.shape)}")
-    return _attend_rows(q, k, v, chosen, scale, unwritten=0)
+    return _attend_rows(q, k, v, chosen, scale)
 
 
-def _attend_rows(q, k, v, tokens, scale: float, unwritten: int) -> torch.Tensor:
-    """Softmax attention of ``q (B, H, 1, D)`` over the keys at positions ``tokens (B, H, W)``, the last
-    ``unwritten`` of each row scored minus infinity; keys scored by the sampled product, values summed by
-    ``embedding_bag``, both where they are."""
+def _attend_rows(q, k, v, tokens, scale: float) -> torch.Tensor:
+    """Softmax attention of ``q (B, H, 1, D)`` over the distinct keys at positions ``tokens (B, H, W)``; keys
+    scored by the sampled product, values summed by ``embedding_bag``, both where they are."""
     B, H, _, D = q.shape
-    W = tokens.shape[-1]
+    R, W = B * H, tokens.shape[-1]
     k_rows, k_first = token_rows(k, H)
     v_rows, v_first = token_rows(v, H)
     firsts = _first_rows((k_first,) if k_first == v_first else (k_first, v_first), q.device)  # (1 or 2, B, H, 1)
-    index = (tokens + firsts).view(-1, B * H, W)  # key rows, then value rows if they differ
-    R = B * H
+    index = (tokens + firsts).view(-1, R * W)  # key rows, then value rows if they differ; contiguous
     row_starts, zeros, bag_starts = _pattern(R, W, q.dtype, q.device)
-    chosen = _csr(row_starts, index[0].view(-1), zeros, (R, k_rows.shape[0]))
-    scores = torch.sparse.sampled_addmm(chosen, q.reshape(R, D), k_rows.T, beta=0.0, alpha=scale).values().view(R, W)
-    if unwritten:
-        scores[:, W - unwritten:] = float("-inf")
-    weights = scores.softmax(-1).view(-1)
-    out = F.embedding_bag(index[-1].view(-1), v_rows, bag_starts, mode="sum", per_sample_weights=weights)
+    chosen = _csr(row_starts, index[0], zeros, (R, k_rows.shape[0]))
+    scores = torch.sparse.sampled_addmm(chosen, q.reshape(R, D), k_rows.T, beta=0.0, alpha=scale).values()
+    weights = scores.view(R, W).softmax(-1).view(-1)
+    out = F.embedding_bag(index[-1], v_rows, bag_starts, mode="sum", per_sample_weights=weights)
     return out.view(B, H, 1, -1)
 
 
@@ -172,7 +166,7 @@ def _page_offsets(page: int, device: torch.device) -> torch.Tensor:
     return torch.arange(page, device=device)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def _pattern(rows: int, width: int, dtype: torch.dtype, device: torch.device):
     """Row starts of a sparse pattern of ``rows`` rows of ``width`` entries each, its zero values, and the same
     starts as ``embedding_bag`` offsets: the same every decode step of a given budget, so made once (never written)."""
