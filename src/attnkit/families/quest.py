@@ -114,16 +114,16 @@ def upper_bounds(q, digest) -> torch.Tensor:
     B, H, Nq, D = q.shape
     Hkv, P = digest.shape[1], digest.shape[2]
     low, high = _sign_halves(D, q.dtype, q.device)
-    split = torch.cat([q, q], -1).clamp_(low, high).view(B * Hkv, H // Hkv * Nq, 2 * D)
+    split = torch.clamp(q[..., None, :], low, high).view(B * Hkv, H // Hkv * Nq, 2 * D)
     return torch.bmm(split, digest.flatten(0, 1).mT).view(B, H, Nq, P)
 
 
 @functools.lru_cache(maxsize=16)
 def _sign_halves(D: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The bounds ``(2 D,)`` that clamp ``[q, q]`` to ``[relu(q), min(q, 0)]`` (made once, never written)."""
+    """The bounds ``(2, D)`` that clamp ``q`` to ``[relu(q), min(q, 0)]`` (made once, never written)."""
     inf = torch.full((D,), float("inf"), dtype=dtype, device=device)
     zero = torch.zeros(D, dtype=dtype, device=device)
-    return torch.cat([zero, -inf]), torch.cat([inf, zero])
+    return torch.stack([zero, -inf]), torch.stack([inf, zero])
 
 
 def _attend(q, k, v, digest, scale, page, top_k, few: int = 64):
