@@ -138,5 +138,7 @@ def test_decode_key_attention_reads_the_chosen_keys_in_any_order():
     out = decode_key_attention(q, k, v, chosen, scale=0.3)
     want = _masked(q, k, v, chosen[:, :, None], torch.ones(B, H, 1, 9, dtype=torch.bool), 1, 0.3)
     assert (out - want).abs().max() < 1e-12
+    strided = torch.stack([chosen, chosen], -1)[..., 0]  # the same positions in a non-contiguous view
+    assert torch.equal(decode_key_attention(q, k, v, strided, scale=0.3), out)
     with pytest.raises(ValueError, match=r"chosen must be \(B, H, K\) = \(2, 4, K\)"):
         decode_key_attention(q, k, v, chosen[:, :, None], scale=0.3)

@@ -114,7 +114,7 @@ def upper_bounds(q, digest) -> torch.Tensor:
     B, H, Nq, D = q.shape
     Hkv, P = digest.shape[1], digest.shape[2]
     low, high = _sign_halves(D, q.dtype, q.device)
-    split = torch.clamp(q[..., None, :], low, high).view(B * Hkv, H // Hkv * Nq, 2 * D)
+    split = torch.clamp(q[..., None, :], low, high).reshape(B * Hkv, H // Hkv * Nq, 2 * D)
     return torch.bmm(split, digest.flatten(0, 1).mT).view(B, H, Nq, P)
 
 

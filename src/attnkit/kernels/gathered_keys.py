@@ -135,7 +135,7 @@ def decode_key_attention(q, k, v, chosen: torch.Tensor, *, scale: float) -> torc
                          f"{k.shape[2]} tokens, got {tuple(chosen.shape)}")
     k_rows, v_rows, firsts = _rows_in_place(k, v, q.shape[1])
     index = chosen + _first_rows_tensor(firsts, q.device)[..., None]
-    return _attend_index(q, k_rows, v_rows, index.view(len(firsts), -1), scale)
+    return _attend_index(q, k_rows, v_rows, index.reshape(len(firsts), -1), scale)
 
 
 def _rows_in_place(k, v, heads: int):
