@@ -142,3 +142,11 @@ def test_decode_key_attention_reads_the_chosen_keys_in_any_order():
     assert torch.equal(decode_key_attention(q, k, v, strided, scale=0.3), out)
     with pytest.raises(ValueError, match=r"chosen must be \(B, H, K\) = \(2, 4, K\)"):
         decode_key_attention(q, k, v, chosen[:, :, None], scale=0.3)
+
+
+def test_decode_row_numbers_are_int32_only_while_every_row_fits():
+    from attnkit.kernels.gathered_keys import _index_dtype
+
+    rows = torch.zeros(1, 8)
+    assert _index_dtype(rows.expand(2 ** 31 - 1, 8)) == torch.int32
+    assert _index_dtype(rows.expand(5, 8), rows.expand(2 ** 31, 8)) == torch.int64
