@@ -87,7 +87,7 @@ def attention(
     if recorders and incremental:
         out, state = _incremental_with_weights(spec, recorders, q, k, v, state, causal=causal, mask=mask, scale=scale,
                                                params=params)
-        return (out, mark_state(state, spec.name)) if return_state else out
+        return (out, mark_state(state, spec.name, q)) if return_state else out
     if (recorders or return_weights) and not incremental:
         return _with_weights(spec, recorders, return_weights, q, k, v, causal=causal, mask=mask, scale=scale,
                              form=form, params=params)
@@ -100,7 +100,7 @@ def attention(
             log.debug("%s", dispatch.choose_form(spec, q, k, v, causal=causal, mask=mask, form=None, params=params,
                                                   incremental=True))
         out, state = _step(spec, q, k, v, state, causal=causal, mask=mask, scale=scale, **params)
-        return (out, mark_state(state, spec.name)) if return_state else out
+        return (out, mark_state(state, spec.name, q)) if return_state else out
     return dispatch.run(spec, q, k, v, causal=causal, mask=mask, scale=scale, form=form, params=params)
 
 

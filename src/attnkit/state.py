@@ -138,8 +138,8 @@ class DigestKVCache(_AroundKVCache):
     pick which cached keys a new query reads from a small digest of the keys; the
     cache itself keeps every token. ``summarise(cache, done)`` returns the digest
     rows (a tuple of tensors along dim 2) that ``cache`` adds after the first
-    ``done`` rows; ``rows(length)`` is how many rows a cache of ``length`` tokens
-    has. Digest rows live in an :class:`AppendBuffer`, so the state is a value.
+    ``done`` rows, or None when it adds none (e.g. a page not yet complete). Digest
+    rows live in an :class:`AppendBuffer`, so the state is a value.
     """
 
     def __init__(self, cache: KVCache, digest: AppendBuffer, rows: int):
@@ -158,6 +158,8 @@ class DigestKVCache(_AroundKVCache):
         """A new state: this one followed by ``k, v`` and the digest rows they complete. This one is unchanged."""
         cache = self.cache.append(k, v)
         new = summarise(cache, self.rows)
+        if new is None:
+            return DigestKVCache(cache, self._digest, self.rows)
         return DigestKVCache(cache, self._digest.extend(self.rows, new), self.rows + new[0].shape[2])
 
     def numel(self) -> int:
@@ -305,15 +307,22 @@ def expect_state(state, names: tuple[str, ...], shapes: dict[str, tuple], like: 
     return state
 
 
-def mark_state(state, mechanism: str):
-    """Record which mechanism returned ``state``, so that :func:`check_state` can refuse it elsewhere."""
+def mark_state(state, mechanism: str, like: torch.Tensor | None = None):
+    """Record which mechanism returned ``state``, so that :func:`check_state` can refuse it elsewhere; with
+    ``like`` (the call's ``q``: every tensor of a state attnkit returns has its dtype and device, tested for every
+    mechanism), also that dtype and device, so that continuing it with inputs of ``like``'s kind checks no tensor."""
     state.mechanism = mechanism
+    if like is not None:
+        state.made_for = (mechanism, like.dtype, like.device)
     return state
 
 
 def check_state(state, mechanism: str, q: torch.Tensor) -> None:
     """``state`` must be what ``attnkit.attention(..., mechanism, return_state=True)`` returned, with
-    tensors of ``q``'s dtype and device; a ``ValueError``/``TypeError`` naming ``state`` otherwise."""
+    tensors of ``q``'s dtype and device; a ``ValueError``/``TypeError`` naming ``state`` otherwise. A state
+    marked as made by ``mechanism`` for ``q``'s dtype and device (:func:`mark_state`) is not walked again."""
+    if getattr(state, "made_for", None) == (mechanism, q.dtype, q.device):
+        return
     made_by = getattr(state, "mechanism", None)
     if made_by is None:
         raise TypeError(f"state must be the state attnkit.attention(..., {mechanism!r}, return_state=True) "
@@ -321,28 +330,30 @@ def check_state(state, mechanism: str, q: torch.Tensor) -> None:
     if made_by != mechanism:
         raise ValueError(f"state was returned by mechanism {made_by!r}; this call runs {mechanism!r}, "
                          f"which needs a state returned by {mechanism!r}")
-    for t in _tensors_of(state):
+    for t in tensors_of(state):
         if t.is_floating_point() and (t.dtype != q.dtype or t.device != q.device):
             raise TypeError(f"state holds {t.dtype} tensors on {t.device}; this call's q is {q.dtype} on "
                             f"{q.device}: continue a state with inputs of its dtype and device")
 
 
-def _tensors_of(x, depth: int = 0):
+def tensors_of(x, depth: int = 0):
+    """The tensors a state holds (its attributes, tuples, lists and dicts, four levels down), but those it keeps
+    in float64 on purpose (its ``float64_fields``)."""
     if isinstance(x, torch.Tensor):
         yield x
     elif depth > 3:
         return
     elif isinstance(x, (tuple, list)):
         for item in x:
-            yield from _tensors_of(item, depth + 1)
+            yield from tensors_of(item, depth + 1)
     elif isinstance(x, dict):
         for item in x.values():
-            yield from _tensors_of(item, depth + 1)
+            yield from tensors_of(item, depth + 1)
     elif hasattr(x, "__dict__"):
         exempt = getattr(x, "float64_fields", ())  # accumulators a state keeps in float64 on purpose
         for name, item in vars(x).items():
             if name not in exempt:
-                yield from _tensors_of(item, depth + 1)
+                yield from tensors_of(item, depth + 1)
 
 
 class BlockDigestKVCache(_AroundKVCache):

@@ -1,6 +1,7 @@
 """A wrong state= is refused naming `state` and what was expected, for every incremental mechanism:
 another mechanism's state, something that is no state, another dtype, another batch; and a recurrence
-refuses incremental calls with fewer queries than keys by name."""
+refuses incremental calls with fewer queries than keys by name. A returned state holds tensors of its call's dtype
+only, which lets a state continued with inputs of that dtype skip the walk over its tensors."""
 from __future__ import annotations
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 import attnkit
 from attnkit.registry import get
+from attnkit.state import tensors_of
 
 from .harness import cases, make_inputs
 
@@ -35,3 +37,10 @@ def test_a_wrong_state_is_refused_naming_state(name):
     if getattr(spec.step, "one_query_per_key", False):
         with pytest.raises(ValueError, match="one query per new key"):
             attnkit.attention(q[:, :, :2], k, v, name, causal=True, state=_state(name), **spec.test_params, **extra)
+
+
+@pytest.mark.parametrize("name", [n for n in cases("names") if get(n).step is not None])
+def test_a_returned_state_holds_tensors_of_its_calls_dtype(name):
+    for dtype in (torch.float32, torch.float64):
+        kinds = {(t.dtype, t.device) for t in tensors_of(_state(name, dtype=dtype)) if t.is_floating_point()}
+        assert kinds == {(dtype, torch.device("cpu"))}, f"{name} in {dtype}: state holds {kinds}"

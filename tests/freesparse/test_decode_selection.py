@@ -26,6 +26,14 @@ def test_quest_selection_equals_the_equations(dtype):
         assert torch.equal(sel.element_mask(4, causal=True), quest.reference_mask(q, k, page=page, top_k=top_k))
 
 
+def test_quest_bounds_take_queries_in_any_layout():
+    """Queries projected token-major and split into heads (a transposed view) get the bounds of their copy."""
+    q, k, _ = _qkv(seed=3)
+    digest = quest.page_digest(k, 4)
+    heads_last = q.transpose(1, 2).contiguous().transpose(1, 2)  # (B, H, N, D) over (B, N, H, D) memory
+    assert torch.equal(quest.upper_bounds(heads_last, digest), quest.upper_bounds(q, digest))
+
+
 def test_quest_bound_is_an_upper_bound_of_every_key_in_the_page():
     q, k, _ = _qkv(H=2, seed=2)
     mins, maxs = quest.page_bounds(k, 6)

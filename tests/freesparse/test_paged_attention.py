@@ -116,9 +116,12 @@ def test_quest_decoded_from_the_first_token_equals_the_reference(H, Hkv, N, top_
 def test_decode_page_attention_refuses_a_cache_shorter_than_its_pages():
     from attnkit.kernels.gathered_keys import decode_page_attention
 
-    q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 10, 8)
-    with pytest.raises(ValueError, match="k holds 10 tokens; decode_page_attention reads 12 rows"):
+    q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 8, 8)  # one complete page before the last token's
+    with pytest.raises(ValueError, match="k holds 8 tokens: fewer complete pages before the last token than the 2"):
         decode_page_attention(q, k, k, torch.tensor([[[0, 1]] * 2]), page=4, scale=0.3)
+    out = decode_page_attention(q, torch.cat([k, k[:, :, :1]], 2), torch.cat([k, k[:, :, :1]], 2),
+                                torch.tensor([[[0, 1]] * 2]), page=4, scale=0.3)  # 9 tokens: pages 0, 1 complete
+    assert out.shape == (1, 2, 1, 8) and out.isfinite().all()
 
 
 def test_decode_key_attention_reads_the_chosen_keys_in_any_order():
@@ -135,5 +138,15 @@ def test_decode_key_attention_reads_the_chosen_keys_in_any_order():
     out = decode_key_attention(q, k, v, chosen, scale=0.3)
     want = _masked(q, k, v, chosen[:, :, None], torch.ones(B, H, 1, 9, dtype=torch.bool), 1, 0.3)
     assert (out - want).abs().max() < 1e-12
+    strided = torch.stack([chosen, chosen], -1)[..., 0]  # the same positions in a non-contiguous view
+    assert torch.equal(decode_key_attention(q, k, v, strided, scale=0.3), out)
     with pytest.raises(ValueError, match=r"chosen must be \(B, H, K\) = \(2, 4, K\)"):
         decode_key_attention(q, k, v, chosen[:, :, None], scale=0.3)
+
+
+def test_decode_row_numbers_are_int32_only_while_every_row_fits():
+    from attnkit.kernels.gathered_keys import _index_dtype
+
+    rows = torch.zeros(1, 8)
+    assert _index_dtype(rows.expand(2 ** 31 - 1, 8)) == torch.int32
+    assert _index_dtype(rows.expand(5, 8), rows.expand(2 ** 31, 8)) == torch.int64

@@ -36,6 +36,8 @@ and a decode step without gradients on the CPU reads them without copying them
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..kernels.gathered_keys import decode_page_attention, paged_attention, reads_in_place
@@ -101,8 +103,8 @@ def quest_pages(q, digest, kv_len: int, *, page: int, top_k: int, chunk: int = 4
 def decode_pages(q, digest, kv_len: int, *, page: int, top_k: int) -> torch.Tensor:
     """A decode step's past pages ``(B, H, top_k - 1)``, in no order: one query per head at the end of a cache of
     ``kv_len`` tokens with at least ``top_k - 1`` complete pages before its current one (so none is masked)."""
-    past = digest[:, :, : (kv_len - 1) // page]
-    return upper_bounds(q, past)[:, :, 0].topk(top_k - 1, dim=-1, sorted=False).indices
+    bounds = upper_bounds(q, digest[:, :, : (kv_len - 1) // page])
+    return bounds.view(*q.shape[:2], -1).topk(top_k - 1, dim=-1, sorted=False).indices
 
 
 def upper_bounds(q, digest) -> torch.Tensor:
@@ -111,19 +113,28 @@ def upper_bounds(q, digest) -> torch.Tensor:
     repeated."""
     B, H, Nq, D = q.shape
     Hkv, P = digest.shape[1], digest.shape[2]
-    split = torch.cat([q.clamp(min=0), q.clamp(max=0)], -1).reshape(B, Hkv, H // Hkv * Nq, 2 * D)
-    return (split @ digest.transpose(-1, -2)).view(B, H, Nq, P)
+    low, high = _sign_halves(D, q.dtype, q.device)
+    split = torch.clamp(q[..., None, :], low, high).reshape(B * Hkv, H // Hkv * Nq, 2 * D)
+    return torch.bmm(split, digest.flatten(0, 1).mT).view(B, H, Nq, P)
+
+
+@functools.lru_cache(maxsize=16)
+def _sign_halves(D: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bounds ``(2, D)`` that clamp ``q`` to ``[relu(q), min(q, 0)]`` (made once, never written)."""
+    inf = torch.full((D,), float("inf"), dtype=dtype, device=device)
+    zero = torch.zeros(D, dtype=dtype, device=device)
+    return torch.stack([zero, -inf]), torch.stack([inf, zero])
 
 
 def _attend(q, k, v, digest, scale, page, top_k, few: int = 64):
     """Attention over the chosen pages: a call of at most ``few`` queries gathers its pages' keys (one query
-    after at least ``top_k`` pages of tokens, when :func:`reads_in_place`: reads them where they are), a longer call
-    runs the block-selection engine (the same pairs, exactly)."""
+    with at least ``top_k - 1`` complete pages before its own, when :func:`reads_in_place`: reads them where they
+    are), a longer call runs the block-selection engine (the same pairs, exactly)."""
     Nq, Nk = q.shape[2], k.shape[2]
     if Nq > few:
         sel = quest_selection(q.detach(), digest, Nk, page=page, top_k=top_k)
         return selected_block_attention(q, k, v, sel, scale=scale, causal=True)
-    if Nq == 1 and Nk >= top_k * page and reads_in_place(q, k, v):
+    if Nq == 1 and (Nk - 1) // page >= top_k - 1 and reads_in_place(q, k, v):
         past = decode_pages(q, digest, Nk, page=page, top_k=top_k)
         return decode_page_attention(q, k, v, past, page=page, scale=scale)
     blocks, valid = quest_pages(q.detach(), digest, Nk, page=page, top_k=top_k)
@@ -162,6 +173,8 @@ def _reference(q, k, v, *, causal, mask, scale, page, top_k):
 
 def _step(q, k, v, state, *, causal, mask, scale, page, top_k):
     def summarise(cache, done):
+        if done and cache.length // page == done:  # no page completed (most decode steps)
+            return None
         with torch.no_grad():
             return (page_digest(cache.k.detach(), page, first=done),)
 
