@@ -75,6 +75,9 @@ def test_initial_and_local_blocks_are_always_selected_and_never_the_future():
     for need in (torch.zeros_like(t), t // 16, (t // 16 - 1).clamp(min=0)):
         assert ((blocks == need[:, None]) & valid).any(-1).all()
     assert (blocks[valid] <= (t // 16)[:, None].expand_as(blocks[0, 0])[None, None].expand_as(blocks)[valid]).all()
+    # each row's valid blocks in ascending order, then its unused slots
+    assert ((blocks[..., 1:] > blocks[..., :-1]) | ~valid[..., 1:]).all()
+    assert (valid[..., :-1] | ~valid[..., 1:]).all()
 
 
 @pytest.mark.parametrize("dense_pairs", [0, 1 << 62], ids=["kernels", "dense"])

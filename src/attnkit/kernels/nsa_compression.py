@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .nsa_branches import block_importance, compressed_count, compressed_visible, top_blocks_at
+from .nsa_branches import compressed_count, compressed_visible, importance_from_sums, top_blocks_at
 from .row_terms import row_dot, with_ones
 
 LOG2E = 1.4426950408889634
@@ -59,6 +59,7 @@ class _Chunks:
         self.Hkv, n_cmp = kc.shape[1], kc.shape[2]
         self.g = H // self.Hkv
         size = max(16, min(self.Nq, budget // max(1, B * H * n_cmp)))
+        self.size = size
         self.bounds = []
         for c0 in range(0, self.Nq, size):
             c1 = min(self.Nq, c0 + size)
@@ -89,7 +90,7 @@ def _scores(qc, kc2, qpos, c0, c1, seen, open_, g, block, stride):
     """Base-2 scores of a chunk over its first ``seen`` compressed keys, invisible ones ``-inf``."""
     s = qc @ kc2[:, :, :seen].transpose(-1, -2)
     if open_ < seen:
-        hidden = ~compressed_visible(qpos[c0:c1], seen, block, stride)[:, open_:]
+        hidden = ~compressed_visible(qpos[c0:c1], seen, block, stride, first=open_)
         tail = s.view(*s.shape[:2], g, c1 - c0, seen)[..., open_:]
         tail.masked_fill_(hidden, float("-inf"))
     return s
@@ -102,15 +103,18 @@ class _CompressionBranch(torch.autograd.Function):
         B, H, Nq, _ = q.shape
         Hkv, g = chunks.Hkv, chunks.g
         n_blocks = -(-kv_len // select_block)
+        span, per_block = block // stride, select_block // stride
         kc2 = kc * (scale * LOG2E)
         out = q.new_zeros(B, H, Nq, vc.shape[3])
         lse = q.new_full((B, Hkv, g * Nq), math.inf)
         keep = min(select_count, n_blocks)
-        blocks = torch.zeros(B, Hkv, Nq, keep, dtype=torch.long, device=q.device)
-        valid = torch.zeros(B, Hkv, Nq, keep, dtype=torch.bool, device=q.device)
+        blocks = torch.empty(B, Hkv, Nq, keep, dtype=torch.long, device=q.device)
+        valid = torch.empty(B, Hkv, Nq, keep, dtype=torch.bool, device=q.device)
+        # a chunk's weights summed over each group's heads (equation 10 first), compressed block i at column
+        # span - 1 + i; the other columns stay zero: the chunks see ever more compressed blocks
+        sums = q.new_zeros(B, Hkv, chunks.size, span - 1 + n_blocks * per_block)
         for c0, c1, seen, open_ in chunks.bounds:
             C = c1 - c0
-            importance = q.new_zeros(B, Hkv, C, n_blocks)
             if seen:
                 s = _scores(chunks.rows(q, c0, c1), kc2, qpos, c0, c1, seen, open_, g, block, stride)
                 top = s.amax(-1, keepdim=True).clamp_(min=torch.finfo(s.dtype).min)
@@ -120,10 +124,12 @@ class _CompressionBranch(torch.autograd.Function):
                 out[:, :, c0:c1] = chunks.back(p @ vc[:, :, :seen], c0, c1)
                 row_lse = torch.where(total > 0, top + torch.log2(total), math.inf)
                 lse.view(B, Hkv, g, Nq)[:, :, :, c0:c1] = row_lse.view(B, Hkv, g, C)
-                importance = block_importance(p.view(B, H, C, seen), Hkv, n_blocks, block=block, stride=stride,
-                                              select_block=select_block)
-            b, ok = top_blocks_at(importance, qpos[c0:c1], select_block=select_block, count=select_count)
-            blocks[:, :, c0:c1], valid[:, :, c0:c1] = b, ok
+                torch.sum(p.view(B, Hkv, g, C, seen), 2, out=sums[:, :, :C, span - 1 : span - 1 + seen])
+            # the blocks up to the chunk's last token's; later ones are begun by none of its tokens
+            used = int(qpos[c1 - 1]) // select_block + 1
+            importance = importance_from_sums(sums[:, :, :C], used, span=span, per_block=per_block)
+            blocks[:, :, c0:c1], valid[:, :, c0:c1] = top_blocks_at(importance, qpos[c0:c1],
+                                                                    select_block=select_block, count=keep)
         ctx.save_for_backward(q, kc, vc, qpos, out, lse)
         ctx.setup = (scale, block, stride, budget)
         ctx.mark_non_differentiable(blocks, valid)
