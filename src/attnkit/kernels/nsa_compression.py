@@ -106,7 +106,7 @@ class _CompressionBranch(torch.autograd.Function):
         n_blocks = -(-kv_len // select_block)
         span, per_block = block // stride, select_block // stride
         kcs = kc * scale
-        out = q.new_zeros(B, H, Nq, vc.shape[3])
+        out = q.new_empty(B, H, Nq, vc.shape[3])
         lse = q.new_full((B, Hkv, g * Nq), math.inf)
         keep = min(select_count, n_blocks)
         blocks = torch.empty(B, Hkv, Nq, keep, dtype=torch.long, device=q.device)
@@ -126,6 +126,8 @@ class _CompressionBranch(torch.autograd.Function):
                 row_lse = torch.where(total > 0, top + torch.log(total), math.inf)
                 lse.view(B, Hkv, g, Nq)[:, :, :, c0:c1] = row_lse.view(B, Hkv, g, C)
                 torch.sum(p.view(B, Hkv, g, C, seen), 2, out=sums[:, :, :C, span - 1 : span - 1 + seen])
+            else:
+                out[:, :, c0:c1] = 0
             # the blocks up to the chunk's last token's; later ones are begun by none of its tokens
             used = int(qpos[c1 - 1]) // select_block + 1
             importance = importance_from_sums(sums[:, :, :C], used, span=span, per_block=per_block)
@@ -147,14 +149,18 @@ class _CompressionBranch(torch.autograd.Function):
         kcs = kc * scale  # also dQ = scale dS K~, the scale taken on the small K~
         kc1, vc1 = with_ones(kcs), with_ones(vc)
         neg_lse, neg_delta = lse.view(B, H, Nq).neg(), row_dot(d_out, out).neg_()
-        dq, dkc, dvc = torch.zeros_like(q), torch.zeros_like(kc), torch.zeros_like(vc)
+        dq, dkc, dvc = torch.empty_like(q), torch.zeros_like(kc), torch.zeros_like(vc)
+        # dK~ and dV~ by batched matmuls that add into them in place, one batch per (batch, kv head)
+        dkc3, dvc3 = dkc.view(B * chunks.Hkv, -1, D), dvc.view(B * chunks.Hkv, -1, Dv)
         for c0, c1, seen, open_ in chunks.bounds:
             if not seen:
+                dq[:, :, c0:c1] = 0
                 continue
             qc, doc = chunks.rows_with(q, neg_lse, c0, c1), chunks.rows_with(d_out, neg_delta, c0, c1)
             p = _scores(qc, kc1, qpos, c0, c1, seen, open_, g, block, stride).exp_()
-            dvc[:, :, :seen] += p.transpose(-1, -2) @ doc[..., :Dv]
+            rows = p.shape[2]
+            dvc3[:, :seen].baddbmm_(p.view(-1, rows, seen).transpose(-1, -2), doc.view(-1, rows, Dv + 1)[..., :Dv])
             ds = p.mul_(doc @ vc1[:, :, :seen].transpose(-1, -2))
             dq[:, :, c0:c1] = chunks.back(ds @ kcs[:, :, :seen], c0, c1)
-            dkc[:, :, :seen] += ds.transpose(-1, -2) @ qc[..., :D]
+            dkc3[:, :seen].baddbmm_(ds.view(-1, rows, seen).transpose(-1, -2), qc.view(-1, rows, D + 1)[..., :D])
         return dq, dkc * scale, dvc, None, None, None, None, None, None, None, None
