@@ -11,17 +11,19 @@ for the rest, the importance of a chunk is dropped once its blocks are chosen.
 
 The selection reads a quarter of the weights (with four query heads a group):
 equation 10 (the sum over the group's heads) is taken first, straight into one
-zero-padded buffer that serves every chunk, and equation 9 and the top-``n``
-then run only over the selection blocks up to the chunk's last token's (the
-later ones are begun by none of its tokens). At N=32768, on one loaded CPU core, that took the
-selection from about 1.3 to 0.4 CPU s of the branch's forward.
+zero-padded buffer, and equation 9 and the top-``n`` then run for
+``SELECT_ROWS`` tokens at a time (a whole number of chunks), only over the
+selection blocks up to the last of those tokens' (the later ones are begun by
+none of them). At N=32768, on one loaded CPU core, that took the selection
+from about 1.3 to under 0.4 CPU s of the branch's forward.
 
 The backward is FlashAttention-2's: each chunk's weights are recomputed from
 the saved log-sum-exp (one matmul, no second softmax, no importance) and give
 dQ, dK~, dV~; the row terms ride in the matmuls (``[q, -lse] . [k~, 1]`` and
-``[dO, -delta] . [v~, 1]``, :mod:`~attnkit.kernels.row_terms`). The weights use ``exp``, not ``exp2`` with the
-``log2 e`` folded into the scale: with PyTorch 2.13 on an AVX-512 CPU ``exp_`` measured about 30% faster than
-``exp2_`` on the chunks' scores.
+``[dO, -delta] . [v~, 1]``, :mod:`~attnkit.kernels.row_terms`). The weights use
+``exp``, not ``exp2`` with ``log2 e`` folded into the scale: with PyTorch 2.13
+on an AVX-512 CPU ``exp_`` measured about 30% faster than ``exp2_`` on the
+chunks' scores.
 A chunk reads only the compressed blocks its last query can see and masks only
 the columns its first query cannot. Chunks are small (the default budget gives
 64 queries at N=32768, 256 at 8192): the scores of one stay in cache between
