@@ -9,6 +9,7 @@ from attnkit.families import nsa
 from attnkit.families.nsa import nsa_inputs
 from attnkit.kernels.nsa_branches import (block_importance, compress, compress_by_segments, compressed_visible,
                                          compressed_weights, top_blocks)
+from attnkit.kernels import nsa_compression
 from attnkit.kernels.nsa_compression import compression_and_selection
 from attnkit.kernels.positions import query_positions
 
@@ -75,6 +76,9 @@ def test_initial_and_local_blocks_are_always_selected_and_never_the_future():
     for need in (torch.zeros_like(t), t // 16, (t // 16 - 1).clamp(min=0)):
         assert ((blocks == need[:, None]) & valid).any(-1).all()
     assert (blocks[valid] <= (t // 16)[:, None].expand_as(blocks[0, 0])[None, None].expand_as(blocks)[valid]).all()
+    # each row's valid blocks in ascending order, then its unused slots
+    assert ((blocks[..., 1:] > blocks[..., :-1]) | ~valid[..., 1:]).all()
+    assert (valid[..., :-1] | ~valid[..., 1:]).all()
 
 
 @pytest.mark.parametrize("dense_pairs", [0, 1 << 62], ids=["kernels", "dense"])
@@ -137,8 +141,10 @@ def test_bad_parameters_are_refused():
         attnkit.attention(q, k, v, "nsa", causal=True, **{**tensors, "gates": tensors["gates"][..., :2]})
 
 
-@pytest.mark.parametrize("budget", [1 << 24, 700])
-def test_one_pass_compression_equals_the_equations_in_small_chunks(budget):
+@pytest.mark.parametrize("budget, select_rows", [(1 << 24, 256), (700, 256), (700, 48)])
+def test_one_pass_compression_equals_the_equations_in_small_chunks(monkeypatch, budget, select_rows):
+    # 700: chunks of 16 queries; with blocks chosen every 48 tokens the last choice takes a partial group
+    monkeypatch.setattr(nsa_compression, "SELECT_ROWS", select_rows)
     q, k, v, tensors = _problem(N=150, seed=2)
     block, stride = tensors["k_pos"].shape[0], 8
     kc = compress(k, tensors["k_pos"], tensors["k_w1"], tensors["k_w2"], block=block, stride=stride)
