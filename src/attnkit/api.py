@@ -232,14 +232,39 @@ def _checked(q, k, v, mechanism, causal, mask, scale, form, state, return_state,
     if state is not None and not isinstance(state, KVState):
         check_state(state, spec.name, q)
     cross = q.shape[2] != k.shape[2] and not incremental
+    scale, params = _settings(spec, causal, cross, mask is not None, scale, q.shape[-1], form, incremental, params)
+    if mask is not None:
+        mask = normalise_mask(mask, q, k) if state is None else _incremental_mask(mask, q, k, state)
+    if incremental and getattr(spec.step, "one_query_per_key", False) and q.shape[2] != k.shape[2]:
+        raise ValueError(f"mechanism {spec.name!r} is a recurrence: its incremental calls take one query per new "
+                         f"key, got q with {q.shape[2]} tokens and k with {k.shape[2]}")
+    return spec, mask, scale, params, incremental
+
+
+# Settings that passed _settings' checks, by their values: a decode loop checks its settings once.
+_SETTLED: dict = {}
+_SETTLED_LIMIT = 256
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _settings(spec, causal, cross, masked, scale, head_dim, form, incremental, params):
+    """The checks of a call's settings (pattern, tensor inputs, params, mask support, scale, incremental use):
+    ``(scale, params with the defaults)``. Settings of plain values (no tensor in params) are checked once."""
+    key = None
+    if (type(causal) in _PLAIN and type(scale) in _PLAIN and type(form) in _PLAIN
+            and all(type(x) in _PLAIN for x in params.values())):
+        # each value's type is part of the key: True == 1 == 1.0 would otherwise share one entry
+        key = (id(spec), type(causal), causal, cross, masked, type(scale), scale, head_dim, form, incremental,
+               *((n, type(x), x) for n, x in params.items()))
+        settled = _SETTLED.get(key)
+        if settled is not None and settled[0] is spec:
+            return settled[1], settled[2]
     check_pattern(spec, causal, cross)
     check_required_inputs(spec, params)
     params = check_params(spec, params)
-    if mask is not None:
-        mask = normalise_mask(mask, q, k) if state is None else _incremental_mask(mask, q, k, state)
-    if mask is not None and not spec.supports_mask:
+    if masked and not spec.supports_mask:
         raise ValueError(f"mechanism {spec.name!r} does not take a mask; pass mask=None")
-    scale = check_scale(scale, q.shape[-1])
+    scale = check_scale(scale, head_dim)
     if incremental:
         if spec.step is None:
             raise ValueError(f"mechanism {spec.name!r} has no incremental form; call it without state/return_state")
@@ -247,10 +272,11 @@ def _checked(q, k, v, mechanism, causal, mask, scale, form, state, return_state,
             raise ValueError("incremental use (state / return_state) needs causal=True")
         if form is not None:
             raise ValueError("form= selects a one-shot form; incremental calls always use the mechanism's step form")
-        if getattr(spec.step, "one_query_per_key", False) and q.shape[2] != k.shape[2]:
-            raise ValueError(f"mechanism {spec.name!r} is a recurrence: its incremental calls take one query per new "
-                             f"key, got q with {q.shape[2]} tokens and k with {k.shape[2]}")
-    return spec, mask, scale, params, incremental
+    if key is not None:
+        if len(_SETTLED) >= _SETTLED_LIMIT:
+            _SETTLED.clear()
+        _SETTLED[key] = (spec, scale, params)
+    return scale, params
 
 
 def _step(spec, q, k, v, state, **kw):

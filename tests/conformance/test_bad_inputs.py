@@ -100,3 +100,15 @@ def test_a_position_that_is_not_an_encoding_is_refused_naming_position():
     q = torch.randn(1, 2, 4, 8)
     with pytest.raises(TypeError, match="position must be a positional encoding"):
         attnkit.attention(q, q, q, "softmax", causal=True, position="rope")
+
+
+def test_settings_checked_once_still_refuse_values_equal_to_accepted_ones():
+    """attention() remembers settings that passed their checks; True == 1 == 1.0, so a remembered page=1 or
+    scale=1 must not let page=True, page=1.0 or scale=True through."""
+    q = k = v = torch.randn(1, 2, 8, 4)
+    attnkit.attention(q, k, v, "quest", causal=True, scale=1, page=1, top_k=2)
+    for bad in (True, 1.0):
+        with pytest.raises(TypeError, match="page"):
+            attnkit.attention(q, k, v, "quest", causal=True, scale=1, page=bad, top_k=2)
+    with pytest.raises(TypeError, match="scale"):
+        attnkit.attention(q, k, v, "quest", causal=True, scale=True, page=1, top_k=2)

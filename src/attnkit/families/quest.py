@@ -103,7 +103,8 @@ def quest_pages(q, digest, kv_len: int, *, page: int, top_k: int, chunk: int = 4
 def decode_pages(q, digest, kv_len: int, *, page: int, top_k: int) -> torch.Tensor:
     """A decode step's past pages ``(B, H, top_k - 1)``, in no order: one query per head at the end of a cache of
     ``kv_len`` tokens with at least ``top_k - 1`` complete pages before its current one (so none is masked)."""
-    bounds = upper_bounds(q, digest[:, :, : (kv_len - 1) // page])
+    past = (kv_len - 1) // page
+    bounds = upper_bounds(q, digest if digest.shape[2] == past else digest[:, :, :past])
     return bounds.view(*q.shape[:2], -1).topk(top_k - 1, dim=-1, sorted=False).indices
 
 
@@ -114,7 +115,9 @@ def upper_bounds(q, digest) -> torch.Tensor:
     B, H, Nq, D = q.shape
     Hkv, P = digest.shape[1], digest.shape[2]
     low, high = _sign_halves(D, q.dtype, q.device)
-    split = torch.clamp(q[..., None, :], low, high).reshape(B * Hkv, H // Hkv * Nq, 2 * D)
+    # one query per head broadcasts against the (2, D) bounds as it is: (B, H, 2, D), the same numbers in the
+    # same order as (B, H, 1, 2, D)
+    split = torch.clamp(q if Nq == 1 else q[..., None, :], low, high).reshape(B * Hkv, H // Hkv * Nq, 2 * D)
     return torch.bmm(split, digest.flatten(0, 1).mT).view(B, H, Nq, P)
 
 

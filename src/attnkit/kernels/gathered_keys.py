@@ -120,10 +120,11 @@ def decode_page_attention(q, k, v, past: torch.Tensor, *, page: int, scale: floa
         raise ValueError(f"k holds {N} tokens: fewer complete pages before the last token than the {P} past pages "
                          f"of {page} tokens that decode_page_attention reads")
     k_rows, v_rows, firsts = _rows_in_place(k, v, H)
-    first_page = _first_page_rows(firsts, page, _index_dtype(k_rows, v_rows), q.device)  # (1 or 2, B, H, 1, page)
-    index = torch.cat([torch.add(first_page, past.to(first_page.dtype)[..., None], alpha=page).flatten(-2),
-                       first_page[..., 0, : N - current] + current], -1)
-    return _attend_index(q, k_rows, v_rows, index.view(len(firsts), -1), scale)
+    dtype = _index_dtype(k_rows, v_rows)
+    first_page = _first_page_rows(firsts, page, dtype, q.device)  # (1 or 2, B, H, 1, page)
+    index = torch.cat([torch.add(first_page, past.to(dtype).unsqueeze(-1), alpha=page).flatten(-2),
+                       _first_written_rows(firsts, page, N - current, dtype, q.device) + current], -1)
+    return _attend_index(q, k_rows, v_rows, *_key_and_value_rows(index), scale)
 
 
 def decode_key_attention(q, k, v, chosen: torch.Tensor, *, scale: float) -> torch.Tensor:
@@ -136,7 +137,7 @@ def decode_key_attention(q, k, v, chosen: torch.Tensor, *, scale: float) -> torc
     k_rows, v_rows, firsts = _rows_in_place(k, v, q.shape[1])
     first = _first_rows_tensor(firsts, _index_dtype(k_rows, v_rows), q.device)
     index = chosen.to(first.dtype) + first[..., None]
-    return _attend_index(q, k_rows, v_rows, index.reshape(len(firsts), -1), scale)
+    return _attend_index(q, k_rows, v_rows, *_key_and_value_rows(index), scale)
 
 
 def _rows_in_place(k, v, heads: int):
@@ -152,20 +153,30 @@ def _index_dtype(*rows: torch.Tensor) -> torch.dtype:
     return torch.int32 if max(r.shape[0] for r in rows) < 2 ** 31 else torch.int64
 
 
-def _attend_index(q, k_rows, v_rows, index, scale: float) -> torch.Tensor:
-    """Softmax attention of ``q (B, H, 1, D)`` over the distinct key rows ``index[0]`` (``B H`` runs of ``W``
-    rows, one per query head), ``(B, H, 1, Dv)``: keys scored by the sampled product, values (rows ``index[-1]``)
+def _key_and_value_rows(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The key rows and the value rows of ``index (1 or 2, B, H, W)``, flat: one tensor twice when keys and values
+    share their rows."""
+    if index.shape[0] == 1:
+        rows = index.reshape(-1)
+        return rows, rows
+    rows = index.reshape(2, -1)
+    return rows[0], rows[1]
+
+
+def _attend_index(q, k_rows, v_rows, key_index, value_index, scale: float) -> torch.Tensor:
+    """Softmax attention of ``q (B, H, 1, D)`` over the distinct key rows ``key_index`` (``B H`` runs of ``W``
+    rows, one per query head), ``(B, H, 1, Dv)``: keys scored by the sampled product, values (rows ``value_index``)
     summed by ``embedding_bag``, both where they are."""
     B, H, _, D = q.shape
     R = B * H
-    W = index.shape[-1] // R
-    row_starts, zeros = _pattern(R, W, q.dtype, index.dtype, q.device)
-    chosen = _csr(row_starts, index[0], zeros, (R, k_rows.shape[0]))
+    W = key_index.shape[0] // R
+    row_starts, zeros = _pattern(R, W, q.dtype, key_index.dtype, q.device)
+    chosen = _csr(row_starts, key_index, zeros, (R, k_rows.shape[0]))
     # beta=1 adds the pattern's zeros (the same scores): PyTorch's CPU kernel runs faster than with beta=0
     scores = torch.sparse.sampled_addmm(chosen, q.reshape(R, D), k_rows.T, beta=1.0, alpha=scale).values()
     weights = scores.view(R, W).softmax(-1).view(-1)
-    out = F.embedding_bag(index[-1], v_rows, row_starts, mode="sum", per_sample_weights=weights,
-                          include_last_offset=True)
+    # torch.embedding_bag is F.embedding_bag without its Python checks (these arguments pass them by construction)
+    out = torch.embedding_bag(v_rows, value_index, row_starts, False, 0, False, weights, True)[0]  # mode 0: sum
     return out.view(B, H, 1, -1)
 
 
@@ -179,6 +190,13 @@ def _first_rows_tensor(firsts: tuple, dtype: torch.dtype, device: torch.device) 
 def _first_page_rows(firsts: tuple, page: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The rows of each query head's page 0, ``(1 or 2, B, H, 1, page)`` (made once per layout, never written)."""
     return _first_rows_tensor(firsts, dtype, device)[..., None, None] + torch.arange(page, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=256)
+def _first_written_rows(firsts: tuple, page: int, written: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The rows of the first ``written`` keys of each query head's page 0, ``(1 or 2, B, H, written)`` (made once per
+    layout and count, never written)."""
+    return _first_page_rows(firsts, page, dtype, device)[..., 0, :written].contiguous()
 
 
 @functools.lru_cache(maxsize=256)
