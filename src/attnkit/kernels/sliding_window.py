@@ -43,6 +43,25 @@ def sliding_window_attention(q, k, v, *, window: int, scale: float, tile: int = 
     """Causal attention of ``q (B, H, Nq, D)`` over the last ``window`` of ``k, v (B, Hkv, Nk, D/Dv)``
     (the query at position ``t`` sees keys ``t - window + 1 .. t``). ``tile`` (queries per step) is an
     execution knob."""
+    _check(q, k, v, window, tile)
+    return _SlidingWindow.apply(q, k, v, None, None, window, scale, tile)
+
+
+def add_gated_sliding_window(into, gate, q, k, v, *, window: int, scale: float, tile: int = TILE) -> torch.Tensor:
+    """``into += gate[..., None] * sliding_window_attention(q, k, v, ...)``, in place, returning ``into
+    (B, H, Nq, Dv)``; ``gate (B, H, Nq)`` weighs each query's row (a branch gate, as in a gated sum of attention
+    branches). The kernel applies the gate as it writes each tile and, backward, as it lays out ``dO``, and takes
+    the gate's gradient with the row term it needs anyway, so the gated branch costs no tensor the size of the
+    output beyond the ungated one it keeps for the backward."""
+    _check(q, k, v, window, tile)
+    B, H, Nq, _ = q.shape
+    if gate.shape != (B, H, Nq) or into.shape != (B, H, Nq, v.shape[3]):
+        raise ValueError(f"gate {tuple(gate.shape)}, into {tuple(into.shape)}: expected gate (B, H, Nq) = "
+                         f"{(B, H, Nq)} and into (B, H, Nq, Dv) = {(B, H, Nq, v.shape[3])}")
+    return _SlidingWindow.apply(q, k, v, gate, into, window, scale, tile)
+
+
+def _check(q, k, v, window, tile):
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     if (k.ndim != 4 or v.ndim != 4 or (k.shape[0], k.shape[3]) != (B, D) or v.shape[:3] != k.shape[:3]
@@ -52,7 +71,6 @@ def sliding_window_attention(q, k, v, *, window: int, scale: float, tile: int = 
     for name, value in (("window", window), ("tile", tile)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return _SlidingWindow.apply(q, k, v, window, scale, tile)
 
 
 def matmul_shapes(q, k, v, *, window: int, tile: int = TILE) -> list[tuple[int, int, int, int]]:
@@ -82,33 +100,39 @@ class _Tiles:
         lo, hi = (int(seen_by_all[0]), int(seen_by_all[-1]) + 1) if seen_by_all.numel() else (self.S, self.S)
         self.masked_columns = [(a, b) for a, b in ((0, lo), (hi, self.S)) if a < b]
 
-    def queries(self, x, scale, term=None):
-        """``(B, H, N, E)`` -> ``(n, B Hkv, g T, E + 1)``: times ``scale``, tile by tile, the kv group's query
-        heads stacked as rows, zero rows past ``N`` and a last column for a row term: ``term (B, H, N)``, or 0."""
-        B, E = x.shape[0], x.shape[3]
-        out = x.new_zeros(self.n, B, self.Hkv, self.g, self.T, E + 1)
-        target = out.permute(1, 2, 3, 0, 4, 5)  # (B, Hkv, g, n, T, E + 1)
-        whole = self.N // self.T
-        pieces = [(x.reshape(B, self.Hkv, self.g, self.N, E), target[..., :E], scale)]
+    def rows_buffer(self, x, E):
+        """An empty ``(B Hkv, g T, E)`` buffer for one tile's rows, the query heads of a kv group stacked."""
+        return x.new_empty(self.B * self.Hkv, self.g * self.T, E)
+
+    def of_tile(self, x, t):
+        """Tile ``t``'s rows of ``x (B, H, N, ...)`` as ``(B, Hkv, g, rows, ...)`` (a view; the last tile may be
+        short)."""
+        start = t * self.T
+        return x.unflatten(1, (self.Hkv, self.g))[:, :, :, start : start + self.T]
+
+    def take(self, buffer, x, t, factor, term=None):
+        """Write tile ``t``'s rows of ``x (B, H, N, E)`` times ``factor`` (a number, or ``(B, H, N)`` per row)
+        into :meth:`rows_buffer` ``buffer``'s first ``E`` columns and the row term ``term (B, H, N)`` into
+        column ``E``; rows past ``N`` are zeros."""
+        E, rows = x.shape[-1], buffer.view(self.B, self.Hkv, self.g, self.T, -1)
+        valid = min(self.T, self.N - t * self.T)
+        if valid < self.T:
+            rows[:, :, :, valid:] = 0
+        if isinstance(factor, torch.Tensor):
+            factor = self.of_tile(factor, t)[..., None]
+        torch.mul(self.of_tile(x, t), factor, out=rows[:, :, :, :valid, :E])
         if term is not None:
-            pieces.append((term.reshape(B, self.Hkv, self.g, self.N, 1), target[..., E:], 1.0))
-        for src, dst, factor in pieces:
-            torch.mul(src[:, :, :, : whole * self.T].unflatten(3, (whole, self.T)), factor, out=dst[:, :, :, :whole])
-            if whole < self.n:
-                torch.mul(src[:, :, :, whole * self.T:], factor, out=dst[:, :, :, whole, : self.N - whole * self.T])
-        return out.view(self.n, B * self.Hkv, self.g * self.T, E + 1)
+            rows[:, :, :, :valid, E].copy_(self.of_tile(term, t))
 
     def put(self, out, t, rows, factor):
-        """Write tile ``t``'s rows ``(B Hkv, g T, E)`` times ``factor`` (a number), or divided by it (a tensor
-        ``(B Hkv, g T, 1)``), into ``out (B, H, N, E)``; the rows past ``N`` are left out."""
-        E, T = out.shape[-1], self.T
-        valid = min(T, self.N - t * T)
-        target = out.view(self.B, self.Hkv, self.g, self.N, E)[:, :, :, t * T : t * T + valid]
-        rows = rows.view(self.B, self.Hkv, self.g, T, E)[:, :, :, :valid]
+        """Write tile ``t``'s rows ``(B Hkv, g T, E)`` times ``factor`` (a number, or ``(B Hkv, g T, 1)`` per row)
+        into ``out (B, H, N, E)``; the rows past ``N`` are left out."""
+        target = self.of_tile(out, t)
+        valid = target.shape[3]
+        rows = rows.view(self.B, self.Hkv, self.g, self.T, -1)[:, :, :, :valid]
         if isinstance(factor, torch.Tensor):
-            torch.div(rows, factor.view(self.B, self.Hkv, self.g, T, 1)[:, :, :, :valid], out=target)
-        else:
-            torch.mul(rows, factor, out=target)
+            factor = factor.view(self.B, self.Hkv, self.g, self.T, 1)[:, :, :, :valid]
+        torch.mul(rows, factor, out=target)
 
     def keys_with_ones(self, x):
         """``(B, Hkv, Nk, E)`` -> ``(B Hkv, m T + Nk + (n T - Nq), E + 1)``: ``m`` tiles of zeros before, zeros
@@ -140,6 +164,12 @@ class _Tiles:
         start = self.offset + t * self.T
         return slice(start, start + self.S)
 
+    def inside(self, t):
+        """Tile ``t``'s slab keys that are keys of the sequence: ``(slab columns, rows of flat keys)``."""
+        lo = self.offset + (t - self.m) * self.T
+        a, b = max(-lo, 0), self.S - max(lo + self.S - self.Nk, 0)
+        return slice(a, b), slice(lo + a, lo + b)
+
     def mask(self, s, t):
         """Mask tile ``t``'s base-2 scores ``(B Hkv, g T, S)`` in place: the table's hidden pairs, and the padding
         keys left of the sequence (in the first tiles, when the window reaches back past key 0)."""
@@ -153,52 +183,62 @@ class _Tiles:
 
 class _SlidingWindow(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, window, scale, tile):
+    def forward(ctx, q, k, v, gate, into, window, scale, tile):
         tiles = _Tiles(q, k, v, window, tile)
-        D = tiles.D
-        qt = tiles.queries(q, scale * LOG2E)  # its last column 0 in the forward
         kf, vf = tiles.flat(k), tiles.flat(v)
-        n, rows = tiles.n, qt.shape[1:3]
         out = q.new_empty(tiles.B, tiles.H, tiles.N, tiles.Dv)
-        lse = q.new_empty(n, *rows)
-        s = q.new_empty(*rows, tiles.S)
-        o = q.new_empty(*rows, tiles.Dv)
+        qt = tiles.rows_buffer(q, tiles.D)
+        lse = q.new_empty(tiles.n, *qt.shape[:2])
+        s = tiles.rows_buffer(q, tiles.S)
+        o = tiles.rows_buffer(q, tiles.Dv)
         lowest = floor(q.dtype)
-        for t in range(n):
-            torch.bmm(qt[t, :, :, :D], tiles.slab_of(kf, t).transpose(1, 2), out=s)
+        for t in range(tiles.n):
+            tiles.take(qt, q, t, scale * LOG2E)
+            torch.bmm(qt, tiles.slab_of(kf, t).transpose(1, 2), out=s)
             tiles.mask(s, t)
             top = s.amax(-1, keepdim=True).clamp_(min=lowest)
             p = s.sub_(top).exp2_()
             total = p.sum(-1, keepdim=True)
-            tiles.put(out, t, torch.bmm(p, tiles.slab_of(vf, t), out=o), total)
+            tiles.put(out, t, torch.bmm(p, tiles.slab_of(vf, t), out=o), total.reciprocal())
+            if into is not None:
+                tiles.of_tile(into, t).addcmul_(tiles.of_tile(out, t), tiles.of_tile(gate, t)[..., None])
             torch.add(top, total.log2_(), out=lse[t].unsqueeze(-1))
-        qt[..., D] = lse.neg()
-        ctx.save_for_backward(qt, k, v, out)
+        ctx.save_for_backward(q, k, v, out, lse, gate)
         ctx.tiles, ctx.scale = tiles, scale
-        return out
+        if into is None:
+            return out
+        ctx.mark_dirty(into)
+        return into
 
     @staticmethod
     def backward(ctx, grad_out):
-        qt, k, v, out = ctx.saved_tensors
+        q, k, v, out, lse, gate = ctx.saved_tensors
         tiles = ctx.tiles
-        T, D, Dv = tiles.T, tiles.D, tiles.Dv
+        D, Dv = tiles.D, tiles.Dv
         kp, vp = tiles.keys_with_ones(k), tiles.keys_with_ones(v)
-        dot = tiles.queries(grad_out, 1.0, row_dot(grad_out, out).neg_())  # [dO, -delta]
-        dq = qt.new_empty(tiles.B, tiles.H, tiles.N, D)
-        dq_tile = qt.new_empty(*qt.shape[1:3], D)
-        dkp, dvp = qt.new_zeros(*kp.shape[:2], D), qt.new_zeros(*vp.shape[:2], Dv)
-        s = qt.new_empty(*qt.shape[1:3], tiles.S)
+        delta = row_dot(grad_out, out)  # rowsum(dO O), the gate's gradient when there is one
+        d_gate = None
+        if gate is not None:
+            d_gate, delta = delta, delta * gate  # the branch's own dO is gate * dO
+        factor = 1.0 if gate is None else gate
+        dq = q.new_empty(q.shape)
+        dk, dv = q.new_zeros(k.shape), q.new_zeros(v.shape)
+        dkf, dvf = tiles.flat(dk), tiles.flat(dv)
+        qt, dot = tiles.rows_buffer(q, D + 1), tiles.rows_buffer(q, Dv + 1)  # [q, -lse] and [dO, -delta]
+        dq_tile = tiles.rows_buffer(q, D)
+        s = tiles.rows_buffer(q, tiles.S)
         dp = torch.empty_like(s)
+        minus_delta = delta.neg_() if gate is None else delta.neg()
         for t in range(tiles.n):
-            slab = tiles.slab(t)
-            torch.bmm(qt[t], kp[:, slab].transpose(1, 2), out=s)  # s - lse
+            torch.neg(lse[t], out=qt[:, :, D])
+            tiles.take(qt, q, t, ctx.scale * LOG2E)
+            tiles.take(dot, grad_out, t, factor, minus_delta)
+            slab, (cols, keys) = tiles.slab(t), tiles.inside(t)
+            torch.bmm(qt, kp[:, slab].transpose(1, 2), out=s)  # s - lse
             tiles.mask(s, t)
             p = s.exp2_()
-            dvp[:, slab] += torch.bmm(p.transpose(1, 2), dot[t, :, :, :Dv])
-            ds = p.mul_(torch.bmm(dot[t], vp[:, slab].transpose(1, 2), out=dp))  # P (dP - delta)
+            dvf[:, keys].baddbmm_(p[:, :, cols].transpose(1, 2), dot[:, :, :Dv])
+            ds = p.mul_(torch.bmm(dot, vp[:, slab].transpose(1, 2), out=dp))  # P (dP - delta)
             tiles.put(dq, t, torch.bmm(ds, kp[:, slab, :D], out=dq_tile), ctx.scale)
-            dkp[:, slab] += torch.bmm(ds.transpose(1, 2), qt[t, :, :, :D])
-        keys = slice(tiles.m * T, tiles.m * T + tiles.Nk)
-        dk = dkp.div_(LOG2E).view(tiles.B, tiles.Hkv, -1, D)[:, :, keys]
-        dv = dvp.view(tiles.B, tiles.Hkv, -1, Dv)[:, :, keys]
-        return dq, dk, dv, None, None, None
+            dkf[:, keys].baddbmm_(ds[:, :, cols].transpose(1, 2), qt[:, :, :D])
+        return dq, dk.div_(LOG2E), dv, d_gate, grad_out if ctx.needs_input_grad[4] else None, None, None, None
