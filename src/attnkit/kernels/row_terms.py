@@ -25,16 +25,13 @@ def with_ones(x: torch.Tensor) -> torch.Tensor:
 
 
 def row_dot(a: torch.Tensor, b: torch.Tensor, rows: int = 1 << 12) -> torch.Tensor:
-    """``(a * b).sum(-1)`` for ``a, b (..., N, E)`` of one shape, the products taken about ``rows`` rows at a time
-    (slices along ``N``) in one small buffer, each row summed as by the plain expression. Any strides: a gradient
-    broadcast from a sum (stride 0) is read in place, not copied."""
-    shape = a.shape[:-1]
-    a3, b3 = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])  # views unless a leading dim is permuted
-    L, N, E = a3.shape
-    out = a.new_empty(L, N)
-    step = max(1, rows // max(L, 1))
-    product = a.new_empty(L, min(step, N), E)
-    for r0 in range(0, N, step):
-        r1 = min(r0 + step, N)
-        torch.sum(torch.mul(a3[:, r0:r1], b3[:, r0:r1], out=product[:, : r1 - r0]), -1, out=out[:, r0:r1])
-    return out.view(shape)
+    """``(a * b).sum(-1)`` for ``a, b (..., E)``, the products taken ``rows`` rows at a time in one small buffer
+    (each row summed as by the plain expression)."""
+    E = a.shape[-1]
+    a2, b2 = a.reshape(-1, E), b.reshape(-1, E)
+    out = a.new_empty(a2.shape[0])
+    product = a.new_empty(min(rows, a2.shape[0]), E)
+    for r0 in range(0, a2.shape[0], rows):
+        r1 = min(r0 + rows, a2.shape[0])
+        torch.sum(torch.mul(a2[r0:r1], b2[r0:r1], out=product[: r1 - r0]), -1, out=out[r0:r1])
+    return out.view(a.shape[:-1])
