@@ -22,10 +22,22 @@ query's window stays masked).
 
 The backward is FlashAttention-2's: the forward keeps the output and the row
 log-sum-exp; the backward recomputes each tile's probabilities, writes dQ per
-tile and adds dK, dV into the slab's keys. The row terms ride in the matmuls
-(:mod:`~attnkit.kernels.row_terms`: the padded keys and values carry a column of
-ones). Scores are in base 2 (``exp2`` is faster than ``exp`` on CPU). Memory is
-O(N) plus one tile's scores.
+tile and adds dK, dV into the slab's keys (``baddbmm_`` straight into the
+returned gradients, the padding's rows left out). The row terms ride in the
+matmuls (:mod:`~attnkit.kernels.row_terms`: the padded keys and values carry a
+column of ones). A tile's query rows (and, backward, its ``dO`` rows) are
+copied into one small buffer per step, never the whole sequence at once.
+Scores are in base 2 (``exp2`` is faster than ``exp`` on CPU). Memory is O(N)
+plus one tile's scores.
+
+A gated branch (:func:`add_gated_sliding_window`, ``into += g * O`` with one
+gate per query row, as NSA mixes its branches) folds the gate into the
+kernel: the forward adds each tile's gated rows into ``into`` as it writes
+them, and the backward scales ``dO`` by the gate as it copies the rows. The
+gate's gradient ``rowsum(dO * O)`` is the row term the backward needs anyway,
+``delta = rowsum(g dO * O) = g * rowsum(dO * O)``, so the gate costs no pass of
+its own and no output-sized product ``g * dO`` (the ungated output is kept for the
+backward, as without a gate).
 """
 from __future__ import annotations
 
