@@ -116,35 +116,43 @@ class _Tiles:
         """An empty ``(B Hkv, g T, E)`` buffer for one tile's rows, the query heads of a kv group stacked."""
         return x.new_empty(self.B * self.Hkv, self.g * self.T, E)
 
-    def of_tile(self, x, t):
-        """Tile ``t``'s rows of ``x (B, H, N, ...)`` as ``(B, Hkv, g, rows, ...)`` (a view; the last tile may be
-        short)."""
+    def by_group(self, x):
+        """``x (B, H, N, ...)`` as ``(B, Hkv, g, N, ...)`` (a view), made once per call so that each tile only
+        slices it."""
+        return x.unflatten(1, (self.Hkv, self.g))
+
+    def buffer_rows(self, buffer):
+        """A :meth:`rows_buffer` as ``(B, Hkv, g, T, E)`` (a view)."""
+        return buffer.view(self.B, self.Hkv, self.g, self.T, -1)
+
+    def rows(self, t):
+        """Tile ``t``'s query positions and how many of its ``T`` rows are inside the sequence."""
         start = t * self.T
-        return x.unflatten(1, (self.Hkv, self.g))[:, :, :, start : start + self.T]
+        return slice(start, start + self.T), min(self.T, self.N - start)
 
     def take(self, buffer, x, t, factor, term=None):
-        """Write tile ``t``'s rows of ``x (B, H, N, E)`` times ``factor`` (a number, or ``(B, H, N)`` per row)
-        into :meth:`rows_buffer` ``buffer``'s first ``E`` columns and the row term ``term (B, H, N)`` into
-        column ``E``; rows past ``N`` are zeros."""
-        E, rows = x.shape[-1], buffer.view(self.B, self.Hkv, self.g, self.T, -1)
-        valid = min(self.T, self.N - t * self.T)
+        """Write tile ``t``'s rows of ``x`` times ``factor`` (a number, or per row ``(B, Hkv, g, N, 1)``) into the
+        first ``E`` columns of ``buffer`` and ``term (B, Hkv, g, N)`` into its column ``E``; ``x (B, Hkv, g, N, E)``
+        is a :meth:`by_group` view, ``buffer (B, Hkv, g, T, >= E)`` a :meth:`buffer_rows` one. Rows past ``N`` are
+        zeros."""
+        E, (rows, valid) = x.shape[-1], self.rows(t)
         if valid < self.T:
-            rows[:, :, :, valid:] = 0
+            buffer[:, :, :, valid:] = 0
+            buffer = buffer[:, :, :, :valid]
         if isinstance(factor, torch.Tensor):
-            factor = self.of_tile(factor, t)[..., None]
-        torch.mul(self.of_tile(x, t), factor, out=rows[:, :, :, :valid, :E])
+            factor = factor[:, :, :, rows]
+        torch.mul(x[:, :, :, rows], factor, out=buffer[..., :E])
         if term is not None:
-            rows[:, :, :, :valid, E].copy_(self.of_tile(term, t))
+            buffer[..., E].copy_(term[:, :, :, rows])
 
-    def put(self, out, t, rows, factor):
-        """Write tile ``t``'s rows ``(B Hkv, g T, E)`` times ``factor`` (a number, or ``(B Hkv, g T, 1)`` per row)
-        into ``out (B, H, N, E)``; the rows past ``N`` are left out."""
-        target = self.of_tile(out, t)
-        valid = target.shape[3]
-        rows = rows.view(self.B, self.Hkv, self.g, self.T, -1)[:, :, :, :valid]
+    def put(self, out, t, buffer, factor):
+        """Write tile ``t``'s rows of ``buffer`` times ``factor`` (a number, or per row ``(B Hkv, g T, 1)``) into
+        ``out``; ``buffer (B, Hkv, g, T, E)`` is a :meth:`buffer_rows` view, ``out (B, Hkv, g, N, E)`` a
+        :meth:`by_group` one. The rows past ``N`` are left out."""
+        rows, valid = self.rows(t)
         if isinstance(factor, torch.Tensor):
             factor = factor.view(self.B, self.Hkv, self.g, self.T, 1)[:, :, :, :valid]
-        torch.mul(rows, factor, out=target)
+        torch.mul(buffer[:, :, :, :valid], factor, out=out[:, :, :, rows])
 
     def keys_with_ones(self, x):
         """``(B, Hkv, Nk, E)`` -> ``(B Hkv, m T + Nk + (n T - Nq), E + 1)``: ``m`` tiles of zeros before, zeros
@@ -182,15 +190,20 @@ class _Tiles:
         a, b = max(-lo, 0), self.S - max(lo + self.S - self.Nk, 0)
         return slice(a, b), slice(lo + a, lo + b)
 
-    def mask(self, s, t):
-        """Mask tile ``t``'s base-2 scores ``(B Hkv, g T, S)`` in place: the table's hidden pairs, and the padding
-        keys left of the sequence (in the first tiles, when the window reaches back past key 0)."""
+    def masker(self, s):
+        """The masking of tile ``t``'s base-2 scores in the buffer ``s (B Hkv, g T, S)``, in place: the table's
+        hidden pairs, and the padding keys left of the sequence (in the first tiles, when the window reaches back
+        past key 0). The views are made once."""
         view = s.view(s.shape[0], self.g, self.T, self.S)
-        for a, b in self.masked_columns:
-            view[..., a:b].masked_fill_(self.hidden[:, a:b], float("-inf"))
-        before = self.m * self.T - self.offset - t * self.T
-        if before > 0:
-            s[..., :before] = float("-inf")
+        parts = [(view[..., a:b], self.hidden[:, a:b]) for a, b in self.masked_columns]
+        padding = self.m * self.T - self.offset  # slab keys left of key 0 in tile 0
+
+        def mask(t):
+            for scores, hidden in parts:
+                scores.masked_fill_(hidden, float("-inf"))
+            if padding > t * self.T:
+                s[..., : padding - t * self.T] = float("-inf")
+        return mask
 
 
 class _SlidingWindow(torch.autograd.Function):
@@ -203,17 +216,24 @@ class _SlidingWindow(torch.autograd.Function):
         lse = q.new_empty(tiles.n, *qt.shape[:2])
         s = tiles.rows_buffer(q, tiles.S)
         o = tiles.rows_buffer(q, tiles.Dv)
+        mask = tiles.masker(s)
+        q_rows, out_rows = tiles.by_group(q), tiles.by_group(out)
+        qt_rows, o_rows = tiles.buffer_rows(qt), tiles.buffer_rows(o)
+        if into is not None:
+            into_rows, gate_rows = tiles.by_group(into), tiles.by_group(gate)[..., None]
         lowest = floor(q.dtype)
         for t in range(tiles.n):
-            tiles.take(qt, q, t, scale * LOG2E)
+            tiles.take(qt_rows, q_rows, t, scale * LOG2E)
             torch.bmm(qt, tiles.slab_of(kf, t).transpose(1, 2), out=s)
-            tiles.mask(s, t)
+            mask(t)
             top = s.amax(-1, keepdim=True).clamp_(min=lowest)
             p = s.sub_(top).exp2_()
             total = p.sum(-1, keepdim=True)
-            tiles.put(out, t, torch.bmm(p, tiles.slab_of(vf, t), out=o), total.reciprocal())
+            torch.bmm(p, tiles.slab_of(vf, t), out=o)
+            tiles.put(out_rows, t, o_rows, total.reciprocal())
             if into is not None:
-                tiles.of_tile(into, t).addcmul_(tiles.of_tile(out, t), tiles.of_tile(gate, t)[..., None])
+                rows = tiles.rows(t)[0]
+                into_rows[:, :, :, rows].addcmul_(out_rows[:, :, :, rows], gate_rows[:, :, :, rows])
             torch.add(top, total.log2_(), out=lse[t].unsqueeze(-1))
         ctx.save_for_backward(q, k, v, out, lse, gate)
         ctx.tiles, ctx.scale = tiles, scale
@@ -232,7 +252,8 @@ class _SlidingWindow(torch.autograd.Function):
         d_gate = None
         if gate is not None:
             d_gate, delta = delta, delta * gate  # the branch's own dO is gate * dO
-        factor = 1.0 if gate is None else gate
+        factor = 1.0 if gate is None else tiles.by_group(gate)[..., None]
+        minus_delta = tiles.by_group(delta.neg_() if gate is None else delta.neg())
         dq = q.new_empty(q.shape)
         dk, dv = q.new_zeros(k.shape), q.new_zeros(v.shape)
         dkf, dvf = tiles.flat(dk), tiles.flat(dv)
@@ -240,17 +261,21 @@ class _SlidingWindow(torch.autograd.Function):
         dq_tile = tiles.rows_buffer(q, D)
         s = tiles.rows_buffer(q, tiles.S)
         dp = torch.empty_like(s)
-        minus_delta = delta.neg_() if gate is None else delta.neg()
+        mask = tiles.masker(s)
+        q_rows, do_rows, dq_rows = tiles.by_group(q), tiles.by_group(grad_out), tiles.by_group(dq)
+        qt_rows, dot_rows, dq_tile_rows = tiles.buffer_rows(qt), tiles.buffer_rows(dot), tiles.buffer_rows(dq_tile)
+        qt_q, qt_lse, dot_do = qt[:, :, :D], qt[:, :, D], dot[:, :, :Dv]
         for t in range(tiles.n):
-            torch.neg(lse[t], out=qt[:, :, D])
-            tiles.take(qt, q, t, ctx.scale * LOG2E)
-            tiles.take(dot, grad_out, t, factor, minus_delta)
+            torch.neg(lse[t], out=qt_lse)
+            tiles.take(qt_rows, q_rows, t, ctx.scale * LOG2E)
+            tiles.take(dot_rows, do_rows, t, factor, minus_delta)
             slab, (cols, keys) = tiles.slab(t), tiles.inside(t)
             torch.bmm(qt, kp[:, slab].transpose(1, 2), out=s)  # s - lse
-            tiles.mask(s, t)
+            mask(t)
             p = s.exp2_()
-            dvf[:, keys].baddbmm_(p[:, :, cols].transpose(1, 2), dot[:, :, :Dv])
+            dvf[:, keys].baddbmm_(p[:, :, cols].transpose(1, 2), dot_do)
             ds = p.mul_(torch.bmm(dot, vp[:, slab].transpose(1, 2), out=dp))  # P (dP - delta)
-            tiles.put(dq, t, torch.bmm(ds, kp[:, slab, :D], out=dq_tile), ctx.scale)
-            dkf[:, keys].baddbmm_(ds[:, :, cols].transpose(1, 2), qt[:, :, :D])
+            torch.bmm(ds, kp[:, slab, :D], out=dq_tile)
+            tiles.put(dq_rows, t, dq_tile_rows, ctx.scale)
+            dkf[:, keys].baddbmm_(ds[:, :, cols].transpose(1, 2), qt_q)
         return dq, dk.div_(LOG2E), dv, d_gate, grad_out if ctx.needs_input_grad[4] else None, None, None, None
