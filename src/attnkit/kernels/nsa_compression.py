@@ -20,10 +20,11 @@ from about 1.3 to under 0.4 CPU s of the branch's forward.
 The backward is FlashAttention-2's: each chunk's weights are recomputed from
 the saved log-sum-exp (one matmul, no second softmax, no importance) and give
 dQ, dK~, dV~; the row terms ride in the matmuls (``[q, -lse] . [k~, 1]`` and
-``[dO, -delta] . [v~, 1]``, :mod:`~attnkit.kernels.row_terms`). The weights use
-``exp``, not ``exp2`` with ``log2 e`` folded into the scale: with PyTorch 2.13
-on an AVX-512 CPU ``exp_`` measured about 30% faster than ``exp2_`` on the
-chunks' scores.
+``[dO, -delta] . [v~, 1]``, :mod:`~attnkit.kernels.row_terms`). Scores are in base 2
+(``log2 e`` folded into the scale): ``exp_`` is faster than ``exp2_`` on scores
+near their row's maximum but, in PyTorch 2.13 on CPU, takes a slow path for
+inputs far below it (a masked ``-inf``, or a weight under ``1e-38``) that made it
+several times slower on sharp attention; ``exp2_`` runs at one speed.
 A chunk reads only the compressed blocks its last query can see and masks only
 the columns its first query cannot. Chunks are small (the default budget gives
 64 queries at N=32768, 256 at 8192): the scores of one stay in cache between
@@ -39,6 +40,7 @@ import torch
 from .nsa_branches import compressed_count, compressed_visible, importance_from_sums, top_blocks_at
 from .row_terms import row_dot, with_ones
 
+LOG2E = 1.4426950408889634
 BUDGET = 1 << 20  # score elements of one query chunk
 SELECT_ROWS = 256  # tokens whose blocks are chosen together (a whole number of chunks, at least one)
 
@@ -121,7 +123,7 @@ class _CompressionBranch(torch.autograd.Function):
         Hkv, g = chunks.Hkv, chunks.g
         n_blocks = -(-kv_len // select_block)
         span, per_block = block // stride, select_block // stride
-        kcs = kc * scale
+        kcs = kc * (scale * LOG2E)
         out = q.new_empty(B, H, Nq, vc.shape[3])
         # each row's maximum score and sum of weights, chunk by chunk; rows that see no compressed block keep a
         # zero sum (log-sum-exp +inf)
@@ -139,7 +141,7 @@ class _CompressionBranch(torch.autograd.Function):
             if seen:
                 s = _scores(chunks.rows(q, c0, c1), kcs, qpos, c0, c1, seen, open_, g, block, stride)
                 top = torch.amax(s, -1, keepdim=True, out=chunks.by_chunk(tops, c0, c1)[..., None])
-                p = s.sub_(top.clamp_(min=torch.finfo(s.dtype).min)).exp_()
+                p = s.sub_(top.clamp_(min=torch.finfo(s.dtype).min)).exp2_()
                 total = torch.sum(p, -1, keepdim=True, out=chunks.by_chunk(totals, c0, c1)[..., None])
                 p.div_(total.clamp(min=torch.finfo(s.dtype).tiny))
                 out[:, :, c0:c1] = chunks.back(p @ vc[:, :, :seen], c0, c1)
@@ -154,7 +156,7 @@ class _CompressionBranch(torch.autograd.Function):
                 blocks[:, :, first:c1], valid[:, :, first:c1] = top_blocks_at(
                     importance, qpos[first:c1], select_block=select_block, count=keep)
                 first = c1
-        lse = torch.where(totals > 0, tops + totals.log(), math.inf)
+        lse = torch.where(totals > 0, tops + totals.log2(), math.inf)  # base 2
         ctx.save_for_backward(q, kc, vc, qpos, out, lse)
         ctx.setup = (scale, block, stride, budget)
         ctx.mark_non_differentiable(blocks, valid)
@@ -168,8 +170,8 @@ class _CompressionBranch(torch.autograd.Function):
         B, H, Nq, D = q.shape
         g, Dv = chunks.g, vc.shape[3]
         # the row terms ride in the matmuls: [q, -lse] . [k~, 1] = s - lse and [dO, -delta] . [v~, 1] = dP - delta
-        kcs = kc * scale  # also dQ = scale dS K~, the scale taken on the small K~
-        kc1, vc1 = with_ones(kcs), with_ones(vc)
+        kc1, vc1 = with_ones(kc * (scale * LOG2E)), with_ones(vc)
+        kcs = kc * scale  # dQ = scale dS K~, the scale taken on the small K~
         neg_lse, neg_delta = lse.neg(), row_dot(d_out, out).neg_()
         dq, dkc, dvc = torch.empty_like(q), torch.zeros_like(kc), torch.zeros_like(vc)
         # dK~ and dV~ by batched matmuls that add into them in place, one batch per (batch, kv head)
@@ -181,7 +183,7 @@ class _CompressionBranch(torch.autograd.Function):
             chunk_rows = (B, chunks.Hkv, g, c1 - c0)
             qc = chunks.rows_with(q, chunks.by_chunk(neg_lse, c0, c1).view(chunk_rows), c0, c1)
             doc = chunks.rows_with(d_out, neg_delta[:, :, c0:c1].view(chunk_rows), c0, c1)
-            p = _scores(qc, kc1, qpos, c0, c1, seen, open_, g, block, stride).exp_()
+            p = _scores(qc, kc1, qpos, c0, c1, seen, open_, g, block, stride).exp2_()
             rows = p.shape[2]
             dvc3[:, :seen].baddbmm_(p.view(-1, rows, seen).transpose(-1, -2), doc.view(-1, rows, Dv + 1)[..., :Dv])
             ds = p.mul_(doc @ vc1[:, :, :seen].transpose(-1, -2))
