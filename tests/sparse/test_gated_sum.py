@@ -48,3 +48,4 @@ def test_row_dot_equals_the_plain_row_sum_of_products(rows):
     a = torch.randn(3, 50, 9, generator=g, dtype=torch.float64)
     b = torch.randn(3, 50, 9, generator=g, dtype=torch.float64)
     assert torch.equal(row_dot(a[:, :, :8], b[:, :, 1:], rows=rows), (a[:, :, :8] * b[:, :, 1:]).sum(-1))
+

@@ -101,7 +101,7 @@ def test_short_sequences_take_the_dense_branches_and_long_ones_the_kernels(monke
     monkeypatch.setattr(nsa, "dense_selection_and_window",
                         lambda q, *a, **kw: calls.append("dense") or (zeros(q), zeros(q)))
     monkeypatch.setattr(nsa, "selected_block_attention", lambda q, *a, **kw: calls.append("kernels") or zeros(q))
-    monkeypatch.setattr(nsa, "sliding_window_attention", lambda q, *a, **kw: zeros(q))
+    monkeypatch.setattr(nsa, "add_gated_sliding_window", lambda into, *a, **kw: into)
     monkeypatch.setattr(nsa, "DENSE_PAIRS", 40 * 40)
     for n in (40, 41):
         q, k, v, tensors = _problem(N=n)

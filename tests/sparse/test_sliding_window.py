@@ -6,7 +6,7 @@ import torch
 
 import attnkit
 from attnkit.kernels.positions import query_positions
-from attnkit.kernels.sliding_window import sliding_window_attention
+from attnkit.kernels.sliding_window import add_gated_sliding_window, sliding_window_attention
 from attnkit.reference import materialised_attention
 
 # (batch, heads, kv_heads, q_len, kv_len, head_dim, value_dim, window, tile)
@@ -52,6 +52,52 @@ def test_output_and_gradients_equal_dense_attention_with_the_window_mask(case):
     q, k, v = (x.requires_grad_(True) for x in _problem(B, H, Hkv, Nq, Nk, D, Dv))
     got = sliding_window_attention(q, k, v, window=window, scale=0.3, tile=tile)
     _assert_equals_the_window_mask(got, q, k, v, window)
+
+
+@pytest.mark.parametrize("case", CASES[:4] + CASES[6:], ids=[str(c) for c in CASES[:4] + CASES[6:]])
+def test_a_gated_window_added_into_an_output_equals_the_plain_expression(case):
+    """``into + gate * window(q, k, v)`` and the gradients of all five inputs, some gates exactly 0, in float64."""
+    B, H, Hkv, Nq, Nk, D, Dv, window, tile = case
+    q, k, v = _problem(B, H, Hkv, Nq, Nk, D, Dv)
+    g = torch.Generator().manual_seed(3)
+    gate = torch.rand(B, H, Nq, generator=g, dtype=torch.float64)
+    gate[:, 0, ::3] = 0
+    base = torch.randn(B, H, Nq, Dv, generator=g, dtype=torch.float64)
+    leaves = [x.requires_grad_(True) for x in (q, k, v, gate, base)]
+    got = add_gated_sliding_window(base * 1.0, gate, q, k, v, window=window, scale=0.3, tile=tile)
+    mask = _window_mask(Nq, Nk, window)
+    want = base + gate[..., None] * materialised_attention(q, k, v, causal=False, mask=mask, scale=0.3)
+    assert (got - want).abs().max() < 1e-12
+    w = torch.randn_like(got)
+    for name, a, b in zip(("q", "k", "v", "gate", "into"), torch.autograd.grad((got * w).sum(), leaves),
+                          torch.autograd.grad((want * w).sum(), leaves)):
+        assert (a - b).abs().max() < 1e-12, name
+
+
+def test_a_gated_window_takes_a_gradient_broadcast_from_a_sum():
+    q, k, v = (x.requires_grad_(True) for x in _problem(1, 4, 2, 50, 50, 8, 8))
+    gate = torch.rand(1, 4, 50, dtype=torch.float64, requires_grad=True)
+    got = torch.autograd.grad(add_gated_sliding_window(torch.zeros(1, 4, 50, 8, dtype=torch.float64), gate, q, k, v,
+                                                       window=9, scale=0.3, tile=8).sum(), (q, k, v, gate))
+    plain = gate[..., None] * materialised_attention(q, k, v, causal=False, mask=_window_mask(50, 50, 9), scale=0.3)
+    for a, b in zip(got, torch.autograd.grad(plain.sum(), (q, k, v, gate))):
+        assert (a - b).abs().max() < 1e-12
+
+
+def test_gated_window_gradcheck():
+    q, k, v = (x.requires_grad_(True) for x in _problem(1, 2, 1, 11, 13, 4, 3))
+    gate = torch.rand(1, 2, 11, dtype=torch.float64, requires_grad=True)
+    base = torch.randn(1, 2, 11, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda *x: add_gated_sliding_window(x[4] * 1.0, x[3], *x[:3], window=5, scale=0.3, tile=4),
+        (q, k, v, gate, base))
+
+
+@pytest.mark.parametrize("gate_shape, into_shape", [((1, 2, 9), (1, 2, 10, 8)), ((1, 2, 10), (1, 2, 10, 4))])
+def test_a_gate_or_output_of_the_wrong_shape_is_refused(gate_shape, into_shape):
+    q, k, v = _problem(1, 2, 1, 10, 10, 8, 8)
+    with pytest.raises(ValueError, match="expected gate"):
+        add_gated_sliding_window(torch.zeros(into_shape), torch.rand(gate_shape), q, k, v, window=4, scale=0.3)
 
 
 def test_the_tile_does_not_change_the_result():

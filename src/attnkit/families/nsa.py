@@ -67,7 +67,7 @@ from ..kernels.nsa_dense import dense_selection_and_window
 from ..kernels.nonfinite import all_finite
 from ..kernels.positions import query_positions, repeat_kv
 from ..kernels.selected_blocks import selected_block_attention
-from ..kernels.sliding_window import sliding_window_attention
+from ..kernels.sliding_window import add_gated_sliding_window
 from ..masks.selection import block_selection
 from ..reference import materialised_attention
 from ..params import Param, TensorInput
@@ -201,11 +201,11 @@ def _sparse(q, k, v, *, causal, mask, scale, compress_stride, select_block, sele
     if Nq * Nk <= DENSE_PAIRS and all_finite(k) and (k_win is k or all_finite(k_win)):
         o_slc, o_win = dense_selection_and_window(q, k, v, blocks, valid, select_block=select_block, window=window,
                                                   scale=scale, k_win=k_win, v_win=v_win)
-    else:
-        sel = block_selection(blocks, valid, block_q=1, block_k=select_block, q_len=Nq, kv_len=Nk)
-        o_slc = selected_block_attention(q, k, v, sel, scale=scale, causal=True)
-        o_win = sliding_window_attention(q, k_win, v_win, window=window, scale=scale)
-    return gated_sum(gates, o_cmp, o_slc, o_win)
+        return gated_sum(gates, o_cmp, o_slc, o_win)
+    sel = block_selection(blocks, valid, block_q=1, block_k=select_block, q_len=Nq, kv_len=Nk)
+    o_slc = selected_block_attention(q, k, v, sel, scale=scale, causal=True)
+    out = gated_sum(gates[..., :2], o_cmp, o_slc)
+    return add_gated_sliding_window(out, gates[..., 2], q, k_win, v_win, window=window, scale=scale)
 
 
 def _step(q, k, v, state, *, causal, mask, scale, **params):

@@ -22,10 +22,22 @@ query's window stays masked).
 
 The backward is FlashAttention-2's: the forward keeps the output and the row
 log-sum-exp; the backward recomputes each tile's probabilities, writes dQ per
-tile and adds dK, dV into the slab's keys. The row terms ride in the matmuls
-(:mod:`~attnkit.kernels.row_terms`: the padded keys and values carry a column of
-ones). Scores are in base 2 (``exp2`` is faster than ``exp`` on CPU). Memory is
-O(N) plus one tile's scores.
+tile and adds dK, dV into the slab's keys (``baddbmm_`` straight into the
+returned gradients, the padding's rows left out). The row terms ride in the
+matmuls (:mod:`~attnkit.kernels.row_terms`: the padded keys and values carry a
+column of ones). A tile's query rows (and, backward, its ``dO`` rows) are
+copied into one small buffer per step, never the whole sequence at once.
+Scores are in base 2 (``exp2`` is faster than ``exp`` on CPU). Memory is O(N)
+plus one tile's scores.
+
+A gated branch (:func:`add_gated_sliding_window`, ``into += g * O`` with one
+gate per query row, as NSA mixes its branches) folds the gate into the
+kernel: the forward adds each tile's gated rows into ``into`` as it writes
+them, and the backward scales ``dO`` by the gate as it copies the rows. The
+gate's gradient ``rowsum(dO * O)`` is the row term the backward needs anyway,
+``delta = rowsum(g dO * O) = g * rowsum(dO * O)``, so the gate costs no pass of
+its own and no output-sized product ``g * dO`` (the ungated output is kept for the
+backward, as without a gate).
 """
 from __future__ import annotations
 
@@ -43,6 +55,25 @@ def sliding_window_attention(q, k, v, *, window: int, scale: float, tile: int = 
     """Causal attention of ``q (B, H, Nq, D)`` over the last ``window`` of ``k, v (B, Hkv, Nk, D/Dv)``
     (the query at position ``t`` sees keys ``t - window + 1 .. t``). ``tile`` (queries per step) is an
     execution knob."""
+    _check(q, k, v, window, tile)
+    return _SlidingWindow.apply(q, k, v, None, None, window, scale, tile)
+
+
+def add_gated_sliding_window(into, gate, q, k, v, *, window: int, scale: float, tile: int = TILE) -> torch.Tensor:
+    """``into += gate[..., None] * sliding_window_attention(q, k, v, ...)``, in place, returning ``into
+    (B, H, Nq, Dv)``; ``gate (B, H, Nq)`` weighs each query's row (a branch gate, as in a gated sum of attention
+    branches). The kernel applies the gate as it writes each tile and, backward, as it lays out ``dO``, and takes
+    the gate's gradient with the row term it needs anyway, so the gated branch costs no tensor the size of the
+    output beyond the ungated one it keeps for the backward."""
+    _check(q, k, v, window, tile)
+    B, H, Nq, _ = q.shape
+    if gate.shape != (B, H, Nq) or into.shape != (B, H, Nq, v.shape[3]):
+        raise ValueError(f"gate {tuple(gate.shape)}, into {tuple(into.shape)}: expected gate (B, H, Nq) = "
+                         f"{(B, H, Nq)} and into (B, H, Nq, Dv) = {(B, H, Nq, v.shape[3])}")
+    return _SlidingWindow.apply(q, k, v, gate, into, window, scale, tile)
+
+
+def _check(q, k, v, window, tile):
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     if (k.ndim != 4 or v.ndim != 4 or (k.shape[0], k.shape[3]) != (B, D) or v.shape[:3] != k.shape[:3]
@@ -52,7 +83,6 @@ def sliding_window_attention(q, k, v, *, window: int, scale: float, tile: int = 
     for name, value in (("window", window), ("tile", tile)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return _SlidingWindow.apply(q, k, v, window, scale, tile)
 
 
 def matmul_shapes(q, k, v, *, window: int, tile: int = TILE) -> list[tuple[int, int, int, int]]:
@@ -82,33 +112,47 @@ class _Tiles:
         lo, hi = (int(seen_by_all[0]), int(seen_by_all[-1]) + 1) if seen_by_all.numel() else (self.S, self.S)
         self.masked_columns = [(a, b) for a, b in ((0, lo), (hi, self.S)) if a < b]
 
-    def queries(self, x, scale, term=None):
-        """``(B, H, N, E)`` -> ``(n, B Hkv, g T, E + 1)``: times ``scale``, tile by tile, the kv group's query
-        heads stacked as rows, zero rows past ``N`` and a last column for a row term: ``term (B, H, N)``, or 0."""
-        B, E = x.shape[0], x.shape[3]
-        out = x.new_zeros(self.n, B, self.Hkv, self.g, self.T, E + 1)
-        target = out.permute(1, 2, 3, 0, 4, 5)  # (B, Hkv, g, n, T, E + 1)
-        whole = self.N // self.T
-        pieces = [(x.reshape(B, self.Hkv, self.g, self.N, E), target[..., :E], scale)]
-        if term is not None:
-            pieces.append((term.reshape(B, self.Hkv, self.g, self.N, 1), target[..., E:], 1.0))
-        for src, dst, factor in pieces:
-            torch.mul(src[:, :, :, : whole * self.T].unflatten(3, (whole, self.T)), factor, out=dst[:, :, :, :whole])
-            if whole < self.n:
-                torch.mul(src[:, :, :, whole * self.T:], factor, out=dst[:, :, :, whole, : self.N - whole * self.T])
-        return out.view(self.n, B * self.Hkv, self.g * self.T, E + 1)
+    def rows_buffer(self, x, E):
+        """An empty ``(B Hkv, g T, E)`` buffer for one tile's rows, the query heads of a kv group stacked."""
+        return x.new_empty(self.B * self.Hkv, self.g * self.T, E)
 
-    def put(self, out, t, rows, factor):
-        """Write tile ``t``'s rows ``(B Hkv, g T, E)`` times ``factor`` (a number), or divided by it (a tensor
-        ``(B Hkv, g T, 1)``), into ``out (B, H, N, E)``; the rows past ``N`` are left out."""
-        E, T = out.shape[-1], self.T
-        valid = min(T, self.N - t * T)
-        target = out.view(self.B, self.Hkv, self.g, self.N, E)[:, :, :, t * T : t * T + valid]
-        rows = rows.view(self.B, self.Hkv, self.g, T, E)[:, :, :, :valid]
+    def by_group(self, x):
+        """``x (B, H, N, ...)`` as ``(B, Hkv, g, N, ...)`` (a view), made once per call so that each tile only
+        slices it."""
+        return x.unflatten(1, (self.Hkv, self.g))
+
+    def buffer_rows(self, buffer):
+        """A :meth:`rows_buffer` as ``(B, Hkv, g, T, E)`` (a view)."""
+        return buffer.view(self.B, self.Hkv, self.g, self.T, -1)
+
+    def rows(self, t):
+        """Tile ``t``'s query positions and how many of its ``T`` rows are inside the sequence."""
+        start = t * self.T
+        return slice(start, start + self.T), min(self.T, self.N - start)
+
+    def take(self, buffer, x, t, factor, term=None):
+        """Write tile ``t``'s rows of ``x`` times ``factor`` (a number, or per row ``(B, Hkv, g, N, 1)``) into the
+        first ``E`` columns of ``buffer`` and ``term (B, Hkv, g, N)`` into its column ``E``; ``x (B, Hkv, g, N, E)``
+        is a :meth:`by_group` view, ``buffer (B, Hkv, g, T, >= E)`` a :meth:`buffer_rows` one. Rows past ``N`` are
+        zeros."""
+        E, (rows, valid) = x.shape[-1], self.rows(t)
+        if valid < self.T:
+            buffer[:, :, :, valid:] = 0
+            buffer = buffer[:, :, :, :valid]
         if isinstance(factor, torch.Tensor):
-            torch.div(rows, factor.view(self.B, self.Hkv, self.g, T, 1)[:, :, :, :valid], out=target)
-        else:
-            torch.mul(rows, factor, out=target)
+            factor = factor[:, :, :, rows]
+        torch.mul(x[:, :, :, rows], factor, out=buffer[..., :E])
+        if term is not None:
+            buffer[..., E].copy_(term[:, :, :, rows])
+
+    def put(self, out, t, buffer, factor):
+        """Write tile ``t``'s rows of ``buffer`` times ``factor`` (a number, or per row ``(B Hkv, g T, 1)``) into
+        ``out``; ``buffer (B, Hkv, g, T, E)`` is a :meth:`buffer_rows` view, ``out (B, Hkv, g, N, E)`` a
+        :meth:`by_group` one. The rows past ``N`` are left out."""
+        rows, valid = self.rows(t)
+        if isinstance(factor, torch.Tensor):
+            factor = factor.view(self.B, self.Hkv, self.g, self.T, 1)[:, :, :, :valid]
+        torch.mul(buffer[:, :, :, :valid], factor, out=out[:, :, :, rows])
 
     def keys_with_ones(self, x):
         """``(B, Hkv, Nk, E)`` -> ``(B Hkv, m T + Nk + (n T - Nq), E + 1)``: ``m`` tiles of zeros before, zeros
@@ -140,65 +184,98 @@ class _Tiles:
         start = self.offset + t * self.T
         return slice(start, start + self.S)
 
-    def mask(self, s, t):
-        """Mask tile ``t``'s base-2 scores ``(B Hkv, g T, S)`` in place: the table's hidden pairs, and the padding
-        keys left of the sequence (in the first tiles, when the window reaches back past key 0)."""
+    def inside(self, t):
+        """Tile ``t``'s slab keys that are keys of the sequence: ``(slab columns, rows of flat keys)``."""
+        lo = self.offset + (t - self.m) * self.T
+        a, b = max(-lo, 0), self.S - max(lo + self.S - self.Nk, 0)
+        return slice(a, b), slice(lo + a, lo + b)
+
+    def masker(self, s):
+        """The masking of tile ``t``'s base-2 scores in the buffer ``s (B Hkv, g T, S)``, in place: the table's
+        hidden pairs, and the padding keys left of the sequence (in the first tiles, when the window reaches back
+        past key 0). The views are made once."""
         view = s.view(s.shape[0], self.g, self.T, self.S)
-        for a, b in self.masked_columns:
-            view[..., a:b].masked_fill_(self.hidden[:, a:b], float("-inf"))
-        before = self.m * self.T - self.offset - t * self.T
-        if before > 0:
-            s[..., :before] = float("-inf")
+        parts = [(view[..., a:b], self.hidden[:, a:b]) for a, b in self.masked_columns]
+        padding = self.m * self.T - self.offset  # slab keys left of key 0 in tile 0
+
+        def mask(t):
+            for scores, hidden in parts:
+                scores.masked_fill_(hidden, float("-inf"))
+            if padding > t * self.T:
+                s[..., : padding - t * self.T] = float("-inf")
+        return mask
 
 
 class _SlidingWindow(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, window, scale, tile):
+    def forward(ctx, q, k, v, gate, into, window, scale, tile):
         tiles = _Tiles(q, k, v, window, tile)
-        D = tiles.D
-        qt = tiles.queries(q, scale * LOG2E)  # its last column 0 in the forward
         kf, vf = tiles.flat(k), tiles.flat(v)
-        n, rows = tiles.n, qt.shape[1:3]
         out = q.new_empty(tiles.B, tiles.H, tiles.N, tiles.Dv)
-        lse = q.new_empty(n, *rows)
-        s = q.new_empty(*rows, tiles.S)
-        o = q.new_empty(*rows, tiles.Dv)
+        qt = tiles.rows_buffer(q, tiles.D)
+        lse = q.new_empty(tiles.n, *qt.shape[:2])
+        s = tiles.rows_buffer(q, tiles.S)
+        o = tiles.rows_buffer(q, tiles.Dv)
+        mask = tiles.masker(s)
+        q_rows, out_rows = tiles.by_group(q), tiles.by_group(out)
+        qt_rows, o_rows = tiles.buffer_rows(qt), tiles.buffer_rows(o)
+        if into is not None:
+            into_rows, gate_rows = tiles.by_group(into), tiles.by_group(gate)[..., None]
         lowest = floor(q.dtype)
-        for t in range(n):
-            torch.bmm(qt[t, :, :, :D], tiles.slab_of(kf, t).transpose(1, 2), out=s)
-            tiles.mask(s, t)
+        for t in range(tiles.n):
+            tiles.take(qt_rows, q_rows, t, scale * LOG2E)
+            torch.bmm(qt, tiles.slab_of(kf, t).transpose(1, 2), out=s)
+            mask(t)
             top = s.amax(-1, keepdim=True).clamp_(min=lowest)
             p = s.sub_(top).exp2_()
             total = p.sum(-1, keepdim=True)
-            tiles.put(out, t, torch.bmm(p, tiles.slab_of(vf, t), out=o), total)
+            torch.bmm(p, tiles.slab_of(vf, t), out=o)
+            tiles.put(out_rows, t, o_rows, total.reciprocal())
+            if into is not None:
+                rows = tiles.rows(t)[0]
+                into_rows[:, :, :, rows].addcmul_(out_rows[:, :, :, rows], gate_rows[:, :, :, rows])
             torch.add(top, total.log2_(), out=lse[t].unsqueeze(-1))
-        qt[..., D] = lse.neg()
-        ctx.save_for_backward(qt, k, v, out)
+        ctx.save_for_backward(q, k, v, out, lse, gate)
         ctx.tiles, ctx.scale = tiles, scale
-        return out
+        if into is None:
+            return out
+        ctx.mark_dirty(into)
+        return into
 
     @staticmethod
     def backward(ctx, grad_out):
-        qt, k, v, out = ctx.saved_tensors
+        q, k, v, out, lse, gate = ctx.saved_tensors
         tiles = ctx.tiles
-        T, D, Dv = tiles.T, tiles.D, tiles.Dv
+        D, Dv = tiles.D, tiles.Dv
         kp, vp = tiles.keys_with_ones(k), tiles.keys_with_ones(v)
-        dot = tiles.queries(grad_out, 1.0, row_dot(grad_out, out).neg_())  # [dO, -delta]
-        dq = qt.new_empty(tiles.B, tiles.H, tiles.N, D)
-        dq_tile = qt.new_empty(*qt.shape[1:3], D)
-        dkp, dvp = qt.new_zeros(*kp.shape[:2], D), qt.new_zeros(*vp.shape[:2], Dv)
-        s = qt.new_empty(*qt.shape[1:3], tiles.S)
+        delta = row_dot(grad_out, out)  # rowsum(dO O), the gate's gradient when there is one
+        d_gate = None
+        if gate is not None:
+            d_gate, delta = delta, delta * gate  # the branch's own dO is gate * dO
+        factor = 1.0 if gate is None else tiles.by_group(gate)[..., None]
+        minus_delta = tiles.by_group(delta.neg_() if gate is None else delta.neg())
+        dq = q.new_empty(q.shape)
+        dk, dv = q.new_zeros(k.shape), q.new_zeros(v.shape)
+        dkf, dvf = tiles.flat(dk), tiles.flat(dv)
+        qt, dot = tiles.rows_buffer(q, D + 1), tiles.rows_buffer(q, Dv + 1)  # [q, -lse] and [dO, -delta]
+        dq_tile = tiles.rows_buffer(q, D)
+        s = tiles.rows_buffer(q, tiles.S)
         dp = torch.empty_like(s)
+        mask = tiles.masker(s)
+        q_rows, do_rows, dq_rows = tiles.by_group(q), tiles.by_group(grad_out), tiles.by_group(dq)
+        qt_rows, dot_rows, dq_tile_rows = tiles.buffer_rows(qt), tiles.buffer_rows(dot), tiles.buffer_rows(dq_tile)
+        qt_q, qt_lse, dot_do = qt[:, :, :D], qt[:, :, D], dot[:, :, :Dv]
         for t in range(tiles.n):
-            slab = tiles.slab(t)
-            torch.bmm(qt[t], kp[:, slab].transpose(1, 2), out=s)  # s - lse
-            tiles.mask(s, t)
+            torch.neg(lse[t], out=qt_lse)
+            tiles.take(qt_rows, q_rows, t, ctx.scale * LOG2E)
+            tiles.take(dot_rows, do_rows, t, factor, minus_delta)
+            slab, (cols, keys) = tiles.slab(t), tiles.inside(t)
+            torch.bmm(qt, kp[:, slab].transpose(1, 2), out=s)  # s - lse
+            mask(t)
             p = s.exp2_()
-            dvp[:, slab] += torch.bmm(p.transpose(1, 2), dot[t, :, :, :Dv])
-            ds = p.mul_(torch.bmm(dot[t], vp[:, slab].transpose(1, 2), out=dp))  # P (dP - delta)
-            tiles.put(dq, t, torch.bmm(ds, kp[:, slab, :D], out=dq_tile), ctx.scale)
-            dkp[:, slab] += torch.bmm(ds.transpose(1, 2), qt[t, :, :, :D])
-        keys = slice(tiles.m * T, tiles.m * T + tiles.Nk)
-        dk = dkp.div_(LOG2E).view(tiles.B, tiles.Hkv, -1, D)[:, :, keys]
-        dv = dvp.view(tiles.B, tiles.Hkv, -1, Dv)[:, :, keys]
-        return dq, dk, dv, None, None, None
+            dvf[:, keys].baddbmm_(p[:, :, cols].transpose(1, 2), dot_do)
+            ds = p.mul_(torch.bmm(dot, vp[:, slab].transpose(1, 2), out=dp))  # P (dP - delta)
+            torch.bmm(ds, kp[:, slab, :D], out=dq_tile)
+            tiles.put(dq_rows, t, dq_tile_rows, ctx.scale)
+            dkf[:, keys].baddbmm_(ds[:, :, cols].transpose(1, 2), qt_q)
+        return dq, dk.div_(LOG2E), dv, d_gate, grad_out if ctx.needs_input_grad[4] else None, None, None, None
