@@ -41,6 +41,15 @@ operands are written into buffers allocated once per pass. The default budget
 of a step, 2^20 scores (64 items of 256 query rows and 64 keys), spreads each
 torch op's fixed cost over many items while the batched matmuls still run near
 the GEMM rate (on one CPU core: 151 GFLOP/s at 64 items, 173 at 8, a 4096 GEMM 199).
+
+A gated branch (:func:`add_gated_selected_blocks`, ``into += g * O`` with one
+gate per query row, as NSA mixes its branches) folds the gate into the kernel:
+the forward adds the gated rows into ``into`` as they leave the row layout, so
+``O`` is never written out in the query layout, and the backward takes
+``rowsum(dO * O)`` on the copy of ``dO`` in the row layout, which is the gate's
+gradient, then scales that copy and the row term by the gate (the branch's own
+``dO`` is ``g dO``, its ``delta = g * rowsum(dO * O)``). The gate costs no
+output-sized product ``g * dO`` and no row dot of its own.
 """
 from __future__ import annotations
 
