@@ -349,7 +349,7 @@ class _SelectedBlocks(torch.autograd.Function):
         plan = ctx.plan
         D, Dv = plan.D, plan.Dv
         kt, vt = with_ones(_tiles(k, plan)), with_ones(_tiles(v, plan))
-        dor = _rows(grad_out.contiguous(), plan)
+        dor = _rows(grad_out, plan)  # any strides: a dO broadcast from a sum is read in place
         delta = row_dot(dor[..., :Dv], out)  # rowsum(dO O), the gate's gradient when there is one
         d_gate = None
         if gate is not None:  # the branch's own dO is gate * dO, and its delta gate * rowsum(dO O)
