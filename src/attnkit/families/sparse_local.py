@@ -11,14 +11,11 @@ shifts inwards, so every query sees the same number of keys, as in NATTEN.
 attention: queries near an end see fewer keys). Causal windows end at the query
 under both rules.
 
-A causal call of ``sliding_window`` without a mask (and no more queries than keys) that no
-backward will follow runs on :mod:`attnkit.kernels.sliding_window`: query tiles that each read
-one contiguous slice of keys, with no block layout to build. Other calls run the block-sparse
-kernel, whose backward holds less than half the memory of the window kernel's at the same speed.
+A causal call of ``sliding_window`` without a mask (and no more queries than keys) runs on
+:mod:`attnkit.kernels.sliding_window`, forward and backward: query tiles that each read one
+contiguous slice of keys, with no block layout to build. Other calls run the block-sparse kernel.
 """
 from __future__ import annotations
-
-import torch
 
 from ..builders.mask_pipeline import DedicatedForm, register_mask_mechanism
 from ..kernels.sliding_window import sliding_window_attention
@@ -62,12 +59,6 @@ def _window_tiles_can_run(q, k, v, *, causal, mask, **_):
     return None
 
 
-def _no_backward(q, k, v, **_):
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        return "gradients wanted: the block-sparse kernel's backward holds less memory at the same speed"
-    return None
-
-
 register_mask_mechanism(
     "sliding_window",
     papers=("Transformer Transducer: A Streamable Speech Recognition Model with Transformer Encoders and RNN-T Loss",
@@ -80,7 +71,7 @@ register_mask_mechanism(
             "shifted inwards at the ends (border='shift', NA, default) or cut there (border='clamp')",
     complexity="O(N window)",
     decode_bound=lambda window, **_: (0, window),
-    dedicated_forms={"window_tiles": DedicatedForm(_window_tiles, _window_tiles_can_run, _no_backward)},
+    dedicated_forms={"window_tiles": DedicatedForm(_window_tiles, _window_tiles_can_run)},
 )
 
 register_mask_mechanism(
