@@ -205,7 +205,7 @@ def _rows(x, plan: _Plan, scale: float = 1.0):
     """q-like ``(B, H, Nq, E)`` times ``scale`` -> ``(rows + 1, width, E + 1)``: row-major (b, group, row) with a
     zero null row last and a last column of zeros for a row term, written into one buffer (the only copy of
     ``x``; a last, shorter block is zero-filled)."""
-    B, H, N, E = x.shape
+    N, E = x.shape[2:]
     buffer = x.new_empty(plan.rows + 1, plan.width, E + 1)
     buffer[plan.rows] = 0
     buffer[..., E] = 0
