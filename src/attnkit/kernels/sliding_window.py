@@ -61,8 +61,8 @@ def sliding_window_attention(q, k, v, *, window: int, scale: float, tile: int = 
 
 def add_gated_sliding_window(into, gate, q, k, v, *, window: int, scale: float, tile: int = TILE) -> torch.Tensor:
     """``into += gate[..., None] * sliding_window_attention(q, k, v, ...)``, in place, returning ``into
-    (B, H, Nq, Dv)``; ``gate (B, H, Nq)`` weighs each query's row (a branch gate, as in a gated sum of attention
-    branches). The kernel applies the gate as it writes each tile and, backward, as it lays out ``dO``, and takes
+    (B, H, Nq, Dv)`` (an autograd in-place step: ``into`` may be an intermediate result, not a leaf that requires
+    grad); ``gate (B, H, Nq)`` weighs each query's row (a branch gate, as in a gated sum of attention branches). The kernel applies the gate as it writes each tile and, backward, as it lays out ``dO``, and takes
     the gate's gradient with the row term it needs anyway, so the gated branch costs no tensor the size of the
     output beyond the ungated one it keeps for the backward."""
     _check(q, k, v, window, tile)
