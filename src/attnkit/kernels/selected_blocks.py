@@ -81,7 +81,8 @@ def selected_block_attention(q, k, v, selection: BlockSelection, *, scale: float
 def add_gated_selected_blocks(into, gate, q, k, v, selection: BlockSelection, *, scale: float, causal: bool,
                               rows_per_item: int | None = None, budget: int = BUDGET) -> torch.Tensor:
     """``into += gate[..., None] * selected_block_attention(q, k, v, selection, ...)``, in place, returning ``into
-    (B, H, Nq, Dv)``; ``gate (B, H, Nq)`` weighs each query's row (a branch gate, as in a gated sum of attention
+    (B, H, Nq, Dv)`` (an autograd in-place step: ``into`` may be an intermediate result, not a leaf that requires
+    grad); ``gate (B, H, Nq)`` weighs each query's row (a branch gate, as in a gated sum of attention
     branches). The kernel adds the gated rows into ``into`` as it leaves its row layout and, backward, applies the
     gate to ``dO`` in that layout, taking the gate's gradient with the row term it needs anyway: the gated branch
     costs no tensor the size of the output beyond the ungated one it keeps for the backward."""
