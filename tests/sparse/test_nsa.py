@@ -104,7 +104,7 @@ def test_short_sequences_take_the_dense_branches_and_long_ones_the_kernels(monke
     zeros = torch.zeros_like  # the branches' outputs are q-shaped
     monkeypatch.setattr(nsa, "dense_selection_and_window",
                         lambda q, *a, **kw: calls.append("dense") or (zeros(q), zeros(q)))
-    monkeypatch.setattr(nsa, "selected_block_attention", lambda q, *a, **kw: calls.append("kernels") or zeros(q))
+    monkeypatch.setattr(nsa, "add_gated_selected_blocks", lambda into, *a, **kw: calls.append("kernels") or into)
     monkeypatch.setattr(nsa, "add_gated_sliding_window", lambda into, *a, **kw: into)
     monkeypatch.setattr(nsa, "DENSE_PAIRS", 40 * 40)
     for n in (40, 41):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnkit.kernels.selected_blocks import matmul_shapes, selected_block_attention
+from attnkit.kernels.selected_blocks import add_gated_selected_blocks, matmul_shapes, selected_block_attention
 from attnkit.masks.selection import block_selection
 from attnkit.reference import materialised_attention
 
@@ -50,6 +50,58 @@ def test_forward_and_gradients_equal_dense_with_the_mask(case):
     expected = torch.autograd.grad((ref * cot).sum(), leaves)
     for name, a, b in zip("qkv", grads, expected):
         assert (a - b).abs().max() < 1e-12, f"d{name}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gated_selected_blocks_added_into_an_output_equal_the_plain_expression(case):
+    """``into + gate * selected(q, k, v)`` and the gradients of all five inputs, some gates exactly 0, in float64."""
+    *sizes, causal, rows_per_item = case
+    q, k, v, sel = _problem(*sizes)
+    B, H, Nq, Dv = q.shape[0], q.shape[1], q.shape[2], v.shape[3]
+    g = torch.Generator().manual_seed(3)
+    gate = torch.rand(B, H, Nq, generator=g, dtype=torch.float64)
+    gate[:, 0, ::3] = 0
+    base = torch.randn(B, H, Nq, Dv, generator=g, dtype=torch.float64)
+    leaves = [x.requires_grad_(True) for x in (q, k, v, gate, base)]
+    scale = q.shape[-1] ** -0.5
+    got = add_gated_selected_blocks(base * 1.0, gate, q, k, v, sel, scale=scale, causal=causal,
+                                    rows_per_item=rows_per_item)
+    want = base + gate[..., None] * _dense(q, k, v, sel, causal)
+    assert (got - want).abs().max() < 1e-12
+    w = torch.randn_like(got)
+    for name, a, b in zip(("q", "k", "v", "gate", "into"), torch.autograd.grad((got * w).sum(), leaves),
+                          torch.autograd.grad((want * w).sum(), leaves)):
+        assert (a - b).abs().max() < 1e-12, name
+
+
+def test_gated_selected_blocks_take_a_strided_gate_and_a_gradient_broadcast_from_a_sum():
+    """The gate as a slice of a ``(..., branches)`` tensor, as NSA passes it, and ``dO`` of stride 0."""
+    q, k, v, sel = _problem(1, 8, 2, 2, 45, 45, 8, 1, 8, 3)
+    gates = torch.rand(1, 8, 45, 3, dtype=torch.float64, requires_grad=True)
+    leaves = [x.requires_grad_(True) for x in (q, k, v)] + [gates]
+    got = torch.autograd.grad(add_gated_selected_blocks(torch.zeros(1, 8, 45, 11, dtype=torch.float64),
+                                                        gates[..., 1], q, k, v, sel, scale=8 ** -0.5,
+                                                        causal=True).sum(), leaves)
+    plain = gates[..., 1:2] * _dense(q, k, v, sel, True)
+    for name, a, b in zip(("q", "k", "v", "gates"), got, torch.autograd.grad(plain.sum(), leaves)):
+        assert (a - b).abs().max() < 1e-12, name
+
+
+def test_gated_selected_blocks_gradcheck():
+    q, k, v, sel = _problem(1, 2, 1, 1, 11, 13, 4, 1, 4, 2)
+    gate = torch.rand(1, 2, 11, dtype=torch.float64, requires_grad=True)
+    base = torch.randn(1, 2, 11, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda *x: add_gated_selected_blocks(x[4] * 1.0, x[3], *x[:3], sel, scale=0.3, causal=True),
+        tuple(t.requires_grad_(True) for t in (q, k, v)) + (gate, base))
+
+
+@pytest.mark.parametrize("gate_shape, into_shape", [((1, 2, 9), (1, 2, 10, 8)), ((1, 2, 10), (1, 2, 10, 4))])
+def test_a_gate_or_output_of_the_wrong_shape_is_refused(gate_shape, into_shape):
+    q, k, v, sel = _problem(1, 2, 1, 1, 10, 10, 8, 1, 4, 2)
+    with pytest.raises(ValueError, match="expected gate"):
+        add_gated_selected_blocks(torch.zeros(into_shape), torch.rand(gate_shape), q, k, v[..., :8], sel, scale=0.3,
+                                  causal=True)
 
 
 def test_execution_knobs_do_not_change_the_result():

@@ -47,7 +47,8 @@ stride segments, not to copies of the overlapping blocks; the compression
 branch in query chunks, its weights computed once for its output and the block
 importance, only the log-sum-exp kept for the backward; the selection branch on the
 run-time block selection kernel, one selection per token and kv group; the
-window on the sliding-window kernel, in query tiles each reading one slice of keys): ``O(N (N/d + n l' + w))`` time, ``O(N)``
+window on the sliding-window kernel, in query tiles each reading one slice of keys; both kernels add their
+gated outputs in place into the compression branch's gated output): ``O(N (N/d + n l' + w))`` time, ``O(N)``
 memory. Up to ``DENSE_PAIRS`` (query, key) pairs per head (512 tokens) the
 selection and window branches run instead as one dense attention masked to the
 same keys (cheaper there than the kernels' sorting and gathering). Incremental decode runs the fast form against the KV cache
@@ -66,7 +67,7 @@ from ..kernels.nsa_compression import compression_and_selection
 from ..kernels.nsa_dense import dense_selection_and_window
 from ..kernels.nonfinite import all_finite
 from ..kernels.positions import query_positions, repeat_kv
-from ..kernels.selected_blocks import selected_block_attention
+from ..kernels.selected_blocks import add_gated_selected_blocks
 from ..kernels.sliding_window import add_gated_sliding_window
 from ..masks.selection import block_selection
 from ..reference import materialised_attention
@@ -203,8 +204,8 @@ def _sparse(q, k, v, *, causal, mask, scale, compress_stride, select_block, sele
                                                   scale=scale, k_win=k_win, v_win=v_win)
         return gated_sum(gates, o_cmp, o_slc, o_win)
     sel = block_selection(blocks, valid, block_q=1, block_k=select_block, q_len=Nq, kv_len=Nk)
-    o_slc = selected_block_attention(q, k, v, sel, scale=scale, causal=True)
-    out = gated_sum(gates[..., :2], o_cmp, o_slc)
+    out = gated_sum(gates[..., :1], o_cmp)
+    out = add_gated_selected_blocks(out, gates[..., 1], q, k, v, sel, scale=scale, causal=True)
     return add_gated_sliding_window(out, gates[..., 2], q, k_win, v_win, window=window, scale=scale)
 
 

@@ -41,6 +41,15 @@ operands are written into buffers allocated once per pass. The default budget
 of a step, 2^20 scores (64 items of 256 query rows and 64 keys), spreads each
 torch op's fixed cost over many items while the batched matmuls still run near
 the GEMM rate (on one CPU core: 151 GFLOP/s at 64 items, 173 at 8, a 4096 GEMM 199).
+
+A gated branch (:func:`add_gated_selected_blocks`, ``into += g * O`` with one
+gate per query row, as NSA mixes its branches) folds the gate into the kernel:
+the forward adds the gated rows into ``into`` as they leave the row layout, so
+``O`` is never written out in the query layout, and the backward takes
+``rowsum(dO * O)`` on the copy of ``dO`` in the row layout, which is the gate's
+gradient, then scales that copy and the row term by the gate (the branch's own
+``dO`` is ``g dO``, its ``delta = g * rowsum(dO * O)``). The gate costs no
+output-sized product ``g * dO`` and no row dot of its own.
 """
 from __future__ import annotations
 
@@ -66,7 +75,23 @@ def selected_block_attention(q, k, v, selection: BlockSelection, *, scale: float
     elements per batched step) are execution knobs; the result does not depend on them.
     """
     _check(q, k, v, selection)
-    return _SelectedBlocks.apply(q, k, v, selection, scale, causal, rows_per_item, budget)
+    return _SelectedBlocks.apply(q, k, v, None, None, selection, scale, causal, rows_per_item, budget)
+
+
+def add_gated_selected_blocks(into, gate, q, k, v, selection: BlockSelection, *, scale: float, causal: bool,
+                              rows_per_item: int | None = None, budget: int = BUDGET) -> torch.Tensor:
+    """``into += gate[..., None] * selected_block_attention(q, k, v, selection, ...)``, in place, returning ``into
+    (B, H, Nq, Dv)`` (an autograd in-place step: ``into`` may be an intermediate result, not a leaf that requires
+    grad); ``gate (B, H, Nq)`` weighs each query's row (a branch gate, as in a gated sum of attention
+    branches). The kernel adds the gated rows into ``into`` as it leaves its row layout and, backward, applies the
+    gate to ``dO`` in that layout, taking the gate's gradient with the row term it needs anyway: the gated branch
+    costs no tensor the size of the output beyond the ungated one it keeps for the backward."""
+    _check(q, k, v, selection)
+    B, H, Nq, _ = q.shape
+    if gate.shape != (B, H, Nq) or into.shape != (B, H, Nq, v.shape[3]):
+        raise ValueError(f"gate {tuple(gate.shape)}, into {tuple(into.shape)}: expected gate (B, H, Nq) = "
+                         f"{(B, H, Nq)} and into (B, H, Nq, Dv) = {(B, H, Nq, v.shape[3])}")
+    return _SelectedBlocks.apply(q, k, v, gate, into, selection, scale, causal, rows_per_item, budget)
 
 
 def matmul_shapes(q, k, v, selection: BlockSelection, *, causal: bool, rows_per_item: int | None = None,
@@ -172,17 +197,20 @@ class _Plan:
         s.masked_fill_(self.key_offsets > last[:, :, None], float("-inf"))
 
 
+def _row_heads(x, plan: _Plan):
+    """Row-layout ``x (rows + 1, width, E)`` as ``(B, G, g, R, bq, E)`` (a view, the null row left out)."""
+    return x[: plan.rows].view(plan.B, plan.G, plan.R, plan.g, plan.bq, x.shape[-1]).permute(0, 1, 3, 2, 4, 5)
+
+
 def _rows(x, plan: _Plan, scale: float = 1.0):
     """q-like ``(B, H, Nq, E)`` times ``scale`` -> ``(rows + 1, width, E + 1)``: row-major (b, group, row) with a
     zero null row last and a last column of zeros for a row term, written into one buffer (the only copy of
     ``x``; a last, shorter block is zero-filled)."""
-    B, H, N, E = x.shape
+    N, E = x.shape[2:]
     buffer = x.new_empty(plan.rows + 1, plan.width, E + 1)
     buffer[plan.rows] = 0
     buffer[..., E] = 0
-    out = buffer[..., :E]
-    # the buffer seen as (B, G, g, R, bq, E): query head (group, i) is a strided (R, bq, E) run of it
-    heads = out[: plan.rows].view(B, plan.G, plan.R, plan.g, plan.bq, E).permute(0, 1, 3, 2, 4, 5)
+    heads = _row_heads(buffer[..., :E], plan)  # query head (group, i) is a strided (R, bq, E) run of the buffer
     whole = N // plan.bq
     torch.mul(whole_blocks(x, plan.bq).unflatten(1, (plan.G, plan.g)), scale, out=heads[:, :, :, :whole])
     if whole < plan.R:
@@ -192,18 +220,33 @@ def _rows(x, plan: _Plan, scale: float = 1.0):
     return buffer
 
 
+def _query_blocks(y, plan: _Plan):
+    """``y (B, H, Nq, E)`` as views ``(B, G, g, whole, bq, E)`` of its whole query blocks and ``(B, G, g, rest, E)`` of
+    the last, shorter one (``rest`` may be 0): the shapes of :func:`_row_heads`' blocks."""
+    by_group = y.unflatten(1, (plan.G, plan.g))
+    whole = plan.Nq // plan.bq
+    return by_group[:, :, :, : whole * plan.bq].unflatten(3, (whole, plan.bq)), by_group[:, :, :, whole * plan.bq:]
+
+
 def _unrows(x, plan: _Plan, scale: float = 1.0):
     """The inverse of :func:`_rows` (no null row, no extra column) times ``scale``: ``(rows + 1, width, E)`` ->
     ``(B, H, Nq, E)``, in one copy."""
-    B, E = plan.B, x.shape[-1]
-    heads = x[: plan.rows].view(B, plan.G, plan.R, plan.g, plan.bq, E).permute(0, 1, 3, 2, 4, 5)
-    out = x.new_empty(B, plan.H, plan.Nq, E)
-    target = out.view(B, plan.G, plan.g, plan.Nq, E)
-    whole = plan.Nq // plan.bq
-    torch.mul(heads[:, :, :, :whole], scale, out=target[:, :, :, : whole * plan.bq].unflatten(3, (whole, plan.bq)))
-    if whole < plan.R:
-        torch.mul(heads[:, :, :, whole, : plan.Nq - whole * plan.bq], scale, out=target[:, :, :, whole * plan.bq:])
+    heads = _row_heads(x, plan)
+    out = x.new_empty(plan.B, plan.H, plan.Nq, x.shape[-1])
+    whole, rest = _query_blocks(out, plan)
+    torch.mul(heads[:, :, :, : whole.shape[3]], scale, out=whole)
+    if rest.shape[3]:
+        torch.mul(heads[:, :, :, whole.shape[3], : rest.shape[3]], scale, out=rest)
     return out
+
+
+def _add_unrows(into, gate, x, plan: _Plan):
+    """``into += gate[..., None] * _unrows(x)`` in place, without the ``(B, H, Nq, E)`` tensor ``_unrows`` makes."""
+    heads = _row_heads(x, plan)
+    (whole, rest), (gate_whole, gate_rest) = _query_blocks(into, plan), _query_blocks(gate[..., None], plan)
+    whole.addcmul_(heads[:, :, :, : whole.shape[3]], gate_whole)
+    if rest.shape[3]:
+        rest.addcmul_(heads[:, :, :, whole.shape[3], : rest.shape[3]], gate_rest)
 
 
 def _tiles(x, plan: _Plan):
@@ -271,7 +314,7 @@ def _fold(s, queries, top, total, out):
 
 class _SelectedBlocks(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, sel, scale, causal, rows_per_item, budget):
+    def forward(ctx, q, k, v, gate, into, sel, scale, causal, rows_per_item, budget):
         plan = _Plan(q, k, v, sel, causal, rows_per_item, budget)
         qr = _rows(q, plan, scale * LOG2E)  # its last column 0: the forward sees the plain scores
         kt, vt = with_ones(_tiles(k, plan)), _tiles(v, plan)
@@ -293,18 +336,29 @@ class _SelectedBlocks(torch.autograd.Function):
         lse[plan.rows] = float("inf")  # pads read the null row: no weight in the backward
         out.mul_(torch.where(seen, total.reciprocal(), 0.0).view(plan.rows + 1, W, 1))
         qr[..., plan.D] = lse.neg()
-        ctx.save_for_backward(qr, k, v, out)
+        ctx.save_for_backward(qr, k, v, out, gate)
         ctx.plan, ctx.scale = plan, scale
-        return _unrows(out, plan)
+        if into is None:
+            return _unrows(out, plan)
+        _add_unrows(into, gate, out, plan)
+        ctx.mark_dirty(into)
+        return into
 
     @staticmethod
     def backward(ctx, grad_out):
-        qr, k, v, out = ctx.saved_tensors
+        qr, k, v, out, gate = ctx.saved_tensors
         plan = ctx.plan
         D, Dv = plan.D, plan.Dv
         kt, vt = with_ones(_tiles(k, plan)), with_ones(_tiles(v, plan))
-        dor = _rows(grad_out.contiguous(), plan)
-        dor[..., Dv] = row_dot(dor[..., :Dv], out).neg_()
+        dor = _rows(grad_out, plan)  # any strides: a dO broadcast from a sum is read in place
+        delta = row_dot(dor[..., :Dv], out)  # rowsum(dO O), the gate's gradient when there is one
+        d_gate = None
+        if gate is not None:  # the branch's own dO is gate * dO, and its delta gate * rowsum(dO O)
+            d_gate = _unrows(delta[..., None], plan)[..., 0]
+            gate_rows = _rows(gate[..., None], plan)[..., :1]
+            dor[..., :Dv] *= gate_rows
+            delta *= gate_rows[..., 0]
+        dor[..., Dv] = delta.neg_()
         dq = qr.new_zeros(plan.rows + 1, plan.width, D)
         dk, dv = qr.new_zeros(kt.shape[0], plan.bk, D), qr.new_zeros(vt.shape[0], plan.bk, Dv)
         ws = _Workspace(plan, qr, backward=True)
@@ -323,4 +377,5 @@ class _SelectedBlocks(torch.autograd.Function):
         dq = _unrows(dq, plan, ctx.scale)
         dk = dk.div_(LOG2E).view(plan.B, plan.Hkv, -1, plan.D)[:, :, : plan.Nk]
         dv = dv.view(plan.B, plan.Hkv, -1, plan.Dv)[:, :, : plan.Nk]
-        return dq, dk, dv, None, None, None, None, None
+        d_into = grad_out if ctx.needs_input_grad[4] else None
+        return dq, dk, dv, d_gate, d_into, None, None, None, None, None
