@@ -42,7 +42,8 @@ def flex_block_sparse(q, k, v, layout: BlockLayout, *, scale: float, score_mod=N
     """
     geo = _Geometry(q, k, v, layout)
     groups = plan_groups(layout, geo.B, geo.H, geo.Hkv, geo.hq, budget)
-    qs = _blocks(q * scale, geo.bq)
+    # softmax in base 2 (exp2 keeps its speed on -inf); without a modifier log2 e rides in the query scale
+    qs = _blocks(q * (scale if score_mod is not None else scale * LOG2E), geo.bq)
     kb, vb = _blocks(k, geo.bk), _blocks(v, geo.bk)
     fns = [_FlexGroup(grp, layout, geo, score_mod) for grp in groups]
     threads = torch.get_num_threads()
@@ -129,9 +130,9 @@ class _FlexGroup:
             kg = _gather(kb, grp.kv_index[:, :, c0:c1], R, geo.hk, (c1 - c0) * geo.bk)
             vg = _gather(vb, grp.kv_index[:, :, c0:c1], R, geo.hk, (c1 - c0) * geo.bk)
             s = (qg @ kg.transpose(-1, -2)).view(R, geo.hq, geo.bq, -1)
-            if self.mod is not None:
-                s = self._modify(s, b, h, q_idx, c0, c1)
-            s = self._mask(s * LOG2E, c0, c1)  # base 2 from here: exp2 is far cheaper than exp on a CPU
+            if self.mod is not None:  # the modifier sees natural scores; base 2 in a new tensor (the softmax's)
+                s = self._modify(s, b, h, q_idx, c0, c1) * LOG2E
+            s = self._mask(s, c0, c1)
             # a kv head's g query heads x bq rows against its keys: (R * hk, g * bq, keys)
             run = fold(run, s.reshape(R * geo.hk, geo.g * geo.bq, -1), vg.reshape(R * geo.hk, -1, geo.Dv),
                        base2=True, in_place=in_place)

@@ -1,8 +1,9 @@
 """Online softmax: partial softmax states over disjoint sets of keys, and their exact merge.
 
 For one query row with scores ``s_j`` over a set ``P`` of keys, in base ``b``
-(``e``; or 2 when the scores were multiplied by ``log2 e``, as ``exp2`` is far
-cheaper than ``exp`` on a CPU), the partial state is
+(``e``; or 2 when the scores were multiplied by ``log2 e``: on a CPU, PyTorch's
+``exp`` drops to a slow path on inputs below about -87, the -inf of a masked
+score included, where ``exp2`` keeps its speed), the partial state is
 
     m_P = max_{j in P} s_j,   l_P = sum_{j in P} b^(s_j - m_P),   o_P = sum_{j in P} b^(s_j - m_P) v_j.
 
