@@ -122,8 +122,10 @@ def decode_page_attention(q, k, v, past: torch.Tensor, *, page: int, scale: floa
     k_rows, v_rows, firsts = _rows_in_place(k, v, H)
     dtype = _index_dtype(k_rows, v_rows)
     first_page = _first_page_rows(firsts, page, dtype, q.device)  # (1 or 2, B, H, 1, page)
-    index = torch.cat([torch.add(first_page, past.to(dtype).unsqueeze(-1), alpha=page).flatten(-2),
-                       _first_written_rows(firsts, page, N - current, dtype, q.device) + current], -1)
+    # each row of the index: the past pages' rows, then the current page's written rows, each written in place
+    index = torch.empty(*first_page.shape[:3], P * page + N - current, dtype=dtype, device=q.device)
+    torch.add(first_page, past.to(dtype).unsqueeze(-1), alpha=page, out=index[..., :P * page].unflatten(-1, (P, page)))
+    torch.add(_first_written_rows(firsts, page, N - current, dtype, q.device), current, out=index[..., P * page:])
     return _attend_index(q, k_rows, v_rows, *_key_and_value_rows(index), scale)
 
 
@@ -170,10 +172,13 @@ def _attend_index(q, k_rows, v_rows, key_index, value_index, scale: float) -> to
     B, H, _, D = q.shape
     R = B * H
     W = key_index.shape[0] // R
-    row_starts, zeros = _pattern(R, W, q.dtype, key_index.dtype, q.device)
-    chosen = _csr(row_starts, key_index, zeros, (R, k_rows.shape[0]))
-    # beta=1 adds the pattern's zeros (the same scores): PyTorch's CPU kernel runs faster than with beta=0
-    scores = torch.sparse.sampled_addmm(chosen, q.reshape(R, D), k_rows.T, beta=1.0, alpha=scale).values()
+    row_starts = _row_starts(R, W, key_index.dtype, q.device)
+    scores = torch.zeros(R * W, dtype=q.dtype, device=q.device)
+    chosen = _csr(row_starts, key_index, scores, (R, k_rows.shape[0]))
+    # the product is written into the pattern itself (out=): PyTorch copies a pattern it does not write into, and
+    # its values are ``scores``. beta=1 adds their zeros (the same scores): PyTorch's CPU kernel runs faster than
+    # with beta=0
+    torch.sparse.sampled_addmm(chosen, q.reshape(R, D), k_rows.T, beta=1.0, alpha=scale, out=chosen)
     weights = scores.view(R, W).softmax(-1).view(-1)
     # torch.embedding_bag is F.embedding_bag without its Python checks (these arguments pass them by construction)
     out = torch.embedding_bag(v_rows, value_index, row_starts, False, 0, False, weights, True)[0]  # mode 0: sum
@@ -200,12 +205,10 @@ def _first_written_rows(firsts: tuple, page: int, written: int, dtype: torch.dty
 
 
 @functools.lru_cache(maxsize=256)
-def _pattern(rows: int, width: int, dtype: torch.dtype, index_dtype: torch.dtype, device: torch.device):
+def _row_starts(rows: int, width: int, index_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Row starts (of ``index_dtype``; also ``embedding_bag``'s offsets) of a sparse pattern of ``rows`` rows of
-    ``width`` entries each, and its zero values: the same every decode step of a given budget, so made once (never
-    written)."""
-    starts = torch.arange(rows + 1, dtype=index_dtype, device=device) * width
-    return starts, torch.zeros(rows * width, dtype=dtype, device=device)
+    ``width`` entries each: the same every decode step of a given budget, so made once (never written)."""
+    return torch.arange(rows + 1, dtype=index_dtype, device=device) * width
 
 
 _csr_beta_notice_seen = False
