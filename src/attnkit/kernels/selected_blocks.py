@@ -36,7 +36,8 @@ terms ride in the matmuls: each query row carries one more column, ``-lse``
 (0 in the forward), and each key one more, 1, so the score matmul
 gives ``s - lse`` at once; likewise ``[dO, -delta] . [v, 1] = dP - delta``. That
 spares a gather of the row terms and a pass over the scores per matmul. Scores are
-in base 2 (``exp2`` is several times faster than ``exp`` on CPU). A step's
+in base 2 (on CPU ``exp`` takes a slow path on masked or far-below-maximum scores;
+``exp2`` runs at one speed). A step's
 operands are written into buffers allocated once per pass. The default budget
 of a step, 2^20 scores (64 items of 256 query rows and 64 keys), spreads each
 torch op's fixed cost over many items while the batched matmuls still run near

@@ -27,7 +27,8 @@ returned gradients, the padding's rows left out). The row terms ride in the
 matmuls (:mod:`~attnkit.kernels.row_terms`: the padded keys and values carry a
 column of ones). A tile's query rows (and, backward, its ``dO`` rows) are
 copied into one small buffer per step, never the whole sequence at once.
-Scores are in base 2 (``exp2`` is faster than ``exp`` on CPU). Memory is O(N)
+Scores are in base 2 (on CPU ``exp`` takes a slow path on masked or far-below-maximum
+scores; ``exp2`` runs at one speed). Memory is O(N)
 plus one tile's scores.
 
 A gated branch (:func:`add_gated_sliding_window`, ``into += g * O`` with one
