@@ -153,9 +153,27 @@ def test_the_mechanisms_window_tiles_form_is_this_kernel_with_window_plus_one_ke
     _assert_equals_the_window_mask(got, q, k, v, window + 1)
 
 
-def test_the_mechanism_runs_window_tiles_on_causal_calls_without_mask():
+@pytest.fixture
+def threads():
+    """Sets torch's thread count for one test, restoring it after."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_forward_only_calls_on_several_threads_take_the_block_sparse_engine(threads):
+    q, k, v = _problem(1, 2, 1, 20, 20, 8, 8)
+    threads(2)
+    assert attnkit.explain(q, k, v, "sliding_window", causal=True, window=4).form == "block_sparse"
+    assert attnkit.explain(q.requires_grad_(True), k, v, "sliding_window", causal=True, window=4).form == "window_tiles"
+    with torch.no_grad():
+        assert attnkit.explain(q, k, v, "sliding_window", causal=True, window=4).form == "block_sparse"
+
+
+def test_the_mechanism_runs_window_tiles_on_causal_calls_without_mask(threads):
     q, k, v = _problem(1, 2, 1, 20, 20, 8, 8)
     mask = torch.ones(20, 20, dtype=torch.bool)
+    threads(1)
     assert attnkit.explain(q, k, v, "sliding_window", causal=True, window=4).form == "window_tiles"
     assert attnkit.explain(q[:, :, 15:], k, v, "sliding_window", causal=True, window=4).form == "window_tiles"
     assert attnkit.explain(q.requires_grad_(True), k, v, "sliding_window", causal=True, window=4).form == "window_tiles"
