@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..builders.mask_pipeline import DedicatedForm, register_mask_mechanism
+from ..kernels.grad_mode import records_graph
 from ..kernels.sliding_window import sliding_window_attention
 from ..masks import window as w
 from ..masks.spatial import Grid, neighborhood
@@ -65,7 +66,7 @@ def _window_tiles_pays_off(q, k, v, **_):
     """Measured at 16k tokens, causal window 512 (``attnkit bench kernels``): the kernel is the faster form
     forward and backward, and forward-only on one thread (12%); forward-only on more threads the block-sparse
     engine, which splits its rows between the threads, is 1-5% faster."""
-    graded = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    graded = records_graph(q, k, v)
     if graded or torch.get_num_threads() == 1:
         return None
     return "forward only on several threads: the block-sparse engine is faster there"

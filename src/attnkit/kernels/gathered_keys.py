@@ -36,6 +36,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .grad_mode import records_graph
+
 
 def token_rows(x: torch.Tensor, heads: int) -> tuple[torch.Tensor, tuple[tuple[int, ...], ...]]:
     """``x (B, Hx, N, E)`` as rows of the memory it lives in: ``rows (R, E)`` and ``first[b][h]``, the row of
@@ -102,7 +104,7 @@ def gathered_attention(q, k, v, index: torch.Tensor, valid: torch.Tensor, *, sca
 def reads_in_place(q, k, v) -> bool:
     """Whether :func:`decode_page_attention` can take this call: on the CPU, in float32 or float64 (the dtypes
     of PyTorch's sampled product there), without gradients."""
-    graded = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    graded = records_graph(q, k, v)
     return q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64) and not graded
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from .grad_mode import records_graph
 from .online_softmax import fold, merge, output
 from .positions import query_positions
 from .workers import run_in_threads
@@ -80,7 +81,7 @@ def lean_attention(q, k, v, *, causal: bool, mask, scale: float, workers: int = 
     def work(run):
         return [_partial(qh, kh, vh, masks, piece, tile, Nk) for piece in _pieces(run, units)]
 
-    needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    needs_graph = records_graph(q, k, v)
     if needs_graph or len(runs) == 1 or q.device.type != "cpu":
         results = [work(r) for r in runs]
     else:

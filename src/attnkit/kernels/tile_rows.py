@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .grad_mode import records_graph
 from .token_blocks import block_windows, last_block, whole_blocks
 
 
@@ -71,7 +72,7 @@ def tile_rows_attention(q, k, v, layout: torch.Tensor, *, block: int, scale: flo
     width = past.sum(-1)
     # without gradients each group's rows are written over their diagonal partials as soon as they are merged
     # (a group reads only its own rows): the output is the diagonal calls' buffer, no second one is held
-    in_place = not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)))
+    in_place = not records_graph(q, k, v)
     pieces, rows_of = [], []
 
     def emit(rows, piece):
@@ -169,7 +170,7 @@ def _diagonal(q, k, v, kv_of, *, block, scale):
                                   whole[2] if same else whole[2][kv_of], causal=True, scale=scale)
         return o.reshape(-1, block, o.shape[-1]), l.reshape(-1, block)
     last = [_padded_last(x, block) for x in (q, k, v)]  # (heads, 1, block, D)
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+    if records_graph(q, k, v):
         parts = [(whole[0], whole[1], whole[2])] if R > 1 else []
         parts = [attention_with_lse(a, b if same else b[kv_of], c if same else c[kv_of], causal=True, scale=scale)
                  for a, b, c in parts + [tuple(last)]]
