@@ -48,6 +48,13 @@ def _forms(spec) -> list[str]:
     out.append(f"  reference  (the paper's equations, materialised; float64 oracle){tag('reference')}")
     if spec.step is not None:
         out.append("  incremental  (runs when state= or return_state=True is given; needs causal=True)")
+        kernel = getattr(spec.step, "compiled_kernel", None)
+        if kernel is not None:
+            from .kernels.compiled import loaded
+
+            built = "built: used" if loaded(kernel) is not None else "not built: the torch form runs"
+            out.append(f"    decode steps on the CPU without gradients: compiled kernel {kernel!r} ({built}; "
+                       "attnkit kernels)")
     return out
 
 

@@ -137,19 +137,19 @@ class DigestKVCache(_AroundKVCache):
     Query-aware decode methods (Quest's per-page key bounds, Loki's low-rank keys)
     pick which cached keys a new query reads from a small digest of the keys; the
     cache itself keeps every token. ``summarise(cache, done)`` returns the digest
-    rows (a tuple of tensors along dim 2) that ``cache`` adds after the first
-    ``done`` rows, or None when it adds none (e.g. a page not yet complete). Digest
-    rows live in an :class:`AppendBuffer`, so the state is a value.
+    rows (a tuple of tensors along ``dim``, 2 unless :meth:`start` says otherwise) that
+    ``cache`` adds after the first ``done`` rows, or None when it adds none (e.g. a page
+    not yet complete). Digest rows live in an :class:`AppendBuffer`, so the state is a value.
     """
 
     def __init__(self, cache: KVCache, digest: AppendBuffer, rows: int):
         self.cache, self._digest, self.rows = cache, digest, rows
 
     @classmethod
-    def start(cls, k: torch.Tensor, v: torch.Tensor, summarise) -> "DigestKVCache":
+    def start(cls, k: torch.Tensor, v: torch.Tensor, summarise, dim: int = 2) -> "DigestKVCache":
         cache = KVCache(k, v)
         new = summarise(cache, 0)
-        return cls(cache, AppendBuffer(new, dim=2), new[0].shape[2])
+        return cls(cache, AppendBuffer(new, dim=dim), new[0].shape[dim])
 
     def digest(self, i: int = 0) -> torch.Tensor:
         return self._digest.prefix(i, self.rows)
@@ -160,7 +160,7 @@ class DigestKVCache(_AroundKVCache):
         new = summarise(cache, self.rows)
         if new is None:
             return DigestKVCache(cache, self._digest, self.rows)
-        return DigestKVCache(cache, self._digest.extend(self.rows, new), self.rows + new[0].shape[2])
+        return DigestKVCache(cache, self._digest.extend(self.rows, new), self.rows + new[0].shape[self._digest.dim])
 
     def numel(self) -> int:
         return self.cache.numel() + sum(self.digest(i).numel() for i in range(len(self._digest.tensors)))

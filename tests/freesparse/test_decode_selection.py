@@ -77,9 +77,9 @@ def test_decode_state_holds_the_digest_and_keeps_every_token():
     q, k, v = _qkv(N=30)
     _, state = attnkit.attention(q[:, :, :21], k[:, :, :21], v[:, :, :21], "quest", causal=True, page=4, top_k=2,
                                  return_state=True)
-    assert state.k.shape[2] == 21 and state.digest(0).shape[2] == 5
+    assert state.k.shape[2] == 21 and state.digest(0).shape[3] == 5  # (B, Hkv, 2 D, pages): rows over the pages
     mins, maxs = quest.page_bounds(k[:, :, :21], 4)
-    assert torch.equal(state.digest(0), torch.cat([maxs, mins], -1))
+    assert torch.equal(state.digest(0), torch.cat([maxs, mins], -1).mT)
 
 
 def test_bad_inputs_are_refused():

@@ -94,9 +94,9 @@ def test_a_bfloat16_decode_step_takes_the_copying_form():
 
 
 @pytest.mark.parametrize("H,Hkv,N,top_k", [(4, 1, 40, 1), (4, 2, 40, 3), (2, 2, 17, 5)])
-def test_quest_decoded_from_the_first_token_equals_the_reference(H, Hkv, N, top_k):
+def test_quest_decoded_from_the_first_token_equals_the_reference(H, Hkv, N, top_k, decode_form):
     """Every step of a decode from one token (caches shorter than the pages a step reads included) equals the
-    float64 reference on the whole sequence."""
+    float64 reference on the whole sequence, in either form of the step."""
     import attnkit
     from attnkit.families.quest import _reference
 

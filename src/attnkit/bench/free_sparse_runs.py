@@ -245,8 +245,8 @@ def decode_speed(n: int, methods, fraction: float, steps: int, repeats: int, dev
 def _decode_floors(q1, k, v, fraction: float, steps: int) -> dict:
     """What reading ``fraction`` of a cache costs at least, each on a copy of its own: streaming that share of
     the keys and values (contiguous); copying Quest's chosen pages (16 tokens) of every head alone; and everything
-    Quest's step must read, read in place with the cheapest ops: its page bounds streamed (the digest, ``2 N d / 16``
-    numbers per head) and its chosen pages of keys and of values summed where they are (``embedding_bag`` over
+    Quest's step must read, read in place with the cheapest ops: the half of its page bounds a query's signs select
+    streamed (``N d / 16`` numbers per head) and its chosen pages of keys and of values summed where they are (``embedding_bag`` over
     page-sized rows, nothing written but one row per head)."""
     from ..families.quest import page_digest, quest_pages
 
@@ -254,7 +254,7 @@ def _decode_floors(q1, k, v, fraction: float, steps: int) -> dict:
     share = max(1, round(n * fraction))
     ks, vs = k[:, :, :share].clone(), v[:, :, :share].clone()
     kp, vp = k.clone(), v.clone()
-    digest = page_digest(k, 16)
+    digest, D = page_digest(k, 16), k.shape[3]
     pages, _ = quest_pages(q1, digest, n, page=16, top_k=max(1, round(n / 16 * fraction)))
     flat = (torch.arange(k.shape[0] * k.shape[1], device=k.device)[:, None] * (n // 16)
             + pages.flatten(0, 1).flatten(1).clamp(max=n // 16 - 1)).flatten()
@@ -271,7 +271,7 @@ def _decode_floors(q1, k, v, fraction: float, steps: int) -> dict:
 
     def quest_reads():
         for _ in range(steps):
-            digest.sum()
+            digest[:, :, :D].sum()  # the half of the bounds a query's signs select: D of the 2 D rows
             F.embedding_bag(flat, k_pages, heads, mode="sum"), F.embedding_bag(flat, v_pages, heads, mode="sum")
 
     return {f"stream {fraction:g} of K and V": stream, "copy Quest's chosen pages": copy_pages,

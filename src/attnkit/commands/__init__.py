@@ -5,6 +5,6 @@ a docstring (its ``--help`` text), ``add_arguments(parser)`` and
 ``run(args) -> int``. Errors are raised (``ValueError`` with a one-line
 message); :func:`attnkit.cli.main` prints them as one line.
 """
-from . import bench, explain, info, list as list_, masks, report, train
+from . import bench, explain, info, kernels, list as list_, masks, report, train
 
-COMMANDS = (list_, info, bench, report, masks, explain, train)
+COMMANDS = (list_, info, bench, report, masks, explain, train, kernels)

@@ -17,10 +17,11 @@ or not) is always attended, causal inside, and counts toward ``top_k``; the
 other ``top_k - 1`` come from the complete pages before it (all of them while
 there are fewer), so the choice never depends on later tokens and decoding
 token by token equals one call. The reference breaks ties toward the earlier
-page; the fast forms take ``topk``'s choice (exact ties of real scores do not occur in practice); one choice per
-query head (the bounds of its kv head). ``U`` is computed as
-``[relu(q), min(q, 0)] . [M_i, m_i]`` (the same number, one matrix product over
-the bounds stored side by side).
+page; the torch forms take ``topk``'s choice (exact ties of real scores do not occur in practice), the compiled
+decode kernel the earlier page; one choice per query head (the bounds of its kv head). ``U`` is computed as
+``[relu(q), min(q, 0)] . [M_i, m_i]`` (the same number: one matrix product over
+the bounds, which are stored as ``2 D`` rows over the pages, so that the compiled
+kernel reads only the ``D`` rows a query's signs select).
 
 Forms: ``reference`` (bounds and scores materialised in float64, the element
 mask from the equations) and ``selected_blocks`` (the run-time block-selection
@@ -32,7 +33,9 @@ numbers) and ``top_k`` pages instead of the whole cache; a call of at most 64
 queries reads the keys of its pages for every head at once
 (:func:`~attnkit.kernels.gathered_keys.paged_attention`) instead of running the engine,
 and a decode step without gradients on the CPU reads them without copying them
-(:func:`~attnkit.kernels.gathered_keys.decode_page_attention`).
+(:func:`~attnkit.kernels.gathered_keys.decode_page_attention`), or, when the optional
+compiled kernel is built (``attnkit kernels --build``), bounds, chooses and attends in
+one pass per head (:mod:`attnkit.kernels.quest_decode`).
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ import functools
 import torch
 
 from ..kernels.gathered_keys import decode_page_attention, paged_attention, reads_in_place
+from ..kernels.quest_decode import compiled_decode_step, compiled_step_applies
 from ..kernels.positions import causal_mask, query_positions, repeat_kv
 from ..kernels.selected_blocks import selected_block_attention
 from ..masks.selection import BlockSelection, block_selection
@@ -62,11 +66,12 @@ def page_bounds(k: torch.Tensor, page: int, first: int = 0) -> tuple[torch.Tenso
 
 
 def page_digest(k: torch.Tensor, page: int, first: int = 0) -> torch.Tensor:
-    """``(B, Hkv, n, 2 D)``: each complete page's ``[M_i, m_i]`` side by side, so that ``U`` is one product."""
+    """``(B, Hkv, 2 D, n)``: the bounds ``[M_i; m_i]`` of the complete pages ``first ..`` as rows over the pages, so
+    that ``U`` is one product and a query can read only the rows its signs need (``M_d`` where ``q_d > 0``)."""
     if k.shape[2] // page == first:  # no page completed (most decode steps)
-        return k.new_empty(*k.shape[:2], 0, 2 * k.shape[3])
+        return k.new_empty(*k.shape[:2], 2 * k.shape[3], 0)
     mins, maxs = page_bounds(k, page, first)
-    return torch.cat([maxs, mins], dim=-1)
+    return torch.cat([maxs, mins], dim=-1).mT.contiguous()
 
 
 def quest_selection(q, digest, kv_len: int, *, page: int, top_k: int, chunk: int = 4096) -> BlockSelection:
@@ -80,7 +85,7 @@ def quest_pages(q, digest, kv_len: int, *, page: int, top_k: int, chunk: int = 4
 
     :func:`upper_bounds` of every page; the best ``top_k - 1`` past pages are kept."""
     B, H, Nq, _ = q.shape
-    n = digest.shape[2]
+    n = digest.shape[3]
     current = query_positions(Nq, kv_len, q.device) // page
     picks = min(top_k - 1, n)
     chosen, used = [], []
@@ -104,21 +109,21 @@ def decode_pages(q, digest, kv_len: int, *, page: int, top_k: int) -> torch.Tens
     """A decode step's past pages ``(B, H, top_k - 1)``, in no order: one query per head at the end of a cache of
     ``kv_len`` tokens with at least ``top_k - 1`` complete pages before its current one (so none is masked)."""
     past = (kv_len - 1) // page
-    bounds = upper_bounds(q, digest if digest.shape[2] == past else digest[:, :, :past])
+    bounds = upper_bounds(q, digest if digest.shape[3] == past else digest[..., :past])
     return bounds.view(*q.shape[:2], -1).topk(top_k - 1, dim=-1, sorted=False).indices
 
 
 def upper_bounds(q, digest) -> torch.Tensor:
-    """``U = [relu(q), min(q, 0)] . [M_i, m_i]`` of ``q (B, H, Nq, D)`` for every page of ``digest (B, Hkv, P, 2D)``
+    """``U = [relu(q), min(q, 0)] . [M_i, m_i]`` of ``q (B, H, Nq, D)`` for every page of ``digest (B, Hkv, 2D, P)``
     (its query head's kv head's), ``(B, H, Nq, P)``: one product per group of query heads, the digest never
     repeated."""
     B, H, Nq, D = q.shape
-    Hkv, P = digest.shape[1], digest.shape[2]
+    Hkv, P = digest.shape[1], digest.shape[3]
     low, high = _sign_halves(D, q.dtype, q.device)
     # one query per head broadcasts against the (2, D) bounds as it is: (B, H, 2, D), the same numbers in the
     # same order as (B, H, 1, 2, D)
     split = torch.clamp(q if Nq == 1 else q[..., None, :], low, high).reshape(B * Hkv, H // Hkv * Nq, 2 * D)
-    return torch.bmm(split, digest.flatten(0, 1).mT).view(B, H, Nq, P)
+    return torch.bmm(split, digest.flatten(0, 1)).view(B, H, Nq, P)
 
 
 @functools.lru_cache(maxsize=16)
@@ -132,12 +137,15 @@ def _sign_halves(D: int, dtype: torch.dtype, device: torch.device) -> tuple[torc
 def _attend(q, k, v, digest, scale, page, top_k, few: int = 64):
     """Attention over the chosen pages: a call of at most ``few`` queries gathers its pages' keys (one query
     with at least ``top_k - 1`` complete pages before its own, when :func:`reads_in_place`: reads them where they
-    are), a longer call runs the block-selection engine (the same pairs, exactly)."""
+    are, in one compiled pass when that kernel is built), a longer call runs the block-selection engine (the same
+    pairs, exactly)."""
     Nq, Nk = q.shape[2], k.shape[2]
     if Nq > few:
         sel = quest_selection(q.detach(), digest, Nk, page=page, top_k=top_k)
         return selected_block_attention(q, k, v, sel, scale=scale, causal=True)
     if Nq == 1 and (Nk - 1) // page >= top_k - 1 and reads_in_place(q, k, v):
+        if compiled_step_applies(q, k, v, digest):
+            return compiled_decode_step(q, k, v, digest, page=page, top_k=top_k, scale=scale)
         past = decode_pages(q, digest, Nk, page=page, top_k=top_k)
         return decode_page_attention(q, k, v, past, page=page, scale=scale)
     blocks, valid = quest_pages(q.detach(), digest, Nk, page=page, top_k=top_k)
@@ -181,11 +189,12 @@ def _step(q, k, v, state, *, causal, mask, scale, page, top_k):
         with torch.no_grad():
             return (page_digest(cache.k.detach(), page, first=done),)
 
-    state = DigestKVCache.start(k, v, summarise) if state is None else state.append(k, v, summarise)
+    state = DigestKVCache.start(k, v, summarise, dim=3) if state is None else state.append(k, v, summarise)
     return _attend(q, state.k, state.v, state.digest(0), scale, page, top_k), state
 
 
 _step.read = read_every_key  # attnkit.capture: the step reads every key so far
+_step.compiled_kernel = "quest_decode"  # attnkit info: the decode steps this kernel runs when it is built
 
 
 def _state_size(batch, heads, kv_heads, seq_len, head_dim, v_dim=None, *, page=16, **_):
