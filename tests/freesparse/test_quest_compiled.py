@@ -115,12 +115,10 @@ def test_a_decode_loop_runs_the_kernel_and_matches_the_torch_form(quest_kernel, 
 
     with_kernel = decode()
     assert len(calls) == 40
-    monkeypatch.setenv(compiled.SWITCH, "0")
-    compiled.loaded.cache_clear()
-    try:
+    with compiled.switched_off():
         without = decode()
-    finally:
-        compiled.loaded.cache_clear()
+    monkeypatch.setenv(compiled.SWITCH, "0")
+    assert torch.equal(decode(), without)
     assert len(calls) == 40 and (with_kernel - without).abs().max() < 2e-6
 
 
@@ -138,7 +136,7 @@ def test_a_kernel_that_is_not_built_is_never_compiled_at_run_time(tmp_path, monk
     """With an empty kernel directory nothing is loaded, a decode step takes the torch form, and the build's name
     changes with what it is built from."""
     monkeypatch.setenv("ATTNKIT_KERNEL_DIR", str(tmp_path))
-    compiled.loaded.cache_clear()
+    compiled.forget_builds()
     try:
         assert compiled.loaded("quest_decode") is None
         assert compiled.status() == [{"kernel": "quest_decode", "built": False, "used": False,
@@ -148,7 +146,7 @@ def test_a_kernel_that_is_not_built_is_never_compiled_at_run_time(tmp_path, monk
             out, _ = attnkit.attention(q, k, v, "quest", causal=True, return_state=True, page=4, top_k=3)
         assert out.isfinite().all() and not any(tmp_path.iterdir())
     finally:
-        compiled.loaded.cache_clear()
+        compiled.forget_builds()
     name = compiled.build_name("quest_decode")
     monkeypatch.setattr(compiled.torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
     assert compiled.build_name("quest_decode") != name and compiled.build_name("quest_decode").startswith("attnkit_quest_decode_")
@@ -158,7 +156,7 @@ def test_the_kernels_command_says_what_is_built_and_a_failed_build_in_one_line(t
     from attnkit.cli import main
 
     monkeypatch.setenv("ATTNKIT_KERNEL_DIR", str(tmp_path))
-    compiled.loaded.cache_clear()
+    compiled.forget_builds()
     try:
         assert main(["kernels"]) == 0
         assert capsys.readouterr().out.startswith(f"quest_decode: not built, torch form runs; {tmp_path}")
@@ -168,4 +166,4 @@ def test_the_kernels_command_says_what_is_built_and_a_failed_build_in_one_line(t
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("attnkit kernels: error: cannot build the compiled kernel")
     finally:
-        compiled.loaded.cache_clear()
+        compiled.forget_builds()

@@ -26,6 +26,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ..kernels.compiled import loaded, switched_off
+
 B, H, D = 1, 8, 64
 PREFILL = ("block_topk", "hip", "xattention", "flexprefill", "vertical_slash", "sample_attention", "anchor_attention",
            "hyper_attention")
@@ -202,15 +204,23 @@ def decode_speed(n: int, methods, fraction: float, steps: int, repeats: int, dev
     params = {"softmax": {}, **{m: decode_params(m, n, fraction, k[:, :, : min(n, 4096)]) for m in methods}}
     states = {m: _decode_state(m, q, k, v, n, params[m]) for m in params}
     cursor = {"t": n}
+    # with Quest's compiled kernel built, its torch form is measured in the same turns too (a state of its own)
+    kernel = "quest" in methods and torch.device(device).type == "cpu" and loaded("quest_decode") is not None
+    if kernel:
+        states["quest torch form"] = _decode_state("quest", q, k, v, n, params["quest"])
 
-    def stepper(m):
+    def stepper(m, mechanism=None):
         def run():
             for _ in range(steps):
                 t = cursor["t"]
                 piece = slice(t, t + 1)
-                _, states[m] = attention(q[:, :, piece], k[:, :, piece], v[:, :, piece], m, causal=True,
-                                         state=states[m], return_state=True, **params[m])
+                _, states[m] = attention(q[:, :, piece], k[:, :, piece], v[:, :, piece], mechanism or m, causal=True,
+                                         state=states[m], return_state=True, **params[mechanism or m])
         return run
+
+    def torch_form():
+        with switched_off():
+            stepper("quest torch form", "quest")()
 
     # SDPA reads a copy of its own: run right after the dense step on the same tensors it would find
     # them in the last-level cache the step just filled (a whole 16k cache fits in a large L3).
@@ -221,7 +231,8 @@ def decode_speed(n: int, methods, fraction: float, steps: int, repeats: int, dev
             F.scaled_dot_product_attention(q[:, :, n:n + 1], own_k, own_v)
 
     floors = _decode_floors(q[:, :, n:n + 1], k[:, :, :n], v[:, :, :n], fraction, steps)
-    calls = {"softmax_step": stepper("softmax"), "sdpa_on_cache": sdpa, **{m: stepper(m) for m in methods}, **floors}
+    calls = {"softmax_step": stepper("softmax"), "sdpa_on_cache": sdpa, **{m: stepper(m) for m in methods},
+             **({"quest torch form": torch_form} if kernel else {}), **floors}
     t = {name: s / steps for name, s in _best(calls, repeats).items()}
     for name in floors:
         print(f"decode  N={n:>6} floor: {name}: {t[name] * 1e3:7.2f} ms = {t[name] / t['sdpa_on_cache']:.2f}x SDPA on "
@@ -235,9 +246,18 @@ def decode_speed(n: int, methods, fraction: float, steps: int, repeats: int, dev
                "ratio_to_softmax_step": t[m] / t["softmax_step"], "ratio_to_sdpa": t[m] / t["sdpa_on_cache"],
                "recall": recall, "output_rel_error": error,
                "floors": {name: t[name] / t["sdpa_on_cache"] for name in floors}}
+        if m == "quest":
+            row["form"] = "compiled kernel" if kernel else "torch form"
+            if kernel:
+                row["t_step_torch_form"] = t["quest torch form"]
         print(f"decode  N={n:>6} {m:>6}: step {t[m] * 1e3:7.2f} ms = {row['ratio_to_softmax_step']:.2f}x the dense "
               f"step ({t['softmax_step'] * 1e3:.2f} ms), {row['ratio_to_sdpa']:.2f}x SDPA on the cache "
-              f"({t['sdpa_on_cache'] * 1e3:.2f} ms); recall {recall:.3f} error {error:.3f}", flush=True)
+              f"({t['sdpa_on_cache'] * 1e3:.2f} ms); recall {recall:.3f} error {error:.3f}"
+              + (f" ({row['form']})" if "form" in row else ""), flush=True)
+        if m == "quest" and kernel:
+            print(f"decode  N={n:>6}  quest: torch form {t['quest torch form'] * 1e3:5.2f} ms = "
+                  f"{t['quest torch form'] / t['sdpa_on_cache']:.2f}x SDPA on the cache; the compiled kernel takes "
+                  f"{t[m] / t['quest torch form']:.2f}x its time", flush=True)
         rows.append(row)
     return rows
 

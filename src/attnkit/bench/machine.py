@@ -60,6 +60,8 @@ def cpu_name() -> str:
 def fast_paths() -> dict[str, bool]:
     import torch.backends
 
+    from ..kernels.compiled import KERNELS, loaded
+
     return {
         "sdpa": hasattr(torch.nn.functional, "scaled_dot_product_attention"),
         "flex_attention": _has_flex(),
@@ -67,6 +69,7 @@ def fast_paths() -> dict[str, bool]:
         "mkldnn": torch.backends.mkldnn.is_available(),
         "avx512": "AVX512" in torch.backends.cpu.get_cpu_capability(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **{f"compiled_{kernel}": loaded(kernel) is not None for kernel in KERNELS},  # attnkit kernels
     }
 
 

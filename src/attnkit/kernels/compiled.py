@@ -14,7 +14,8 @@ shorter than the sum of those operators. Such kernels live beside this module as
 - at run time a built kernel is loaded from there and used; one that is not
   built is never compiled behind the user's back: the torch form runs instead,
   computing the same numbers (each kernel is tested against it);
-- ``ATTNKIT_COMPILED_KERNELS=0`` turns them off (the torch forms run).
+- ``ATTNKIT_COMPILED_KERNELS=0`` turns them off (the torch forms run), and so does
+  ``with switched_off():`` inside a block (a benchmark measures both forms this way).
 
 A build is named by a hash of its source, the flags, the torch and Python versions,
 so a stale build is never loaded. The instruction set is what torch itself uses on
@@ -23,6 +24,7 @@ build shared between machines runs on each one torch runs on the same way.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -102,7 +104,7 @@ def build(kernel: str = "quest_decode", *, verbose: bool = False):
         raise KernelBuildError(f"building the compiled kernel {kernel!r} failed: {error}") from error
     finally:
         os.environ["PATH"] = path
-    loaded.cache_clear()
+    _imported.cache_clear()
     return module
 
 
@@ -112,12 +114,30 @@ def built_path(kernel: str) -> Path:
     return kernel_directory() / name / f"{name}.so"
 
 
-@functools.lru_cache(maxsize=None)
+_OFF = []  # one entry per open switched_off() block
+
+
+@contextlib.contextmanager
+def switched_off():
+    """No compiled kernel is used inside this block: the torch forms run."""
+    _OFF.append(True)
+    try:
+        yield
+    finally:
+        _OFF.pop()
+
+
 def loaded(kernel: str):
-    """``kernel``'s module if it is built and not switched off (``ATTNKIT_COMPILED_KERNELS=0``), else ``None``.
-    Never compiles; a build still being written (its lock file is there) counts as not built."""
-    if os.environ.get(SWITCH, "1") == "0":
+    """``kernel``'s module if it is built and not switched off (``ATTNKIT_COMPILED_KERNELS=0``,
+    :func:`switched_off`), else ``None``. Never compiles; a build still being written (its lock file is there)
+    counts as not built."""
+    if _OFF or os.environ.get(SWITCH, "1") == "0":
         return None
+    return _imported(kernel)
+
+
+@functools.lru_cache(maxsize=None)
+def _imported(kernel: str):
     path = built_path(kernel)
     if not path.exists() or (path.parent / "lock").exists():
         return None
@@ -125,6 +145,11 @@ def loaded(kernel: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def forget_builds() -> None:
+    """Look for builds again at the next :func:`loaded` (after ``ATTNKIT_KERNEL_DIR`` changed)."""
+    _imported.cache_clear()
 
 
 def status() -> list[dict]:
