@@ -96,7 +96,7 @@ def test_kivi_under_a_policy_quantises_the_tokens_it_kept_within_half_a_step():
             prefilled = state.store
     kept = [0, 1, 2, 3] + list(range(16, 32))
     assert prefilled.pos[0, 0].tolist() == kept and prefilled.quantised == 8 and prefilled.used == 20
-    n, G = 8, 8  # the first 8 kept tokens are quantised, keys per channel over them
+    n = 8  # the first 8 kept tokens are quantised, keys per channel over them
     kg = k[:, :, kept[:n]]
     step = (kg.amax(2) - kg.amin(2)) / 15
     assert ((prefilled.k[:, :, :n] - kg).abs() <= step[:, :, None] / 2 + 1e-6).all()

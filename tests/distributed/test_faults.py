@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from attnkit.distributed import PeerFailure, ring_attention, ulysses_attention
+from attnkit.distributed import ring_attention, ulysses_attention
 
 from .spawn import free_port, run
 

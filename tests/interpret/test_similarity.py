@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from attnkit.integrations import minilm
 from attnkit.interpret import explain_similarity

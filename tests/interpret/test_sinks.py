@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import attnkit
 from attnkit.interpret.calibration import calibrate_weights, calibrated, search_heads
 from attnkit.interpret.sinks import massive_activations, received_attention, sink_stats
 from attnkit.models import DecoderLM, ModelConfig

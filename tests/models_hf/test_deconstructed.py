@@ -44,24 +44,6 @@ def test_the_mlp_has_attentions_parameter_count():
     assert abs(sum(p.numel() for p in mlp.parameters()) - 4 * 96 * 96) <= 3 * 96
 
 
-def test_rnd_emb_qk_takes_q_and_k_from_the_fixed_stream_below_it():
-    model = lm("rnd_emb_qk", dtype=torch.float64)
-    tokens = torch.randint(0, 30, (2, 9))
-    b0, b1 = model.blocks
-    f1 = b0(model.fixed_stream.eps, causal=True)  # the random sequence through the layers below
-    x1 = b0(model.embed(tokens), causal=True)
-    mix = b1.mixer
-    heads = lambda t: t.unflatten(-1, (HEADS, HD)).transpose(1, 2)  # noqa: E731
-    fq = b1.mixer_norm(f1)[:, :9]
-    pos = torch.arange(9)
-    q, k = (mix.rope.rotate(heads(p(fq)), pos) for p in (mix.q_proj, mix.k_proj))
-    v = heads(mix.v_proj(b1.mixer_norm(x1)))
-    scores = (q @ k.transpose(-1, -2) / math.sqrt(HD)).masked_fill(~torch.ones(9, 9, dtype=torch.bool).tril(), -math.inf)
-    x2 = x1 + mix.out_proj((scores.softmax(-1) @ v).transpose(1, 2).flatten(2))
-    x2 = x2 + b1.mlp(b1.mlp_norm(x2))
-    assert (model(tokens) - model.head(model.norm(x2))).abs().max() < 1e-10
-
-
 def _attention_block(block, x, qk):
     """One pre-norm block whose softmax attention takes Q, K from ``qk`` and V from the block's input."""
     mix = block.mixer

@@ -24,7 +24,6 @@ Delta rules are not of this form (their state update is not diagonal) and are re
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from .. import registry
 from ..builders.linear_pipeline import _normalised, _ones_column

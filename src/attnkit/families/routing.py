@@ -45,7 +45,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..builders.kv_cache_step import kv_cache_step
 from ..kernels.positions import query_positions, repeat_kv
-from ..params import Param, TensorInput
+from ..params import TensorInput
 from ..reference import materialised_attention, materialised_weights
 from ..registry import SELF_PATTERNS, MechanismSpec, register
 from ..validation import check_float, check_tensor

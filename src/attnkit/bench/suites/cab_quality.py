@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import time
 
-import torch
-
 from ... import spec
 from .._cab_tasks import PATTERN_OF, TASKS, train
 from ..options import names, positive_float, positive_int
