@@ -167,3 +167,19 @@ def test_the_kernels_command_says_what_is_built_and_a_failed_build_in_one_line(t
         assert err.count("\n") == 1 and err.startswith("attnkit kernels: error: cannot build the compiled kernel")
     finally:
         compiled.forget_builds()
+
+
+@pytest.mark.parametrize("sharpness", [0.01, 30.0])
+def test_flat_and_sharp_softmaxes_equal_the_reference(quest_kernel, sharpness):
+    """Scores spread over hundreds (weights far below float's smallest normal number) and scores all but equal.
+    Scores of size ~100 carry float32 rounding of ~1e-5 into the weights, so the kernel is held to the torch form's
+    own distance from the float64 reference, and to the torch form itself."""
+    q, k, v = _inputs(1, 4, 2, 200, 16, 16, torch.float32, seed=4)
+    q = q * sharpness
+    digest = quest.page_digest(k, 8)
+    out = compiled_decode_step(q, k, v, digest, page=8, top_k=6, scale=0.25)
+    want = quest._reference(q.double(), k.double(), v.double(), causal=True, mask=None, scale=0.25, page=8, top_k=6)
+    torch_form = decode_page_attention(q, k, v, quest.decode_pages(q, digest, 200, page=8, top_k=6), page=8,
+                                       scale=0.25)
+    assert out.isfinite().all() and (out - torch_form).abs().max() < 1e-6
+    assert (out.double() - want).abs().max() < max(2e-6, 1.5 * (torch_form.double() - want).abs().max())

@@ -5,9 +5,9 @@
 //   1. U_p = [relu(q), min(q, 0)] . [M_p, m_p] for each complete past page p (its kv head's bounds);
 //   2. the `picks` pages of highest U (ties toward the earlier page, NaN counted highest as torch.topk does);
 //   3. exact softmax attention over those pages' keys and the written keys of the current page,
-//      read where they lie in the cache, the next page's rows prefetched while one is scored.
-// Built and loaded by attnkit/kernels/compiled.py; the torch form in attnkit/families/quest.py computes the
-// same numbers and is the reference this kernel is tested against.
+//      read where they lie in the cache, the next two pages' rows prefetched while one is read.
+// Built and loaded by attnkit/kernels/compiled.py. The torch form in attnkit/families/quest.py computes the
+// same numbers; tests compare the two with each other and with the float64 reference.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -29,8 +29,8 @@ inline void prefetch(const void* first, int64_t bytes) {
 }
 
 // exp(x) for x <= 0 (a score minus the running maximum), NaN for NaN. float: x = n ln 2 + r with |r| <= ln 2 / 2,
-// exp(r) by its Taylor series to r^7 (relative error below 1e-8), times 2^n built in the exponent bits; written so
-// the compiler vectorises it. Arguments below -87 (weights below 2^-125, nothing next to the maximum's weight 1)
+// exp(r) by its Taylor series to r^7 (truncation error below 1e-8, under float rounding), times 2^n built in the
+// exponent bits; written so the compiler vectorises it. Arguments below -87 (weights below 2^-125, nothing next to the maximum's weight 1)
 // give exp(-87).
 inline float exp_nonpositive(float x) {
   x = x < -87.0f ? -87.0f : x;
@@ -60,7 +60,7 @@ inline T dot(const T* a, const T* b, int64_t d) {
   return sum;
 }
 
-// What one query head needs, and the scratch it writes (one per thread).
+// The scratch space of one thread, reused by the heads it runs.
 template <typename T>
 struct Scratch {
   std::vector<T> bound, score, acc;
