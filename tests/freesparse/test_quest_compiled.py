@@ -183,3 +183,20 @@ def test_flat_and_sharp_softmaxes_equal_the_reference(quest_kernel, sharpness):
                                        scale=0.25)
     assert out.isfinite().all() and (out - torch_form).abs().max() < 1e-6
     assert (out.double() - want).abs().max() < max(2e-6, 1.5 * (torch_form.double() - want).abs().max())
+
+
+def test_a_build_that_does_not_load_is_reported_and_left_unused(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNKIT_KERNEL_DIR", str(tmp_path))
+    compiled.forget_builds()
+    try:
+        path = compiled.built_path("quest_decode")
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"not a shared library")
+        with pytest.warns(RuntimeWarning, match="does not load .* the torch form runs instead. Rebuild it"):
+            assert compiled.loaded("quest_decode") is None
+        q, k, v = _inputs(1, 2, 2, 40, 8, 8, torch.float32, seed=2)
+        with torch.no_grad():  # reported once: the decode step runs its torch form quietly
+            out, _ = attnkit.attention(q, k, v, "quest", causal=True, return_state=True, page=4, top_k=3)
+        assert out.isfinite().all()
+    finally:
+        compiled.forget_builds()

@@ -31,6 +31,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -138,12 +139,20 @@ def loaded(kernel: str):
 
 @functools.lru_cache(maxsize=None)
 def _imported(kernel: str):
+    """The built module, or None; a build that does not load (damaged, or built against another library) is
+    reported once as a warning and left unused."""
     path = built_path(kernel)
     if not path.exists() or (path.parent / "lock").exists():
         return None
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (ImportError, OSError) as error:
+        warnings.warn(f"the compiled kernel {kernel!r} at {path} does not load ({error}); the torch form runs "
+                      f"instead. Rebuild it: delete {path.parent} and run attnkit kernels --build", RuntimeWarning,
+                      stacklevel=3)
+        return None
     return module
 
 
