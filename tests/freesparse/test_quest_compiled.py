@@ -187,6 +187,7 @@ def test_flat_and_sharp_softmaxes_equal_the_reference(quest_kernel, sharpness):
 
 def test_a_build_that_does_not_load_is_reported_and_left_unused(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNKIT_KERNEL_DIR", str(tmp_path))
+    monkeypatch.delenv(compiled.SWITCH, raising=False)
     compiled.forget_builds()
     try:
         path = compiled.built_path("quest_decode")
