@@ -62,3 +62,15 @@ def test_a_missing_optional_package_names_its_install_command(monkeypatch, missi
     else:
         with pytest.raises(ImportError, match=re.escape(expected)):
             getattr(importlib.import_module(module), call)()
+
+
+def test_the_compiled_kernels_sources_ship_with_the_package():
+    import fnmatch
+
+    from attnkit.kernels.compiled import KERNELS
+
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["attnkit"]
+    for source in KERNELS.values():
+        assert (ROOT / "src" / "attnkit" / "kernels" / source).exists()
+        assert any(fnmatch.fnmatch(f"kernels/{source}", p) for p in patterns), source
+    assert "ninja" in " ".join(PYPROJECT["project"]["optional-dependencies"]["compiled"])
