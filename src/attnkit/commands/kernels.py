@@ -27,6 +27,8 @@ def run(args) -> int:
 
     if args.build:
         for kernel in compiled.KERNELS:
+            if compiled.built_path(kernel).exists():
+                continue  # a build is named by what it is built from: this one is current
             start = time.perf_counter()
             try:
                 compiled.build(kernel, verbose=args.verbose)
