@@ -120,7 +120,7 @@ _OFF = []  # one entry per open switched_off() block
 
 @contextlib.contextmanager
 def switched_off():
-    """No compiled kernel is used inside this block: the torch forms run."""
+    """No compiled kernel is used inside this block, in any thread of the process: the torch forms run."""
     _OFF.append(True)
     try:
         yield
