@@ -50,11 +50,11 @@ def _forms(spec) -> list[str]:
         out.append("  incremental  (runs when state= or return_state=True is given; needs causal=True)")
         kernel = getattr(spec.step, "compiled_kernel", None)
         if kernel is not None:
-            from .kernels.compiled import loaded
+            from .kernels.compiled import describe_state, status
 
-            built = "built: used" if loaded(kernel) is not None else "not built: the torch form runs"
-            out.append(f"    decode steps on the CPU without gradients: compiled kernel {kernel!r} ({built}; "
-                       "attnkit kernels)")
+            (row,) = [r for r in status() if r["kernel"] == kernel]
+            out.append(f"    decode steps on the CPU without gradients: compiled kernel {kernel!r} "
+                       f"({describe_state(row)}; attnkit kernels)")
     return out
 
 

@@ -201,3 +201,14 @@ def test_a_build_that_does_not_load_is_reported_and_left_unused(tmp_path, monkey
         assert out.isfinite().all()
     finally:
         compiled.forget_builds()
+
+
+def test_info_and_the_kernels_command_say_when_a_built_kernel_is_switched_off(quest_kernel, monkeypatch, capsys):
+    from attnkit.cli import main
+
+    assert main(["kernels"]) == 0
+    assert capsys.readouterr().out.startswith("quest_decode: built, used; ")
+    monkeypatch.setenv(compiled.SWITCH, "0")
+    assert main(["kernels"]) == 0
+    assert capsys.readouterr().out.startswith("quest_decode: built, off (ATTNKIT_COMPILED_KERNELS=0 or switched_off())")
+    assert "compiled kernel 'quest_decode' (built, off" in attnkit.describe("quest")

@@ -35,11 +35,10 @@ def run(args) -> int:
             except compiled.KernelBuildError as error:
                 raise OSError(str(error)) from error  # one line and exit code 2 (attnkit.cli)
             print(f"built {kernel} in {time.perf_counter() - start:.1f} s")
-    for row in compiled.status():
-        state = "built" if row["built"] else "not built"
-        use = "used" if row["used"] else ("off (ATTNKIT_COMPILED_KERNELS=0)" if row["built"] else "torch form runs")
-        print(f"{row['kernel']}: {state}, {use}; {row['path']}")
+    rows = compiled.status()
+    for row in rows:
+        print(f"{row['kernel']}: {compiled.describe_state(row)}; {row['path']}")
     missing = compiled.missing_tools()
-    if missing and not all(row["built"] for row in compiled.status()):
+    if missing and not all(row["built"] for row in rows):
         print(f"to build: install {' and '.join(missing)}, then attnkit kernels --build")
     return 0

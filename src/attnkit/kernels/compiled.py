@@ -105,7 +105,7 @@ def build(kernel: str = "quest_decode", *, verbose: bool = False):
         raise KernelBuildError(f"building the compiled kernel {kernel!r} failed: {error}") from error
     finally:
         os.environ["PATH"] = path
-    _imported.cache_clear()
+    forget_builds()
     return module
 
 
@@ -163,8 +163,18 @@ def forget_builds() -> None:
 
 def status() -> list[dict]:
     """Each kernel: its name, whether it is built and used, and where its build is (or would be)."""
-    return [{"kernel": kernel, "built": built_path(kernel).exists(), "used": loaded(kernel) is not None,
-             "path": str(built_path(kernel))} for kernel in KERNELS]
+    rows = []
+    for kernel in KERNELS:
+        path = built_path(kernel)
+        rows.append({"kernel": kernel, "built": path.exists(), "used": loaded(kernel) is not None, "path": str(path)})
+    return rows
+
+
+def describe_state(row: dict) -> str:
+    """A :func:`status` row in words: built and used, built but switched off, or not built."""
+    if not row["built"]:
+        return "not built, torch form runs"
+    return "built, used" if row["used"] else f"built, off ({SWITCH}=0 or switched_off()): torch form runs"
 
 
 def _ninja_directory() -> str | None:

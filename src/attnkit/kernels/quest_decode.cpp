@@ -30,8 +30,8 @@ inline void prefetch(const void* first, int64_t bytes) {
 
 // exp(x) for x <= 0 (a score minus the running maximum), NaN for NaN. float: x = n ln 2 + r with |r| <= ln 2 / 2,
 // exp(r) by its Taylor series to r^7 (truncation error below 1e-8, under float rounding), times 2^n built in the
-// exponent bits; written so the compiler vectorises it. Arguments below -87 (weights below 2^-125, nothing next to the maximum's weight 1)
-// give exp(-87).
+// exponent bits; written so the compiler vectorises it. Arguments below -87 (weights below 2^-125, nothing next
+// to the maximum's weight 1) give exp(-87).
 inline float exp_nonpositive(float x) {
   x = x < -87.0f ? -87.0f : x;
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);
